@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# One call on the GPU machine: install over the image's packages, GPU tests, compute-sanitizer on the fused
+# kernels, benchmarks. Full logs go to $OUT (or ./device_out); a short table is printed last.
+#   STAGES="tests sanitizer bench" (default: all)   PYTEST_ARGS="-x"   BENCH_ARGS="..."
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/device_out}; mkdir -p "$OUT"
+STAGES=${STAGES:-"tests sanitizer bench"}
+export PYTHONUNBUFFERED=1 FLASHRNN_CORE_CACHE=${FLASHRNN_CORE_CACHE:-/tmp/flashrnn_core_cache}
+summary=()
+note() { summary+=("$(printf '%-28s %s' "$1" "$2")"); }
+
+pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 || export PYTHONPATH=$PWD
+{ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv; python -m flashrnn_core --steps 32; } \
+    >"$OUT/env.log" 2>&1; note "main job" "exit $? ($(grep -c OK "$OUT/env.log") OK)"
+
+if [[ " $STAGES " == *" tests "* ]]; then
+    timeout 300 python -m pytest -m gpu -q -p no:cacheprovider ${PYTEST_ARGS:-} tests >"$OUT/pytest_gpu.log" 2>&1
+    note "pytest -m gpu" "exit $? : $(tail -n 1 "$OUT/pytest_gpu.log")"
+fi
+
+if [[ " $STAGES " == *" sanitizer "* ]]; then
+    # Each tool on one small problem per fused kernel variant (bench/sanitize_fused.py picks them).
+    for tool in memcheck racecheck synccheck; do
+        FLASHRNN_CORE_LINEINFO=1 timeout 240 compute-sanitizer --tool $tool --error-exitcode 9 \
+            python bench/sanitize_fused.py >"$OUT/sanitizer_$tool.log" 2>&1
+        note "sanitizer $tool" "exit $? : $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer_$tool.log" | tail -n 1)"
+    done
+fi
+
+if [[ " $STAGES " == *" bench "* ]]; then
+    timeout 300 python -m bench.run --suite reference --out "$OUT/reference.json" ${BENCH_ARGS:-} >"$OUT/bench.log" 2>&1
+    note "bench reference" "exit $? (rows in reference.json)"
+    tail -n 40 "$OUT/bench.log"
+fi
+
+echo; echo "== device_check summary =="; printf '%s\n' "${summary[@]}"

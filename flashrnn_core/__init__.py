@@ -1,0 +1,11 @@
+"""flashrnn_core: traditional RNNs (LSTM, GRU, Elman, sLSTM) on NVIDIA GPUs from plain Python.
+
+Public names only; see ``api.py`` for the calls and ``../shared/SPEC.md`` (the contract) for shapes and math.
+"""
+
+from .api import ForwardResult, Grads, backward, flashrnn, forward
+from .cells import FUNCTIONS
+
+__version__ = "0.1.0"
+
+__all__ = ["forward", "backward", "flashrnn", "ForwardResult", "Grads", "FUNCTIONS", "__version__"]

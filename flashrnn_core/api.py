@@ -1,0 +1,133 @@
+"""The public calls: ``forward``, ``backward`` and FlashRNN 1.x's ``flashrnn``.
+
+Shapes (B batch, T time, N heads, D head dimension, G gates, S states; SPEC.md has the per-cell counts):
+
+| argument       | shape             |
+| -------------- | ----------------- |
+| Wx             | [B, T, Gw, N, D]  |
+| R              | [Gr, N, D, D]     |
+| b              | [Gb, N, D]        |
+| states (in)    | [S, B, 1, N, D]   |
+| states (out)   | [S, B, T, N, D]   |
+| last_states    | [S, B, 1, N, D]   |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from . import _arrays, backends
+from .backends.base import Grads
+from .validate import Problem, validate
+
+Array = Any  # numpy.ndarray or cupy.ndarray
+
+__all__ = ["ForwardResult", "Grads", "forward", "backward", "flashrnn"]
+
+
+@dataclass
+class ForwardResult:
+    """What ``forward`` returns: the states, and what ``backward`` needs (kept by reference, not copied).
+
+    Unpacks like FlashRNN's result: ``states, last_states = forward(...)``.
+    """
+
+    states: Array  #: [S, B, T, N, D], every state after every step, in Wx's dtype
+    last_states: Array  #: [S, B, 1, N, D], the states after the last step (a view of ``states``)
+    function: str
+    backend: str  #: the backend that ran (``auto`` resolved)
+    problem: Problem = field(repr=False)
+    inputs: tuple[Array, Array, Array, Array | None] = field(repr=False)  #: (Wx, R, b, states_initial)
+    saved: Any = field(repr=False)  #: the backend's saved tensors, see docs/architecture.md
+
+    def __iter__(self) -> Iterator[Array]:
+        return iter((self.states, self.last_states))
+
+
+def _contiguous(a: Array | None) -> Array | None:
+    """Kernels index dense row-major arrays: copy only strided or negative-stride views."""
+    if a is None or a.flags.c_contiguous:
+        return a
+    return _arrays.array_module(a).ascontiguousarray(a)
+
+
+def forward(
+    Wx: Array,
+    R: Array,
+    b: Array,
+    states: Array | None = None,
+    *,
+    function: str,
+    backend: str = "auto",
+) -> ForwardResult:
+    """Run the recurrence over the whole sequence.
+
+    Args:
+        Wx: ``[B, T, Gw, N, D]`` gate pre-activations from the input (float32, bfloat16 or float16; float64
+            on the vanilla backend).
+        R: ``[Gr, N, D, D]`` recurrent matrices, ``R[g, n, d_out, d_in]``.
+        b: ``[Gb, N, D]`` biases.
+        states: ``[S, B, 1, N, D]`` initial states, zeros when None.
+        function: ``"lstm"``, ``"slstm"``, ``"gru"`` or ``"elman"``.
+        backend: ``"auto"`` (fastest that can take the shape), ``"cuda_fused"``, ``"cuda"`` or ``"vanilla"``.
+
+    Returns:
+        ``ForwardResult`` with ``states [S, B, T, N, D]`` and ``last_states [S, B, 1, N, D]`` in Wx's dtype.
+        Work is queued on CuPy's current stream; nothing synchronises.
+    """
+    problem = validate(Wx, R, b, states, function=function, backend=backend)
+    chosen = backends.resolve(backend, problem)
+    Wx, R, b, states = (_contiguous(a) for a in (Wx, R, b, states))
+    out_states, saved = chosen.forward(problem, Wx, R, b, states)
+    return ForwardResult(
+        states=out_states,
+        last_states=out_states[:, :, -1:],
+        function=function,
+        backend=chosen.name,
+        problem=problem,
+        inputs=(Wx, R, b, states),
+        saved=saved,
+    )
+
+
+def backward(result: ForwardResult, dstates: Array | None = None, dlast_states: Array | None = None) -> Grads:
+    """Gradients of a loss through the forward pass that produced ``result``.
+
+    Args:
+        result: what ``forward`` returned.
+        dstates: upstream gradient on the returned states, ``[S, B, T, N, D]``, or ``[1, B, T, N, D]`` for a
+            gradient on ``h`` alone.
+        dlast_states: upstream gradient on ``last_states``, ``[S, B, 1, N, D]``. Added to dstates' last step.
+
+    Returns:
+        ``Grads(dWx [B, T, Gw, N, D], dR [Gr, N, D, D], db [Gb, N, D], dstates_initial [S, B, 1, N, D])``, each
+        in the dtype of its input. ``dR`` and ``db`` are summed over batch and time.
+    """
+    if not isinstance(result, ForwardResult):
+        raise TypeError(f"result: expected the ForwardResult that forward() returned, got {type(result).__name__}")
+    Wx, R, b, states0 = result.inputs
+    problem = validate(
+        Wx, R, b, states0, function=result.function, backend=result.backend,
+        dstates=dstates, dlast_states=dlast_states, for_backward=True,
+    )
+    chosen = backends.get_backend(result.backend)
+    dstates, dlast_states = _contiguous(dstates), _contiguous(dlast_states)
+    return chosen.backward(problem, Wx, R, b, states0, result.states, result.saved, dstates, dlast_states)
+
+
+def flashrnn(
+    Wx: Array,
+    R: Array,
+    b: Array,
+    states: Array | None = None,
+    function: str = "lstm",
+    backend: str = "auto",
+) -> tuple[Array, Array]:
+    """FlashRNN 1.x's functional call: ``states, last_states = flashrnn(Wx, R, b, states, function, backend)``.
+
+    Same shapes as ``forward``; returns ``(states [S, B, T, N, D], last_states [S, B, 1, N, D])``. For gradients
+    use ``forward``/``backward`` here, or the PyTorch and JAX adapters.
+    """
+    result = forward(Wx, R, b, states, function=function, backend=backend)
+    return result.states, result.last_states

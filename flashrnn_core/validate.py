@@ -1,0 +1,161 @@
+"""The one validation function: every entry point calls ``validate`` before any device work.
+
+Bad input raises ``ValueError`` (shapes, dtypes, names, what a backend cannot take) or ``TypeError`` (not an
+array), naming the argument, what was expected and what was received (SPEC.md, "Bad input"). Nothing here
+touches the data: NaN is not an error, and the caller's arrays are never modified.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from . import _arrays
+from .cells import CELLS, Cell
+
+BACKEND_NAMES = ("auto", "vanilla", "cuda", "cuda_fused")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A checked call: what every backend needs to know about it, and nothing it must re-check.
+
+    dtype is the storage dtype of ``Wx`` (that of the returned states); ``device`` is the CuPy device id or
+    None for NumPy arrays.
+    """
+
+    function: str
+    cell: Cell
+    xp: ModuleType
+    B: int
+    T: int
+    N: int
+    D: int
+    dtype: np.dtype
+    device: int | None
+    has_initial_states: bool
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device is not None
+
+    def label(self) -> str:
+        """A name a person can read in logs and test ids: ``lstm-bfloat16-B3-T17-N2-D64``."""
+        return f"{self.function}-{_arrays.dtype_name(self.dtype)}-B{self.B}-T{self.T}-N{self.N}-D{self.D}"
+
+
+def _describe(a: Any) -> str:
+    if a is None:
+        return "None"
+    if hasattr(a, "shape") and hasattr(a, "dtype"):
+        return f"{type(a).__module__.split('.')[0]}.{type(a).__name__} of shape {tuple(a.shape)} and dtype {a.dtype}"
+    return f"{type(a).__name__} ({a!r:.60})"
+
+
+def _check_array(name: str, a: Any) -> None:
+    if not (isinstance(a, np.ndarray) or _arrays.is_cupy_array(a)):
+        raise TypeError(f"{name}: expected a NumPy or CuPy array, got {_describe(a)}")
+
+
+def _check_dtype(name: str, a: Any, allowed: tuple[np.dtype, ...]) -> None:
+    if np.dtype(a.dtype) not in allowed:
+        names = ", ".join(_arrays.dtype_name(d) for d in allowed)
+        raise ValueError(f"{name}: expected dtype in ({names}), got {a.dtype}")
+
+
+def _check_shape(name: str, a: Any, expected: tuple[int | str, ...], meaning: str) -> None:
+    """``expected`` holds ints for sizes fixed by other arguments; names of free dims are strings."""
+    shape = tuple(a.shape)
+    ok = len(shape) == len(expected) and all(isinstance(e, str) or s == e for s, e in zip(shape, expected))
+    if not ok:
+        want = "[" + ", ".join(str(e) for e in expected) + "]"
+        raise ValueError(f"{name}: expected shape {want} ({meaning}), got {list(shape)}")
+
+
+def _device_of(a: Any) -> int | None:
+    return int(a.device.id) if _arrays.is_cupy_array(a) else None
+
+
+def _check_same_place(named: dict[str, Any]) -> int | None:
+    """All arrays NumPy, or all CuPy on one device: a backend never moves data between devices."""
+    places = {name: _device_of(a) for name, a in named.items() if a is not None}
+    first_name, first = next(iter(places.items()))
+    for name, place in places.items():
+        if place != first:
+            where = lambda p: "host memory (NumPy)" if p is None else f"CuPy device {p}"  # noqa: E731
+            raise ValueError(
+                f"{name}: expected an array in {where(first)} like {first_name}, got one in {where(place)}"
+            )
+    return first
+
+
+def validate(
+    Wx: Any,
+    R: Any,
+    b: Any,
+    states: Any = None,
+    *,
+    function: str,
+    backend: str = "auto",
+    dstates: Any = None,
+    dlast_states: Any = None,
+    for_backward: bool = False,
+) -> Problem:
+    """Check a forward (or, with ``for_backward``, a backward) call and describe it as a ``Problem``.
+
+    Shapes (SPEC.md): Wx ``[B, T, Gw, N, D]``, R ``[Gr, N, D, D]``, b ``[Gb, N, D]``, states ``[S, B, 1, N, D]``;
+    for a backward, dstates ``[S, B, T, N, D]`` or ``[1, B, T, N, D]`` (h only), dlast_states ``[S, B, 1, N, D]``.
+    Whether the chosen backend can take the problem is asked of the backend afterwards
+    (``backends.resolve``), still before any device work.
+    """
+    if not isinstance(function, str) or function not in CELLS:
+        raise ValueError(f"function: expected one of {sorted(CELLS)}, got {function!r}")
+    if not isinstance(backend, str) or backend not in BACKEND_NAMES:
+        raise ValueError(f"backend: expected one of {list(BACKEND_NAMES)}, got {backend!r}")
+    cell = CELLS[function]
+
+    named = {"Wx": Wx, "R": R, "b": b, "states": states}
+    if for_backward:
+        named.update(dstates=dstates, dlast_states=dlast_states)
+    for name, a in named.items():
+        if a is not None or name in ("Wx", "R", "b"):
+            _check_array(name, a)
+    allowed = _arrays.VANILLA_DTYPES if backend in ("auto", "vanilla") else _arrays.STORAGE_DTYPES
+    for name, a in named.items():
+        if a is not None:
+            _check_dtype(name, a, allowed)
+    device = _check_same_place(named)
+
+    if Wx.ndim != 5:
+        raise ValueError(f"Wx: expected 5 dimensions [B, T, Gw, N, D], got shape {list(Wx.shape)}")
+    B, T, _, N, D = (int(s) for s in Wx.shape)
+    for dim, size in zip("BTND", (B, T, N, D)):
+        if size < 1:
+            raise ValueError(f"Wx: expected {dim} >= 1 in [B, T, Gw, N, D], got shape {list(Wx.shape)}")
+    _check_shape("Wx", Wx, ("B", "T", cell.gates_w, "N", "D"), f"{function} has Gw={cell.gates_w} input gates")
+    _check_shape("R", R, (cell.gates_r, N, D, D), f"[Gr, N, D, D] for {function} and Wx's N={N}, D={D}")
+    _check_shape("b", b, (cell.gates_b, N, D), f"[Gb, N, D] for {function} and Wx's N={N}, D={D}")
+    if states is not None:
+        _check_shape("states", states, (cell.states, B, 1, N, D), f"[S, B, 1, N, D]: {function} has S={cell.states}")
+    if for_backward:
+        _check_upstream(cell, dstates, dlast_states, B, T, N, D)
+
+    if Wx.dtype == _arrays.float64 and backend in ("cuda", "cuda_fused"):
+        raise ValueError(f"Wx: backend {backend!r} takes float32, bfloat16 or float16, got float64 (use 'vanilla')")
+    xp = _arrays.array_module(Wx)
+    return Problem(function, cell, xp, B, T, N, D, np.dtype(Wx.dtype), device, states is not None)
+
+
+def _check_upstream(cell: Cell, dstates: Any, dlast_states: Any, B: int, T: int, N: int, D: int) -> None:
+    if dstates is None and dlast_states is None:
+        raise ValueError("dstates, dlast_states: expected at least one upstream gradient, got neither")
+    if dstates is not None:
+        S = int(dstates.shape[0]) if dstates.ndim == 5 else -1
+        if S not in (1, cell.states):
+            S = cell.states
+        _check_shape("dstates", dstates, (S, B, T, N, D), f"[S, B, T, N, D] with S={cell.states}, or S=1 for h only")
+    if dlast_states is not None:
+        _check_shape("dlast_states", dlast_states, (cell.states, B, 1, N, D), "[S, B, 1, N, D]")
