@@ -1,0 +1,86 @@
+// Tensor-core and asynchronous-copy helpers in inline PTX (NVRTC from the pip wheels cannot compile <mma.h>).
+//
+// Fragment layouts of mma.sync.m16n8k16 (PTX ISA, "Matrix fragments for mma.m16n8k16"), with
+// g = lane / 4 and c = lane % 4:
+//   A (16x16, row-major): reg0 = A[g][2c..2c+1], reg1 = A[g+8][2c..], reg2 = A[g][2c+8..], reg3 = A[g+8][2c+8..]
+//   B (16x8, "col"):      reg0 = B[2c..2c+1][g], reg1 = B[2c+8..2c+9][g]
+//   C (16x8, float):      c0,c1 = C[g][2c..2c+1], c2,c3 = C[g+8][2c..2c+1]
+// Two 16-bit elements share a register, the lower index in the lower half.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+namespace flashrnn {
+namespace mma {
+
+// 32-bit shared-memory address of a generic pointer into shared memory (what ldmatrix/cp.async take).
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+    unsigned addr;
+    asm volatile("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(addr) : "l"(p));
+    return addr;
+}
+
+// Two 8x8 matrices of 16-bit elements; lanes 0-15 give the row addresses (16 bytes each).
+__device__ __forceinline__ void ldmatrix_x2(unsigned (&r)[2], unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];"
+                 : "=r"(r[0]), "=r"(r[1]) : "r"(addr));
+}
+
+// Four 8x8 matrices; lanes 8j..8j+7 give the row addresses of matrix j.
+__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+
+// d += A * B on one m16n8k16 tile, float32 accumulate. Op is the 16-bit operand type.
+template <class Op> struct Mma;
+
+template <> struct Mma<__nv_bfloat16> {
+    __device__ __forceinline__ static void run(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+        asm(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+            "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+};
+
+template <> struct Mma<__half> {
+    __device__ __forceinline__ static void run(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+        asm(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+            "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+};
+
+// Round a float to the 16-bit operand type and back (the operand's value as the tensor core sees it).
+template <class Op> __device__ __forceinline__ Op to_op(float v);
+template <> __device__ __forceinline__ __nv_bfloat16 to_op<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+template <> __device__ __forceinline__ __half to_op<__half>(float v) { return __float2half_rn(v); }
+__device__ __forceinline__ float op_to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float op_to_float(__half v) { return __half2float(v); }
+
+// The bits of a 16-bit operand, and two of them in one register, `lo` (the lower index) in the lower half.
+__device__ __forceinline__ unsigned op_bits(__nv_bfloat16 v) { return __bfloat16_as_ushort(v); }
+__device__ __forceinline__ unsigned op_bits(__half v) { return __half_as_ushort(v); }
+template <class Op> __device__ __forceinline__ unsigned pack2(Op lo, Op hi) {
+    return op_bits(lo) | (op_bits(hi) << 16);
+}
+
+// 16-byte asynchronous copy global -> shared, bypassing L1; when `valid` is false nothing is read and the
+// 16 destination bytes are zero-filled (src-size 0), so padded rows never hold stale data.
+__device__ __forceinline__ void cp_async_16(unsigned dst, const void* src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+// Wait until at most N of this thread's committed groups are still in flight.
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
+}  // namespace mma
+}  // namespace flashrnn

@@ -1,0 +1,325 @@
+// cuda_fused forward: one persistent kernel for the whole sequence; every block owns one head and a tile of
+// 8*NBT sequences, so blocks never talk to each other and a time step costs one __syncthreads, no grid sync.
+//
+// Per block and step t (the design measured in issue 5):
+//   * R lives in registers as mma.sync A-fragments for the whole run (loaded once).
+//   * h_{t-1} lives in shared memory, double-buffered (step t reads buffer t%2, writes (t+1)%2), so one
+//     barrier per step orders both the reads of step t-1 and the writes of step t.
+//   * Wx[:, t+P] is copied into shared memory with cp.async P steps ahead (P+1 stages, so the stage being
+//     refilled is the one the previous step finished reading before this step's barrier).
+//   * the rows of R are ordered so that one thread's accumulators hold every gate of the same (d, b): the
+//     cell's pointwise step runs on registers, with no exchange between threads, and the other states (c, n, m)
+//     never leave registers.
+//
+// Matrix view: G[Gr*D, BT] = R[Gr*D, D] x H[D, BT]: M = gate rows, K = D, N = the batch tile (8 per n-tile).
+// A warp owns U groups of 8 consecutive d and all Gr gates of them: HT = U*Gr "half tiles" of 8 rows that pair
+// into MT = HT/2 m16 tiles (half tile q holds gate q % Gr of d-group q / Gr). U = 1 for an even Gr (lstm,
+// slstm), 2 for odd (gru: 3 tiles = 6 halves; elman: 1 tile = 2 halves).
+//
+// float32 storage: R and h are split as hi + lo, both bf16 (16 significant bits together), and each product
+// is hi*hi + hi*lo + lo*hi on the bf16 tensor cores: relative error about 1e-5, inside SPEC's 1e-4 for
+// float32 (a single TF32 mma, 10 mantissa bits, lands near 1e-3 and would not be).
+//
+// ---- Per-step latency, 12x64 LSTM bf16, B=16 (estimated BEFORE measuring; H100 at ~1.75 GHz) -----------
+//   barrier (8 warps, after the last warp's h store)            ~ 25 cycles
+//   ldmatrix.x4 x2 of h (one round trip to shared memory)       ~ 30
+//   mma chain: 4 dependent m16n8k16 (2 independent tiles interleaved), ~33 cycles each   ~ 135
+//   pointwise LSTM on 2 cells per thread: 3 dependent transcendental stages (sigma/tanh of
+//     the gates -> c -> tanh(c)), each ex2+rcp ~ 40, plus FMAs                          ~ 110
+//   h convert + st.shared, then arrive                           ~ 20
+//   -------------------------------------------------------------------------------------
+//   ~ 320 cycles = 0.18 us per step -> T=1024: ~0.19 ms (+ launch and prologue ~10 us).
+//   The global stores (states, saved) and the cp.async of Wx are off the critical path (fire and forget).
+// Measured: see the note at the end of this file.
+#include "common/mma.cuh"
+#include "cells/cells.cuh"
+
+namespace flashrnn {
+namespace fused {
+
+// How a storage type reaches the tensor cores: the 16-bit operand type, and how many operands (hi, lo)
+// represent one value.
+template <class T> struct OperandOf;
+template <> struct OperandOf<__nv_bfloat16> { using Op = __nv_bfloat16; static constexpr int SPLIT = 1; };
+template <> struct OperandOf<__half> { using Op = __half; static constexpr int SPLIT = 1; };
+template <> struct OperandOf<float> { using Op = __nv_bfloat16; static constexpr int SPLIT = 2; };
+
+__device__ __forceinline__ float load_f(const float* p) { return *p; }
+__device__ __forceinline__ float load_f(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+__device__ __forceinline__ float load_f(const __half* p) { return __half2float(*p); }
+__device__ __forceinline__ void store_f(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store_f(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+__device__ __forceinline__ void store_f(__half* p, float v) { *p = __float2half_rn(v); }
+
+// v ~ out[0] + out[1] + ...: the first operand is v rounded, each further one the rounded remainder.
+template <class Op, int SPLIT> __device__ __forceinline__ void split(float v, Op (&out)[SPLIT]) {
+    out[0] = mma::to_op<Op>(v);
+    if constexpr (SPLIT == 2) out[1] = mma::to_op<Op>(v - mma::op_to_float(out[0]));
+}
+
+// Compile-time geometry of one variant. backends/fused.py mirrors THREADS and SMEM_BYTES (keep them equal).
+template <class Cell, class T, int D_, int NBT_, int P_> struct Tile {
+    using Op = typename OperandOf<T>::Op;
+    static constexpr int SPLIT = OperandOf<T>::SPLIT;
+    static constexpr int D = D_, NBT = NBT_, BT = 8 * NBT_, P = P_, NS = P_ + 1;
+    static constexpr int GW = Cell::GW, GR = Cell::GR, GB = Cell::GB, S = Cell::S, NSAVED = Cell::NSAVED;
+    static constexpr int U = GR % 2 == 0 ? 1 : 2;
+    static constexpr int HT = U * GR, MT = HT / 2, DW = 8 * U;
+    static constexpr int WARPS = D / DW, THREADS = 32 * WARPS;
+    static constexpr int KT = D / 16;
+    // Row pitches padded by 16 bytes: the 8 rows an ldmatrix (or the 4 batch columns a warp's x reads) touch
+    // then start in distinct bank groups.
+    static constexpr int HROW = D + 8;
+    static constexpr int XROW = GW * D + 16 / int(sizeof(T));
+    static constexpr int CH = 16 / int(sizeof(T));  // elements per 16-byte copy
+    static constexpr int XCHUNKS = BT * GW * D / CH;
+    static constexpr int H_ELEMS = SPLIT * BT * HROW;  // one h buffer
+    static constexpr int X_ELEMS = BT * XROW;          // one Wx stage
+    static constexpr int H_BYTES = 2 * H_ELEMS * int(sizeof(Op));
+    static constexpr int SMEM_BYTES = H_BYTES + NS * X_ELEMS * int(sizeof(T));
+    static_assert(D % 16 == 0 && D % DW == 0, "D must be a multiple of 16");
+    static_assert(THREADS <= 1024, "head too large for one block");
+    static_assert(P >= 1, "prefetch depth");
+};
+
+// Copy Wx[b0:b0+BT, t, :, n, :] into one stage (rows past B zero-filled).
+template <class K, class T>
+__device__ __forceinline__ void prefetch_x(T* stage, const T* __restrict__ Wx, int t, int b0, int B, int Tn,
+                                           int n, size_t ND) {
+    constexpr int PER_ROW = K::GW * K::D / K::CH;
+    constexpr int PER_GATE = K::D / K::CH;
+    for (int i = threadIdx.x; i < K::XCHUNKS; i += K::THREADS) {
+        const int bl = i / PER_ROW, rem = i % PER_ROW;
+        const int gate = rem / PER_GATE, dc = (rem % PER_GATE) * K::CH;
+        const int b = b0 + bl;
+        const bool valid = b < B;
+        const T* src = valid ? Wx + ((size_t(b) * Tn + t) * K::GW + gate) * ND + size_t(n) * K::D + dc : Wx;
+        mma::cp_async_16(mma::smem_u32(stage + bl * K::XROW + gate * K::D + dc), src, valid);
+    }
+}
+
+// The warp's R rows as A-fragments (see the row order in the header), split for float32.
+template <class K, class T>
+__device__ __forceinline__ void load_r(unsigned (&a)[K::SPLIT][K::MT][K::KT][4], const T* __restrict__ R,
+                                       int n, int N, int dbase, int g, int c4) {
+    using Op = typename K::Op;
+#pragma unroll
+    for (int m = 0; m < K::MT; ++m)
+#pragma unroll
+        for (int kt = 0; kt < K::KT; ++kt)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int q = 2 * m + (j & 1);
+                const int gate = q % K::GR, d = dbase + 8 * (q / K::GR) + g;
+                const int k = 16 * kt + 2 * c4 + 8 * (j >> 1);
+                const T* p = R + ((size_t(gate) * N + n) * K::D + d) * K::D + k;
+                Op lo[K::SPLIT], hi[K::SPLIT];
+                split(load_f(p), lo);
+                split(load_f(p + 1), hi);
+#pragma unroll
+                for (int s = 0; s < K::SPLIT; ++s) a[s][m][kt][j] = mma::pack2(lo[s], hi[s]);
+            }
+}
+
+// B-fragments of h (all BT columns, all of K) from one h buffer, two K-tiles per ldmatrix.x4.
+template <class K>
+__device__ __forceinline__ void load_h(unsigned (&bf)[K::SPLIT][K::NBT][K::KT][2], const typename K::Op* hb,
+                                       int lane) {
+    const int mat = lane / 8, row = lane % 8;
+#pragma unroll
+    for (int s = 0; s < K::SPLIT; ++s)
+#pragma unroll
+        for (int nb = 0; nb < K::NBT; ++nb) {
+            const typename K::Op* base = hb + s * K::BT * K::HROW + (8 * nb + row) * K::HROW;
+#pragma unroll
+            for (int kt = 0; kt + 1 < K::KT; kt += 2) {
+                unsigned r[4];
+                mma::ldmatrix_x4(r, mma::smem_u32(base + 16 * kt + 8 * mat));
+                bf[s][nb][kt][0] = r[0], bf[s][nb][kt][1] = r[1];
+                bf[s][nb][kt + 1][0] = r[2], bf[s][nb][kt + 1][1] = r[3];
+            }
+            if constexpr (K::KT % 2 == 1) {
+                unsigned r[2];
+                mma::ldmatrix_x2(r, mma::smem_u32(base + 16 * (K::KT - 1) + 8 * (mat % 2)));
+                bf[s][nb][K::KT - 1][0] = r[0], bf[s][nb][K::KT - 1][1] = r[1];
+            }
+        }
+}
+
+// acc = R_warp x H: K-tiles outermost so the MT*NBT independent accumulators interleave in the pipe.
+template <class K>
+__device__ __forceinline__ void matmul(float (&acc)[K::MT][K::NBT][4], const unsigned (&a)[K::SPLIT][K::MT][K::KT][4],
+                                       const unsigned (&bf)[K::SPLIT][K::NBT][K::KT][2]) {
+    using M = mma::Mma<typename K::Op>;
+#pragma unroll
+    for (int m = 0; m < K::MT; ++m)
+#pragma unroll
+        for (int nb = 0; nb < K::NBT; ++nb)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) acc[m][nb][i] = 0.f;
+#pragma unroll
+    for (int kt = 0; kt < K::KT; ++kt)
+#pragma unroll
+        for (int m = 0; m < K::MT; ++m)
+#pragma unroll
+            for (int nb = 0; nb < K::NBT; ++nb) {
+                M::run(acc[m][nb], a[0][m][kt], bf[0][nb][kt][0], bf[0][nb][kt][1]);
+                if constexpr (K::SPLIT == 2) {
+                    M::run(acc[m][nb], a[0][m][kt], bf[1][nb][kt][0], bf[1][nb][kt][1]);
+                    M::run(acc[m][nb], a[1][m][kt], bf[0][nb][kt][0], bf[0][nb][kt][1]);
+                }
+            }
+}
+
+template <class K>
+__device__ __forceinline__ void store_h(typename K::Op* hb, int bl, int d, float h) {
+    typename K::Op parts[K::SPLIT];
+    split(h, parts);
+#pragma unroll
+    for (int s = 0; s < K::SPLIT; ++s) hb[s * K::BT * K::HROW + bl * K::HROW + d] = parts[s];
+}
+
+template <class Cell, class T, int D, int NBT, int P>
+__device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __restrict__ R,
+                                        const T* __restrict__ bias, const T* __restrict__ s0,
+                                        T* __restrict__ states, T* __restrict__ saved, int B, int Tn, int N) {
+    using K = Tile<Cell, T, D, NBT, P>;
+    using Op = typename K::Op;
+    extern __shared__ __align__(16) unsigned char smem[];
+    Op* hbuf = reinterpret_cast<Op*>(smem);                 // [2][SPLIT][BT][HROW]
+    T* xbuf = reinterpret_cast<T*>(smem + K::H_BYTES);      // [NS][BT][XROW]
+
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c4 = lane % 4;
+    const int n = blockIdx.x, b0 = blockIdx.y * K::BT;
+    const size_t ND = size_t(N) * D, BTND = size_t(B) * Tn * ND;
+    const int dbase = warp * K::DW;
+
+    // Start the first P stages before anything else so they land while R is read.
+#pragma unroll 1
+    for (int p = 0; p < P; ++p) {
+        if (p < Tn) prefetch_x<K>(xbuf + p * K::X_ELEMS, Wx, p, b0, B, Tn, n, ND);
+        mma::cp_async_commit();
+    }
+
+    unsigned a[K::SPLIT][K::MT][K::KT][4];
+    load_r<K>(a, R, n, N, dbase, g, c4);
+
+    // This thread's cells: (u, nb, c) -> d = dbase + 8u + g, local batch row 8nb + 2*c4 + c.
+    float bs[K::U][K::GB];
+    float st[K::U][K::NBT][2][K::S];
+#pragma unroll
+    for (int u = 0; u < K::U; ++u) {
+        const int d = dbase + 8 * u + g;
+#pragma unroll
+        for (int gate = 0; gate < K::GB; ++gate) bs[u][gate] = load_f(bias + (size_t(gate) * N + n) * D + d);
+#pragma unroll
+        for (int nb = 0; nb < NBT; ++nb)
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+                const int bl = 8 * nb + 2 * c4 + c, b = b0 + bl;
+#pragma unroll
+                for (int s = 0; s < K::S; ++s)
+                    st[u][nb][c][s] = (s0 != nullptr && b < B) ? load_f(s0 + (size_t(s) * B + b) * ND + size_t(n) * D + d) : 0.f;
+                store_h<K>(hbuf, bl, d, st[u][nb][c][0]);
+            }
+    }
+
+    int stage = 0;  // t % NS
+#pragma unroll 1
+    for (int t = 0; t < Tn; ++t) {
+        mma::cp_async_wait<P - 1>();  // this thread's copies of Wx[t] have landed ...
+        __syncthreads();              // ... everyone's, and h_{t-1} is complete
+        const Op* hcur = hbuf + (t & 1) * K::H_ELEMS;
+        Op* hnext = hbuf + ((t + 1) & 1) * K::H_ELEMS;
+        const T* xs = xbuf + stage * K::X_ELEMS;
+
+        // Critical path first: h fragments, then this step's Wx (needed only after the mma), then the mma.
+        unsigned bf[K::SPLIT][NBT][K::KT][2];
+        load_h<K>(bf, hcur, lane);
+        float x[K::U][NBT][2][K::GW];
+#pragma unroll
+        for (int u = 0; u < K::U; ++u)
+#pragma unroll
+            for (int nb = 0; nb < NBT; ++nb)
+#pragma unroll
+                for (int c = 0; c < 2; ++c)
+#pragma unroll
+                    for (int gate = 0; gate < K::GW; ++gate)
+                        x[u][nb][c][gate] = load_f(xs + (8 * nb + 2 * c4 + c) * K::XROW + gate * D + dbase + 8 * u + g);
+        float acc[K::MT][NBT][4];
+        matmul<K>(acc, a, bf);
+        // Refill the stage step t-1 read ((t + P) % NS) while the mma run: every thread passed this step's
+        // barrier, so nobody reads it any more.
+        {
+            const int pre = stage == 0 ? K::NS - 1 : stage - 1;
+            if (t + P < Tn) prefetch_x<K>(xbuf + pre * K::X_ELEMS, Wx, t + P, b0, B, Tn, n, ND);
+            mma::cp_async_commit();
+        }
+
+#pragma unroll
+        for (int u = 0; u < K::U; ++u)
+#pragma unroll
+            for (int nb = 0; nb < NBT; ++nb)
+#pragma unroll
+                for (int c = 0; c < 2; ++c) {
+                    const int d = dbase + 8 * u + g, bl = 8 * nb + 2 * c4 + c, b = b0 + bl;
+                    float rs[K::GR], sn[K::S], sv[K::NSAVED];
+#pragma unroll
+                    for (int gate = 0; gate < K::GR; ++gate) {
+                        const int q = u * K::GR + gate;
+                        rs[gate] = acc[q / 2][nb][2 * (q % 2) + c];
+                    }
+                    Cell::forward(x[u][nb][c], rs, bs[u], st[u][nb][c], sn, sv);
+#pragma unroll
+                    for (int s = 0; s < K::S; ++s) st[u][nb][c][s] = sn[s];
+                    store_h<K>(hnext, bl, d, sn[0]);
+                    if (b < B) {
+                        const size_t row = size_t(b) * Tn + t, col = size_t(n) * D + d;
+#pragma unroll
+                        for (int s = 0; s < K::S; ++s) store_f(states + s * BTND + row * ND + col, sn[s]);
+#pragma unroll
+                        for (int k = 0; k < K::NSAVED; ++k)
+                            store_f(saved + (row * K::NSAVED + k) * ND + col, sv[k]);
+                    }
+                }
+        stage = stage == K::NS - 1 ? 0 : stage + 1;
+    }
+    mma::cp_async_wait<0>();  // leave no copy in flight at exit (the tail groups are empty)
+}
+
+}  // namespace fused
+}  // namespace flashrnn
+
+// ---- The entry: one variant per set of -D defines (runtime contract) --------------------------------------
+//   FLASHRNN_CELL      LstmCell | SlstmCell | GruCell | ElmanCell
+//   FLASHRNN_STORAGE   __nv_bfloat16 | __half | float
+//   FLASHRNN_D         head dimension (multiple of 16)
+//   FLASHRNN_NBT       batch n-tiles of 8 sequences per block
+//   FLASHRNN_PREFETCH  steps of Wx in flight ahead of the one computed
+// Launch: grid (N, ceil(B / (8*NBT))), block Tile::THREADS, dynamic shared memory Tile::SMEM_BYTES.
+#ifndef FLASHRNN_CELL
+#define FLASHRNN_CELL LstmCell
+#endif
+#ifndef FLASHRNN_STORAGE
+#define FLASHRNN_STORAGE __nv_bfloat16
+#endif
+#ifndef FLASHRNN_D
+#define FLASHRNN_D 64
+#endif
+#ifndef FLASHRNN_NBT
+#define FLASHRNN_NBT 1
+#endif
+#ifndef FLASHRNN_PREFETCH
+#define FLASHRNN_PREFETCH 4
+#endif
+
+using FlashrnnFusedTile = flashrnn::fused::Tile<FLASHRNN_CELL, FLASHRNN_STORAGE, FLASHRNN_D, FLASHRNN_NBT,
+                                                FLASHRNN_PREFETCH>;
+
+extern "C" __global__ void __launch_bounds__(FlashrnnFusedTile::THREADS)
+flashrnn_fused_fw(const FLASHRNN_STORAGE* __restrict__ Wx, const FLASHRNN_STORAGE* __restrict__ R,
+                  const FLASHRNN_STORAGE* __restrict__ b, const FLASHRNN_STORAGE* __restrict__ states0,
+                  FLASHRNN_STORAGE* __restrict__ states, FLASHRNN_STORAGE* __restrict__ saved, int B, int T, int N) {
+    flashrnn::fused::forward<FLASHRNN_CELL, FLASHRNN_STORAGE, FLASHRNN_D, FLASHRNN_NBT, FLASHRNN_PREFETCH>(
+        Wx, R, b, states0, states, saved, B, T, N);
+}

@@ -1,0 +1,202 @@
+"""``cuda_fused``: the whole sequence in one persistent kernel (``cuda_src/fused_fw.cu``).
+
+Every block owns one head and a tile of ``8 * nbt`` sequences: R stays in registers as tensor-core fragments,
+``h`` in shared memory, and a time step costs one ``__syncthreads`` (no grid synchronisation, since heads never
+read each other). The forward writes ``states [S, B, T, N, D]`` and ``saved [B, T, n_saved, N, D]`` (the cells'
+pre-activations, docs/architecture.md "Saved tensors"), so any backend's backward can consume them.
+
+What it takes: D a multiple of 16 and small enough for one head's R to fit one block's registers
+(``max_head_dim``); larger heads need the cluster path (one thread-block cluster per head), not written yet,
+and ``auto`` falls back to ``cuda`` for them.
+
+Backward: the fused backward kernel (issue 6) is not written yet; ``backward`` runs the ``cuda`` backend's
+backward on this forward's saved tensors (the same contract), so gradients are always available.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import _arrays
+from .base import Backend
+
+SOURCE = "fused_fw.cu"
+ENTRY = "flashrnn_fused_fw"
+
+#: cell name -> struct in cuda_src/cells/; storage dtype -> CUDA type.
+CELL_STRUCTS = {"lstm": "LstmCell", "slstm": "SlstmCell", "gru": "GruCell", "elman": "ElmanCell"}
+STORAGE_TYPES = {_arrays.bfloat16: "__nv_bfloat16", _arrays.float16: "__half", _arrays.float32: "float"}
+
+#: Largest head dimension whose R fits one block's registers without spilling (checked by
+#: ``python -m flashrnn_core.compile --check`` for every variant). R takes ``Gr * D * D`` 16-bit operands
+#: (twice that for float32, stored as bf16 hi + lo) spread over ``32 * D / (8 U)`` threads; at D = 128 that is
+#: 64 registers a thread for lstm/slstm (512 threads), 96 for gru (256 threads), 32 for elman; one step more
+#: (D = 144) leaves the cell's pointwise math too few registers.
+MAX_D_16BIT = {"lstm": 128, "slstm": 128, "gru": 128, "elman": 128}
+MAX_D_FLOAT32 = {"lstm": 64, "slstm": 64, "gru": 64, "elman": 128}
+
+SMEM_DEFAULT_LIMIT = 48 * 1024  # dynamic shared memory a block gets without opting in
+PREFETCH_MAX = 4  # issue 5: Wx staged 4 steps ahead hid the global-load latency (1.06 ms -> 0.49 ms at 1 step)
+
+
+@dataclass(frozen=True)
+class FusedParams:
+    """One launch of ``flashrnn_fused_fw``: the template parameters and the launch geometry."""
+
+    cell: str  # CUDA struct
+    storage: str  # CUDA type
+    D: int
+    nbt: int  # batch n-tiles of 8 sequences per block
+    prefetch: int  # steps of Wx in flight ahead
+    threads: int
+    smem_bytes: int
+    grid: tuple[int, int]  # (N heads, batch tiles)
+
+    def defines(self) -> tuple[tuple[str, str], ...]:
+        return (("FLASHRNN_CELL", self.cell), ("FLASHRNN_STORAGE", self.storage), ("FLASHRNN_D", str(self.D)),
+                ("FLASHRNN_NBT", str(self.nbt)), ("FLASHRNN_PREFETCH", str(self.prefetch)))
+
+
+def max_head_dim(function: str, dtype) -> int:
+    return (MAX_D_FLOAT32 if np.dtype(dtype) == _arrays.float32 else MAX_D_16BIT)[function]
+
+
+def tile_geometry(cell, dtype, D: int, nbt: int, prefetch: int) -> tuple[int, int]:
+    """(threads, dynamic shared-memory bytes) of one block: mirrors ``Tile`` in fused_fw.cu."""
+    itemsize = np.dtype(dtype).itemsize
+    split = 2 if np.dtype(dtype) == _arrays.float32 else 1  # float32: h as bf16 hi + lo
+    u = 1 if cell.gates_r % 2 == 0 else 2  # d-groups of 8 per warp
+    threads = 32 * (D // (8 * u))
+    bt = 8 * nbt
+    h_bytes = 2 * split * bt * (D + 8) * 2
+    x_bytes = (prefetch + 1) * bt * (cell.gates_w * D + 16 // itemsize) * itemsize
+    return threads, h_bytes + x_bytes
+
+
+def choose_params(function: str, cell, dtype, B: int, N: int, D: int, num_sms: int = 132) -> FusedParams | str:
+    """The hand-derived parameter rule (the one place the ConstrINT solver will replace); a reason if none fits.
+
+    - One block per (head, batch tile). The batch tile is 8 sequences (the mma's n = 8): issue 5 measured 8
+      sequences per block at 0.49 ms and 16 at 1.49 ms for 12x64, B=16 — parallel blocks beat wider tiles.
+      Only when the blocks would exceed what stays resident at once (about 2 blocks of 256 threads a SM at the
+      ~120 registers a thread these kernels take) does the tile grow to 16 (nbt = 2, D <= 64 only, where the
+      extra accumulators still fit), halving the blocks, so that no block waits for a second wave.
+    - Prefetch depth: 4 steps of Wx in flight, fewer only where the stages would pass the 48 KB of shared memory
+      a block gets without opting in.
+    """
+    dtype = np.dtype(dtype)
+    if dtype not in STORAGE_TYPES:
+        return f"storage dtype {dtype} is not one of float32, bfloat16, float16"
+    if D % 16:
+        return f"head dimension D={D} is not a multiple of 16 (the tensor-core tile's k)"
+    limit = max_head_dim(function, dtype)
+    if D > limit:
+        return (f"head dimension D={D} is above {limit}, the largest whose R ({cell.gates_r}x{D}x{D}) fits one "
+                f"block's registers for {function} in {_arrays.dtype_name(dtype)}; the cluster path for larger "
+                f"heads is not implemented yet")
+    threads, _ = tile_geometry(cell, dtype, D, 1, 1)
+    resident = max(1, 65536 // (128 * threads)) * num_sms  # blocks resident at once, at <= 128 registers/thread
+    nbt = 1
+    if N * -(-B // 8) > resident and D <= 64:
+        nbt = 2
+    for prefetch in range(PREFETCH_MAX, 0, -1):
+        threads, smem = tile_geometry(cell, dtype, D, nbt, prefetch)
+        if smem <= SMEM_DEFAULT_LIMIT:
+            break
+    else:
+        return f"shared memory {smem} B for D={D} is above {SMEM_DEFAULT_LIMIT} B"
+    return FusedParams(CELL_STRUCTS[function], STORAGE_TYPES[dtype], D, nbt, prefetch, threads, smem,
+                       (N, -(-B // (8 * nbt))))
+
+
+def _num_sms() -> int:
+    import cupy
+
+    return int(cupy.cuda.Device().attributes["MultiProcessorCount"])
+
+
+def _empty(shape, dtype):
+    """Output allocation (one place, so tests can hand out NaN-poisoned memory and check it is overwritten)."""
+    import cupy
+
+    return cupy.empty(shape, dtype=dtype)
+
+
+def _as(a, dtype):
+    """``a`` in ``dtype``, C-contiguous and 16-byte aligned (cp.async copies 16-byte pieces of Wx)."""
+    import cupy
+
+    if a is None:
+        return None
+    if a.dtype != dtype or not a.flags.c_contiguous or a.data.ptr % 16:
+        a = cupy.ascontiguousarray(a.astype(dtype, copy=False))
+        if a.data.ptr % 16:
+            a = a.copy()
+    return a
+
+
+class FusedBackend(Backend):
+    name = "cuda_fused"
+
+    def unsupported(self, problem) -> str | None:
+        if not problem.on_gpu:
+            return "cuda_fused runs on CuPy arrays on a GPU, got NumPy arrays"
+        params = choose_params(problem.function, problem.cell, problem.dtype, problem.B, problem.N, problem.D)
+        return params if isinstance(params, str) else None
+
+    def params(self, problem) -> FusedParams:
+        params = choose_params(problem.function, problem.cell, problem.dtype, problem.B, problem.N, problem.D,
+                               _num_sms())
+        if isinstance(params, str):
+            raise ValueError(f"backend: 'cuda_fused' cannot run {problem.label()}: {params}")
+        return params
+
+    def spec(self, problem, params: FusedParams):
+        from ..runtime import KernelSpec
+
+        label = f"{problem.function} cuda_fused fw {_arrays.dtype_name(problem.dtype)} D{params.D} nbt{params.nbt}"
+        return KernelSpec(source=SOURCE, entry=ENTRY, defines=params.defines(), label=label)
+
+    def forward(self, problem, Wx, R, b, states0):
+        from ..runtime import get_kernel, launch
+
+        params = self.params(problem)
+        cell, dtype = problem.cell, problem.dtype
+        B, T, N, D = problem.B, problem.T, problem.N, problem.D
+        # Parameters in another dtype than Wx are converted once here (small next to Wx): the kernel reads one
+        # storage type. float32 parameters for 16-bit Wx round to what the tensor cores would take anyway.
+        Wx, R, b, states0 = (_as(a, dtype) for a in (Wx, R, b, states0))
+        states = _empty((cell.states, B, T, N, D), dtype)
+        saved = _empty((B, T, cell.n_saved, N, D), dtype)
+        kernel = get_kernel(self.spec(problem, params))
+        s0 = states0 if states0 is not None else np.uint64(0)  # a null pointer: the kernel starts from zeros
+        launch(kernel, params.grid, (params.threads,), Wx, R, b, s0, states, saved,
+               np.int32(B), np.int32(T), np.int32(N), shmem=params.smem_bytes)
+        return states, saved
+
+    def backward(self, problem, Wx, R, b, states0, states, saved, dstates, dlast):
+        # The fused backward (issue 6) is not written: the alternating backend's backward reads the same saved
+        # pre-activations and states (docs/architecture.md "Saved tensors"), so it serves this forward exactly.
+        from . import get_backend
+
+        return get_backend("cuda").backward(problem, Wx, R, b, states0, states, saved, dstates, dlast)
+
+    def kernel_variants(self):
+        """Every (cell, dtype, D, nbt) the rule can choose, for ``compile --check``."""
+        from ..cells import CELLS
+        from ..runtime import KernelSpec
+
+        specs = []
+        for function, cell in CELLS.items():
+            for dtype in STORAGE_TYPES:
+                for D in range(16, max_head_dim(function, dtype) + 1, 16):
+                    for nbt in (1, 2) if D <= 64 else (1,):
+                        # B and N chosen so that the rule picks this nbt.
+                        B = 8 if nbt == 1 else 8 * 1024
+                        params = choose_params(function, cell, dtype, B, 1024 if nbt == 2 else 1, D)
+                        assert not isinstance(params, str), params
+                        label = f"{function} cuda_fused fw {_arrays.dtype_name(dtype)} D{D} nbt{params.nbt}"
+                        specs.append(KernelSpec(source=SOURCE, entry=ENTRY, defines=params.defines(), label=label))
+        return specs

@@ -1,0 +1,181 @@
+"""cuda_fused: forward vs the float64 vanilla reference, outputs fully written, what it refuses, and (on a CPU)
+that every kernel variant compiles for sm_80 and sm_90."""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+
+import flashrnn_core as fc
+from flashrnn_core import _arrays
+from flashrnn_core.backends import fused
+from flashrnn_core.cells import CELLS
+
+DTYPES = {"float32": _arrays.float32, "bfloat16": _arrays.bfloat16, "float16": _arrays.float16}
+TOL = {"float32": 1e-4, "bfloat16": 2e-2, "float16": 2e-2}  # SPEC.md, relative to a float64 reference
+
+# (B, T, N, D, initial states): odd B, B = 1 and 256, T = 1, D = 48 (an odd number of k-tiles), every
+# supported D; the B = 256 x 12 heads shape makes the rule pick 16-sequence tiles (nbt = 2).
+SHAPES = [
+    (3, 17, 2, 16, False),
+    (5, 9, 3, 32, True),
+    (16, 33, 2, 64, False),
+    (1, 1, 1, 64, True),
+    (7, 10, 2, 48, True),
+    (9, 12, 2, 128, True),
+    (256, 3, 12, 64, True),
+]
+
+
+def _inputs(rng, function, dtype, B, T, N, D, with_states):
+    cell = CELLS[function]
+    Wx = rng.standard_normal((B, T, cell.gates_w, N, D))
+    R = rng.standard_normal((cell.gates_r, N, D, D)) / np.sqrt(D)
+    b = rng.standard_normal((cell.gates_b, N, D))
+    s0 = None
+    if with_states:
+        s0 = rng.standard_normal((cell.states, B, 1, N, D))
+        if function == "slstm":  # n >= 1 and a finite stabilizer m, as a previous forward would leave them
+            s0[2] = 1.0 + np.abs(s0[2])
+    return [None if a is None else a.astype(np.float32).astype(dtype) for a in (Wx, R, b, s0)]
+
+
+def _rel(out, ref) -> float:
+    out, ref = np.asarray(out, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    assert not np.isnan(out).any(), "NaN in the output"
+    return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30))
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Outputs of cuda_fused come from NaN-filled memory: any element the kernel does not write stays NaN."""
+    import cupy
+
+    def nan_empty(shape, dtype):
+        return cupy.full(shape, np.nan, dtype=dtype)
+
+    monkeypatch.setattr(fused, "_empty", nan_empty)
+
+
+def _shape_id(shape):
+    B, T, N, D, s = shape
+    return f"B{B}-T{T}-N{N}-D{D}" + ("-s0" if s else "")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", SHAPES, ids=_shape_id)
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("function", list(CELLS))
+def test_forward_matches_vanilla(function, dtype_name, shape, poisoned):
+    import cupy
+
+    B, T, N, D, with_states = shape
+    dtype = DTYPES[dtype_name]
+    if D > fused.max_head_dim(function, dtype):
+        pytest.skip(f"D={D} is above cuda_fused's single-block limit for {function} {dtype_name}")
+    rng = np.random.default_rng(zlib.crc32(repr((function, dtype_name, shape)).encode()))
+    host = _inputs(rng, function, dtype, B, T, N, D, with_states)
+    dev = [None if a is None else cupy.asarray(a) for a in host]
+
+    out = fc.forward(*dev, function=function, backend="cuda_fused")
+    assert out.backend == "cuda_fused"
+    ref = fc.forward(*[None if a is None else a.astype(np.float64) for a in host], function=function,
+                     backend="vanilla")
+
+    states, saved = cupy.asnumpy(out.states), cupy.asnumpy(out.saved)
+    assert states.shape == ref.states.shape and states.dtype == dtype
+    assert saved.shape == (B, T, CELLS[function].n_saved, N, D) and saved.dtype == dtype
+    tol = TOL[dtype_name]
+    for s, name in enumerate(CELLS[function].state_names):
+        err = _rel(states[s], ref.states[s])
+        assert err < tol, f"state {name}: relative error {err:.2e} >= {tol:g}"
+    err = _rel(saved, ref.saved)
+    assert err < tol, f"saved pre-activations: relative error {err:.2e} >= {tol:g}"
+
+
+@pytest.mark.gpu
+def test_auto_picks_fused_and_falls_back():
+    import cupy
+
+    rng = np.random.default_rng(0)
+    small = [cupy.asarray(a) for a in _inputs(rng, "lstm", _arrays.bfloat16, 2, 3, 2, 64, False)[:3]]
+    assert fc.forward(*small, function="lstm").backend == "cuda_fused"
+    big = [cupy.asarray(a) for a in _inputs(rng, "lstm", _arrays.bfloat16, 2, 3, 1, 256, False)[:3]]
+    assert fc.forward(*big, function="lstm").backend == "cuda"
+
+
+@pytest.mark.gpu
+def test_backward_runs_on_fused_saved_tensors():
+    """The backward (delegated until issue 6) reads this forward's saved tensors: gradients match vanilla's."""
+    import cupy
+
+    rng = np.random.default_rng(1)
+    host = _inputs(rng, "lstm", _arrays.float32, 3, 5, 2, 32, True)
+    dh = rng.standard_normal((1, 3, 5, 2, 32)).astype(np.float32)
+    out = fc.forward(*[cupy.asarray(a) for a in host], function="lstm", backend="cuda_fused")
+    grads = fc.backward(out, dstates=cupy.asarray(dh))
+    ref = fc.forward(*[a.astype(np.float64) for a in host], function="lstm", backend="vanilla")
+    ref_grads = fc.backward(ref, dstates=dh.astype(np.float64))
+    for name in ("dWx", "dR", "db", "dstates_initial"):
+        err = _rel(cupy.asnumpy(getattr(grads, name)), getattr(ref_grads, name))
+        assert err < 1e-3, f"{name}: relative error {err:.2e}"
+
+
+# ---- without a GPU -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("function", list(CELLS))
+def test_unsupported_says_why(function):
+    cell = CELLS[function]
+    for D, dtype in ((24, _arrays.bfloat16), (256, _arrays.bfloat16), (768, _arrays.bfloat16), (128, _arrays.float32)):
+        reason = fused.choose_params(function, cell, dtype, 16, 1, D)
+        if D > fused.max_head_dim(function, dtype) or D % 16:
+            assert isinstance(reason, str) and f"D={D}" in reason
+    params = fused.choose_params(function, cell, _arrays.bfloat16, 16, 12, 64)
+    assert not isinstance(params, str) and params.grid == (12, 2) and params.nbt == 1
+    assert params.smem_bytes <= fused.SMEM_DEFAULT_LIMIT
+
+
+def test_rule_widens_tiles_only_past_residency():
+    cell = CELLS["lstm"]
+    assert fused.choose_params("lstm", cell, _arrays.bfloat16, 64, 12, 64).nbt == 1
+    assert fused.choose_params("lstm", cell, _arrays.bfloat16, 256, 12, 64).nbt == 2
+
+
+def _compile_or_skip():
+    try:
+        from flashrnn_core.runtime import compile_spec  # noqa: F401
+        import cuda.core  # noqa: F401
+    except ImportError as err:
+        pytest.skip(f"runtime unavailable: {err}")
+
+
+def _check_compiles(spec, arch):
+    from flashrnn_core.runtime import compile_spec
+
+    result = compile_spec(spec, arch, use_cache=False)
+    assert result.cubin, f"{spec.label} {arch}: no binary"
+    resources = getattr(result, "resources", None) or {}
+    spills = resources.get("spill_stores", 0) if isinstance(resources, dict) else 0
+    assert not spills, f"{spec.label} {arch}: {spills} bytes of register spills"
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_reference_variants_compile(arch):
+    """The variants of the reference shapes (12x64, 48x16) compile for both architectures."""
+    _compile_or_skip()
+    backend = fused.FusedBackend()
+    for spec in backend.kernel_variants():
+        d = dict(spec.defines)
+        if d["FLASHRNN_D"] in ("16", "64") and d["FLASHRNN_NBT"] == "1" and d["FLASHRNN_STORAGE"] == "__nv_bfloat16":
+            _check_compiles(spec, arch)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_every_variant_compiles(arch):
+    _compile_or_skip()
+    for spec in fused.FusedBackend().kernel_variants():
+        _check_compiles(spec, arch)
