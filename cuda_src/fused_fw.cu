@@ -58,60 +58,75 @@ template <class Op, int SPLIT> __device__ __forceinline__ void split(float v, Op
 }
 
 // Compile-time geometry of one variant. backends/fused.py mirrors THREADS and SMEM_BYTES (keep them equal).
-template <class Cell, class T, int D_, int NBT_, int P_> struct Tile {
+// CL blocks (a cluster) share one head: block `rank` owns the DB = D/CL output dims [rank*DB, (rank+1)*DB) and
+// all of K; KS warps split K for the same rows (their partial sums meet in shared memory).
+template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_> struct Tile {
     using Op = typename OperandOf<T>::Op;
     static constexpr int SPLIT = OperandOf<T>::SPLIT;
-    static constexpr int D = D_, NBT = NBT_, BT = 8 * NBT_, P = P_, NS = P_ + 1;
+    static constexpr int D = D_, NBT = NBT_, BT = 8 * NBT_, P = P_, NS = P_ + 1, CL = CL_, KS = KS_;
     static constexpr int GW = Cell::GW, GR = Cell::GR, GB = Cell::GB, S = Cell::S, NSAVED = Cell::NSAVED;
     static constexpr int U = GR % 2 == 0 ? 1 : 2;
     static constexpr int HT = U * GR, MT = HT / 2, DW = 8 * U;
-    static constexpr int WARPS = D / DW, THREADS = 32 * WARPS;
-    static constexpr int KT = D / 16;
+    static constexpr int DB = D / CL;                       // output dims of one block
+    static constexpr int WARPS_D = DB / DW, WARPS = WARPS_D * KS, THREADS = 32 * WARPS;
+    static constexpr int KT = D / 16, KTW = KT / KS;        // k-tiles of the head, of one warp
+    static constexpr int OWN = 2 / KS;                      // batch columns c (of 2 per lane) a warp finishes
+    // Blocks of 384+ threads get <= 170 registers a thread, and R's fragments take most of them: there Wx is
+    // read cell by cell at the pointwise step instead of all at once while the mma run.
+    static constexpr bool LATE_X = THREADS >= 384;
     // Row pitches padded by 16 bytes: the 8 rows an ldmatrix (or the 4 batch columns a warp's x reads) touch
     // then start in distinct bank groups.
     static constexpr int HROW = D + 8;
-    static constexpr int XROW = GW * D + 16 / int(sizeof(T));
-    static constexpr int CH = 16 / int(sizeof(T));  // elements per 16-byte copy
-    static constexpr int XCHUNKS = BT * GW * D / CH;
-    static constexpr int H_ELEMS = SPLIT * BT * HROW;  // one h buffer
-    static constexpr int X_ELEMS = BT * XROW;          // one Wx stage
+    static constexpr int XROW = GW * DB + 16 / int(sizeof(T));
+    static constexpr int CH = 16 / int(sizeof(T));          // elements per 16-byte copy
+    static constexpr int XCHUNKS = BT * GW * DB / CH;
+    static constexpr int H_ELEMS = SPLIT * BT * HROW;       // one h buffer (all D columns)
+    static constexpr int X_ELEMS = BT * XROW;               // one Wx stage (this block's columns)
+    static constexpr int PART_FLOATS = KS > 1 ? KS * WARPS_D * MT * NBT * 4 * 32 : 0;
     static constexpr int H_BYTES = 2 * H_ELEMS * int(sizeof(Op));
-    static constexpr int SMEM_BYTES = H_BYTES + NS * X_ELEMS * int(sizeof(T));
-    static_assert(D % 16 == 0 && D % DW == 0, "D must be a multiple of 16");
+    static constexpr int X_BYTES = NS * X_ELEMS * int(sizeof(T));
+    static constexpr int PART_BYTES = PART_FLOATS * 4;
+    static constexpr int BAR_BYTES = CL > 1 ? 16 : 0;       // two mbarriers (one per h buffer)
+    static constexpr int SMEM_BYTES = H_BYTES + X_BYTES + PART_BYTES + BAR_BYTES;
+    // Bytes of h one block receives from the others per step.
+    static constexpr unsigned RECV_BYTES = unsigned((CL - 1) * SPLIT * BT * DB * int(sizeof(Op)));
+    static_assert(D % 16 == 0 && D % CL == 0 && DB % DW == 0, "D must be a multiple of 16 (and of CL*DW)");
+    static_assert(KT % KS == 0 && (KS == 1 || KS == 2), "split-K over 1 or 2 warps");
+    static_assert(CL == 1 || (DB * int(sizeof(Op))) % 16 == 0, "a block's h columns move in 16-byte pieces");
     static_assert(THREADS <= 1024, "head too large for one block");
     static_assert(P >= 1, "prefetch depth");
 };
 
-// Copy Wx[b0:b0+BT, t, :, n, :] into one stage (rows past B zero-filled).
+// Copy Wx[b0:b0+BT, t, :, n, d0:d0+DB] into one stage (rows past B zero-filled).
 template <class K, class T>
 __device__ __forceinline__ void prefetch_x(T* stage, const T* __restrict__ Wx, int t, int b0, int B, int Tn,
-                                           int n, size_t ND) {
-    constexpr int PER_ROW = K::GW * K::D / K::CH;
-    constexpr int PER_GATE = K::D / K::CH;
+                                           int n, int d0, size_t ND) {
+    constexpr int PER_ROW = K::GW * K::DB / K::CH;
+    constexpr int PER_GATE = K::DB / K::CH;
     for (int i = threadIdx.x; i < K::XCHUNKS; i += K::THREADS) {
         const int bl = i / PER_ROW, rem = i % PER_ROW;
         const int gate = rem / PER_GATE, dc = (rem % PER_GATE) * K::CH;
         const int b = b0 + bl;
         const bool valid = b < B;
-        const T* src = valid ? Wx + ((size_t(b) * Tn + t) * K::GW + gate) * ND + size_t(n) * K::D + dc : Wx;
-        mma::cp_async_16(mma::smem_u32(stage + bl * K::XROW + gate * K::D + dc), src, valid);
+        const T* src = valid ? Wx + ((size_t(b) * Tn + t) * K::GW + gate) * ND + size_t(n) * K::D + d0 + dc : Wx;
+        mma::cp_async_16(mma::smem_u32(stage + bl * K::XROW + gate * K::DB + dc), src, valid);
     }
 }
 
-// The warp's R rows as A-fragments (see the row order in the header), split for float32.
+// The warp's R rows (dims drow + 8*(q/GR) + g of half tile q) over its k-tiles as A-fragments, split for float32.
 template <class K, class T>
-__device__ __forceinline__ void load_r(unsigned (&a)[K::SPLIT][K::MT][K::KT][4], const T* __restrict__ R,
-                                       int n, int N, int dbase, int g, int c4) {
+__device__ __forceinline__ void load_r(unsigned (&a)[K::SPLIT][K::MT][K::KTW][4], const T* __restrict__ R,
+                                       int n, int N, int drow, int kt0, int g, int c4) {
     using Op = typename K::Op;
 #pragma unroll
     for (int m = 0; m < K::MT; ++m)
 #pragma unroll
-        for (int kt = 0; kt < K::KT; ++kt)
+        for (int kt = 0; kt < K::KTW; ++kt)
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
                 const int q = 2 * m + (j & 1);
-                const int gate = q % K::GR, d = dbase + 8 * (q / K::GR) + g;
-                const int k = 16 * kt + 2 * c4 + 8 * (j >> 1);
+                const int gate = q % K::GR, d = drow + 8 * (q / K::GR) + g;
+                const int k = 16 * (kt0 + kt) + 2 * c4 + 8 * (j >> 1);
                 const T* p = R + ((size_t(gate) * N + n) * K::D + d) * K::D + k;
                 Op lo[K::SPLIT], hi[K::SPLIT];
                 split(load_f(p), lo);
@@ -121,35 +136,35 @@ __device__ __forceinline__ void load_r(unsigned (&a)[K::SPLIT][K::MT][K::KT][4],
             }
 }
 
-// B-fragments of h (all BT columns, all of K) from one h buffer, two K-tiles per ldmatrix.x4.
+// B-fragments of h (all BT columns, the warp's k-tiles from kt0) from one h buffer, two k-tiles per ldmatrix.x4.
 template <class K>
-__device__ __forceinline__ void load_h(unsigned (&bf)[K::SPLIT][K::NBT][K::KT][2], const typename K::Op* hb,
-                                       int lane) {
+__device__ __forceinline__ void load_h(unsigned (&bf)[K::SPLIT][K::NBT][K::KTW][2], const typename K::Op* hb,
+                                       int kt0, int lane) {
     const int mat = lane / 8, row = lane % 8;
 #pragma unroll
     for (int s = 0; s < K::SPLIT; ++s)
 #pragma unroll
         for (int nb = 0; nb < K::NBT; ++nb) {
-            const typename K::Op* base = hb + s * K::BT * K::HROW + (8 * nb + row) * K::HROW;
+            const typename K::Op* base = hb + s * K::BT * K::HROW + (8 * nb + row) * K::HROW + 16 * kt0;
 #pragma unroll
-            for (int kt = 0; kt + 1 < K::KT; kt += 2) {
+            for (int kt = 0; kt + 1 < K::KTW; kt += 2) {
                 unsigned r[4];
                 mma::ldmatrix_x4(r, mma::smem_u32(base + 16 * kt + 8 * mat));
                 bf[s][nb][kt][0] = r[0], bf[s][nb][kt][1] = r[1];
                 bf[s][nb][kt + 1][0] = r[2], bf[s][nb][kt + 1][1] = r[3];
             }
-            if constexpr (K::KT % 2 == 1) {
+            if constexpr (K::KTW % 2 == 1) {
                 unsigned r[2];
-                mma::ldmatrix_x2(r, mma::smem_u32(base + 16 * (K::KT - 1) + 8 * (mat % 2)));
-                bf[s][nb][K::KT - 1][0] = r[0], bf[s][nb][K::KT - 1][1] = r[1];
+                mma::ldmatrix_x2(r, mma::smem_u32(base + 16 * (K::KTW - 1) + 8 * (mat % 2)));
+                bf[s][nb][K::KTW - 1][0] = r[0], bf[s][nb][K::KTW - 1][1] = r[1];
             }
         }
 }
 
-// acc = R_warp x H: K-tiles outermost so the MT*NBT independent accumulators interleave in the pipe.
+// acc = R_warp x H over the warp's k-tiles: k outermost so the MT*NBT independent accumulators interleave.
 template <class K>
-__device__ __forceinline__ void matmul(float (&acc)[K::MT][K::NBT][4], const unsigned (&a)[K::SPLIT][K::MT][K::KT][4],
-                                       const unsigned (&bf)[K::SPLIT][K::NBT][K::KT][2]) {
+__device__ __forceinline__ void matmul(float (&acc)[K::MT][K::NBT][4], const unsigned (&a)[K::SPLIT][K::MT][K::KTW][4],
+                                       const unsigned (&bf)[K::SPLIT][K::NBT][K::KTW][2]) {
     using M = mma::Mma<typename K::Op>;
 #pragma unroll
     for (int m = 0; m < K::MT; ++m)
@@ -158,7 +173,7 @@ __device__ __forceinline__ void matmul(float (&acc)[K::MT][K::NBT][4], const uns
 #pragma unroll
             for (int i = 0; i < 4; ++i) acc[m][nb][i] = 0.f;
 #pragma unroll
-    for (int kt = 0; kt < K::KT; ++kt)
+    for (int kt = 0; kt < K::KTW; ++kt)
 #pragma unroll
         for (int m = 0; m < K::MT; ++m)
 #pragma unroll
@@ -171,6 +186,25 @@ __device__ __forceinline__ void matmul(float (&acc)[K::MT][K::NBT][4], const uns
             }
 }
 
+// Split-K: every warp leaves its partial sums in shared memory; after the barrier each warp adds the other
+// warps' partials for the batch column it finishes (c = ks).
+template <class K>
+__device__ __forceinline__ void put_partials(float* part, const float (&acc)[K::MT][K::NBT][4], int ks, int wd,
+                                             int lane) {
+#pragma unroll
+    for (int m = 0; m < K::MT; ++m)
+#pragma unroll
+        for (int nb = 0; nb < K::NBT; ++nb)
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+                part[((((ks * K::WARPS_D + wd) * K::MT + m) * K::NBT + nb) * 4 + i) * 32 + lane] = acc[m][nb][i];
+}
+
+template <class K>
+__device__ __forceinline__ float partial(const float* part, int ks, int wd, int m, int nb, int i, int lane) {
+    return part[((((ks * K::WARPS_D + wd) * K::MT + m) * K::NBT + nb) * 4 + i) * 32 + lane];
+}
+
 template <class K>
 __device__ __forceinline__ void store_h(typename K::Op* hb, int bl, int d, float h) {
     typename K::Op parts[K::SPLIT];
@@ -179,81 +213,136 @@ __device__ __forceinline__ void store_h(typename K::Op* hb, int bl, int d, float
     for (int s = 0; s < K::SPLIT; ++s) hb[s * K::BT * K::HROW + bl * K::HROW + d] = parts[s];
 }
 
-template <class Cell, class T, int D, int NBT, int P>
+// Send this block's columns of h buffer `hb` to the other CL-1 blocks of the cluster (16-byte st.async, counted
+// by their mbarrier for that buffer).
+template <class K>
+__device__ __forceinline__ void send_h(const typename K::Op* hb, unsigned bar, unsigned rank) {
+    constexpr int PER_ROW = K::DB * int(sizeof(typename K::Op)) / 16;
+    constexpr int CHUNKS = K::SPLIT * K::BT * PER_ROW;
+    for (int i = threadIdx.x; i < CHUNKS * (K::CL - 1); i += K::THREADS) {
+        const int chunk = i % CHUNKS, dest = i / CHUNKS + 1;
+        const int row = chunk / PER_ROW, col = (chunk % PER_ROW) * (16 / int(sizeof(typename K::Op)));
+        const typename K::Op* src = hb + row * K::HROW + rank * K::DB + col;  // row runs over SPLIT*BT rows
+        const uint4 v = *reinterpret_cast<const uint4*>(src);
+        const unsigned target = (rank + dest) % K::CL;
+        cluster::st_async_16(cluster::map(mma::smem_u32(src), target), v, cluster::map(bar, target));
+    }
+}
+
+template <class Cell, class T, int D, int NBT, int P, int CL, int KS>
 __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __restrict__ R,
                                         const T* __restrict__ bias, const T* __restrict__ s0,
                                         T* __restrict__ states, T* __restrict__ saved, int B, int Tn, int N) {
-    using K = Tile<Cell, T, D, NBT, P>;
+    using K = Tile<Cell, T, D, NBT, P, CL, KS>;
     using Op = typename K::Op;
     extern __shared__ __align__(16) unsigned char smem[];
-    Op* hbuf = reinterpret_cast<Op*>(smem);                 // [2][SPLIT][BT][HROW]
-    T* xbuf = reinterpret_cast<T*>(smem + K::H_BYTES);      // [NS][BT][XROW]
+    Op* hbuf = reinterpret_cast<Op*>(smem);                                       // [2][SPLIT][BT][HROW]
+    T* xbuf = reinterpret_cast<T*>(smem + K::H_BYTES);                            // [NS][BT][XROW]
+    float* part = reinterpret_cast<float*>(smem + K::H_BYTES + K::X_BYTES);       // split-K partial sums
+    const unsigned bars = mma::smem_u32(smem + K::H_BYTES + K::X_BYTES + K::PART_BYTES);  // mbarrier per h buffer
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c4 = lane % 4;
-    const int n = blockIdx.x, b0 = blockIdx.y * K::BT;
+    const int wd = warp % K::WARPS_D, ks = warp / K::WARPS_D;
+    const unsigned rank = CL > 1 ? cluster::rank() : 0;
+    const int n = blockIdx.x / CL, b0 = blockIdx.y * K::BT;
+    const int d0 = int(rank) * K::DB;                 // first output dim of this block
+    const int dloc = wd * K::DW;                      // first output dim of this warp, within the block
     const size_t ND = size_t(N) * D, BTND = size_t(B) * Tn * ND;
-    const int dbase = warp * K::DW;
 
     // Start the first P stages before anything else so they land while R is read.
 #pragma unroll 1
     for (int p = 0; p < P; ++p) {
-        if (p < Tn) prefetch_x<K>(xbuf + p * K::X_ELEMS, Wx, p, b0, B, Tn, n, ND);
+        if (p < Tn) prefetch_x<K>(xbuf + p * K::X_ELEMS, Wx, p, b0, B, Tn, n, d0, ND);
         mma::cp_async_commit();
     }
+    if constexpr (CL > 1) {
+        if (threadIdx.x == 0) {
+            for (int i = 0; i < 2; ++i) {
+                cluster::mbarrier_init(bars + 8 * i, 1);
+                cluster::mbarrier_expect(bars + 8 * i, K::RECV_BYTES);  // phase 0 of each buffer
+            }
+        }
+    }
 
-    unsigned a[K::SPLIT][K::MT][K::KT][4];
-    load_r<K>(a, R, n, N, dbase, g, c4);
+    unsigned a[K::SPLIT][K::MT][K::KTW][4];
+    load_r<K>(a, R, n, N, d0 + dloc, ks * K::KTW, g, c4);
 
-    // This thread's cells: (u, nb, c) -> d = dbase + 8u + g, local batch row 8nb + 2*c4 + c.
+    // h_{-1}: every block holds all D columns of it.
+    for (int i = threadIdx.x; i < K::BT * D; i += K::THREADS) {
+        const int bl = i / D, d = i % D, b = b0 + bl;
+        store_h<K>(hbuf, bl, d, (s0 != nullptr && b < B) ? load_f(s0 + size_t(b) * ND + size_t(n) * D + d) : 0.f);
+    }
+    // This warp's cells: (u, nb, cc) -> dim d0 + dloc + 8u + g, batch row 8nb + 2*c4 + c with c = cc (KS = 1)
+    // or c = ks (KS = 2: each warp of the pair finishes one of the lane's two columns).
     float bs[K::U][K::GB];
-    float st[K::U][K::NBT][2][K::S];
+    float st[K::U][NBT][K::OWN][K::S];
 #pragma unroll
     for (int u = 0; u < K::U; ++u) {
-        const int d = dbase + 8 * u + g;
+        const int d = d0 + dloc + 8 * u + g;
 #pragma unroll
         for (int gate = 0; gate < K::GB; ++gate) bs[u][gate] = load_f(bias + (size_t(gate) * N + n) * D + d);
 #pragma unroll
         for (int nb = 0; nb < NBT; ++nb)
 #pragma unroll
-            for (int c = 0; c < 2; ++c) {
-                const int bl = 8 * nb + 2 * c4 + c, b = b0 + bl;
+            for (int cc = 0; cc < K::OWN; ++cc) {
+                const int c = KS == 1 ? cc : ks, b = b0 + 8 * nb + 2 * c4 + c;
 #pragma unroll
                 for (int s = 0; s < K::S; ++s)
-                    st[u][nb][c][s] = (s0 != nullptr && b < B) ? load_f(s0 + (size_t(s) * B + b) * ND + size_t(n) * D + d) : 0.f;
-                store_h<K>(hbuf, bl, d, st[u][nb][c][0]);
+                    st[u][nb][cc][s] =
+                        (s0 != nullptr && b < B) ? load_f(s0 + (size_t(s) * B + b) * ND + size_t(n) * D + d) : 0.f;
             }
     }
+    mma::cp_async_wait<P - 1>();
+    if constexpr (CL > 1) cluster::sync();  // mbarriers initialised before any block sends; h_{-1}, Wx[0] visible
+    else __syncthreads();
 
     int stage = 0;  // t % NS
 #pragma unroll 1
     for (int t = 0; t < Tn; ++t) {
-        mma::cp_async_wait<P - 1>();  // this thread's copies of Wx[t] have landed ...
-        __syncthreads();              // ... everyone's, and h_{t-1} is complete
+        // Here h_{t-1}'s own columns and Wx[t] are visible (the barrier that closed step t-1); the other
+        // blocks' columns arrive on this buffer's mbarrier.
+        if constexpr (CL > 1) {
+            if (t > 0) {
+                const unsigned bar = bars + 8 * (t & 1);
+                cluster::mbarrier_wait(bar, ((t - 1) >> 1) & 1);
+                if (threadIdx.x == 0 && t + 2 < Tn) cluster::mbarrier_expect(bar, K::RECV_BYTES);  // its next use
+            }
+        }
         const Op* hcur = hbuf + (t & 1) * K::H_ELEMS;
         Op* hnext = hbuf + ((t + 1) & 1) * K::H_ELEMS;
         const T* xs = xbuf + stage * K::X_ELEMS;
 
-        // Critical path first: h fragments, then this step's Wx (needed only after the mma), then the mma.
-        unsigned bf[K::SPLIT][NBT][K::KT][2];
-        load_h<K>(bf, hcur, lane);
-        float x[K::U][NBT][2][K::GW];
-#pragma unroll
-        for (int u = 0; u < K::U; ++u)
-#pragma unroll
-            for (int nb = 0; nb < NBT; ++nb)
-#pragma unroll
-                for (int c = 0; c < 2; ++c)
-#pragma unroll
-                    for (int gate = 0; gate < K::GW; ++gate)
-                        x[u][nb][c][gate] = load_f(xs + (8 * nb + 2 * c4 + c) * K::XROW + gate * D + dbase + 8 * u + g);
+        // Critical path: h fragments, then the mma.
+        unsigned bf[K::SPLIT][NBT][K::KTW][2];
+        load_h<K>(bf, hcur, ks * K::KTW, lane);
         float acc[K::MT][NBT][4];
         matmul<K>(acc, a, bf);
-        // Refill the stage step t-1 read ((t + P) % NS) while the mma run: every thread passed this step's
-        // barrier, so nobody reads it any more.
+        // This step's Wx: issued while the mma run, except where registers are tight (the largest single
+        // blocks), where each cell reads its own just before use.
+        float x[K::U][NBT][K::OWN][K::GW];
+        auto read_x = [&](int u, int nb, int cc) {
+            const int c = KS == 1 ? cc : ks;
+#pragma unroll
+            for (int gate = 0; gate < K::GW; ++gate)
+                x[u][nb][cc][gate] = load_f(xs + (8 * nb + 2 * c4 + c) * K::XROW + gate * K::DB + dloc + 8 * u + g);
+        };
+        if constexpr (!K::LATE_X) {
+#pragma unroll
+            for (int u = 0; u < K::U; ++u)
+#pragma unroll
+                for (int nb = 0; nb < NBT; ++nb)
+#pragma unroll
+                    for (int cc = 0; cc < K::OWN; ++cc) read_x(u, nb, cc);
+        }
+        // Refill the stage step t-1 read ((t + P) % NS): every thread passed the barrier that closed step t-1.
         {
             const int pre = stage == 0 ? K::NS - 1 : stage - 1;
-            if (t + P < Tn) prefetch_x<K>(xbuf + pre * K::X_ELEMS, Wx, t + P, b0, B, Tn, n, ND);
+            if (t + P < Tn) prefetch_x<K>(xbuf + pre * K::X_ELEMS, Wx, t + P, b0, B, Tn, n, d0, ND);
             mma::cp_async_commit();
+        }
+        if constexpr (KS > 1) {
+            put_partials<K>(part, acc, ks, wd, lane);
+            __syncthreads();
         }
 
 #pragma unroll
@@ -261,17 +350,26 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
 #pragma unroll
             for (int nb = 0; nb < NBT; ++nb)
 #pragma unroll
-                for (int c = 0; c < 2; ++c) {
-                    const int d = dbase + 8 * u + g, bl = 8 * nb + 2 * c4 + c, b = b0 + bl;
+                for (int cc = 0; cc < K::OWN; ++cc) {
+                    const int c = KS == 1 ? cc : ks;
+                    const int d = d0 + dloc + 8 * u + g, bl = 8 * nb + 2 * c4 + c, b = b0 + bl;
                     float rs[K::GR], sn[K::S], sv[K::NSAVED];
+                    if constexpr (K::LATE_X) read_x(u, nb, cc);
 #pragma unroll
                     for (int gate = 0; gate < K::GR; ++gate) {
-                        const int q = u * K::GR + gate;
-                        rs[gate] = acc[q / 2][nb][2 * (q % 2) + c];
-                    }
-                    Cell::forward(x[u][nb][c], rs, bs[u], st[u][nb][c], sn, sv);
+                        const int q = u * K::GR + gate, m = q / 2, i0 = 2 * (q % 2);
+                        if constexpr (KS == 1) {
+                            rs[gate] = acc[m][nb][i0 + cc];
+                        } else {
+                            rs[gate] = c ? acc[m][nb][i0 + 1] : acc[m][nb][i0];
 #pragma unroll
-                    for (int s = 0; s < K::S; ++s) st[u][nb][c][s] = sn[s];
+                            for (int o = 1; o < KS; ++o)
+                                rs[gate] += partial<K>(part, (ks + o) % KS, wd, m, nb, i0 + c, lane);
+                        }
+                    }
+                    Cell::forward(x[u][nb][cc], rs, bs[u], st[u][nb][cc], sn, sv);
+#pragma unroll
+                    for (int s = 0; s < K::S; ++s) st[u][nb][cc][s] = sn[s];
                     store_h<K>(hnext, bl, d, sn[0]);
                     if (b < B) {
                         const size_t row = size_t(b) * Tn + t, col = size_t(n) * D + d;
@@ -283,8 +381,16 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
                     }
                 }
         stage = stage == K::NS - 1 ? 0 : stage + 1;
+        // Close the step: h_t's own columns and Wx[t+1] complete for every warp of the block (and the reads of
+        // step t, of h and of Wx's stage, are over, so the next step may overwrite them).
+        mma::cp_async_wait<P - 1>();
+        __syncthreads();
+        if constexpr (CL > 1) {
+            if (t + 1 < Tn) send_h<K>(hnext, bars + 8 * ((t + 1) & 1), rank);
+        }
     }
     mma::cp_async_wait<0>();  // leave no copy in flight at exit (the tail groups are empty)
+    if constexpr (CL > 1) cluster::sync();  // no block leaves while another may still address its memory
 }
 
 }  // namespace fused
@@ -296,7 +402,10 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
 //   FLASHRNN_D         head dimension (multiple of 16)
 //   FLASHRNN_NBT       batch n-tiles of 8 sequences per block
 //   FLASHRNN_PREFETCH  steps of Wx in flight ahead of the one computed
-// Launch: grid (N, ceil(B / (8*NBT))), block Tile::THREADS, dynamic shared memory Tile::SMEM_BYTES.
+//   FLASHRNN_CLUSTER   blocks per head (a thread-block cluster on sm_90 when > 1)
+//   FLASHRNN_KSPLIT    warps that split K for the same rows (1 or 2)
+// Launch: grid (N * CLUSTER, ceil(B / (8*NBT))), cluster (CLUSTER, 1, 1), block Tile::THREADS, dynamic shared
+// memory Tile::SMEM_BYTES.
 #ifndef FLASHRNN_CELL
 #define FLASHRNN_CELL LstmCell
 #endif
@@ -312,14 +421,29 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
 #ifndef FLASHRNN_PREFETCH
 #define FLASHRNN_PREFETCH 4
 #endif
+#ifndef FLASHRNN_CLUSTER
+#define FLASHRNN_CLUSTER 1
+#endif
+#ifndef FLASHRNN_KSPLIT
+#define FLASHRNN_KSPLIT 1
+#endif
 
 using FlashrnnFusedTile = flashrnn::fused::Tile<FLASHRNN_CELL, FLASHRNN_STORAGE, FLASHRNN_D, FLASHRNN_NBT,
-                                                FLASHRNN_PREFETCH>;
+                                                FLASHRNN_PREFETCH, FLASHRNN_CLUSTER, FLASHRNN_KSPLIT>;
 
-extern "C" __global__ void __launch_bounds__(FlashrnnFusedTile::THREADS)
+// The host computes the launch geometry itself (backends/fused.py, tile_geometry); it passes its numbers
+// here so that a disagreement fails the compile instead of a launch.
+#ifdef FLASHRNN_SMEM_BYTES
+static_assert(FlashrnnFusedTile::SMEM_BYTES == FLASHRNN_SMEM_BYTES, "tile_geometry's shared memory disagrees with Tile");
+#endif
+#ifdef FLASHRNN_THREADS
+static_assert(FlashrnnFusedTile::THREADS == FLASHRNN_THREADS, "tile_geometry's threads disagree with Tile");
+#endif
+
+extern "C" __global__ void __launch_bounds__(FlashrnnFusedTile::THREADS, 1)
 flashrnn_fused_fw(const FLASHRNN_STORAGE* __restrict__ Wx, const FLASHRNN_STORAGE* __restrict__ R,
                   const FLASHRNN_STORAGE* __restrict__ b, const FLASHRNN_STORAGE* __restrict__ states0,
                   FLASHRNN_STORAGE* __restrict__ states, FLASHRNN_STORAGE* __restrict__ saved, int B, int T, int N) {
-    flashrnn::fused::forward<FLASHRNN_CELL, FLASHRNN_STORAGE, FLASHRNN_D, FLASHRNN_NBT, FLASHRNN_PREFETCH>(
-        Wx, R, b, states0, states, saved, B, T, N);
+    flashrnn::fused::forward<FLASHRNN_CELL, FLASHRNN_STORAGE, FLASHRNN_D, FLASHRNN_NBT, FLASHRNN_PREFETCH,
+                             FLASHRNN_CLUSTER, FLASHRNN_KSPLIT>(Wx, R, b, states0, states, saved, B, T, N);
 }

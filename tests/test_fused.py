@@ -12,12 +12,14 @@ import flashrnn_core as fc
 from flashrnn_core import _arrays
 from flashrnn_core.backends import fused
 from flashrnn_core.cells import CELLS
+from flashrnn_core.validate import validate
 
 DTYPES = {"float32": _arrays.float32, "bfloat16": _arrays.bfloat16, "float16": _arrays.float16}
 TOL = {"float32": 1e-4, "bfloat16": 2e-2, "float16": 2e-2}  # SPEC.md, relative to a float64 reference
 
-# (B, T, N, D, initial states): odd B, B = 1 and 256, T = 1, D = 48 (an odd number of k-tiles), every
-# supported D; the B = 256 x 12 heads shape makes the rule pick 16-sequence tiles (nbt = 2).
+# (B, T, N, D, initial states): odd B, B = 1 and 256, T = 1 and 2, D = 48 (an odd number of k-tiles), every
+# D of the issue; the B = 256 x 12 heads shape makes the rule pick 16-sequence tiles (nbt = 2); D >= 256 (and
+# float32 D = 128) run on clusters where the rule has a variant, and are skipped with its reason otherwise.
 SHAPES = [
     (3, 17, 2, 16, False),
     (5, 9, 3, 32, True),
@@ -26,6 +28,9 @@ SHAPES = [
     (7, 10, 2, 48, True),
     (9, 12, 2, 128, True),
     (256, 3, 12, 64, True),
+    (5, 6, 2, 256, True),
+    (3, 2, 1, 512, False),
+    (2, 5, 1, 768, True),
 ]
 
 
@@ -40,6 +45,11 @@ def _inputs(rng, function, dtype, B, T, N, D, with_states):
         if function == "slstm":  # n >= 1 and a finite stabilizer m, as a previous forward would leave them
             s0[2] = 1.0 + np.abs(s0[2])
     return [None if a is None else a.astype(np.float32).astype(dtype) for a in (Wx, R, b, s0)]
+
+
+def _shapes(function, B, T, N, D):
+    cell = CELLS[function]
+    return (B, T, cell.gates_w, N, D), (cell.gates_r, N, D, D), (cell.gates_b, N, D)
 
 
 def _rel(out, ref) -> float:
@@ -73,8 +83,11 @@ def test_forward_matches_vanilla(function, dtype_name, shape, poisoned):
 
     B, T, N, D, with_states = shape
     dtype = DTYPES[dtype_name]
-    if D > fused.max_head_dim(function, dtype):
-        pytest.skip(f"D={D} is above cuda_fused's single-block limit for {function} {dtype_name}")
+    reason = fused.FusedBackend().unsupported(validate(
+        *[cupy.empty(s, dtype) for s in _shapes(function, B, 1, N, D)], function=function))
+    if reason is not None:
+        assert f"D={D}" in reason or "sm_" in reason, reason
+        pytest.skip(reason)
     rng = np.random.default_rng(zlib.crc32(repr((function, dtype_name, shape)).encode()))
     host = _inputs(rng, function, dtype, B, T, N, D, with_states)
     dev = [None if a is None else cupy.asarray(a) for a in host]
@@ -102,7 +115,7 @@ def test_auto_picks_fused_and_falls_back():
     rng = np.random.default_rng(0)
     small = [cupy.asarray(a) for a in _inputs(rng, "lstm", _arrays.bfloat16, 2, 3, 2, 64, False)[:3]]
     assert fc.forward(*small, function="lstm").backend == "cuda_fused"
-    big = [cupy.asarray(a) for a in _inputs(rng, "lstm", _arrays.bfloat16, 2, 3, 1, 256, False)[:3]]
+    big = [cupy.asarray(a) for a in _inputs(rng, "lstm", _arrays.bfloat16, 2, 3, 1, 768, False)[:3]]
     assert fc.forward(*big, function="lstm").backend == "cuda"
 
 
@@ -129,19 +142,38 @@ def test_backward_runs_on_fused_saved_tensors():
 @pytest.mark.parametrize("function", list(CELLS))
 def test_unsupported_says_why(function):
     cell = CELLS[function]
-    for D, dtype in ((24, _arrays.bfloat16), (256, _arrays.bfloat16), (768, _arrays.bfloat16), (128, _arrays.float32)):
-        reason = fused.choose_params(function, cell, dtype, 16, 1, D)
-        if D > fused.max_head_dim(function, dtype) or D % 16:
-            assert isinstance(reason, str) and f"D={D}" in reason
+    reason = fused.choose_params(function, cell, _arrays.bfloat16, 16, 1, 24)
+    assert isinstance(reason, str) and "D=24" in reason and "multiple of 16" in reason
+    if function != "elman":  # lstm/slstm/gru D=768: no variant (R's slice exceeds a SM's registers)
+        reason = fused.choose_params(function, cell, _arrays.bfloat16, 16, 1, 768)
+        assert isinstance(reason, str) and "D=768" in reason
+    # a cluster shape on a GPU without clusters
+    reason = fused.choose_params(function, cell, _arrays.bfloat16, 16, 1, 256, cc=(8, 0))
+    assert isinstance(reason, str) and "sm_90" in reason
     params = fused.choose_params(function, cell, _arrays.bfloat16, 16, 12, 64)
-    assert not isinstance(params, str) and params.grid == (12, 2) and params.nbt == 1
+    assert not isinstance(params, str) and params.grid == (12, 2) and params.nbt == 1 and params.cluster == 1
     assert params.smem_bytes <= fused.SMEM_DEFAULT_LIMIT
+    params = fused.choose_params(function, cell, _arrays.bfloat16, 16, 3, 256)
+    assert not isinstance(params, str) and params.cluster > 1 and params.grid == (3 * params.cluster, 2)
 
 
 def test_rule_widens_tiles_only_past_residency():
     cell = CELLS["lstm"]
     assert fused.choose_params("lstm", cell, _arrays.bfloat16, 64, 12, 64).nbt == 1
     assert fused.choose_params("lstm", cell, _arrays.bfloat16, 256, 12, 64).nbt == 2
+
+
+def test_every_rule_choice_fits_a_block():
+    """Every (cell, dtype, D) the rule accepts launches at most 1024 threads and 48 KB of shared memory."""
+    for function, cell in CELLS.items():
+        for dtype in DTYPES.values():
+            for D in range(16, 1025, 16):
+                for B, N in ((16, 12), (256, 12), (1, 1)):
+                    params = fused.choose_params(function, cell, dtype, B, N, D)
+                    if isinstance(params, str):
+                        assert f"D={D}" in params
+                        continue
+                    assert params.threads <= 1024 and params.smem_bytes <= fused.SMEM_DEFAULT_LIMIT
 
 
 def _compile_or_skip():

@@ -84,3 +84,65 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
 
 }  // namespace mma
 }  // namespace flashrnn
+
+// ---- Thread-block clusters (sm_90): distributed shared memory, mbarriers, cluster barrier -----------------
+// On older targets these compile to a trap: the backend never launches a cluster variant there.
+namespace flashrnn {
+namespace cluster {
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define FLASHRNN_SM90(...) __VA_ARGS__
+#else
+#define FLASHRNN_SM90(...) __trap();
+#endif
+
+__device__ __forceinline__ unsigned rank() {
+    unsigned r = 0;
+    FLASHRNN_SM90(asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));)
+    return r;
+}
+
+// The shared::cluster address of the same variable in block `target` of this cluster.
+__device__ __forceinline__ unsigned map(unsigned local_addr, unsigned target) {
+    unsigned r = 0;
+    FLASHRNN_SM90(asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(local_addr), "r"(target));)
+    return r;
+}
+
+// All threads of the cluster: release what this thread wrote, acquire what the others wrote (full cost;
+// used only at start and exit).
+__device__ __forceinline__ void sync() {
+    FLASHRNN_SM90(asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");)
+}
+
+__device__ __forceinline__ void mbarrier_init(unsigned bar, unsigned count) {
+    FLASHRNN_SM90(asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+                  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");)
+}
+
+// One arrival that also announces `bytes` of transactions for the barrier's current phase.
+__device__ __forceinline__ void mbarrier_expect(unsigned bar, unsigned bytes) {
+    FLASHRNN_SM90(asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");)
+}
+
+// Wait for the phase of `bar` with this parity to complete; acquire at cluster scope, so the bytes that other
+// blocks' st.async delivered are visible.
+__device__ __forceinline__ void mbarrier_wait(unsigned bar, unsigned parity) {
+    FLASHRNN_SM90(asm volatile(
+        "{\n\t.reg .pred done;\n"
+        "WAIT_%=:\n\t"
+        "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 done, [%0], %1;\n\t"
+        "@!done bra WAIT_%=;\n}" ::"r"(bar), "r"(parity) : "memory");)
+}
+
+// 16 bytes into another block's shared memory; the bytes count towards that block's mbarrier `remote_bar`.
+__device__ __forceinline__ void st_async_16(unsigned remote_addr, const uint4& v, unsigned remote_bar) {
+    FLASHRNN_SM90(asm volatile(
+        "st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.b32 [%0], {%1, %2, %3, %4}, [%5];"
+        ::"r"(remote_addr), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w), "r"(remote_bar) : "memory");)
+}
+
+#undef FLASHRNN_SM90
+
+}  // namespace cluster
+}  // namespace flashrnn

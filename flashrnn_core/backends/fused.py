@@ -2,12 +2,14 @@
 
 Every block owns one head and a tile of ``8 * nbt`` sequences: R stays in registers as tensor-core fragments,
 ``h`` in shared memory, and a time step costs one ``__syncthreads`` (no grid synchronisation, since heads never
-read each other). The forward writes ``states [S, B, T, N, D]`` and ``saved [B, T, n_saved, N, D]`` (the cells'
+read each other). Heads too large for one block run on a thread-block cluster per head (sm_90): each block owns
+a slice of R's output rows and sends its slice of the new ``h`` to the others with ``st.async``, counted by an
+mbarrier (no cluster-wide barrier per step). The forward writes ``states [S, B, T, N, D]`` and ``saved [B, T, n_saved, N, D]`` (the cells'
 pre-activations, docs/architecture.md "Saved tensors"), so any backend's backward can consume them.
 
-What it takes: D a multiple of 16 and small enough for one head's R to fit one block's registers
-(``max_head_dim``); larger heads need the cluster path (one thread-block cluster per head), not written yet,
-and ``auto`` falls back to ``cuda`` for them.
+What it takes (``choose_params`` says why not otherwise, and ``auto`` then falls back to ``cuda``): D a multiple
+of 16, up to ``max_head_dim`` on one block (128 at 16 bits; 64 for float32 lstm/slstm/gru, 128 for elman), and
+the larger heads of ``CLUSTER_TABLE`` on sm_90.
 
 Backward: the fused backward kernel (issue 6) is not written yet; ``backward`` runs the ``cuda`` backend's
 backward on this forward's saved tensors (the same contract), so gradients are always available.
@@ -37,6 +39,25 @@ STORAGE_TYPES = {_arrays.bfloat16: "__nv_bfloat16", _arrays.float16: "__half", _
 MAX_D_16BIT = {"lstm": 128, "slstm": 128, "gru": 128, "elman": 128}
 MAX_D_FLOAT32 = {"lstm": 64, "slstm": 64, "gru": 64, "elman": 128}
 
+#: Heads too large for one block, on sm_90: (function, float32?, D) -> (cluster blocks CL, split-K KS).
+#: Block r of the cluster owns output dims [r*D/CL, (r+1)*D/CL) with all of K, so its R slice is
+#: ``Gr*D*D/CL`` operands; KS = 2 halves the k-tiles (registers and the dependent mma chain) a warp holds at the
+#: cost of one more barrier a step. Each entry is the smallest CL (fewest SMs, least h traffic) that compiles
+#: without spills (registers checked with ptxas for sm_90). Left out, and why:
+#:   lstm/slstm D=768: R's slice on each of 16 blocks (4*768*768*2 B / 16 = 288 KB) exceeds a SM's 256 KB of
+#:     registers: it needs R partly in shared memory, not written;
+#:   gru D>=512 (16-bit) and float32 D>=512: the 16-block slice spills registers.
+CLUSTER_TABLE = {
+    ("lstm", False, 256): (8, 2), ("lstm", False, 512): (16, 2),
+    ("slstm", False, 256): (8, 2), ("slstm", False, 512): (16, 2),
+    ("gru", False, 256): (8, 2),
+    ("elman", False, 256): (2, 1), ("elman", False, 512): (4, 1), ("elman", False, 768): (8, 2),
+    ("lstm", True, 128): (4, 2), ("lstm", True, 256): (16, 2),
+    ("slstm", True, 128): (4, 2), ("slstm", True, 256): (16, 2),
+    ("gru", True, 128): (2, 2),
+    ("elman", True, 256): (4, 1),
+}
+
 SMEM_DEFAULT_LIMIT = 48 * 1024  # dynamic shared memory a block gets without opting in
 PREFETCH_MAX = 4  # issue 5: Wx staged 4 steps ahead hid the global-load latency (1.06 ms -> 0.49 ms at 1 step)
 
@@ -50,39 +71,53 @@ class FusedParams:
     D: int
     nbt: int  # batch n-tiles of 8 sequences per block
     prefetch: int  # steps of Wx in flight ahead
+    cluster: int  # blocks per head (a thread-block cluster when > 1)
+    ksplit: int  # warps splitting K for the same rows
     threads: int
     smem_bytes: int
-    grid: tuple[int, int]  # (N heads, batch tiles)
+    grid: tuple[int, int]  # (N heads * cluster, batch tiles)
 
     def defines(self) -> tuple[tuple[str, str], ...]:
         return (("FLASHRNN_CELL", self.cell), ("FLASHRNN_STORAGE", self.storage), ("FLASHRNN_D", str(self.D)),
-                ("FLASHRNN_NBT", str(self.nbt)), ("FLASHRNN_PREFETCH", str(self.prefetch)))
+                ("FLASHRNN_NBT", str(self.nbt)), ("FLASHRNN_PREFETCH", str(self.prefetch)),
+                ("FLASHRNN_CLUSTER", str(self.cluster)), ("FLASHRNN_KSPLIT", str(self.ksplit)),
+                # Checked against the kernel's own Tile by a static_assert: the launch and the kernel agree.
+                ("FLASHRNN_THREADS", str(self.threads)), ("FLASHRNN_SMEM_BYTES", str(self.smem_bytes)))
 
 
 def max_head_dim(function: str, dtype) -> int:
+    """Largest D of the single-block kernel."""
     return (MAX_D_FLOAT32 if np.dtype(dtype) == _arrays.float32 else MAX_D_16BIT)[function]
 
 
-def tile_geometry(cell, dtype, D: int, nbt: int, prefetch: int) -> tuple[int, int]:
+def tile_geometry(cell, dtype, D: int, nbt: int, prefetch: int, cluster: int = 1, ksplit: int = 1) -> tuple[int, int]:
     """(threads, dynamic shared-memory bytes) of one block: mirrors ``Tile`` in fused_fw.cu."""
     itemsize = np.dtype(dtype).itemsize
     split = 2 if np.dtype(dtype) == _arrays.float32 else 1  # float32: h as bf16 hi + lo
     u = 1 if cell.gates_r % 2 == 0 else 2  # d-groups of 8 per warp
-    threads = 32 * (D // (8 * u))
+    db = D // cluster
+    warps_d = db // (8 * u)
+    threads = 32 * warps_d * ksplit
     bt = 8 * nbt
     h_bytes = 2 * split * bt * (D + 8) * 2
-    x_bytes = (prefetch + 1) * bt * (cell.gates_w * D + 16 // itemsize) * itemsize
-    return threads, h_bytes + x_bytes
+    x_bytes = (prefetch + 1) * bt * (cell.gates_w * db + 16 // itemsize) * itemsize
+    mt = u * cell.gates_r // 2
+    part_bytes = ksplit * warps_d * mt * nbt * 4 * 32 * 4 if ksplit > 1 else 0
+    bar_bytes = 16 if cluster > 1 else 0
+    return threads, h_bytes + x_bytes + part_bytes + bar_bytes
 
 
-def choose_params(function: str, cell, dtype, B: int, N: int, D: int, num_sms: int = 132) -> FusedParams | str:
+def choose_params(function: str, cell, dtype, B: int, N: int, D: int, num_sms: int = 132,
+                  cc: tuple[int, int] = (9, 0)) -> FusedParams | str:
     """The hand-derived parameter rule (the one place the ConstrINT solver will replace); a reason if none fits.
 
-    - One block per (head, batch tile). The batch tile is 8 sequences (the mma's n = 8): issue 5 measured 8
-      sequences per block at 0.49 ms and 16 at 1.49 ms for 12x64, B=16 — parallel blocks beat wider tiles.
-      Only when the blocks would exceed what stays resident at once (about 2 blocks of 256 threads a SM at the
-      ~120 registers a thread these kernels take) does the tile grow to 16 (nbt = 2, D <= 64 only, where the
-      extra accumulators still fit), halving the blocks, so that no block waits for a second wave.
+    - Head size: up to ``max_head_dim`` one block per (head, batch tile); above it, on sm_90, one thread-block
+      cluster per (head, batch tile) from ``CLUSTER_TABLE``; anything else is refused with the reason.
+    - Batch tile: 8 sequences (the mma's n = 8): issue 5 measured 8 sequences per block at 0.49 ms and 16 at
+      1.49 ms for 12x64, B=16 (parallel blocks beat wider tiles). Only when single-block launches would exceed
+      what stays resident at once (about 2 blocks of 256 threads a SM at the ~120-128 registers a thread these
+      kernels take) does the tile grow to 16 (nbt = 2, D <= 64, where the extra accumulators still fit),
+      halving the blocks, so that no block waits for a second wave.
     - Prefetch depth: 4 steps of Wx in flight, fewer only where the stages would pass the 48 KB of shared memory
       a block gets without opting in.
     """
@@ -91,30 +126,45 @@ def choose_params(function: str, cell, dtype, B: int, N: int, D: int, num_sms: i
         return f"storage dtype {dtype} is not one of float32, bfloat16, float16"
     if D % 16:
         return f"head dimension D={D} is not a multiple of 16 (the tensor-core tile's k)"
-    limit = max_head_dim(function, dtype)
-    if D > limit:
-        return (f"head dimension D={D} is above {limit}, the largest whose R ({cell.gates_r}x{D}x{D}) fits one "
-                f"block's registers for {function} in {_arrays.dtype_name(dtype)}; the cluster path for larger "
-                f"heads is not implemented yet")
-    threads, _ = tile_geometry(cell, dtype, D, 1, 1)
-    resident = max(1, 65536 // (128 * threads)) * num_sms  # blocks resident at once, at <= 128 registers/thread
-    nbt = 1
-    if N * -(-B // 8) > resident and D <= 64:
-        nbt = 2
+    cluster, ksplit, nbt = 1, 1, 1
+    if D > max_head_dim(function, dtype):
+        key = (function, dtype == _arrays.float32, D)
+        if key not in CLUSTER_TABLE:
+            return (f"head dimension D={D} is above {max_head_dim(function, dtype)}, the largest whose R "
+                    f"({cell.gates_r}x{D}x{D}) fits one block's registers for {function} in "
+                    f"{_arrays.dtype_name(dtype)}, and no cluster variant takes it (cluster variants: "
+                    f"{_cluster_dims(function, dtype)})")
+        if tuple(cc) < (9, 0):
+            return (f"head dimension D={D} needs a thread-block cluster per head (sm_90 or newer), this GPU is "
+                    f"sm_{cc[0]}{cc[1]}")
+        cluster, ksplit = CLUSTER_TABLE[key]
+    else:
+        threads, _ = tile_geometry(cell, dtype, D, 1, 1)
+        resident = max(1, 65536 // (128 * threads)) * num_sms  # blocks resident at <= 128 registers a thread
+        if N * -(-B // 8) > resident and D <= 64:
+            nbt = 2
     for prefetch in range(PREFETCH_MAX, 0, -1):
-        threads, smem = tile_geometry(cell, dtype, D, nbt, prefetch)
+        threads, smem = tile_geometry(cell, dtype, D, nbt, prefetch, cluster, ksplit)
         if smem <= SMEM_DEFAULT_LIMIT:
             break
     else:
         return f"shared memory {smem} B for D={D} is above {SMEM_DEFAULT_LIMIT} B"
-    return FusedParams(CELL_STRUCTS[function], STORAGE_TYPES[dtype], D, nbt, prefetch, threads, smem,
-                       (N, -(-B // (8 * nbt))))
+    return FusedParams(CELL_STRUCTS[function], STORAGE_TYPES[dtype], D, nbt, prefetch, cluster, ksplit, threads,
+                       smem, (N * cluster, -(-B // (8 * nbt))))
 
 
-def _num_sms() -> int:
+def _cluster_dims(function: str, dtype) -> str:
+    dims = [D for (f, f32, D) in CLUSTER_TABLE if f == function and f32 == (np.dtype(dtype) == _arrays.float32)]
+    return ", ".join(f"D={D}" for D in dims) or "none"
+
+
+def _device_info(device: int | None) -> tuple[int, tuple[int, int]]:
+    """(multiprocessors, compute capability) of a CuPy device."""
     import cupy
 
-    return int(cupy.cuda.Device().attributes["MultiProcessorCount"])
+    dev = cupy.cuda.Device(device if device is not None else cupy.cuda.Device().id)
+    cc = dev.compute_capability
+    return int(dev.attributes["MultiProcessorCount"]), (int(cc[:-1]), int(cc[-1]))
 
 
 def _empty(shape, dtype):
@@ -143,12 +193,16 @@ class FusedBackend(Backend):
     def unsupported(self, problem) -> str | None:
         if not problem.on_gpu:
             return "cuda_fused runs on CuPy arrays on a GPU, got NumPy arrays"
-        params = choose_params(problem.function, problem.cell, problem.dtype, problem.B, problem.N, problem.D)
+        params = self._choose(problem)
         return params if isinstance(params, str) else None
 
+    def _choose(self, problem) -> FusedParams | str:
+        num_sms, cc = _device_info(problem.device)
+        return choose_params(problem.function, problem.cell, problem.dtype, problem.B, problem.N, problem.D,
+                             num_sms, cc)
+
     def params(self, problem) -> FusedParams:
-        params = choose_params(problem.function, problem.cell, problem.dtype, problem.B, problem.N, problem.D,
-                               _num_sms())
+        params = self._choose(problem)
         if isinstance(params, str):
             raise ValueError(f"backend: 'cuda_fused' cannot run {problem.label()}: {params}")
         return params
@@ -156,8 +210,8 @@ class FusedBackend(Backend):
     def spec(self, problem, params: FusedParams):
         from ..runtime import KernelSpec
 
-        label = f"{problem.function} cuda_fused fw {_arrays.dtype_name(problem.dtype)} D{params.D} nbt{params.nbt}"
-        return KernelSpec(source=SOURCE, entry=ENTRY, defines=params.defines(), label=label)
+        return KernelSpec(source=SOURCE, entry=ENTRY, defines=params.defines(),
+                          label=_label(problem.function, problem.dtype, params))
 
     def forward(self, problem, Wx, R, b, states0):
         from ..runtime import get_kernel, launch
@@ -173,7 +227,8 @@ class FusedBackend(Backend):
         kernel = get_kernel(self.spec(problem, params))
         s0 = states0 if states0 is not None else np.uint64(0)  # a null pointer: the kernel starts from zeros
         launch(kernel, params.grid, (params.threads,), Wx, R, b, s0, states, saved,
-               np.int32(B), np.int32(T), np.int32(N), shmem=params.smem_bytes)
+               np.int32(B), np.int32(T), np.int32(N), shmem=params.smem_bytes,
+               cluster=(params.cluster, 1, 1) if params.cluster > 1 else None)
         return states, saved
 
     def backward(self, problem, Wx, R, b, states0, states, saved, dstates, dlast):
@@ -184,19 +239,28 @@ class FusedBackend(Backend):
         return get_backend("cuda").backward(problem, Wx, R, b, states0, states, saved, dstates, dlast)
 
     def kernel_variants(self):
-        """Every (cell, dtype, D, nbt) the rule can choose, for ``compile --check``."""
+        """Every (cell, dtype, D, nbt, cluster) the rule can choose, for ``compile --check``."""
         from ..cells import CELLS
         from ..runtime import KernelSpec
 
         specs = []
         for function, cell in CELLS.items():
             for dtype in STORAGE_TYPES:
-                for D in range(16, max_head_dim(function, dtype) + 1, 16):
-                    for nbt in (1, 2) if D <= 64 else (1,):
-                        # B and N chosen so that the rule picks this nbt.
-                        B = 8 if nbt == 1 else 8 * 1024
-                        params = choose_params(function, cell, dtype, B, 1024 if nbt == 2 else 1, D)
+                f32 = dtype == _arrays.float32
+                dims = list(range(16, max_head_dim(function, dtype) + 1, 16))
+                dims += [D for (f, is32, D) in CLUSTER_TABLE if f == function and is32 == f32]
+                for D in dims:
+                    # (B, N) such that the rule picks nbt = 1, then (for D <= 64) nbt = 2.
+                    for B, N in ((8, 1), (8 * 1024, 1024)) if D <= 64 else ((8, 1),):
+                        params = choose_params(function, cell, dtype, B, N, D)
                         assert not isinstance(params, str), params
-                        label = f"{function} cuda_fused fw {_arrays.dtype_name(dtype)} D{D} nbt{params.nbt}"
-                        specs.append(KernelSpec(source=SOURCE, entry=ENTRY, defines=params.defines(), label=label))
+                        specs.append(KernelSpec(source=SOURCE, entry=ENTRY, defines=params.defines(),
+                                                label=_label(function, dtype, params)))
         return specs
+
+
+def _label(function: str, dtype, params: FusedParams) -> str:
+    label = f"{function} cuda_fused fw {_arrays.dtype_name(dtype)} D{params.D} nbt{params.nbt}"
+    if params.cluster > 1:
+        label += f" cluster{params.cluster} ksplit{params.ksplit}"
+    return label
