@@ -83,11 +83,17 @@ template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_> struc
     static constexpr int H_ELEMS = SPLIT * BT * HROW;       // one h buffer (all D columns)
     static constexpr int X_ELEMS = BT * XROW;               // one Wx stage (this block's columns)
     static constexpr int PART_FLOATS = KS > 1 ? KS * WARPS_D * MT * NBT * 4 * 32 : 0;
+    // Outputs of one step (S states, then NSAVED pre-activations per batch row), staged in shared memory and
+    // written to global memory the next step as whole 16-byte pieces of rows (two buffers, alternating).
+    static constexpr int OROW = DB + 16 / int(sizeof(T));
+    static constexpr int OROWS = (S + NSAVED) * BT;
+    static constexpr int O_ELEMS = OROWS * OROW;
     static constexpr int H_BYTES = 2 * H_ELEMS * int(sizeof(Op));
     static constexpr int X_BYTES = NS * X_ELEMS * int(sizeof(T));
     static constexpr int PART_BYTES = PART_FLOATS * 4;
+    static constexpr int O_BYTES = 2 * O_ELEMS * int(sizeof(T));
     static constexpr int BAR_BYTES = CL > 1 ? 16 : 0;       // two mbarriers (one per h buffer)
-    static constexpr int SMEM_BYTES = H_BYTES + X_BYTES + PART_BYTES + BAR_BYTES;
+    static constexpr int SMEM_BYTES = H_BYTES + X_BYTES + PART_BYTES + O_BYTES + BAR_BYTES;
     // Bytes of h one block receives from the others per step.
     static constexpr unsigned RECV_BYTES = unsigned((CL - 1) * SPLIT * BT * DB * int(sizeof(Op)));
     static_assert(D % 16 == 0 && D % CL == 0 && DB % DW == 0, "D must be a multiple of 16 (and of CL*DW)");
@@ -97,21 +103,76 @@ template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_> struc
     static_assert(P >= 1, "prefetch depth");
 };
 
-// Copy Wx[b0:b0+BT, t, :, n, d0:d0+DB] into one stage (rows past B zero-filled).
-template <class K, class T>
-__device__ __forceinline__ void prefetch_x(T* stage, const T* __restrict__ Wx, int t, int b0, int B, int Tn,
-                                           int n, int d0, size_t ND) {
-    constexpr int PER_ROW = K::GW * K::DB / K::CH;
-    constexpr int PER_GATE = K::DB / K::CH;
-    for (int i = threadIdx.x; i < K::XCHUNKS; i += K::THREADS) {
-        const int bl = i / PER_ROW, rem = i % PER_ROW;
-        const int gate = rem / PER_GATE, dc = (rem % PER_GATE) * K::CH;
-        const int b = b0 + bl;
-        const bool valid = b < B;
-        const T* src = valid ? Wx + ((size_t(b) * Tn + t) * K::GW + gate) * ND + size_t(n) * K::D + d0 + dc : Wx;
-        mma::cp_async_16(mma::smem_u32(stage + bl * K::XROW + gate * K::DB + dc), src, valid);
+// Copies Wx[b0:b0+BT, t, :, n, d0:d0+DB] into one stage: each thread owns the same 16-byte pieces every step,
+// so their addresses are computed once (rows past B are zero-filled, never read from memory).
+template <class K, class T> struct XCopier {
+    static constexpr int PER_ROW = K::GW * K::DB / K::CH, PER_GATE = K::DB / K::CH;
+    static constexpr int PER = (K::XCHUNKS + K::THREADS - 1) / K::THREADS;  // pieces per thread
+    const T* src[PER];
+    int dst[PER];  // element offset in a stage; -1: no piece
+    bool valid[PER];
+    size_t step;   // elements from Wx[:, t] to Wx[:, t+1]
+
+    __device__ __forceinline__ XCopier(const T* Wx, int b0, int B, int Tn, int n, int d0, size_t ND) {
+        step = K::GW * ND;
+#pragma unroll
+        for (int j = 0; j < PER; ++j) {
+            const int i = threadIdx.x + j * K::THREADS;
+            const int bl = i / PER_ROW, rem = i % PER_ROW;
+            const int gate = rem / PER_GATE, dc = (rem % PER_GATE) * K::CH;
+            const int b = b0 + bl;
+            valid[j] = b < B;
+            dst[j] = i < K::XCHUNKS ? bl * K::XROW + gate * K::DB + dc : -1;
+            src[j] = valid[j] ? Wx + (size_t(b) * Tn * K::GW + gate) * ND + size_t(n) * K::D + d0 + dc : Wx;
+        }
     }
-}
+    __device__ __forceinline__ void issue(T* stage, int t) const {
+#pragma unroll
+        for (int j = 0; j < PER; ++j)
+            if (K::XCHUNKS % K::THREADS == 0 || dst[j] >= 0)
+                mma::cp_async_16(mma::smem_u32(stage + dst[j]), valid[j] ? src[j] + size_t(t) * step : src[j], valid[j]);
+    }
+};
+
+// Writes one step's staged outputs to states [S,B,T,N,D] and saved [B,T,NSAVED,N,D] as 16-byte pieces of rows
+// (coalesced; rows past B skipped). Piece ownership is fixed per thread, addresses computed once.
+template <class K, class T> struct OutCopier {
+    static constexpr int CPR = K::DB * int(sizeof(T)) / 16;  // pieces per row
+    static constexpr int CHUNKS = K::OROWS * CPR;
+    static constexpr int PER = (CHUNKS + K::THREADS - 1) / K::THREADS;
+    T* dst[PER];   // address at t = 0, or nullptr: no piece / padded row
+    int src[PER];  // element offset in a staging buffer
+    bool is_saved[PER];
+    size_t st_step, sv_step;  // elements between consecutive t
+
+    __device__ __forceinline__ OutCopier(T* states, T* saved, int b0, int B, int Tn, int n, int d0, size_t ND) {
+        st_step = ND, sv_step = K::NSAVED * ND;
+        const size_t BTND = size_t(B) * Tn * ND;
+#pragma unroll
+        for (int j = 0; j < PER; ++j) {
+            const int i = threadIdx.x + j * K::THREADS;
+            const int row = i / CPR, col = (i % CPR) * (16 / int(sizeof(T)));
+            src[j] = row * K::OROW + col;
+            const bool st = row < K::S * K::BT;
+            is_saved[j] = !st;
+            const int rr = st ? row : row - K::S * K::BT;
+            const int bl = st ? rr % K::BT : rr / K::NSAVED;
+            const int b = b0 + bl;
+            const size_t col0 = size_t(n) * K::D + d0 + col;
+            dst[j] = (i >= CHUNKS || b >= B) ? nullptr
+                     : st ? states + (rr / K::BT) * BTND + size_t(b) * Tn * ND + col0
+                          : saved + (size_t(b) * Tn * K::NSAVED + rr % K::NSAVED) * ND + col0;
+        }
+    }
+    __device__ __forceinline__ void issue(const T* stage, int t) const {
+#pragma unroll
+        for (int j = 0; j < PER; ++j)
+            if (dst[j] != nullptr) {
+                const uint4 v = *reinterpret_cast<const uint4*>(stage + src[j]);
+                *reinterpret_cast<uint4*>(dst[j] + size_t(t) * (is_saved[j] ? sv_step : st_step)) = v;
+            }
+    }
+};
 
 // The warp's R rows (dims drow + 8*(q/GR) + g of half tile q) over its k-tiles as A-fragments, split for float32.
 template <class K, class T>
@@ -239,7 +300,8 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
     Op* hbuf = reinterpret_cast<Op*>(smem);                                       // [2][SPLIT][BT][HROW]
     T* xbuf = reinterpret_cast<T*>(smem + K::H_BYTES);                            // [NS][BT][XROW]
     float* part = reinterpret_cast<float*>(smem + K::H_BYTES + K::X_BYTES);       // split-K partial sums
-    const unsigned bars = mma::smem_u32(smem + K::H_BYTES + K::X_BYTES + K::PART_BYTES);  // mbarrier per h buffer
+    T* obuf = reinterpret_cast<T*>(smem + K::H_BYTES + K::X_BYTES + K::PART_BYTES);  // [2][OROWS][OROW]
+    const unsigned bars = mma::smem_u32(smem + K::H_BYTES + K::X_BYTES + K::PART_BYTES + K::O_BYTES);  // mbarriers
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c4 = lane % 4;
     const int wd = warp % K::WARPS_D, ks = warp / K::WARPS_D;
@@ -247,14 +309,16 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
     const int n = blockIdx.x / CL, b0 = blockIdx.y * K::BT;
     const int d0 = int(rank) * K::DB;                 // first output dim of this block
     const int dloc = wd * K::DW;                      // first output dim of this warp, within the block
-    const size_t ND = size_t(N) * D, BTND = size_t(B) * Tn * ND;
+    const size_t ND = size_t(N) * D;
 
     // Start the first P stages before anything else so they land while R is read.
+    const XCopier<K, T> xcopy(Wx, b0, B, Tn, n, d0, ND);
 #pragma unroll 1
     for (int p = 0; p < P; ++p) {
-        if (p < Tn) prefetch_x<K>(xbuf + p * K::X_ELEMS, Wx, p, b0, B, Tn, n, d0, ND);
+        if (p < Tn) xcopy.issue(xbuf + p * K::X_ELEMS, p);
         mma::cp_async_commit();
     }
+    const OutCopier<K, T> ocopy(states, saved, b0, B, Tn, n, d0, ND);
     if constexpr (CL > 1) {
         if (threadIdx.x == 0) {
             for (int i = 0; i < 2; ++i) {
@@ -334,11 +398,13 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
 #pragma unroll
                     for (int cc = 0; cc < K::OWN; ++cc) read_x(u, nb, cc);
         }
-        // Refill the stage step t-1 read ((t + P) % NS): every thread passed the barrier that closed step t-1.
+        // While the mma run: refill the stage step t-1 read ((t + P) % NS), and write step t-1's outputs out
+        // of their staging buffer (every thread passed the barrier that closed step t-1).
         {
             const int pre = stage == 0 ? K::NS - 1 : stage - 1;
-            if (t + P < Tn) prefetch_x<K>(xbuf + pre * K::X_ELEMS, Wx, t + P, b0, B, Tn, n, d0, ND);
+            if (t + P < Tn) xcopy.issue(xbuf + pre * K::X_ELEMS, t + P);
             mma::cp_async_commit();
+            if (t > 0) ocopy.issue(obuf + ((t - 1) & 1) * K::O_ELEMS, t - 1);
         }
         if constexpr (KS > 1) {
             put_partials<K>(part, acc, ks, wd, lane);
@@ -352,7 +418,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
 #pragma unroll
                 for (int cc = 0; cc < K::OWN; ++cc) {
                     const int c = KS == 1 ? cc : ks;
-                    const int d = d0 + dloc + 8 * u + g, bl = 8 * nb + 2 * c4 + c, b = b0 + bl;
+                    const int d = d0 + dloc + 8 * u + g, bl = 8 * nb + 2 * c4 + c;
                     float rs[K::GR], sn[K::S], sv[K::NSAVED];
                     if constexpr (K::LATE_X) read_x(u, nb, cc);
 #pragma unroll
@@ -367,18 +433,25 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
                                 rs[gate] += partial<K>(part, (ks + o) % KS, wd, m, nb, i0 + c, lane);
                         }
                     }
+#ifdef FLASHRNN_ABLATE_CELL  // measurement knob: a trivial cell (wrong results), to time the rest
+#pragma unroll
+                    for (int s = 0; s < K::S; ++s) sn[s] = 0.5f * rs[0] + x[u][nb][cc][0] + bs[u][0];
+#pragma unroll
+                    for (int k = 0; k < K::NSAVED; ++k) sv[k] = rs[k % K::GR];
+#else
                     Cell::forward(x[u][nb][cc], rs, bs[u], st[u][nb][cc], sn, sv);
+#endif
 #pragma unroll
                     for (int s = 0; s < K::S; ++s) st[u][nb][cc][s] = sn[s];
                     store_h<K>(hnext, bl, d, sn[0]);
-                    if (b < B) {
-                        const size_t row = size_t(b) * Tn + t, col = size_t(n) * D + d;
+                    T* out = obuf + (t & 1) * K::O_ELEMS + dloc + 8 * u + g;
+#ifndef FLASHRNN_ABLATE_STORES  // measurement knob: no outputs (wrong results), to time them
 #pragma unroll
-                        for (int s = 0; s < K::S; ++s) store_f(states + s * BTND + row * ND + col, sn[s]);
+                    for (int s = 0; s < K::S; ++s) store_f(out + (s * K::BT + bl) * K::OROW, sn[s]);
 #pragma unroll
-                        for (int k = 0; k < K::NSAVED; ++k)
-                            store_f(saved + (row * K::NSAVED + k) * ND + col, sv[k]);
-                    }
+                    for (int k = 0; k < K::NSAVED; ++k)
+                        store_f(out + (K::S * K::BT + bl * K::NSAVED + k) * K::OROW, sv[k]);
+#endif
                 }
         stage = stage == K::NS - 1 ? 0 : stage + 1;
         // Close the step: h_t's own columns and Wx[t+1] complete for every warp of the block (and the reads of
@@ -389,6 +462,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
             if (t + 1 < Tn) send_h<K>(hnext, bars + 8 * ((t + 1) & 1), rank);
         }
     }
+    ocopy.issue(obuf + ((Tn - 1) & 1) * K::O_ELEMS, Tn - 1);  // the last step's outputs (after its barrier)
     mma::cp_async_wait<0>();  // leave no copy in flight at exit (the tail groups are empty)
     if constexpr (CL > 1) cluster::sync();  // no block leaves while another may still address its memory
 }

@@ -152,7 +152,7 @@ def test_unsupported_says_why(function):
     assert isinstance(reason, str) and "sm_90" in reason
     params = fused.choose_params(function, cell, _arrays.bfloat16, 16, 12, 64)
     assert not isinstance(params, str) and params.grid == (12, 2) and params.nbt == 1 and params.cluster == 1
-    assert params.smem_bytes <= fused.SMEM_DEFAULT_LIMIT
+    assert params.smem_bytes <= fused.SMEM_LIMIT
     params = fused.choose_params(function, cell, _arrays.bfloat16, 16, 3, 256)
     assert not isinstance(params, str) and params.cluster > 1 and params.grid == (3 * params.cluster, 2)
 
@@ -173,7 +173,7 @@ def test_every_rule_choice_fits_a_block():
                     if isinstance(params, str):
                         assert f"D={D}" in params
                         continue
-                    assert params.threads <= 1024 and params.smem_bytes <= fused.SMEM_DEFAULT_LIMIT
+                    assert params.threads <= 1024 and params.smem_bytes <= fused.SMEM_LIMIT
 
 
 def _compile_or_skip():

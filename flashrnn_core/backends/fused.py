@@ -34,9 +34,9 @@ STORAGE_TYPES = {_arrays.bfloat16: "__nv_bfloat16", _arrays.float16: "__half", _
 #: Largest head dimension whose R fits one block's registers without spilling (checked by
 #: ``python -m flashrnn_core.compile --check`` for every variant). R takes ``Gr * D * D`` 16-bit operands
 #: (twice that for float32, stored as bf16 hi + lo) spread over ``32 * D / (8 U)`` threads; at D = 128 that is
-#: 64 registers a thread for lstm/slstm (512 threads), 96 for gru (256 threads), 32 for elman; one step more
-#: (D = 144) leaves the cell's pointwise math too few registers.
-MAX_D_16BIT = {"lstm": 128, "slstm": 128, "gru": 128, "elman": 128}
+#: 64 registers a thread for lstm/slstm (512 threads, capped at 128 registers: 8 bytes spilled, so lstm/slstm
+#: stop at 96 and take 112/128 on a 2-block cluster), 96 for gru (256 threads), 32 for elman.
+MAX_D_16BIT = {"lstm": 96, "slstm": 96, "gru": 128, "elman": 128}
 MAX_D_FLOAT32 = {"lstm": 64, "slstm": 64, "gru": 64, "elman": 128}
 
 #: Heads too large for one block, on sm_90: (function, float32?, D) -> (cluster blocks CL, split-K KS).
@@ -48,6 +48,8 @@ MAX_D_FLOAT32 = {"lstm": 64, "slstm": 64, "gru": 64, "elman": 128}
 #:     registers: it needs R partly in shared memory, not written;
 #:   gru D>=512 (16-bit) and float32 D>=512: the 16-block slice spills registers.
 CLUSTER_TABLE = {
+    ("lstm", False, 112): (2, 1), ("lstm", False, 128): (2, 1),
+    ("slstm", False, 112): (2, 1), ("slstm", False, 128): (2, 1),
     ("lstm", False, 256): (8, 2), ("lstm", False, 512): (16, 2),
     ("slstm", False, 256): (8, 2), ("slstm", False, 512): (16, 2),
     ("gru", False, 256): (8, 2),
@@ -58,8 +60,12 @@ CLUSTER_TABLE = {
     ("elman", True, 256): (4, 1),
 }
 
-SMEM_DEFAULT_LIMIT = 48 * 1024  # dynamic shared memory a block gets without opting in
-PREFETCH_MAX = 4  # issue 5: Wx staged 4 steps ahead hid the global-load latency (1.06 ms -> 0.49 ms at 1 step)
+SMEM_DEFAULT_LIMIT = 48 * 1024  # dynamic shared memory a block gets without opting in (more is set per kernel)
+SMEM_LIMIT = 96 * 1024  # at most this much a block (sm_80: 163 KB, sm_86/89: 99 KB, sm_90: 227 KB), so that two
+#                         blocks still share an H100 SM where registers allow
+#: Steps of Wx in flight. Measured on H100 (12x64 lstm, B=16): 1 to 8 steps ahead all ran within 2% of each
+#: other once the step itself took ~1 us; elman (a shorter step) needed 2 (1 step: +45%). 3 leaves a margin.
+PREFETCH_MAX = 3
 
 
 @dataclass(frozen=True)
@@ -103,8 +109,9 @@ def tile_geometry(cell, dtype, D: int, nbt: int, prefetch: int, cluster: int = 1
     x_bytes = (prefetch + 1) * bt * (cell.gates_w * db + 16 // itemsize) * itemsize
     mt = u * cell.gates_r // 2
     part_bytes = ksplit * warps_d * mt * nbt * 4 * 32 * 4 if ksplit > 1 else 0
+    out_bytes = 2 * (cell.states + cell.n_saved) * bt * (db + 16 // itemsize) * itemsize  # staged outputs
     bar_bytes = 16 if cluster > 1 else 0
-    return threads, h_bytes + x_bytes + part_bytes + bar_bytes
+    return threads, h_bytes + x_bytes + part_bytes + out_bytes + bar_bytes
 
 
 def choose_params(function: str, cell, dtype, B: int, N: int, D: int, num_sms: int = 132,
@@ -114,19 +121,19 @@ def choose_params(function: str, cell, dtype, B: int, N: int, D: int, num_sms: i
     - Head size: up to ``max_head_dim`` one block per (head, batch tile); above it, on sm_90, one thread-block
       cluster per (head, batch tile) from ``CLUSTER_TABLE``; anything else is refused with the reason.
     - Batch tile: 8 sequences (the mma's n = 8): issue 5 measured 8 sequences per block at 0.49 ms and 16 at
-      1.49 ms for 12x64, B=16 (parallel blocks beat wider tiles). Only when single-block launches would exceed
-      what stays resident at once (about 2 blocks of 256 threads a SM at the ~120-128 registers a thread these
-      kernels take) does the tile grow to 16 (nbt = 2, D <= 64, where the extra accumulators still fit),
-      halving the blocks, so that no block waits for a second wave.
-    - Prefetch depth: 4 steps of Wx in flight, fewer only where the stages would pass the 48 KB of shared memory
-      a block gets without opting in.
+      1.49 ms for 12x64, B=16 (parallel blocks beat wider tiles). Only when the blocks would exceed what stays
+      resident at once (one block of 256 threads a SM at the ~100-170 registers a thread these kernels take;
+      a second wave doubles the time: measured 4.0 ms for 12x64 B=256 in 192 blocks) does the tile grow, to
+      the narrowest of 16, 24, 32 sequences (nbt = 2..4, D <= 64, where the extra accumulators fit) that fits.
+    - Prefetch depth: 3 steps of Wx in flight (``PREFETCH_MAX``), fewer only where shared memory would pass
+      ``SMEM_LIMIT``.
     """
     dtype = np.dtype(dtype)
     if dtype not in STORAGE_TYPES:
         return f"storage dtype {dtype} is not one of float32, bfloat16, float16"
     if D % 16:
         return f"head dimension D={D} is not a multiple of 16 (the tensor-core tile's k)"
-    cluster, ksplit, nbt = 1, 1, 1
+    cluster, ksplit = 1, 1
     if D > max_head_dim(function, dtype):
         key = (function, dtype == _arrays.float32, D)
         if key not in CLUSTER_TABLE:
@@ -138,19 +145,34 @@ def choose_params(function: str, cell, dtype, B: int, N: int, D: int, num_sms: i
             return (f"head dimension D={D} needs a thread-block cluster per head (sm_90 or newer), this GPU is "
                     f"sm_{cc[0]}{cc[1]}")
         cluster, ksplit = CLUSTER_TABLE[key]
-    else:
-        threads, _ = tile_geometry(cell, dtype, D, 1, 1)
-        resident = max(1, 65536 // (128 * threads)) * num_sms  # blocks resident at <= 128 registers a thread
-        if N * -(-B // 8) > resident and D <= 64:
-            nbt = 2
+    threads, _ = tile_geometry(cell, dtype, D, 1, 1, cluster, ksplit)
+    # Blocks resident at once, at the ~100-170 registers a thread these kernels take (160 assumed).
+    resident = max(1, 65536 // (160 * threads)) * num_sms // cluster * cluster
+    tiles = _tiles(cell, D, cluster)
+    nbt = next((t for t in tiles if N * cluster * -(-B // (8 * t)) <= resident), tiles[-1])
+    for nbt in range(nbt, 0, -1):  # the widest tile that fits shared memory, down to 1
+        params = _fit(function, cell, dtype, D, nbt, cluster, ksplit, B, N)
+        if params is not None:
+            return params
+    return f"shared memory for D={D} is above {SMEM_LIMIT} B even with one step of Wx in flight"
+
+
+def _tiles(cell, D: int, cluster: int) -> tuple[int, ...]:
+    """Batch tiles (nbt) a variant may use: up to 32 sequences (lstm/slstm) or 16 (gru/elman, whose lanes already
+    hold twice the cells) for D <= 64 on one block; wider ones spill registers."""
+    if D > 64 or cluster > 1:
+        return (1,)
+    return (1, 2, 3, 4) if cell.gates_r % 2 == 0 else (1, 2)
+
+
+def _fit(function, cell, dtype, D, nbt, cluster, ksplit, B, N) -> FusedParams | None:
+    """The deepest prefetch (<= PREFETCH_MAX) whose shared memory fits SMEM_LIMIT, or None."""
     for prefetch in range(PREFETCH_MAX, 0, -1):
         threads, smem = tile_geometry(cell, dtype, D, nbt, prefetch, cluster, ksplit)
-        if smem <= SMEM_DEFAULT_LIMIT:
-            break
-    else:
-        return f"shared memory {smem} B for D={D} is above {SMEM_DEFAULT_LIMIT} B"
-    return FusedParams(CELL_STRUCTS[function], STORAGE_TYPES[dtype], D, nbt, prefetch, cluster, ksplit, threads,
-                       smem, (N * cluster, -(-B // (8 * nbt))))
+        if smem <= SMEM_LIMIT:
+            return FusedParams(CELL_STRUCTS[function], STORAGE_TYPES[np.dtype(dtype)], D, nbt, prefetch, cluster,
+                               ksplit, threads, smem, (N * cluster, -(-B // (8 * nbt))))
+    return None
 
 
 def _cluster_dims(function: str, dtype) -> str:
@@ -165,6 +187,27 @@ def _device_info(device: int | None) -> tuple[int, tuple[int, int]]:
     dev = cupy.cuda.Device(device if device is not None else cupy.cuda.Device().id)
     cc = dev.compute_capability
     return int(dev.attributes["MultiProcessorCount"]), (int(cc[:-1]), int(cc[-1]))
+
+
+_SMEM_SET: dict = {}
+
+
+def allow_shared_memory(kernel, nbytes: int, device: int) -> None:
+    """Let ``kernel`` (a cuda.core Kernel, a CUkernel) take ``nbytes`` of dynamic shared memory (> 48 KB needs
+    opting in per kernel and device). Set once per (kernel, device)."""
+    if nbytes <= SMEM_DEFAULT_LIMIT:
+        return
+    handle = getattr(kernel, "handle", kernel)
+    key = (int(handle), device)
+    if _SMEM_SET.get(key, 0) >= nbytes:
+        return
+    from cuda.bindings import driver
+
+    attr = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+    (err,) = driver.cuKernelSetAttribute(attr, nbytes, handle, device)
+    if err != driver.CUresult.CUDA_SUCCESS:
+        raise RuntimeError(f"cuKernelSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES, {nbytes}) failed: {err}")
+    _SMEM_SET[key] = nbytes
 
 
 def _empty(shape, dtype):
@@ -225,6 +268,7 @@ class FusedBackend(Backend):
         states = _empty((cell.states, B, T, N, D), dtype)
         saved = _empty((B, T, cell.n_saved, N, D), dtype)
         kernel = get_kernel(self.spec(problem, params))
+        allow_shared_memory(kernel, params.smem_bytes, problem.device)
         s0 = states0 if states0 is not None else np.uint64(0)  # a null pointer: the kernel starts from zeros
         launch(kernel, params.grid, (params.threads,), Wx, R, b, s0, states, saved,
                np.int32(B), np.int32(T), np.int32(N), shmem=params.smem_bytes,
@@ -239,7 +283,7 @@ class FusedBackend(Backend):
         return get_backend("cuda").backward(problem, Wx, R, b, states0, states, saved, dstates, dlast)
 
     def kernel_variants(self):
-        """Every (cell, dtype, D, nbt, cluster) the rule can choose, for ``compile --check``."""
+        """Every variant ``choose_params`` can pick (cell, dtype, D, batch tile, cluster), for ``compile --check``."""
         from ..cells import CELLS
         from ..runtime import KernelSpec
 
@@ -247,15 +291,15 @@ class FusedBackend(Backend):
         for function, cell in CELLS.items():
             for dtype in STORAGE_TYPES:
                 f32 = dtype == _arrays.float32
-                dims = list(range(16, max_head_dim(function, dtype) + 1, 16))
-                dims += [D for (f, is32, D) in CLUSTER_TABLE if f == function and is32 == f32]
-                for D in dims:
-                    # (B, N) such that the rule picks nbt = 1, then (for D <= 64) nbt = 2.
-                    for B, N in ((8, 1), (8 * 1024, 1024)) if D <= 64 else ((8, 1),):
-                        params = choose_params(function, cell, dtype, B, N, D)
-                        assert not isinstance(params, str), params
-                        specs.append(KernelSpec(source=SOURCE, entry=ENTRY, defines=params.defines(),
-                                                label=_label(function, dtype, params)))
+                layouts = [(D, 1, 1) for D in range(16, max_head_dim(function, dtype) + 1, 16)]
+                layouts += [(D, *CLUSTER_TABLE[(f, is32, D)]) for (f, is32, D) in CLUSTER_TABLE
+                            if f == function and is32 == f32]
+                for D, cluster, ksplit in layouts:
+                    for nbt in _tiles(cell, D, cluster):
+                        params = _fit(function, cell, dtype, D, nbt, cluster, ksplit, 1, 1)
+                        if params is not None:
+                            specs.append(KernelSpec(source=SOURCE, entry=ENTRY, defines=params.defines(),
+                                                    label=_label(function, dtype, params)))
         return specs
 
 
