@@ -71,6 +71,8 @@ template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_> struc
     static constexpr int WARPS_D = DB / DW, WARPS = WARPS_D * KS, THREADS = 32 * WARPS;
     static constexpr int KT = D / 16, KTW = KT / KS;        // k-tiles of the head, of one warp
     static constexpr int OWN = 2 / KS;                      // batch columns c (of 2 per lane) a warp finishes
+    static constexpr int CHAINS_WANTED = 4 / (MT * NBT) > 1 ? 4 / (MT * NBT) : 1;
+    static constexpr int CHAINS = CHAINS_WANTED < KTW ? CHAINS_WANTED : KTW;  // independent partial sums
     // Blocks of 384+ threads get <= 170 registers a thread, and R's fragments take most of them: there Wx is
     // read cell by cell at the pointwise step instead of all at once while the mma run.
     static constexpr bool LATE_X = THREADS >= 384;
@@ -222,28 +224,46 @@ __device__ __forceinline__ void load_h(unsigned (&bf)[K::SPLIT][K::NBT][K::KTW][
         }
 }
 
-// acc = R_warp x H over the warp's k-tiles: k outermost so the MT*NBT independent accumulators interleave.
+// acc = R_warp x H over the warp's k-tiles: k outermost so the independent accumulators interleave. Where a
+// warp has fewer than 4 output tiles, k-tile kt goes to partial sum kt % CHAINS (added at the end), so that
+// about 4 mma are in flight instead of a dependent chain of KTW.
 template <class K>
 __device__ __forceinline__ void matmul(float (&acc)[K::MT][K::NBT][4], const unsigned (&a)[K::SPLIT][K::MT][K::KTW][4],
                                        const unsigned (&bf)[K::SPLIT][K::NBT][K::KTW][2]) {
     using M = mma::Mma<typename K::Op>;
+    constexpr int CH = K::CHAINS;
+    float part[CH][K::MT][K::NBT][4];
 #pragma unroll
-    for (int m = 0; m < K::MT; ++m)
+    for (int c = 0; c < CH; ++c)
 #pragma unroll
-        for (int nb = 0; nb < K::NBT; ++nb)
+        for (int m = 0; m < K::MT; ++m)
 #pragma unroll
-            for (int i = 0; i < 4; ++i) acc[m][nb][i] = 0.f;
+            for (int nb = 0; nb < K::NBT; ++nb)
+#pragma unroll
+                for (int i = 0; i < 4; ++i) part[c][m][nb][i] = 0.f;
 #pragma unroll
     for (int kt = 0; kt < K::KTW; ++kt)
 #pragma unroll
         for (int m = 0; m < K::MT; ++m)
 #pragma unroll
             for (int nb = 0; nb < K::NBT; ++nb) {
-                M::run(acc[m][nb], a[0][m][kt], bf[0][nb][kt][0], bf[0][nb][kt][1]);
+                float (&p)[4] = part[kt % CH][m][nb];
+                M::run(p, a[0][m][kt], bf[0][nb][kt][0], bf[0][nb][kt][1]);
                 if constexpr (K::SPLIT == 2) {
-                    M::run(acc[m][nb], a[0][m][kt], bf[1][nb][kt][0], bf[1][nb][kt][1]);
-                    M::run(acc[m][nb], a[1][m][kt], bf[0][nb][kt][0], bf[0][nb][kt][1]);
+                    M::run(p, a[0][m][kt], bf[1][nb][kt][0], bf[1][nb][kt][1]);
+                    M::run(p, a[1][m][kt], bf[0][nb][kt][0], bf[0][nb][kt][1]);
                 }
+            }
+#pragma unroll
+    for (int m = 0; m < K::MT; ++m)
+#pragma unroll
+        for (int nb = 0; nb < K::NBT; ++nb)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                float v = part[0][m][nb][i];
+#pragma unroll
+                for (int c = 1; c < CH; ++c) v += part[c][m][nb][i];
+                acc[m][nb][i] = v;
             }
 }
 

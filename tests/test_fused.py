@@ -31,6 +31,9 @@ SHAPES = [
     (5, 6, 2, 256, True),
     (3, 2, 1, 512, False),
     (2, 5, 1, 768, True),
+    (3, 5, 2, 112, True),
+    (256, 2, 16, 64, False),  # 32-sequence tiles (nbt = 4; gru/elman: 2)
+    (64, 2, 30, 32, True),  # 16-sequence tiles
 ]
 
 
@@ -158,9 +161,13 @@ def test_unsupported_says_why(function):
 
 
 def test_rule_widens_tiles_only_past_residency():
+    """12x64 on 132 SMs: 96 blocks of 8 sequences fit at once (B=64); B=256 takes 24-sequence tiles (132 blocks)."""
     cell = CELLS["lstm"]
     assert fused.choose_params("lstm", cell, _arrays.bfloat16, 64, 12, 64).nbt == 1
-    assert fused.choose_params("lstm", cell, _arrays.bfloat16, 256, 12, 64).nbt == 2
+    params = fused.choose_params("lstm", cell, _arrays.bfloat16, 256, 12, 64)
+    assert params.nbt == 3 and params.grid == (12, 11)
+    assert fused.choose_params("gru", CELLS["gru"], _arrays.bfloat16, 256, 12, 64).nbt == 1  # 128-thread blocks: 3 a SM
+    assert fused.choose_params("gru", CELLS["gru"], _arrays.bfloat16, 256, 48, 64).nbt == 2  # gru tiles: at most 2
 
 
 def test_every_rule_choice_fits_a_block():
