@@ -105,18 +105,19 @@ template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_> struc
     static_assert(P >= 1, "prefetch depth");
 };
 
-// Copies Wx[b0:b0+BT, t, :, n, d0:d0+DB] into one stage: each thread owns the same 16-byte pieces every step,
-// so their addresses are computed once (rows past B are zero-filled, never read from memory).
+// Copies Wx[b0:b0+BT, t, :, n, d0:d0+DB] into one stage for t = 0, 1, 2, ... in turn: each thread owns the
+// same 16-byte pieces every step, so it keeps their addresses and advances them by one step per call (rows past
+// B are zero-filled, never read from memory).
 template <class K, class T> struct XCopier {
     static constexpr int PER_ROW = K::GW * K::DB / K::CH, PER_GATE = K::DB / K::CH;
     static constexpr int PER = (K::XCHUNKS + K::THREADS - 1) / K::THREADS;  // pieces per thread
-    const T* src[PER];
-    int dst[PER];  // element offset in a stage; -1: no piece
+    const T* src[PER];  // the piece of the next step
+    int dst[PER];       // element offset in a stage; -1: no piece
     bool valid[PER];
-    size_t step;   // elements from Wx[:, t] to Wx[:, t+1]
+    unsigned step;      // elements from Wx[:, t] to Wx[:, t+1] (GW*N*D)
 
     __device__ __forceinline__ XCopier(const T* Wx, int b0, int B, int Tn, int n, int d0, size_t ND) {
-        step = K::GW * ND;
+        step = unsigned(K::GW * ND);
 #pragma unroll
         for (int j = 0; j < PER; ++j) {
             const int i = threadIdx.x + j * K::THREADS;
@@ -128,27 +129,28 @@ template <class K, class T> struct XCopier {
             src[j] = valid[j] ? Wx + (size_t(b) * Tn * K::GW + gate) * ND + size_t(n) * K::D + d0 + dc : Wx;
         }
     }
-    __device__ __forceinline__ void issue(T* stage, int t) const {
+    __device__ __forceinline__ void issue(T* stage) {
 #pragma unroll
         for (int j = 0; j < PER; ++j)
-            if (K::XCHUNKS % K::THREADS == 0 || dst[j] >= 0)
-                mma::cp_async_16(mma::smem_u32(stage + dst[j]), valid[j] ? src[j] + size_t(t) * step : src[j], valid[j]);
+            if (K::XCHUNKS % K::THREADS == 0 || dst[j] >= 0) {
+                mma::cp_async_16(mma::smem_u32(stage + dst[j]), src[j], valid[j]);
+                if (valid[j]) src[j] += step;
+            }
     }
 };
 
 // Writes one step's staged outputs to states [S,B,T,N,D] and saved [B,T,NSAVED,N,D] as 16-byte pieces of rows
-// (coalesced; rows past B skipped). Piece ownership is fixed per thread, addresses computed once.
+// (coalesced; rows past B skipped), for t = 0, 1, 2, ... in turn: piece ownership is fixed per thread, so each
+// keeps its destination and advances it by one step per call.
 template <class K, class T> struct OutCopier {
     static constexpr int CPR = K::DB * int(sizeof(T)) / 16;  // pieces per row
     static constexpr int CHUNKS = K::OROWS * CPR;
     static constexpr int PER = (CHUNKS + K::THREADS - 1) / K::THREADS;
-    T* dst[PER];   // address at t = 0, or nullptr: no piece / padded row
-    int src[PER];  // element offset in a staging buffer
-    bool is_saved[PER];
-    size_t st_step, sv_step;  // elements between consecutive t
+    T* dst[PER];           // the piece of the next step, or nullptr: no piece / padded row
+    int src[PER];          // element offset in a staging buffer
+    unsigned stride[PER];  // elements between consecutive t (N*D for states, NSAVED*N*D for saved)
 
     __device__ __forceinline__ OutCopier(T* states, T* saved, int b0, int B, int Tn, int n, int d0, size_t ND) {
-        st_step = ND, sv_step = K::NSAVED * ND;
         const size_t BTND = size_t(B) * Tn * ND;
 #pragma unroll
         for (int j = 0; j < PER; ++j) {
@@ -156,7 +158,7 @@ template <class K, class T> struct OutCopier {
             const int row = i / CPR, col = (i % CPR) * (16 / int(sizeof(T)));
             src[j] = row * K::OROW + col;
             const bool st = row < K::S * K::BT;
-            is_saved[j] = !st;
+            stride[j] = unsigned(st ? ND : K::NSAVED * ND);
             const int rr = st ? row : row - K::S * K::BT;
             const int bl = st ? rr % K::BT : rr / K::NSAVED;
             const int b = b0 + bl;
@@ -166,12 +168,12 @@ template <class K, class T> struct OutCopier {
                           : saved + (size_t(b) * Tn * K::NSAVED + rr % K::NSAVED) * ND + col0;
         }
     }
-    __device__ __forceinline__ void issue(const T* stage, int t) const {
+    __device__ __forceinline__ void issue(const T* stage) {
 #pragma unroll
         for (int j = 0; j < PER; ++j)
             if (dst[j] != nullptr) {
-                const uint4 v = *reinterpret_cast<const uint4*>(stage + src[j]);
-                *reinterpret_cast<uint4*>(dst[j] + size_t(t) * (is_saved[j] ? sv_step : st_step)) = v;
+                *reinterpret_cast<uint4*>(dst[j]) = *reinterpret_cast<const uint4*>(stage + src[j]);
+                dst[j] += stride[j];
             }
     }
 };
@@ -332,13 +334,13 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
     const size_t ND = size_t(N) * D;
 
     // Start the first P stages before anything else so they land while R is read.
-    const XCopier<K, T> xcopy(Wx, b0, B, Tn, n, d0, ND);
+    XCopier<K, T> xcopy(Wx, b0, B, Tn, n, d0, ND);
 #pragma unroll 1
     for (int p = 0; p < P; ++p) {
-        if (p < Tn) xcopy.issue(xbuf + p * K::X_ELEMS, p);
+        if (p < Tn) xcopy.issue(xbuf + p * K::X_ELEMS);
         mma::cp_async_commit();
     }
-    const OutCopier<K, T> ocopy(states, saved, b0, B, Tn, n, d0, ND);
+    OutCopier<K, T> ocopy(states, saved, b0, B, Tn, n, d0, ND);
     if constexpr (CL > 1) {
         if (threadIdx.x == 0) {
             for (int i = 0; i < 2; ++i) {
@@ -422,9 +424,9 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
         // of their staging buffer (every thread passed the barrier that closed step t-1).
         {
             const int pre = stage == 0 ? K::NS - 1 : stage - 1;
-            if (t + P < Tn) xcopy.issue(xbuf + pre * K::X_ELEMS, t + P);
+            if (t + P < Tn) xcopy.issue(xbuf + pre * K::X_ELEMS);
             mma::cp_async_commit();
-            if (t > 0) ocopy.issue(obuf + ((t - 1) & 1) * K::O_ELEMS, t - 1);
+            if (t > 0) ocopy.issue(obuf + ((t - 1) & 1) * K::O_ELEMS);
         }
         if constexpr (KS > 1) {
             put_partials<K>(part, acc, ks, wd, lane);
@@ -482,7 +484,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
             if (t + 1 < Tn) send_h<K>(hnext, bars + 8 * ((t + 1) & 1), rank);
         }
     }
-    ocopy.issue(obuf + ((Tn - 1) & 1) * K::O_ELEMS, Tn - 1);  // the last step's outputs (after its barrier)
+    ocopy.issue(obuf + ((Tn - 1) & 1) * K::O_ELEMS);  // the last step's outputs (after its barrier)
     mma::cp_async_wait<0>();  // leave no copy in flight at exit (the tail groups are empty)
     if constexpr (CL > 1) cluster::sync();  // no block leaves while another may still address its memory
 }

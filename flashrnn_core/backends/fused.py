@@ -12,7 +12,8 @@ of 16, up to ``max_head_dim`` on one block (128 at 16 bits; 64 for float32 lstm/
 the larger heads of ``CLUSTER_TABLE`` on sm_90.
 
 Backward: the fused backward kernel (issue 6) is not written yet; ``backward`` runs the ``cuda`` backend's
-backward on this forward's saved tensors (the same contract), so gradients are always available.
+backward (``vanilla``'s where ``cuda`` cannot run) on this forward's saved tensors (the same contract), so
+gradients are always available.
 """
 
 from __future__ import annotations
@@ -63,9 +64,10 @@ CLUSTER_TABLE = {
 SMEM_DEFAULT_LIMIT = 48 * 1024  # dynamic shared memory a block gets without opting in (more is set per kernel)
 SMEM_LIMIT = 96 * 1024  # at most this much a block (sm_80: 163 KB, sm_86/89: 99 KB, sm_90: 227 KB), so that two
 #                         blocks still share an H100 SM where registers allow
-#: Steps of Wx in flight. Measured on H100 (12x64 lstm, B=16): 1 to 8 steps ahead all ran within 2% of each
-#: other once the step itself took ~1 us; elman (a shorter step) needed 2 (1 step: +45%). 3 leaves a margin.
-PREFETCH_MAX = 3
+#: Steps of Wx in flight. A step can take no less than the global-load latency over (prefetch - 1) steps:
+#: measured on H100 (elman 12x64, B=16), 1 step ahead 0.60 us a step, 2: 0.33, 3: 0.29 (~0.6 us of latency);
+#: lstm 12x64 (1 us a step) the same from 1 to 8. 8 keeps 0.1 us steps fed, where shared memory allows.
+PREFETCH_MAX = 8
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,8 @@ def choose_params(function: str, cell, dtype, B: int, N: int, D: int, num_sms: i
         return f"storage dtype {dtype} is not one of float32, bfloat16, float16"
     if D % 16:
         return f"head dimension D={D} is not a multiple of 16 (the tensor-core tile's k)"
+    if N * D * max(cell.gates_w, cell.n_saved) >= 2**31:
+        return f"N*D={N * D} is too large: the kernel advances its pointers by 32-bit steps of Gw*N*D elements"
     cluster, ksplit = 1, 1
     if D > max_head_dim(function, dtype):
         key = (function, dtype == _arrays.float32, D)
@@ -277,10 +281,12 @@ class FusedBackend(Backend):
 
     def backward(self, problem, Wx, R, b, states0, states, saved, dstates, dlast):
         # The fused backward (issue 6) is not written: the alternating backend's backward reads the same saved
-        # pre-activations and states (docs/architecture.md "Saved tensors"), so it serves this forward exactly.
-        from . import get_backend
+        # pre-activations and states (docs/architecture.md "Saved tensors"), so it serves this forward exactly;
+        # where it cannot run, vanilla's backward (on the same CuPy arrays) does.
+        from . import get_backend, why_not
 
-        return get_backend("cuda").backward(problem, Wx, R, b, states0, states, saved, dstates, dlast)
+        name = "cuda" if why_not("cuda", problem) is None else "vanilla"
+        return get_backend(name).backward(problem, Wx, R, b, states0, states, saved, dstates, dlast)
 
     def kernel_variants(self):
         """Every variant ``choose_params`` can pick (cell, dtype, D, batch tile, cluster), for ``compile --check``."""
