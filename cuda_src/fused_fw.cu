@@ -1,5 +1,6 @@
 // cuda_fused forward: one persistent kernel for the whole sequence; every block owns one head and a tile of
 // 8*NBT sequences, so blocks never talk to each other and a time step costs one __syncthreads, no grid sync.
+// Heads too large for one block take a thread-block cluster of CL blocks (sm_90; see Tile and send_h).
 //
 // Per block and step t (the design measured in issue 5):
 //   * R lives in registers as mma.sync A-fragments for the whole run (loaded once).
@@ -10,6 +11,9 @@
 //   * the rows of R are ordered so that one thread's accumulators hold every gate of the same (d, b): the
 //     cell's pointwise step runs on registers, with no exchange between threads, and the other states (c, n, m)
 //     never leave registers.
+//   * the step's outputs (states, saved pre-activations) go to a shared-memory staging buffer and leave the
+//     next step as whole 16-byte pieces of rows (measured: 12 scattered 2-byte global stores a thread cost
+//     ~540 cycles a step at 12x64; staged, the outputs cost ~0).
 //
 // Matrix view: G[Gr*D, BT] = R[Gr*D, D] x H[D, BT]: M = gate rows, K = D, N = the batch tile (8 per n-tile).
 // A warp owns U groups of 8 consecutive d and all Gr gates of them: HT = U*Gr "half tiles" of 8 rows that pair
@@ -30,7 +34,18 @@
 //   -------------------------------------------------------------------------------------
 //   ~ 320 cycles = 0.18 us per step -> T=1024: ~0.19 ms (+ launch and prologue ~10 us).
 //   The global stores (states, saved) and the cp.async of Wx are off the critical path (fire and forget).
-// Measured: see the note at the end of this file.
+//
+// ---- Measured (H100 SXM at 1.98 GHz; per step = (t(T=1024) - t(T=1)) / 1023; .scratch ablations) ---------
+//   With placeholder cells (expf/tanhf and IEEE divisions, before cuda_src/cells/ existed), 12x64 LSTM bf16:
+//   1.04 ms, 2050 cycles a step, of which the cell's pointwise math ~1080 (without it: 964), the outputs ~0
+//   (after staging; scattered stores had cost ~540), the rest ("skeleton": barrier, ldmatrix, mma, Wx copy,
+//   output copy, h store) ~550 (elman 12x64: ~380). The estimate above missed in three places: (1) the cell
+//   math is issue-bound, not latency-bound: 8 warps on 4 schedulers run 2 cells a thread each, so every
+//   instruction of the cell costs twice its issue slot (ncu: 4.4-5 cycles between a warp's instructions);
+//   (2) the skeleton executes ~120 instructions a warp a step (address arithmetic, copies), not ~30;
+//   (3) the Wx copies: a step can be no shorter than the global-load latency (~0.6 us) over the steps of
+//   prefetch (1 step ahead: elman 0.60 us a step; 3: 0.29). The final numbers with the project's cells are
+//   in the closing note of issue 5 and bench/results/.
 #include "common/mma.cuh"
 #include "cells/cells.cuh"
 
