@@ -103,6 +103,7 @@ def time_cudnn(function, Bn, Tn, N, D, dtype_name, runs):
     module = torch.nn.GRU if function == "gru" else torch.nn.LSTM
     dtype = getattr(torch, dtype_name)
     net = module(H, H, batch_first=True).to(device="cuda", dtype=dtype)
+    net.flatten_parameters()  # one contiguous weight buffer, as cuDNN wants (else it compacts every call)
     x = torch.randn(Bn, Tn, H, device="cuda", dtype=dtype)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
