@@ -218,29 +218,36 @@ __device__ __forceinline__ void load_r(unsigned (&a)[K::SPLIT][K::MT][K::KTW][4]
             }
 }
 
-// B-fragments of h (all BT columns, the warp's k-tiles from kt0) from one h buffer, two k-tiles per ldmatrix.x4.
+// B-fragments of h (all BT columns, the warp's k-tiles) from one h buffer, two k-tiles per ldmatrix.x4.
+// `addr` is this lane's row address in that buffer (ldmatrix_row), so the rest are compile-time offsets.
 template <class K>
-__device__ __forceinline__ void load_h(unsigned (&bf)[K::SPLIT][K::NBT][K::KTW][2], const typename K::Op* hb,
-                                       int kt0, int lane) {
-    const int mat = lane / 8, row = lane % 8;
+__device__ __forceinline__ void load_h(unsigned (&bf)[K::SPLIT][K::NBT][K::KTW][2], unsigned addr, int lane) {
+    constexpr int E = int(sizeof(typename K::Op));
 #pragma unroll
     for (int s = 0; s < K::SPLIT; ++s)
 #pragma unroll
         for (int nb = 0; nb < K::NBT; ++nb) {
-            const typename K::Op* base = hb + s * K::BT * K::HROW + (8 * nb + row) * K::HROW + 16 * kt0;
+            const unsigned base = addr + unsigned((s * K::BT + 8 * nb) * K::HROW * E);
 #pragma unroll
             for (int kt = 0; kt + 1 < K::KTW; kt += 2) {
                 unsigned r[4];
-                mma::ldmatrix_x4(r, mma::smem_u32(base + 16 * kt + 8 * mat));
+                mma::ldmatrix_x4(r, base + 16 * kt * E);
                 bf[s][nb][kt][0] = r[0], bf[s][nb][kt][1] = r[1];
                 bf[s][nb][kt + 1][0] = r[2], bf[s][nb][kt + 1][1] = r[3];
             }
             if constexpr (K::KTW % 2 == 1) {
-                unsigned r[2];
-                mma::ldmatrix_x2(r, mma::smem_u32(base + 16 * (K::KTW - 1) + 8 * (mat % 2)));
+                unsigned r[2];  // lanes 0-15 give the addresses: matrices 0 and 1 of the last k-tile
+                mma::ldmatrix_x2(r, base + (16 * (K::KTW - 1) - 8 * ((lane / 8) & 2)) * E);
                 bf[s][nb][K::KTW - 1][0] = r[0], bf[s][nb][K::KTW - 1][1] = r[1];
             }
         }
+}
+
+// This lane's ldmatrix row address in h buffer `hb`: row lane % 8 of the tile, column 8 * (lane / 8) (matrix j
+// = lane / 8 is k-tile kt0 + j / 2, half j % 2), from the warp's first k-tile kt0.
+template <class K>
+__device__ __forceinline__ unsigned ldmatrix_row(const typename K::Op* hb, int kt0, int lane) {
+    return mma::smem_u32(hb + (lane % 8) * K::HROW + 16 * kt0 + 8 * (lane / 8));
 }
 
 // acc = R_warp x H over the warp's k-tiles: k outermost so the independent accumulators interleave. Where a
@@ -399,6 +406,10 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
     if constexpr (CL > 1) cluster::sync();  // mbarriers initialised before any block sends; h_{-1}, Wx[0] visible
     else __syncthreads();
 
+    // Loop-invariant shared-memory addresses of this lane's h rows (the critical path starts with them).
+    const unsigned hrow0 = ldmatrix_row<K>(hbuf, ks * K::KTW, lane);
+    const unsigned hrow1 = ldmatrix_row<K>(hbuf + K::H_ELEMS, ks * K::KTW, lane);
+
     int stage = 0;  // t % NS
 #pragma unroll 1
     for (int t = 0; t < Tn; ++t) {
@@ -411,13 +422,12 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
                 if (threadIdx.x == 0 && t + 2 < Tn) cluster::mbarrier_expect(bar, K::RECV_BYTES);  // its next use
             }
         }
-        const Op* hcur = hbuf + (t & 1) * K::H_ELEMS;
         Op* hnext = hbuf + ((t + 1) & 1) * K::H_ELEMS;
         const T* xs = xbuf + stage * K::X_ELEMS;
 
         // Critical path: h fragments, then the mma.
         unsigned bf[K::SPLIT][NBT][K::KTW][2];
-        load_h<K>(bf, hcur, ks * K::KTW, lane);
+        load_h<K>(bf, (t & 1) ? hrow1 : hrow0, lane);
         float acc[K::MT][NBT][4];
         matmul<K>(acc, a, bf);
         // This step's Wx: issued while the mma run, except where registers are tight (the largest single
