@@ -166,7 +166,7 @@ def _options(spec: KernelSpec, arch: str, root: Path):
         arch=arch,
         std="c++17",
         include_path=[str(root), *toolkit_include_dirs()],
-        define_macro=[(k, str(v)) for k, v in spec.defines],
+        define_macro=[(k, str(v)) for k, v in spec.defines] or None,
         ptxas_options=["-v"],
         lineinfo=env.lineinfo(),
     )
