@@ -1,0 +1,39 @@
+// LSTM (SPEC.md): i, f, z, o = x + Rs + b;  c = sigma(f) c_prev + sigma(i) tanh(z);  h = sigma(o) tanh(c).
+// States (h, c). Saved: the four pre-activations (docs/architecture.md, "Saved tensors").
+#pragma once
+#include "../common/activations.cuh"
+
+namespace flashrnn {
+
+struct LstmCell {
+    static constexpr int GW = 4, GR = 4, GB = 4, S = 2, NSAVED = 4;
+
+    __device__ __forceinline__ static void forward(const float (&x)[GW], const float (&rs)[GR], const float (&b)[GB],
+                                                   const float (&s_prev)[S], float (&s)[S], float (&saved)[NSAVED]) {
+#pragma unroll
+        for (int g = 0; g < 4; ++g) saved[g] = x[g] + rs[g] + b[g];
+        const float i = act_sigmoid(saved[0]), f = act_sigmoid(saved[1]);
+        const float z = act_tanh(saved[2]), o = act_sigmoid(saved[3]);
+        s[1] = fmaf(f, s_prev[1], i * z);
+        s[0] = o * act_tanh(s[1]);
+    }
+
+    // Activations recomputed from the saved pre-activations; their derivatives taken from the outputs.
+    __device__ __forceinline__ static void backward(const float (&ds)[S], const float (&s_prev)[S],
+                                                    const float (&saved)[NSAVED], float (&dx)[GW], float (&drs)[GR],
+                                                    float (&db)[GB], float (&ds_prev)[S]) {
+        const float i = act_sigmoid(saved[0]), f = act_sigmoid(saved[1]);
+        const float z = act_tanh(saved[2]), o = act_sigmoid(saved[3]);
+        const float tc = act_tanh(fmaf(f, s_prev[1], i * z));
+        const float dh = ds[0];
+        const float dc = ds[1] + dh * o * (1.f - tc * tc);
+        const float d[4] = {dc * z * i * (1.f - i), dc * s_prev[1] * f * (1.f - f), dc * i * (1.f - z * z),
+                            dh * tc * o * (1.f - o)};
+#pragma unroll
+        for (int g = 0; g < 4; ++g) dx[g] = drs[g] = db[g] = d[g];
+        ds_prev[0] = 0.f;  // h_prev reaches the step only through R: the caller adds R^T drs
+        ds_prev[1] = dc * f;
+    }
+};
+
+}  // namespace flashrnn

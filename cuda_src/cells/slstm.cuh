@@ -1,0 +1,59 @@
+// sLSTM (SPEC.md): exponential input gate with stabilizer m and normalizer n. States (h, c, n, m).
+//   lf = log sigma(f_raw) + m_prev;  m = i_raw where n_prev == 0, else max(i_raw, lf)
+//   i = exp(i_raw - m);  f = exp(lf - m);  c = f c_prev + i tanh(z_raw);  n = max(f n_prev + i, 1)
+//   h = sigma(o_raw) c / n
+// Gradient conventions: m is a constant (no gradient from it or on it), max(., 1) passes its gradient straight
+// through; m_prev still feeds lf, so ds_prev[3] carries d lf (it survives only as dstates_initial's m row).
+#pragma once
+#include "../common/activations.cuh"
+
+namespace flashrnn {
+
+struct SlstmCell {
+    static constexpr int GW = 4, GR = 4, GB = 4, S = 4, NSAVED = 4;
+
+    // (i, f, m) from the raw gates and the previous states.
+    __device__ __forceinline__ static void gates(const float (&s_prev)[S], float i_raw, float f_raw, float& i,
+                                                 float& f, float& m) {
+        const float lf = act_log_sigmoid(f_raw) + s_prev[3];
+        m = s_prev[2] == 0.f ? i_raw : fmaxf(i_raw, lf);
+        i = act_exp(i_raw - m);
+        f = act_exp(lf - m);
+    }
+
+    __device__ __forceinline__ static void forward(const float (&x)[GW], const float (&rs)[GR], const float (&b)[GB],
+                                                   const float (&s_prev)[S], float (&s)[S], float (&saved)[NSAVED]) {
+#pragma unroll
+        for (int g = 0; g < 4; ++g) saved[g] = x[g] + rs[g] + b[g];
+        float i, f, m;
+        gates(s_prev, saved[0], saved[1], i, f, m);
+        s[1] = fmaf(f, s_prev[1], i * act_tanh(saved[2]));
+        s[2] = fmaxf(fmaf(f, s_prev[2], i), 1.f);
+        s[3] = m;
+        s[0] = act_sigmoid(saved[3]) * s[1] / s[2];
+    }
+
+    __device__ __forceinline__ static void backward(const float (&ds)[S], const float (&s_prev)[S],
+                                                    const float (&saved)[NSAVED], float (&dx)[GW], float (&drs)[GR],
+                                                    float (&db)[GB], float (&ds_prev)[S]) {
+        float i, f, m;
+        gates(s_prev, saved[0], saved[1], i, f, m);
+        const float z = act_tanh(saved[2]), o = act_sigmoid(saved[3]);
+        const float c = fmaf(f, s_prev[1], i * z);
+        const float n = fmaxf(fmaf(f, s_prev[2], i), 1.f);
+        const float dh = ds[0];
+        const float dc = ds[1] + dh * o / n;
+        const float dn = ds[2] - dh * o * c / (n * n);
+        const float dlf = (dc * s_prev[1] + dn * s_prev[2]) * f;
+        const float d[4] = {(dc * z + dn) * i, dlf * act_sigmoid(-saved[1]), dc * i * (1.f - z * z),
+                            dh * c / n * o * (1.f - o)};
+#pragma unroll
+        for (int g = 0; g < 4; ++g) dx[g] = drs[g] = db[g] = d[g];
+        ds_prev[0] = 0.f;
+        ds_prev[1] = dc * f;
+        ds_prev[2] = dn * f;
+        ds_prev[3] = dlf;
+    }
+};
+
+}  // namespace flashrnn

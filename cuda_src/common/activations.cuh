@@ -1,0 +1,54 @@
+// Activations of the cells, in float32. Two paths, chosen per kernel variant by a define:
+//   FLASHRNN_FAST_ACTIVATIONS=1: the hardware approximations (tanh.approx.f32, ex2.approx; relative error about
+//     2^-11), far below what 16-bit storage keeps: the default for bfloat16 and float16 kernels.
+//   FLASHRNN_FAST_ACTIVATIONS=0: the accurate libdevice functions, for float32 storage, whose tolerance in
+//     SPEC.md (1e-4 relative) the approximations would use up over a long sequence.
+#pragma once
+
+#ifndef FLASHRNN_FAST_ACTIVATIONS
+#define FLASHRNN_FAST_ACTIVATIONS 0
+#endif
+
+namespace flashrnn {
+
+__device__ __forceinline__ float tanh_approx(float x) {
+    float y;
+    asm("tanh.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+__device__ __forceinline__ float act_tanh(float x) {
+#if FLASHRNN_FAST_ACTIVATIONS
+    return tanh_approx(x);
+#else
+    return tanhf(x);
+#endif
+}
+
+// sigma(x) = (1 + tanh(x/2)) / 2: one MUFU op on the fast path, and never 1/(1+inf) trouble.
+__device__ __forceinline__ float act_sigmoid(float x) {
+#if FLASHRNN_FAST_ACTIVATIONS
+    return fmaf(0.5f, tanh_approx(0.5f * x), 0.5f);
+#else
+    return 0.5f + 0.5f * tanhf(0.5f * x);
+#endif
+}
+
+__device__ __forceinline__ float act_exp(float x) {
+#if FLASHRNN_FAST_ACTIVATIONS
+    return __expf(x);
+#else
+    return expf(x);
+#endif
+}
+
+// log sigma(x) = min(x, 0) - log1p(exp(-|x|)): no overflow and no log(0) in either tail.
+__device__ __forceinline__ float act_log_sigmoid(float x) {
+#if FLASHRNN_FAST_ACTIVATIONS
+    return fminf(x, 0.f) - __logf(1.f + __expf(-fabsf(x)));
+#else
+    return fminf(x, 0.f) - log1pf(expf(-fabsf(x)));
+#endif
+}
+
+}  // namespace flashrnn
