@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: install over the image's packages, GPU tests, compute-sanitizer on the fused
 # kernels, benchmarks. Full logs go to $OUT (or ./device_out); a short table is printed last.
-#   STAGES="tests sanitizer bench" (default: all)   PYTEST_ARGS="-x"   BENCH_ARGS="..."
+#   STAGES="tests sanitizer bench" (default: all)   PYTEST_ARGS="-x"   PYTEST_K="not slow"   BENCH_ARGS="..."
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/device_out}; mkdir -p "$OUT"
@@ -15,7 +15,7 @@ pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 || e
     >"$OUT/env.log" 2>&1; note "main job" "exit $? ($(grep -c OK "$OUT/env.log") OK)"
 
 if [[ " $STAGES " == *" tests "* ]]; then
-    timeout 300 python -m pytest -m gpu -q -p no:cacheprovider ${PYTEST_ARGS:-} tests >"$OUT/pytest_gpu.log" 2>&1
+    timeout 300 python -m pytest -m gpu -q -p no:cacheprovider ${PYTEST_ARGS:-} -k "${PYTEST_K:-}" tests >"$OUT/pytest_gpu.log" 2>&1
     note "pytest -m gpu" "exit $? : $(tail -n 1 "$OUT/pytest_gpu.log")"
 fi
 

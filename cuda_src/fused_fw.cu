@@ -49,6 +49,7 @@
 //   prefetch (1 step ahead: elman 0.60 us a step; 3: 0.29). The final numbers with the project's cells are
 //   in the closing note of issue 5 and bench/results/.
 #include "common/mma.cuh"
+#include "common/types.cuh"
 #include "cells/cells.cuh"
 
 namespace flashrnn {
@@ -60,13 +61,6 @@ template <class T> struct OperandOf;
 template <> struct OperandOf<__nv_bfloat16> { using Op = __nv_bfloat16; static constexpr int SPLIT = 1; };
 template <> struct OperandOf<__half> { using Op = __half; static constexpr int SPLIT = 1; };
 template <> struct OperandOf<float> { using Op = __nv_bfloat16; static constexpr int SPLIT = 2; };
-
-__device__ __forceinline__ float load_f(const float* p) { return *p; }
-__device__ __forceinline__ float load_f(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-__device__ __forceinline__ float load_f(const __half* p) { return __half2float(*p); }
-__device__ __forceinline__ void store_f(float* p, float v) { *p = v; }
-__device__ __forceinline__ void store_f(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
-__device__ __forceinline__ void store_f(__half* p, float v) { *p = __float2half_rn(v); }
 
 // v ~ out[0] + out[1] + ...: the first operand is v rounded, each further one the rounded remainder.
 template <class Op, int SPLIT> __device__ __forceinline__ void split(float v, Op (&out)[SPLIT]) {
@@ -520,7 +514,8 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
 }  // namespace flashrnn
 
 // ---- The entry: one variant per set of -D defines (runtime contract) --------------------------------------
-//   FLASHRNN_CELL      LstmCell | SlstmCell | GruCell | ElmanCell
+//   FLASHRNN_CELL      LstmCell | SlstmCell | GruCell | ElmanCell (cuda_src/cells/)
+//   FLASHRNN_FAST_ACTIVATIONS  1 for 16-bit storage (hardware tanh), 0 for float32 (common/activations.cuh)
 //   FLASHRNN_STORAGE   __nv_bfloat16 | __half | float
 //   FLASHRNN_D         head dimension (multiple of 16)
 //   FLASHRNN_NBT       batch n-tiles of 8 sequences per block

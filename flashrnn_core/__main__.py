@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in AUTO_ORDER:
         reason = why_not(name, dummy) if name == "vanilla" else _gpu_reason(name)
         print(f"    {name:11s} {'available' if reason is None else reason}")
-    on_gpu = _gpu_reason("cuda") is None
+    on_gpu = not str(_gpu_reason("vanilla") or "").startswith("no GPU")
     dtype = args.dtype or ("bfloat16" if on_gpu else "float32")
     ok = run_check(args.batch, args.steps, args.heads, args.head_dim, dtype)
     return 0 if ok else 1

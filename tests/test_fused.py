@@ -197,11 +197,13 @@ def _compile_or_skip():
 def _check_compiles(spec, arch):
     from flashrnn_core.runtime import compile_spec
 
+    if int(arch[3:]) < spec.min_sm:
+        return  # cluster variants: sm_90 only
     result = compile_spec(spec, arch, use_cache=False)
     assert result.cubin, f"{spec.label} {arch}: no binary"
-    resources = getattr(result, "resources", None) or {}
-    spills = resources.get("spill_stores", 0) if isinstance(resources, dict) else 0
-    assert not spills, f"{spec.label} {arch}: {spills} bytes of register spills"
+    res = result.resources
+    assert res is not None and res.spill_stores == 0 and res.spill_loads == 0 and res.stack == 0, \
+        f"{spec.label} {arch}: registers spill ({res})"
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])

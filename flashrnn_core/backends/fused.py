@@ -86,7 +86,10 @@ class FusedParams:
     grid: tuple[int, int]  # (N heads * cluster, batch tiles)
 
     def defines(self) -> tuple[tuple[str, str], ...]:
+        # Hardware tanh (relative error ~2^-11) where storage is 16-bit; the accurate functions for float32.
+        fast = "0" if self.storage == "float" else "1"
         return (("FLASHRNN_CELL", self.cell), ("FLASHRNN_STORAGE", self.storage), ("FLASHRNN_D", str(self.D)),
+                ("FLASHRNN_FAST_ACTIVATIONS", fast),
                 ("FLASHRNN_NBT", str(self.nbt)), ("FLASHRNN_PREFETCH", str(self.prefetch)),
                 ("FLASHRNN_CLUSTER", str(self.cluster)), ("FLASHRNN_KSPLIT", str(self.ksplit)),
                 # Checked against the kernel's own Tile by a static_assert: the launch and the kernel agree.
@@ -193,27 +196,6 @@ def _device_info(device: int | None) -> tuple[int, tuple[int, int]]:
     return int(dev.attributes["MultiProcessorCount"]), (int(cc[:-1]), int(cc[-1]))
 
 
-_SMEM_SET: dict = {}
-
-
-def allow_shared_memory(kernel, nbytes: int, device: int) -> None:
-    """Let ``kernel`` (a cuda.core Kernel, a CUkernel) take ``nbytes`` of dynamic shared memory (> 48 KB needs
-    opting in per kernel and device). Set once per (kernel, device)."""
-    if nbytes <= SMEM_DEFAULT_LIMIT:
-        return
-    handle = getattr(kernel, "handle", kernel)
-    key = (int(handle), device)
-    if _SMEM_SET.get(key, 0) >= nbytes:
-        return
-    from cuda.bindings import driver
-
-    attr = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-    (err,) = driver.cuKernelSetAttribute(attr, nbytes, handle, device)
-    if err != driver.CUresult.CUDA_SUCCESS:
-        raise RuntimeError(f"cuKernelSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES, {nbytes}) failed: {err}")
-    _SMEM_SET[key] = nbytes
-
-
 def _empty(shape, dtype):
     """Output allocation (one place, so tests can hand out NaN-poisoned memory and check it is overwritten)."""
     import cupy
@@ -255,10 +237,7 @@ class FusedBackend(Backend):
         return params
 
     def spec(self, problem, params: FusedParams):
-        from ..runtime import KernelSpec
-
-        return KernelSpec(source=SOURCE, entry=ENTRY, defines=params.defines(),
-                          label=_label(problem.function, problem.dtype, params))
+        return _spec(problem.function, problem.dtype, params)
 
     def forward(self, problem, Wx, R, b, states0):
         from ..runtime import get_kernel, launch
@@ -271,10 +250,10 @@ class FusedBackend(Backend):
         Wx, R, b, states0 = (_as(a, dtype) for a in (Wx, R, b, states0))
         states = _empty((cell.states, B, T, N, D), dtype)
         saved = _empty((B, T, cell.n_saved, N, D), dtype)
-        kernel = get_kernel(self.spec(problem, params))
-        allow_shared_memory(kernel, params.smem_bytes, problem.device)
-        s0 = states0 if states0 is not None else np.uint64(0)  # a null pointer: the kernel starts from zeros
-        launch(kernel, params.grid, (params.threads,), Wx, R, b, s0, states, saved,
+        kernel = get_kernel(self.spec(problem, params), device=problem.device)
+        # states0 None travels as a null pointer: the kernel starts from zeros. The grid counts blocks; the
+        # runtime opts the kernel in to > 48 KB of shared memory and to 16-block clusters.
+        launch(kernel, params.grid, (params.threads,), Wx, R, b, states0, states, saved,
                np.int32(B), np.int32(T), np.int32(N), shmem=params.smem_bytes,
                cluster=(params.cluster, 1, 1) if params.cluster > 1 else None)
         return states, saved
@@ -291,7 +270,6 @@ class FusedBackend(Backend):
     def kernel_variants(self):
         """Every variant ``choose_params`` can pick (cell, dtype, D, batch tile, cluster), for ``compile --check``."""
         from ..cells import CELLS
-        from ..runtime import KernelSpec
 
         specs = []
         for function, cell in CELLS.items():
@@ -304,9 +282,15 @@ class FusedBackend(Backend):
                     for nbt in _tiles(cell, D, cluster):
                         params = _fit(function, cell, dtype, D, nbt, cluster, ksplit, 1, 1)
                         if params is not None:
-                            specs.append(KernelSpec(source=SOURCE, entry=ENTRY, defines=params.defines(),
-                                                    label=_label(function, dtype, params)))
+                            specs.append(_spec(function, dtype, params))
         return specs
+
+
+def _spec(function: str, dtype, params: FusedParams):
+    from ..runtime import KernelSpec
+
+    return KernelSpec(source=SOURCE, entry=ENTRY, defines=params.defines(), label=_label(function, dtype, params),
+                      min_sm=90 if params.cluster > 1 else 80, smem_dynamic=params.smem_bytes)
 
 
 def _label(function: str, dtype, params: FusedParams) -> str:
