@@ -155,7 +155,7 @@ def choose_params(function: str, cell, dtype, B: int, N: int, D: int, num_sms: i
     threads, _ = tile_geometry(cell, dtype, D, 1, 1, cluster, ksplit)
     # Blocks resident at once, at the ~100-170 registers a thread these kernels take (160 assumed).
     resident = max(1, 65536 // (160 * threads)) * num_sms // cluster * cluster
-    tiles = _tiles(cell, D, cluster)
+    tiles = _tiles(cell, dtype, D, cluster)
     nbt = next((t for t in tiles if N * cluster * -(-B // (8 * t)) <= resident), tiles[-1])
     for nbt in range(nbt, 0, -1):  # the widest tile that fits shared memory, down to 1
         params = _fit(function, cell, dtype, D, nbt, cluster, ksplit, B, N)
@@ -164,11 +164,14 @@ def choose_params(function: str, cell, dtype, B: int, N: int, D: int, num_sms: i
     return f"shared memory for D={D} is above {SMEM_LIMIT} B even with one step of Wx in flight"
 
 
-def _tiles(cell, D: int, cluster: int) -> tuple[int, ...]:
-    """Batch tiles (nbt) a variant may use: up to 32 sequences (lstm/slstm) or 16 (gru/elman, whose lanes already
-    hold twice the cells) for D <= 64 on one block; wider ones spill registers."""
+def _tiles(cell, dtype, D: int, cluster: int) -> tuple[int, ...]:
+    """Batch tiles (nbt) a variant may use, for D <= 64 on one block: the widest that compile without spills
+    (ptxas, sm_80 and sm_90): 32 sequences for lstm/slstm, 16 for gru/elman (whose lanes already hold twice the
+    cells); float32 (hi + lo operands) 16, and gru in float32 8."""
     if D > 64 or cluster > 1:
         return (1,)
+    if np.dtype(dtype) == _arrays.float32:
+        return (1,) if cell.name == "gru" else (1, 2)
     return (1, 2, 3, 4) if cell.gates_r % 2 == 0 else (1, 2)
 
 
@@ -279,7 +282,7 @@ class FusedBackend(Backend):
                 layouts += [(D, *CLUSTER_TABLE[(f, is32, D)]) for (f, is32, D) in CLUSTER_TABLE
                             if f == function and is32 == f32]
                 for D, cluster, ksplit in layouts:
-                    for nbt in _tiles(cell, D, cluster):
+                    for nbt in _tiles(cell, dtype, D, cluster):
                         params = _fit(function, cell, dtype, D, nbt, cluster, ksplit, 1, 1)
                         if params is not None:
                             specs.append(_spec(function, dtype, params))
