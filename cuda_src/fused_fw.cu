@@ -37,17 +37,18 @@
 //   ~ 320 cycles = 0.18 us per step -> T=1024: ~0.19 ms (+ launch and prologue ~10 us).
 //   The global stores (states, saved) and the cp.async of Wx are off the critical path (fire and forget).
 //
-// ---- Measured (H100 SXM at 1.98 GHz; per step = (t(T=1024) - t(T=1)) / 1023; .scratch ablations) ---------
-//   With placeholder cells (expf/tanhf and IEEE divisions, before cuda_src/cells/ existed), 12x64 LSTM bf16:
-//   1.04 ms, 2050 cycles a step, of which the cell's pointwise math ~1080 (without it: 964), the outputs ~0
-//   (after staging; scattered stores had cost ~540), the rest ("skeleton": barrier, ldmatrix, mma, Wx copy,
-//   output copy, h store) ~550 (elman 12x64: ~380). The estimate above missed in three places: (1) the cell
-//   math is issue-bound, not latency-bound: 8 warps on 4 schedulers run 2 cells a thread each, so every
-//   instruction of the cell costs twice its issue slot (ncu: 4.4-5 cycles between a warp's instructions);
-//   (2) the skeleton executes ~120 instructions a warp a step (address arithmetic, copies), not ~30;
-//   (3) the Wx copies: a step can be no shorter than the global-load latency (~0.6 us) over the steps of
-//   prefetch (1 step ahead: elman 0.60 us a step; 3: 0.29). The final numbers with the project's cells are
-//   in the closing note of issue 5 and bench/results/.
+// ---- Measured (H100 SXM at 1.98 GHz; per step = (t(T=1024) - t(T=1)) / 1023) ------------------------------
+//   12x64 LSTM bf16, B=16, the project's cells (hardware tanh): 0.53 ms, 0.51 us = ~1010 cycles a step, 3x
+//   the estimate. Ablations (.scratch harness, same build): without the cell math 868 cycles, without the
+//   outputs 848, without both 600; elman 12x64: 472 (406 without both). So the estimate's mma + pointwise
+//   chain (~300) is there, and the misses are: (1) the step's "skeleton" (barrier, ldmatrix, Wx copy issue,
+//   output staging and copy-out, loop bookkeeping) executes ~120 instructions a warp, and 8 warps share 4
+//   schedulers, so issue, not latency, sets ~300 of the 600 cycles (ncu: 4.4 cycles between a warp's
+//   instructions, "wait"/fixed-latency stalls first, the barrier second at 12%); (2) the outputs still cost
+//   ~160 (12 staging stores a thread, and the copy-out); (3) a step can be no shorter than the Wx load
+//   latency (~0.6 us) over prefetch-1 steps (1 ahead: elman 0.60 us a step; 3: 0.29), hence up to 8 ahead.
+//   With placeholder cells (libdevice tanhf and IEEE divisions) the same kernel took 2050 cycles: the cell
+//   math is issue-bound too, each instruction costing two issue slots of its scheduler.
 #include "common/mma.cuh"
 #include "common/types.cuh"
 #include "cells/cells.cuh"
