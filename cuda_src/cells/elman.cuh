@@ -1,6 +1,6 @@
 // Elman (SPEC.md): h = tanh(x + Rs + b). State (h); saved: the pre-activation.
 #pragma once
-#include "../common/activations.cuh"
+#include "common/activations.cuh"
 
 namespace flashrnn {
 

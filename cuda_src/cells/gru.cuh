@@ -3,7 +3,7 @@
 //   h = z h_prev + (1 - z) tanh(x_n + b_n + r g)
 // Wx gates (r, z, n), R gates (g, r, z), biases (g, r, z, n). Saved: g, r_raw, z_raw, x_n + b_n.
 #pragma once
-#include "../common/activations.cuh"
+#include "common/activations.cuh"
 
 namespace flashrnn {
 

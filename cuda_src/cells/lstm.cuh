@@ -1,7 +1,7 @@
 // LSTM (SPEC.md): i, f, z, o = x + Rs + b;  c = sigma(f) c_prev + sigma(i) tanh(z);  h = sigma(o) tanh(c).
 // States (h, c). Saved: the four pre-activations (docs/architecture.md, "Saved tensors").
 #pragma once
-#include "../common/activations.cuh"
+#include "common/activations.cuh"
 
 namespace flashrnn {
 

@@ -5,7 +5,7 @@
 // Gradient conventions: m is a constant (no gradient from it or on it), max(., 1) passes its gradient straight
 // through; m_prev still feeds lf, so ds_prev[3] carries d lf (it survives only as dstates_initial's m row).
 #pragma once
-#include "../common/activations.cuh"
+#include "common/activations.cuh"
 
 namespace flashrnn {
 

@@ -61,6 +61,13 @@ def _empty(shape, dtype):
     return cupy.empty(shape, dtype=dtype)
 
 
+def _scratch(shape, dtype):
+    """Every internal buffer is allocated here (tests poison it with NaN: nothing may read what no one wrote)."""
+    import cupy
+
+    return cupy.empty(shape, dtype=dtype)
+
+
 def _spec(function: str, dtype, direction: str):
     from ..runtime import KernelSpec
 
@@ -195,11 +202,11 @@ class AlternatingBackend(Backend):
         states = _empty((S, B, T, N, D), dtype)
         saved = _empty((B, T, cell.n_saved, N, D), dtype)
         plan = self._plan(("fw", problem.function, dtype, B, T, N, D), lambda: {
-            "R": cupy.empty((N, GR, D, D), dtype),  # R'[n, g] = R[g, n]: one (GR*D) x D matrix a head
-            "b": cupy.empty((cell.gates_b, N, D), np.float32),
-            "carry": cupy.empty((S, B, N, D), np.float32),
-            "h": cupy.empty((2, B, N, D), dtype),  # h_{t-1} for step t's matmul, double-buffered
-            "rs": cupy.empty((B, N, GR, D), np.float32),
+            "R": _scratch((N, GR, D, D), dtype),  # R'[n, g] = R[g, n]: one (GR*D) x D matrix a head
+            "b": _scratch((cell.gates_b, N, D), np.float32),
+            "carry": _scratch((S, B, N, D), np.float32),
+            "h": _scratch((2, B, N, D), dtype),  # h_{t-1} for step t's matmul, double-buffered
+            "rs": _scratch((B, N, GR, D), np.float32),
         }, table_slots=3)
         buf = plan.buffers
         buf["R"][...] = R.transpose(1, 0, 2, 3)
@@ -224,14 +231,14 @@ class AlternatingBackend(Backend):
         if dstates is not None:
             dstates = cupy.ascontiguousarray(dstates.astype(dtype, copy=False))
         dWx = _empty((B, T, cell.gates_w, N, D), dtype)
-        hprev = cupy.empty((T, B, N, D), dtype)  # every step's h_{t-1}: the dR GEMM's operand
+        hprev = _scratch((T, B, N, D), dtype)  # every step's h_{t-1}: the dR GEMM's operand
         plan = self._plan(("bw", problem.function, dtype, B, T, N, D), lambda: {
-            "R": cupy.empty((N, GR, D, D), dtype),
-            "dcarry": cupy.empty((S, B, N, D), np.float32),
-            "dh": cupy.empty((B, N, D), np.float32),
-            "init": cupy.empty((S, B, N, D), np.float32),
-            "drs": cupy.empty((T, B, N, GR, D), dtype),
-            "dbias": cupy.empty((GB, B, N, D), np.float32),
+            "R": _scratch((N, GR, D, D), dtype),
+            "dcarry": _scratch((S, B, N, D), np.float32),
+            "dh": _scratch((B, N, D), np.float32),
+            "init": _scratch((S, B, N, D), np.float32),
+            "drs": _scratch((T, B, N, GR, D), dtype),
+            "dbias": _scratch((GB, B, N, D), np.float32),
         }, table_slots=6)
         buf = plan.buffers
         buf["R"][...] = R.transpose(1, 0, 2, 3)
@@ -251,7 +258,7 @@ class AlternatingBackend(Backend):
         self._run(plan, lambda stream: self._backward_steps(problem, plan, stream))
 
         # dR'[n] (D x GR*D, column-major) = hprev_n (D x TB) @ drs_n^T (TB x GR*D): one GEMM a head over all B*T.
-        dRp = cupy.empty((N, GR, D, D), np.float32)
+        dRp = _scratch((N, GR, D, D), np.float32)
         stream = cupy.cuda.get_current_stream()
         handle = _Cublas.bind(problem.device, stream.ptr, self._stream_workspace(stream))
         _gemm(handle, _OP_N, _OP_T, D, GR * D, T * B, hprev.data.ptr, N * D, D, buf["drs"].data.ptr, N * GR * D,
