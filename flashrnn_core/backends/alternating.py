@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -122,16 +123,25 @@ class _Cublas:
 
 
 def _cublas_library() -> ctypes.CDLL:
-    """The libcublas CuPy loaded (importing CuPy's wrapper loads it first, so dlopen finds the same copy)."""
+    """The very libcublas CuPy loaded (a handle only works with the library instance that made it): found by
+    its path in this process's memory map, else by the name CuPy's loader used."""
     from cupy_backends.cuda.libs import cublas  # noqa: F401  (loads the library)
 
     try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.split()[-1]
+                if "/libcublas.so" in path:
+                    return ctypes.CDLL(path)  # already loaded: dlopen returns that instance
+    except OSError:
+        pass
+    try:
         from cuda.pathfinder import load_nvidia_dynamic_lib
 
-        path = load_nvidia_dynamic_lib("cublas").abs_path
+        path = load_nvidia_dynamic_lib("cublas").abs_path  # cached: what CuPy's loader found
         if path:
             return ctypes.CDLL(path)
-    except Exception:  # an older cuda-pathfinder, or a system CUDA: by soname below
+    except Exception:  # an older cuda-pathfinder: by soname below
         pass
     for name in ("libcublas.so.13", "libcublas.so.12", "libcublas.so"):
         try:
@@ -160,7 +170,7 @@ class _Plan:
     table: Any  # cupy uint64 array: the FwTable / BwTable of alternating.cu
     workspace: Any
     calls: int = 0
-    graph: Any = None
+    graph: Any = None  # None: not captured yet; False: capture failed, stays eager
     nodes: int = 0  # graph nodes (for launches-per-step reports)
 
 
@@ -365,16 +375,25 @@ class AlternatingBackend(Backend):
 
     def _run(self, plan: _Plan, issue) -> None:
         """Issue the step loop on the current stream: eagerly, or by replaying the plan's graph (captured on the
-        second call of its shape)."""
+        second call of its shape). A capture that fails (say, a cuBLAS build that refuses it) leaves that shape
+        eager, with one warning: slower, never wrong."""
         import cupy
 
         stream = cupy.cuda.get_current_stream()
-        if not self.graphs or (plan.graph is None and plan.calls == 0):
+        if not self.graphs or plan.graph is False or (plan.graph is None and plan.calls == 0):
             plan.calls += 1
             issue(stream)
             return
         if plan.graph is None:
-            plan.graph = self._capture(plan, issue)
+            try:
+                plan.graph = self._capture(plan, issue)
+            except Exception as err:
+                plan.graph = False
+                warnings.warn(f"flashrnn_core cuda backend: CUDA graph capture failed ({type(err).__name__}: "
+                              f"{err}); launching step by step for {plan.key[:7]}", RuntimeWarning, stacklevel=4)
+                plan.calls += 1
+                issue(stream)
+                return
         plan.calls += 1
         plan.graph.launch(stream)
 
@@ -393,14 +412,15 @@ class AlternatingBackend(Backend):
         plan.nodes = _graph_nodes(graph)
         return graph
 
-    def graph_nodes(self, problem, direction: str) -> int:
-        """Nodes of the captured graph of ``problem`` (``fw``/``bw``) on the current stream; 0 if none yet."""
+    def captured(self, problem, direction: str) -> tuple[bool, int]:
+        """(whether the ``fw``/``bw`` step loop of ``problem`` on the current stream has been captured, its
+        graph's node count: 0 when cuda-python cannot say)."""
         import cupy
 
         key = (direction, problem.function, np.dtype(problem.dtype), problem.B, problem.T, problem.N, problem.D,
                cupy.cuda.Device().id, cupy.cuda.get_current_stream().ptr)
         plan = self._plans.get(key)
-        return plan.nodes if plan is not None else 0
+        return (plan is not None and bool(plan.graph)), (plan.nodes if plan is not None else 0)
 
     def clear(self) -> None:
         """Drop every captured graph and its scratch (memory returns to CuPy's pool in stream order)."""
