@@ -154,11 +154,16 @@ def _cublas_library() -> ctypes.CDLL:
 def _gemm(handle: int, opa: int, opb: int, m: int, n: int, k: int, a: int, lda: int, stride_a: int, b: int,
           ldb: int, stride_b: int, c: int, ldc: int, stride_c: int, batch: int, ab_type: int, compute: int) -> None:
     """Column-major ``C[i] = op(A[i]) @ op(B[i])`` for i < batch, A and B of ``ab_type``, C float32 (pointers)."""
-    from cupy_backends.cuda.libs import cublas
+    global _gemm_ex
+    if _gemm_ex is None:  # looked up once: CuPy's lazy ``libs`` attribute costs microseconds a step otherwise
+        from cupy_backends.cuda.libs import cublas
 
-    cublas.gemmStridedBatchedEx(handle, opa, opb, m, n, k, _ONE.ctypes.data, a, ab_type, lda, stride_a, b, ab_type,
-                                ldb, stride_b, _ZERO.ctypes.data, c, _CUDA_R_32F, ldc, stride_c, batch, compute,
-                                _GEMM_DEFAULT)
+        _gemm_ex = cublas.gemmStridedBatchedEx
+    _gemm_ex(handle, opa, opb, m, n, k, _ONE.ctypes.data, a, ab_type, lda, stride_a, b, ab_type, ldb, stride_b,
+             _ZERO.ctypes.data, c, _CUDA_R_32F, ldc, stride_c, batch, compute, _GEMM_DEFAULT)
+
+
+_gemm_ex = None
 
 
 @dataclass
