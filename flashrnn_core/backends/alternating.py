@@ -27,6 +27,7 @@ Nothing here synchronises the device.
 from __future__ import annotations
 
 import ctypes
+import functools
 import threading
 import warnings
 from collections import OrderedDict
@@ -53,6 +54,7 @@ _COMPUTE_32F, _COMPUTE_32F_FAST_TF32 = 68, 77
 _GEMM_DEFAULT = -1
 _ONE = np.ones(1, np.float32)  # alpha/beta live on the host (cuBLAS's default pointer mode)
 _ZERO = np.zeros(1, np.float32)
+_ONE_PTR, _ZERO_PTR = _ONE.ctypes.data, _ZERO.ctypes.data
 
 
 def _empty(shape, dtype):
@@ -86,11 +88,12 @@ class _Cublas:
 
     Why an explicit workspace: ``cublasSetStream`` resets the handle to cuBLAS's default workspace pool, which
     may allocate inside a stream capture (illegal) and grows with every captured graph. CuPy does not wrap
-    ``cublasSetWorkspace``, so it is called through ctypes on the library CuPy loaded.
+    ``cublasSetWorkspace``, so it is called through ctypes on the library CuPy loaded. So are the stream binding
+    and the GEMMs: CuPy's wrappers refuse every cuBLAS call while a stream is capturing (measured on the H100:
+    "calling cuBLAS API during stream capture is currently unsupported"), and cuBLAS itself supports capture.
     """
 
     _local = threading.local()
-    _set_workspace = None
 
     @classmethod
     def handle(cls, device: int) -> int:
@@ -103,25 +106,18 @@ class _Cublas:
 
     @classmethod
     def bind(cls, device: int, stream_ptr: int, workspace) -> int:
-        from cupy_backends.cuda.libs import cublas
-
         handle = cls.handle(device)
-        cublas.setStream(handle, stream_ptr)
-        status = cls._workspace_fn()(ctypes.c_void_p(handle), ctypes.c_void_p(workspace.data.ptr),
-                                     ctypes.c_size_t(workspace.nbytes))
-        if status != 0:
-            raise RuntimeError(f"cublasSetWorkspace failed with status {status}")
+        lib = _cublas_library()
+        for status, call in ((lib.cublasSetStream_v2(ctypes.c_void_p(handle), ctypes.c_void_p(stream_ptr)),
+                              "cublasSetStream"),
+                             (lib.cublasSetWorkspace_v2(ctypes.c_void_p(handle), ctypes.c_void_p(workspace.data.ptr),
+                                                        ctypes.c_size_t(workspace.nbytes)), "cublasSetWorkspace")):
+            if status != 0:
+                raise RuntimeError(f"{call} failed with status {status}")
         return handle
 
-    @classmethod
-    def _workspace_fn(cls):
-        if cls._set_workspace is None:
-            fn = _cublas_library().cublasSetWorkspace_v2
-            fn.restype = ctypes.c_int
-            cls._set_workspace = fn
-        return cls._set_workspace
 
-
+@functools.lru_cache(maxsize=None)
 def _cublas_library() -> ctypes.CDLL:
     """The very libcublas CuPy loaded (a handle only works with the library instance that made it): found by
     its path in this process's memory map, else by the name CuPy's loader used."""
@@ -154,16 +150,20 @@ def _cublas_library() -> ctypes.CDLL:
 def _gemm(handle: int, opa: int, opb: int, m: int, n: int, k: int, a: int, lda: int, stride_a: int, b: int,
           ldb: int, stride_b: int, c: int, ldc: int, stride_c: int, batch: int, ab_type: int, compute: int) -> None:
     """Column-major ``C[i] = op(A[i]) @ op(B[i])`` for i < batch, A and B of ``ab_type``, C float32 (pointers)."""
-    global _gemm_ex
-    if _gemm_ex is None:  # looked up once: CuPy's lazy ``libs`` attribute costs microseconds a step otherwise
-        from cupy_backends.cuda.libs import cublas
-
-        _gemm_ex = cublas.gemmStridedBatchedEx
-    _gemm_ex(handle, opa, opb, m, n, k, _ONE.ctypes.data, a, ab_type, lda, stride_a, b, ab_type, ldb, stride_b,
-             _ZERO.ctypes.data, c, _CUDA_R_32F, ldc, stride_c, batch, compute, _GEMM_DEFAULT)
+    status = _gemm_ex()(handle, opa, opb, m, n, k, _ONE_PTR, a, ab_type, lda, stride_a, b, ab_type, ldb, stride_b,
+                        _ZERO_PTR, c, _CUDA_R_32F, ldc, stride_c, batch, compute, _GEMM_DEFAULT)
+    if status != 0:
+        raise RuntimeError(f"cublasGemmStridedBatchedEx failed with status {status}")
 
 
-_gemm_ex = None
+@functools.lru_cache(maxsize=None)
+def _gemm_ex():
+    """``cublasGemmStridedBatchedEx`` through ctypes, with its C signature (looked up once)."""
+    fn = _cublas_library().cublasGemmStridedBatchedEx
+    i, ll, p = ctypes.c_int, ctypes.c_longlong, ctypes.c_void_p
+    fn.argtypes = [p, i, i, i, i, i, p, p, i, i, ll, p, i, i, ll, p, p, i, i, ll, i, i, i]
+    fn.restype = i
+    return fn
 
 
 @dataclass
