@@ -2,6 +2,8 @@
 
     python -m bench.bench_fused --out bench/results/<date>-<gpu>-fused.json [--runs 25] [--quick]
     python bench/bench_fused.py --sanitize      # one small forward per kernel variant (for compute-sanitizer)
+    python -m bench.bench_fused --fwbw --out bench/results/<date>-<gpu>-fused-fwbw.json   # forward + backward
+    python bench/bench_fused.py --sanitize-bw   # one small forward + fused backward per cell x dtype
 
 Protocol (../shared/BENCH.md): bf16, T=1024, CUDA events on the stream the call runs on, 3 warm-up calls (the
 first compiles) excluded, median and p10/p90 of the timed runs. Before each timed call a spin kernel keeps the
@@ -122,6 +124,111 @@ def time_cudnn(function, Bn, Tn, N, D, dtype_name, runs):
         mem = torch.cuda.max_memory_allocated() - base
         med, p10, p90 = time_call(lambda: net(x), runs)
     return med, p10, p90, mem
+
+
+FWBW_CONFIGS = [(f, B, T, N, D) for f in ("lstm", "slstm", "gru") for N, D in HEADS] + [("lstm", B, 1, 12, 64)]
+
+
+def time_ours_fwbw(function, Bn, Tn, N, D, runs):
+    """Forward plus backward with upstream gradients on all states (BENCH.md's fwbw)."""
+    import cupy
+
+    Wx, R, b = inputs(function, Bn, Tn, N, D, _arrays.bfloat16)
+    ds = cupy.random.default_rng(3).standard_normal((CELLS[function].states, Bn, Tn, N, D),
+                                                     dtype=np.float32).astype(_arrays.bfloat16)
+
+    def call():
+        return fc.backward(fc.forward(Wx, R, b, function=function, backend="cuda_fused"), dstates=ds)
+
+    call()
+    pool = cupy.get_default_memory_pool()
+    used = pool.used_bytes()
+    out = fc.forward(Wx, R, b, function=function, backend="cuda_fused")
+    mem = pool.used_bytes() - used  # what the forward keeps for the backward (states + saved)
+    del out
+    med, p10, p90 = time_call(call, runs)
+    return med, p10, p90, mem
+
+
+def time_cudnn_fwbw(function, Bn, Tn, N, D, dtype_name, runs):
+    import torch
+
+    H = N * D
+    module = torch.nn.GRU if function == "gru" else torch.nn.LSTM
+    dtype = getattr(torch, dtype_name)
+    net = module(H, H, batch_first=True).to(device="cuda", dtype=dtype)
+    net.flatten_parameters()
+    x = torch.randn(Bn, Tn, H, device="cuda", dtype=dtype, requires_grad=True)
+
+    def call():
+        y, _ = net(x)
+        y.sum().backward()
+
+    return time_call(call, runs)
+
+
+def bench_fwbw(out: str, runs: int) -> list[dict]:
+    import cupy
+
+    from flashrnn_core.backends import fused
+
+    rows = []
+    cudnn_cache: dict = {}
+    for function, Bn, Tn, N, D in FWBW_CONFIGS:
+        row = {"function": function, "backend": "cuda_fused", "dtype": "bfloat16", "pass": "fwbw",
+               "B": Bn, "T": Tn, "N": N, "D": D}
+        try:
+            if resolved_backend(function, Bn, Tn, N, D) != "cuda_fused":
+                raise RuntimeError("cuda_fused cannot take this shape (forward)")
+            if fused.bw_unsupported(function, CELLS[function], _arrays.bfloat16, D) is not None:
+                row["note"] = "backward delegated to the cuda backend (cluster head: no fused backward yet)"
+            med, p10, p90, mem = time_ours_fwbw(function, Bn, Tn, N, D, runs)
+            row.update(median_ms=med, p10_ms=p10, p90_ms=p90, saved_bytes=int(mem))
+        except Exception as err:
+            row["error"] = f"{type(err).__name__}: {err}"[:500]
+        base_fn = "gru" if function == "gru" else "lstm"
+        try:
+            key = (base_fn, Bn, Tn, N, D)
+            if key not in cudnn_cache:
+                cudnn_cache[key] = {dt: time_cudnn_fwbw(base_fn, Bn, Tn, N, D, dt, 20)
+                                    for dt in ("bfloat16", "float16", "float32")}
+            times = cudnn_cache[key]
+            row.update(baseline="cudnn" if function != "slstm" else "cudnn lstm",
+                       baseline_ms=times["bfloat16"][0],
+                       baseline_best_ms=min(t[0] for t in times.values()),
+                       baseline_best_dtype=min(times, key=lambda k: times[k][0]),
+                       baseline_all_ms={k: v[0] for k, v in times.items()})
+            if "median_ms" in row:
+                row["ratio"] = row["baseline_ms"] / row["median_ms"]
+                row["ratio_best"] = row["baseline_best_ms"] / row["median_ms"]
+        except Exception as err:
+            row["baseline_error"] = f"{type(err).__name__}: {err}"[:300]
+        rows.append(row)
+        print(_fmt(row), flush=True)
+        cupy.get_default_memory_pool().free_all_blocks()
+    doc = {"suite": "fused-fwbw", "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+           "commit": git_commit(), **environment(), "rows": rows}
+    with open(out, "w") as f:
+        json.dump(doc, f, indent=1)
+    return rows
+
+
+def sanitize_bw() -> int:
+    """One small forward + fused backward per cell x dtype (D = 64, 16, 48), for compute-sanitizer runs."""
+    import cupy
+
+    for function, cell in CELLS.items():
+        for dtype in (_arrays.bfloat16, _arrays.float16, _arrays.float32):
+            for Bn, N, D in ((5, 2, 64), (3, 1, 16), (9, 1, 48)):
+                Wx, R, b = inputs(function, Bn, 7, N, D, dtype, seed=1)
+                s0 = cupy.zeros((cell.states, Bn, 1, N, D), dtype=dtype)
+                out = fc.forward(Wx, R, b, s0, function=function, backend="cuda_fused")
+                ds = cupy.ones((cell.states, Bn, 7, N, D), dtype=dtype)
+                g = fc.backward(out, dstates=ds)
+                cupy.cuda.Device().synchronize()
+                ok = bool(cupy.isfinite(g.dR.astype(np.float32)).all())
+                print(f"bw {function} {_arrays.dtype_name(dtype)} B{Bn} N{N} D{D}: {'ok' if ok else 'NOT FINITE'}")
+    return 0
 
 
 def environment() -> dict:
@@ -256,9 +363,16 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=25)
     parser.add_argument("--quick", action="store_true", help="12x64 lstm only")
     parser.add_argument("--sanitize", action="store_true")
+    parser.add_argument("--sanitize-bw", action="store_true")
+    parser.add_argument("--fwbw", action="store_true", help="forward + backward rows (reference shapes)")
     args = parser.parse_args(argv)
     if args.sanitize:
         return sanitize()
+    if args.sanitize_bw:
+        return sanitize_bw()
+    if args.fwbw:
+        bench_fwbw(args.out or f"bench/results/{datetime.date.today()}-fused-fwbw.json", args.runs)
+        return 0
     out = args.out or f"bench/results/{datetime.date.today()}-fused.json"
     bench(out, args.runs, args.quick)
     return 0

@@ -11,9 +11,11 @@ What it takes (``choose_params`` says why not otherwise, and ``auto`` then falls
 of 16, up to ``max_head_dim`` on one block (128 at 16 bits; 64 for float32 lstm/slstm/gru, 128 for elman), and
 the larger heads of ``CLUSTER_TABLE`` on sm_90.
 
-Backward: the fused backward kernel (issue 6) is not written yet; ``backward`` runs the ``cuda`` backend's
-backward (``vanilla``'s where ``cuda`` cannot run) on this forward's saved tensors (the same contract), so
-gradients are always available.
+Backward: heads on one block run the fused reverse-time kernel (``cuda_src/fused_bw.cu``: R^T as mma
+A-fragments in registers, drs double-buffered in shared memory, one barrier a step), then dR as one batched
+float32 GEMM over all B*T and db as one float32 reduction (deterministic, no atomics). Heads on clusters (and
+float32 lstm/slstm above D=48) still run the ``cuda`` backend's backward (``vanilla``'s where ``cuda`` cannot
+run) on this forward's saved tensors (the same contract).
 """
 
 from __future__ import annotations
@@ -262,13 +264,48 @@ class FusedBackend(Backend):
         return states, saved
 
     def backward(self, problem, Wx, R, b, states0, states, saved, dstates, dlast):
-        # The fused backward (issue 6) is not written: the alternating backend's backward reads the same saved
-        # pre-activations and states (docs/architecture.md "Saved tensors"), so it serves this forward exactly;
-        # where it cannot run, vanilla's backward (on the same CuPy arrays) does.
+        """The fused reverse-time kernel (fused_bw.cu) where the forward runs one block per head; cluster heads
+        (and anything bw_unsupported names) delegate to the ``cuda`` backend's backward (``vanilla``'s where
+        ``cuda`` cannot run), which reads the same saved tensors (docs/architecture.md "Saved tensors")."""
         from . import get_backend, why_not
 
+        if bw_unsupported(problem.function, problem.cell, problem.dtype, problem.D) is None:
+            return self._fused_backward(problem, R, b, states0, states, saved, dstates, dlast, Wx.dtype)
         name = "cuda" if why_not("cuda", problem) is None else "vanilla"
         return get_backend(name).backward(problem, Wx, R, b, states0, states, saved, dstates, dlast)
+
+    def _fused_backward(self, problem, R, b, states0, states, saved, dstates, dlast, wx_dtype):
+        import cupy
+
+        from ..runtime import get_kernel, launch
+        from .base import Grads
+
+        cell, dtype = problem.cell, problem.dtype
+        B, T, N, D = problem.B, problem.T, problem.N, problem.D
+        R16, s0, states, saved, dstates, dlast = (_as(a, dtype) for a in (R, states0, states, saved, dstates, dlast))
+        threads, smem = bw_geometry(cell, dtype, D)
+        dWx = _empty((B, T, cell.gates_w, N, D), dtype)
+        # lstm/slstm/elman: the cell's drs is its dx (cuda_src/cells/), so dR reads dWx and the kernel writes no
+        # drs (half the stores); gru's drs (g, r, z) differs from dx (r, z, n).
+        drs = _empty((B, T, cell.gates_r, N, D), dtype) if problem.function == "gru" else None
+        dinit = _empty((cell.states, B, 1, N, D), dtype)
+        kernel = get_kernel(_bw_spec(problem.function, dtype, D, threads, smem), device=problem.device)
+        sd = 0 if dstates is None else dstates.shape[0]
+        launch(kernel, (N, -(-B // 8)), (threads,), R16, s0, states, saved, dstates, dlast, dWx, drs, dinit,
+               np.int32(B), np.int32(T), np.int32(N), np.int32(sd), shmem=smem)
+        if drs is None:
+            drs = dWx
+        # dR[g, n] = sum over (b, t) of drs outer h_prev: one batched GEMM a head, float32, after the kernel.
+        h0 = s0[0] if s0 is not None else cupy.zeros((B, 1, N, D), dtype)
+        h_prev = cupy.concatenate([h0, states[0][:, :-1]], axis=1).reshape(B * T, N, D)
+        GR = cell.gates_r
+        lhs = cupy.ascontiguousarray(drs.reshape(B * T, GR, N, D).astype(np.float32).transpose(2, 1, 3, 0))
+        rhs = cupy.ascontiguousarray(h_prev.astype(np.float32).transpose(1, 0, 2))  # [N, BT, D]
+        dR = cupy.matmul(lhs.reshape(N, GR * D, B * T), rhs).reshape(N, GR, D, D)  # no broadcast copies
+        dR = cupy.ascontiguousarray(dR.transpose(1, 0, 2, 3)).astype(R.dtype)
+        db = _bias_grad(problem.function, dWx, drs).astype(b.dtype)
+        s_dtype = states0.dtype if states0 is not None else wx_dtype
+        return Grads(dWx.astype(wx_dtype, copy=False), dR, db, dinit.astype(s_dtype, copy=False))
 
     def kernel_variants(self):
         """Every variant ``choose_params`` can pick (cell, dtype, D, batch tile, cluster), for ``compile --check``."""
@@ -286,6 +323,9 @@ class FusedBackend(Backend):
                         params = _fit(function, cell, dtype, D, nbt, cluster, ksplit, 1, 1)
                         if params is not None:
                             specs.append(_spec(function, dtype, params))
+                for D in range(16, max_head_dim(function, dtype) + 1, 16):  # the backward's variants
+                    if bw_unsupported(function, cell, dtype, D) is None:
+                        specs.append(_bw_spec(function, dtype, D, *bw_geometry(cell, dtype, D)))
         return specs
 
 
@@ -301,3 +341,54 @@ def _label(function: str, dtype, params: FusedParams) -> str:
     if params.cluster > 1:
         label += f" cluster{params.cluster} ksplit{params.ksplit}"
     return label
+
+
+# ---- backward (fused_bw.cu) ----------------------------------------------------------------------------------
+BW_SOURCE = "fused_bw.cu"
+BW_ENTRY = "flashrnn_fused_bw"
+#: Largest D of the backward kernel (one block per head, R^T as A-fragments: Gr*D/16 k-tiles x 4 registers a
+#: thread, twice that for float32): checked without spills by compile --check for every variant.
+MAX_D_BW_16BIT = {"lstm": 96, "slstm": 96, "gru": 128, "elman": 128}
+MAX_D_BW_FLOAT32 = {"lstm": 48, "slstm": 48, "gru": 64, "elman": 128}
+
+
+def bw_unsupported(function: str, cell, dtype, D: int) -> str | None:
+    """Why the fused backward kernel does not take (function, dtype, D), or None."""
+    dtype = np.dtype(dtype)
+    if dtype not in STORAGE_TYPES or D % 16:
+        return "not a fused storage dtype / D not a multiple of 16"
+    limit = (MAX_D_BW_FLOAT32 if dtype == _arrays.float32 else MAX_D_BW_16BIT)[function]
+    if D > min(limit, max_head_dim(function, dtype)):
+        return f"D={D} is above {limit}, the backward kernel's largest head on one block"
+    return None
+
+
+def bw_geometry(cell, dtype, D: int) -> tuple[int, int]:
+    """(threads, dynamic shared-memory bytes) of the backward kernel: mirrors ``fused_bw::Tile``."""
+    split = 2 if np.dtype(dtype) == _arrays.float32 else 1
+    return 2 * D, 2 * split * 8 * (cell.gates_r * D + 8) * 2
+
+
+def _bias_grad(function: str, dWx, drs):
+    """db = the sum over (b, t) of the cell's db rows: dx for lstm/slstm/elman, (drs_g, dx_r, dx_z, dx_n) for gru
+    (cuda_src/cells/gru.cuh). A float32 reduction, no atomics: deterministic."""
+    import cupy
+
+    B, T = dWx.shape[:2]
+    sx = dWx.reshape(B * T, *dWx.shape[2:]).astype(np.float32).sum(axis=0)
+    if function != "gru":
+        return sx
+    sg = drs[:, :, :1].reshape(B * T, 1, *drs.shape[3:]).astype(np.float32).sum(axis=0)
+    return cupy.concatenate([sg, sx], axis=0)
+
+
+def _bw_spec(function: str, dtype, D: int, threads: int, smem: int):
+    from ..runtime import KernelSpec
+
+    fast = "0" if np.dtype(dtype) == _arrays.float32 else "1"
+    defines = (("FLASHRNN_CELL", CELL_STRUCTS[function]), ("FLASHRNN_STORAGE", STORAGE_TYPES[np.dtype(dtype)]),
+               ("FLASHRNN_D", str(D)), ("FLASHRNN_FAST_ACTIVATIONS", fast),
+               ("FLASHRNN_THREADS", str(threads)), ("FLASHRNN_SMEM_BYTES", str(smem)))
+    return KernelSpec(source=BW_SOURCE, entry=BW_ENTRY, defines=defines,
+                      label=f"{function} cuda_fused bw {_arrays.dtype_name(dtype)} D{D}", min_sm=80,
+                      smem_dynamic=smem)
