@@ -23,7 +23,7 @@ from .validate import Problem, validate
 
 Array = Any  # numpy.ndarray or cupy.ndarray
 
-__all__ = ["ForwardResult", "Grads", "forward", "backward", "flashrnn"]
+__all__ = ["ForwardResult", "Grads", "forward", "backward", "flashrnn", "result_from_saved"]
 
 
 @dataclass
@@ -89,6 +89,16 @@ def forward(
         inputs=(Wx, R, b, states),
         saved=saved,
     )
+
+
+def result_from_saved(Wx: Array, R: Array, b: Array, states0: Array | None, states: Array, saved: Any,
+                      function: str, backend: str) -> ForwardResult:
+    """The ``ForwardResult`` that ``backward`` needs, rebuilt from arrays a framework kept between its forward
+    and backward passes (the PyTorch and JAX adapters). ``backend`` as the forward was asked it: resolving it
+    again picks the backend that ran, since the choice depends only on the problem."""
+    problem = validate(Wx, R, b, states0, function=function, backend=backend)
+    ran = backends.resolve(backend, problem).name
+    return ForwardResult(states, states[:, :, -1:], function, ran, problem, (Wx, R, b, states0), saved)
 
 
 def backward(result: ForwardResult, dstates: Array | None = None, dlast_states: Array | None = None) -> Grads:

@@ -52,9 +52,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flashrnn_core import _arrays, api, backends
+from flashrnn_core import _arrays, api
 from flashrnn_core.cells import CELLS, Cell
-from flashrnn_core.validate import validate
 
 try:  # an XLA FFI callback on XLA's own buffers (recent JAX)
     from jax.experimental.buffer_callback import ExecutionStage
@@ -115,15 +114,9 @@ def _forward_host(function: str, backend: str, Wx, R, b, states0) -> tuple:
 
 def _backward_host(function: str, backend: str, Wx, R, b, states0, states, saved, dstates) -> tuple:
     """NumPy/CuPy arrays -> (dWx, dR, db, dstates_initial)."""
-    return tuple(api.backward(rebuild_result(Wx, R, b, states0, states, saved, function, backend), dstates=dstates))
+    return tuple(api.backward(api.result_from_saved(Wx, R, b, states0, states, saved, function, backend), dstates=dstates))
 
 
-def rebuild_result(Wx, R, b, states0, states, saved, function: str, backend: str) -> api.ForwardResult:
-    """The ``ForwardResult`` that ``api.backward`` needs, from the arrays kept as residuals. ``backend`` as the
-    forward was asked it: resolving it again picks the backend that ran (the choice depends on the problem)."""
-    problem = validate(Wx, R, b, states0, function=function, backend=backend)
-    ran = backends.resolve(backend, problem).name
-    return api.ForwardResult(states, states[:, :, -1:], function, ran, problem, (Wx, R, b, states0), saved)
 
 
 # ------------------------------------------------------------------------------ eager or traced dispatch

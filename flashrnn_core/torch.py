@@ -30,9 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flashrnn_core import _arrays, api, backends
+from flashrnn_core import _arrays, api
 from flashrnn_core.cells import CELLS, Cell
-from flashrnn_core.validate import validate
 
 __all__ = ["flashrnn", "LSTM", "GRU", "sLSTM", "Elman", "from_torch"]
 
@@ -128,7 +127,7 @@ def _backward_op(
         Wx_a, R_a, b_a, s0_a, states_a, saved_a, ds_a = (
             None if a is None else to_array(a) for a in (Wx, R, b, states0, states, saved, dstates)
         )
-        result = rebuild_result(Wx_a, R_a, b_a, s0_a, states_a, saved_a, function, backend)
+        result = api.result_from_saved(Wx_a, R_a, b_a, s0_a, states_a, saved_a, function, backend)
         return tuple(to_tensor(g).contiguous() for g in api.backward(result, dstates=ds_a))  # dense, as the fake
 
 
@@ -139,13 +138,6 @@ def _backward_fake(Wx, R, b, states0, states, saved, dstates, function, backend)
     return torch.empty_like(Wx), torch.empty_like(R), torch.empty_like(b), torch.empty_like(s0_like)
 
 
-def rebuild_result(Wx, R, b, states0, states, saved, function: str, backend: str) -> api.ForwardResult:
-    """The ``ForwardResult`` that ``api.backward`` needs, from arrays a framework kept between its forward and
-    backward passes. ``backend`` as the forward was asked it: resolving it again picks the backend that ran
-    (the choice depends only on the problem)."""
-    problem = validate(Wx, R, b, states0, function=function, backend=backend)
-    ran = backends.resolve(backend, problem).name
-    return api.ForwardResult(states, states[:, :, -1:], function, ran, problem, (Wx, R, b, states0), saved)
 
 
 def _setup_context(ctx, inputs, output) -> None:
