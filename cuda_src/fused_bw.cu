@@ -28,8 +28,9 @@
 //   ~ 550 cycles = ~0.3 us a step -> T=1024: ~0.3 ms (+ the dR GEMM and db sum after the kernel).
 // ---- Measured (H100, .scratch split timing, bf16 B=16 T=1024; bench/results/*fused-fwbw.json) --------------
 //   kernel alone: lstm 12x64 3.51 ms = 3.43 us a step (~6800 cycles at 1.98 GHz), 11x the estimate; lstm 48x16
-//   4.13 ms (4.0 us); gru 12x64 2.34 ms (2.3 us). The full backward adds ~2.0 ms after the kernel (dR: float32
-//   copies of drs and h_prev, then the GEMM; db: a float32 copy of dWx and a sum), 5.5 ms at 12x64.
+//   4.10 ms (4.0 us); gru 12x64 2.26 ms (2.2 us). After the kernel, dR (cuBLAS GEMMs on the stored values)
+//   and db (GEMMs against ones) add 0.17 ms: full backward 3.61 ms at 12x64 (with float32 copies and
+//   cupy.matmul they had added 2.0 ms).
 //   Not yet measured which part of the step costs the extra ~6000 cycles; the suspects, in order: the 4 cells'
 //   scattered 2-byte global loads (saved, states, dstates: up to 12 a cell) prefetched only one step ahead, and
 //   the scattered 2-byte stores of dWx/drs (the forward measured 12 such stores a thread at ~540 cycles a step and

@@ -295,15 +295,14 @@ class FusedBackend(Backend):
                np.int32(B), np.int32(T), np.int32(N), np.int32(sd), shmem=smem)
         if drs is None:
             drs = dWx
-        # dR[g, n] = sum over (b, t) of drs outer h_prev: one batched GEMM a head, float32, after the kernel.
+        # dR[g, n] = sum over (b, t) of drs outer h_prev: cuBLAS GEMMs over all B*T on the stored 16-bit (or
+        # float32) values, float32 accumulation; db the same against a vector of ones. No atomics: deterministic.
         h0 = s0[0] if s0 is not None else cupy.zeros((B, 1, N, D), dtype)
-        h_prev = cupy.concatenate([h0, states[0][:, :-1]], axis=1).reshape(B * T, N, D)
-        GR = cell.gates_r
-        lhs = cupy.ascontiguousarray(drs.reshape(B * T, GR, N, D).astype(np.float32).transpose(2, 1, 3, 0))
-        rhs = cupy.ascontiguousarray(h_prev.astype(np.float32).transpose(1, 0, 2))  # [N, BT, D]
-        dR = cupy.matmul(lhs.reshape(N, GR * D, B * T), rhs).reshape(N, GR, D, D)  # no broadcast copies
-        dR = cupy.ascontiguousarray(dR.transpose(1, 0, 2, 3)).astype(R.dtype)
-        db = _bias_grad(problem.function, dWx, drs).astype(b.dtype)
+        h_prev = cupy.concatenate([h0, states[0][:, :-1]], axis=1)  # [B, T, N, D]
+        dR = cupy.empty((cell.gates_r, N, D, D), np.float32)
+        _dr_gemms(dR, drs, h_prev, dtype)
+        db = _bias_grad(problem.function, dWx, drs, dtype).astype(b.dtype)
+        dR = dR.astype(R.dtype, copy=False)
         s_dtype = states0.dtype if states0 is not None else wx_dtype
         return Grads(dWx.astype(wx_dtype, copy=False), dR, db, dinit.astype(s_dtype, copy=False))
 
@@ -369,16 +368,55 @@ def bw_geometry(cell, dtype, D: int) -> tuple[int, int]:
     return 2 * D, 2 * split * 8 * (cell.gates_r * D + 8) * 2
 
 
-def _bias_grad(function: str, dWx, drs):
-    """db = the sum over (b, t) of the cell's db rows: dx for lstm/slstm/elman, (drs_g, dx_r, dx_z, dx_n) for gru
-    (cuda_src/cells/gru.cuh). A float32 reduction, no atomics: deterministic."""
+_CUDA_TYPES = {_arrays.bfloat16: 14, _arrays.float16: 2, _arrays.float32: 0}  # cudaDataType: 16BF, 16F, 32F
+
+
+def _gemm(opa, opb, m, n, k, a, lda, sa, b, ldb, sb, c, ldc, sc, batch, dtype) -> None:
+    """Column-major ``C[i] = op(A[i]) op(B[i])`` (pointers, element strides), A/B of ``dtype``, C float32, on the
+    current CuPy stream with CuPy's cuBLAS handle."""
+    import cupy
+    from cupy_backends.cuda.libs import cublas
+
+    handle = cupy.cuda.device.get_cublas_handle()
+    cublas.setStream(handle, cupy.cuda.get_current_stream().ptr)
+    one, zero = np.ones(1, np.float32), np.zeros(1, np.float32)
+    t = _CUDA_TYPES[np.dtype(dtype)]
+    cublas.gemmStridedBatchedEx(handle, opa, opb, m, n, k, one.ctypes.data, a, t, lda, sa, b, t, ldb, sb,
+                                zero.ctypes.data, c, 0, ldc, sc, batch, 68, -1)  # CUBLAS_COMPUTE_32F, default algo
+
+
+def _dr_gemms(dR, drs, h_prev, dtype) -> None:
+    """dR[g, n, i, j] = sum_bt drs[bt, g, n, i] h_prev[bt, n, j]: per gate one GEMM batched over the heads (both
+    operands advance D elements a head). Column-major C (j, i) = h (j, bt) @ drs (i, bt)^T."""
+    GR, N, D = dR.shape[:3]
+    BT = h_prev.shape[0] * h_prev.shape[1]
+    e = np.dtype(dtype).itemsize
+    for g in range(GR):
+        _gemm(0, 1, D, D, BT, h_prev.data.ptr, N * D, D, drs.data.ptr + g * N * D * e, GR * N * D, D,
+              dR.data.ptr + g * N * D * D * 4, D, D * D, N, dtype)
+
+
+def _column_sums(out, a, rows: int, cols: int, ld: int, dtype) -> None:
+    """out[c] = sum over the rows of a (rows x cols, row pitch ld elements): a GEMM against ones, float32."""
     import cupy
 
-    B, T = dWx.shape[:2]
-    sx = dWx.reshape(B * T, *dWx.shape[2:]).astype(np.float32).sum(axis=0)
+    ones = cupy.ones(rows, dtype)
+    _gemm(0, 0, cols, 1, rows, a, ld, 0, ones.data.ptr, rows, 0, out.data.ptr, cols, 0, 1, dtype)
+
+
+def _bias_grad(function: str, dWx, drs, dtype):
+    """db = the sum over (b, t) of the cell's db rows: dx for lstm/slstm/elman, (drs_g, dx_r, dx_z, dx_n) for gru
+    (cuda_src/cells/gru.cuh). GEMMs against ones (float32 accumulation, no atomics: deterministic)."""
+    import cupy
+
+    B, T, GW, N, D = dWx.shape
+    sx = cupy.empty((GW, N, D), np.float32)
+    _column_sums(sx, dWx.data.ptr, B * T, GW * N * D, GW * N * D, dtype)
     if function != "gru":
         return sx
-    sg = drs[:, :, :1].reshape(B * T, 1, *drs.shape[3:]).astype(np.float32).sum(axis=0)
+    GR = drs.shape[2]
+    sg = cupy.empty((1, N, D), np.float32)
+    _column_sums(sg, drs.data.ptr, B * T, N * D, GR * N * D, dtype)
     return cupy.concatenate([sg, sx], axis=0)
 
 
