@@ -1,0 +1,279 @@
+"""Plots and the markdown table, generated from results JSON (never typed by hand).
+
+    python -m bench.report bench/results/*.json --plots bench/results/plots --markdown bench/results/README.md
+
+Per file, by its suite: ``batch`` / ``seqlen`` / ``headdim`` -> ``<stem>-time-vs-B|T|D.png``: time (log-log, one
+line per backend, cuDNN and the plain loop) with the speedup over cuDNN beneath, a column per cell and head
+layout; ``reference`` -> ``<stem>-speedup.png``: speedup over cuDNN per configuration (bars). The markdown has
+one table per file: one line per (cell, heads, shape, pass), each backend's median in ms with its ratios to
+cuDNN (row dtype, fastest dtype), then cuDNN (and the fastest of its dtypes) and the plain loop. Where several
+files have the same suite and GPU, the newest (by ``date``) is used. Plots need matplotlib
+(``pip install flashrnn_core[bench]``); the markdown does not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Iterable
+
+SWEEP_AXIS = {"batch": "B", "seqlen": "T", "headdim": "D"}
+SUITE_ORDER = ("reference", "batch", "seqlen", "headdim", "compile")
+TIME_PASSES = ("fw", "fwbw")
+
+
+def load(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
+    """The documents, the newest of each (suite, gpu), in SUITE_ORDER."""
+    newest: dict[tuple[str, str], dict[str, Any]] = {}
+    for path in paths:
+        doc = json.loads(Path(path).read_text())
+        doc["_path"] = str(path)
+        key = (doc.get("suite", "?"), doc.get("gpu", "?"))
+        if key not in newest or doc.get("date", "") > newest[key].get("date", ""):
+            newest[key] = doc
+    order = {s: i for i, s in enumerate(SUITE_ORDER)}
+    return sorted(newest.values(), key=lambda d: (order.get(d.get("suite"), 99), d.get("gpu", "")))
+
+
+def backends_of(rows: list[dict[str, Any]]) -> list[str]:
+    return list(OrderedDict.fromkeys(r["backend"] for r in rows))
+
+
+def config_key(row: dict[str, Any]) -> tuple:
+    return (row["function"], row["N"], row["D"], row["B"], row["T"], row["dtype"], row["pass"])
+
+
+def group_rows(rows: list[dict[str, Any]]) -> "OrderedDict[tuple, dict[str, dict[str, Any]]]":
+    """config -> backend -> row, in the file's order."""
+    groups: OrderedDict[tuple, dict[str, dict[str, Any]]] = OrderedDict()
+    for row in rows:
+        groups.setdefault(config_key(row), {})[row["backend"]] = row
+    return groups
+
+
+# ---------------------------------------------------------------------------------------------- markdown
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3g}" if value < 100 else f"{value:.0f}"
+
+
+def _cell(row: dict[str, Any] | None) -> str:
+    """``1.23 (x4.5; best x2.1)``: median ms, ratio to cuDNN in the row's dtype and to cuDNN's fastest dtype;
+    ``n/a`` for an error row (the reason is listed under the table)."""
+    if row is None:
+        return "-"
+    if row.get("median_ms") is None:
+        return "n/a"
+    ratios = []
+    if row.get("ratio"):
+        ratios.append(f"x{row['ratio']:.2f}")
+    if row.get("ratio_best") and row.get("baseline_best_ms") != row.get("baseline_ms"):
+        ratios.append(f"best x{row['ratio_best']:.2f}")
+    return _ms(row["median_ms"]) + (f" ({'; '.join(ratios)})" if ratios else "")
+
+
+def timing_table(doc: dict[str, Any]) -> list[str]:
+    """The markdown lines of one timing suite."""
+    rows = [r for r in doc["rows"] if r["pass"] in TIME_PASSES]
+    names = backends_of(rows)
+    head = ["cell", "heads NxD", "B", "T", "dtype", "pass", *[f"{b} ms (x cuDNN)" for b in names],
+            "cuDNN ms", "cuDNN best ms", "loop ms"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    errors: OrderedDict[str, None] = OrderedDict()
+    for key, by_backend in group_rows(rows).items():
+        function, N, D, B, T, dtype, pass_ = key
+        any_row = next(iter(by_backend.values()))
+        best = any_row.get("baseline_best_ms")
+        best_txt = f"{_ms(best)} ({any_row.get('baseline_best_dtype', '')})" if best else "-"
+        cells = [function, f"{N}x{D}", str(B), str(T), dtype, pass_,
+                 *[_cell(by_backend.get(b)) for b in names],
+                 f"{_ms(any_row.get('baseline_ms'))} ({any_row.get('baseline', '-')})", best_txt,
+                 _ms(any_row.get("loop_ms"))]
+        lines.append("| " + " | ".join(cells) + " |")
+        for b, row in by_backend.items():
+            if row.get("error"):
+                errors[f"{b}, {function} {N}x{D}: {row['error'].splitlines()[0][:160]}"] = None
+    if errors:
+        lines += ["", "n/a:"] + [f"- {e}" for e in list(errors)[:20]]
+    return lines
+
+
+def compile_table(doc: dict[str, Any]) -> list[str]:
+    head = ["kernel", "backend", "cold ms (median)", "warm ms (median)", "registers", "spill stores"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    by_kernel: OrderedDict[tuple[str, str], dict[str, dict[str, Any]]] = OrderedDict()
+    for row in doc["rows"]:
+        if "kernel" in row:
+            by_kernel.setdefault((row["kernel"], row["backend"]), {})[row["pass"]] = row
+    for (kernel, backend), passes in by_kernel.items():
+        cold, warm = passes.get("compile_cold", {}), passes.get("compile_warm", {})
+        lines.append(f"| {kernel} | {backend} | {_ms(cold.get('median_ms'))} | {_ms(warm.get('median_ms'))} | "
+                     f"{cold.get('registers', '-')} | {cold.get('spill_stores', '-')} |")
+    errors = [f"- {r['backend']}, {r['function']} {r['N']}x{r['D']}: {r['error'][:160]}"
+              for r in doc["rows"] if r.get("error")]
+    return lines + (["", "not measured:"] + errors[:20] if errors else [])
+
+
+def markdown(docs: list[dict[str, Any]]) -> str:
+    """The whole page: a section per document."""
+    out = ["# Benchmark results", "",
+           "Generated by `python -m bench.report` from the JSON files in this directory; do not edit by hand. "
+           "Times are medians of CUDA-event timings in ms (protocol: `BENCH.md`); `(xR)` is cuDNN's time in the row's "
+           "dtype over ours (above 1: faster than cuDNN), `best xR` the same against cuDNN's fastest of bfloat16, "
+           "float16 and float32. cuDNN has no heads: it runs one head of size N*D. sLSTM is compared with cuDNN's "
+           "LSTM and Elman with its tanh RNN (no cuDNN counterparts).", ""]
+    for doc in docs:
+        out += [f"## {doc['suite']}: {doc.get('gpu')}", "",
+                f"{doc.get('date')}, commit `{str(doc.get('commit'))[:12]}`, driver {doc.get('driver')}, "
+                f"CUDA {doc.get('cuda_runtime')}, NVRTC {doc.get('nvrtc')}, CuPy {doc.get('cupy')}, "
+                f"torch {doc.get('torch')}" + (" (dry run: CPU, tiny sizes)" if doc.get("dry_run") else ""),
+                f"source: `{Path(doc['_path']).name}`", ""]
+        out += compile_table(doc) if doc["suite"] == "compile" else timing_table(doc)
+        out.append("")
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------------- plots
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _series(rows: list[dict[str, Any]], x: str, key: str) -> tuple[list[float], list[float]]:
+    pts = sorted((r[x], r[key]) for r in rows if r.get(key))
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def plot_sweep(doc: dict[str, Any], path: Path) -> Path:
+    """A column per (cell, heads) (per cell for the head-dim sweep); rows: fw time, fw speedup over cuDNN,
+    fwbw time, fwbw speedup. One line per backend, cuDNN and the plain loop dashed and dotted."""
+    plt = _pyplot()
+    x = SWEEP_AXIS[doc["suite"]]
+    rows = [r for r in doc["rows"] if r["pass"] in TIME_PASSES]
+    fixed = ("N", "D") if x in ("B", "T") else ()
+    columns = list(OrderedDict.fromkeys((r["function"], *(r[k] for k in fixed)) for r in rows))
+    passes = [p for p in TIME_PASSES if any(r["pass"] == p for r in rows)]
+    fig, axes = plt.subplots(2 * len(passes), len(columns), figsize=(3.4 * len(columns), 2.6 * 2 * len(passes)),
+                             squeeze=False, sharex="col")
+    for col, column in enumerate(columns):
+        for i, pass_ in enumerate(passes):
+            sel = [r for r in rows if (r["function"], *(r[k] for k in fixed)) == column and r["pass"] == pass_]
+            _sweep_panels(axes[2 * i][col], axes[2 * i + 1][col], sel, x)
+            name = f"{column[0]} {column[1]}x{column[2]}" if fixed else column[0]
+            axes[2 * i][col].set_title(f"{name} {pass_}", fontsize=9)
+        axes[-1][col].set_xlabel(x)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{doc['suite']} sweep, {doc.get('gpu')} ({doc.get('date', '')[:10]})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _sweep_panels(top: Any, bottom: Any, rows: list[dict[str, Any]], x: str) -> None:
+    """Time (log-log) on ``top``, speedup over cuDNN on ``bottom``."""
+    for backend in backends_of(rows):
+        mine = [r for r in rows if r["backend"] == backend]
+        top.plot(*_series(mine, x, "median_ms"), marker="o", ms=3, label=backend)
+        bottom.plot(*_series(mine, x, "ratio"), marker="o", ms=3, label=backend)
+    base = list({r[x]: r for r in rows}.values())  # the baselines are the same in every backend's row
+    top.plot(*_series(base, x, "baseline_ms"), "k--", label="cuDNN")
+    top.plot(*_series(base, x, "loop_ms"), "k:", marker="x", label="torch loop")
+    bottom.axhline(1.0, color="k", linestyle="--", linewidth=0.8)
+    top.set(xscale="log", yscale="log", ylabel="ms (median)")
+    bottom.set(xscale="log", yscale="log", ylabel="x cuDNN (above 1: faster)")
+    ticks = sorted({r[x] for r in rows})
+    for ax in (top, bottom):
+        _plain_ticks(ax.xaxis, ticks)
+    _plain_ticks(bottom.yaxis, None)
+
+
+def _plain_ticks(axis: Any, ticks: list[float] | None) -> None:
+    """Tick labels as plain numbers (``256``, not ``2.56x10^2``); on x only at the measured sizes."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    if ticks is not None:
+        axis.set_ticks(ticks)
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def plot_speedup(doc: dict[str, Any], path: Path) -> Path:
+    """Bars: speedup over cuDNN (row dtype) per configuration, a bar per backend; a panel per pass."""
+    plt = _pyplot()
+    rows = [r for r in doc["rows"] if r["pass"] in TIME_PASSES]
+    names = backends_of(rows)
+    passes = [p for p in TIME_PASSES if any(r["pass"] == p for r in rows)]
+    width_in = max(6.0, 0.55 * len(rows) / max(len(passes), 1) + 2)
+    fig, axes = plt.subplots(len(passes), 1, figsize=(width_in, 3.6 * len(passes)), squeeze=False)
+    for ax, pass_ in zip((a[0] for a in axes), passes, strict=True):
+        groups = [(k, v) for k, v in group_rows(rows).items() if k[-1] == pass_]
+        width = 0.8 / max(len(names), 1)
+        for i, backend in enumerate(names):
+            ratios = [(v.get(backend) or {}).get("ratio") or 0.0 for _, v in groups]
+            ax.bar([g + i * width for g in range(len(groups))], ratios, width, label=backend)
+        ax.axhline(1.0, color="k", linestyle="--", linewidth=0.8)
+        ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
+        ax.set_xticklabels([f"{k[0]}\n{k[1]}x{k[2]}" for k, _ in groups], fontsize=7)
+        ax.set(ylabel="speedup over cuDNN", title=f"{pass_}: cuDNN time / ours (above 1: faster)")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{doc['suite']}, {doc.get('gpu')} ({doc.get('date', '')[:10]})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plots(docs: list[dict[str, Any]], directory: Path) -> list[Path]:
+    """Every plot the documents allow; names from the source file (``<file stem>-<kind>.png``)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for doc in docs:
+        stem = Path(doc["_path"]).stem
+        if not any(r.get("median_ms") for r in doc["rows"] if r["pass"] in TIME_PASSES):
+            continue
+        if doc["suite"] in SWEEP_AXIS:  # time and speedup vs the swept size
+            written.append(plot_sweep(doc, directory / f"{stem}-time-vs-{SWEEP_AXIS[doc['suite']]}.png"))
+        else:  # speedup per configuration
+            written.append(plot_speedup(doc, directory / f"{stem}-speedup.png"))
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.splitlines()[0])
+    p.add_argument("files", nargs="+", help="results JSON files")
+    p.add_argument("--plots", default=None, metavar="DIR", help="write PNG plots here")
+    p.add_argument("--markdown", default=None, metavar="FILE", help="write the markdown tables here (else stdout)")
+    args = p.parse_args(argv)
+    docs = load(args.files)
+    text = markdown(docs)
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(text + "\n")
+        print(f"wrote {args.markdown}")
+    else:
+        print(text)
+    if args.plots:
+        try:
+            for path in plots(docs, Path(args.plots)):
+                print(f"wrote {path}")
+        except ImportError as err:
+            print(f"no plots: {err} (pip install matplotlib)", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,574 @@
+"""The benchmark harness: one entry point for every suite, results in ../shared/BENCH.md's JSON format.
+
+    python -m bench.run --suite reference                 # bf16, B=16, T=1024, hidden 768 as 12x64, 3x256, 1x768, 48x16
+    python -m bench.run --suite batch|seqlen|headdim      # sweeps of B, T and D (hidden 768)
+    python -m bench.run --suite compile                   # cold and warm compile + load of each kernel
+    python -m bench.run --suite reference --dry-run       # the whole pipeline on the CPU (vanilla, tiny sizes)
+    python -m bench.report bench/results/<file>.json --plots bench/results/plots --markdown bench/results/README.md
+
+Every backend present is timed (``vanilla`` only when named: a Python loop on CuPy at T=1024 takes minutes);
+a backend that is absent or cannot take a shape gets a row with ``"error"``. Each row carries the cuDNN
+baseline of its shape (``baselines.py``) and, for the first shape of each cell and pass (``--loop all`` for
+every shape), the plain PyTorch loop. The JSON is rewritten after every row, so a run cut short keeps its rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from . import baselines
+from .timing import MIN_RUNS, SPIN_MS, ProgressBar, measure
+
+SUITES = ("reference", "batch", "seqlen", "headdim", "compile")
+PASSES = ("fw", "fwbw")
+FUNCTIONS = ("lstm", "slstm", "gru", "elman")
+REFERENCE_HEADS = ((12, 64), (3, 256), (1, 768), (48, 16))
+HIDDEN = 768
+DRY_RUNS = 3  # the dry run checks the pipeline; its times mean nothing
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One problem of a suite: a row per (shape, pass, backend)."""
+
+    function: str
+    dtype: str
+    B: int
+    T: int
+    N: int
+    D: int
+
+
+def suite_shapes(suite: str, functions: Iterable[str], dry_run: bool = False) -> list[Shape]:
+    """The shapes of ``suite``; a dry run takes the same structure at sizes a CPU runs in seconds (in float32:
+    torch's CPU kernels for 16-bit recurrences are slow, and the dry run measures nothing)."""
+    dtype = "float32" if dry_run else "bfloat16"
+    if dry_run:
+        heads, sweep_heads, hidden, B, T = ((2, 8), (1, 16)), ((2, 8), (1, 16)), 16, 2, 8
+        batches, lengths, dims = (1, 4), (4, 16), (8, 16)
+    else:
+        heads, sweep_heads, hidden, B, T = REFERENCE_HEADS, ((12, 64), (1, 768)), HIDDEN, 16, 1024
+        batches, lengths = (1, 2, 4, 8, 16, 32, 64, 128, 256), (256, 512, 1024, 2048, 4096, 8192, 16384)
+        dims = (16, 32, 48, 64, 96, 128, 192, 256, 384, 768)
+    out: list[Shape] = []
+    for f in functions:
+        if suite in ("reference", "compile"):
+            out += [Shape(f, dtype, B, T, N, D) for N, D in heads]
+        elif suite == "batch":
+            out += [Shape(f, dtype, b, T, N, D) for N, D in sweep_heads for b in batches]
+        elif suite == "seqlen":
+            out += [Shape(f, dtype, B, t, N, D) for N, D in sweep_heads for t in lengths]
+        elif suite == "headdim":
+            out += [Shape(f, dtype, B, T, hidden // d, d) for d in dims]
+        else:
+            raise ValueError(f"suite: expected one of {SUITES}, got {suite!r}")
+    return out
+
+
+# ------------------------------------------------------------------------------------------- environment
+
+
+def environment(gpu: bool) -> dict[str, Any]:
+    """The header fields: GPU, driver, CUDA runtime, NVRTC, CuPy and torch versions (None where absent)."""
+    env: dict[str, Any] = {"gpu": "none (cpu dry run)", "driver": None, "cuda_runtime": None, "nvrtc": None,
+                           "cupy": _version("cupy"), "torch": _version("torch")}
+    if not gpu:
+        return env
+    import cupy
+
+    rt = cupy.cuda.runtime
+    env["gpu"] = rt.getDeviceProperties(cupy.cuda.Device().id)["name"].decode()
+    env["driver"] = _driver_version() or _cuda_version(rt.driverGetVersion())
+    env["cuda_runtime"] = _cuda_version(rt.runtimeGetVersion())
+    try:
+        from flashrnn_core.runtime import nvrtc_version
+
+        env["nvrtc"] = "%d.%d" % nvrtc_version()
+    except Exception as err:  # NVRTC missing: the GPU backends will say so in their rows
+        env["nvrtc"] = f"unavailable ({type(err).__name__})"
+    return env
+
+
+def _version(module: str) -> str | None:
+    try:
+        return __import__(module).__version__
+    except Exception:
+        return None
+
+
+def _cuda_version(v: int) -> str:
+    return f"{v // 1000}.{v % 1000 // 10}"
+
+
+def _driver_version() -> str | None:
+    """The kernel driver's version (``580.65.06``) from nvidia-smi; None when it is not on the PATH."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20, check=True).stdout
+        return out.splitlines()[0].strip() or None
+    except Exception:
+        return None
+
+
+def git_commit() -> str:
+    """HEAD, with ``-dirty`` when tracked files differ; ``$FLASHRNN_COMMIT`` where there is no git checkout."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                             cwd=ROOT, timeout=20).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=ROOT, timeout=20).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except Exception:
+        return os.environ.get("FLASHRNN_COMMIT", "unknown")
+
+
+def gpu_present() -> bool:
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+def default_out(suite: str, gpu_name: str, dry_run: bool) -> Path:
+    """``bench/results/<date>-<gpu>-<suite>.json``; a dry run writes under the temp dir, not into results."""
+    date = datetime.date.today().isoformat()
+    if dry_run:
+        return Path(tempfile.gettempdir()) / "flashrnn_bench" / f"{date}-cpu-{suite}.json"
+    slug = gpu_name.replace("NVIDIA", "").strip().split()[0].lower() if gpu_name.strip() else "gpu"
+    return ROOT / "bench" / "results" / f"{date}-{slug}-{suite}.json"
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+
+
+def shape_seed(shape: Shape) -> int:
+    """A seed of its own for every shape (fresh inputs per shape), the same on every run."""
+    return zlib.crc32(repr(astuple_shape(shape)).encode())
+
+
+def astuple_shape(shape: Shape) -> tuple:
+    return tuple(asdict(shape).values())
+
+
+def make_inputs(xp: Any, shape: Shape, with_grads: bool) -> dict[str, Any]:
+    """Random normal Wx, R (scaled by 1/sqrt(D)), b and, for fwbw, dstates on all states; in the shape's dtype."""
+    from flashrnn_core import _arrays
+    from flashrnn_core.cells import CELLS
+
+    cell = CELLS[shape.function]
+    dtype = {"bfloat16": _arrays.bfloat16, "float16": _arrays.float16, "float32": _arrays.float32}[shape.dtype]
+    rng = np.random.default_rng(shape_seed(shape))
+    B, T, N, D = shape.B, shape.T, shape.N, shape.D
+
+    def normal(*dims: int, scale: float = 1.0) -> Any:
+        return xp.asarray((rng.standard_normal(dims, dtype=np.float32) * scale).astype(dtype))
+
+    arrays = {"Wx": normal(B, T, cell.gates_w, N, D), "R": normal(cell.gates_r, N, D, D, scale=D**-0.5),
+              "b": normal(cell.gates_b, N, D)}
+    if with_grads:
+        arrays["dstates"] = normal(cell.states, B, T, N, D)
+    return arrays
+
+
+def our_call(backend: str, shape: Shape, pass_: str, arrays: dict[str, Any]) -> Callable[[], Any]:
+    """A closure running ``fw`` (forward, all states) or ``fwbw`` (forward, then backward of dstates)."""
+    import flashrnn_core as fc
+
+    Wx, R, b = arrays["Wx"], arrays["R"], arrays["b"]
+    if pass_ == "fw":
+        return lambda: fc.forward(Wx, R, b, function=shape.function, backend=backend).states
+    dstates = arrays["dstates"]
+    return lambda: fc.backward(fc.forward(Wx, R, b, function=shape.function, backend=backend), dstates=dstates)
+
+
+def why_not(backend: str, absent: dict[str, str | None], shape: Shape, arrays: dict[str, Any]) -> str | None:
+    """None when ``backend`` can run ``shape``, else the reason (absent backend, shape it cannot take)."""
+    from flashrnn_core import backends
+    from flashrnn_core.validate import validate
+
+    if absent.get(backend):
+        return absent[backend]
+    problem = validate(arrays["Wx"], arrays["R"], arrays["b"], function=shape.function)
+    return backends.why_not(backend, problem)
+
+
+# ------------------------------------------------------------------------------------------------- suite
+
+
+@dataclass
+class Options:
+    suite: str
+    backends: list[str]
+    absent: dict[str, str | None]
+    runs: int
+    spin_ms: float
+    loop: str  # all | first | none
+    budget_s: float  # no new (shape, pass) after this many seconds; 0: no limit
+    cudnn_dtypes: tuple[str, ...]
+    gpu: bool
+
+    @property
+    def strict(self) -> bool:
+        """Protocol minimums (runs, warm-up) everywhere but the CPU dry run."""
+        return self.gpu
+
+
+class Results:
+    """The results document, rewritten to ``path`` after every row (atomic replace)."""
+
+    def __init__(self, path: Path, header: dict[str, Any]):
+        self.path, self.doc = path, {**header, "rows": []}
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.doc["rows"].append(row)
+        self.write()
+
+    def write(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.doc, indent=1, default=_json_default) + "\n")
+        tmp.replace(self.path)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def base_row(shape: Shape, backend: str, pass_: str) -> dict[str, Any]:
+    return {"function": shape.function, "backend": backend, "dtype": shape.dtype, "pass": pass_,
+            "B": shape.B, "T": shape.T, "N": shape.N, "D": shape.D}
+
+
+def error_text(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"[:500]
+
+
+class BaselineCache:
+    """cuDNN timings by ``BaselineKey`` (the head layouts of one hidden size share them) and loop timings."""
+
+    def __init__(self, opts: Options):
+        self.opts, self.cudnn, self.loop_done = opts, {}, set()
+        self.device = "cuda" if opts.gpu else "cpu"
+        self.missing = baselines.torch_missing()
+        if not self.missing and not opts.gpu:
+            import torch
+
+            torch.set_num_threads(1)  # the dry run: torch's spinning worker threads would fight the CPU test run
+
+    def cudnn_fields(self, shape: Shape, pass_: str) -> dict[str, Any]:
+        """``baseline``, ``baseline_ms`` (the row's dtype), ``baseline_best_ms`` (fastest of cudnn_dtypes), ..."""
+        module = baselines.CUDNN[shape.function][0]
+        fields: dict[str, Any] = {"baseline": baselines.baseline_name(shape.function, self.device),
+                                  "baseline_module": f"torch.nn.{module}", "baseline_ms": None,
+                                  "baseline_best_ms": None}
+        if self.missing:
+            fields["baseline_error"] = self.missing
+            return fields
+        times, errors = {}, {}
+        for dtype in dict.fromkeys((shape.dtype, *self.opts.cudnn_dtypes)):
+            key = baselines.BaselineKey(module, pass_, shape.B, shape.T, shape.N * shape.D, dtype)
+            if key not in self.cudnn:
+                try:
+                    self.cudnn[key] = baselines.time_cudnn(key, self.device, self.opts.runs, self.opts.spin_ms,
+                                                           self.opts.strict)
+                except Exception as err:  # e.g. a dtype the CPU fallback lacks, out of memory
+                    self.cudnn[key] = error_text(err)
+            if isinstance(self.cudnn[key], str):
+                errors[dtype] = self.cudnn[key]
+            else:
+                times[dtype] = self.cudnn[key]
+        if shape.dtype in times:
+            fields.update(times[shape.dtype].fields("baseline"))
+        if times:
+            best = min(times, key=lambda d: times[d].median_ms)
+            fields.update(baseline_best_ms=times[best].median_ms, baseline_best_dtype=best,
+                          baseline_all_ms={d: t.median_ms for d, t in times.items()})
+        if errors:
+            fields["baseline_error"] = "; ".join(f"{d}: {e}" for d, e in errors.items())
+        return fields
+
+    def loop_fields(self, shape: Shape, pass_: str, arrays: dict[str, Any]) -> dict[str, Any]:
+        """The plain PyTorch loop on this row's inputs, where ``--loop`` asks for it."""
+        group = (shape.function, pass_)
+        if self.missing or self.opts.loop == "none" or (self.opts.loop == "first" and group in self.loop_done):
+            return {}
+        self.loop_done.add(group)
+        from flashrnn_core.cells import CELLS
+
+        try:
+            t = baselines.time_loop(shape.function, CELLS[shape.function].states, pass_, arrays, self.device,
+                                    shape.dtype, self.opts.runs, self.opts.spin_ms, self.opts.strict)
+        except Exception as err:
+            return {"loop_error": error_text(err)}
+        return t.fields("loop")
+
+
+def with_ratios(row: dict[str, Any]) -> dict[str, Any]:
+    """``ratio`` = baseline_ms / median_ms (above 1: faster than cuDNN), and the same for the best cuDNN dtype
+    and the loop."""
+    ours = row.get("median_ms")
+    for ratio, base in (("ratio", "baseline_ms"), ("ratio_best", "baseline_best_ms"), ("loop_ratio", "loop_ms")):
+        if ratio == "ratio" or base in row:
+            row[ratio] = row[base] / ours if ours and row.get(base) else None
+    return row
+
+
+def run_timing_suite(opts: Options, shapes: list[Shape], results: Results) -> None:
+    """Every (shape, pass): the baselines once, then each backend on the same inputs."""
+    xp = _array_module(opts.gpu)
+    bar = ProgressBar(len(shapes) * len(PASSES) * len(opts.backends), f"{opts.suite} ")
+    cache = BaselineCache(opts)
+    start = time.perf_counter()
+    for shape in shapes:
+        for pass_ in PASSES:
+            if opts.budget_s and time.perf_counter() - start > opts.budget_s:
+                for backend in opts.backends:  # recorded, so a cut run says what it left out
+                    results.add({**base_row(shape, backend, pass_),
+                                 "error": f"not run: --budget-s {opts.budget_s:g} spent"})
+                    bar.advance("over budget")
+                continue
+            arrays = make_inputs(xp, shape, with_grads=pass_ == "fwbw")
+            shared = cache.cudnn_fields(shape, pass_)
+            shared.update(cache.loop_fields(shape, pass_, arrays))
+            for backend in opts.backends:
+                bar.advance(f"{shape.function} {shape.N}x{shape.D} B{shape.B} T{shape.T} {pass_} {backend}")
+                row = base_row(shape, backend, pass_)
+                row.update(time_backend(opts, backend, shape, pass_, arrays))
+                results.add(with_ratios({**row, **shared}))
+            del arrays
+            _free(opts.gpu)
+    bar.close()
+
+
+def time_backend(opts: Options, backend: str, shape: Shape, pass_: str, arrays: dict[str, Any]) -> dict[str, Any]:
+    """The timing fields of one row, or ``{"error": ...}``."""
+    try:
+        reason = why_not(backend, opts.absent, shape, arrays)
+        if reason:
+            return {"error": reason}
+        timing = measure(our_call(backend, shape, pass_, arrays), "cupy" if opts.gpu else "cpu", opts.runs,
+                         spin_ms=opts.spin_ms, strict=opts.strict)
+        return timing.fields()
+    except Exception as err:  # a failed row is recorded, not fatal
+        return {"error": error_text(err)}
+
+
+def _array_module(gpu: bool) -> Any:
+    if gpu:
+        import cupy
+
+        return cupy
+    return np
+
+
+def _free(gpu: bool) -> None:
+    """Give cached blocks back between shapes, so the next shape's peak memory starts from a clean pool."""
+    if gpu:
+        import cupy
+
+        cupy.get_default_memory_pool().free_all_blocks()
+        if sys.modules.get("torch") is not None:
+            sys.modules["torch"].cuda.empty_cache()
+
+
+# --------------------------------------------------------------------------------------------- compile
+
+
+def run_compile_suite(opts: Options, shapes: list[Shape], results: Results, cold_runs: int) -> None:
+    """Rows ``compile_cold`` (NVRTC compile into an empty cache directory, then module load) and
+    ``compile_warm`` (the disk-cache hit, then module load: what a new process pays) for every kernel the
+    suite's shapes launch, found by running each shape once (T=4) on each backend."""
+    if not opts.gpu:
+        for shape in shapes:
+            for backend in opts.backends:
+                results.add({**base_row(shape, backend, "compile_cold"),
+                             "error": "the compile suite needs a GPU (kernels are found by running each shape)"})
+        return
+    found = discover_kernels(opts, shapes, results)
+    bar = ProgressBar(len(found), "compile ")
+    for (shape, backend), specs in found.items():
+        for spec in specs:
+            bar.advance(spec.name())
+            for pass_, fields in time_compile(spec, cold_runs, opts.runs).items():
+                results.add({**base_row(shape, backend, pass_), "kernel": spec.name(), **fields,
+                             "peak_mem_bytes": None, "baseline": None, "baseline_ms": None,
+                             "baseline_best_ms": None, "ratio": None})
+    bar.close()
+
+
+def discover_kernels(opts: Options, shapes: list[Shape], results: Results) -> dict[tuple[Shape, str], list]:
+    """(shape, backend) -> the KernelSpecs it loaded first (each kernel is listed once, under the first shape
+    that needed it). Read from the runtime's table of loaded kernels, keyed by (spec, arch, device, root)."""
+    import cupy
+
+    from flashrnn_core.runtime import launch
+
+    found: dict[tuple[Shape, str], list] = {}
+    for shape in shapes:
+        small = Shape(shape.function, shape.dtype, shape.B, 4, shape.N, shape.D)  # the kernels do not depend on T
+        arrays = make_inputs(cupy, small, with_grads=True)
+        for backend in opts.backends:
+            before = set(launch._kernels)
+            try:
+                reason = why_not(backend, opts.absent, small, arrays)
+                if reason is None:
+                    our_call(backend, small, "fwbw", arrays)()
+                    cupy.cuda.Device().synchronize()
+            except Exception as err:
+                reason = error_text(err)
+            if reason:
+                results.add({**base_row(shape, backend, "compile_cold"), "error": reason})
+                continue
+            specs = list(dict.fromkeys(key[0] for key in set(launch._kernels) - before))
+            if specs:
+                found[(shape, backend)] = specs
+    return found
+
+
+def time_compile(spec: Any, cold_runs: int, warm_runs: int) -> dict[str, dict[str, Any]]:
+    """{"compile_cold": fields, "compile_warm": fields}: host wall time in ms of compile_spec + module load."""
+    from flashrnn_core.runtime import compile_spec, device_arch
+
+    arch = device_arch()
+
+    def once(directory: Path) -> tuple[float, Any]:
+        start = time.perf_counter()
+        result = compile_spec(spec, arch, cache_directory=directory)
+        _load_module(spec, result.cubin)
+        return (time.perf_counter() - start) * 1e3, result
+
+    out: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="flashrnn_bench_cache_") as warm_dir:
+        cold = []
+        for i in range(max(cold_runs, 1)):
+            directory = Path(warm_dir) / f"cold{i}"  # empty: a cache miss every time
+            ms, result = once(directory)
+            cold.append(ms)
+        out["compile_cold"] = _compile_fields(cold, result)
+        warm = [once(Path(warm_dir) / "cold0")[0] for _ in range(max(warm_runs, MIN_RUNS))]
+        out["compile_warm"] = _compile_fields(warm, None)
+    return out
+
+
+def _load_module(spec: Any, cubin: bytes) -> Any:
+    """Load the cubin into the current context and look the entry up, the second half of ``get_kernel``."""
+    from cuda.core import ObjectCode
+
+    return ObjectCode.from_cubin(cubin, name=spec.name()).get_kernel(spec.entry)
+
+
+def _compile_fields(times_ms: list[float], result: Any) -> dict[str, Any]:
+    from .timing import statistics
+
+    median, p10, p90 = statistics(times_ms)
+    fields: dict[str, Any] = {"median_ms": median, "p10_ms": p10, "p90_ms": p90, "runs": len(times_ms)}
+    if result is not None and result.resources is not None:
+        fields.update(nvrtc_s=result.seconds, registers=result.resources.registers,
+                      spill_stores=result.resources.spill_stores, smem_static=result.resources.smem_static)
+    return fields
+
+
+# -------------------------------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    p.add_argument("--suite", choices=SUITES, default="reference")
+    p.add_argument("--backends", default=None,
+                   help="comma list (default: every backend present; vanilla only on the CPU or when named)")
+    p.add_argument("--functions", default=",".join(FUNCTIONS), help="cells, comma list")
+    p.add_argument("--out", default=None, help="JSON path (default bench/results/<date>-<gpu>-<suite>.json)")
+    p.add_argument("--runs", type=int, default=None,
+                   help=f"timed runs a row (at least {MIN_RUNS} on the GPU; default {MIN_RUNS}, dry run {DRY_RUNS})")
+    p.add_argument("--cold-runs", type=int, default=3, help="compile suite: cold compiles a kernel")
+    p.add_argument("--loop", choices=("all", "first", "none"), default="first",
+                   help="plain PyTorch loop baseline: every shape, the first of each cell and pass, or none")
+    p.add_argument("--cudnn-dtypes", default=None,
+                   help="cuDNN dtypes timed for baseline_best_ms (the row's dtype is always timed; default "
+                        f"{','.join(baselines.CUDNN_DTYPES)}, dry run none)")
+    p.add_argument("--spin-ms", type=float, default=SPIN_MS, help="GPU spin before each timed call (0: none)")
+    p.add_argument("--budget-s", type=float, default=0.0,
+                   help="start no new shape after this many seconds; the rest get 'not run' rows (0: no limit)")
+    p.add_argument("--dry-run", action="store_true", help="CPU only: vanilla on NumPy at tiny sizes")
+    p.add_argument("--report", default=None, metavar="DIR", help="also write plots and a markdown table to DIR")
+    return p.parse_args(argv)
+
+
+def choose_backends(requested: str | None, gpu: bool) -> tuple[list[str], dict[str, str | None]]:
+    """(backends to run, absent ones -> reason). On the CPU only vanilla can run; on the GPU vanilla is left out
+    unless named (its per-step Python loop would dominate the suite's time)."""
+    from flashrnn_core.backends import available_backends
+
+    present = available_backends()
+    if requested:
+        names = [n.strip() for n in requested.split(",") if n.strip()]
+        unknown = [n for n in names if n not in present]
+        if unknown:
+            raise SystemExit(f"--backends: unknown {unknown}; known: {', '.join(present)}")
+    elif gpu:
+        names = [n for n in present if n != "vanilla"]
+    else:
+        names = ["vanilla"]
+    absent = {n: present[n] for n in names}
+    if not gpu:  # NumPy arrays: the GPU backends cannot run here, whatever their import says
+        absent.update({n: f"backend {n!r} needs a GPU (dry run on the CPU)" for n in names if n != "vanilla"})
+    return names, absent
+
+
+def cudnn_dtypes(requested: str | None, gpu: bool) -> tuple[str, ...]:
+    if requested is None:
+        return baselines.CUDNN_DTYPES if gpu else ()
+    return tuple(d.strip() for d in requested.split(",") if d.strip())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    gpu = not args.dry_run and gpu_present()
+    if not gpu and not args.dry_run:
+        raise SystemExit("no GPU visible to CuPy: run on a GPU machine, or pass --dry-run for the CPU pipeline check")
+    names, absent = choose_backends(args.backends, gpu)
+    functions = [f.strip() for f in args.functions.split(",") if f.strip()]
+    runs = max(args.runs or MIN_RUNS, MIN_RUNS) if gpu else (args.runs or DRY_RUNS)
+    opts = Options(args.suite, names, absent, runs, args.spin_ms if gpu else 0.0, args.loop, args.budget_s,
+                   cudnn_dtypes(args.cudnn_dtypes, gpu), gpu)
+    header = {"suite": args.suite,
+              "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+              "commit": git_commit(), **environment(gpu), "dry_run": args.dry_run,
+              "protocol": {"runs": opts.runs, "warmup": 3 if gpu else 1, "spin_ms": opts.spin_ms, "loop": opts.loop,
+                           "budget_s": opts.budget_s, "timer": "cuda events" if gpu else "perf_counter"}}
+    out = Path(args.out) if args.out else default_out(args.suite, header["gpu"], args.dry_run)
+    results = Results(out, header)
+    shapes = suite_shapes(args.suite, functions, args.dry_run)
+    if args.suite == "compile":
+        run_compile_suite(opts, shapes, results, args.cold_runs)
+    else:
+        run_timing_suite(opts, shapes, results)
+    results.write()
+    print(f"wrote {out} ({len(results.doc['rows'])} rows)")
+    if args.report:
+        from . import report
+
+        report.main([str(out), "--plots", args.report, "--markdown", str(Path(args.report) / "README.md")])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

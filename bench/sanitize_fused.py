@@ -1,0 +1,225 @@
+"""One small problem per ``cuda_fused`` kernel variant, so that compute-sanitizer can wrap the whole set:
+
+    compute-sanitizer --tool memcheck --error-exitcode 9 python bench/sanitize_fused.py      # bench/device_check.sh
+    python bench/sanitize_fused.py --all        # every variant the backend can launch (253 at the time of writing)
+    python bench/sanitize_fused.py --list       # the problems, without running them (no GPU needed)
+
+The variants are the backend's own list (``FusedBackend.kernel_variants()``). Forward variants: a problem of
+T=5, N=2 and the smallest batch that makes the backend's parameter rule pick exactly that variant (B=3 for the
+narrow batch tile, a batch past what stays resident for the wider ones), run forward from given initial states
+and from none (a null pointer in the kernel). Backward variants (other entries, keyed by cell, dtype and D):
+B=3, forward then backward with upstream gradients on every state and on the last states. By default one
+problem per kernel family: for each cell, dtype, cluster layout and batch tile the smallest and largest D (and
+D=48, whose k-tiles are odd); ``--all`` takes every D. Problems run single-block forwards first, so that a
+``--budget-s`` cut (the sanitizer's timeout is 240 s a tool) leaves out the rarer variants, and says so.
+Exit 0 when every problem that ran gave finite results, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a source checkout
+
+T, N = 5, 2
+#: Batch sizes tried, smallest first: 3 (a partial 8-sequence tile), then steps of 2**(1/4) up to 2**16,
+#: fine enough to land in each batch-tile window of the parameter rule.
+BATCHES = [3] + sorted({int(2 ** (k / 4)) + 3 for k in range(16, 65)})
+
+
+@dataclass(frozen=True)
+class Problem:
+    function: str
+    dtype: Any  # numpy dtype
+    B: int
+    D: int
+    label: str  # the kernel variant's label
+    backward: bool = False  # run backward too (a backward variant)
+
+
+def variant_fields(spec: Any) -> dict[str, str]:
+    return dict(spec.defines)
+
+
+def load_fused() -> Any:
+    """The fused backend module, or None with the reason printed (then there is nothing to sanitize)."""
+    try:
+        from flashrnn_core.backends import fused
+    except ImportError as err:
+        print(f"cuda_fused is not available here ({err}): nothing to sanitize")
+        return None
+    return fused
+
+
+#: Defines that follow from D (sizes), not what makes a family of kernels.
+SIZE_DEFINES = ("FLASHRNN_D", "FLASHRNN_THREADS", "FLASHRNN_SMEM_BYTES", "FLASHRNN_PREFETCH")
+
+
+def pick_families(variants: list[Any], everything: bool) -> list[Any]:
+    """All variants, or per family (entry, cell, storage, cluster, split-K, batch tile: every define but the
+    sizes) the smallest and largest D and D=48."""
+    if everything:
+        return variants
+    families: dict[tuple, list[Any]] = {}
+    for spec in variants:
+        key = (spec.entry, *sorted((k, v) for k, v in spec.defines if k not in SIZE_DEFINES))
+        families.setdefault(key, []).append(spec)
+    chosen = []
+    for specs in families.values():
+        dims = sorted(int(variant_fields(s)["FLASHRNN_D"]) for s in specs)
+        keep = {dims[0], dims[-1]} | ({48} & set(dims))
+        chosen += [s for s in specs if int(variant_fields(s)["FLASHRNN_D"]) in keep]
+    return chosen
+
+
+def find_problem(fused: Any, spec: Any, num_sms: int, cc: tuple[int, int]) -> Problem | str:
+    """The smallest problem for which the backend launches ``spec``, or why there is none."""
+    from flashrnn_core.cells import CELLS
+
+    f = variant_fields(spec)
+    try:
+        function = {v: k for k, v in fused.CELL_STRUCTS.items()}[f["FLASHRNN_CELL"]]
+        dtype = {v: k for k, v in fused.STORAGE_TYPES.items()}[f["FLASHRNN_STORAGE"]]
+        D = int(f["FLASHRNN_D"])
+    except KeyError as err:
+        return f"{spec.name()}: its defines do not say {err} (cell, storage, D): not mapped to a problem"
+    if spec.entry != fused.ENTRY:  # a backward kernel: chosen by cell, dtype and D (one block a head)
+        return Problem(function, dtype, 3, D, spec.name(), backward=True)
+    reason = "no batch size selects it"
+    for B in BATCHES:
+        params = fused.choose_params(function, CELLS[function], dtype, B, N, D, num_sms, cc)
+        if isinstance(params, str):
+            reason = params  # e.g. a cluster variant on a GPU older than sm_90
+            break
+        if params.defines() == spec.defines:
+            return Problem(function, dtype, B, D, spec.name())
+    return f"{spec.name()}: {reason}"
+
+
+def run_order(problem: Problem) -> tuple:
+    """Single-block forwards with narrow tiles first, then backward, clusters, wide tiles (each the rarer)."""
+    wide = "nbt1" not in problem.label
+    cluster = "cluster" in problem.label
+    return (wide, cluster, problem.backward)
+
+
+def random_inputs(problem: Problem, seed: int) -> dict[str, Any]:
+    """Wx, R (1/sqrt(D)), b, initial states and upstream gradients on CuPy, in the problem's dtype."""
+    import cupy
+
+    from flashrnn_core.cells import CELLS
+
+    cell = CELLS[problem.function]
+    rng = np.random.default_rng(seed)
+    D = problem.D
+
+    def normal(*shape: int, scale: float = 1.0) -> Any:
+        return cupy.asarray((rng.standard_normal(shape, dtype=np.float32) * scale).astype(problem.dtype))
+
+    states0 = rng.standard_normal((cell.states, problem.B, 1, N, D)).astype(np.float32) * 0.5
+    if problem.function == "slstm":
+        states0[2] = 1 + np.abs(states0[2])  # a normaliser n >= 1, as the recurrence keeps it
+    return {"Wx": normal(problem.B, T, cell.gates_w, N, D), "R": normal(cell.gates_r, N, D, D, scale=D**-0.5),
+            "b": normal(cell.gates_b, N, D), "states0": cupy.asarray(states0.astype(problem.dtype)),
+            "dstates": normal(cell.states, problem.B, T, N, D)}
+
+
+def run_problem(problem: Problem, seed: int) -> str | None:
+    """None when the problem ran with finite results, else the failure. Forward problems run from given initial
+    states and from none; backward problems from given states, with gradients on all states and the last."""
+    import cupy
+
+    import flashrnn_core as fc
+
+    a = random_inputs(problem, seed)
+    for states0 in (a["states0"],) if problem.backward else (a["states0"], None):
+        result = fc.forward(a["Wx"], a["R"], a["b"], states0, function=problem.function, backend="cuda_fused")
+        if not _finite(result.states):
+            return "forward gave non-finite states"
+        if problem.backward:
+            grads = fc.backward(result, dstates=a["dstates"], dlast_states=a["dstates"][:, :, -1:])
+            if not all(_finite(g) for g in (grads.dWx, grads.dR, grads.db, grads.dstates_initial)):
+                return "backward gave non-finite gradients"
+        cupy.cuda.Device().synchronize()
+    return None
+
+
+def _finite(a: Any) -> bool:
+    import cupy
+
+    return bool(cupy.isfinite(a.astype(np.float32)).all())
+
+
+def device_info() -> tuple[int, tuple[int, int]] | None:
+    """(SMs, compute capability) of the current GPU, or None without one."""
+    try:
+        import cupy
+
+        dev = cupy.cuda.Device()
+        cc = dev.compute_capability
+        return int(dev.attributes["MultiProcessorCount"]), (int(cc[:-1]), int(cc[-1]))
+    except Exception:
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--all", action="store_true", help="every variant, not one per family")
+    p.add_argument("--list", action="store_true", help="print the problems only (no GPU needed)")
+    p.add_argument("--sms", type=int, default=132, help="with --list and no GPU: multiprocessors (H100: 132)")
+    p.add_argument("--cc", default="9.0", help="with --list and no GPU: compute capability")
+    p.add_argument("--budget-s", type=float, default=200.0,
+                   help="start no problem after this many seconds (first-time compiles count)")
+    args = p.parse_args(argv)
+    fused = load_fused()
+    if fused is None:
+        return 0
+    info = device_info()
+    if info is None and not args.list:
+        print("no GPU visible to CuPy: nothing can run (use --list to see the problems)")
+        return 2
+    num_sms, cc = info or (args.sms, tuple(int(x) for x in args.cc.split(".")))
+    variants = fused.FusedBackend().kernel_variants()
+    found = [find_problem(fused, s, num_sms, cc) for s in pick_families(variants, args.all)]
+    problems = sorted((x for x in found if isinstance(x, Problem)), key=run_order)
+    for skipped in (x for x in found if isinstance(x, str)):
+        print(f"skip {skipped}")
+    n_bw = sum(p.backward for p in problems)
+    print(f"{len(problems)} problems ({len(problems) - n_bw} forward, {n_bw} backward) of {len(variants)} "
+          f"variants; T={T} N={N}, {num_sms} SMs, sm_{cc[0]}{cc[1]}", flush=True)
+    if args.list:
+        for problem in problems:
+            print(f"{problem.label}: B={problem.B} D={problem.D}{' (forward + backward)' if problem.backward else ''}")
+        return 0
+    return run_all(problems, args.budget_s)
+
+
+def run_all(problems: list[Problem], budget_s: float) -> int:
+    """Run each problem (until the budget is spent); print one line each and a summary; the exit status."""
+    start, failures, ran = time.perf_counter(), 0, 0
+    for i, problem in enumerate(problems):
+        if time.perf_counter() - start > budget_s:
+            print(f"NOT RUN (time budget {budget_s:.0f} s spent): {len(problems) - i} problems, from "
+                  f"{problem.label} on")
+            break
+        try:
+            failure = run_problem(problem, seed=i)
+        except Exception as err:  # keep going: one report for the whole set
+            failure = f"{type(err).__name__}: {err}"
+        ran += 1
+        failures += failure is not None
+        print(f"{problem.label} (B={problem.B}): {failure or 'ok'}", flush=True)
+    print(f"{ran - failures} ok, {failures} failed, {len(problems) - ran} not run, "
+          f"{time.perf_counter() - start:.0f} s")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

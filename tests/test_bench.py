@@ -1,0 +1,143 @@
+"""The benchmark pipeline without a GPU: the CPU dry run writes BENCH.md's JSON, the report turns it into a
+markdown table and plots, the plain-loop baseline computes the cells of SPEC.md, and the sanitizer driver maps
+every fused kernel variant to a problem."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bench import report, run, sanitize_fused, timing
+
+HEADER_KEYS = {"suite", "date", "commit", "gpu", "driver", "cuda_runtime", "nvrtc", "cupy", "torch", "rows"}
+ROW_KEYS = {"function", "backend", "dtype", "pass", "B", "T", "N", "D", "median_ms", "p10_ms", "p90_ms",
+            "peak_mem_bytes", "baseline", "baseline_ms", "baseline_best_ms", "ratio"}
+
+
+@pytest.fixture(scope="module")
+def dry_runs(tmp_path_factory):
+    """A reference dry run (two cells) and a batch dry run (one), written once for the module."""
+    out = tmp_path_factory.mktemp("bench")
+    paths = {}
+    for suite, functions in (("reference", "lstm,elman"), ("batch", "gru")):
+        paths[suite] = out / f"{suite}.json"
+        argv = ["--suite", suite, "--dry-run", "--functions", functions, "--out", str(paths[suite])]
+        assert run.main(argv) == 0
+    return paths
+
+
+def test_dry_run_rows_have_the_bench_format(dry_runs):
+    doc = json.loads(dry_runs["reference"].read_text())
+    assert HEADER_KEYS <= set(doc) and doc["suite"] == "reference" and doc["dry_run"] is True
+    # 2 cells x 2 head layouts x 2 passes, one backend (vanilla) on the CPU
+    assert len(doc["rows"]) == 8
+    assert {(r["function"], r["pass"]) for r in doc["rows"]} == {(f, p) for f in ("lstm", "elman") for p in run.PASSES}
+    for row in doc["rows"]:
+        assert ROW_KEYS <= set(row), ROW_KEYS - set(row)
+        assert "error" not in row, row["error"]
+        assert row["backend"] == "vanilla" and row["p10_ms"] <= row["median_ms"] <= row["p90_ms"]
+        assert row["peak_mem_bytes"] > 0
+        if row["baseline_ms"] is not None:  # torch is installed: the CPU stand-in for cuDNN ran
+            assert row["ratio"] == pytest.approx(row["baseline_ms"] / row["median_ms"])
+            assert row["baseline_best_ms"] <= row["baseline_ms"]
+    loops = [r for r in doc["rows"] if "loop_ms" in r]
+    if doc["torch"]:  # --loop first: the first shape of each cell and pass
+        assert sorted((r["function"], r["pass"], r["N"]) for r in loops) == sorted(
+            (f, p, 2) for f in ("lstm", "elman") for p in run.PASSES)
+
+
+def test_report_writes_markdown_and_plots(dry_runs, tmp_path):
+    md = tmp_path / "README.md"
+    assert report.main([str(p) for p in dry_runs.values()] + ["--markdown", str(md)]) == 0
+    text = md.read_text()
+    assert "## reference" in text and "## batch" in text and "| lstm | 2x8 | 2 | 8 | float32 | fwbw |" in text
+    pytest.importorskip("matplotlib")
+    plots = tmp_path / "plots"
+    assert report.main([str(p) for p in dry_runs.values()] + ["--plots", str(plots)]) == 0
+    names = sorted(p.name for p in plots.iterdir())
+    assert names == ["batch-time-vs-B.png", "reference-speedup.png"]
+
+
+def test_absent_and_gpu_backends_become_error_rows(tmp_path):
+    out = tmp_path / "r.json"
+    assert run.main(["--suite", "headdim", "--dry-run", "--functions", "gru", "--backends", "vanilla,cuda_fused",
+                     "--loop", "none", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["D"] for r in rows} == {8, 16}
+    fused = [r for r in rows if r["backend"] == "cuda_fused"]
+    assert fused and all("error" in r and "median_ms" not in r and r["ratio"] is None for r in fused)
+    assert all("error" not in r for r in rows if r["backend"] == "vanilla")
+
+
+def test_compile_suite_without_gpu_records_why(tmp_path):
+    out = tmp_path / "c.json"
+    assert run.main(["--suite", "compile", "--dry-run", "--functions", "lstm", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert rows and all(r["pass"] == "compile_cold" and "needs a GPU" in r["error"] for r in rows)
+
+
+def test_real_suites_have_the_issue_shapes():
+    ref = run.suite_shapes("reference", run.FUNCTIONS)
+    assert len(ref) == 16 and {(s.N, s.D) for s in ref} == set(run.REFERENCE_HEADS)
+    assert all(s.dtype == "bfloat16" and s.B == 16 and s.T == 1024 and s.N * s.D == 768 for s in ref)
+    batch = run.suite_shapes("batch", ["lstm"])
+    assert {s.B for s in batch} == {1, 2, 4, 8, 16, 32, 64, 128, 256}
+    assert {(s.N, s.D) for s in batch} == {(12, 64), (1, 768)}
+    assert {s.T for s in run.suite_shapes("seqlen", ["lstm"])} == {256 * 2**k for k in range(7)}
+    head = run.suite_shapes("headdim", ["lstm"])
+    assert min(s.D for s in head) == 16 and max(s.D for s in head) == 768 and all(s.N * s.D == 768 for s in head)
+
+
+def test_inputs_are_fresh_per_shape_and_the_same_for_every_backend():
+    a, b = run.Shape("lstm", "float32", 2, 3, 1, 8), run.Shape("lstm", "float32", 2, 3, 1, 16)
+    x1, x2 = run.make_inputs(np, a, with_grads=True), run.make_inputs(np, a, with_grads=True)
+    assert all(np.array_equal(x1[k], x2[k]) for k in x1)  # same inputs in a row
+    assert not np.allclose(x1["Wx"][..., :8], run.make_inputs(np, b, with_grads=False)["Wx"][..., :8])
+    assert x1["dstates"].shape == (2, 2, 3, 1, 8) and np.all(x1["Wx"] != 0)
+    assert np.std(x1["R"]) < 0.7  # scaled by 1/sqrt(D)
+
+
+def test_loop_baseline_computes_the_cells_of_the_spec():
+    """The plain PyTorch loop (float32, CPU) gives the vanilla backend's states for every cell."""
+    torch = pytest.importorskip("torch")
+    import flashrnn_core as fc
+    from bench import baselines
+    from flashrnn_core.cells import CELLS
+
+    for function in run.FUNCTIONS:
+        arrays = run.make_inputs(np, run.Shape(function, "float32", 3, 5, 2, 4), with_grads=False)
+        ref = fc.forward(arrays["Wx"], arrays["R"], arrays["b"], function=function, backend="vanilla").states
+        with torch.no_grad():
+            got = baselines.loop_forward(*(torch.as_tensor(arrays[k]) for k in ("Wx", "R", "b")), function,
+                                         CELLS[function].states)
+        np.testing.assert_allclose(got.numpy(), ref, rtol=1e-5, atol=1e-5, err_msg=function)
+
+
+def test_measure_cpu_counts_runs_and_memory():
+    calls = []
+
+    def work():
+        calls.append(1)
+        return np.ones(1 << 18)  # 2 MB returned: counted in the peak
+
+    t = timing.measure(work, "cpu", runs=5, warmup=1)
+    assert t.runs == timing.MIN_RUNS and len(calls) == timing.MIN_WARMUP + 1 + timing.MIN_RUNS
+    assert t.peak_mem_bytes >= 8 << 18 and t.p10_ms <= t.median_ms <= t.p90_ms
+    loose = timing.measure(work, "cpu", runs=2, warmup=1, strict=False)
+    assert loose.runs == 2
+
+
+def test_sanitizer_driver_maps_every_variant_to_a_problem(capsys):
+    """--list needs no GPU: each fused forward variant is selected by the backend for its problem."""
+    fused = sanitize_fused.load_fused()
+    if fused is None:
+        pytest.skip("cuda_fused is not importable here")
+    variants = fused.FusedBackend().kernel_variants()
+    found = [sanitize_fused.find_problem(fused, s, 132, (9, 0)) for s in variants]
+    missing = [x for x in found if isinstance(x, str)]
+    assert not missing, missing[:3]
+    assert sanitize_fused.main(["--list"]) == 0
+    out = capsys.readouterr().out
+    assert "problems" in out and "B=3" in out
