@@ -403,7 +403,7 @@ def run_compile_suite(opts: Options, shapes: list[Shape], results: Results, cold
                              "error": "the compile suite needs a GPU (kernels are found by running each shape)"})
         return
     found = discover_kernels(opts, shapes, results)
-    bar = ProgressBar(len(found), "compile ")
+    bar = ProgressBar(sum(len(specs) for specs in found.values()), "compile ")
     for (shape, backend), specs in found.items():
         for spec in specs:
             bar.advance(spec.name())

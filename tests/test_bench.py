@@ -141,3 +141,61 @@ def test_sanitizer_driver_maps_every_variant_to_a_problem(capsys):
     assert sanitize_fused.main(["--list"]) == 0
     out = capsys.readouterr().out
     assert "problems" in out and "B=3" in out
+
+
+# ----------------------------------------------------------------------------- on the GPU (device_check.sh)
+
+
+def _gpu_options(backends, absent=None):
+    return run.Options("reference", backends, absent or {}, runs=timing.MIN_RUNS, spin_ms=0.5, loop="first",
+                       budget_s=0.0, cudnn_dtypes=("float16",), gpu=True)
+
+
+@pytest.mark.gpu
+def test_gpu_timing_suite_rows(tmp_path):
+    """The GPU path end to end on one small shape: CUDA-event timings, pool peak memory, cuDNN and loop."""
+    names, absent = run.choose_backends(None, gpu=True)
+    results = run.Results(tmp_path / "g.json", {"suite": "reference"})
+    run.run_timing_suite(_gpu_options(names, absent), [run.Shape("lstm", "bfloat16", 4, 16, 2, 16)], results)
+    rows = results.doc["rows"]
+    assert {(r["backend"], r["pass"]) for r in rows} == {(b, p) for b in names for p in run.PASSES}
+    for row in rows:
+        if absent.get(row["backend"]) is None:
+            assert "error" not in row, row
+            assert 0 < row["p10_ms"] <= row["median_ms"] <= row["p90_ms"] and row["peak_mem_bytes"] > 0
+        if row.get("baseline_error") is None and row["pass"] == "fw":
+            assert row["baseline_ms"] > 0 and set(row["baseline_all_ms"]) == {"bfloat16", "float16"}
+
+
+@pytest.mark.gpu
+def test_gpu_measure_counts_pool_memory():
+    import cupy
+
+    t = timing.measure(lambda: cupy.ones(1 << 20, dtype=cupy.float32), "cupy", spin_ms=0.1)
+    assert t.runs == timing.MIN_RUNS and t.peak_mem_bytes >= 4 << 20 and t.median_ms > 0
+
+
+@pytest.mark.gpu
+def test_gpu_compile_rows_for_a_fused_kernel(tmp_path):
+    """The compile suite's discovery and one cold and warm compile (the smallest lstm kernel)."""
+    if sanitize_fused.load_fused() is None:
+        pytest.skip("cuda_fused is not importable")
+    shape = run.Shape("lstm", "bfloat16", 3, 1024, 1, 16)
+    results = run.Results(tmp_path / "c.json", {"suite": "compile"})
+    found = run.discover_kernels(_gpu_options(["cuda_fused"]), [shape], results)
+    assert found, results.doc["rows"]
+    spec = next(iter(found.values()))[0]
+    fields = run.time_compile(spec, cold_runs=1, warm_runs=timing.MIN_RUNS)
+    assert fields["compile_cold"]["median_ms"] > fields["compile_warm"]["median_ms"] > 0
+
+
+@pytest.mark.gpu
+def test_gpu_sanitizer_problem_runs():
+    fused = sanitize_fused.load_fused()
+    if fused is None:
+        pytest.skip("cuda_fused is not importable")
+    info = sanitize_fused.device_info()
+    spec = next(s for s in fused.FusedBackend().kernel_variants() if s.entry == fused.ENTRY)
+    problem = sanitize_fused.find_problem(fused, spec, *info)
+    assert isinstance(problem, sanitize_fused.Problem), problem
+    assert sanitize_fused.run_problem(problem, seed=0) is None
