@@ -1,0 +1,644 @@
+"""The fused persistent kernels as integer constraint problems: which tile parameters launch validly, without
+spills, and which of those is fastest by a per-step latency model.
+
+``solve_fused(hardware, function, dtype, B, N, D, direction) -> FusedParams | Infeasible``.
+
+The kernel modelled is ``cuda_src/fused_fw.cu`` (issue 5's design; ``Tile`` there is the geometry mirrored
+here): every block owns ``D / blocks_per_head`` output dims of one head (all their gates) and a tile of
+``8 * nbt`` sequences; R's rows live on chip as mma.sync m16n8k16 A-fragments (in registers, or some k-tiles
+of them in shared memory), ``h`` double-buffered in shared memory, ``Wx`` staged ``prefetch`` steps ahead with
+cp.async, the step's outputs staged in shared memory; heads larger than one block take a thread-block cluster
+(sm_90) and exchange ``h`` slices through distributed shared memory each step. The backward (issue 6) is the
+same shape of problem with ``R^T``: per dim one m16 row (dh), K over all ``Gr * D`` gate rows, ``dg`` in the
+exchanged buffer; ``direction="backward"`` models it with those dimensions (its register fit and latency
+constants are the forward's until a backward kernel exists to calibrate them on).
+
+Everything that is a modelling *choice* is in ``KernelModel`` (one place to change): the kernel features the
+model may use (R in shared memory, cooperative grids), the register estimate (fitted to ptxas reports of
+fused_fw.cu for sm_90, see ``REGISTER_FIT``) and the latency constants (issue 5's H100 measurements).
+
+Variables (names as in the solver's explanations):
+    cluster      blocks per head (a thread-block cluster when > 1)
+    warps_d      warps along the block's output dims (each owns ``dims_per_warp`` dims and all their gates)
+    ksplit       warps splitting K for the same rows (1 or 2; partial sums meet in shared memory)
+    ktw          k-tiles (of 16) of R one warp holds: ``ktw * ksplit == K / 16``
+    own          batch columns (of 2 per lane) a warp finishes: ``own * ksplit == 2``
+    nbt          batch n-tiles of 8 sequences per block (the mma's n = 8)
+    prefetch     steps of Wx in flight ahead of the one computed
+    r_smem_kt    of the warp's ktw k-tiles of R, how many live in shared memory instead of registers
+    late_x       1 where the kernel reads Wx cell by cell (blocks of 384+ threads, where registers are tight)
+    clustered    1 when cluster > 1 (mbarriers, h exchange)
+    alloc8       registers a thread is allocated, in units of 8 (ceil(estimate / 8))
+    batch_tiles  blocks along the batch: ceil(B / (8 nbt))
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from fractions import Fraction
+from typing import Any
+
+from .hardware import Hardware
+from .solver import Expr, Infeasible, Problem, Var, divides
+
+#: Bump when the model (constraints, register fit, latency constants) changes: tuning-cache keys carry it.
+MODEL_VERSION = 1
+
+MMA_M, MMA_N, MMA_K = 16, 8, 16  # mma.sync m16n8k16 (bf16/fp16 operands, float32 accumulators)
+
+# ---------------------------------------------------------------------------------------------- the model
+
+
+@dataclass(frozen=True)
+class CellCost:
+    """Per-cell latency constants (cycles, H100 clock; 16-bit storage's hardware tanh).
+
+    latency: the dependent chain of one cell's pointwise step (MUFU ex2/rcp/tanh stages and FMAs between);
+    issue: issue slots one more cell in the same thread adds (independent cells overlap their latencies).
+    Calibrated on issue 5's measurements (bench/results 2026-11-23-h100-fused.json: 12x64 and 48x16, B=16):
+    lstm and gru ~1010 cycles a step at 12x64, slstm ~1390, elman ~470.
+    """
+
+    latency: int
+    issue: int
+
+
+@dataclass(frozen=True)
+class KernelModel:
+    """Every constant and switch of the fused-kernel model. ``DEFAULT_MODEL`` is what ``solve_fused`` uses."""
+
+    # -- what the kernel implements (a variable's domain, or a feature switched off)
+    clusters: tuple[int, ...] = (1, 2, 4, 8, 16)
+    ksplits: tuple[int, ...] = (1, 2)
+    max_nbt: int = 8  # widest batch tile, in n-tiles of 8 (registers usually bind first)
+    max_prefetch: int = 8
+    #: R's k-tiles may live partly in shared memory (read with ldmatrix every step). fused_fw.cu keeps all of R
+    #: in registers today; switch on once the kernel does.
+    r_in_shared_memory: bool = False
+    #: Heads above one block on GPUs without clusters: a cooperative grid per head with a grid barrier a step.
+    #: Not in fused_fw.cu (issue 5 lets ``auto`` take the ``cuda`` backend there instead).
+    cooperative_heads: bool = False
+    #: Where the kernel switches to reading Wx cell by cell (Tile::LATE_X).
+    late_x_threads: int = 384
+
+    # -- registers per thread: a linear fit over the step's live values (REGISTER_FIT says how it was fitted)
+    reg_base: Fraction = Fraction(48)  # addresses, loop state, indices, bias, barrier bookkeeping
+    reg_per_r: Fraction = Fraction(9, 8)  # per register of R's A-fragments (live for the whole run)
+    reg_per_h: Fraction = Fraction(0)  # h's B-fragments: loaded as the mma consume them (the fit gives 0)
+    reg_per_acc: Fraction = Fraction(1)  # per accumulator float (4 per m16n8 tile)
+    reg_per_cell_value: Fraction = Fraction(1)  # per streamed input (unless read late) and state, per cell
+    reg_per_copy: Fraction = Fraction(19, 4)  # per 16-byte piece a thread copies a step (its address, offset)
+    reg_f32_per_cell: Fraction = Fraction(5, 8)  # float32 storage: the hi/lo split per cell
+    reg_ksplit: Fraction = Fraction(0)  # split-K bookkeeping (the fit gives 0)
+    reg_cluster: Fraction = Fraction(0)  # mbarrier and remote addresses (the fit gives 0)
+    reg_margin: Fraction = Fraction(0)  # added to the estimate (the fit already clears every spill by 8)
+
+    # -- latency (cycles); H100 values from issue 5 unless said otherwise
+    sync_threads: int = 25  # __syncthreads of 8 warps (after the last warp's h store)
+    ldmatrix_latency: int = 30  # one shared-memory round trip
+    ldmatrix_issue: int = 4  # each further ldmatrix.x4 of a warp
+    mma_latency: int = 33  # dependent m16n8k16
+    mma_issue: int = 8  # one m16n8k16 per sub-partition every 8 cycles (mma.sync, A100/H100)
+    chains_wanted: int = 4  # independent accumulators the kernel aims for (Tile::CHAINS)
+    skeleton_latency: int = 220  # the step's fixed instructions' latency (copies issue, loop, addresses)
+    skeleton_issue: int = 100  # ... and their issue slots per warp sharing a scheduler
+    output_store: int = 9  # staging store + share of the copy-out, per output value per cell
+    cluster_exchange: int = 600  # st.async of h slices + mbarrier complete_tx + wait (remote round trip)
+    cluster_per_peer: int = 30  # each further block sent to (fits lstm/gru/slstm 3x256, 8-block clusters)
+    cluster_bytes_per_cycle: int = 16  # distributed shared memory, per receiving SM
+    grid_sync: int = 2300  # cooperative grid barrier, 1.2 us on H100 (issue 5)
+    ksplit_exchange: int = 40  # partial sums through shared memory + the extra barrier (besides sync_threads)
+    r_smem_ldmatrix: int = 6  # per ldmatrix.x4 of R from shared memory (issue; latency overlaps h's)
+    smem_bytes_per_cycle: int = 128  # shared-memory bandwidth per SM
+    wx_latency: int = 1200  # global load latency of a Wx stage (0.6 us measured); hidden over ``prefetch`` steps
+    dram_efficiency: float = 0.75  # achieved / peak DRAM bandwidth for the streamed Wx and outputs
+    schedulers: int = 4  # warp schedulers (sub-partitions) per SM
+    cells: dict = field(default_factory=lambda: {
+        "lstm": CellCost(110, 45), "slstm": CellCost(200, 110), "gru": CellCost(130, 50), "elman": CellCost(25, 10)})
+
+
+DEFAULT_MODEL = KernelModel()
+
+#: How the register coefficients were chosen (documentation; the numbers live in ``KernelModel``):
+REGISTER_FIT = """
+Data: ptxas -v (NVRTC 12.9) for 772 variants of cuda_src/fused_fw.cu on sm_90 (4 cells x {bf16, float32} x
+D in 16..768 x cluster 1..16 x ksplit 1, 2 x nbt 1..4 where the geometry allows), 283 of which spilled.
+Fit: a linear program over the features of ``_resources`` (coefficients >= 0): every spilling variant must be
+estimated at least 8 registers above its cap (min(255, the block's share of the register file)), while
+minimising how far non-spilling ones are estimated above theirs, plus 0.02 x |estimate - ptxas| where ptxas
+stayed below the cap. Result (rounded): 0 of 283 spilling variants accepted, 24 of 489 non-spilling variants
+rejected (4.9%: lost options, never a spill), mean |estimate - ptxas| 12 registers where below the cap; ptxas
+uses between 34 below and 71 above the estimate (it takes what the cap allows). Fitting on a random half and
+testing on the other accepted 1-5 of ~140 spilling variants at a margin of 4, hence the margin of 8.
+"""
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The fixed shape of one problem: the matmul a block runs per step, and the per-cell stream sizes.
+
+    Forward: G[Gr*D, BT] = R[Gr*D, D] x h[D, BT]; rows per dim ``mg = Gr``, K per dim ``kg = 1``.
+    Backward: dh[D, BT] = R^T[D, Gr*D] x dg[Gr*D, BT]; ``mg = 1``, ``kg = Gr``.
+    """
+
+    function: str
+    direction: str
+    dtype: str  # "bfloat16", "float16" or "float32"
+    D: int
+    gw: int
+    gr: int
+    states: int
+    n_saved: int
+    itemsize: int  # storage bytes
+    split: int  # operands per value (float32: bf16 hi + lo)
+    mma_split: int  # mma per product (float32: hi*hi + hi*lo + lo*hi)
+    mg: int
+    kg: int
+    stream_in: int  # values per cell read from global memory each step
+    stream_out: int  # values per cell written each step
+    live_per_cell: int  # values a thread keeps per cell across the step (states, carried gradients)
+    x_per_cell: int  # streamed inputs per cell held in registers unless late_x
+
+    @property
+    def u(self) -> int:
+        """d-groups of 8 per warp: a warp's rows (u*8 dims x mg gates) must fill whole m16 tiles."""
+        return 1 if (8 * self.mg) % MMA_M == 0 else 2
+
+    @property
+    def dims_per_warp(self) -> int:
+        return 8 * self.u
+
+    @property
+    def mt(self) -> int:
+        """m16 tiles per warp."""
+        return self.dims_per_warp * self.mg // MMA_M
+
+    @property
+    def kt(self) -> int:
+        """k-tiles of the whole K (``kg * D / 16``; 0 when D is not a multiple of 16)."""
+        return self.kg * self.D // MMA_K
+
+
+def geometry(function: str, dtype, D: int, direction: str = "forward") -> Geometry:
+    """The problem's fixed shape, from the cell's counts (``cells.CELLS``, the one table of them)."""
+    from ..cells import CELLS
+
+    if function not in CELLS:
+        raise ValueError(f"function: expected one of {', '.join(CELLS)}, got {function!r}")
+    if direction not in ("forward", "backward"):
+        raise ValueError(f"direction: expected 'forward' or 'backward', got {direction!r}")
+    cell = CELLS[function]
+    itemsize = _itemsize(dtype)
+    split = 2 if itemsize == 4 else 1
+    if direction == "forward":
+        # in: Wx (gw); out: states (S) and saved pre-activations; x is held until the pointwise step.
+        return Geometry(function, direction, _dtype_name(dtype), D, cell.gates_w, cell.gates_r, cell.states,
+                        cell.n_saved, itemsize, split, 3 if split == 2 else 1, cell.gates_r, 1, cell.gates_w,
+                        cell.states + cell.n_saved, cell.states, cell.gates_w)
+    # in: saved (n_saved), previous states (S) and upstream state gradients (S); out: dWx (gw).
+    return Geometry(function, direction, _dtype_name(dtype), D, cell.gates_w, cell.gates_r, cell.states,
+                    cell.n_saved, itemsize, split, 3 if split == 2 else 1, 1, cell.gates_r, cell.n_saved + 2 * cell.states,
+                    cell.gates_w, cell.states + cell.gates_r, cell.n_saved + cell.states)
+
+
+_ITEMSIZE = {"bfloat16": 2, "float16": 2, "float32": 4}
+
+
+def _dtype_name(dtype) -> str:
+    """"bfloat16", "float16" or "float32" from a NumPy dtype, a type or a name (bf16, fp16, fp32 too)."""
+    try:
+        import numpy as np
+
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = str(dtype)
+    name = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32"}.get(name, name)
+    if name not in _ITEMSIZE:
+        raise ValueError(f"dtype: expected bfloat16, float16 or float32, got {dtype!r}")
+    return name
+
+
+def _itemsize(dtype) -> int:
+    return _ITEMSIZE[_dtype_name(dtype)]
+
+
+# ---------------------------------------------------------------------------------------------- the result
+
+
+@dataclass(frozen=True)
+class FusedParams:
+    """One launch of a fused persistent kernel, as the solver chose it.
+
+    Shape: ``function``, ``dtype``, ``direction``, ``B``, ``N``, ``D``; ``hardware`` (name) and ``arch``.
+
+    Mapping of work to blocks:
+    - ``blocks_per_head``: blocks sharing one head (a thread-block cluster when > 1 and ``sync == "cluster"``;
+      a cooperative grid when ``sync == "grid"``); each owns ``dims_per_block = D / blocks_per_head`` output
+      dims, i.e. ``rows_per_block = mg * dims_per_block`` rows of the (forward: R, backward: R^T) matmul.
+    - ``batch_tile``: sequences per block (``8 * batch_ntiles``, the mma's n = 8 tiles); ``batch_tiles`` blocks
+      along the batch.
+    - ``warps_per_block = warps_along_dims * k_split`` (``threads_per_block`` threads): ``warps_along_dims``
+      warps each own ``dims_per_warp`` dims and all their gates; ``k_split`` warps split K for the same rows
+      (partial sums meet in shared memory); a warp holds ``ktiles_per_warp`` k-tiles of 16.
+    - ``r_ktiles_in_smem``: of those, how many live in shared memory instead of registers (0: R entirely in
+      registers); ``r_bytes_registers`` / ``r_bytes_smem``: R's bytes per block in each (float32 storage keeps
+      bf16 hi + lo, 4 bytes a value either way).
+    - ``prefetch_steps``: steps of the streamed input (Wx forward) in flight ahead of the one computed.
+    - ``sync``: "block" (one ``__syncthreads`` a step), "cluster" (distributed shared memory exchange and
+      mbarriers), "grid" (cooperative grid barrier).
+
+    Resources (model): ``smem_bytes`` (dynamic shared memory per block: equals ``Tile::SMEM_BYTES`` of
+    fused_fw.cu for the forward when ``r_ktiles_in_smem == 0``), ``registers_estimate`` (per thread, the
+    fitted demand) and ``register_cap`` (what the launch bounds leave a thread: ptxas spills above it),
+    ``blocks_per_sm`` (resident at once), ``grid`` ((N * blocks_per_head, batch_tiles)), ``waves``.
+
+    Estimate: ``step_cycles`` for one time step of the whole problem (all waves), ``step_us`` at the
+    hardware's clock, and ``breakdown`` (the latency terms, cycles).
+    """
+
+    function: str
+    dtype: str
+    direction: str
+    B: int
+    N: int
+    D: int
+    hardware: str
+    arch: str
+    blocks_per_head: int
+    dims_per_block: int
+    rows_per_block: int
+    batch_ntiles: int
+    batch_tile: int
+    batch_tiles: int
+    warps_along_dims: int
+    dims_per_warp: int
+    k_split: int
+    ktiles_per_warp: int
+    warps_per_block: int
+    threads_per_block: int
+    r_ktiles_in_smem: int
+    r_bytes_registers: int
+    r_bytes_smem: int
+    prefetch_steps: int
+    sync: str
+    smem_bytes: int
+    registers_estimate: int
+    register_cap: int
+    blocks_per_sm: int
+    grid: tuple[int, int]
+    waves: int
+    step_cycles: float
+    step_us: float
+    breakdown: dict = field(default_factory=dict, compare=False)
+
+    def template_args(self) -> dict[str, int]:
+        """The -D parameters of cuda_src/fused_fw.cu as it stands (FLASHRNN_NBT, ...); the backend adds the
+        cell and storage type. The fused backend may rename these: this is the one place that maps them."""
+        return {"FLASHRNN_D": self.D, "FLASHRNN_NBT": self.batch_ntiles, "FLASHRNN_PREFETCH": self.prefetch_steps,
+                "FLASHRNN_CLUSTER": self.blocks_per_head, "FLASHRNN_KSPLIT": self.k_split,
+                "FLASHRNN_THREADS": self.threads_per_block, "FLASHRNN_SMEM_BYTES": self.smem_bytes}
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["grid"] = list(self.grid)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FusedParams":
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        kw["grid"] = tuple(kw["grid"])
+        return cls(**kw)
+
+    def summary(self) -> str:
+        """One line a person can read."""
+        where = f"cluster of {self.blocks_per_head}" if self.sync == "cluster" else (
+            f"grid of {self.blocks_per_head}" if self.sync == "grid" else "one block")
+        return (f"{self.function} {self.dtype} {self.direction} B={self.B} N={self.N} D={self.D} on {self.hardware}: "
+                f"{where} per head, {self.batch_tile} sequences x {self.threads_per_block} threads "
+                f"(k_split {self.k_split}), prefetch {self.prefetch_steps}, R in smem {self.r_ktiles_in_smem}/"
+                f"{self.ktiles_per_warp} k-tiles, {self.smem_bytes} B smem, ~{self.registers_estimate} regs "
+                f"(cap {self.register_cap}), grid {self.grid}, {self.waves} wave(s), ~{self.step_cycles:.0f} "
+                f"cycles ({self.step_us:.3f} us) a step")
+
+
+# ---------------------------------------------------------------------------------------------- the problem
+
+
+@dataclass
+class FusedProblem:
+    """The built problem: the solver's ``Problem``, its variables by name, and what the objective needs."""
+
+    problem: Problem
+    v: dict[str, Var]
+    geo: Geometry
+    hw: Hardware
+    model: KernelModel
+    B: int
+    N: int
+    regs: Expr  # registers per thread (estimate)
+    smem: Expr  # dynamic shared memory per block, bytes
+    float_terms: dict = field(default_factory=dict)  # id(expr) -> terms with float coefficients (see _at)
+
+
+def build_fused(hw: Hardware, function: str, dtype, B: int, N: int, D: int, direction: str = "forward",
+                model: KernelModel = DEFAULT_MODEL) -> FusedProblem:
+    """The constraint problem of one shape (the objective included); ``solve_fused`` solves it."""
+    geo = geometry(function, dtype, D, direction)
+    p = Problem()
+    kt = max(1, geo.kt)
+    v = {
+        "cluster": p.var("cluster", model.clusters),
+        "warps_d": p.var("warps_d", range(1, hw.max_threads_per_block // hw.warp_size + 1), priority=-1),
+        "ksplit": p.var("ksplit", model.ksplits),
+        "ktw": p.var("ktw", range(1, kt + 1), priority=-1),
+        "own": p.var("own", (1, 2), priority=-1),
+        "nbt": p.var("nbt", range(1, max(1, min(model.max_nbt, math.ceil(B / MMA_N))) + 1)),
+        "prefetch": p.var("prefetch", range(1, model.max_prefetch + 1), prefer="high"),
+        "r_smem_kt": p.var("r_smem_kt", range(0, kt + 1) if model.r_in_shared_memory else (0,)),
+        # Auxiliaries: determined by the choices above (propagation fixes them), never branched on first.
+        "late_x": p.var("late_x", (0, 1), priority=-1),
+        "clustered": p.var("clustered", (0, 1), priority=-1),
+        # (wide enough never to be the binding limit itself: "registers per thread" says that)
+        "alloc8": p.var("alloc8", range(1, 1025), priority=-1),
+        "batch_tiles": p.var("batch_tiles", range(1, math.ceil(B / MMA_N) + 1), priority=-1),
+    }
+    regs, smem = _resources(geo, model, v)
+    _add_constraints(p, v, geo, hw, model, B, N, regs, smem)
+    fp = FusedProblem(p, v, geo, hw, model, B, N, regs, smem)
+    p.minimize(lambda values: _objective(fp, values), lower_bound=lambda box: _lower_bound(fp, box))
+    return fp
+
+
+def _resources(geo: Geometry, m: KernelModel, v: dict[str, Var]) -> tuple[Expr, Expr]:
+    """(registers per thread, shared-memory bytes per block) as polynomials of the variables."""
+    warps_d, ksplit, ktw = v["warps_d"], v["ksplit"], v["ktw"]
+    own, nbt, prefetch, r_smem, late_x, clustered = (v[k] for k in ("own", "nbt", "prefetch", "r_smem_kt",
+                                                                    "late_x", "clustered"))
+    mt, u, split, item = geo.mt, geo.u, geo.split, geo.itemsize
+    # Registers: R's A-fragments (4 registers per m16k16 tile per operand part), h's B-fragments (2 per n8k16),
+    # accumulators (4 floats per m16n8 tile), and per cell the streamed inputs (unless read late) and states.
+    r_regs = 4 * split * mt * (ktw - r_smem)
+    h_regs = 2 * split * nbt * ktw
+    acc_regs = 4 * mt * nbt
+    cells = u * nbt * own
+    cell_values = cells * geo.live_per_cell + geo.x_per_cell * (cells - cells * late_x + late_x)
+    # 16-byte pieces a thread copies a step: the streamed inputs into their stage and the staged outputs out.
+    copy_pieces = nbt * own * Fraction(geo.dims_per_warp * item * (geo.stream_in + geo.stream_out), 128)
+    regs = (m.reg_base + m.reg_margin + m.reg_per_r * r_regs + m.reg_per_h * h_regs + m.reg_per_acc * acc_regs
+            + m.reg_per_cell_value * cell_values + m.reg_per_copy * copy_pieces
+            + m.reg_f32_per_cell * (split - 1) * cells + m.reg_ksplit * (ksplit - 1) + m.reg_cluster * clustered)
+    # Shared memory, as Tile in fused_fw.cu: h (or dg) double-buffered over all K columns (+8 pad), the input
+    # stages (prefetch + 1) over this block's columns (+16 B pad), split-K partial sums, staged outputs (two
+    # buffers), mbarriers, and R's k-tiles kept in shared memory (512 B per m16k16 operand tile).
+    op = 2  # tensor-core operands are 16-bit
+    bt = MMA_N * nbt
+    db = geo.dims_per_warp * warps_d  # dims per block
+    pad = 16 // item
+    h_bytes = 2 * split * op * (geo.kg * geo.D + 8) * bt
+    x_bytes = (prefetch + 1) * bt * (geo.stream_in * db + pad) * item
+    # KS*WARPS_D*MT*NBT*4*32 floats when KS == 2, none when KS == 1 (ksplit is 1 or 2: exact).
+    part_bytes = (ksplit - 1) * 2 * warps_d * nbt * (mt * 4 * 32 * 4)
+    out_bytes = 2 * geo.stream_out * bt * (db + pad) * item
+    bar_bytes = 16 * clustered
+    r_bytes = warps_d * ksplit * r_smem * split * mt * 512
+    return regs, h_bytes + x_bytes + part_bytes + out_bytes + bar_bytes + r_bytes
+
+
+def _add_constraints(p: Problem, v: dict[str, Var], geo: Geometry, hw: Hardware, m: KernelModel, B: int, N: int,
+                     regs: Expr, smem: Expr) -> None:
+    """Every condition of a valid, spill-free launch, named for the explanations. Added in order of what an
+    explanation should prefer to name (hardware budgets first: deletion filtering keeps the earliest)."""
+    cluster, warps_d, ksplit, ktw, own = v["cluster"], v["warps_d"], v["ksplit"], v["ktw"], v["own"]
+    threads = hw.warp_size * warps_d * ksplit
+    # -- hardware budgets
+    p.add(regs <= hw.max_regs_per_thread, name=f"registers per thread <= {hw.max_regs_per_thread}")
+    # Registers are allocated per warp in units of 256 (8 a thread): ``alloc8 = ceil(regs / 8)`` is exact as
+    # 8*alloc8 >= regs with alloc8 minimal, and the block's allocation must fit the register file.
+    p.add(8 * v["alloc8"] >= regs, name="register allocation: 8 x alloc8 >= registers")
+    p.add(8 * v["alloc8"] < regs + 8, name="register allocation: alloc8 is the least such")
+    p.add(8 * v["alloc8"] * threads <= hw.regs_per_block,
+          name=f"register file: allocated registers x threads <= {hw.regs_per_block}")
+    p.add(smem <= hw.smem_per_block_optin, name=f"shared memory per block <= {hw.smem_per_block_optin} B (opt-in)")
+    p.add(threads <= hw.max_threads_per_block, name=f"threads per block <= {hw.max_threads_per_block}")
+    max_cluster = hw.max_cluster if hw.clusters else (hw.sm_count if m.cooperative_heads else 1)
+    why = ("thread-block clusters" if hw.clusters else
+           "cooperative grid per head" if m.cooperative_heads else f"no thread-block clusters on {hw.arch}")
+    p.add(cluster <= max_cluster, name=f"blocks per head <= {max_cluster} ({why})")
+    # batch_tiles = ceil(B / (8 nbt)), exactly: the least count of tiles that covers the batch.
+    p.add(MMA_N * v["nbt"] * v["batch_tiles"] >= B, name="batch tiles cover the batch")
+    p.add(MMA_N * v["nbt"] * (v["batch_tiles"] - 1) < B, name="batch tiles: the least that cover it")
+    if not hw.clusters and m.cooperative_heads:
+        # A grid barrier needs every block of the grid resident at once (one block an SM assumed: these blocks
+        # hold R in registers and rarely share an SM).
+        p.add(N * cluster * v["batch_tiles"] <= hw.sm_count,
+              name="cooperative grid: every block resident (blocks per head x heads x batch tiles <= SMs)")
+    # -- the mma tiling
+    p.add(divides(MMA_K, geo.D), name=f"D divisible by {MMA_K} (mma k-tile)")
+    p.add(cluster * warps_d * geo.dims_per_warp == geo.D,
+          name=f"D split evenly: blocks per head x warps x {geo.dims_per_warp} dims per warp == D")
+    p.add(ktw * ksplit == max(1, geo.kt), name=f"K split evenly: k-tiles per warp x k_split == {geo.kg}*D/16")
+    p.add(own * ksplit == 2, name="batch columns: each of the k_split warps finishes 2/k_split columns")
+    p.add(v["r_smem_kt"] <= ktw, name="R k-tiles in shared memory <= k-tiles per warp")
+    # (A block's h slice moves in 16-byte pieces: dims per block x 2 bytes is a multiple of 16 because
+    # dims_per_warp is 8 or 16, so no constraint is needed for it.)
+    # -- indicators (exact: the kernel's own switches)
+    p.add(m.late_x_threads * v["late_x"] <= threads, name="late_x only at 384+ threads")
+    p.add(threads <= m.late_x_threads - 1 + hw.max_threads_per_block * v["late_x"], name="late_x at 384+ threads")
+    p.add(cluster <= 1 + 15 * v["clustered"], name="clustered when cluster > 1")
+    p.add(v["clustered"] <= cluster - 1, name="not clustered when cluster == 1")
+    # -- the kernel's 32-bit pointer steps (fused.py): Gw*N*D (and n_saved*N*D) elements per time step.
+    p.add(Expr.lift(N * geo.D * max(geo.gw, geo.n_saved)) <= 2**31 - 1,
+          name="N*D*gates < 2^31 (32-bit per-step pointer offsets)")
+
+
+# ---------------------------------------------------------------------------------------------- the estimate
+
+
+def _at(expr: Expr, fp: FusedProblem, values: dict[str, int]) -> float:
+    """An expression's value at an assignment by name (float coefficients: the objective runs at every leaf)."""
+    terms = fp.float_terms.get(id(expr))
+    if terms is None:
+        terms = fp.float_terms[id(expr)] = [(float(c), tuple(fp.problem.names[i] for i in m))
+                                            for m, c in expr.terms.items()]
+    total = 0.0
+    for c, names in terms:
+        for n in names:
+            c *= values[n]
+        total += c
+    return total
+
+
+def register_cap(hw: Hardware, threads: int) -> int:
+    """Registers a thread may use under ``__launch_bounds__(threads, 1)``: the block's share of the register
+    file in whole allocation units (256 a warp), at most 255."""
+    warps = math.ceil(threads / hw.warp_size)
+    per_warp = hw.regs_per_block // warps // hw.reg_alloc_unit * hw.reg_alloc_unit
+    return min(hw.max_regs_per_thread, per_warp // hw.warp_size)
+
+
+def blocks_per_sm(hw: Hardware, threads: int, regs: float, smem: int) -> int:
+    """Blocks resident on one SM at once (registers in allocation units, shared memory with its reserve)."""
+    warps = math.ceil(threads / hw.warp_size)
+    unit = hw.reg_alloc_unit
+    regs_warp = math.ceil(math.ceil(regs) * hw.warp_size / unit) * unit
+    by_regs = hw.regs_per_sm // max(1, regs_warp * warps)
+    by_smem = hw.smem_per_sm // (smem + hw.smem_reserved_per_block)
+    by_threads = hw.max_threads_per_sm // threads
+    return max(0, min(by_regs, by_smem, by_threads, hw.max_blocks_per_sm))
+
+
+def cluster_slots(hw: Hardware, cluster: int, per_sm: int) -> int:
+    """Groups of ``cluster`` blocks resident at once. A thread-block cluster lives in one GPC, so each GPC holds
+    ``floor(SMs per GPC x blocks per SM / cluster)`` of them; single blocks and cooperative grids go anywhere."""
+    if cluster == 1 or not hw.clusters:  # (a cooperative grid's blocks go anywhere)
+        return hw.sm_count * per_sm // cluster
+    per_gpc = hw.sm_count // max(1, hw.gpcs)
+    return hw.gpcs * (per_gpc * per_sm // cluster)
+
+
+def estimate(fp: FusedProblem, values: dict[str, int], resident: int | None = None) -> dict[str, float]:
+    """The latency model: cycles per time step of the whole problem, with its terms.
+
+    One block's step is a dependent chain (h load -> mma chain -> pointwise -> h store -> barrier), lengthened
+    where the warps sharing a scheduler (this block's and co-resident blocks') run out of issue slots, and no
+    shorter than the Wx load latency spread over the prefetch depth. Blocks beyond one wave run after it (a
+    persistent kernel's waves are sequential), and all of it is no faster than DRAM streams the step's inputs
+    and outputs.
+    """
+    geo, hw, m = fp.geo, fp.hw, fp.model
+    cluster, warps_d, ksplit, ktw, own, nbt = (values[k] for k in ("cluster", "warps_d", "ksplit", "ktw", "own", "nbt"))
+    prefetch, r_smem = values["prefetch"], values["r_smem_kt"]
+    warps = warps_d * ksplit
+    threads = warps * hw.warp_size
+    regs = _at(fp.regs, fp, values)
+    smem = int(_at(fp.smem, fp, values))
+    per_sm = max(1, blocks_per_sm(hw, threads, regs, smem) if resident is None else resident)
+    batch_tiles = math.ceil(fp.B / (MMA_N * nbt))
+    blocks = fp.N * cluster * batch_tiles
+    slots = cluster_slots(hw, cluster, per_sm) * cluster
+    waves = max(1, math.ceil(blocks / max(1, slots)))
+    on_sm = min(per_sm, math.ceil(blocks / hw.sm_count))  # blocks actually sharing an SM
+    wps = max(1.0, warps * on_sm / m.schedulers)  # warps per scheduler
+
+    mt = geo.mt
+    chains = min(max(m.chains_wanted // (mt * nbt), 1), ktw)
+    n_mma = geo.mma_split * mt * nbt * ktw
+    mma = max(math.ceil(ktw / chains) * geo.mma_split * m.mma_latency, n_mma * wps * m.mma_issue)
+    ldm = m.ldmatrix_latency + m.ldmatrix_issue * geo.split * nbt * math.ceil(ktw / 2) * wps
+    r_ldm = m.r_smem_ldmatrix * r_smem * mt * geo.split * wps
+    r_bw = warps * on_sm * r_smem * mt * geo.split * 512 / m.smem_bytes_per_cycle
+    cells = geo.u * nbt * own
+    cost = m.cells[geo.function]
+    pointwise = max(cost.latency + (cells - 1) * cost.issue, cells * cost.issue * wps)
+    outputs = m.output_store * geo.stream_out * cells * wps
+    skeleton = m.skeleton_latency + m.skeleton_issue * wps
+    barrier = m.sync_threads + (m.sync_threads + m.ksplit_exchange if ksplit > 1 else 0)
+    exchange = 0.0
+    if cluster > 1:
+        recv = (cluster - 1) * geo.split * MMA_N * nbt * geo.kg * (geo.D // cluster) * 2
+        if hw.clusters:
+            exchange = m.cluster_exchange + (cluster - 2) * m.cluster_per_peer + recv / m.cluster_bytes_per_cycle
+        else:
+            exchange = m.grid_sync + recv / m.cluster_bytes_per_cycle
+    chain = barrier + ldm + max(mma, r_bw) + r_ldm + pointwise + outputs + skeleton + exchange
+    step = max(chain, m.wx_latency / prefetch)
+    wave_bytes = blocks / waves * MMA_N * nbt * (geo.D // cluster) * (geo.stream_in + geo.stream_out) * geo.itemsize
+    dram = wave_bytes / (hw.bytes_per_cycle() * m.dram_efficiency)
+    total = waves * max(step, dram)
+    return {"total": total, "step": step, "chain": chain, "dram": dram, "waves": waves, "blocks_per_sm": per_sm,
+            "mma": mma, "ldmatrix": ldm, "r_smem": r_ldm + r_bw, "pointwise": pointwise, "outputs": outputs,
+            "skeleton": skeleton, "barrier": barrier, "exchange": exchange, "prefetch_bound": m.wx_latency / prefetch,
+            "regs": regs, "smem": smem, "warps_per_scheduler": wps}
+
+
+def _objective(fp: FusedProblem, values: dict[str, int]) -> float:
+    return estimate(fp, values)["total"]
+
+
+def _lower_bound(fp: FusedProblem, box: dict[str, tuple[int, int]]) -> float:
+    """Admissible: once the block shape (cluster, ksplit, nbt) is fixed, the estimate at the deepest prefetch
+    and the fewest R k-tiles in shared memory left, with every block resident (one wave, one block an SM);
+    0 before that. The estimate only grows with shallower prefetch, more R in shared memory, or more waves."""
+    if any(box[k][0] != box[k][1] for k in ("cluster", "ksplit", "nbt", "warps_d", "ktw", "own")):
+        return 0.0
+    values = {k: lo for k, (lo, hi) in box.items()}
+    values["prefetch"] = box["prefetch"][1]
+    values["late_x"] = box["late_x"][0]
+    values["clustered"] = box["clustered"][0]
+    per_sm_all = fp.hw.max_blocks_per_sm
+    e = estimate(fp, values, resident=per_sm_all)
+    return e["total"]
+
+
+# ---------------------------------------------------------------------------------------------- solving
+
+
+def solve_fused(hardware: Hardware, function: str, dtype, B: int, N: int, D: int, direction: str = "forward",
+                model: KernelModel = DEFAULT_MODEL) -> FusedParams | Infeasible:
+    """The fastest valid parameters for one shape by the model, or ``Infeasible`` naming the conflicting
+    constraints (``.conflict``) and a sentence (``.reason``)."""
+    if B < 1 or N < 1 or D < 1:
+        raise ValueError(f"B, N, D must be positive, got B={B} N={N} D={D}")
+    fp = build_fused(hardware, function, dtype, B, N, D, direction, model)
+    result = fp.problem.solve()
+    if isinstance(result, Infeasible):
+        return result
+    return params_from(fp, result.values)
+
+
+def top_k(hardware: Hardware, function: str, dtype, B: int, N: int, D: int, k: int, direction: str = "forward",
+          model: KernelModel = DEFAULT_MODEL) -> list[FusedParams] | Infeasible:
+    """The ``k`` best feasible parameter sets by the model, best first (for a measured sweep)."""
+    fp = build_fused(hardware, function, dtype, B, N, D, direction, model)
+    # Without pruning by the bound every distinct launch is a candidate, not only each block shape's best.
+    fp.problem.minimize(lambda values: _objective(fp, values))
+    found = fp.problem.best(k)
+    if isinstance(found, Infeasible):
+        return found
+    return [params_from(fp, s.values) for s in found]
+
+
+def assess(hardware: Hardware, function: str, dtype, B: int, N: int, D: int, *, blocks_per_head: int, k_split: int,
+           batch_ntiles: int, prefetch_steps: int, r_ktiles_in_smem: int = 0, direction: str = "forward",
+           model: KernelModel = DEFAULT_MODEL) -> FusedParams | Infeasible:
+    """The model's verdict on one given configuration (a hand-picked or a measured one): its ``FusedParams``
+    with the estimate, or ``Infeasible`` naming the limits it breaks (the "given ..." constraints among them)."""
+    fp = build_fused(hardware, function, dtype, B, N, D, direction, model)
+    given = {"cluster": blocks_per_head, "ksplit": k_split, "nbt": batch_ntiles, "prefetch": prefetch_steps,
+             "r_smem_kt": r_ktiles_in_smem}
+    for name, value in given.items():
+        fp.problem.add(fp.v[name] == value, name=f"given {name} = {value}")
+    result = fp.problem.solve()
+    if isinstance(result, Infeasible):
+        return result
+    return params_from(fp, result.values)
+
+
+def params_from(fp: FusedProblem, values: dict[str, int]) -> FusedParams:
+    """A solution's ``FusedParams`` (derived sizes and the estimate filled in)."""
+    geo, hw = fp.geo, fp.hw
+    e = estimate(fp, values)
+    warps = values["warps_d"] * values["ksplit"]
+    threads = warps * hw.warp_size
+    nbt, cluster = values["nbt"], values["cluster"]
+    dims_per_block = geo.D // cluster
+    r_tile_bytes = 512 * geo.split  # one m16k16 operand tile (both parts for float32)
+    r_smem_bytes = warps * values["r_smem_kt"] * geo.mt * r_tile_bytes
+    r_total = geo.gr * geo.D * geo.D * 2 * geo.split // cluster
+    sync = "block" if cluster == 1 else ("cluster" if hw.clusters else "grid")
+    breakdown = {k: round(float(val), 1) for k, val in e.items()}
+    return FusedParams(
+        function=geo.function, dtype=geo.dtype, direction=geo.direction, B=fp.B, N=fp.N, D=geo.D,
+        hardware=hw.name, arch=hw.arch, blocks_per_head=cluster, dims_per_block=dims_per_block,
+        rows_per_block=geo.mg * dims_per_block, batch_ntiles=nbt, batch_tile=MMA_N * nbt,
+        batch_tiles=math.ceil(fp.B / (MMA_N * nbt)), warps_along_dims=values["warps_d"],
+        dims_per_warp=geo.dims_per_warp, k_split=values["ksplit"], ktiles_per_warp=values["ktw"],
+        warps_per_block=warps, threads_per_block=threads, r_ktiles_in_smem=values["r_smem_kt"],
+        r_bytes_registers=r_total - r_smem_bytes, r_bytes_smem=r_smem_bytes, prefetch_steps=values["prefetch"],
+        sync=sync, smem_bytes=int(e["smem"]), registers_estimate=math.ceil(e["regs"]),
+        register_cap=register_cap(hw, threads), blocks_per_sm=int(e["blocks_per_sm"]),
+        grid=(fp.N * cluster, math.ceil(fp.B / (MMA_N * nbt))), waves=int(e["waves"]), step_cycles=e["total"],
+        step_us=hw.cycles_to_us(e["total"]), breakdown=breakdown)
+

@@ -1,0 +1,696 @@
+"""ConstrINT: the solver against brute force and known answers, explanations, speed, the hardware presets, the
+fused-kernel problems on the CI presets (every limit re-checked here, independently of the model), and the
+tuning cache. No GPU needed."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import operator
+import random
+import statistics
+import time
+from fractions import Fraction
+from types import SimpleNamespace
+
+import pytest
+
+from flashrnn_core.constrint import hardware, problems, solver, tuning
+from flashrnn_core.constrint.hardware import A100, H100, H200, L40S, PRESETS, RTX4090, Hardware
+from flashrnn_core.constrint.problems import FusedParams, solve_fused
+from flashrnn_core.constrint.solver import Infeasible, Problem, Solution, divides, predicate
+
+OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt, "==": operator.eq,
+       "!=": operator.ne}
+
+# ---------------------------------------------------------------------------------------------- brute force
+
+
+def _random_problem(rng: random.Random):
+    """A small random problem as (domains, specs, objective spec); every spec carries its own Python test, so
+    brute force never goes through the solver's code."""
+    n = rng.randint(1, 4)
+    domains = []
+    for _ in range(n):
+        if rng.random() < 0.5:
+            lo = rng.randint(-4, 3)
+            domains.append(list(range(lo, lo + rng.randint(1, 7))))
+        else:
+            domains.append(sorted(rng.sample(range(-6, 13), rng.randint(1, 5))))
+    specs = []
+    for k in range(rng.randint(1, 4)):
+        specs.append(_random_constraint(rng, n, f"c{k}"))
+    kind = rng.choice(["linear", "poly", "callable", "callable_lb", "none"])
+    coefs = [rng.randint(-3, 3) for _ in range(n)]
+    return domains, specs, (kind, coefs)
+
+
+def _random_constraint(rng: random.Random, n: int, name: str):
+    kind = rng.choice(["linear", "linear", "product", "product", "divides", "predicate", "fraction"])
+    op = rng.choice(list(OPS))
+    if kind == "divides":
+        a, b = rng.randrange(n), rng.randrange(n)
+        shape = rng.choice(["vv", "cv", "vc"])
+        c = rng.choice([-4, -2, 0, 1, 2, 3, 4, 6, 12])
+        if shape == "vv":
+            return name, ("div", ("v", a), ("v", b)), lambda x: solver.Divides.test(x[a], x[b])
+        if shape == "cv":
+            return name, ("div", ("c", c), ("v", b)), lambda x: solver.Divides.test(c, x[b])
+        return name, ("div", ("v", a), ("c", c)), lambda x: solver.Divides.test(x[a], c)
+    if kind == "predicate":
+        a, b = rng.randrange(n), rng.randrange(n)
+        m = rng.randint(2, 4)
+        return name, ("pred", a, b, m), lambda x: (x[a] + 2 * x[b]) % m != 0
+    # polynomial: terms (coef, var indices)
+    terms = [(rng.randint(-3, 3), (rng.randrange(n),)) for _ in range(rng.randint(1, 2))]
+    if kind == "product":
+        deg = rng.randint(2, 3)
+        terms.append((rng.choice([-2, -1, 1, 2, 3]), tuple(rng.randrange(n) for _ in range(deg))))
+    if kind == "fraction":
+        terms = [(Fraction(rng.randint(-3, 3), rng.randint(1, 4)), t[1]) for t in terms]
+    const = rng.randint(-8, 12) if kind != "fraction" else Fraction(rng.randint(-8, 12), rng.randint(1, 3))
+
+    def value(x, terms=terms):
+        return sum(c * math.prod(x[i] for i in idx) for c, idx in terms)
+
+    return name, ("poly", terms, op, const), lambda x: OPS[op](value(x), const)
+
+
+def _build(domains, specs, objective):
+    p = Problem()
+    xs = [p.var(f"x{i}", d, prefer=random.Random(i).choice(["low", "high"])) for i, d in enumerate(domains)]
+    for name, spec, _test in specs:
+        if spec[0] == "div":
+            a = xs[spec[1][1]] if spec[1][0] == "v" else spec[1][1]
+            b = xs[spec[2][1]] if spec[2][0] == "v" else spec[2][1]
+            p.add(divides(a, b), name=name)
+        elif spec[0] == "pred":
+            _, a, b, m = spec
+            p.add(predicate(lambda u, v, m=m: (u + 2 * v) % m != 0, xs[a], xs[b]), name=name)
+        else:
+            _, terms, op, const = spec
+            expr = sum((c * math.prod((xs[i] for i in idx), start=solver.Expr.lift(1)) for c, idx in terms),
+                       start=solver.Expr.lift(0))
+            p.add({"<=": expr <= const, "<": expr < const, ">=": expr >= const, ">": expr > const,
+                   "==": expr == const, "!=": expr != const}[op], name=name)
+    kind, coefs = objective
+    f = _objective_fn(kind, coefs)
+    if kind in ("linear", "poly"):
+        expr = sum((c * x for c, x in zip(coefs, xs)), start=solver.Expr.lift(0))
+        if kind == "poly" and len(xs) >= 2:
+            expr = expr + xs[0] * xs[1]
+        p.minimize(expr)
+    elif kind == "callable":
+        p.minimize(lambda v: f([v[f"x{i}"] for i in range(len(xs))]))
+    elif kind == "callable_lb":
+        # admissible: each squared distance at least its distance to the box
+        def lb(box):
+            return sum((max(0, box[f"x{i}"][0] - 1, 1 - box[f"x{i}"][1])) ** 2 for i in range(len(xs)))
+
+        p.minimize(lambda v: f([v[f"x{i}"] for i in range(len(xs))]), lower_bound=lb)
+    return p
+
+
+def _objective_fn(kind, coefs):
+    if kind == "linear":
+        return lambda x: sum(c * v for c, v in zip(coefs, x))
+    if kind == "poly":
+        return lambda x: sum(c * v for c, v in zip(coefs, x)) + (x[0] * x[1] if len(x) >= 2 else 0)
+    if kind == "callable":
+        return lambda x: sum((v - c) ** 2 for v, c in zip(x, coefs)) + (x[0] % 3)
+    if kind == "callable_lb":
+        return lambda x: sum((v - 1) ** 2 for v in x)
+    return None
+
+
+def _brute(domains, specs, objective):
+    kind, coefs = objective
+    f = _objective_fn(kind, coefs)
+    feasible = [x for x in itertools.product(*domains) if all(test(x) for _n, _s, test in specs)]
+    values = sorted(f(x) for x in feasible) if f else []
+    return feasible, values
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_solver_matches_brute_force(seed):
+    """50 random problems a seed (300 in all): feasibility agreed, the optimum equal, the solution valid."""
+    rng = random.Random(1000 + seed)
+    for case in range(50):
+        domains, specs, objective = _random_problem(rng)
+        feasible, values = _brute(domains, specs, objective)
+        result = _build(domains, specs, objective).solve()
+        label = f"seed {seed} case {case}: domains {domains} constraints {[s[1] for s in specs]} obj {objective}"
+        if not feasible:
+            assert isinstance(result, Infeasible), label
+            continue
+        assert isinstance(result, Solution), label
+        x = tuple(result.values[f"x{i}"] for i in range(len(domains)))
+        assert x in feasible, label
+        if values:
+            assert result.objective == values[0], label
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_top_k_and_enumeration_match_brute_force(seed):
+    rng = random.Random(2000 + seed)
+    for case in range(40):
+        domains, specs, objective = _random_problem(rng)
+        if objective[0] == "none":
+            objective = ("linear", objective[1])
+        feasible, values = _brute(domains, specs, objective)
+        p = _build(domains, specs, objective)
+        found = p.best(4)
+        if not feasible:
+            assert isinstance(found, Infeasible)
+            continue
+        assert [s.objective for s in found] == values[:4], (domains, specs)
+        enumerated = {tuple(v[f"x{i}"] for i in range(len(domains))) for v in p.solutions()}
+        assert enumerated == set(feasible)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_infeasible_explanations_are_irreducible(seed):
+    """The conflict named is infeasible on its own, and dropping any one of its constraints makes it feasible
+    (checked by brute force)."""
+    rng = random.Random(3000 + seed)
+    checked = 0
+    while checked < 25:
+        domains, specs, objective = _random_problem(rng)
+        specs = specs + [_random_constraint(rng, len(domains), f"extra{k}") for k in range(2)]
+        feasible, _ = _brute(domains, specs, ("none", []))
+        if feasible:
+            continue
+        result = _build(domains, specs, objective).solve()
+        assert isinstance(result, Infeasible)
+        by_name = {spec[0]: spec for spec in specs}
+        conflict = [by_name[n] for n in result.conflict]
+        assert conflict, "an empty conflict needs an empty domain, and none is"
+        assert not _brute(domains, conflict, ("none", []))[0]
+        for drop in range(len(conflict)):
+            rest = conflict[:drop] + conflict[drop + 1:]
+            assert _brute(domains, rest, ("none", []))[0], (result.conflict, drop)
+        checked += 1
+
+
+# ---------------------------------------------------------------------------------------------- known answers
+
+
+def test_known_linear_maximum():
+    p = Problem()
+    x, y = p.var("x", range(0, 7)), p.var("y", range(0, 7))
+    p.add(2 * x + 3 * y <= 12, name="capacity")
+    p.maximize(3 * x + 4 * y)
+    s = p.solve()
+    assert s.objective == 18 and (s["x"], s["y"]) == (6, 0)
+
+
+def test_known_divisibility_chain():
+    p = Problem()
+    x = p.var("x", range(1, 101))
+    p.add(divides(7, x), name="7 | x")
+    p.add(divides(x, 84), name="x | 84")
+    p.maximize(x)
+    assert p.solve()["x"] == 84
+    assert sorted(v["x"] for v in p.solutions()) == [7, 14, 21, 28, 42, 84]
+
+
+def test_known_variable_divides_variable():
+    p = Problem()
+    tile, rows = p.var("tile", [8, 16, 24, 32]), p.var("rows", range(40, 100))
+    p.add(divides(tile, rows), name="tile | rows")
+    p.add(divides(16, tile), name="mma")
+    p.minimize(rows - tile)
+    s = p.solve()
+    assert s.objective == 32 and s["rows"] % s["tile"] == 0  # 48 - 16 or 64 - 32
+
+
+def test_known_products():
+    p = Problem()
+    x, y, z = (p.var(n, range(1, 11)) for n in "xyz")
+    p.add(x * y * z <= 100, name="volume")
+    p.maximize(x + y + z)
+    assert p.solve().objective == 21  # 10 * 10 * 1
+
+    q = Problem()
+    a, b = q.var("a", range(1, 21)), q.var("b", range(1, 21))
+    q.add(3 * a * b >= 50, name="area")
+    q.minimize(a + b)
+    assert q.solve().objective == 9  # a*b >= 17: 4*5 or 3*6
+
+    r = Problem()
+    a, b = r.var("a", range(1, 40)), r.var("b", range(1, 40))
+    r.add(a * b == 36)
+    r.add(a < b)
+    r.minimize(b - a)
+    s = r.solve()
+    assert (s["a"], s["b"]) == (4, 9)
+
+
+def test_known_negative_domains_and_not_equal():
+    p = Problem()
+    x, y = p.var("x", range(-5, 6)), p.var("y", range(-5, 6))
+    p.add(x * y <= -20)
+    p.minimize(x + y)
+    assert p.solve().objective == -1
+
+    q = Problem()
+    a, b = q.var("a", [1, 2]), q.var("b", [1, 2])
+    q.add(a != b)
+    q.minimize(a + 2 * b)
+    s = q.solve()
+    assert (s["a"], s["b"]) == (2, 1)
+
+
+def test_fraction_coefficients_and_strict_comparisons():
+    p = Problem()
+    x, y = p.var("x", range(0, 11)), p.var("y", range(0, 11))
+    p.add(Fraction(1, 2) * x + Fraction(1, 3) * y <= 2)
+    p.maximize(x + y)
+    assert p.solve().objective == 6
+
+    q = Problem()
+    z = q.var("z", range(0, 6))
+    q.add(Fraction(1, 2) * z < 1)
+    q.maximize(z)
+    assert q.solve()["z"] == 1
+
+
+def test_callable_objective_with_lower_bound():
+    p = Problem()
+    x, y = p.var("x", range(0, 10)), p.var("y", range(0, 10))
+    p.add(x + y <= 8)
+
+    def lb(box):
+        return sum(max(0, lo - t, t - hi) ** 2 for (lo, hi), t in ((box["x"], 3), (box["y"], 7)))
+
+    p.minimize(lambda v: (v["x"] - 3) ** 2 + (v["y"] - 7) ** 2, lower_bound=lb)
+    s = p.solve()
+    assert s.objective == 2 and s["x"] + s["y"] == 8
+
+
+def test_large_domains_are_bisected():
+    p = Problem()
+    x = p.var("x", range(0, 10**9))
+    p.add(divides(7, x))
+    p.add(3 * x >= 10**8)
+    p.minimize(x)
+    assert p.solve()["x"] == 33333335
+
+
+def test_infeasible_names_the_conflict():
+    p = Problem()
+    x, y, z = (p.var(n, range(0, 10)) for n in "xyz")
+    p.add(x + y >= 10, name="sum")
+    p.add(z >= 0, name="irrelevant")
+    p.add(x <= 3, name="x small")
+    p.add(y <= 3, name="y small")
+    r = p.solve()
+    assert not r and set(r.conflict) == {"sum", "x small", "y small"}
+    assert "sum" in r.reason
+
+    q = Problem()
+    t = q.var("t", range(1, 16))
+    q.add(divides(16, t), name="mma tile")
+    assert q.solve().conflict == ("mma tile",)
+
+    e = Problem()
+    e.var("w", [])
+    assert e.solve().conflict == () and "empty" in e.solve().reason
+
+
+def test_expression_misuse_is_refused():
+    p = Problem()
+    x = p.var("x", range(3))
+    with pytest.raises(TypeError):
+        p.add(0.5 * x <= 1)
+    with pytest.raises(TypeError):
+        bool(x <= 1 <= 2)
+    with pytest.raises(ValueError):
+        p.var("x", range(2))
+    with pytest.raises(TypeError):
+        p.add(True)  # type: ignore[arg-type]
+
+
+def test_node_limit_raises():
+    p = Problem()
+    xs = [p.var(f"x{i}", range(10)) for i in range(6)]
+    p.add(sum(xs, start=solver.Expr.lift(0)) == 27)
+    p.minimize(lambda v: -v["x0"] * v["x5"])
+    with pytest.raises(solver.SolverError):
+        p.solve(node_limit=10)
+
+
+# ---------------------------------------------------------------------------------------------- speed
+
+
+def test_kernel_problems_solve_fast():
+    """The fused-kernel problems (about 12 variables, 18 constraints): under 50 ms of CPU on one core, median
+    (and no single one over 250 ms: generous for a loaded CI machine), infeasible ones with the explanation."""
+    shapes = [("lstm", "bfloat16", 16, 12, 64), ("lstm", "bfloat16", 16, 48, 16), ("lstm", "bfloat16", 16, 3, 256),
+              ("lstm", "bfloat16", 16, 1, 768), ("gru", "float32", 64, 12, 128), ("slstm", "float16", 256, 12, 64),
+              ("elman", "bfloat16", 1, 4, 512), ("lstm", "float32", 256, 1, 256)]
+    times = []
+    for hw in (H100, A100):
+        for function, dtype, B, N, D in shapes:
+            start = time.process_time()
+            solve_fused(hw, function, dtype, B, N, D)
+            times.append(time.process_time() - start)
+    assert statistics.median(times) < 0.050, times
+    assert max(times) < 0.250, times
+
+
+# ---------------------------------------------------------------------------------------------- hardware
+
+
+def test_presets_are_sane():
+    for name, hw in PRESETS.items():
+        assert hw.regs_per_sm == 65536 and hw.max_regs_per_thread == 255 and hw.warp_size == 32
+        assert hw.smem_per_sm - hw.smem_per_block_optin == 1024  # the 1 KB the runtime reserves per block
+        assert hw.max_threads_per_block == 1024 <= hw.max_threads_per_sm
+        assert hw.max_cluster == (16 if hw.cc == (9, 0) else 1)
+        assert hw.clusters == (hw.cc >= (9, 0))
+        assert hw.l2_bytes >= 40 * 2**20 and hw.clock_mhz > 1000 and hw.mem_bandwidth_gbs > 500
+        assert hardware.preset(name) is hw
+    assert (A100.sm_count, A100.smem_per_block_optin, A100.arch) == (108, 163 * 1024, "sm_80")
+    assert (H100.sm_count, H100.smem_per_block_optin, H100.arch) == (132, 227 * 1024, "sm_90")
+    assert H200.sm_count == H100.sm_count and H200.mem_bandwidth_gbs > H100.mem_bandwidth_gbs
+    assert (L40S.sm_count, L40S.smem_per_block_optin, L40S.max_threads_per_sm) == (142, 99 * 1024, 1536)
+    assert (RTX4090.sm_count, RTX4090.cc) == (128, (8, 9))
+    assert hardware.preset("sm_90") is H100 and hardware.preset("rtx 4090") is RTX4090
+    with pytest.raises(KeyError):
+        hardware.preset("V100")
+
+
+def test_from_properties_maps_cuda_core_names():
+    props = SimpleNamespace(
+        compute_capability_major=9, compute_capability_minor=0, multiprocessor_count=132,
+        max_registers_per_multiprocessor=65536, max_registers_per_block=65536,
+        max_shared_memory_per_block_optin=232448, max_shared_memory_per_multiprocessor=233472,
+        reserved_shared_memory_per_block=1024, max_threads_per_block=1024, max_threads_per_multiprocessor=2048,
+        max_blocks_per_multiprocessor=32, warp_size=32, cluster_launch=True, l2_cache_size=52428800,
+        clock_rate=1980000, memory_clock_rate=2619000, global_memory_bus_width=5120)
+    hw = Hardware.from_properties("NVIDIA H100 80GB HBM3", props)
+    assert hw == H100.with_(name="NVIDIA H100 80GB HBM3", mem_bandwidth_gbs=hw.mem_bandwidth_gbs)
+    assert 3300 < hw.mem_bandwidth_gbs < 3400
+
+
+def test_from_device_without_gpu_is_a_clear_error():
+    from flashrnn_core.errors import CudaUnavailableError
+
+    try:
+        hw = Hardware.from_device()
+    except CudaUnavailableError as err:
+        assert "preset" in str(err)
+    else:  # a machine with a GPU: the reading must be sane
+        assert hw.sm_count > 0 and hw.smem_per_block_optin >= 48 * 1024
+
+
+# ---------------------------------------------------------------------------------------------- kernel problems
+
+CELLS = ("lstm", "slstm", "gru", "elman")
+DTYPES = ("bfloat16", "float16", "float32")
+DS = (16, 32, 64, 128, 256, 512, 768)
+BS = (1, 16, 64, 256)
+# Gate and state counts, written out here so the checks do not trust the model's reading of cells/.
+COUNTS = {"lstm": (4, 4, 2, 4), "slstm": (4, 4, 4, 4), "gru": (3, 3, 1, 4), "elman": (1, 1, 1, 1)}  # Gw Gr S saved
+
+
+def _reg_cap(hw: Hardware, threads: int) -> int:
+    """__launch_bounds__(threads, 1): the register file shared by the block's warps in units of 256."""
+    warps = -(-threads // 32)
+    return min(255, (65536 // warps) // 256 * 256 // 32)
+
+
+def _smem(function, dtype, D, prm: FusedParams) -> int:
+    """Tile::SMEM_BYTES of cuda_src/fused_fw.cu (forward), computed from the kernel's own formula."""
+    gw, gr, s, saved = COUNTS[function]
+    item = 4 if dtype == "float32" else 2
+    split = 2 if dtype == "float32" else 1
+    bt, db, ns = prm.batch_tile, prm.dims_per_block, prm.prefetch_steps + 1
+    u = 1 if gr % 2 == 0 else 2
+    mt = u * gr // 2
+    h = 2 * split * bt * (D + 8) * 2
+    x = ns * bt * (gw * db + 16 // item) * item
+    part = prm.k_split * prm.warps_along_dims * mt * prm.batch_ntiles * 4 * 32 * 4 if prm.k_split > 1 else 0
+    out = 2 * (s + saved) * bt * (db + 16 // item) * item
+    return h + x + part + out + (16 if prm.blocks_per_head > 1 else 0)
+
+
+def _check_limits(hw: Hardware, function: str, dtype: str, B: int, N: int, D: int, prm: FusedParams) -> None:
+    assert D % 16 == 0
+    assert prm.blocks_per_head * prm.dims_per_block == D
+    assert prm.dims_per_block % prm.dims_per_warp == 0
+    assert prm.warps_along_dims * prm.dims_per_warp == prm.dims_per_block
+    assert prm.warps_per_block == prm.warps_along_dims * prm.k_split and prm.k_split in (1, 2)
+    assert prm.threads_per_block == 32 * prm.warps_per_block <= hw.max_threads_per_block
+    assert prm.ktiles_per_warp * prm.k_split == D // 16  # forward: K = D
+    assert prm.batch_tile % 8 == 0 and prm.batch_tile == 8 * prm.batch_ntiles
+    assert prm.grid == (N * prm.blocks_per_head, -(-B // prm.batch_tile))
+    assert prm.blocks_per_head <= (16 if hw.clusters else 1)
+    assert prm.sync == ("block" if prm.blocks_per_head == 1 else "cluster")
+    assert prm.smem_bytes == _smem(function, dtype, D, prm) <= hw.smem_per_block_optin
+    assert prm.register_cap == _reg_cap(hw, prm.threads_per_block)
+    assert prm.registers_estimate <= prm.register_cap <= 255
+    assert prm.r_ktiles_in_smem == 0 and prm.r_bytes_smem == 0  # the default model keeps R in registers
+    gr = COUNTS[function][1]
+    assert prm.r_bytes_registers == gr * D * D * (4 if dtype == "float32" else 2) // prm.blocks_per_head
+    # R's slice must fit the block's registers: its bytes within the register file.
+    assert prm.r_bytes_registers <= prm.threads_per_block * prm.register_cap * 4
+    assert 1 <= prm.prefetch_steps <= 8
+    assert prm.blocks_per_sm >= 1 and prm.waves >= 1 and prm.step_cycles > 0
+
+
+@pytest.mark.parametrize("hw", [A100, H100], ids=["sm_80", "sm_90"])
+@pytest.mark.parametrize("function", CELLS)
+def test_solve_fused_matrix(hw, function):
+    """Every cell x dtype x D x B on the CI presets: valid parameters, or Infeasible naming constraints."""
+    names_seen = set()
+    for dtype, D, B in itertools.product(DTYPES, DS, BS):
+        N = 4
+        prm = solve_fused(hw, function, dtype, B, N, D)
+        label = f"{hw.arch} {function} {dtype} D{D} B{B}"
+        if isinstance(prm, Infeasible):
+            assert prm.conflict, label
+            names_seen.update(prm.conflict)
+            continue
+        _check_limits(hw, function, dtype, B, N, D, prm)
+    assert all(isinstance(n, str) for n in names_seen)
+
+
+def test_known_feasibility_boundaries():
+    """Small heads always run; lstm D=768 at 16 bits does not (R's slice needs more than 255 registers a
+    thread: the binding constraint is named); sm_80 has no clusters for heads above one block."""
+    for hw, function, dtype in itertools.product((A100, H100), CELLS, DTYPES):
+        for D in (16, 32, 64):
+            assert solve_fused(hw, function, dtype, 16, 12, D), (hw.arch, function, dtype, D)
+    r = solve_fused(H100, "lstm", "bfloat16", 16, 1, 768)
+    assert not r and any("registers per thread" in n for n in r.conflict), r
+    r = solve_fused(A100, "lstm", "bfloat16", 16, 3, 256)
+    assert not r and any("no thread-block clusters" in n for n in r.conflict), r
+    r = solve_fused(H100, "lstm", "bfloat16", 16, 3, 24)
+    assert not r and r.conflict == ("D divisible by 16 (mma k-tile)",)
+    ok = solve_fused(H100, "lstm", "bfloat16", 16, 3, 256)
+    assert ok and ok.sync == "cluster" and ok.blocks_per_head > 1
+
+
+#: Measured on H100 (bench/results/2026-11-23-h100-fused.json, bf16, T=1024; cycles a step at 1.98 GHz) with the
+#: hand rule's parameters (blocks per head, k_split, batch n-tiles, prefetch). The latency constants were
+#: calibrated on these same points, so this checks that the model still describes them, not that it predicts.
+MEASURED = {("lstm", 16, 12, 64, (1, 1, 1, 8)): 1025, ("lstm", 16, 48, 16, (1, 1, 1, 8)): 700,
+            ("gru", 16, 12, 64, (1, 1, 1, 8)): 1010, ("slstm", 16, 12, 64, (1, 1, 1, 8)): 1390,
+            ("lstm", 16, 3, 256, (8, 2, 1, 8)): 1890, ("gru", 16, 3, 256, (8, 2, 1, 8)): 2020,
+            ("slstm", 16, 3, 256, (8, 2, 1, 8)): 2260, ("lstm", 64, 12, 64, (1, 1, 1, 8)): 1010,
+            ("lstm", 256, 12, 64, (1, 1, 3, 2)): 3100, ("gru", 16, 48, 16, (1, 1, 1, 8)): 830,
+            ("slstm", 16, 48, 16, (1, 1, 1, 8)): 1020}
+
+
+def test_model_describes_the_measurements():
+    for (function, B, N, D, (cl, ks, nbt, pf)), cycles in MEASURED.items():
+        prm = problems.assess(H100, function, "bfloat16", B, N, D, blocks_per_head=cl, k_split=ks,
+                              batch_ntiles=nbt, prefetch_steps=pf)
+        assert prm, prm
+        assert abs(prm.step_cycles - cycles) / cycles < 0.20, (function, B, N, D, prm.step_cycles, cycles)
+
+
+def test_model_choices_follow_the_measurements():
+    """What issue 5 measured: 8-sequence tiles while the blocks fit one wave; a wider tile in one wave at B=256
+    (two waves doubled the time); the deepest prefetch that fits."""
+    small = solve_fused(H100, "lstm", "bfloat16", 16, 12, 64)
+    assert small.batch_tile == 8 and small.blocks_per_head == 1 and small.prefetch_steps == 8
+    big = solve_fused(H100, "lstm", "bfloat16", 256, 12, 64)
+    assert big.batch_tile > 8 and big.waves == 1
+
+
+def test_assess_names_what_a_given_choice_breaks():
+    r = problems.assess(H100, "lstm", "bfloat16", 256, 12, 64, blocks_per_head=1, k_split=1, batch_ntiles=8,
+                        prefetch_steps=8)
+    assert not r and any(n.startswith("given nbt") for n in r.conflict), r.conflict
+    assert any("registers" in n or "shared memory" in n for n in r.conflict), r.conflict
+
+
+def test_backward_direction_is_modelled():
+    for hw, function, D in itertools.product((A100, H100), CELLS, (16, 64, 256)):
+        prm = solve_fused(hw, function, "bfloat16", 16, 4, D, direction="backward")
+        if prm:
+            gr = COUNTS[function][1]
+            assert prm.rows_per_block == prm.dims_per_block  # dh rows: one per dim
+            assert prm.ktiles_per_warp * prm.k_split == gr * D // 16  # K over every gate row
+            assert prm.registers_estimate <= _reg_cap(hw, prm.threads_per_block)
+            assert prm.smem_bytes <= hw.smem_per_block_optin
+        else:
+            assert prm.conflict
+    assert solve_fused(H100, "lstm", "bfloat16", 16, 12, 64, direction="backward")
+
+
+def test_r_in_shared_memory_extends_the_range():
+    """With the (not yet implemented) R-in-shared-memory option the model takes heads whose R does not fit the
+    registers (gru D=768 on H100; lstm D=128 in one block on A100), within every budget."""
+    model = problems.KernelModel(r_in_shared_memory=True)
+    for hw, function, D in ((H100, "gru", 768), (A100, "lstm", 128)):
+        assert not solve_fused(hw, function, "bfloat16", 16, 1, D)
+        prm = solve_fused(hw, function, "bfloat16", 16, 1, D, model=model)
+        assert prm and prm.r_ktiles_in_smem > 0 and prm.r_bytes_smem > 0
+        assert prm.smem_bytes <= hw.smem_per_block_optin
+        assert prm.registers_estimate <= prm.register_cap
+        gr = COUNTS[function][1]
+        assert prm.r_bytes_smem + prm.r_bytes_registers == gr * D * D * 2 // prm.blocks_per_head
+
+
+def test_smem_model_agrees_with_the_fused_backend():
+    """The model's shared memory is the backend's ``tile_geometry`` (both mirror Tile in fused_fw.cu)."""
+    fused = pytest.importorskip("flashrnn_core.backends.fused")
+    from flashrnn_core.cells import CELLS as cells
+
+    geometry = getattr(fused, "tile_geometry", None)
+    if geometry is None:
+        pytest.skip("backends.fused has no tile_geometry")
+    import ml_dtypes
+    import numpy as np
+
+    dtypes = {"bfloat16": ml_dtypes.bfloat16, "float32": np.float32}
+    for function, dtype, D, B in itertools.product(CELLS, dtypes, (16, 64, 128, 256), (16, 256)):
+        prm = solve_fused(H100, function, dtype, B, 4, D)
+        if not prm:
+            continue
+        try:
+            threads, smem = geometry(cells[function], dtypes[dtype], D, prm.batch_ntiles, prm.prefetch_steps,
+                                     prm.blocks_per_head, prm.k_split)
+        except TypeError:
+            pytest.skip("tile_geometry's signature changed: reconcile with problems._resources")
+        assert (threads, smem) == (prm.threads_per_block, prm.smem_bytes), (function, dtype, D, B)
+
+
+def test_top_k_ranks_configurations():
+    ranked = problems.top_k(H100, "lstm", "bfloat16", 16, 12, 64, k=5)
+    assert len(ranked) == 5
+    cycles = [p.step_cycles for p in ranked]
+    assert cycles == sorted(cycles)
+    assert ranked[0].step_cycles == solve_fused(H100, "lstm", "bfloat16", 16, 12, 64).step_cycles
+    assert len({json.dumps(p.template_args(), sort_keys=True) for p in ranked}) == 5
+
+
+# ---------------------------------------------------------------------------------------------- tuning cache
+
+
+def test_tuning_cache_round_trip(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLASHRNN_CORE_CACHE", str(tmp_path))
+    assert tuning.cache_root() == tmp_path / "tuning"
+    first = tuning.choose(H100, "lstm", "bfloat16", 16, 12, 64)
+    assert isinstance(first, FusedParams)
+    files = list((tmp_path / "tuning").glob("*.json"))
+    assert len(files) == 1 and not list((tmp_path / "tuning").glob(".tmp-*"))
+    entry = json.loads(files[0].read_text())
+    assert entry["key"]["gpu"] == "H100" and entry["key"]["cc"] == "9.0" and entry["source"] == "solver"
+
+    def no_solving(*args, **kwargs):
+        raise AssertionError("the cache should have answered")
+
+    monkeypatch.setattr(tuning, "solve_fused", no_solving)
+    assert tuning.choose(H100, "lstm", "bfloat16", 16, 12, 64) == first
+    # Other keys miss: another GPU, cell, dtype or shape.
+    assert tuning.load(A100, "lstm", "bfloat16", 16, 12, 64) is None
+    assert tuning.load(H100, "lstm", "float16", 16, 12, 64) is None
+    assert tuning.load(H100, "lstm", "bfloat16", 16, 12, 128) is None
+
+
+def test_tuning_measured_entries_win(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLASHRNN_CORE_CACHE", str(tmp_path))
+    ranked = problems.top_k(H100, "gru", "bfloat16", 16, 12, 64, k=2)
+    tuning.store(H100, "gru", "bfloat16", 16, 12, 64, ranked[1], measured_us=0.42, note="sweep")
+    tuning.store(H100, "gru", "bfloat16", 16, 12, 64, ranked[0])  # a solver entry does not replace it
+    params, meta = tuning.load(H100, "gru", "bfloat16", 16, 12, 64)
+    assert params == ranked[1] and meta["source"] == "measured" and meta["measured_us"] == 0.42
+    assert tuning.choose(H100, "gru", "bfloat16", 16, 12, 64) == ranked[1]
+    assert len(tuning.entries()) == 1
+
+
+def test_tuning_unreadable_entry_is_a_miss(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLASHRNN_CORE_CACHE", str(tmp_path))
+    prm = tuning.choose(H100, "elman", "float32", 16, 2, 32)
+    path = tuning.path_for(tuning.key(H100, "elman", "float32", 16, 2, 32))
+    path.write_text("{ half an entr")
+    assert tuning.load(H100, "elman", "float32", 16, 2, 32) is None
+    assert tuning.choose(H100, "elman", "float32", 16, 2, 32) == prm  # solved again and rewritten
+    assert tuning.load(H100, "elman", "float32", 16, 2, 32)[0] == prm
+
+
+def test_tuning_infeasible_is_not_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLASHRNN_CORE_CACHE", str(tmp_path))
+    assert not tuning.choose(H100, "lstm", "bfloat16", 16, 1, 768)
+    assert not list(tmp_path.rglob("*.json"))
+
+
+def test_cooperative_heads_option_on_sm80():
+    """The (not yet implemented) cooperative-grid option lets sm_80 take heads above one block, with a grid
+    barrier a step, only where every block of the grid is resident at once."""
+    model = problems.KernelModel(cooperative_heads=True)
+    prm = solve_fused(A100, "lstm", "bfloat16", 16, 3, 256, model=model)
+    assert prm and prm.sync == "grid" and prm.blocks_per_head > 1 and prm.waves == 1
+    assert prm.grid[0] * prm.grid[1] <= A100.sm_count
+    r = solve_fused(A100, "lstm", "bfloat16", 256, 12, 256, model=model)
+    assert not r and any(n.startswith("cooperative grid") for n in r.conflict), r
+
+
+# ---------------------------------------------------------------------------------------------- ptxas agreement
+
+PTXAS_ENV = "FLASHRNN_CORE_PTXAS_CHECK"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("os").environ.get(PTXAS_ENV),
+                    reason=f"compiles every solver choice with NVRTC (minutes): set {PTXAS_ENV}=1")
+def test_solver_choices_compile_as_modelled(tmp_path_factory):
+    """Issue 7, item 4 (CI part): every forward choice on the CI presets compiles for its architecture with no
+    spill, at most the register cap, the model's shared memory (a static_assert in fused_fw.cu compares it with
+    Tile::SMEM_BYTES) and ptxas's registers within the stated margin of the estimate."""
+    from flashrnn_core.backends.fused import CELL_STRUCTS
+    from flashrnn_core.runtime import KernelSpec, compile_spec
+
+    storage = {"bfloat16": "__nv_bfloat16", "float16": "__half", "float32": "float"}
+    seen, report = set(), []
+    for hw, function, dtype, D, B in itertools.product((A100, H100), CELLS, DTYPES, DS, BS):
+        prm = solve_fused(hw, function, dtype, B, 4, D)
+        if not prm:
+            continue
+        args = tuple(sorted(prm.template_args().items()))
+        if (hw.arch, function, dtype, args) in seen:
+            continue
+        seen.add((hw.arch, function, dtype, args))
+        defines = (("FLASHRNN_CELL", CELL_STRUCTS[function]), ("FLASHRNN_STORAGE", storage[dtype]),
+                   ("FLASHRNN_FAST_ACTIVATIONS", "0" if dtype == "float32" else "1"),
+                   *((k, str(v)) for k, v in prm.template_args().items()))
+        spec = KernelSpec(source="fused_fw.cu", entry="flashrnn_fused_fw", defines=defines,
+                          label=f"constrint {function} {dtype} D{D}", min_sm=90 if prm.blocks_per_head > 1 else 80,
+                          smem_dynamic=prm.smem_bytes)
+        res = compile_spec(spec, hw.arch).resources
+        report.append((hw.arch, function, dtype, D, prm.batch_ntiles, prm.blocks_per_head, prm.k_split,
+                       res.registers, prm.registers_estimate, res.spill_stores + res.spill_loads))
+        assert res.spill_stores == res.spill_loads == 0, report[-1]
+        assert res.registers <= prm.register_cap, report[-1]
+        # ptxas takes what the cap allows, so it may use more than the estimate; far more means the fit is off.
+        assert res.registers - prm.registers_estimate <= REGISTER_MARGIN, report[-1]
+
+
+#: ptxas's registers may exceed the model's estimate by at most this many (it fills what the cap allows).
+REGISTER_MARGIN = 64
