@@ -11,8 +11,8 @@ and from none (a null pointer in the kernel). Backward variants (other entries, 
 B=3, forward then backward with upstream gradients on every state and on the last states. By default one
 problem per kernel family: for each cell, dtype, cluster layout and batch tile the smallest and largest D (and
 D=48, whose k-tiles are odd); ``--all`` takes every D. Problems run single-block forwards first, so that a
-``--budget-s`` cut (the sanitizer's timeout is 240 s a tool) leaves out the rarer variants, and says so.
-Exit 0 when every problem that ran gave finite results, 1 otherwise.
+``--budget-s`` cut (default 180 s: device_check.sh gives each sanitizer tool 240 s) leaves out the rarer
+variants, and says so. Exit 0 when every problem that ran gave finite results, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--list", action="store_true", help="print the problems only (no GPU needed)")
     p.add_argument("--sms", type=int, default=132, help="with --list and no GPU: multiprocessors (H100: 132)")
     p.add_argument("--cc", default="9.0", help="with --list and no GPU: compute capability")
-    p.add_argument("--budget-s", type=float, default=200.0,
+    p.add_argument("--budget-s", type=float, default=180.0,
                    help="start no problem after this many seconds (first-time compiles count)")
     args = p.parse_args(argv)
     fused = load_fused()

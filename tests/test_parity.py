@@ -88,3 +88,16 @@ def test_command_line_writes_table_and_plot(parity, tmp_path, capsys):
 def test_unknown_cell_is_refused(parity):
     with pytest.raises(SystemExit, match="--cell"):
         parity.main(["--cell", "transformer"])
+
+
+@pytest.mark.gpu
+def test_gpu_run_uses_the_fused_forward_and_learns(parity):
+    """The GPU path (CuPy arrays, backend auto): cuda_fused runs the forward, and the tiny run learns as on the CPU."""
+    cfg = parity.Config.for_device("gpu", cell="lstm", steps=150, batch=16, train_len=8, eval_len=16,
+                                   eval_batch=256)
+    params = parity.init_params(cfg)
+    bits, _ = parity.parity_batch(cfg.xp, np.random.default_rng(0), 4, 8)
+    _, (_, result, _) = parity.model_forward(params, bits, cfg)
+    assert result.backend == "cuda_fused"
+    summary, _ = parity.run(cfg, show_progress=False)
+    assert summary["train"] > 0.9, summary
