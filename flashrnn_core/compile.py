@@ -1,96 +1,143 @@
 """Precompile every kernel variant and check its resources: ``python -m flashrnn_core.compile``.
 
-    python -m flashrnn_core.compile --arch sm_80,sm_90 [--check] [--jobs 2]
+    python -m flashrnn_core.compile --arch sm_80,sm_90 [--check] [--jobs N]
 
-Compiles (into the cache) every variant any backend can launch, for each architecture; no GPU is needed. With
-``--check`` it fails (exit 1) on any spill, more than 255 registers a thread, or more shared memory (static plus
-the dynamic amount the variant launches with) than the architecture allows a block, and prints a table.
+Compiles, into the kernel cache, every variant any backend can launch (``backends.all_kernel_variants()``)
+for each architecture; no GPU is needed. With ``--check`` it fails (exit 1) on any spill, more than 255
+registers a thread, or more shared memory a block (ptxas's static amount plus the dynamic amount the variant
+launches with) than the architecture allows after opting in; it always prints a table of what ptxas reported.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import sys
+import time
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
+from typing import NamedTuple
 
-from .runtime import KernelSpec, compile_spec
+from .runtime import KernelSpec, Resources, compile_spec
+from .runtime.compile import sm_number, target_arch
 
-#: Shared memory one block may use after opting in, bytes (CUDA C++ Programming Guide, compute capabilities).
-SMEM_PER_BLOCK = {80: 163 * 1024, 86: 99 * 1024, 87: 163 * 1024, 89: 99 * 1024, 90: 227 * 1024}
+#: Shared memory one block may use after opting in, bytes (CUDA C++ Programming Guide, "Technical
+#: Specifications per Compute Capability": sharedMemPerBlockOptin).
+SMEM_PER_BLOCK = {80: 163 * 1024, 86: 99 * 1024, 87: 163 * 1024, 89: 99 * 1024, 90: 227 * 1024,
+                  100: 227 * 1024, 103: 227 * 1024, 120: 99 * 1024}
 MAX_REGISTERS = 255
 
 
-def sm_number(arch: str) -> int:
-    """``sm_90a`` -> 90."""
-    digits = "".join(ch for ch in arch.removeprefix("sm_").removeprefix("compute_") if ch.isdigit())
-    if not digits:
-        raise ValueError(f"--arch: expected names like sm_80 or sm_90a, got {arch!r}")
-    return int(digits)
+class Outcome(NamedTuple):
+    """One compile: the variant, the architecture compiled for, ptxas's report, whether it was cached, and the
+    error text when it did not compile."""
+
+    spec: KernelSpec
+    arch: str
+    resources: Resources | None
+    cached: bool
+    error: str | None
 
 
-def problems(spec: KernelSpec, arch: str, resources) -> list[str]:
-    """What makes this variant unlaunchable or slow on ``arch`` (empty when it is fine)."""
+def smem_limit(arch: str) -> int:
+    """Opt-in shared memory per block of ``arch`` (48 KB, the portable amount, for one not in the table)."""
+    return SMEM_PER_BLOCK.get(sm_number(arch), 48 * 1024)
+
+
+def problems(spec: KernelSpec, arch: str, resources: Resources | None) -> list[str]:
+    """Why this variant cannot launch on ``arch`` or should not ship (empty when it is fine)."""
     if resources is None:
-        return ["no ptxas report"]
+        return ["no ptxas report in the compile log"]
     found = []
     if resources.spill_stores or resources.spill_loads:
-        found.append(f"spills {resources.spill_stores}/{resources.spill_loads} bytes")
+        found.append(f"spills {resources.spill_stores} B stored / {resources.spill_loads} B loaded")
     if resources.registers > MAX_REGISTERS:
         found.append(f"{resources.registers} registers > {MAX_REGISTERS}")
-    smem = resources.smem_static + spec.smem_dynamic
-    limit = SMEM_PER_BLOCK.get(sm_number(arch), 48 * 1024)
+    smem, limit = resources.smem_static + spec.smem_dynamic, smem_limit(arch)
     if smem > limit:
-        found.append(f"shared memory {smem} > {limit}")
+        found.append(f"shared memory {smem} B > {limit} B")
     return found
 
 
-def _compile_one(job: tuple[KernelSpec, str]):
+def all_variants() -> tuple[list[KernelSpec], str | None]:
+    """Every variant the package can launch, and why the list is empty when there is no registry yet."""
+    try:
+        from .backends import all_kernel_variants
+    except ImportError as err:  # no backend registry in this version of the package
+        return [], f"no kernel-variant registry ({err})"
+    return list(all_kernel_variants()), None
+
+
+def compile_one(job: tuple[KernelSpec, str]) -> Outcome:
+    """Compile one (variant, arch) into the cache; an error is reported, not raised, so every failure shows."""
     spec, arch = job
     try:
         result = compile_spec(spec, arch)
-        return spec, arch, result.resources, result.cached, None
-    except Exception as err:  # report every failure, not only the first
-        return spec, arch, None, False, f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+        return Outcome(spec, target_arch(spec, arch), result.resources, result.cached, None)
+    except Exception as err:
+        first = (str(err).splitlines() or [""])[0]
+        return Outcome(spec, arch, None, False, f"{type(err).__name__}: {first[:200]}")
 
 
-def all_variants() -> list[KernelSpec]:
-    from .backends import all_kernel_variants
+def run_jobs(jobs: list[tuple[KernelSpec, str]], processes: int) -> list[Outcome]:
+    """Compile ``jobs`` in ``processes`` worker processes (in this one for 1). Workers are spawned, not
+    forked: a fork of a process that has touched CUDA is not safe."""
+    if processes <= 1 or len(jobs) <= 1:
+        return [compile_one(job) for job in jobs]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
+        return list(pool.map(compile_one, jobs, chunksize=max(1, len(jobs) // (8 * processes))))
 
-    return all_kernel_variants()
+
+def table(outcomes: Iterable[Outcome], check: bool) -> tuple[list[str], int]:
+    """The report's lines (kernel, arch, registers, shared memory, spills, stack, status) and the failures."""
+    lines = [f"{'kernel':56s} {'arch':7s} {'regs':>4s} {'smem B':>7s} {'spill B':>7s} {'stack':>5s}  status"]
+    failures = 0
+    for o in sorted(outcomes, key=lambda o: (o.spec.name(), o.arch)):
+        found = [o.error] if o.error else (problems(o.spec, o.arch, o.resources) if check else [])
+        failures += bool(found)
+        r = o.resources
+        if r is not None:
+            numbers = (f"{r.registers:4d} {r.smem_static + o.spec.smem_dynamic:7d} "
+                       f"{r.spill_stores + r.spill_loads:7d} {r.stack:5d}")
+        else:
+            numbers = f"{'-':>4s} {'-':>7s} {'-':>7s} {'-':>5s}"
+        status = "; ".join(found) if found else ("ok (cached)" if o.cached else "ok")
+        lines.append(f"{o.spec.name()[:56]:56s} {o.arch:7s} {numbers}  {status}")
+    return lines, failures
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command; returns the exit status (0 all compiled and, with --check, within limits; 1 otherwise)."""
     parser = argparse.ArgumentParser(prog="python -m flashrnn_core.compile", description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", required=True, help="comma-separated, e.g. sm_80,sm_90")
-    parser.add_argument("--check", action="store_true", help="fail on spills, registers or shared memory")
+    parser.add_argument("--arch", required=True, help="comma-separated architectures, e.g. sm_80,sm_90")
+    parser.add_argument("--check", action="store_true", help="fail on spills, > 255 registers or too much smem")
     parser.add_argument("--jobs", type=int, default=2, help="compiler processes (default 2)")
     args = parser.parse_args(argv)
     archs = [a.strip() for a in args.arch.split(",") if a.strip()]
-    for arch in archs:
-        sm_number(arch)
+    try:
+        for arch in archs:
+            sm_number(arch)
+    except ValueError as err:
+        parser.error(f"--{err}")
 
-    variants = all_variants()
+    try:
+        variants, why_none = all_variants()
+    except Exception as err:  # a backend that cannot list its kernels is a failure, not "nothing to do"
+        print(f"cannot list the kernel variants: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
     jobs = [(spec, arch) for arch in archs for spec in variants if sm_number(arch) >= spec.min_sm]
-    print(f"{len(variants)} kernel variants, {len(jobs)} compiles for {', '.join(archs)}", flush=True)
-    if not jobs:
-        print("nothing to compile: no backend declares a kernel variant")
-        return 1 if args.check else 0
-    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        results = list(pool.map(_compile_one, jobs, chunksize=4))
-
-    failures = 0
-    print(f"{'kernel':64s} {'arch':6s} {'regs':>4s} {'smem':>7s} {'spill':>7s} {'stack':>5s}  status")
-    for spec, arch, res, cached, error in sorted(results, key=lambda r: (r[0].name(), r[1])):
-        found = [error] if error else (problems(spec, arch, res) if args.check else [])
-        failures += bool(found)
-        if res is not None:
-            smem = res.smem_static + spec.smem_dynamic
-            row = f"{res.registers:4d} {smem:7d} {res.spill_stores + res.spill_loads:7d} {res.stack:5d}"
-        else:
-            row = f"{'-':>4s} {'-':>7s} {'-':>7s} {'-':>5s}"
-        status = "; ".join(found) if found else ("ok (cached)" if cached else "ok")
-        print(f"{spec.name()[:64]:64s} {arch:6s} {row}  {status}")
-    print(f"{len(results) - failures} ok, {failures} failed")
+    print(f"{len(variants)} kernel variants, {len(jobs)} compiles for {', '.join(archs)}"
+          + (f": {why_none}" if why_none else ""), flush=True)
+    start = time.perf_counter()
+    outcomes = run_jobs(jobs, args.jobs)
+    lines, failures = table(outcomes, args.check)
+    if outcomes:
+        print("\n".join(lines))
+    cached = sum(o.cached for o in outcomes)
+    compiled = sum(not o.cached and o.error is None for o in outcomes)
+    print(f"{len(outcomes) - failures} ok, {failures} failed; {compiled} compiled, {cached} from the cache, "
+          f"{time.perf_counter() - start:.1f} s with {max(1, args.jobs)} processes")
     return 1 if failures else 0
 
 
