@@ -197,15 +197,18 @@ def _sweep_panels(top: Any, bottom: Any, rows: list[dict[str, Any]], x: str) -> 
     ticks = sorted({r[x] for r in rows})
     for ax in (top, bottom):
         _plain_ticks(ax.xaxis, ticks)
-    _plain_ticks(bottom.yaxis, None)
+        _plain_ticks(ax.yaxis, None)
 
 
 def _plain_ticks(axis: Any, ticks: list[float] | None) -> None:
-    """Tick labels as plain numbers (``256``, not ``2.56x10^2``); on x only at the measured sizes."""
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    """Tick labels as plain numbers (``256``, not ``2.56x10^2``): on x only at the measured sizes, on a log y
+    axis at 1, 2 and 5 of each decade."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     if ticks is not None:
         axis.set_ticks(ticks)
+    else:
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(NullFormatter())
 

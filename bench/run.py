@@ -498,7 +498,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="JSON path (default bench/results/<date>-<gpu>-<suite>.json)")
     p.add_argument("--runs", type=int, default=None,
                    help=f"timed runs a row (at least {MIN_RUNS} on the GPU; default {MIN_RUNS}, dry run {DRY_RUNS})")
-    p.add_argument("--cold-runs", type=int, default=3, help="compile suite: cold compiles a kernel")
+    p.add_argument("--cold-runs", type=int, default=1,
+                   help="compile suite: cold compiles a kernel (each takes seconds; warm loads take --runs)")
     p.add_argument("--loop", choices=("all", "first", "none"), default="first",
                    help="plain PyTorch loop baseline: every shape, the first of each cell and pass, or none")
     p.add_argument("--cudnn-dtypes", default=None,
