@@ -417,10 +417,12 @@ def run_compile_suite(opts: Options, shapes: list[Shape], results: Results, cold
 def discover_kernels(opts: Options, shapes: list[Shape], results: Results) -> dict[tuple[Shape, str], list]:
     """(shape, backend) -> the KernelSpecs it loaded first (each kernel is listed once, under the first shape
     that needed it). Read from the runtime's table of loaded kernels, keyed by (spec, arch, device, root)."""
+    import importlib
+
     import cupy
 
-    from flashrnn_core.runtime import launch
-
+    # The module, not the function ``flashrnn_core.runtime.launch`` that shadows its name in the package.
+    launch = importlib.import_module("flashrnn_core.runtime.launch")
     found: dict[tuple[Shape, str], list] = {}
     for shape in shapes:
         small = Shape(shape.function, shape.dtype, shape.B, 4, shape.N, shape.D)  # the kernels do not depend on T

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import tracemalloc
 from dataclasses import dataclass
@@ -125,8 +126,9 @@ _TIMERS = {"cpu": _time_cpu, "cupy": _time_cupy, "torch": _time_torch}
 _spin_kernel: Any = None
 
 
-def spin(ms: float) -> None:
-    """Keep the GPU busy for about ``ms`` on CuPy's current stream (one thread spinning on ``clock64``)."""
+def spin(ms: float, stream: Any = None) -> None:
+    """Keep the GPU busy for about ``ms`` (one thread spinning on ``clock64``) on ``stream``, CuPy's current one
+    by default."""
     import cupy
 
     global _spin_kernel
@@ -134,16 +136,17 @@ def spin(ms: float) -> None:
         _spin_kernel = cupy.RawKernel(
             'extern "C" __global__ void bench_spin(long long n) {'
             " long long s = clock64(); while (clock64() - s < n) {} }", "bench_spin")
-    rate_khz = cupy.cuda.Device().attributes["ClockRate"]
-    _spin_kernel((1,), (1,), (np.int64(ms * rate_khz),))
+    rate_khz = cupy.cuda.Device().attributes["ClockRate"]  # the maximum clock: the spin lasts at least ``ms``
+    with stream if stream is not None else contextlib.nullcontext():  # RawKernel launches on the current stream
+        _spin_kernel((1,), (1,), (np.int64(ms * rate_khz),))
 
 
 def _torch_spin(ms: float) -> None:
-    """The spin on torch's current stream: torch's own sleep kernel (cycles at the maximum clock)."""
+    """The spin on torch's current stream (the same kernel through CuPy: torch reports no clock rate)."""
+    import cupy
     import torch
 
-    rate_khz = torch.cuda.get_device_properties(torch.cuda.current_device()).clock_rate
-    torch.cuda._sleep(int(ms * rate_khz))
+    spin(ms, cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream))
 
 
 def _synchronize(device: str) -> None:

@@ -199,3 +199,25 @@ def test_gpu_sanitizer_problem_runs():
     problem = sanitize_fused.find_problem(fused, spec, *info)
     assert isinstance(problem, sanitize_fused.Problem), problem
     assert sanitize_fused.run_problem(problem, seed=0) is None
+
+
+def test_compile_rows_time_a_real_nvrtc_compile(monkeypatch):
+    """Cold (empty cache directory) and warm (disk hit) compiles of the smallest fused kernel for sm_90, with
+    the module load stubbed out (no GPU here): the warm path must be a cache hit, far faster than NVRTC."""
+    pytest.importorskip("cuda.core")
+    fused = sanitize_fused.load_fused()
+    if fused is None:
+        pytest.skip("cuda_fused is not importable here")
+    import flashrnn_core.runtime as runtime
+
+    monkeypatch.setattr(runtime, "device_arch", lambda device=None: "sm_90")
+    loaded = []
+    monkeypatch.setattr(run, "_load_module", lambda spec, cubin: loaded.append(len(cubin)))
+    spec = min(fused.FusedBackend().kernel_variants(), key=lambda s: s.smem_dynamic)
+    try:
+        fields = run.time_compile(spec, cold_runs=1, warm_runs=timing.MIN_RUNS)
+    except Exception as err:  # NVRTC or the CUDA headers missing on this machine
+        pytest.skip(f"cannot compile here: {err}")
+    cold, warm = fields["compile_cold"], fields["compile_warm"]
+    assert cold["runs"] == 1 and warm["runs"] == timing.MIN_RUNS and len(loaded) == 1 + timing.MIN_RUNS
+    assert cold["median_ms"] > warm["median_ms"] > 0 and cold["registers"] > 0 and cold["spill_stores"] == 0
