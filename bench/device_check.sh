@@ -15,6 +15,10 @@ pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 || e
     >"$OUT/env.log" 2>&1; note "main job" "exit $? ($(grep -c OK "$OUT/env.log") OK)"
 
 if [[ " $STAGES " == *" tests "* ]]; then
+    # Every variant compiled up front on all cores (the tests then load them from the cache).
+    arch=$(python -c "import cupy; print('sm_' + cupy.cuda.Device().compute_capability)")
+    timeout 240 python -m flashrnn_core.compile --arch "$arch" --check --jobs "$(nproc)" >"$OUT/compile.log" 2>&1
+    note "compile --check $arch" "exit $? : $(tail -n 1 "$OUT/compile.log")"
     timeout 300 python -m pytest -m gpu -q -p no:cacheprovider ${PYTEST_ARGS:-} -k "${PYTEST_K:-}" tests >"$OUT/pytest_gpu.log" 2>&1
     note "pytest -m gpu" "exit $? : $(tail -n 1 "$OUT/pytest_gpu.log")"
 fi
