@@ -30,6 +30,10 @@ class CompileError(FlashRNNError):
             f"--- source ---\n{numbered}"
         )
 
+    def __reduce__(self):
+        # Rebuilt from its four fields, so it crosses process pools (the default pickles only str(self)).
+        return (type(self), (self.label, self.log, self.options, self.source))
+
 
 class KernelNotCachedError(FlashRNNError):
     """``FLASHRNN_CORE_NEVER_COMPILE=1`` is set and a kernel is not in the cache."""

@@ -438,3 +438,13 @@ def test_cooperative_launch(src, cache):
     out = cupy.zeros(256, cupy.float32)
     launch(get_kernel(SPEC, root=src), 2, 128, out, np.int32(256), cooperative=True)
     assert bool((out == 3.0).all())
+
+
+def test_compile_error_survives_pickling():
+    """Process pools pickle exceptions: a CompileError must come back whole (it used to hang Pool.map)."""
+    import pickle
+
+    err = CompileError("broken kernel", "the log", ["arch=sm_90"], "line one\nline two\n")
+    back = pickle.loads(pickle.dumps(err))
+    assert (back.label, back.log, back.options, back.source) == (err.label, err.log, err.options, err.source)
+    assert str(back) == str(err)
