@@ -345,7 +345,7 @@ def test_node_limit_raises():
 
 
 def test_kernel_problems_solve_fast():
-    """The fused-kernel problems (about 12 variables, 18 constraints): under 50 ms of CPU on one core, median
+    """The fused-kernel problems (12 variables, 19 constraints): under 50 ms of CPU on one core, median
     (and no single one over 250 ms: generous for a loaded CI machine), infeasible ones with the explanation."""
     shapes = [("lstm", "bfloat16", 16, 12, 64), ("lstm", "bfloat16", 16, 48, 16), ("lstm", "bfloat16", 16, 3, 256),
               ("lstm", "bfloat16", 16, 1, 768), ("gru", "float32", 64, 12, 128), ("slstm", "float16", 256, 12, 64),
@@ -581,6 +581,16 @@ def test_smem_model_agrees_with_the_fused_backend():
         assert (threads, smem) == (prm.threads_per_block, prm.smem_bytes), (function, dtype, D, B)
 
 
+def test_lower_bound_prunes_nothing_optimal():
+    """solve_fused prunes with the model's lower bound; an exhaustive search (top_k evaluates every leaf) must
+    find the same optimum, or the bound is not admissible."""
+    for hw, function, dtype, D, B in itertools.product((A100, H100, L40S), CELLS, ("bfloat16", "float32"),
+                                                       (16, 128, 512), (1, 256)):
+        fast = solve_fused(hw, function, dtype, B, 12, D)
+        if fast:
+            assert fast.step_cycles == problems.top_k(hw, function, dtype, B, 12, D, k=1)[0].step_cycles
+
+
 def test_top_k_ranks_configurations():
     ranked = problems.top_k(H100, "lstm", "bfloat16", 16, 12, 64, k=5)
     assert len(ranked) == 5
@@ -688,9 +698,11 @@ def test_solver_choices_compile_as_modelled(tmp_path_factory):
                        res.registers, prm.registers_estimate, res.spill_stores + res.spill_loads))
         assert res.spill_stores == res.spill_loads == 0, report[-1]
         assert res.registers <= prm.register_cap, report[-1]
-        # ptxas takes what the cap allows, so it may use more than the estimate; far more means the fit is off.
-        assert res.registers - prm.registers_estimate <= REGISTER_MARGIN, report[-1]
+        # ptxas takes what the cap allows, so it may use more than the estimate; far more, or far less, means
+        # the register fit no longer describes the kernel (refit: problems.REGISTER_FIT).
+        assert -REGISTER_MARGIN[0] <= res.registers - prm.registers_estimate <= REGISTER_MARGIN[1], report[-1]
 
 
-#: ptxas's registers may exceed the model's estimate by at most this many (it fills what the cap allows).
-REGISTER_MARGIN = 64
+#: Stated margin of ptxas's registers around the model's estimate, (below, above). Measured 2026-11-23 on the 171
+#: distinct choices for sm_80 and sm_90 (NVRTC 12.9): from 31 below to 54 above, mean 0; never a spill.
+REGISTER_MARGIN = (40, 64)

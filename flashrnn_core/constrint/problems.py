@@ -83,14 +83,14 @@ class KernelModel:
     late_x_threads: int = 384
 
     # -- registers per thread: a linear fit over the step's live values (REGISTER_FIT says how it was fitted)
-    reg_base: Fraction = Fraction(48)  # addresses, loop state, indices, bias, barrier bookkeeping
-    reg_per_r: Fraction = Fraction(9, 8)  # per register of R's A-fragments (live for the whole run)
+    reg_base: Fraction = Fraction(33)  # addresses, loop state, indices, bias, barrier bookkeeping
+    reg_per_r: Fraction = Fraction(4, 3)  # per register of R's A-fragments (live for the whole run)
     reg_per_h: Fraction = Fraction(0)  # h's B-fragments: loaded as the mma consume them (the fit gives 0)
     reg_per_acc: Fraction = Fraction(1)  # per accumulator float (4 per m16n8 tile)
-    reg_per_cell_value: Fraction = Fraction(1)  # per streamed input (unless read late) and state, per cell
-    reg_per_copy: Fraction = Fraction(19, 4)  # per 16-byte piece a thread copies a step (its address, offset)
-    reg_f32_per_cell: Fraction = Fraction(5, 8)  # float32 storage: the hi/lo split per cell
-    reg_ksplit: Fraction = Fraction(0)  # split-K bookkeeping (the fit gives 0)
+    reg_per_cell_value: Fraction = Fraction(13, 8)  # per streamed input (unless read late) and state, per cell
+    reg_per_copy: Fraction = Fraction(31, 8)  # per 16-byte piece a thread copies a step (its address, offset)
+    reg_f32_per_cell: Fraction = Fraction(0)  # float32 storage: the hi/lo split per cell (the fit gives 0)
+    reg_ksplit: Fraction = Fraction(47, 4)  # split-K: partial-sum addressing and the second column's state
     reg_cluster: Fraction = Fraction(0)  # mbarrier and remote addresses (the fit gives 0)
     reg_margin: Fraction = Fraction(0)  # added to the estimate (the fit already clears every spill by 8)
 
@@ -122,15 +122,17 @@ DEFAULT_MODEL = KernelModel()
 
 #: How the register coefficients were chosen (documentation; the numbers live in ``KernelModel``):
 REGISTER_FIT = """
-Data: ptxas -v (NVRTC 12.9) for 772 variants of cuda_src/fused_fw.cu on sm_90 (4 cells x {bf16, float32} x
-D in 16..768 x cluster 1..16 x ksplit 1, 2 x nbt 1..4 where the geometry allows), 283 of which spilled.
+Data: ptxas -v (NVRTC 12.9) for 1076 variants of cuda_src/fused_fw.cu: 772 on sm_90 (4 cells x {bf16,
+float32} x D in 16..768 x cluster 1..16 x ksplit 1, 2 x nbt 1..4 where the geometry allows) and the 304 of
+them without clusters on sm_80; 397 spilled.
 Fit: a linear program over the features of ``_resources`` (coefficients >= 0): every spilling variant must be
 estimated at least 8 registers above its cap (min(255, the block's share of the register file)), while
 minimising how far non-spilling ones are estimated above theirs, plus 0.02 x |estimate - ptxas| where ptxas
-stayed below the cap. Result (rounded): 0 of 283 spilling variants accepted, 24 of 489 non-spilling variants
-rejected (4.9%: lost options, never a spill), mean |estimate - ptxas| 12 registers where below the cap; ptxas
-uses between 34 below and 71 above the estimate (it takes what the cap allows). Fitting on a random half and
-testing on the other accepted 1-5 of ~140 spilling variants at a margin of 4, hence the margin of 8.
+stayed below the cap. Result (rounded coefficients): 0 of 397 spilling variants accepted; 65 of 679
+non-spilling ones rejected (45 of 489 on sm_90, 20 of 190 on sm_80: options lost, never a spill); mean
+|estimate - ptxas| 12 registers; ptxas uses from 57 below to 68 above the estimate (it takes what the cap
+allows). Fitting on a random half and testing on the other: 0-3 of ~200 spilling variants accepted. A fit on
+sm_90 alone accepted 2 sm_80 spills (gru), hence both architectures and the margin of 8.
 """
 
 
@@ -499,58 +501,83 @@ def cluster_slots(hw: Hardware, cluster: int, per_sm: int) -> int:
 
 
 def estimate(fp: FusedProblem, values: dict[str, int], resident: int | None = None) -> dict[str, float]:
-    """The latency model: cycles per time step of the whole problem, with its terms.
+    """The latency model: cycles per time step of the whole problem (``total``), with its terms.
 
     One block's step is a dependent chain (h load -> mma chain -> pointwise -> h store -> barrier), lengthened
     where the warps sharing a scheduler (this block's and co-resident blocks') run out of issue slots, and no
     shorter than the Wx load latency spread over the prefetch depth. Blocks beyond one wave run after it (a
-    persistent kernel's waves are sequential), and all of it is no faster than DRAM streams the step's inputs
-    and outputs.
+    persistent kernel's waves are sequential), and none of it is faster than DRAM streams the step's inputs and
+    outputs. ``resident`` overrides the blocks an SM holds (the lower bound's optimism).
     """
-    geo, hw, m = fp.geo, fp.hw, fp.model
-    cluster, warps_d, ksplit, ktw, own, nbt = (values[k] for k in ("cluster", "warps_d", "ksplit", "ktw", "own", "nbt"))
-    prefetch, r_smem = values["prefetch"], values["r_smem_kt"]
-    warps = warps_d * ksplit
-    threads = warps * hw.warp_size
-    regs = _at(fp.regs, fp, values)
-    smem = int(_at(fp.smem, fp, values))
+    hw = fp.hw
+    threads = values["warps_d"] * values["ksplit"] * hw.warp_size
+    regs, smem = _at(fp.regs, fp, values), int(_at(fp.smem, fp, values))
     per_sm = max(1, blocks_per_sm(hw, threads, regs, smem) if resident is None else resident)
-    batch_tiles = math.ceil(fp.B / (MMA_N * nbt))
-    blocks = fp.N * cluster * batch_tiles
-    slots = cluster_slots(hw, cluster, per_sm) * cluster
-    waves = max(1, math.ceil(blocks / max(1, slots)))
-    on_sm = min(per_sm, math.ceil(blocks / hw.sm_count))  # blocks actually sharing an SM
-    wps = max(1.0, warps * on_sm / m.schedulers)  # warps per scheduler
+    occupancy = _occupancy(fp, values, per_sm)
+    terms = _step_terms(fp, values, occupancy["warps_per_scheduler"], occupancy["on_sm"])
+    chain = sum(terms.values())
+    step = max(chain, fp.model.wx_latency / values["prefetch"])
+    dram = _dram_cycles(fp, values, occupancy["blocks"] / occupancy["waves"])
+    total = occupancy["waves"] * max(step, dram)
+    return {"total": total, "step": step, "chain": chain, "dram": dram, **occupancy, **terms,
+            "prefetch_bound": fp.model.wx_latency / values["prefetch"], "regs": regs, "smem": smem,
+            "blocks_per_sm": per_sm}
 
-    mt = geo.mt
+
+def _occupancy(fp: FusedProblem, values: dict[str, int], per_sm: int) -> dict[str, float]:
+    """Blocks in the grid, waves, blocks sharing an SM, and warps per scheduler."""
+    hw, cluster = fp.hw, values["cluster"]
+    blocks = fp.N * cluster * math.ceil(fp.B / (MMA_N * values["nbt"]))
+    waves = max(1, math.ceil(blocks / max(1, cluster_slots(hw, cluster, per_sm) * cluster)))
+    on_sm = min(per_sm, math.ceil(blocks / hw.sm_count))
+    warps = values["warps_d"] * values["ksplit"]
+    return {"blocks": blocks, "waves": waves, "on_sm": on_sm,
+            "warps_per_scheduler": max(1.0, warps * on_sm / fp.model.schedulers)}
+
+
+def _step_terms(fp: FusedProblem, values: dict[str, int], wps: float, on_sm: int) -> dict[str, float]:
+    """The terms of one block's step (cycles); their sum is the step's dependent chain."""
+    geo, m = fp.geo, fp.model
+    ktw, nbt, r_smem = values["ktw"], values["nbt"], values["r_smem_kt"]
+    mt, warps = geo.mt, values["warps_d"] * values["ksplit"]
+    # mma: the dependent chain over the k-tiles (split into independent partial sums, Tile::CHAINS), or the
+    # sub-partition's mma throughput when the warps sharing it issue more than the chain's length covers.
     chains = min(max(m.chains_wanted // (mt * nbt), 1), ktw)
     n_mma = geo.mma_split * mt * nbt * ktw
     mma = max(math.ceil(ktw / chains) * geo.mma_split * m.mma_latency, n_mma * wps * m.mma_issue)
-    ldm = m.ldmatrix_latency + m.ldmatrix_issue * geo.split * nbt * math.ceil(ktw / 2) * wps
-    r_ldm = m.r_smem_ldmatrix * r_smem * mt * geo.split * wps
+    # R's k-tiles in shared memory: their ldmatrix issue, and the SM's shared-memory bandwidth for all warps.
     r_bw = warps * on_sm * r_smem * mt * geo.split * 512 / m.smem_bytes_per_cycle
-    cells = geo.u * nbt * own
+    cells = geo.u * nbt * values["own"]
     cost = m.cells[geo.function]
-    pointwise = max(cost.latency + (cells - 1) * cost.issue, cells * cost.issue * wps)
-    outputs = m.output_store * geo.stream_out * cells * wps
-    skeleton = m.skeleton_latency + m.skeleton_issue * wps
-    barrier = m.sync_threads + (m.sync_threads + m.ksplit_exchange if ksplit > 1 else 0)
-    exchange = 0.0
-    if cluster > 1:
-        recv = (cluster - 1) * geo.split * MMA_N * nbt * geo.kg * (geo.D // cluster) * 2
-        if hw.clusters:
-            exchange = m.cluster_exchange + (cluster - 2) * m.cluster_per_peer + recv / m.cluster_bytes_per_cycle
-        else:
-            exchange = m.grid_sync + recv / m.cluster_bytes_per_cycle
-    chain = barrier + ldm + max(mma, r_bw) + r_ldm + pointwise + outputs + skeleton + exchange
-    step = max(chain, m.wx_latency / prefetch)
-    wave_bytes = blocks / waves * MMA_N * nbt * (geo.D // cluster) * (geo.stream_in + geo.stream_out) * geo.itemsize
-    dram = wave_bytes / (hw.bytes_per_cycle() * m.dram_efficiency)
-    total = waves * max(step, dram)
-    return {"total": total, "step": step, "chain": chain, "dram": dram, "waves": waves, "blocks_per_sm": per_sm,
-            "mma": mma, "ldmatrix": ldm, "r_smem": r_ldm + r_bw, "pointwise": pointwise, "outputs": outputs,
-            "skeleton": skeleton, "barrier": barrier, "exchange": exchange, "prefetch_bound": m.wx_latency / prefetch,
-            "regs": regs, "smem": smem, "warps_per_scheduler": wps}
+    return {
+        "barrier": m.sync_threads + (m.sync_threads + m.ksplit_exchange if values["ksplit"] > 1 else 0),
+        "ldmatrix": m.ldmatrix_latency + m.ldmatrix_issue * geo.split * nbt * math.ceil(ktw / 2) * wps,
+        "mma": max(mma, r_bw),
+        "r_smem": m.r_smem_ldmatrix * r_smem * mt * geo.split * wps,
+        "pointwise": max(cost.latency + (cells - 1) * cost.issue, cells * cost.issue * wps),
+        "outputs": m.output_store * geo.stream_out * cells * wps,
+        "skeleton": m.skeleton_latency + m.skeleton_issue * wps,
+        "exchange": _exchange_cycles(fp, values),
+    }
+
+
+def _exchange_cycles(fp: FusedProblem, values: dict[str, int]) -> float:
+    """Moving h (or dg) between the blocks of a head each step: distributed shared memory in a cluster, a grid
+    barrier (and global memory) in a cooperative grid; nothing for a head on one block."""
+    geo, m, cluster = fp.geo, fp.model, values["cluster"]
+    if cluster == 1:
+        return 0.0
+    received = (cluster - 1) * geo.split * MMA_N * values["nbt"] * geo.kg * (geo.D // cluster) * 2
+    if fp.hw.clusters:
+        return m.cluster_exchange + (cluster - 2) * m.cluster_per_peer + received / m.cluster_bytes_per_cycle
+    return m.grid_sync + received / m.cluster_bytes_per_cycle
+
+
+def _dram_cycles(fp: FusedProblem, values: dict[str, int], blocks_per_wave: float) -> float:
+    """One wave's streamed inputs and outputs of a step over the DRAM bandwidth actually achieved."""
+    geo = fp.geo
+    per_block = MMA_N * values["nbt"] * (geo.D // values["cluster"]) * (geo.stream_in + geo.stream_out) * geo.itemsize
+    return blocks_per_wave * per_block / (fp.hw.bytes_per_cycle() * fp.model.dram_efficiency)
 
 
 def _objective(fp: FusedProblem, values: dict[str, int]) -> float:
