@@ -251,6 +251,7 @@ class Constraint:
         """``poly <op> 0`` as a ``Polynomial`` constraint (the constant term moves to the bounds)."""
         terms = dict(poly.terms)
         const = -terms.pop((), 0)  # poly = body - const
+        shown = (dict(terms), op, const)  # as written, for explanations
         # Scale to integer coefficients: the body then takes integer values, so strict comparisons become
         # non-strict ones exactly, and propagation divides integers only.
         scale = math.lcm(*(Fraction(c).denominator for c in (*terms.values(), const)))
@@ -258,18 +259,21 @@ class Constraint:
         const = _simplest(const * scale)
         body = Expr(poly.problem, terms)
         if op == "<=":
-            return Polynomial(body, None, _floor(const))
-        if op == "<":
-            return Polynomial(body, None, _ceil(const) - 1)
-        if op == ">=":
-            return Polynomial(body, _ceil(const), None)
-        if op == ">":
-            return Polynomial(body, _floor(const) + 1, None)
-        if op == "==":  # a non-integer constant stays a Fraction: then no integer body reaches it
-            return Polynomial(body, const, const)
-        if op == "!=":
-            return Polynomial(body, const, const, negate=True)
-        raise ValueError(f"unknown comparison {op!r}")
+            made = Polynomial(body, None, _floor(const))
+        elif op == "<":
+            made = Polynomial(body, None, _ceil(const) - 1)
+        elif op == ">=":
+            made = Polynomial(body, _ceil(const), None)
+        elif op == ">":
+            made = Polynomial(body, _floor(const) + 1, None)
+        elif op == "==":  # a non-integer constant stays a Fraction: then no integer body reaches it
+            made = Polynomial(body, const, const)
+        elif op == "!=":
+            made = Polynomial(body, const, const, negate=True)
+        else:
+            raise ValueError(f"unknown comparison {op!r}")
+        made.shown = shown
+        return made
 
     # Constraints are compared by identity (they live in lists and sets); ``==`` on Exprs builds them instead.
     __hash__ = object.__hash__
@@ -290,6 +294,7 @@ class Polynomial(Constraint):
     def __init__(self, body: Expr, lo: Number | None, hi: Number | None, negate: bool = False):
         self.body, self.lo, self.hi, self.negate = body, lo, hi, negate
         self.problem = body.problem
+        self.shown: tuple | None = None  # (terms, op, constant) as written, set by ``Constraint.compare``
         self.monomials = list(body.terms.items())
         self._vars = body.variables()
         # Per monomial, the factors whose bounds can be narrowed (a variable appearing once) with the rest of
@@ -357,6 +362,9 @@ class Polynomial(Constraint):
         return []
 
     def describe(self, names: Sequence[str]) -> str:
+        if self.shown is not None:  # as the caller wrote it (the stored form may be scaled to integers)
+            terms, op, const = self.shown
+            return f"{_format_poly(terms, names)} {op} {const}"
         body = _format_poly(self.body.terms, names)
         if self.negate:
             return f"{body} != {self.lo}"
