@@ -14,7 +14,7 @@ Shapes (B batch, T time, N heads, D head dimension, G gates, S states; SPEC.md h
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
 from . import _arrays, backends
@@ -34,7 +34,7 @@ class ForwardResult:
     """
 
     states: Array  #: [S, B, T, N, D], every state after every step, in Wx's dtype
-    last_states: Array  #: [S, B, 1, N, D], the states after the last step (a view of ``states``)
+    last_states: Array  #: [S, B, 1, N, D], the states after each sequence's last step (a view of ``states``)
     function: str
     backend: str  #: the backend that ran (``auto`` resolved)
     problem: Problem = field(repr=False)
@@ -60,6 +60,7 @@ def forward(
     *,
     function: str,
     backend: str = "auto",
+    lengths: Array | None = None,
 ) -> ForwardResult:
     """Run the recurrence over the whole sequence.
 
@@ -71,12 +72,16 @@ def forward(
         states: ``[S, B, 1, N, D]`` initial states, zeros when None.
         function: ``"lstm"``, ``"slstm"``, ``"gru"`` or ``"elman"``.
         backend: ``"auto"`` (fastest that can take the shape), ``"cuda_fused"``, ``"cuda"`` or ``"vanilla"``.
+        lengths: ``[B]`` integers in 1..T, or None (all T). Sequence b runs its first ``lengths[b]`` steps; its
+            states after that stay equal to its last valid state, so ``last_states`` holds each sequence's
+            states at its own end (docs/architecture.md, "Variable lengths"). A CuPy array costs one
+            synchronisation (its range is checked on the host); a list or NumPy array does not.
 
     Returns:
         ``ForwardResult`` with ``states [S, B, T, N, D]`` and ``last_states [S, B, 1, N, D]`` in Wx's dtype.
         Work is queued on CuPy's current stream; nothing synchronises.
     """
-    problem = validate(Wx, R, b, states, function=function, backend=backend)
+    problem = validate(Wx, R, b, states, function=function, backend=backend, lengths=lengths)
     chosen = backends.resolve(backend, problem)
     Wx, R, b, states = (_contiguous(a) for a in (Wx, R, b, states))
     out_states, saved = chosen.forward(problem, Wx, R, b, states)
@@ -92,11 +97,11 @@ def forward(
 
 
 def result_from_saved(Wx: Array, R: Array, b: Array, states0: Array | None, states: Array, saved: Any,
-                      function: str, backend: str) -> ForwardResult:
+                      function: str, backend: str, lengths: Array | None = None) -> ForwardResult:
     """The ``ForwardResult`` that ``backward`` needs, rebuilt from arrays a framework kept between its forward
     and backward passes (the PyTorch and JAX adapters). ``backend`` as the forward was asked it: resolving it
     again picks the backend that ran, since the choice depends only on the problem."""
-    problem = validate(Wx, R, b, states0, function=function, backend=backend)
+    problem = validate(Wx, R, b, states0, function=function, backend=backend, lengths=lengths)
     ran = backends.resolve(backend, problem).name
     return ForwardResult(states, states[:, :, -1:], function, ran, problem, (Wx, R, b, states0), saved)
 
@@ -110,6 +115,9 @@ def backward(result: ForwardResult, dstates: Array | None = None, dlast_states: 
             gradient on ``h`` alone.
         dlast_states: upstream gradient on ``last_states``, ``[S, B, 1, N, D]``. Added to dstates' last step.
 
+    With ``lengths``, the states after a sequence's end are copies of its last valid state, so upstream
+    gradient there flows to that state; ``dWx`` of steps past the end is zero.
+
     Returns:
         ``Grads(dWx [B, T, Gw, N, D], dR [Gr, N, D, D], db [Gb, N, D], dstates_initial [S, B, 1, N, D])``, each
         in the dtype of its input. ``dR`` and ``db`` are summed over batch and time.
@@ -121,6 +129,7 @@ def backward(result: ForwardResult, dstates: Array | None = None, dlast_states: 
         Wx, R, b, states0, function=result.function, backend=result.backend,
         dstates=dstates, dlast_states=dlast_states, for_backward=True,
     )
+    problem = replace(problem, lengths=result.problem.lengths)  # checked by forward: no second read-back
     chosen = backends.get_backend(result.backend)
     dstates, dlast_states = _contiguous(dstates), _contiguous(dlast_states)
     return chosen.backward(problem, Wx, R, b, states0, result.states, result.saved, dstates, dlast_states)
@@ -133,11 +142,12 @@ def flashrnn(
     states: Array | None = None,
     function: str = "lstm",
     backend: str = "auto",
+    lengths: Array | None = None,
 ) -> tuple[Array, Array]:
     """FlashRNN 1.x's functional call: ``states, last_states = flashrnn(Wx, R, b, states, function, backend)``.
 
-    Same shapes as ``forward``; returns ``(states [S, B, T, N, D], last_states [S, B, 1, N, D])``. For gradients
+    Same shapes (and ``lengths``) as ``forward``; returns ``(states [S, B, T, N, D], last_states [S, B, 1, N, D])``. For gradients
     use ``forward``/``backward`` here, or the PyTorch and JAX adapters.
     """
-    result = forward(Wx, R, b, states, function=function, backend=backend)
+    result = forward(Wx, R, b, states, function=function, backend=backend, lengths=lengths)
     return result.states, result.last_states

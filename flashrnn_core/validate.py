@@ -7,7 +7,7 @@ touches the data: NaN is not an error, and the caller's arrays are never modifie
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
@@ -24,7 +24,9 @@ class Problem:
     """A checked call: what every backend needs to know about it, and nothing it must re-check.
 
     dtype is the storage dtype of ``Wx`` (that of the returned states); ``device`` is the CuPy device id or
-    None for NumPy arrays.
+    None for NumPy arrays. ``lengths`` is None (every sequence runs all T steps) or an int32 array ``[B]`` of
+    the problem's kind (NumPy or CuPy on ``device``) with ``1 <= lengths[b] <= T``: sequence b runs its first
+    ``lengths[b]`` steps and its states then stay at the last valid ones (docs/architecture.md, "Variable lengths").
     """
 
     function: str
@@ -37,6 +39,7 @@ class Problem:
     dtype: np.dtype
     device: int | None
     has_initial_states: bool
+    lengths: Any = field(default=None, compare=False, repr=False)
 
     @property
     def on_gpu(self) -> bool:
@@ -44,7 +47,8 @@ class Problem:
 
     def label(self) -> str:
         """A name a person can read in logs and test ids: ``lstm-bfloat16-B3-T17-N2-D64``."""
-        return f"{self.function}-{_arrays.dtype_name(self.dtype)}-B{self.B}-T{self.T}-N{self.N}-D{self.D}"
+        varlen = "-varlen" if self.lengths is not None else ""
+        return f"{self.function}-{_arrays.dtype_name(self.dtype)}-B{self.B}-T{self.T}-N{self.N}-D{self.D}{varlen}"
 
 
 def _describe(a: Any) -> str:
@@ -103,11 +107,14 @@ def validate(
     dstates: Any = None,
     dlast_states: Any = None,
     for_backward: bool = False,
+    lengths: Any = None,
 ) -> Problem:
     """Check a forward (or, with ``for_backward``, a backward) call and describe it as a ``Problem``.
 
     Shapes (SPEC.md): Wx ``[B, T, Gw, N, D]``, R ``[Gr, N, D, D]``, b ``[Gb, N, D]``, states ``[S, B, 1, N, D]``;
     for a backward, dstates ``[S, B, T, N, D]`` or ``[1, B, T, N, D]`` (h only), dlast_states ``[S, B, 1, N, D]``.
+    lengths: None, or ``[B]`` integers in 1..T (a list, NumPy or CuPy array); checking the range of a CuPy
+    array reads two numbers back to the host (one synchronisation), so hand NumPy lengths where that matters.
     Whether the chosen backend can take the problem is asked of the backend afterwards
     (``backends.resolve``), still before any device work.
     """
@@ -146,7 +153,35 @@ def validate(
     if Wx.dtype == _arrays.float64 and backend in ("cuda", "cuda_fused"):
         raise ValueError(f"Wx: backend {backend!r} takes float32, bfloat16 or float16, got float64 (use 'vanilla')")
     xp = _arrays.array_module(Wx)
-    return Problem(function, cell, xp, B, T, N, D, np.dtype(Wx.dtype), device, states is not None)
+    lengths = _check_lengths(lengths, xp, device, B, T)
+    return Problem(function, cell, xp, B, T, N, D, np.dtype(Wx.dtype), device, states is not None, lengths)
+
+
+def _check_lengths(lengths: Any, xp: ModuleType, device: int | None, B: int, T: int) -> Any:
+    """``lengths`` as an int32 array ``[B]`` on the problem's device, or None when absent or when every entry
+    is T (the full-length kernels then run, with nothing to mask)."""
+    if lengths is None:
+        return None
+    if isinstance(lengths, (list, tuple)):
+        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in lengths):
+            raise TypeError(f"lengths: expected integers, got {_describe(lengths)}")
+        lengths = np.asarray(lengths, dtype=np.int64).reshape(len(lengths))
+    if not (isinstance(lengths, np.ndarray) or _arrays.is_cupy_array(lengths)):
+        raise TypeError(f"lengths: expected a list, NumPy or CuPy array of integers, got {_describe(lengths)}")
+    if not np.issubdtype(np.dtype(lengths.dtype), np.integer):
+        raise ValueError(f"lengths: expected an integer dtype, got {lengths.dtype}")
+    _check_shape("lengths", lengths, (B,), f"[B] with Wx's B={B}")
+    if _arrays.is_cupy_array(lengths) and _device_of(lengths) != device:
+        raise ValueError(f"lengths: expected an array on the device of Wx ({device}), got one on {_device_of(lengths)}")
+    low, high = int(lengths.min()), int(lengths.max())  # a CuPy array: one read-back, documented above
+    if low < 1 or high > T:
+        raise ValueError(f"lengths: expected every length in 1..T={T}, got values from {low} to {high}")
+    if low == T:
+        return None
+    if device is None:
+        return np.ascontiguousarray(lengths, dtype=np.int32)
+    with xp.cuda.Device(device):
+        return xp.ascontiguousarray(xp.asarray(lengths, dtype=np.int32))
 
 
 def _check_upstream(cell: Cell, dstates: Any, dlast_states: Any, B: int, T: int, N: int, D: int) -> None:

@@ -26,7 +26,7 @@ VANILLA = VanillaBackend()
 def problem(function: str, Wx, xp=np) -> SimpleNamespace:
     """What ``validate`` hands a backend, for the attributes vanilla reads."""
     B, T, _, N, D = Wx.shape
-    return SimpleNamespace(cell=CELLS[function], xp=xp, B=B, T=T, N=N, D=D, dtype=np.dtype(Wx.dtype))
+    return SimpleNamespace(cell=CELLS[function], xp=xp, B=B, T=T, N=N, D=D, dtype=np.dtype(Wx.dtype), lengths=None)
 
 
 def make_inputs(function: str, B: int, T: int, N: int, D: int, kind: str, seed: int) -> list:

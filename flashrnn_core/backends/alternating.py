@@ -194,6 +194,8 @@ class AlternatingBackend(Backend):
     def unsupported(self, problem) -> str | None:
         if not getattr(problem, "on_gpu", False):
             return "cuda runs on CuPy arrays on a GPU, got NumPy arrays"
+        if problem.lengths is not None:
+            return "cuda does not take variable lengths yet"
         if np.dtype(problem.dtype) not in STORAGE_TYPES:
             return f"cuda takes float32, bfloat16 or float16, got {_arrays.dtype_name(problem.dtype)}"
         try:

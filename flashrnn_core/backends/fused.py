@@ -227,6 +227,8 @@ class FusedBackend(Backend):
     def unsupported(self, problem) -> str | None:
         if not problem.on_gpu:
             return "cuda_fused runs on CuPy arrays on a GPU, got NumPy arrays"
+        if problem.lengths is not None:
+            return "cuda_fused does not take variable lengths yet"
         params = self._choose(problem)
         return params if isinstance(params, str) else None
 

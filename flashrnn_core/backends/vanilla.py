@@ -8,6 +8,10 @@ checks); R, b and the initial states are each upcast to that compute dtype, what
 Wx's storage dtype (unlike the GPU backends, see docs/architecture.md "Saved tensors"): then the backward of
 a 16-bit forward recomputes its activations from the very values the forward used. ``backward`` takes saved
 tensors in any dtype, so it also runs on another backend's forward.
+
+Variable lengths (``problem.lengths``): every step runs on the whole batch and a sequence past its end keeps
+its previous states (a select, so its states stay its last valid ones); backward, such a step passes the
+state gradient through unchanged and contributes nothing to dWx, dR or db.
 """
 
 from __future__ import annotations
@@ -26,6 +30,13 @@ def _step_rs(xp: Any, R: Array, h: Array) -> Array:
 def _step_dh(xp: Any, R: Array, drs: Array) -> Array:
     """``sum_g R[g, n]^T @ drs[g, b, n]``, the gradient on h_prev through R: drs ``[G, B, N, D]`` -> ``[B, N, D]``."""
     return xp.matmul(drs[:, :, :, None, :], R[:, None])[:, :, :, 0, :].sum(axis=0)
+
+
+def _running(xp: Any, problem: Any, t: int) -> Array | None:
+    """``[1, B, 1, 1]`` booleans, True where step t is inside the sequence; None without lengths (all are)."""
+    if problem.lengths is None:
+        return None
+    return (t < problem.lengths)[None, :, None, None]
 
 
 def _initial(xp: Any, problem: Any, states0: Array | None, dtype: Any) -> Array:
@@ -55,7 +66,9 @@ class VanillaBackend(Backend):
         saved = xp.empty((B, T, cell.n_saved, N, D), cdt)
         for t in range(T):
             x = xp.moveaxis(Wx[:, t], 1, 0).astype(cdt)  # [Gw, B, N, D]
-            s, saved_t = cell.step_forward(xp, x, _step_rs(xp, R, s[0]), b, s)
+            s_new, saved_t = cell.step_forward(xp, x, _step_rs(xp, R, s[0]), b, s)
+            running = _running(xp, problem, t)
+            s = s_new if running is None else xp.where(running, s_new, s)
             states[:, :, t] = s
             saved[:, t] = xp.moveaxis(saved_t, 0, 1)
         return states.astype(Wx.dtype, copy=False), saved
@@ -91,10 +104,15 @@ class VanillaBackend(Backend):
             ds = carry + self._upstream(xp, dstates, dlast, t, T, carry.shape, cdt)
             s_prev = states[:, :, t - 1] if t > 0 else s_init
             dx, drs, db_t, ds_prev = cell.step_backward(xp, ds, s_prev, xp.moveaxis(saved[:, t], 1, 0))
+            running = _running(xp, problem, t)
+            if running is not None:  # past a sequence's end: no gate gradient, the state gradient passes through
+                dx, drs, db_t = (xp.where(running, g, 0) for g in (dx, drs, db_t))
             dWx[:, t] = xp.moveaxis(dx, 0, 1)
             drs_all[:, t] = xp.moveaxis(drs, 0, 1)
             db += db_t.sum(axis=1)
             carry = xp.concatenate([(ds_prev[0] + _step_dh(xp, Rc, drs))[None], ds_prev[1:]])
+            if running is not None:
+                carry = xp.where(running, carry, ds)
         # h_prev of every step, then dR[g, n] = sum over (b, t) of drs outer h_prev: one contraction, after the loop.
         h_prev = xp.concatenate([s_init[0][:, None], states[0][:, :-1]], axis=1)  # [B, T, N, D]
         dR = xp.einsum("btgni,btnj->gnij", drs_all, h_prev, optimize=True)  # optimize: BLAS, 6x NumPy's loop

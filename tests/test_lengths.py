@@ -1,0 +1,190 @@
+"""Variable lengths (``lengths=[B]``): every backend against running each sequence alone, the gradient
+convention (upstream gradient past a sequence's end flows into its last valid state; dWx there is zero),
+float64 finite differences, and the checks on the argument."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import flashrnn_core as fc
+from flashrnn_core import _arrays
+from flashrnn_core.cells import CELLS
+
+CELL_NAMES = sorted(CELLS)
+TOL = {"float64": 1e-10, "float32": 1e-4, "bfloat16": 2e-2, "float16": 2e-2}  # SPEC.md, relative
+
+
+def _inputs(rng, function, B, T, N, D, with_states=True):
+    cell = CELLS[function]
+    Wx = rng.standard_normal((B, T, cell.gates_w, N, D))
+    R = rng.standard_normal((cell.gates_r, N, D, D)) / np.sqrt(D)
+    b = rng.standard_normal((cell.gates_b, N, D))
+    s0 = None
+    if with_states:
+        s0 = rng.standard_normal((cell.states, B, 1, N, D))
+        if function == "slstm":  # n >= 1 and a finite stabilizer, as a previous forward would leave them
+            s0[2] = 1.0 + np.abs(s0[2])
+    return Wx, R, b, s0
+
+
+def _alone(Wx, R, b, s0, function, lengths, ds, backend="vanilla"):
+    """Each sequence run by itself over its own length, with the upstream gradient of its padded steps added to
+    its last valid step (they are copies of that state): the reference for a variable-length call."""
+    out = []
+    for i, n in enumerate(lengths):
+        s0_i = None if s0 is None else s0[:, i : i + 1]
+        res = fc.forward(Wx[i : i + 1, :n], R, b, s0_i, function=function, backend=backend)
+        d = ds[:, i : i + 1, :n].copy()
+        d[:, 0, -1] += ds[:, i, n:].sum(axis=1)
+        out.append((res, fc.backward(res, d)))
+    return out
+
+
+def _rel(out, ref) -> float:
+    out, ref = np.asarray(out, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    assert not np.isnan(out).any(), "NaN in the output"
+    return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30))
+
+
+@pytest.mark.parametrize("function", CELL_NAMES)
+def test_vanilla_equals_each_sequence_alone(function):
+    rng = np.random.default_rng(1)
+    B, T, N, D = 4, 9, 2, 5
+    Wx, R, b, s0 = _inputs(rng, function, B, T, N, D)
+    lengths = [9, 4, 1, 6]
+    res = fc.forward(Wx, R, b, s0, function=function, backend="vanilla", lengths=lengths)
+    ds = rng.standard_normal(res.states.shape)
+    g = fc.backward(res, ds)
+    dR, db = np.zeros_like(R), np.zeros_like(b)
+    for i, (one, g1) in enumerate(_alone(Wx, R, b, s0, function, lengths, ds)):
+        n = lengths[i]
+        np.testing.assert_allclose(res.states[:, i, :n], one.states[:, 0], rtol=1e-12, atol=1e-12)
+        np.testing.assert_array_equal(res.states[:, i, n:], np.repeat(one.states[:, 0, -1:], T - n, axis=1))
+        np.testing.assert_array_equal(res.last_states[:, i], one.last_states[:, 0])
+        np.testing.assert_allclose(g.dWx[i, :n], g1.dWx[0], rtol=1e-10, atol=1e-12)
+        assert not g.dWx[i, n:].any(), "dWx past a sequence's end must be zero"
+        np.testing.assert_allclose(g.dstates_initial[:, i], g1.dstates_initial[:, 0], rtol=1e-10, atol=1e-12)
+        dR, db = dR + g1.dR, db + g1.db
+    np.testing.assert_allclose(g.dR, dR, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(g.db, db, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("function", ["elman", "gru", "lstm"])
+def test_vanilla_gradients_match_finite_differences(function):
+    """The gradient of <dstates, states> with lengths, against central differences in float64. slstm is left
+    out: SPEC's slstm gradient holds the stabiliser m fixed, which plain differences do not (test_vanilla
+    checks it against differences of the m-frozen function; the test above ties its lengths path to that)."""
+    rng = np.random.default_rng(2)
+    B, T, N, D = 3, 5, 1, 3
+    Wx, R, b, s0 = _inputs(rng, function, B, T, N, D)
+    lengths = np.array([2, 5, 1])
+    res = fc.forward(Wx, R, b, s0, function=function, backend="vanilla", lengths=lengths)
+    ds = rng.standard_normal(res.states.shape)
+    g = fc.backward(res, ds)
+
+    def loss(Wx_, R_, s0_):
+        return float((fc.forward(Wx_, R_, b, s0_, function=function, backend="vanilla", lengths=lengths).states
+                      * ds).sum())
+
+    eps = 1e-6
+    for name, arr, grad in (("Wx", Wx, g.dWx), ("R", R, g.dR), ("states", s0, g.dstates_initial)):
+        for idx in [tuple(rng.integers(0, s) for s in arr.shape) for _ in range(6)]:
+            plus, minus = arr.copy(), arr.copy()
+            plus[idx] += eps
+            minus[idx] -= eps
+            args = {"Wx": (Wx, R, s0), "R": (Wx, R, s0), "states": (Wx, R, s0)}[name]
+            pos = {"Wx": 0, "R": 1, "states": 2}[name]
+            a_plus, a_minus = list(args), list(args)
+            a_plus[pos], a_minus[pos] = plus, minus
+            numeric = (loss(*a_plus) - loss(*a_minus)) / (2 * eps)
+            assert abs(numeric - grad[idx]) <= 1e-6 * max(1.0, abs(numeric)), (name, idx, numeric, grad[idx])
+
+
+def test_full_lengths_are_the_plain_call():
+    rng = np.random.default_rng(3)
+    Wx, R, b, s0 = _inputs(rng, "lstm", 2, 4, 1, 3)
+    plain = fc.forward(Wx, R, b, s0, function="lstm", backend="vanilla")
+    full = fc.forward(Wx, R, b, s0, function="lstm", backend="vanilla", lengths=[4, 4])
+    assert full.problem.lengths is None  # nothing to mask: the full-length path runs
+    np.testing.assert_array_equal(plain.states, full.states)
+
+
+@pytest.mark.parametrize(
+    "lengths, error, match",
+    [
+        ([3, 0], ValueError, r"lengths: expected every length in 1..T=4, got values from 0 to 3"),
+        ([5, 1], ValueError, r"lengths: expected every length in 1..T=4, got values from 1 to 5"),
+        ([1, 2, 3], ValueError, r"lengths: expected shape \[2\]"),
+        (np.array([[1, 2]]), ValueError, r"lengths: expected shape \[2\]"),
+        (np.array([1.0, 2.0]), ValueError, r"lengths: expected an integer dtype, got float64"),
+        ([1, 2.5], TypeError, r"lengths: expected integers"),
+        ([True, 2], TypeError, r"lengths: expected integers"),
+        ("12", TypeError, r"lengths: expected a list, NumPy or CuPy array of integers"),
+    ],
+)
+def test_bad_lengths_are_refused(lengths, error, match):
+    rng = np.random.default_rng(4)
+    Wx, R, b, _ = _inputs(rng, "gru", 2, 4, 1, 3, with_states=False)
+    with pytest.raises(error, match=match):
+        fc.forward(Wx, R, b, function="gru", backend="vanilla", lengths=lengths)
+
+
+def test_flashrnn_takes_lengths():
+    rng = np.random.default_rng(5)
+    Wx, R, b, _ = _inputs(rng, "elman", 2, 5, 1, 3, with_states=False)
+    states, last = fc.flashrnn(Wx, R, b, function="elman", backend="vanilla", lengths=np.array([2, 5]))
+    np.testing.assert_array_equal(last[:, 0, 0], states[:, 0, 1])
+    np.testing.assert_array_equal(last[:, 1, 0], states[:, 1, 4])
+
+
+# ---- GPU backends: the same contract, against vanilla on the same (rounded) inputs -------------------------
+GPU_DTYPES = {"float32": _arrays.float32, "bfloat16": _arrays.bfloat16, "float16": _arrays.float16}
+# (B, T, N, D, lengths): odd B, a sequence of length 1, the full length, T = 1, several batch tiles.
+GPU_SHAPES = [
+    (3, 17, 2, 64, [17, 5, 1]),
+    (1, 1, 1, 32, [1]),
+    (9, 12, 2, 16, [12, 1, 3, 12, 7, 2, 11, 9, 4]),
+    (20, 6, 3, 48, [6, 1, 2, 3, 4, 5] * 3 + [1, 6]),
+]
+
+
+def _gpu_case(function, dtype, shape, seed):
+    import cupy
+
+    B, T, N, D, lengths = shape
+    rng = np.random.default_rng(seed)
+    host = [None if a is None else a.astype(np.float32).astype(dtype) for a in _inputs(rng, function, B, T, N, D)]
+    dev = [None if a is None else cupy.asarray(a) for a in host]
+    return host, dev, np.array(lengths)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "cuda_fused"])
+@pytest.mark.parametrize("dtype_name", sorted(GPU_DTYPES))
+@pytest.mark.parametrize("function", CELL_NAMES)
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: f"B{s[0]}-T{s[1]}-N{s[2]}-D{s[3]}")
+def test_gpu_backend_matches_vanilla_with_lengths(backend, dtype_name, function, shape):
+    import cupy
+
+    dtype = GPU_DTYPES[dtype_name]
+    host, dev, lengths = _gpu_case(function, dtype, shape, seed=hash((backend, dtype_name, function)) % 2**32)
+    ref_in = [None if a is None else a.astype(np.float64) for a in host]
+    ref = fc.forward(*ref_in, function=function, backend="vanilla", lengths=lengths)
+    res = fc.forward(*dev, function=function, backend=backend, lengths=cupy.asarray(lengths))
+    assert res.backend == backend
+    tol = TOL[dtype_name]
+    assert _rel(cupy.asnumpy(res.states), ref.states) <= tol
+    states = cupy.asnumpy(res.states)
+    for i, n in enumerate(lengths):  # past the end: bitwise copies of the last valid state
+        np.testing.assert_array_equal(states[:, i, n:], np.repeat(states[:, i, n - 1 : n], len(states[0, i]) - n, 1))
+
+    rng = np.random.default_rng(7)
+    ds = rng.standard_normal(ref.states.shape)
+    g_ref = fc.backward(ref, ds)
+    g = fc.backward(res, cupy.asarray(ds.astype(np.float32).astype(dtype)))
+    for name in ("dWx", "dR", "db", "dstates_initial"):
+        assert _rel(cupy.asnumpy(getattr(g, name)), getattr(g_ref, name)) <= 2 * tol, name
+    dWx = cupy.asnumpy(g.dWx)
+    for i, n in enumerate(lengths):
+        assert not np.asarray(dWx[i, n:], np.float32).any(), "dWx past a sequence's end must be zero"
