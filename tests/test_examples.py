@@ -42,3 +42,22 @@ def test_cupy_sgd_learns_on_cupy(capsys):
     losses = load("cupy_sgd").main(TINY)
     assert "arrays: cupy" in capsys.readouterr().out
     assert np.mean(losses[-5:]) < 0.85 * np.mean(losses[:5])
+
+
+def test_ddp_parity_gradients_equal_one_process_on_cpu():
+    """Two gloo processes on the CPU (vanilla): DDP's averaged gradients equal one process on the global batch."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(EXAMPLES.parent), os.environ.get("PYTHONPATH", "")])}
+    args = ["--device", "cpu", "--world-size", "2", "--check", "--steps", "4", "--batch", "8", "--length", "6",
+            "--eval-length", "12", "--heads", "2", "--head-dim", "8", "--repeats", "1"]
+    done = subprocess.run([sys.executable, str(EXAMPLES / "ddp_parity.py"), *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "gradients after one step, DDP on 2 x 4 vs one process on 8: equal" in done.stdout
+    assert "step     4  loss" in done.stdout
+
+
+def test_readme_first_command_runs_the_parity_demo():
+    """The README's first command installs and runs examples/parity.py (issue 9: the demo is the main job)."""
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    first_block = readme.split("```")[1]
+    assert "pip install" in first_block and first_block.strip().endswith("python examples/parity.py")
