@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: install over the image's packages, GPU tests, compute-sanitizer on the fused
 # kernels, benchmarks. Full logs go to $OUT (or ./device_out); a short table is printed last.
-#   STAGES="tests sanitizer bench" (default: all)   PYTEST_ARGS="-x"   PYTEST_K="not slow"   BENCH_ARGS="..."
+#   STAGES="tests sanitizer bench" (default: those three; "ddp" on a 2-GPU machine)   PYTEST_ARGS="-x"
+#   PYTEST_K="not slow"   BENCH_ARGS="..."   DDP_ARGS="..."
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/device_out}; mkdir -p "$OUT"
@@ -38,6 +39,19 @@ if [[ " $STAGES " == *" bench "* ]]; then
     timeout 300 python -m bench.run --suite reference --out "$OUT/reference.json" ${BENCH_ARGS:-} >"$OUT/bench.log" 2>&1
     note "bench reference" "exit $? (rows in reference.json)"
     tail -n 40 "$OUT/bench.log"
+fi
+
+if [[ " $STAGES " == *" ddp "* ]]; then
+    # Two GPUs (nvidia-h200-x2): one DDP step's averaged gradients against one process on the global batch, step
+    # times at the reference size, then the default parity training.
+    timeout 200 python -m torch.distributed.run --nproc_per_node=2 examples/ddp_parity.py --check --steps 0 \
+        --heads 12 --head-dim 64 --batch 32 --length 1024 ${DDP_ARGS:-} >"$OUT/ddp_check.log" 2>&1
+    note "ddp check 12x64 T=1024" "exit $? : $(grep -E '^gradients' "$OUT/ddp_check.log" | cut -c1-90)"
+    note "ddp step times" "$(grep -E '^time per' "$OUT/ddp_check.log" | sed 's/.*: //')"
+    timeout 200 python -m torch.distributed.run --nproc_per_node=2 examples/ddp_parity.py --check \
+        >"$OUT/ddp_train.log" 2>&1
+    note "ddp parity training" "exit $? : $(tail -n 1 "$OUT/ddp_train.log")"
+    tail -n 30 "$OUT/ddp_check.log" "$OUT/ddp_train.log"
 fi
 
 echo; echo "== device_check summary =="; printf '%s\n' "${summary[@]}"
