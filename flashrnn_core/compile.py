@@ -113,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", required=True, help="comma-separated architectures, e.g. sm_80,sm_90")
     parser.add_argument("--check", action="store_true", help="fail on spills, > 255 registers or too much smem")
     parser.add_argument("--jobs", type=int, default=2, help="compiler processes (default 2)")
+    parser.add_argument("--match", default="", help="only variants whose label contains every comma-separated "
+                        "word, e.g. 'slstm,bfloat16' (while iterating on one kernel)")
     args = parser.parse_args(argv)
     archs = [a.strip() for a in args.arch.split(",") if a.strip()]
     try:
@@ -126,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # a backend that cannot list its kernels is a failure, not "nothing to do"
         print(f"cannot list the kernel variants: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
+    words = [w for w in args.match.split(",") if w]
+    variants = [spec for spec in variants if all(w in spec.label for w in words)]
     jobs = [(spec, arch) for arch in archs for spec in variants if sm_number(arch) >= spec.min_sm]
     print(f"{len(variants)} kernel variants, {len(jobs)} compiles for {', '.join(archs)}"
           + (f": {why_none}" if why_none else ""), flush=True)

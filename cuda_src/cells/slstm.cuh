@@ -30,7 +30,7 @@ struct SlstmCell {
         s[1] = fmaf(f, s_prev[1], i * act_tanh(saved[2]));
         s[2] = fmaxf(fmaf(f, s_prev[2], i), 1.f);
         s[3] = m;
-        s[0] = act_sigmoid(saved[3]) * s[1] / s[2];
+        s[0] = act_sigmoid(saved[3]) * s[1] * act_rcp(s[2]);
     }
 
     __device__ __forceinline__ static void backward(const float (&ds)[S], const float (&s_prev)[S],
@@ -41,12 +41,13 @@ struct SlstmCell {
         const float z = act_tanh(saved[2]), o = act_sigmoid(saved[3]);
         const float c = fmaf(f, s_prev[1], i * z);
         const float n = fmaxf(fmaf(f, s_prev[2], i), 1.f);
+        const float rn = act_rcp(n);
         const float dh = ds[0];
-        const float dc = ds[1] + dh * o / n;
-        const float dn = ds[2] - dh * o * c / (n * n);
+        const float dc = ds[1] + dh * o * rn;
+        const float dn = ds[2] - dh * o * c * rn * rn;
         const float dlf = (dc * s_prev[1] + dn * s_prev[2]) * f;
         const float d[4] = {(dc * z + dn) * i, dlf * act_sigmoid(-saved[1]), dc * i * (1.f - z * z),
-                            dh * c / n * o * (1.f - o)};
+                            dh * c * rn * o * (1.f - o)};
 #pragma unroll
         for (int g = 0; g < 4; ++g) dx[g] = drs[g] = db[g] = d[g];
         ds_prev[0] = 0.f;

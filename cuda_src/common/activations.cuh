@@ -42,6 +42,17 @@ __device__ __forceinline__ float act_exp(float x) {
 #endif
 }
 
+// 1 / x for the cells' normalisers (sLSTM's n >= 1): the MUFU reciprocal on the fast path (relative error
+// ~2^-22, valid for |x| in [2^-126, 2^126]); IEEE division otherwise. The IEEE path's range checks and Newton
+// steps cost ~10 instructions a call, which an issue-bound step pays in full (issue 5: sLSTM 40% over LSTM).
+__device__ __forceinline__ float act_rcp(float x) {
+#if FLASHRNN_FAST_ACTIVATIONS
+    return __fdividef(1.f, x);
+#else
+    return 1.f / x;
+#endif
+}
+
 // log sigma(x) = min(x, 0) - log1p(exp(-|x|)): no overflow and no log(0) in either tail.
 __device__ __forceinline__ float act_log_sigmoid(float x) {
 #if FLASHRNN_FAST_ACTIVATIONS
