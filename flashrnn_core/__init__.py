@@ -3,9 +3,9 @@
 Public names only; see ``api.py`` for the calls and ``../shared/SPEC.md`` (the contract) for shapes and math.
 """
 
-from .api import ForwardResult, Grads, backward, flashrnn, forward
+from .api import ForwardResult, Grads, backward, backward_memory, flashrnn, forward
 from .cells import FUNCTIONS
 
 __version__ = "0.1.0"
 
-__all__ = ["forward", "backward", "flashrnn", "ForwardResult", "Grads", "FUNCTIONS", "__version__"]
+__all__ = ["forward", "backward", "flashrnn", "backward_memory", "ForwardResult", "Grads", "FUNCTIONS", "__version__"]

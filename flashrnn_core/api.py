@@ -17,13 +17,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
+import numpy as np
+
 from . import _arrays, backends
 from .backends.base import Grads
-from .validate import Problem, validate
+from .validate import Problem, validate, validate_function
 
 Array = Any  # numpy.ndarray or cupy.ndarray
 
-__all__ = ["ForwardResult", "Grads", "forward", "backward", "flashrnn", "result_from_saved"]
+__all__ = ["ForwardResult", "Grads", "forward", "backward", "flashrnn", "result_from_saved", "backward_memory"]
 
 
 @dataclass
@@ -151,3 +153,19 @@ def flashrnn(
     """
     result = forward(Wx, R, b, states, function=function, backend=backend, lengths=lengths)
     return result.states, result.last_states
+
+
+def backward_memory(function: str, dtype: Any, B: int, T: int, N: int, D: int) -> dict[str, int]:
+    """Bytes a GPU backend's forward keeps for the backward, in the storage ``dtype``.
+
+    ``states`` ``[S, B, T, N, D]`` is the forward's output (the caller holds it anyway); ``saved``
+    ``[B, T, n_saved, N, D]`` is the cells' pre-activations (docs/architecture.md, "Saved tensors"), at most one
+    set of gate activations (``n_saved <= Gb``, the cell's distinct gates). Nothing else outlives the forward.
+    (``vanilla`` keeps ``saved`` in its float32/float64 compute dtype instead.)
+    """
+    cell = validate_function(function)
+    item = np.dtype(dtype).itemsize
+    states, saved = cell.states * B * T * N * D * item, cell.n_saved * B * T * N * D * item
+    return {"states": states, "saved": saved, "total": states + saved,
+            "gate_set": cell.gates_b * B * T * N * D * item}
+

@@ -118,11 +118,9 @@ def validate(
     Whether the chosen backend can take the problem is asked of the backend afterwards
     (``backends.resolve``), still before any device work.
     """
-    if not isinstance(function, str) or function not in CELLS:
-        raise ValueError(f"function: expected one of {sorted(CELLS)}, got {function!r}")
+    cell = validate_function(function)
     if not isinstance(backend, str) or backend not in BACKEND_NAMES:
         raise ValueError(f"backend: expected one of {list(BACKEND_NAMES)}, got {backend!r}")
-    cell = CELLS[function]
 
     named = {"Wx": Wx, "R": R, "b": b, "states": states}
     if for_backward:
@@ -182,6 +180,13 @@ def _check_lengths(lengths: Any, xp: ModuleType, device: int | None, B: int, T: 
         return np.ascontiguousarray(lengths, dtype=np.int32)
     with xp.cuda.Device(device):
         return xp.ascontiguousarray(xp.asarray(lengths, dtype=np.int32))
+
+
+def validate_function(function: Any) -> Cell:
+    """The cell named ``function``, or the ValueError that lists the names."""
+    if not isinstance(function, str) or function not in CELLS:
+        raise ValueError(f"function: expected one of {sorted(CELLS)}, got {function!r}")
+    return CELLS[function]
 
 
 def _check_upstream(cell: Cell, dstates: Any, dlast_states: Any, B: int, T: int, N: int, D: int) -> None:

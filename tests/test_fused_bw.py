@@ -111,6 +111,22 @@ def test_backward_deterministic_and_fused(function):
     for name in ("dWx", "dR", "db", "dstates_initial"):
         a, b = cupy.asnumpy(getattr(g1, name)), cupy.asnumpy(getattr(g2, name))
         assert a.tobytes() == b.tobytes(), f"{name} differs between two runs"
+    # Issue 6, memory: what the forward keeps for the backward is its states plus one set of gate activations.
+    memory = fc.backward_memory(function, dtype, B, T, N, D)
+    assert out.saved.nbytes == memory["saved"] <= memory["gate_set"]
+    assert out.states.nbytes == memory["states"]
+
+
+@pytest.mark.parametrize("function", list(CELLS))
+def test_backward_memory_is_states_plus_one_gate_set(function):
+    cell = CELLS[function]
+    memory = fc.backward_memory(function, DTYPES["bfloat16"], 3, 5, 2, 16)
+    elements = 3 * 5 * 2 * 16
+    assert memory == {"states": 2 * cell.states * elements, "saved": 2 * cell.n_saved * elements,
+                      "total": 2 * (cell.states + cell.n_saved) * elements, "gate_set": 2 * cell.gates_b * elements}
+    assert memory["saved"] <= memory["gate_set"]
+    with pytest.raises(ValueError, match="function: expected one of"):
+        fc.backward_memory("rnn", DTYPES["bfloat16"], 1, 1, 1, 16)
 
 
 def test_bw_variants_listed():
