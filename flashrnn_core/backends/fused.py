@@ -294,7 +294,7 @@ class FusedBackend(Backend):
         kernel = get_kernel(_bw_spec(problem.function, dtype, D, threads, smem), device=problem.device)
         sd = 0 if dstates is None else dstates.shape[0]
         launch(kernel, (N, -(-B // 8)), (threads,), R16, s0, states, saved, dstates, dlast, dWx, drs, dinit,
-               np.int32(B), np.int32(T), np.int32(N), np.int32(sd), shmem=smem)
+               np.int32(B), np.int32(T), np.int32(N), np.int32(sd), problem.lengths, shmem=smem)
         if drs is None:
             drs = dWx
         # dR[g, n] = sum over (b, t) of drs outer h_prev: cuBLAS GEMMs over all B*T on the stored 16-bit (or
@@ -349,7 +349,7 @@ BW_SOURCE = "fused_bw.cu"
 BW_ENTRY = "flashrnn_fused_bw"
 #: Largest D of the backward kernel (one block per head, R^T as A-fragments: Gr*D/16 k-tiles x 4 registers a
 #: thread, twice that for float32): checked without spills by compile --check for every variant.
-MAX_D_BW_16BIT = {"lstm": 96, "slstm": 96, "gru": 128, "elman": 128}
+MAX_D_BW_16BIT = {"lstm": 96, "slstm": 64, "gru": 128, "elman": 128}  # slstm D=80/96: spills at every KS
 MAX_D_BW_FLOAT32 = {"lstm": 48, "slstm": 48, "gru": 64, "elman": 128}
 
 
@@ -364,10 +364,26 @@ def bw_unsupported(function: str, cell, dtype, D: int) -> str | None:
     return None
 
 
+#: Warps sharing one 16-row M tile of the backward (fused_bw::Tile's KS): 4 where it compiles without spills
+#: (ptxas, sm_80 and sm_90), so that a scheduler has up to 4 warps to interleave and each lane runs one cell;
+#: issue 6 measured KS = 1 (4 warps at D = 64, one a scheduler) at ~6800 cycles a step, each of a lane's 4 cells'
+#: instructions waiting on the last. Where 4 warps per tile would take more registers than 1024 threads leave,
+#: fewer (listed here, found with ``python -m flashrnn_core.compile --check --match "cuda_fused bw"``).
+BW_KSPLIT_LIMITS = {("lstm", 96): 2, ("gru", 112): 2, ("gru", 128): 2}
+
+
+def bw_ksplit(function: str, D: int) -> int:
+    """Warps sharing one 16-row M tile of the backward (1, 2 or 4), at most 1024 threads a block."""
+    limit = BW_KSPLIT_LIMITS.get((function, D), 4)
+    return next(ks for ks in (4, 2, 1) if ks <= limit and (2 * D * ks <= 1024 or ks == 1))
+
+
 def bw_geometry(cell, dtype, D: int) -> tuple[int, int]:
     """(threads, dynamic shared-memory bytes) of the backward kernel: mirrors ``fused_bw::Tile``."""
     split = 2 if np.dtype(dtype) == _arrays.float32 else 1
-    return 2 * D, 2 * split * 8 * (cell.gates_r * D + 8) * 2
+    ks = bw_ksplit(cell.name, D)
+    red_bytes = ks * (D // 16) * 4 * 32 * 4 if ks > 1 else 0
+    return 2 * D * ks, 2 * split * 8 * (cell.gates_r * D + 8) * 2 + red_bytes
 
 
 _CUDA_TYPES = {_arrays.bfloat16: 14, _arrays.float16: 2, _arrays.float32: 0}  # cudaDataType: 16BF, 16F, 32F
@@ -427,7 +443,7 @@ def _bw_spec(function: str, dtype, D: int, threads: int, smem: int):
 
     fast = "0" if np.dtype(dtype) == _arrays.float32 else "1"
     defines = (("FLASHRNN_CELL", CELL_STRUCTS[function]), ("FLASHRNN_STORAGE", STORAGE_TYPES[np.dtype(dtype)]),
-               ("FLASHRNN_D", str(D)), ("FLASHRNN_FAST_ACTIVATIONS", fast),
+               ("FLASHRNN_D", str(D)), ("FLASHRNN_FAST_ACTIVATIONS", fast), ("FLASHRNN_KSPLIT", str(bw_ksplit(function, D))),
                ("FLASHRNN_THREADS", str(threads)), ("FLASHRNN_SMEM_BYTES", str(smem)))
     return KernelSpec(source=BW_SOURCE, entry=BW_ENTRY, defines=defines,
                       label=f"{function} cuda_fused bw {_arrays.dtype_name(dtype)} D{D}", min_sm=80,
