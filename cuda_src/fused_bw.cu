@@ -66,10 +66,10 @@ template <class Op, int SPLIT> __device__ __forceinline__ void split(float v, Op
 // cells q = ks, ks + KS, ...). So each warp runs 4/KS cells' loads, pointwise math and stores: issue #6
 // measured KS = 1 (4 warps at D = 64, one warp a scheduler) at ~6800 cycles a step, every instruction of the
 // 4 cells serialised on its latency.
-template <class Cell, class T, int D_, int KS_> struct Tile {
+template <class Cell, class T, int D_, int KS_, int P_> struct Tile {
     using Op = typename OperandOf<T>::Op;
     static constexpr int SPLIT = OperandOf<T>::SPLIT;
-    static constexpr int D = D_, BT = 8, KS = KS_;
+    static constexpr int D = D_, BT = 8, KS = KS_, P = P_, NS = P_ + 1;
     static constexpr int GW = Cell::GW, GR = Cell::GR, GB = Cell::GB, S = Cell::S, NSAVED = Cell::NSAVED;
     static constexpr int WARPS_M = D / 16, WARPS = WARPS_M * KS, THREADS = 32 * WARPS;
     static constexpr int KT = GR * D / 16;                   // k-tiles: every gate's rows
@@ -79,10 +79,20 @@ template <class Cell, class T, int D_, int KS_> struct Tile {
     static constexpr int KROW = GR * D + 8;                  // padded row: ldmatrix rows in distinct banks
     static constexpr int BUF_ELEMS = SPLIT * BT * KROW;      // one drs buffer
     static constexpr int RED_FLOATS = KS > 1 ? KS * WARPS_M * 4 * 32 : 0;  // [ks][warp_m][cell q][lane]
-    static constexpr int SMEM_BYTES = 2 * BUF_ELEMS * int(sizeof(Op)) + RED_FLOATS * 4;
+    // A step's inputs, staged by cp.async P steps ahead in NS = P + 1 stages: rows of D values (+ one 16-byte
+    // piece of padding, so the 4 batch rows a warp reads at once fall in distinct banks):
+    //   saved [BT][NSAVED], then the previous states [S][BT], then the upstream gradient [S][BT].
+    static constexpr int CH = 16 / int(sizeof(T));           // elements in a 16-byte piece
+    static constexpr int ROW = D + CH;
+    static constexpr int SAVED_ROWS = BT * NSAVED, PREV_ROW0 = SAVED_ROWS, UP_ROW0 = SAVED_ROWS + S * BT;
+    static constexpr int STAGE_ROWS = UP_ROW0 + S * BT, STAGE_ELEMS = STAGE_ROWS * ROW;
+    static constexpr int PIECES = STAGE_ROWS * (D / CH);
+    static constexpr int BUF_BYTES = 2 * BUF_ELEMS * int(sizeof(Op)), RED_BYTES = RED_FLOATS * 4;
+    static constexpr int SMEM_BYTES = BUF_BYTES + RED_BYTES + NS * STAGE_ELEMS * int(sizeof(T));
     static_assert(D % 16 == 0, "D must be a multiple of 16");
     static_assert(KS == 1 || KS == 2 || KS == 4, "the 4 cells of a lane split evenly over KS warps");
     static_assert(THREADS <= 1024, "one block per (head, batch tile)");
+    static_assert(P >= 1, "at least one step of inputs in flight");
 };
 
 // A-fragments of R^T for this warp's k-tiles kt = ks + KS*j: row k = k0 + g (+8), column kk = 16*kt + 2*c4
@@ -150,12 +160,7 @@ __device__ __forceinline__ void matmul(float (&acc)[4], const unsigned (&a)[K::S
     }
 }
 
-// One cell's inputs of one step: saved pre-activations, previous states, upstream gradient on the states.
-template <class K> struct In {
-    float saved[K::NSAVED], prev[K::S], up[K::S];
-};
-
-// Pointers and sizes the per-cell loads need (all [.., B, T, .., N, D] tensors of the contract).
+// Pointers and sizes of the contract's tensors ([.., B, T, .., N, D]).
 template <class T> struct Args {
     const T *R, *s0, *states, *saved, *dstates, *dlast;
     T *dWx, *drs, *dinit;
@@ -163,40 +168,86 @@ template <class T> struct Args {
     int B, Tn, N, SD;  // SD: state rows of dstates (1: h only, S: all)
 };
 
-// Inputs of a cell at step t. `row` = ((b * Tn + t) * N + n) * D + d, the element offset of (b, t, n, d) in a
-// tensor with one row per (b, t); gate tensors ([b, t, gate, n, d]) scale its (b, t) part by their gate count.
-// Missing tensors count as zeros.
-template <class K, class T>
-__device__ __forceinline__ void load_in(In<K>& in, const Args<T>& A, size_t bt_nd, size_t col, int b, int t) {
-    const size_t ND = size_t(A.N) * K::D, BTND = size_t(A.B) * A.Tn * ND;
-#pragma unroll
-    for (int k = 0; k < K::NSAVED; ++k) in.saved[k] = load_f(A.saved + bt_nd * K::NSAVED + k * ND + col);
-#pragma unroll
-    for (int s = 0; s < K::S; ++s) {
-        float p = 0.f;
-        if (t > 0) p = load_f(A.states + s * BTND + bt_nd - ND + col);
-        else if (A.s0 != nullptr) p = load_f(A.s0 + (size_t(s) * A.B + b) * ND + col);
-        in.prev[s] = p;
-        float u = 0.f;
-        if (A.dstates != nullptr && s < A.SD) u = load_f(A.dstates + s * BTND + bt_nd + col);
-        if (A.dlast != nullptr && t == A.Tn - 1) u += load_f(A.dlast + (size_t(s) * A.B + b) * ND + col);
-        in.up[s] = u;
-    }
-}
+// Copies the inputs of step t (saved[b, t], states[b, t-1] or states0 at t = 0, dstates[b, t]) of this block's
+// batch tile into one stage, for t = Tn-1, Tn-2, ... in turn. Each thread owns the same 16-byte pieces every
+// step and moves their source back one step per call; missing tensors and rows past B are zero-filled (never
+// read), so a stage always holds the inputs as the math wants them.
+template <class K, class T> struct InCopier {
+    static constexpr int PER_ROW = K::D / K::CH;
+    static constexpr int PER = (K::PIECES + K::THREADS - 1) / K::THREADS;  // pieces per thread
+    const T* src[PER];  // the piece of the next call's step
+    const T* at0[PER];  // previous-state pieces: where step 0 reads them (states0), else null
+    size_t back[PER];   // elements from step t's piece to step t-1's
+    int dst[PER];       // element offset in a stage; -1: no piece
+    bool valid[PER], prev[PER];
 
-template <class Cell, class T, int D, int KS>
+    __device__ __forceinline__ InCopier(const Args<T>& A, int b0, int n) {
+        const size_t ND = size_t(A.N) * K::D, BTND = size_t(A.B) * A.Tn * ND;
+        const int last = A.Tn - 1;
+#pragma unroll
+        for (int j = 0; j < PER; ++j) {
+            const int i = threadIdx.x + j * K::THREADS;
+            const int r = i / PER_ROW, dc = (i % PER_ROW) * K::CH;
+            dst[j] = i < K::PIECES ? r * K::ROW + dc : -1;
+            int bl, s = 0;
+            if (r < K::PREV_ROW0) bl = r / K::NSAVED;
+            else s = (r - (r < K::UP_ROW0 ? K::PREV_ROW0 : K::UP_ROW0)) / K::BT, bl = r % K::BT;
+            const int b = b0 + bl;
+            const size_t col = size_t(n) * K::D + dc, row = size_t(b) * A.Tn + last;  // (b, Tn-1)
+            prev[j] = r >= K::PREV_ROW0 && r < K::UP_ROW0;
+            at0[j] = nullptr;
+            if (r < K::PREV_ROW0) {  // saved[b, t, k]
+                valid[j] = b < A.B;
+                src[j] = A.saved + (row * K::NSAVED + r % K::NSAVED) * ND + col;
+                back[j] = K::NSAVED * ND;
+            } else if (prev[j]) {  // states[s, b, t-1], states0[s, b] at t = 0
+                valid[j] = b < A.B;
+                src[j] = last > 0 ? A.states + s * BTND + (row - 1) * ND + col : A.states;
+                at0[j] = A.s0 != nullptr ? A.s0 + (size_t(s) * A.B + b) * ND + col : nullptr;
+                back[j] = ND;
+            } else {  // dstates[s, b, t]
+                valid[j] = b < A.B && A.dstates != nullptr && s < A.SD;
+                src[j] = valid[j] ? A.dstates + s * BTND + row * ND + col : A.saved;
+                back[j] = ND;
+            }
+            if (!valid[j]) src[j] = A.saved;  // any mapped address: a zero-fill reads nothing
+        }
+    }
+    __device__ __forceinline__ void issue(T* stage, int t) {
+#pragma unroll
+        for (int j = 0; j < PER; ++j)
+            if (K::PIECES % K::THREADS == 0 || dst[j] >= 0) {
+                const bool first = prev[j] && t == 0;  // h_{-1}: the initial states, or zeros
+                const T* from = first ? (at0[j] != nullptr ? at0[j] : src[j]) : src[j];
+                mma::cp_async_16(mma::smem_u32(stage + dst[j]), from, valid[j] && (!first || at0[j] != nullptr));
+                if (valid[j]) src[j] -= back[j];
+            }
+    }
+};
+
+template <class Cell, class T, int D, int KS, int P>
 __device__ __forceinline__ void backward(const Args<T> A) {
-    using K = Tile<Cell, T, D, KS>;
+    using K = Tile<Cell, T, D, KS, P>;
     using Op = typename K::Op;
     extern __shared__ __align__(16) unsigned char smem[];
-    Op* buf = reinterpret_cast<Op*>(smem);  // [2][SPLIT][BT][KROW]
-    float* red = reinterpret_cast<float*>(smem + 2 * K::BUF_ELEMS * sizeof(Op));  // [KS][WARPS_M][4][32]
+    Op* buf = reinterpret_cast<Op*>(smem);                               // [2][SPLIT][BT][KROW]
+    float* red = reinterpret_cast<float*>(smem + K::BUF_BYTES);          // [KS][WARPS_M][4][32]
+    T* stages = reinterpret_cast<T*>(smem + K::BUF_BYTES + K::RED_BYTES);  // [NS][STAGE_ROWS][ROW]
     constexpr int E = int(sizeof(Op));
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c4 = lane % 4;
     const int wm = warp % K::WARPS_M, ks = warp / K::WARPS_M;
     const int n = blockIdx.x, b0 = blockIdx.y * K::BT;
     const size_t ND = size_t(A.N) * D;
+    const int last = A.Tn - 1;
+
+    // The inputs of the last P steps start first, so that they land while R^T is read.
+    InCopier<K, T> incopy(A, b0, n);
+#pragma unroll 1
+    for (int p = 0; p < P; ++p) {
+        if (last - p >= 0) incopy.issue(stages + ((last - p) % K::NS) * K::STAGE_ELEMS, last - p);
+        mma::cp_async_commit();
+    }
 
     unsigned a[K::SPLIT][K::KT_W][4];
     load_rt<K>(a, A.R, n, A.N, 16 * wm, ks, g, c4);
@@ -204,38 +255,34 @@ __device__ __forceinline__ void backward(const Args<T> A) {
     for (int i = threadIdx.x; i < 2 * K::BUF_ELEMS; i += K::THREADS) buf[i] = mma::to_op<Op>(0.f);
 
     // This lane's cells: m -> q = ks + KS*m, (i, c) = (q / 2, q % 2) -> dim 16*wm + g + 8i, batch row 2*c4 + c
-    // (the accumulator's entry q). Rows b >= B run on zeros and write nothing.
+    // (the accumulator's entry q). Rows b >= B run on zeros and write nothing. dlast is the upstream gradient
+    // of the last step only: it starts the carry.
     float carry[K::CELLS][K::S];
-    In<K> cur[K::CELLS] = {};
     int length[K::CELLS];
-    size_t bt_nd[K::CELLS];  // ((b * Tn + t) * N + n) * D + 0 at the current step t (d is in `col`)
-    const int last = A.Tn - 1;
 #pragma unroll
     for (int m = 0; m < K::CELLS; ++m) {
-        const int q = ks + KS * m, b = b0 + 2 * c4 + q % 2;
+        const int q = ks + KS * m, b = b0 + 2 * c4 + q % 2, d = 16 * wm + g + 8 * (q / 2);
 #pragma unroll
-        for (int s = 0; s < K::S; ++s) carry[m][s] = 0.f;
+        for (int s = 0; s < K::S; ++s)
+            carry[m][s] = A.dlast != nullptr && b < A.B ? load_f(A.dlast + (size_t(s) * A.B + b) * ND + size_t(n) * D + d)
+                                                         : 0.f;
         length[m] = b < A.B && A.lengths != nullptr ? A.lengths[b] : A.Tn;
-        bt_nd[m] = (size_t(b) * A.Tn + last) * ND;
-        if (b < A.B) load_in<K>(cur[m], A, bt_nd[m], size_t(n) * D + 16 * wm + g + 8 * (q / 2), b, last);
     }
     // ldmatrix x2: lanes 0-15 address rows (batch) l % 8 at k offset 8 * (l / 8) of the k-tile.
     const unsigned row = mma::smem_u32(buf) + unsigned(((lane % 8) * K::KROW + 8 * ((lane / 8) & 1)) * E);
+    mma::cp_async_wait<P - 1>();  // step last's stage (this thread's pieces; the barrier shows everyone's)
     __syncthreads();
 
+    size_t bt_nd = (size_t(b0) * A.Tn + last) * ND;  // (b0, t) of the [b, t, (gate,) n, d] outputs
+    const size_t T_ND = size_t(A.Tn) * ND;           // one batch row further
 #pragma unroll 1
     for (int t = last; t >= -1; --t) {
+        // Refill the stage of step t+1 (read by the previous step, before its closing barrier) with step t-P.
+        if (t - P >= 0) incopy.issue(stages + ((t - P) % K::NS) * K::STAGE_ELEMS, t - P);
+        mma::cp_async_commit();
         // Reads drs_{t+1} from buffer (t+1)&1, writes drs_t into buffer t&1.
         float acc[4];
         matmul<K>(acc, a, row + unsigned(((t + 1) & 1) * K::BUF_ELEMS * E), ks);
-        // The next step's inputs, issued before this step's reduction and math so that their latency overlaps.
-        In<K> nxt[K::CELLS] = {};
-#pragma unroll
-        for (int m = 0; m < K::CELLS; ++m) {
-            const int q = ks + KS * m, b = b0 + 2 * c4 + q % 2;
-            if (t > 0 && b < A.B)
-                load_in<K>(nxt[m], A, bt_nd[m] - ND, size_t(n) * D + 16 * wm + g + 8 * (q / 2), b, t - 1);
-        }
         float dh[K::CELLS];
         if constexpr (KS == 1) {
 #pragma unroll
@@ -265,15 +312,21 @@ __device__ __forceinline__ void backward(const Args<T> A) {
             }
             break;
         }
+        const T* in = stages + (t % K::NS) * K::STAGE_ELEMS;
         Op* out = buf + (t & 1) * K::BUF_ELEMS;
 #pragma unroll
         for (int m = 0; m < K::CELLS; ++m) {
             const int q = ks + KS * m, bl = 2 * c4 + q % 2, b = b0 + bl, d = 16 * wm + g + 8 * (q / 2);
-            float ds[K::S], dx[K::GW], drs[K::GR], db[K::GB], dsp[K::S];
+            float saved[K::NSAVED], prev[K::S], ds[K::S], dx[K::GW], drs[K::GR], db[K::GB], dsp[K::S];
 #pragma unroll
-            for (int s = 0; s < K::S; ++s) ds[s] = carry[m][s] + cur[m].up[s];
+            for (int k = 0; k < K::NSAVED; ++k) saved[k] = load_f(in + (bl * K::NSAVED + k) * K::ROW + d);
+#pragma unroll
+            for (int s = 0; s < K::S; ++s) {
+                prev[s] = load_f(in + (K::PREV_ROW0 + s * K::BT + bl) * K::ROW + d);
+                ds[s] = carry[m][s] + load_f(in + (K::UP_ROW0 + s * K::BT + bl) * K::ROW + d);
+            }
             ds[0] += dh[m];
-            Cell::backward(ds, cur[m].prev, cur[m].saved, dx, drs, db, dsp);
+            Cell::backward(ds, prev, saved, dx, drs, db, dsp);
             // Past a sequence's end (t >= its length) the step copied the states: no gate gradient, and the
             // whole state gradient passes to step t-1. Selects, not products: saved there may hold anything.
             const bool running = t < length[m];
@@ -288,20 +341,21 @@ __device__ __forceinline__ void backward(const Args<T> A) {
                 for (int s = 0; s < K::SPLIT; ++s) out[(s * K::BT + bl) * K::KROW + gate * D + d] = parts[s];
             }
             if (live) {
-                const size_t col = size_t(n) * D + d;
+                const size_t at = bt_nd + bl * T_ND, col = size_t(n) * D + d;
 #pragma unroll
                 for (int gate = 0; gate < K::GW; ++gate)
-                    store_f(A.dWx + bt_nd[m] * K::GW + gate * ND + col, running ? dx[gate] : 0.f);
+                    store_f(A.dWx + at * K::GW + gate * ND + col, running ? dx[gate] : 0.f);
                 if (A.drs != nullptr)  // null where the cell's drs equals its dx (the host reads dWx)
 #pragma unroll
                     for (int gate = 0; gate < K::GR; ++gate)
-                        store_f(A.drs + bt_nd[m] * K::GR + gate * ND + col, running ? drs[gate] : 0.f);
+                        store_f(A.drs + at * K::GR + gate * ND + col, running ? drs[gate] : 0.f);
             }
-            cur[m] = nxt[m];
-            bt_nd[m] -= ND;
         }
+        bt_nd -= ND;
+        mma::cp_async_wait<P - 1>();  // step t-1's stage (issued P steps ago) has landed
         __syncthreads();
     }
+    mma::cp_async_wait<0>();  // no copy in flight at exit (the tail groups are empty)
 }
 
 }  // namespace fused_bw
@@ -310,6 +364,7 @@ __device__ __forceinline__ void backward(const Args<T> A) {
 // ---- The entry: one variant per set of -D defines -----------------------------------------------------------
 //   FLASHRNN_CELL, FLASHRNN_STORAGE, FLASHRNN_FAST_ACTIVATIONS, FLASHRNN_D: as the forward (fused_fw.cu).
 //   FLASHRNN_KSPLIT: warps splitting K for the same 16 rows (1, 2 or 4; Tile).
+//   FLASHRNN_PREFETCH: steps of inputs in flight (cp.async stages ahead; Tile::P).
 // Launch: grid (N, ceil(B / 8)), block Tile::THREADS (= 2 D KSPLIT), dynamic shared memory Tile::SMEM_BYTES.
 // lengths ([B] int32, or null: all T): steps t >= lengths[b] pass the state gradient through (no gate gradient).
 // Outputs: dWx [B,T,Gw,N,D], drs [B,T,Gr,N,D] (may be null: not written), dinit [S,B,1,N,D], all in the storage
@@ -326,8 +381,12 @@ __device__ __forceinline__ void backward(const Args<T> A) {
 #ifndef FLASHRNN_KSPLIT
 #define FLASHRNN_KSPLIT 1
 #endif
+#ifndef FLASHRNN_PREFETCH
+#define FLASHRNN_PREFETCH 2
+#endif
 
-using FlashrnnFusedBwTile = flashrnn::fused_bw::Tile<FLASHRNN_CELL, FLASHRNN_STORAGE, FLASHRNN_D, FLASHRNN_KSPLIT>;
+using FlashrnnFusedBwTile =
+    flashrnn::fused_bw::Tile<FLASHRNN_CELL, FLASHRNN_STORAGE, FLASHRNN_D, FLASHRNN_KSPLIT, FLASHRNN_PREFETCH>;
 #ifdef FLASHRNN_SMEM_BYTES
 static_assert(FlashrnnFusedBwTile::SMEM_BYTES == FLASHRNN_SMEM_BYTES, "bw_geometry's shared memory disagrees with Tile");
 #endif
@@ -344,5 +403,6 @@ flashrnn_fused_bw(const FLASHRNN_STORAGE* __restrict__ R, const FLASHRNN_STORAGE
                   const int* __restrict__ lengths) {
     flashrnn::fused_bw::Args<FLASHRNN_STORAGE> args{R, states0, states, saved, dstates, dlast, dWx, drs, dinit,
                                                     lengths, B, T, N, SD};
-    flashrnn::fused_bw::backward<FLASHRNN_CELL, FLASHRNN_STORAGE, FLASHRNN_D, FLASHRNN_KSPLIT>(args);
+    flashrnn::fused_bw::backward<FLASHRNN_CELL, FLASHRNN_STORAGE, FLASHRNN_D, FLASHRNN_KSPLIT, FLASHRNN_PREFETCH>(
+        args);
 }

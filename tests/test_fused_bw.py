@@ -135,5 +135,6 @@ def test_bw_variants_listed():
     assert "lstm cuda_fused bw bfloat16 D64" in labels and "lstm cuda_fused bw bfloat16 D16" in labels
     for function, cell in CELLS.items():
         for dtype in DTYPES.values():
-            threads, smem = fused.bw_geometry(cell, dtype, 64)
-            assert threads == 512 and smem <= 48 * 1024  # 4 warps split K for each 16 rows (bw_ksplit)
+            threads, smem, prefetch = fused.bw_geometry(cell, dtype, 64)
+            assert threads == 512  # 4 warps split K for each 16 rows (bw_ksplit)
+            assert smem <= fused.SMEM_LIMIT and prefetch >= 2

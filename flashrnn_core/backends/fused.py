@@ -285,13 +285,13 @@ class FusedBackend(Backend):
         cell, dtype = problem.cell, problem.dtype
         B, T, N, D = problem.B, problem.T, problem.N, problem.D
         R16, s0, states, saved, dstates, dlast = (_as(a, dtype) for a in (R, states0, states, saved, dstates, dlast))
-        threads, smem = bw_geometry(cell, dtype, D)
+        threads, smem, prefetch = bw_geometry(cell, dtype, D)
         dWx = _empty((B, T, cell.gates_w, N, D), dtype)
         # lstm/slstm/elman: the cell's drs is its dx (cuda_src/cells/), so dR reads dWx and the kernel writes no
         # drs (half the stores); gru's drs (g, r, z) differs from dx (r, z, n).
         drs = _empty((B, T, cell.gates_r, N, D), dtype) if problem.function == "gru" else None
         dinit = _empty((cell.states, B, 1, N, D), dtype)
-        kernel = get_kernel(_bw_spec(problem.function, dtype, D, threads, smem), device=problem.device)
+        kernel = get_kernel(_bw_spec(problem.function, dtype, D, threads, smem, prefetch), device=problem.device)
         sd = 0 if dstates is None else dstates.shape[0]
         launch(kernel, (N, -(-B // 8)), (threads,), R16, s0, states, saved, dstates, dlast, dWx, drs, dinit,
                np.int32(B), np.int32(T), np.int32(N), np.int32(sd), problem.lengths, shmem=smem)
@@ -369,7 +369,7 @@ def bw_unsupported(function: str, cell, dtype, D: int) -> str | None:
 #: issue 6 measured KS = 1 (4 warps at D = 64, one a scheduler) at ~6800 cycles a step, each of a lane's 4 cells'
 #: instructions waiting on the last. Where 4 warps per tile would take more registers than 1024 threads leave,
 #: fewer (listed here, found with ``python -m flashrnn_core.compile --check --match "cuda_fused bw"``).
-BW_KSPLIT_LIMITS = {("lstm", 96): 2, ("gru", 112): 2, ("gru", 128): 2}
+BW_KSPLIT_LIMITS = {("lstm", 96): 2, ("gru", 112): 1, ("gru", 128): 2}
 
 
 def bw_ksplit(function: str, D: int) -> int:
@@ -378,12 +378,21 @@ def bw_ksplit(function: str, D: int) -> int:
     return next(ks for ks in (4, 2, 1) if ks <= limit and (2 * D * ks <= 1024 or ks == 1))
 
 
-def bw_geometry(cell, dtype, D: int) -> tuple[int, int]:
-    """(threads, dynamic shared-memory bytes) of the backward kernel: mirrors ``fused_bw::Tile``."""
-    split = 2 if np.dtype(dtype) == _arrays.float32 else 1
+#: Steps of backward inputs (saved, previous states, upstream gradient) in flight as cp.async stages: a step
+#: cannot be shorter than the load latency over this many steps (the forward's Wx measured ~0.6 us).
+BW_PREFETCH_MAX = 3
+
+
+def bw_geometry(cell, dtype, D: int) -> tuple[int, int, int]:
+    """(threads, dynamic shared-memory bytes, prefetch steps) of the backward kernel: mirrors ``fused_bw::Tile``,
+    with the deepest prefetch (<= BW_PREFETCH_MAX) that keeps shared memory within SMEM_LIMIT."""
+    dtype = np.dtype(dtype)
+    split, item = (2 if dtype == _arrays.float32 else 1), dtype.itemsize
     ks = bw_ksplit(cell.name, D)
-    red_bytes = ks * (D // 16) * 4 * 32 * 4 if ks > 1 else 0
-    return 2 * D * ks, 2 * split * 8 * (cell.gates_r * D + 8) * 2 + red_bytes
+    fixed = 2 * split * 8 * (cell.gates_r * D + 8) * 2 + (ks * (D // 16) * 4 * 32 * 4 if ks > 1 else 0)
+    stage = (8 * cell.n_saved + 2 * cell.states * 8) * (D + 16 // item) * item
+    prefetch = next((p for p in range(BW_PREFETCH_MAX, 1, -1) if fixed + (p + 1) * stage <= SMEM_LIMIT), 1)
+    return 2 * D * ks, fixed + (prefetch + 1) * stage, prefetch
 
 
 _CUDA_TYPES = {_arrays.bfloat16: 14, _arrays.float16: 2, _arrays.float32: 0}  # cudaDataType: 16BF, 16F, 32F
@@ -438,12 +447,13 @@ def _bias_grad(function: str, dWx, drs, dtype):
     return cupy.concatenate([sg, sx], axis=0)
 
 
-def _bw_spec(function: str, dtype, D: int, threads: int, smem: int):
+def _bw_spec(function: str, dtype, D: int, threads: int, smem: int, prefetch: int):
     from ..runtime import KernelSpec
 
     fast = "0" if np.dtype(dtype) == _arrays.float32 else "1"
     defines = (("FLASHRNN_CELL", CELL_STRUCTS[function]), ("FLASHRNN_STORAGE", STORAGE_TYPES[np.dtype(dtype)]),
                ("FLASHRNN_D", str(D)), ("FLASHRNN_FAST_ACTIVATIONS", fast), ("FLASHRNN_KSPLIT", str(bw_ksplit(function, D))),
+               ("FLASHRNN_PREFETCH", str(prefetch)),
                ("FLASHRNN_THREADS", str(threads)), ("FLASHRNN_SMEM_BYTES", str(smem)))
     return KernelSpec(source=BW_SOURCE, entry=BW_ENTRY, defines=defines,
                       label=f"{function} cuda_fused bw {_arrays.dtype_name(dtype)} D{D}", min_sm=80,
