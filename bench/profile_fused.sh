@@ -12,3 +12,5 @@ ncu -k regex:flashrnn_fused -c 2 --set full --import-source yes -f -o "$OUT/prof
 ncu -i "$OUT/profile/prof.ncu-rep" --page details >"$OUT/profile/details.txt" 2>&1
 ncu -i "$OUT/profile/prof.ncu-rep" --page source --csv --print-source sass >"$OUT/profile/source_sass.csv" 2>&1
 grep -E "^  flashrnn|Duration|Warp Cycles Per Issued|Registers Per Thread|Executed Instructions  " "$OUT/profile/details.txt"
+python bench/ncu_summary.py "$OUT/profile/source_sass.csv" --top 30 | tee "$OUT/profile/summary.txt"
+rm -f "$OUT/profile/source_sass.csv" "$OUT/profile/prof.ncu-rep"  # large; what matters is in summary.txt
