@@ -66,7 +66,7 @@ template <class Op, int SPLIT> __device__ __forceinline__ void split(float v, Op
 // cells q = ks, ks + KS, ...). So each warp runs 4/KS cells' loads, pointwise math and stores: issue #6
 // measured KS = 1 (4 warps at D = 64, one warp a scheduler) at ~6800 cycles a step, every instruction of the
 // 4 cells serialised on its latency.
-template <class Cell, class T, int D_, int KS_, int P_> struct Tile {
+template <class Cell, class T, int D_, int KS_, int P_, bool STORE_DRS_> struct Tile {
     using Op = typename OperandOf<T>::Op;
     static constexpr int SPLIT = OperandOf<T>::SPLIT;
     static constexpr int D = D_, BT = 8, KS = KS_, P = P_, NS = P_ + 1;
@@ -87,8 +87,14 @@ template <class Cell, class T, int D_, int KS_, int P_> struct Tile {
     static constexpr int SAVED_ROWS = BT * NSAVED, PREV_ROW0 = SAVED_ROWS, UP_ROW0 = SAVED_ROWS + S * BT;
     static constexpr int STAGE_ROWS = UP_ROW0 + S * BT, STAGE_ELEMS = STAGE_ROWS * ROW;
     static constexpr int PIECES = STAGE_ROWS * (D / CH);
+    // A step's outputs, staged as rows [BT][GO] (dWx's gates, then drs's where the cell's drs is not its dx) and
+    // written out during the next step as 16-byte pieces (double-buffered): the forward measured 2-byte
+    // scattered stores at ~40 cycles each a step.
+    static constexpr bool STORE_DRS = STORE_DRS_;
+    static constexpr int GO = GW + (STORE_DRS ? GR : 0), OUT_ELEMS = BT * GO * ROW, OUT_PIECES = BT * GO * (D / CH);
     static constexpr int BUF_BYTES = 2 * BUF_ELEMS * int(sizeof(Op)), RED_BYTES = RED_FLOATS * 4;
-    static constexpr int SMEM_BYTES = BUF_BYTES + RED_BYTES + NS * STAGE_ELEMS * int(sizeof(T));
+    static constexpr int STAGE_BYTES = NS * STAGE_ELEMS * int(sizeof(T)), OUT_BYTES = 2 * OUT_ELEMS * int(sizeof(T));
+    static constexpr int SMEM_BYTES = BUF_BYTES + RED_BYTES + STAGE_BYTES + OUT_BYTES;
     static_assert(D % 16 == 0, "D must be a multiple of 16");
     static_assert(KS == 1 || KS == 2 || KS == 4, "the 4 cells of a lane split evenly over KS warps");
     static_assert(THREADS <= 1024, "one block per (head, batch tile)");
@@ -225,14 +231,51 @@ template <class K, class T> struct InCopier {
     }
 };
 
-template <class Cell, class T, int D, int KS, int P>
+// Writes one step's staged outputs (dWx[b, t], drs[b, t]) as 16-byte pieces of rows, for t = Tn-1, Tn-2, ...
+// in turn (rows past B skipped): piece ownership is fixed per thread, so each keeps its destination and moves
+// it back one step per call.
+template <class K, class T> struct OutCopier {
+    static constexpr int PER_ROW = K::D / K::CH;
+    static constexpr int PER = (K::OUT_PIECES + K::THREADS - 1) / K::THREADS;
+    T* dst[PER];
+    size_t back[PER];
+    int src[PER];  // element offset in the staging buffer; -1: no piece
+    bool valid[PER];
+
+    __device__ __forceinline__ OutCopier(const Args<T>& A, int b0, int n) {
+        const size_t ND = size_t(A.N) * K::D;
+#pragma unroll
+        for (int j = 0; j < PER; ++j) {
+            const int i = threadIdx.x + j * K::THREADS;
+            const int r = i / PER_ROW, dc = (i % PER_ROW) * K::CH, bl = r / K::GO, go = r % K::GO;
+            const int b = b0 + bl;
+            const size_t row = size_t(b) * A.Tn + A.Tn - 1, col = size_t(n) * K::D + dc;
+            src[j] = i < K::OUT_PIECES ? r * K::ROW + dc : -1;
+            valid[j] = i < K::OUT_PIECES && b < A.B;
+            if (go < K::GW) dst[j] = A.dWx + (row * K::GW + go) * ND + col, back[j] = K::GW * ND;
+            else dst[j] = A.drs + (row * K::GR + go - K::GW) * ND + col, back[j] = K::GR * ND;
+            if (!valid[j]) dst[j] = nullptr;
+        }
+    }
+    __device__ __forceinline__ void flush(const T* staged) {
+#pragma unroll
+        for (int j = 0; j < PER; ++j)
+            if (valid[j]) {
+                *reinterpret_cast<int4*>(dst[j]) = *reinterpret_cast<const int4*>(staged + src[j]);
+                dst[j] -= back[j];
+            }
+    }
+};
+
+template <class Cell, class T, int D, int KS, int P, bool STORE_DRS>
 __device__ __forceinline__ void backward(const Args<T> A) {
-    using K = Tile<Cell, T, D, KS, P>;
+    using K = Tile<Cell, T, D, KS, P, STORE_DRS>;
     using Op = typename K::Op;
     extern __shared__ __align__(16) unsigned char smem[];
     Op* buf = reinterpret_cast<Op*>(smem);                               // [2][SPLIT][BT][KROW]
     float* red = reinterpret_cast<float*>(smem + K::BUF_BYTES);          // [KS][WARPS_M][4][32]
     T* stages = reinterpret_cast<T*>(smem + K::BUF_BYTES + K::RED_BYTES);  // [NS][STAGE_ROWS][ROW]
+    T* obuf = reinterpret_cast<T*>(smem + K::BUF_BYTES + K::RED_BYTES + K::STAGE_BYTES);  // [2][BT][GO][ROW]
     constexpr int E = int(sizeof(Op));
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c4 = lane % 4;
@@ -244,10 +287,11 @@ __device__ __forceinline__ void backward(const Args<T> A) {
     // The inputs of the last P steps start first, so that they land while R^T is read.
     InCopier<K, T> incopy(A, b0, n);
 #pragma unroll 1
-    for (int p = 0; p < P; ++p) {
-        if (last - p >= 0) incopy.issue(stages + ((last - p) % K::NS) * K::STAGE_ELEMS, last - p);
+    for (int p = 0; p < P; ++p) {  // step last - p into stage p (step t lives in stage (last - t) % NS)
+        if (last - p >= 0) incopy.issue(stages + p * K::STAGE_ELEMS, last - p);
         mma::cp_async_commit();
     }
+    OutCopier<K, T> outcopy(A, b0, n);
 
     unsigned a[K::SPLIT][K::KT_W][4];
     load_rt<K>(a, A.R, n, A.N, 16 * wm, ks, g, c4);
@@ -273,13 +317,15 @@ __device__ __forceinline__ void backward(const Args<T> A) {
     mma::cp_async_wait<P - 1>();  // step last's stage (this thread's pieces; the barrier shows everyone's)
     __syncthreads();
 
-    size_t bt_nd = (size_t(b0) * A.Tn + last) * ND;  // (b0, t) of the [b, t, (gate,) n, d] outputs
-    const size_t T_ND = size_t(A.Tn) * ND;           // one batch row further
+    int stage = 0;  // (last - t) % NS: the stage of step t
 #pragma unroll 1
     for (int t = last; t >= -1; --t) {
-        // Refill the stage of step t+1 (read by the previous step, before its closing barrier) with step t-P.
-        if (t - P >= 0) incopy.issue(stages + ((t - P) % K::NS) * K::STAGE_ELEMS, t - P);
+        // Refill the stage of step t+1 (read by the previous step, before its closing barrier) with step t-P,
+        // and write out step t+1's staged outputs (staged before that barrier).
+        const int refill = stage == 0 ? K::NS - 1 : stage - 1;
+        if (t - P >= 0) incopy.issue(stages + refill * K::STAGE_ELEMS, t - P);
         mma::cp_async_commit();
+        if (t < last) outcopy.flush(obuf + ((t + 1) & 1) * K::OUT_ELEMS);
         // Reads drs_{t+1} from buffer (t+1)&1, writes drs_t into buffer t&1.
         float acc[4];
         matmul<K>(acc, a, row + unsigned(((t + 1) & 1) * K::BUF_ELEMS * E), ks);
@@ -312,7 +358,8 @@ __device__ __forceinline__ void backward(const Args<T> A) {
             }
             break;
         }
-        const T* in = stages + (t % K::NS) * K::STAGE_ELEMS;
+        const T* in = stages + stage * K::STAGE_ELEMS;
+        T* staged = obuf + (t & 1) * K::OUT_ELEMS;
         Op* out = buf + (t & 1) * K::BUF_ELEMS;
 #pragma unroll
         for (int m = 0; m < K::CELLS; ++m) {
@@ -340,18 +387,15 @@ __device__ __forceinline__ void backward(const Args<T> A) {
 #pragma unroll
                 for (int s = 0; s < K::SPLIT; ++s) out[(s * K::BT + bl) * K::KROW + gate * D + d] = parts[s];
             }
-            if (live) {
-                const size_t at = bt_nd + bl * T_ND, col = size_t(n) * D + d;
 #pragma unroll
-                for (int gate = 0; gate < K::GW; ++gate)
-                    store_f(A.dWx + at * K::GW + gate * ND + col, running ? dx[gate] : 0.f);
-                if (A.drs != nullptr)  // null where the cell's drs equals its dx (the host reads dWx)
+            for (int gate = 0; gate < K::GW; ++gate)
+                store_f(staged + (bl * K::GO + gate) * K::ROW + d, running ? dx[gate] : 0.f);
+            if constexpr (K::STORE_DRS)
 #pragma unroll
-                    for (int gate = 0; gate < K::GR; ++gate)
-                        store_f(A.drs + at * K::GR + gate * ND + col, running ? drs[gate] : 0.f);
-            }
+                for (int gate = 0; gate < K::GR; ++gate)
+                    store_f(staged + (bl * K::GO + K::GW + gate) * K::ROW + d, running ? drs[gate] : 0.f);
         }
-        bt_nd -= ND;
+        stage = stage == K::NS - 1 ? 0 : stage + 1;
         mma::cp_async_wait<P - 1>();  // step t-1's stage (issued P steps ago) has landed
         __syncthreads();
     }
@@ -365,6 +409,7 @@ __device__ __forceinline__ void backward(const Args<T> A) {
 //   FLASHRNN_CELL, FLASHRNN_STORAGE, FLASHRNN_FAST_ACTIVATIONS, FLASHRNN_D: as the forward (fused_fw.cu).
 //   FLASHRNN_KSPLIT: warps splitting K for the same 16 rows (1, 2 or 4; Tile).
 //   FLASHRNN_PREFETCH: steps of inputs in flight (cp.async stages ahead; Tile::P).
+//   FLASHRNN_STORE_DRS: 1 where the cell's drs differs from its dx (gru): the kernel writes drs too.
 // Launch: grid (N, ceil(B / 8)), block Tile::THREADS (= 2 D KSPLIT), dynamic shared memory Tile::SMEM_BYTES.
 // lengths ([B] int32, or null: all T): steps t >= lengths[b] pass the state gradient through (no gate gradient).
 // Outputs: dWx [B,T,Gw,N,D], drs [B,T,Gr,N,D] (may be null: not written), dinit [S,B,1,N,D], all in the storage
@@ -384,9 +429,12 @@ __device__ __forceinline__ void backward(const Args<T> A) {
 #ifndef FLASHRNN_PREFETCH
 #define FLASHRNN_PREFETCH 2
 #endif
+#ifndef FLASHRNN_STORE_DRS
+#define FLASHRNN_STORE_DRS 0
+#endif
 
-using FlashrnnFusedBwTile =
-    flashrnn::fused_bw::Tile<FLASHRNN_CELL, FLASHRNN_STORAGE, FLASHRNN_D, FLASHRNN_KSPLIT, FLASHRNN_PREFETCH>;
+using FlashrnnFusedBwTile = flashrnn::fused_bw::Tile<FLASHRNN_CELL, FLASHRNN_STORAGE, FLASHRNN_D, FLASHRNN_KSPLIT,
+                                                     FLASHRNN_PREFETCH, FLASHRNN_STORE_DRS != 0>;
 #ifdef FLASHRNN_SMEM_BYTES
 static_assert(FlashrnnFusedBwTile::SMEM_BYTES == FLASHRNN_SMEM_BYTES, "bw_geometry's shared memory disagrees with Tile");
 #endif
@@ -403,6 +451,6 @@ flashrnn_fused_bw(const FLASHRNN_STORAGE* __restrict__ R, const FLASHRNN_STORAGE
                   const int* __restrict__ lengths) {
     flashrnn::fused_bw::Args<FLASHRNN_STORAGE> args{R, states0, states, saved, dstates, dlast, dWx, drs, dinit,
                                                     lengths, B, T, N, SD};
-    flashrnn::fused_bw::backward<FLASHRNN_CELL, FLASHRNN_STORAGE, FLASHRNN_D, FLASHRNN_KSPLIT, FLASHRNN_PREFETCH>(
-        args);
+    flashrnn::fused_bw::backward<FLASHRNN_CELL, FLASHRNN_STORAGE, FLASHRNN_D, FLASHRNN_KSPLIT, FLASHRNN_PREFETCH,
+                                 FLASHRNN_STORE_DRS != 0>(args);
 }

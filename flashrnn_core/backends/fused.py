@@ -289,7 +289,7 @@ class FusedBackend(Backend):
         dWx = _empty((B, T, cell.gates_w, N, D), dtype)
         # lstm/slstm/elman: the cell's drs is its dx (cuda_src/cells/), so dR reads dWx and the kernel writes no
         # drs (half the stores); gru's drs (g, r, z) differs from dx (r, z, n).
-        drs = _empty((B, T, cell.gates_r, N, D), dtype) if problem.function == "gru" else None
+        drs = _empty((B, T, cell.gates_r, N, D), dtype) if _stores_drs(problem.function) else None
         dinit = _empty((cell.states, B, 1, N, D), dtype)
         kernel = get_kernel(_bw_spec(problem.function, dtype, D, threads, smem, prefetch), device=problem.device)
         sd = 0 if dstates is None else dstates.shape[0]
@@ -388,11 +388,18 @@ def bw_geometry(cell, dtype, D: int) -> tuple[int, int, int]:
     with the deepest prefetch (<= BW_PREFETCH_MAX) that keeps shared memory within SMEM_LIMIT."""
     dtype = np.dtype(dtype)
     split, item = (2 if dtype == _arrays.float32 else 1), dtype.itemsize
-    ks = bw_ksplit(cell.name, D)
-    fixed = 2 * split * 8 * (cell.gates_r * D + 8) * 2 + (ks * (D // 16) * 4 * 32 * 4 if ks > 1 else 0)
-    stage = (8 * cell.n_saved + 2 * cell.states * 8) * (D + 16 // item) * item
+    ks, row = bw_ksplit(cell.name, D), (D + 16 // item) * item
+    outputs = cell.gates_w + (cell.gates_r if _stores_drs(cell.name) else 0)
+    fixed = (2 * split * 8 * (cell.gates_r * D + 8) * 2 + (ks * (D // 16) * 4 * 32 * 4 if ks > 1 else 0)
+             + 2 * 8 * outputs * row)
+    stage = (8 * cell.n_saved + 2 * cell.states * 8) * row
     prefetch = next((p for p in range(BW_PREFETCH_MAX, 1, -1) if fixed + (p + 1) * stage <= SMEM_LIMIT), 1)
     return 2 * D * ks, fixed + (prefetch + 1) * stage, prefetch
+
+
+def _stores_drs(function: str) -> bool:
+    """gru's drs (g, r, z) differs from its dx (r, z, n), so its backward writes both; the others' drs is dx."""
+    return function == "gru"
 
 
 _CUDA_TYPES = {_arrays.bfloat16: 14, _arrays.float16: 2, _arrays.float32: 0}  # cudaDataType: 16BF, 16F, 32F
@@ -453,7 +460,7 @@ def _bw_spec(function: str, dtype, D: int, threads: int, smem: int, prefetch: in
     fast = "0" if np.dtype(dtype) == _arrays.float32 else "1"
     defines = (("FLASHRNN_CELL", CELL_STRUCTS[function]), ("FLASHRNN_STORAGE", STORAGE_TYPES[np.dtype(dtype)]),
                ("FLASHRNN_D", str(D)), ("FLASHRNN_FAST_ACTIVATIONS", fast), ("FLASHRNN_KSPLIT", str(bw_ksplit(function, D))),
-               ("FLASHRNN_PREFETCH", str(prefetch)),
+               ("FLASHRNN_PREFETCH", str(prefetch)), ("FLASHRNN_STORE_DRS", str(int(_stores_drs(function)))),
                ("FLASHRNN_THREADS", str(threads)), ("FLASHRNN_SMEM_BYTES", str(smem)))
     return KernelSpec(source=BW_SOURCE, entry=BW_ENTRY, defines=defines,
                       label=f"{function} cuda_fused bw {_arrays.dtype_name(dtype)} D{D}", min_sm=80,
