@@ -30,6 +30,9 @@ and its value consumed, before any thread of any block that shares the element w
   (barrier.cluster.arrive.release + wait.acquire), and every block writes its outputs only after it passed that
   barrier, so after every block of the cluster arrived: the existing barrier separates the initial loads of
   all blocks from the first output write of any block; no kernel change is needed.
+* The argument rests on data dependences and barriers only, not on the (formally violated) ``__restrict__``
+  promise: a load, or any reload a compiler makes of it, completes before its value is used, and those uses come
+  before the barriers above; the global stores carry data loaded from shared memory after them.
 * Across steps: each step is a new launch, whose loads (read-only cache included) see the previous launch's
   writes.
 
