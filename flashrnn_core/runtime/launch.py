@@ -149,7 +149,7 @@ class PreparedLaunch:
     arrays given here are kept alive as long as the object, since only their addresses are passed.
     """
 
-    __slots__ = ("kernel", "config", "args", "slots", "keep")
+    __slots__ = ("kernel", "config", "args", "slots", "keep", "core_launch")
 
     def __init__(self, kernel: Any, grid: Any, block: Any, *args: Any, shmem: int = 0, cluster: Any = None,
                  cooperative: bool = False, device: int | None = None):
@@ -158,6 +158,9 @@ class PreparedLaunch:
         self.args = [0 if a is SLOT else _argument(a) for a in args]
         self.slots = tuple(i for i, a in enumerate(args) if a is SLOT)
         self.keep = args
+        from cuda.core import launch as core_launch
+
+        self.core_launch = core_launch  # looked up once: a call does nothing it need not
 
     def __call__(self, *values: Any, stream: Any = None) -> None:
         """Launch with ``values`` in the ``SLOT`` places, on ``stream`` (CuPy's current one by default)."""
@@ -168,9 +171,7 @@ class PreparedLaunch:
             args = list(args)
             for i, v in zip(self.slots, values):
                 args[i] = _argument(v)
-        from cuda.core import launch as core_launch
-
-        core_launch(_stream(stream), self.config, self.kernel, *args)
+        self.core_launch(_stream(stream), self.config, self.kernel, *args)
 
 
 def _prepare(kernel: Any, grid: Any, block: Any, nargs: int, shmem: int, cluster: Any, cooperative: bool,
