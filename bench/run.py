@@ -3,6 +3,7 @@
     python -m bench.run --suite reference                 # bf16, B=16, T=1024, hidden 768 as 12x64, 3x256, 1x768, 48x16
     python -m bench.run --suite batch|seqlen|headdim      # sweeps of B, T and D (hidden 768)
     python -m bench.run --suite compile                   # cold and warm compile + load of each kernel
+    python -m bench.run --suite step --functions lstm     # one-step inference (Stepper), 12x64, B=1, 4, 16
     python -m bench.run --suite reference --dry-run       # the whole pipeline on the CPU (vanilla, tiny sizes)
     python -m bench.report bench/results/<file>.json --plots bench/results/plots --markdown bench/results/README.md
 
@@ -32,13 +33,17 @@ import numpy as np
 from . import baselines
 from .timing import MIN_RUNS, SPIN_MS, ProgressBar, measure
 
-SUITES = ("reference", "batch", "seqlen", "headdim", "compile")
+SUITES = ("reference", "batch", "seqlen", "headdim", "compile", "step")
 PASSES = ("fw", "fwbw")
 FUNCTIONS = ("lstm", "slstm", "gru", "elman")
 REFERENCE_HEADS = ((12, 64), (3, 256), (1, 768), (48, 16))
 HIDDEN = 768
 DRY_RUNS = 3  # the dry run checks the pipeline; its times mean nothing
 ROOT = Path(__file__).resolve().parent.parent
+STEP_BATCHES = (1, 4, 16)  # the step suite: 12x64, one step of these batches (issue 10: <= 10 us a step)
+STEP_TARGET_MS = 0.010
+GRAPH_STEPS = 100  # steps captured in the graph that times the kernel alone
+STEP_CALLS = 200  # steps between the host timer's start and its final synchronisation
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,8 @@ def suite_shapes(suite: str, functions: Iterable[str], dry_run: bool = False) ->
             out += [Shape(f, dtype, B, t, N, D) for N, D in sweep_heads for t in lengths]
         elif suite == "headdim":
             out += [Shape(f, dtype, B, T, hidden // d, d) for d in dims]
+        elif suite == "step":  # T = 1: a row times one step
+            out += [Shape(f, dtype, b, 1, N, D) for N, D in heads[:1] for b in (batches if dry_run else STEP_BATCHES)]
         else:
             raise ValueError(f"suite: expected one of {SUITES}, got {suite!r}")
     return out
@@ -389,6 +396,129 @@ def _free(gpu: bool) -> None:
             sys.modules["torch"].cuda.empty_cache()
 
 
+# ------------------------------------------------------------------------------------------------ step
+
+#: How each step row is timed: (name, from a CUDA graph?, what is timed).
+STEP_MODES = (("kernel", True, f"CUDA events around a graph of {GRAPH_STEPS} captured steps, / {GRAPH_STEPS}"),
+              ("graph_replay", True, f"host timer over {STEP_CALLS} replays of a one-step graph and a final sync"),
+              ("call", False, f"host timer over {STEP_CALLS} step() calls and a final sync"))
+
+
+def run_step_suite(opts: Options, shapes: list[Shape], results: Results) -> None:
+    """Rows ``"pass": "step"`` (BENCH.md): per shape and backend a ``Stepper`` timed three ways (STEP_MODES):
+    the kernel alone, end to end from Python replaying a one-step CUDA graph, and plain ``step()`` calls.
+    ``median_ms`` is per step; ``target_ms`` is issue 10's end-to-end target. On the CPU (dry run) only plain
+    calls run; the graph rows record why not."""
+    import flashrnn_core as fc
+
+    xp = _array_module(opts.gpu)
+    bar = ProgressBar(len(shapes) * len(opts.backends) * len(STEP_MODES), "step ")
+    for shape in shapes:
+        arrays = make_inputs(xp, shape, with_grads=False)
+        x = arrays["Wx"][:, 0]  # [B, Gw, N, D]: T = 1, contiguous
+        for backend in opts.backends:
+            try:
+                if opts.absent.get(backend):
+                    raise RuntimeError(opts.absent[backend])
+                stepper = fc.Stepper(arrays["R"], arrays["b"], shape.function, shape.B, backend=backend)
+            except Exception as err:  # absent, or a shape it cannot take: error rows
+                stepper, reason = None, error_text(err)
+            for mode, graph, how in STEP_MODES:
+                bar.advance(f"{shape.function} {shape.N}x{shape.D} B{shape.B} {backend} {mode}")
+                row = {**base_row(shape, backend, "step"), "graph": graph, "step_timing": mode, "timed": how,
+                       "target_ms": STEP_TARGET_MS, "baseline": None, "baseline_ms": None,
+                       "baseline_best_ms": None, "ratio": None}
+                if stepper is None:
+                    results.add({**row, "error": reason})
+                    continue
+                row["backend"] = stepper.backend
+                try:
+                    row.update(time_steps(opts, stepper, x, mode))
+                    if mode != "kernel" and "median_ms" in row:
+                        row["meets_target"] = row["median_ms"] <= STEP_TARGET_MS
+                except Exception as err:
+                    row["error"] = error_text(err)
+                results.add(row)
+        del arrays
+        _free(opts.gpu)
+    bar.close()
+
+
+def time_steps(opts: Options, stepper: Any, x: Any, mode: str) -> dict[str, Any]:
+    """The timing fields of one step row (times per step, in ms)."""
+    from .timing import peak_memory, statistics
+
+    device = "cupy" if opts.gpu else "cpu"
+    if mode != "call" and not (opts.gpu and stepper.capturable):
+        why = "CUDA graphs need a GPU" if not opts.gpu else f"backend {stepper.backend!r} steps are not capturable"
+        return {"error": f"not timed: {why}"}
+    calls = STEP_CALLS if opts.gpu else 5
+    if not opts.gpu:
+        times = [_host_per_step(lambda: stepper.step(x), calls, None) for _ in range(opts.runs)]
+        return {**_stat_fields(statistics(times), opts.runs), "steps": calls,
+                "peak_mem_bytes": peak_memory(lambda: stepper.step(x), device)}
+    import cupy
+
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        for _ in range(3):  # warm-up: the kernel is loaded and the stream wrapped before any capture
+            stepper.step(x)
+        peak = peak_memory(lambda: stepper.step(x), device)
+        if mode == "call":
+            run, steps = (lambda: stepper.step(x)), calls
+        else:
+            graph = _capture(stream, lambda: stepper.step(x), GRAPH_STEPS if mode == "kernel" else 1)
+            run, steps = (lambda: graph.launch(stream)), (GRAPH_STEPS if mode == "kernel" else calls)
+        for _ in range(3):
+            run()
+        stream.synchronize()
+        if mode == "kernel":
+            times = _events_per_step(run, stream, GRAPH_STEPS, opts.runs)
+        else:
+            times = [_host_per_step(run, calls, stream) for _ in range(opts.runs)]
+    return {**_stat_fields(statistics(times), opts.runs), "steps": steps, "peak_mem_bytes": peak}
+
+
+def _capture(stream: Any, fn: Callable[[], Any], count: int) -> Any:
+    """A CUDA graph of ``count`` calls of ``fn`` captured on ``stream`` (which must be CuPy's current one)."""
+    stream.begin_capture()
+    for _ in range(count):
+        fn()
+    return stream.end_capture()
+
+
+def _events_per_step(run: Callable[[], Any], stream: Any, steps: int, runs: int) -> list[float]:
+    """CUDA events around each ``run`` (a graph of ``steps`` steps), in ms a step."""
+    import cupy
+
+    start, end = cupy.cuda.Event(), cupy.cuda.Event()
+    times = []
+    for _ in range(runs):
+        start.record(stream)
+        run()
+        end.record(stream)
+        end.synchronize()
+        times.append(cupy.cuda.get_elapsed_time(start, end) / steps)
+    return times
+
+
+def _host_per_step(run: Callable[[], Any], calls: int, stream: Any) -> float:
+    """Host wall time of ``calls`` calls of ``run`` and a final synchronisation of ``stream``, in ms a call."""
+    if stream is not None:
+        stream.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        run()
+    if stream is not None:
+        stream.synchronize()
+    return (time.perf_counter() - start) * 1e3 / calls
+
+
+def _stat_fields(stats: tuple[float, float, float], runs: int) -> dict[str, Any]:
+    median, p10, p90 = stats
+    return {"median_ms": median, "p10_ms": p10, "p90_ms": p90, "runs": runs}
+
+
 # --------------------------------------------------------------------------------------------- compile
 
 
@@ -562,6 +692,8 @@ def main(argv: list[str] | None = None) -> int:
     shapes = suite_shapes(args.suite, functions, args.dry_run)
     if args.suite == "compile":
         run_compile_suite(opts, shapes, results, args.cold_runs)
+    elif args.suite == "step":
+        run_step_suite(opts, shapes, results)
     else:
         run_timing_suite(opts, shapes, results)
     results.write()

@@ -183,50 +183,44 @@ template <class K, class T> struct InCopier {
     static constexpr int PER = (K::PIECES + K::THREADS - 1) / K::THREADS;  // pieces per thread
     const T* src[PER];  // the piece of the next call's step
     const T* at0[PER];  // previous-state pieces: where step 0 reads them (states0), else null
-    size_t back[PER];   // elements from step t's piece to step t-1's
+    size_t back[PER];   // elements from step t's piece to step t-1's; 0: no piece, or a zero-filled one
     int dst[PER];       // element offset in a stage; -1: no piece
-    bool valid[PER], prev[PER];
+    unsigned flags[PER];  // VALID | PREV (bit flags: arrays of bool ended up in local memory)
+    static constexpr unsigned VALID = 1, PREV = 2;
 
     __device__ __forceinline__ InCopier(const Args<T>& A, int b0, int n) {
+#pragma unroll
+        for (int j = 0; j < PER; ++j) init(j, threadIdx.x + j * K::THREADS, A, b0, n);
+    }
+    // Piece i: row r of a stage (saved [BT][NSAVED], then previous states [S][BT], then upstream [S][BT]).
+    __device__ __forceinline__ void init(int j, int i, const Args<T>& A, int b0, int n) {
         const size_t ND = size_t(A.N) * K::D, BTND = size_t(A.B) * A.Tn * ND;
         const int last = A.Tn - 1;
-#pragma unroll
-        for (int j = 0; j < PER; ++j) {
-            const int i = threadIdx.x + j * K::THREADS;
-            const int r = i / PER_ROW, dc = (i % PER_ROW) * K::CH;
-            dst[j] = i < K::PIECES ? r * K::ROW + dc : -1;
-            int bl, s = 0;
-            if (r < K::PREV_ROW0) bl = r / K::NSAVED;
-            else s = (r - (r < K::UP_ROW0 ? K::PREV_ROW0 : K::UP_ROW0)) / K::BT, bl = r % K::BT;
-            const int b = b0 + bl;
-            const size_t col = size_t(n) * K::D + dc, row = size_t(b) * A.Tn + last;  // (b, Tn-1)
-            prev[j] = r >= K::PREV_ROW0 && r < K::UP_ROW0;
-            at0[j] = nullptr;
-            if (r < K::PREV_ROW0) {  // saved[b, t, k]
-                valid[j] = b < A.B;
-                src[j] = A.saved + (row * K::NSAVED + r % K::NSAVED) * ND + col;
-                back[j] = K::NSAVED * ND;
-            } else if (prev[j]) {  // states[s, b, t-1], states0[s, b] at t = 0
-                valid[j] = b < A.B;
-                src[j] = last > 0 ? A.states + s * BTND + (row - 1) * ND + col : A.states;
-                at0[j] = A.s0 != nullptr ? A.s0 + (size_t(s) * A.B + b) * ND + col : nullptr;
-                back[j] = ND;
-            } else {  // dstates[s, b, t]
-                valid[j] = b < A.B && A.dstates != nullptr && s < A.SD;
-                src[j] = valid[j] ? A.dstates + s * BTND + row * ND + col : A.saved;
-                back[j] = ND;
-            }
-            if (!valid[j]) src[j] = A.saved;  // any mapped address: a zero-fill reads nothing
-        }
+        const int r = i / PER_ROW, dc = (i % PER_ROW) * K::CH;
+        const bool is_saved = r < K::PREV_ROW0, is_prev = !is_saved && r < K::UP_ROW0;
+        const int s = is_saved ? 0 : (r - (is_prev ? K::PREV_ROW0 : K::UP_ROW0)) / K::BT;
+        const int b = b0 + (is_saved ? r / K::NSAVED : r % K::BT);
+        const size_t col = size_t(n) * K::D + dc, row = size_t(b) * A.Tn + last;  // (b, Tn-1)
+        const bool up_present = A.dstates != nullptr && s < A.SD;
+        const bool valid = i < K::PIECES && b < A.B && (is_saved || is_prev || up_present);
+        dst[j] = i < K::PIECES ? r * K::ROW + dc : -1;
+        flags[j] = (valid ? VALID : 0u) | (is_prev ? PREV : 0u);
+        at0[j] = is_prev && A.s0 != nullptr && valid ? A.s0 + (size_t(s) * A.B + b) * ND + col : nullptr;
+        const T* from = is_saved ? A.saved + (row * K::NSAVED + r % K::NSAVED) * ND + col
+                        : is_prev ? A.states + s * BTND + (row - 1) * ND + col
+                                  : A.dstates + s * BTND + row * ND + col;
+        // Any mapped address where nothing is read (a zero-fill), or where step Tn-1 has no previous state.
+        src[j] = valid && !(is_prev && last == 0) ? from : A.saved;
+        back[j] = !valid ? 0 : is_saved ? K::NSAVED * ND : ND;
     }
     __device__ __forceinline__ void issue(T* stage, int t) {
 #pragma unroll
         for (int j = 0; j < PER; ++j)
             if (K::PIECES % K::THREADS == 0 || dst[j] >= 0) {
-                const bool first = prev[j] && t == 0;  // h_{-1}: the initial states, or zeros
-                const T* from = first ? (at0[j] != nullptr ? at0[j] : src[j]) : src[j];
-                mma::cp_async_16(mma::smem_u32(stage + dst[j]), from, valid[j] && (!first || at0[j] != nullptr));
-                if (valid[j]) src[j] -= back[j];
+                const bool first = (flags[j] & PREV) && t == 0;  // h_{-1}: the initial states, or zeros
+                const bool read = (flags[j] & VALID) && (!first || at0[j] != nullptr);
+                mma::cp_async_16(mma::smem_u32(stage + dst[j]), first && read ? at0[j] : src[j], read);
+                src[j] -= back[j];
             }
     }
 };

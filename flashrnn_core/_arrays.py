@@ -7,6 +7,7 @@ NumPy and CuPy >= 14 accept as a dtype).
 
 from __future__ import annotations
 
+import contextlib
 from types import ModuleType
 from typing import Any
 
@@ -47,3 +48,13 @@ def compute_dtype(storage: np.dtype) -> np.dtype:
 
 def dtype_name(dtype: Any) -> str:
     return DTYPE_NAMES.get(np.dtype(dtype), str(np.dtype(dtype)))
+
+
+def on_device(device: int | None) -> Any:
+    """A context making CuPy device ``device`` the current one (where CuPy allocates and launches); nothing for
+    None (NumPy)."""
+    if device is None:
+        return contextlib.nullcontext()
+    import cupy
+
+    return cupy.cuda.Device(device)

@@ -118,9 +118,7 @@ def validate(
     Whether the chosen backend can take the problem is asked of the backend afterwards
     (``backends.resolve``), still before any device work.
     """
-    cell = validate_function(function)
-    if not isinstance(backend, str) or backend not in BACKEND_NAMES:
-        raise ValueError(f"backend: expected one of {list(BACKEND_NAMES)}, got {backend!r}")
+    cell = _check_names(function, backend)
 
     named = {"Wx": Wx, "R": R, "b": b, "states": states}
     if for_backward:
@@ -187,6 +185,81 @@ def validate_function(function: Any) -> Cell:
     if not isinstance(function, str) or function not in CELLS:
         raise ValueError(f"function: expected one of {sorted(CELLS)}, got {function!r}")
     return CELLS[function]
+
+
+def _check_names(function: Any, backend: Any) -> Cell:
+    """The cell of ``function``, after checking both names."""
+    cell = validate_function(function)
+    if not isinstance(backend, str) or backend not in BACKEND_NAMES:
+        raise ValueError(f"backend: expected one of {list(BACKEND_NAMES)}, got {backend!r}")
+    return cell
+
+
+def validate_step(R: Any, b: Any, states: Any = None, *, function: str, batch: Any, dtype: Any = None,
+                  backend: str = "auto") -> Problem:
+    """Check a ``Stepper``'s arguments: ``validate`` of a one-step call, Wx ``[batch, 1, Gw, N, D]`` in
+    ``dtype`` (R's dtype when None) on R's device, described by a broadcast view of one element (N and D come
+    from R ``[Gr, N, D, D]``). States ``[S, batch, 1, N, D]`` as in ``validate``."""
+    cell = _check_names(function, backend)
+    _check_array("R", R)
+    if R.ndim != 4:
+        raise ValueError(f"R: expected 4 dimensions [Gr, N, D, D], got shape {list(R.shape)}")
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)):
+        raise TypeError(f"batch: expected a positive integer, got {_describe(batch)}")
+    if batch < 1:
+        raise ValueError(f"batch: expected a positive integer, got {batch}")
+    try:
+        dtype = np.dtype(R.dtype if dtype is None else dtype)
+    except TypeError as err:
+        raise ValueError(f"dtype: expected a NumPy dtype, got {dtype!r} ({err})") from None
+    allowed = _arrays.VANILLA_DTYPES if backend in ("auto", "vanilla") else _arrays.STORAGE_DTYPES
+    if dtype not in allowed:
+        names = ", ".join(_arrays.dtype_name(d) for d in allowed)
+        raise ValueError(f"dtype: expected one of ({names}), got {dtype}")
+    xp = _arrays.array_module(R)
+    with _arrays.on_device(_device_of(R)):
+        one = xp.zeros((), dtype)
+    Wx = xp.broadcast_to(one, (int(batch), 1, cell.gates_w, int(R.shape[1]), int(R.shape[2])))
+    return validate(Wx, R, b, states, function=function, backend=backend)
+
+
+def check_step_input(Wx_t: Any, problem: Problem, name: str = "Wx_t") -> None:
+    """Check one step's input for a ``Stepper`` of ``problem``: ``[B, Gw, N, D]`` or ``[B, 1, Gw, N, D]``, in the
+    stepper's dtype, C-contiguous, on its device, and 16-byte aligned on a GPU (the kernel reads it in place
+    with 16-byte copies: a step converts and copies nothing)."""
+    _check_array(name, Wx_t)
+    cell, B, N, D = problem.cell, problem.B, problem.N, problem.D
+    where = "host memory (NumPy)" if problem.device is None else f"CuPy device {problem.device}"
+    if _device_of(Wx_t) != problem.device:
+        raise ValueError(f"{name}: expected an array in {where} like the stepper's R, got {_describe(Wx_t)}")
+    if np.dtype(Wx_t.dtype) != problem.dtype:
+        raise ValueError(f"{name}: expected dtype {_arrays.dtype_name(problem.dtype)} (the stepper's; a step "
+                         f"converts nothing), got {Wx_t.dtype}")
+    if tuple(Wx_t.shape) not in ((B, cell.gates_w, N, D), (B, 1, cell.gates_w, N, D)):
+        raise ValueError(f"{name}: expected shape [{B}, {cell.gates_w}, {N}, {D}] or [{B}, 1, {cell.gates_w}, {N}, "
+                         f"{D}] ([B, Gw, N, D] of one step for {problem.function}), got {list(Wx_t.shape)}")
+    if not Wx_t.flags.c_contiguous:
+        raise ValueError(f"{name}: expected a C-contiguous array (a step copies nothing; pass "
+                         f"ascontiguousarray(...)), got strides {Wx_t.strides}")
+    if problem.device is not None and Wx_t.data.ptr % 16:
+        raise ValueError(f"{name}: expected a 16-byte aligned address (the kernel reads 16-byte pieces), got "
+                         f"{Wx_t.data.ptr:#x}")
+
+
+def check_step_indices(indices: Any, batch: int) -> list[int]:
+    """``Stepper.reset``'s batch rows as a list of ints in [0, batch): an int or a sequence (or NumPy array) of
+    ints; CuPy arrays are refused (reading them would synchronise)."""
+    if _arrays.is_cupy_array(indices):
+        raise TypeError("indices: expected host integers (an int, a list or a NumPy array), got a CuPy array")
+    flat = np.asarray(indices).reshape(-1)
+    if flat.dtype == np.bool_ or not np.issubdtype(flat.dtype, np.integer):
+        if flat.size:  # an empty list has dtype float64 and means no rows
+            raise TypeError(f"indices: expected integers (batch rows), got {_describe(indices)}")
+    rows = [int(i) for i in flat]
+    bad = [i for i in rows if not 0 <= i < batch]
+    if bad:
+        raise ValueError(f"indices: expected batch rows in [0, {batch}), got {bad[:8]}")
+    return rows
 
 
 def _check_upstream(cell: Cell, dstates: Any, dlast_states: Any, B: int, T: int, N: int, D: int) -> None:

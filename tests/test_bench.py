@@ -71,6 +71,24 @@ def test_absent_and_gpu_backends_become_error_rows(tmp_path):
     assert all("error" not in r for r in rows if r["backend"] == "vanilla")
 
 
+def test_step_suite_dry_run_times_plain_calls_and_says_why_not_graphs(tmp_path):
+    out = tmp_path / "s.json"
+    assert run.main(["--suite", "step", "--dry-run", "--functions", "lstm,elman", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    rows = doc["rows"]
+    # 2 cells x 2 batches x 3 ways of timing a step, one backend (vanilla) on the CPU
+    assert len(rows) == 12 and {r["pass"] for r in rows} == {"step"} and {r["T"] for r in rows} == {1}
+    assert {r["step_timing"] for r in rows} == {m for m, _, _ in run.STEP_MODES}
+    for row in rows:
+        assert ROW_KEYS <= set(row) | {"median_ms", "p10_ms", "p90_ms", "peak_mem_bytes"}, ROW_KEYS - set(row)
+        assert row["graph"] == (row["step_timing"] != "call") and row["target_ms"] == run.STEP_TARGET_MS
+        if row["graph"]:
+            assert row["error"] == "not timed: CUDA graphs need a GPU" and "median_ms" not in row
+        else:
+            assert "error" not in row and row["p10_ms"] <= row["median_ms"] <= row["p90_ms"]
+            assert row["backend"] == "vanilla" and row["peak_mem_bytes"] > 0 and "meets_target" in row
+
+
 def test_compile_suite_without_gpu_records_why(tmp_path):
     out = tmp_path / "c.json"
     assert run.main(["--suite", "compile", "--dry-run", "--functions", "lstm", "--out", str(out)]) == 0

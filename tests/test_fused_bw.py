@@ -137,4 +137,4 @@ def test_bw_variants_listed():
         for dtype in DTYPES.values():
             threads, smem, prefetch = fused.bw_geometry(cell, dtype, 64)
             assert threads == 512  # 4 warps split K for each 16 rows (bw_ksplit)
-            assert smem <= fused.SMEM_LIMIT and prefetch >= 2
+            assert smem <= fused.SMEM_LIMIT and prefetch >= (1 if dtype == DTYPES["float32"] else 2)

@@ -247,8 +247,6 @@ class FusedBackend(Backend):
         return _spec(problem.function, problem.dtype, params)
 
     def forward(self, problem, Wx, R, b, states0):
-        from ..runtime import get_kernel, launch
-
         params = self.params(problem)
         cell, dtype = problem.cell, problem.dtype
         B, T, N, D = problem.B, problem.T, problem.N, problem.D
@@ -257,13 +255,21 @@ class FusedBackend(Backend):
         Wx, R, b, states0 = (_as(a, dtype) for a in (Wx, R, b, states0))
         states = _empty((cell.states, B, T, N, D), dtype)
         saved = _empty((B, T, cell.n_saved, N, D), dtype)
+        self.prepare_forward(problem, params, Wx, R, b, states0, states, saved)()
+        return states, saved
+
+    def prepare_forward(self, problem, params: FusedParams, Wx, R, b, states0, states, saved):
+        """The kernel launch of ``forward`` over arrays already in the storage dtype (``_as``), resolved once
+        (``runtime.PreparedLaunch``): ``Wx`` may be ``runtime.SLOT``, given at each call (the ``Stepper``, which
+        also passes its state buffer as both ``states0`` and ``states``: stepper.py says why that is safe)."""
+        from ..runtime import PreparedLaunch, get_kernel
+
         kernel = get_kernel(self.spec(problem, params), device=problem.device)
         # states0 None travels as a null pointer: the kernel starts from zeros. The grid counts blocks; the
         # runtime opts the kernel in to > 48 KB of shared memory and to 16-block clusters.
-        launch(kernel, params.grid, (params.threads,), Wx, R, b, states0, states, saved,
-               np.int32(B), np.int32(T), np.int32(N), shmem=params.smem_bytes,
-               cluster=(params.cluster, 1, 1) if params.cluster > 1 else None)
-        return states, saved
+        return PreparedLaunch(kernel, params.grid, (params.threads,), Wx, R, b, states0, states, saved,
+                              np.int32(problem.B), np.int32(problem.T), np.int32(problem.N), shmem=params.smem_bytes,
+                              cluster=(params.cluster, 1, 1) if params.cluster > 1 else None, device=problem.device)
 
     def backward(self, problem, Wx, R, b, states0, states, saved, dstates, dlast):
         """The fused reverse-time kernel (fused_bw.cu) where the forward runs one block per head; cluster heads

@@ -7,11 +7,12 @@ contract"). Importing it needs only NumPy; cuda-python and CuPy are imported whe
     kernel = get_kernel(spec)                               # compiled once, cached on disk, loaded once
     launch(kernel, grid, block, Wx, R, np.int32(B), shmem=0)  # on CuPy's current stream
     compile_spec(spec, "sm_90").resources                   # no GPU needed
+    step = PreparedLaunch(kernel, grid, block, SLOT, R, shmem=0)  # resolved once; step(Wx_t) only launches
 """
 
 from .compile import (CompileResult, KernelSpec, Resources, compile_spec, is_whole_elf, nvrtc_version,
                       parse_ptxas_report)
-from .launch import current_device, device_arch, get_kernel, launch
+from .launch import SLOT, PreparedLaunch, current_device, device_arch, get_kernel, launch
 
-__all__ = ["CompileResult", "KernelSpec", "Resources", "compile_spec", "current_device", "device_arch", "get_kernel",
-           "is_whole_elf", "launch", "nvrtc_version", "parse_ptxas_report"]
+__all__ = ["SLOT", "CompileResult", "KernelSpec", "PreparedLaunch", "Resources", "compile_spec", "current_device",
+           "device_arch", "get_kernel", "is_whole_elf", "launch", "nvrtc_version", "parse_ptxas_report"]

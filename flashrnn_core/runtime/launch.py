@@ -122,17 +122,71 @@ def launch(kernel: Any, grid: Any, block: Any, *args: Any, shmem: int = 0, clust
     per cluster (sm_90+); above 8 the non-portable size attribute is set once per device. cooperative: a
     cooperative launch (grid-wide sync). device: where the opt-in attributes go (default: the current one).
     """
+    config = _prepare(kernel, grid, block, len(args), shmem, cluster, cooperative, device)
+    from cuda.core import launch as core_launch
+
+    core_launch(_stream(stream), config, kernel, *[_argument(a) for a in args])
+
+
+class _Slot:
+    def __repr__(self) -> str:
+        return "SLOT"
+
+
+#: Placeholder for a ``PreparedLaunch`` argument given at each call (e.g. the input of one step).
+SLOT = _Slot()
+
+
+class PreparedLaunch:
+    """A launch of ``kernel`` whose geometry and arguments are resolved once, so that each call does only the
+    launch: the step API launches one kernel per step and must cost the host as little as possible (and be
+    capturable in a CUDA graph, like every launch here).
+
+        prepared = PreparedLaunch(kernel, grid, block, SLOT, R, b, np.int32(B), shmem=smem)
+        prepared(Wx_t)                  # on CuPy's current stream; SLOT arguments in order
+
+    Takes ``launch``'s arguments; ``SLOT`` marks those given at each call (converted like ``launch``'s). The
+    arrays given here are kept alive as long as the object, since only their addresses are passed.
+    """
+
+    __slots__ = ("kernel", "config", "args", "slots", "keep", "core_launch")
+
+    def __init__(self, kernel: Any, grid: Any, block: Any, *args: Any, shmem: int = 0, cluster: Any = None,
+                 cooperative: bool = False, device: int | None = None):
+        self.kernel = kernel
+        self.config = _prepare(kernel, grid, block, len(args), shmem, cluster, cooperative, device)
+        self.args = [0 if a is SLOT else _argument(a) for a in args]
+        self.slots = tuple(i for i, a in enumerate(args) if a is SLOT)
+        self.keep = args
+        from cuda.core import launch as core_launch
+
+        self.core_launch = core_launch  # looked up once: a call does nothing it need not
+
+    def __call__(self, *values: Any, stream: Any = None) -> None:
+        """Launch with ``values`` in the ``SLOT`` places, on ``stream`` (CuPy's current one by default)."""
+        if len(values) != len(self.slots):
+            raise TypeError(f"PreparedLaunch: expected {len(self.slots)} SLOT arguments, got {len(values)}")
+        args = self.args
+        if values:
+            args = list(args)
+            for i, v in zip(self.slots, values):
+                args[i] = _argument(v)
+        self.core_launch(_stream(stream), self.config, self.kernel, *args)
+
+
+def _prepare(kernel: Any, grid: Any, block: Any, nargs: int, shmem: int, cluster: Any, cooperative: bool,
+             device: int | None) -> Any:
+    """The ``LaunchConfig`` of a launch, after checking the argument count and setting the kernel attributes
+    it needs on ``device`` (once per kernel and device)."""
     config, smem_opt_in, non_portable = _config(grid, block, shmem, cluster, cooperative)
     state = _states.get(id(kernel))
     if state is None or state.kernel is not kernel:
         state = _state(kernel)
-    if state.nargs is not None and state.nargs != len(args):
-        raise TypeError(f"launch: the kernel takes {state.nargs} arguments, got {len(args)}")
+    if state.nargs is not None and state.nargs != nargs:
+        raise TypeError(f"launch: the kernel takes {state.nargs} arguments, got {nargs}")
     if smem_opt_in or non_portable:
         state.opt_in(current_device() if device is None else int(device), smem_opt_in, non_portable)
-    from cuda.core import launch as core_launch
-
-    core_launch(_stream(stream), config, kernel, *[_argument(a) for a in args])
+    return config
 
 
 def _argument(a: Any) -> Any:
