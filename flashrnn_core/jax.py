@@ -4,7 +4,8 @@ Thin by design: every computation of the recurrence goes through ``flashrnn_core
 
 Shapes (SPEC.md): Wx ``[B, T, Gw, N, D]``, R ``[Gr, N, D, D]``, b ``[Gb, N, D]``, states ``[S, B, 1, N, D]``;
 ``flashrnn`` returns ``(states [S, B, T, N, D], last_states [S, B, 1, N, D])``. Gradients through
-``jax.grad``/``jax.value_and_grad``/``jax.vjp`` in Wx, R, b and states.
+``jax.grad``/``jax.value_and_grad``/``jax.vjp`` in Wx, R, b and states; optional ``lengths [B]`` (integers,
+variable lengths) is traced like them and not differentiable.
 
 How arrays travel:
 

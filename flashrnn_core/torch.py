@@ -13,7 +13,8 @@ Two ops, ``torch.ops.flashrnn_core.forward`` and ``torch.ops.flashrnn_core.backw
 implementation, so ``torch.compile(fullgraph=True)`` traces through them; the autograd formula is registered
 with ``torch.library.register_autograd`` (torch wraps it in a ``torch.autograd.Function``). The forward op also
 returns the backend's saved pre-activations ``[B, T, n_saved, N, D]`` for the backward op. Double backward is
-not supported.
+not supported. Both ops take an optional integer tensor ``lengths [B]`` (variable lengths, not differentiable);
+the modules take a ``PackedSequence`` like torch.nn.LSTM.
 
 Memory note: on CUDA the outputs are allocated by CuPy's memory pool (on torch's stream) and shared with torch
 through DLPack, so they count in CuPy's pool, not torch's caching allocator.

@@ -455,6 +455,22 @@ def test_opcheck_ops_with_lengths():
                           test_utils=checks)
 
 
+def test_lengths_torch_compile_fullgraph_matches_eager():
+    """lengths travels through the traced op and its backward (no graph break)."""
+    Wx, R, b, s0 = (a.float() for a in make_inputs("gru", B=4, T=6))
+    Wx.requires_grad_()
+    lengths = torch.tensor(LENGTHS)
+
+    def loss(Wx, lengths):
+        states, last = ft.flashrnn(Wx, R, b, s0, "gru", lengths=lengths)
+        return states.sum() + last.pow(2).sum()
+
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    eager, traced = loss(Wx, lengths), compiled(Wx, lengths)
+    assert torch.equal(eager, traced)
+    assert torch.equal(torch.autograd.grad(eager, Wx)[0], torch.autograd.grad(traced, Wx)[0])
+
+
 def _packed(x_btf: torch.Tensor, lengths: list[int], batch_first: bool, enforce_sorted: bool):
     """x ``[B, T, F]`` packed as torch.nn.LSTM takes it (sorted by length first where enforce_sorted asks it)."""
     from torch.nn.utils.rnn import pack_padded_sequence
