@@ -40,7 +40,8 @@ def torch_missing() -> str | None:
 
 @dataclass(frozen=True)
 class BaselineKey:
-    """What a cuDNN timing depends on: several rows (head layouts of one hidden size) share one."""
+    """What a cuDNN timing depends on: several rows (head layouts of one hidden size) share one. ``lengths``:
+    the per-sequence lengths of a PackedSequence input, or None for the padded batch."""
 
     module: str
     pass_: str
@@ -48,6 +49,7 @@ class BaselineKey:
     T: int
     H: int
     dtype: str
+    lengths: tuple[int, ...] | None = None
 
 
 def baseline_name(function: str, device: str) -> str:
@@ -57,8 +59,10 @@ def baseline_name(function: str, device: str) -> str:
 
 
 def cudnn_call(key: BaselineKey, device: str, seed: int = 0) -> Callable[[], Any]:
-    """A closure running one ``fw`` or ``fwbw`` of the module ``key`` names on random input."""
+    """A closure running one ``fw`` or ``fwbw`` of the module ``key`` names on random input: a padded batch, or
+    with ``key.lengths`` a PackedSequence, packed once outside the call (as a data loader hands it over)."""
     import torch
+    from torch.nn.utils.rnn import pack_padded_sequence
 
     torch.manual_seed(seed)
     dtype = getattr(torch, key.dtype)
@@ -66,20 +70,23 @@ def cudnn_call(key: BaselineKey, device: str, seed: int = 0) -> Callable[[], Any
     if device == "cuda":
         net.flatten_parameters()  # one weight buffer, as cuDNN wants (else it compacts on every call)
     x = torch.randn(key.B, key.T, key.H, device=device, dtype=dtype)
+    if key.lengths is not None:
+        x = pack_padded_sequence(x, torch.tensor(key.lengths), batch_first=True, enforce_sorted=False)
+    leaf = x if key.lengths is None else x.data  # the packed data is the input the gradient reaches
     if key.pass_ == "fw":
         def forward() -> Any:
             with torch.no_grad():
                 return net(x)[0]
         return forward
 
-    x.requires_grad_(True)
+    leaf.requires_grad_(True)
     params = list(net.parameters())
 
     def forward_backward() -> Any:
-        for p in params + [x]:
+        for p in params + [leaf]:
             p.grad = None  # fresh gradients each call: backward writes them rather than accumulating
         out = net(x)[0]
-        out.sum().backward()
+        (out if key.lengths is None else out.data).sum().backward()
         return out
     return forward_backward
 

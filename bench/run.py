@@ -4,6 +4,7 @@
     python -m bench.run --suite batch|seqlen|headdim      # sweeps of B, T and D (hidden 768)
     python -m bench.run --suite compile                   # cold and warm compile + load of each kernel
     python -m bench.run --suite step --functions lstm     # one-step inference (Stepper), 12x64, B=1, 4, 16
+    python -m bench.run --suite varlen                    # lstm, gru: lengths uniform in [T/4, T] vs padded
     python -m bench.run --suite reference --dry-run       # the whole pipeline on the CPU (vanilla, tiny sizes)
     python -m bench.report bench/results/<file>.json --plots bench/results/plots --markdown bench/results/README.md
 
@@ -33,7 +34,7 @@ import numpy as np
 from . import baselines
 from .timing import MIN_RUNS, SPIN_MS, ProgressBar, measure
 
-SUITES = ("reference", "batch", "seqlen", "headdim", "compile", "step")
+SUITES = ("reference", "batch", "seqlen", "headdim", "compile", "step", "varlen")
 PASSES = ("fw", "fwbw")
 FUNCTIONS = ("lstm", "slstm", "gru", "elman")
 REFERENCE_HEADS = ((12, 64), (3, 256), (1, 768), (48, 16))
@@ -81,6 +82,8 @@ def suite_shapes(suite: str, functions: Iterable[str], dry_run: bool = False) ->
             out += [Shape(f, dtype, B, T, hidden // d, d) for d in dims]
         elif suite == "step":  # T = 1: a row times one step
             out += [Shape(f, dtype, b, 1, N, D) for N, D in heads[:1] for b in (batches if dry_run else STEP_BATCHES)]
+        elif suite == "varlen":
+            out += [Shape(f, dtype, B, T, N, D) for N, D in sweep_heads if f in VARLEN_FUNCTIONS]
         else:
             raise ValueError(f"suite: expected one of {SUITES}, got {suite!r}")
     return out
@@ -193,25 +196,33 @@ def make_inputs(xp: Any, shape: Shape, with_grads: bool) -> dict[str, Any]:
     return arrays
 
 
-def our_call(backend: str, shape: Shape, pass_: str, arrays: dict[str, Any]) -> Callable[[], Any]:
-    """A closure running ``fw`` (forward, all states) or ``fwbw`` (forward, then backward of dstates)."""
+def our_call(backend: str, shape: Shape, pass_: str, arrays: dict[str, Any],
+             lengths: np.ndarray | None = None) -> Callable[[], Any]:
+    """A closure running ``fw`` (forward, all states) or ``fwbw`` (forward, then backward of dstates), over
+    each sequence's ``lengths`` where given."""
     import flashrnn_core as fc
 
     Wx, R, b = arrays["Wx"], arrays["R"], arrays["b"]
+
+    def forward() -> Any:
+        return fc.forward(Wx, R, b, function=shape.function, backend=backend, lengths=lengths)
+
     if pass_ == "fw":
-        return lambda: fc.forward(Wx, R, b, function=shape.function, backend=backend).states
+        return lambda: forward().states
     dstates = arrays["dstates"]
-    return lambda: fc.backward(fc.forward(Wx, R, b, function=shape.function, backend=backend), dstates=dstates)
+    return lambda: fc.backward(forward(), dstates=dstates)
 
 
-def why_not(backend: str, absent: dict[str, str | None], shape: Shape, arrays: dict[str, Any]) -> str | None:
-    """None when ``backend`` can run ``shape``, else the reason (absent backend, shape it cannot take)."""
+def why_not(backend: str, absent: dict[str, str | None], shape: Shape, arrays: dict[str, Any],
+            lengths: np.ndarray | None = None) -> str | None:
+    """None when ``backend`` can run ``shape`` (with ``lengths``), else the reason (absent backend, shape it
+    cannot take)."""
     from flashrnn_core import backends
     from flashrnn_core.validate import validate
 
     if absent.get(backend):
         return absent[backend]
-    problem = validate(arrays["Wx"], arrays["R"], arrays["b"], function=shape.function)
+    problem = validate(arrays["Wx"], arrays["R"], arrays["b"], function=shape.function, lengths=lengths)
     return backends.why_not(backend, problem)
 
 
@@ -280,18 +291,21 @@ class BaselineCache:
 
             torch.set_num_threads(1)  # the dry run: torch's spinning worker threads would fight the CPU test run
 
-    def cudnn_fields(self, shape: Shape, pass_: str) -> dict[str, Any]:
-        """``baseline``, ``baseline_ms`` (the row's dtype), ``baseline_best_ms`` (fastest of cudnn_dtypes), ..."""
+    def cudnn_fields(self, shape: Shape, pass_: str, lengths: np.ndarray | None = None) -> dict[str, Any]:
+        """``baseline``, ``baseline_ms`` (the row's dtype), ``baseline_best_ms`` (fastest of cudnn_dtypes), ...;
+        with ``lengths``, of the module on a PackedSequence of those lengths."""
         module = baselines.CUDNN[shape.function][0]
-        fields: dict[str, Any] = {"baseline": baselines.baseline_name(shape.function, self.device),
-                                  "baseline_module": f"torch.nn.{module}", "baseline_ms": None,
-                                  "baseline_best_ms": None}
+        packed = None if lengths is None else tuple(int(n) for n in lengths)
+        fields: dict[str, Any] = {
+            "baseline": baselines.baseline_name(shape.function, self.device) + (" packed" if packed else ""),
+            "baseline_module": f"torch.nn.{module}" + (" (PackedSequence)" if packed else ""), "baseline_ms": None,
+            "baseline_best_ms": None}
         if self.missing:
             fields["baseline_error"] = self.missing
             return fields
         times, errors = {}, {}
         for dtype in dict.fromkeys((shape.dtype, *self.opts.cudnn_dtypes)):
-            key = baselines.BaselineKey(module, pass_, shape.B, shape.T, shape.N * shape.D, dtype)
+            key = baselines.BaselineKey(module, pass_, shape.B, shape.T, shape.N * shape.D, dtype, packed)
             if key not in self.cudnn:
                 try:
                     self.cudnn[key] = baselines.time_cudnn(key, self.device, self.opts.runs, self.opts.spin_ms,
@@ -365,14 +379,15 @@ def run_timing_suite(opts: Options, shapes: list[Shape], results: Results) -> No
     bar.close()
 
 
-def time_backend(opts: Options, backend: str, shape: Shape, pass_: str, arrays: dict[str, Any]) -> dict[str, Any]:
+def time_backend(opts: Options, backend: str, shape: Shape, pass_: str, arrays: dict[str, Any],
+                 lengths: np.ndarray | None = None) -> dict[str, Any]:
     """The timing fields of one row, or ``{"error": ...}``."""
     try:
-        reason = why_not(backend, opts.absent, shape, arrays)
+        reason = why_not(backend, opts.absent, shape, arrays, lengths)
         if reason:
             return {"error": reason}
-        timing = measure(our_call(backend, shape, pass_, arrays), "cupy" if opts.gpu else "cpu", opts.runs,
-                         spin_ms=opts.spin_ms, strict=opts.strict)
+        timing = measure(our_call(backend, shape, pass_, arrays, lengths), "cupy" if opts.gpu else "cpu",
+                         opts.runs, spin_ms=opts.spin_ms, strict=opts.strict)
         return timing.fields()
     except Exception as err:  # a failed row is recorded, not fatal
         return {"error": error_text(err)}
@@ -517,6 +532,71 @@ def _host_per_step(run: Callable[[], Any], calls: int, stream: Any) -> float:
 def _stat_fields(stats: tuple[float, float, float], runs: int) -> dict[str, Any]:
     median, p10, p90 = stats
     return {"median_ms": median, "p10_ms": p10, "p90_ms": p90, "runs": runs}
+
+
+# ------------------------------------------------------------------------------------------ variable lengths
+
+VARLEN_FUNCTIONS = ("lstm", "gru")  # the cells with a cuDNN counterpart taking a PackedSequence
+VARLEN_WIDE_BACKENDS = ("cuda",)  # the one-head 1x768 shape is timed on these only (on the GPU)
+
+
+def varlen_lengths(B: int, T: int) -> np.ndarray:
+    """``[B]`` lengths uniform in [T/4, T], seeded by (B, T): the same in every row of a (B, T), so every
+    backend, head layout and the cuDNN baseline run the same batch."""
+    rng = np.random.default_rng(zlib.crc32(f"varlen B{B} T{T}".encode()))
+    return rng.integers(max(T // 4, 1), T + 1, size=B).astype(np.int32)
+
+
+def varlen_backends(opts: Options, shape: Shape) -> list[str]:
+    """The backends timed on ``shape``: all for several heads, ``VARLEN_WIDE_BACKENDS`` for one wide head (the
+    dry run, where only vanilla runs, keeps the structure)."""
+    if shape.N > 1 or not opts.gpu:
+        return opts.backends
+    return [b for b in opts.backends if b in VARLEN_WIDE_BACKENDS]
+
+
+def run_varlen_suite(opts: Options, shapes: list[Shape], results: Results) -> None:
+    """Rows ``fw_varlen`` / ``fwbw_varlen``: each backend on a batch of lengths ``varlen_lengths`` (median_ms ...)
+    and on the same batch padded (``padded_ms`` ..., ``varlen_ratio`` = median_ms / padded_ms); the baseline is
+    cuDNN on the PackedSequence of those lengths (``baseline_ms``, ``ratio``) and on the padded batch
+    (``baseline_padded_ms``, ``baseline_varlen_ratio``)."""
+    xp = _array_module(opts.gpu)
+    bar = ProgressBar(sum(len(varlen_backends(opts, s)) for s in shapes) * len(PASSES), "varlen ")
+    cache = BaselineCache(opts)
+    for shape in shapes:
+        lengths = varlen_lengths(shape.B, shape.T)
+        described = {"lengths_min": int(lengths.min()), "lengths_mean": float(lengths.mean()),
+                     "lengths_max": int(lengths.max()), "lengths_seed": f"varlen B{shape.B} T{shape.T}"}
+        for pass_ in PASSES:
+            arrays = make_inputs(xp, shape, with_grads=pass_ == "fwbw")
+            shared = {**described, **varlen_baseline_fields(cache, shape, pass_, lengths)}
+            for backend in varlen_backends(opts, shape):
+                bar.advance(f"{shape.function} {shape.N}x{shape.D} {pass_} varlen {backend}")
+                row = {**base_row(shape, backend, f"{pass_}_varlen"),
+                       **time_backend(opts, backend, shape, pass_, arrays, lengths)}
+                row.update({("padded_ms" if k == "median_ms" else f"padded_{k}"): v
+                            for k, v in time_backend(opts, backend, shape, pass_, arrays).items()})
+                row.update(shared, varlen_ratio=_quotient(row.get("median_ms"), row.get("padded_ms")),
+                           ratio_padded=_quotient(shared["baseline_padded_ms"], row.get("padded_ms")))
+                results.add(with_ratios(row))
+            del arrays
+            _free(opts.gpu)
+    bar.close()
+
+
+def varlen_baseline_fields(cache: BaselineCache, shape: Shape, pass_: str, lengths: np.ndarray) -> dict[str, Any]:
+    """cuDNN on the PackedSequence (``baseline*`` fields) and on the padded batch (``baseline_padded_ms``)."""
+    fields = cache.cudnn_fields(shape, pass_, lengths)
+    padded = cache.cudnn_fields(shape, pass_)
+    fields["baseline_padded_ms"] = padded["baseline_ms"]
+    if "baseline_error" in padded:
+        fields["baseline_padded_error"] = padded["baseline_error"]
+    fields["baseline_varlen_ratio"] = _quotient(fields["baseline_ms"], padded["baseline_ms"])
+    return fields
+
+
+def _quotient(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
 
 
 # --------------------------------------------------------------------------------------------- compile
@@ -694,6 +774,8 @@ def main(argv: list[str] | None = None) -> int:
         run_compile_suite(opts, shapes, results, args.cold_runs)
     elif args.suite == "step":
         run_step_suite(opts, shapes, results)
+    elif args.suite == "varlen":
+        run_varlen_suite(opts, shapes, results)
     else:
         run_timing_suite(opts, shapes, results)
     results.write()

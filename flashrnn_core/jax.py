@@ -4,7 +4,8 @@ Thin by design: every computation of the recurrence goes through ``flashrnn_core
 
 Shapes (SPEC.md): Wx ``[B, T, Gw, N, D]``, R ``[Gr, N, D, D]``, b ``[Gb, N, D]``, states ``[S, B, 1, N, D]``;
 ``flashrnn`` returns ``(states [S, B, T, N, D], last_states [S, B, 1, N, D])``. Gradients through
-``jax.grad``/``jax.value_and_grad``/``jax.vjp`` in Wx, R, b and states.
+``jax.grad``/``jax.value_and_grad``/``jax.vjp`` in Wx, R, b and states; optional ``lengths [B]`` (integers,
+variable lengths) is traced like them and not differentiable.
 
 How arrays travel:
 
@@ -70,34 +71,37 @@ _DL_CPU = 1  # DLPack's device type for host memory
 
 def flashrnn(
     Wx: jax.Array, R: jax.Array, b: jax.Array, states: Optional[jax.Array] = None, function: str = "lstm",
-    backend: str = "auto",
+    backend: str = "auto", lengths: Optional[Any] = None,
 ) -> tuple[jax.Array, jax.Array]:
     """FlashRNN's functional call on JAX arrays, differentiable in Wx, R, b and states.
 
     Args: Wx ``[B, T, Gw, N, D]``, R ``[Gr, N, D, D]``, b ``[Gb, N, D]``, states ``[S, B, 1, N, D]`` or None
-    (zeros); function and backend as in ``flashrnn_core.forward``.
-    Returns ``(states [S, B, T, N, D], last_states [S, B, 1, N, D])``.
+    (zeros); function and backend as in ``flashrnn_core.forward``. lengths: ``[B]`` integers in 1..T (an integer
+    array or a list; traced under ``jax.jit`` like the other arrays) or None; not differentiable (its cotangent
+    is None). On GPU the core reads its range back to the host once per forward and backward.
+    Returns ``(states [S, B, T, N, D], last_states [S, B, 1, N, D])``. With lengths, a sequence's states after
+    its end repeat its last valid ones, so ``last_states`` holds each sequence's states at its own end.
     """
     _cell(function)
-    args = [None if a is None else jnp.asarray(a) for a in (Wx, R, b, states)]
+    args = [None if a is None else jnp.asarray(a) for a in (Wx, R, b, states, lengths)]
     out = _flashrnn(function, backend, *args)
     return out, out[:, :, -1:]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _flashrnn(function: str, backend: str, Wx, R, b, states0):
-    return _forward(function, backend, Wx, R, b, states0)[0]
+def _flashrnn(function: str, backend: str, Wx, R, b, states0, lengths):
+    return _forward(function, backend, Wx, R, b, states0, lengths)[0]
 
 
-def _fwd(function: str, backend: str, Wx, R, b, states0):
-    states, saved = _forward(function, backend, Wx, R, b, states0)
-    return states, (Wx, R, b, states0, states, saved)
+def _fwd(function: str, backend: str, Wx, R, b, states0, lengths):
+    states, saved = _forward(function, backend, Wx, R, b, states0, lengths)
+    return states, (Wx, R, b, states0, lengths, states, saved)
 
 
 def _bwd(function: str, backend: str, residuals, dstates):
     states0 = residuals[3]
     dWx, dR, db, ds0 = _backward(function, backend, *residuals, dstates)
-    return dWx, dR, db, (None if states0 is None else ds0)
+    return dWx, dR, db, (None if states0 is None else ds0), None  # lengths: integers, no cotangent
 
 
 _flashrnn.defvjp(_fwd, _bwd)
@@ -106,36 +110,35 @@ _flashrnn.defvjp(_fwd, _bwd)
 # ------------------------------------------------------------------------------ host sides (arrays only)
 
 
-def _forward_host(function: str, backend: str, Wx, R, b, states0) -> tuple:
+def _forward_host(function: str, backend: str, Wx, R, b, states0, lengths) -> tuple:
     """NumPy/CuPy arrays -> (states ``[S, B, T, N, D]``, saved ``[B, T, n_saved, N, D]``)."""
-    result = api.forward(Wx, R, b, states0, function=function, backend=backend)
+    result = api.forward(Wx, R, b, states0, function=function, backend=backend, lengths=lengths)
     return result.states, result.saved
 
 
-def _backward_host(function: str, backend: str, Wx, R, b, states0, states, saved, dstates) -> tuple:
+def _backward_host(function: str, backend: str, Wx, R, b, states0, lengths, states, saved, dstates) -> tuple:
     """NumPy/CuPy arrays -> (dWx, dR, db, dstates_initial)."""
-    return tuple(api.backward(api.result_from_saved(Wx, R, b, states0, states, saved, function, backend), dstates=dstates))
-
-
+    result = api.result_from_saved(Wx, R, b, states0, states, saved, function, backend, lengths=lengths)
+    return tuple(api.backward(result, dstates=dstates))
 
 
 # ------------------------------------------------------------------------------ eager or traced dispatch
 
 
-def _forward(function: str, backend: str, Wx, R, b, states0):
+def _forward(function: str, backend: str, Wx, R, b, states0, lengths):
     cell = _cell(function)
     B, T, _, N, D = Wx.shape
     specs = (jax.ShapeDtypeStruct((cell.states, B, T, N, D), Wx.dtype),
              jax.ShapeDtypeStruct((B, T, cell.n_saved, N, D), _saved_dtype(Wx.dtype)))
-    return _call(functools.partial(_forward_host, function, backend), specs, Wx, R, b, states0)
+    return _call(functools.partial(_forward_host, function, backend), specs, Wx, R, b, states0, lengths)
 
 
-def _backward(function: str, backend: str, Wx, R, b, states0, states, saved, dstates):
+def _backward(function: str, backend: str, Wx, R, b, states0, lengths, states, saved, dstates):
     s0_dtype = Wx.dtype if states0 is None else states0.dtype
     specs = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (Wx, R, b)) + (
         jax.ShapeDtypeStruct((states.shape[0], *Wx.shape[:1], 1, *Wx.shape[3:]), s0_dtype),)
-    return _call(functools.partial(_backward_host, function, backend), specs, Wx, R, b, states0, states, saved,
-                 dstates)
+    return _call(functools.partial(_backward_host, function, backend), specs, Wx, R, b, states0, lengths, states,
+                 saved, dstates)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))

@@ -13,7 +13,8 @@ Two ops, ``torch.ops.flashrnn_core.forward`` and ``torch.ops.flashrnn_core.backw
 implementation, so ``torch.compile(fullgraph=True)`` traces through them; the autograd formula is registered
 with ``torch.library.register_autograd`` (torch wraps it in a ``torch.autograd.Function``). The forward op also
 returns the backend's saved pre-activations ``[B, T, n_saved, N, D]`` for the backward op. Double backward is
-not supported.
+not supported. Both ops take an optional integer tensor ``lengths [B]`` (variable lengths, not differentiable);
+the modules take a ``PackedSequence`` like torch.nn.LSTM.
 
 Memory note: on CUDA the outputs are allocated by CuPy's memory pool (on torch's stream) and shared with torch
 through DLPack, so they count in CuPy's pool, not torch's caching allocator.
@@ -23,12 +24,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterator, Optional, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from flashrnn_core import _arrays, api
 from flashrnn_core.cells import CELLS, Cell
@@ -97,12 +99,14 @@ def _saved_dtype(Wx: Tensor) -> torch.dtype:
 
 @torch.library.custom_op("flashrnn_core::forward", mutates_args=())
 def _forward_op(
-    Wx: Tensor, R: Tensor, b: Tensor, states: Optional[Tensor], function: str, backend: str
+    Wx: Tensor, R: Tensor, b: Tensor, states: Optional[Tensor], function: str, backend: str,
+    lengths: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor]:
-    """-> (states ``[S, B, T, N, D]`` in Wx's dtype, saved ``[B, T, n_saved, N, D]`` in ``_saved_dtype``)."""
+    """-> (states ``[S, B, T, N, D]`` in Wx's dtype, saved ``[B, T, n_saved, N, D]`` in ``_saved_dtype``).
+    ``lengths``: ``[B]`` integers, on the CPU or on Wx's device, or None."""
     with _on_torch_stream(Wx):
         arrays = [None if a is None else to_array(a) for a in (Wx, R, b, states)]
-        result = api.forward(*arrays, function=function, backend=backend)
+        result = api.forward(*arrays, function=function, backend=backend, lengths=_lengths_array(lengths))
         out, saved = to_tensor(result.states), to_tensor(result.saved)
     # The fakes promise dense outputs; .contiguous() and .to() are no-ops unless a backend returned a strided
     # array or vanilla ran on CUDA.
@@ -110,7 +114,7 @@ def _forward_op(
 
 
 @_forward_op.register_fake
-def _forward_fake(Wx, R, b, states, function, backend):
+def _forward_fake(Wx, R, b, states, function, backend, lengths=None):
     cell = _cell(function)
     B, T, _, N, D = Wx.shape
     return Wx.new_empty((cell.states, B, T, N, D)), Wx.new_empty((B, T, cell.n_saved, N, D), dtype=_saved_dtype(Wx))
@@ -119,7 +123,7 @@ def _forward_fake(Wx, R, b, states, function, backend):
 @torch.library.custom_op("flashrnn_core::backward", mutates_args=())
 def _backward_op(
     Wx: Tensor, R: Tensor, b: Tensor, states0: Optional[Tensor], states: Tensor, saved: Tensor, dstates: Tensor,
-    function: str, backend: str,
+    function: str, backend: str, lengths: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """-> (dWx, dR, db, dstates_initial), each shaped and typed like its input (Wx's dtype for the last when
     there were no initial states)."""
@@ -127,50 +131,62 @@ def _backward_op(
         Wx_a, R_a, b_a, s0_a, states_a, saved_a, ds_a = (
             None if a is None else to_array(a) for a in (Wx, R, b, states0, states, saved, dstates)
         )
-        result = api.result_from_saved(Wx_a, R_a, b_a, s0_a, states_a, saved_a, function, backend)
+        result = api.result_from_saved(Wx_a, R_a, b_a, s0_a, states_a, saved_a, function, backend,
+                                       lengths=_lengths_array(lengths))
         return tuple(to_tensor(g).contiguous() for g in api.backward(result, dstates=ds_a))  # dense, as the fake
 
 
 @_backward_op.register_fake
-def _backward_fake(Wx, R, b, states0, states, saved, dstates, function, backend):
+def _backward_fake(Wx, R, b, states0, states, saved, dstates, function, backend, lengths=None):
     S, B = states.shape[:2]
     s0_like = states0 if states0 is not None else Wx.new_empty((S, B, 1, *Wx.shape[3:]))
     return torch.empty_like(Wx), torch.empty_like(R), torch.empty_like(b), torch.empty_like(s0_like)
 
 
+def _lengths_array(lengths: Optional[Tensor]):
+    """The NumPy or CuPy array sharing ``lengths``' memory; CPU lengths are what ``validate`` checks without a
+    synchronisation (CUDA ones cost one read-back, forward and backward)."""
+    return None if lengths is None else to_array(lengths)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    Wx, R, b, states0, function, backend = inputs
+    Wx, R, b, states0, function, backend, lengths = inputs
     states, saved = output
-    ctx.save_for_backward(Wx, R, b, states0, states, saved)
+    ctx.save_for_backward(Wx, R, b, states0, states, saved, lengths)
     ctx.function, ctx.backend = function, backend
     ctx.mark_non_differentiable(saved)
 
 
 def _backward(ctx, dstates: Tensor, _dsaved: Tensor):
-    Wx, R, b, states0, states, saved = ctx.saved_tensors
+    Wx, R, b, states0, states, saved, lengths = ctx.saved_tensors
     if dstates is None:
         dstates = torch.zeros_like(states)
-    dWx, dR, db, ds0 = _backward_op(Wx, R, b, states0, states, saved, dstates, ctx.function, ctx.backend)
-    return dWx, dR, db, (ds0 if states0 is not None else None), None, None
+    dWx, dR, db, ds0 = _backward_op(Wx, R, b, states0, states, saved, dstates, ctx.function, ctx.backend, lengths)
+    return dWx, dR, db, (ds0 if states0 is not None else None), None, None, None  # lengths: not differentiable
 
 
 torch.library.register_autograd("flashrnn_core::forward", _backward, setup_context=_setup_context)
 
 
 def flashrnn(
-    Wx: Tensor, R: Tensor, b: Tensor, states: Optional[Tensor] = None, function: str = "lstm", backend: str = "auto"
+    Wx: Tensor, R: Tensor, b: Tensor, states: Optional[Tensor] = None, function: str = "lstm", backend: str = "auto",
+    lengths: Union[Tensor, Sequence[int], None] = None,
 ) -> tuple[Tensor, Tensor]:
     """FlashRNN's functional call on tensors, differentiable in Wx, R, b and states.
 
     Args: Wx ``[B, T, Gw, N, D]``, R ``[Gr, N, D, D]``, b ``[Gb, N, D]``, states ``[S, B, 1, N, D]`` or None
-    (zeros); function and backend as in ``flashrnn_core.forward``.
+    (zeros); function and backend as in ``flashrnn_core.forward``. lengths: ``[B]`` integers in 1..T (an integer
+    tensor on the CPU or on Wx's device, or a list), or None; not differentiable. A CPU tensor is the cheap
+    kind: a CUDA one costs a read-back of its range in the forward and in the backward.
     Returns ``(states [S, B, T, N, D], last_states [S, B, 1, N, D])``; ``last_states`` is a view of ``states``.
+    With lengths, a sequence's states after its end repeat its last valid ones, so ``last_states`` holds each
+    sequence's states at its own end (``flashrnn_core.forward``).
     """
     # Dense inputs: the backward op hands these same tensors to api.backward, which does not re-densify them.
     args = [None if a is None else a.contiguous() for a in (Wx, R, b, states)]
-    out, _ = torch.ops.flashrnn_core.forward(*args, function, backend)
+    if lengths is not None and not isinstance(lengths, Tensor):
+        lengths = torch.as_tensor(lengths)  # a list: validate refuses what is not integers
+    out, _ = torch.ops.flashrnn_core.forward(*args, function, backend, lengths)
     return out, out[:, :, -1:]
 
 
@@ -183,6 +199,9 @@ class _RNN(nn.Module):
     input ``[T, B, input_size]`` (``[B, T, input_size]`` with ``batch_first``) -> output ``[T, B, dirs * H]``
     (``[B, T, dirs * H]``); hx and h_n: for one-state cells a tensor ``[num_layers * dirs, B, H]``, else a tuple
     of one such tensor per state (LSTM: (h, c); sLSTM: (h, c, n, m)). H = hidden_size = num_heads * D.
+    A ``PackedSequence`` input runs each sequence over its own length (``flashrnn``'s ``lengths``; the reverse
+    direction reverses each sequence within its length) and gives a ``PackedSequence`` output packed like the
+    input, with hx and h_n in the caller's batch order and h_n at each sequence's end, as torch.nn.LSTM does.
 
     Per layer and direction: ``weight_ih_l{k}[_reverse]`` ``[Gw * H, in]`` (the input projection, rows ordered
     gate, head, d), ``weight_hh_l{k}[_reverse]`` ``[Gr, N, D, D]`` and ``bias_l{k}[_reverse]`` ``[Gb, N, D]``.
@@ -239,12 +258,32 @@ class _RNN(nn.Module):
                 f"batch_first={self.batch_first}, bidirectional={self.bidirectional}, dropout={self.dropout}, "
                 f"bias={self.bias}, backend={self.backend!r}")
 
-    def forward(self, input: Tensor, hx: Optional[States] = None) -> tuple[Tensor, States]:
+    def forward(self, input: Union[Tensor, PackedSequence], hx: Optional[States] = None
+                ) -> tuple[Union[Tensor, PackedSequence], States]:
+        if isinstance(input, PackedSequence):
+            return self._forward_packed(input, hx)
         if input.dim() != 3:
             raise ValueError(f"input: expected 3 dimensions [T, B, input_size] or [B, T, input_size] with "
-                             f"batch_first, got shape {list(input.shape)}")
+                             f"batch_first, or a PackedSequence, got shape {list(input.shape)}")
         x = input if self.batch_first else input.transpose(0, 1)  # [B, T, in]: the order flashrnn runs in
+        out, h_n = self._layers(x, hx, None)
+        return (out if self.batch_first else out.transpose(0, 1)), h_n
+
+    def _forward_packed(self, packed: PackedSequence, hx: Optional[States]) -> tuple[PackedSequence, States]:
+        """torch.nn.LSTM's PackedSequence semantics: hx and h_n in the caller's batch order (that of the padded
+        batch before packing), h_n at each sequence's own end, the output packed like the input."""
+        x, lengths = pad_packed_sequence(packed, batch_first=True)  # caller's order; lengths: CPU int64 [B]
+        out, h_n = self._layers(x, hx, lengths)
+        order = packed.sorted_indices  # None when the input was packed already sorted
+        if order is not None:
+            out, lengths = out.index_select(0, order), lengths.index_select(0, order.cpu())
+        data = pack_padded_sequence(out, lengths, batch_first=True).data  # the input's batch_sizes, in its order
+        return PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices), h_n
+
+    def _layers(self, x: Tensor, hx: Optional[States], lengths: Optional[Tensor]) -> tuple[Tensor, States]:
+        """Every layer and direction: x ``[B, T, in]`` -> (output ``[B, T, dirs * H]``, h_n as ``forward``)."""
         h0 = self._stack_states(hx, x.shape[0])  # [S, L * dirs, B, H] or None
+        reverse = None if lengths is None else _reversal_index(lengths, x.shape[1], x.device)
         last = []
         for layer in range(self.num_layers):
             if layer > 0:
@@ -252,25 +291,26 @@ class _RNN(nn.Module):
             outs = []
             for d, suffix in enumerate(self._suffixes(layer)):
                 s0 = None if h0 is None else h0[:, layer * self.num_directions + d]
-                out, s_n = self._run(x, s0, suffix, reverse=d == 1)
+                out, s_n = self._run(x, s0, suffix, d == 1, lengths, reverse)
                 outs.append(out)
                 last.append(s_n)
             x = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
-        output = x if self.batch_first else x.transpose(0, 1)
-        return output, self._unstack_states(torch.stack(last, dim=1))
+        return x, self._unstack_states(torch.stack(last, dim=1))
 
-    def _run(self, x: Tensor, s0: Optional[Tensor], suffix: str, reverse: bool) -> tuple[Tensor, Tensor]:
-        """One direction of one layer: x ``[B, T, in]``, s0 ``[S, B, H]`` -> (h ``[B, T, H]``, last ``[S, B, H]``)."""
+    def _run(self, x: Tensor, s0: Optional[Tensor], suffix: str, reverse: bool, lengths: Optional[Tensor],
+             reversal: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        """One direction of one layer: x ``[B, T, in]``, s0 ``[S, B, H]`` -> (h ``[B, T, H]``, last ``[S, B, H]``).
+        The reverse direction runs on each sequence reversed within its own length (``reversal``, with lengths)."""
         B, T = x.shape[:2]
         N, D = self.num_heads, self.hidden_size // self.num_heads
         Wx = F.linear(x, getattr(self, "weight_ih" + suffix)).view(B, T, -1, N, D)
         if reverse:
-            Wx = Wx.flip(1)
+            Wx = _reverse_time(Wx, reversal)
         s0 = None if s0 is None else s0.reshape(s0.shape[0], B, 1, N, D)
         states, last = flashrnn(Wx, getattr(self, "weight_hh" + suffix), getattr(self, "bias" + suffix), s0,
-                                self.function, self.backend)
+                                self.function, self.backend, lengths)
         h = states[0].reshape(B, T, self.hidden_size)
-        return (h.flip(1) if reverse else h), last.reshape(last.shape[0], B, self.hidden_size)
+        return (_reverse_time(h, reversal) if reverse else h), last.reshape(last.shape[0], B, self.hidden_size)
 
     def _stack_states(self, hx: Optional[States], batch: int) -> Optional[Tensor]:
         """hx as the caller gives it -> ``[S, L * dirs, B, H]``, or None."""
@@ -288,6 +328,21 @@ class _RNN(nn.Module):
     def _unstack_states(self, last: Tensor) -> States:
         """``[S, L * dirs, B, H]`` -> a tensor (one state) or a tuple of S tensors ``[L * dirs, B, H]``."""
         return last[0] if last.shape[0] == 1 else tuple(last.unbind(0))
+
+
+def _reversal_index(lengths: Tensor, T: int, device: torch.device) -> Tensor:
+    """``[B, T]`` time indices reversing each sequence within its own length: ``t -> lengths[b] - 1 - t`` for
+    ``t < lengths[b]``; padded steps stay where they are (so they stay after the sequence's end)."""
+    t = torch.arange(T, device=lengths.device)
+    ends = lengths.to(torch.int64)[:, None]
+    return torch.where(t < ends, ends - 1 - t, t).to(device)
+
+
+def _reverse_time(x: Tensor, reversal: Optional[Tensor]) -> Tensor:
+    """x ``[B, T, ...]`` reversed in time: whole rows without lengths, else within each sequence's length."""
+    if reversal is None:
+        return x.flip(1)
+    return x[torch.arange(x.shape[0], device=x.device)[:, None], reversal]
 
 
 class LSTM(_RNN):

@@ -108,6 +108,40 @@ def test_real_suites_have_the_issue_shapes():
     assert min(s.D for s in head) == 16 and max(s.D for s in head) == 768 and all(s.N * s.D == 768 for s in head)
 
 
+def test_varlen_dry_run_rows(tmp_path):
+    """The varlen suite on the CPU: lstm and gru (the cells with a PackedSequence cuDNN counterpart), both head
+    layouts, fw and fwbw, each row timed with lengths and padded, against torch's packed and padded modules."""
+    out = tmp_path / "v.json"
+    assert run.main(["--suite", "varlen", "--dry-run", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["suite"] == "varlen"
+    assert sorted((r["function"], r["N"], r["pass"]) for r in doc["rows"]) == sorted(
+        (f, n, f"{p}_varlen") for f in ("lstm", "gru") for n in (2, 1) for p in run.PASSES)
+    for row in doc["rows"]:
+        assert ROW_KEYS <= set(row), ROW_KEYS - set(row)
+        assert "error" not in row and "padded_error" not in row, row
+        assert row["padded_p10_ms"] <= row["padded_ms"] <= row["padded_p90_ms"] and row["padded_peak_mem_bytes"] > 0
+        assert row["varlen_ratio"] == pytest.approx(row["median_ms"] / row["padded_ms"])
+        assert row["T"] // 4 <= row["lengths_min"] <= row["lengths_mean"] <= row["lengths_max"] <= row["T"]
+        if row["baseline_ms"] is not None:  # torch is installed: its CPU modules stand in for cuDNN
+            assert row["baseline"].endswith(" packed") and "PackedSequence" in row["baseline_module"]
+            assert row["ratio"] == pytest.approx(row["baseline_ms"] / row["median_ms"])
+            assert row["baseline_varlen_ratio"] == pytest.approx(row["baseline_ms"] / row["baseline_padded_ms"])
+            assert row["ratio_padded"] == pytest.approx(row["baseline_padded_ms"] / row["padded_ms"])
+
+
+def test_varlen_suite_shapes_lengths_and_backends():
+    shapes = run.suite_shapes("varlen", run.FUNCTIONS)
+    assert {(s.function, s.N, s.D) for s in shapes} == {(f, n, d) for f in ("lstm", "gru") for n, d in ((12, 64), (1, 768))}
+    assert all(s.dtype == "bfloat16" and s.B == 16 and s.T == 1024 for s in shapes) and len(shapes) == 4
+    lengths = run.varlen_lengths(16, 1024)
+    assert lengths.dtype == np.int32 and lengths.shape == (16,) and np.array_equal(lengths, run.varlen_lengths(16, 1024))
+    assert 256 <= lengths.min() and lengths.max() <= 1024 and len(set(lengths.tolist())) > 8
+    opts = _gpu_options(["cuda", "cuda_fused"])
+    assert run.varlen_backends(opts, run.Shape("lstm", "bfloat16", 16, 1024, 1, 768)) == ["cuda"]
+    assert run.varlen_backends(opts, run.Shape("lstm", "bfloat16", 16, 1024, 12, 64)) == ["cuda", "cuda_fused"]
+
+
 def test_inputs_are_fresh_per_shape_and_the_same_for_every_backend():
     a, b = run.Shape("lstm", "float32", 2, 3, 1, 8), run.Shape("lstm", "float32", 2, 3, 1, 16)
     x1, x2 = run.make_inputs(np, a, with_grads=True), run.make_inputs(np, a, with_grads=True)
@@ -243,3 +277,23 @@ def test_compile_rows_time_a_real_nvrtc_compile(monkeypatch):
     cold, warm = fields["compile_cold"], fields["compile_warm"]
     assert cold["runs"] == 1 and warm["runs"] == timing.MIN_RUNS and len(loaded) == 1 + timing.MIN_RUNS
     assert cold["median_ms"] > warm["median_ms"] > 0 and cold["registers"] > 0 and cold["spill_stores"] == 0
+
+
+@pytest.mark.gpu
+def test_gpu_varlen_suite_rows(tmp_path):
+    """The varlen suite's GPU path on one small shape: each present backend timed with and without lengths
+    (vanilla always takes them; a GPU backend that does not yet gets an error row), cuDNN on the PackedSequence
+    and on the padded batch."""
+    names, absent = run.choose_backends(None, gpu=True)
+    names = [*names, "vanilla"]
+    results = run.Results(tmp_path / "v.json", {"suite": "varlen"})
+    run.run_varlen_suite(_gpu_options(names, absent), [run.Shape("lstm", "bfloat16", 4, 64, 2, 64)], results)
+    rows = results.doc["rows"]
+    assert {(r["backend"], r["pass"]) for r in rows} == {(b, f"{p}_varlen") for b in names for p in run.PASSES}
+    timed = [r for r in rows if "error" not in r]
+    assert {r["backend"] for r in timed} >= {"vanilla"}, rows
+    for row in timed:
+        assert 0 < row["p10_ms"] <= row["median_ms"] <= row["p90_ms"] and row["padded_ms"] > 0
+        assert row["varlen_ratio"] == pytest.approx(row["median_ms"] / row["padded_ms"])
+    if rows[0].get("baseline_error") is None:
+        assert all(r["baseline_ms"] > 0 and r["baseline_padded_ms"] > 0 for r in rows)

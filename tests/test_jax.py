@@ -240,3 +240,80 @@ def test_gpu_jit_matches_vanilla(dtype):
     assert rel(got_value, value) < tol
     for name, g, ref in zip(fc.Grads._fields, got, grads):
         assert rel(np.asarray(g.astype(jnp.float32)), ref) < tol, name
+
+
+# ------------------------------------------------------------------------------------ variable lengths
+
+LENGTHS = [6, 2, 1, 4]  # B=4, T=6: full, short, a single step, between; unsorted
+
+
+def _alone_reference(function: str, inputs: list, lengths: list, ds: np.ndarray):
+    """Each sequence run alone through the core over its own length (the upstream gradient of its padded
+    steps added to its last valid step): per sequence (states, dWx, dstates_initial), and dR, db summed."""
+    from test_lengths import _alone
+
+    per, dR, db = [], 0, 0
+    for res, g in _alone(*inputs, function, lengths, ds):
+        per.append((res.states[:, 0], g.dWx[0], g.dstates_initial[:, 0]))
+        dR, db = dR + g.dR, db + g.db
+    return per, dR, db
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_lengths_equal_each_sequence_alone(function, callback):
+    """Eager and jitted (lengths traced like any array): values and gradients against each sequence alone,
+    dWx zero past a sequence's end, last_states at each sequence's end."""
+    inputs = make_inputs(function, B=4, T=6)
+    ds = np.random.default_rng(2).standard_normal((CELLS[function].states, 4, 6, 2, 3))
+    per, dR, db = _alone_reference(function, inputs, LENGTHS, ds)
+
+    def loss(Wx, R, b, s0, lengths):
+        states, last = fj.flashrnn(Wx, R, b, s0, function, lengths=lengths)
+        return (states * ds).sum(), (states, last)
+
+    grad = jax.grad(loss, argnums=(0, 1, 2, 3), has_aux=True)
+    for fn in (grad, jax.jit(grad)):
+        (dWx, got_dR, got_db, ds0), (states, last) = fn(*map(jnp.asarray, inputs), jnp.asarray(LENGTHS))
+        for i, (n, (s_i, dWx_i, ds0_i)) in enumerate(zip(LENGTHS, per)):
+            assert rel(states[:, i, :n], s_i) < 1e-12 and rel(last[:, i, 0], s_i[:, -1]) < 1e-12
+            assert np.array_equal(states[:, i, n:], np.repeat(states[:, i, n - 1:n], 6 - n, axis=1))
+            assert rel(dWx[i, :n], dWx_i) < 1e-10 and not np.asarray(dWx[i, n:]).any()
+            assert rel(ds0[:, i], ds0_i) < 1e-10
+        assert rel(got_dR, dR) < 1e-10 and rel(got_db, db) < 1e-10
+
+
+def test_lengths_are_not_differentiable_and_traced():
+    """lengths' cotangent is float0 (asked for with allow_int); one jitted function serves other lengths
+    (traced, not static); a list works too."""
+    inputs = [jnp.asarray(a) for a in make_inputs("gru", B=4, T=6, init=False)[:3]]
+
+    def loss(Wx, lengths):
+        return fj.flashrnn(Wx, *inputs[1:], function="gru", lengths=lengths)[0].sum()
+
+    d_lengths = jax.grad(loss, argnums=1, allow_int=True)(inputs[0], jnp.asarray(LENGTHS))
+    assert d_lengths.dtype == jax.dtypes.float0 and d_lengths.shape == (4,)
+    jitted = jax.jit(lambda W, lengths: fj.flashrnn(W, *inputs[1:], function="gru", lengths=lengths)[0])
+    for lengths in (LENGTHS, [1, 6, 3, 3]):
+        ref = fc.forward(*map(np.asarray, inputs), function="gru", lengths=lengths).states
+        assert rel(jitted(inputs[0], jnp.asarray(lengths)), ref) < 1e-12
+        assert rel(fj.flashrnn(*inputs, function="gru", lengths=lengths)[0], ref) < 1e-12
+    assert jitted._cache_size() == 1
+    with pytest.raises(ValueError, match=r"lengths: expected every length in 1..T=6"):
+        fj.flashrnn(*inputs, function="gru", lengths=[7, 1, 1, 1])
+
+
+@pytest.mark.gpu
+def test_gpu_jit_lengths_equal_each_sequence_alone():
+    gpu = jax_gpu()
+    inputs = make_inputs("lstm", B=4, T=6, N=2, D=32, dtype=np.float32)
+    ds = np.random.default_rng(2).standard_normal((2, 4, 6, 2, 32)).astype(np.float32)
+    per, dR, _ = _alone_reference("lstm", [a.astype(np.float64) for a in inputs], LENGTHS, ds.astype(np.float64))
+
+    def loss(Wx, R, b, s0, lengths):
+        return (fj.flashrnn(Wx, R, b, s0, "lstm", lengths=lengths)[0] * ds).sum()
+
+    args = [jax.device_put(jnp.asarray(a), gpu) for a in (*inputs, np.array(LENGTHS, np.int32))]
+    dWx, got_dR = jax.jit(jax.grad(loss, argnums=(0, 1)))(*args)
+    for i, (n, (_, dWx_i, _)) in enumerate(zip(LENGTHS, per)):
+        assert rel(np.asarray(dWx[i, :n]), dWx_i) < 2e-4 and not np.asarray(dWx[i, n:]).any()
+    assert rel(np.asarray(got_dR), dR) < 2e-4  # SPEC's float32 tolerance, doubled for gradients

@@ -376,3 +376,218 @@ def test_cuda_work_runs_on_the_current_torch_stream(cuda, spy):
 def test_from_torch_matches_cudnn(cuda, kind):
     original = getattr(torch.nn, kind)(32, 64, num_layers=2, bidirectional=True)
     check_from_torch(original, torch.float32, "cuda", 1e-3)
+
+
+# ------------------------------------------------------------------------------------ variable lengths
+
+LENGTHS = [6, 2, 1, 4]  # B=4, T=6: full, short, a single step, between; unsorted
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_lengths_equal_each_sequence_alone(function):
+    """Values and every gradient with lengths against each sequence run alone over its own length; the
+    upstream gradient on a padded step goes to the sequence's last valid state, dWx past its end is zero."""
+    inputs = [a.requires_grad_() for a in make_inputs(function, B=4, T=6)]
+    states, last = ft.flashrnn(*inputs, function=function, lengths=torch.tensor(LENGTHS))
+    w, w_last = torch.randn_like(states), torch.randn_like(last)
+    ((states * w).sum() + (last * w_last).sum()).backward()
+    Wx, R, b, s0 = (a.detach() for a in inputs)
+    dR, db = torch.zeros_like(R), torch.zeros_like(b)
+    for i, n in enumerate(LENGTHS):
+        alone = [Wx[i:i + 1, :n].clone().requires_grad_(), R.clone().requires_grad_(), b.clone().requires_grad_(),
+                 s0[:, i:i + 1].clone().requires_grad_()]
+        s_i, last_i = ft.flashrnn(*alone, function=function)
+        w_i = w[:, i:i + 1, :n].clone()
+        w_i[:, 0, -1] += w[:, i, n:].sum(dim=1)  # the padded steps are copies of the last valid state
+        ((s_i * w_i).sum() + (last_i * w_last[:, i:i + 1]).sum()).backward()
+        assert rel(states[:, i, :n], s_i[:, 0]) < 1e-12
+        assert torch.equal(states[:, i, n:], s_i[:, 0, -1:].expand(-1, 6 - n, -1, -1).detach())
+        assert torch.equal(last[:, i], last_i[:, 0])
+        assert rel(inputs[0].grad[i, :n], alone[0].grad[0]) < 1e-10
+        assert not inputs[0].grad[i, n:].any(), "dWx past a sequence's end must be zero"
+        assert rel(inputs[3].grad[:, i], alone[3].grad[:, 0]) < 1e-10
+        dR, db = dR + alone[1].grad, db + alone[2].grad
+    assert rel(inputs[1].grad, dR) < 1e-10 and rel(inputs[2].grad, db) < 1e-10
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_lengths_gradcheck_float64(function):
+    inputs = [a.requires_grad_() for a in make_inputs(function, B=3, T=3, N=1, D=2)]
+    lengths = torch.tensor([2, 3, 1])
+
+    def run(*args):
+        states, last = ft.flashrnn(*args, function=function, lengths=lengths)
+        return (states if function != "slstm" else states[:1]), last[:1]
+
+    assert torch.autograd.gradcheck(run, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def test_lengths_kinds_hand_over_and_errors(spy):
+    """A list, int32 and int64 tensors give the same states; an int32 CPU tensor reaches the core without a
+    copy (the core keeps int32 lengths); a full-length batch is the plain call; the core's checks name the
+    argument."""
+    Wx, R, b, s0 = make_inputs("gru", B=4, T=6)
+    as_int32 = torch.tensor(LENGTHS, dtype=torch.int32)
+    ref = ft.flashrnn(Wx, R, b, s0, "gru", lengths=as_int32)[0]
+    assert ptr(spy[-1][1].problem.lengths) == as_int32.data_ptr() and ptr(spy[-1][0][0]) == Wx.data_ptr()
+    assert torch.equal(ft.flashrnn(Wx, R, b, s0, "gru", lengths=LENGTHS)[0], ref)
+    assert torch.equal(ft.flashrnn(Wx, R, b, s0, "gru", lengths=as_int32.long())[0], ref)
+    full = ft.flashrnn(Wx, R, b, s0, "gru")[0]
+    assert torch.equal(ft.flashrnn(Wx, R, b, s0, "gru", lengths=[6] * 4)[0], full)
+    with pytest.raises(ValueError, match=r"lengths: expected every length in 1..T=6"):
+        ft.flashrnn(Wx, R, b, s0, "gru", lengths=[7, 1, 1, 1])
+    with pytest.raises(ValueError, match="lengths: expected shape"):
+        ft.flashrnn(Wx, R, b, s0, "gru", lengths=[1, 1, 1])
+    for not_integers in (torch.ones(4), [1.5, 1, 1, 1]):  # a list becomes a tensor of its own dtype
+        with pytest.raises(ValueError, match="lengths: expected an integer dtype"):
+            ft.flashrnn(Wx, R, b, s0, "gru", lengths=not_integers)
+
+
+def test_opcheck_ops_with_lengths():
+    Wx, R, b, s0 = make_inputs("lstm", B=4, T=6, dtype=torch.float32)
+    lengths = torch.tensor(LENGTHS)
+    checks = ("test_schema", "test_autograd_registration", "test_faketensor")
+    torch.library.opcheck(torch.ops.flashrnn_core.forward.default,
+                          (Wx.requires_grad_(), R, b, s0, "lstm", "auto", lengths), test_utils=checks)
+    states, saved = torch.ops.flashrnn_core.forward(Wx.detach(), R, b, s0, "lstm", "auto", lengths)
+    torch.library.opcheck(torch.ops.flashrnn_core.backward.default,
+                          (Wx.detach(), R, b, s0, states, saved, torch.ones_like(states), "lstm", "auto", lengths),
+                          test_utils=checks)
+
+
+def test_lengths_torch_compile_fullgraph_matches_eager():
+    """lengths travels through the traced op and its backward (no graph break)."""
+    Wx, R, b, s0 = (a.float() for a in make_inputs("gru", B=4, T=6))
+    Wx.requires_grad_()
+    lengths = torch.tensor(LENGTHS)
+
+    def loss(Wx, lengths):
+        states, last = ft.flashrnn(Wx, R, b, s0, "gru", lengths=lengths)
+        return states.sum() + last.pow(2).sum()
+
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    eager, traced = loss(Wx, lengths), compiled(Wx, lengths)
+    assert torch.equal(eager, traced)
+    assert torch.equal(torch.autograd.grad(eager, Wx)[0], torch.autograd.grad(traced, Wx)[0])
+
+
+def _packed(x_btf: torch.Tensor, lengths: list[int], batch_first: bool, enforce_sorted: bool):
+    """x ``[B, T, F]`` packed as torch.nn.LSTM takes it (sorted by length first where enforce_sorted asks it)."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    x = x_btf if batch_first else x_btf.transpose(0, 1)
+    return pack_padded_sequence(x, torch.tensor(lengths), batch_first=batch_first, enforce_sorted=enforce_sorted)
+
+
+def test_packed_module_is_flashrnn_with_lengths():
+    """One layer, one direction: PackedSequence in and out equals flashrnn on the padded projection with lengths."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    m = ft.LSTM(3, 4, num_heads=2, batch_first=True, dtype=torch.float64)
+    x = torch.randn(4, 6, 3, dtype=torch.float64)
+    out, (h, c) = m(_packed(x, LENGTHS, True, enforce_sorted=False))
+    Wx = (x @ m.weight_ih_l0.T).view(4, 6, 4, 2, 2)
+    states, last = ft.flashrnn(Wx, m.weight_hh_l0, m.bias_l0, function="lstm", lengths=LENGTHS)
+    ref = pack_padded_sequence(states[0].reshape(4, 6, 4), torch.tensor(LENGTHS), batch_first=True,
+                               enforce_sorted=False)
+    assert isinstance(out, type(ref)) and torch.equal(out.data, ref.data)
+    for field in ("batch_sizes", "sorted_indices", "unsorted_indices"):
+        assert torch.equal(getattr(out, field), getattr(ref, field)), field
+    assert torch.equal(torch.stack([h, c])[:, 0], last[:, :, 0].reshape(2, 4, 4))
+
+
+@pytest.mark.parametrize("enforce_sorted", [False, True], ids=["unsorted", "sorted"])
+@pytest.mark.parametrize("function", ["lstm", "slstm"])
+def test_packed_module_equals_each_sequence_alone(function, enforce_sorted):
+    """Two layers, bidirectional, with hx: the packed batch's outputs and h_n, in the caller's batch order, are
+    those of each sequence run alone through the module (the reverse direction starts at its own end)."""
+    from torch.nn.utils.rnn import pad_packed_sequence
+
+    lengths = sorted(LENGTHS, reverse=True) if enforce_sorted else LENGTHS
+    m = MODULES[function](3, 4, num_layers=2, bidirectional=True, num_heads=2, dtype=torch.float64)
+    x = torch.randn(4, 6, 3, dtype=torch.float64)
+    hx = _module_hx(function, 4)
+    out, h_n = m(_packed(x, lengths, False, enforce_sorted), hx)
+    padded, got_lengths = pad_packed_sequence(out)  # [T, B, 2H], the caller's order
+    assert got_lengths.tolist() == lengths
+    for i, n in enumerate(lengths):
+        out_i, h_i = m(x[i:i + 1, :n].transpose(0, 1), tuple(h[:, i:i + 1] for h in hx))
+        assert rel(padded[:n, i], out_i[:, 0]) < 1e-12
+        assert not padded[n:, i].any()  # pad_packed_sequence's zeros past the end
+        for a, ref in zip(h_n, h_i):
+            assert rel(a[:, i], ref[:, 0]) < 1e-12
+
+
+def _module_hx(function: str, batch: int) -> tuple[torch.Tensor, ...]:
+    """hx for a 2-layer bidirectional module of hidden size 4 (consistent slstm states)."""
+    rng = np.random.default_rng(3)
+    states = random_states(rng, function, (4, batch, 4), "init")  # [S, L * dirs, B, H]
+    return tuple(torch.tensor(s) for s in states)
+
+
+def check_packed_against_torch(kind: str, enforce_sorted: bool, batch_first: bool, dtype, device: str, tol: float):
+    """A PackedSequence through torch.nn.<kind> and through from_torch of it: the same packed structure (fields,
+    order), the same data, h_n, and gradients on the input, hx and the weights."""
+    original = getattr(torch.nn, kind)(3, 5, num_layers=2, bidirectional=True, batch_first=batch_first)
+    original = original.to(device=device, dtype=dtype)
+    new = ft.from_torch(original)
+    x = torch.randn(4, 6, 3, dtype=dtype, device=device)
+    S = 2 if kind == "LSTM" else 1
+    hx = [torch.randn(4, 4, 5, dtype=dtype, device=device) for _ in range(S)]
+    lengths = sorted(LENGTHS, reverse=True) if enforce_sorted else LENGTHS
+    results = []
+    for module in (original, new):
+        xs, hs = x.clone().requires_grad_(), [h.clone().requires_grad_() for h in hx]
+        out, h_n = module(_packed(xs, lengths, batch_first, enforce_sorted), tuple(hs) if S == 2 else hs[0])
+        h_n = h_n if S == 2 else (h_n,)
+        weights = [torch.randn_like(t) for t in (out.data, *h_n)] if not results else results[0][-1]
+        sum((t * w).sum() for t, w in zip((out.data, *h_n), weights)).backward()
+        results.append((out, h_n, xs.grad, [h.grad for h in hs], weights))
+    (out0, h0, dx0, dh0, _), (out1, h1, dx1, dh1, _) = results
+    assert type(out1) is type(out0) and out1.data.shape == out0.data.shape
+    for field in ("batch_sizes", "sorted_indices", "unsorted_indices"):
+        a, ref = getattr(out1, field), getattr(out0, field)
+        assert (a is None and ref is None) or torch.equal(a, ref), field
+    assert len(h1) == len(h0) and all(a.shape == ref.shape for a, ref in zip(h1, h0))
+    assert rel(out1.data, out0.data) < tol and rel(dx1, dx0) < tol
+    for a, ref in zip((*h1, *dh1), (*h0, *dh0)):
+        assert rel(a, ref) < tol
+    for layer in range(2):
+        for suffix in new._suffixes(layer):
+            for name, ref, got in _mapped_grads(original, new, suffix):
+                assert rel(got, ref) < tol, f"{name}{suffix}: {rel(got, ref):.1e}"
+
+
+@pytest.mark.parametrize("batch_first", [False, True], ids=["TBI", "BTI"])
+@pytest.mark.parametrize("enforce_sorted", [False, True], ids=["unsorted", "sorted"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_packed_sequence_matches_torch(kind, enforce_sorted, batch_first):
+    check_packed_against_torch(kind, enforce_sorted, batch_first, torch.float64, "cpu", 1e-10)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("lengths_device", ["cpu", "cuda"])
+def test_cuda_lengths_equal_each_sequence_alone(cuda, lengths_device):
+    """On CUDA tensors (whichever backend auto picks for lengths), with CPU or CUDA lengths."""
+    inputs = [a.requires_grad_() for a in make_inputs("lstm", B=4, T=6, N=2, D=16, dtype=torch.float32,
+                                                      device="cuda")]
+    states, last = ft.flashrnn(*inputs, function="lstm", lengths=torch.tensor(LENGTHS, device=lengths_device))
+    w = torch.randn_like(states)
+    (states * w).sum().backward()
+    Wx, R, b, s0 = (a.detach() for a in inputs)
+    for i, n in enumerate(LENGTHS):
+        alone = Wx[i:i + 1, :n].clone().requires_grad_()
+        s_i, _ = ft.flashrnn(alone, R, b, s0[:, i:i + 1], "lstm")
+        w_i = w[:, i:i + 1, :n].clone()
+        w_i[:, 0, -1] += w[:, i, n:].sum(dim=1)
+        (s_i * w_i).sum().backward()
+        assert states.is_cuda and rel(states[:, i, :n], s_i[:, 0]) < 1e-4  # SPEC's float32 tolerance
+        assert rel(last[:, i], s_i[:, 0, -1]) < 1e-4
+        assert rel(inputs[0].grad[i, :n], alone.grad[0]) < 2e-4 and not inputs[0].grad[i, n:].any()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("enforce_sorted", [False, True], ids=["unsorted", "sorted"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_packed_sequence_matches_cudnn(cuda, kind, enforce_sorted):
+    check_packed_against_torch(kind, enforce_sorted, False, torch.float32, "cuda", 1e-3)
