@@ -2,7 +2,7 @@
 # One call on the GPU machine: install over the image's packages, GPU tests, compute-sanitizer on the fused
 # kernels, benchmarks. Full logs go to $OUT (or ./device_out); a short table is printed last.
 #   STAGES="tests sanitizer bench" (default: those three; "ddp" on a 2-GPU machine)   PYTEST_ARGS="-x"
-#   PYTEST_K="not slow"   BENCH_ARGS="..."   DDP_ARGS="..."
+#   PYTEST_K="not slow"   BENCH_SUITES="reference step varlen"   BENCH_ARGS="..."   DDP_ARGS="..."
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/device_out}; mkdir -p "$OUT"
@@ -36,9 +36,11 @@ if [[ " $STAGES " == *" sanitizer "* ]]; then
 fi
 
 if [[ " $STAGES " == *" bench "* ]]; then
-    timeout 300 python -m bench.run --suite reference --out "$OUT/reference.json" ${BENCH_ARGS:-} >"$OUT/bench.log" 2>&1
-    note "bench reference" "exit $? (rows in reference.json)"
-    tail -n 40 "$OUT/bench.log"
+    # BENCH_SUITES="reference step varlen" (default); each suite's JSON lands in $OUT/<suite>.json.
+    for suite in ${BENCH_SUITES:-reference step varlen}; do
+        timeout 300 python -m bench.run --suite "$suite" --out "$OUT/$suite.json" ${BENCH_ARGS:-} >"$OUT/bench_$suite.log" 2>&1
+        note "bench $suite" "exit $? ($(grep -c '"median_ms": [0-9]' "$OUT/$suite.json" 2>/dev/null || echo 0) timed rows)"
+    done
 fi
 
 if [[ " $STAGES " == *" ddp "* ]]; then

@@ -582,7 +582,7 @@ def test_cuda_lengths_equal_each_sequence_alone(cuda, lengths_device):
         w_i[:, 0, -1] += w[:, i, n:].sum(dim=1)
         (s_i * w_i).sum().backward()
         assert states.is_cuda and rel(states[:, i, :n], s_i[:, 0]) < 1e-4  # SPEC's float32 tolerance
-        assert rel(last[:, i], s_i[:, 0, -1]) < 1e-4
+        assert rel(last[:, i, 0], s_i[:, 0, -1]) < 1e-4
         assert rel(inputs[0].grad[i, :n], alone.grad[0]) < 2e-4 and not inputs[0].grad[i, n:].any()
 
 
