@@ -135,7 +135,10 @@ def _driver_version() -> str | None:
 
 
 def git_commit() -> str:
-    """HEAD, with ``-dirty`` when tracked files differ; ``$FLASHRNN_COMMIT`` where there is no git checkout."""
+    """``$FLASHRNN_COMMIT`` when set (a copy of the tree whose .git is not this checkout's, as on the device
+    machine), else HEAD, with ``-dirty`` when tracked files differ."""
+    if os.environ.get("FLASHRNN_COMMIT"):
+        return os.environ["FLASHRNN_COMMIT"]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
                              cwd=ROOT, timeout=20).stdout.strip()
@@ -143,7 +146,7 @@ def git_commit() -> str:
                                text=True, cwd=ROOT, timeout=20).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except Exception:
-        return os.environ.get("FLASHRNN_COMMIT", "unknown")
+        return "unknown"
 
 
 def gpu_present() -> bool:
