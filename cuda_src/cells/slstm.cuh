@@ -12,13 +12,18 @@ namespace flashrnn {
 struct SlstmCell {
     static constexpr int GW = 4, GR = 4, GB = 4, S = 4, NSAVED = 4;
 
-    // (i, f, m) from the raw gates and the previous states.
+    // (i, f, m) from the raw gates and the previous states. One of i, f is exp(0) = 1 (m is i_raw or lf), so
+    // one exponential gives both: with d = lf - i_raw, m = i_raw gives (1, exp(d)) and m = lf gives (exp(-d), 1).
+    // (The step is issue-bound: issue 5 measured sLSTM 30-40% over LSTM; this saves a MUFU and 3 FP ops.)
     __device__ __forceinline__ static void gates(const float (&s_prev)[S], float i_raw, float f_raw, float& i,
                                                  float& f, float& m) {
         const float lf = act_log_sigmoid(f_raw) + s_prev[3];
-        m = s_prev[2] == 0.f ? i_raw : fmaxf(i_raw, lf);
-        i = act_exp(i_raw - m);
-        f = act_exp(lf - m);
+        const float d = lf - i_raw;
+        const bool m_is_i = s_prev[2] == 0.f || d <= 0.f;
+        const float e = act_exp(m_is_i ? d : -d);
+        m = m_is_i ? i_raw : lf;
+        i = m_is_i ? 1.f : e;
+        f = m_is_i ? e : 1.f;
     }
 
     __device__ __forceinline__ static void forward(const float (&x)[GW], const float (&rs)[GR], const float (&b)[GB],
