@@ -133,6 +133,7 @@ template <class T> struct Args {
     const T *R, *s0, *states, *saved, *dstates, *dlast;
     T *dWx, *drs, *dinit;
     int B, Tn, N, SD;  // SD: state rows of dstates (1: h only, S: all)
+    const int* lengths;  // [B] or null (every sequence runs Tn steps)
 };
 
 // Inputs of cell (b, d) at step t (b < B). Missing tensors count as zeros.
@@ -177,6 +178,12 @@ __device__ __forceinline__ void backward(const Args<T> A) {
     float carry[2][2][K::S];
     In<K> cur[2][2] = {};
     const int last = A.Tn - 1;
+    int len[2];  // steps batch row 2*c4 + c runs (Tn without lengths and past B)
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+        const int b = b0 + 2 * c4 + c;
+        len[c] = (A.lengths != nullptr && b < A.B) ? A.lengths[b] : A.Tn;
+    }
 #pragma unroll
     for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -229,10 +236,17 @@ __device__ __forceinline__ void backward(const Args<T> A) {
                 ds[0] += acc[2 * i + c];
                 Cell::backward(ds, cur[i][c].prev, cur[i][c].saved, dx, drs, db, dsp);
                 const bool live = b < A.B;  // padded rows: drs 0, so they add nothing to dh
+                // Past the sequence's end (saved may hold anything there, even NaN: selects, no products with a
+                // mask): dx = drs = 0, so this row's dh of step t-1 is 0 and it adds nothing to dR or db, and
+                // the whole state gradient of the step (ds, with dh in ds[0]) carries on to s_{t-1}.
+                const bool run = t < len[c];
 #pragma unroll
-                for (int s = 0; s < K::S; ++s) carry[i][c][s] = live ? dsp[s] : 0.f;
+                for (int s = 0; s < K::S; ++s) carry[i][c][s] = live ? (run ? dsp[s] : ds[s]) : 0.f;
+#pragma unroll
+                for (int gate = 0; gate < K::GW; ++gate) dx[gate] = run ? dx[gate] : 0.f;
 #pragma unroll
                 for (int gate = 0; gate < K::GR; ++gate) {
+                    drs[gate] = run ? drs[gate] : 0.f;
                     Op parts[K::SPLIT];
                     split(live ? drs[gate] : 0.f, parts);
 #pragma unroll
@@ -261,6 +275,8 @@ __device__ __forceinline__ void backward(const Args<T> A) {
 // Launch: grid (N, ceil(B / 8)), block Tile::THREADS (= 2 D), dynamic shared memory Tile::SMEM_BYTES.
 // Outputs: dWx [B,T,Gw,N,D], drs [B,T,Gr,N,D] (may be null: not written), dinit [S,B,1,N,D], all in the storage
 // type; every element of rows b < B written. dstates ([SD,B,T,N,D]), dlast ([S,B,1,N,D]) and states0 may be null.
+// lengths: [B] int32 (1 <= lengths[b] <= T) or null; past a sequence's end dWx and drs are 0 and the state
+// gradient passes through to the step before (docs/architecture.md, "Variable lengths").
 #ifndef FLASHRNN_CELL
 #define FLASHRNN_CELL LstmCell
 #endif
@@ -284,8 +300,9 @@ flashrnn_fused_bw(const FLASHRNN_STORAGE* __restrict__ R, const FLASHRNN_STORAGE
                   const FLASHRNN_STORAGE* __restrict__ states, const FLASHRNN_STORAGE* __restrict__ saved,
                   const FLASHRNN_STORAGE* __restrict__ dstates, const FLASHRNN_STORAGE* __restrict__ dlast,
                   FLASHRNN_STORAGE* __restrict__ dWx, FLASHRNN_STORAGE* __restrict__ drs,
-                  FLASHRNN_STORAGE* __restrict__ dinit, int B, int T, int N, int SD) {
+                  FLASHRNN_STORAGE* __restrict__ dinit, int B, int T, int N, int SD,
+                  const int* __restrict__ lengths) {
     flashrnn::fused_bw::Args<FLASHRNN_STORAGE> args{R, states0, states, saved, dstates, dlast, dWx, drs, dinit,
-                                                    B, T, N, SD};
+                                                    B, T, N, SD, lengths};
     flashrnn::fused_bw::backward<FLASHRNN_CELL, FLASHRNN_STORAGE, FLASHRNN_D>(args);
 }

@@ -334,7 +334,8 @@ __device__ __forceinline__ void send_h(const typename K::Op* hb, unsigned bar, u
 template <class Cell, class T, int D, int NBT, int P, int CL, int KS>
 __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __restrict__ R,
                                         const T* __restrict__ bias, const T* __restrict__ s0,
-                                        T* __restrict__ states, T* __restrict__ saved, int B, int Tn, int N) {
+                                        T* __restrict__ states, T* __restrict__ saved, int B, int Tn, int N,
+                                        const int* __restrict__ lengths) {
     using K = Tile<Cell, T, D, NBT, P, CL, KS>;
     using Op = typename K::Op;
     extern __shared__ __align__(16) unsigned char smem[];
@@ -381,6 +382,16 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
     // or c = ks (KS = 2: each warp of the pair finishes one of the lane's two columns).
     float bs[K::U][K::GB];
     float st[K::U][NBT][K::OWN][K::S];
+    // Steps each of this lane's batch rows runs (Tn without lengths, and for rows past B, which are never
+    // written out): read once here, so the loop pays one compare and S selects a cell.
+    int len[NBT][K::OWN];
+#pragma unroll
+    for (int nb = 0; nb < NBT; ++nb)
+#pragma unroll
+        for (int cc = 0; cc < K::OWN; ++cc) {
+            const int b = b0 + 8 * nb + 2 * c4 + (KS == 1 ? cc : ks);
+            len[nb][cc] = (lengths != nullptr && b < B) ? lengths[b] : Tn;
+        }
 #pragma unroll
     for (int u = 0; u < K::U; ++u) {
         const int d = d0 + dloc + 8 * u + g;
@@ -485,6 +496,12 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
 #else
                     Cell::forward(x[u][nb][cc], rs, bs[u], st[u][nb][cc], sn, sv);
 #endif
+                    // Past the sequence's end the states stay: a select, so the h that the mma reads next step
+                    // (and send_h passes to the cluster), the staged outputs and the registers all keep the last
+                    // valid state bit for bit. sv is written as computed (no backward reads it there).
+                    const bool run = t < len[nb][cc];
+#pragma unroll
+                    for (int s = 0; s < K::S; ++s) sn[s] = run ? sn[s] : st[u][nb][cc][s];
 #pragma unroll
                     for (int s = 0; s < K::S; ++s) st[u][nb][cc][s] = sn[s];
                     store_h<K>(hnext, bl, d, sn[0]);
@@ -524,7 +541,8 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
 //   FLASHRNN_CLUSTER   blocks per head (a thread-block cluster on sm_90 when > 1)
 //   FLASHRNN_KSPLIT    warps that split K for the same rows (1 or 2)
 // Launch: grid (N * CLUSTER, ceil(B / (8*NBT))), cluster (CLUSTER, 1, 1), block Tile::THREADS, dynamic shared
-// memory Tile::SMEM_BYTES.
+// memory Tile::SMEM_BYTES. lengths: [B] int32 with 1 <= lengths[b] <= T, or null (every sequence runs T steps);
+// past its end a sequence's states stay at its last valid ones (docs/architecture.md, "Variable lengths").
 #ifndef FLASHRNN_CELL
 #define FLASHRNN_CELL LstmCell
 #endif
@@ -562,7 +580,8 @@ static_assert(FlashrnnFusedTile::THREADS == FLASHRNN_THREADS, "tile_geometry's t
 extern "C" __global__ void __launch_bounds__(FlashrnnFusedTile::THREADS, 1)
 flashrnn_fused_fw(const FLASHRNN_STORAGE* __restrict__ Wx, const FLASHRNN_STORAGE* __restrict__ R,
                   const FLASHRNN_STORAGE* __restrict__ b, const FLASHRNN_STORAGE* __restrict__ states0,
-                  FLASHRNN_STORAGE* __restrict__ states, FLASHRNN_STORAGE* __restrict__ saved, int B, int T, int N) {
+                  FLASHRNN_STORAGE* __restrict__ states, FLASHRNN_STORAGE* __restrict__ saved, int B, int T, int N,
+                  const int* __restrict__ lengths) {
     flashrnn::fused::forward<FLASHRNN_CELL, FLASHRNN_STORAGE, FLASHRNN_D, FLASHRNN_NBT, FLASHRNN_PREFETCH,
-                             FLASHRNN_CLUSTER, FLASHRNN_KSPLIT>(Wx, R, b, states0, states, saved, B, T, N);
+                             FLASHRNN_CLUSTER, FLASHRNN_KSPLIT>(Wx, R, b, states0, states, saved, B, T, N, lengths);
 }

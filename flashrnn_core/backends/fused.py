@@ -16,6 +16,9 @@ A-fragments in registers, drs double-buffered in shared memory, one barrier a st
 float32 GEMM over all B*T and db as one float32 reduction (deterministic, no atomics). Heads on clusters (and
 float32 lstm/slstm above D=48) still run the ``cuda`` backend's backward (``vanilla``'s where ``cuda`` cannot
 run) on this forward's saved tensors (the same contract).
+
+Variable lengths (``problem.lengths``, null pointer when None): both kernels select per sequence, forward keeping
+the states past a sequence's end, backward passing the state gradient through there with dWx = drs = 0.
 """
 
 from __future__ import annotations
@@ -227,8 +230,6 @@ class FusedBackend(Backend):
     def unsupported(self, problem) -> str | None:
         if not problem.on_gpu:
             return "cuda_fused runs on CuPy arrays on a GPU, got NumPy arrays"
-        if problem.lengths is not None:
-            return "cuda_fused does not take variable lengths yet"
         params = self._choose(problem)
         return params if isinstance(params, str) else None
 
@@ -258,10 +259,11 @@ class FusedBackend(Backend):
         states = _empty((cell.states, B, T, N, D), dtype)
         saved = _empty((B, T, cell.n_saved, N, D), dtype)
         kernel = get_kernel(self.spec(problem, params), device=problem.device)
-        # states0 None travels as a null pointer: the kernel starts from zeros. The grid counts blocks; the
-        # runtime opts the kernel in to > 48 KB of shared memory and to 16-block clusters.
+        # states0 None travels as a null pointer: the kernel starts from zeros; so do lengths None (every
+        # sequence runs T steps). The grid counts blocks; the runtime opts the kernel in to > 48 KB of shared
+        # memory and to 16-block clusters.
         launch(kernel, params.grid, (params.threads,), Wx, R, b, states0, states, saved,
-               np.int32(B), np.int32(T), np.int32(N), shmem=params.smem_bytes,
+               np.int32(B), np.int32(T), np.int32(N), problem.lengths, shmem=params.smem_bytes,
                cluster=(params.cluster, 1, 1) if params.cluster > 1 else None)
         return states, saved
 
@@ -294,7 +296,7 @@ class FusedBackend(Backend):
         kernel = get_kernel(_bw_spec(problem.function, dtype, D, threads, smem), device=problem.device)
         sd = 0 if dstates is None else dstates.shape[0]
         launch(kernel, (N, -(-B // 8)), (threads,), R16, s0, states, saved, dstates, dlast, dWx, drs, dinit,
-               np.int32(B), np.int32(T), np.int32(N), np.int32(sd), shmem=smem)
+               np.int32(B), np.int32(T), np.int32(N), np.int32(sd), problem.lengths, shmem=smem)
         if drs is None:
             drs = dWx
         # dR[g, n] = sum over (b, t) of drs outer h_prev: cuBLAS GEMMs over all B*T on the stored 16-bit (or
