@@ -21,10 +21,7 @@ caller's arrays reach its kernels through a small pointer table in device memory
 each replay (one 64-byte copy), so one graph serves every call of that shape. The first call of a shape runs
 the steps eagerly (it compiles and loads the kernels and lets cuBLAS pick and load its kernels outside a
 capture); the second captures. ``AlternatingBackend(graphs=False)`` always launches step by step.
-Variable lengths (``problem.lengths``, a ``[B]`` int32 array) reach the kernels through the same table (null
-without), so a graph serves calls with and without them: forward, a step past a sequence's end keeps its states
-(a select); backward, it writes dWx = drs = 0 (so the R^T and dR GEMMs get nothing from it) and carries the
-whole state gradient to the step before.
+Variable lengths (``problem.lengths``) travel in the same table (null without): docs/architecture.md "Variable lengths".
 Nothing here synchronises the device.
 """
 

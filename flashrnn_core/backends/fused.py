@@ -17,8 +17,7 @@ float32 GEMM over all B*T and db as one float32 reduction (deterministic, no ato
 float32 lstm/slstm above D=48) still run the ``cuda`` backend's backward (``vanilla``'s where ``cuda`` cannot
 run) on this forward's saved tensors (the same contract).
 
-Variable lengths (``problem.lengths``, null pointer when None): both kernels select per sequence, forward keeping
-the states past a sequence's end, backward passing the state gradient through there with dWx = drs = 0.
+Variable lengths: both kernels take ``problem.lengths`` (None: a null pointer); docs/architecture.md "Variable lengths".
 """
 
 from __future__ import annotations
