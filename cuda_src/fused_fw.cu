@@ -392,6 +392,15 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
             const int b = b0 + 8 * nb + 2 * c4 + (KS == 1 ? cc : ks);
             len[nb][cc] = (lengths != nullptr && b < B) ? lengths[b] : Tn;
         }
+    // The tile's longest sequence: from step tend on no state of the tile changes, so the loop stops there and
+    // the remaining steps only write the kept states. Every block of a cluster has the same tile, so the same
+    // tend (their h exchange stops at the same step).
+    int tend = Tn;
+    if (lengths != nullptr) {
+        static_assert(K::BT <= 32, "one lane a batch row of the tile");
+        const int b = b0 + lane;
+        tend = __reduce_max_sync(0xffffffffu, (lane < K::BT && b < B) ? lengths[b] : 0);
+    }
 #pragma unroll
     for (int u = 0; u < K::U; ++u) {
         const int d = d0 + dloc + 8 * u + g;
@@ -418,14 +427,14 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
 
     int stage = 0;  // t % NS
 #pragma unroll 1
-    for (int t = 0; t < Tn; ++t) {
+    for (int t = 0; t < tend; ++t) {
         // Here h_{t-1}'s own columns and Wx[t] are visible (the barrier that closed step t-1); the other
         // blocks' columns arrive on this buffer's mbarrier.
         if constexpr (CL > 1) {
             if (t > 0) {
                 const unsigned bar = bars + 8 * (t & 1);
                 cluster::mbarrier_wait(bar, ((t - 1) >> 1) & 1);
-                if (threadIdx.x == 0 && t + 2 < Tn) cluster::mbarrier_expect(bar, K::RECV_BYTES);  // its next use
+                if (threadIdx.x == 0 && t + 2 < tend) cluster::mbarrier_expect(bar, K::RECV_BYTES);  // next use
             }
         }
         Op* hnext = hbuf + ((t + 1) & 1) * K::H_ELEMS;
@@ -457,7 +466,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
         // of their staging buffer (every thread passed the barrier that closed step t-1).
         {
             const int pre = stage == 0 ? K::NS - 1 : stage - 1;
-            if (t + P < Tn) xcopy.issue(xbuf + pre * K::X_ELEMS);
+            if (t + P < tend) xcopy.issue(xbuf + pre * K::X_ELEMS);
             mma::cp_async_commit();
             if (t > 0) ocopy.issue(obuf + ((t - 1) & 1) * K::O_ELEMS);
         }
@@ -520,10 +529,14 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
         mma::cp_async_wait<P - 1>();
         __syncthreads();
         if constexpr (CL > 1) {
-            if (t + 1 < Tn) send_h<K>(hnext, bars + 8 * ((t + 1) & 1), rank);
+            if (t + 1 < tend) send_h<K>(hnext, bars + 8 * ((t + 1) & 1), rank);
         }
     }
-    ocopy.issue(obuf + ((Tn - 1) & 1) * K::O_ELEMS);  // the last step's outputs (after its barrier)
+    // The last step's outputs (after its barrier); past tend the same staged states again, each row's kept ones
+    // (saved there repeats step tend-1's, which no backward reads).
+    const T* last_out = obuf + ((tend - 1) & 1) * K::O_ELEMS;
+#pragma unroll 1
+    for (int t = tend - 1; t < Tn; ++t) ocopy.issue(last_out);
     mma::cp_async_wait<0>();  // leave no copy in flight at exit (the tail groups are empty)
     if constexpr (CL > 1) cluster::sync();  // no block leaves while another may still address its memory
 }

@@ -142,7 +142,8 @@ def test_flashrnn_takes_lengths():
 
 # ---- GPU backends: the same contract, against vanilla on the same (rounded) inputs -------------------------
 GPU_DTYPES = {"float32": _arrays.float32, "bfloat16": _arrays.bfloat16, "float16": _arrays.float16}
-# (B, T, N, D, lengths): odd B, a sequence of length 1, the full length, T = 1, several batch tiles.
+# (B, T, N, D, lengths): odd B, a sequence of length 1, the full length, T = 1, several batch tiles (B = 9:
+# the fused kernels' second tile, one sequence of length 4, stops its loop at step 4 of 12).
 GPU_SHAPES = [
     (3, 17, 2, 64, [17, 5, 1]),
     (1, 1, 1, 32, [1]),
@@ -225,12 +226,12 @@ def poisoned(monkeypatch):
 def test_gpu_outputs_fully_written_with_lengths(backend, function, poisoned):
     """From NaN-filled outputs, with an h-only dstates and a dlast (which reaches each sequence's own end
     through the copies): every output finite, saved and the gradients as vanilla's. B = 11: two batch tiles of
-    the fused kernels, the second partly padding."""
+    the fused kernels, the second partly padding and ending (at its longest sequence, 5) before T = 7."""
     import cupy
 
     dtype_name = "bfloat16"
     B, T, N, D = 11, 7, 2, 32
-    lengths = [7, 1, 4, 2, 7, 5, 3, 6, 1, 7, 2]
+    lengths = [7, 1, 4, 2, 7, 5, 3, 6, 1, 5, 2]
     host, dev, lengths = _gpu_case(function, GPU_DTYPES[dtype_name], (B, T, N, D, lengths),
                                    seed=_seed(backend, function, "poisoned"))
     ref = fc.forward(*[a.astype(np.float64) for a in host], function=function, backend="vanilla", lengths=lengths)
@@ -238,7 +239,9 @@ def test_gpu_outputs_fully_written_with_lengths(backend, function, poisoned):
     assert res.backend == backend
     tol = TOL[dtype_name]
     assert _rel(cupy.asnumpy(res.states), ref.states) <= tol
-    _check_saved(cupy.asnumpy(res.saved), ref.saved, lengths, tol)
+    saved = cupy.asnumpy(res.saved)
+    assert not np.isnan(np.asarray(saved, np.float32)).any(), "saved not fully written"  # any value past the ends
+    _check_saved(saved, ref.saved, lengths, tol)
 
     rng = np.random.default_rng(8)
     dh = rng.standard_normal((1, B, T, N, D)).astype(np.float32).astype(host[0].dtype)
@@ -247,18 +250,22 @@ def test_gpu_outputs_fully_written_with_lengths(backend, function, poisoned):
     g = fc.backward(res, cupy.asarray(dh), cupy.asarray(dlast))
     for name in ("dWx", "dR", "db", "dstates_initial"):
         assert _rel(cupy.asnumpy(getattr(g, name)), getattr(g_ref, name)) <= 2 * tol, name
+    dWx = np.asarray(cupy.asnumpy(g.dWx), np.float32)
+    for i, n in enumerate(lengths):
+        assert not dWx[i, n:].any(), "dWx past a sequence's end must be zero"
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("function", ["elman", "lstm"])
 def test_cuda_fused_cluster_heads_with_lengths(function):
     """D = 256 runs the forward on a thread-block cluster a head (sm_90: h travels between the blocks, so a
-    finished sequence must send its kept h) and the backward on the cuda backend."""
+    finished sequence must send its kept h) and the backward on the cuda backend. The second batch tile ends at
+    step 3 of 6: its blocks stop exchanging h there and only write the kept states."""
     import cupy
 
     from flashrnn_core.backends import fused
 
-    shape = (10, 6, 1, 256, [6, 1, 3, 6, 2, 5, 4, 1, 6, 2])
+    shape = (10, 6, 1, 256, [6, 1, 3, 6, 2, 5, 4, 1, 3, 2])
     dtype_name = "bfloat16"
     host, dev, lengths = _gpu_case(function, GPU_DTYPES[dtype_name], shape, seed=_seed(function, "cluster"))
     res = fc.forward(*dev, function=function, backend="auto", lengths=lengths)
