@@ -184,6 +184,13 @@ __device__ __forceinline__ void backward(const Args<T> A) {
         const int b = b0 + 2 * c4 + c;
         len[c] = (A.lengths != nullptr && b < A.B) ? A.lengths[b] : A.Tn;
     }
+    // The tile's longest sequence: at steps t >= tend every row of the tile is past its end, drs_{t+1} is zero
+    // for all of them, so the mma and the cells are skipped there (the gradients still pass through).
+    int tend = A.Tn;
+    if (A.lengths != nullptr) {
+        const int b = b0 + lane;
+        tend = __reduce_max_sync(0xffffffffu, (lane < K::BT && b < A.B) ? A.lengths[b] : 0);
+    }
 #pragma unroll
     for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -200,8 +207,9 @@ __device__ __forceinline__ void backward(const Args<T> A) {
 #pragma unroll 1
     for (int t = last; t >= -1; --t) {
         // Reads drs_{t+1} from buffer (t+1)&1, writes drs_t into buffer t&1.
-        float acc[4];
-        matmul<K>(acc, a, row + unsigned(((t + 1) & 1) * K::BUF_ELEMS * E));
+        const bool active = t < tend;  // the same for the whole block
+        float acc[4] = {0.f, 0.f, 0.f, 0.f};
+        if (active) matmul<K>(acc, a, row + unsigned(((t + 1) & 1) * K::BUF_ELEMS * E));
         if (t < 0) {  // after step 0: the gradient on the initial states
 #pragma unroll
             for (int i = 0; i < 2; ++i)
@@ -230,11 +238,13 @@ __device__ __forceinline__ void backward(const Args<T> A) {
 #pragma unroll
             for (int c = 0; c < 2; ++c) {
                 const int bl = 2 * c4 + c, b = b0 + bl, d = 16 * warp + g + 8 * i;
-                float ds[K::S], dx[K::GW], drs[K::GR], db[K::GB], dsp[K::S];
+                float ds[K::S], dx[K::GW] = {}, drs[K::GR] = {}, db[K::GB], dsp[K::S];
 #pragma unroll
                 for (int s = 0; s < K::S; ++s) ds[s] = carry[i][c][s] + cur[i][c].up[s];
                 ds[0] += acc[2 * i + c];
-                Cell::backward(ds, cur[i][c].prev, cur[i][c].saved, dx, drs, db, dsp);
+#pragma unroll
+                for (int s = 0; s < K::S; ++s) dsp[s] = ds[s];
+                if (active) Cell::backward(ds, cur[i][c].prev, cur[i][c].saved, dx, drs, db, dsp);
                 const bool live = b < A.B;  // padded rows: drs 0, so they add nothing to dh
                 // Past the sequence's end (saved may hold anything there, even NaN: selects, no products with a
                 // mask): dx = drs = 0, so this row's dh of step t-1 is 0 and it adds nothing to dR or db, and

@@ -382,16 +382,27 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
     // or c = ks (KS = 2: each warp of the pair finishes one of the lane's two columns).
     float bs[K::U][K::GB];
     float st[K::U][NBT][K::OWN][K::S];
-    // Steps each of this lane's batch rows runs (Tn without lengths, and for rows past B, which are never
-    // written out): read once here, so the loop pays one compare and S selects a cell.
-    int len[NBT][K::OWN];
+    // Which of this lane's batch rows still run at step t (bit nb*OWN + cc; rows past B, never written out,
+    // always do), and the next step at which one of them ends (Tn: none; always so without lengths). Two
+    // registers however many rows: the loop pays one compare a step and a bit test and S selects a cell.
+    unsigned running = ~0u;
+    int next_end = Tn;
+    auto ends_at = [&](int t) {  // rebuilds both at step t (from the lengths, in L1 after the first time)
+        running = 0u;
+        next_end = Tn;
 #pragma unroll
-    for (int nb = 0; nb < NBT; ++nb)
+        for (int nb = 0; nb < NBT; ++nb)
 #pragma unroll
-        for (int cc = 0; cc < K::OWN; ++cc) {
-            const int b = b0 + 8 * nb + 2 * c4 + (KS == 1 ? cc : ks);
-            len[nb][cc] = (lengths != nullptr && b < B) ? lengths[b] : Tn;
-        }
+            for (int cc = 0; cc < K::OWN; ++cc) {
+                const int b = b0 + 8 * nb + 2 * c4 + (KS == 1 ? cc : ks);
+                const int len = b < B ? lengths[b] : Tn;
+                if (t < len) {
+                    running |= 1u << (nb * K::OWN + cc);
+                    next_end = min(next_end, len);
+                }
+            }
+    };
+    if (lengths != nullptr) ends_at(0);
     // The tile's longest sequence: from step tend on no state of the tile changes, so the loop stops there and
     // the remaining steps only write the kept states. Every block of a cluster has the same tile, so the same
     // tend (their h exchange stops at the same step).
@@ -428,6 +439,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
     int stage = 0;  // t % NS
 #pragma unroll 1
     for (int t = 0; t < tend; ++t) {
+        if (t == next_end) ends_at(t);  // some of this lane's sequences end here (never without lengths)
         // Here h_{t-1}'s own columns and Wx[t] are visible (the barrier that closed step t-1); the other
         // blocks' columns arrive on this buffer's mbarrier.
         if constexpr (CL > 1) {
@@ -508,7 +520,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
                     // Past the sequence's end the states stay: a select, so the h that the mma reads next step
                     // (and send_h passes to the cluster), the staged outputs and the registers all keep the last
                     // valid state bit for bit. sv is written as computed (no backward reads it there).
-                    const bool run = t < len[nb][cc];
+                    const bool run = (running >> (nb * K::OWN + cc)) & 1u;
 #pragma unroll
                     for (int s = 0; s < K::S; ++s) sn[s] = run ? sn[s] : st[u][nb][cc][s];
 #pragma unroll
