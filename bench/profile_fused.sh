@@ -14,3 +14,11 @@ ncu -i "$OUT/profile/prof.ncu-rep" --page source --csv --print-source sass >"$OU
 grep -E "^  flashrnn|Duration|Warp Cycles Per Issued|Registers Per Thread|Executed Instructions  " "$OUT/profile/details.txt"
 python bench/ncu_summary.py "$OUT/profile/source_sass.csv" --top 30 | tee "$OUT/profile/summary.txt"
 rm -f "$OUT/profile/source_sass.csv" "$OUT/profile/prof.ncu-rep"  # large; what matters is in summary.txt
+# Every kernel of one forward + backward at the full size, with its duration (what the backward spends
+# around its fused kernel: dR/db GEMMs, copies).
+ncu --metrics gpu__time_duration.sum -f --csv python bench/profile_kernels.py --calls 1 --time 1024 \
+    "$@" 2>/dev/null | python -c "
+import csv, sys
+rows = [r for r in csv.reader(sys.stdin) if len(r) > 10 and r[-1].replace('.', '').replace(',', '').isdigit()]
+for r in rows: print(f'{float(r[-1].replace(\",\", \"\")) / 1e3:9.1f} us  {r[4][:90]}')
+" | tee "$OUT/profile/kernels.txt"

@@ -28,10 +28,12 @@ using flashrnn::store_f;
 using idx_t = long long;  // B*T*G*N*D passes 2^31 for long sequences
 
 // Pointer tables, written by the host before each call (layout mirrored in alternating.py: 8-byte slots).
+// lengths ([B] int32, or null: every sequence runs all T steps) travels in the table too: it is a caller's array.
 struct FwTable {
-    const T_* wx;  // [B, T, GW, N, D]
-    T_* states;    // [S, B, T, N, D]
-    T_* saved;     // [B, T, NSAVED, N, D]
+    const T_* wx;         // [B, T, GW, N, D]
+    T_* states;           // [S, B, T, N, D]
+    T_* saved;            // [B, T, NSAVED, N, D]
+    const int* lengths;   // [B] or null
 };
 
 struct BwTable {
@@ -41,7 +43,13 @@ struct BwTable {
     T_* dwx;            // [B, T, GW, N, D]
     T_* hprev;          // [T, B, N, D]: h_{t-1} of every step, for the dR GEMM after the loop
     long long ds_rows;  // rows of dstates: S, 1 (h only) or 0
+    const int* lengths; // [B] or null
 };
+
+// Whether step t of sequence b runs (t < lengths[b]; always without lengths).
+__device__ __forceinline__ bool running(const int* lengths, idx_t b, int t) {
+    return lengths == nullptr || t < lengths[b];
+}
 
 // Forward of step t. rs: [B, N, GR, D] float32 from the GEMM; bias: [GB, N, D] float32; carry: [S, B, N, D]
 // float32, s_{t-1} in and s_t out (each thread owns its elements, so in place); hnext: [B, N, D], h_t in storage
@@ -67,6 +75,11 @@ extern "C" __global__ void flashrnn_alt_fw(const FwTable* __restrict__ table, co
     for (int k = 0; k < Cell::S; ++k) s_prev[k] = carry[k * BND + e];
 
     Cell::forward(x, r, bb, s_prev, s, saved);
+    // Past the sequence's end the states stay (a select: states[:, b, t] is a bitwise copy of the last valid
+    // one); saved keeps the step's values, which no backward reads there.
+    const bool run = running(tab.lengths, b, t);
+#pragma unroll
+    for (int k = 0; k < Cell::S; ++k) s[k] = run ? s[k] : s_prev[k];
 
 #pragma unroll
     for (int k = 0; k < Cell::S; ++k) {
@@ -111,6 +124,18 @@ extern "C" __global__ void flashrnn_alt_bw(const BwTable* __restrict__ table, fl
     for (int k = 0; k < Cell::NSAVED; ++k) saved[k] = load_f(sv + k * ND);
 
     Cell::backward(ds, s_prev, saved, dx, dr, db, ds_prev);
+    // Past the sequence's end (saved there may hold anything, even NaN: selects, never products with a mask):
+    // no gate gradient, so drs = 0 and the R^T GEMM gives this row dh = 0 for step t-1, and the whole state
+    // gradient of the step (ds, with dh already in ds[0]) carries on as the direct gradient of s_{t-1}.
+    const bool run = running(tab.lengths, b, t);
+#pragma unroll
+    for (int g = 0; g < Cell::GW; ++g) dx[g] = run ? dx[g] : 0.f;
+#pragma unroll
+    for (int g = 0; g < Cell::GR; ++g) dr[g] = run ? dr[g] : 0.f;
+#pragma unroll
+    for (int g = 0; g < Cell::GB; ++g) db[g] = run ? db[g] : 0.f;
+#pragma unroll
+    for (int k = 0; k < Cell::S; ++k) ds_prev[k] = run ? ds_prev[k] : ds[k];
 
     T_* dwx = tab.dwx + (b * T + t) * Cell::GW * ND + nd;
 #pragma unroll

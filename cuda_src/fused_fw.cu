@@ -334,7 +334,8 @@ __device__ __forceinline__ void send_h(const typename K::Op* hb, unsigned bar, u
 template <class Cell, class T, int D, int NBT, int P, int CL, int KS>
 __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __restrict__ R,
                                         const T* __restrict__ bias, const T* __restrict__ s0,
-                                        T* __restrict__ states, T* __restrict__ saved, int B, int Tn, int N) {
+                                        T* __restrict__ states, T* __restrict__ saved, int B, int Tn, int N,
+                                        const int* __restrict__ lengths) {
     using K = Tile<Cell, T, D, NBT, P, CL, KS>;
     using Op = typename K::Op;
     extern __shared__ __align__(16) unsigned char smem[];
@@ -381,6 +382,36 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
     // or c = ks (KS = 2: each warp of the pair finishes one of the lane's two columns).
     float bs[K::U][K::GB];
     float st[K::U][NBT][K::OWN][K::S];
+    // Which of this lane's batch rows still run at step t (bit nb*OWN + cc; rows past B, never written out,
+    // always do), and the next step at which one of them ends (Tn: none; always so without lengths). Two
+    // registers however many rows: the loop pays one compare a step and a bit test and S selects a cell.
+    unsigned running = ~0u;
+    int next_end = Tn;
+    auto ends_at = [&](int t) {  // rebuilds both at step t (from the lengths, in L1 after the first time)
+        running = 0u;
+        next_end = Tn;
+#pragma unroll
+        for (int nb = 0; nb < NBT; ++nb)
+#pragma unroll
+            for (int cc = 0; cc < K::OWN; ++cc) {
+                const int b = b0 + 8 * nb + 2 * c4 + (KS == 1 ? cc : ks);
+                const int len = b < B ? lengths[b] : Tn;
+                if (t < len) {
+                    running |= 1u << (nb * K::OWN + cc);
+                    next_end = min(next_end, len);
+                }
+            }
+    };
+    if (lengths != nullptr) ends_at(0);
+    // The tile's longest sequence: from step tend on no state of the tile changes, so the loop stops there and
+    // the remaining steps only write the kept states. Every block of a cluster has the same tile, so the same
+    // tend (their h exchange stops at the same step).
+    int tend = Tn;
+    if (lengths != nullptr) {
+        static_assert(K::BT <= 32, "one lane a batch row of the tile");
+        const int b = b0 + lane;
+        tend = __reduce_max_sync(0xffffffffu, (lane < K::BT && b < B) ? lengths[b] : 0);
+    }
 #pragma unroll
     for (int u = 0; u < K::U; ++u) {
         const int d = d0 + dloc + 8 * u + g;
@@ -407,14 +438,15 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
 
     int stage = 0;  // t % NS
 #pragma unroll 1
-    for (int t = 0; t < Tn; ++t) {
+    for (int t = 0; t < tend; ++t) {
+        if (t == next_end) ends_at(t);  // some of this lane's sequences end here (never without lengths)
         // Here h_{t-1}'s own columns and Wx[t] are visible (the barrier that closed step t-1); the other
         // blocks' columns arrive on this buffer's mbarrier.
         if constexpr (CL > 1) {
             if (t > 0) {
                 const unsigned bar = bars + 8 * (t & 1);
                 cluster::mbarrier_wait(bar, ((t - 1) >> 1) & 1);
-                if (threadIdx.x == 0 && t + 2 < Tn) cluster::mbarrier_expect(bar, K::RECV_BYTES);  // its next use
+                if (threadIdx.x == 0 && t + 2 < tend) cluster::mbarrier_expect(bar, K::RECV_BYTES);  // next use
             }
         }
         Op* hnext = hbuf + ((t + 1) & 1) * K::H_ELEMS;
@@ -446,7 +478,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
         // of their staging buffer (every thread passed the barrier that closed step t-1).
         {
             const int pre = stage == 0 ? K::NS - 1 : stage - 1;
-            if (t + P < Tn) xcopy.issue(xbuf + pre * K::X_ELEMS);
+            if (t + P < tend) xcopy.issue(xbuf + pre * K::X_ELEMS);
             mma::cp_async_commit();
             if (t > 0) ocopy.issue(obuf + ((t - 1) & 1) * K::O_ELEMS);
         }
@@ -485,6 +517,12 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
 #else
                     Cell::forward(x[u][nb][cc], rs, bs[u], st[u][nb][cc], sn, sv);
 #endif
+                    // Past the sequence's end the states stay: a select, so the h that the mma reads next step
+                    // (and send_h passes to the cluster), the staged outputs and the registers all keep the last
+                    // valid state bit for bit. sv is written as computed (no backward reads it there).
+                    const bool run = (running >> (nb * K::OWN + cc)) & 1u;
+#pragma unroll
+                    for (int s = 0; s < K::S; ++s) sn[s] = run ? sn[s] : st[u][nb][cc][s];
 #pragma unroll
                     for (int s = 0; s < K::S; ++s) st[u][nb][cc][s] = sn[s];
                     store_h<K>(hnext, bl, d, sn[0]);
@@ -503,10 +541,14 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
         mma::cp_async_wait<P - 1>();
         __syncthreads();
         if constexpr (CL > 1) {
-            if (t + 1 < Tn) send_h<K>(hnext, bars + 8 * ((t + 1) & 1), rank);
+            if (t + 1 < tend) send_h<K>(hnext, bars + 8 * ((t + 1) & 1), rank);
         }
     }
-    ocopy.issue(obuf + ((Tn - 1) & 1) * K::O_ELEMS);  // the last step's outputs (after its barrier)
+    // The last step's outputs (after its barrier); past tend the same staged states again, each row's kept ones
+    // (saved there repeats step tend-1's, which no backward reads).
+    const T* last_out = obuf + ((tend - 1) & 1) * K::O_ELEMS;
+#pragma unroll 1
+    for (int t = tend - 1; t < Tn; ++t) ocopy.issue(last_out);
     mma::cp_async_wait<0>();  // leave no copy in flight at exit (the tail groups are empty)
     if constexpr (CL > 1) cluster::sync();  // no block leaves while another may still address its memory
 }
@@ -524,7 +566,8 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
 //   FLASHRNN_CLUSTER   blocks per head (a thread-block cluster on sm_90 when > 1)
 //   FLASHRNN_KSPLIT    warps that split K for the same rows (1 or 2)
 // Launch: grid (N * CLUSTER, ceil(B / (8*NBT))), cluster (CLUSTER, 1, 1), block Tile::THREADS, dynamic shared
-// memory Tile::SMEM_BYTES.
+// memory Tile::SMEM_BYTES. lengths: [B] int32 with 1 <= lengths[b] <= T, or null (every sequence runs T steps);
+// past its end a sequence's states stay at its last valid ones (docs/architecture.md, "Variable lengths").
 #ifndef FLASHRNN_CELL
 #define FLASHRNN_CELL LstmCell
 #endif
@@ -562,7 +605,8 @@ static_assert(FlashrnnFusedTile::THREADS == FLASHRNN_THREADS, "tile_geometry's t
 extern "C" __global__ void __launch_bounds__(FlashrnnFusedTile::THREADS, 1)
 flashrnn_fused_fw(const FLASHRNN_STORAGE* __restrict__ Wx, const FLASHRNN_STORAGE* __restrict__ R,
                   const FLASHRNN_STORAGE* __restrict__ b, const FLASHRNN_STORAGE* __restrict__ states0,
-                  FLASHRNN_STORAGE* __restrict__ states, FLASHRNN_STORAGE* __restrict__ saved, int B, int T, int N) {
+                  FLASHRNN_STORAGE* __restrict__ states, FLASHRNN_STORAGE* __restrict__ saved, int B, int T, int N,
+                  const int* __restrict__ lengths) {
     flashrnn::fused::forward<FLASHRNN_CELL, FLASHRNN_STORAGE, FLASHRNN_D, FLASHRNN_NBT, FLASHRNN_PREFETCH,
-                             FLASHRNN_CLUSTER, FLASHRNN_KSPLIT>(Wx, R, b, states0, states, saved, B, T, N);
+                             FLASHRNN_CLUSTER, FLASHRNN_KSPLIT>(Wx, R, b, states0, states, saved, B, T, N, lengths);
 }

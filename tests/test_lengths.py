@@ -4,6 +4,8 @@ float64 finite differences, and the checks on the argument."""
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 
@@ -140,13 +142,19 @@ def test_flashrnn_takes_lengths():
 
 # ---- GPU backends: the same contract, against vanilla on the same (rounded) inputs -------------------------
 GPU_DTYPES = {"float32": _arrays.float32, "bfloat16": _arrays.bfloat16, "float16": _arrays.float16}
-# (B, T, N, D, lengths): odd B, a sequence of length 1, the full length, T = 1, several batch tiles.
+# (B, T, N, D, lengths): odd B, a sequence of length 1, the full length, T = 1, several batch tiles (B = 9:
+# the fused kernels' second tile, one sequence of length 4, stops its loop at step 4 of 12).
 GPU_SHAPES = [
     (3, 17, 2, 64, [17, 5, 1]),
     (1, 1, 1, 32, [1]),
     (9, 12, 2, 16, [12, 1, 3, 12, 7, 2, 11, 9, 4]),
     (20, 6, 3, 48, [6, 1, 2, 3, 4, 5] * 3 + [1, 6]),
 ]
+
+
+def _seed(*case) -> int:
+    """A seed per test case, the same in every process (``hash`` of a string is salted per process)."""
+    return zlib.crc32(repr(case).encode())
 
 
 def _gpu_case(function, dtype, shape, seed):
@@ -168,7 +176,7 @@ def test_gpu_backend_matches_vanilla_with_lengths(backend, dtype_name, function,
     import cupy
 
     dtype = GPU_DTYPES[dtype_name]
-    host, dev, lengths = _gpu_case(function, dtype, shape, seed=hash((backend, dtype_name, function)) % 2**32)
+    host, dev, lengths = _gpu_case(function, dtype, shape, seed=_seed(backend, dtype_name, function, shape))
     ref_in = [None if a is None else a.astype(np.float64) for a in host]
     ref = fc.forward(*ref_in, function=function, backend="vanilla", lengths=lengths)
     res = fc.forward(*dev, function=function, backend=backend, lengths=cupy.asarray(lengths))
@@ -188,3 +196,124 @@ def test_gpu_backend_matches_vanilla_with_lengths(backend, dtype_name, function,
     dWx = cupy.asnumpy(g.dWx)
     for i, n in enumerate(lengths):
         assert not np.asarray(dWx[i, n:], np.float32).any(), "dWx past a sequence's end must be zero"
+
+
+def _check_saved(saved, ref_saved, lengths, tol):
+    """saved at the steps a sequence runs matches vanilla's (past its end it may hold anything)."""
+    valid = np.arange(saved.shape[1])[None, :] < np.asarray(lengths)[:, None]  # [B, T]
+    assert _rel(np.asarray(saved, np.float64)[valid], ref_saved[valid]) <= tol
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Outputs (and the cuda backend's scratch) come from NaN-filled memory: whatever the GPU backends leave
+    unwritten, or read before writing, shows up as NaN."""
+    import cupy
+
+    from flashrnn_core.backends import alternating, fused
+
+    def nan_empty(shape, dtype):
+        return cupy.full(shape, np.nan, dtype=dtype)
+
+    monkeypatch.setattr(fused, "_empty", nan_empty)
+    monkeypatch.setattr(alternating, "_empty", nan_empty)
+    monkeypatch.setattr(alternating, "_scratch", nan_empty)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "cuda_fused"])
+@pytest.mark.parametrize("function", CELL_NAMES)
+def test_gpu_outputs_fully_written_with_lengths(backend, function, poisoned):
+    """From NaN-filled outputs, with an h-only dstates and a dlast (which reaches each sequence's own end
+    through the copies): every output finite, saved and the gradients as vanilla's. B = 11: two batch tiles of
+    the fused kernels, the second partly padding and ending (at its longest sequence, 5) before T = 7."""
+    import cupy
+
+    dtype_name = "bfloat16"
+    B, T, N, D = 11, 7, 2, 32
+    lengths = [7, 1, 4, 2, 7, 5, 3, 6, 1, 5, 2]
+    host, dev, lengths = _gpu_case(function, GPU_DTYPES[dtype_name], (B, T, N, D, lengths),
+                                   seed=_seed(backend, function, "poisoned"))
+    ref = fc.forward(*[a.astype(np.float64) for a in host], function=function, backend="vanilla", lengths=lengths)
+    res = fc.forward(*dev, function=function, backend=backend, lengths=lengths)
+    assert res.backend == backend
+    tol = TOL[dtype_name]
+    assert _rel(cupy.asnumpy(res.states), ref.states) <= tol
+    saved = cupy.asnumpy(res.saved)
+    assert not np.isnan(np.asarray(saved, np.float32)).any(), "saved not fully written"  # any value past the ends
+    _check_saved(saved, ref.saved, lengths, tol)
+
+    rng = np.random.default_rng(8)
+    dh = rng.standard_normal((1, B, T, N, D)).astype(np.float32).astype(host[0].dtype)
+    dlast = rng.standard_normal((CELLS[function].states, B, 1, N, D)).astype(np.float32).astype(host[0].dtype)
+    g_ref = fc.backward(ref, dh.astype(np.float64), dlast.astype(np.float64))
+    g = fc.backward(res, cupy.asarray(dh), cupy.asarray(dlast))
+    for name in ("dWx", "dR", "db", "dstates_initial"):
+        assert _rel(cupy.asnumpy(getattr(g, name)), getattr(g_ref, name)) <= 2 * tol, name
+    dWx = np.asarray(cupy.asnumpy(g.dWx), np.float32)
+    for i, n in enumerate(lengths):
+        assert not dWx[i, n:].any(), "dWx past a sequence's end must be zero"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("function", ["elman", "lstm"])
+def test_cuda_fused_cluster_heads_with_lengths(function):
+    """D = 256 runs the forward on a thread-block cluster a head (sm_90: h travels between the blocks, so a
+    finished sequence must send its kept h) and the backward on the cuda backend. The second batch tile ends at
+    step 3 of 6: its blocks stop exchanging h there and only write the kept states."""
+    import cupy
+
+    from flashrnn_core.backends import fused
+
+    shape = (10, 6, 1, 256, [6, 1, 3, 6, 2, 5, 4, 1, 3, 2])
+    dtype_name = "bfloat16"
+    host, dev, lengths = _gpu_case(function, GPU_DTYPES[dtype_name], shape, seed=_seed(function, "cluster"))
+    res = fc.forward(*dev, function=function, backend="auto", lengths=lengths)
+    if res.backend != "cuda_fused":
+        pytest.skip(f"no cluster variant here: {fused.FusedBackend().unsupported(res.problem)}")
+    ref = fc.forward(*[a.astype(np.float64) for a in host], function=function, backend="vanilla", lengths=lengths)
+    tol = TOL[dtype_name]
+    states = cupy.asnumpy(res.states)
+    assert _rel(states, ref.states) <= tol
+    for i, n in enumerate(lengths):
+        np.testing.assert_array_equal(states[:, i, n:], np.repeat(states[:, i, n - 1 : n], shape[1] - n, 1))
+    _check_saved(cupy.asnumpy(res.saved), ref.saved, lengths, tol)
+    ds = np.random.default_rng(9).standard_normal(ref.states.shape)
+    g_ref = fc.backward(ref, ds)
+    g = fc.backward(res, cupy.asarray(ds.astype(np.float32).astype(host[0].dtype)))
+    for name in ("dWx", "dR", "db", "dstates_initial"):
+        assert _rel(cupy.asnumpy(getattr(g, name)), getattr(g_ref, name)) <= 2 * tol, name
+
+
+@pytest.mark.gpu
+def test_cuda_graph_replays_read_each_calls_lengths(poisoned):
+    """The cuda backend captures its step loop on the second call of a shape and replays it after: lengths
+    reach the kernels through the pointer table rewritten per call, so each call (eager, captured, replayed,
+    without lengths, replayed again) runs its own lengths."""
+    import cupy
+
+    from flashrnn_core.backends import alternating
+    from flashrnn_core.validate import validate
+
+    function, dtype_name = "gru", "bfloat16"
+    B, T, N, D = 6, 9, 2, 32
+    host, dev, _ = _gpu_case(function, GPU_DTYPES[dtype_name], (B, T, N, D, [T] * B), seed=_seed("graphs"))
+    ds = np.random.default_rng(10).standard_normal((CELLS[function].states, B, T, N, D))
+    ds_dev = cupy.asarray(ds.astype(np.float32).astype(host[0].dtype))
+    backend = alternating.AlternatingBackend()
+    tol = TOL[dtype_name]
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        for lengths in ([9, 1, 4, 9, 2, 7], [3, 9, 9, 1, 5, 6], [1] * B, None, [2, 8, 1, 9, 9, 3]):
+            problem = validate(*dev, function=function, backend="cuda",
+                               lengths=None if lengths is None else cupy.asarray(lengths))
+            states, saved = backend.forward(problem, *dev)
+            g = backend.backward(problem, *dev, states, saved, ds_dev, None)
+            stream.synchronize()
+            ref = fc.forward(*[a.astype(np.float64) for a in host], function=function, backend="vanilla",
+                             lengths=lengths)
+            g_ref = fc.backward(ref, ds)
+            assert _rel(cupy.asnumpy(states), ref.states) <= tol, lengths
+            for name in ("dWx", "dR", "db", "dstates_initial"):
+                assert _rel(cupy.asnumpy(getattr(g, name)), getattr(g_ref, name)) <= 2 * tol, (lengths, name)
+        assert backend.captured(problem, "fw")[0] and backend.captured(problem, "bw")[0]

@@ -21,6 +21,7 @@ caller's arrays reach its kernels through a small pointer table in device memory
 each replay (one 64-byte copy), so one graph serves every call of that shape. The first call of a shape runs
 the steps eagerly (it compiles and loads the kernels and lets cuBLAS pick and load its kernels outside a
 capture); the second captures. ``AlternatingBackend(graphs=False)`` always launches step by step.
+Variable lengths (``problem.lengths``) travel in the same table (null without): docs/architecture.md "Variable lengths".
 Nothing here synchronises the device.
 """
 
@@ -62,6 +63,11 @@ def _empty(shape, dtype):
     import cupy
 
     return cupy.empty(shape, dtype=dtype)
+
+
+def _pointer(a) -> int:
+    """Device address of a CuPy array for the pointer table; 0 (null) for None."""
+    return 0 if a is None else a.data.ptr
 
 
 def _scratch(shape, dtype):
@@ -194,8 +200,6 @@ class AlternatingBackend(Backend):
     def unsupported(self, problem) -> str | None:
         if not getattr(problem, "on_gpu", False):
             return "cuda runs on CuPy arrays on a GPU, got NumPy arrays"
-        if problem.lengths is not None:
-            return "cuda does not take variable lengths yet"
         if np.dtype(problem.dtype) not in STORAGE_TYPES:
             return f"cuda takes float32, bfloat16 or float16, got {_arrays.dtype_name(problem.dtype)}"
         try:
@@ -224,7 +228,7 @@ class AlternatingBackend(Backend):
             "carry": _scratch((S, B, N, D), np.float32),
             "h": _scratch((2, B, N, D), dtype),  # h_{t-1} for step t's matmul, double-buffered
             "rs": _scratch((B, N, GR, D), np.float32),
-        }, table_slots=3)
+        }, table_slots=4)
         buf = plan.buffers
         buf["R"][...] = R.transpose(1, 0, 2, 3)
         buf["b"][...] = b
@@ -234,7 +238,7 @@ class AlternatingBackend(Backend):
         else:
             buf["carry"][...] = states0[:, :, 0]
             buf["h"][0][...] = states0[0, :, 0]
-        self._write_table(plan, [Wx.data.ptr, states.data.ptr, saved.data.ptr])
+        self._write_table(plan, [Wx.data.ptr, states.data.ptr, saved.data.ptr, _pointer(problem.lengths)])
         self._run(plan, lambda stream: self._forward_steps(problem, plan, stream))
         return states, saved
 
@@ -256,7 +260,7 @@ class AlternatingBackend(Backend):
             "init": _scratch((S, B, N, D), np.float32),
             "drs": _scratch((T, B, N, GR, D), dtype),
             "dbias": _scratch((GB, B, N, D), np.float32),
-        }, table_slots=6)
+        }, table_slots=7)
         buf = plan.buffers
         buf["R"][...] = R.transpose(1, 0, 2, 3)
         if dlast is None:
@@ -270,8 +274,8 @@ class AlternatingBackend(Backend):
         else:
             buf["init"][...] = states0[:, :, 0]
         ds_rows = 0 if dstates is None else int(dstates.shape[0])
-        self._write_table(plan, [0 if dstates is None else dstates.data.ptr, states.data.ptr, saved.data.ptr,
-                                 dWx.data.ptr, hprev.data.ptr, ds_rows])
+        self._write_table(plan, [_pointer(dstates), states.data.ptr, saved.data.ptr, dWx.data.ptr, hprev.data.ptr,
+                                 ds_rows, _pointer(problem.lengths)])
         self._run(plan, lambda stream: self._backward_steps(problem, plan, stream))
 
         # dR'[n] (D x GR*D, column-major) = hprev_n (D x TB) @ drs_n^T (TB x GR*D): one GEMM a head over all B*T.

@@ -16,6 +16,8 @@ A-fragments in registers, drs double-buffered in shared memory, one barrier a st
 float32 GEMM over all B*T and db as one float32 reduction (deterministic, no atomics). Heads on clusters (and
 float32 lstm/slstm above D=48) still run the ``cuda`` backend's backward (``vanilla``'s where ``cuda`` cannot
 run) on this forward's saved tensors (the same contract).
+
+Variable lengths: both kernels take ``problem.lengths`` (None: a null pointer); docs/architecture.md "Variable lengths".
 """
 
 from __future__ import annotations
@@ -227,8 +229,6 @@ class FusedBackend(Backend):
     def unsupported(self, problem) -> str | None:
         if not problem.on_gpu:
             return "cuda_fused runs on CuPy arrays on a GPU, got NumPy arrays"
-        if problem.lengths is not None:
-            return "cuda_fused does not take variable lengths yet"
         params = self._choose(problem)
         return params if isinstance(params, str) else None
 
@@ -265,11 +265,13 @@ class FusedBackend(Backend):
         from ..runtime import PreparedLaunch, get_kernel
 
         kernel = get_kernel(self.spec(problem, params), device=problem.device)
-        # states0 None travels as a null pointer: the kernel starts from zeros. The grid counts blocks; the
-        # runtime opts the kernel in to > 48 KB of shared memory and to 16-block clusters.
+        # states0 None travels as a null pointer: the kernel starts from zeros; so do lengths None (every
+        # sequence runs T steps). The grid counts blocks; the runtime opts the kernel in to > 48 KB of shared
+        # memory and to 16-block clusters.
         return PreparedLaunch(kernel, params.grid, (params.threads,), Wx, R, b, states0, states, saved,
-                              np.int32(problem.B), np.int32(problem.T), np.int32(problem.N), shmem=params.smem_bytes,
-                              cluster=(params.cluster, 1, 1) if params.cluster > 1 else None, device=problem.device)
+                              np.int32(problem.B), np.int32(problem.T), np.int32(problem.N), problem.lengths,
+                              shmem=params.smem_bytes, cluster=(params.cluster, 1, 1) if params.cluster > 1 else None,
+                              device=problem.device)
 
     def backward(self, problem, Wx, R, b, states0, states, saved, dstates, dlast):
         """The fused reverse-time kernel (fused_bw.cu) where the forward runs one block per head; cluster heads
