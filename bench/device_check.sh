@@ -20,7 +20,7 @@ if [[ " $STAGES " == *" tests "* ]]; then
     arch=$(python -c "import cupy; print('sm_' + cupy.cuda.Device().compute_capability)")
     timeout 240 python -m flashrnn_core.compile --arch "$arch" --check --jobs "$(nproc)" >"$OUT/compile.log" 2>&1
     note "compile --check $arch" "exit $? : $(tail -n 1 "$OUT/compile.log")"
-    timeout 300 python -m pytest -m gpu -q -p no:cacheprovider ${PYTEST_ARGS:-} -k "${PYTEST_K:-}" tests >"$OUT/pytest_gpu.log" 2>&1
+    timeout ${PYTEST_TIMEOUT:-420} python -m pytest -m gpu -q -p no:cacheprovider ${PYTEST_ARGS:-} -k "${PYTEST_K:-}" tests >"$OUT/pytest_gpu.log" 2>&1
     note "pytest -m gpu" "exit $? : $(tail -n 1 "$OUT/pytest_gpu.log")"
 fi
 

@@ -9,7 +9,8 @@ T=5, N=2 and the smallest batch that makes the backend's parameter rule pick exa
 narrow batch tile, a batch past what stays resident for the wider ones), run forward from given initial states
 and from none (a null pointer in the kernel). Backward variants (other entries, keyed by cell, dtype and D):
 B=3, forward then backward with upstream gradients on every state and on the last states. By default one
-problem per kernel family: for each cell, dtype, cluster layout and batch tile the smallest and largest D (and
+problem per kernel family (each also run with variable lengths): for each cell, dtype, cluster layout and batch
+tile the smallest and largest D (and
 D=48, whose k-tiles are odd); ``--all`` takes every D. Problems run single-block forwards first, so that a
 ``--budget-s`` cut (default 180 s: device_check.sh gives each sanitizer tool 240 s) leaves out the rarer
 variants, and says so. Exit 0 when every problem that ran gave finite results, 1 otherwise.
@@ -139,8 +140,12 @@ def run_problem(problem: Problem, seed: int) -> str | None:
     import flashrnn_core as fc
 
     a = random_inputs(problem, seed)
-    for states0 in (a["states0"],) if problem.backward else (a["states0"], None):
-        result = fc.forward(a["Wx"], a["R"], a["b"], states0, function=problem.function, backend="cuda_fused")
+    runs = [(a["states0"], None), (a["states0"], variable_lengths(problem.B))]
+    if not problem.backward:
+        runs.append((None, None))
+    for states0, lengths in runs:
+        result = fc.forward(a["Wx"], a["R"], a["b"], states0, function=problem.function, backend="cuda_fused",
+                            lengths=lengths)
         if not _finite(result.states):
             return "forward gave non-finite states"
         if problem.backward:
@@ -149,6 +154,11 @@ def run_problem(problem: Problem, seed: int) -> str | None:
                 return "backward gave non-finite gradients"
         cupy.cuda.Device().synchronize()
     return None
+
+
+def variable_lengths(B: int) -> np.ndarray:
+    """Lengths 1..T that end some sequences early (the kernels' lengths paths), never all T."""
+    return np.array([T if i % 3 == 0 else 1 + i % (T - 1) for i in range(max(B, 2))][:B] if B > 1 else [T - 1])
 
 
 def _finite(a: Any) -> bool:
