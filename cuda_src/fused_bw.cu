@@ -69,7 +69,9 @@ template <class Op, int SPLIT> __device__ __forceinline__ void split(float v, Op
 template <class Cell, class T, int D_, int KS_, int P_, bool STORE_DRS_> struct Tile {
     using Op = typename OperandOf<T>::Op;
     static constexpr int SPLIT = OperandOf<T>::SPLIT;
-    static constexpr int D = D_, BT = 8, KS = KS_, P = P_, NS = P_ + 1;
+    // NS = P + 2 stages: a stage is refilled two steps after its own, since step t's h_{t-1} rows are read
+    // again at the top of step t-1 (the dR tiles below).
+    static constexpr int D = D_, BT = 8, KS = KS_, P = P_, NS = P_ + 2;
     static constexpr int GW = Cell::GW, GR = Cell::GR, GB = Cell::GB, S = Cell::S, NSAVED = Cell::NSAVED;
     static constexpr int WARPS_M = D / 16, WARPS = WARPS_M * KS, THREADS = 32 * WARPS;
     static constexpr int KT = GR * D / 16;                   // k-tiles: every gate's rows
@@ -95,6 +97,14 @@ template <class Cell, class T, int D_, int KS_, int P_, bool STORE_DRS_> struct 
     static constexpr int BUF_BYTES = 2 * BUF_ELEMS * int(sizeof(Op)), RED_BYTES = RED_FLOATS * 4;
     static constexpr int STAGE_BYTES = NS * STAGE_ELEMS * int(sizeof(T)), OUT_BYTES = 2 * OUT_ELEMS * int(sizeof(T));
     static constexpr int SMEM_BYTES = BUF_BYTES + RED_BYTES + STAGE_BYTES + OUT_BYTES;
+    // dR in the kernel (16-bit storage): per step, dR_head[(gate, i)][j] += sum_b drs_t[b][(gate, i)] h_{t-1}[b][j]
+    // as m16n8k8 tiles (k = the tile's 8 sequences), read from the drs buffer and the stage already in shared
+    // memory; DR_TILES dealt out over the warps, TPW each (4 accumulators a tile). Where a warp would hold more
+    // than 8 tiles, above 512 threads (fewer than 128 registers a thread: the tiles spill), or for float32's
+    // split operands, dR stays a GEMM after the kernel (backends/fused.py).
+    static constexpr int DR_TILES = GR * D / 16 * (D / 8), TPW = (DR_TILES + WARPS - 1) / WARPS;
+    static constexpr bool FUSED_DR = SPLIT == 1 && TPW <= 8 && THREADS <= 512;  // = backends/fused.py bw_fused_dr
+    static_assert(BT * GB * D * 4 <= STAGE_BYTES, "db's block reduction reuses the stages");
     static_assert(D % 16 == 0, "D must be a multiple of 16");
     static_assert(KS == 1 || KS == 2 || KS == 4, "the 4 cells of a lane split evenly over KS warps");
     static_assert(THREADS <= 1024, "one block per (head, batch tile)");
@@ -170,6 +180,7 @@ __device__ __forceinline__ void matmul(float (&acc)[4], const unsigned (&a)[K::S
 template <class T> struct Args {
     const T *R, *s0, *states, *saved, *dstates, *dlast;
     T *dWx, *drs, *dinit;
+    float *dr_part, *db_part;  // [tiles, GR, N, D, D] (FUSED_DR) and [tiles, GB, N, D]: this block's sums
     const int* lengths;  // [B] or null (every sequence has length Tn)
     int B, Tn, N, SD;  // SD: state rows of dstates (1: h only, S: all)
 };
@@ -225,6 +236,26 @@ template <class K, class T> struct InCopier {
     }
 };
 
+// dR tiles of one step: A = drs_t^T (the drs buffer holds it as [batch][(gate, i)] rows, hence .trans), B =
+// h_{t-1} (the stage's h rows, [batch][j], .trans again); tile `warp + WARPS * j` is (M tile, N tile).
+template <class K, class T>
+__device__ __forceinline__ void accumulate_dr(float (&dr)[K::TPW][4], const typename K::Op* drs_t, const T* stage,
+                                              int warp, int lane) {
+    using M = mma::Mma<typename K::Op>;
+    constexpr int NT = K::D / 8;
+    const unsigned a_row = mma::smem_u32(drs_t + (lane % 8) * K::KROW + 8 * ((lane / 8) & 1));
+    const unsigned b_row = mma::smem_u32(stage + (K::PREV_ROW0 + lane % 8) * K::ROW);
+#pragma unroll
+    for (int j = 0; j < K::TPW; ++j) {
+        const int tile = warp + K::WARPS * j;
+        if (K::DR_TILES % K::WARPS != 0 && tile >= K::DR_TILES) break;  // uniform within the warp
+        unsigned a[2], b;
+        mma::ldmatrix_x2_trans(a, a_row + unsigned(tile / NT * 16 * 2));
+        mma::ldmatrix_x1_trans(b, b_row + unsigned(tile % NT * 8 * 2));
+        M::run_k8(dr[j], a, b);
+    }
+}
+
 // Writes one step's staged outputs (dWx[b, t], drs[b, t]) as 16-byte pieces of rows, for t = Tn-1, Tn-2, ...
 // in turn (rows past B skipped): piece ownership is fixed per thread, so each keeps its destination and moves
 // it back one step per call.
@@ -260,6 +291,43 @@ template <class K, class T> struct OutCopier {
             }
     }
 };
+
+// This block's sums over its sequences and every step: dR tiles straight from the accumulators; db through
+// shared memory (each of the tile's 8 sequences is another lane's cell), summed in a fixed order. The host adds
+// the blocks' partial sums in a fixed order too: deterministic, no atomics.
+template <class K, class T>
+__device__ __forceinline__ void write_partials(const Args<T>& A, const float (&dr)[K::TPW][4],
+                                               const float (&dbacc)[K::CELLS][K::GB], float* red_db, int warp,
+                                               int lane, int ks, int wm) {
+    const int g = lane / 4, c4 = lane % 4, n = blockIdx.x;
+    if constexpr (K::FUSED_DR) {
+        constexpr int NT = K::D / 8;
+#pragma unroll
+        for (int j = 0; j < K::TPW; ++j) {
+            const int tile = warp + K::WARPS * j;
+            if (K::DR_TILES % K::WARPS != 0 && tile >= K::DR_TILES) break;
+            const int row = tile / NT * 16 + g, gate = row / K::D, i = row % K::D, col = tile % NT * 8 + 2 * c4;
+            float* out = A.dr_part + ((size_t(blockIdx.y) * K::GR + gate) * A.N + n) * K::D * K::D + col;
+            *reinterpret_cast<float2*>(out + i * K::D) = make_float2(dr[j][0], dr[j][1]);
+            *reinterpret_cast<float2*>(out + (i + 8) * K::D) = make_float2(dr[j][2], dr[j][3]);
+        }
+    }
+    __syncthreads();  // every warp is past its last read of the stages
+#pragma unroll
+    for (int m = 0; m < K::CELLS; ++m) {
+        const int q = ks + K::KS * m, bl = 2 * c4 + q % 2, d = 16 * wm + g + 8 * (q / 2);
+#pragma unroll
+        for (int gate = 0; gate < K::GB; ++gate) red_db[(bl * K::GB + gate) * K::D + d] = dbacc[m][gate];
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < K::GB * K::D; i += K::THREADS) {
+        float sum = 0.f;
+#pragma unroll
+        for (int bl = 0; bl < K::BT; ++bl) sum += red_db[bl * K::GB * K::D + i];
+        const int gate = i / K::D, d = i % K::D;
+        A.db_part[((size_t(blockIdx.y) * K::GB + gate) * A.N + n) * K::D + d] = sum;
+    }
+}
 
 template <class Cell, class T, int D, int KS, int P, bool STORE_DRS>
 __device__ __forceinline__ void backward(const Args<T> A) {
@@ -297,6 +365,8 @@ __device__ __forceinline__ void backward(const Args<T> A) {
     // of the last step only: it starts the carry.
     float carry[K::CELLS][K::S];
     int length[K::CELLS];
+    float dr[K::TPW][4] = {};        // this warp's dR tiles (FUSED_DR)
+    float dbacc[K::CELLS][K::GB] = {};  // this lane's cells' db, summed over the steps
 #pragma unroll
     for (int m = 0; m < K::CELLS; ++m) {
         const int q = ks + KS * m, b = b0 + 2 * c4 + q % 2, d = 16 * wm + g + 8 * (q / 2);
@@ -316,7 +386,14 @@ __device__ __forceinline__ void backward(const Args<T> A) {
     for (int t = last; t >= -1; --t) {
         // Refill the stage of step t+1 (read by the previous step, before its closing barrier) with step t-P,
         // and write out step t+1's staged outputs (staged before that barrier).
-        const int refill = stage == 0 ? K::NS - 1 : stage - 1;
+        // Step t+1's dR tiles: its drs (buffer (t+1)&1) and h_t rows (its stage, refilled only at step t-1).
+        const int stage_next = stage == 0 ? K::NS - 1 : stage - 1;
+        if constexpr (K::FUSED_DR)
+            if (t < last) accumulate_dr<K, T>(dr, buf + ((t + 1) & 1) * K::BUF_ELEMS,
+                                              stages + stage_next * K::STAGE_ELEMS, warp, lane);
+        // Refill the stage of step t+2 (done with before the barrier that closed step t+1) with step t-P, and
+        // write out step t+1's staged outputs (staged before that barrier).
+        const int refill = stage + P < K::NS ? stage + P : stage + P - K::NS;
         if (t - P >= 0) incopy.issue(stages + refill * K::STAGE_ELEMS, t - P);
         mma::cp_async_commit();
         if (t < last) outcopy.flush(obuf + ((t + 1) & 1) * K::OUT_ELEMS);
@@ -375,6 +452,8 @@ __device__ __forceinline__ void backward(const Args<T> A) {
 #pragma unroll
             for (int s = 0; s < K::S; ++s) carry[m][s] = !live ? 0.f : running ? dsp[s] : ds[s];
 #pragma unroll
+            for (int gate = 0; gate < K::GB; ++gate) dbacc[m][gate] += live && running ? db[gate] : 0.f;
+#pragma unroll
             for (int gate = 0; gate < K::GR; ++gate) {
                 Op parts[K::SPLIT];
                 split(live && running ? drs[gate] : 0.f, parts);
@@ -393,7 +472,8 @@ __device__ __forceinline__ void backward(const Args<T> A) {
         mma::cp_async_wait<P - 1>();  // step t-1's stage (issued P steps ago) has landed
         __syncthreads();
     }
-    mma::cp_async_wait<0>();  // no copy in flight at exit (the tail groups are empty)
+    mma::cp_async_wait<0>();  // no copy in flight (the tail groups are empty): the stages are free below
+    write_partials<K, T>(A, dr, dbacc, reinterpret_cast<float*>(stages), warp, lane, ks, wm);
 }
 
 }  // namespace fused_bw
@@ -406,8 +486,10 @@ __device__ __forceinline__ void backward(const Args<T> A) {
 //   FLASHRNN_STORE_DRS: 1 where the cell's drs differs from its dx (gru): the kernel writes drs too.
 // Launch: grid (N, ceil(B / 8)), block Tile::THREADS (= 2 D KSPLIT), dynamic shared memory Tile::SMEM_BYTES.
 // lengths ([B] int32, or null: all T): steps t >= lengths[b] pass the state gradient through (no gate gradient).
-// Outputs: dWx [B,T,Gw,N,D], drs [B,T,Gr,N,D] (may be null: not written), dinit [S,B,1,N,D], all in the storage
-// type; every element of rows b < B written. dstates ([SD,B,T,N,D]), dlast ([S,B,1,N,D]) and states0 may be null.
+// Outputs: dWx [B,T,Gw,N,D], drs [B,T,Gr,N,D] (written where FLASHRNN_STORE_DRS), dinit [S,B,1,N,D], all in the
+// storage type, every element of rows b < B written; float32 partial sums over each batch tile (blockIdx.y) of
+// dR [tiles,Gr,N,D,D] (where Tile::FUSED_DR, else null) and db [tiles,Gb,N,D].
+// dstates ([SD,B,T,N,D]), dlast ([S,B,1,N,D]) and states0 may be null.
 #ifndef FLASHRNN_CELL
 #define FLASHRNN_CELL LstmCell
 #endif
@@ -441,10 +523,10 @@ flashrnn_fused_bw(const FLASHRNN_STORAGE* __restrict__ R, const FLASHRNN_STORAGE
                   const FLASHRNN_STORAGE* __restrict__ states, const FLASHRNN_STORAGE* __restrict__ saved,
                   const FLASHRNN_STORAGE* __restrict__ dstates, const FLASHRNN_STORAGE* __restrict__ dlast,
                   FLASHRNN_STORAGE* __restrict__ dWx, FLASHRNN_STORAGE* __restrict__ drs,
-                  FLASHRNN_STORAGE* __restrict__ dinit, int B, int T, int N, int SD,
-                  const int* __restrict__ lengths) {
+                  FLASHRNN_STORAGE* __restrict__ dinit, float* __restrict__ dr_part, float* __restrict__ db_part,
+                  int B, int T, int N, int SD, const int* __restrict__ lengths) {
     flashrnn::fused_bw::Args<FLASHRNN_STORAGE> args{R, states0, states, saved, dstates, dlast, dWx, drs, dinit,
-                                                    lengths, B, T, N, SD};
+                                                    dr_part, db_part, lengths, B, T, N, SD};
     flashrnn::fused_bw::backward<FLASHRNN_CELL, FLASHRNN_STORAGE, FLASHRNN_D, FLASHRNN_KSPLIT, FLASHRNN_PREFETCH,
                                  FLASHRNN_STORE_DRS != 0>(args);
 }

@@ -33,7 +33,18 @@ __device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], unsigned addr) {
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
 }
 
-// d += A * B on one m16n8k16 tile, float32 accumulate. Op is the 16-bit operand type.
+// The transposed forms: lane l's row address points at a row of the matrix as stored, and each thread receives
+// elements of the transpose (what an A or B fragment needs when the operand is stored the other way round).
+__device__ __forceinline__ void ldmatrix_x1_trans(unsigned& r, unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16 {%0}, [%1];" : "=r"(r) : "r"(addr));
+}
+__device__ __forceinline__ void ldmatrix_x2_trans(unsigned (&r)[2], unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];"
+                 : "=r"(r[0]), "=r"(r[1]) : "r"(addr));
+}
+
+// d += A * B on one m16n8k16 tile (run) or m16n8k8 tile (run_k8), float32 accumulate. Op is the 16-bit
+// operand type.
 template <class Op> struct Mma;
 
 template <> struct Mma<__nv_bfloat16> {
@@ -44,6 +55,11 @@ template <> struct Mma<__nv_bfloat16> {
             : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
     }
+    __device__ __forceinline__ static void run_k8(float (&d)[4], const unsigned (&a)[2], unsigned b0) {
+        asm("mma.sync.aligned.m16n8k8.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5}, {%6}, {%0, %1, %2, %3};"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(b0));
+    }
 };
 
 template <> struct Mma<__half> {
@@ -53,6 +69,11 @@ template <> struct Mma<__half> {
             "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
             : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+    __device__ __forceinline__ static void run_k8(float (&d)[4], const unsigned (&a)[2], unsigned b0) {
+        asm("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5}, {%6}, {%0, %1, %2, %3};"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(b0));
     }
 };
 

@@ -12,10 +12,13 @@ of 16, up to ``max_head_dim`` on one block (128 at 16 bits; 64 for float32 lstm/
 the larger heads of ``CLUSTER_TABLE`` on sm_90.
 
 Backward: heads on one block run the fused reverse-time kernel (``cuda_src/fused_bw.cu``: R^T as mma
-A-fragments in registers, drs double-buffered in shared memory, one barrier a step), then dR as one batched
-float32 GEMM over all B*T and db as one float32 reduction (deterministic, no atomics). Heads on clusters (and
-float32 lstm/slstm above D=48) still run the ``cuda`` backend's backward (``vanilla``'s where ``cuda`` cannot
-run) on this forward's saved tensors (the same contract).
+A-fragments in registers, KS warps splitting K per 16 rows, inputs staged by cp.async several steps ahead,
+drs double-buffered in shared memory, outputs written as 16-byte pieces). Each block also sums db, and for
+16-bit storage dR (m16n8k8 tiles of drs_t^T h_{t-1} from what is already in shared memory), over its batch
+tile; the host adds the tiles' partial sums in a fixed order (deterministic, no atomics). float32 (and heads
+whose dR tiles would not fit a warp's registers) take dR as cuBLAS GEMMs over all B*T after the kernel.
+Heads on clusters (and float32 lstm/slstm above D=48) still run the ``cuda`` backend's backward (``vanilla``'s
+where ``cuda`` cannot run) on this forward's saved tensors (the same contract).
 
 Variable lengths: both kernels take ``problem.lengths`` (None: a null pointer); docs/architecture.md "Variable lengths".
 """
@@ -294,24 +297,28 @@ class FusedBackend(Backend):
         B, T, N, D = problem.B, problem.T, problem.N, problem.D
         R16, s0, states, saved, dstates, dlast = (_as(a, dtype) for a in (R, states0, states, saved, dstates, dlast))
         threads, smem, prefetch = bw_geometry(cell, dtype, D)
+        fused_dr = bw_fused_dr(cell, dtype, D)
+        tiles = -(-B // 8)
         dWx = _empty((B, T, cell.gates_w, N, D), dtype)
-        # lstm/slstm/elman: the cell's drs is its dx (cuda_src/cells/), so dR reads dWx and the kernel writes no
-        # drs (half the stores); gru's drs (g, r, z) differs from dx (r, z, n).
-        drs = _empty((B, T, cell.gates_r, N, D), dtype) if _stores_drs(problem.function) else None
+        # Without dR in the kernel it is a GEMM over drs: lstm/slstm/elman's drs is their dx (cuda_src/cells/), so
+        # it reads dWx; gru's drs (g, r, z) differs from its dx (r, z, n) and the kernel writes it.
+        drs = _empty((B, T, cell.gates_r, N, D), dtype) if _stores_drs(problem.function, cell, dtype, D) else None
         dinit = _empty((cell.states, B, 1, N, D), dtype)
+        dr_part = _empty((tiles, cell.gates_r, N, D, D), np.float32) if fused_dr else None
+        db_part = _empty((tiles, cell.gates_b, N, D), np.float32)
         kernel = get_kernel(_bw_spec(problem.function, dtype, D, threads, smem, prefetch), device=problem.device)
         sd = 0 if dstates is None else dstates.shape[0]
-        launch(kernel, (N, -(-B // 8)), (threads,), R16, s0, states, saved, dstates, dlast, dWx, drs, dinit,
-               np.int32(B), np.int32(T), np.int32(N), np.int32(sd), problem.lengths, shmem=smem)
-        if drs is None:
-            drs = dWx
-        # dR[g, n] = sum over (b, t) of drs outer h_prev: cuBLAS GEMMs over all B*T on the stored 16-bit (or
-        # float32) values, float32 accumulation; db the same against a vector of ones. No atomics: deterministic.
-        h0 = s0[0] if s0 is not None else cupy.zeros((B, 1, N, D), dtype)
-        h_prev = cupy.concatenate([h0, states[0][:, :-1]], axis=1)  # [B, T, N, D]
-        dR = cupy.empty((cell.gates_r, N, D, D), np.float32)
-        _dr_gemms(dR, drs, h_prev, dtype)
-        db = _bias_grad(problem.function, dWx, drs, dtype).astype(b.dtype)
+        launch(kernel, (N, tiles), (threads,), R16, s0, states, saved, dstates, dlast, dWx, drs, dinit, dr_part,
+               db_part, np.int32(B), np.int32(T), np.int32(N), np.int32(sd), problem.lengths, shmem=smem)
+        # The blocks' partial sums over their batch tiles, added in a fixed order: deterministic, no atomics.
+        db = db_part.sum(axis=0).astype(b.dtype)
+        if fused_dr:
+            dR = dr_part.sum(axis=0)
+        else:  # dR[g, n] = sum over (b, t) of drs outer h_prev: cuBLAS GEMMs over all B*T, float32 accumulation
+            h0 = s0[0] if s0 is not None else cupy.zeros((B, 1, N, D), dtype)
+            h_prev = cupy.concatenate([h0, states[0][:, :-1]], axis=1)  # [B, T, N, D]
+            dR = cupy.empty((cell.gates_r, N, D, D), np.float32)
+            _dr_gemms(dR, dWx if drs is None else drs, h_prev, dtype)
         dR = dR.astype(R.dtype, copy=False)
         s_dtype = states0.dtype if states0 is not None else wx_dtype
         return Grads(dWx.astype(wx_dtype, copy=False), dR, db, dinit.astype(s_dtype, copy=False))
@@ -357,7 +364,7 @@ BW_SOURCE = "fused_bw.cu"
 BW_ENTRY = "flashrnn_fused_bw"
 #: Largest D of the backward kernel (one block per head, R^T as A-fragments: Gr*D/16 k-tiles x 4 registers a
 #: thread, twice that for float32): checked without spills by compile --check for every variant.
-MAX_D_BW_16BIT = {"lstm": 96, "slstm": 64, "gru": 128, "elman": 128}  # slstm D=80/96: spills at every KS
+MAX_D_BW_16BIT = {"lstm": 96, "slstm": 64, "gru": 112, "elman": 128}  # slstm 80/96, gru 128: spill at every KS
 MAX_D_BW_FLOAT32 = {"lstm": 48, "slstm": 48, "gru": 64, "elman": 128}
 
 
@@ -377,7 +384,7 @@ def bw_unsupported(function: str, cell, dtype, D: int) -> str | None:
 #: issue 6 measured KS = 1 (4 warps at D = 64, one a scheduler) at ~6800 cycles a step, each of a lane's 4 cells'
 #: instructions waiting on the last. Where 4 warps per tile would take more registers than 1024 threads leave,
 #: fewer (listed here, found with ``python -m flashrnn_core.compile --check --match "cuda_fused bw"``).
-BW_KSPLIT_LIMITS = {("lstm", 96): 2, ("gru", 112): 1, ("gru", 128): 2}
+BW_KSPLIT_LIMITS = {("lstm", 96): 2, ("gru", 112): 1}
 
 
 def bw_ksplit(function: str, D: int) -> int:
@@ -397,17 +404,29 @@ def bw_geometry(cell, dtype, D: int) -> tuple[int, int, int]:
     dtype = np.dtype(dtype)
     split, item = (2 if dtype == _arrays.float32 else 1), dtype.itemsize
     ks, row = bw_ksplit(cell.name, D), (D + 16 // item) * item
-    outputs = cell.gates_w + (cell.gates_r if _stores_drs(cell.name) else 0)
+    outputs = cell.gates_w + (cell.gates_r if _stores_drs(cell.name, cell, dtype, D) else 0)
     fixed = (2 * split * 8 * (cell.gates_r * D + 8) * 2 + (ks * (D // 16) * 4 * 32 * 4 if ks > 1 else 0)
              + 2 * 8 * outputs * row)
     stage = (8 * cell.n_saved + 2 * cell.states * 8) * row
-    prefetch = next((p for p in range(BW_PREFETCH_MAX, 1, -1) if fixed + (p + 1) * stage <= SMEM_LIMIT), 1)
-    return 2 * D * ks, fixed + (prefetch + 1) * stage, prefetch
+    # prefetch + 2 stages: a stage is refilled two steps after its own (fused_bw::Tile::NS)
+    prefetch = next((p for p in range(BW_PREFETCH_MAX, 1, -1) if fixed + (p + 2) * stage <= SMEM_LIMIT), 1)
+    return 2 * D * ks, fixed + (prefetch + 2) * stage, prefetch
 
 
-def _stores_drs(function: str) -> bool:
-    """gru's drs (g, r, z) differs from its dx (r, z, n), so its backward writes both; the others' drs is dx."""
-    return function == "gru"
+def bw_fused_dr(cell, dtype, D: int) -> bool:
+    """Whether the backward kernel sums dR itself (fused_bw::Tile::FUSED_DR, which must agree): 16-bit storage,
+    at most 8 m16n8k8 tiles of dR_head ([Gr*D, D]) a warp and at most 512 threads; else dR is a GEMM after the
+    kernel."""
+    warps = D // 16 * bw_ksplit(cell.name, D)
+    tiles = cell.gates_r * D // 16 * (D // 8)
+    # Above 512 threads a block (< 128 registers a thread) the tiles' accumulators spill (ptxas, sm_80/sm_90).
+    return np.dtype(dtype) != _arrays.float32 and -(-tiles // warps) <= 8 and 32 * warps <= 512
+
+
+def _stores_drs(function: str, cell, dtype, D: int) -> bool:
+    """Whether the backward kernel writes drs for a dR GEMM after it: only where dR is not summed in the kernel
+    and the cell's drs differs from its dx (gru: (g, r, z) against (r, z, n))."""
+    return function == "gru" and not bw_fused_dr(cell, dtype, D)
 
 
 _CUDA_TYPES = {_arrays.bfloat16: 14, _arrays.float16: 2, _arrays.float32: 0}  # cudaDataType: 16BF, 16F, 32F
@@ -438,37 +457,17 @@ def _dr_gemms(dR, drs, h_prev, dtype) -> None:
               dR.data.ptr + g * N * D * D * 4, D, D * D, N, dtype)
 
 
-def _column_sums(out, a, rows: int, cols: int, ld: int, dtype) -> None:
-    """out[c] = sum over the rows of a (rows x cols, row pitch ld elements): a GEMM against ones, float32."""
-    import cupy
-
-    ones = cupy.ones(rows, dtype)
-    _gemm(0, 0, cols, 1, rows, a, ld, 0, ones.data.ptr, rows, 0, out.data.ptr, cols, 0, 1, dtype)
-
-
-def _bias_grad(function: str, dWx, drs, dtype):
-    """db = the sum over (b, t) of the cell's db rows: dx for lstm/slstm/elman, (drs_g, dx_r, dx_z, dx_n) for gru
-    (cuda_src/cells/gru.cuh). GEMMs against ones (float32 accumulation, no atomics: deterministic)."""
-    import cupy
-
-    B, T, GW, N, D = dWx.shape
-    sx = cupy.empty((GW, N, D), np.float32)
-    _column_sums(sx, dWx.data.ptr, B * T, GW * N * D, GW * N * D, dtype)
-    if function != "gru":
-        return sx
-    GR = drs.shape[2]
-    sg = cupy.empty((1, N, D), np.float32)
-    _column_sums(sg, drs.data.ptr, B * T, N * D, GR * N * D, dtype)
-    return cupy.concatenate([sg, sx], axis=0)
-
-
 def _bw_spec(function: str, dtype, D: int, threads: int, smem: int, prefetch: int):
     from ..runtime import KernelSpec
 
+    from ..cells import CELLS
+
     fast = "0" if np.dtype(dtype) == _arrays.float32 else "1"
+    store_drs = _stores_drs(function, CELLS[function], dtype, D)
     defines = (("FLASHRNN_CELL", CELL_STRUCTS[function]), ("FLASHRNN_STORAGE", STORAGE_TYPES[np.dtype(dtype)]),
-               ("FLASHRNN_D", str(D)), ("FLASHRNN_FAST_ACTIVATIONS", fast), ("FLASHRNN_KSPLIT", str(bw_ksplit(function, D))),
-               ("FLASHRNN_PREFETCH", str(prefetch)), ("FLASHRNN_STORE_DRS", str(int(_stores_drs(function)))),
+               ("FLASHRNN_D", str(D)), ("FLASHRNN_FAST_ACTIVATIONS", fast),
+               ("FLASHRNN_KSPLIT", str(bw_ksplit(function, D))), ("FLASHRNN_PREFETCH", str(prefetch)),
+               ("FLASHRNN_STORE_DRS", str(int(store_drs))),
                ("FLASHRNN_THREADS", str(threads)), ("FLASHRNN_SMEM_BYTES", str(smem)))
     return KernelSpec(source=BW_SOURCE, entry=BW_ENTRY, defines=defines,
                       label=f"{function} cuda_fused bw {_arrays.dtype_name(dtype)} D{D}", min_sm=80,
