@@ -396,6 +396,9 @@ def bw_ksplit(function: str, D: int) -> int:
 #: Steps of backward inputs (saved, previous states, upstream gradient) in flight as cp.async stages: a step
 #: cannot be shorter than the load latency over this many steps (the forward's Wx measured ~0.6 us).
 BW_PREFETCH_MAX = 3
+#: Shared memory the prefetch depth is chosen to stay within (one prefetch step is taken even above it, up to
+#: what the architecture allows a block: compile --check holds every variant to that).
+BW_SMEM_TARGET = 96 * 1024
 
 
 def bw_geometry(cell, dtype, D: int) -> tuple[int, int, int]:
@@ -409,7 +412,7 @@ def bw_geometry(cell, dtype, D: int) -> tuple[int, int, int]:
              + 2 * 8 * outputs * row)
     stage = (8 * cell.n_saved + 2 * cell.states * 8) * row
     # prefetch + 2 stages: a stage is refilled two steps after its own (fused_bw::Tile::NS)
-    prefetch = next((p for p in range(BW_PREFETCH_MAX, 1, -1) if fixed + (p + 2) * stage <= SMEM_LIMIT), 1)
+    prefetch = next((p for p in range(BW_PREFETCH_MAX, 1, -1) if fixed + (p + 2) * stage <= BW_SMEM_TARGET), 1)
     return 2 * D * ks, fixed + (prefetch + 2) * stage, prefetch
 
 
