@@ -106,3 +106,28 @@ def test_gpu_tune_times_and_stores(tmp_path, monkeypatch, capsys):
     from flashrnn_core.backends import fused
 
     assert fused.choose("lstm", "bfloat16", 8, 2, 32).choice == params
+
+
+def test_sweep_measures_in_a_child_process_and_reports_its_failure():
+    """The per-shape child process and its queue, end to end: a shape whose inputs cannot be made (a dtype no
+    backend knows) fails in the child's setup, and every configuration says so; nothing is left running."""
+    import time
+
+    pl = sweep_fused.plan(H100, [tune.Shape("elman", "bfloat16", 16, 12, 64, T=8)])[0]
+    broken = sweep_fused.Plan(pl.shape._replace(dtype="no-such-dtype"), pl.configs[:3])
+    rows = sweep_fused.measure_plan(broken, runs=20, deadline=time.monotonic() + 120)
+    assert len(rows) == 3 and all(r["error"].startswith("setup failed: KeyError") for r in rows), rows
+    assert sweep_fused.measure_plan(broken, runs=20, deadline=time.monotonic() - 1) == [
+        {"skipped": "not reached within --budget-s"}] * 3
+
+
+@pytest.mark.gpu
+def test_gpu_sweep_times_a_few_configurations():
+    import time
+
+    from flashrnn_core.constrint.hardware import current
+
+    pl = sweep_fused.plan(current(), [tune.Shape("lstm", "bfloat16", 8, 2, 32, T=16)])[0]
+    few = sweep_fused.Plan(pl.shape, pl.configs[:2])
+    rec = sweep_fused.summarise(few, sweep_fused.measure_plan(few, runs=20, deadline=time.monotonic() + 120))
+    assert rec["measured"] == 2 and rec["solver_ms"] > 0 and rec["ratio"] >= 1.0, rec
