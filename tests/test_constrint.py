@@ -663,6 +663,19 @@ def test_tuning_reads_a_file_once_until_it_changes(tmp_path, monkeypatch):
     assert tuning.choose(H100, "lstm", "bfloat16", 16, 12, 64) == other
 
 
+def test_tuning_solves_a_key_once_a_process(tmp_path, monkeypatch):
+    """A refused shape (asked on every ``auto`` call) and a choice that cannot be stored are solved once."""
+    monkeypatch.setenv("FLASHRNN_CORE_CACHE", str(tmp_path / "missing" / "x"))
+    calls = []
+    real = tuning.solve_fused
+    monkeypatch.setattr(tuning, "solve_fused", lambda *a, **k: calls.append(a) or real(*a, **k))
+    (tmp_path / "missing").write_text("a file where the cache directory should be: nothing can be stored")
+    for _ in range(3):
+        assert not tuning.choose(H100, "lstm", "bfloat16", 16, 7771, 768)
+        assert tuning.choose(H100, "lstm", "bfloat16", 16, 7771, 64)
+    assert len(calls) == 2
+
+
 def test_tuning_infeasible_is_not_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("FLASHRNN_CORE_CACHE", str(tmp_path))
     assert not tuning.choose(H100, "lstm", "bfloat16", 16, 1, 768)

@@ -117,17 +117,26 @@ def _atomic_write(path: Path, text: str) -> None:
         raise
 
 
+#: Solver results of this process, by (hardware, cell, dtype, B, N, D, direction): every launch of the fused
+#: backend (and every ``auto`` resolution, for shapes it refuses) asks ``choose``; a solve takes ~20 ms, and an
+#: infeasible shape or an unwritable cache directory would otherwise pay it on every call.
+_solved: dict[tuple, FusedParams | Infeasible] = {}
+
+
 def choose(hardware: Hardware, function: str, dtype, B: int, N: int, D: int, direction: str = "forward",
            use_cache: bool = True) -> FusedParams | Infeasible:
     """The cached choice for this key, else ``solve_fused``'s (stored when feasible). Infeasible results are
-    not cached: solving them again is as fast as reading a file, and the explanation stays current."""
+    not written to disk (the explanation stays current with the model), only remembered in this process."""
     if use_cache:
         hit = load(hardware, function, dtype, B, N, D, direction)
         if hit is not None:
             return hit[0]
-    result = solve_fused(hardware, function, dtype, B, N, D, direction=direction)
+    memo = (hardware, function, _dtype_name(dtype), int(B), int(N), int(D), direction)
+    result = _solved.get(memo)
+    if result is None:
+        result = _solved[memo] = solve_fused(hardware, function, dtype, B, N, D, direction=direction)
     if use_cache and isinstance(result, FusedParams):
-        store(hardware, function, dtype, B, N, D, result, direction)
+        store(hardware, function, dtype, B, N, D, result, direction)  # (again, if the file went missing)
     return result
 
 
