@@ -1,7 +1,7 @@
 """One small problem per ``cuda_fused`` kernel variant, so that compute-sanitizer can wrap the whole set:
 
     compute-sanitizer --tool memcheck --error-exitcode 9 python bench/sanitize_fused.py      # bench/device_check.sh
-    python bench/sanitize_fused.py --all        # every variant the backend can launch (253 at the time of writing)
+    python bench/sanitize_fused.py --all        # every variant the backend lists (411 at the time of writing)
     python bench/sanitize_fused.py --list       # the problems, without running them (no GPU needed)
 
 The variants are the backend's own list (``FusedBackend.kernel_variants()``). Forward variants: a problem of
