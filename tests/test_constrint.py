@@ -496,8 +496,9 @@ def test_known_feasibility_boundaries():
 
 
 #: Measured on H100 (bench/results/2026-11-23-h100-fused.json, bf16, T=1024; cycles a step at 1.98 GHz) with the
-#: hand rule's parameters (blocks per head, k_split, batch n-tiles, prefetch). The latency constants were
-#: calibrated on these same points, so this checks that the model still describes them, not that it predicts.
+#: parameters issue 5's hand rule chose (blocks per head, k_split, batch n-tiles, prefetch; the rule is gone, the
+#: solver chooses now). The latency constants were calibrated on these same points, so this checks that the model
+#: still describes them, not that it predicts.
 MEASURED = {("lstm", 16, 12, 64, (1, 1, 1, 8)): 1025, ("lstm", 16, 48, 16, (1, 1, 1, 8)): 700,
             ("gru", 16, 12, 64, (1, 1, 1, 8)): 1010, ("slstm", 16, 12, 64, (1, 1, 1, 8)): 1390,
             ("lstm", 16, 3, 256, (8, 2, 1, 8)): 1890, ("gru", 16, 3, 256, (8, 2, 1, 8)): 2020,
