@@ -1,12 +1,13 @@
 """One small problem per ``cuda_fused`` kernel variant, so that compute-sanitizer can wrap the whole set:
 
     compute-sanitizer --tool memcheck --error-exitcode 9 python bench/sanitize_fused.py      # bench/device_check.sh
-    python bench/sanitize_fused.py --all        # every variant the backend can launch (253 at the time of writing)
+    python bench/sanitize_fused.py --all        # every variant the backend lists (411 at the time of writing)
     python bench/sanitize_fused.py --list       # the problems, without running them (no GPU needed)
 
 The variants are the backend's own list (``FusedBackend.kernel_variants()``). Forward variants: a problem of
-T=5, N=2 and the smallest batch that makes the backend's parameter rule pick exactly that variant (B=3 for the
-narrow batch tile, a batch past what stays resident for the wider ones), run forward from given initial states
+T=5 and the first (N, B) of the grid the variants were enumerated on (``fused.VARIANT_HEADS`` x
+``fused.VARIANT_BATCHES``) for which the ConstrINT solver picks exactly that variant on this GPU (or, with
+``--list`` and no GPU, on the preset of ``--cc`` with ``--sms`` SMs), run forward from given initial states
 and from none (a null pointer in the kernel). Backward variants (other entries, keyed by cell, dtype and D):
 B=3, forward then backward with upstream gradients on every state and on the last states. By default one
 problem per kernel family (each also run with variable lengths): for each cell, dtype, cluster layout and batch
@@ -29,10 +30,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a source checkout
 
-T, N = 5, 2
-#: Batch sizes tried, smallest first: 3 (a partial 8-sequence tile), then steps of 2**(1/4) up to 2**16,
-#: fine enough to land in each batch-tile window of the parameter rule.
-BATCHES = [3] + sorted({int(2 ** (k / 4)) + 3 for k in range(16, 65)})
+T = 5
+N_BACKWARD, B_BACKWARD = 2, 3  # backward variants: chosen by cell, dtype and D only
 
 
 @dataclass(frozen=True)
@@ -40,6 +39,7 @@ class Problem:
     function: str
     dtype: Any  # numpy dtype
     B: int
+    N: int
     D: int
     label: str  # the kernel variant's label
     backward: bool = False  # run backward too (a backward variant)
@@ -80,9 +80,10 @@ def pick_families(variants: list[Any], everything: bool) -> list[Any]:
     return chosen
 
 
-def find_problem(fused: Any, spec: Any, num_sms: int, cc: tuple[int, int]) -> Problem | str:
-    """The smallest problem for which the backend launches ``spec``, or why there is none."""
-    from flashrnn_core.cells import CELLS
+def find_problem(fused: Any, spec: Any, hardware: Any) -> Problem | str:
+    """The first problem of the variant grid for which the solver picks ``spec`` on ``hardware``
+    (``constrint.Hardware``), or why there is none."""
+    import itertools
 
     f = variant_fields(spec)
     try:
@@ -92,15 +93,15 @@ def find_problem(fused: Any, spec: Any, num_sms: int, cc: tuple[int, int]) -> Pr
     except KeyError as err:
         return f"{spec.name()}: its defines do not say {err} (cell, storage, D): not mapped to a problem"
     if spec.entry != fused.ENTRY:  # a backward kernel: chosen by cell, dtype and D (one block a head)
-        return Problem(function, dtype, 3, D, spec.name(), backward=True)
-    reason = "no batch size selects it"
-    for B in BATCHES:
-        params = fused.choose_params(function, CELLS[function], dtype, B, N, D, num_sms, cc)
-        if isinstance(params, str):
-            reason = params  # e.g. a cluster variant on a GPU older than sm_90
+        return Problem(function, dtype, B_BACKWARD, N_BACKWARD, D, spec.name(), backward=True)
+    reason = f"the solver does not pick it on {hardware.name}"
+    for n, B in itertools.product(fused.VARIANT_HEADS, fused.VARIANT_BATCHES):
+        launch = fused.choose(function, dtype, B, n, D, hardware=hardware)
+        if isinstance(launch, str):
+            reason = launch  # e.g. a cluster variant on a GPU older than sm_90
             break
-        if params.defines() == spec.defines:
-            return Problem(function, dtype, B, D, spec.name())
+        if launch.spec.defines == spec.defines:
+            return Problem(function, dtype, B, n, D, spec.name())
     return f"{spec.name()}: {reason}"
 
 
@@ -119,7 +120,7 @@ def random_inputs(problem: Problem, seed: int) -> dict[str, Any]:
 
     cell = CELLS[problem.function]
     rng = np.random.default_rng(seed)
-    D = problem.D
+    D, N = problem.D, problem.N
 
     def normal(*shape: int, scale: float = 1.0) -> Any:
         return cupy.asarray((rng.standard_normal(shape, dtype=np.float32) * scale).astype(problem.dtype))
@@ -167,14 +168,12 @@ def _finite(a: Any) -> bool:
     return bool(cupy.isfinite(a.astype(np.float32)).all())
 
 
-def device_info() -> tuple[int, tuple[int, int]] | None:
-    """(SMs, compute capability) of the current GPU, or None without one."""
+def device_info() -> Any:
+    """The current GPU as a ``constrint.Hardware``, or None without one."""
     try:
-        import cupy
+        from flashrnn_core.constrint.hardware import current
 
-        dev = cupy.cuda.Device()
-        cc = dev.compute_capability
-        return int(dev.attributes["MultiProcessorCount"]), (int(cc[:-1]), int(cc[-1]))
+        return current()
     except Exception:
         return None
 
@@ -195,18 +194,22 @@ def main(argv: list[str] | None = None) -> int:
     if info is None and not args.list:
         print("no GPU visible to CuPy: nothing can run (use --list to see the problems)")
         return 2
-    num_sms, cc = info or (args.sms, tuple(int(x) for x in args.cc.split(".")))
+    if info is None:
+        from flashrnn_core.constrint.hardware import preset_for_cc
+
+        info = preset_for_cc(tuple(int(x) for x in args.cc.split("."))).with_(sm_count=args.sms)
     variants = fused.FusedBackend().kernel_variants()
-    found = [find_problem(fused, s, num_sms, cc) for s in pick_families(variants, args.all)]
+    found = [find_problem(fused, s, info) for s in pick_families(variants, args.all)]
     problems = sorted((x for x in found if isinstance(x, Problem)), key=run_order)
     for skipped in (x for x in found if isinstance(x, str)):
         print(f"skip {skipped}")
     n_bw = sum(p.backward for p in problems)
     print(f"{len(problems)} problems ({len(problems) - n_bw} forward, {n_bw} backward) of {len(variants)} "
-          f"variants; T={T} N={N}, {num_sms} SMs, sm_{cc[0]}{cc[1]}", flush=True)
+          f"variants; T={T}, {info.name} ({info.sm_count} SMs, {info.arch})", flush=True)
     if args.list:
         for problem in problems:
-            print(f"{problem.label}: B={problem.B} D={problem.D}{' (forward + backward)' if problem.backward else ''}")
+            print(f"{problem.label}: B={problem.B} N={problem.N} D={problem.D}"
+                  f"{' (forward + backward)' if problem.backward else ''}")
         return 0
     return run_all(problems, args.budget_s)
 

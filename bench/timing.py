@@ -1,6 +1,7 @@
 """Timing and memory measurement, the one implementation of ../shared/BENCH.md's protocol.
 
-- GPU (CuPy or torch): CUDA events recorded on the current stream of the library that runs the call (CuPy's
+- GPU (CuPy or torch): CUDA events (CuPy's through ``flashrnn_core.runtime.timing``, the one home of the
+  event loop and the spin kernel) recorded on the current stream of the library that runs the call (CuPy's
   for flashrnn_core, torch's for the baselines); both default to the legacy null stream, so a CuPy spin
   kernel and a torch call order correctly.
 - Warm-up: at least 3 calls, never timed; the first call of a shape may compile, load or autotune.
@@ -16,7 +17,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 import tracemalloc
 from dataclasses import dataclass
@@ -24,9 +24,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from flashrnn_core.runtime.timing import SPIN_MS, event_times_ms, spin
+
 MIN_RUNS = 20
 MIN_WARMUP = 3
-SPIN_MS = 3.0
 
 #: Where a call runs and so how it is timed: "cpu" (perf_counter), "cupy" or "torch" (CUDA events).
 DEVICES = ("cpu", "cupy", "torch")
@@ -90,19 +91,7 @@ def _time_cpu(fn: Callable[[], Any], runs: int, spin_ms: float) -> list[float]:
 
 
 def _time_cupy(fn: Callable[[], Any], runs: int, spin_ms: float) -> list[float]:
-    import cupy
-
-    start, end = cupy.cuda.Event(), cupy.cuda.Event()
-    times = []
-    for _ in range(runs):
-        if spin_ms > 0:
-            spin(spin_ms)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(cupy.cuda.get_elapsed_time(start, end))
-    return times
+    return event_times_ms(fn, runs, spin_ms)
 
 
 def _time_torch(fn: Callable[[], Any], runs: int, spin_ms: float) -> list[float]:
@@ -122,24 +111,6 @@ def _time_torch(fn: Callable[[], Any], runs: int, spin_ms: float) -> list[float]
 
 
 _TIMERS = {"cpu": _time_cpu, "cupy": _time_cupy, "torch": _time_torch}
-
-_spin_kernel: Any = None
-
-
-def spin(ms: float, stream: Any = None) -> None:
-    """Keep the GPU busy for about ``ms`` (one thread spinning on ``clock64``) on ``stream``, CuPy's current one
-    by default."""
-    import cupy
-
-    global _spin_kernel
-    if _spin_kernel is None:
-        _spin_kernel = cupy.RawKernel(
-            'extern "C" __global__ void bench_spin(long long n) {'
-            " long long s = clock64(); while (clock64() - s < n) {} }", "bench_spin")
-    rate_khz = cupy.cuda.Device().attributes["ClockRate"]  # the maximum clock: the spin lasts at least ``ms``
-    with stream if stream is not None else contextlib.nullcontext():  # RawKernel launches on the current stream
-        _spin_kernel((1,), (1,), (np.int64(ms * rate_khz),))
-
 
 def _torch_spin(ms: float) -> None:
     """The spin on torch's current stream (the same kernel through CuPy: torch reports no clock rate)."""

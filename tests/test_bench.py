@@ -186,8 +186,11 @@ def test_sanitizer_driver_maps_every_variant_to_a_problem(capsys):
     fused = sanitize_fused.load_fused()
     if fused is None:
         pytest.skip("cuda_fused is not importable here")
-    variants = fused.FusedBackend().kernel_variants()
-    found = [sanitize_fused.find_problem(fused, s, 132, (9, 0)) for s in variants]
+    from flashrnn_core.constrint import A100, H100
+
+    # A variant is built from the oldest preset the solver picks it on (min_sm): that preset maps it.
+    variants = sanitize_fused.pick_families(fused.FusedBackend().kernel_variants(), False)
+    found = [sanitize_fused.find_problem(fused, s, A100 if s.min_sm == 80 else H100) for s in variants]
     missing = [x for x in found if isinstance(x, str)]
     assert not missing, missing[:3]
     assert sanitize_fused.main(["--list"]) == 0
@@ -251,8 +254,8 @@ def test_gpu_sanitizer_problem_runs():
     if fused is None:
         pytest.skip("cuda_fused is not importable")
     info = sanitize_fused.device_info()
-    spec = next(s for s in fused.FusedBackend().kernel_variants() if s.entry == fused.ENTRY)
-    problem = sanitize_fused.find_problem(fused, spec, *info)
+    spec = fused.choose("lstm", "bfloat16", 16, 12, 64, hardware=info).spec  # one this GPU's solver picks
+    problem = sanitize_fused.find_problem(fused, spec, info)
     assert isinstance(problem, sanitize_fused.Problem), problem
     assert sanitize_fused.run_problem(problem, seed=0) is None
 

@@ -13,14 +13,15 @@ from flashrnn_core import _arrays
 from flashrnn_core.backends import fused
 from flashrnn_core.cells import CELLS
 from flashrnn_core.backends import AUTO_ORDER, why_not
+from flashrnn_core.constrint import A100, H100, solve_fused
 from flashrnn_core.validate import validate
 
 DTYPES = {"float32": _arrays.float32, "bfloat16": _arrays.bfloat16, "float16": _arrays.float16}
 TOL = {"float32": 1e-4, "bfloat16": 2e-2, "float16": 2e-2}  # SPEC.md, relative to a float64 reference
 
 # (B, T, N, D, initial states): odd B, B = 1 and 256, T = 1 and 2, D = 48 (an odd number of k-tiles), every
-# D of the issue; the B = 256 x 12 heads shape makes the rule pick 16-sequence tiles (nbt = 2); D >= 256 (and
-# float32 D = 128) run on clusters where the rule has a variant, and are skipped with its reason otherwise.
+# D of the issue; the B = 256 x 12 heads shape makes the solver pick wider batch tiles; D >= 256 (and float32
+# D = 128) run on clusters where the solver finds a valid launch, and are skipped with its reason otherwise.
 SHAPES = [
     (3, 17, 2, 16, False),
     (5, 9, 3, 32, True),
@@ -33,8 +34,8 @@ SHAPES = [
     (3, 2, 1, 512, False),
     (2, 5, 1, 768, True),
     (3, 5, 2, 112, True),
-    (256, 2, 16, 64, False),  # 32-sequence tiles (nbt = 4; gru/elman: 2)
-    (64, 2, 30, 32, True),  # 16-sequence tiles
+    (256, 2, 16, 64, False),  # wide batch tiles
+    (64, 2, 30, 32, True),
 ]
 
 
@@ -147,43 +148,75 @@ def test_backward_runs_on_fused_saved_tensors():
 
 @pytest.mark.parametrize("function", list(CELLS))
 def test_unsupported_says_why(function):
-    cell = CELLS[function]
-    reason = fused.choose_params(function, cell, _arrays.bfloat16, 16, 1, 24)
-    assert isinstance(reason, str) and "D=24" in reason and "multiple of 16" in reason
-    if function != "elman":  # lstm/slstm/gru D=768: no variant (R's slice exceeds a SM's registers)
-        reason = fused.choose_params(function, cell, _arrays.bfloat16, 16, 1, 768)
-        assert isinstance(reason, str) and "D=768" in reason
-    # a cluster shape on a GPU without clusters
-    reason = fused.choose_params(function, cell, _arrays.bfloat16, 16, 1, 256, cc=(8, 0))
-    assert isinstance(reason, str) and "sm_90" in reason
-    params = fused.choose_params(function, cell, _arrays.bfloat16, 16, 12, 64)
-    assert not isinstance(params, str) and params.grid == (12, 2) and params.nbt == 1 and params.cluster == 1
-    assert params.smem_bytes <= fused.SMEM_LIMIT
-    params = fused.choose_params(function, cell, _arrays.bfloat16, 16, 3, 256)
-    assert not isinstance(params, str) and params.cluster > 1 and params.grid == (3 * params.cluster, 2)
+    """ConstrINT's Infeasible becomes the refusal, with the binding constraints in words."""
+    reason = fused.choose(function, _arrays.bfloat16, 16, 1, 24, hardware=H100)
+    assert isinstance(reason, str) and "D=24" in reason and "D divisible by 16" in reason
+    if function != "elman":  # lstm/slstm/gru D=768: R's slice needs more registers than a thread has
+        reason = fused.choose(function, _arrays.bfloat16, 16, 1, 768, hardware=H100)
+        assert isinstance(reason, str) and "D=768" in reason and "registers" in reason
+    # a head above one block on a GPU without clusters
+    reason = fused.choose(function, _arrays.bfloat16, 16, 1, 256, hardware=A100)
+    assert isinstance(reason, str) and "sm_80" in reason and "no thread-block clusters" in reason
+    assert "float64" in fused.choose(function, np.float64, 16, 1, 64, hardware=H100)
+    launch = fused.choose(function, _arrays.bfloat16, 16, 12, 64, hardware=H100)
+    assert not isinstance(launch, str) and launch.grid == (12 * launch.cluster, 2) and launch.cluster == 1
+    assert launch.smem_bytes <= H100.smem_per_block_optin
+    launch = fused.choose(function, _arrays.bfloat16, 16, 3, 256, hardware=H100)
+    assert not isinstance(launch, str) and launch.cluster > 1 and launch.grid == (3 * launch.cluster, 2)
 
 
-def test_rule_widens_tiles_only_past_residency():
-    """12x64 on 132 SMs: 96 blocks of 8 sequences fit at once (B=64); B=256 takes 24-sequence tiles (132 blocks)."""
-    cell = CELLS["lstm"]
-    assert fused.choose_params("lstm", cell, _arrays.bfloat16, 64, 12, 64).nbt == 1
-    params = fused.choose_params("lstm", cell, _arrays.bfloat16, 256, 12, 64)
-    assert params.nbt == 3 and params.grid == (12, 11)
-    assert fused.choose_params("gru", CELLS["gru"], _arrays.bfloat16, 256, 12, 64).nbt == 1  # 128-thread blocks: 3 a SM
-    assert fused.choose_params("gru", CELLS["gru"], _arrays.bfloat16, 256, 48, 64).nbt == 2  # gru tiles: at most 2
+def test_launch_is_the_solver_choice():
+    """One conversion: the launch's geometry and defines are the solver's FusedParams."""
+    choice = solve_fused(H100, "gru", "float16", 64, 12, 128)
+    launch = fused.launch_of(choice)
+    d = dict(launch.spec.defines)
+    assert (launch.grid, launch.threads, launch.smem_bytes, launch.cluster) == (
+        choice.grid, choice.threads_per_block, choice.smem_bytes, choice.blocks_per_head)
+    assert d["FLASHRNN_CELL"] == "GruCell" and d["FLASHRNN_STORAGE"] == "__half"
+    assert d["FLASHRNN_FAST_ACTIVATIONS"] == "1" and launch.spec.smem_dynamic == choice.smem_bytes
+    assert {k: int(v) for k, v in d.items() if k in choice.template_args()} == choice.template_args()
+    sm90_only = choice.blocks_per_head > 1 or choice.smem_bytes > A100.smem_per_block_optin
+    assert launch.spec.min_sm == (90 if sm90_only else 80)
+    with pytest.raises(ValueError):
+        fused.launch_of(solve_fused(H100, "gru", "float16", 64, 12, 64, direction="backward"))
 
 
-def test_every_rule_choice_fits_a_block():
-    """Every (cell, dtype, D) the rule accepts launches at most 1024 threads and 48 KB of shared memory."""
-    for function, cell in CELLS.items():
-        for dtype in DTYPES.values():
-            for D in range(16, 1025, 16):
-                for B, N in ((16, 12), (256, 12), (1, 1)):
-                    params = fused.choose_params(function, cell, dtype, B, N, D)
-                    if isinstance(params, str):
-                        assert f"D={D}" in params
-                        continue
-                    assert params.threads <= 1024 and params.smem_bytes <= fused.SMEM_LIMIT
+def test_solver_widens_tiles_only_past_residency():
+    """12x64 on H100: 8-sequence tiles while the blocks fit one wave (B=16, 64); B=256 takes wider tiles in
+    one wave rather than two waves of narrow ones (issue 5: a second wave doubled the time)."""
+    assert fused.choose("lstm", _arrays.bfloat16, 64, 12, 64, hardware=H100).choice.batch_tile == 8
+    wide = fused.choose("lstm", _arrays.bfloat16, 256, 12, 64, hardware=H100).choice
+    assert wide.batch_tile > 8 and wide.waves == 1
+
+
+def test_every_choice_fits_a_block():
+    """Every (cell, dtype, D) the solver accepts launches within the preset's threads and shared memory."""
+    for hw in (A100, H100):
+        for function in CELLS:
+            for dtype in DTYPES.values():
+                for D in (16, 48, 64, 128, 256, 512, 768, 1024):
+                    for B, N in ((16, 12), (256, 12), (1, 1)):
+                        launch = fused.choose(function, dtype, B, N, D, hardware=hw)
+                        if isinstance(launch, str):
+                            assert f"D={D}" in launch
+                            continue
+                        assert launch.threads <= hw.max_threads_per_block
+                        assert launch.smem_bytes <= hw.smem_per_block_optin
+                        assert launch.choice.registers_estimate <= launch.choice.register_cap
+
+
+def test_kernel_variants_are_the_solver_choices():
+    """The forward variants are exactly the distinct kernels the solver picks on the CI presets (a sample of
+    shapes re-solved here must each be listed, built for the oldest preset that picks it)."""
+    variants = {s.defines: s for s in fused.solver_variants()}
+    assert len(variants) == len(fused.solver_variants())  # deduplicated
+    for hw, function, dtype, D, B, N in ((A100, "lstm", "bfloat16", 64, 16, 12), (H100, "lstm", "bfloat16", 64, 256, 12),
+                                         (H100, "elman", "float32", 256, 1, 1), (H100, "slstm", "float16", 384, 64, 12),
+                                         (A100, "gru", "float32", 48, 256, 1)):
+        spec = fused.launch_of(solve_fused(hw, function, dtype, B, N, D)).spec
+        assert spec.defines in variants, spec.label
+        assert variants[spec.defines].min_sm <= max(hw.sm, spec.min_sm)
+    assert all(s.min_sm == 90 for s in variants.values() if dict(s.defines)["FLASHRNN_CLUSTER"] != "1")
 
 
 def _compile_or_skip():

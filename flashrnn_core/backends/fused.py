@@ -7,9 +7,14 @@ a slice of R's output rows and sends its slice of the new ``h`` to the others wi
 mbarrier (no cluster-wide barrier per step). The forward writes ``states [S, B, T, N, D]`` and ``saved [B, T, n_saved, N, D]`` (the cells'
 pre-activations, docs/architecture.md "Saved tensors"), so any backend's backward can consume them.
 
-What it takes (``choose_params`` says why not otherwise, and ``auto`` then falls back to ``cuda``): D a multiple
-of 16, up to ``max_head_dim`` on one block (128 at 16 bits; 64 for float32 lstm/slstm/gru, 128 for elman), and
-the larger heads of ``CLUSTER_TABLE`` on sm_90.
+Parameters: ConstrINT (``flashrnn_core.constrint``) is the one chooser. ``choose`` asks
+``constrint.tuning.choose_for_device`` (the on-disk tuning cache, where a measured entry from
+``python -m flashrnn_core.tune`` wins over the solver's) and turns its ``FusedParams`` into a ``Launch``
+(``launch_of``, the one conversion). A shape the solver finds infeasible (D not a multiple of 16, R too large
+for the registers of a block or of a cluster, no clusters before sm_90, ...) is refused with the binding
+constraints in words, and ``auto`` falls back to ``cuda``. ``kernel_variants`` lists exactly the kernels the
+solver can choose on the CI presets (``VARIANT_HARDWARE`` x cells x dtypes x ``VARIANT_DIMS`` x
+``VARIANT_BATCHES`` x ``VARIANT_HEADS``).
 
 Backward: heads on one block run the fused reverse-time kernel (``cuda_src/fused_bw.cu``: R^T as mma
 A-fragments in registers, KS warps splitting K per 16 rows, inputs staged by cp.async several steps ahead,
@@ -25,11 +30,15 @@ Variable lengths: both kernels take ``problem.lengths`` (None: a null pointer); 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
 from .. import _arrays
+from ..constrint import A100, H100, FusedParams, Hardware, Infeasible, solve_fused, tuning
 from .base import Backend
 
 SOURCE = "fused_fw.cu"
@@ -39,171 +48,95 @@ ENTRY = "flashrnn_fused_fw"
 CELL_STRUCTS = {"lstm": "LstmCell", "slstm": "SlstmCell", "gru": "GruCell", "elman": "ElmanCell"}
 STORAGE_TYPES = {_arrays.bfloat16: "__nv_bfloat16", _arrays.float16: "__half", _arrays.float32: "float"}
 
-#: Largest head dimension whose R fits one block's registers without spilling (checked by
-#: ``python -m flashrnn_core.compile --check`` for every variant). R takes ``Gr * D * D`` 16-bit operands
-#: (twice that for float32, stored as bf16 hi + lo) spread over ``32 * D / (8 U)`` threads; at D = 128 that is
-#: 64 registers a thread for lstm/slstm (512 threads, capped at 128 registers: 8 bytes spilled, so lstm/slstm
-#: stop at 96 and take 112/128 on a 2-block cluster), 96 for gru (256 threads), 32 for elman.
-MAX_D_16BIT = {"lstm": 96, "slstm": 96, "gru": 128, "elman": 128}
-MAX_D_FLOAT32 = {"lstm": 64, "slstm": 64, "gru": 64, "elman": 128}
-
-#: Heads too large for one block, on sm_90: (function, float32?, D) -> (cluster blocks CL, split-K KS).
-#: Block r of the cluster owns output dims [r*D/CL, (r+1)*D/CL) with all of K, so its R slice is
-#: ``Gr*D*D/CL`` operands; KS = 2 halves the k-tiles (registers and the dependent mma chain) a warp holds at the
-#: cost of one more barrier a step. Each entry is the smallest CL (fewest SMs, least h traffic) that compiles
-#: without spills (registers checked with ptxas for sm_90). Left out, and why:
-#:   lstm/slstm D=768: R's slice on each of 16 blocks (4*768*768*2 B / 16 = 288 KB) exceeds a SM's 256 KB of
-#:     registers: it needs R partly in shared memory, not written;
-#:   gru D>=512 (16-bit) and float32 D>=512: the 16-block slice spills registers.
-CLUSTER_TABLE = {
-    ("lstm", False, 112): (2, 1), ("lstm", False, 128): (2, 1),
-    ("slstm", False, 112): (2, 1), ("slstm", False, 128): (2, 1),
-    ("lstm", False, 256): (8, 2), ("lstm", False, 512): (16, 2),
-    ("slstm", False, 256): (8, 2), ("slstm", False, 512): (16, 2),
-    ("gru", False, 256): (8, 2),
-    ("elman", False, 256): (2, 1), ("elman", False, 512): (4, 1), ("elman", False, 768): (8, 2),
-    ("lstm", True, 128): (4, 2), ("lstm", True, 256): (16, 2),
-    ("slstm", True, 128): (4, 2), ("slstm", True, 256): (16, 2),
-    ("gru", True, 128): (2, 2),
-    ("elman", True, 256): (4, 1),
-}
-
-SMEM_DEFAULT_LIMIT = 48 * 1024  # dynamic shared memory a block gets without opting in (more is set per kernel)
-SMEM_LIMIT = 96 * 1024  # at most this much a block (sm_80: 163 KB, sm_86/89: 99 KB, sm_90: 227 KB), so that two
-#                         blocks still share an H100 SM where registers allow
-#: Steps of Wx in flight. A step can take no less than the global-load latency over (prefetch - 1) steps:
-#: measured on H100 (elman 12x64, B=16), 1 step ahead 0.60 us a step, 2: 0.33, 3: 0.29 (~0.6 us of latency);
-#: lstm 12x64 (1 us a step) the same from 1 to 8. 8 keeps 0.1 us steps fed, where shared memory allows.
-PREFETCH_MAX = 8
+#: Where ``kernel_variants`` asks the solver: the CI presets (sm_80: A100, sm_90: H100) and, for every cell and
+#: storage dtype, D in 16..768 (multiples of 16) x B x N. The choice depends on B and N only through the blocks
+#: a launch has: B = 1 or N = 1 leaves SMs idle (large clusters pay), B = 256 x 12 heads passes one wave of
+#: narrow tiles (wider tiles pay).
+VARIANT_HARDWARE = (A100, H100)
+VARIANT_DIMS = tuple(range(16, 769, 16))
+VARIANT_BATCHES = (1, 16, 64, 256)
+VARIANT_HEADS = (1, 12)
 
 
 @dataclass(frozen=True)
-class FusedParams:
-    """One launch of ``flashrnn_fused_fw``: the template parameters and the launch geometry."""
+class Launch:
+    """How ``flashrnn_fused_fw`` runs one ConstrINT choice: the kernel variant (template parameters as -D
+    defines) and its launch geometry. ``launch_of`` is the one conversion; ``choice`` keeps the solver's full
+    record (estimates, registers, waves) for reports."""
 
-    cell: str  # CUDA struct
-    storage: str  # CUDA type
-    D: int
-    nbt: int  # batch n-tiles of 8 sequences per block
-    prefetch: int  # steps of Wx in flight ahead
-    cluster: int  # blocks per head (a thread-block cluster when > 1)
-    ksplit: int  # warps splitting K for the same rows
+    choice: FusedParams
+    spec: Any  # runtime.KernelSpec
+    grid: tuple[int, int]  # (N heads * cluster, batch tiles), in blocks
     threads: int
-    smem_bytes: int
-    grid: tuple[int, int]  # (N heads * cluster, batch tiles)
-
-    def defines(self) -> tuple[tuple[str, str], ...]:
-        # Hardware tanh (relative error ~2^-11) where storage is 16-bit; the accurate functions for float32.
-        fast = "0" if self.storage == "float" else "1"
-        return (("FLASHRNN_CELL", self.cell), ("FLASHRNN_STORAGE", self.storage), ("FLASHRNN_D", str(self.D)),
-                ("FLASHRNN_FAST_ACTIVATIONS", fast),
-                ("FLASHRNN_NBT", str(self.nbt)), ("FLASHRNN_PREFETCH", str(self.prefetch)),
-                ("FLASHRNN_CLUSTER", str(self.cluster)), ("FLASHRNN_KSPLIT", str(self.ksplit)),
-                # Checked against the kernel's own Tile by a static_assert: the launch and the kernel agree.
-                ("FLASHRNN_THREADS", str(self.threads)), ("FLASHRNN_SMEM_BYTES", str(self.smem_bytes)))
+    smem_bytes: int  # dynamic shared memory a block
+    cluster: int  # blocks per head (a thread-block cluster when > 1)
 
 
-def max_head_dim(function: str, dtype) -> int:
-    """Largest D of the single-block kernel."""
-    return (MAX_D_FLOAT32 if np.dtype(dtype) == _arrays.float32 else MAX_D_16BIT)[function]
+def launch_of(choice: FusedParams) -> Launch:
+    """The launch of a forward choice (``choice.direction == "forward"``)."""
+    from ..runtime import KernelSpec
+
+    if choice.direction != "forward":
+        raise ValueError(f"fused_fw.cu runs forward choices, got a {choice.direction} one")
+    dtype = np.dtype(choice.dtype)
+    # Hardware tanh (relative error ~2^-11) where storage is 16-bit; the accurate functions for float32.
+    fast = "0" if dtype == _arrays.float32 else "1"
+    # FLASHRNN_THREADS and FLASHRNN_SMEM_BYTES are checked against the kernel's own Tile by static_asserts:
+    # the solver's geometry and the kernel agree or the variant does not compile.
+    defines = (("FLASHRNN_CELL", CELL_STRUCTS[choice.function]), ("FLASHRNN_STORAGE", STORAGE_TYPES[dtype]),
+               ("FLASHRNN_FAST_ACTIVATIONS", fast), *((k, str(v)) for k, v in choice.template_args().items()))
+    label = (f"{choice.function} cuda_fused fw {choice.dtype} D{choice.D} nbt{choice.batch_ntiles} "
+             f"p{choice.prefetch_steps}")
+    if choice.blocks_per_head > 1 or choice.k_split > 1:
+        label += f" cluster{choice.blocks_per_head} ksplit{choice.k_split}"
+    # Clusters need sm_90; so does shared memory beyond what sm_80 gives a block (a choice made for sm_90).
+    sm90_only = choice.blocks_per_head > 1 or choice.smem_bytes > A100.smem_per_block_optin
+    spec = KernelSpec(source=SOURCE, entry=ENTRY, defines=defines, label=label, min_sm=90 if sm90_only else 80,
+                      smem_dynamic=choice.smem_bytes)
+    return Launch(choice, spec, tuple(choice.grid), choice.threads_per_block, choice.smem_bytes,
+                  choice.blocks_per_head)
 
 
-def tile_geometry(cell, dtype, D: int, nbt: int, prefetch: int, cluster: int = 1, ksplit: int = 1) -> tuple[int, int]:
-    """(threads, dynamic shared-memory bytes) of one block: mirrors ``Tile`` in fused_fw.cu."""
-    itemsize = np.dtype(dtype).itemsize
-    split = 2 if np.dtype(dtype) == _arrays.float32 else 1  # float32: h as bf16 hi + lo
-    u = 1 if cell.gates_r % 2 == 0 else 2  # d-groups of 8 per warp
-    db = D // cluster
-    warps_d = db // (8 * u)
-    threads = 32 * warps_d * ksplit
-    bt = 8 * nbt
-    h_bytes = 2 * split * bt * (D + 8) * 2
-    x_bytes = (prefetch + 1) * bt * (cell.gates_w * db + 16 // itemsize) * itemsize
-    mt = u * cell.gates_r // 2
-    part_bytes = ksplit * warps_d * mt * nbt * 4 * 32 * 4 if ksplit > 1 else 0
-    out_bytes = 2 * (cell.states + cell.n_saved) * bt * (db + 16 // itemsize) * itemsize  # staged outputs
-    bar_bytes = 16 if cluster > 1 else 0
-    return threads, h_bytes + x_bytes + part_bytes + out_bytes + bar_bytes
+def choose(function: str, dtype, B: int, N: int, D: int, hardware: Hardware | None = None,
+           device: int | None = None) -> Launch | str:
+    """The forward launch for one shape, or why the fused kernel cannot run it.
 
-
-def choose_params(function: str, cell, dtype, B: int, N: int, D: int, num_sms: int = 132,
-                  cc: tuple[int, int] = (9, 0)) -> FusedParams | str:
-    """The hand-derived parameter rule (the one place the ConstrINT solver will replace); a reason if none fits.
-
-    - Head size: up to ``max_head_dim`` one block per (head, batch tile); above it, on sm_90, one thread-block
-      cluster per (head, batch tile) from ``CLUSTER_TABLE``; anything else is refused with the reason.
-    - Batch tile: 8 sequences (the mma's n = 8): issue 5 measured 8 sequences per block at 0.49 ms and 16 at
-      1.49 ms for 12x64, B=16 (parallel blocks beat wider tiles). Only when the blocks would exceed what stays
-      resident at once (one block of 256 threads a SM at the ~100-170 registers a thread these kernels take;
-      a second wave doubles the time: measured 4.0 ms for 12x64 B=256 in 192 blocks) does the tile grow, to
-      the narrowest of 16, 24, 32 sequences (nbt = 2..4, D <= 64, where the extra accumulators fit) that fits.
-    - Prefetch depth: 3 steps of Wx in flight (``PREFETCH_MAX``), fewer only where shared memory would pass
-      ``SMEM_LIMIT``.
+    ``hardware`` None: the GPU ``device`` (the current one by default), through the tuning cache
+    (``constrint.tuning.choose_for_device``: a measured entry, else the solver's choice, stored). A preset
+    (``constrint.H100``, ...): the solver's choice for it, without the cache (CPU tests, the variant list).
     """
     dtype = np.dtype(dtype)
     if dtype not in STORAGE_TYPES:
         return f"storage dtype {dtype} is not one of float32, bfloat16, float16"
-    if D % 16:
-        return f"head dimension D={D} is not a multiple of 16 (the tensor-core tile's k)"
-    if N * D * max(cell.gates_w, cell.n_saved) >= 2**31:
-        return f"N*D={N * D} is too large: the kernel advances its pointers by 32-bit steps of Gw*N*D elements"
-    cluster, ksplit = 1, 1
-    if D > max_head_dim(function, dtype):
-        key = (function, dtype == _arrays.float32, D)
-        if key not in CLUSTER_TABLE:
-            return (f"head dimension D={D} is above {max_head_dim(function, dtype)}, the largest whose R "
-                    f"({cell.gates_r}x{D}x{D}) fits one block's registers for {function} in "
-                    f"{_arrays.dtype_name(dtype)}, and no cluster variant takes it (cluster variants: "
-                    f"{_cluster_dims(function, dtype)})")
-        if tuple(cc) < (9, 0):
-            return (f"head dimension D={D} needs a thread-block cluster per head (sm_90 or newer), this GPU is "
-                    f"sm_{cc[0]}{cc[1]}")
-        cluster, ksplit = CLUSTER_TABLE[key]
-    threads, _ = tile_geometry(cell, dtype, D, 1, 1, cluster, ksplit)
-    # Blocks resident at once, at the ~100-170 registers a thread these kernels take (160 assumed).
-    resident = max(1, 65536 // (160 * threads)) * num_sms // cluster * cluster
-    tiles = _tiles(cell, dtype, D, cluster)
-    nbt = next((t for t in tiles if N * cluster * -(-B // (8 * t)) <= resident), tiles[-1])
-    for nbt in range(nbt, 0, -1):  # the widest tile that fits shared memory, down to 1
-        params = _fit(function, cell, dtype, D, nbt, cluster, ksplit, B, N)
-        if params is not None:
-            return params
-    return f"shared memory for D={D} is above {SMEM_LIMIT} B even with one step of Wx in flight"
+    name = _arrays.dtype_name(dtype)
+    if hardware is None:
+        choice = tuning.choose_for_device(function, name, B, N, D, device=device)
+        where = "this GPU"
+    else:
+        choice = solve_fused(hardware, function, name, B, N, D)
+        where = f"{hardware.name} ({hardware.arch})"
+    if isinstance(choice, Infeasible):
+        return (f"{function} in {name} with head dimension D={D} (B={B}, N={N}) has no valid launch of the fused "
+                f"kernel on {where}: {choice.reason}")
+    return launch_of(choice)
 
 
-def _tiles(cell, dtype, D: int, cluster: int) -> tuple[int, ...]:
-    """Batch tiles (nbt) a variant may use, for D <= 64 on one block: the widest that compile without spills
-    (ptxas, sm_80 and sm_90): 32 sequences for lstm/slstm, 16 for gru/elman (whose lanes already hold twice the
-    cells); float32 (hi + lo operands) 16, and gru in float32 8."""
-    if D > 64 or cluster > 1:
-        return (1,)
-    if np.dtype(dtype) == _arrays.float32:
-        return (1,) if cell.name == "gru" else (1, 2)
-    return (1, 2, 3, 4) if cell.gates_r % 2 == 0 else (1, 2)
+@lru_cache(maxsize=1)
+def solver_variants() -> tuple[Any, ...]:
+    """The distinct forward kernels the solver chooses over ``VARIANT_HARDWARE`` x cells x storage dtypes x
+    ``VARIANT_DIMS`` x ``VARIANT_BATCHES`` x ``VARIANT_HEADS`` (~9000 solves, ~25 s once a process: infeasible
+    shapes are not explained). Each one's ``min_sm`` is the oldest preset the solver picks it on (at least what
+    the kernel needs), so that ``compile --check`` builds it only for architectures that can launch it."""
+    from ..cells import CELLS
 
-
-def _fit(function, cell, dtype, D, nbt, cluster, ksplit, B, N) -> FusedParams | None:
-    """The deepest prefetch (<= PREFETCH_MAX) whose shared memory fits SMEM_LIMIT, or None."""
-    for prefetch in range(PREFETCH_MAX, 0, -1):
-        threads, smem = tile_geometry(cell, dtype, D, nbt, prefetch, cluster, ksplit)
-        if smem <= SMEM_LIMIT:
-            return FusedParams(CELL_STRUCTS[function], STORAGE_TYPES[np.dtype(dtype)], D, nbt, prefetch, cluster,
-                               ksplit, threads, smem, (N * cluster, -(-B // (8 * nbt))))
-    return None
-
-
-def _cluster_dims(function: str, dtype) -> str:
-    dims = [D for (f, f32, D) in CLUSTER_TABLE if f == function and f32 == (np.dtype(dtype) == _arrays.float32)]
-    return ", ".join(f"D={D}" for D in dims) or "none"
-
-
-def _device_info(device: int | None) -> tuple[int, tuple[int, int]]:
-    """(multiprocessors, compute capability) of a CuPy device."""
-    import cupy
-
-    dev = cupy.cuda.Device(device if device is not None else cupy.cuda.Device().id)
-    cc = dev.compute_capability
-    return int(dev.attributes["MultiProcessorCount"]), (int(cc[:-1]), int(cc[-1]))
+    oldest: dict[Any, int] = {}  # insertion-ordered: spec -> oldest sm the solver picks it on
+    for hw, function, dtype, D, B, N in itertools.product(VARIANT_HARDWARE, CELLS, STORAGE_TYPES, VARIANT_DIMS,
+                                                          VARIANT_BATCHES, VARIANT_HEADS):
+        choice = solve_fused(hw, function, _arrays.dtype_name(dtype), B, N, D, explain=False)
+        if not isinstance(choice, Infeasible):
+            spec = launch_of(choice).spec
+            oldest[spec] = min(oldest.get(spec, hw.sm), hw.sm)
+    return tuple(replace(spec, min_sm=max(spec.min_sm, sm)) for spec, sm in oldest.items())
 
 
 def _empty(shape, dtype):
@@ -235,19 +168,17 @@ class FusedBackend(Backend):
         params = self._choose(problem)
         return params if isinstance(params, str) else None
 
-    def _choose(self, problem) -> FusedParams | str:
-        num_sms, cc = _device_info(problem.device)
-        return choose_params(problem.function, problem.cell, problem.dtype, problem.B, problem.N, problem.D,
-                             num_sms, cc)
+    def _choose(self, problem) -> Launch | str:
+        return choose(problem.function, problem.dtype, problem.B, problem.N, problem.D, device=problem.device)
 
-    def params(self, problem) -> FusedParams:
+    def params(self, problem) -> Launch:
         params = self._choose(problem)
         if isinstance(params, str):
             raise ValueError(f"backend: 'cuda_fused' cannot run {problem.label()}: {params}")
         return params
 
-    def spec(self, problem, params: FusedParams):
-        return _spec(problem.function, problem.dtype, params)
+    def spec(self, problem, params: Launch):
+        return params.spec
 
     def forward(self, problem, Wx, R, b, states0):
         params = self.params(problem)
@@ -261,7 +192,7 @@ class FusedBackend(Backend):
         self.prepare_forward(problem, params, Wx, R, b, states0, states, saved)()
         return states, saved
 
-    def prepare_forward(self, problem, params: FusedParams, Wx, R, b, states0, states, saved):
+    def prepare_forward(self, problem, params: "Launch", Wx, R, b, states0, states, saved):
         """The kernel launch of ``forward`` over arrays already in the storage dtype (``_as``), resolved once
         (``runtime.PreparedLaunch``): ``Wx`` may be ``runtime.SLOT``, given at each call (the ``Stepper``, which
         also passes its state buffer as both ``states0`` and ``states``: stepper.py says why that is safe)."""
@@ -324,46 +255,26 @@ class FusedBackend(Backend):
         return Grads(dWx.astype(wx_dtype, copy=False), dR, db, dinit.astype(s_dtype, copy=False))
 
     def kernel_variants(self):
-        """Every variant ``choose_params`` can pick (cell, dtype, D, batch tile, cluster), for ``compile --check``."""
+        """Every forward kernel the solver can choose on the CI presets (``solver_variants``) and every backward
+        kernel (one per cell, dtype and D that ``bw_unsupported`` takes), for ``compile --check``."""
         from ..cells import CELLS
 
-        specs = []
+        specs = list(solver_variants())
         for function, cell in CELLS.items():
             for dtype in STORAGE_TYPES:
-                f32 = dtype == _arrays.float32
-                layouts = [(D, 1, 1) for D in range(16, max_head_dim(function, dtype) + 1, 16)]
-                layouts += [(D, *CLUSTER_TABLE[(f, is32, D)]) for (f, is32, D) in CLUSTER_TABLE
-                            if f == function and is32 == f32]
-                for D, cluster, ksplit in layouts:
-                    for nbt in _tiles(cell, dtype, D, cluster):
-                        params = _fit(function, cell, dtype, D, nbt, cluster, ksplit, 1, 1)
-                        if params is not None:
-                            specs.append(_spec(function, dtype, params))
-                for D in range(16, max_head_dim(function, dtype) + 1, 16):  # the backward's variants
+                for D in range(16, max(MAX_D_BW_16BIT.values()) + 1, 16):
                     if bw_unsupported(function, cell, dtype, D) is None:
                         specs.append(_bw_spec(function, dtype, D, *bw_geometry(cell, dtype, D)))
         return specs
-
-
-def _spec(function: str, dtype, params: FusedParams):
-    from ..runtime import KernelSpec
-
-    return KernelSpec(source=SOURCE, entry=ENTRY, defines=params.defines(), label=_label(function, dtype, params),
-                      min_sm=90 if params.cluster > 1 else 80, smem_dynamic=params.smem_bytes)
-
-
-def _label(function: str, dtype, params: FusedParams) -> str:
-    label = f"{function} cuda_fused fw {_arrays.dtype_name(dtype)} D{params.D} nbt{params.nbt}"
-    if params.cluster > 1:
-        label += f" cluster{params.cluster} ksplit{params.ksplit}"
-    return label
 
 
 # ---- backward (fused_bw.cu) ----------------------------------------------------------------------------------
 BW_SOURCE = "fused_bw.cu"
 BW_ENTRY = "flashrnn_fused_bw"
 #: Largest D of the backward kernel (one block per head, R^T as A-fragments: Gr*D/16 k-tiles x 4 registers a
-#: thread, twice that for float32): checked without spills by compile --check for every variant.
+#: thread, twice that for float32): checked without spills by compile --check for every variant. The backward's
+#: geometry follows from (cell, dtype, D) by the rules below (``bw_ksplit``, ``bw_geometry``, ``bw_fused_dr``),
+#: not from the ConstrINT solver (it has no problem of its own yet); these limits are the kernel's.
 MAX_D_BW_16BIT = {"lstm": 96, "slstm": 64, "gru": 112, "elman": 128}  # slstm 80/96, gru 128: spill at every KS
 MAX_D_BW_FLOAT32 = {"lstm": 48, "slstm": 48, "gru": 64, "elman": 128}
 
@@ -374,7 +285,7 @@ def bw_unsupported(function: str, cell, dtype, D: int) -> str | None:
     if dtype not in STORAGE_TYPES or D % 16:
         return "not a fused storage dtype / D not a multiple of 16"
     limit = (MAX_D_BW_FLOAT32 if dtype == _arrays.float32 else MAX_D_BW_16BIT)[function]
-    if D > min(limit, max_head_dim(function, dtype)):
+    if D > limit:
         return f"D={D} is above {limit}, the backward kernel's largest head on one block"
     return None
 
@@ -403,7 +314,7 @@ BW_SMEM_TARGET = 96 * 1024
 
 def bw_geometry(cell, dtype, D: int) -> tuple[int, int, int]:
     """(threads, dynamic shared-memory bytes, prefetch steps) of the backward kernel: mirrors ``fused_bw::Tile``,
-    with the deepest prefetch (<= BW_PREFETCH_MAX) that keeps shared memory within SMEM_LIMIT."""
+    with the deepest prefetch (<= BW_PREFETCH_MAX) that keeps shared memory within BW_SMEM_TARGET."""
     dtype = np.dtype(dtype)
     split, item = (2 if dtype == _arrays.float32 else 1), dtype.itemsize
     ks, row = bw_ksplit(cell.name, D), (D + 16 // item) * item

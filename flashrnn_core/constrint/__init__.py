@@ -5,16 +5,20 @@
 - ``hardware``: ``Hardware`` (``from_device()`` through cuda.core) and presets ``A100``, ``H100``, ``H200``,
   ``L40S``, ``RTX4090``.
 - ``problems``: ``solve_fused(hardware, function, dtype, B, N, D, direction) -> FusedParams | Infeasible``, the
-  ``KernelModel`` every constant lives in, ``top_k`` for measured sweeps, ``assess`` for one given choice.
-- ``tuning``: the on-disk cache of choices (``choose``, ``load``, ``store``).
+  ``KernelModel`` every constant lives in, ``top_k`` for measured sweeps, ``assess`` for one given choice,
+  ``all_feasible`` to enumerate every configuration (exhaustive sweeps).
+- ``tuning``: the on-disk cache of choices (``choose``, ``choose_for_device``, ``load``, ``store``).
+
+This package is the one chooser of the ``cuda_fused`` forward kernel's parameters: ``backends.fused.choose``
+asks ``tuning.choose_for_device`` and converts the result (``backends.fused.launch_of``).
 """
 
 from .hardware import A100, H100, H200, L40S, PRESETS, RTX4090, Hardware, preset
-from .problems import DEFAULT_MODEL, FusedParams, KernelModel, assess, solve_fused, top_k
+from .problems import DEFAULT_MODEL, FusedParams, KernelModel, all_feasible, assess, solve_fused, top_k
 from .solver import Infeasible, Problem, Solution, SolverError, divides, predicate
 
 __all__ = [
     "A100", "H100", "H200", "L40S", "RTX4090", "PRESETS", "Hardware", "preset",
-    "DEFAULT_MODEL", "FusedParams", "KernelModel", "assess", "solve_fused", "top_k",
+    "DEFAULT_MODEL", "FusedParams", "KernelModel", "all_feasible", "assess", "solve_fused", "top_k",
     "Infeasible", "Problem", "Solution", "SolverError", "divides", "predicate",
 ]

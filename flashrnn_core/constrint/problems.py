@@ -29,6 +29,7 @@ Variables (names as in the solver's explanations):
     late_x       1 where the kernel reads Wx cell by cell (blocks of 384+ threads, where registers are tight)
     clustered    1 when cluster > 1 (mbarriers, h exchange)
     alloc8       registers a thread is allocated, in units of 8 (ceil(estimate / 8))
+    warp_groups  the block's warps in groups of ``Hardware.warp_alloc_unit`` (4), rounded up
     batch_tiles  blocks along the batch: ceil(B / (8 nbt))
 """
 
@@ -43,7 +44,7 @@ from .hardware import Hardware
 from .solver import Expr, Infeasible, Problem, Var, divides
 
 #: Bump when the model (constraints, register fit, latency constants) changes: tuning-cache keys carry it.
-MODEL_VERSION = 1
+MODEL_VERSION = 2
 
 MMA_M, MMA_N, MMA_K = 16, 8, 16  # mma.sync m16n8k16 (bf16/fp16 operands, float32 accumulators)
 
@@ -72,7 +73,10 @@ class KernelModel:
     clusters: tuple[int, ...] = (1, 2, 4, 8, 16)
     ksplits: tuple[int, ...] = (1, 2)
     max_nbt: int = 8  # widest batch tile, in n-tiles of 8 (registers usually bind first)
-    max_prefetch: int = 8
+    #: Prefetch depths offered: powers of two (issue 5 measured 1 step ahead at 0.60 us a step, 2 at 0.33, 3 at
+    #: 0.29, flat from there for lstm), so that the kernels the solver can pick stay few enough for CI to
+    #: compile every one (``FusedBackend.kernel_variants``) and a sweep to measure every one.
+    prefetches: tuple[int, ...] = (1, 2, 4, 8)
     #: R's k-tiles may live partly in shared memory (read with ldmatrix every step). fused_fw.cu keeps all of R
     #: in registers today; switch on once the kernel does.
     r_in_shared_memory: bool = False
@@ -92,7 +96,10 @@ class KernelModel:
     reg_f32_per_cell: Fraction = Fraction(0)  # float32 storage: the hi/lo split per cell (the fit gives 0)
     reg_ksplit: Fraction = Fraction(47, 4)  # split-K: partial-sum addressing and the second column's state
     reg_cluster: Fraction = Fraction(0)  # mbarrier and remote addresses (the fit gives 0)
-    reg_margin: Fraction = Fraction(0)  # added to the estimate (the fit already clears every spill by 8)
+    #: Added to the estimate. The fit cleared every spill by 8 against a cap that ignored the warp allocation
+    #: granularity (``Hardware.warp_alloc_unit``); against the true cap two spilling kernels of 14 and 9 warps
+    #: (elman D=224, lstm D=144 on a 2-block cluster) were estimated 1-2 registers below it: 4 rejects them.
+    reg_margin: Fraction = Fraction(4)
 
     # -- latency (cycles); H100 values from issue 5 unless said otherwise
     sync_threads: int = 25  # __syncthreads of 8 warps (after the last warp's h store)
@@ -296,7 +303,7 @@ class FusedParams:
 
     def template_args(self) -> dict[str, int]:
         """The -D parameters of cuda_src/fused_fw.cu as it stands (FLASHRNN_NBT, ...); the backend adds the
-        cell and storage type. The fused backend may rename these: this is the one place that maps them."""
+        cell and storage type (``backends.fused.launch_of``, the one conversion to a launch)."""
         return {"FLASHRNN_D": self.D, "FLASHRNN_NBT": self.batch_ntiles, "FLASHRNN_PREFETCH": self.prefetch_steps,
                 "FLASHRNN_CLUSTER": self.blocks_per_head, "FLASHRNN_KSPLIT": self.k_split,
                 "FLASHRNN_THREADS": self.threads_per_block, "FLASHRNN_SMEM_BYTES": self.smem_bytes}
@@ -357,13 +364,14 @@ def build_fused(hw: Hardware, function: str, dtype, B: int, N: int, D: int, dire
         "ktw": p.var("ktw", range(1, kt + 1), priority=-1),
         "own": p.var("own", (1, 2), priority=-1),
         "nbt": p.var("nbt", range(1, max(1, min(model.max_nbt, math.ceil(B / MMA_N))) + 1)),
-        "prefetch": p.var("prefetch", range(1, model.max_prefetch + 1), prefer="high"),
+        "prefetch": p.var("prefetch", model.prefetches, prefer="high"),
         "r_smem_kt": p.var("r_smem_kt", range(0, kt + 1) if model.r_in_shared_memory else (0,)),
         # Auxiliaries: determined by the choices above (propagation fixes them), never branched on first.
         "late_x": p.var("late_x", (0, 1), priority=-1),
         "clustered": p.var("clustered", (0, 1), priority=-1),
         # (wide enough never to be the binding limit itself: "registers per thread" says that)
         "alloc8": p.var("alloc8", range(1, 1025), priority=-1),
+        "warp_groups": p.var("warp_groups", range(1, hw.max_threads_per_block // hw.warp_size + 1), priority=-1),
         "batch_tiles": p.var("batch_tiles", range(1, math.ceil(B / MMA_N) + 1), priority=-1),
     }
     regs, smem = _resources(geo, model, v)
@@ -420,8 +428,13 @@ def _add_constraints(p: Problem, v: dict[str, Var], geo: Geometry, hw: Hardware,
     # 8*alloc8 >= regs with alloc8 minimal, and the block's allocation must fit the register file.
     p.add(8 * v["alloc8"] >= regs, name="register allocation: 8 x alloc8 >= registers")
     p.add(8 * v["alloc8"] < regs + 8, name="register allocation: alloc8 is the least such")
-    p.add(8 * v["alloc8"] * threads <= hw.regs_per_block,
-          name=f"register file: allocated registers x threads <= {hw.regs_per_block}")
+    # ... for the block's warps counted in groups of warp_alloc_unit (``warp_groups`` of them, exact as above).
+    unit = hw.warp_alloc_unit
+    warps = warps_d * ksplit
+    p.add(unit * v["warp_groups"] >= warps, name=f"warp allocation: {unit} x warp_groups >= warps")
+    p.add(unit * v["warp_groups"] < warps + unit, name="warp allocation: warp_groups is the least such")
+    p.add(8 * v["alloc8"] * hw.warp_size * unit * v["warp_groups"] <= hw.regs_per_block,
+          name=f"register file: allocated registers x allocated warps x {hw.warp_size} <= {hw.regs_per_block}")
     p.add(smem <= hw.smem_per_block_optin, name=f"shared memory per block <= {hw.smem_per_block_optin} B (opt-in)")
     p.add(threads <= hw.max_threads_per_block, name=f"threads per block <= {hw.max_threads_per_block}")
     max_cluster = hw.max_cluster if hw.clusters else (hw.sm_count if m.cooperative_heads else 1)
@@ -474,15 +487,15 @@ def _at(expr: Expr, fp: FusedProblem, values: dict[str, int]) -> float:
 
 def register_cap(hw: Hardware, threads: int) -> int:
     """Registers a thread may use under ``__launch_bounds__(threads, 1)``: the block's share of the register
-    file in whole allocation units (256 a warp), at most 255."""
-    warps = math.ceil(threads / hw.warp_size)
+    file in whole allocation units (256 a warp) over its warps counted in groups of 4, at most 255."""
+    warps = hw.allocated_warps(threads)
     per_warp = hw.regs_per_block // warps // hw.reg_alloc_unit * hw.reg_alloc_unit
     return min(hw.max_regs_per_thread, per_warp // hw.warp_size)
 
 
 def blocks_per_sm(hw: Hardware, threads: int, regs: float, smem: int) -> int:
     """Blocks resident on one SM at once (registers in allocation units, shared memory with its reserve)."""
-    warps = math.ceil(threads / hw.warp_size)
+    warps = hw.allocated_warps(threads)
     unit = hw.reg_alloc_unit
     regs_warp = math.ceil(math.ceil(regs) * hw.warp_size / unit) * unit
     by_regs = hw.regs_per_sm // max(1, regs_warp * warps)
@@ -603,13 +616,14 @@ def _lower_bound(fp: FusedProblem, box: dict[str, tuple[int, int]]) -> float:
 
 
 def solve_fused(hardware: Hardware, function: str, dtype, B: int, N: int, D: int, direction: str = "forward",
-                model: KernelModel = DEFAULT_MODEL) -> FusedParams | Infeasible:
+                model: KernelModel = DEFAULT_MODEL, explain: bool = True) -> FusedParams | Infeasible:
     """The fastest valid parameters for one shape by the model, or ``Infeasible`` naming the conflicting
-    constraints (``.conflict``) and a sentence (``.reason``)."""
+    constraints (``.conflict``) and a sentence (``.reason``; ``explain=False`` skips finding them, for callers
+    that only need to know, such as the kernel-variant enumeration)."""
     if B < 1 or N < 1 or D < 1:
         raise ValueError(f"B, N, D must be positive, got B={B} N={N} D={D}")
     fp = build_fused(hardware, function, dtype, B, N, D, direction, model)
-    result = fp.problem.solve()
+    result = fp.problem.solve(explain=explain)
     if isinstance(result, Infeasible):
         return result
     return params_from(fp, result.values)
@@ -625,6 +639,15 @@ def top_k(hardware: Hardware, function: str, dtype, B: int, N: int, D: int, k: i
     if isinstance(found, Infeasible):
         return found
     return [params_from(fp, s.values) for s in found]
+
+
+def all_feasible(hardware: Hardware, function: str, dtype, B: int, N: int, D: int, direction: str = "forward",
+                 model: KernelModel = DEFAULT_MODEL) -> list[FusedParams]:
+    """Every configuration the problem admits (each a distinct launch: the auxiliary variables follow from the
+    choices), best estimate first; empty when the shape is infeasible. For exhaustive measured sweeps."""
+    fp = build_fused(hardware, function, dtype, B, N, D, direction, model)
+    found = [params_from(fp, values) for values in fp.problem.solutions()]
+    return sorted(found, key=lambda p: p.step_cycles)
 
 
 def assess(hardware: Hardware, function: str, dtype, B: int, N: int, D: int, *, blocks_per_head: int, k_split: int,

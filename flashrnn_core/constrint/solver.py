@@ -755,22 +755,25 @@ class Problem:
         return "\n".join(lines)
 
     # -- solving
-    def solve(self, node_limit: int | None = None) -> Solution | Infeasible:
+    def solve(self, node_limit: int | None = None, explain: bool = True) -> Solution | Infeasible:
         """The optimum (or the first feasible assignment without an objective), else ``Infeasible`` with an
-        irreducible conflicting set of constraints."""
-        found = self.best(1, node_limit=node_limit)
+        irreducible conflicting set of constraints (``explain=False``: without one, which saves the deletion
+        filtering's re-solves when only feasibility matters)."""
+        found = self.best(1, node_limit=node_limit, explain=explain)
         if isinstance(found, Infeasible):
             return found
         return found[0]
 
-    def best(self, k: int, node_limit: int | None = None) -> list[Solution] | Infeasible:
-        """The ``k`` best assignments, best first (fewer if fewer exist), or ``Infeasible``."""
+    def best(self, k: int, node_limit: int | None = None, explain: bool = True) -> list[Solution] | Infeasible:
+        """The ``k`` best assignments, best first (fewer if fewer exist), or ``Infeasible`` (naming the conflict
+        when ``explain``)."""
         start = time.perf_counter()
         search = _Search(self, self.constraints, k, node_limit)
         found = search.run()
         stats = search.stats(time.perf_counter() - start)
         if not found:
-            return self._explain(stats)
+            return self._explain(stats) if explain else Infeasible((), "no assignment satisfies every constraint "
+                                                                       "(not explained)", stats)
         sign = -1 if self._negated else 1
         return [Solution(dict(zip(self.names, values)),
                          None if self._objective is None else sign * obj, stats) for obj, values in found]

@@ -50,17 +50,35 @@ def path_for(k: dict) -> Path:
     return cache_root() / f"{name}-{digest}.json"
 
 
+#: path -> ((mtime_ns, size), parsed entry): every launch of the fused backend asks ``choose``, so a file read
+#: and a JSON parse per call would cost more than the kernel at small T; a stat (a few microseconds) tells
+#: whether the file changed since (another process may have stored a measured entry).
+_parsed: dict[Path, tuple[tuple[int, int], tuple[FusedParams, dict] | None]] = {}
+
+
 def load(hardware: Hardware, function: str, dtype, B: int, N: int, D: int,
          direction: str = "forward") -> tuple[FusedParams, dict] | None:
     """The cached parameters and the entry's metadata, or None (missing, unreadable or another key)."""
     k = key(hardware, function, dtype, B, N, D, direction)
+    path = path_for(k)
     try:
-        entry = json.loads(path_for(k).read_text())
-        if entry.get("key") != k:
-            return None
-        return FusedParams.from_dict(entry["params"]), {x: entry[x] for x in entry if x not in ("params", "key")}
-    except (OSError, ValueError, KeyError, TypeError):
+        st = path.stat()
+    except OSError:
         return None
+    stamp = (st.st_mtime_ns, st.st_size)
+    seen = _parsed.get(path)
+    if seen is not None and seen[0] == stamp:
+        return seen[1]
+    try:
+        entry = json.loads(path.read_text())
+        found = None
+        if entry.get("key") == k:
+            found = (FusedParams.from_dict(entry["params"]),
+                     {x: entry[x] for x in entry if x not in ("params", "key")})
+    except (OSError, ValueError, KeyError, TypeError):
+        found = None
+    _parsed[path] = (stamp, found)
+    return found
 
 
 def store(hardware: Hardware, function: str, dtype, B: int, N: int, D: int, params: FusedParams,
@@ -99,17 +117,26 @@ def _atomic_write(path: Path, text: str) -> None:
         raise
 
 
+#: Solver results of this process, by (hardware, cell, dtype, B, N, D, direction): every launch of the fused
+#: backend (and every ``auto`` resolution, for shapes it refuses) asks ``choose``; a solve takes ~20 ms, and an
+#: infeasible shape or an unwritable cache directory would otherwise pay it on every call.
+_solved: dict[tuple, FusedParams | Infeasible] = {}
+
+
 def choose(hardware: Hardware, function: str, dtype, B: int, N: int, D: int, direction: str = "forward",
            use_cache: bool = True) -> FusedParams | Infeasible:
     """The cached choice for this key, else ``solve_fused``'s (stored when feasible). Infeasible results are
-    not cached: solving them again is as fast as reading a file, and the explanation stays current."""
+    not written to disk (the explanation stays current with the model), only remembered in this process."""
     if use_cache:
         hit = load(hardware, function, dtype, B, N, D, direction)
         if hit is not None:
             return hit[0]
-    result = solve_fused(hardware, function, dtype, B, N, D, direction=direction)
+    memo = (hardware, function, _dtype_name(dtype), int(B), int(N), int(D), direction)
+    result = _solved.get(memo)
+    if result is None:
+        result = _solved[memo] = solve_fused(hardware, function, dtype, B, N, D, direction=direction)
     if use_cache and isinstance(result, FusedParams):
-        store(hardware, function, dtype, B, N, D, result, direction)
+        store(hardware, function, dtype, B, N, D, result, direction)  # (again, if the file went missing)
     return result
 
 

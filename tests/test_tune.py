@@ -1,0 +1,133 @@
+"""``python -m flashrnn_core.tune`` and ``bench/sweep_fused.py``: argument parsing, candidate selection and the
+choice of the fastest with a fake timer, the tuning-cache entry it writes, the sweep's dry run (no GPU); the
+timed path on the GPU."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from flashrnn_core import tune
+from flashrnn_core.constrint import H100, tuning
+
+from bench import sweep_fused
+
+
+def test_default_shapes_are_the_reference_shapes():
+    shapes = tune.parse_shapes(tune.parser().parse_args([]))
+    assert shapes == list(tune.REFERENCE_SHAPES) and len(shapes) == 8
+    assert all(s.dtype == "bfloat16" and s.T == 1024 for s in shapes)
+    assert tune.parse_shapes(tune.parser().parse_args(["--dtype", "float16", "--T", "64"]))[0].T == 64
+
+
+def test_shape_flags_combine_as_a_product():
+    args = tune.parser().parse_args(["--cell", "lstm,gru", "--B", "16,64", "--D", "32", "--T", "8", "--top-k", "3"])
+    shapes = tune.parse_shapes(args)
+    assert len(shapes) == 4 and args.top_k == 3
+    assert {(s.function, s.B) for s in shapes} == {("lstm", 16), ("lstm", 64), ("gru", 16), ("gru", 64)}
+    assert all(s.N == 12 and s.D == 32 and s.T == 8 and s.dtype == "bfloat16" for s in shapes)
+    for bad in (["--cell", "rnn"], ["--B", "0"], ["--D", "x"]):
+        with pytest.raises(SystemExit):
+            tune.parser().parse_args(bad)
+
+
+def test_fastest_candidate_is_stored_as_measured(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLASHRNN_CORE_CACHE", str(tmp_path))
+    shape = tune.Shape("gru", "bfloat16", 16, 12, 64, T=128)
+    found = tune.candidates(H100, shape, 4)
+    assert len(found) == 4 and found[0].template_args() == tuning.solve_fused(H100, "gru", "bfloat16", 16, 12,
+                                                                            64).template_args()
+    fake = {tune.config_label(p): ms for p, ms in zip(found, (2.0, 1.5, None, 3.0))}
+
+    def timer(params):
+        ms = fake[tune.config_label(params)]
+        if ms is None:
+            raise RuntimeError("launch failed")
+        return ms
+
+    tuned = tune.measure_all(shape, found, timer)
+    assert tuned.solver.params == found[0] and tuned.best.params == found[1]
+    assert tuned.rows[2].error.startswith("RuntimeError") and tuned.rows[2].ms is None
+    text = "\n".join(tune.table(tuned))
+    assert "failed: RuntimeError" in text and "solver" in text and "best" in text
+    assert tune.store_best(H100, tuned) is not None
+    params, meta = tuning.load(H100, "gru", "bfloat16", 16, 12, 64)
+    assert params == found[1] and meta["source"] == "measured" and meta["measured_us"] == 1500.0
+    assert tuning.choose(H100, "gru", "bfloat16", 16, 12, 64) == found[1]
+
+
+def test_nothing_stored_when_nothing_ran(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLASHRNN_CORE_CACHE", str(tmp_path))
+    shape = tune.Shape("lstm", "bfloat16", 16, 12, 64)
+    tuned = tune.measure_all(shape, tune.candidates(H100, shape, 2), lambda p: 1 / 0)
+    assert tuned.best is None and tune.store_best(H100, tuned) is None
+    reason = tune.candidates(H100, tune.Shape("lstm", "bfloat16", 16, 1, 768), 2)
+    assert isinstance(reason, str) and "registers" in reason
+
+
+def test_sweep_dry_run_lists_every_feasible_configuration(capsys):
+    plans = sweep_fused.plan(H100, list(tune.REFERENCE_SHAPES))
+    assert [p.shape for p in plans] == list(tune.REFERENCE_SHAPES)
+    for pl in plans:
+        assert pl.infeasible is None and len(pl.configs) > 1
+        solver = tuning.solve_fused(H100, pl.shape.function, "bfloat16", pl.shape.B, pl.shape.N, pl.shape.D)
+        assert pl.configs[0].template_args() == solver.template_args()  # the solver's choice first
+        assert len({json.dumps(p.template_args(), sort_keys=True) for p in pl.configs}) == len(pl.configs)
+    assert sweep_fused.main(["--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "lstm bfloat16 B=16 12x64 T=1024" in out and "<- solver" in out and "distinct kernels" in out
+
+
+def test_sweep_summary_and_table():
+    pl = sweep_fused.plan(H100, [tune.Shape("elman", "bfloat16", 16, 12, 64)])[0]
+    measured = [{"ms": 1.2}, {"ms": 1.0}] + [{"error": "boom"}] + [{"skipped": "budget"}] * (len(pl.configs) - 3)
+    rec = sweep_fused.summarise(pl, measured)
+    assert rec["solver_ms"] == 1.2 and rec["best_ms"] == 1.0 and rec["ratio"] == pytest.approx(1.2)
+    assert rec["measured"] == 2 and rec["configs"] == len(pl.configs) and rec["rows"][0]["solver"]
+    assert "1.200" in "\n".join(sweep_fused.short_table([rec]))
+    json.dumps(rec)  # serialisable
+
+
+@pytest.mark.gpu
+def test_gpu_tune_times_and_stores(tmp_path, monkeypatch, capsys):
+    """On the GPU: two candidates of a small shape compiled, timed with CUDA events, the fastest stored and then
+    chosen by the backend's chooser."""
+    monkeypatch.setenv("FLASHRNN_CORE_CACHE", str(tmp_path))
+    assert tune.main(["--cell", "lstm", "--B", "8", "--N", "2", "--D", "32", "--T", "16", "--top-k", "2",
+                      "--jobs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "measured" in out and "stored:" in out
+    from flashrnn_core.constrint.hardware import current
+
+    hw = current()
+    params, meta = tuning.load(hw, "lstm", "bfloat16", 8, 2, 32)
+    assert meta["source"] == "measured" and meta["measured_us"] > 0
+    from flashrnn_core.backends import fused
+
+    assert fused.choose("lstm", "bfloat16", 8, 2, 32).choice == params
+
+
+def test_sweep_measures_in_a_child_process_and_reports_its_failure():
+    """The per-shape child process and its queue, end to end: a shape whose inputs cannot be made (a dtype no
+    backend knows) fails in the child's setup, and every configuration says so; nothing is left running."""
+    import time
+
+    pl = sweep_fused.plan(H100, [tune.Shape("elman", "bfloat16", 16, 12, 64, T=8)])[0]
+    broken = sweep_fused.Plan(pl.shape._replace(dtype="no-such-dtype"), pl.configs[:3])
+    rows = sweep_fused.measure_plan(broken, runs=20, deadline=time.monotonic() + 120)
+    assert len(rows) == 3 and all(r["error"].startswith("setup failed: KeyError") for r in rows), rows
+    assert sweep_fused.measure_plan(broken, runs=20, deadline=time.monotonic() - 1) == [
+        {"skipped": "not reached within --budget-s"}] * 3
+
+
+@pytest.mark.gpu
+def test_gpu_sweep_times_a_few_configurations():
+    import time
+
+    from flashrnn_core.constrint.hardware import current
+
+    pl = sweep_fused.plan(current(), [tune.Shape("lstm", "bfloat16", 8, 2, 32, T=16)])[0]
+    few = sweep_fused.Plan(pl.shape, pl.configs[:2])
+    rec = sweep_fused.summarise(few, sweep_fused.measure_plan(few, runs=20, deadline=time.monotonic() + 120))
+    assert rec["measured"] == 2 and rec["solver_ms"] > 0 and rec["ratio"] >= 1.0, rec
