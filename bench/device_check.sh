@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: install over the image's packages, GPU tests, compute-sanitizer on the fused
 # kernels, benchmarks. Full logs go to $OUT (or ./device_out); a short table is printed last.
-#   STAGES="tests sanitizer bench" (default: those three; "ddp" on a 2-GPU machine)   PYTEST_ARGS="-x"
-#   PYTEST_K="not slow"   BENCH_SUITES="reference step varlen"   BENCH_ARGS="..."   DDP_ARGS="..."
+#   STAGES="tests sanitizer bench" (default: those three; also "sweep", and "ddp" on a 2-GPU machine)
+#   PYTEST_ARGS="-x"   PYTEST_K="not slow"   PYTEST_TIMEOUT=420   BENCH_SUITES="reference step varlen"
+#   BENCH_ARGS="..."   SWEEP_BUDGET_S=150   DDP_ARGS="..."
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/device_out}; mkdir -p "$OUT"
@@ -41,6 +42,13 @@ if [[ " $STAGES " == *" bench "* ]]; then
         timeout 300 python -m bench.run --suite "$suite" --out "$OUT/$suite.json" ${BENCH_ARGS:-} >"$OUT/bench_$suite.log" 2>&1
         note "bench $suite" "exit $? ($(grep -c '"median_ms": [0-9]' "$OUT/$suite.json" 2>/dev/null || echo 0) timed rows)"
     done
+fi
+
+if [[ " $STAGES " == *" sweep "* ]]; then
+    # ConstrINT against reality (issue 7): every feasible configuration of the reference shapes, measured.
+    timeout $(( ${SWEEP_BUDGET_S:-150} + 40 )) python bench/sweep_fused.py --out "$OUT/sweep.json" \
+        --budget-s "${SWEEP_BUDGET_S:-150}" >"$OUT/sweep.log" 2>&1
+    note "sweep" "exit $? : $(tail -n 1 "$OUT/sweep.log")"
 fi
 
 if [[ " $STAGES " == *" ddp "* ]]; then
