@@ -12,6 +12,7 @@ import random
 import statistics
 import time
 from fractions import Fraction
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -738,3 +739,26 @@ def test_solver_choices_compile_as_modelled(tmp_path_factory):
 #: Stated margin of ptxas's registers around the model's estimate, (below, above). Measured 2026-11-23 on the 171
 #: distinct choices for sm_80 and sm_90 (NVRTC 12.9): from 31 below to 54 above, mean 0; never a spill.
 REGISTER_MARGIN = (40, 64)
+
+
+SWEEP = Path(__file__).resolve().parent.parent / "bench" / "results" / "2026-11-30-h200-sweep.json"
+
+
+@pytest.mark.parametrize("preset", ["H100", "H200"])
+def test_solver_choice_within_10_percent_of_the_measured_sweep(preset):
+    """Issue 7: for every reference shape, the configuration the solver picks today, looked up among the
+    configurations an H200 measured (bench/sweep_fused.py, every feasible one), is within 10% of the fastest."""
+    sweep = json.loads(SWEEP.read_text())
+    for shape in sweep["shapes"]:
+        rows = [r for r in shape["rows"] if r.get("ms")]
+        measured = {_config(r["params"]): r["ms"] for r in rows}
+        p = rows[0]["params"]
+        choice = solve_fused(getattr(hardware, preset), p["function"], p["dtype"], p["B"], p["N"], p["D"])
+        ms = measured.get(_config(choice.to_dict()))
+        assert ms is not None, f"{shape['label']}: the solver's choice was not among the measured ones"
+        assert ms <= 1.10 * min(measured.values()), (shape["label"], _config(choice.to_dict()), ms,
+                                                     min(measured.values()))
+
+
+def _config(params: dict) -> tuple[int, int, int, int]:
+    return (params["blocks_per_head"], params["k_split"], params["batch_ntiles"], params["prefetch_steps"])

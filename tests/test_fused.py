@@ -159,7 +159,7 @@ def test_unsupported_says_why(function):
     assert isinstance(reason, str) and "sm_80" in reason and "no thread-block clusters" in reason
     assert "float64" in fused.choose(function, np.float64, 16, 1, 64, hardware=H100)
     launch = fused.choose(function, _arrays.bfloat16, 16, 12, 64, hardware=H100)
-    assert not isinstance(launch, str) and launch.grid == (12 * launch.cluster, 2) and launch.cluster == 1
+    assert not isinstance(launch, str) and launch.grid == (12 * launch.cluster, 2)
     assert launch.smem_bytes <= H100.smem_per_block_optin
     launch = fused.choose(function, _arrays.bfloat16, 16, 3, 256, hardware=H100)
     assert not isinstance(launch, str) and launch.cluster > 1 and launch.grid == (3 * launch.cluster, 2)

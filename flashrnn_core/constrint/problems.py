@@ -44,7 +44,7 @@ from .hardware import Hardware
 from .solver import Expr, Infeasible, Problem, Var, divides
 
 #: Bump when the model (constraints, register fit, latency constants) changes: tuning-cache keys carry it.
-MODEL_VERSION = 3
+MODEL_VERSION = 4
 
 MMA_M, MMA_N, MMA_K = 16, 8, 16  # mma.sync m16n8k16 (bf16/fp16 operands, float32 accumulators)
 
@@ -127,7 +127,10 @@ class KernelModel:
     dram_efficiency: float = 0.75  # achieved / peak DRAM bandwidth for the streamed Wx and outputs
     schedulers: int = 4  # warp schedulers (sub-partitions) per SM
     cells: dict = field(default_factory=lambda: {
-        "lstm": CellCost(110, 45), "slstm": CellCost(200, 110), "gru": CellCost(130, 50), "elman": CellCost(25, 10)})
+        # slstm's issue: 110 from issue 5, raised to 150 by the H200 sweep (bench/results/2026-11-30-h200-sweep.json:
+        # a 4-block cluster per head, a quarter of the cells a block, measured 0.617 ms against one block's 0.702;
+        # at 110 the model chose the one block, 14% off the best; test_constrint replays the sweep).
+        "lstm": CellCost(110, 45), "slstm": CellCost(200, 150), "gru": CellCost(130, 50), "elman": CellCost(25, 10)})
 
 
 DEFAULT_MODEL = KernelModel()
