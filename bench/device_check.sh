@@ -4,7 +4,7 @@
 #   STAGES="tests sanitizer bench" (default: those three; also "sweep", and "ddp" on a 2-GPU machine)
 #   PYTEST_ARGS="-x"   PYTEST_K="not slow"   PYTEST_TIMEOUT=420   BENCH_SUITES="reference step varlen"
 #   BENCH_ARGS="..."   SWEEP_BUDGET_S=150   SANITIZER_TOOLS="memcheck racecheck synccheck"   SANITIZER_BUDGET_S=180
-#   DDP_ARGS="..."
+#   SANITIZER_ARGS="--only backward"   DDP_ARGS="..."
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/device_out}; mkdir -p "$OUT"
@@ -32,7 +32,7 @@ if [[ " $STAGES " == *" sanitizer "* ]]; then
         # --report-api-errors no: cuda-python probes driver entry points on the host (cuGetProcAddress), which
         # memcheck would count as errors; kernel errors are still reported.
         FLASHRNN_CORE_LINEINFO=1 timeout 240 compute-sanitizer --tool $tool --error-exitcode 9 --report-api-errors no \
-            python bench/sanitize_fused.py --budget-s "${SANITIZER_BUDGET_S:-180}" >"$OUT/sanitizer_$tool.log" 2>&1
+            python bench/sanitize_fused.py --budget-s "${SANITIZER_BUDGET_S:-180}" ${SANITIZER_ARGS:-} >"$OUT/sanitizer_$tool.log" 2>&1
         note "sanitizer $tool" "exit $? : $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer_$tool.log" | tail -n 1)"
     done
 fi

@@ -181,6 +181,7 @@ def device_info() -> Any:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--all", action="store_true", help="every variant, not one per family")
+    p.add_argument("--only", choices=("forward", "backward"), default=None, help="one direction's variants")
     p.add_argument("--list", action="store_true", help="print the problems only (no GPU needed)")
     p.add_argument("--sms", type=int, default=132, help="with --list and no GPU: multiprocessors (H100: 132)")
     p.add_argument("--cc", default="9.0", help="with --list and no GPU: compute capability")
@@ -201,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     variants = fused.FusedBackend().kernel_variants()
     found = [find_problem(fused, s, info) for s in pick_families(variants, args.all)]
     problems = sorted((x for x in found if isinstance(x, Problem)), key=run_order)
+    if args.only:  # one direction's kernels (a sanitizer run on the kernel just changed)
+        problems = [x for x in problems if x.backward == (args.only == "backward")]
     for skipped in (x for x in found if isinstance(x, str)):
         print(f"skip {skipped}")
     n_bw = sum(p.backward for p in problems)
