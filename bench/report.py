@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 SWEEP_AXIS = {"batch": "B", "seqlen": "T", "headdim": "D"}
-SUITE_ORDER = ("reference", "batch", "seqlen", "headdim", "compile")
+SUITE_ORDER = ("reference", "batch", "seqlen", "headdim", "varlen", "step", "sweep", "compile")
 TIME_PASSES = ("fw", "fwbw")
 
 
@@ -31,6 +31,8 @@ def load(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
     for path in paths:
         doc = json.loads(Path(path).read_text())
         doc["_path"] = str(path)
+        if "suite" not in doc and "shapes" in doc:  # bench/sweep_fused.py's document
+            doc["suite"] = "sweep"
         key = (doc.get("suite", "?"), doc.get("gpu", "?"))
         if key not in newest or doc.get("date", "") > newest[key].get("date", ""):
             newest[key] = doc
@@ -104,6 +106,45 @@ def timing_table(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def varlen_table(doc: dict[str, Any]) -> list[str]:
+    """Variable-length rows: the batch with lengths against the same batch padded, and cuDNN's PackedSequence."""
+    head = ["cell", "heads NxD", "B", "T", "pass", "backend", "lengths ms", "padded ms", "lengths / padded",
+            "cuDNN packed ms", "cuDNN padded ms", "x cuDNN packed"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in doc["rows"]:
+        if r.get("median_ms") is None:
+            continue
+        ratio = f"{r['varlen_ratio']:.3f}" if r.get("varlen_ratio") else "-"
+        x = f"x{r['ratio']:.1f}" if r.get("ratio") else "-"
+        lines.append(f"| {r['function']} | {r['N']}x{r['D']} | {r['B']} | {r['T']} | {r['pass']} | {r['backend']} | "
+                     f"{_ms(r['median_ms'])} | {_ms(r.get('padded_ms'))} | {ratio} | {_ms(r.get('baseline_ms'))} | "
+                     f"{_ms(r.get('baseline_padded_ms'))} | {x} |")
+    return lines
+
+
+def step_table(doc: dict[str, Any]) -> list[str]:
+    """One-step rows (``Stepper``): microseconds a step, how it was timed, against the 10 us target."""
+    head = ["cell", "heads NxD", "B", "backend", "timing", "us a step", "<= 10 us"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in doc["rows"]:
+        us = "-" if r.get("median_ms") is None else f"{r['median_ms'] * 1e3:.2f}"
+        met = "-" if r.get("median_ms") is None else ("yes" if r.get("meets_target") else "no")
+        lines.append(f"| {r['function']} | {r['N']}x{r['D']} | {r['B']} | {r['backend']} | "
+                     f"{r.get('step_timing', '-')} | {us} | {met} |")
+    return lines
+
+
+def sweep_table(doc: dict[str, Any]) -> list[str]:
+    """bench/sweep_fused.py: per reference shape, the solver's configuration against the fastest measured."""
+    head = ["shape", "solver's choice", "ms", "fastest measured", "ms", "ratio", "configurations"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for sh in doc["shapes"]:
+        ratio = f"{sh['ratio']:.3f}" if sh.get("ratio") else "-"
+        lines.append(f"| {sh['label']} | {sh.get('solver', '-')} | {_ms(sh.get('solver_ms'))} | {sh.get('best', '-')} | "
+                     f"{_ms(sh.get('best_ms'))} | {ratio} | {sh.get('measured', '-')}/{sh.get('configs', '-')} |")
+    return lines
+
+
 def compile_table(doc: dict[str, Any]) -> list[str]:
     head = ["kernel", "backend", "cold ms (median)", "warm ms (median)", "registers", "spill stores"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -120,6 +161,12 @@ def compile_table(doc: dict[str, Any]) -> list[str]:
     return lines + (["", "not measured:"] + errors[:20] if errors else [])
 
 
+def _commit(commit: Any) -> str:
+    """A sha shortened to 12 characters; a sentence naming several commits as it is."""
+    text = str(commit)
+    return text if " " in text else text[:12]
+
+
 def markdown(docs: list[dict[str, Any]]) -> str:
     """The whole page: a section per document."""
     out = ["# Benchmark results", "",
@@ -130,11 +177,12 @@ def markdown(docs: list[dict[str, Any]]) -> str:
            "LSTM and Elman with its tanh RNN (no cuDNN counterparts).", ""]
     for doc in docs:
         out += [f"## {doc['suite']}: {doc.get('gpu')}", "",
-                f"{doc.get('date')}, commit `{str(doc.get('commit'))[:12]}`, driver {doc.get('driver')}, "
+                f"{doc.get('date')}, commit `{_commit(doc.get('commit'))}`, driver {doc.get('driver')}, "
                 f"CUDA {doc.get('cuda_runtime')}, NVRTC {doc.get('nvrtc')}, CuPy {doc.get('cupy')}, "
                 f"torch {doc.get('torch')}" + (" (dry run: CPU, tiny sizes)" if doc.get("dry_run") else ""),
-                f"source: `{Path(doc['_path']).name}`", ""]
-        out += compile_table(doc) if doc["suite"] == "compile" else timing_table(doc)
+                f"source: `{Path(doc['_path']).name}`" + (f"; {doc['note']}" if doc.get("note") else ""), ""]
+        tables = {"compile": compile_table, "varlen": varlen_table, "step": step_table, "sweep": sweep_table}
+        out += tables.get(doc["suite"], timing_table)(doc)
         out.append("")
     return "\n".join(out)
 
@@ -245,7 +293,7 @@ def plots(docs: list[dict[str, Any]], directory: Path) -> list[Path]:
     written = []
     for doc in docs:
         stem = Path(doc["_path"]).stem
-        if not any(r.get("median_ms") for r in doc["rows"] if r["pass"] in TIME_PASSES):
+        if not any(r.get("median_ms") for r in doc.get("rows", []) if r["pass"] in TIME_PASSES):
             continue
         if doc["suite"] in SWEEP_AXIS:  # time and speedup vs the swept size
             written.append(plot_sweep(doc, directory / f"{stem}-time-vs-{SWEEP_AXIS[doc['suite']]}.png"))

@@ -5,6 +5,7 @@ every fused kernel variant to a problem."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -301,3 +302,14 @@ def test_gpu_varlen_suite_rows(tmp_path):
         assert row["varlen_ratio"] == pytest.approx(row["median_ms"] / row["padded_ms"])
     if rows[0].get("baseline_error") is None:
         assert all(r["baseline_ms"] > 0 and r["baseline_padded_ms"] > 0 for r in rows)
+
+
+def test_report_tables_the_varlen_step_and_sweep_results():
+    """The committed H200 results of those suites render as their own tables (issue 10's rows, issue 7's sweep)."""
+    results = Path(__file__).resolve().parent.parent / "bench" / "results"
+    docs = report.load(sorted(results.glob("2026-11-30-h200-*.json")))
+    md = report.markdown(docs)
+    for heading in ("## varlen: NVIDIA H200", "## step: NVIDIA H200", "## sweep: NVIDIA H200"):
+        assert heading in md
+    assert "| lstm | 12x64 | 16 | 1024 | fw_varlen | cuda_fused |" in md
+    assert "lstm bfloat16 B=16 12x64 T=1024 | cl1 ks1 bt8 pf8 |" in md
