@@ -43,6 +43,14 @@
 //   Per warp and step ~150 instructions; 16 warps on 4 schedulers: ~600 issue cycles, critical path
 //   ldmatrix + 4 mma (~70) + red store/barrier/load (~80) + pointwise chain (~150) + drs store + barrier (~60)
 //   ~ 400 cycles, so ~600-800 cycles = 0.3-0.4 us a step -> ~0.4 ms at T=1024 (from 3.4 ms), fwbw ~1.2 ms.
+// ---- Measured after (H200, bf16 12x64 B=16; ncu at T=256 under its locked clock, then bench fwbw at T=1024) -----
+//   KS = 4 alone: kernel 644 us at T=256, fwbw 2.88 ms (from 4.15 on H100). ncu: 38% of stall samples on
+//     the bf16 -> float conversions right after the one-step-ahead loads (the prefetch did not hide them).
+//   + inputs staged by cp.async 3 steps ahead: 367 us, fwbw 1.82 ms. + outputs staged, 16-byte stores: 313 us,
+//     fwbw 1.66 ms. + dR and db summed in the kernel (no h_prev copy, no GEMMs after): 1.80 ms with the dR mma
+//     at the top of the step (they delayed the step's own mma), 1.62 ms with them at its end.
+//   Still ~2x the estimate: ~230 instructions a warp a step (ncu: IMAD 23%, LEA/ISETP/LOP3 ~20%: indices,
+//   selects, stage bookkeeping), 16 warps on 4 schedulers ~900 issue cycles, and two barriers.
 #include "common/mma.cuh"
 #include "common/types.cuh"
 #include "cells/cells.cuh"
