@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import pytest
+
+from flashrnn_core.cells import CELLS
 
 
 @functools.lru_cache(maxsize=None)
@@ -24,3 +27,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def random_inputs(rng, function: str, B: int, T: int, N: int, D: int, with_states: bool = True):
+    """Wx ``[B, T, Gw, N, D]``, R ``[Gr, N, D, D]`` (scaled by 1/sqrt(D)), b ``[Gb, N, D]`` and initial states
+    ``[S, B, 1, N, D]`` (None without ``with_states``), float64; slstm's normaliser n >= 1, as a forward leaves it."""
+    cell = CELLS[function]
+    Wx = rng.standard_normal((B, T, cell.gates_w, N, D))
+    R = rng.standard_normal((cell.gates_r, N, D, D)) / np.sqrt(D)
+    b = rng.standard_normal((cell.gates_b, N, D))
+    s0 = None
+    if with_states:
+        s0 = rng.standard_normal((cell.states, B, 1, N, D))
+        if function == "slstm":
+            s0[2] = 1.0 + np.abs(s0[2])
+    return Wx, R, b, s0

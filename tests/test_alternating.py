@@ -14,6 +14,7 @@ from flashrnn_core.backends import alternating
 from flashrnn_core.backends.vanilla import VanillaBackend
 from flashrnn_core.cells import CELLS
 from flashrnn_core.validate import validate
+from conftest import random_inputs
 
 DTYPES = {"float32": _arrays.float32, "bfloat16": _arrays.bfloat16, "float16": _arrays.float16}
 TOL = {"float32": 1e-4, "bfloat16": 2e-2, "float16": 2e-2}  # SPEC.md, relative to a float64 reference
@@ -43,14 +44,7 @@ def _shape_id(shape):
 def _inputs(rng, function, dtype, B, T, N, D, with_states, grads):
     """Wx, R, b, states0, dstates, dlast (host arrays rounded to ``dtype``; the gradients may be None)."""
     cell = CELLS[function]
-    Wx = rng.standard_normal((B, T, cell.gates_w, N, D))
-    R = rng.standard_normal((cell.gates_r, N, D, D)) / np.sqrt(D)
-    b = rng.standard_normal((cell.gates_b, N, D))
-    s0 = None
-    if with_states:
-        s0 = rng.standard_normal((cell.states, B, 1, N, D))
-        if function == "slstm":  # n >= 1, as a previous forward would leave it
-            s0[2] = 1.0 + np.abs(s0[2])
+    Wx, R, b, s0 = random_inputs(rng, function, B, T, N, D, with_states)
     rows = cell.states if "all" in grads else 1 if grads.startswith("h") else 0
     dstates = rng.standard_normal((rows, B, T, N, D)) if rows else None
     dlast = rng.standard_normal((cell.states, B, 1, N, D)) if "last" in grads else None

@@ -15,6 +15,7 @@ from flashrnn_core.cells import CELLS
 from flashrnn_core.backends import AUTO_ORDER, why_not
 from flashrnn_core.constrint import A100, H100, solve_fused
 from flashrnn_core.validate import validate
+from conftest import random_inputs
 
 DTYPES = {"float32": _arrays.float32, "bfloat16": _arrays.bfloat16, "float16": _arrays.float16}
 TOL = {"float32": 1e-4, "bfloat16": 2e-2, "float16": 2e-2}  # SPEC.md, relative to a float64 reference
@@ -40,16 +41,8 @@ SHAPES = [
 
 
 def _inputs(rng, function, dtype, B, T, N, D, with_states):
-    cell = CELLS[function]
-    Wx = rng.standard_normal((B, T, cell.gates_w, N, D))
-    R = rng.standard_normal((cell.gates_r, N, D, D)) / np.sqrt(D)
-    b = rng.standard_normal((cell.gates_b, N, D))
-    s0 = None
-    if with_states:
-        s0 = rng.standard_normal((cell.states, B, 1, N, D))
-        if function == "slstm":  # n >= 1 and a finite stabilizer m, as a previous forward would leave them
-            s0[2] = 1.0 + np.abs(s0[2])
-    return [None if a is None else a.astype(np.float32).astype(dtype) for a in (Wx, R, b, s0)]
+    return [None if a is None else a.astype(np.float32).astype(dtype)
+            for a in random_inputs(rng, function, B, T, N, D, with_states)]
 
 
 def _shapes(function, B, T, N, D):

@@ -12,22 +12,14 @@ import pytest
 import flashrnn_core as fc
 from flashrnn_core import _arrays
 from flashrnn_core.cells import CELLS
+from conftest import random_inputs
 
 CELL_NAMES = sorted(CELLS)
 TOL = {"float64": 1e-10, "float32": 1e-4, "bfloat16": 2e-2, "float16": 2e-2}  # SPEC.md, relative
 
 
 def _inputs(rng, function, B, T, N, D, with_states=True):
-    cell = CELLS[function]
-    Wx = rng.standard_normal((B, T, cell.gates_w, N, D))
-    R = rng.standard_normal((cell.gates_r, N, D, D)) / np.sqrt(D)
-    b = rng.standard_normal((cell.gates_b, N, D))
-    s0 = None
-    if with_states:
-        s0 = rng.standard_normal((cell.states, B, 1, N, D))
-        if function == "slstm":  # n >= 1 and a finite stabilizer, as a previous forward would leave them
-            s0[2] = 1.0 + np.abs(s0[2])
-    return Wx, R, b, s0
+    return random_inputs(rng, function, B, T, N, D, with_states)
 
 
 def _alone(Wx, R, b, s0, function, lengths, ds, backend="vanilla"):
