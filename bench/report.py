@@ -106,43 +106,41 @@ def timing_table(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _table(head: list[str], rows: Iterable[list[str]]) -> list[str]:
+    """A markdown table: the header, its rule, a line per row of cell texts."""
+    return (["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            + ["| " + " | ".join(cells) + " |" for cells in rows])
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if not value else spec.format(value)
+
+
 def varlen_table(doc: dict[str, Any]) -> list[str]:
     """Variable-length rows: the batch with lengths against the same batch padded, and cuDNN's PackedSequence."""
     head = ["cell", "heads NxD", "B", "T", "pass", "backend", "lengths ms", "padded ms", "lengths / padded",
             "cuDNN packed ms", "cuDNN padded ms", "x cuDNN packed"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in doc["rows"]:
-        if r.get("median_ms") is None:
-            continue
-        ratio = f"{r['varlen_ratio']:.3f}" if r.get("varlen_ratio") else "-"
-        x = f"x{r['ratio']:.1f}" if r.get("ratio") else "-"
-        lines.append(f"| {r['function']} | {r['N']}x{r['D']} | {r['B']} | {r['T']} | {r['pass']} | {r['backend']} | "
-                     f"{_ms(r['median_ms'])} | {_ms(r.get('padded_ms'))} | {ratio} | {_ms(r.get('baseline_ms'))} | "
-                     f"{_ms(r.get('baseline_padded_ms'))} | {x} |")
-    return lines
+    return _table(head, ([r["function"], f"{r['N']}x{r['D']}", str(r["B"]), str(r["T"]), r["pass"], r["backend"],
+                          _ms(r["median_ms"]), _ms(r.get("padded_ms")), _fmt(r.get("varlen_ratio"), "{:.3f}"),
+                          _ms(r.get("baseline_ms")), _ms(r.get("baseline_padded_ms")), _fmt(r.get("ratio"), "x{:.1f}")]
+                         for r in doc["rows"] if r.get("median_ms") is not None))
 
 
 def step_table(doc: dict[str, Any]) -> list[str]:
     """One-step rows (``Stepper``): microseconds a step, how it was timed, against the 10 us target."""
     head = ["cell", "heads NxD", "B", "backend", "timing", "us a step", "<= 10 us"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in doc["rows"]:
-        us = "-" if r.get("median_ms") is None else f"{r['median_ms'] * 1e3:.2f}"
-        met = "-" if r.get("median_ms") is None else ("yes" if r.get("meets_target") else "no")
-        lines.append(f"| {r['function']} | {r['N']}x{r['D']} | {r['B']} | {r['backend']} | "
-                     f"{r.get('step_timing', '-')} | {us} | {met} |")
-    return lines
+    timed = lambda r: r.get("median_ms") is not None  # noqa: E731
+    return _table(head, ([r["function"], f"{r['N']}x{r['D']}", str(r["B"]), r["backend"], r.get("step_timing", "-"),
+                          f"{r['median_ms'] * 1e3:.2f}" if timed(r) else "-",
+                          ("yes" if r.get("meets_target") else "no") if timed(r) else "-"] for r in doc["rows"]))
 
 
 def sweep_table(doc: dict[str, Any]) -> list[str]:
     """bench/sweep_fused.py: per reference shape, the solver's configuration against the fastest measured."""
     head = ["shape", "solver's choice", "ms", "fastest measured", "ms", "ratio", "configurations"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for sh in doc["shapes"]:
-        ratio = f"{sh['ratio']:.3f}" if sh.get("ratio") else "-"
-        lines.append(f"| {sh['label']} | {sh.get('solver', '-')} | {_ms(sh.get('solver_ms'))} | {sh.get('best', '-')} | "
-                     f"{_ms(sh.get('best_ms'))} | {ratio} | {sh.get('measured', '-')}/{sh.get('configs', '-')} |")
-    return lines
+    return _table(head, ([sh["label"], sh.get("solver", "-"), _ms(sh.get("solver_ms")), sh.get("best", "-"),
+                          _ms(sh.get("best_ms")), _fmt(sh.get("ratio"), "{:.3f}"),
+                          f"{sh.get('measured', '-')}/{sh.get('configs', '-')}"] for sh in doc["shapes"]))
 
 
 def compile_table(doc: dict[str, Any]) -> list[str]:
