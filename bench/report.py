@@ -1,6 +1,7 @@
 """Plots and the markdown table, generated from results JSON (never typed by hand).
 
-    python -m bench.report bench/results/*.json --plots bench/results/plots --markdown bench/results/README.md
+    python -m bench.report bench/results/*.json --plots bench/results/plots --markdown bench/results/README.md \
+        --readme README.md
 
 Per file, by its suite: ``batch`` / ``seqlen`` / ``headdim`` -> ``<stem>-time-vs-B|T|D.png``: time (log-log, one
 line per backend, cuDNN and the plain loop) with the speedup over cuDNN beneath, a column per cell and head
@@ -300,13 +301,68 @@ def plots(docs: list[dict[str, Any]], directory: Path) -> list[Path]:
     return written
 
 
+#: The top-level README's summary: (cell, heads) columns of the newest reference run, between these markers.
+SUMMARY_BEGIN, SUMMARY_END = "<!-- bench-summary -->", "<!-- /bench-summary -->"
+SUMMARY_CONFIGS = (("lstm", 12, 64), ("lstm", 48, 16), ("lstm", 3, 256), ("lstm", 1, 768), ("slstm", 12, 64),
+                   ("gru", 12, 64), ("elman", 12, 64))
+
+
+def summary(docs: list[dict[str, Any]]) -> str:
+    """The README's table: for each summary configuration, our fastest backend's median (and its ratios to
+    cuDNN) forward and forward+backward, from the newest ``reference`` document."""
+    refs = [d for d in docs if d.get("suite") == "reference"]
+    if not refs:
+        return "(no reference results)"
+    doc = max(refs, key=lambda d: d.get("date", ""))
+    fastest: dict[tuple, dict[str, Any]] = {}
+    for r in doc["rows"]:
+        key = (r["function"], r["N"], r["D"], r["pass"])
+        if r.get("median_ms") is not None and (key not in fastest or r["median_ms"] < fastest[key]["median_ms"]):
+            fastest[key] = r
+    configs = [c for c in SUMMARY_CONFIGS if any((*c, p) in fastest for p in TIME_PASSES)]
+    names = {"lstm": "LSTM", "slstm": "sLSTM", "gru": "GRU", "elman": "Elman"}
+    head = [""] + [f"{names.get(f, f)} {N}x{D}" for f, N, D in configs]
+    rows = [[{"fw": "forward", "fwbw": "forward+backward"}[p]]
+            + [_summary_cell(fastest.get((*c, p))) for c in configs] for p in TIME_PASSES]
+    source = Path(doc["_path"]).name
+    return "\n".join([f"{doc.get('gpu')}, {doc['rows'][0]['dtype']}, B={doc['rows'][0]['B']}, "
+                      f"T={doc['rows'][0]['T']} (median ms; ratio = cuDNN's time over ours, in the row's dtype / "
+                      f"against cuDNN's fastest dtype; backend where not `cuda_fused`; `bench/results/{source}`):",
+                      "", *_table(head, rows)])
+
+
+def _summary_cell(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return "-"
+    ratios = [f"{row['ratio']:.1f}x"] if row.get("ratio") else []
+    if row.get("ratio_best") and row.get("baseline_best_ms") != row.get("baseline_ms"):
+        ratios.append(f"{row['ratio_best']:.2f}x")
+    backend = "" if row["backend"] == "cuda_fused" else f" `{row['backend']}`"
+    return _ms(row["median_ms"]) + (f" ({' / '.join(ratios)})" if ratios else "") + backend
+
+
+def write_summary(readme: Path, docs: list[dict[str, Any]]) -> None:
+    """Replace the text between the summary markers of ``readme`` with ``summary(docs)``."""
+    text = readme.read_text()
+    if SUMMARY_BEGIN not in text or SUMMARY_END not in text:
+        raise ValueError(f"{readme}: no {SUMMARY_BEGIN} ... {SUMMARY_END} block to fill")
+    head, rest = text.split(SUMMARY_BEGIN, 1)
+    tail = rest.split(SUMMARY_END, 1)[1]
+    readme.write_text(f"{head}{SUMMARY_BEGIN}\n{summary(docs)}\n{SUMMARY_END}{tail}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.splitlines()[0])
     p.add_argument("files", nargs="+", help="results JSON files")
     p.add_argument("--plots", default=None, metavar="DIR", help="write PNG plots here")
     p.add_argument("--markdown", default=None, metavar="FILE", help="write the markdown tables here (else stdout)")
+    p.add_argument("--readme", default=None, metavar="FILE",
+                   help=f"fill the summary table between {SUMMARY_BEGIN} markers of this file")
     args = p.parse_args(argv)
     docs = load(args.files)
+    if args.readme:
+        write_summary(Path(args.readme), docs)
+        print(f"wrote the summary into {args.readme}")
     text = markdown(docs)
     if args.markdown:
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)

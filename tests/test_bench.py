@@ -313,3 +313,14 @@ def test_report_tables_the_varlen_step_and_sweep_results():
         assert heading in md
     assert "| lstm | 12x64 | 16 | 1024 | fw_varlen | cuda_fused |" in md
     assert "lstm bfloat16 B=16 12x64 T=1024 | cl1 ks1 bt8 pf8 |" in md
+
+
+def test_readme_summary_is_generated_from_the_results():
+    """The top-level README's performance table is bench.report's summary of the newest reference results,
+    not typed by hand (regenerate with ``python -m bench.report ... --readme README.md``)."""
+    root = Path(__file__).resolve().parent.parent
+    docs = report.load(sorted((root / "bench" / "results").glob("*.json")))
+    readme = (root / "README.md").read_text()
+    block = readme.split(report.SUMMARY_BEGIN, 1)[1].split(report.SUMMARY_END, 1)[0]
+    assert block.strip() == report.summary(docs).strip()
+    assert "| forward |" in block and "LSTM 12x64" in block
