@@ -496,7 +496,8 @@ __device__ __forceinline__ void backward(const Args<T> A) {
 //   FLASHRNN_CELL, FLASHRNN_STORAGE, FLASHRNN_FAST_ACTIVATIONS, FLASHRNN_D: as the forward (fused_fw.cu).
 //   FLASHRNN_KSPLIT: warps splitting K for the same 16 rows (1, 2 or 4; Tile).
 //   FLASHRNN_PREFETCH: steps of inputs in flight (cp.async stages ahead; Tile::P).
-//   FLASHRNN_STORE_DRS: 1 where the cell's drs differs from its dx (gru): the kernel writes drs too.
+//   FLASHRNN_STORE_DRS: 1 where the cell's drs differs from its dx (gru) and dR is a GEMM after the kernel: the
+//   kernel writes drs too. FLASHRNN_FUSED_DR: the host's view of Tile::FUSED_DR (checked, not chosen).
 // Launch: grid (N, ceil(B / 8)), block Tile::THREADS (= 2 D KSPLIT), dynamic shared memory Tile::SMEM_BYTES.
 // lengths ([B] int32, or null: all T): steps t >= lengths[b] pass the state gradient through (no gate gradient).
 // Outputs: dWx [B,T,Gw,N,D], drs [B,T,Gr,N,D] (written where FLASHRNN_STORE_DRS), dinit [S,B,1,N,D], all in the
@@ -529,6 +530,9 @@ static_assert(FlashrnnFusedBwTile::SMEM_BYTES == FLASHRNN_SMEM_BYTES, "bw_geomet
 #endif
 #ifdef FLASHRNN_THREADS
 static_assert(FlashrnnFusedBwTile::THREADS == FLASHRNN_THREADS, "bw_geometry's threads disagree with Tile");
+#endif
+#ifdef FLASHRNN_FUSED_DR  // the host allocates dr_part (and skips its dR GEMMs) exactly where the kernel sums dR
+static_assert(FlashrnnFusedBwTile::FUSED_DR == (FLASHRNN_FUSED_DR != 0), "bw_fused_dr disagrees with Tile::FUSED_DR");
 #endif
 
 extern "C" __global__ void __launch_bounds__(FlashrnnFusedBwTile::THREADS, 1)

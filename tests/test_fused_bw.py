@@ -139,3 +139,19 @@ def test_bw_variants_listed():
             assert threads == 512  # 4 warps split K for each 16 rows (bw_ksplit)
             assert prefetch >= 1 and (smem <= fused.BW_SMEM_TARGET or prefetch == 1)
             assert smem <= 163 * 1024  # what an A100 block can opt in to
+
+
+def test_host_and_kernel_agree_on_summing_dr_in_the_kernel():
+    """The host allocates dR's partial sums (and skips its GEMMs) where bw_fused_dr says the kernel sums dR; the
+    kernel checks that against its own Tile::FUSED_DR at compile time: a disagreeing define does not compile."""
+    from dataclasses import replace
+
+    from flashrnn_core.errors import CompileError
+    from flashrnn_core.runtime import compile_spec
+
+    cell, dtype = CELLS["lstm"], DTYPES["bfloat16"]
+    assert fused.bw_fused_dr(cell, dtype, 64) and not fused.bw_fused_dr(cell, DTYPES["float32"], 32)
+    spec = next(s for s in fused.FusedBackend().kernel_variants() if s.label == "lstm cuda_fused bw bfloat16 D64")
+    flipped = replace(spec, defines=tuple((k, "0" if k == "FLASHRNN_FUSED_DR" else v) for k, v in spec.defines))
+    with pytest.raises(CompileError, match="bw_fused_dr disagrees"):
+        compile_spec(flipped, "sm_90", use_cache=False)

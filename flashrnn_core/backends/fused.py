@@ -382,6 +382,7 @@ def _bw_spec(function: str, dtype, D: int, threads: int, smem: int, prefetch: in
                ("FLASHRNN_D", str(D)), ("FLASHRNN_FAST_ACTIVATIONS", fast),
                ("FLASHRNN_KSPLIT", str(bw_ksplit(function, D))), ("FLASHRNN_PREFETCH", str(prefetch)),
                ("FLASHRNN_STORE_DRS", str(int(store_drs))),
+               ("FLASHRNN_FUSED_DR", str(int(bw_fused_dr(CELLS[function], dtype, D)))),
                ("FLASHRNN_THREADS", str(threads)), ("FLASHRNN_SMEM_BYTES", str(smem)))
     return KernelSpec(source=BW_SOURCE, entry=BW_ENTRY, defines=defines,
                       label=f"{function} cuda_fused bw {_arrays.dtype_name(dtype)} D{D}", min_sm=80,
