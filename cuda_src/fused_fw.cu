@@ -593,13 +593,14 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
 using FlashrnnFusedTile = flashrnn::fused::Tile<FLASHRNN_CELL, FLASHRNN_STORAGE, FLASHRNN_D, FLASHRNN_NBT,
                                                 FLASHRNN_PREFETCH, FLASHRNN_CLUSTER, FLASHRNN_KSPLIT>;
 
-// The host computes the launch geometry itself (backends/fused.py, tile_geometry); it passes its numbers
-// here so that a disagreement fails the compile instead of a launch.
+// The host computes the launch geometry itself (the solver models threads and shared memory in
+// constrint/problems.py; backends/fused.py launch_of passes them); it passes its numbers here so that a
+// disagreement fails the compile instead of a launch.
 #ifdef FLASHRNN_SMEM_BYTES
-static_assert(FlashrnnFusedTile::SMEM_BYTES == FLASHRNN_SMEM_BYTES, "tile_geometry's shared memory disagrees with Tile");
+static_assert(FlashrnnFusedTile::SMEM_BYTES == FLASHRNN_SMEM_BYTES, "the solver's shared memory disagrees with Tile");
 #endif
 #ifdef FLASHRNN_THREADS
-static_assert(FlashrnnFusedTile::THREADS == FLASHRNN_THREADS, "tile_geometry's threads disagree with Tile");
+static_assert(FlashrnnFusedTile::THREADS == FLASHRNN_THREADS, "the solver's threads disagree with Tile");
 #endif
 
 extern "C" __global__ void __launch_bounds__(FlashrnnFusedTile::THREADS, 1)
