@@ -704,12 +704,7 @@ def test_cooperative_heads_option_on_sm80():
 
 # ---------------------------------------------------------------------------------------------- ptxas agreement
 
-PTXAS_ENV = "FLASHRNN_CORE_PTXAS_CHECK"
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not __import__("os").environ.get(PTXAS_ENV),
-                    reason=f"compiles every solver choice with NVRTC (minutes): set {PTXAS_ENV}=1")
+@pytest.mark.slow  # ~1 min of NVRTC on 2 cores with an empty kernel cache, which the compile tests then reuse
 def test_solver_choices_compile_as_modelled(tmp_path_factory):
     """Issue 7, item 4 (CI part): every forward choice on the CI presets compiles for its architecture with no
     spill, at most the register cap, the model's shared memory (a static_assert in fused_fw.cu compares it with
@@ -733,7 +728,11 @@ def test_solver_choices_compile_as_modelled(tmp_path_factory):
         assert res.registers <= prm.register_cap, report[-1]
         # ptxas takes what the cap allows, so it may use more than the estimate; far more, or far less, means
         # the register fit no longer describes the kernel (refit: problems.REGISTER_FIT).
-        assert -REGISTER_MARGIN[0] <= res.registers - prm.registers_estimate <= REGISTER_MARGIN[1], report[-1]
+        # The estimate carries a safety margin proportional to it (KernelModel.reg_margin_fraction): the stated
+        # agreement is with the fit plus the constant margin, as it was measured.
+        m = problems.DEFAULT_MODEL
+        modelled = float(m.reg_margin + (prm.registers_estimate - m.reg_margin) / (1 + m.reg_margin_fraction))
+        assert -REGISTER_MARGIN[0] <= res.registers - modelled <= REGISTER_MARGIN[1], (*report[-1], modelled)
 
 
 #: Stated margin of ptxas's registers around the model's estimate, (below, above). Measured 2026-11-23 on the 171
