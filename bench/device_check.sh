@@ -3,7 +3,7 @@
 # kernels, benchmarks. Full logs go to $OUT (or ./device_out); a short table is printed last.
 #   STAGES="tests sanitizer bench" (default: those three; also "sweep", and "ddp" on a 2-GPU machine)
 #   PYTEST_ARGS="-x"   PYTEST_K="not slow"   PYTEST_TIMEOUT=420   BENCH_SUITES="reference step varlen"
-#   BENCH_ARGS="..."   SWEEP_BUDGET_S=150   SANITIZER_TOOLS="memcheck racecheck synccheck"   SANITIZER_BUDGET_S=180
+#   BENCH_ARGS="..."   BENCH_TIMEOUT_S=300 (each suite)   SWEEP_BUDGET_S=150   SANITIZER_TOOLS="memcheck racecheck synccheck"   SANITIZER_BUDGET_S=180
 #   SANITIZER_ARGS="--only backward"   DDP_ARGS="..."
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -40,7 +40,7 @@ fi
 if [[ " $STAGES " == *" bench "* ]]; then
     # BENCH_SUITES="reference step varlen" (default); each suite's JSON lands in $OUT/<suite>.json.
     for suite in ${BENCH_SUITES:-reference step varlen}; do
-        timeout 300 python -m bench.run --suite "$suite" --out "$OUT/$suite.json" ${BENCH_ARGS:-} >"$OUT/bench_$suite.log" 2>&1
+        timeout ${BENCH_TIMEOUT_S:-300} python -m bench.run --suite "$suite" --out "$OUT/$suite.json" ${BENCH_ARGS:-} >"$OUT/bench_$suite.log" 2>&1
         note "bench $suite" "exit $? ($(grep -c '"median_ms": [0-9]' "$OUT/$suite.json" 2>/dev/null || echo 0) timed rows)"
     done
 fi
@@ -65,4 +65,6 @@ if [[ " $STAGES " == *" ddp "* ]]; then
     tail -n 30 "$OUT/ddp_check.log" "$OUT/ddp_train.log"
 fi
 
+# The device tool brings back at most 8 files: the logs travel as one archive beside the JSON results.
+(cd "$OUT" && tar czf logs.tar.gz --remove-files -- *.log)
 echo; echo "== device_check summary =="; printf '%s\n' "${summary[@]}"
