@@ -230,7 +230,13 @@ def plot_sweep(doc: dict[str, Any], path: Path) -> Path:
 
 
 def _sweep_panels(top: Any, bottom: Any, rows: list[dict[str, Any]], x: str) -> None:
-    """Time (log-log) on ``top``, speedup over cuDNN on ``bottom``."""
+    """Time (log-log) on ``top``, speedup over cuDNN on ``bottom``; a pass with no measured row (a suite cut
+    short by its time budget) gets a note instead (a log axis without data cannot be drawn)."""
+    if not any(r.get("median_ms") for r in rows):
+        top.text(0.5, 0.5, "not measured", ha="center", va="center", transform=top.transAxes)
+        top.set_axis_off()
+        bottom.set_axis_off()
+        return
     for backend in backends_of(rows):
         mine = [r for r in rows if r["backend"] == backend]
         top.plot(*_series(mine, x, "median_ms"), marker="o", ms=3, label=backend)

@@ -61,6 +61,18 @@ def test_report_writes_markdown_and_plots(dry_runs, tmp_path):
     assert names == ["batch-time-vs-B.png", "reference-speedup.png"]
 
 
+def test_report_plots_a_sweep_cut_short_by_its_budget(dry_runs, tmp_path):
+    """A suite stopped by its time limit can leave a cell with forward rows only: its forward+backward panel says
+    'not measured' instead of failing on a log axis without data."""
+    pytest.importorskip("matplotlib")
+    doc = json.loads(dry_runs["batch"].read_text())
+    doc["rows"] = [r for r in doc["rows"] if r["pass"] == "fw" or r["D"] != doc["rows"][0]["D"]]
+    path = tmp_path / "batch.json"
+    path.write_text(json.dumps(doc))
+    assert report.main([str(path), "--plots", str(tmp_path / "plots")]) == 0
+    assert (tmp_path / "plots" / "batch-time-vs-B.png").stat().st_size > 0
+
+
 def test_absent_and_gpu_backends_become_error_rows(tmp_path):
     out = tmp_path / "r.json"
     assert run.main(["--suite", "headdim", "--dry-run", "--functions", "gru", "--backends", "vanilla,cuda_fused",
