@@ -3,7 +3,7 @@
 # kernels, benchmarks. Full logs go to $OUT (or ./device_out); a short table is printed last.
 #   STAGES="tests sanitizer bench" (default: those three; also "sweep", and "ddp" on a 2-GPU machine)
 #   PYTEST_ARGS="-x"   PYTEST_K="not slow"   PYTEST_TIMEOUT=420   BENCH_SUITES="reference step varlen"
-#   BENCH_ARGS="..."   BENCH_TIMEOUT_S=300 (each suite)   SWEEP_BUDGET_S=150   SANITIZER_TOOLS="memcheck racecheck synccheck"   SANITIZER_BUDGET_S=180
+#   BENCH_ARGS="..."   BENCH_TIMEOUT_S=300 (each suite)   SWEEP_BUDGET_S=150   SWEEP_ARGS="--direction both"   SANITIZER_TOOLS="memcheck racecheck synccheck"   SANITIZER_BUDGET_S=180
 #   SANITIZER_ARGS="--only backward"   DDP_ARGS="..."
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -48,7 +48,7 @@ fi
 if [[ " $STAGES " == *" sweep "* ]]; then
     # ConstrINT against reality (issue 7): every feasible configuration of the reference shapes, measured.
     timeout $(( ${SWEEP_BUDGET_S:-150} + 40 )) python bench/sweep_fused.py --out "$OUT/sweep.json" \
-        --budget-s "${SWEEP_BUDGET_S:-150}" >"$OUT/sweep.log" 2>&1
+        --budget-s "${SWEEP_BUDGET_S:-150}" ${SWEEP_ARGS:-} >"$OUT/sweep.log" 2>&1
     note "sweep" "exit $? : $(tail -n 1 "$OUT/sweep.log")"
 fi
 

@@ -1,6 +1,6 @@
 """Exhaustive measured sweep of the fused forward's configurations (issue 7, "agreement with reality"):
 
-    python bench/sweep_fused.py --out $OUT/sweep.json [--budget-s 150] [--runs 20] [--jobs 16]
+    python bench/sweep_fused.py --out $OUT/sweep.json [--direction forward|backward|both] [--budget-s 150]
     python bench/sweep_fused.py --dry-run [--hardware H100]     # what it would measure, no GPU needed
 
 For each reference shape (``flashrnn_core.tune.REFERENCE_SHAPES``: bfloat16, T=1024) every configuration the
@@ -50,16 +50,22 @@ class Plan:
     infeasible: str | None = None
 
 
+def reference_shapes(direction: str) -> list[Shape]:
+    """The reference shapes, as forward and/or backward problems."""
+    directions = ("forward", "backward") if direction == "both" else (direction,)
+    return [s._replace(direction=d) for d in directions for s in REFERENCE_SHAPES]
+
+
 def plan(hardware: Hardware, shapes: list[Shape]) -> list[Plan]:
     """What the sweep measures: per shape the solver's choice, then the rest of ``all_feasible`` (best estimate
     first)."""
     plans = []
     for s in shapes:
-        choice = solve_fused(hardware, s.function, s.dtype, s.B, s.N, s.D)
+        choice = solve_fused(hardware, s.function, s.dtype, s.B, s.N, s.D, direction=s.direction)
         if isinstance(choice, Infeasible):
             plans.append(Plan(s, [], choice.reason))
             continue
-        rest = [p for p in all_feasible(hardware, s.function, s.dtype, s.B, s.N, s.D)
+        rest = [p for p in all_feasible(hardware, s.function, s.dtype, s.B, s.N, s.D, direction=s.direction)
                 if p.template_args() != choice.template_args()]
         plans.append(Plan(s, [choice] + rest))
     return plans
@@ -192,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
     begin = time.monotonic()
     deadline = begin + args.budget_s
     hw = current()
-    plans = plan(hw, list(REFERENCE_SHAPES))
+    plans = plan(hw, reference_shapes(args.direction))
     specs = kernels(plans)
     arch = device_arch()
     print(f"sweep on {hw.name} ({arch}): {sum(len(p.configs) for p in plans)} configurations, {len(specs)} "
@@ -224,13 +230,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="the JSON to write (e.g. $OUT/sweep.json)")
     p.add_argument("--dry-run", action="store_true", help="list what would be measured; no GPU needed")
     p.add_argument("--hardware", default="H100", help="preset the dry run plans for (H100)")
+    p.add_argument("--direction", choices=("forward", "backward", "both"), default="forward",
+                   help="which kernel's configurations (forward: fused_fw.cu, backward: fused_bw.cu)")
     p.add_argument("--runs", type=int, default=20, help="timed runs per configuration, median taken (>= 20)")
     p.add_argument("--budget-s", type=float, default=150.0, help="wall-clock bound, compiles included (150)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compiler processes (all cores)")
     args = p.parse_args(argv)
     if args.dry_run:
         hw = preset(args.hardware)
-        print("\n".join(describe(plan(hw, list(REFERENCE_SHAPES)), hw)))
+        print("\n".join(describe(plan(hw, reference_shapes(args.direction)), hw)))
         return 0
     if not args.out:
         p.error("--out is required (except with --dry-run)")

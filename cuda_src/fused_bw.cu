@@ -36,7 +36,7 @@
 //   of a lane's 4 cells (~1000 a step: 4 cells' pointwise math, 32 loads with 64-bit index math, 16 stores,
 //   16 mma) waited on its predecessor, with no other warp to fill the gap: ~6-7 cycles each, ~6800 cycles.
 //   Ruled out earlier: the end-of-step copy nxt -> cur (unrolling twice without it measured slower).
-// ---- Redesign (KS warps per 16-row M tile, fused.py bw_ksplit; estimated BEFORE measuring) -------------------
+// ---- Redesign (KS warps per 16-row M tile; estimated BEFORE measuring) ---------------------------------------
 //   KS = 4 at D = 64: 16 warps, each multiplies a quarter of the k-tiles (4 mma, independent), the partial sums
 //   meet in shared memory (one more barrier a step), and each lane runs ONE cell (its loads, math, stores);
 //   the (b, t) index moves by one subtraction a step instead of being rebuilt for every load.
@@ -68,13 +68,13 @@ template <class Op, int SPLIT> __device__ __forceinline__ void split(float v, Op
     if constexpr (SPLIT == 2) out[1] = mma::to_op<Op>(v - mma::op_to_float(out[0]));
 }
 
-// Compile-time geometry. backends/fused.py (bw_geometry) mirrors THREADS and SMEM_BYTES.
+// Compile-time geometry. ConstrINT's backward problem (constrint/backward.py) mirrors THREADS and SMEM_BYTES.
 // KS warps share one 16-row M tile, each taking every KS-th k-tile: the partial sums meet in shared memory
 // (`red`), and the four cells a lane's accumulator covers are dealt out among those KS warps (warp ks owns the
 // cells q = ks, ks + KS, ...). So each warp runs 4/KS cells' loads, pointwise math and stores: issue #6
 // measured KS = 1 (4 warps at D = 64, one warp a scheduler) at ~6800 cycles a step, every instruction of the
 // 4 cells serialised on its latency.
-template <class Cell, class T, int D_, int KS_, int P_, bool STORE_DRS_> struct Tile {
+template <class Cell, class T, int D_, int KS_, int P_, bool STORE_DRS_, bool FUSED_DR_> struct Tile {
     using Op = typename OperandOf<T>::Op;
     static constexpr int SPLIT = OperandOf<T>::SPLIT;
     // NS = P + 2 stages: a stage is refilled two steps after its own, since step t's h_{t-1} rows are read
@@ -107,11 +107,13 @@ template <class Cell, class T, int D_, int KS_, int P_, bool STORE_DRS_> struct 
     static constexpr int SMEM_BYTES = BUF_BYTES + RED_BYTES + STAGE_BYTES + OUT_BYTES;
     // dR in the kernel (16-bit storage): per step, dR_head[(gate, i)][j] += sum_b drs_t[b][(gate, i)] h_{t-1}[b][j]
     // as m16n8k8 tiles (k = the tile's 8 sequences), read from the drs buffer and the stage already in shared
-    // memory; DR_TILES dealt out over the warps, TPW each (4 accumulators a tile). Where a warp would hold more
-    // than 8 tiles, above 512 threads (fewer than 128 registers a thread: the tiles spill), or for float32's
-    // split operands, dR stays a GEMM after the kernel (backends/fused.py).
+    // memory; DR_TILES dealt out over the warps, TPW each (4 accumulators a tile). Chosen by the host
+    // (ConstrINT's backward problem, constrint/backward.py: the tiles' accumulators cost registers, which it
+    // weighs against the GEMM after the kernel that dR otherwise is).
     static constexpr int DR_TILES = GR * D / 16 * (D / 8), TPW = (DR_TILES + WARPS - 1) / WARPS;
-    static constexpr bool FUSED_DR = SPLIT == 1 && TPW <= 8 && THREADS <= 512;  // = backends/fused.py bw_fused_dr
+    static constexpr bool FUSED_DR = FUSED_DR_;
+    static_assert(!FUSED_DR || SPLIT == 1, "dR in the kernel multiplies 16-bit operands (float32 splits them)");
+    static_assert(!(FUSED_DR && STORE_DRS), "drs is stored only for a dR GEMM after the kernel");
     static_assert(BT * GB * D * 4 <= STAGE_BYTES, "db's block reduction reuses the stages");
     static_assert(D % 16 == 0, "D must be a multiple of 16");
     static_assert(KS == 1 || KS == 2 || KS == 4, "the 4 cells of a lane split evenly over KS warps");
@@ -337,9 +339,9 @@ __device__ __forceinline__ void write_partials(const Args<T>& A, const float (&d
     }
 }
 
-template <class Cell, class T, int D, int KS, int P, bool STORE_DRS>
+template <class Cell, class T, int D, int KS, int P, bool STORE_DRS, bool FUSED_DR>
 __device__ __forceinline__ void backward(const Args<T> A) {
-    using K = Tile<Cell, T, D, KS, P, STORE_DRS>;
+    using K = Tile<Cell, T, D, KS, P, STORE_DRS, FUSED_DR>;
     using Op = typename K::Op;
     extern __shared__ __align__(16) unsigned char smem[];
     Op* buf = reinterpret_cast<Op*>(smem);                               // [2][SPLIT][BT][KROW]
@@ -497,7 +499,7 @@ __device__ __forceinline__ void backward(const Args<T> A) {
 //   FLASHRNN_KSPLIT: warps splitting K for the same 16 rows (1, 2 or 4; Tile).
 //   FLASHRNN_PREFETCH: steps of inputs in flight (cp.async stages ahead; Tile::P).
 //   FLASHRNN_STORE_DRS: 1 where the cell's drs differs from its dx (gru) and dR is a GEMM after the kernel: the
-//   kernel writes drs too. FLASHRNN_FUSED_DR: the host's view of Tile::FUSED_DR (checked, not chosen).
+//   kernel writes drs too. FLASHRNN_FUSED_DR: 1 where the kernel sums dR itself (16-bit storage only).
 // Launch: grid (N, ceil(B / 8)), block Tile::THREADS (= 2 D KSPLIT), dynamic shared memory Tile::SMEM_BYTES.
 // lengths ([B] int32, or null: all T): steps t >= lengths[b] pass the state gradient through (no gate gradient).
 // Outputs: dWx [B,T,Gw,N,D], drs [B,T,Gr,N,D] (written where FLASHRNN_STORE_DRS), dinit [S,B,1,N,D], all in the
@@ -522,17 +524,18 @@ __device__ __forceinline__ void backward(const Args<T> A) {
 #ifndef FLASHRNN_STORE_DRS
 #define FLASHRNN_STORE_DRS 0
 #endif
+#ifndef FLASHRNN_FUSED_DR
+#define FLASHRNN_FUSED_DR 0
+#endif
 
 using FlashrnnFusedBwTile = flashrnn::fused_bw::Tile<FLASHRNN_CELL, FLASHRNN_STORAGE, FLASHRNN_D, FLASHRNN_KSPLIT,
-                                                     FLASHRNN_PREFETCH, FLASHRNN_STORE_DRS != 0>;
+                                                     FLASHRNN_PREFETCH, FLASHRNN_STORE_DRS != 0,
+                                                     FLASHRNN_FUSED_DR != 0>;
 #ifdef FLASHRNN_SMEM_BYTES
-static_assert(FlashrnnFusedBwTile::SMEM_BYTES == FLASHRNN_SMEM_BYTES, "bw_geometry's shared memory disagrees with Tile");
+static_assert(FlashrnnFusedBwTile::SMEM_BYTES == FLASHRNN_SMEM_BYTES, "the solver's shared memory disagrees with Tile");
 #endif
 #ifdef FLASHRNN_THREADS
-static_assert(FlashrnnFusedBwTile::THREADS == FLASHRNN_THREADS, "bw_geometry's threads disagree with Tile");
-#endif
-#ifdef FLASHRNN_FUSED_DR  // the host allocates dr_part (and skips its dR GEMMs) exactly where the kernel sums dR
-static_assert(FlashrnnFusedBwTile::FUSED_DR == (FLASHRNN_FUSED_DR != 0), "bw_fused_dr disagrees with Tile::FUSED_DR");
+static_assert(FlashrnnFusedBwTile::THREADS == FLASHRNN_THREADS, "the solver's threads disagree with Tile");
 #endif
 
 extern "C" __global__ void __launch_bounds__(FlashrnnFusedBwTile::THREADS, 1)
@@ -545,5 +548,5 @@ flashrnn_fused_bw(const FLASHRNN_STORAGE* __restrict__ R, const FLASHRNN_STORAGE
     flashrnn::fused_bw::Args<FLASHRNN_STORAGE> args{R, states0, states, saved, dstates, dlast, dWx, drs, dinit,
                                                     dr_part, db_part, lengths, B, T, N, SD};
     flashrnn::fused_bw::backward<FLASHRNN_CELL, FLASHRNN_STORAGE, FLASHRNN_D, FLASHRNN_KSPLIT, FLASHRNN_PREFETCH,
-                                 FLASHRNN_STORE_DRS != 0>(args);
+                                 FLASHRNN_STORE_DRS != 0, FLASHRNN_FUSED_DR != 0>(args);
 }

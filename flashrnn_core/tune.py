@@ -26,7 +26,8 @@ from .constrint import FusedParams, Hardware, Infeasible, top_k, tuning
 
 
 class Shape(NamedTuple):
-    """One forward problem: cell, storage dtype, batch, heads, head dimension, sequence length."""
+    """One problem: cell, storage dtype, batch, heads, head dimension, sequence length, and which kernel
+    (``direction``: "forward", fused_fw.cu, or "backward", fused_bw.cu)."""
 
     function: str
     dtype: str
@@ -34,9 +35,11 @@ class Shape(NamedTuple):
     N: int
     D: int
     T: int = 1024
+    direction: str = "forward"
 
     def label(self) -> str:
-        return f"{self.function} {self.dtype} B={self.B} {self.N}x{self.D} T={self.T}"
+        bw = " backward" if self.direction == "backward" else ""
+        return f"{self.function} {self.dtype} B={self.B} {self.N}x{self.D} T={self.T}{bw}"
 
 
 #: The reference shapes of issue 7 (bfloat16, T = 1024): lstm at 12x64, 48x16, 3x256 and B = 16, 64, 256 at
@@ -80,8 +83,10 @@ class Tuned:
 
 
 def config_label(p: FusedParams) -> str:
-    """The choices that make a configuration, short: blocks per head, k split, batch tile, prefetch."""
-    return f"cl{p.blocks_per_head} ks{p.k_split} bt{p.batch_tile} pf{p.prefetch_steps}"
+    """The choices that make a configuration, short: blocks per head, k split, batch tile, prefetch (and for
+    the backward whether dR is summed in the kernel)."""
+    label = f"cl{p.blocks_per_head} ks{p.k_split} bt{p.batch_tile} pf{p.prefetch_steps}"
+    return label + (f" dr{int(p.fused_dr)}" if p.direction == "backward" else "")
 
 
 def measure_all(shape: Shape, candidates: list[FusedParams], timer: Timer) -> Tuned:
@@ -97,7 +102,7 @@ def measure_all(shape: Shape, candidates: list[FusedParams], timer: Timer) -> Tu
 
 def candidates(hardware: Hardware, shape: Shape, k: int) -> list[FusedParams] | str:
     """The solver's ``k`` best configurations for ``shape`` on ``hardware`` (its choice first), or why none."""
-    found = top_k(hardware, shape.function, shape.dtype, shape.B, shape.N, shape.D, k)
+    found = top_k(hardware, shape.function, shape.dtype, shape.B, shape.N, shape.D, k, direction=shape.direction)
     return found.reason if isinstance(found, Infeasible) else found
 
 
@@ -108,8 +113,8 @@ def store_best(hardware: Hardware, tuned: Tuned) -> object:
     if best is None:
         return None
     s = tuned.shape
-    return tuning.store(hardware, s.function, s.dtype, s.B, s.N, s.D, best.params, measured_us=best.ms * 1e3,
-                        note=f"python -m flashrnn_core.tune: fastest of {len(tuned.rows)} (T={s.T})")
+    return tuning.store(hardware, s.function, s.dtype, s.B, s.N, s.D, best.params, direction=s.direction,
+                        measured_us=best.ms * 1e3, note=f"python -m flashrnn_core.tune: fastest of {len(tuned.rows)} (T={s.T})")
 
 
 def table(tuned: Tuned) -> list[str]:
@@ -130,11 +135,12 @@ def table(tuned: Tuned) -> list[str]:
 def parse_shapes(args: argparse.Namespace) -> list[Shape]:
     """The shapes the flags name (a product of the lists), or the reference shapes without shape flags."""
     if args.cell is None and args.B is None and args.N is None and args.D is None:
-        return [s._replace(dtype=args.dtype or s.dtype, T=args.T or s.T) for s in REFERENCE_SHAPES]
+        return [s._replace(dtype=args.dtype or s.dtype, T=args.T or s.T, direction=d)
+                for d in args.direction for s in REFERENCE_SHAPES]
     cells = args.cell or ["lstm"]
     Bs, Ns, Ds = args.B or [16], args.N or [12], args.D or [64]
-    return [Shape(c, args.dtype or "bfloat16", B, N, D, args.T or 1024)
-            for c, B, N, D in itertools.product(cells, Bs, Ns, Ds)]
+    return [Shape(c, args.dtype or "bfloat16", B, N, D, args.T or 1024, d)
+            for d, c, B, N, D in itertools.product(args.direction, cells, Bs, Ns, Ds)]
 
 
 def _ints(text: str) -> list[int]:
@@ -154,6 +160,13 @@ def _cells(text: str) -> list[str]:
     return names
 
 
+def _directions(text: str) -> list[str]:
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    if not names or any(n not in ("forward", "backward") for n in names):
+        raise argparse.ArgumentTypeError(f"direction: expected forward, backward or both, got {text!r}")
+    return names
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m flashrnn_core.tune", description=__doc__.splitlines()[0])
     p.add_argument("--cell", type=_cells, help="cells, comma-separated (lstm, slstm, gru, elman)")
@@ -162,6 +175,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--N", type=_ints, help="head counts, comma-separated")
     p.add_argument("--D", type=_ints, help="head dimensions, comma-separated")
     p.add_argument("--T", type=int, help="sequence length timed (1024)")
+    p.add_argument("--direction", type=_directions, default=["forward", "backward"],
+                   help="kernels tuned: forward, backward or both, comma-separated (both)")
     p.add_argument("--top-k", type=int, default=8, help="candidates per shape (8)")
     p.add_argument("--runs", type=int, default=20, help="timed runs per candidate, median taken (20)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compiler processes (all cores)")
@@ -183,14 +198,33 @@ def precompile(candidates: list[FusedParams], arch: str, jobs: int) -> dict[str,
     return {o.spec.name(): o.error for o in outcomes if o.error}
 
 
+def pinned(params: FusedParams):
+    """A ``FusedBackend`` that runs ``params`` (a forward or a backward choice) instead of the chooser's, for
+    the kernel of its direction."""
+    from .backends.fused import FusedBackend, launch_of
+
+    launch = launch_of(params)
+
+    class Pinned(FusedBackend):
+        def params(self, problem):
+            return launch if params.direction == "forward" else super().params(problem)
+
+        def bw_params(self, problem):
+            return launch if params.direction == "backward" else super().bw_params(problem)
+
+    return Pinned()
+
+
 def gpu_timer(shape: Shape, runs: int = 20, warmup: int = 3, spin_ms: float = 0.5, seed: int = 0) -> Timer:
     """A timer for ``shape`` on the current GPU: random inputs made once, each configuration launched through
-    ``FusedBackend.forward`` with its parameters pinned, timed by ``runtime.timing.median_ms``."""
+    ``FusedBackend`` with its parameters pinned, timed by ``runtime.timing.median_ms``. A backward shape times
+    ``FusedBackend.backward`` (the kernel and the host's dR/db sums after it) on one forward's saved tensors,
+    with upstream gradients on every state."""
     import cupy
     import numpy as np
 
     from . import _arrays
-    from .backends.fused import FusedBackend, launch_of
+    from .backends.fused import FusedBackend
     from .cells import CELLS
     from .runtime.timing import median_ms
     from .validate import validate
@@ -207,19 +241,17 @@ def gpu_timer(shape: Shape, runs: int = 20, warmup: int = 3, spin_ms: float = 0.
     b = normal(cell.gates_b, shape.N, shape.D)
     problem = validate(Wx, R, b, function=shape.function)
 
-    class Pinned(FusedBackend):
-        """The fused backend with one configuration instead of the chooser's."""
-
-        def __init__(self, params: FusedParams):
-            self.launch = launch_of(params)
-
-        def params(self, problem):
-            return self.launch
+    if shape.direction == "backward":
+        states, saved = FusedBackend().forward(problem, Wx, R, b, None)
+        dstates = normal(cell.states, shape.B, shape.T, shape.N, shape.D)
 
     def timer(params: FusedParams) -> float:
-        backend = Pinned(params)
-        return median_ms(lambda: backend.forward(problem, Wx, R, b, None), runs=runs, warmup=warmup,
-                         spin_ms=spin_ms)
+        backend = pinned(params)
+        if shape.direction == "backward":
+            run = lambda: backend.backward(problem, Wx, R, b, None, states, saved, dstates, None)  # noqa: E731
+        else:
+            run = lambda: backend.forward(problem, Wx, R, b, None)  # noqa: E731
+        return median_ms(run, runs=runs, warmup=warmup, spin_ms=spin_ms)
 
     return timer
 

@@ -170,8 +170,8 @@ def test_launch_is_the_solver_choice():
     assert {k: int(v) for k, v in d.items() if k in choice.template_args()} == choice.template_args()
     sm90_only = choice.blocks_per_head > 1 or choice.smem_bytes > A100.smem_per_block_optin
     assert launch.spec.min_sm == (90 if sm90_only else 80)
-    with pytest.raises(ValueError):
-        fused.launch_of(solve_fused(H100, "gru", "float16", 64, 12, 64, direction="backward"))
+    bw = fused.launch_of(solve_fused(H100, "gru", "float16", 64, 12, 64, direction="backward"))
+    assert bw.spec.entry == fused.BW_ENTRY and bw.grid == (12, 8) and bw.cluster == 1
 
 
 def test_solver_keeps_narrow_tiles_within_one_wave():
@@ -198,17 +198,23 @@ def test_every_choice_fits_a_block():
 
 
 def test_kernel_variants_are_the_solver_choices():
-    """The forward variants are exactly the distinct kernels the solver picks on the CI presets (a sample of
-    shapes re-solved here must each be listed, built for the oldest preset that picks it)."""
+    """The variants are exactly the distinct kernels (forward and backward) the solver picks on the CI presets
+    (a sample of shapes re-solved here must each be listed, built for the oldest preset that picks it)."""
     variants = {s.defines: s for s in fused.solver_variants()}
     assert len(variants) == len(fused.solver_variants())  # deduplicated
     for hw, function, dtype, D, B, N in ((A100, "lstm", "bfloat16", 64, 16, 12), (H100, "lstm", "bfloat16", 64, 256, 12),
                                          (H100, "elman", "float32", 256, 1, 1), (H100, "slstm", "float16", 384, 64, 12),
                                          (A100, "gru", "float32", 48, 256, 1)):
-        spec = fused.launch_of(solve_fused(hw, function, dtype, B, N, D)).spec
-        assert spec.defines in variants, spec.label
-        assert variants[spec.defines].min_sm <= max(hw.sm, spec.min_sm)
-    assert all(s.min_sm == 90 for s in variants.values() if dict(s.defines)["FLASHRNN_CLUSTER"] != "1")
+        for direction in ("forward", "backward"):
+            choice = solve_fused(hw, function, dtype, B, N, D, direction=direction)
+            if not choice:
+                assert direction == "backward" and D >= 256  # above one block's registers: cuda's backward
+                continue
+            spec = fused.launch_of(choice).spec
+            assert spec.defines in variants, spec.label
+            assert variants[spec.defines].min_sm <= max(hw.sm, spec.min_sm)
+    assert all(s.min_sm == 90 for s in variants.values() if dict(s.defines).get("FLASHRNN_CLUSTER", "1") != "1")
+    assert {s.entry for s in variants.values()} == {fused.ENTRY, fused.BW_ENTRY}
 
 
 def _compile_or_skip():

@@ -3,7 +3,9 @@ and every kind of upstream gradient, outputs fully overwritten, dR/db bitwise de
 
 from __future__ import annotations
 
+import itertools
 import zlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ import pytest
 import flashrnn_core as fc
 from flashrnn_core.backends import fused
 from flashrnn_core.cells import CELLS
+from flashrnn_core.constrint import A100, H100
 from flashrnn_core.validate import validate
 
 from test_fused import DTYPES, TOL, _inputs, _rel, _shapes, poisoned  # noqa: F401 (fixture)
@@ -26,6 +29,7 @@ CASES = [
     (7, 10, 2, 48, True, "h+last"),
     (9, 6, 2, 96, True, "all"),
     (20, 5, 4, 16, True, "h"),
+    (3, 5, 1, 160, True, "all"),  # above one block's registers for most cells: elman's fused backward, else cuda's
 ]
 
 
@@ -101,7 +105,7 @@ def test_backward_deterministic_and_fused(function):
     B, T, N, D = 16, 40, 3, 64
     dtype = DTYPES["bfloat16"]
     cell = CELLS[function]
-    assert fused.bw_unsupported(function, cell, dtype, D) is None
+    assert isinstance(fused.choose(function, dtype, B, N, D, hardware=H100, direction="backward"), fused.Launch)
     rng = np.random.default_rng(7)
     host = _inputs(rng, function, dtype, B, T, N, D, True)
     out = fc.forward(*[cupy.asarray(a) for a in host], function=function, backend="cuda_fused")
@@ -129,29 +133,86 @@ def test_backward_memory_is_states_plus_one_gate_set(function):
         fc.backward_memory("rnn", DTYPES["bfloat16"], 1, 1, 1, 16)
 
 
-def test_bw_variants_listed():
+def test_bw_variants_are_the_solvers_choices():
+    """Every backward kernel compile --check builds is a ConstrINT choice, and every cell's 16-bit and float32
+    reference head (D=64) has one on both CI presets."""
     specs = [s for s in fused.FusedBackend().kernel_variants() if s.entry == fused.BW_ENTRY]
-    labels = {s.label for s in specs}
-    assert "lstm cuda_fused bw bfloat16 D64" in labels and "lstm cuda_fused bw bfloat16 D16" in labels
-    for function, cell in CELLS.items():
-        for dtype in DTYPES.values():
-            threads, smem, prefetch = fused.bw_geometry(cell, dtype, 64)
-            assert threads == 512  # 4 warps split K for each 16 rows (bw_ksplit)
-            assert prefetch >= 1 and (smem <= fused.BW_SMEM_TARGET or prefetch == 1)
-            assert smem <= 163 * 1024  # what an A100 block can opt in to
+    for hw, function, dtype in itertools.product((A100, H100), CELLS, DTYPES.values()):
+        launch = fused.choose(function, dtype, 16, 12, 64, hardware=hw, direction="backward")
+        assert isinstance(launch, fused.Launch), launch
+        assert launch.spec in specs or replace(launch.spec, min_sm=80) in specs
+        choice = launch.choice
+        assert choice.direction == "backward" and launch.grid == (12, 2) and launch.threads == 2 * 64 * choice.k_split
+        assert not (choice.fused_dr and dtype == DTYPES["float32"])  # dR tiles multiply 16-bit operands
+        assert launch.smem_bytes <= hw.smem_per_block_optin
 
 
-def test_host_and_kernel_agree_on_summing_dr_in_the_kernel():
-    """The host allocates dR's partial sums (and skips its GEMMs) where bw_fused_dr says the kernel sums dR; the
-    kernel checks that against its own Tile::FUSED_DR at compile time: a disagreeing define does not compile."""
-    from dataclasses import replace
+def test_backward_too_large_for_one_block_says_why():
+    reason = fused.choose("lstm", DTYPES["bfloat16"], 16, 3, 256, hardware=H100, direction="backward")
+    assert isinstance(reason, str) and "fused backward kernel" in reason and "registers" in reason
 
+
+def test_kernel_refuses_a_launch_the_solver_did_not_describe():
+    """The solver's threads and shared memory are held to the kernel's Tile by static_asserts (a disagreement
+    does not compile), and so is dR in the kernel for float32's split operands."""
     from flashrnn_core.errors import CompileError
     from flashrnn_core.runtime import compile_spec
 
-    cell, dtype = CELLS["lstm"], DTYPES["bfloat16"]
-    assert fused.bw_fused_dr(cell, dtype, 64) and not fused.bw_fused_dr(cell, DTYPES["float32"], 32)
-    spec = next(s for s in fused.FusedBackend().kernel_variants() if s.label == "lstm cuda_fused bw bfloat16 D64")
-    flipped = replace(spec, defines=tuple((k, "0" if k == "FLASHRNN_FUSED_DR" else v) for k, v in spec.defines))
-    with pytest.raises(CompileError, match="bw_fused_dr disagrees"):
-        compile_spec(flipped, "sm_90", use_cache=False)
+    spec = fused.choose("lstm", DTYPES["bfloat16"], 16, 12, 64, hardware=H100, direction="backward").spec
+
+    def edited(**changes):
+        return replace(spec, defines=tuple((k, changes.get(k, v)) for k, v in spec.defines))
+
+    smem = dict(spec.defines)["FLASHRNN_SMEM_BYTES"]
+    with pytest.raises(CompileError, match="the solver's shared memory disagrees"):
+        compile_spec(edited(FLASHRNN_SMEM_BYTES=str(int(smem) + 16)), "sm_90", use_cache=False)
+    f32 = fused.choose("lstm", DTYPES["float32"], 16, 12, 32, hardware=H100, direction="backward").spec
+    forced = replace(f32, defines=tuple((k, "1" if k == "FLASHRNN_FUSED_DR" else v) for k, v in f32.defines))
+    with pytest.raises(CompileError, match="dR in the kernel multiplies 16-bit operands"):
+        compile_spec(forced, "sm_90", use_cache=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype_name", ["bfloat16", "float32"])
+@pytest.mark.parametrize("function", list(CELLS))
+def test_every_feasible_backward_configuration_matches_vanilla(function, dtype_name, poisoned):
+    """The solver picks one configuration a shape, but may pick any it admits on another GPU or shape (and
+    ``python -m flashrnn_core.tune`` stores the fastest measured): each one (k split, prefetch, dR in the
+    kernel or not) gives vanilla's gradients. Kernels are compiled up front on every core."""
+    import os
+
+    import cupy
+
+    from flashrnn_core.compile import run_jobs
+    from flashrnn_core.constrint.hardware import current
+    from flashrnn_core.constrint.problems import all_feasible
+    from flashrnn_core.runtime import device_arch
+    from flashrnn_core.tune import pinned
+
+    B, T, N, D = 9, 7, 2, (64 if dtype_name != "float32" else 32)
+    dtype = DTYPES[dtype_name]
+    configs = all_feasible(current(), function, dtype_name, B, N, D, direction="backward")
+    assert configs and {c.k_split for c in configs} >= {2, 4}
+    failed = [o for o in run_jobs([(fused.launch_of(c).spec, device_arch()) for c in configs], os.cpu_count() or 1)
+              if o.error]
+    assert not failed, failed[0].error
+    rng = np.random.default_rng(zlib.crc32(repr((function, dtype_name, "every config")).encode()))
+    host = _inputs(rng, function, dtype, B, T, N, D, True)
+    dst, dl = _upstream(rng, function, "all+last", B, T, N, D)
+    dst, dl = (a.astype(np.float32).astype(dtype) for a in (dst, dl))
+    ref = fc.forward(*[a.astype(np.float64) for a in host], function=function, backend="vanilla")
+    ref_grads = fc.backward(ref, dstates=dst.astype(np.float64), dlast_states=dl.astype(np.float64))
+    Wx, R, b, s0 = (cupy.asarray(a) for a in host)
+    problem = validate(Wx, R, b, s0, function=function)
+    states, saved = fused.FusedBackend().forward(problem, Wx, R, b, s0)
+    tol = TOL[dtype_name] * (2 if dtype_name != "float32" else 10)
+    for config in configs:
+        grads = pinned(config).backward(problem, Wx, R, b, s0, states, saved, cupy.asarray(dst), cupy.asarray(dl))
+        for name, got, want in (("dWx", grads.dWx, ref_grads.dWx), ("dR", grads.dR, ref_grads.dR),
+                                ("db", grads.db, ref_grads.db),
+                                ("dinit", grads.dstates_initial, ref_grads.dstates_initial)):
+            got = cupy.asnumpy(got)
+            if name == "dinit" and function == "slstm":
+                got, want = got[:3], want[:3]
+            err = _rel(got, want.reshape(got.shape))
+            assert err < tol, f"{fused.launch_of(config).spec.label}: {name} relative error {err:.2e} >= {tol:g}"

@@ -16,13 +16,18 @@ from bench import sweep_fused
 
 def test_default_shapes_are_the_reference_shapes():
     shapes = tune.parse_shapes(tune.parser().parse_args([]))
-    assert shapes == list(tune.REFERENCE_SHAPES) and len(shapes) == 8
-    assert all(s.dtype == "bfloat16" and s.T == 1024 for s in shapes)
+    assert shapes == [s._replace(direction=d) for d in ("forward", "backward") for s in tune.REFERENCE_SHAPES]
+    assert len(shapes) == 16 and all(s.dtype == "bfloat16" and s.T == 1024 for s in shapes)
+    backward = tune.parse_shapes(tune.parser().parse_args(["--direction", "backward", "--cell", "gru"]))
+    assert backward == [tune.Shape("gru", "bfloat16", 16, 12, 64, 1024, "backward")]
+    with pytest.raises(SystemExit):
+        tune.parser().parse_args(["--direction", "sideways"])
     assert tune.parse_shapes(tune.parser().parse_args(["--dtype", "float16", "--T", "64"]))[0].T == 64
 
 
 def test_shape_flags_combine_as_a_product():
-    args = tune.parser().parse_args(["--cell", "lstm,gru", "--B", "16,64", "--D", "32", "--T", "8", "--top-k", "3"])
+    args = tune.parser().parse_args(["--cell", "lstm,gru", "--B", "16,64", "--D", "32", "--T", "8", "--top-k", "3",
+                                     "--direction", "forward"])
     shapes = tune.parse_shapes(args)
     assert len(shapes) == 4 and args.top_k == 3
     assert {(s.function, s.B) for s in shapes} == {("lstm", 16), ("lstm", 64), ("gru", 16), ("gru", 64)}
@@ -55,6 +60,18 @@ def test_fastest_candidate_is_stored_as_measured(tmp_path, monkeypatch):
     params, meta = tuning.load(H100, "gru", "bfloat16", 16, 12, 64)
     assert params == found[1] and meta["source"] == "measured" and meta["measured_us"] == 1500.0
     assert tuning.choose(H100, "gru", "bfloat16", 16, 12, 64) == found[1]
+
+
+def test_backward_candidates_are_stored_under_their_direction(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLASHRNN_CORE_CACHE", str(tmp_path))
+    shape = tune.Shape("lstm", "bfloat16", 16, 12, 64, T=128, direction="backward")
+    found = tune.candidates(H100, shape, 3)
+    assert len(found) == 3 and all(p.direction == "backward" for p in found)
+    assert all(tune.config_label(p).endswith(("dr0", "dr1")) for p in found)
+    tuned = tune.measure_all(shape, found, lambda params: 1.0 if params == found[2] else 2.0)
+    assert tune.store_best(H100, tuned) is not None
+    assert tuning.choose(H100, "lstm", "bfloat16", 16, 12, 64, direction="backward") == found[2]
+    assert tuning.choose(H100, "lstm", "bfloat16", 16, 12, 64) != found[2]  # the forward's key is another
 
 
 def test_nothing_stored_when_nothing_ran(tmp_path, monkeypatch):

@@ -16,14 +16,15 @@ constraints in words, and ``auto`` falls back to ``cuda``. ``kernel_variants`` l
 solver can choose on the CI presets (``VARIANT_HARDWARE`` x cells x dtypes x ``VARIANT_DIMS`` x
 ``VARIANT_BATCHES`` x ``VARIANT_HEADS``).
 
-Backward: heads on one block run the fused reverse-time kernel (``cuda_src/fused_bw.cu``: R^T as mma
-A-fragments in registers, KS warps splitting K per 16 rows, inputs staged by cp.async several steps ahead,
-drs double-buffered in shared memory, outputs written as 16-byte pieces). Each block also sums db, and for
-16-bit storage dR (m16n8k8 tiles of drs_t^T h_{t-1} from what is already in shared memory), over its batch
-tile; the host adds the tiles' partial sums in a fixed order (deterministic, no atomics). float32 (and heads
-whose dR tiles would not fit a warp's registers) take dR as cuBLAS GEMMs over all B*T after the kernel.
-Heads on clusters (and float32 lstm/slstm above D=48) still run the ``cuda`` backend's backward (``vanilla``'s
-where ``cuda`` cannot run) on this forward's saved tensors (the same contract).
+Backward: the fused reverse-time kernel (``cuda_src/fused_bw.cu``: one block per head and 8 sequences, R^T as
+mma A-fragments in registers, ``k_split`` warps splitting K per 16 rows, inputs staged by cp.async
+``prefetch`` steps ahead, drs double-buffered in shared memory, outputs written as 16-byte pieces), with
+parameters from the same solver (``choose(..., direction="backward")``, ``constrint/backward.py``). Each block
+sums db, and where the solver says so (``FusedParams.fused_dr``, 16-bit storage) dR as m16n8k8 tiles of
+drs_t^T h_{t-1}, over its batch tile; the host adds the tiles' partial sums in a fixed order (deterministic,
+no atomics). Otherwise dR is cuBLAS GEMMs over all B*T after the kernel. Shapes the solver finds infeasible
+(R^T too large for one block's registers) run the ``cuda`` backend's backward (``vanilla``'s where ``cuda``
+cannot run) on this forward's saved tensors (the same contract).
 
 Variable lengths: both kernels take ``problem.lengths`` (None: a null pointer); docs/architecture.md "Variable lengths".
 """
@@ -41,8 +42,8 @@ from .. import _arrays
 from ..constrint import A100, H100, FusedParams, Hardware, Infeasible, solve_fused, tuning
 from .base import Backend
 
-SOURCE = "fused_fw.cu"
-ENTRY = "flashrnn_fused_fw"
+SOURCE, ENTRY = "fused_fw.cu", "flashrnn_fused_fw"
+BW_SOURCE, BW_ENTRY = "fused_bw.cu", "flashrnn_fused_bw"
 
 #: cell name -> struct in cuda_src/cells/; storage dtype -> CUDA type.
 CELL_STRUCTS = {"lstm": "LstmCell", "slstm": "SlstmCell", "gru": "GruCell", "elman": "ElmanCell"}
@@ -73,11 +74,9 @@ class Launch:
 
 
 def launch_of(choice: FusedParams) -> Launch:
-    """The launch of a forward choice (``choice.direction == "forward"``)."""
+    """The launch of a solver's choice: fused_fw.cu for a forward one, fused_bw.cu for a backward one."""
     from ..runtime import KernelSpec
 
-    if choice.direction != "forward":
-        raise ValueError(f"fused_fw.cu runs forward choices, got a {choice.direction} one")
     dtype = np.dtype(choice.dtype)
     # Hardware tanh (relative error ~2^-11) where storage is 16-bit; the accurate functions for float32.
     fast = "0" if dtype == _arrays.float32 else "1"
@@ -85,21 +84,27 @@ def launch_of(choice: FusedParams) -> Launch:
     # the solver's geometry and the kernel agree or the variant does not compile.
     defines = (("FLASHRNN_CELL", CELL_STRUCTS[choice.function]), ("FLASHRNN_STORAGE", STORAGE_TYPES[dtype]),
                ("FLASHRNN_FAST_ACTIVATIONS", fast), *((k, str(v)) for k, v in choice.template_args().items()))
-    label = (f"{choice.function} cuda_fused fw {choice.dtype} D{choice.D} nbt{choice.batch_ntiles} "
-             f"p{choice.prefetch_steps}")
-    if choice.blocks_per_head > 1 or choice.k_split > 1:
-        label += f" cluster{choice.blocks_per_head} ksplit{choice.k_split}"
+    if choice.direction == "backward":
+        source, entry = BW_SOURCE, BW_ENTRY
+        label = (f"{choice.function} cuda_fused bw {choice.dtype} D{choice.D} ks{choice.k_split} "
+                 f"p{choice.prefetch_steps}" + (" dr" if choice.fused_dr else ""))
+    else:
+        source, entry = SOURCE, ENTRY
+        label = (f"{choice.function} cuda_fused fw {choice.dtype} D{choice.D} nbt{choice.batch_ntiles} "
+                 f"p{choice.prefetch_steps}")
+        if choice.blocks_per_head > 1 or choice.k_split > 1:
+            label += f" cluster{choice.blocks_per_head} ksplit{choice.k_split}"
     # Clusters need sm_90; so does shared memory beyond what sm_80 gives a block (a choice made for sm_90).
     sm90_only = choice.blocks_per_head > 1 or choice.smem_bytes > A100.smem_per_block_optin
-    spec = KernelSpec(source=SOURCE, entry=ENTRY, defines=defines, label=label, min_sm=90 if sm90_only else 80,
+    spec = KernelSpec(source=source, entry=entry, defines=defines, label=label, min_sm=90 if sm90_only else 80,
                       smem_dynamic=choice.smem_bytes)
     return Launch(choice, spec, tuple(choice.grid), choice.threads_per_block, choice.smem_bytes,
                   choice.blocks_per_head)
 
 
 def choose(function: str, dtype, B: int, N: int, D: int, hardware: Hardware | None = None,
-           device: int | None = None) -> Launch | str:
-    """The forward launch for one shape, or why the fused kernel cannot run it.
+           device: int | None = None, direction: str = "forward") -> Launch | str:
+    """The launch (forward or backward kernel) for one shape, or why the fused kernel cannot run it.
 
     ``hardware`` None: the GPU ``device`` (the current one by default), through the tuning cache
     (``constrint.tuning.choose_for_device``: a measured entry, else the solver's choice, stored). A preset
@@ -110,29 +115,32 @@ def choose(function: str, dtype, B: int, N: int, D: int, hardware: Hardware | No
         return f"storage dtype {dtype} is not one of float32, bfloat16, float16"
     name = _arrays.dtype_name(dtype)
     if hardware is None:
-        choice = tuning.choose_for_device(function, name, B, N, D, device=device)
+        choice = tuning.choose_for_device(function, name, B, N, D, direction=direction, device=device)
         where = "this GPU"
     else:
-        choice = solve_fused(hardware, function, name, B, N, D)
+        choice = solve_fused(hardware, function, name, B, N, D, direction=direction)
         where = f"{hardware.name} ({hardware.arch})"
     if isinstance(choice, Infeasible):
-        return (f"{function} in {name} with head dimension D={D} (B={B}, N={N}) has no valid launch of the fused "
-                f"kernel on {where}: {choice.reason}")
+        kernel = "fused backward kernel" if direction == "backward" else "fused kernel"
+        return (f"{function} in {name} with head dimension D={D} (B={B}, N={N}) has no valid launch of the "
+                f"{kernel} on {where}: {choice.reason}")
     return launch_of(choice)
 
 
 @lru_cache(maxsize=1)
 def solver_variants() -> tuple[Any, ...]:
-    """The distinct forward kernels the solver chooses over ``VARIANT_HARDWARE`` x cells x storage dtypes x
-    ``VARIANT_DIMS`` x ``VARIANT_BATCHES`` x ``VARIANT_HEADS`` (~9000 solves, ~25 s once a process: infeasible
-    shapes are not explained). Each one's ``min_sm`` is the oldest preset the solver picks it on (at least what
-    the kernel needs), so that ``compile --check`` builds it only for architectures that can launch it."""
+    """The distinct kernels (forward and backward) the solver chooses over ``VARIANT_HARDWARE`` x cells x
+    storage dtypes x ``VARIANT_DIMS`` x ``VARIANT_BATCHES`` x ``VARIANT_HEADS`` (~18000 solves, ~30 s once a
+    process: infeasible shapes are not explained). Each one's ``min_sm`` is the oldest preset the solver picks
+    it on (at least what the kernel needs), so that ``compile --check`` builds it only for architectures that
+    can launch it."""
     from ..cells import CELLS
 
     oldest: dict[Any, int] = {}  # insertion-ordered: spec -> oldest sm the solver picks it on
-    for hw, function, dtype, D, B, N in itertools.product(VARIANT_HARDWARE, CELLS, STORAGE_TYPES, VARIANT_DIMS,
-                                                          VARIANT_BATCHES, VARIANT_HEADS):
-        choice = solve_fused(hw, function, _arrays.dtype_name(dtype), B, N, D, explain=False)
+    for direction, hw, function, dtype, D, B, N in itertools.product(
+            ("forward", "backward"), VARIANT_HARDWARE, CELLS, STORAGE_TYPES, VARIANT_DIMS, VARIANT_BATCHES,
+            VARIANT_HEADS):
+        choice = solve_fused(hw, function, _arrays.dtype_name(dtype), B, N, D, direction=direction, explain=False)
         if not isinstance(choice, Infeasible):
             spec = launch_of(choice).spec
             oldest[spec] = min(oldest.get(spec, hw.sm), hw.sm)
@@ -208,42 +216,48 @@ class FusedBackend(Backend):
                               device=problem.device)
 
     def backward(self, problem, Wx, R, b, states0, states, saved, dstates, dlast):
-        """The fused reverse-time kernel (fused_bw.cu) where the forward runs one block per head; cluster heads
-        (and anything bw_unsupported names) delegate to the ``cuda`` backend's backward (``vanilla``'s where
-        ``cuda`` cannot run), which reads the same saved tensors (docs/architecture.md "Saved tensors")."""
+        """The fused reverse-time kernel (fused_bw.cu) with the solver's parameters; shapes it cannot take
+        (``bw_params`` says why: heads too large for one block's registers, ...) delegate to the ``cuda``
+        backend's backward (``vanilla``'s where ``cuda`` cannot run), which reads the same saved tensors
+        (docs/architecture.md "Saved tensors")."""
         from . import get_backend, why_not
 
-        if bw_unsupported(problem.function, problem.cell, problem.dtype, problem.D) is None:
-            return self._fused_backward(problem, R, b, states0, states, saved, dstates, dlast, Wx.dtype)
+        params = self.bw_params(problem)
+        if not isinstance(params, str):
+            return self._fused_backward(problem, params, R, b, states0, states, saved, dstates, dlast, Wx.dtype)
         name = "cuda" if why_not("cuda", problem) is None else "vanilla"
         return get_backend(name).backward(problem, Wx, R, b, states0, states, saved, dstates, dlast)
 
-    def _fused_backward(self, problem, R, b, states0, states, saved, dstates, dlast, wx_dtype):
+    def bw_params(self, problem) -> Launch | str:
+        """The backward kernel's launch (ConstrINT, through the tuning cache), or why it has none."""
+        return choose(problem.function, problem.dtype, problem.B, problem.N, problem.D, device=problem.device,
+                      direction="backward")
+
+    def _fused_backward(self, problem, params: Launch, R, b, states0, states, saved, dstates, dlast, wx_dtype):
         import cupy
 
         from ..runtime import get_kernel, launch
         from .base import Grads
 
-        cell, dtype = problem.cell, problem.dtype
+        cell, dtype, choice = problem.cell, problem.dtype, params.choice
         B, T, N, D = problem.B, problem.T, problem.N, problem.D
         R16, s0, states, saved, dstates, dlast = (_as(a, dtype) for a in (R, states0, states, saved, dstates, dlast))
-        threads, smem, prefetch = bw_geometry(cell, dtype, D)
-        fused_dr = bw_fused_dr(cell, dtype, D)
-        tiles = -(-B // 8)
+        tiles = params.grid[1]
         dWx = _empty((B, T, cell.gates_w, N, D), dtype)
         # Without dR in the kernel it is a GEMM over drs: lstm/slstm/elman's drs is their dx (cuda_src/cells/), so
         # it reads dWx; gru's drs (g, r, z) differs from its dx (r, z, n) and the kernel writes it.
-        drs = _empty((B, T, cell.gates_r, N, D), dtype) if _stores_drs(problem.function, cell, dtype, D) else None
+        drs = _empty((B, T, cell.gates_r, N, D), dtype) if choice.stores_drs else None
         dinit = _empty((cell.states, B, 1, N, D), dtype)
-        dr_part = _empty((tiles, cell.gates_r, N, D, D), np.float32) if fused_dr else None
+        dr_part = _empty((tiles, cell.gates_r, N, D, D), np.float32) if choice.fused_dr else None
         db_part = _empty((tiles, cell.gates_b, N, D), np.float32)
-        kernel = get_kernel(_bw_spec(problem.function, dtype, D, threads, smem, prefetch), device=problem.device)
+        kernel = get_kernel(params.spec, device=problem.device)
         sd = 0 if dstates is None else dstates.shape[0]
-        launch(kernel, (N, tiles), (threads,), R16, s0, states, saved, dstates, dlast, dWx, drs, dinit, dr_part,
-               db_part, np.int32(B), np.int32(T), np.int32(N), np.int32(sd), problem.lengths, shmem=smem)
+        launch(kernel, params.grid, (params.threads,), R16, s0, states, saved, dstates, dlast, dWx, drs, dinit,
+               dr_part, db_part, np.int32(B), np.int32(T), np.int32(N), np.int32(sd), problem.lengths,
+               shmem=params.smem_bytes)
         # The blocks' partial sums over their batch tiles, added in a fixed order: deterministic, no atomics.
         db = db_part.sum(axis=0).astype(b.dtype)
-        if fused_dr:
+        if choice.fused_dr:
             dR = dr_part.sum(axis=0)
         else:  # dR[g, n] = sum over (b, t) of drs outer h_prev: cuBLAS GEMMs over all B*T, float32 accumulation
             h0 = s0[0] if s0 is not None else cupy.zeros((B, 1, N, D), dtype)
@@ -255,94 +269,12 @@ class FusedBackend(Backend):
         return Grads(dWx.astype(wx_dtype, copy=False), dR, db, dinit.astype(s_dtype, copy=False))
 
     def kernel_variants(self):
-        """Every forward kernel the solver can choose on the CI presets (``solver_variants``) and every backward
-        kernel (one per cell, dtype and D that ``bw_unsupported`` takes), for ``compile --check``."""
-        from ..cells import CELLS
-
-        specs = list(solver_variants())
-        for function, cell in CELLS.items():
-            for dtype in STORAGE_TYPES:
-                for D in range(16, max(MAX_D_BW_16BIT.values()) + 1, 16):
-                    if bw_unsupported(function, cell, dtype, D) is None:
-                        specs.append(_bw_spec(function, dtype, D, *bw_geometry(cell, dtype, D)))
-        return specs
+        """Every kernel the solver can choose on the CI presets, forward and backward (``solver_variants``),
+        for ``compile --check``."""
+        return list(solver_variants())
 
 
-# ---- backward (fused_bw.cu) ----------------------------------------------------------------------------------
-BW_SOURCE = "fused_bw.cu"
-BW_ENTRY = "flashrnn_fused_bw"
-#: Largest D of the backward kernel (one block per head, R^T as A-fragments: Gr*D/16 k-tiles x 4 registers a
-#: thread, twice that for float32): checked without spills by compile --check for every variant. The backward's
-#: geometry follows from (cell, dtype, D) by the rules below (``bw_ksplit``, ``bw_geometry``, ``bw_fused_dr``),
-#: not from the ConstrINT solver (it has no problem of its own yet); these limits are the kernel's.
-MAX_D_BW_16BIT = {"lstm": 96, "slstm": 64, "gru": 112, "elman": 128}  # slstm 80/96, gru 128: spill at every KS
-MAX_D_BW_FLOAT32 = {"lstm": 48, "slstm": 48, "gru": 64, "elman": 128}
-
-
-def bw_unsupported(function: str, cell, dtype, D: int) -> str | None:
-    """Why the fused backward kernel does not take (function, dtype, D), or None."""
-    dtype = np.dtype(dtype)
-    if dtype not in STORAGE_TYPES or D % 16:
-        return "not a fused storage dtype / D not a multiple of 16"
-    limit = (MAX_D_BW_FLOAT32 if dtype == _arrays.float32 else MAX_D_BW_16BIT)[function]
-    if D > limit:
-        return f"D={D} is above {limit}, the backward kernel's largest head on one block"
-    return None
-
-
-#: Warps sharing one 16-row M tile of the backward (fused_bw::Tile's KS): 4 where it compiles without spills
-#: (ptxas, sm_80 and sm_90), so that a scheduler has up to 4 warps to interleave and each lane runs one cell;
-#: issue 6 measured KS = 1 (4 warps at D = 64, one a scheduler) at ~6800 cycles a step, each of a lane's 4 cells'
-#: instructions waiting on the last. Where 4 warps per tile would take more registers than 1024 threads leave,
-#: fewer (listed here, found with ``python -m flashrnn_core.compile --check --match "cuda_fused bw"``).
-BW_KSPLIT_LIMITS = {("lstm", 96): 2, ("gru", 112): 1}
-
-
-def bw_ksplit(function: str, D: int) -> int:
-    """Warps sharing one 16-row M tile of the backward (1, 2 or 4), at most 1024 threads a block."""
-    limit = BW_KSPLIT_LIMITS.get((function, D), 4)
-    return next(ks for ks in (4, 2, 1) if ks <= limit and (2 * D * ks <= 1024 or ks == 1))
-
-
-#: Steps of backward inputs (saved, previous states, upstream gradient) in flight as cp.async stages: a step
-#: cannot be shorter than the load latency over this many steps (the forward's Wx measured ~0.6 us).
-BW_PREFETCH_MAX = 3
-#: Shared memory the prefetch depth is chosen to stay within (one prefetch step is taken even above it, up to
-#: what the architecture allows a block: compile --check holds every variant to that).
-BW_SMEM_TARGET = 96 * 1024
-
-
-def bw_geometry(cell, dtype, D: int) -> tuple[int, int, int]:
-    """(threads, dynamic shared-memory bytes, prefetch steps) of the backward kernel: mirrors ``fused_bw::Tile``,
-    with the deepest prefetch (<= BW_PREFETCH_MAX) that keeps shared memory within BW_SMEM_TARGET."""
-    dtype = np.dtype(dtype)
-    split, item = (2 if dtype == _arrays.float32 else 1), dtype.itemsize
-    ks, row = bw_ksplit(cell.name, D), (D + 16 // item) * item
-    outputs = cell.gates_w + (cell.gates_r if _stores_drs(cell.name, cell, dtype, D) else 0)
-    fixed = (2 * split * 8 * (cell.gates_r * D + 8) * 2 + (ks * (D // 16) * 4 * 32 * 4 if ks > 1 else 0)
-             + 2 * 8 * outputs * row)
-    stage = (8 * cell.n_saved + 2 * cell.states * 8) * row
-    # prefetch + 2 stages: a stage is refilled two steps after its own (fused_bw::Tile::NS)
-    prefetch = next((p for p in range(BW_PREFETCH_MAX, 1, -1) if fixed + (p + 2) * stage <= BW_SMEM_TARGET), 1)
-    return 2 * D * ks, fixed + (prefetch + 2) * stage, prefetch
-
-
-def bw_fused_dr(cell, dtype, D: int) -> bool:
-    """Whether the backward kernel sums dR itself (fused_bw::Tile::FUSED_DR, which must agree): 16-bit storage,
-    at most 8 m16n8k8 tiles of dR_head ([Gr*D, D]) a warp and at most 512 threads; else dR is a GEMM after the
-    kernel."""
-    warps = D // 16 * bw_ksplit(cell.name, D)
-    tiles = cell.gates_r * D // 16 * (D // 8)
-    # Above 512 threads a block (< 128 registers a thread) the tiles' accumulators spill (ptxas, sm_80/sm_90).
-    return np.dtype(dtype) != _arrays.float32 and -(-tiles // warps) <= 8 and 32 * warps <= 512
-
-
-def _stores_drs(function: str, cell, dtype, D: int) -> bool:
-    """Whether the backward kernel writes drs for a dR GEMM after it: only where dR is not summed in the kernel
-    and the cell's drs differs from its dx (gru: (g, r, z) against (r, z, n))."""
-    return function == "gru" and not bw_fused_dr(cell, dtype, D)
-
-
+# ---- dR as GEMMs after the backward kernel (where the solver leaves it out of the kernel) --------------------
 _CUDA_TYPES = {_arrays.bfloat16: 14, _arrays.float16: 2, _arrays.float32: 0}  # cudaDataType: 16BF, 16F, 32F
 
 
@@ -369,21 +301,3 @@ def _dr_gemms(dR, drs, h_prev, dtype) -> None:
     for g in range(GR):
         _gemm(0, 1, D, D, BT, h_prev.data.ptr, N * D, D, drs.data.ptr + g * N * D * e, GR * N * D, D,
               dR.data.ptr + g * N * D * D * 4, D, D * D, N, dtype)
-
-
-def _bw_spec(function: str, dtype, D: int, threads: int, smem: int, prefetch: int):
-    from ..runtime import KernelSpec
-
-    from ..cells import CELLS
-
-    fast = "0" if np.dtype(dtype) == _arrays.float32 else "1"
-    store_drs = _stores_drs(function, CELLS[function], dtype, D)
-    defines = (("FLASHRNN_CELL", CELL_STRUCTS[function]), ("FLASHRNN_STORAGE", STORAGE_TYPES[np.dtype(dtype)]),
-               ("FLASHRNN_D", str(D)), ("FLASHRNN_FAST_ACTIVATIONS", fast),
-               ("FLASHRNN_KSPLIT", str(bw_ksplit(function, D))), ("FLASHRNN_PREFETCH", str(prefetch)),
-               ("FLASHRNN_STORE_DRS", str(int(store_drs))),
-               ("FLASHRNN_FUSED_DR", str(int(bw_fused_dr(CELLS[function], dtype, D)))),
-               ("FLASHRNN_THREADS", str(threads)), ("FLASHRNN_SMEM_BYTES", str(smem)))
-    return KernelSpec(source=BW_SOURCE, entry=BW_ENTRY, defines=defines,
-                      label=f"{function} cuda_fused bw {_arrays.dtype_name(dtype)} D{D}", min_sm=80,
-                      smem_dynamic=smem)

@@ -8,10 +8,9 @@ here): every block owns ``D / blocks_per_head`` output dims of one head (all the
 ``8 * nbt`` sequences; R's rows live on chip as mma.sync m16n8k16 A-fragments (in registers, or some k-tiles
 of them in shared memory), ``h`` double-buffered in shared memory, ``Wx`` staged ``prefetch`` steps ahead with
 cp.async, the step's outputs staged in shared memory; heads larger than one block take a thread-block cluster
-(sm_90) and exchange ``h`` slices through distributed shared memory each step. The backward (issue 6) is the
-same shape of problem with ``R^T``: per dim one m16 row (dh), K over all ``Gr * D`` gate rows, ``dg`` in the
-exchanged buffer; ``direction="backward"`` models it with those dimensions (its register fit and latency
-constants are the forward's until a backward kernel exists to calibrate them on).
+(sm_90) and exchange ``h`` slices through distributed shared memory each step. ``direction="backward"``
+is ``cuda_src/fused_bw.cu``'s own problem (one block per head and 8 sequences, warps splitting K, fused dR or
+not): ``constrint/backward.py`` builds it; estimates, results and the tuning cache are shared.
 
 Everything that is a modelling *choice* is in ``KernelModel`` (one place to change): the kernel features the
 model may use (R in shared memory, cooperative grids), the register estimate (fitted to ptxas reports of
@@ -131,6 +130,30 @@ class KernelModel:
         # a 4-block cluster per head, a quarter of the cells a block, measured 0.617 ms against one block's 0.702;
         # at 110 the model chose the one block, 14% off the best; test_constrint replays the sweep).
         "lstm": CellCost(110, 45), "slstm": CellCost(200, 150), "gru": CellCost(130, 50), "elman": CellCost(25, 10)})
+
+    # -- the backward kernel (fused_bw.cu; constrint/backward.py builds its problem)
+    bw_ksplits: tuple[int, ...] = (1, 2, 4)  # Tile::KS: the 4 cells of a lane's accumulator split evenly
+    bw_prefetches: tuple[int, ...] = (1, 2, 3)  # Tile::P (cp.async stages ahead; 3 measured best on lstm 12x64)
+    # Registers (BW_REGISTER_FIT in backward.py says how these were fitted; the margins are the forward's).
+    bw_reg_base: Fraction = Fraction(38)  # addresses, loop state, stage indices, db partial sums
+    bw_reg_per_r: Fraction = Fraction(49, 25)  # per register of R^T's A-fragments (~2: ptxas keeps copies)
+    bw_reg_per_cell_value: Fraction = Fraction(19, 10)  # per live value of a cell a lane runs
+    bw_reg_per_dr: Fraction = Fraction(1)  # per dR accumulator float (fused dR)
+    bw_reg_margin: Fraction = Fraction(0)  # added to the estimate (the fit already clears every spill)
+    bw_reg_margin_fraction: Fraction = Fraction(0)
+    # Latency (cycles; BW_LATENCY_CALIBRATION in backward.py): instructions a warp issues a step
+    bw_skeleton_issue: int = 100  # indices, selects, stage bookkeeping, cp.async issue (ncu: IMAD/LEA/ISETP)
+    bw_input_issue: int = 2  # per staged input value a cell reads (shared-memory load + convert)
+    bw_output_issue: int = 2  # per output value a cell stages
+    bw_ksplit_issue: int = 8  # per cell: its partial sums stored and the others' loaded (warps splitting K)
+    bw_dr_tile_issue: int = 3  # per dR m16n8k8 tile a warp accumulates (two ldmatrix and the mma)
+    bw_dependent_cpi: int = 6  # cycles between a lone warp's instructions (each waits on its predecessor)
+    bw_fixed: int = 1100  # barriers' waits and stage waits a step, beyond the issue or chain
+    bw_load_latency: int = 2400  # a stage's cp.async round trip, hidden over ``prefetch`` steps
+    bw_gemm_fixed: int = 60000  # dR as GEMMs after the kernel: launches and the h_{t-1} gather, fixed
+    bw_steps: int = 1024  # the length that fixed cost is spread over (the reference T)
+    bw_cells: dict = field(default_factory=lambda: {
+        "lstm": CellCost(160, 60), "slstm": CellCost(260, 90), "gru": CellCost(180, 70), "elman": CellCost(40, 20)})
 
 
 DEFAULT_MODEL = KernelModel()
@@ -308,13 +331,25 @@ class FusedParams:
     step_cycles: float
     step_us: float
     breakdown: dict = field(default_factory=dict, compare=False)
+    fused_dr: bool = False  # backward: the kernel sums dR itself (else GEMMs after it)
 
     def template_args(self) -> dict[str, int]:
-        """The -D parameters of cuda_src/fused_fw.cu as it stands (FLASHRNN_NBT, ...); the backend adds the
-        cell and storage type (``backends.fused.launch_of``, the one conversion to a launch)."""
+        """The -D parameters of cuda_src/fused_fw.cu (or fused_bw.cu for a backward choice) as it stands
+        (FLASHRNN_NBT, ...); the backend adds the cell and storage type (``backends.fused.launch_of``, the one
+        conversion to a launch)."""
+        if self.direction == "backward":
+            return {"FLASHRNN_D": self.D, "FLASHRNN_KSPLIT": self.k_split, "FLASHRNN_PREFETCH": self.prefetch_steps,
+                    "FLASHRNN_STORE_DRS": int(self.stores_drs), "FLASHRNN_FUSED_DR": int(self.fused_dr),
+                    "FLASHRNN_THREADS": self.threads_per_block, "FLASHRNN_SMEM_BYTES": self.smem_bytes}
         return {"FLASHRNN_D": self.D, "FLASHRNN_NBT": self.batch_ntiles, "FLASHRNN_PREFETCH": self.prefetch_steps,
                 "FLASHRNN_CLUSTER": self.blocks_per_head, "FLASHRNN_KSPLIT": self.k_split,
                 "FLASHRNN_THREADS": self.threads_per_block, "FLASHRNN_SMEM_BYTES": self.smem_bytes}
+
+    @property
+    def stores_drs(self) -> bool:
+        """Backward: the kernel writes drs for the dR GEMMs after it, where they cannot read dWx instead (gru's
+        drs (g, r, z) differs from its dx (r, z, n); the other cells' drs is their dx)."""
+        return self.direction == "backward" and self.function == "gru" and not self.fused_dr
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -362,6 +397,11 @@ class FusedProblem:
 def build_fused(hw: Hardware, function: str, dtype, B: int, N: int, D: int, direction: str = "forward",
                 model: KernelModel = DEFAULT_MODEL) -> FusedProblem:
     """The constraint problem of one shape (the objective included); ``solve_fused`` solves it."""
+    if direction == "backward":  # fused_bw.cu: its own variables (constrint/backward.py)
+        from .backward import build_backward
+
+        geometry(function, dtype, D, direction)  # (validates the names)
+        return build_backward(hw, function, dtype, B, N, D, model)
     geo = geometry(function, dtype, D, direction)
     p = Problem()
     kt = max(1, geo.kt)
@@ -531,6 +571,10 @@ def estimate(fp: FusedProblem, values: dict[str, int], resident: int | None = No
     persistent kernel's waves are sequential), and none of it is faster than DRAM streams the step's inputs and
     outputs. ``resident`` overrides the blocks an SM holds (the lower bound's optimism).
     """
+    if fp.geo.direction == "backward":
+        from . import backward
+
+        return backward.estimate(fp, values)
     hw = fp.hw
     threads = values["warps_d"] * values["ksplit"] * hw.warp_size
     regs, smem = _at(fp.regs, fp, values), int(_at(fp.smem, fp, values))
@@ -678,6 +722,10 @@ def assess(hardware: Hardware, function: str, dtype, B: int, N: int, D: int, *, 
 def params_from(fp: FusedProblem, values: dict[str, int]) -> FusedParams:
     """A solution's ``FusedParams`` (derived sizes and the estimate filled in)."""
     geo, hw = fp.geo, fp.hw
+    if geo.direction == "backward":
+        from . import backward
+
+        return backward.params_from(fp, values)
     e = estimate(fp, values)
     warps = values["warps_d"] * values["ksplit"]
     threads = warps * hw.warp_size

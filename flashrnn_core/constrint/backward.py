@@ -1,0 +1,208 @@
+"""The fused backward kernel (``cuda_src/fused_bw.cu``) as an integer constraint problem.
+
+``build_backward(hardware, function, dtype, B, N, D, model)`` is what ``solve_fused(..., direction="backward")``
+solves. The kernel runs one block per (head, tile of 8 sequences): ``D / 16`` M tiles of 16 rows of R^T, each
+shared by ``ksplit`` warps that split K (every gate's rows, ``Gr * D / 16`` k-tiles) and meet in shared memory,
+so a lane runs ``4 / ksplit`` cells. Its inputs are staged by cp.async ``prefetch`` steps ahead; dR is summed in
+the kernel (``fused_dr``: m16n8k8 tiles, ``ceil(DR_TILES / warps)`` accumulator tiles a warp) or is a GEMM over
+all B*T after it.
+
+Variables (names as in the solver's explanations):
+    ksplit       warps sharing one 16-row M tile (1, 2 or 4)
+    prefetch     steps of inputs in flight ahead of the one computed (cp.async stages: prefetch + 2)
+    fused_dr     1 where the kernel sums dR itself (16-bit storage only)
+    ktw          k-tiles of R^T a warp holds: ceil(Gr * D / 16 / ksplit)
+    cells        cells a lane runs: 4 / ksplit
+    tpw          dR tiles a warp holds: ceil(Gr * D / 16 * D / 8 / warps)
+    alloc8, warp_groups, batch_tiles: as the forward's (problems.py)
+
+Registers: ``BW_REGISTER_FIT`` (ptxas reports of every variant, ``bench/bw_register_data.py``). Latency: the
+forward's constants where the work is the same (mma, ldmatrix, barriers) and the ``bw_*`` constants of
+``KernelModel`` for the rest, calibrated by the measured sweep ``BW_LATENCY_CALIBRATION`` names.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from typing import TYPE_CHECKING
+
+from .hardware import Hardware
+from .solver import Expr, Problem, Var, divides
+
+if TYPE_CHECKING:  # (problems imports this module)
+    from .problems import FusedParams, FusedProblem, KernelModel
+
+#: How the register coefficients (``KernelModel.bw_reg_*``) were chosen (documentation):
+BW_REGISTER_FIT = """
+Data: ptxas -v (NVRTC 12.9) for the 576 variants of cuda_src/fused_bw.cu that 2 D KS <= 1024 threads admits:
+4 cells x {bf16 with and without dR in the kernel, float32} x D in 16..128 x KS in {1, 2, 4}, prefetch 2, on
+sm_80 and sm_90 (bench/results/bw_registers.json, ``python bench/bw_register_data.py --out ...``); 199 spill.
+Fit (``python bench/bw_register_data.py --fit ...``): a linear program over ``bw_register_data.features``
+(coefficients >= 0): every spilling variant estimated above its cap, minimising how far clean variants are
+estimated above theirs plus 0.02 x |estimate - ptxas| where ptxas stayed below its cap. Rounded up: 0 of 199
+spilling variants accepted, 19 of 377 clean ones rejected (options lost, never a spill); ptxas from 22 below to
+107 above the fit where it was not capped (it takes what the cap allows). Prefetch 1 and 3 (sm_90, 288 more
+variants) checked against the same coefficients: see ``test_constrint``'s ptxas agreement test, which compiles
+every choice the solver makes on the CI presets.
+"""
+
+BT = 8  # sequences a block (the m16n8 mma's n): fused_bw.cu Tile::BT
+CELLS_PER_M_TILE_LANE = 4  # cells of a lane's m16n8 accumulator (dealt out over the ksplit warps)
+
+
+def build_backward(hw: Hardware, function: str, dtype, B: int, N: int, D: int, model: "KernelModel") -> "FusedProblem":
+    """The constraint problem of one backward shape (the objective included)."""
+    from .problems import FusedProblem, geometry
+
+    geo = geometry(function, dtype, D, "backward")
+    p = Problem()
+    kt = max(1, geo.kt)
+    dr_tiles = max(1, geo.gr * D // 16 * (D // 8))
+    v = {
+        "ksplit": p.var("ksplit", model.bw_ksplits, prefer="high"),
+        "prefetch": p.var("prefetch", model.bw_prefetches, prefer="high"),
+        "fused_dr": p.var("fused_dr", (0, 1) if geo.split == 1 else (0,), prefer="high"),
+        "ktw": p.var("ktw", range(1, kt + 1), priority=-1),
+        "cells": p.var("cells", (1, 2, 4), priority=-1),
+        "tpw": p.var("tpw", range(1, dr_tiles + 1), priority=-1),
+        "alloc8": p.var("alloc8", range(1, 1025), priority=-1),
+        "warp_groups": p.var("warp_groups", range(1, hw.max_threads_per_block // hw.warp_size + 1), priority=-1),
+        "batch_tiles": p.var("batch_tiles", range(1, math.ceil(B / BT) + 1), priority=-1),
+    }
+    regs, smem = resources(geo, model, v)
+    _add_constraints(p, v, geo, hw, B, N, kt, dr_tiles, regs, smem)
+    fp = FusedProblem(p, v, geo, hw, model, B, N, regs, smem)
+    p.minimize(lambda values: estimate(fp, values)["total"])
+    return fp
+
+
+def split_k(ksplit: Expr) -> Expr:
+    """``ksplit`` where it is 2 or 4, 0 where it is 1 (exact over the domain {1, 2, 4}: the polynomial through
+    those three points), for what exists only when warps split K."""
+    return ksplit - Fraction(1, 3) * (ksplit - 2) * (ksplit - 4)
+
+
+def resources(geo, m: "KernelModel", v: dict[str, Var]) -> tuple[Expr, Expr]:
+    """(registers per thread, dynamic shared memory per block) as polynomials of the variables; the shared
+    memory is fused_bw.cu's ``Tile::SMEM_BYTES`` exactly (its static_assert holds the launch to it)."""
+    ksplit, prefetch, fused_dr, ktw, cells, tpw = (v[k] for k in ("ksplit", "prefetch", "fused_dr", "ktw", "cells",
+                                                                  "tpw"))
+    split, item, D = geo.split, geo.itemsize, geo.D
+    # Registers: R^T's A-fragments (4 a k-tile and operand part), the cells' live values, dR's accumulators
+    # (BW_REGISTER_FIT; split-K's own addressing got 0 there).
+    fitted = (m.bw_reg_base + m.bw_reg_per_r * 4 * split * ktw + m.bw_reg_per_cell_value * cells * geo.live_per_cell
+              + m.bw_reg_per_dr * 4 * tpw * fused_dr)
+    regs = m.bw_reg_margin + (1 + m.bw_reg_margin_fraction) * fitted
+    # Shared memory, as Tile: drs double-buffered as bf16 operands over every gate's rows (+8 pad), the split-K
+    # partial sums (none at ksplit 1), the input stages (prefetch + 2 of them), the staged outputs (two).
+    row = (D + 16 // item) * item  # one staged row of D values and a 16-byte pad, bytes
+    buf = 2 * split * BT * (geo.gr * D + 8) * 2
+    # ksplit * (D/16) * 4 * 32 floats of split-K partial sums when ksplit > 1, none at 1: over ksplit's domain
+    # {1, 2, 4}, ``split_k(ksplit)`` is exactly ksplit where it is above 1 and 0 at 1.
+    red = split_k(ksplit) * (D // 16) * 4 * 32 * 4
+    stage = (BT * geo.n_saved + 2 * geo.states * BT) * row
+    outputs = geo.gw + geo.gr * (1 - fused_dr) * (1 if geo.function == "gru" else 0)
+    out = 2 * BT * outputs * row
+    return regs, buf + red + (prefetch + 2) * stage + out
+
+
+def _add_constraints(p: Problem, v: dict[str, Var], geo, hw: Hardware, B: int, N: int, kt: int, dr_tiles: int,
+                     regs: Expr, smem: Expr) -> None:
+    """Every condition of a valid, spill-free launch of fused_bw.cu, named for the explanations (hardware
+    budgets first)."""
+    ksplit, ktw, cells, tpw = v["ksplit"], v["ktw"], v["cells"], v["tpw"]
+    warps = (geo.D // 16) * ksplit
+    threads = hw.warp_size * warps
+    p.add(regs <= hw.max_regs_per_thread, name=f"registers per thread <= {hw.max_regs_per_thread}")
+    p.add(8 * v["alloc8"] >= regs, name="register allocation: 8 x alloc8 >= registers")
+    p.add(8 * v["alloc8"] < regs + 8, name="register allocation: alloc8 is the least such")
+    unit = hw.warp_alloc_unit
+    p.add(unit * v["warp_groups"] >= warps, name=f"warp allocation: {unit} x warp_groups >= warps")
+    p.add(unit * v["warp_groups"] < warps + unit, name="warp allocation: warp_groups is the least such")
+    p.add(8 * v["alloc8"] * hw.warp_size * unit * v["warp_groups"] <= hw.regs_per_block,
+          name=f"register file: allocated registers x allocated warps x {hw.warp_size} <= {hw.regs_per_block}")
+    p.add(smem <= hw.smem_per_block_optin, name=f"shared memory per block <= {hw.smem_per_block_optin} B (opt-in)")
+    p.add(threads <= hw.max_threads_per_block, name=f"threads per block <= {hw.max_threads_per_block}")
+    p.add(BT * v["batch_tiles"] >= B, name="batch tiles cover the batch")
+    p.add(BT * (v["batch_tiles"] - 1) < B, name="batch tiles: the least that cover it")
+    # -- the kernel's tiling
+    p.add(divides(16, geo.D), name="D divisible by 16 (mma tiles)")
+    p.add(ktw * ksplit >= kt, name="k-tiles a warp >= ceil(Gr*D/16 / ksplit)")
+    p.add((ktw - 1) * ksplit < kt, name="k-tiles a warp: the least such")
+    p.add(cells * ksplit == CELLS_PER_M_TILE_LANE, name="cells a lane x ksplit == 4")
+    p.add(tpw * warps >= dr_tiles, name="dR tiles a warp >= ceil(dR tiles / warps)")
+    p.add((tpw - 1) * warps < dr_tiles, name="dR tiles a warp: the least such")
+    p.add(Expr.lift(N * geo.D * max(geo.gw, geo.n_saved)) <= 2**31 - 1,
+          name="N*D*gates < 2^31 (32-bit per-step pointer offsets)")
+
+
+def estimate(fp: "FusedProblem", values: dict[str, int]) -> dict[str, float]:
+    """Cycles per time step of the whole backward (``total``) with its terms.
+
+    A block's step is its warps' instructions (``instructions``: per warp, counted per cell, per k-tile, per dR
+    tile) issued by the schedulers they share, at most one per ``bw_dependent_cpi`` cycles for a warp alone
+    (a lane's instructions mostly wait on their predecessor: issue 6 measured KS = 1, one warp a scheduler, at
+    ~6 cycles an instruction), or the step's dependent chain where that is longer, plus the fixed cost of its
+    barriers and stage waits; no shorter than the input stages' load latency over the prefetch depth. Waves
+    run one after another; dR as GEMMs after the kernel adds its streamed bytes per step.
+    """
+    from .problems import _at, blocks_per_sm
+
+    geo, m, hw = fp.geo, fp.model, fp.hw
+    ks, cells, ktw, tpw, dr = (values[k] for k in ("ksplit", "cells", "ktw", "tpw", "fused_dr"))
+    warps = geo.D // 16 * ks
+    threads = warps * hw.warp_size
+    regs, smem = _at(fp.regs, fp, values), int(_at(fp.smem, fp, values))
+    per_sm = max(1, blocks_per_sm(hw, threads, regs, smem))
+    blocks = fp.N * math.ceil(fp.B / BT)
+    waves = max(1, math.ceil(blocks / (hw.sm_count * per_sm)))
+    on_sm = min(per_sm, math.ceil(blocks / hw.sm_count))
+    wps = warps * on_sm / m.schedulers
+    cost = m.bw_cells[geo.function]
+    per_cell = cost.issue + m.bw_input_issue * (geo.n_saved + 2 * geo.states) + m.bw_output_issue * geo.gw
+    instructions = {
+        "skeleton": m.bw_skeleton_issue,
+        "cells": cells * per_cell,
+        "mma": geo.mma_split * ktw + geo.split * math.ceil(ktw / 2),  # mma and ldmatrix.x4 of drs
+        "reduction": m.bw_ksplit_issue * cells if ks > 1 else 0,
+        "dr_tiles": m.bw_dr_tile_issue * tpw * dr,
+    }
+    per_warp = sum(instructions.values())
+    issue = per_warp * max(wps, m.bw_dependent_cpi)
+    chains = min(ktw, m.chains_wanted)
+    chain = (m.ldmatrix_latency + math.ceil(ktw / chains) * geo.mma_split * m.mma_latency
+             + (m.ksplit_exchange + m.sync_threads if ks > 1 else 0) + cost.latency + m.sync_threads)
+    step = max(issue, chain) + m.bw_fixed
+    step = max(step, m.bw_load_latency / values["prefetch"])
+    # dR after the kernel: drs (or dWx) and h_{t-1} read, h_{t-1} gathered (read + write), per step of B rows.
+    gemm_bytes = 0 if dr else fp.B * fp.N * geo.D * geo.itemsize * (geo.gr + 3)
+    gemm = gemm_bytes / (hw.bytes_per_cycle() * m.dram_efficiency) + (0 if dr else m.bw_gemm_fixed / m.bw_steps)
+    total = waves * step + gemm
+    return {"total": total, "step": step, "issue": issue, "chain": chain, "gemm": gemm, "waves": waves,
+            "blocks": blocks, "on_sm": on_sm, "warps_per_scheduler": wps, "instructions": per_warp,
+            "prefetch_bound": m.bw_load_latency / values["prefetch"], "regs": regs, "smem": smem,
+            "blocks_per_sm": per_sm, **{f"instr_{k}": x for k, x in instructions.items()}}
+
+
+def params_from(fp: "FusedProblem", values: dict[str, int]) -> "FusedParams":
+    """A backward solution's ``FusedParams``: one block per head (``blocks_per_head`` 1, ``sync`` "block") and
+    batch tile of 8; ``warps_along_dims`` M tiles of 16 rows, each over ``k_split`` warps."""
+    from .problems import FusedParams, register_cap
+
+    geo, hw = fp.geo, fp.hw
+    e = estimate(fp, values)
+    ks = values["ksplit"]
+    warps = geo.D // 16 * ks
+    threads = warps * hw.warp_size
+    tiles = math.ceil(fp.B / BT)
+    return FusedParams(
+        function=geo.function, dtype=geo.dtype, direction="backward", B=fp.B, N=fp.N, D=geo.D, hardware=hw.name,
+        arch=hw.arch, blocks_per_head=1, dims_per_block=geo.D, rows_per_block=geo.D, batch_ntiles=1, batch_tile=BT,
+        batch_tiles=tiles, warps_along_dims=geo.D // 16, dims_per_warp=16, k_split=ks,
+        ktiles_per_warp=values["ktw"], warps_per_block=warps, threads_per_block=threads, r_ktiles_in_smem=0,
+        r_bytes_registers=geo.gr * geo.D * geo.D * 2 * geo.split, r_bytes_smem=0, prefetch_steps=values["prefetch"],
+        sync="block", smem_bytes=int(e["smem"]), registers_estimate=math.ceil(e["regs"]),
+        register_cap=register_cap(hw, threads), blocks_per_sm=int(e["blocks_per_sm"]), grid=(fp.N, tiles),
+        waves=int(e["waves"]), step_cycles=e["total"], step_us=hw.cycles_to_us(e["total"]),
+        breakdown={k: round(float(x), 1) for k, x in e.items()}, fused_dr=bool(values["fused_dr"]))
