@@ -75,7 +75,7 @@ def fit(path: str) -> int:
     cap = np.array([r["cap"] for r in rows], float)
     regs = np.array([r["registers"] for r in rows], float)
     below = ~spill & (regs < cap)
-    k, n = F.shape[1], len(rows)
+    k = F.shape[1]
     # variables: coefficients (k), over_i >= est_i - cap_i (clean rows), dev_i >= |est_i - regs_i| (below rows)
     clean_idx, below_idx = np.flatnonzero(~spill), np.flatnonzero(below)
     nv = k + len(clean_idx) + len(below_idx)

@@ -104,7 +104,6 @@ def test_backward_deterministic_and_fused(function):
 
     B, T, N, D = 16, 40, 3, 64
     dtype = DTYPES["bfloat16"]
-    cell = CELLS[function]
     assert isinstance(fused.choose(function, dtype, B, N, D, hardware=H100, direction="backward"), fused.Launch)
     rng = np.random.default_rng(7)
     host = _inputs(rng, function, dtype, B, T, N, D, True)
