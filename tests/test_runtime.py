@@ -7,6 +7,8 @@ directory through ``FLASHRNN_CORE_CACHE``.
 
 from __future__ import annotations
 
+import dataclasses
+
 import importlib
 import multiprocessing
 import os
@@ -176,6 +178,31 @@ def test_damaged_entry_is_a_miss_rewritten_whole(src, cache, damage):
     assert not again.cached and again.cubin == good.cubin
     assert entry.read_bytes() == good.cubin
     assert compiled(SPEC, "sm_90", src, cache).cached
+
+
+@pytest.mark.parametrize("missing", [1, 2])
+def test_a_compile_log_without_its_ptxas_report_is_retried_then_not_cached(src, cache, monkeypatch, missing):
+    """NVRTC once returned a log without ptxas's report (CUDA 13, on the device): the compile runs once more;
+    twice without a report, its cubin is returned but not cached, and the log is kept."""
+    real, calls = rt_compile._nvrtc, []
+
+    def flaky(*args):
+        result = real(*args)
+        calls.append(result)
+        return dataclasses.replace(result, resources=None, log="") if len(calls) <= missing else result
+
+    monkeypatch.setattr(rt_compile, "_nvrtc", flaky)
+    if missing == 1:
+        result = compiled(SPEC, "sm_90", src, cache)
+        assert len(calls) == 2 and result.resources is not None
+        assert compiled(SPEC, "sm_90", src, cache).cached  # stored with its report
+    else:
+        with pytest.warns(RuntimeWarning, match="no ptxas report twice"):
+            result = compiled(SPEC, "sm_90", src, cache)
+        assert len(calls) == 2 and result.resources is None and is_whole_elf(result.cubin)
+        assert not cubin_entries(cache) and list((cache / "logs").iterdir())
+        monkeypatch.setattr(rt_compile, "_nvrtc", real)
+        assert not compiled(SPEC, "sm_90", src, cache).cached
 
 
 def test_a_file_where_the_cache_should_be_falls_back_to_a_temporary_directory(src, tmp_path):

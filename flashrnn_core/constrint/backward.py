@@ -47,6 +47,22 @@ variants) checked against the same coefficients: see ``test_constrint``'s ptxas 
 every choice the solver makes on the CI presets.
 """
 
+#: How the latency constants (``KernelModel.bw_*`` after the registers) were chosen (documentation):
+BW_LATENCY_CALIBRATION = """
+The structure (instructions a warp issues, at most one per ``bw_dependent_cpi`` cycles for a warp alone, a
+cost per warp of the block for its barriers, the input stages' latency over the prefetch depth, dR in the
+kernel as tiles a warp accumulates against dR as GEMMs after it at a fraction of DRAM bandwidth) is from
+issue 6's measurements (fused_bw.cu's header). The constants were set on the H200 sweep of every feasible
+configuration of the 7 backward reference shapes (bench/results/2026-11-30-h200-sweep-backward.json, 111
+configurations): the GEMMs' efficiency from the dR-in-kernel / GEMM differences at B = 16, 64, 256 (12x64)
+and at 48x16, the load latency from prefetch 1 against 2 at 48x16, then a grid over (cpi, fixed, per warp,
+skeleton, dR tile) for the smallest rms log error among those whose choice, on the H200 and the H100 preset
+alike, is within 5% of the best measured on every shape (``bench/calibrate_bw.py`` does a free least-squares
+fit and reports choices; its fit is closer in time but chooses worse): rms log error 0.52 -> 0.18, worst
+choice 1.092 -> 1.008. A held-out sweep of other shapes (sweep_fused.py
+--holdout) checks the result where the constants were not set.
+"""
+
 BT = 8  # sequences a block (the m16n8 mma's n): fused_bw.cu Tile::BT
 CELLS_PER_M_TILE_LANE = 4  # cells of a lane's m16n8 accumulator (dealt out over the ksplit warps)
 
@@ -173,11 +189,11 @@ def estimate(fp: "FusedProblem", values: dict[str, int]) -> dict[str, float]:
     chains = min(ktw, m.chains_wanted)
     chain = (m.ldmatrix_latency + math.ceil(ktw / chains) * geo.mma_split * m.mma_latency
              + (m.ksplit_exchange + m.sync_threads if ks > 1 else 0) + cost.latency + m.sync_threads)
-    step = max(issue, chain) + m.bw_fixed
+    step = max(issue, chain) + m.bw_fixed + m.bw_fixed_per_warp * warps
     step = max(step, m.bw_load_latency / values["prefetch"])
     # dR after the kernel: drs (or dWx) and h_{t-1} read, h_{t-1} gathered (read + write), per step of B rows.
     gemm_bytes = 0 if dr else fp.B * fp.N * geo.D * geo.itemsize * (geo.gr + 3)
-    gemm = gemm_bytes / (hw.bytes_per_cycle() * m.dram_efficiency) + (0 if dr else m.bw_gemm_fixed / m.bw_steps)
+    gemm = gemm_bytes / (hw.bytes_per_cycle() * m.bw_gemm_efficiency)
     total = waves * step + gemm
     return {"total": total, "step": step, "issue": issue, "chain": chain, "gemm": gemm, "waves": waves,
             "blocks": blocks, "on_sm": on_sm, "warps_per_scheduler": wps, "instructions": per_warp,

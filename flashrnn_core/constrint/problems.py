@@ -43,7 +43,7 @@ from .hardware import Hardware
 from .solver import Expr, Infeasible, Problem, Var, divides
 
 #: Bump when the model (constraints, register fit, latency constants) changes: tuning-cache keys carry it.
-MODEL_VERSION = 4
+MODEL_VERSION = 5
 
 MMA_M, MMA_N, MMA_K = 16, 8, 16  # mma.sync m16n8k16 (bf16/fp16 operands, float32 accumulators)
 
@@ -142,16 +142,18 @@ class KernelModel:
     bw_reg_margin: Fraction = Fraction(0)  # added to the estimate (the fit already clears every spill)
     bw_reg_margin_fraction: Fraction = Fraction(0)
     # Latency (cycles; BW_LATENCY_CALIBRATION in backward.py): instructions a warp issues a step
-    bw_skeleton_issue: int = 100  # indices, selects, stage bookkeeping, cp.async issue (ncu: IMAD/LEA/ISETP)
-    bw_input_issue: int = 2  # per staged input value a cell reads (shared-memory load + convert)
-    bw_output_issue: int = 2  # per output value a cell stages
-    bw_ksplit_issue: int = 8  # per cell: its partial sums stored and the others' loaded (warps splitting K)
-    bw_dr_tile_issue: int = 3  # per dR m16n8k8 tile a warp accumulates (two ldmatrix and the mma)
-    bw_dependent_cpi: int = 6  # cycles between a lone warp's instructions (each waits on its predecessor)
-    bw_fixed: int = 1100  # barriers' waits and stage waits a step, beyond the issue or chain
-    bw_load_latency: int = 2400  # a stage's cp.async round trip, hidden over ``prefetch`` steps
-    bw_gemm_fixed: int = 60000  # dR as GEMMs after the kernel: launches and the h_{t-1} gather, fixed
-    bw_steps: int = 1024  # the length that fixed cost is spread over (the reference T)
+    bw_skeleton_issue: float = 60  # indices, selects, stage bookkeeping, cp.async issue (ncu: IMAD/LEA/ISETP)
+    bw_input_issue: float = 2  # per staged input value a cell reads (shared-memory load + convert)
+    bw_output_issue: float = 2  # per output value a cell stages
+    bw_ksplit_issue: float = 8  # per cell: its partial sums stored and the others' loaded (warps splitting K)
+    bw_dr_tile_issue: float = 12  # per dR m16n8k8 tile a warp accumulates (two ldmatrix, the mma, converts)
+    bw_dependent_cpi: float = 5  # cycles between a lone warp's instructions (each waits on its predecessor)
+    bw_fixed: float = 0  # barriers' and stage waits a step, beyond the issue or chain ...
+    bw_fixed_per_warp: float = 50  # ... per warp of the block (the barriers wait for the last)
+    bw_load_latency: float = 1500  # a stage's cp.async round trip, hidden over ``prefetch`` steps
+    #: dR as GEMMs after the kernel (h_{t-1} gathered, drs and h_{t-1} read by cuBLAS, batched over heads of
+    #: D x D outputs and K = B*T): achieved fraction of DRAM bandwidth on those bytes.
+    bw_gemm_efficiency: float = 0.28
     bw_cells: dict = field(default_factory=lambda: {
         "lstm": CellCost(160, 60), "slstm": CellCost(260, 90), "gru": CellCost(180, 70), "elman": CellCost(40, 20)})
 

@@ -317,6 +317,14 @@ def compile_spec(spec: KernelSpec, arch: str, use_cache: bool = True, *, root: P
         raise KernelNotCachedError(f"{spec.name()} for {arch} is not in the kernel cache at "
                                    f"{cache_directory or env.cache_dir()} and {env.NEVER_COMPILE_ENV}=1")
     result = _nvrtc(spec, arch, code, options)
+    if result.resources is None:
+        # Seen on the device (CUDA 13's NVRTC, 1 of 462 compiles with 16 processes, a different kernel each
+        # run): a log without ptxas's report. Once more; if it is still missing, the cubin is used but not
+        # cached (an entry without its report would read as damaged) and the log is kept for a look.
+        result = _nvrtc(spec, arch, code, options)
+        if result.resources is None:
+            _keep_log(Path(cache_directory or env.cache_dir()) / "logs", spec, arch, result.log)
+            return result
     if cache is not None:
         _store(cache, key, result, spec, arch)
     if env.save_source():
@@ -371,6 +379,18 @@ def _nvrtc(spec: KernelSpec, arch: str, code: str, options: Any) -> CompileResul
     text = logs.getvalue().replace("\x00", "")
     return CompileResult(cubin=bytes(obj.code), log=text, resources=parse_ptxas_report(text, spec.entry),
                          cached=False, seconds=seconds)
+
+
+def _keep_log(directory: Path, spec: KernelSpec, arch: str, text: str) -> None:
+    """NVRTC's log of a compile that had no ptxas report, in ``directory`` (best effort), with one warning."""
+    path = directory / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', spec.name())}-{arch}.log"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError:
+        path = None
+    _warn_once(f"noreport:{spec.name()}:{arch}", f"flashrnn_core: NVRTC's log of {spec.name()} for {arch} has no "
+                                                 f"ptxas report twice; not cached (log: {path})")
 
 
 def _option_strings(options: Any) -> list[str]:
