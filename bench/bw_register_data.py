@@ -1,11 +1,11 @@
 """ptxas reports of every fused backward variant the kernel admits, for fitting ConstrINT's backward register
 model (constrint/backward.py, ``BW_REGISTER_FIT``): NVRTC only, no GPU.
 
-    python bench/bw_register_data.py --out bench/results/bw_registers.json [--jobs 2] [--arch sm_80,sm_90]
+    python bench/bw_register_data.py --out bench/results/constrint/bw_registers.json [--jobs 2] [--arch sm_80,sm_90]
 
 A row per (arch, cell, dtype, D, KS, prefetch, fused dR): threads, registers, spill bytes, stack, compile error.
 
-    python bench/bw_register_data.py --fit bench/results/bw_registers.json
+    python bench/bw_register_data.py --fit bench/results/constrint/bw_registers.json
 
 fits the model's coefficients (non-negative least squares on the variants ptxas compiled below their register
 cap, where its count is what the kernel needs) and reports, for the margins in ``KernelModel``, how many

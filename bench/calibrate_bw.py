@@ -1,6 +1,6 @@
 """Calibrate the fused backward's latency constants (``KernelModel.bw_*``) on a measured sweep:
 
-    python bench/calibrate_bw.py bench/results/2026-11-30-h200-sweep-backward.json [--hold-out LABEL ...]
+    python bench/calibrate_bw.py bench/results/constrint/2026-11-30-h200-sweep-backward.json [--hold-out LABEL ...]
 
 Minimises the mean squared log error of the model's time against every measured configuration (Nelder-Mead
 over the constants named in ``FREE``, from the model's current values), then prints the constants, the error,
@@ -66,7 +66,8 @@ def report(model, hw, rows, cache, title: str) -> None:
     for label, r in shapes.items():
         chosen = min(r, key=lambda t: t[0])
         best = min(r, key=lambda t: t[1])
-        print(f"  {label:45s} model's choice {chosen[1]:.3f} ms, best {best[1]:.3f} ms: ratio {chosen[1] / best[1]:.3f}")
+        print(f"  {label:45s} model's choice {chosen[1]:.3f} ms, best {best[1]:.3f} ms: "
+              f"ratio {chosen[1] / best[1]:.3f}")
 
 
 def main(argv=None) -> int:

@@ -257,7 +257,9 @@ def test_gpu_compile_rows_for_a_fused_kernel(tmp_path, monkeypatch):
     results = run.Results(tmp_path / "c.json", {"suite": "compile"})
     found = run.discover_kernels(_gpu_options(["cuda_fused"]), [shape], results)
     assert found, results.doc["rows"]
-    spec = next(iter(found.values()))[0]
+    # The forward kernel (about a second of NVRTC): the first one found may be a small one whose cold compile is
+    # within the noise of the module load (the backward's GEMM path measured 105 ms cold against 110 warm).
+    spec = next(s for specs in found.values() for s in specs if s.source == "fused_fw.cu")
     fields = run.time_compile(spec, cold_runs=1, warm_runs=timing.MIN_RUNS)
     assert fields["compile_cold"]["median_ms"] > fields["compile_warm"]["median_ms"] > 0
 

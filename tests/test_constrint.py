@@ -761,10 +761,11 @@ BW_DS = (16, 32, 48, 64, 96, 112, 128, 160, 176)
 
 RESULTS = Path(__file__).resolve().parent.parent / "bench" / "results"
 #: The measured sweeps (bench/sweep_fused.py on an H200, every feasible configuration of each shape): the
-#: forward's and the backward's reference shapes (the models' constants were set on these) and, where present,
-#: the backward's held-out shapes (not used to set them).
-SWEEPS = ["2026-11-30-h200-sweep.json", "2026-11-30-h200-sweep-backward.json",
-          *sorted(p.name for p in RESULTS.glob("*-h200-sweep-backward-holdout.json"))]
+#: forward's and the backward's reference shapes (the models' constants were set on these) and the backward's
+#: held-out shapes (bench/sweep_fused.py --holdout; they showed one flaw, fixed by
+#: KernelModel.bw_occupancy_reg_margin, and set nothing else).
+SWEEPS = ["2026-11-30-h200-sweep.json", "constrint/2026-11-30-h200-sweep-backward.json",
+          "constrint/2026-11-30-h200-sweep-backward-holdout.json"]
 
 
 @pytest.mark.parametrize("sweep_file", SWEEPS)

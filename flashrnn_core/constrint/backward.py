@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # (problems imports this module)
 BW_REGISTER_FIT = """
 Data: ptxas -v (NVRTC 12.9) for the 576 variants of cuda_src/fused_bw.cu that 2 D KS <= 1024 threads admits:
 4 cells x {bf16 with and without dR in the kernel, float32} x D in 16..128 x KS in {1, 2, 4}, prefetch 2, on
-sm_80 and sm_90 (bench/results/bw_registers.json, ``python bench/bw_register_data.py --out ...``); 199 spill.
+sm_80 and sm_90 (bench/results/constrint/bw_registers.json, ``python bench/bw_register_data.py --out ...``); 199 spill.
 Fit (``python bench/bw_register_data.py --fit ...``): a linear program over ``bw_register_data.features``
 (coefficients >= 0): every spilling variant estimated above its cap, minimising how far clean variants are
 estimated above theirs plus 0.02 x |estimate - ptxas| where ptxas stayed below its cap. Rounded up: 0 of 199
@@ -53,7 +53,7 @@ The structure (instructions a warp issues, at most one per ``bw_dependent_cpi`` 
 cost per warp of the block for its barriers, the input stages' latency over the prefetch depth, dR in the
 kernel as tiles a warp accumulates against dR as GEMMs after it at a fraction of DRAM bandwidth) is from
 issue 6's measurements (fused_bw.cu's header). The constants were set on the H200 sweep of every feasible
-configuration of the 7 backward reference shapes (bench/results/2026-11-30-h200-sweep-backward.json, 111
+configuration of the 7 backward reference shapes (bench/results/constrint/2026-11-30-h200-sweep-backward.json, 111
 configurations): the GEMMs' efficiency from the dR-in-kernel / GEMM differences at B = 16, 64, 256 (12x64)
 and at 48x16, the load latency from prefetch 1 against 2 at 48x16, then a grid over (cpi, fixed, per warp,
 skeleton, dR tile) for the smallest rms log error among those whose choice, on the H200 and the H100 preset
@@ -170,7 +170,7 @@ def estimate(fp: "FusedProblem", values: dict[str, int]) -> dict[str, float]:
     warps = geo.D // 16 * ks
     threads = warps * hw.warp_size
     regs, smem = _at(fp.regs, fp, values), int(_at(fp.smem, fp, values))
-    per_sm = max(1, blocks_per_sm(hw, threads, regs, smem))
+    per_sm = max(1, blocks_per_sm(hw, threads, regs + m.bw_occupancy_reg_margin, smem))
     blocks = fp.N * math.ceil(fp.B / BT)
     waves = max(1, math.ceil(blocks / (hw.sm_count * per_sm)))
     on_sm = min(per_sm, math.ceil(blocks / hw.sm_count))

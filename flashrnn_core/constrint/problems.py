@@ -150,6 +150,12 @@ class KernelModel:
     bw_dependent_cpi: float = 5  # cycles between a lone warp's instructions (each waits on its predecessor)
     bw_fixed: float = 0  # barriers' and stage waits a step, beyond the issue or chain ...
     bw_fixed_per_warp: float = 50  # ... per warp of the block (the barriers wait for the last)
+    #: Registers added to the estimate where it decides how many blocks share an SM: the kernel is built with
+    #: __launch_bounds__(threads, 1), so ptxas may take more than the fit (up to 107 above it, BW_REGISTER_FIT)
+    #: and a second block then does not fit. Measured: slstm 12x48 B=128 (dR after the kernel) estimated at 77
+    #: registers, two blocks an SM, one wave; ptxas took 85, one block an SM, two waves: 3.34 ms against the
+    #: model's 1.70 (bench/results/constrint/2026-11-30-h200-sweep-backward-holdout.json).
+    bw_occupancy_reg_margin: float = 24
     bw_load_latency: float = 1500  # a stage's cp.async round trip, hidden over ``prefetch`` steps
     #: dR as GEMMs after the kernel (h_{t-1} gathered, drs and h_{t-1} read by cuBLAS, batched over heads of
     #: D x D outputs and K = B*T): achieved fraction of DRAM bandwidth on those bytes.
