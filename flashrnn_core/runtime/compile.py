@@ -318,9 +318,9 @@ def compile_spec(spec: KernelSpec, arch: str, use_cache: bool = True, *, root: P
                                    f"{cache_directory or env.cache_dir()} and {env.NEVER_COMPILE_ENV}=1")
     result = _nvrtc(spec, arch, code, options)
     if result.resources is None:
-        # Seen on the device (CUDA 13's NVRTC, 1 of 462 compiles with 16 processes, a different kernel each
-        # run): a log without ptxas's report. Once more; if it is still missing, the cubin is used but not
-        # cached (an entry without its report would read as damaged) and the log is kept for a look.
+        # Seen on the device (CUDA 13's NVRTC through cuda.core 1.2, about 1 compile in 500, a different kernel
+        # each run): an empty log, so no ptxas report. Once more; if it is still missing, the cubin is used but
+        # not cached (an entry without its report would read as damaged) and the (empty) log is kept.
         result = _nvrtc(spec, arch, code, options)
         if result.resources is None:
             _keep_log(Path(cache_directory or env.cache_dir()) / "logs", spec, arch, result.log)
