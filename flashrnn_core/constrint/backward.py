@@ -127,19 +127,11 @@ def _add_constraints(p: Problem, v: dict[str, Var], geo, hw: Hardware, B: int, N
                      regs: Expr, smem: Expr) -> None:
     """Every condition of a valid, spill-free launch of fused_bw.cu, named for the explanations (hardware
     budgets first)."""
+    from .problems import add_block_budgets
+
     ksplit, ktw, cells, tpw = v["ksplit"], v["ktw"], v["cells"], v["tpw"]
     warps = (geo.D // 16) * ksplit
-    threads = hw.warp_size * warps
-    p.add(regs <= hw.max_regs_per_thread, name=f"registers per thread <= {hw.max_regs_per_thread}")
-    p.add(8 * v["alloc8"] >= regs, name="register allocation: 8 x alloc8 >= registers")
-    p.add(8 * v["alloc8"] < regs + 8, name="register allocation: alloc8 is the least such")
-    unit = hw.warp_alloc_unit
-    p.add(unit * v["warp_groups"] >= warps, name=f"warp allocation: {unit} x warp_groups >= warps")
-    p.add(unit * v["warp_groups"] < warps + unit, name="warp allocation: warp_groups is the least such")
-    p.add(8 * v["alloc8"] * hw.warp_size * unit * v["warp_groups"] <= hw.regs_per_block,
-          name=f"register file: allocated registers x allocated warps x {hw.warp_size} <= {hw.regs_per_block}")
-    p.add(smem <= hw.smem_per_block_optin, name=f"shared memory per block <= {hw.smem_per_block_optin} B (opt-in)")
-    p.add(threads <= hw.max_threads_per_block, name=f"threads per block <= {hw.max_threads_per_block}")
+    add_block_budgets(p, v, hw, regs, smem, warps)
     p.add(BT * v["batch_tiles"] >= B, name="batch tiles cover the batch")
     p.add(BT * (v["batch_tiles"] - 1) < B, name="batch tiles: the least that cover it")
     # -- the kernel's tiling

@@ -473,13 +473,10 @@ def _resources(geo: Geometry, m: KernelModel, v: dict[str, Var]) -> tuple[Expr, 
     return regs, h_bytes + x_bytes + part_bytes + out_bytes + bar_bytes + r_bytes
 
 
-def _add_constraints(p: Problem, v: dict[str, Var], geo: Geometry, hw: Hardware, m: KernelModel, B: int, N: int,
-                     regs: Expr, smem: Expr) -> None:
-    """Every condition of a valid, spill-free launch, named for the explanations. Added in order of what an
-    explanation should prefer to name (hardware budgets first: deletion filtering keeps the earliest)."""
-    cluster, warps_d, ksplit, ktw, own = v["cluster"], v["warps_d"], v["ksplit"], v["ktw"], v["own"]
-    threads = hw.warp_size * warps_d * ksplit
-    # -- hardware budgets
+def add_block_budgets(p: Problem, v: dict[str, Var], hw: Hardware, regs: Expr, smem: Expr, warps: Expr) -> None:
+    """One block's hardware budgets (the forward's and the backward's problems alike), added first so that an
+    explanation names them before the tiling: registers a thread, the register file for the block's
+    allocation, shared memory, threads. Needs the auxiliaries ``alloc8`` and ``warp_groups``."""
     p.add(regs <= hw.max_regs_per_thread, name=f"registers per thread <= {hw.max_regs_per_thread}")
     # Registers are allocated per warp in units of 256 (8 a thread): ``alloc8 = ceil(regs / 8)`` is exact as
     # 8*alloc8 >= regs with alloc8 minimal, and the block's allocation must fit the register file.
@@ -487,13 +484,21 @@ def _add_constraints(p: Problem, v: dict[str, Var], geo: Geometry, hw: Hardware,
     p.add(8 * v["alloc8"] < regs + 8, name="register allocation: alloc8 is the least such")
     # ... for the block's warps counted in groups of warp_alloc_unit (``warp_groups`` of them, exact as above).
     unit = hw.warp_alloc_unit
-    warps = warps_d * ksplit
     p.add(unit * v["warp_groups"] >= warps, name=f"warp allocation: {unit} x warp_groups >= warps")
     p.add(unit * v["warp_groups"] < warps + unit, name="warp allocation: warp_groups is the least such")
     p.add(8 * v["alloc8"] * hw.warp_size * unit * v["warp_groups"] <= hw.regs_per_block,
           name=f"register file: allocated registers x allocated warps x {hw.warp_size} <= {hw.regs_per_block}")
     p.add(smem <= hw.smem_per_block_optin, name=f"shared memory per block <= {hw.smem_per_block_optin} B (opt-in)")
-    p.add(threads <= hw.max_threads_per_block, name=f"threads per block <= {hw.max_threads_per_block}")
+    p.add(hw.warp_size * warps <= hw.max_threads_per_block, name=f"threads per block <= {hw.max_threads_per_block}")
+
+
+def _add_constraints(p: Problem, v: dict[str, Var], geo: Geometry, hw: Hardware, m: KernelModel, B: int, N: int,
+                     regs: Expr, smem: Expr) -> None:
+    """Every condition of a valid, spill-free launch, named for the explanations. Added in order of what an
+    explanation should prefer to name (hardware budgets first: deletion filtering keeps the earliest)."""
+    cluster, warps_d, ksplit, ktw, own = v["cluster"], v["warps_d"], v["ksplit"], v["ktw"], v["own"]
+    threads = hw.warp_size * warps_d * ksplit
+    add_block_budgets(p, v, hw, regs, smem, warps_d * ksplit)
     max_cluster = hw.max_cluster if hw.clusters else (hw.sm_count if m.cooperative_heads else 1)
     why = ("thread-block clusters" if hw.clusters else
            "cooperative grid per head" if m.cooperative_heads else f"no thread-block clusters on {hw.arch}")
