@@ -329,6 +329,20 @@ def test_report_tables_the_varlen_step_and_sweep_results():
     assert "lstm bfloat16 B=16 12x64 T=1024 | cl1 ks1 bt8 pf8 |" in md
 
 
+def test_cold_compile_runs_in_a_fresh_process(tmp_path):
+    """The compile suite's cold compile: a new process, an empty cache directory, NVRTC's time and ptxas's
+    report back (on the device an in-process repeat came back at once without a log); a second one into the
+    same directory is a cache hit and refused as not cold."""
+    pytest.importorskip("cuda.core")
+    from flashrnn_core.backends import alternating
+
+    spec = alternating.AlternatingBackend().kernel_variants()[0]
+    ms, report = run.cold_compile(spec, "sm_90", tmp_path / "cold")
+    assert ms > 1e3 * report["nvrtc_s"] > 0 and report["registers"] > 0 and report["spill_stores"] == 0
+    with pytest.raises(RuntimeError, match="was not one"):
+        run.cold_compile(spec, "sm_90", tmp_path / "cold")
+
+
 def test_readme_summary_is_generated_from_the_results():
     """The top-level README's performance table is bench.report's summary of the newest reference results,
     not typed by hand (regenerate with ``python -m bench.report ... --readme README.md``)."""
