@@ -561,6 +561,22 @@ def test_backward_problem_describes_fused_bw():
     assert solve_fused(H100, "lstm", "bfloat16", 16, 12, 64, direction="backward").k_split == 4
 
 
+def test_assess_a_backward_configuration():
+    """A measured backward configuration's estimate, and what a given one breaks: dR in the kernel for float32's
+    split operands is outside its domain; four warps per 16 rows at D=128 is over the 1024 threads a block."""
+    ok = problems.assess(H100, "lstm", "bfloat16", 16, 12, 64, k_split=4, prefetch_steps=2, fused_dr=True,
+                         direction="backward")
+    assert ok and ok.k_split == 4 and ok.prefetch_steps == 2 and ok.fused_dr and ok.direction == "backward"
+    bad = problems.assess(H100, "lstm", "float32", 16, 12, 32, k_split=4, prefetch_steps=2, fused_dr=True,
+                          direction="backward")
+    assert not bad and any(n.startswith("given fused_dr") for n in bad.conflict), bad.conflict
+    wide = problems.assess(H100, "elman", "bfloat16", 16, 12, 256, k_split=4, prefetch_steps=2, direction="backward")
+    assert not wide and any("threads per block" in n or "regist" in n for n in wide.conflict), wide.conflict
+    with pytest.raises(ValueError, match="one block per head"):
+        problems.assess(H100, "lstm", "bfloat16", 16, 12, 64, blocks_per_head=2, k_split=4, prefetch_steps=2,
+                        direction="backward")
+
+
 def test_r_in_shared_memory_extends_the_range():
     """With the (not yet implemented) R-in-shared-memory option the model takes heads whose R does not fit the
     registers (gru D=768 on H100; lstm D=128 in one block on A100), within every budget."""

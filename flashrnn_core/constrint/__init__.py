@@ -9,8 +9,10 @@
   ``all_feasible`` to enumerate every configuration (exhaustive sweeps).
 - ``tuning``: the on-disk cache of choices (``choose``, ``choose_for_device``, ``load``, ``store``).
 
-This package is the one chooser of the ``cuda_fused`` forward kernel's parameters: ``backends.fused.choose``
-asks ``tuning.choose_for_device`` and converts the result (``backends.fused.launch_of``).
+- ``backward``: the fused backward kernel's own problem (``solve_fused(..., direction="backward")`` builds it).
+
+This package is the one chooser of the ``cuda_fused`` kernels' parameters, forward and backward:
+``backends.fused.choose`` asks ``tuning.choose_for_device`` and converts the result (``backends.fused.launch_of``).
 """
 
 from .hardware import A100, H100, H200, L40S, PRESETS, RTX4090, Hardware, preset

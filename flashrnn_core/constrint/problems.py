@@ -716,14 +716,24 @@ def all_feasible(hardware: Hardware, function: str, dtype, B: int, N: int, D: in
     return sorted(found, key=lambda p: p.step_cycles)
 
 
-def assess(hardware: Hardware, function: str, dtype, B: int, N: int, D: int, *, blocks_per_head: int, k_split: int,
-           batch_ntiles: int, prefetch_steps: int, r_ktiles_in_smem: int = 0, direction: str = "forward",
+def assess(hardware: Hardware, function: str, dtype, B: int, N: int, D: int, *, blocks_per_head: int = 1,
+           k_split: int, batch_ntiles: int = 1, prefetch_steps: int, r_ktiles_in_smem: int = 0,
+           fused_dr: bool = False, direction: str = "forward",
            model: KernelModel = DEFAULT_MODEL) -> FusedParams | Infeasible:
     """The model's verdict on one given configuration (a hand-picked or a measured one): its ``FusedParams``
-    with the estimate, or ``Infeasible`` naming the limits it breaks (the "given ..." constraints among them)."""
+    with the estimate, or ``Infeasible`` naming the limits it breaks (the "given ..." constraints among them).
+    A backward configuration is (``k_split``, ``prefetch_steps``, ``fused_dr``): one block per head and 8
+    sequences, R^T in registers."""
     fp = build_fused(hardware, function, dtype, B, N, D, direction, model)
-    given = {"cluster": blocks_per_head, "ksplit": k_split, "nbt": batch_ntiles, "prefetch": prefetch_steps,
-             "r_smem_kt": r_ktiles_in_smem}
+    if direction == "backward":
+        if (blocks_per_head, batch_ntiles, r_ktiles_in_smem) != (1, 1, 0):
+            raise ValueError("assess: fused_bw.cu runs one block per head and 8 sequences with R^T in registers "
+                             f"(blocks_per_head=1, batch_ntiles=1, r_ktiles_in_smem=0), got {blocks_per_head}, "
+                             f"{batch_ntiles}, {r_ktiles_in_smem}")
+        given = {"ksplit": k_split, "prefetch": prefetch_steps, "fused_dr": int(fused_dr)}
+    else:
+        given = {"cluster": blocks_per_head, "ksplit": k_split, "nbt": batch_ntiles, "prefetch": prefetch_steps,
+                 "r_smem_kt": r_ktiles_in_smem}
     for name, value in given.items():
         fp.problem.add(fp.v[name] == value, name=f"given {name} = {value}")
     result = fp.problem.solve()
