@@ -56,8 +56,8 @@ kernel as tiles a warp accumulates against dR as GEMMs after it at a fraction of
 issue 6's measurements (fused_bw.cu's header). The constants were set on the H200 sweep of every feasible
 configuration of the 7 backward reference shapes (111 configurations:
 bench/results/constrint/2026-11-30-h200-sweep-backward.json): the GEMMs' efficiency from the dR-in-kernel /
-GEMM differences at B = 16, 64, 256 (12x64) and at 48x16, the load latency from prefetch 1 against 2 at 48x16, then a grid over (cpi, fixed, per warp,
-skeleton, dR tile) for the smallest rms log error among those whose choice, on the H200 and the H100 preset
+GEMM differences at B = 16, 64, 256 (12x64) and at 48x16, the load latency from prefetch 1 against 2 at
+48x16, then a grid over (cpi, fixed, per warp, skeleton, dR tile) for the smallest rms log error among those whose choice, on the H200 and the H100 preset
 alike, is within 5% of the best measured on every shape (``bench/calibrate_bw.py`` does a free least-squares
 fit and reports choices; its fit is closer in time but chooses worse): rms log error 0.52 -> 0.18, worst
 choice 1.092 -> 1.008. A held-out sweep of 5 other shapes (sweep_fused.py --holdout) then checked it where the
