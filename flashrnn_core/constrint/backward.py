@@ -35,34 +35,33 @@ if TYPE_CHECKING:  # (problems imports this module)
 
 #: How the register coefficients (``KernelModel.bw_reg_*``) were chosen (documentation):
 BW_REGISTER_FIT = """
-Data: ptxas -v (NVRTC 12.9) for the 576 variants of cuda_src/fused_bw.cu that 2 D KS <= 1024 threads admits:
-4 cells x {bf16 with and without dR in the kernel, float32} x D in 16..128 x KS in {1, 2, 4}, prefetch 2, on
-sm_80 and sm_90 (bench/results/constrint/bw_registers.json, ``python bench/bw_register_data.py --out ...``); 199 spill.
+Data: ptxas -v (NVRTC 12.9) for the 576 variants of cuda_src/fused_bw.cu that 2 D KS <= 1024 threads admits: 4
+cells x {bf16 with and without dR in the kernel, float32} x D in 16..128 x KS in {1, 2, 4}, prefetch 2, on sm_80
+and sm_90 (bench/results/constrint/bw_registers.json, ``python bench/bw_register_data.py --out ...``); 199 spill.
 Fit (``python bench/bw_register_data.py --fit ...``): a linear program over ``bw_register_data.features``
 (coefficients >= 0): every spilling variant estimated above its cap, minimising how far clean variants are
 estimated above theirs plus 0.02 x |estimate - ptxas| where ptxas stayed below its cap. Rounded up: 0 of 199
-spilling variants accepted, 19 of 377 clean ones rejected (options lost, never a spill); ptxas from 22 below to
-107 above the fit where it was not capped (it takes what the cap allows). Checked, not fitted: prefetch 1 and 3
-on sm_90 (576 more variants, bench/results/constrint/bw_registers_prefetch13_sm90.json): 0 of 198 spilling
-variants accepted, 20 of 378 clean ones rejected. CI compiles every choice the solver makes on its presets
+spilling variants accepted, 19 of 377 clean ones rejected (options lost, never a spill); ptxas from 22 below to 107
+above the fit where it was not capped (it takes what the cap allows). Checked, not fitted: prefetch 1 and 3 on
+sm_90 (576 more variants, bench/results/constrint/bw_registers_prefetch13_sm90.json): 0 of 198 spilling variants
+accepted, 20 of 378 clean ones rejected. CI compiles every choice the solver makes on its presets
 (``test_constrint``'s ptxas agreement test).
 """
 
 #: How the latency constants (``KernelModel.bw_*`` after the registers) were chosen (documentation):
 BW_LATENCY_CALIBRATION = """
-The structure (instructions a warp issues, at most one per ``bw_dependent_cpi`` cycles for a warp alone, a
-cost per warp of the block for its barriers, the input stages' latency over the prefetch depth, dR in the
-kernel as tiles a warp accumulates against dR as GEMMs after it at a fraction of DRAM bandwidth) is from
-issue 6's measurements (fused_bw.cu's header). The constants were set on the H200 sweep of every feasible
-configuration of the 7 backward reference shapes (111 configurations:
-bench/results/constrint/2026-11-30-h200-sweep-backward.json): the GEMMs' efficiency from the dR-in-kernel /
-GEMM differences at B = 16, 64, 256 (12x64) and at 48x16, the load latency from prefetch 1 against 2 at
-48x16, then a grid over (cpi, fixed, per warp, skeleton, dR tile) for the smallest rms log error among those whose choice, on the H200 and the H100 preset
-alike, is within 5% of the best measured on every shape (``bench/calibrate_bw.py`` does a free least-squares
-fit and reports choices; its fit is closer in time but chooses worse): rms log error 0.52 -> 0.18, worst
-choice 1.092 -> 1.008. A held-out sweep of 5 other shapes (sweep_fused.py --holdout) then checked it where the
-constants were not set: 4 within 4% of the best, and one (2 blocks an SM assumed, 1 measured) that
-``bw_occupancy_reg_margin`` fixed.
+The structure (instructions a warp issues, at most one per ``bw_dependent_cpi`` cycles for a warp alone, a cost per
+warp of the block for its barriers, the input stages' latency over the prefetch depth, dR in the kernel as tiles a
+warp accumulates against dR as GEMMs after it at a fraction of DRAM bandwidth) is from issue 6's measurements
+(fused_bw.cu's header). The constants were set on the H200 sweep of every feasible configuration of the 7 backward
+reference shapes (111 configurations: bench/results/constrint/2026-11-30-h200-sweep-backward.json): the GEMMs'
+efficiency from the dR-in-kernel / GEMM differences at B = 16, 64, 256 (12x64) and at 48x16, the load latency from
+prefetch 1 against 2 at 48x16, then a grid over (cpi, fixed, per warp, skeleton, dR tile) for the smallest rms log
+error among those whose choice, on the H200 and the H100 preset alike, is within 5% of the best measured on every
+shape (``bench/calibrate_bw.py`` does a free least-squares fit and reports choices; its fit is closer in time but
+chooses worse): rms log error 0.52 -> 0.18, worst choice 1.092 -> 1.008. A held-out sweep of 5 other shapes
+(sweep_fused.py --holdout) then checked it where the constants were not set: 4 within 4% of the best, and one (2
+blocks an SM assumed, 1 measured) that ``bw_occupancy_reg_margin`` fixed.
 """
 
 BT = 8  # sequences a block (the m16n8 mma's n): fused_bw.cu Tile::BT
