@@ -47,13 +47,12 @@ def variants(dims, prefetches):
 def features(row: dict) -> list[float]:
     """The register model's terms for one variant (``constrint.backward.resources``): constant, R^T's
     fragment registers, the lanes' live cell values, dR accumulators."""
+    from flashrnn_core.constrint.backward import configuration_values
     from flashrnn_core.constrint.problems import geometry
 
     geo = geometry(row["function"], row["dtype"], row["D"], "backward")
-    ks, D = row["ks"], row["D"]
-    ktw = -(-geo.gr * D // 16 // ks)
-    tpw = -(-(geo.gr * D // 16 * (D // 8)) // (D // 16 * ks))
-    return [1.0, 4 * geo.split * ktw, 4 // ks * geo.live_per_cell, 4 * tpw * row["fused_dr"]]
+    v = configuration_values(geo, row["ks"], row["prefetch"], row["fused_dr"])
+    return [1.0, 4 * geo.split * v["ktw"], v["cells"] * geo.live_per_cell, 4 * v["tpw"] * v["fused_dr"]]
 
 
 def fit(path: str) -> int:

@@ -19,20 +19,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from flashrnn_core.constrint import preset  # noqa: E402
-from flashrnn_core.constrint.problems import DEFAULT_MODEL, CellCost, FusedParams, build_fused, estimate  # noqa: E402
+from flashrnn_core.constrint import PRESETS, preset  # noqa: E402
+from flashrnn_core.constrint.backward import configuration_values  # noqa: E402
+from flashrnn_core.constrint.problems import (DEFAULT_MODEL, CellCost, FusedParams, build_fused, estimate,  # noqa: E402
+                                              geometry)
 
 #: The constants fitted (KernelModel field names); cell issue costs are fitted per cell as "issue:<cell>".
 FREE = ("bw_dependent_cpi", "bw_fixed", "bw_fixed_per_warp", "bw_skeleton_issue")
 
 
 def values_of(p: FusedParams) -> dict[str, int]:
-    """The solver's variables of a backward configuration (what ``estimate`` reads)."""
-    D, ks = p.D, p.k_split
-    gr = {"lstm": 4, "slstm": 4, "gru": 3, "elman": 1}[p.function]
-    tpw = -(-(gr * D // 16 * (D // 8)) // (D // 16 * ks))
-    return {"ksplit": ks, "prefetch": p.prefetch_steps, "fused_dr": int(p.fused_dr), "ktw": p.ktiles_per_warp,
-            "cells": 4 // ks, "tpw": tpw}
+    """The solver's variables of a measured backward configuration (what ``estimate`` reads)."""
+    geo = geometry(p.function, p.dtype, p.D, "backward")
+    return configuration_values(geo, p.k_split, p.prefetch_steps, p.fused_dr)
 
 
 def rows_of(sweep: dict) -> list[tuple[str, FusedParams, float]]:
@@ -79,7 +78,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cells", action="store_true", help="fit the cells' issue costs too")
     args = ap.parse_args(argv)
     sweep = json.loads(Path(args.sweep).read_text())
-    hw = preset(sweep["gpu"].split()[-1]) if sweep["gpu"].split()[-1] in ("H100", "H200") else preset("H200")
+    name = sweep["gpu"].split()[-1]  # "NVIDIA H200" -> the preset of that name (H200 for an unknown GPU)
+    hw = preset(name if name in PRESETS else "H200")
     rows = rows_of(sweep)
     fit_rows = [r for r in rows if r[0] not in args.hold_out]
     cells = sorted({p.function for _, p, _ in rows})

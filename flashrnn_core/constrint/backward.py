@@ -74,8 +74,7 @@ def build_backward(hw: Hardware, function: str, dtype, B: int, N: int, D: int, m
 
     geo = geometry(function, dtype, D, "backward")
     p = Problem()
-    kt = max(1, geo.kt)
-    dr_tiles = max(1, geo.gr * D // 16 * (D // 8))
+    kt, dr_tiles = max(1, geo.kt), dr_tile_count(geo)
     v = {
         "ksplit": p.var("ksplit", model.bw_ksplits, prefer="high"),
         "prefetch": p.var("prefetch", model.bw_prefetches, prefer="high"),
@@ -92,6 +91,19 @@ def build_backward(hw: Hardware, function: str, dtype, B: int, N: int, D: int, m
     fp = FusedProblem(p, v, geo, hw, model, B, N, regs, smem)
     p.minimize(lambda values: estimate(fp, values)["total"])
     return fp
+
+
+def dr_tile_count(geo) -> int:
+    """m16n8k8 tiles of one head's dR ([Gr*D, D]): fused_bw.cu's Tile::DR_TILES."""
+    return max(1, geo.gr * geo.D // 16 * (geo.D // 8))
+
+
+def configuration_values(geo, ksplit: int, prefetch: int, fused_dr: bool) -> dict[str, int]:
+    """The problem's variables for one given configuration (the ones ``resources`` and ``estimate`` read), as
+    the constraints determine them: for fits and calibrations over measured or compiled variants."""
+    warps = geo.D // 16 * ksplit
+    return {"ksplit": ksplit, "prefetch": prefetch, "fused_dr": int(fused_dr), "ktw": -(-max(1, geo.kt) // ksplit),
+            "cells": CELLS_PER_M_TILE_LANE // ksplit, "tpw": -(-dr_tile_count(geo) // warps)}
 
 
 def split_k(ksplit: Expr) -> Expr:
