@@ -1,70 +1,151 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: install over the image's packages, GPU tests, compute-sanitizer on the fused
 # kernels, benchmarks. Full logs go to $OUT (or ./device_out); a short table is printed last.
-#   STAGES="tests sanitizer bench" (default: those three; also "sweep", and "ddp" on a 2-GPU machine)
-#   PYTEST_ARGS="-x"   PYTEST_K="not slow"   PYTEST_TIMEOUT=420   BENCH_SUITES="reference step varlen"
-#   BENCH_ARGS="..."   BENCH_TIMEOUT_S=300 (each suite)   SWEEP_BUDGET_S=150   SWEEP_ARGS="--direction both"   SANITIZER_TOOLS="memcheck racecheck synccheck"   SANITIZER_BUDGET_S=180
-#   SANITIZER_ARGS="--only backward"   DDP_ARGS="..."
+#
+# The stages become jobs in one queue; every GPU runs one job at a time (a "lane"), so a 2-GPU machine does two
+# at once. Every job ends by DEADLINE_S seconds after the start (the device tool stops a call at 600 s); a job
+# whose time is up is not started, and the table says so.
+#   STAGES="tests sanitizer bench"   (default; also "sweep", and "ddp", which takes two GPUs after the queue)
+#   PYTEST_ARGS="-x"   PYTEST_K="not slow"   PYTEST_TIMEOUT=420
+#   SANITIZER_TOOLS="memcheck racecheck synccheck"   SANITIZER_BUDGET_S=180
+#   SANITIZER_ARGS="--only backward --all;--only forward" (';' separates sets of problems: a job per set and tool)
+#   SANITIZER_SHARDS=1 (each set's problems split over this many jobs a tool)
+#   BENCH_SUITES="reference step varlen"   BENCH_ARGS="..."   BENCH_TIMEOUT_S=300 (a suite; a shard)
+#   BENCH_SHARDS=1 (timing suites split over this many jobs, merged into one JSON by python -m bench.shard)
+#   SWEEP_BUDGET_S=150   SWEEP_ARGS="--direction both"   DDP_ARGS="..."   DEADLINE_S=550   LANES=<GPUs>
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-$PWD/device_out}; mkdir -p "$OUT"
+OUT=${OUT:-$PWD/device_out}; mkdir -p "$OUT/notes"
 STAGES=${STAGES:-"tests sanitizer bench"}
+DEADLINE_S=${DEADLINE_S:-550}
 export PYTHONUNBUFFERED=1 FLASHRNN_CORE_CACHE=${FLASHRNN_CORE_CACHE:-/tmp/flashrnn_core_cache}
-summary=()
-note() { summary+=("$(printf '%-28s %s' "$1" "$2")"); }
+QUEUE=$OUT/queue
+
+note() { printf '%-34s %s\n' "$2" "$3" >"$OUT/notes/$1"; }   # note <job number> <what> <result>
+time_left() { echo $(( DEADLINE_S - SECONDS )); }
+clamp() { local t=$(( $(time_left) - 5 )); (( $1 < t )) && t=$1; echo "$t"; }   # a timeout within the deadline
 
 pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 || export PYTHONPATH=$PWD
-{ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv; python -m flashrnn_core --steps 32; } \
-    >"$OUT/env.log" 2>&1; note "main job" "exit $? ($(grep -c OK "$OUT/env.log") OK)"
+{ nvidia-smi --query-gpu=index,name,driver_version,clocks.sm,clocks.mem --format=csv; python -m flashrnn_core --steps 32; } \
+    >"$OUT/env.log" 2>&1; note 000 "main job" "exit $? ($(grep -c OK "$OUT/env.log") OK)"
+GPUS=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU'); (( GPUS > 0 )) || GPUS=1
+LANES=${LANES:-$GPUS}
+ARCH=$(python -c "import cupy; print('sm_' + cupy.cuda.Device().compute_capability)")
 
-if [[ " $STAGES " == *" tests "* ]]; then
-    # Every variant compiled up front on all cores (the tests then load them from the cache).
-    arch=$(python -c "import cupy; print('sm_' + cupy.cuda.Device().compute_capability)")
-    timeout 240 python -m flashrnn_core.compile --arch "$arch" --check --jobs "$(nproc)" >"$OUT/compile.log" 2>&1
-    note "compile --check $arch" "exit $? : $(tail -n 1 "$OUT/compile.log")"
-    timeout ${PYTEST_TIMEOUT:-420} python -m pytest -m gpu -q -p no:cacheprovider ${PYTEST_ARGS:-} -k "${PYTEST_K:-}" tests >"$OUT/pytest_gpu.log" 2>&1
-    note "pytest -m gpu" "exit $? : $(tail -n 1 "$OUT/pytest_gpu.log")"
-fi
-
+# Every variant compiled up front on all cores, before the lanes start (the tests and benchmarks then load them
+# from the cache; the sanitizer's -lineinfo builds are other cache entries, compiled at the same time).
+half=$(( $(nproc) / 2 > 1 ? $(nproc) / 2 : 1 ))
+timeout 240 python -m flashrnn_core.compile --arch "$ARCH" --jobs "$half" >"$OUT/precompile.log" 2>&1 &
 if [[ " $STAGES " == *" sanitizer "* ]]; then
-    # Each tool on one small problem per fused kernel variant (bench/sanitize_fused.py picks them).
-    for tool in ${SANITIZER_TOOLS:-memcheck racecheck synccheck}; do
-        # --report-api-errors no: cuda-python probes driver entry points on the host (cuGetProcAddress), which
-        # memcheck would count as errors; kernel errors are still reported.
-        FLASHRNN_CORE_LINEINFO=1 timeout 240 compute-sanitizer --tool $tool --error-exitcode 9 --report-api-errors no \
-            python bench/sanitize_fused.py --budget-s "${SANITIZER_BUDGET_S:-180}" ${SANITIZER_ARGS:-} >"$OUT/sanitizer_$tool.log" 2>&1
-        note "sanitizer $tool" "exit $? : $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer_$tool.log" | tail -n 1)"
-    done
+    FLASHRNN_CORE_LINEINFO=1 timeout 240 python -m flashrnn_core.compile --arch "$ARCH" --jobs "$half" \
+        >"$OUT/precompile_lineinfo.log" 2>&1
 fi
+wait
+note 001 "precompile $ARCH (${SECONDS}s)" "$(tail -n 1 "$OUT/precompile.log")"
 
+job_tests() {
+    # --check reads the precompiled kernels' ptxas reports from the cache.
+    timeout "$(clamp 240)" python -m flashrnn_core.compile --arch "$ARCH" --check --jobs "$(nproc)" >"$OUT/compile.log" 2>&1
+    note "$1a" "compile --check $ARCH" "exit $? : $(tail -n 1 "$OUT/compile.log")"
+    timeout "$(clamp "${PYTEST_TIMEOUT:-420}")" python -m pytest -m gpu -q -p no:cacheprovider ${PYTEST_ARGS:-} \
+        -k "${PYTEST_K:-}" tests >"$OUT/pytest_gpu.log" 2>&1
+    note "$1b" "pytest -m gpu" "exit $? : $(tail -n 1 "$OUT/pytest_gpu.log")"
+}
+
+job_sanitizer() {   # <n> <tool> <shard K/M> <set>: one small problem per fused kernel variant (bench/sanitize_fused.py)
+    local log="$OUT/sanitizer_$2_set$4_${3/\//of}.log" t args; t=$(clamp 10000)
+    IFS=';' read -ra args <<<"${SANITIZER_ARGS:-}"; args=(${args[$4]:-})
+    # --report-api-errors no: cuda-python probes driver entry points on the host (cuGetProcAddress), which
+    # memcheck would count as errors; kernel errors are still reported.
+    FLASHRNN_CORE_LINEINFO=1 timeout "$t" compute-sanitizer --tool "$2" --error-exitcode 9 --report-api-errors no \
+        python bench/sanitize_fused.py --budget-s "$(( t - 40 < ${SANITIZER_BUDGET_S:-180} ? t - 40 : ${SANITIZER_BUDGET_S:-180} ))" \
+        --shard "$3" "${args[@]}" >"$log" 2>&1
+    note "$1" "sanitizer $2 ${args[*]} $3" "exit $? : $(grep -E '^[0-9]+ ok|ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -n 2 | tr '\n' ' ')"
+}
+
+job_bench() {   # <n> <suite> <shard K/M>: one suite, or one shard of it (merged after the queue)
+    local json="$OUT/$2.json" t; t=$(clamp "${BENCH_TIMEOUT_S:-300}")
+    local shard=(); [[ $3 == */1 ]] || shard=(--shard "$3")
+    # The suite's own budget leaves the last (shape, pass) time to finish inside the timeout.
+    timeout "$t" python -m bench.run --suite "$2" --out "$json" "${shard[@]}" --budget-s $(( t > 150 ? t - 90 : t / 2 )) \
+        ${BENCH_ARGS:-} >"$OUT/bench_$2_${3/\//of}.log" 2>&1
+    note "$1" "bench $2 $3" "exit $?"
+}
+
+job_sweep() {   # ConstrINT against reality (issue 7): every feasible configuration of the reference shapes, measured.
+    local budget=${SWEEP_BUDGET_S:-150}; (( budget > $(time_left) - 60 )) && budget=$(( $(time_left) - 60 ))
+    timeout $(( budget + 40 )) python bench/sweep_fused.py --out "$OUT/sweep.json" --budget-s "$budget" \
+        ${SWEEP_ARGS:-} >"$OUT/sweep.log" 2>&1
+    note "$1" "sweep" "exit $? : $(tail -n 1 "$OUT/sweep.log")"
+}
+
+# The queue: "<job number> <function> <args...>", longest first where that is known.
+n=100; : >"$QUEUE"
+enqueue() { echo "$n $*" >>"$QUEUE"; n=$(( n + 1 )); }
+[[ " $STAGES " == *" tests "* ]] && enqueue job_tests
 if [[ " $STAGES " == *" bench "* ]]; then
-    # BENCH_SUITES="reference step varlen" (default); each suite's JSON lands in $OUT/<suite>.json.
     for suite in ${BENCH_SUITES:-reference step varlen}; do
-        timeout ${BENCH_TIMEOUT_S:-300} python -m bench.run --suite "$suite" --out "$OUT/$suite.json" ${BENCH_ARGS:-} >"$OUT/bench_$suite.log" 2>&1
-        note "bench $suite" "exit $? ($(grep -c '"median_ms": [0-9]' "$OUT/$suite.json" 2>/dev/null || echo 0) timed rows)"
+        m=${BENCH_SHARDS:-1}; [[ $suite == compile ]] && m=1   # cold compiles want the processors to themselves
+        for (( k = 0; k < m; k++ )); do enqueue job_bench "$suite" "$k/$m"; done
     done
 fi
-
-if [[ " $STAGES " == *" sweep "* ]]; then
-    # ConstrINT against reality (issue 7): every feasible configuration of the reference shapes, measured.
-    timeout $(( ${SWEEP_BUDGET_S:-150} + 40 )) python bench/sweep_fused.py --out "$OUT/sweep.json" \
-        --budget-s "${SWEEP_BUDGET_S:-150}" ${SWEEP_ARGS:-} >"$OUT/sweep.log" 2>&1
-    note "sweep" "exit $? : $(tail -n 1 "$OUT/sweep.log")"
+if [[ " $STAGES " == *" sanitizer "* ]]; then
+    IFS=';' read -ra sets <<<"${SANITIZER_ARGS:-}"
+    for (( i = 0; i < (${#sets[@]} > 0 ? ${#sets[@]} : 1); i++ )); do
+        for tool in ${SANITIZER_TOOLS:-memcheck racecheck synccheck}; do
+            for (( k = 0; k < ${SANITIZER_SHARDS:-1}; k++ )); do
+                enqueue job_sanitizer "$tool" "$k/${SANITIZER_SHARDS:-1}" "$i"
+            done
+        done
+    done
 fi
+[[ " $STAGES " == *" sweep "* ]] && enqueue job_sweep
+
+next_job() {   # pop the queue's first line (lanes share the queue; flock serialises them)
+    local line
+    { flock 9; line=$(head -n 1 "$QUEUE"); sed -i 1d "$QUEUE"; } 9>"$QUEUE.lock"
+    [[ -n $line ]] && echo "$line"
+}
+
+lane() {   # <gpu>: run jobs until the queue is empty; a job that no longer fits before the deadline is noted
+    local job
+    while job=$(next_job); do
+        set -- $job
+        if (( $(time_left) < 60 )); then note "$1" "${*:2}" "not started: deadline"; continue; fi
+        echo "[$(date +%T) +${SECONDS}s gpu $LANE_GPU] ${*:2}" >>"$OUT/lanes.log"
+        "$2" "$1" "${@:3}"
+    done
+}
+
+for (( g = 0; g < LANES; g++ )); do
+    ( export CUDA_VISIBLE_DEVICES=$g LANE_GPU=$g; lane ) &
+done
+wait
+echo "[$(date +%T) +${SECONDS}s] queue done" >>"$OUT/lanes.log"
+
+# Shards of one suite become the suite's one results file.
+for suite in ${BENCH_SUITES:-}; do
+    shards=("$OUT/$suite"-shard*of*.json)
+    [[ -e ${shards[0]} ]] || continue
+    python -m bench.shard "$OUT/$suite.json" "${shards[@]}" >>"$OUT/lanes.log" 2>&1
+    [[ -e $OUT/$suite.json ]] && note "800_$suite" "bench $suite (${#shards[@]} shards merged)" \
+        "$(grep -c '"median_ms": [0-9]' "$OUT/$suite.json") timed rows, $(grep -c '"error": "not run' "$OUT/$suite.json") not run"
+done
 
 if [[ " $STAGES " == *" ddp "* ]]; then
     # Two GPUs (nvidia-h200-x2): one DDP step's averaged gradients against one process on the global batch, step
     # times at the reference size, then the default parity training.
     timeout 200 python -m torch.distributed.run --nproc_per_node=2 examples/ddp_parity.py --check --steps 0 \
         --heads 12 --head-dim 64 --batch 32 --length 1024 ${DDP_ARGS:-} >"$OUT/ddp_check.log" 2>&1
-    note "ddp check 12x64 T=1024" "exit $? : $(grep -E '^gradients' "$OUT/ddp_check.log" | cut -c1-90)"
-    note "ddp step times" "$(grep -E '^time per' "$OUT/ddp_check.log" | sed 's/.*: //')"
+    note 900 "ddp check 12x64 T=1024" "exit $? : $(grep -E '^gradients' "$OUT/ddp_check.log" | cut -c1-90)"
+    note 901 "ddp step times" "$(grep -E '^time per' "$OUT/ddp_check.log" | sed 's/.*: //')"
     timeout 200 python -m torch.distributed.run --nproc_per_node=2 examples/ddp_parity.py --check \
         >"$OUT/ddp_train.log" 2>&1
-    note "ddp parity training" "exit $? : $(tail -n 1 "$OUT/ddp_train.log")"
+    note 902 "ddp parity training" "exit $? : $(tail -n 1 "$OUT/ddp_train.log")"
     tail -n 30 "$OUT/ddp_check.log" "$OUT/ddp_train.log"
 fi
 
 # The device tool brings back at most 8 files: the logs travel as one archive beside the JSON results.
-(cd "$OUT" && tar czf logs.tar.gz --remove-files -- *.log)
-echo; echo "== device_check summary =="; printf '%s\n' "${summary[@]}"
+summary=$(cat "$OUT"/notes/* 2>/dev/null)
+(cd "$OUT" && rm -rf notes queue queue.lock && tar czf logs.tar.gz --remove-files -- *.log)
+echo; echo "== device_check summary ($LANES lanes, ${SECONDS}s) =="; echo "$summary"

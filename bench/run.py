@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from . import baselines
+from .shard import parse_shard, shard_path, take_shard
 from .timing import MIN_RUNS, SPIN_MS, ProgressBar, measure
 
 SUITES = ("reference", "batch", "seqlen", "headdim", "compile", "step", "varlen")
@@ -749,6 +750,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--spin-ms", type=float, default=SPIN_MS, help="GPU spin before each timed call (0: none)")
     p.add_argument("--budget-s", type=float, default=0.0,
                    help="start no new shape after this many seconds; the rest get 'not run' rows (0: no limit)")
+    p.add_argument("--shard", default=None, metavar="K/M",
+                   help="run every M-th shape from the K-th, into <out>-shardKofM.json (python -m bench.shard "
+                        "merges the M files; bench/device_check.sh runs one shard a GPU)")
     p.add_argument("--dry-run", action="store_true", help="CPU only: vanilla on NumPy at tiny sizes")
     p.add_argument("--report", default=None, metavar="DIR", help="also write plots and a markdown table to DIR")
     return p.parse_args(argv)
@@ -783,6 +787,10 @@ def cudnn_dtypes(requested: str | None, gpu: bool) -> tuple[str, ...]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        shard = parse_shard(args.shard)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     gpu = not args.dry_run and gpu_present()
     if not gpu and not args.dry_run:
         raise SystemExit("no GPU visible to CuPy: run on a GPU machine, or pass --dry-run for the CPU pipeline check")
@@ -796,9 +804,11 @@ def main(argv: list[str] | None = None) -> int:
               "commit": git_commit(), **environment(gpu), "dry_run": args.dry_run,
               "protocol": {"runs": opts.runs, "warmup": 3 if gpu else 1, "spin_ms": opts.spin_ms, "loop": opts.loop,
                            "budget_s": opts.budget_s, "timer": "cuda events" if gpu else "perf_counter"}}
-    out = Path(args.out) if args.out else default_out(args.suite, header["gpu"], args.dry_run)
+    if shard:
+        header["shard"] = args.shard
+    out = shard_path(Path(args.out) if args.out else default_out(args.suite, header["gpu"], args.dry_run), shard)
     results = Results(out, header)
-    shapes = suite_shapes(args.suite, functions, args.dry_run)
+    shapes = take_shard(suite_shapes(args.suite, functions, args.dry_run), shard)
     if args.suite == "compile":
         run_compile_suite(opts, shapes, results, args.cold_runs)
     elif args.suite == "step":

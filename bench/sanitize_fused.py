@@ -1,20 +1,20 @@
 """One small problem per ``cuda_fused`` kernel variant, so that compute-sanitizer can wrap the whole set:
 
     compute-sanitizer --tool memcheck --error-exitcode 9 python bench/sanitize_fused.py      # bench/device_check.sh
-    python bench/sanitize_fused.py --all        # every variant the backend lists (411 at the time of writing)
+    python bench/sanitize_fused.py --all        # every variant the backend lists (460 on an H100 at 9e0c7de)
     python bench/sanitize_fused.py --list       # the problems, without running them (no GPU needed)
 
-The variants are the backend's own list (``FusedBackend.kernel_variants()``). Forward variants: a problem of
-T=5 and the first (N, B) of the grid the variants were enumerated on (``fused.VARIANT_HEADS`` x
-``fused.VARIANT_BATCHES``) for which the ConstrINT solver picks exactly that variant on this GPU (or, with
-``--list`` and no GPU, on the preset of ``--cc`` with ``--sms`` SMs), run forward from given initial states
-and from none (a null pointer in the kernel). Backward variants (other entries, keyed by cell, dtype and D):
-B=3, forward then backward with upstream gradients on every state and on the last states. By default one
-problem per kernel family (each also run with variable lengths): for each cell, dtype, cluster layout and batch
-tile the smallest and largest D (and
-D=48, whose k-tiles are odd); ``--all`` takes every D. Problems run single-block forwards first, so that a
-``--budget-s`` cut (default 180 s: device_check.sh gives each sanitizer tool 240 s) leaves out the rarer
-variants, and says so. Exit 0 when every problem that ran gave finite results, 1 otherwise.
+The variants are the backend's own list (``FusedBackend.kernel_variants()``), forward and backward. Each
+gets a problem of T=5 and the first (N, B) of the grid the variants were enumerated on (``fused.VARIANT_HEADS``
+x ``fused.VARIANT_BATCHES``) for which the ConstrINT solver picks exactly that variant on this GPU (or, with
+``--list`` and no GPU, on the preset of ``--cc`` with ``--sms`` SMs). A forward variant runs from given initial
+states and from none (a null pointer in the kernel); a backward variant runs forward then backward, with
+upstream gradients on every state and on the last states; both also with variable lengths. By default one
+problem per kernel family (every define but the sizes: cell, dtype, cluster layout, batch tile, k split, dR in
+the kernel): the smallest and largest D, and D=48, whose k-tiles are odd; ``--all`` takes every D.
+``--shard K/M`` runs every M-th problem (device_check.sh: one shard a GPU). Problems run single-block forwards
+first, so that a ``--budget-s`` cut (default 180 s) leaves out the rarer variants, and says so. Exit 0 when
+every problem that ran gave finite results, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a source checkout
+from bench.shard import parse_shard, take_shard  # noqa: E402
 
 T = 5
-N_BACKWARD, B_BACKWARD = 2, 3  # backward variants: chosen by cell, dtype and D only
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class Problem:
     N: int
     D: int
     label: str  # the kernel variant's label
+    params: Any = None  # the solver's choice that launches the variant (constrint.FusedParams), run pinned
     backward: bool = False  # run backward too (a backward variant)
 
 
@@ -81,8 +82,8 @@ def pick_families(variants: list[Any], everything: bool) -> list[Any]:
 
 
 def find_problem(fused: Any, spec: Any, hardware: Any) -> Problem | str:
-    """The first problem of the variant grid for which the solver picks ``spec`` on ``hardware``
-    (``constrint.Hardware``), or why there is none."""
+    """The first problem of the variant grid for which the solver picks ``spec`` (a forward or a backward
+    kernel) on ``hardware`` (``constrint.Hardware``), or why there is none."""
     import itertools
 
     f = variant_fields(spec)
@@ -92,16 +93,19 @@ def find_problem(fused: Any, spec: Any, hardware: Any) -> Problem | str:
         D = int(f["FLASHRNN_D"])
     except KeyError as err:
         return f"{spec.name()}: its defines do not say {err} (cell, storage, D): not mapped to a problem"
-    if spec.entry != fused.ENTRY:  # a backward kernel: chosen by cell, dtype and D (one block a head)
-        return Problem(function, dtype, B_BACKWARD, N_BACKWARD, D, spec.name(), backward=True)
-    reason = f"the solver does not pick it on {hardware.name}"
-    for n, B in itertools.product(fused.VARIANT_HEADS, fused.VARIANT_BATCHES):
-        launch = fused.choose(function, dtype, B, n, D, hardware=hardware)
+    direction = "forward" if spec.entry == fused.ENTRY else "backward"
+    # This GPU's choices first; then those of the older presets the variants were listed on (an sm_80
+    # variant the solver picks only for an A100 still runs here, pinned).
+    presets = [hardware] + [hw for hw in fused.VARIANT_HARDWARE if hw.sm < hardware.sm]
+    reason = f"the solver does not pick it on {', '.join(hw.name for hw in presets)}"
+    for hw, n, B in itertools.product(presets, fused.VARIANT_HEADS, fused.VARIANT_BATCHES):
+        launch = fused.choose(function, dtype, B, n, D, hardware=hw, direction=direction)
         if isinstance(launch, str):
-            reason = launch  # e.g. a cluster variant on a GPU older than sm_90
-            break
-        if launch.spec.defines == spec.defines:
-            return Problem(function, dtype, B, n, D, spec.name())
+            if hw is hardware:
+                reason = launch  # e.g. a cluster variant on a GPU older than sm_90
+            continue
+        if launch.spec.entry == spec.entry and launch.spec.defines == spec.defines:
+            return Problem(function, dtype, B, n, D, spec.name(), launch.choice, direction == "backward")
     return f"{spec.name()}: {reason}"
 
 
@@ -138,19 +142,23 @@ def run_problem(problem: Problem, seed: int) -> str | None:
     states and from none; backward problems from given states, with gradients on all states and the last."""
     import cupy
 
-    import flashrnn_core as fc
+    from flashrnn_core.tune import pinned
+    from flashrnn_core.validate import validate
 
+    backend = pinned(problem.params)  # exactly the variant, whatever a tuning cache on this machine says
     a = random_inputs(problem, seed)
     runs = [(a["states0"], None), (a["states0"], variable_lengths(problem.B))]
     if not problem.backward:
         runs.append((None, None))
     for states0, lengths in runs:
-        result = fc.forward(a["Wx"], a["R"], a["b"], states0, function=problem.function, backend="cuda_fused",
-                            lengths=lengths)
-        if not _finite(result.states):
+        checked = validate(a["Wx"], a["R"], a["b"], states0, function=problem.function, backend="cuda_fused",
+                           lengths=lengths)
+        states, saved = backend.forward(checked, a["Wx"], a["R"], a["b"], states0)
+        if not _finite(states):
             return "forward gave non-finite states"
         if problem.backward:
-            grads = fc.backward(result, dstates=a["dstates"], dlast_states=a["dstates"][:, :, -1:])
+            grads = backend.backward(checked, a["Wx"], a["R"], a["b"], states0, states, saved, a["dstates"],
+                                     a["dstates"][:, :, -1:])
             if not all(_finite(g) for g in (grads.dWx, grads.dR, grads.db, grads.dstates_initial)):
                 return "backward gave non-finite gradients"
         cupy.cuda.Device().synchronize()
@@ -183,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--all", action="store_true", help="every variant, not one per family")
     p.add_argument("--only", choices=("forward", "backward"), default=None, help="one direction's variants")
     p.add_argument("--list", action="store_true", help="print the problems only (no GPU needed)")
+    p.add_argument("--shard", default=None, metavar="K/M", help="every M-th problem from the K-th")
     p.add_argument("--sms", type=int, default=132, help="with --list and no GPU: multiprocessors (H100: 132)")
     p.add_argument("--cc", default="9.0", help="with --list and no GPU: compute capability")
     p.add_argument("--budget-s", type=float, default=180.0,
@@ -204,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     problems = sorted((x for x in found if isinstance(x, Problem)), key=run_order)
     if args.only:  # one direction's kernels (a sanitizer run on the kernel just changed)
         problems = [x for x in problems if x.backward == (args.only == "backward")]
+    problems = take_shard(problems, parse_shard(args.shard))
     for skipped in (x for x in found if isinstance(x, str)):
         print(f"skip {skipped}")
     n_bw = sum(p.backward for p in problems)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import report, run, sanitize_fused, timing
+from bench import report, run, sanitize_fused, shard, timing
 
 HEADER_KEYS = {"suite", "date", "commit", "gpu", "driver", "cuda_runtime", "nvrtc", "cupy", "torch", "rows"}
 ROW_KEYS = {"function", "backend", "dtype", "pass", "B", "T", "N", "D", "median_ms", "p10_ms", "p90_ms",
@@ -121,6 +121,27 @@ def test_real_suites_have_the_issue_shapes():
     assert min(s.D for s in head) == 16 and max(s.D for s in head) == 768 and all(s.N * s.D == 768 for s in head)
 
 
+def test_shards_merge_into_the_single_run(tmp_path):
+    """Three shards of a dry run merge into the rows, in the order, of one process running the whole suite."""
+    argv = ["--suite", "seqlen", "--dry-run", "--functions", "lstm,gru", "--loop", "none"]
+    whole = tmp_path / "whole.json"
+    assert run.main(argv + ["--out", str(whole)]) == 0
+    for k in range(3):
+        assert run.main(argv + ["--out", str(tmp_path / "s.json"), "--shard", f"{k}/3"]) == 0
+    parts = sorted(tmp_path.glob("s-shard*of3.json"))
+    assert len(parts) == 3
+    assert shard.main([str(tmp_path / "s.json"), *map(str, parts)]) == 0
+    merged, single = (json.loads(p.read_text()) for p in (tmp_path / "s.json", whole))
+    key = lambda r: (r["function"], r["N"], r["D"], r["B"], r["T"], r["pass"], r["backend"])  # noqa: E731
+    assert [key(r) for r in merged["rows"]] == [key(r) for r in single["rows"]] and len(merged["rows"]) > 6
+    assert merged["shards"] == 3 and "shard" not in merged and not list(tmp_path.glob("s-shard*"))
+    with pytest.raises(ValueError, match="shards 0..M-1"):
+        shard.merge([merged])  # a merged document is not a shard of anything
+    with pytest.raises(ValueError, match="expected K/M"):
+        shard.parse_shard("1of3")
+    assert shard.take_shard(list(range(7)), (1, 3)) == [1, 4]
+
+
 def test_varlen_dry_run_rows(tmp_path):
     """The varlen suite on the CPU: lstm and gru (the cells with a PackedSequence cuDNN counterpart), both head
     layouts, fw and fwbw, each row timed with lengths and padded, against torch's packed and padded modules."""
@@ -208,7 +229,7 @@ def test_sanitizer_driver_maps_every_variant_to_a_problem(capsys):
     assert not missing, missing[:3]
     assert sanitize_fused.main(["--list"]) == 0
     out = capsys.readouterr().out
-    assert "problems" in out and "B=3" in out
+    assert "problems" in out and "(forward + backward)" in out
 
 
 # ----------------------------------------------------------------------------- on the GPU (device_check.sh)
