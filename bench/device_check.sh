@@ -11,6 +11,7 @@
 #   SANITIZER_ARGS="--only backward --all;--only forward" (';' separates sets of problems: a job per set and tool)
 #   SANITIZER_SHARDS=1 (each set's problems split over this many jobs a tool)
 #   BENCH_SUITES="reference step varlen"   BENCH_ARGS="..."   BENCH_TIMEOUT_S=300 (a suite; a shard)
+#   BENCH_TIMEOUT_S_<suite>=... (that suite's own, e.g. BENCH_TIMEOUT_S_seqlen=220)
 #   BENCH_SHARDS=1 (timing suites split over this many jobs, merged into one JSON by python -m bench.shard)
 #   SWEEP_BUDGET_S=150   SWEEP_ARGS="--direction both"   DDP_ARGS="..."   DEADLINE_S=550   LANES=<GPUs>
 set -uo pipefail
@@ -32,16 +33,19 @@ GPUS=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU'); (( GPUS > 0 )) || GPUS=1
 LANES=${LANES:-$GPUS}
 ARCH=$(python -c "import cupy; print('sm_' + cupy.cuda.Device().compute_capability)")
 
-# Every variant compiled up front on all cores, before the lanes start (the tests and benchmarks then load them
-# from the cache; the sanitizer's -lineinfo builds are other cache entries, compiled at the same time).
-half=$(( $(nproc) / 2 > 1 ? $(nproc) / 2 : 1 ))
-timeout 240 python -m flashrnn_core.compile --arch "$ARCH" --jobs "$half" >"$OUT/precompile.log" 2>&1 &
-if [[ " $STAGES " == *" sanitizer "* ]]; then
-    FLASHRNN_CORE_LINEINFO=1 timeout 240 python -m flashrnn_core.compile --arch "$ARCH" --jobs "$half" \
-        >"$OUT/precompile_lineinfo.log" 2>&1
+# Every variant compiled up front on all cores, before the lanes start (the tests then load them from the cache;
+# the sanitizer's -lineinfo builds are other cache entries, compiled at the same time). Benchmarks alone compile
+# what they run.
+if [[ " $STAGES " == *" tests "* || " $STAGES " == *" sanitizer "* ]]; then
+    half=$(( $(nproc) / 2 > 1 ? $(nproc) / 2 : 1 ))
+    timeout 240 python -m flashrnn_core.compile --arch "$ARCH" --jobs "$half" >"$OUT/precompile.log" 2>&1 &
+    if [[ " $STAGES " == *" sanitizer "* ]]; then
+        FLASHRNN_CORE_LINEINFO=1 timeout 240 python -m flashrnn_core.compile --arch "$ARCH" --jobs "$half" \
+            >"$OUT/precompile_lineinfo.log" 2>&1
+    fi
+    wait
+    note 001 "precompile $ARCH (${SECONDS}s)" "$(tail -n 1 "$OUT/precompile.log")"
 fi
-wait
-note 001 "precompile $ARCH (${SECONDS}s)" "$(tail -n 1 "$OUT/precompile.log")"
 
 job_tests() {
     # --check reads the precompiled kernels' ptxas reports from the cache.
@@ -64,7 +68,7 @@ job_sanitizer() {   # <n> <tool> <shard K/M> <set>: one small problem per fused 
 }
 
 job_bench() {   # <n> <suite> <shard K/M>: one suite, or one shard of it (merged after the queue)
-    local json="$OUT/$2.json" t; t=$(clamp "${BENCH_TIMEOUT_S:-300}")
+    local json="$OUT/$2.json" t own="BENCH_TIMEOUT_S_$2"; t=$(clamp "${!own:-${BENCH_TIMEOUT_S:-300}}")
     local shard=(); [[ $3 == */1 ]] || shard=(--shard "$3")
     # The suite's own budget leaves the last (shape, pass) time to finish inside the timeout.
     timeout "$t" python -m bench.run --suite "$2" --out "$json" "${shard[@]}" --budget-s $(( t > 150 ? t - 90 : t / 2 )) \

@@ -362,12 +362,13 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
     }
     OutCopier<K, T> ocopy(states, saved, b0, B, Tn, n, d0, ND);
     if constexpr (CL > 1) {
-        if (threadIdx.x == 0) {
-            for (int i = 0; i < 2; ++i) {
-                cluster::mbarrier_init(bars + 8 * i, 1);
-                cluster::mbarrier_expect(bars + 8 * i, K::RECV_BYTES);  // phase 0 of each buffer
-            }
-        }
+        if (threadIdx.x == 0)
+            for (int i = 0; i < 2; ++i) cluster::mbarrier_init(bars + 8 * i, 1);
+        // compute-sanitizer's racecheck attributes mbarrier operations to the whole warp: without this it
+        // reports the init and the first arrival of thread 0 as a race (warning) with the warp's other lanes.
+        __syncwarp();
+        if (threadIdx.x == 0)
+            for (int i = 0; i < 2; ++i) cluster::mbarrier_expect(bars + 8 * i, K::RECV_BYTES);  // phase 0 of each buffer
     }
 
     unsigned a[K::SPLIT][K::MT][K::KTW][4];
