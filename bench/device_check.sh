@@ -11,9 +11,10 @@
 #   SANITIZER_ARGS="--only backward --all;--only forward" (';' separates sets of problems: a job per set and tool)
 #   SANITIZER_SHARDS=1 (each set's problems split over this many jobs a tool)
 #   BENCH_SUITES="reference step varlen"   BENCH_ARGS="..."   BENCH_TIMEOUT_S=300 (a suite; a shard)
-#   BENCH_TIMEOUT_S_<suite>=... (that suite's own, e.g. BENCH_TIMEOUT_S_seqlen=220)
+#   BENCH_TIMEOUT_S_<suite>, BENCH_ARGS_<suite>, BENCH_SHARDS_<suite>: one suite's own (BENCH_TIMEOUT_S_seqlen=220)
 #   BENCH_SHARDS=1 (timing suites split over this many jobs, merged into one JSON by python -m bench.shard)
 #   SWEEP_BUDGET_S=150   SWEEP_ARGS="--direction both"   DDP_ARGS="..."   DEADLINE_S=550   LANES=<GPUs>
+#   PRECOMPILE=0 (no compile of every variant first: a sanitizer run on a few problems)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/device_out}; mkdir -p "$OUT/notes"
@@ -36,7 +37,7 @@ ARCH=$(python -c "import cupy; print('sm_' + cupy.cuda.Device().compute_capabili
 # Every variant compiled up front on all cores, before the lanes start (the tests then load them from the cache;
 # the sanitizer's -lineinfo builds are other cache entries, compiled at the same time). Benchmarks alone compile
 # what they run.
-if [[ " $STAGES " == *" tests "* || " $STAGES " == *" sanitizer "* ]]; then
+if [[ ${PRECOMPILE:-1} == 1 && ( " $STAGES " == *" tests "* || " $STAGES " == *" sanitizer "* ) ]]; then
     half=$(( $(nproc) / 2 > 1 ? $(nproc) / 2 : 1 ))
     timeout 240 python -m flashrnn_core.compile --arch "$ARCH" --jobs "$half" >"$OUT/precompile.log" 2>&1 &
     if [[ " $STAGES " == *" sanitizer "* ]]; then
@@ -68,11 +69,11 @@ job_sanitizer() {   # <n> <tool> <shard K/M> <set>: one small problem per fused 
 }
 
 job_bench() {   # <n> <suite> <shard K/M>: one suite, or one shard of it (merged after the queue)
-    local json="$OUT/$2.json" t own="BENCH_TIMEOUT_S_$2"; t=$(clamp "${!own:-${BENCH_TIMEOUT_S:-300}}")
+    local json="$OUT/$2.json" t own="BENCH_TIMEOUT_S_$2" args="BENCH_ARGS_$2"; t=$(clamp "${!own:-${BENCH_TIMEOUT_S:-300}}")
     local shard=(); [[ $3 == */1 ]] || shard=(--shard "$3")
-    # The suite's own budget leaves the last (shape, pass) time to finish inside the timeout.
-    timeout "$t" python -m bench.run --suite "$2" --out "$json" "${shard[@]}" --budget-s $(( t > 150 ? t - 90 : t / 2 )) \
-        ${BENCH_ARGS:-} >"$OUT/bench_$2_${3/\//of}.log" 2>&1
+    # The suite's own budget leaves the last (shape, pass) time to finish inside the timeout (a quarter of it).
+    timeout "$t" python -m bench.run --suite "$2" --out "$json" "${shard[@]}" --budget-s $(( t - (t / 4 > 30 ? t / 4 : 30) )) \
+        ${BENCH_ARGS:-} ${!args:-} >"$OUT/bench_$2_${3/\//of}.log" 2>&1
     note "$1" "bench $2 $3" "exit $?"
 }
 
@@ -89,7 +90,8 @@ enqueue() { echo "$n $*" >>"$QUEUE"; n=$(( n + 1 )); }
 [[ " $STAGES " == *" tests "* ]] && enqueue job_tests
 if [[ " $STAGES " == *" bench "* ]]; then
     for suite in ${BENCH_SUITES:-reference step varlen}; do
-        m=${BENCH_SHARDS:-1}; [[ $suite == compile ]] && m=1   # cold compiles want the processors to themselves
+        own="BENCH_SHARDS_$suite"; m=${!own:-${BENCH_SHARDS:-1}}
+        [[ $suite == compile ]] && m=1   # cold compiles want the processors to themselves
         for (( k = 0; k < m; k++ )); do enqueue job_bench "$suite" "$k/$m"; done
     done
 fi

@@ -662,9 +662,9 @@ def discover_kernels(opts: Options, shapes: list[Shape], results: Results) -> di
 def time_compile(spec: Any, cold_runs: int, warm_runs: int) -> dict[str, dict[str, Any]]:
     """{"compile_cold": fields, "compile_warm": fields}: host wall time in ms of compile_spec + module load.
 
-    A cold compile runs in a fresh process (``cold_compile``), as a new user's first call does: on the device
-    (cuda.core 1.2.0, NVRTC 13) compiling the same source and options again in one process returned at once
-    with an empty log, so an in-process "cold" compile measured ~50 ms, a module load. The warm runs load the
+    A cold compile runs in a fresh process (``cold_compile``) with the driver's JIT cache off, as a new user's
+    first call: on the device (cuda.core 1.2.0, CUDA 13) compiling the same source and options again, in this
+    process or another, hit that cache and returned with an empty log, so a "cold" compile measured ~50 ms. The warm runs load the
     cold run's cache entry in this process."""
     from flashrnn_core.runtime import compile_spec, device_arch
 
@@ -703,8 +703,11 @@ def cold_compile(spec: Any, arch: str, directory: Path) -> tuple[float, dict[str
             "print(json.dumps({'ms': ms, 'cached': r.cached, 'nvrtc_s': r.seconds, 'resources': None if "
             "r.resources is None else vars(r.resources)}))\n")
     fields = {**asdict(spec), "defines": [list(d) for d in spec.defines]}
+    # CUDA_CACHE_DISABLE: on CUDA 13 the compile goes through the driver's JIT cache (runtime/compile.py says
+    # how we know), so a kernel any process compiled before came back in half the time with an empty log; a new
+    # user's first compile does not hit it.
     done = subprocess.run([sys.executable, "-c", code, json.dumps(fields), arch, str(directory)],
-                          capture_output=True, text=True, check=True)
+                          capture_output=True, text=True, check=True, env={**os.environ, "CUDA_CACHE_DISABLE": "1"})
     child = json.loads(done.stdout.strip().splitlines()[-1])
     if child["cached"] or child["resources"] is None:
         raise RuntimeError(f"{spec.name()}: the cold compile was not one (cached: {child['cached']}, ptxas "

@@ -318,9 +318,12 @@ def compile_spec(spec: KernelSpec, arch: str, use_cache: bool = True, *, root: P
                                    f"{cache_directory or env.cache_dir()} and {env.NEVER_COMPILE_ENV}=1")
     result = _nvrtc(spec, arch, code, options)
     if result.resources is None:
-        # Seen on the device (CUDA 13's NVRTC through cuda.core 1.2, about 1 compile in 500, a different kernel
-        # each run): an empty log, so no ptxas report. Once more; if it is still missing, the cubin is used but
-        # not cached (an entry without its report would read as damaged) and the (empty) log is kept.
+        # On CUDA 13 (cuda.core 1.2.0) the compile passes through the driver's JIT cache (~/.nv/ComputeCache): a
+        # kernel that any process compiled before comes back with an empty log, so without ptxas's report
+        # (measured on the device: 341 log characters on a first compile, 0 on the next, in this process or a
+        # new one; always 341 with CUDA_CACHE_DISABLE=1). Once more (a log lost for another reason); if it is
+        # still missing, the cubin is used but not cached (an entry without its report would read as damaged)
+        # and the (empty) log is kept.
         result = _nvrtc(spec, arch, code, options)
         if result.resources is None:
             _keep_log(Path(cache_directory or env.cache_dir()) / "logs", spec, arch, result.log)
