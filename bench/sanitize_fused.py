@@ -192,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", choices=("forward", "backward"), default=None, help="one direction's variants")
     p.add_argument("--list", action="store_true", help="print the problems only (no GPU needed)")
     p.add_argument("--shard", default=None, metavar="K/M", help="every M-th problem from the K-th")
+    p.add_argument("--start", type=int, default=0,
+                   help="skip the first START problems of the run order (resume a run cut by its time limit)")
     p.add_argument("--match", default="", help="only variants whose label contains every comma-separated word, e.g. "
                                                "'fw,cluster' (a fix to one family, checked first)")
     p.add_argument("--sms", type=int, default=132, help="with --list and no GPU: multiprocessors (H100: 132)")
@@ -216,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:  # one direction's kernels (a sanitizer run on the kernel just changed)
         problems = [x for x in problems if x.backward == (args.only == "backward")]
     words = [w for w in args.match.split(",") if w]
-    problems = take_shard([x for x in problems if all(w in x.label for w in words)],
+    problems = take_shard([x for x in problems if all(w in x.label for w in words)][args.start:],
                           parse_shard(args.shard))
     for skipped in (x for x in found if isinstance(x, str)):
         print(f"skip {skipped}")
