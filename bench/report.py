@@ -8,7 +8,8 @@ line per backend, cuDNN and the plain loop) with the speedup over cuDNN beneath,
 layout; ``reference`` -> ``<stem>-speedup.png``: speedup over cuDNN per configuration (bars). The markdown has
 one table per file: one line per (cell, heads, shape, pass), each backend's median in ms with its ratios to
 cuDNN (row dtype, fastest dtype), then cuDNN (and the fastest of its dtypes) and the plain loop. Where several
-files have the same suite and GPU, the newest (by ``date``) is used. Plots need matplotlib
+files have the same suite and GPU, the newest (by ``date``) is used; in a sweep, rows it did not time come from
+the older files (``load``), marked ``*``. Plots need matplotlib
 (``pip install flashrnn_core[bench]``); the markdown does not.
 """
 
@@ -27,18 +28,44 @@ TIME_PASSES = ("fw", "fwbw")
 
 
 def load(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
-    """The documents, the newest of each (suite, gpu), in SUITE_ORDER."""
-    newest: dict[tuple[str, str], dict[str, Any]] = {}
+    """The documents, one per (suite, gpu), in SUITE_ORDER: the newest file's (by ``date``). In a sweep suite
+    (batch, seqlen, headdim) a (configuration, backend) that the newest file did not time (cut by its time
+    budget, or a cell it did not run) is filled from the newest older file of the same suite and GPU that did;
+    such a row carries ``from`` (that file's name) and the document lists the files in ``filled_from``."""
+    by_key: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for path in paths:
         doc = json.loads(Path(path).read_text())
         doc["_path"] = str(path)
         if "suite" not in doc and "shapes" in doc:  # bench/sweep_fused.py's document
             doc["suite"] = "sweep"
-        key = (doc.get("suite", "?"), doc.get("gpu", "?"))
-        if key not in newest or doc.get("date", "") > newest[key].get("date", ""):
-            newest[key] = doc
+        by_key.setdefault((doc.get("suite", "?"), doc.get("gpu", "?")), []).append(doc)
+    docs = []
+    for (suite, _), group in by_key.items():
+        group.sort(key=lambda d: d.get("date", ""), reverse=True)
+        docs.append(fill_from_older(group[0], group[1:]) if suite in SWEEP_AXIS else group[0])
     order = {s: i for i, s in enumerate(SUITE_ORDER)}
-    return sorted(newest.values(), key=lambda d: (order.get(d.get("suite"), 99), d.get("gpu", "")))
+    return sorted(docs, key=lambda d: (order.get(d.get("suite"), 99), d.get("gpu", "")))
+
+
+def _timed(row: dict[str, Any]) -> bool:
+    return row.get("median_ms") is not None
+
+
+def fill_from_older(newest: dict[str, Any], older: list[dict[str, Any]]) -> dict[str, Any]:
+    """``newest`` with its untimed rows replaced, and rows it lacks appended, from ``older`` (newest first)."""
+    def key(row: dict[str, Any]) -> tuple:
+        return (*config_key(row), row["backend"])
+
+    donors: dict[tuple, dict[str, Any]] = {}
+    for doc in reversed(older):  # the newer file wins
+        for row in doc.get("rows", []):
+            if _timed(row):
+                donors[key(row)] = {**row, "from": Path(doc["_path"]).name}
+    rows = [row if _timed(row) or key(row) not in donors else donors[key(row)] for row in newest["rows"]]
+    present = {key(row) for row in rows}
+    rows += [row for k, row in donors.items() if k not in present]
+    used = list(OrderedDict.fromkeys(r["from"] for r in rows if "from" in r))
+    return {**newest, "rows": rows, "filled_from": used}
 
 
 def backends_of(rows: list[dict[str, Any]]) -> list[str]:
@@ -78,7 +105,8 @@ def _cell(row: dict[str, Any] | None) -> str:
         ratios.append(f"x{row['ratio']:.2f}")
     if row.get("ratio_best") and row.get("baseline_best_ms") != row.get("baseline_ms"):
         ratios.append(f"best x{row['ratio_best']:.2f}")
-    return _ms(row["median_ms"]) + (f" ({'; '.join(ratios)})" if ratios else "")
+    mark = "*" if "from" in row else ""
+    return _ms(row["median_ms"]) + mark + (f" ({'; '.join(ratios)})" if ratios else "")
 
 
 def timing_table(doc: dict[str, Any]) -> list[str]:
@@ -166,6 +194,18 @@ def _commit(commit: Any) -> str:
     return text if " " in text else text[:12]
 
 
+def _provenance(doc: dict[str, Any]) -> str:
+    """Where rows came from other runs, and which cuDNN dtypes the baselines timed where not all three."""
+    text = ""
+    if doc.get("filled_from"):
+        older = ", ".join(f"`{name}`" for name in doc["filled_from"])
+        text += f"; rows marked `*` were not timed in this run and come from {older} (commit and date in that file)"
+    timed = sorted({d for r in doc.get("rows", []) for d in (r.get("baseline_all_ms") or {})})
+    if timed and len(timed) < 3:
+        text += f"; cuDNN timed in {', '.join(timed)} only (best of those)"
+    return text
+
+
 def markdown(docs: list[dict[str, Any]]) -> str:
     """The whole page: a section per document."""
     out = ["# Benchmark results", "",
@@ -179,7 +219,8 @@ def markdown(docs: list[dict[str, Any]]) -> str:
                 f"{doc.get('date')}, commit `{_commit(doc.get('commit'))}`, driver {doc.get('driver')}, "
                 f"CUDA {doc.get('cuda_runtime')}, NVRTC {doc.get('nvrtc')}, CuPy {doc.get('cupy')}, "
                 f"torch {doc.get('torch')}" + (" (dry run: CPU, tiny sizes)" if doc.get("dry_run") else ""),
-                f"source: `{Path(doc['_path']).name}`" + (f"; {doc['note']}" if doc.get("note") else ""), ""]
+                f"source: `{Path(doc['_path']).name}`" + (f"; {doc['note']}" if doc.get("note") else "")
+                + _provenance(doc), ""]
         tables = {"compile": compile_table, "varlen": varlen_table, "step": step_table, "sweep": sweep_table}
         out += tables.get(doc["suite"], timing_table)(doc)
         out.append("")

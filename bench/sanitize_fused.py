@@ -94,9 +94,10 @@ def find_problem(fused: Any, spec: Any, hardware: Any) -> Problem | str:
     except KeyError as err:
         return f"{spec.name()}: its defines do not say {err} (cell, storage, D): not mapped to a problem"
     direction = "forward" if spec.entry == fused.ENTRY else "backward"
-    # This GPU's choices first; then those of the older presets the variants were listed on (an sm_80
-    # variant the solver picks only for an A100 still runs here, pinned).
-    presets = [hardware] + [hw for hw in fused.VARIANT_HARDWARE if hw.sm < hardware.sm]
+    # This GPU's choices first; then those of the presets the variants were listed on that this GPU can run
+    # (an sm_80 variant the solver picks only for an A100, or one it picks for an H100 and not an H200, still
+    # runs here, pinned).
+    presets = [hardware] + [hw for hw in fused.VARIANT_HARDWARE if hw.sm <= hardware.sm and hw != hardware]
     reason = f"the solver does not pick it on {', '.join(hw.name for hw in presets)}"
     for hw, n, B in itertools.product(presets, fused.VARIANT_HEADS, fused.VARIANT_BATCHES):
         launch = fused.choose(function, dtype, B, n, D, hardware=hw, direction=direction)

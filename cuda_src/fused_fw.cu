@@ -364,8 +364,9 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
     if constexpr (CL > 1) {
         if (threadIdx.x == 0)
             for (int i = 0; i < 2; ++i) cluster::mbarrier_init(bars + 8 * i, 1);
-        // compute-sanitizer's racecheck attributes mbarrier operations to the whole warp: without this it
-        // reports the init and the first arrival of thread 0 as a race (warning) with the warp's other lanes.
+        // Without this, compute-sanitizer's racecheck reports thread 0's init and first arrival as a race
+        // (a warning; it seems to count mbarrier operations against the whole warp). With it: 0 hazards
+        // (bench/results/sanitizer/README.md).
         __syncwarp();
         if (threadIdx.x == 0)
             for (int i = 0; i < 2; ++i) cluster::mbarrier_expect(bars + 8 * i, K::RECV_BYTES);  // phase 0 of each buffer

@@ -142,6 +142,28 @@ def test_shards_merge_into_the_single_run(tmp_path):
     assert shard.take_shard(list(range(7)), (1, 3)) == [1, 4]
 
 
+def test_report_fills_a_cut_sweep_from_an_older_run(tmp_path):
+    """A sweep cut by its budget, and without a cell an older run of the same suite and GPU timed: the report
+    takes the missing rows from the older file, marks them, and names the file."""
+    older, newer = tmp_path / "old.json", tmp_path / "new.json"
+    assert run.main(["--suite", "headdim", "--dry-run", "--functions", "lstm,gru", "--out", str(older)]) == 0
+    assert run.main(["--suite", "headdim", "--dry-run", "--functions", "lstm", "--out", str(newer)]) == 0
+    doc = json.loads(newer.read_text())
+    doc["date"] = "9999-01-01T00:00:00Z"  # newer than the older file whatever the clock
+    cut = doc["rows"][-1]
+    cut.update(median_ms=None, error="not run: --budget-s 1 spent")
+    newer.write_text(json.dumps(doc))
+    (merged,) = report.load([older, newer])
+    assert merged["_path"] == str(newer) and merged["filled_from"] == ["old.json"]
+    key = lambda r: (*report.config_key(r), r["backend"])  # noqa: E731
+    by_key = {key(r): r for r in merged["rows"]}
+    assert by_key[key(cut)]["from"] == "old.json" and by_key[key(cut)]["median_ms"] is not None
+    assert {r["function"] for r in merged["rows"] if r.get("from")} == {"lstm", "gru"}
+    assert [key(r) for r in merged["rows"] if r["function"] == "lstm" and r.get("from")] == [key(cut)]
+    text = report.markdown([merged])
+    assert "rows marked `*`" in text and "`old.json`" in text and "*" in text.split("|---")[-1]
+
+
 def test_varlen_dry_run_rows(tmp_path):
     """The varlen suite on the CPU: lstm and gru (the cells with a PackedSequence cuDNN counterpart), both head
     layouts, fw and fwbw, each row timed with lengths and padded, against torch's packed and padded modules."""
