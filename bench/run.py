@@ -662,7 +662,7 @@ def discover_kernels(opts: Options, shapes: list[Shape], results: Results) -> di
 def time_compile(spec: Any, cold_runs: int, warm_runs: int) -> dict[str, dict[str, Any]]:
     """{"compile_cold": fields, "compile_warm": fields}: host wall time in ms of compile_spec + module load.
 
-    A cold compile runs in a fresh process (``cold_compile``) with the driver's JIT cache off, as a new user's
+    A cold compile runs in a new process (``cold_compile``) with the driver's JIT cache off, as a new user's
     first call: on the device (cuda.core 1.2.0, CUDA 13) compiling the same source and options again, in this
     process or another, hit that cache and returned with an empty log, so a "cold" compile measured ~50 ms. The warm runs load the
     cold run's cache entry in this process."""
@@ -690,31 +690,19 @@ def time_compile(spec: Any, cold_runs: int, warm_runs: int) -> dict[str, dict[st
 
 
 def cold_compile(spec: Any, arch: str, directory: Path) -> tuple[float, dict[str, Any]]:
-    """(ms, report fields) of ``compile_spec`` into the empty cache ``directory`` in a new Python process (no
-    GPU needed): NVRTC's seconds and ptxas's registers, spills and static shared memory. Raises when the
-    child fails or its compile came back without ptxas's report (then it was not a compile)."""
-    code = ("import json, sys, time\n"
-            "from flashrnn_core.runtime import KernelSpec, compile_spec\n"
-            "fields = json.loads(sys.argv[1])\n"
-            "spec = KernelSpec(**{**fields, 'defines': tuple(tuple(d) for d in fields['defines'])})\n"
-            "start = time.perf_counter()\n"
-            "r = compile_spec(spec, sys.argv[2], cache_directory=sys.argv[3])\n"
-            "ms = (time.perf_counter() - start) * 1e3\n"
-            "print(json.dumps({'ms': ms, 'cached': r.cached, 'nvrtc_s': r.seconds, 'resources': None if "
-            "r.resources is None else vars(r.resources)}))\n")
-    fields = {**asdict(spec), "defines": [list(d) for d in spec.defines]}
-    # CUDA_CACHE_DISABLE: on CUDA 13 the compile goes through the driver's JIT cache (runtime/compile.py says
-    # how we know), so a kernel any process compiled before came back in half the time with an empty log; a new
-    # user's first compile does not hit it.
-    done = subprocess.run([sys.executable, "-c", code, json.dumps(fields), arch, str(directory)],
-                          capture_output=True, text=True, check=True, env={**os.environ, "CUDA_CACHE_DISABLE": "1"})
-    child = json.loads(done.stdout.strip().splitlines()[-1])
-    if child["cached"] or child["resources"] is None:
-        raise RuntimeError(f"{spec.name()}: the cold compile was not one (cached: {child['cached']}, ptxas "
-                           f"report: {child['resources'] is not None})")
-    res = child["resources"]
-    return child["ms"], {"nvrtc_s": child["nvrtc_s"], "registers": res["registers"],
-                         "spill_stores": res["spill_stores"], "smem_static": res["smem_static"]}
+    """(ms, report fields) of ``compile_spec`` into the empty cache ``directory`` in a new Python process with
+    the driver's JIT cache off (``runtime.compile.compile_in_new_process``; no GPU needed): NVRTC's seconds
+    and ptxas's registers, spills and static shared memory. Raises when the child fails or its compile came
+    back cached or without ptxas's report (then it was not a compile)."""
+    from flashrnn_core.runtime.compile import compile_in_new_process
+
+    result, wall_s = compile_in_new_process(spec, arch, cache_directory=directory)
+    if result.cached or result.resources is None:
+        raise RuntimeError(f"{spec.name()}: the cold compile was not one (cached: {result.cached}, ptxas "
+                           f"report: {result.resources is not None})")
+    res = result.resources
+    return wall_s * 1e3, {"nvrtc_s": result.seconds, "registers": res.registers,
+                          "spill_stores": res.spill_stores, "smem_static": res.smem_static}
 
 
 def _load_module(spec: Any, cubin: bytes) -> Any:
