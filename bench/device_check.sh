@@ -84,7 +84,7 @@ job_sweep() {   # ConstrINT against reality (issue 7): every feasible configurat
     note "$1" "sweep" "exit $? : $(tail -n 1 "$OUT/sweep.log")"
 }
 
-# The queue: "<job number> <function> <args...>", longest first where that is known.
+# The queue: "<job number> <function> <args...>", in the order of the stages (tests, bench, sanitizer, sweep).
 n=100; : >"$QUEUE"
 enqueue() { echo "$n $*" >>"$QUEUE"; n=$(( n + 1 )); }
 [[ " $STAGES " == *" tests "* ]] && enqueue job_tests

@@ -664,8 +664,8 @@ def time_compile(spec: Any, cold_runs: int, warm_runs: int) -> dict[str, dict[st
 
     A cold compile runs in a new process (``cold_compile``) with the driver's JIT cache off, as a new user's
     first call: on the device (cuda.core 1.2.0, CUDA 13) compiling the same source and options again, in this
-    process or another, hit that cache and returned with an empty log, so a "cold" compile measured ~50 ms. The warm runs load the
-    cold run's cache entry in this process."""
+    process or another, hit that cache and returned with an empty log, so a "cold" compile measured ~50 ms.
+    The warm runs load the cold run's cache entry in this process."""
     from flashrnn_core.runtime import compile_spec, device_arch
 
     arch = device_arch()

@@ -1,7 +1,7 @@
 """One small problem per ``cuda_fused`` kernel variant, so that compute-sanitizer can wrap the whole set:
 
     compute-sanitizer --tool memcheck --error-exitcode 9 python bench/sanitize_fused.py      # bench/device_check.sh
-    python bench/sanitize_fused.py --all        # every variant the backend lists (460 on an H100 at 9e0c7de)
+    python bench/sanitize_fused.py --all        # every variant the backend lists (436 at 3d974fb)
     python bench/sanitize_fused.py --list       # the problems, without running them (no GPU needed)
 
 The variants are the backend's own list (``FusedBackend.kernel_variants()``), forward and backward. Each

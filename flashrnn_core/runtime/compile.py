@@ -369,13 +369,11 @@ def compile_in_new_process(spec: KernelSpec, arch: str, use_cache: bool = True, 
     if done.returncode != 0:
         raise CompileError(f"{spec.name()} for {arch} (in a new process)", done.stderr[-4000:], [], "")
     child = json.loads(done.stdout.strip().splitlines()[-1])
-    result = CompileResult(cubin=base64.b64decode(child["cubin"]), log=child["log"],
-                           resources=None, cached=child["cached"], seconds=child["seconds"])
-    if child["cached"]:
-        result = compile_spec(spec, arch, root=root, cache_directory=cache_directory)  # the entry, with its report
-    else:
-        result = dataclasses.replace(result, resources=parse_ptxas_report(result.log, spec.entry))
-    return result, child["wall_s"]
+    if child["cached"]:  # the child found the entry: read it here, with its report
+        return compile_spec(spec, arch, root=root, cache_directory=cache_directory), child["wall_s"]
+    log_text = child["log"]
+    return CompileResult(cubin=base64.b64decode(child["cubin"]), log=log_text, cached=False, seconds=child["seconds"],
+                         resources=parse_ptxas_report(log_text, spec.entry)), child["wall_s"]
 
 
 def _report_without_driver_cache(spec: KernelSpec, arch: str, root: Path, first: CompileResult) -> CompileResult:
@@ -383,7 +381,7 @@ def _report_without_driver_cache(spec: KernelSpec, arch: str, root: Path, first:
     ``first`` where that is off already (nothing would change) or the new process fails."""
     import os
 
-    if all(os.environ.get(k) == v for k, v in DRIVER_CACHE_OFF.items()):
+    if os.environ.get("CUDA_CACHE_DISABLE") == DRIVER_CACHE_OFF["CUDA_CACHE_DISABLE"]:
         return first
     try:
         again, _ = compile_in_new_process(spec, arch, use_cache=False, root=root)
