@@ -52,6 +52,7 @@
 //   Still ~2x the estimate: ~230 instructions a warp a step (ncu: IMAD 23%, LEA/ISETP/LOP3 ~20%: indices,
 //   selects, stage bookkeeping), 16 warps on 4 schedulers ~900 issue cycles, and two barriers.
 #include "common/mma.cuh"
+#include "common/pieces.cuh"
 #include "common/types.cuh"
 #include "cells/cells.cuh"
 
@@ -196,25 +197,21 @@ template <class T> struct Args {
 };
 
 // Copies the inputs of step t (saved[b, t], states[b, t-1] or states0 at t = 0, dstates[b, t]) of this block's
-// batch tile into one stage, for t = Tn-1, Tn-2, ... in turn. Each thread owns the same 16-byte pieces every
-// step and moves their source back one step per call; missing tensors and rows past B are zero-filled (never
-// read), so a stage always holds the inputs as the math wants them.
-template <class K, class T> struct InCopier {
+// batch tile into one stage, for t = Tn-1, Tn-2, ... in turn. Missing tensors and rows past B are zero-filled
+// (never read), so a stage always holds the inputs as the math wants them.
+template <class K, class T> struct InPieces : LoadPieces<(K::PIECES + K::THREADS - 1) / K::THREADS> {
     static constexpr int PER_ROW = K::D / K::CH;
     static constexpr int PER = (K::PIECES + K::THREADS - 1) / K::THREADS;  // pieces per thread
-    const T* src[PER];  // the piece of the next call's step
-    const T* at0[PER];  // previous-state pieces: where step 0 reads them (states0), else null
-    size_t back[PER];   // elements from step t's piece to step t-1's; 0: no piece, or a zero-filled one
-    int dst[PER];       // element offset in a stage; -1: no piece
-    unsigned flags[PER];  // VALID | PREV (bit flags: arrays of bool ended up in local memory)
-    static constexpr unsigned VALID = 1, PREV = 2;
+    unsigned long long at0[PER];  // previous-state pieces: where step 0 reads them (states0), else 0
+    unsigned prev;                // bit j: piece j is a previous-state piece
 
-    __device__ __forceinline__ InCopier(const Args<T>& A, int b0, int n) {
+    __device__ __forceinline__ InPieces(const Args<T>& A, int b0, int n, unsigned stage0) {
+        prev = 0u;
 #pragma unroll
-        for (int j = 0; j < PER; ++j) init(j, threadIdx.x + j * K::THREADS, A, b0, n);
+        for (int j = 0; j < PER; ++j) init(j, threadIdx.x + j * K::THREADS, A, b0, n, stage0);
     }
     // Piece i: row r of a stage (saved [BT][NSAVED], then previous states [S][BT], then upstream [S][BT]).
-    __device__ __forceinline__ void init(int j, int i, const Args<T>& A, int b0, int n) {
+    __device__ __forceinline__ void init(int j, int i, const Args<T>& A, int b0, int n, unsigned stage0) {
         const size_t ND = size_t(A.N) * K::D, BTND = size_t(A.B) * A.Tn * ND;
         const int last = A.Tn - 1;
         const int r = i / PER_ROW, dc = (i % PER_ROW) * K::CH;
@@ -224,37 +221,40 @@ template <class K, class T> struct InCopier {
         const size_t col = size_t(n) * K::D + dc, row = size_t(b) * A.Tn + last;  // (b, Tn-1)
         const bool up_present = A.dstates != nullptr && s < A.SD;
         const bool valid = i < K::PIECES && b < A.B && (is_saved || is_prev || up_present);
-        dst[j] = i < K::PIECES ? r * K::ROW + dc : -1;
-        flags[j] = (valid ? VALID : 0u) | (is_prev ? PREV : 0u);
-        at0[j] = is_prev && A.s0 != nullptr && valid ? A.s0 + (size_t(s) * A.B + b) * ND + col : nullptr;
+        if (is_prev) prev |= 1u << j;
+        at0[j] = reinterpret_cast<unsigned long long>(
+            is_prev && A.s0 != nullptr && valid ? A.s0 + (size_t(s) * A.B + b) * ND + col : nullptr);
         const T* from = is_saved ? A.saved + (row * K::NSAVED + r % K::NSAVED) * ND + col
                         : is_prev ? A.states + s * BTND + (row - 1) * ND + col
                                   : A.dstates + s * BTND + row * ND + col;
-        // Any mapped address where nothing is read (a zero-fill), or where step Tn-1 has no previous state.
-        src[j] = valid && !(is_prev && last == 0) ? from : A.saved;
-        back[j] = !valid ? 0 : is_saved ? K::NSAVED * ND : ND;
+        // Any mapped address where nothing is read (a zero-fill, which stays put), or where step Tn-1 has no
+        // previous state.
+        const long long back = !valid ? 0 : (long long)((is_saved ? K::NSAVED * ND : ND) * sizeof(T));
+        this->set(j, stage0 + unsigned((r * K::ROW + dc) * int(sizeof(T))),
+                  valid && !(is_prev && last == 0) ? from : A.saved, -back, valid, i < K::PIECES);
     }
-    __device__ __forceinline__ void issue(T* stage, int t) {
+    // Step t into the stage `stage_off` bytes past stage 0 (t counts down; step 0 is the last call).
+    __device__ __forceinline__ void issue(unsigned stage_off, int t) {
+        if (t != 0) return LoadPieces<PER>::issue(stage_off);
 #pragma unroll
-        for (int j = 0; j < PER; ++j)
-            if (K::PIECES % K::THREADS == 0 || dst[j] >= 0) {
-                const bool first = (flags[j] & PREV) && t == 0;  // h_{-1}: the initial states, or zeros
-                const bool read = (flags[j] & VALID) && (!first || at0[j] != nullptr);
-                mma::cp_async_16(mma::smem_u32(stage + dst[j]), first && read ? at0[j] : src[j], read);
-                src[j] -= back[j];
+        for (int j = 0; j < PER; ++j)  // h_{-1}: the initial states, or zeros
+            if ((this->exists >> j) & 1u) {
+                const bool is_prev = (prev >> j) & 1u;
+                const bool read = ((this->valid >> j) & 1u) && (!is_prev || at0[j] != 0);
+                mma::cp_async_16(this->dst[j] + stage_off,
+                                 reinterpret_cast<const void*>(is_prev && read ? at0[j] : this->src[j]), read);
             }
     }
 };
 
 // dR tiles of one step: A = drs_t^T (the drs buffer holds it as [batch][(gate, i)] rows, hence .trans), B =
 // h_{t-1} (the stage's h rows, [batch][j], .trans again); tile `warp + WARPS * j` is (M tile, N tile).
-template <class K, class T>
-__device__ __forceinline__ void accumulate_dr(float (&dr)[K::TPW][4], const typename K::Op* drs_t, const T* stage,
-                                              int warp, int lane) {
+// a_row: this lane's ldmatrix row in the drs buffer, b_row: in the stage's h rows (dr_rows gives both in buffer
+// and stage 0).
+template <class K>
+__device__ __forceinline__ void accumulate_dr(float (&dr)[K::TPW][4], unsigned a_row, unsigned b_row, int warp) {
     using M = mma::Mma<typename K::Op>;
     constexpr int NT = K::D / 8;
-    const unsigned a_row = mma::smem_u32(drs_t + (lane % 8) * K::KROW + 8 * ((lane / 8) & 1));
-    const unsigned b_row = mma::smem_u32(stage + (K::PREV_ROW0 + lane % 8) * K::ROW);
 #pragma unroll
     for (int j = 0; j < K::TPW; ++j) {
         const int tile = warp + K::WARPS * j;
@@ -266,18 +266,13 @@ __device__ __forceinline__ void accumulate_dr(float (&dr)[K::TPW][4], const type
     }
 }
 
-// Writes one step's staged outputs (dWx[b, t], drs[b, t]) as 16-byte pieces of rows, for t = Tn-1, Tn-2, ...
-// in turn (rows past B skipped): piece ownership is fixed per thread, so each keeps its destination and moves
-// it back one step per call.
-template <class K, class T> struct OutCopier {
+// One step's staged outputs (dWx[b, t], drs[b, t]) as 16-byte pieces of rows, for t = Tn-1, Tn-2, ... in turn
+// (rows past B skipped).
+template <class K, class T> struct OutPieces : StorePieces<(K::OUT_PIECES + K::THREADS - 1) / K::THREADS> {
     static constexpr int PER_ROW = K::D / K::CH;
     static constexpr int PER = (K::OUT_PIECES + K::THREADS - 1) / K::THREADS;
-    T* dst[PER];
-    size_t back[PER];
-    int src[PER];  // element offset in the staging buffer; -1: no piece
-    bool valid[PER];
 
-    __device__ __forceinline__ OutCopier(const Args<T>& A, int b0, int n) {
+    __device__ __forceinline__ OutPieces(const Args<T>& A, int b0, int n, unsigned buf0) {
         const size_t ND = size_t(A.N) * K::D;
 #pragma unroll
         for (int j = 0; j < PER; ++j) {
@@ -285,20 +280,12 @@ template <class K, class T> struct OutCopier {
             const int r = i / PER_ROW, dc = (i % PER_ROW) * K::CH, bl = r / K::GO, go = r % K::GO;
             const int b = b0 + bl;
             const size_t row = size_t(b) * A.Tn + A.Tn - 1, col = size_t(n) * K::D + dc;
-            src[j] = i < K::OUT_PIECES ? r * K::ROW + dc : -1;
-            valid[j] = i < K::OUT_PIECES && b < A.B;
-            if (go < K::GW) dst[j] = A.dWx + (row * K::GW + go) * ND + col, back[j] = K::GW * ND;
-            else dst[j] = A.drs + (row * K::GR + go - K::GW) * ND + col, back[j] = K::GR * ND;
-            if (!valid[j]) dst[j] = nullptr;
+            const bool live = i < K::OUT_PIECES && b < A.B, dwx = go < K::GW;
+            T* dst = !live ? A.dWx : dwx ? A.dWx + (row * K::GW + go) * ND + col
+                                         : A.drs + (row * K::GR + go - K::GW) * ND + col;
+            const long long back = !live ? 0 : (long long)((dwx ? K::GW : K::GR) * ND * sizeof(T));
+            this->set(j, buf0 + unsigned((r * K::ROW + dc) * int(sizeof(T))), dst, -back, live);
         }
-    }
-    __device__ __forceinline__ void flush(const T* staged) {
-#pragma unroll
-        for (int j = 0; j < PER; ++j)
-            if (valid[j]) {
-                *reinterpret_cast<int4*>(dst[j]) = *reinterpret_cast<const int4*>(staged + src[j]);
-                dst[j] -= back[j];
-            }
     }
 };
 
@@ -339,6 +326,13 @@ __device__ __forceinline__ void write_partials(const Args<T>& A, const float (&d
     }
 }
 
+// Cell m of a lane (q = ks + KS*m: batch row 2*c4 + q % 2, dim 16*wm + g + 8*(q / 2)) relative to its first
+// (m = 0): compile-time row and column offsets (for even KS, q % 2 = ks % 2 whatever m).
+template <class K> __device__ __forceinline__ constexpr int cell_row(int m) { return K::KS == 1 ? m % 2 : 0; }
+template <class K> __device__ __forceinline__ constexpr int cell_col(int m) {
+    return K::KS == 1 ? 8 * (m / 2) : 8 * (K::KS / 2) * m;
+}
+
 template <class Cell, class T, int D, int KS, int P, bool STORE_DRS, bool FUSED_DR>
 __device__ __forceinline__ void backward(const Args<T> A) {
     using K = Tile<Cell, T, D, KS, P, STORE_DRS, FUSED_DR>;
@@ -357,13 +351,15 @@ __device__ __forceinline__ void backward(const Args<T> A) {
     const int last = A.Tn - 1;
 
     // The inputs of the last P steps start first, so that they land while R^T is read.
-    InCopier<K, T> incopy(A, b0, n);
+    constexpr unsigned ET = sizeof(T), STAGE = K::STAGE_ELEMS * ET, OBUF = K::OUT_ELEMS * ET;  // bytes
+    constexpr unsigned DRS_BUF = K::BUF_ELEMS * E;
+    InPieces<K, T> incopy(A, b0, n, mma::smem_u32(stages));
 #pragma unroll 1
     for (int p = 0; p < P; ++p) {  // step last - p into stage p (step t lives in stage (last - t) % NS)
-        if (last - p >= 0) incopy.issue(stages + p * K::STAGE_ELEMS, last - p);
+        if (last - p >= 0) incopy.issue(p * STAGE, last - p);
         mma::cp_async_commit();
     }
-    OutCopier<K, T> outcopy(A, b0, n);
+    OutPieces<K, T> outcopy(A, b0, n, mma::smem_u32(obuf));
 
     unsigned a[K::SPLIT][K::KT_W][4];
     load_rt<K>(a, A.R, n, A.N, 16 * wm, ks, g, c4);
@@ -388,6 +384,20 @@ __device__ __forceinline__ void backward(const Args<T> A) {
     }
     // ldmatrix x2: lanes 0-15 address rows (batch) l % 8 at k offset 8 * (l / 8) of the k-tile.
     const unsigned row = mma::smem_u32(buf) + unsigned(((lane % 8) * K::KROW + 8 * ((lane / 8) & 1)) * E);
+    // dR tiles (.trans ldmatrix): rows (batch) l % 8 of the drs buffer and of the stage's h rows.
+    const unsigned dr_a_row = row;
+    const unsigned dr_b_row = mma::smem_u32(stages + (K::PREV_ROW0 + lane % 8) * K::ROW);
+    // This lane's first cell (m = 0) in buffer or stage 0; cell m adds cell_row<K>(m) rows and cell_col<K>(m)
+    // columns. Batch row 2*c4 (+1 for ks odd), dim 16*wm + g (+8 for ks = 2, 3: KS = 4's one cell, q = ks).
+    const int row0 = 2 * c4 + (KS == 1 ? 0 : ks % 2), col0 = 16 * wm + g + (KS == 1 ? 0 : 8 * (ks / 2));
+    const unsigned in_saved0 = mma::smem_u32(stages + row0 * K::NSAVED * K::ROW + col0);
+    const unsigned in_prev0 = mma::smem_u32(stages + (K::PREV_ROW0 + row0) * K::ROW + col0);
+    const unsigned drs_out0 = mma::smem_u32(buf + row0 * K::KROW + col0);
+    const unsigned staged0 = mma::smem_u32(obuf + row0 * K::GO * K::ROW + col0);
+    // Split-K: this warp's partial sums (entry q at q*32 floats), and entry q = ks of warp 0's (warp w's at
+    // w*WARPS_M*4*32 floats further).
+    const unsigned red_mine = mma::smem_u32(red + ks * K::WARPS_M * 4 * 32 + wm * 4 * 32 + lane);
+    const unsigned red_col = mma::smem_u32(red + (wm * 4 + ks) * 32 + lane);
     mma::cp_async_wait<P - 1>();  // step last's stage (this thread's pieces; the barrier shows everyone's)
     __syncthreads();
 
@@ -401,14 +411,13 @@ __device__ __forceinline__ void backward(const Args<T> A) {
         // the step's own mma and cost 0.16 ms at 12x64); step 0's in the last round, before it ends.
         const int stage_next = stage == 0 ? K::NS - 1 : stage - 1;
         if constexpr (K::FUSED_DR)
-            if (t < 0) accumulate_dr<K, T>(dr, buf + ((t + 1) & 1) * K::BUF_ELEMS,
-                                           stages + stage_next * K::STAGE_ELEMS, warp, lane);
+            if (t < 0) accumulate_dr<K>(dr, dr_a_row + ((t + 1) & 1) * DRS_BUF, dr_b_row + stage_next * STAGE, warp);
         // Refill the stage of step t+2 (done with before the barrier that closed step t+1) with step t-P, and
         // write out step t+1's staged outputs (staged before that barrier).
         const int refill = stage + P < K::NS ? stage + P : stage + P - K::NS;
-        if (t - P >= 0) incopy.issue(stages + refill * K::STAGE_ELEMS, t - P);
+        if (t - P >= 0) incopy.issue(refill * STAGE, t - P);
         mma::cp_async_commit();
-        if (t < last) outcopy.flush(obuf + ((t + 1) & 1) * K::OUT_ELEMS);
+        if (t < last) outcopy.flush(((t + 1) & 1) * OBUF);
         // Reads drs_{t+1} from buffer (t+1)&1, writes drs_t into buffer t&1.
         float acc[4];
         matmul<K>(acc, a, row + unsigned(((t + 1) & 1) * K::BUF_ELEMS * E), ks);
@@ -418,14 +427,13 @@ __device__ __forceinline__ void backward(const Args<T> A) {
             for (int m = 0; m < K::CELLS; ++m) dh[m] = acc[m];
         } else {  // partial sums of the KS warps of this M tile meet in shared memory
 #pragma unroll
-            for (int q = 0; q < 4; ++q) red[((ks * K::WARPS_M + wm) * 4 + q) * 32 + lane] = acc[q];
+            for (int q = 0; q < 4; ++q) st_shared_f<float>(red_mine + 4 * 32 * q, acc[q]);
             __syncthreads();
 #pragma unroll
-            for (int m = 0; m < K::CELLS; ++m) {
-                const int q = ks + KS * m;
+            for (int m = 0; m < K::CELLS; ++m) {  // q = ks + KS * m
                 float v = 0.f;
 #pragma unroll
-                for (int w = 0; w < KS; ++w) v += red[((w * K::WARPS_M + wm) * 4 + q) * 32 + lane];
+                for (int w = 0; w < KS; ++w) v += ld_shared_f<float>(red_col + 4 * 32 * (w * K::WARPS_M * 4 + KS * m));
                 dh[m] = v;
             }
         }
@@ -441,19 +449,20 @@ __device__ __forceinline__ void backward(const Args<T> A) {
             }
             break;
         }
-        const T* in = stages + stage * K::STAGE_ELEMS;
-        T* staged = obuf + (t & 1) * K::OUT_ELEMS;
-        Op* out = buf + (t & 1) * K::BUF_ELEMS;
+        const unsigned in_off = stage * STAGE, out_off = (t & 1) * OBUF, drs_off = (t & 1) * DRS_BUF;
 #pragma unroll
         for (int m = 0; m < K::CELLS; ++m) {
-            const int q = ks + KS * m, bl = 2 * c4 + q % 2, b = b0 + bl, d = 16 * wm + g + 8 * (q / 2);
+            const int q = ks + KS * m, b = b0 + 2 * c4 + q % 2;
+            const int rm = cell_row<K>(m), cm = cell_col<K>(m);  // this cell's offsets from the lane's first
             float saved[K::NSAVED], prev[K::S], ds[K::S], dx[K::GW], drs[K::GR], db[K::GB], dsp[K::S];
 #pragma unroll
-            for (int k = 0; k < K::NSAVED; ++k) saved[k] = load_f(in + (bl * K::NSAVED + k) * K::ROW + d);
+            for (int k = 0; k < K::NSAVED; ++k)
+                saved[k] = ld_shared_f<T>(in_saved0 + in_off + ET * ((rm * K::NSAVED + k) * K::ROW + cm));
 #pragma unroll
             for (int s = 0; s < K::S; ++s) {
-                prev[s] = load_f(in + (K::PREV_ROW0 + s * K::BT + bl) * K::ROW + d);
-                ds[s] = carry[m][s] + load_f(in + (K::UP_ROW0 + s * K::BT + bl) * K::ROW + d);
+                const unsigned at = in_prev0 + in_off + ET * ((s * K::BT + rm) * K::ROW + cm);
+                prev[s] = ld_shared_f<T>(at);
+                ds[s] = carry[m][s] + ld_shared_f<T>(at + ET * (K::UP_ROW0 - K::PREV_ROW0) * K::ROW);
             }
             ds[0] += dh[m];
             Cell::backward(ds, prev, saved, dx, drs, db, dsp);
@@ -470,19 +479,21 @@ __device__ __forceinline__ void backward(const Args<T> A) {
                 Op parts[K::SPLIT];
                 split(live && running ? drs[gate] : 0.f, parts);
 #pragma unroll
-                for (int s = 0; s < K::SPLIT; ++s) out[(s * K::BT + bl) * K::KROW + gate * D + d] = parts[s];
+                for (int s = 0; s < K::SPLIT; ++s)
+                    st_shared_b16(drs_out0 + drs_off + E * ((s * K::BT + rm) * K::KROW + gate * D + cm),
+                                  mma::op_bits(parts[s]));
             }
+            const unsigned staged = staged0 + out_off + ET * (rm * K::GO * K::ROW + cm);
 #pragma unroll
             for (int gate = 0; gate < K::GW; ++gate)
-                store_f(staged + (bl * K::GO + gate) * K::ROW + d, running ? dx[gate] : 0.f);
+                st_shared_f<T>(staged + ET * gate * K::ROW, running ? dx[gate] : 0.f);
             if constexpr (K::STORE_DRS)
 #pragma unroll
                 for (int gate = 0; gate < K::GR; ++gate)
-                    store_f(staged + (bl * K::GO + K::GW + gate) * K::ROW + d, running ? drs[gate] : 0.f);
+                    st_shared_f<T>(staged + ET * (K::GW + gate) * K::ROW, running ? drs[gate] : 0.f);
         }
         if constexpr (K::FUSED_DR)
-            if (t < last) accumulate_dr<K, T>(dr, buf + ((t + 1) & 1) * K::BUF_ELEMS,
-                                              stages + stage_next * K::STAGE_ELEMS, warp, lane);
+            if (t < last) accumulate_dr<K>(dr, dr_a_row + ((t + 1) & 1) * DRS_BUF, dr_b_row + stage_next * STAGE, warp);
         stage = stage == K::NS - 1 ? 0 : stage + 1;
         mma::cp_async_wait<P - 1>();  // step t-1's stage (issued P steps ago) has landed
         __syncthreads();

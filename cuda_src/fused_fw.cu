@@ -1,6 +1,6 @@
 // cuda_fused forward: one persistent kernel for the whole sequence; every block owns one head and a tile of
 // 8*NBT sequences, so blocks never talk to each other and a time step costs one __syncthreads, no grid sync.
-// Heads too large for one block take a thread-block cluster of CL blocks (sm_90; see Tile and send_h).
+// Heads too large for one block take a thread-block cluster of CL blocks (sm_90; see Tile and HSender).
 //
 // Per block and step t (the design measured in issue 5):
 //   * R lives in registers as mma.sync A-fragments for the whole run (loaded once).
@@ -50,6 +50,7 @@
 //   With placeholder cells (libdevice tanhf and IEEE divisions) the same kernel took 2050 cycles: the cell
 //   math is issue-bound too, each instruction costing two issue slots of its scheduler.
 #include "common/mma.cuh"
+#include "common/pieces.cuh"
 #include "common/types.cuh"
 #include "cells/cells.cuh"
 
@@ -117,76 +118,52 @@ template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_> struc
     static_assert(P >= 1, "prefetch depth");
 };
 
-// Copies Wx[b0:b0+BT, t, :, n, d0:d0+DB] into one stage for t = 0, 1, 2, ... in turn: each thread owns the
-// same 16-byte pieces every step, so it keeps their addresses and advances them by one step per call (rows past
-// B are zero-filled, never read from memory).
-template <class K, class T> struct XCopier {
+// Wx[b0:b0+BT, t, :, n, d0:d0+DB] into one stage, for t = 0, 1, 2, ... in turn (rows past B zero-filled).
+template <class K, class T> struct XPieces : LoadPieces<(K::XCHUNKS + K::THREADS - 1) / K::THREADS> {
     static constexpr int PER_ROW = K::GW * K::DB / K::CH, PER_GATE = K::DB / K::CH;
-    static constexpr int PER = (K::XCHUNKS + K::THREADS - 1) / K::THREADS;  // pieces per thread
-    const T* src[PER];  // the piece of the next step
-    int dst[PER];       // element offset in a stage; -1: no piece
-    bool valid[PER];
-    unsigned step;      // elements from Wx[:, t] to Wx[:, t+1] (GW*N*D)
+    static constexpr int PER = (K::XCHUNKS + K::THREADS - 1) / K::THREADS;
 
-    __device__ __forceinline__ XCopier(const T* Wx, int b0, int B, int Tn, int n, int d0, size_t ND) {
-        step = unsigned(K::GW * ND);
+    __device__ __forceinline__ XPieces(const T* Wx, int b0, int B, int Tn, int n, int d0, size_t ND, unsigned stage0) {
 #pragma unroll
         for (int j = 0; j < PER; ++j) {
             const int i = threadIdx.x + j * K::THREADS;
             const int bl = i / PER_ROW, rem = i % PER_ROW;
             const int gate = rem / PER_GATE, dc = (rem % PER_GATE) * K::CH;
             const int b = b0 + bl;
-            valid[j] = b < B;
-            dst[j] = i < K::XCHUNKS ? bl * K::XROW + gate * K::DB + dc : -1;
-            src[j] = valid[j] ? Wx + (size_t(b) * Tn * K::GW + gate) * ND + size_t(n) * K::D + d0 + dc : Wx;
+            const bool valid = b < B && i < K::XCHUNKS;
+            this->set(j, stage0 + unsigned((bl * K::XROW + gate * K::DB + dc) * int(sizeof(T))),
+                      valid ? Wx + ((size_t(b) * Tn * K::GW + gate) * ND + size_t(n) * K::D + d0 + dc) : Wx,
+                      valid ? (long long)(K::GW * ND * sizeof(T)) : 0, valid, i < K::XCHUNKS);  // (a zero-fill stays put)
         }
-    }
-    __device__ __forceinline__ void issue(T* stage) {
-#pragma unroll
-        for (int j = 0; j < PER; ++j)
-            if (K::XCHUNKS % K::THREADS == 0 || dst[j] >= 0) {
-                mma::cp_async_16(mma::smem_u32(stage + dst[j]), src[j], valid[j]);
-                if (valid[j]) src[j] += step;
-            }
     }
 };
 
-// Writes one step's staged outputs to states [S,B,T,N,D] and saved [B,T,NSAVED,N,D] as 16-byte pieces of rows
-// (coalesced; rows past B skipped), for t = 0, 1, 2, ... in turn: piece ownership is fixed per thread, so each
-// keeps its destination and advances it by one step per call.
-template <class K, class T> struct OutCopier {
+// One step's staged outputs to states [S,B,T,N,D] and saved [B,T,NSAVED,N,D] as 16-byte pieces of rows
+// (coalesced; rows past B skipped), for t = 0, 1, 2, ... in turn.
+template <class K, class T> struct OutPieces : StorePieces<(K::OROWS * K::DB * int(sizeof(T)) / 16 + K::THREADS - 1) / K::THREADS> {
     static constexpr int CPR = K::DB * int(sizeof(T)) / 16;  // pieces per row
     static constexpr int CHUNKS = K::OROWS * CPR;
     static constexpr int PER = (CHUNKS + K::THREADS - 1) / K::THREADS;
-    T* dst[PER];           // the piece of the next step, or nullptr: no piece / padded row
-    int src[PER];          // element offset in a staging buffer
-    unsigned stride[PER];  // elements between consecutive t (N*D for states, NSAVED*N*D for saved)
 
-    __device__ __forceinline__ OutCopier(T* states, T* saved, int b0, int B, int Tn, int n, int d0, size_t ND) {
+    __device__ __forceinline__ OutPieces(T* states, T* saved, int b0, int B, int Tn, int n, int d0, size_t ND,
+                                         unsigned buf0) {
         const size_t BTND = size_t(B) * Tn * ND;
 #pragma unroll
         for (int j = 0; j < PER; ++j) {
             const int i = threadIdx.x + j * K::THREADS;
             const int row = i / CPR, col = (i % CPR) * (16 / int(sizeof(T)));
-            src[j] = row * K::OROW + col;
             const bool st = row < K::S * K::BT;
-            stride[j] = unsigned(st ? ND : K::NSAVED * ND);
             const int rr = st ? row : row - K::S * K::BT;
             const int bl = st ? rr % K::BT : rr / K::NSAVED;
             const int b = b0 + bl;
             const size_t col0 = size_t(n) * K::D + d0 + col;
-            dst[j] = (i >= CHUNKS || b >= B) ? nullptr
-                     : st ? states + (rr / K::BT) * BTND + size_t(b) * Tn * ND + col0
-                          : saved + (size_t(b) * Tn * K::NSAVED + rr % K::NSAVED) * ND + col0;
+            const bool live = i < CHUNKS && b < B;
+            T* dst = !live ? states
+                     : st  ? states + (rr / K::BT) * BTND + size_t(b) * Tn * ND + col0
+                           : saved + (size_t(b) * Tn * K::NSAVED + rr % K::NSAVED) * ND + col0;
+            this->set(j, buf0 + unsigned((row * K::OROW + col) * int(sizeof(T))), dst,
+                      live ? (long long)((st ? ND : K::NSAVED * ND) * sizeof(T)) : 0, live);
         }
-    }
-    __device__ __forceinline__ void issue(const T* stage) {
-#pragma unroll
-        for (int j = 0; j < PER; ++j)
-            if (dst[j] != nullptr) {
-                *reinterpret_cast<uint4*>(dst[j]) = *reinterpret_cast<const uint4*>(stage + src[j]);
-                dst[j] += stride[j];
-            }
     }
 };
 
@@ -288,48 +265,76 @@ __device__ __forceinline__ void matmul(float (&acc)[K::MT][K::NBT][4], const uns
             }
 }
 
-// Split-K: every warp leaves its partial sums in shared memory; after the barrier each warp adds the other
-// warps' partials for the batch column it finishes (c = ks).
+// Split-K: the partial sums meet in shared memory, [KS][WARPS_D][MT][NBT][4][32] floats (one per lane). Each
+// warp of a pair finishes one of the lane's two batch columns (c = ks), so it leaves only the other column's
+// sums (i = 1 - ks and 3 - ks of each tile) and, after the barrier, adds its partner's for its own column.
+// partial_base: where warp `owner` keeps column `c` of tile 0 at this lane (the tiles follow at partial_offset).
 template <class K>
-__device__ __forceinline__ void put_partials(float* part, const float (&acc)[K::MT][K::NBT][4], int ks, int wd,
-                                             int lane) {
+__device__ __forceinline__ unsigned partial_base(const float* part, int owner, int wd, int c, int lane) {
+    return mma::smem_u32(part + ((owner * K::WARPS_D + wd) * K::MT * K::NBT * 4 + c) * 32 + lane);
+}
+template <class K> __device__ __forceinline__ constexpr unsigned partial_offset(int m, int nb, int i) {
+    return unsigned(((m * K::NBT + nb) * 4 + i) * 32 * 4);
+}
+template <class K>
+__device__ __forceinline__ void put_partials(unsigned mine, const float (&acc)[K::MT][K::NBT][4], int ks) {
+    static_assert(K::KS == 2, "the pair's columns");
 #pragma unroll
     for (int m = 0; m < K::MT; ++m)
 #pragma unroll
         for (int nb = 0; nb < K::NBT; ++nb)
 #pragma unroll
-            for (int i = 0; i < 4; ++i)
-                part[((((ks * K::WARPS_D + wd) * K::MT + m) * K::NBT + nb) * 4 + i) * 32 + lane] = acc[m][nb][i];
+            for (int i = 0; i < 4; i += 2)  // the partner's column, i + 1 - ks (in `mine`'s base)
+                st_shared_f<float>(mine + partial_offset<K>(m, nb, i), ks ? acc[m][nb][i] : acc[m][nb][i + 1]);
 }
 
-template <class K>
-__device__ __forceinline__ float partial(const float* part, int ks, int wd, int m, int nb, int i, int lane) {
-    return part[((((ks * K::WARPS_D + wd) * K::MT + m) * K::NBT + nb) * 4 + i) * 32 + lane];
+// The batch row of a lane's cell (nb, cc) relative to the lane's first row (2*c4, + ks under split-K, where
+// each warp of the pair finishes one of the lane's two columns and cc is 0).
+template <class K> __device__ __forceinline__ constexpr int cell_row(int nb, int cc) {
+    return 8 * nb + (K::KS == 1 ? cc : 0);
 }
 
+// h into an h buffer at shared address `addr` (its row and column; float32's lo part SPLIT rows of BT further).
 template <class K>
-__device__ __forceinline__ void store_h(typename K::Op* hb, int bl, int d, float h) {
+__device__ __forceinline__ void store_h(unsigned addr, float h) {
     typename K::Op parts[K::SPLIT];
     split(h, parts);
 #pragma unroll
-    for (int s = 0; s < K::SPLIT; ++s) hb[s * K::BT * K::HROW + bl * K::HROW + d] = parts[s];
+    for (int s = 0; s < K::SPLIT; ++s)
+        st_shared_b16(addr + unsigned(s * K::BT * K::HROW * int(sizeof(typename K::Op))), mma::op_bits(parts[s]));
 }
 
-// Send this block's columns of h buffer `hb` to the other CL-1 blocks of the cluster (16-byte st.async, counted
-// by their mbarrier for that buffer).
-template <class K>
-__device__ __forceinline__ void send_h(const typename K::Op* hb, unsigned bar, unsigned rank) {
-    constexpr int PER_ROW = K::DB * int(sizeof(typename K::Op)) / 16;
-    constexpr int CHUNKS = K::SPLIT * K::BT * PER_ROW;
-    for (int i = threadIdx.x; i < CHUNKS * (K::CL - 1); i += K::THREADS) {
-        const int chunk = i % CHUNKS, dest = i / CHUNKS + 1;
-        const int row = chunk / PER_ROW, col = (chunk % PER_ROW) * (16 / int(sizeof(typename K::Op)));
-        const typename K::Op* src = hb + row * K::HROW + rank * K::DB + col;  // row runs over SPLIT*BT rows
-        const uint4 v = *reinterpret_cast<const uint4*>(src);
-        const unsigned target = (rank + dest) % K::CL;
-        cluster::st_async_16(cluster::map(mma::smem_u32(src), target), v, cluster::map(bar, target));
+// Sends this block's columns of an h buffer to the other CL-1 blocks of the cluster (16-byte st.async, counted
+// by their mbarrier for that buffer). Every thread owns the same pieces (a 16-byte piece of a row, and the block
+// it goes to) every step, so it keeps their addresses in h buffer 0 and their targets.
+template <class K> struct HSender {
+    static constexpr int PER_ROW = K::DB * int(sizeof(typename K::Op)) / 16;
+    static constexpr int CHUNKS = K::SPLIT * K::BT * PER_ROW, TOTAL = CHUNKS * (K::CL - 1);
+    static constexpr int PER = (TOTAL + K::THREADS - 1) / K::THREADS;
+    unsigned src[PER > 0 ? PER : 1];     // shared address of the piece in h buffer 0 (rows over SPLIT*BT rows)
+    unsigned target[PER > 0 ? PER : 1];  // the block it goes to (PER = 0: one block a head, nothing to send)
+
+    __device__ __forceinline__ HSender(unsigned hbuf0, unsigned rank) {
+#pragma unroll
+        for (int j = 0; j < PER; ++j) {
+            const int i = threadIdx.x + j * K::THREADS;
+            const int chunk = i % CHUNKS, dest = i / CHUNKS + 1;
+            const int row = chunk / PER_ROW, col = (chunk % PER_ROW) * (16 / int(sizeof(typename K::Op)));
+            src[j] = hbuf0 + unsigned((row * K::HROW + int(rank) * K::DB + col) * int(sizeof(typename K::Op)));
+            target[j] = (rank + dest) % K::CL;
+        }
     }
-}
+    // Sends the buffer `buf_off` bytes past buffer 0, counted by the receivers' mbarrier `bar` (a local address).
+    __device__ __forceinline__ void send(unsigned buf_off, unsigned bar) {
+#pragma unroll
+        for (int j = 0; j < PER; ++j)
+            if (TOTAL % K::THREADS == 0 || threadIdx.x + j * K::THREADS < TOTAL) {
+                const unsigned from = src[j] + buf_off;
+                cluster::st_async_16(cluster::map(from, target[j]), ld_shared_v4(from), cluster::map(bar, target[j]));
+            }
+    }
+};
+
 
 template <class Cell, class T, int D, int NBT, int P, int CL, int KS>
 __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __restrict__ R,
@@ -354,13 +359,15 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
     const size_t ND = size_t(N) * D;
 
     // Start the first P stages before anything else so they land while R is read.
-    XCopier<K, T> xcopy(Wx, b0, B, Tn, n, d0, ND);
+    constexpr unsigned E = sizeof(T), EOP = sizeof(Op);
+    constexpr unsigned X_STAGE = K::X_ELEMS * E, O_BUF = K::O_ELEMS * E, H_BUF = K::H_ELEMS * EOP;  // bytes
+    XPieces<K, T> xcopy(Wx, b0, B, Tn, n, d0, ND, mma::smem_u32(xbuf));
 #pragma unroll 1
     for (int p = 0; p < P; ++p) {
-        if (p < Tn) xcopy.issue(xbuf + p * K::X_ELEMS);
+        if (p < Tn) xcopy.issue(p * X_STAGE);
         mma::cp_async_commit();
     }
-    OutCopier<K, T> ocopy(states, saved, b0, B, Tn, n, d0, ND);
+    OutPieces<K, T> ocopy(states, saved, b0, B, Tn, n, d0, ND, mma::smem_u32(obuf));
     if constexpr (CL > 1) {
         if (threadIdx.x == 0)
             for (int i = 0; i < 2; ++i) cluster::mbarrier_init(bars + 8 * i, 1);
@@ -378,7 +385,8 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
     // h_{-1}: every block holds all D columns of it.
     for (int i = threadIdx.x; i < K::BT * D; i += K::THREADS) {
         const int bl = i / D, d = i % D, b = b0 + bl;
-        store_h<K>(hbuf, bl, d, (s0 != nullptr && b < B) ? load_f(s0 + size_t(b) * ND + size_t(n) * D + d) : 0.f);
+        store_h<K>(mma::smem_u32(hbuf + bl * K::HROW + d),
+                   (s0 != nullptr && b < B) ? load_f(s0 + size_t(b) * ND + size_t(n) * D + d) : 0.f);
     }
     // This warp's cells: (u, nb, cc) -> dim d0 + dloc + 8u + g, batch row 8nb + 2*c4 + c with c = cc (KS = 1)
     // or c = ks (KS = 2: each warp of the pair finishes one of the lane's two columns).
@@ -437,6 +445,18 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
     // Loop-invariant shared-memory addresses of this lane's h rows (the critical path starts with them).
     const unsigned hrow0 = ldmatrix_row<K>(hbuf, ks * K::KTW, lane);
     const unsigned hrow1 = ldmatrix_row<K>(hbuf + K::H_ELEMS, ks * K::KTW, lane);
+    // ... and of this lane's cells, in buffer 0: the first cell's h (every block holds all D columns), Wx in
+    // stage 0, staged states and staged saved values. A cell (u, nb, cc) adds a compile-time offset (cell_row),
+    // a step the buffer's offset. The lane's rows are 2*c4 (+ ks where KS = 2 splits the lane's two columns).
+    const int lane_row = 2 * c4 + (KS == 1 ? 0 : ks), lane_col = dloc + g;
+    const unsigned h_cell0 = mma::smem_u32(hbuf + lane_row * K::HROW + d0 + lane_col);
+    const unsigned x_cell0 = mma::smem_u32(xbuf + lane_row * K::XROW + lane_col);
+    const unsigned o_state0 = mma::smem_u32(obuf + lane_row * K::OROW + lane_col);
+    const unsigned o_saved0 = mma::smem_u32(obuf + (K::S * K::BT + lane_row * K::NSAVED) * K::OROW + lane_col);
+    // Split-K: where this warp leaves its partner's column, and where the partner left this warp's (c = ks).
+    const unsigned part_mine = partial_base<K>(part, ks, wd, 1 - ks, lane);
+    const unsigned part_partner = partial_base<K>(part, 1 - ks, wd, ks, lane);
+    HSender<K> hsend(mma::smem_u32(hbuf), rank);  // (unused and removed where CL = 1)
 
     int stage = 0;  // t % NS
 #pragma unroll 1
@@ -451,8 +471,9 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
                 if (threadIdx.x == 0 && t + 2 < tend) cluster::mbarrier_expect(bar, K::RECV_BYTES);  // next use
             }
         }
-        Op* hnext = hbuf + ((t + 1) & 1) * K::H_ELEMS;
-        const T* xs = xbuf + stage * K::X_ELEMS;
+        const unsigned h_next = h_cell0 + ((t + 1) & 1) * H_BUF;  // h_t goes to the other buffer
+        const unsigned x_now = x_cell0 + stage * X_STAGE;
+        const unsigned o_buf = (t & 1) * O_BUF;
 
         // Critical path: h fragments, then the mma.
         unsigned bf[K::SPLIT][NBT][K::KTW][2];
@@ -463,10 +484,9 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
         // blocks), where each cell reads its own just before use.
         float x[K::U][NBT][K::OWN][K::GW];
         auto read_x = [&](int u, int nb, int cc) {
-            const int c = KS == 1 ? cc : ks;
 #pragma unroll
             for (int gate = 0; gate < K::GW; ++gate)
-                x[u][nb][cc][gate] = load_f(xs + (8 * nb + 2 * c4 + c) * K::XROW + gate * K::DB + dloc + 8 * u + g);
+                x[u][nb][cc][gate] = ld_shared_f<T>(x_now + E * (cell_row<K>(nb, cc) * K::XROW + gate * K::DB + 8 * u));
         };
         if constexpr (!K::LATE_X) {
 #pragma unroll
@@ -480,12 +500,12 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
         // of their staging buffer (every thread passed the barrier that closed step t-1).
         {
             const int pre = stage == 0 ? K::NS - 1 : stage - 1;
-            if (t + P < tend) xcopy.issue(xbuf + pre * K::X_ELEMS);
+            if (t + P < tend) xcopy.issue(pre * X_STAGE);
             mma::cp_async_commit();
-            if (t > 0) ocopy.issue(obuf + ((t - 1) & 1) * K::O_ELEMS);
+            if (t > 0) ocopy.flush(O_BUF - o_buf);  // step t-1's buffer
         }
         if constexpr (KS > 1) {
-            put_partials<K>(part, acc, ks, wd, lane);
+            put_partials<K>(part_mine, acc, ks);
             __syncthreads();
         }
 
@@ -496,7 +516,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
 #pragma unroll
                 for (int cc = 0; cc < K::OWN; ++cc) {
                     const int c = KS == 1 ? cc : ks;
-                    const int d = d0 + dloc + 8 * u + g, bl = 8 * nb + 2 * c4 + c;
+                    const int row = cell_row<K>(nb, cc);  // batch row bl = row + lane_row
                     float rs[K::GR], sn[K::S], sv[K::NSAVED];
                     if constexpr (K::LATE_X) read_x(u, nb, cc);
 #pragma unroll
@@ -506,9 +526,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
                             rs[gate] = acc[m][nb][i0 + cc];
                         } else {
                             rs[gate] = c ? acc[m][nb][i0 + 1] : acc[m][nb][i0];
-#pragma unroll
-                            for (int o = 1; o < KS; ++o)
-                                rs[gate] += partial<K>(part, (ks + o) % KS, wd, m, nb, i0 + c, lane);
+                            rs[gate] += ld_shared_f<float>(part_partner + partial_offset<K>(m, nb, i0));
                         }
                     }
 #ifdef FLASHRNN_ABLATE_CELL  // measurement knob: a trivial cell (wrong results), to time the rest
@@ -520,21 +538,21 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
                     Cell::forward(x[u][nb][cc], rs, bs[u], st[u][nb][cc], sn, sv);
 #endif
                     // Past the sequence's end the states stay: a select, so the h that the mma reads next step
-                    // (and send_h passes to the cluster), the staged outputs and the registers all keep the last
+                    // (and HSender passes to the cluster), the staged outputs and the registers all keep the last
                     // valid state bit for bit. sv is written as computed (no backward reads it there).
                     const bool run = (running >> (nb * K::OWN + cc)) & 1u;
 #pragma unroll
                     for (int s = 0; s < K::S; ++s) sn[s] = run ? sn[s] : st[u][nb][cc][s];
 #pragma unroll
                     for (int s = 0; s < K::S; ++s) st[u][nb][cc][s] = sn[s];
-                    store_h<K>(hnext, bl, d, sn[0]);
-                    T* out = obuf + (t & 1) * K::O_ELEMS + dloc + 8 * u + g;
+                    store_h<K>(h_next + EOP * (row * K::HROW + 8 * u), sn[0]);
 #ifndef FLASHRNN_ABLATE_STORES  // measurement knob: no outputs (wrong results), to time them
 #pragma unroll
-                    for (int s = 0; s < K::S; ++s) store_f(out + (s * K::BT + bl) * K::OROW, sn[s]);
+                    for (int s = 0; s < K::S; ++s)
+                        st_shared_f<T>(o_state0 + o_buf + E * ((s * K::BT + row) * K::OROW + 8 * u), sn[s]);
 #pragma unroll
                     for (int k = 0; k < K::NSAVED; ++k)
-                        store_f(out + (K::S * K::BT + bl * K::NSAVED + k) * K::OROW, sv[k]);
+                        st_shared_f<T>(o_saved0 + o_buf + E * ((row * K::NSAVED + k) * K::OROW + 8 * u), sv[k]);
 #endif
                 }
         stage = stage == K::NS - 1 ? 0 : stage + 1;
@@ -543,14 +561,13 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
         mma::cp_async_wait<P - 1>();
         __syncthreads();
         if constexpr (CL > 1) {
-            if (t + 1 < tend) send_h<K>(hnext, bars + 8 * ((t + 1) & 1), rank);
+            if (t + 1 < tend) hsend.send(((t + 1) & 1) * H_BUF, bars + 8 * ((t + 1) & 1));
         }
     }
     // The last step's outputs (after its barrier); past tend the same staged states again, each row's kept ones
     // (saved there repeats step tend-1's, which no backward reads).
-    const T* last_out = obuf + ((tend - 1) & 1) * K::O_ELEMS;
 #pragma unroll 1
-    for (int t = tend - 1; t < Tn; ++t) ocopy.issue(last_out);
+    for (int t = tend - 1; t < Tn; ++t) ocopy.flush(((tend - 1) & 1) * O_BUF);
     mma::cp_async_wait<0>();  // leave no copy in flight at exit (the tail groups are empty)
     if constexpr (CL > 1) cluster::sync();  // no block leaves while another may still address its memory
 }

@@ -17,6 +17,26 @@ __device__ __forceinline__ float tanh_approx(float x) {
     return y;
 }
 
+// The MUFU base-2 exponential and logarithm and the reciprocal, flushing denormals to zero (.ftz): without .ftz
+// each call carries a range check and two conditional rescalings (3-4 more instructions an issue-bound step
+// pays in full); what a denormal would have added is far below 16-bit storage's resolution.
+__device__ __forceinline__ float ex2_approx(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+__device__ __forceinline__ float lg2_approx(float x) {
+    float y;
+    asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+__device__ __forceinline__ float rcp_approx(float x) {
+    float y;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+constexpr float LOG2_E = 1.4426950408889634f, LN_2 = 0.6931471805599453f;
+
 __device__ __forceinline__ float act_tanh(float x) {
 #if FLASHRNN_FAST_ACTIVATIONS
     return tanh_approx(x);
@@ -36,18 +56,18 @@ __device__ __forceinline__ float act_sigmoid(float x) {
 
 __device__ __forceinline__ float act_exp(float x) {
 #if FLASHRNN_FAST_ACTIVATIONS
-    return __expf(x);
+    return ex2_approx(LOG2_E * x);
 #else
     return expf(x);
 #endif
 }
 
 // 1 / x for the cells' normalisers (sLSTM's n >= 1): the MUFU reciprocal on the fast path (relative error
-// ~2^-22, valid for |x| in [2^-126, 2^126]); IEEE division otherwise. The IEEE path's range checks and Newton
+// ~2^-23; denormal x, which n >= 1 never is, would flush); IEEE division otherwise. The IEEE path's range checks and Newton
 // steps cost ~10 instructions a call, which an issue-bound step pays in full (issue 5: sLSTM 40% over LSTM).
 __device__ __forceinline__ float act_rcp(float x) {
 #if FLASHRNN_FAST_ACTIVATIONS
-    return __fdividef(1.f, x);
+    return rcp_approx(x);
 #else
     return 1.f / x;
 #endif
@@ -56,7 +76,7 @@ __device__ __forceinline__ float act_rcp(float x) {
 // log sigma(x) = min(x, 0) - log1p(exp(-|x|)): no overflow and no log(0) in either tail.
 __device__ __forceinline__ float act_log_sigmoid(float x) {
 #if FLASHRNN_FAST_ACTIVATIONS
-    return fminf(x, 0.f) - __logf(1.f + __expf(-fabsf(x)));
+    return fminf(x, 0.f) - LN_2 * lg2_approx(1.f + ex2_approx(-LOG2_E * fabsf(x)));
 #else
     return fminf(x, 0.f) - log1pf(expf(-fabsf(x)));
 #endif

@@ -13,3 +13,57 @@ __device__ __forceinline__ void store_f(__nv_bfloat16* p, float v) { *p = __floa
 __device__ __forceinline__ void store_f(__half* p, float v) { *p = __float2half_rn(v); }
 
 }  // namespace flashrnn
+
+// ---- Memory accesses by address, for the persistent kernels' step loops -------------------------------------
+// Shared memory by its 32-bit shared-window address (what mma::smem_u32 returns), global memory by a 64-bit
+// address. A loop keeps one such base per thread (computed once, before the loop) and adds compile-time
+// offsets, so every access is one instruction with an immediate offset. Through generic pointers and element
+// indices ptxas rebuilt the lane-derived part of every address each step: ~60 of the ~290 instructions of a
+// fused forward step at 12x64 (issue 5). Each asm is volatile with a "memory" clobber, so the compiler keeps
+// them in program order with the kernel's other memory accesses (ptxas still schedules by address).
+namespace flashrnn {
+
+__device__ __forceinline__ void st_shared_b16(unsigned addr, unsigned short bits) {
+    asm volatile("st.shared.b16 [%0], %1;" ::"r"(addr), "h"(bits) : "memory");
+}
+__device__ __forceinline__ unsigned short ld_shared_b16(unsigned addr) {
+    unsigned short bits;
+    asm volatile("ld.shared.b16 %0, [%1];" : "=h"(bits) : "r"(addr) : "memory");
+    return bits;
+}
+__device__ __forceinline__ uint4 ld_shared_v4(unsigned addr) {
+    uint4 v;
+    asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr)
+                 : "memory");
+    return v;
+}
+__device__ __forceinline__ void st_global_v4(unsigned long long addr, const uint4& v) {
+    asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(addr), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+                 : "memory");
+}
+
+// A storage value (float, bf16, fp16) in shared memory, converted from / to the float32 the math runs in.
+template <class T> __device__ __forceinline__ void st_shared_f(unsigned addr, float v);
+template <> __device__ __forceinline__ void st_shared_f<float>(unsigned addr, float v) {
+    asm volatile("st.shared.f32 [%0], %1;" ::"r"(addr), "f"(v) : "memory");
+}
+template <> __device__ __forceinline__ void st_shared_f<__nv_bfloat16>(unsigned addr, float v) {
+    st_shared_b16(addr, __bfloat16_as_ushort(__float2bfloat16_rn(v)));
+}
+template <> __device__ __forceinline__ void st_shared_f<__half>(unsigned addr, float v) {
+    st_shared_b16(addr, __half_as_ushort(__float2half_rn(v)));
+}
+template <class T> __device__ __forceinline__ float ld_shared_f(unsigned addr);
+template <> __device__ __forceinline__ float ld_shared_f<float>(unsigned addr) {
+    float v;
+    asm volatile("ld.shared.f32 %0, [%1];" : "=f"(v) : "r"(addr) : "memory");
+    return v;
+}
+template <> __device__ __forceinline__ float ld_shared_f<__nv_bfloat16>(unsigned addr) {
+    return __bfloat162float(__ushort_as_bfloat16(ld_shared_b16(addr)));
+}
+template <> __device__ __forceinline__ float ld_shared_f<__half>(unsigned addr) {
+    return __half2float(__ushort_as_half(ld_shared_b16(addr)));
+}
+
+}  // namespace flashrnn
