@@ -78,6 +78,7 @@ template <class Op, int SPLIT> __device__ __forceinline__ void split(float v, Op
 template <class Cell, class T, int D_, int KS_, int P_, bool STORE_DRS_, bool FUSED_DR_> struct Tile {
     using Op = typename OperandOf<T>::Op;
     static constexpr int SPLIT = OperandOf<T>::SPLIT;
+    static constexpr bool KEEP = SPLIT == 1;  // per-thread addresses pinned in registers (common/pieces.cuh, keep)
     // NS = P + 2 stages: a stage is refilled two steps after its own, since step t's h_{t-1} rows are read
     // again at the top of step t-1 (the dR tiles below).
     static constexpr int D = D_, BT = 8, KS = KS_, P = P_, NS = P_ + 2;
@@ -199,7 +200,7 @@ template <class T> struct Args {
 // Copies the inputs of step t (saved[b, t], states[b, t-1] or states0 at t = 0, dstates[b, t]) of this block's
 // batch tile into one stage, for t = Tn-1, Tn-2, ... in turn. Missing tensors and rows past B are zero-filled
 // (never read), so a stage always holds the inputs as the math wants them.
-template <class K, class T> struct InPieces : LoadPieces<(K::PIECES + K::THREADS - 1) / K::THREADS> {
+template <class K, class T> struct InPieces : LoadPieces<(K::PIECES + K::THREADS - 1) / K::THREADS, K::KEEP> {
     static constexpr int PER_ROW = K::D / K::CH;
     static constexpr int PER = (K::PIECES + K::THREADS - 1) / K::THREADS;  // pieces per thread
     unsigned long long at0[PER];  // previous-state pieces: where step 0 reads them (states0), else 0
@@ -222,7 +223,8 @@ template <class K, class T> struct InPieces : LoadPieces<(K::PIECES + K::THREADS
         const bool up_present = A.dstates != nullptr && s < A.SD;
         const bool valid = i < K::PIECES && b < A.B && (is_saved || is_prev || up_present);
         if (is_prev) prev |= 1u << j;
-        at0[j] = reinterpret_cast<unsigned long long>(
+        if (j == PER - 1) prev = keep<K::KEEP>(prev);
+        at0[j] = reinterpret_cast<unsigned long long>(  // (read once: rebuilding it then is cheaper than keeping it)
             is_prev && A.s0 != nullptr && valid ? A.s0 + (size_t(s) * A.B + b) * ND + col : nullptr);
         const T* from = is_saved ? A.saved + (row * K::NSAVED + r % K::NSAVED) * ND + col
                         : is_prev ? A.states + s * BTND + (row - 1) * ND + col
@@ -235,7 +237,7 @@ template <class K, class T> struct InPieces : LoadPieces<(K::PIECES + K::THREADS
     }
     // Step t into the stage `stage_off` bytes past stage 0 (t counts down; step 0 is the last call).
     __device__ __forceinline__ void issue(unsigned stage_off, int t) {
-        if (t != 0) return LoadPieces<PER>::issue(stage_off);
+        if (t != 0) return LoadPieces<PER, K::KEEP>::issue(stage_off);
 #pragma unroll
         for (int j = 0; j < PER; ++j)  // h_{-1}: the initial states, or zeros
             if ((this->exists >> j) & 1u) {
@@ -268,7 +270,7 @@ __device__ __forceinline__ void accumulate_dr(float (&dr)[K::TPW][4], unsigned a
 
 // One step's staged outputs (dWx[b, t], drs[b, t]) as 16-byte pieces of rows, for t = Tn-1, Tn-2, ... in turn
 // (rows past B skipped).
-template <class K, class T> struct OutPieces : StorePieces<(K::OUT_PIECES + K::THREADS - 1) / K::THREADS> {
+template <class K, class T> struct OutPieces : StorePieces<(K::OUT_PIECES + K::THREADS - 1) / K::THREADS, K::KEEP> {
     static constexpr int PER_ROW = K::D / K::CH;
     static constexpr int PER = (K::OUT_PIECES + K::THREADS - 1) / K::THREADS;
 
@@ -383,21 +385,21 @@ __device__ __forceinline__ void backward(const Args<T> A) {
         length[m] = b < A.B && A.lengths != nullptr ? A.lengths[b] : A.Tn;
     }
     // ldmatrix x2: lanes 0-15 address rows (batch) l % 8 at k offset 8 * (l / 8) of the k-tile.
-    const unsigned row = mma::smem_u32(buf) + unsigned(((lane % 8) * K::KROW + 8 * ((lane / 8) & 1)) * E);
+    const unsigned row = keep<K::KEEP>(mma::smem_u32(buf) + unsigned(((lane % 8) * K::KROW + 8 * ((lane / 8) & 1)) * E));
     // dR tiles (.trans ldmatrix): rows (batch) l % 8 of the drs buffer and of the stage's h rows.
     const unsigned dr_a_row = row;
-    const unsigned dr_b_row = mma::smem_u32(stages + (K::PREV_ROW0 + lane % 8) * K::ROW);
+    const unsigned dr_b_row = keep<K::KEEP>(mma::smem_u32(stages + (K::PREV_ROW0 + lane % 8) * K::ROW));
     // This lane's first cell (m = 0) in buffer or stage 0; cell m adds cell_row<K>(m) rows and cell_col<K>(m)
     // columns. Batch row 2*c4 (+1 for ks odd), dim 16*wm + g (+8 for ks = 2, 3: KS = 4's one cell, q = ks).
     const int row0 = 2 * c4 + (KS == 1 ? 0 : ks % 2), col0 = 16 * wm + g + (KS == 1 ? 0 : 8 * (ks / 2));
-    const unsigned in_saved0 = mma::smem_u32(stages + row0 * K::NSAVED * K::ROW + col0);
-    const unsigned in_prev0 = mma::smem_u32(stages + (K::PREV_ROW0 + row0) * K::ROW + col0);
-    const unsigned drs_out0 = mma::smem_u32(buf + row0 * K::KROW + col0);
-    const unsigned staged0 = mma::smem_u32(obuf + row0 * K::GO * K::ROW + col0);
+    const unsigned in_saved0 = keep<K::KEEP>(mma::smem_u32(stages + row0 * K::NSAVED * K::ROW + col0));
+    const unsigned in_prev0 = keep<K::KEEP>(mma::smem_u32(stages + (K::PREV_ROW0 + row0) * K::ROW + col0));
+    const unsigned drs_out0 = keep<K::KEEP>(mma::smem_u32(buf + row0 * K::KROW + col0));
+    const unsigned staged0 = keep<K::KEEP>(mma::smem_u32(obuf + row0 * K::GO * K::ROW + col0));
     // Split-K: this warp's partial sums (entry q at q*32 floats), and entry q = ks of warp 0's (warp w's at
     // w*WARPS_M*4*32 floats further).
-    const unsigned red_mine = mma::smem_u32(red + ks * K::WARPS_M * 4 * 32 + wm * 4 * 32 + lane);
-    const unsigned red_col = mma::smem_u32(red + (wm * 4 + ks) * 32 + lane);
+    const unsigned red_mine = keep<K::KEEP>(mma::smem_u32(red + ks * K::WARPS_M * 4 * 32 + wm * 4 * 32 + lane));
+    const unsigned red_col = keep<K::KEEP>(mma::smem_u32(red + (wm * 4 + ks) * 32 + lane));
     mma::cp_async_wait<P - 1>();  // step last's stage (this thread's pieces; the barrier shows everyone's)
     __syncthreads();
 
