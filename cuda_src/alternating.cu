@@ -74,7 +74,7 @@ extern "C" __global__ void flashrnn_alt_fw(const FwTable* __restrict__ table, co
 #pragma unroll
     for (int k = 0; k < Cell::S; ++k) s_prev[k] = carry[k * BND + e];
 
-    flashrnn::cell_forward<Cell>(x, r, bb, s_prev, s, saved);
+    Cell::forward(x, r, bb, s_prev, s, saved);
     // Past the sequence's end the states stay (a select: states[:, b, t] is a bitwise copy of the last valid
     // one); saved keeps the step's values, which no backward reads there.
     const bool run = running(tab.lengths, b, t);

@@ -385,7 +385,8 @@ __device__ __forceinline__ void backward(const Args<T> A) {
         length[m] = b < A.B && A.lengths != nullptr ? A.lengths[b] : A.Tn;
     }
     // ldmatrix x2: lanes 0-15 address rows (batch) l % 8 at k offset 8 * (l / 8) of the k-tile.
-    const unsigned row = keep<K::KEEP>(mma::smem_u32(buf) + unsigned(((lane % 8) * K::KROW + 8 * ((lane / 8) & 1)) * E));
+    const unsigned row =
+        keep<K::KEEP>(mma::smem_u32(buf) + unsigned(((lane % 8) * K::KROW + 8 * ((lane / 8) & 1)) * E));
     // dR tiles (.trans ldmatrix): rows (batch) l % 8 of the drs buffer and of the stage's h rows.
     const unsigned dr_a_row = row;
     const unsigned dr_b_row = keep<K::KEEP>(mma::smem_u32(stages + (K::PREV_ROW0 + lane % 8) * K::ROW));

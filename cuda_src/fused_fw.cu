@@ -120,7 +120,8 @@ template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_> struc
 };
 
 // Wx[b0:b0+BT, t, :, n, d0:d0+DB] into one stage, for t = 0, 1, 2, ... in turn (rows past B zero-filled).
-template <class K, class T> struct XPieces : LoadPieces<(K::XCHUNKS + K::THREADS - 1) / K::THREADS, K::KEEP> {
+template <class K, class T>
+struct XPieces : LoadPieces<(K::XCHUNKS + K::THREADS - 1) / K::THREADS, K::KEEP> {
     static constexpr int PER_ROW = K::GW * K::DB / K::CH, PER_GATE = K::DB / K::CH;
     static constexpr int PER = (K::XCHUNKS + K::THREADS - 1) / K::THREADS;
 
@@ -134,14 +135,16 @@ template <class K, class T> struct XPieces : LoadPieces<(K::XCHUNKS + K::THREADS
             const bool valid = b < B && i < K::XCHUNKS;
             this->set(j, stage0 + unsigned((bl * K::XROW + gate * K::DB + dc) * int(sizeof(T))),
                       valid ? Wx + ((size_t(b) * Tn * K::GW + gate) * ND + size_t(n) * K::D + d0 + dc) : Wx,
-                      valid ? (long long)(K::GW * ND * sizeof(T)) : 0, valid, i < K::XCHUNKS);  // (a zero-fill stays put)
+                      valid ? (long long)(K::GW * ND * sizeof(T)) : 0,  // (a zero-fill stays put)
+                      valid, i < K::XCHUNKS);
         }
     }
 };
 
 // One step's staged outputs to states [S,B,T,N,D] and saved [B,T,NSAVED,N,D] as 16-byte pieces of rows
 // (coalesced; rows past B skipped), for t = 0, 1, 2, ... in turn.
-template <class K, class T> struct OutPieces : StorePieces<(K::OROWS * K::DB * int(sizeof(T)) / 16 + K::THREADS - 1) / K::THREADS, K::KEEP> {
+template <class K, class T>
+struct OutPieces : StorePieces<(K::OROWS * K::DB * int(sizeof(T)) / 16 + K::THREADS - 1) / K::THREADS, K::KEEP> {
     static constexpr int CPR = K::DB * int(sizeof(T)) / 16;  // pieces per row
     static constexpr int CHUNKS = K::OROWS * CPR;
     static constexpr int PER = (CHUNKS + K::THREADS - 1) / K::THREADS;
@@ -223,15 +226,12 @@ __device__ __forceinline__ unsigned ldmatrix_row(const typename K::Op* hb, int k
     return mma::smem_u32(hb + (lane % 8) * K::HROW + 16 * kt0 + 8 * (lane / 8));
 }
 
-// acc = start + R_warp x H over the warp's k-tiles: k outermost so the independent accumulators interleave.
-// Where a warp has fewer than 4 output tiles, k-tile kt goes to partial sum kt % CHAINS (added at the end), so
-// that about 4 mma are in flight instead of a dependent chain of KTW. The sums start at `start`: the cells' x
-// and b terms (FOLD), or zeros. The last chain takes the first (its first mma issues last, so the x loads have
-// the most time), the first chain the second.
+// acc = R_warp x H over the warp's k-tiles: k outermost so the independent accumulators interleave. Where a
+// warp has fewer than 4 output tiles, k-tile kt goes to partial sum kt % CHAINS (added at the end), so that
+// about 4 mma are in flight instead of a dependent chain of KTW.
 template <class K>
 __device__ __forceinline__ void matmul(float (&acc)[K::MT][K::NBT][4], const unsigned (&a)[K::SPLIT][K::MT][K::KTW][4],
-                                       const unsigned (&bf)[K::SPLIT][K::NBT][K::KTW][2],
-                                       const float (&start)[2][K::MT][K::NBT][4]) {
+                                       const unsigned (&bf)[K::SPLIT][K::NBT][K::KTW][2]) {
     using M = mma::Mma<typename K::Op>;
     constexpr int CH = K::CHAINS;
     float part[CH][K::MT][K::NBT][4];
@@ -242,9 +242,7 @@ __device__ __forceinline__ void matmul(float (&acc)[K::MT][K::NBT][4], const uns
 #pragma unroll
             for (int nb = 0; nb < K::NBT; ++nb)
 #pragma unroll
-                for (int i = 0; i < 4; ++i)
-                    part[c][m][nb][i] = CH == 1 ? start[0][m][nb][i] + start[1][m][nb][i]
-                                        : c == CH - 1 ? start[0][m][nb][i] : c == 0 ? start[1][m][nb][i] : 0.f;
+                for (int i = 0; i < 4; ++i) part[c][m][nb][i] = 0.f;
 #pragma unroll
     for (int kt = 0; kt < K::KTW; ++kt)
 #pragma unroll
@@ -314,6 +312,7 @@ __device__ __forceinline__ void store_h(unsigned addr, float h) {
 // by their mbarrier for that buffer). Every thread owns the same pieces (a 16-byte piece of a row, and the block
 // it goes to) every step, so it keeps their addresses in h buffer 0 and their targets.
 template <class K> struct HSender {
+    using Op = typename K::Op;
     static constexpr int PER_ROW = K::DB * int(sizeof(typename K::Op)) / 16;
     static constexpr int CHUNKS = K::SPLIT * K::BT * PER_ROW, TOTAL = CHUNKS * (K::CL - 1);
     static constexpr int PER = (TOTAL + K::THREADS - 1) / K::THREADS;
@@ -326,7 +325,7 @@ template <class K> struct HSender {
             const int i = threadIdx.x + j * K::THREADS;
             const int chunk = i % CHUNKS, dest = i / CHUNKS + 1;
             const int row = chunk / PER_ROW, col = (chunk % PER_ROW) * (16 / int(sizeof(typename K::Op)));
-            src[j] = keep<K::KEEP>(hbuf0 + unsigned((row * K::HROW + int(rank) * K::DB + col) * int(sizeof(typename K::Op))));
+            src[j] = keep<K::KEEP>(hbuf0 + unsigned((row * K::HROW + int(rank) * K::DB + col) * int(sizeof(Op))));
             target[j] = keep<K::KEEP>((rank + dest) % K::CL);
         }
     }
@@ -397,9 +396,6 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
     // This warp's cells: (u, nb, cc) -> dim d0 + dloc + 8u + g, batch row 8nb + 2*c4 + c with c = cc (KS = 1)
     // or c = ks (KS = 2: each warp of the pair finishes one of the lane's two columns).
     float bs[K::U][K::GB];
-    // The matmul's accumulators start at the cells' x and b terms (see matmul), where every cell of the warp's
-    // accumulators reads its x before the matmul (not LATE_X) and no partner warp adds its sums (KS = 1).
-    constexpr bool FOLD = !K::LATE_X && KS == 1;
     float st[K::U][NBT][K::OWN][K::S];
     // Which of this lane's batch rows still run at step t (bit nb*OWN + cc; rows past B, never written out,
     // always do), and the next step at which one of them ends (Tn: none; always so without lengths). Two
@@ -461,7 +457,8 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
     const unsigned h_cell0 = keep<K::KEEP>(mma::smem_u32(hbuf + lane_row * K::HROW + d0 + lane_col));
     const unsigned x_cell0 = keep<K::KEEP>(mma::smem_u32(xbuf + lane_row * K::XROW + lane_col));
     const unsigned o_state0 = keep<K::KEEP>(mma::smem_u32(obuf + lane_row * K::OROW + lane_col));
-    const unsigned o_saved0 = keep<K::KEEP>(mma::smem_u32(obuf + (K::S * K::BT + lane_row * K::NSAVED) * K::OROW + lane_col));
+    const unsigned o_saved0 =
+        keep<K::KEEP>(mma::smem_u32(obuf + (K::S * K::BT + lane_row * K::NSAVED) * K::OROW + lane_col));
     // Split-K: where this warp leaves its partner's column, and where the partner left this warp's (c = ks).
     const unsigned part_mine = keep<K::KEEP>(partial_base<K>(part, ks, wd, 1 - ks, lane));
     const unsigned part_partner = keep<K::KEEP>(partial_base<K>(part, 1 - ks, wd, ks, lane));
@@ -487,8 +484,10 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
         // Critical path: h fragments, then the mma.
         unsigned bf[K::SPLIT][NBT][K::KTW][2];
         load_h<K>(bf, (t & 1) ? hrow1 : hrow0, lane);
-        // This step's Wx: read with h, except where registers are tight (the largest single blocks), where each
-        // cell reads its own just before use.
+        float acc[K::MT][NBT][4];
+        matmul<K>(acc, a, bf);
+        // This step's Wx: issued while the mma run, except where registers are tight (the largest single
+        // blocks), where each cell reads its own just before use.
         float x[K::U][NBT][K::OWN][K::GW];
         auto read_x = [&](int u, int nb, int cc) {
 #pragma unroll
@@ -503,23 +502,6 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
 #pragma unroll
                     for (int cc = 0; cc < K::OWN; ++cc) read_x(u, nb, cc);
         }
-        // FOLD: the accumulators start at each R gate's x term (start[0]) and b term (start[1]), so that they
-        // end at the gates' pre-activations (cells.cuh): measured, see the header.
-        float start[2][K::MT][NBT][4] = {};
-        if constexpr (FOLD) {
-#pragma unroll
-            for (int q = 0; q < K::HT; ++q)  // half tile q: gate q % GR of d-group u = q / GR
-#pragma unroll
-                for (int nb = 0; nb < NBT; ++nb)
-#pragma unroll
-                    for (int cc = 0; cc < K::OWN; ++cc) {
-                        const int m = q / 2, i = 2 * (q % 2) + cc, u = q / K::GR, gate = q % K::GR;
-                        if (Cell::x_of_r(gate) >= 0) start[0][m][nb][i] = x[u][nb][cc][Cell::x_of_r(gate)];
-                        start[1][m][nb][i] = bs[u][Cell::b_of_r(gate)];
-                    }
-        }
-        float acc[K::MT][NBT][4];
-        matmul<K>(acc, a, bf, start);
         // While the mma run: refill the stage step t-1 read ((t + P) % NS), and write step t-1's outputs out
         // of their staging buffer (every thread passed the barrier that closed step t-1).
         {
@@ -559,8 +541,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
 #pragma unroll
                     for (int k = 0; k < K::NSAVED; ++k) sv[k] = rs[k % K::GR];
 #else
-                    if constexpr (FOLD) Cell::step(x[u][nb][cc], rs, bs[u], st[u][nb][cc], sn, sv);  // rs: the sums
-                    else cell_forward<Cell>(x[u][nb][cc], rs, bs[u], st[u][nb][cc], sn, sv);
+                    Cell::forward(x[u][nb][cc], rs, bs[u], st[u][nb][cc], sn, sv);
 #endif
                     // Past the sequence's end the states stay: a select, so the h that the mma reads next step
                     // (and HSender passes to the cluster), the staged outputs and the registers all keep the last

@@ -21,7 +21,7 @@ and its value consumed, before any thread of any block that shares the element w
 * One block per head (CL = 1): the block reads h_{-1} (all D columns) into shared memory and every state of its
   own cells into registers in its prologue; both are consumed before the barrier that closes step 0 (the values
   are stored to shared memory: h_{-1} before the prologue's barrier; the cell states go through the cell step
-  of step 0 (``Cell::step``), whose results are staged in shared memory before that step's ``__syncthreads``).
+  of step 0 (``Cell::forward``), whose results are staged in shared memory before that step's ``__syncthreads``).
   A consumed load has its value, whatever is stored later. The outputs reach global memory only after that
   barrier (``ocopy.flush`` runs at step t >= 1 or after the loop, and the data it stores are shared-memory
   loads issued after the barrier, so no compiler can hoist the global stores above it).

@@ -6,12 +6,10 @@ namespace flashrnn {
 
 struct ElmanCell {
     static constexpr int GW = 1, GR = 1, GB = 1, S = 1, NSAVED = 1;
-    __device__ static constexpr int x_of_r(int g) { return g; }  // (cells.cuh, "pre-activations")
-    __device__ static constexpr int b_of_r(int g) { return g; }
 
-    __device__ __forceinline__ static void step(const float (&x)[GW], const float (&pre)[GR], const float (&b)[GB],
-                                                const float (&s_prev)[S], float (&s)[S], float (&saved)[NSAVED]) {
-        saved[0] = pre[0];
+    __device__ __forceinline__ static void forward(const float (&x)[GW], const float (&rs)[GR], const float (&b)[GB],
+                                                   const float (&s_prev)[S], float (&s)[S], float (&saved)[NSAVED]) {
+        saved[0] = x[0] + rs[0] + b[0];
         s[0] = act_tanh(saved[0]);
     }
 

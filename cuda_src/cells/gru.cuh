@@ -9,15 +9,12 @@ namespace flashrnn {
 
 struct GruCell {
     static constexpr int GW = 3, GR = 3, GB = 4, S = 1, NSAVED = 4;
-    // R gates (g, r, z): g adds b_g only, r adds x_r and b_r, z adds x_z and b_z (cells.cuh, "pre-activations").
-    __device__ static constexpr int x_of_r(int g) { return g - 1; }
-    __device__ static constexpr int b_of_r(int g) { return g; }
 
-    __device__ __forceinline__ static void step(const float (&x)[GW], const float (&pre)[GR], const float (&b)[GB],
-                                                const float (&s_prev)[S], float (&s)[S], float (&saved)[NSAVED]) {
-        saved[0] = pre[0];
-        saved[1] = pre[1];
-        saved[2] = pre[2];
+    __device__ __forceinline__ static void forward(const float (&x)[GW], const float (&rs)[GR], const float (&b)[GB],
+                                                   const float (&s_prev)[S], float (&s)[S], float (&saved)[NSAVED]) {
+        saved[0] = rs[0] + b[0];
+        saved[1] = x[0] + rs[1] + b[1];
+        saved[2] = x[1] + rs[2] + b[2];
         saved[3] = x[2] + b[3];
         const float r = act_sigmoid(saved[1]), z = act_sigmoid(saved[2]);
         const float n = act_tanh(fmaf(r, saved[0], saved[3]));

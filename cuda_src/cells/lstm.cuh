@@ -7,14 +7,11 @@ namespace flashrnn {
 
 struct LstmCell {
     static constexpr int GW = 4, GR = 4, GB = 4, S = 2, NSAVED = 4;
-    // R gate g's pre-activation adds x[g] and b[g] (cells.cuh, "pre-activations").
-    __device__ static constexpr int x_of_r(int g) { return g; }
-    __device__ static constexpr int b_of_r(int g) { return g; }
 
-    __device__ __forceinline__ static void step(const float (&x)[GW], const float (&pre)[GR], const float (&b)[GB],
-                                                const float (&s_prev)[S], float (&s)[S], float (&saved)[NSAVED]) {
+    __device__ __forceinline__ static void forward(const float (&x)[GW], const float (&rs)[GR], const float (&b)[GB],
+                                                   const float (&s_prev)[S], float (&s)[S], float (&saved)[NSAVED]) {
 #pragma unroll
-        for (int g = 0; g < 4; ++g) saved[g] = pre[g];
+        for (int g = 0; g < 4; ++g) saved[g] = x[g] + rs[g] + b[g];
         const float i = act_sigmoid(saved[0]), f = act_sigmoid(saved[1]);
         const float z = act_tanh(saved[2]), o = act_sigmoid(saved[3]);
         s[1] = fmaf(f, s_prev[1], i * z);

@@ -26,14 +26,10 @@ struct SlstmCell {
         f = m_is_i ? e : 1.f;
     }
 
-    // R gate g's pre-activation adds x[g] and b[g] (cells.cuh, "pre-activations").
-    __device__ static constexpr int x_of_r(int g) { return g; }
-    __device__ static constexpr int b_of_r(int g) { return g; }
-
-    __device__ __forceinline__ static void step(const float (&x)[GW], const float (&pre)[GR], const float (&b)[GB],
-                                                const float (&s_prev)[S], float (&s)[S], float (&saved)[NSAVED]) {
+    __device__ __forceinline__ static void forward(const float (&x)[GW], const float (&rs)[GR], const float (&b)[GB],
+                                                   const float (&s_prev)[S], float (&s)[S], float (&saved)[NSAVED]) {
 #pragma unroll
-        for (int g = 0; g < 4; ++g) saved[g] = pre[g];
+        for (int g = 0; g < 4; ++g) saved[g] = x[g] + rs[g] + b[g];
         float i, f, m;
         gates(s_prev, saved[0], saved[1], i, f, m);
         s[1] = fmaf(f, s_prev[1], i * act_tanh(saved[2]));

@@ -63,8 +63,9 @@ __device__ __forceinline__ float act_exp(float x) {
 }
 
 // 1 / x for the cells' normalisers (sLSTM's n >= 1): the MUFU reciprocal on the fast path (relative error
-// ~2^-23; denormal x, which n >= 1 never is, would flush); IEEE division otherwise. The IEEE path's range checks and Newton
-// steps cost ~10 instructions a call, which an issue-bound step pays in full (issue 5: sLSTM 40% over LSTM).
+// ~2^-23; a denormal x, which n >= 1 never is, would flush); IEEE division otherwise. The IEEE path's range
+// checks and Newton steps cost ~10 instructions a call, which an issue-bound step pays in full (issue 5: sLSTM
+// 40% over LSTM).
 __device__ __forceinline__ float act_rcp(float x) {
 #if FLASHRNN_FAST_ACTIVATIONS
     return rcp_approx(x);

@@ -126,7 +126,7 @@ class KernelModel:
     dram_efficiency: float = 0.75  # achieved / peak DRAM bandwidth for the streamed Wx and outputs
     schedulers: int = 4  # warp schedulers (sub-partitions) per SM
     cells: dict = field(default_factory=lambda: {
-        # slstm's issue: 110 from issue 5, raised to 150 by the H200 sweep (bench/results/2026-11-30-h200-sweep.json:
+        # slstm's issue: 110 from issue 5, raised to 150 by the H200 sweep (bench/results/constrint/2026-11-30-h200-sweep-61adcb0.json:
         # a 4-block cluster per head, a quarter of the cells a block, measured 0.617 ms against one block's 0.702;
         # at 110 the model chose the one block, 14% off the best; test_constrint replays the sweep).
         "lstm": CellCost(110, 45), "slstm": CellCost(200, 150), "gru": CellCost(130, 50), "elman": CellCost(25, 10)})
