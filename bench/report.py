@@ -167,7 +167,8 @@ def step_table(doc: dict[str, Any]) -> list[str]:
 def sweep_table(doc: dict[str, Any]) -> list[str]:
     """bench/sweep_fused.py: per reference shape, the solver's configuration against the fastest measured."""
     head = ["shape", "solver's choice", "ms", "fastest measured", "ms", "ratio", "configurations"]
-    return _table(head, ([sh["label"], sh.get("solver", "-"), _ms(sh.get("solver_ms")), sh.get("best", "-"),
+    # (an infeasible shape has no solver's choice and nothing measured: None there)
+    return _table(head, ([sh["label"], sh.get("solver") or "-", _ms(sh.get("solver_ms")), sh.get("best") or "-",
                           _ms(sh.get("best_ms")), _fmt(sh.get("ratio"), "{:.3f}"),
                           f"{sh.get('measured', '-')}/{sh.get('configs', '-')}"] for sh in doc["shapes"]))
 

@@ -49,6 +49,21 @@
 //   latency (~0.6 us) over prefetch-1 steps (1 ahead: elman 0.60 us a step; 3: 0.29), hence up to 8 ahead.
 //   With placeholder cells (libdevice tanhf and IEEE divisions) the same kernel took 2050 cycles: the cell
 //   math is issue-bound too, each instruction costing two issue slots of its scheduler.
+// ---- Addresses (stop 15; H200, bf16 B=16 T=1024, bench/results/2026-11-30-h200-reference*.json) ------------
+//   The SASS of a 12x64 step held 292 instructions a warp, ~70 of them index arithmetic the compiler rebuilt
+//   each step from element indices and generic pointers: lane-derived offsets of every staging store, the Wx and
+//   output copies' div/mod and 64-bit pointer selects, the cluster sender's loop. Now every access is a
+//   per-thread 32-bit shared address (or 64-bit global one) computed before the loop plus a compile-time
+//   offset (common/pieces.cuh, common/types.cuh): 194 instructions a step (cuobjdump -sass, loop body; cluster
+//   variants 460-570 -> 200-290). Expected: ~20% (issue ~530 of ~1010 cycles a step, 2 warps a scheduler).
+//   Measured: lstm 12x64 0.541 -> 0.460 ms (-15%), 48x16 0.381 -> 0.252 (-34%), 3x256 1.03 -> 0.82, slstm
+//   12x64 0.667 -> 0.490, gru 0.555 -> 0.471, elman 0.266 -> 0.212 (cf4b611). ncu then put 16% of the stall
+//   samples on one S2R + compare: the compiler rebuilt a copy's "is this piece mine" bit from threadIdx inside
+//   the loop. keep() pins such values (d255229): lstm 12x64 0.449 ms (0.44 us, ~870 cycles a step), slstm 0.486,
+//   and the backward 4% faster. Starting the accumulators at x + b (no adds after the mma) was tried and
+//   measured no gain (gru 3% slower: the x loads then lead the mma chain), so it is not here. What is left of
+//   the step is latency more than issue (ncu: 0.41 instructions issued a cycle per scheduler, "no eligible"
+//   59%): the barrier, the mma chain and the MUFU chain of the cell.
 #include "common/mma.cuh"
 #include "common/pieces.cuh"
 #include "common/types.cuh"

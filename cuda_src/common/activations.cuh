@@ -11,30 +11,20 @@
 
 namespace flashrnn {
 
-__device__ __forceinline__ float tanh_approx(float x) {
-    float y;
-    asm("tanh.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-
-// The MUFU base-2 exponential and logarithm and the reciprocal, flushing denormals to zero (.ftz): without .ftz
-// each call carries a range check and two conditional rescalings (3-4 more instructions an issue-bound step
-// pays in full); what a denormal would have added is far below 16-bit storage's resolution.
-__device__ __forceinline__ float ex2_approx(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-__device__ __forceinline__ float lg2_approx(float x) {
-    float y;
-    asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-__device__ __forceinline__ float rcp_approx(float x) {
-    float y;
-    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
+// One MUFU instruction on a float, by its PTX name. ex2, lg2 and rcp flush denormals to zero (.ftz): without
+// .ftz each call carries a range check and two conditional rescalings (3-4 more instructions an issue-bound
+// step pays in full); what a denormal would have added is far below 16-bit storage's resolution.
+#define FLASHRNN_MUFU(name, ptx)                          \
+    __device__ __forceinline__ float name(float x) {      \
+        float y;                                          \
+        asm(ptx " %0, %1;" : "=f"(y) : "f"(x));           \
+        return y;                                         \
+    }
+FLASHRNN_MUFU(tanh_approx, "tanh.approx.f32")
+FLASHRNN_MUFU(ex2_approx, "ex2.approx.ftz.f32")
+FLASHRNN_MUFU(lg2_approx, "lg2.approx.ftz.f32")
+FLASHRNN_MUFU(rcp_approx, "rcp.approx.ftz.f32")
+#undef FLASHRNN_MUFU
 constexpr float LOG2_E = 1.4426950408889634f, LN_2 = 0.6931471805599453f;
 
 __device__ __forceinline__ float act_tanh(float x) {
