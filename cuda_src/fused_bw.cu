@@ -255,8 +255,8 @@ template <class K, class T> struct InPieces : LoadPieces<(K::PIECES + K::THREADS
 
 // dR tiles of one step: A = drs_t^T (the drs buffer holds it as [batch][(gate, i)] rows, hence .trans), B =
 // h_{t-1} (the stage's h rows, [batch][j], .trans again); tile `warp + WARPS * j` is (M tile, N tile).
-// a_row: this lane's ldmatrix row in the drs buffer, b_row: in the stage's h rows (dr_rows gives both in buffer
-// and stage 0).
+// a_row: this lane's ldmatrix row in the drs buffer, b_row: in the stage's h rows (backward's dr_a_row and
+// dr_b_row give both in buffer and stage 0).
 template <class K>
 __device__ __forceinline__ void accumulate_dr(float (&dr)[K::TPW][4], unsigned a_row, unsigned b_row, int warp) {
     using M = mma::Mma<typename K::Op>;
