@@ -64,6 +64,18 @@ def reference_shapes(direction: str, holdout: bool = False) -> list[Shape]:
     return [s._replace(direction=d) for d in directions for s in (HOLDOUT_SHAPES if holdout else REFERENCE_SHAPES)]
 
 
+def parse_shapes(text: str, direction: str) -> list[Shape]:
+    """``--shapes``: comma-separated ``function:NxD`` or ``function:NxD:B`` (bfloat16, T = 1024; B = 16 unless
+    given), e.g. ``lstm:1x768,gru:1x768:64``; each as a forward and/or backward problem."""
+    shapes = []
+    for item in text.split(","):
+        function, heads, *batch = item.strip().split(":")
+        N, D = (int(x) for x in heads.split("x"))
+        shapes.append(Shape(function, "bfloat16", int(batch[0]) if batch else 16, N, D))
+    directions = ("forward", "backward") if direction == "both" else (direction,)
+    return [s._replace(direction=d) for d in directions for s in shapes]
+
+
 def plan(hardware: Hardware, shapes: list[Shape]) -> list[Plan]:
     """What the sweep measures: per shape the solver's choice, then the rest of ``all_feasible`` (best estimate
     first)."""
@@ -206,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
     begin = time.monotonic()
     deadline = begin + args.budget_s
     hw = current()
-    plans = plan(hw, reference_shapes(args.direction, args.holdout))
+    plans = plan(hw, chosen_shapes(args))
     specs = kernels(plans)
     arch = device_arch()
     print(f"sweep on {hw.name} ({arch}): {sum(len(p.configs) for p in plans)} configurations, {len(specs)} "
@@ -233,12 +245,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def chosen_shapes(args: argparse.Namespace) -> list[Shape]:
+    """``--shapes``, else the reference (or held-out) shapes."""
+    if args.shapes:
+        return parse_shapes(args.shapes, args.direction)
+    return reference_shapes(args.direction, args.holdout)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", help="the JSON to write (e.g. $OUT/sweep.json)")
     p.add_argument("--dry-run", action="store_true", help="list what would be measured; no GPU needed")
     p.add_argument("--hardware", default="H100", help="preset the dry run plans for (H100)")
     p.add_argument("--holdout", action="store_true", help="the held-out shapes (HOLDOUT_SHAPES) instead")
+    p.add_argument("--shapes", default=None, help="these shapes instead: function:NxD[:B],... (bf16, T=1024)")
     p.add_argument("--direction", choices=("forward", "backward", "both"), default="forward",
                    help="which kernel's configurations (forward: fused_fw.cu, backward: fused_bw.cu)")
     p.add_argument("--runs", type=int, default=20, help="timed runs per configuration, median taken (>= 20)")
@@ -247,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.dry_run:
         hw = preset(args.hardware)
-        print("\n".join(describe(plan(hw, reference_shapes(args.direction, args.holdout)), hw)))
+        print("\n".join(describe(plan(hw, chosen_shapes(args)), hw)))
         return 0
     if not args.out:
         p.error("--out is required (except with --dry-run)")

@@ -64,6 +64,20 @@
 //   measured no gain (gru 3% slower: the x loads then lead the mma chain), so it is not here. What is left of
 //   the step is latency more than issue (ncu: 0.41 instructions issued a cycle per scheduler, "no eligible"
 //   59%): the barrier, the mma chain and the MUFU chain of the cell.
+// ---- R partly in shared memory (stop 16: Tile::RS; heads no cluster holds in registers, 1x768) ------------
+//   lstm 1x768 bf16, B=16: R is 4.7 MB, 295 KB for each block of a 16-block cluster (one per 8-sequence tile, 2
+//   clusters, 32 SMs). 6 warps a block; a warp's 48 k-tiles x 2 m-tiles: 20 k-tiles in registers (160 of 255),
+//   28 in shared memory (172 KB, one 16-byte load a lane per fragment; the solver's register rule,
+//   constrint/problems.py REGISTER_FIT). Estimated BEFORE measuring, a step: shared-memory reads 172 KB of R +
+//   74 KB of h (every warp reads all of h) at 128 B/cycle ~1900 cycles, over which 96 mma a warp (2 warps on two
+//   of the 4 schedulers: ~1500 issue cycles) overlap; the h exchange (11.5 KB from 15 blocks) ~900; cell and
+//   barrier ~200: ~3000 cycles, 1.5 us, ~1.6 ms at T=1024. Measured (H200, T=1024): 2.44-2.46 ms, 2.4 us =
+//   ~4750 cycles a step (the model: 2.31). ncu (T=256): 18% of the stall samples right after the h exchange's
+//   mbarrier wait, 6% in its spin loop; the HMMA lines hold most of the rest, 1-2% each. Relaxing that wait's
+//   acquire to CTA scope removed the L1 invalidation the samples sat on and measured the same (2.44 ms): the
+//   samples were waiting for the other blocks' h, not for the invalidation. The other 1x768 cells: gru 2.10 ms
+//   (k_split 2, 12 of 24 k-tiles in shared memory), slstm 2.96, elman 1.32 (R fits the registers: 1.2 MB).
+//   Other variants measured RS 26-30, prefetch 1-4 and k_split 2 (14 of 24 k-tiles): 2.44-2.56 ms.
 #include "common/mma.cuh"
 #include "common/pieces.cuh"
 #include "common/types.cuh"
@@ -87,8 +101,10 @@ template <class Op, int SPLIT> __device__ __forceinline__ void split(float v, Op
 
 // Compile-time geometry of one variant. backends/fused.py mirrors THREADS and SMEM_BYTES (keep them equal).
 // CL blocks (a cluster) share one head: block `rank` owns the DB = D/CL output dims [rank*DB, (rank+1)*DB) and
-// all of K; KS warps split K for the same rows (their partial sums meet in shared memory).
-template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_> struct Tile {
+// all of K; KS warps split K for the same rows (their partial sums meet in shared memory). Of a warp's KTW
+// k-tiles of R, the last RS live in shared memory instead of registers (heads whose R does not fit the
+// registers of the blocks, up to 16, that can share it: 1x768).
+template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_, int RS_> struct Tile {
     using Op = typename OperandOf<T>::Op;
     static constexpr int SPLIT = OperandOf<T>::SPLIT;
     static constexpr bool KEEP = SPLIT == 1;  // per-thread addresses pinned in registers (common/pieces.cuh, keep)
@@ -99,6 +115,7 @@ template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_> struc
     static constexpr int DB = D / CL;                       // output dims of one block
     static constexpr int WARPS_D = DB / DW, WARPS = WARPS_D * KS, THREADS = 32 * WARPS;
     static constexpr int KT = D / 16, KTW = KT / KS;        // k-tiles of the head, of one warp
+    static constexpr int RS = RS_, KTR = KTW - RS_;         // ... of those in shared memory, in registers
     static constexpr int OWN = 2 / KS;                      // batch columns c (of 2 per lane) a warp finishes
     static constexpr int CHAINS_WANTED = 4 / (MT * NBT) > 1 ? 4 / (MT * NBT) : 1;
     static constexpr int CHAINS = CHAINS_WANTED < KTW ? CHAINS_WANTED : KTW;  // independent partial sums
@@ -124,7 +141,10 @@ template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_> struc
     static constexpr int PART_BYTES = PART_FLOATS * 4;
     static constexpr int O_BYTES = 2 * O_ELEMS * int(sizeof(T));
     static constexpr int BAR_BYTES = CL > 1 ? 16 : 0;       // two mbarriers (one per h buffer)
-    static constexpr int SMEM_BYTES = H_BYTES + X_BYTES + PART_BYTES + O_BYTES + BAR_BYTES;
+    // R's shared-memory k-tiles as A-fragments in lane order, [WARPS][SPLIT][MT][RS][32 lanes][4 registers]:
+    // one conflict-free 16-byte load a lane per fragment.
+    static constexpr int R_BYTES = WARPS * SPLIT * MT * RS * 512;
+    static constexpr int SMEM_BYTES = H_BYTES + X_BYTES + PART_BYTES + O_BYTES + BAR_BYTES + R_BYTES;
     // Bytes of h one block receives from the others per step.
     static constexpr unsigned RECV_BYTES = unsigned((CL - 1) * SPLIT * BT * DB * int(sizeof(Op)));
     static_assert(D % 16 == 0 && D % CL == 0 && DB % DW == 0, "D must be a multiple of 16 (and of CL*DW)");
@@ -132,6 +152,7 @@ template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_> struc
     static_assert(CL == 1 || (DB * int(sizeof(Op))) % 16 == 0, "a block's h columns move in 16-byte pieces");
     static_assert(THREADS <= 1024, "head too large for one block");
     static_assert(P >= 1, "prefetch depth");
+    static_assert(RS >= 0 && RS <= KTW, "R k-tiles in shared memory: some of the warp's");
 };
 
 // Wx[b0:b0+BT, t, :, n, d0:d0+DB] into one stage, for t = 0, 1, 2, ... in turn (rows past B zero-filled).
@@ -186,27 +207,60 @@ struct OutPieces : StorePieces<(K::OROWS * K::DB * int(sizeof(T)) / 16 + K::THRE
     }
 };
 
-// The warp's R rows (dims drow + 8*(q/GR) + g of half tile q) over its k-tiles as A-fragments, split for float32.
+// One A-fragment of the warp's R rows (dims drow + 8*(q/GR) + g of half tile q, m = q / 2) at k-tile kt of the
+// head, split for float32.
 template <class K, class T>
-__device__ __forceinline__ void load_r(unsigned (&a)[K::SPLIT][K::MT][K::KTW][4], const T* __restrict__ R,
-                                       int n, int N, int drow, int kt0, int g, int c4) {
+__device__ __forceinline__ void r_fragment(unsigned (&f)[K::SPLIT][4], const T* __restrict__ R, int n, int N,
+                                           int drow, int m, int kt, int g, int c4) {
     using Op = typename K::Op;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const int q = 2 * m + (j & 1);
+        const int gate = q % K::GR, d = drow + 8 * (q / K::GR) + g;
+        const int k = 16 * kt + 2 * c4 + 8 * (j >> 1);
+        const T* p = R + ((size_t(gate) * N + n) * K::D + d) * K::D + k;
+        Op lo[K::SPLIT], hi[K::SPLIT];
+        split(load_f(p), lo);
+        split(load_f(p + 1), hi);
+#pragma unroll
+        for (int s = 0; s < K::SPLIT; ++s) f[s][j] = mma::pack2(lo[s], hi[s]);
+    }
+}
+
+// Registers of R's fragments: the KTR register k-tiles (at least one array element, for the compiler).
+template <class K> using RRegs = unsigned[K::SPLIT][K::MT][K::KTR > 0 ? K::KTR : 1][4];
+
+// This lane's address of fragment (s, m, r) of the warp's shared-memory k-tiles (Tile::R_BYTES's layout).
+template <class K> __device__ __forceinline__ constexpr unsigned r_smem_offset(int s, int m, int r) {
+    return unsigned(((s * K::MT + m) * K::RS + r) * 512);
+}
+
+// The warp's R over its k-tiles kt0 + (0 .. KTW): the first KTR into registers, the rest into shared memory at
+// `r_lane` (this lane's address of the warp's first fragment there). The shared-memory ones go one at a time
+// (not unrolled): unrolled, ptxas hoisted all their global loads together, and the registers that took spilled.
+template <class K, class T>
+__device__ __forceinline__ void load_r(RRegs<K>& a, unsigned r_lane, const T* __restrict__ R, int n, int N,
+                                       int drow, int kt0, int g, int c4) {
 #pragma unroll
     for (int m = 0; m < K::MT; ++m)
 #pragma unroll
-        for (int kt = 0; kt < K::KTW; ++kt)
+        for (int kt = 0; kt < K::KTR; ++kt) {
+            unsigned f[K::SPLIT][4];
+            r_fragment<K>(f, R, n, N, drow, m, kt0 + kt, g, c4);
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const int q = 2 * m + (j & 1);
-                const int gate = q % K::GR, d = drow + 8 * (q / K::GR) + g;
-                const int k = 16 * (kt0 + kt) + 2 * c4 + 8 * (j >> 1);
-                const T* p = R + ((size_t(gate) * N + n) * K::D + d) * K::D + k;
-                Op lo[K::SPLIT], hi[K::SPLIT];
-                split(load_f(p), lo);
-                split(load_f(p + 1), hi);
+            for (int s = 0; s < K::SPLIT; ++s)
 #pragma unroll
-                for (int s = 0; s < K::SPLIT; ++s) a[s][m][kt][j] = mma::pack2(lo[s], hi[s]);
-            }
+                for (int j = 0; j < 4; ++j) a[s][m][kt][j] = f[s][j];
+        }
+#pragma unroll 1
+    for (int i = 0; i < K::MT * K::RS; ++i) {
+        const int m = i / K::RS, r = i % K::RS;
+        unsigned f[K::SPLIT][4];
+        r_fragment<K>(f, R, n, N, drow, m, kt0 + K::KTR + r, g, c4);
+#pragma unroll
+        for (int s = 0; s < K::SPLIT; ++s)
+            st_shared_v4(r_lane + r_smem_offset<K>(s, m, r), make_uint4(f[s][0], f[s][1], f[s][2], f[s][3]));
+    }
 }
 
 // B-fragments of h (all BT columns, the warp's k-tiles) from one h buffer, two k-tiles per ldmatrix.x4.
@@ -244,8 +298,9 @@ __device__ __forceinline__ unsigned ldmatrix_row(const typename K::Op* hb, int k
 // acc = R_warp x H over the warp's k-tiles: k outermost so the independent accumulators interleave. Where a
 // warp has fewer than 4 output tiles, k-tile kt goes to partial sum kt % CHAINS (added at the end), so that
 // about 4 mma are in flight instead of a dependent chain of KTW.
+// R's shared-memory k-tiles are read as the loop reaches them (r_lane: load_r's address).
 template <class K>
-__device__ __forceinline__ void matmul(float (&acc)[K::MT][K::NBT][4], const unsigned (&a)[K::SPLIT][K::MT][K::KTW][4],
+__device__ __forceinline__ void matmul(float (&acc)[K::MT][K::NBT][4], const RRegs<K>& a, unsigned r_lane,
                                        const unsigned (&bf)[K::SPLIT][K::NBT][K::KTW][2]) {
     using M = mma::Mma<typename K::Op>;
     constexpr int CH = K::CHAINS;
@@ -261,16 +316,28 @@ __device__ __forceinline__ void matmul(float (&acc)[K::MT][K::NBT][4], const uns
 #pragma unroll
     for (int kt = 0; kt < K::KTW; ++kt)
 #pragma unroll
-        for (int m = 0; m < K::MT; ++m)
+        for (int m = 0; m < K::MT; ++m) {
+            unsigned f[K::SPLIT][4];
+#pragma unroll
+            for (int s = 0; s < K::SPLIT; ++s) {
+                if (kt < K::KTR) {
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) f[s][j] = a[s][m][kt < K::KTR ? kt : 0][j];
+                } else {
+                    const uint4 v = ld_shared_v4(r_lane + r_smem_offset<K>(s, m, kt - K::KTR));
+                    f[s][0] = v.x, f[s][1] = v.y, f[s][2] = v.z, f[s][3] = v.w;
+                }
+            }
 #pragma unroll
             for (int nb = 0; nb < K::NBT; ++nb) {
                 float (&p)[4] = part[kt % CH][m][nb];
-                M::run(p, a[0][m][kt], bf[0][nb][kt][0], bf[0][nb][kt][1]);
+                M::run(p, f[0], bf[0][nb][kt][0], bf[0][nb][kt][1]);
                 if constexpr (K::SPLIT == 2) {
-                    M::run(p, a[0][m][kt], bf[1][nb][kt][0], bf[1][nb][kt][1]);
-                    M::run(p, a[1][m][kt], bf[0][nb][kt][0], bf[0][nb][kt][1]);
+                    M::run(p, f[0], bf[1][nb][kt][0], bf[1][nb][kt][1]);
+                    M::run(p, f[1], bf[0][nb][kt][0], bf[0][nb][kt][1]);
                 }
             }
+        }
 #pragma unroll
     for (int m = 0; m < K::MT; ++m)
 #pragma unroll
@@ -356,12 +423,12 @@ template <class K> struct HSender {
 };
 
 
-template <class Cell, class T, int D, int NBT, int P, int CL, int KS>
+template <class Cell, class T, int D, int NBT, int P, int CL, int KS, int RS>
 __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __restrict__ R,
                                         const T* __restrict__ bias, const T* __restrict__ s0,
                                         T* __restrict__ states, T* __restrict__ saved, int B, int Tn, int N,
                                         const int* __restrict__ lengths) {
-    using K = Tile<Cell, T, D, NBT, P, CL, KS>;
+    using K = Tile<Cell, T, D, NBT, P, CL, KS, RS>;
     using Op = typename K::Op;
     extern __shared__ __align__(16) unsigned char smem[];
     Op* hbuf = reinterpret_cast<Op*>(smem);                                       // [2][SPLIT][BT][HROW]
@@ -369,6 +436,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
     float* part = reinterpret_cast<float*>(smem + K::H_BYTES + K::X_BYTES);       // split-K partial sums
     T* obuf = reinterpret_cast<T*>(smem + K::H_BYTES + K::X_BYTES + K::PART_BYTES);  // [2][OROWS][OROW]
     const unsigned bars = mma::smem_u32(smem + K::H_BYTES + K::X_BYTES + K::PART_BYTES + K::O_BYTES);  // mbarriers
+    const unsigned rsm = bars + K::BAR_BYTES;                                     // R's shared-memory k-tiles
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c4 = lane % 4;
     const int wd = warp % K::WARPS_D, ks = warp / K::WARPS_D;
@@ -399,8 +467,9 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
             for (int i = 0; i < 2; ++i) cluster::mbarrier_expect(bars + 8 * i, K::RECV_BYTES);  // phase 0 of each buffer
     }
 
-    unsigned a[K::SPLIT][K::MT][K::KTW][4];
-    load_r<K>(a, R, n, N, d0 + dloc, ks * K::KTW, g, c4);
+    RRegs<K> a;
+    const unsigned r_lane = keep<K::KEEP>(rsm + unsigned((warp * K::SPLIT * K::MT * K::RS * 32 + lane) * 16));
+    load_r<K>(a, r_lane, R, n, N, d0 + dloc, ks * K::KTW, g, c4);
 
     // h_{-1}: every block holds all D columns of it.
     for (int i = threadIdx.x; i < K::BT * D; i += K::THREADS) {
@@ -500,7 +569,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
         unsigned bf[K::SPLIT][NBT][K::KTW][2];
         load_h<K>(bf, (t & 1) ? hrow1 : hrow0, lane);
         float acc[K::MT][NBT][4];
-        matmul<K>(acc, a, bf);
+        matmul<K>(acc, a, r_lane, bf);
         // This step's Wx: issued while the mma run, except where registers are tight (the largest single
         // blocks), where each cell reads its own just before use.
         float x[K::U][NBT][K::OWN][K::GW];
@@ -605,6 +674,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
 //   FLASHRNN_PREFETCH  steps of Wx in flight ahead of the one computed
 //   FLASHRNN_CLUSTER   blocks per head (a thread-block cluster on sm_90 when > 1)
 //   FLASHRNN_KSPLIT    warps that split K for the same rows (1 or 2)
+//   FLASHRNN_R_SMEM    of a warp's k-tiles of R, how many live in shared memory (the last ones; 0: none)
 // Launch: grid (N * CLUSTER, ceil(B / (8*NBT))), cluster (CLUSTER, 1, 1), block Tile::THREADS, dynamic shared
 // memory Tile::SMEM_BYTES. lengths: [B] int32 with 1 <= lengths[b] <= T, or null (every sequence runs T steps);
 // past its end a sequence's states stay at its last valid ones (docs/architecture.md, "Variable lengths").
@@ -629,9 +699,12 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
 #ifndef FLASHRNN_KSPLIT
 #define FLASHRNN_KSPLIT 1
 #endif
+#ifndef FLASHRNN_R_SMEM
+#define FLASHRNN_R_SMEM 0
+#endif
 
 using FlashrnnFusedTile = flashrnn::fused::Tile<FLASHRNN_CELL, FLASHRNN_STORAGE, FLASHRNN_D, FLASHRNN_NBT,
-                                                FLASHRNN_PREFETCH, FLASHRNN_CLUSTER, FLASHRNN_KSPLIT>;
+                                                FLASHRNN_PREFETCH, FLASHRNN_CLUSTER, FLASHRNN_KSPLIT, FLASHRNN_R_SMEM>;
 
 // The host computes the launch geometry itself (the solver models threads and shared memory in
 // constrint/problems.py; backends/fused.py launch_of passes them); it passes its numbers here so that a
@@ -649,5 +722,6 @@ flashrnn_fused_fw(const FLASHRNN_STORAGE* __restrict__ Wx, const FLASHRNN_STORAG
                   FLASHRNN_STORAGE* __restrict__ states, FLASHRNN_STORAGE* __restrict__ saved, int B, int T, int N,
                   const int* __restrict__ lengths) {
     flashrnn::fused::forward<FLASHRNN_CELL, FLASHRNN_STORAGE, FLASHRNN_D, FLASHRNN_NBT, FLASHRNN_PREFETCH,
-                             FLASHRNN_CLUSTER, FLASHRNN_KSPLIT>(Wx, R, b, states0, states, saved, B, T, N, lengths);
+                             FLASHRNN_CLUSTER, FLASHRNN_KSPLIT, FLASHRNN_R_SMEM>(Wx, R, b, states0, states, saved, B, T, N,
+                                                                  lengths);
 }

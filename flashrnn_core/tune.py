@@ -83,9 +83,10 @@ class Tuned:
 
 
 def config_label(p: FusedParams) -> str:
-    """The choices that make a configuration, short: blocks per head, k split, batch tile, prefetch (and for
-    the backward whether dR is summed in the kernel)."""
+    """The choices that make a configuration, short: blocks per head, k split, batch tile, prefetch, R's k-tiles
+    in shared memory where any (and for the backward whether dR is summed in the kernel)."""
     label = f"cl{p.blocks_per_head} ks{p.k_split} bt{p.batch_tile} pf{p.prefetch_steps}"
+    label += f" rs{p.r_ktiles_in_smem}" if p.r_ktiles_in_smem else ""
     return label + (f" dr{int(p.fused_dr)}" if p.direction == "backward" else "")
 
 

@@ -22,7 +22,8 @@ TOL = {"float32": 1e-4, "bfloat16": 2e-2, "float16": 2e-2}  # SPEC.md, relative 
 
 # (B, T, N, D, initial states): odd B, B = 1 and 256, T = 1 and 2, D = 48 (an odd number of k-tiles), every
 # D of the issue; the B = 256 x 12 heads shape makes the solver pick wider batch tiles; D >= 256 (and float32
-# D = 128) run on clusters where the solver finds a valid launch, and are skipped with its reason otherwise.
+# D = 128) run on clusters where the solver finds a valid launch, and are skipped with its reason otherwise; D = 512
+# and 768 in 16-bit keep part of R in shared memory (Tile::RS).
 SHAPES = [
     (3, 17, 2, 16, False),
     (5, 9, 3, 32, True),
@@ -113,7 +114,9 @@ def test_auto_picks_fused_and_falls_back():
     rng = np.random.default_rng(0)
     small = [cupy.asarray(a) for a in _inputs(rng, "lstm", _arrays.bfloat16, 2, 3, 2, 64, False)[:3]]
     assert fc.forward(*small, function="lstm").backend == "cuda_fused"
-    big = [cupy.asarray(a) for a in _inputs(rng, "lstm", _arrays.bfloat16, 2, 3, 1, 768, False)[:3]]
+    assert fc.forward(*[cupy.asarray(a) for a in _inputs(rng, "lstm", _arrays.bfloat16, 2, 3, 1, 768, False)[:3]],
+                      function="lstm").backend == "cuda_fused"  # R partly in shared memory, one 16-block cluster
+    big = [cupy.asarray(a) for a in _inputs(rng, "lstm", _arrays.float32, 2, 3, 1, 768, False)[:3]]
     problem = validate(*big, function="lstm")
     expected = next(name for name in AUTO_ORDER if why_not(name, problem) is None)  # "cuda" where it is built
     assert expected != "cuda_fused" and fc.forward(*big, function="lstm").backend == expected
@@ -144,9 +147,14 @@ def test_unsupported_says_why(function):
     """ConstrINT's Infeasible becomes the refusal, with the binding constraints in words."""
     reason = fused.choose(function, _arrays.bfloat16, 16, 1, 24, hardware=H100)
     assert isinstance(reason, str) and "D=24" in reason and "D divisible by 16" in reason
-    if function != "elman":  # lstm/slstm/gru D=768: R's slice needs more registers than a thread has
-        reason = fused.choose(function, _arrays.bfloat16, 16, 1, 768, hardware=H100)
-        assert isinstance(reason, str) and "D=768" in reason and "registers" in reason
+    if function != "elman":  # float32 D=768: R's hi and lo parts (9.4 MB for lstm) fit no 16-block cluster
+        reason = fused.choose(function, _arrays.float32, 16, 1, 768, hardware=H100)
+        assert isinstance(reason, str) and "D=768" in reason and ("registers" in reason or "shared memory" in reason)
+    # bf16 D=768: R partly in shared memory, one 16-block cluster a head (the fallback: all of R in registers first)
+    launch = fused.choose(function, _arrays.bfloat16, 16, 1, 768, hardware=H100)
+    assert not isinstance(launch, str) and launch.cluster == 16, launch
+    assert (launch.choice.r_ktiles_in_smem > 0) == (function != "elman")  # elman's R (1.2 MB) fits the registers
+    assert fused.choose(function, _arrays.bfloat16, 16, 12, 64, hardware=H100).choice.r_ktiles_in_smem == 0
     # a head above one block on a GPU without clusters
     reason = fused.choose(function, _arrays.bfloat16, 16, 1, 256, hardware=A100)
     assert isinstance(reason, str) and "sm_80" in reason and "no thread-block clusters" in reason

@@ -94,6 +94,8 @@ def launch_of(choice: FusedParams) -> Launch:
                  f"p{choice.prefetch_steps}")
         if choice.blocks_per_head > 1 or choice.k_split > 1:
             label += f" cluster{choice.blocks_per_head} ksplit{choice.k_split}"
+        if choice.r_ktiles_in_smem:
+            label += f" rsmem{choice.r_ktiles_in_smem}"
     # Clusters need sm_90; so does shared memory beyond what sm_80 gives a block (a choice made for sm_90).
     sm90_only = choice.blocks_per_head > 1 or choice.smem_bytes > A100.smem_per_block_optin
     spec = KernelSpec(source=source, entry=entry, defines=defines, label=label, min_sm=90 if sm90_only else 80,

@@ -25,6 +25,7 @@ Variables (names as in the solver's explanations):
     nbt          batch n-tiles of 8 sequences per block (the mma's n = 8)
     prefetch     steps of Wx in flight ahead of the one computed
     r_smem_kt    of the warp's ktw k-tiles of R, how many live in shared memory instead of registers
+    r_shared     1 when r_smem_kt > 0 (the register estimate of such kernels is its own fit, REGISTER_FIT)
     late_x       1 where the kernel reads Wx cell by cell (blocks of 384+ threads, where registers are tight)
     clustered    1 when cluster > 1 (mbarriers, h exchange)
     alloc8       registers a thread is allocated, in units of 8 (ceil(estimate / 8))
@@ -35,7 +36,7 @@ Variables (names as in the solver's explanations):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from fractions import Fraction
 from typing import Any
 
@@ -76,9 +77,14 @@ class KernelModel:
     #: 0.29, flat from there for lstm), so that the kernels the solver can pick stay few enough for CI to
     #: compile every one (``FusedBackend.kernel_variants``) and a sweep to measure every one.
     prefetches: tuple[int, ...] = (1, 2, 4, 8)
-    #: R's k-tiles may live partly in shared memory (read with ldmatrix every step). fused_fw.cu keeps all of R
-    #: in registers today; switch on once the kernel does.
-    r_in_shared_memory: bool = False
+    #: R's k-tiles may live partly in shared memory (Tile::RS in fused_fw.cu: the last k-tiles of every warp,
+    #: one 16-byte load a lane per fragment each step) where R does not fit the registers: ``solve_fused``,
+    #: ``top_k`` and ``all_feasible`` first look for launches with all of R in registers and only where there is
+    #: none for ones with part of it in shared memory (``_stages``). This is what puts a 1x768 lstm head on one
+    #: 16-block cluster (its R is 4.7 MB in bf16, 295 KB an SM). The register estimate of such kernels is a fit
+    #: of its own (``reg_per_r_with_smem``), made where the registers are full; it is not meant to compare the two
+    #: kinds of kernel, hence the fallback rather than one problem.
+    r_in_shared_memory: bool = True
     #: Heads above one block on GPUs without clusters: a cooperative grid per head with a grid barrier a step.
     #: Not in fused_fw.cu (issue 5 lets ``auto`` take the ``cuda`` backend there instead).
     cooperative_heads: bool = False
@@ -95,6 +101,9 @@ class KernelModel:
     reg_f32_per_cell: Fraction = Fraction(0)  # float32 storage: the hi/lo split per cell (the fit gives 0)
     reg_ksplit: Fraction = Fraction(47, 4)  # split-K: partial-sum addressing and the second column's state
     reg_cluster: Fraction = Fraction(0)  # mbarrier and remote addresses (the fit gives 0)
+    #: Where some of R's k-tiles live in shared memory (16-bit storage, one batch n-tile): R's registers one
+    #: for one, plus this times the estimate of everything else (REGISTER_FIT, last paragraph).
+    reg_rest_with_smem: Fraction = Fraction(28, 25)
     #: Added to the estimate. The fit cleared every spill by 8 against a cap that ignored the warp allocation
     #: granularity (``Hardware.warp_alloc_unit``); against the true cap two spilling kernels of 14 and 9 warps
     #: (elman D=224, lstm D=144 on a 2-block cluster) were estimated 1-2 registers below it: 4 rejected them.
@@ -179,6 +188,20 @@ non-spilling ones rejected (45 of 489 on sm_90, 20 of 190 on sm_80: options lost
 |estimate - ptxas| 12 registers; ptxas uses from 57 below to 68 above the estimate (it takes what the cap
 allows). Fitting on a random half and testing on the other: 0-3 of ~200 spilling variants accepted. A fit on
 sm_90 alone accepted 2 sm_80 spills (gru), hence both architectures and the margin of 8.
+
+Kernels with R partly in shared memory (Tile::RS > 0) are another regime: ptxas fills the register file
+whatever they hold (lstm D=768 on a 16-block cluster with all of R in shared memory took 244 registers: it
+hoists h's fragments and R's shared-memory loads ahead of the mma), and near the limit it spills a few bytes
+erratically: 335 such kernels (the solver's choices under a first, tighter rule) spilled in 207 cases, down to
+4 bytes at 213 of 255 registers, and no linear rule over the fit's features separated them. The rule kept is
+conservative and narrow: 16-bit storage, one batch n-tile (the wider tiles' other values were underestimated),
+the largest clusters (16 blocks: heads that fit no cluster otherwise), and R's registers one for one plus
+``reg_rest_with_smem`` (1.12) x the estimate of the rest, which puts lstm D=768 at 28 of 48 k-tiles in shared
+memory (24 compiled too, 20-23 spilled). Of the 154 kernels chosen under this rule without the cluster
+condition, 26 spilled 4-44 bytes (one value stored in the prologue and reloaded before the loop, in the one read
+with SASS), all of them on 1-8 block heads of D = 144-448 with 96-255 registers; none of the 16-block ones.
+These kernels are a fallback (``KernelModel.r_in_shared_memory``) and ``compile --check`` holds every chosen one
+to no spills.
 """
 
 
@@ -351,6 +374,7 @@ class FusedParams:
                     "FLASHRNN_THREADS": self.threads_per_block, "FLASHRNN_SMEM_BYTES": self.smem_bytes}
         return {"FLASHRNN_D": self.D, "FLASHRNN_NBT": self.batch_ntiles, "FLASHRNN_PREFETCH": self.prefetch_steps,
                 "FLASHRNN_CLUSTER": self.blocks_per_head, "FLASHRNN_KSPLIT": self.k_split,
+                "FLASHRNN_R_SMEM": self.r_ktiles_in_smem,
                 "FLASHRNN_THREADS": self.threads_per_block, "FLASHRNN_SMEM_BYTES": self.smem_bytes}
 
     @property
@@ -413,6 +437,7 @@ def build_fused(hw: Hardware, function: str, dtype, B: int, N: int, D: int, dire
     geo = geometry(function, dtype, D, direction)
     p = Problem()
     kt = max(1, geo.kt)
+    r_shared_allowed = model.r_in_shared_memory and geo.split == 1 and hw.clusters
     v = {
         "cluster": p.var("cluster", model.clusters),
         "warps_d": p.var("warps_d", range(1, hw.max_threads_per_block // hw.warp_size + 1), priority=-1),
@@ -421,10 +446,12 @@ def build_fused(hw: Hardware, function: str, dtype, B: int, N: int, D: int, dire
         "own": p.var("own", (1, 2), priority=-1),
         "nbt": p.var("nbt", range(1, max(1, min(model.max_nbt, math.ceil(B / MMA_N))) + 1)),
         "prefetch": p.var("prefetch", model.prefetches, prefer="high"),
-        "r_smem_kt": p.var("r_smem_kt", range(0, kt + 1) if model.r_in_shared_memory else (0,)),
+        "r_smem_kt": p.var("r_smem_kt", range(0, kt + 1) if r_shared_allowed else (0,)),
         # Auxiliaries: determined by the choices above (propagation fixes them), never branched on first.
         "late_x": p.var("late_x", (0, 1), priority=-1),
         "clustered": p.var("clustered", (0, 1), priority=-1),
+        # (R in shared memory: 16-bit storage on clusters only, REGISTER_FIT's last paragraph)
+        "r_shared": p.var("r_shared", (0, 1) if r_shared_allowed else (0,), priority=-1),
         # (wide enough never to be the binding limit itself: "registers per thread" says that)
         "alloc8": p.var("alloc8", range(1, 1025), priority=-1),
         "warp_groups": p.var("warp_groups", range(1, hw.max_threads_per_block // hw.warp_size + 1), priority=-1),
@@ -440,8 +467,8 @@ def build_fused(hw: Hardware, function: str, dtype, B: int, N: int, D: int, dire
 def _resources(geo: Geometry, m: KernelModel, v: dict[str, Var]) -> tuple[Expr, Expr]:
     """(registers per thread, shared-memory bytes per block) as polynomials of the variables."""
     warps_d, ksplit, ktw = v["warps_d"], v["ksplit"], v["ktw"]
-    own, nbt, prefetch, r_smem, late_x, clustered = (v[k] for k in ("own", "nbt", "prefetch", "r_smem_kt",
-                                                                    "late_x", "clustered"))
+    own, nbt, prefetch, r_smem, late_x, clustered, r_shared = (
+        v[k] for k in ("own", "nbt", "prefetch", "r_smem_kt", "late_x", "clustered", "r_shared"))
     mt, u, split, item = geo.mt, geo.u, geo.split, geo.itemsize
     # Registers: R's A-fragments (4 registers per m16k16 tile per operand part), h's B-fragments (2 per n8k16),
     # accumulators (4 floats per m16n8 tile), and per cell the streamed inputs (unless read late) and states.
@@ -452,10 +479,14 @@ def _resources(geo: Geometry, m: KernelModel, v: dict[str, Var]) -> tuple[Expr, 
     cell_values = cells * geo.live_per_cell + geo.x_per_cell * (cells - cells * late_x + late_x)
     # 16-byte pieces a thread copies a step: the streamed inputs into their stage and the staged outputs out.
     copy_pieces = nbt * own * Fraction(geo.dims_per_warp * item * (geo.stream_in + geo.stream_out), 128)
-    fitted = (m.reg_base + m.reg_per_r * r_regs + m.reg_per_h * h_regs + m.reg_per_acc * acc_regs
-              + m.reg_per_cell_value * cell_values + m.reg_per_copy * copy_pieces
-              + m.reg_f32_per_cell * (split - 1) * cells + m.reg_ksplit * (ksplit - 1) + m.reg_cluster * clustered)
-    regs = m.reg_margin + (1 + m.reg_margin_fraction) * fitted
+    rest = (m.reg_base + m.reg_per_h * h_regs + m.reg_per_acc * acc_regs
+            + m.reg_per_cell_value * cell_values + m.reg_per_copy * copy_pieces
+            + m.reg_f32_per_cell * (split - 1) * cells + m.reg_ksplit * (ksplit - 1) + m.reg_cluster * clustered)
+    rest_estimate = m.reg_margin + (1 + m.reg_margin_fraction) * rest
+    # R's registers at the fit's cost; or, with R partly in shared memory (r_shared = 1), one for one and the
+    # rest at reg_rest_with_smem times its estimate (REGISTER_FIT, last paragraph).
+    regs = (rest_estimate + (1 + m.reg_margin_fraction) * m.reg_per_r * r_regs * (1 - r_shared)
+            + r_shared * (r_regs + (m.reg_rest_with_smem - 1) * rest_estimate))
     # Shared memory, as Tile in fused_fw.cu: h (or dg) double-buffered over all K columns (+8 pad), the input
     # stages (prefetch + 1) over this block's columns (+16 B pad), split-K partial sums, staged outputs (two
     # buffers), mbarriers, and R's k-tiles kept in shared memory (512 B per m16k16 operand tile).
@@ -518,6 +549,12 @@ def _add_constraints(p: Problem, v: dict[str, Var], geo: Geometry, hw: Hardware,
     p.add(ktw * ksplit == max(1, geo.kt), name=f"K split evenly: k-tiles per warp x k_split == {geo.kg}*D/16")
     p.add(own * ksplit == 2, name="batch columns: each of the k_split warps finishes 2/k_split columns")
     p.add(v["r_smem_kt"] <= ktw, name="R k-tiles in shared memory <= k-tiles per warp")
+    # r_shared = (r_smem_kt > 0), exactly.
+    p.add(v["r_smem_kt"] <= max(1, geo.kt) * v["r_shared"], name="r_shared: 1 where R k-tiles live in shared memory")
+    p.add(v["r_shared"] <= v["r_smem_kt"], name="r_shared: 0 where none does")
+    p.add(v["nbt"] <= m.max_nbt - (m.max_nbt - 1) * v["r_shared"],
+          name="R in shared memory: one batch n-tile (REGISTER_FIT)")
+    p.add(cluster >= max_cluster * v["r_shared"], name=f"R in shared memory: {max_cluster}-block clusters (REGISTER_FIT)")
     # (A block's h slice moves in 16-byte pieces: dims per block x 2 bytes is a multiple of 16 because
     # dims_per_warp is 8 or 16, so no constraint is needed for it.)
     # -- indicators (exact: the kernel's own switches)
@@ -681,6 +718,14 @@ def _lower_bound(fp: FusedProblem, box: dict[str, tuple[int, int]]) -> float:
 # ---------------------------------------------------------------------------------------------- solving
 
 
+def _stages(model: KernelModel, direction: str) -> list[KernelModel]:
+    """The models to try in turn: all of R in registers, then (where the model allows it) R partly in shared
+    memory (``KernelModel.r_in_shared_memory``)."""
+    if direction == "backward" or not model.r_in_shared_memory:
+        return [model]
+    return [replace(model, r_in_shared_memory=False), model]
+
+
 def solve_fused(hardware: Hardware, function: str, dtype, B: int, N: int, D: int, direction: str = "forward",
                 model: KernelModel = DEFAULT_MODEL, explain: bool = True) -> FusedParams | Infeasible:
     """The fastest valid parameters for one shape by the model, or ``Infeasible`` naming the conflicting
@@ -688,32 +733,39 @@ def solve_fused(hardware: Hardware, function: str, dtype, B: int, N: int, D: int
     that only need to know, such as the kernel-variant enumeration)."""
     if B < 1 or N < 1 or D < 1:
         raise ValueError(f"B, N, D must be positive, got B={B} N={N} D={D}")
-    fp = build_fused(hardware, function, dtype, B, N, D, direction, model)
-    result = fp.problem.solve(explain=explain)
-    if isinstance(result, Infeasible):
-        return result
-    return params_from(fp, result.values)
+    stages = _stages(model, direction)
+    for i, stage in enumerate(stages):
+        fp = build_fused(hardware, function, dtype, B, N, D, direction, stage)
+        result = fp.problem.solve(explain=explain and i == len(stages) - 1)
+        if not isinstance(result, Infeasible):
+            return params_from(fp, result.values)
+    return result
 
 
 def top_k(hardware: Hardware, function: str, dtype, B: int, N: int, D: int, k: int, direction: str = "forward",
           model: KernelModel = DEFAULT_MODEL) -> list[FusedParams] | Infeasible:
     """The ``k`` best feasible parameter sets by the model, best first (for a measured sweep)."""
-    fp = build_fused(hardware, function, dtype, B, N, D, direction, model)
-    # Without pruning by the bound every distinct launch is a candidate, not only each block shape's best.
-    fp.problem.minimize(lambda values: _objective(fp, values))
-    found = fp.problem.best(k)
-    if isinstance(found, Infeasible):
-        return found
-    return [params_from(fp, s.values) for s in found]
+    for stage in _stages(model, direction):
+        fp = build_fused(hardware, function, dtype, B, N, D, direction, stage)
+        # Without pruning by the bound every distinct launch is a candidate, not only each block shape's best.
+        fp.problem.minimize(lambda values, fp=fp: _objective(fp, values))
+        found = fp.problem.best(k)
+        if not isinstance(found, Infeasible):
+            return [params_from(fp, s.values) for s in found]
+    return found
 
 
 def all_feasible(hardware: Hardware, function: str, dtype, B: int, N: int, D: int, direction: str = "forward",
                  model: KernelModel = DEFAULT_MODEL) -> list[FusedParams]:
     """Every configuration the problem admits (each a distinct launch: the auxiliary variables follow from the
-    choices), best estimate first; empty when the shape is infeasible. For exhaustive measured sweeps."""
-    fp = build_fused(hardware, function, dtype, B, N, D, direction, model)
-    found = [params_from(fp, values) for values in fp.problem.solutions()]
-    return sorted(found, key=lambda p: p.step_cycles)
+    choices), best estimate first; empty when the shape is infeasible. For exhaustive measured sweeps. Those
+    of the first of ``_stages`` that has any: R in shared memory only where it does not fit the registers."""
+    for stage in _stages(model, direction):
+        fp = build_fused(hardware, function, dtype, B, N, D, direction, stage)
+        found = [params_from(fp, values) for values in fp.problem.solutions()]
+        if found:
+            return sorted(found, key=lambda p: p.step_cycles)
+    return []
 
 
 def assess(hardware: Hardware, function: str, dtype, B: int, N: int, D: int, *, blocks_per_head: int = 1,
