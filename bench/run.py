@@ -541,7 +541,7 @@ def _stat_fields(stats: tuple[float, float, float], runs: int) -> dict[str, Any]
 # ------------------------------------------------------------------------------------------ variable lengths
 
 VARLEN_FUNCTIONS = ("lstm", "gru")  # the cells with a cuDNN counterpart taking a PackedSequence
-VARLEN_WIDE_BACKENDS = ("cuda",)  # the one-head 1x768 shape is timed on these only (on the GPU)
+VARLEN_WIDE_BACKENDS = ("cuda", "cuda_fused")  # the one-head 1x768 shape is timed on these only (on the GPU)
 
 
 def varlen_lengths(B: int, T: int) -> np.ndarray:

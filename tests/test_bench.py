@@ -193,9 +193,9 @@ def test_varlen_suite_shapes_lengths_and_backends():
     lengths = run.varlen_lengths(16, 1024)
     assert lengths.dtype == np.int32 and lengths.shape == (16,) and np.array_equal(lengths, run.varlen_lengths(16, 1024))
     assert 256 <= lengths.min() and lengths.max() <= 1024 and len(set(lengths.tolist())) > 8
-    opts = _gpu_options(["cuda", "cuda_fused"])
-    assert run.varlen_backends(opts, run.Shape("lstm", "bfloat16", 16, 1024, 1, 768)) == ["cuda"]
-    assert run.varlen_backends(opts, run.Shape("lstm", "bfloat16", 16, 1024, 12, 64)) == ["cuda", "cuda_fused"]
+    opts = _gpu_options(["vanilla", "cuda", "cuda_fused"])
+    assert run.varlen_backends(opts, run.Shape("lstm", "bfloat16", 16, 1024, 1, 768)) == ["cuda", "cuda_fused"]
+    assert run.varlen_backends(opts, run.Shape("lstm", "bfloat16", 16, 1024, 12, 64)) == ["vanilla", "cuda", "cuda_fused"]
 
 
 def test_inputs_are_fresh_per_shape_and_the_same_for_every_backend():
