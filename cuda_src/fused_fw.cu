@@ -659,7 +659,11 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
 #pragma unroll 1
     for (int t = tend - 1; t < Tn; ++t) ocopy.flush(((tend - 1) & 1) * O_BUF);
     mma::cp_async_wait<0>();  // leave no copy in flight at exit (the tail groups are empty)
-    if constexpr (CL > 1) cluster::sync();  // no block leaves while another may still address its memory
+    if constexpr (CL > 1) {
+        cluster::sync();  // no block leaves while another may still address its memory
+        if (threadIdx.x == 0)
+            for (int i = 0; i < 2; ++i) cluster::mbarrier_inval(bars + 8 * i);
+    }
 }
 
 }  // namespace fused

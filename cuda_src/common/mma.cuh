@@ -141,6 +141,12 @@ __device__ __forceinline__ void mbarrier_init(unsigned bar, unsigned count) {
                   asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");)
 }
 
+// The barrier is done with: its shared memory may be reused (by the next block on this SM; PTX wants an
+// mbarrier invalidated before its memory serves anything else).
+__device__ __forceinline__ void mbarrier_inval(unsigned bar) {
+    FLASHRNN_SM90(asm volatile("mbarrier.inval.shared::cta.b64 [%0];" ::"r"(bar) : "memory");)
+}
+
 // One arrival that also announces `bytes` of transactions for the barrier's current phase.
 __device__ __forceinline__ void mbarrier_expect(unsigned bar, unsigned bytes) {
     FLASHRNN_SM90(asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");)
