@@ -320,7 +320,7 @@ __device__ __forceinline__ void matmul(float (&acc)[K::MT][K::NBT][4], const RRe
             unsigned f[K::SPLIT][4];
 #pragma unroll
             for (int s = 0; s < K::SPLIT; ++s) {
-                if (kt < K::KTR) {
+                if (kt < K::KTR) {  // (the index's guard keeps the not-taken branch in bounds where KTR = 0)
 #pragma unroll
                     for (int j = 0; j < 4; ++j) f[s][j] = a[s][m][kt < K::KTR ? kt : 0][j];
                 } else {

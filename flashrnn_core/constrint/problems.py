@@ -83,7 +83,7 @@ class KernelModel:
     #: ``top_k`` and ``all_feasible`` first look for launches with all of R in registers and only where there is
     #: none for ones with part of it in shared memory (``_stages``). This is what puts a 1x768 lstm head on one
     #: 16-block cluster (its R is 4.7 MB in bf16, 295 KB an SM). The register estimate of such kernels is a fit
-    #: of its own (``reg_per_r_with_smem``), made where the registers are full; it is not meant to compare the two
+    #: of its own (``reg_rest_with_smem``), made where the registers are full; it is not meant to compare the two
     #: kinds of kernel, hence the fallback rather than one problem.
     r_in_shared_memory: bool = True
     #: Heads above one block on GPUs without clusters: a cooperative grid per head with a grid barrier a step.
@@ -467,7 +467,7 @@ def build_fused(hw: Hardware, function: str, dtype, B: int, N: int, D: int, dire
     geo = geometry(function, dtype, D, direction)
     p = Problem()
     kt = max(1, geo.kt)
-    r_shared_allowed = model.r_in_shared_memory and geo.split == 1 and hw.clusters
+    r_shared_allowed = _r_in_shared_memory_allowed(model, hw, geo)
     v = {
         "cluster": p.var("cluster", model.clusters),
         "warps_d": p.var("warps_d", range(1, hw.max_threads_per_block // hw.warp_size + 1), priority=-1),
@@ -753,10 +753,16 @@ def _lower_bound(fp: FusedProblem, box: dict[str, tuple[int, int]]) -> float:
 # ---------------------------------------------------------------------------------------------- solving
 
 
-def _stages(model: KernelModel, direction: str) -> list[KernelModel]:
-    """The models to try in turn: all of R in registers, then (where the model allows it) R partly in shared
+def _r_in_shared_memory_allowed(model: KernelModel, hw: Hardware, geo: Geometry) -> bool:
+    """Whether R's k-tiles may go to shared memory: the forward, 16-bit storage, GPUs with clusters (REGISTER_FIT,
+    last paragraph)."""
+    return model.r_in_shared_memory and geo.direction == "forward" and geo.split == 1 and hw.clusters
+
+
+def _stages(model: KernelModel, hw: Hardware, function: str, dtype, D: int, direction: str) -> list[KernelModel]:
+    """The models to try in turn: all of R in registers, then, where it is allowed at all, R partly in shared
     memory (``KernelModel.r_in_shared_memory``)."""
-    if direction == "backward" or not model.r_in_shared_memory:
+    if not _r_in_shared_memory_allowed(model, hw, geometry(function, dtype, D, direction)):
         return [model]
     return [replace(model, r_in_shared_memory=False), model]
 
@@ -768,7 +774,7 @@ def solve_fused(hardware: Hardware, function: str, dtype, B: int, N: int, D: int
     that only need to know, such as the kernel-variant enumeration)."""
     if B < 1 or N < 1 or D < 1:
         raise ValueError(f"B, N, D must be positive, got B={B} N={N} D={D}")
-    stages = _stages(model, direction)
+    stages = _stages(model, hardware, function, dtype, D, direction)
     for i, stage in enumerate(stages):
         fp = build_fused(hardware, function, dtype, B, N, D, direction, stage)
         result = fp.problem.solve(explain=explain and i == len(stages) - 1)
@@ -780,7 +786,7 @@ def solve_fused(hardware: Hardware, function: str, dtype, B: int, N: int, D: int
 def top_k(hardware: Hardware, function: str, dtype, B: int, N: int, D: int, k: int, direction: str = "forward",
           model: KernelModel = DEFAULT_MODEL) -> list[FusedParams] | Infeasible:
     """The ``k`` best feasible parameter sets by the model, best first (for a measured sweep)."""
-    for stage in _stages(model, direction):
+    for stage in _stages(model, hardware, function, dtype, D, direction):
         fp = build_fused(hardware, function, dtype, B, N, D, direction, stage)
         # Without pruning by the bound every distinct launch is a candidate, not only each block shape's best.
         fp.problem.minimize(lambda values, fp=fp: _objective(fp, values))
@@ -795,7 +801,7 @@ def all_feasible(hardware: Hardware, function: str, dtype, B: int, N: int, D: in
     """Every configuration the problem admits (each a distinct launch: the auxiliary variables follow from the
     choices), best estimate first; empty when the shape is infeasible. For exhaustive measured sweeps. Those
     of the first of ``_stages`` that has any: R in shared memory only where it does not fit the registers."""
-    for stage in _stages(model, direction):
+    for stage in _stages(model, hardware, function, dtype, D, direction):
         fp = build_fused(hardware, function, dtype, B, N, D, direction, stage)
         found = [params_from(fp, values) for values in fp.problem.solutions()]
         if found:
