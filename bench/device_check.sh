@@ -8,7 +8,8 @@
 #   STAGES="tests sanitizer bench"   (default; also "sweep", and "ddp", which takes two GPUs after the queue)
 #   PYTEST_ARGS="-x"   PYTEST_K="not slow"   PYTEST_TIMEOUT=420
 #   SANITIZER_TOOLS="memcheck racecheck synccheck"   SANITIZER_BUDGET_S=180
-#   SANITIZER_ARGS="--only backward --all;--only forward" (';' separates sets of problems: a job per set and tool)
+#   SANITIZER_ARGS="--only backward --all;--only forward" (';' separates sets of problems: a job per set and tool;
+#     a set that starts "@racecheck,synccheck" runs those tools only)
 #   SANITIZER_SHARDS=1 (each set's problems split over this many jobs a tool)
 #   BENCH_SUITES="reference step varlen"   BENCH_ARGS="..."   BENCH_TIMEOUT_S=300 (a suite; a shard)
 #   BENCH_TIMEOUT_S_<suite>, BENCH_ARGS_<suite>, BENCH_SHARDS_<suite>: one suite's own (BENCH_TIMEOUT_S_seqlen=220)
@@ -59,7 +60,7 @@ job_tests() {
 
 job_sanitizer() {   # <n> <tool> <shard K/M> <set>: one small problem per fused kernel variant (bench/sanitize_fused.py)
     local log="$OUT/sanitizer_$2_set$4_${3/\//of}.log" t args; t=$(clamp 10000)
-    IFS=';' read -ra args <<<"${SANITIZER_ARGS:-}"; args=(${args[$4]:-})
+    IFS=';' read -ra args <<<"${SANITIZER_ARGS:-}"; args=(${args[$4]:-}); [[ ${args[0]:-} == @* ]] && args=("${args[@]:1}")
     # --report-api-errors no: cuda-python probes driver entry points on the host (cuGetProcAddress), which
     # memcheck would count as errors; kernel errors are still reported.
     FLASHRNN_CORE_LINEINFO=1 timeout "$t" compute-sanitizer --tool "$2" --error-exitcode 9 --report-api-errors no \
@@ -98,7 +99,9 @@ fi
 if [[ " $STAGES " == *" sanitizer "* ]]; then
     IFS=';' read -ra sets <<<"${SANITIZER_ARGS:-}"
     for (( i = 0; i < (${#sets[@]} > 0 ? ${#sets[@]} : 1); i++ )); do
-        for tool in ${SANITIZER_TOOLS:-memcheck racecheck synccheck}; do
+        tools=${SANITIZER_TOOLS:-memcheck racecheck synccheck}
+        [[ ${sets[$i]:-} =~ ^\ *@([a-z,]+) ]] && tools=${BASH_REMATCH[1]//,/ }   # a set's own tools: "@racecheck --start 92"
+        for tool in $tools; do
             for (( k = 0; k < ${SANITIZER_SHARDS:-1}; k++ )); do
                 enqueue job_sanitizer "$tool" "$k/${SANITIZER_SHARDS:-1}" "$i"
             done

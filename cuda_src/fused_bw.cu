@@ -1,6 +1,12 @@
-// cuda_fused backward: one persistent reverse-time kernel per (head, tile of 8 sequences); blocks never talk to
-// each other, a time step costs two __syncthreads (one with KS = 1). Heads that need a cluster in the forward are not handled
-// here (backends/fused.py delegates them to the `cuda` backend's backward).
+// cuda_fused backward: one persistent reverse-time kernel per (head, tile of 8 sequences); a time step costs two
+// __syncthreads (one with KS = 1). Heads whose R^T one block cannot hold take a thread-block cluster of CL blocks
+// (sm_90), exactly as the forward's: block `rank` owns dims [rank*DB, (rank+1)*DB) (its rows of R^T and its
+// cells), and after each step sends its drs columns (GR gates x DB) to the other blocks with st.async, counted by
+// their mbarrier for that drs buffer (common/pieces.cuh SliceSender). Where no cluster holds R^T in registers,
+// the last RS k-tiles of each warp live in shared memory (16-bit storage; Tile::RS). lstm, slstm and gru at
+// D = 768 fit neither (R^T is 4.7 MB in bf16 for lstm: ~295 KB an SM of a 16-block cluster, plus ~85 KB of drs
+// buffers and stages, past what 16 SMs' registers and shared memory leave once ptxas takes ~130 registers a
+// thread besides R^T): backends/fused.py gives those to the `cuda` backend's backward.
 //
 // The recurrence in reverse: ds_t = carry_t + upstream_t, with carry_t[h] = ds_prev[h] + sum_g R_g^T drs_g,t+1.
 // Matrix view of the recurrent term: dH[D, 8] = A[D, Gr*D] x DRS[Gr*D, 8], A[k][g*D + j] = R[g][j][k] (R^T, the
@@ -51,6 +57,12 @@
 //     at the top of the step (they delayed the step's own mma), 1.62 ms with them at its end.
 //   Still ~2x the estimate: ~230 instructions a warp a step (ncu: IMAD 23%, LEA/ISETP/LOP3 ~20%: indices,
 //   selects, stage bookkeeping), 16 warps on 4 schedulers ~900 issue cycles, and two barriers.
+// ---- Clusters (stop 17; estimated BEFORE measuring by ConstrINT's backward model, H100 preset, bf16 B=16) -------
+//   lstm 3x256 on 8-block clusters, KS = 4 (8 warps, 16 k-tiles of R^T a warp in registers): ~5100 cycles a step
+//   (2.6 us, ~2.6 ms at T=1024), of which the drs exchange is ~3800: every block receives 7 x 4 gates x 32 dims x
+//   8 sequences x 2 bytes = 14 KB a step, at the 4 bytes a cycle the forward's sweep fitted to its h exchange
+//   (problems.KernelModel.cluster_bytes_per_cycle). The `cuda` backward it replaces took ~7.3 ms. lstm 1x512
+//   (16 blocks, 4 of 32 k-tiles in shared memory): ~9400 cycles (4.8 us) a step.
 // ---- Addresses (stop 15, as the forward: per-thread bases + compile-time offsets, common/pieces.cuh) ---------
 //   Loop body 236 -> 178 SASS instructions at 12x64 (lstm). Measured (H200 B=16 T=1024, forward+backward):
 //   lstm 12x64 1.62 -> 1.47 ms, 48x16 0.825 -> 0.678, slstm 1.98 -> 1.61, gru 1.51 -> 1.36
@@ -79,38 +91,46 @@ template <class Op, int SPLIT> __device__ __forceinline__ void split(float v, Op
 // cells q = ks, ks + KS, ...). So each warp runs 4/KS cells' loads, pointwise math and stores: issue #6
 // measured KS = 1 (4 warps at D = 64, one warp a scheduler) at ~6800 cycles a step, every instruction of the
 // 4 cells serialised on its latency.
-template <class Cell, class T, int D_, int KS_, int P_, bool STORE_DRS_, bool FUSED_DR_> struct Tile {
+template <class Cell, class T, int D_, int KS_, int P_, bool STORE_DRS_, bool FUSED_DR_, int CL_, int RS_> struct Tile {
     using Op = typename OperandOf<T>::Op;
     static constexpr int SPLIT = OperandOf<T>::SPLIT;
     static constexpr bool KEEP = SPLIT == 1;  // per-thread addresses pinned in registers (common/pieces.cuh, keep)
     // NS = P + 2 stages: a stage is refilled two steps after its own, since step t's h_{t-1} rows are read
     // again at the top of step t-1 (the dR tiles below).
-    static constexpr int D = D_, BT = 8, KS = KS_, P = P_, NS = P_ + 2;
+    static constexpr int D = D_, BT = 8, KS = KS_, P = P_, NS = P_ + 2, CL = CL_;
     static constexpr int GW = Cell::GW, GR = Cell::GR, GB = Cell::GB, S = Cell::S, NSAVED = Cell::NSAVED;
-    static constexpr int WARPS_M = D / 16, WARPS = WARPS_M * KS, THREADS = 32 * WARPS;
+    static constexpr int DB = D / CL;                        // dims of one block (rows of R^T, columns of dh)
+    static constexpr int WARPS_M = DB / 16, WARPS = WARPS_M * KS, THREADS = 32 * WARPS;
     static constexpr int KT = GR * D / 16;                   // k-tiles: every gate's rows
     static constexpr int KT_W = (KT + KS - 1) / KS;          // k-tiles a warp holds (the last may hold fewer)
+    static constexpr int RS = RS_, KTR = KT_W - RS_;         // ... of those in shared memory, in registers
     static constexpr int CHAINS = KT_W < 4 ? KT_W : 4;       // independent partial sums of the mma chain
     static constexpr int CELLS = 4 / KS;                     // cells a lane runs
     static constexpr int KROW = GR * D + 8;                  // padded row: ldmatrix rows in distinct banks
-    static constexpr int BUF_ELEMS = SPLIT * BT * KROW;      // one drs buffer
+    static constexpr int BUF_ELEMS = SPLIT * BT * KROW;      // one drs buffer (every block's columns)
     static constexpr int RED_FLOATS = KS > 1 ? KS * WARPS_M * 4 * 32 : 0;  // [ks][warp_m][cell q][lane]
-    // A step's inputs, staged by cp.async P steps ahead in NS = P + 1 stages: rows of D values (+ one 16-byte
-    // piece of padding, so the 4 batch rows a warp reads at once fall in distinct banks):
+    // A step's inputs, staged by cp.async P steps ahead in NS = P + 2 stages: rows of the block's DB values (+ one
+    // 16-byte piece of padding, so the 4 batch rows a warp reads at once fall in distinct banks):
     //   saved [BT][NSAVED], then the previous states [S][BT], then the upstream gradient [S][BT].
     static constexpr int CH = 16 / int(sizeof(T));           // elements in a 16-byte piece
-    static constexpr int ROW = D + CH;
+    static constexpr int ROW = DB + CH;
     static constexpr int SAVED_ROWS = BT * NSAVED, PREV_ROW0 = SAVED_ROWS, UP_ROW0 = SAVED_ROWS + S * BT;
     static constexpr int STAGE_ROWS = UP_ROW0 + S * BT, STAGE_ELEMS = STAGE_ROWS * ROW;
-    static constexpr int PIECES = STAGE_ROWS * (D / CH);
+    static constexpr int PIECES = STAGE_ROWS * (DB / CH);
     // A step's outputs, staged as rows [BT][GO] (dWx's gates, then drs's where the cell's drs is not its dx) and
     // written out during the next step as 16-byte pieces (double-buffered): the forward measured 2-byte
     // scattered stores at ~40 cycles each a step.
     static constexpr bool STORE_DRS = STORE_DRS_;
-    static constexpr int GO = GW + (STORE_DRS ? GR : 0), OUT_ELEMS = BT * GO * ROW, OUT_PIECES = BT * GO * (D / CH);
+    static constexpr int GO = GW + (STORE_DRS ? GR : 0), OUT_ELEMS = BT * GO * ROW, OUT_PIECES = BT * GO * (DB / CH);
     static constexpr int BUF_BYTES = 2 * BUF_ELEMS * int(sizeof(Op)), RED_BYTES = RED_FLOATS * 4;
     static constexpr int STAGE_BYTES = NS * STAGE_ELEMS * int(sizeof(T)), OUT_BYTES = 2 * OUT_ELEMS * int(sizeof(T));
-    static constexpr int SMEM_BYTES = BUF_BYTES + RED_BYTES + STAGE_BYTES + OUT_BYTES;
+    static constexpr int BAR_BYTES = CL > 1 ? 16 : 0;        // two mbarriers (one per drs buffer)
+    // R^T's shared-memory k-tiles as A-fragments in lane order, [WARPS][SPLIT][RS][32 lanes][4 registers]: one
+    // conflict-free 16-byte load a lane per fragment (as the forward's).
+    static constexpr int R_BYTES = WARPS * SPLIT * RS * 512;
+    static constexpr int SMEM_BYTES = BUF_BYTES + RED_BYTES + STAGE_BYTES + OUT_BYTES + BAR_BYTES + R_BYTES;
+    // Bytes of drs one block receives from the others a step: their GR*DB columns of every batch row.
+    static constexpr unsigned RECV_BYTES = unsigned((CL - 1) * SPLIT * BT * GR * DB * int(sizeof(Op)));
     // dR in the kernel (16-bit storage): per step, dR_head[(gate, i)][j] += sum_b drs_t[b][(gate, i)] h_{t-1}[b][j]
     // as m16n8k8 tiles (k = the tile's 8 sequences), read from the drs buffer and the stage already in shared
     // memory; DR_TILES dealt out over the warps, TPW each (4 accumulators a tile). Chosen by the host
@@ -119,48 +139,78 @@ template <class Cell, class T, int D_, int KS_, int P_, bool STORE_DRS_, bool FU
     static constexpr int DR_TILES = GR * D / 16 * (D / 8), TPW = (DR_TILES + WARPS - 1) / WARPS;
     static constexpr bool FUSED_DR = FUSED_DR_;
     static_assert(!FUSED_DR || SPLIT == 1, "dR in the kernel multiplies 16-bit operands (float32 splits them)");
+    static_assert(!FUSED_DR || CL == 1, "dR in the kernel: one block a head (a cluster's would need every h)");
     static_assert(!(FUSED_DR && STORE_DRS), "drs is stored only for a dR GEMM after the kernel");
-    static_assert(BT * GB * D * 4 <= STAGE_BYTES, "db's block reduction reuses the stages");
-    static_assert(D % 16 == 0, "D must be a multiple of 16");
+    static_assert(BT * GB * DB * 4 <= STAGE_BYTES, "db's block reduction reuses the stages");
+    static_assert(D % (16 * CL) == 0, "D must be a multiple of 16 blocks' share (16 CL)");
+    static_assert(RS >= 0 && RS <= KT_W, "R^T k-tiles in shared memory: some of the warp's");
     static_assert(KS == 1 || KS == 2 || KS == 4, "the 4 cells of a lane split evenly over KS warps");
     static_assert(THREADS <= 1024, "one block per (head, batch tile)");
     static_assert(P >= 1, "at least one step of inputs in flight");
 };
 
-// A-fragments of R^T for this warp's k-tiles kt = ks + KS*j: row k = k0 + g (+8), column kk = 16*kt + 2*c4
-// (+1, +8) = gate*D + j, value R[gate][j][k]. k-tiles past KT (the last warp's tail) are never multiplied.
+// One A-fragment of R^T at k-tile kt (k-tiles past KT, the last warp's tail, are zeros): row k = k0 + g (+8),
+// column kk = 16*kt + 2*c4 (+1, +8) = gate*D + j, value R[gate][j][k].
 template <class K, class T>
-__device__ __forceinline__ void load_rt(unsigned (&a)[K::SPLIT][K::KT_W][4], const T* __restrict__ R, int n, int N,
-                                        int k0, int ks, int g, int c4) {
+__device__ __forceinline__ void rt_fragment(unsigned (&f)[K::SPLIT][4], const T* __restrict__ R, int n, int N, int k0,
+                                            int kt, int g, int c4) {
     using Op = typename K::Op;
 #pragma unroll
-    for (int jt = 0; jt < K::KT_W; ++jt) {
-        const int kt = ks + K::KS * jt;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const int k = k0 + g + 8 * (j & 1);
-            const int kk = 16 * kt + 2 * c4 + 8 * (j >> 1);
-            const int gate = kk / K::D, row = kk % K::D;
-            Op lo[K::SPLIT], hi[K::SPLIT];
-            if (kt < K::KT) {
-                const T* p = R + ((size_t(gate) * N + n) * K::D + row) * K::D + k;
-                split(load_f(p), lo);
-                split(load_f(p + K::D), hi);  // the next j: the next row of R
-            } else {
-                split(0.f, lo);
-                split(0.f, hi);
-            }
-#pragma unroll
-            for (int s = 0; s < K::SPLIT; ++s) a[s][jt][j] = mma::pack2(lo[s], hi[s]);
+    for (int j = 0; j < 4; ++j) {
+        const int k = k0 + g + 8 * (j & 1);
+        const int kk = 16 * kt + 2 * c4 + 8 * (j >> 1);
+        const int gate = kk / K::D, row = kk % K::D;
+        Op lo[K::SPLIT], hi[K::SPLIT];
+        if (kt < K::KT) {
+            const T* p = R + ((size_t(gate) * N + n) * K::D + row) * K::D + k;
+            split(load_f(p), lo);
+            split(load_f(p + K::D), hi);  // the next j: the next row of R
+        } else {
+            split(0.f, lo);
+            split(0.f, hi);
         }
+#pragma unroll
+        for (int s = 0; s < K::SPLIT; ++s) f[s][j] = mma::pack2(lo[s], hi[s]);
+    }
+}
+
+// Registers of R^T's fragments: the KTR register k-tiles (at least one array element, for the compiler).
+template <class K> using RtRegs = unsigned[K::SPLIT][K::KTR > 0 ? K::KTR : 1][4];
+
+// This lane's address of fragment (s, r) of the warp's shared-memory k-tiles (Tile::R_BYTES's layout).
+template <class K> __device__ __forceinline__ constexpr unsigned rt_smem_offset(int s, int r) {
+    return unsigned((s * K::RS + r) * 512);
+}
+
+// R^T for this warp's k-tiles kt = ks + KS*jt: the first KTR into registers, the rest into shared memory at
+// `r_lane` (this lane's address of the warp's first fragment there), one at a time (not unrolled: as the
+// forward's load_r, so that ptxas does not hoist all their global loads into registers).
+template <class K, class T>
+__device__ __forceinline__ void load_rt(RtRegs<K>& a, unsigned r_lane, const T* __restrict__ R, int n, int N, int k0,
+                                        int ks, int g, int c4) {
+#pragma unroll
+    for (int jt = 0; jt < K::KTR; ++jt) {
+        unsigned f[K::SPLIT][4];
+        rt_fragment<K>(f, R, n, N, k0, ks + K::KS * jt, g, c4);
+#pragma unroll
+        for (int s = 0; s < K::SPLIT; ++s)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) a[s][jt][j] = f[s][j];
+    }
+#pragma unroll 1
+    for (int r = 0; r < K::RS; ++r) {
+        unsigned f[K::SPLIT][4];
+        rt_fragment<K>(f, R, n, N, k0, ks + K::KS * (K::KTR + r), g, c4);
+#pragma unroll
+        for (int s = 0; s < K::SPLIT; ++s)
+            st_shared_v4(r_lane + rt_smem_offset<K>(s, r), make_uint4(f[s][0], f[s][1], f[s][2], f[s][3]));
     }
 }
 
 // This warp's share of dh[16 dims][8 batch rows] = R^T drs from one drs buffer (`addr`: this lane's ldmatrix
 // row): the sum over its k-tiles only.
 template <class K>
-__device__ __forceinline__ void matmul(float (&acc)[4], const unsigned (&a)[K::SPLIT][K::KT_W][4], unsigned addr,
-                                       int ks) {
+__device__ __forceinline__ void matmul(float (&acc)[4], const RtRegs<K>& a, unsigned r_lane, unsigned addr, int ks) {
     using M = mma::Mma<typename K::Op>;
     constexpr int E = int(sizeof(typename K::Op));
     float part[K::CHAINS][4];
@@ -176,11 +226,22 @@ __device__ __forceinline__ void matmul(float (&acc)[4], const unsigned (&a)[K::S
 #pragma unroll
         for (int s = 0; s < K::SPLIT; ++s)
             mma::ldmatrix_x2(bf[s], addr + unsigned((s * K::BT * K::KROW + 16 * kt) * E));
+        unsigned f[K::SPLIT][4];
+#pragma unroll
+        for (int s = 0; s < K::SPLIT; ++s) {
+            if (jt < K::KTR) {  // (the index's guard keeps the not-taken branch in bounds where KTR = 0)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) f[s][j] = a[s][jt < K::KTR ? jt : 0][j];
+            } else {
+                const uint4 v = ld_shared_v4(r_lane + rt_smem_offset<K>(s, jt - K::KTR));
+                f[s][0] = v.x, f[s][1] = v.y, f[s][2] = v.z, f[s][3] = v.w;
+            }
+        }
         float (&p)[4] = part[jt % K::CHAINS];
-        M::run(p, a[0][jt], bf[0][0], bf[0][1]);
+        M::run(p, f[0], bf[0][0], bf[0][1]);
         if constexpr (K::SPLIT == 2) {
-            M::run(p, a[0][jt], bf[1][0], bf[1][1]);
-            M::run(p, a[1][jt], bf[0][0], bf[0][1]);
+            M::run(p, f[0], bf[1][0], bf[1][1]);
+            M::run(p, f[1], bf[0][0], bf[0][1]);
         }
     }
 #pragma unroll
@@ -202,28 +263,28 @@ template <class T> struct Args {
 };
 
 // Copies the inputs of step t (saved[b, t], states[b, t-1] or states0 at t = 0, dstates[b, t]) of this block's
-// batch tile into one stage, for t = Tn-1, Tn-2, ... in turn. Missing tensors and rows past B are zero-filled
+// batch tile and dims [d0, d0 + DB) into one stage, for t = Tn-1, Tn-2, ... in turn. Missing tensors and rows past B are zero-filled
 // (never read), so a stage always holds the inputs as the math wants them.
 template <class K, class T> struct InPieces : LoadPieces<(K::PIECES + K::THREADS - 1) / K::THREADS, K::KEEP> {
-    static constexpr int PER_ROW = K::D / K::CH;
+    static constexpr int PER_ROW = K::DB / K::CH;
     static constexpr int PER = (K::PIECES + K::THREADS - 1) / K::THREADS;  // pieces per thread
     unsigned long long at0[PER];  // previous-state pieces: where step 0 reads them (states0), else 0
     unsigned prev;                // bit j: piece j is a previous-state piece
 
-    __device__ __forceinline__ InPieces(const Args<T>& A, int b0, int n, unsigned stage0) {
+    __device__ __forceinline__ InPieces(const Args<T>& A, int b0, int n, int d0, unsigned stage0) {
         prev = 0u;
 #pragma unroll
-        for (int j = 0; j < PER; ++j) init(j, threadIdx.x + j * K::THREADS, A, b0, n, stage0);
+        for (int j = 0; j < PER; ++j) init(j, threadIdx.x + j * K::THREADS, A, b0, n, d0, stage0);
     }
     // Piece i: row r of a stage (saved [BT][NSAVED], then previous states [S][BT], then upstream [S][BT]).
-    __device__ __forceinline__ void init(int j, int i, const Args<T>& A, int b0, int n, unsigned stage0) {
+    __device__ __forceinline__ void init(int j, int i, const Args<T>& A, int b0, int n, int d0, unsigned stage0) {
         const size_t ND = size_t(A.N) * K::D, BTND = size_t(A.B) * A.Tn * ND;
         const int last = A.Tn - 1;
         const int r = i / PER_ROW, dc = (i % PER_ROW) * K::CH;
         const bool is_saved = r < K::PREV_ROW0, is_prev = !is_saved && r < K::UP_ROW0;
         const int s = is_saved ? 0 : (r - (is_prev ? K::PREV_ROW0 : K::UP_ROW0)) / K::BT;
         const int b = b0 + (is_saved ? r / K::NSAVED : r % K::BT);
-        const size_t col = size_t(n) * K::D + dc, row = size_t(b) * A.Tn + last;  // (b, Tn-1)
+        const size_t col = size_t(n) * K::D + d0 + dc, row = size_t(b) * A.Tn + last;  // (b, Tn-1)
         const bool up_present = A.dstates != nullptr && s < A.SD;
         const bool valid = i < K::PIECES && b < A.B && (is_saved || is_prev || up_present);
         if (is_prev) prev |= 1u << j;
@@ -272,20 +333,20 @@ __device__ __forceinline__ void accumulate_dr(float (&dr)[K::TPW][4], unsigned a
     }
 }
 
-// One step's staged outputs (dWx[b, t], drs[b, t]) as 16-byte pieces of rows, for t = Tn-1, Tn-2, ... in turn
-// (rows past B skipped).
+// One step's staged outputs (dWx[b, t], drs[b, t], the block's dims) as 16-byte pieces of rows, for t = Tn-1,
+// Tn-2, ... in turn (rows past B skipped).
 template <class K, class T> struct OutPieces : StorePieces<(K::OUT_PIECES + K::THREADS - 1) / K::THREADS, K::KEEP> {
-    static constexpr int PER_ROW = K::D / K::CH;
+    static constexpr int PER_ROW = K::DB / K::CH;
     static constexpr int PER = (K::OUT_PIECES + K::THREADS - 1) / K::THREADS;
 
-    __device__ __forceinline__ OutPieces(const Args<T>& A, int b0, int n, unsigned buf0) {
+    __device__ __forceinline__ OutPieces(const Args<T>& A, int b0, int n, int d0, unsigned buf0) {
         const size_t ND = size_t(A.N) * K::D;
 #pragma unroll
         for (int j = 0; j < PER; ++j) {
             const int i = threadIdx.x + j * K::THREADS;
             const int r = i / PER_ROW, dc = (i % PER_ROW) * K::CH, bl = r / K::GO, go = r % K::GO;
             const int b = b0 + bl;
-            const size_t row = size_t(b) * A.Tn + A.Tn - 1, col = size_t(n) * K::D + dc;
+            const size_t row = size_t(b) * A.Tn + A.Tn - 1, col = size_t(n) * K::D + d0 + dc;
             const bool live = i < K::OUT_PIECES && b < A.B, dwx = go < K::GW;
             T* dst = !live ? A.dWx : dwx ? A.dWx + (row * K::GW + go) * ND + col
                                          : A.drs + (row * K::GR + go - K::GW) * ND + col;
@@ -301,8 +362,8 @@ template <class K, class T> struct OutPieces : StorePieces<(K::OUT_PIECES + K::T
 template <class K, class T>
 __device__ __forceinline__ void write_partials(const Args<T>& A, const float (&dr)[K::TPW][4],
                                                const float (&dbacc)[K::CELLS][K::GB], float* red_db, int warp,
-                                               int lane, int ks, int wm) {
-    const int g = lane / 4, c4 = lane % 4, n = blockIdx.x;
+                                               int lane, int ks, int wm, int n, int d0) {
+    const int g = lane / 4, c4 = lane % 4;
     if constexpr (K::FUSED_DR) {
         constexpr int NT = K::D / 8;
 #pragma unroll
@@ -320,15 +381,15 @@ __device__ __forceinline__ void write_partials(const Args<T>& A, const float (&d
     for (int m = 0; m < K::CELLS; ++m) {
         const int q = ks + K::KS * m, bl = 2 * c4 + q % 2, d = 16 * wm + g + 8 * (q / 2);
 #pragma unroll
-        for (int gate = 0; gate < K::GB; ++gate) red_db[(bl * K::GB + gate) * K::D + d] = dbacc[m][gate];
+        for (int gate = 0; gate < K::GB; ++gate) red_db[(bl * K::GB + gate) * K::DB + d] = dbacc[m][gate];
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < K::GB * K::D; i += K::THREADS) {
+    for (int i = threadIdx.x; i < K::GB * K::DB; i += K::THREADS) {
         float sum = 0.f;
 #pragma unroll
-        for (int bl = 0; bl < K::BT; ++bl) sum += red_db[bl * K::GB * K::D + i];
-        const int gate = i / K::D, d = i % K::D;
-        A.db_part[((size_t(blockIdx.y) * K::GB + gate) * A.N + n) * K::D + d] = sum;
+        for (int bl = 0; bl < K::BT; ++bl) sum += red_db[bl * K::GB * K::DB + i];
+        const int gate = i / K::DB, d = i % K::DB;
+        A.db_part[((size_t(blockIdx.y) * K::GB + gate) * A.N + n) * K::D + d0 + d] = sum;
     }
 }
 
@@ -339,36 +400,43 @@ template <class K> __device__ __forceinline__ constexpr int cell_col(int m) {
     return K::KS == 1 ? 8 * (m / 2) : 8 * (K::KS / 2) * m;
 }
 
-template <class Cell, class T, int D, int KS, int P, bool STORE_DRS, bool FUSED_DR>
+template <class Cell, class T, int D, int KS, int P, bool STORE_DRS, bool FUSED_DR, int CL, int RS>
 __device__ __forceinline__ void backward(const Args<T> A) {
-    using K = Tile<Cell, T, D, KS, P, STORE_DRS, FUSED_DR>;
+    using K = Tile<Cell, T, D, KS, P, STORE_DRS, FUSED_DR, CL, RS>;
     using Op = typename K::Op;
     extern __shared__ __align__(16) unsigned char smem[];
     Op* buf = reinterpret_cast<Op*>(smem);                               // [2][SPLIT][BT][KROW]
     float* red = reinterpret_cast<float*>(smem + K::BUF_BYTES);          // [KS][WARPS_M][4][32]
     T* stages = reinterpret_cast<T*>(smem + K::BUF_BYTES + K::RED_BYTES);  // [NS][STAGE_ROWS][ROW]
     T* obuf = reinterpret_cast<T*>(smem + K::BUF_BYTES + K::RED_BYTES + K::STAGE_BYTES);  // [2][BT][GO][ROW]
+    const unsigned bars = mma::smem_u32(smem + K::BUF_BYTES + K::RED_BYTES + K::STAGE_BYTES + K::OUT_BYTES);
+    const unsigned rsm = bars + K::BAR_BYTES;  // R^T's shared-memory k-tiles
     constexpr int E = int(sizeof(Op));
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c4 = lane % 4;
     const int wm = warp % K::WARPS_M, ks = warp / K::WARPS_M;
-    const int n = blockIdx.x, b0 = blockIdx.y * K::BT;
+    // A cluster of CL blocks shares a head: block `rank` owns dims [d0, d0 + DB) (its rows of R^T, its cells),
+    // reads every block's drs columns (they arrive by st.async each step) and sends its own.
+    const unsigned rank = CL > 1 ? cluster::rank() : 0;
+    const int n = blockIdx.x / CL, b0 = blockIdx.y * K::BT, d0 = int(rank) * K::DB;
     const size_t ND = size_t(A.N) * D;
     const int last = A.Tn - 1;
 
     // The inputs of the last P steps start first, so that they land while R^T is read.
     constexpr unsigned ET = sizeof(T), STAGE = K::STAGE_ELEMS * ET, OBUF = K::OUT_ELEMS * ET;  // bytes
     constexpr unsigned DRS_BUF = K::BUF_ELEMS * E;
-    InPieces<K, T> incopy(A, b0, n, mma::smem_u32(stages));
+    InPieces<K, T> incopy(A, b0, n, d0, mma::smem_u32(stages));
 #pragma unroll 1
     for (int p = 0; p < P; ++p) {  // step last - p into stage p (step t lives in stage (last - t) % NS)
         if (last - p >= 0) incopy.issue(p * STAGE, last - p);
         mma::cp_async_commit();
     }
-    OutPieces<K, T> outcopy(A, b0, n, mma::smem_u32(obuf));
+    OutPieces<K, T> outcopy(A, b0, n, d0, mma::smem_u32(obuf));
+    if constexpr (CL > 1) exchange_barriers_init(bars, K::RECV_BYTES);
 
-    unsigned a[K::SPLIT][K::KT_W][4];
-    load_rt<K>(a, A.R, n, A.N, 16 * wm, ks, g, c4);
+    RtRegs<K> a;
+    const unsigned r_lane = keep<K::KEEP>(rsm + unsigned((warp * K::SPLIT * K::RS * 32 + lane) * 16));
+    load_rt<K>(a, r_lane, A.R, n, A.N, d0 + 16 * wm, ks, g, c4);
     // drs_T = 0: the last step gets no gradient through R (both buffers: which one it reads depends on T).
     for (int i = threadIdx.x; i < 2 * K::BUF_ELEMS; i += K::THREADS) buf[i] = mma::to_op<Op>(0.f);
 
@@ -381,7 +449,7 @@ __device__ __forceinline__ void backward(const Args<T> A) {
     float dbacc[K::CELLS][K::GB] = {};  // this lane's cells' db, summed over the steps
 #pragma unroll
     for (int m = 0; m < K::CELLS; ++m) {
-        const int q = ks + KS * m, b = b0 + 2 * c4 + q % 2, d = 16 * wm + g + 8 * (q / 2);
+        const int q = ks + KS * m, b = b0 + 2 * c4 + q % 2, d = d0 + 16 * wm + g + 8 * (q / 2);
 #pragma unroll
         for (int s = 0; s < K::S; ++s)
             carry[m][s] = A.dlast != nullptr && b < A.B ? load_f(A.dlast + (size_t(s) * A.B + b) * ND + size_t(n) * D + d)
@@ -399,18 +467,34 @@ __device__ __forceinline__ void backward(const Args<T> A) {
     const int row0 = 2 * c4 + (KS == 1 ? 0 : ks % 2), col0 = 16 * wm + g + (KS == 1 ? 0 : 8 * (ks / 2));
     const unsigned in_saved0 = keep<K::KEEP>(mma::smem_u32(stages + row0 * K::NSAVED * K::ROW + col0));
     const unsigned in_prev0 = keep<K::KEEP>(mma::smem_u32(stages + (K::PREV_ROW0 + row0) * K::ROW + col0));
-    const unsigned drs_out0 = keep<K::KEEP>(mma::smem_u32(buf + row0 * K::KROW + col0));
+    const unsigned drs_out0 = keep<K::KEEP>(mma::smem_u32(buf + row0 * K::KROW + d0 + col0));  // (gate 0's column)
     const unsigned staged0 = keep<K::KEEP>(mma::smem_u32(obuf + row0 * K::GO * K::ROW + col0));
     // Split-K: this warp's partial sums (entry q at q*32 floats), and entry q = ks of warp 0's (warp w's at
     // w*WARPS_M*4*32 floats further).
     const unsigned red_mine = keep<K::KEEP>(mma::smem_u32(red + ks * K::WARPS_M * 4 * 32 + wm * 4 * 32 + lane));
     const unsigned red_col = keep<K::KEEP>(mma::smem_u32(red + (wm * 4 + ks) * 32 + lane));
+    // This block's drs columns (SPLIT*BT rows x GR gates of DB), sent to the cluster's other blocks each step.
+    constexpr int DRS_PER_ROW = K::DB * E / 16;
+    SliceSender<K::SPLIT * K::BT * K::GR * DRS_PER_ROW, CL, K::THREADS, K::KEEP> drs_send(rank, [&](int chunk) {
+        const int r = chunk / DRS_PER_ROW, gate = r % K::GR, col = (chunk % DRS_PER_ROW) * (16 / E);
+        return mma::smem_u32(buf + (r / K::GR) * K::KROW + gate * D + d0 + col);
+    });
     mma::cp_async_wait<P - 1>();  // step last's stage (this thread's pieces; the barrier shows everyone's)
-    __syncthreads();
+    if constexpr (CL > 1) cluster::sync();  // mbarriers initialised and drs zeroed before any block sends
+    else __syncthreads();
 
     int stage = 0;  // (last - t) % NS: the stage of step t
 #pragma unroll 1
     for (int t = last; t >= -1; --t) {
+        // drs_{t+1}'s other columns arrive on buffer (t+1)&1's mbarrier: its ((last - t - 1) / 2)-th phase. It is
+        // armed again for drs_{t-1}, the next to arrive there, unless step t-1 is the last round (t = 0).
+        if constexpr (CL > 1) {
+            if (t < last) {
+                const unsigned bar = bars + 8 * ((t + 1) & 1);
+                cluster::mbarrier_wait(bar, unsigned((last - t - 1) >> 1) & 1u);
+                if (threadIdx.x == 0 && t >= 1) cluster::mbarrier_expect(bar, K::RECV_BYTES);
+            }
+        }
         // Refill the stage of step t+1 (read by the previous step, before its closing barrier) with step t-P,
         // and write out step t+1's staged outputs (staged before that barrier).
         // Step t+1's dR tiles: its drs (buffer (t+1)&1) and h_t rows (its stage, refilled only at step t-1).
@@ -427,7 +511,7 @@ __device__ __forceinline__ void backward(const Args<T> A) {
         if (t < last) outcopy.flush(((t + 1) & 1) * OBUF);
         // Reads drs_{t+1} from buffer (t+1)&1, writes drs_t into buffer t&1.
         float acc[4];
-        matmul<K>(acc, a, row + unsigned(((t + 1) & 1) * K::BUF_ELEMS * E), ks);
+        matmul<K>(acc, a, r_lane, row + unsigned(((t + 1) & 1) * K::BUF_ELEMS * E), ks);
         float dh[K::CELLS];
         if constexpr (KS == 1) {
 #pragma unroll
@@ -447,7 +531,7 @@ __device__ __forceinline__ void backward(const Args<T> A) {
         if (t < 0) {  // after step 0: the gradient on the initial states
 #pragma unroll
             for (int m = 0; m < K::CELLS; ++m) {
-                const int q = ks + KS * m, b = b0 + 2 * c4 + q % 2, d = 16 * wm + g + 8 * (q / 2);
+                const int q = ks + KS * m, b = b0 + 2 * c4 + q % 2, d = d0 + 16 * wm + g + 8 * (q / 2);
                 if (b >= A.B) continue;
 #pragma unroll
                 for (int s = 0; s < K::S; ++s)
@@ -504,9 +588,13 @@ __device__ __forceinline__ void backward(const Args<T> A) {
         stage = stage == K::NS - 1 ? 0 : stage + 1;
         mma::cp_async_wait<P - 1>();  // step t-1's stage (issued P steps ago) has landed
         __syncthreads();
+        // drs_t's own columns are complete (and step t read drs_{t+1}'s, every block's: a block receives drs_t
+        // only after it sent drs_{t+1}, so buffer t&1 is free at every receiver).
+        if constexpr (CL > 1) drs_send.send((t & 1) * DRS_BUF, bars + 8 * (t & 1));
     }
     mma::cp_async_wait<0>();  // no copy in flight (the tail groups are empty): the stages are free below
-    write_partials<K, T>(A, dr, dbacc, reinterpret_cast<float*>(stages), warp, lane, ks, wm);
+    write_partials<K, T>(A, dr, dbacc, reinterpret_cast<float*>(stages), warp, lane, ks, wm, n, d0);
+    if constexpr (CL > 1) exchange_barriers_exit(bars);
 }
 
 }  // namespace fused_bw
@@ -517,8 +605,11 @@ __device__ __forceinline__ void backward(const Args<T> A) {
 //   FLASHRNN_KSPLIT: warps splitting K for the same 16 rows (1, 2 or 4; Tile).
 //   FLASHRNN_PREFETCH: steps of inputs in flight (cp.async stages ahead; Tile::P).
 //   FLASHRNN_STORE_DRS: 1 where the cell's drs differs from its dx (gru) and dR is a GEMM after the kernel: the
-//   kernel writes drs too. FLASHRNN_FUSED_DR: 1 where the kernel sums dR itself (16-bit storage only).
-// Launch: grid (N, ceil(B / 8)), block Tile::THREADS (= 2 D KSPLIT), dynamic shared memory Tile::SMEM_BYTES.
+//   kernel writes drs too. FLASHRNN_FUSED_DR: 1 where the kernel sums dR itself (16-bit storage, one block a head).
+//   FLASHRNN_CLUSTER: blocks a head (a thread-block cluster when > 1, sm_90). FLASHRNN_R_SMEM: of a warp's k-tiles
+//   of R^T, how many live in shared memory (the last ones; 0: none).
+// Launch: grid (N * CLUSTER, ceil(B / 8)), cluster (CLUSTER, 1, 1), block Tile::THREADS (= 2 D KSPLIT / CLUSTER),
+// dynamic shared memory Tile::SMEM_BYTES.
 // lengths ([B] int32, or null: all T): steps t >= lengths[b] pass the state gradient through (no gate gradient).
 // Outputs: dWx [B,T,Gw,N,D], drs [B,T,Gr,N,D] (written where FLASHRNN_STORE_DRS), dinit [S,B,1,N,D], all in the
 // storage type, every element of rows b < B written; float32 partial sums over each batch tile (blockIdx.y) of
@@ -545,10 +636,16 @@ __device__ __forceinline__ void backward(const Args<T> A) {
 #ifndef FLASHRNN_FUSED_DR
 #define FLASHRNN_FUSED_DR 0
 #endif
+#ifndef FLASHRNN_CLUSTER
+#define FLASHRNN_CLUSTER 1
+#endif
+#ifndef FLASHRNN_R_SMEM
+#define FLASHRNN_R_SMEM 0
+#endif
 
 using FlashrnnFusedBwTile = flashrnn::fused_bw::Tile<FLASHRNN_CELL, FLASHRNN_STORAGE, FLASHRNN_D, FLASHRNN_KSPLIT,
                                                      FLASHRNN_PREFETCH, FLASHRNN_STORE_DRS != 0,
-                                                     FLASHRNN_FUSED_DR != 0>;
+                                                     FLASHRNN_FUSED_DR != 0, FLASHRNN_CLUSTER, FLASHRNN_R_SMEM>;
 #ifdef FLASHRNN_SMEM_BYTES
 static_assert(FlashrnnFusedBwTile::SMEM_BYTES == FLASHRNN_SMEM_BYTES, "the solver's shared memory disagrees with Tile");
 #endif
@@ -566,5 +663,6 @@ flashrnn_fused_bw(const FLASHRNN_STORAGE* __restrict__ R, const FLASHRNN_STORAGE
     flashrnn::fused_bw::Args<FLASHRNN_STORAGE> args{R, states0, states, saved, dstates, dlast, dWx, drs, dinit,
                                                     dr_part, db_part, lengths, B, T, N, SD};
     flashrnn::fused_bw::backward<FLASHRNN_CELL, FLASHRNN_STORAGE, FLASHRNN_D, FLASHRNN_KSPLIT, FLASHRNN_PREFETCH,
-                                 FLASHRNN_STORE_DRS != 0, FLASHRNN_FUSED_DR != 0>(args);
+                                 FLASHRNN_STORE_DRS != 0, FLASHRNN_FUSED_DR != 0, FLASHRNN_CLUSTER,
+                                 FLASHRNN_R_SMEM>(args);
 }

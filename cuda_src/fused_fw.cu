@@ -1,6 +1,6 @@
 // cuda_fused forward: one persistent kernel for the whole sequence; every block owns one head and a tile of
 // 8*NBT sequences, so blocks never talk to each other and a time step costs one __syncthreads, no grid sync.
-// Heads too large for one block take a thread-block cluster of CL blocks (sm_90; see Tile and HSender).
+// Heads too large for one block take a thread-block cluster of CL blocks (sm_90; see Tile and HSlice).
 //
 // Per block and step t (the design measured in issue 5):
 //   * R lives in registers as mma.sync A-fragments for the whole run (loaded once).
@@ -390,38 +390,18 @@ __device__ __forceinline__ void store_h(unsigned addr, float h) {
         st_shared_b16(addr + unsigned(s * K::BT * K::HROW * int(sizeof(typename K::Op))), mma::op_bits(parts[s]));
 }
 
-// Sends this block's columns of an h buffer to the other CL-1 blocks of the cluster (16-byte st.async, counted
-// by their mbarrier for that buffer). Every thread owns the same pieces (a 16-byte piece of a row, and the block
-// it goes to) every step, so it keeps their addresses in h buffer 0 and their targets.
-template <class K> struct HSender {
-    using Op = typename K::Op;
+// This block's columns of an h buffer, sent to the other blocks of the cluster each step (SliceSender): SPLIT*BT
+// rows of DB columns, as 16-byte pieces.
+template <class K> struct HSlice {
     static constexpr int PER_ROW = K::DB * int(sizeof(typename K::Op)) / 16;
-    static constexpr int CHUNKS = K::SPLIT * K::BT * PER_ROW, TOTAL = CHUNKS * (K::CL - 1);
-    static constexpr int PER = (TOTAL + K::THREADS - 1) / K::THREADS;
-    unsigned src[PER > 0 ? PER : 1];     // shared address of the piece in h buffer 0 (rows over SPLIT*BT rows)
-    unsigned target[PER > 0 ? PER : 1];  // the block it goes to (PER = 0: one block a head, nothing to send)
-
-    __device__ __forceinline__ HSender(unsigned hbuf0, unsigned rank) {
-#pragma unroll
-        for (int j = 0; j < PER; ++j) {
-            const int i = threadIdx.x + j * K::THREADS;
-            const int chunk = i % CHUNKS, dest = i / CHUNKS + 1;
+    using Sender = SliceSender<K::SPLIT * K::BT * PER_ROW, K::CL, K::THREADS, K::KEEP>;
+    __device__ __forceinline__ static Sender sender(unsigned hbuf0, unsigned rank) {
+        return Sender(rank, [=](int chunk) {
             const int row = chunk / PER_ROW, col = (chunk % PER_ROW) * (16 / int(sizeof(typename K::Op)));
-            src[j] = keep<K::KEEP>(hbuf0 + unsigned((row * K::HROW + int(rank) * K::DB + col) * int(sizeof(Op))));
-            target[j] = keep<K::KEEP>((rank + dest) % K::CL);
-        }
-    }
-    // Sends the buffer `buf_off` bytes past buffer 0, counted by the receivers' mbarrier `bar` (a local address).
-    __device__ __forceinline__ void send(unsigned buf_off, unsigned bar) {
-#pragma unroll
-        for (int j = 0; j < PER; ++j)
-            if (TOTAL % K::THREADS == 0 || threadIdx.x + j * K::THREADS < TOTAL) {
-                const unsigned from = src[j] + buf_off;
-                cluster::st_async_16(cluster::map(from, target[j]), ld_shared_v4(from), cluster::map(bar, target[j]));
-            }
+            return hbuf0 + unsigned((row * K::HROW + int(rank) * K::DB + col) * int(sizeof(typename K::Op)));
+        });
     }
 };
-
 
 template <class Cell, class T, int D, int NBT, int P, int CL, int KS, int RS>
 __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __restrict__ R,
@@ -456,16 +436,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
         mma::cp_async_commit();
     }
     OutPieces<K, T> ocopy(states, saved, b0, B, Tn, n, d0, ND, mma::smem_u32(obuf));
-    if constexpr (CL > 1) {
-        if (threadIdx.x == 0)
-            for (int i = 0; i < 2; ++i) cluster::mbarrier_init(bars + 8 * i, 1);
-        // Without this, compute-sanitizer's racecheck reports thread 0's init and first arrival as a race
-        // (a warning; it seems to count mbarrier operations against the whole warp). With it: 0 hazards
-        // (bench/results/sanitizer/README.md).
-        __syncwarp();
-        if (threadIdx.x == 0)
-            for (int i = 0; i < 2; ++i) cluster::mbarrier_expect(bars + 8 * i, K::RECV_BYTES);  // phase 0 of each buffer
-    }
+    if constexpr (CL > 1) exchange_barriers_init(bars, K::RECV_BYTES);
 
     RRegs<K> a;
     const unsigned r_lane = keep<K::KEEP>(rsm + unsigned((warp * K::SPLIT * K::MT * K::RS * 32 + lane) * 16));
@@ -546,7 +517,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
     // Split-K: where this warp leaves its partner's column, and where the partner left this warp's (c = ks).
     const unsigned part_mine = keep<K::KEEP>(partial_base<K>(part, ks, wd, 1 - ks, lane));
     const unsigned part_partner = keep<K::KEEP>(partial_base<K>(part, 1 - ks, wd, ks, lane));
-    HSender<K> hsend(mma::smem_u32(hbuf), rank);  // (unused and removed where CL = 1)
+    auto hsend = HSlice<K>::sender(mma::smem_u32(hbuf), rank);  // (unused and removed where CL = 1)
 
     int stage = 0;  // t % NS
 #pragma unroll 1
@@ -628,7 +599,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
                     Cell::forward(x[u][nb][cc], rs, bs[u], st[u][nb][cc], sn, sv);
 #endif
                     // Past the sequence's end the states stay: a select, so the h that the mma reads next step
-                    // (and HSender passes to the cluster), the staged outputs and the registers all keep the last
+                    // (and HSlice sends to the cluster), the staged outputs and the registers all keep the last
                     // valid state bit for bit. sv is written as computed (no backward reads it there).
                     const bool run = (running >> (nb * K::OWN + cc)) & 1u;
 #pragma unroll
@@ -659,11 +630,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
 #pragma unroll 1
     for (int t = tend - 1; t < Tn; ++t) ocopy.flush(((tend - 1) & 1) * O_BUF);
     mma::cp_async_wait<0>();  // leave no copy in flight at exit (the tail groups are empty)
-    if constexpr (CL > 1) {
-        cluster::sync();  // no block leaves while another may still address its memory
-        if (threadIdx.x == 0)
-            for (int i = 0; i < 2; ++i) cluster::mbarrier_inval(bars + 8 * i);
-    }
+    if constexpr (CL > 1) exchange_barriers_exit(bars);
 }
 
 }  // namespace fused

@@ -12,6 +12,7 @@ import random
 import statistics
 import time
 from fractions import Fraction
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -552,23 +553,33 @@ def test_assess_names_what_a_given_choice_breaks():
 
 
 def test_backward_problem_describes_fused_bw():
-    """The backward problem is fused_bw.cu's: one block per head and 8 sequences, D/16 M tiles over k_split
-    warps each, every gate's rows along K, dR in the kernel only for 16-bit storage, within every budget; the
-    heads it cannot take are refused with the binding constraint."""
+    """The backward problem is fused_bw.cu's: 8 sequences a block, one block a head where R^T fits one and a
+    cluster where it does not (sm_90; the one-block stage first, problems._stages), D/cluster/16 M tiles over
+    k_split warps each, every gate's rows along K, dR in the kernel only for 16-bit storage on one block, within
+    every budget; the heads it cannot take are refused with the binding constraint."""
     for hw, function, dtype, D in itertools.product((A100, H100), CELLS, DTYPES, (16, 48, 64, 96, 128, 256)):
         prm = solve_fused(hw, function, dtype, 16, 4, D, direction="backward")
         if not prm:
             assert prm.conflict and D >= 96, (function, dtype, D, prm.reason)
             continue
-        gr = COUNTS[function][1]
-        assert prm.direction == "backward" and prm.blocks_per_head == 1 and prm.batch_tile == 8
-        assert prm.grid == (4, 2) and prm.threads_per_block == 32 * D // 16 * prm.k_split
+        gr, cl = COUNTS[function][1], prm.blocks_per_head
+        one_block = solve_fused(hw, function, dtype, 16, 4, D, direction="backward",
+                                model=replace(problems.DEFAULT_MODEL, clusters=(1,)))
+        assert (cl == 1) == bool(one_block) and (cl == 1 or hw.clusters)
+        assert prm.direction == "backward" and prm.batch_tile == 8 and prm.sync == ("block" if cl == 1 else "cluster")
+        assert prm.grid == (4 * cl, 2) and prm.threads_per_block == 32 * D // 16 // cl * prm.k_split
         assert prm.ktiles_per_warp == -(-gr * D // 16 // prm.k_split)  # K over every gate row
         assert prm.registers_estimate <= _reg_cap(hw, prm.threads_per_block)
         assert prm.smem_bytes <= hw.smem_per_block_optin
-        assert not (prm.fused_dr and dtype == "float32")
+        assert not (prm.fused_dr and (dtype == "float32" or cl > 1))
         assert prm.template_args()["FLASHRNN_STORE_DRS"] == int(function == "gru" and not prm.fused_dr)
-    assert not solve_fused(H100, "lstm", "bfloat16", 16, 3, 256, direction="backward")
+        assert prm.template_args()["FLASHRNN_CLUSTER"] == cl
+    assert not solve_fused(A100, "lstm", "bfloat16", 16, 3, 256, direction="backward")
+    assert solve_fused(H100, "lstm", "bfloat16", 16, 3, 256, direction="backward").blocks_per_head > 1
+    # R^T partly in shared memory: a third stage, 16-bit heads that no cluster holds in registers.
+    big = solve_fused(H100, "lstm", "bfloat16", 16, 1, 512, direction="backward")
+    assert big.blocks_per_head == 16 and big.r_ktiles_in_smem > 0 and big.blocks_per_sm == 1
+    assert not solve_fused(H100, "lstm", "bfloat16", 16, 1, 768, direction="backward")
     # The reference head: warps split K (issue 6 measured one warp a scheduler ~6800 cycles a step).
     assert solve_fused(H100, "lstm", "bfloat16", 16, 12, 64, direction="backward").k_split == 4
 
@@ -584,9 +595,15 @@ def test_assess_a_backward_configuration():
     assert not bad and any(n.startswith("given fused_dr") for n in bad.conflict), bad.conflict
     wide = problems.assess(H100, "elman", "bfloat16", 16, 12, 256, k_split=4, prefetch_steps=2, direction="backward")
     assert not wide and any("threads per block" in n or "regist" in n for n in wide.conflict), wide.conflict
-    with pytest.raises(ValueError, match="one block per head"):
-        problems.assess(H100, "lstm", "bfloat16", 16, 12, 64, blocks_per_head=2, k_split=4, prefetch_steps=2,
+    with pytest.raises(ValueError, match="8 sequences a block"):
+        problems.assess(H100, "lstm", "bfloat16", 16, 12, 64, batch_ntiles=2, k_split=4, prefetch_steps=2,
                         direction="backward")
+    pair = problems.assess(H100, "lstm", "bfloat16", 16, 12, 64, blocks_per_head=2, k_split=4, prefetch_steps=2,
+                           direction="backward")
+    assert pair and pair.blocks_per_head == 2 and pair.grid == (24, 2) and pair.breakdown["exchange"] > 0
+    fused_dr = problems.assess(H100, "lstm", "bfloat16", 16, 12, 64, blocks_per_head=2, k_split=4,
+                               prefetch_steps=2, fused_dr=True, direction="backward")
+    assert not fused_dr and "dR in the kernel: one block a head" in fused_dr.conflict
 
 
 def test_r_in_shared_memory_is_the_fallback():

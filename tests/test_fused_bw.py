@@ -29,8 +29,10 @@ CASES = [
     (7, 10, 2, 48, True, "h+last"),
     (9, 6, 2, 96, True, "all"),
     (20, 5, 4, 16, True, "h"),
-    (3, 5, 1, 160, True, "all"),  # above one block's registers for most cells: elman's fused backward, else cuda's
-    (2, 4, 1, 768, True, "h"),  # 16-bit: R partly in shared memory in the forward, cuda's backward on its saved
+    (3, 5, 1, 160, True, "all"),  # above one block's registers for most cells: 2-block clusters (sm_90)
+    (5, 9, 3, 256, True, "all"),  # 4- and 8-block clusters: drs exchanged between blocks each step
+    (3, 6, 1, 512, False, "h+last"),  # 16-block clusters, lstm/slstm with R^T partly in shared memory
+    (2, 4, 1, 768, True, "h"),  # lstm/slstm/gru 16-bit: cuda's backward on the fused forward's saved tensors
 ]
 
 
@@ -148,7 +150,19 @@ def test_bw_variants_are_the_solvers_choices():
 
 
 def test_backward_too_large_for_one_block_says_why():
-    reason = fused.choose("lstm", DTYPES["bfloat16"], 16, 3, 256, hardware=H100, direction="backward")
+    """One block a head where R^T fits one (no sm_80 head above that); a cluster a head on sm_90 where it does
+    not; past a 16-block cluster's registers and shared memory (lstm D=768: 4.7 MB of R^T, ~380 KB an SM with
+    the drs buffers and stages), no launch, said in words."""
+    for hw in (A100, H100):
+        launch = fused.choose("lstm", DTYPES["bfloat16"], 16, 12, 64, hardware=hw, direction="backward")
+        assert launch.cluster == 1
+    reason = fused.choose("lstm", DTYPES["bfloat16"], 16, 3, 256, hardware=A100, direction="backward")
+    assert isinstance(reason, str) and "fused backward kernel on A100" in reason
+    launch = fused.choose("lstm", DTYPES["bfloat16"], 16, 3, 256, hardware=H100, direction="backward")
+    assert launch.cluster > 1 and launch.grid == (3 * launch.cluster, 2) and "cluster" in launch.spec.label
+    launch = fused.choose("lstm", DTYPES["bfloat16"], 16, 1, 512, hardware=H100, direction="backward")
+    assert launch.cluster == 16 and launch.choice.r_ktiles_in_smem > 0
+    reason = fused.choose("lstm", DTYPES["bfloat16"], 16, 1, 768, hardware=H100, direction="backward")
     assert isinstance(reason, str) and "fused backward kernel" in reason and "registers" in reason
 
 
@@ -173,12 +187,13 @@ def test_kernel_refuses_a_launch_the_solver_did_not_describe():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("clustered", [False, True], ids=["block", "cluster"])
 @pytest.mark.parametrize("dtype_name", ["bfloat16", "float32"])
 @pytest.mark.parametrize("function", list(CELLS))
-def test_every_feasible_backward_configuration_matches_vanilla(function, dtype_name, poisoned):
+def test_every_feasible_backward_configuration_matches_vanilla(function, dtype_name, clustered, poisoned):
     """The solver picks one configuration a shape, but may pick any it admits on another GPU or shape (and
     ``python -m flashrnn_core.tune`` stores the fastest measured): each one (k split, prefetch, dR in the
-    kernel or not) gives vanilla's gradients. Kernels are compiled up front on every core."""
+    kernel or not; blocks a head) gives vanilla's gradients. Kernels are compiled up front on every core."""
     import os
 
     import cupy
@@ -189,10 +204,16 @@ def test_every_feasible_backward_configuration_matches_vanilla(function, dtype_n
     from flashrnn_core.runtime import device_arch
     from flashrnn_core.tune import pinned
 
-    B, T, N, D = 9, 7, 2, (64 if dtype_name != "float32" else 32)
+    B, T, N = 9, 7, 2
     dtype = DTYPES[dtype_name]
+    D = 64 if dtype_name != "float32" else 32
+    if clustered:  # heads no block holds: every cluster configuration (sm_90)
+        if current().clusters is False:
+            pytest.skip("thread-block clusters need sm_90")
+        D = 128 if dtype_name == "float32" and function != "elman" else 256  # (elman float32 128 fits a block)
     configs = all_feasible(current(), function, dtype_name, B, N, D, direction="backward")
-    assert configs and {c.k_split for c in configs} >= {2, 4}
+    assert configs and (clustered or {c.k_split for c in configs} >= {2, 4})
+    assert all((c.blocks_per_head > 1) == clustered for c in configs)
     failed = [o for o in run_jobs([(fused.launch_of(c).spec, device_arch()) for c in configs], os.cpu_count() or 1)
               if o.error]
     assert not failed, failed[0].error

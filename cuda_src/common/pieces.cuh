@@ -82,4 +82,55 @@ template <int PER, bool KEEP = true> struct StorePieces {
     }
 };
 
+// A block's own slice of a double-buffered exchange buffer (the forward's h, the backward's drs), sent each step
+// to the other CL-1 blocks of its cluster as 16-byte st.async, counted by the receivers' mbarrier for that
+// buffer (no cluster barrier a step: issue 5 measured a cluster.sync at 0.44-0.76 us). Every thread owns the
+// same pieces every step, so it keeps their addresses in buffer 0 and the blocks they go to. CHUNKS: pieces of
+// the slice; piece_at(c): the shared address of piece c in buffer 0.
+template <int CHUNKS, int CL, int THREADS, bool KEEP> struct SliceSender {
+    static constexpr int TOTAL = CHUNKS * (CL - 1), PER = (TOTAL + THREADS - 1) / THREADS;
+    unsigned src[PER > 0 ? PER : 1];     // shared address of the piece in buffer 0
+    unsigned target[PER > 0 ? PER : 1];  // the block it goes to (PER = 0: one block a head, nothing to send)
+
+    template <class PieceAt> __device__ __forceinline__ SliceSender(unsigned rank, PieceAt piece_at) {
+#pragma unroll
+        for (int j = 0; j < PER; ++j) {
+            const int i = threadIdx.x + j * THREADS;
+            src[j] = keep<KEEP>(piece_at(i % CHUNKS));
+            target[j] = keep<KEEP>((rank + unsigned(i / CHUNKS + 1)) % CL);
+        }
+    }
+    // Sends the buffer `buf_off` bytes past buffer 0, counted by the receivers' mbarrier `bar` (a local address).
+    __device__ __forceinline__ void send(unsigned buf_off, unsigned bar) {
+#pragma unroll
+        for (int j = 0; j < PER; ++j)
+            if (TOTAL % THREADS == 0 || threadIdx.x + j * THREADS < TOTAL) {
+                const unsigned from = src[j] + buf_off;
+                cluster::st_async_16(cluster::map(from, target[j]), ld_shared_v4(from), cluster::map(bar, target[j]));
+            }
+    }
+};
+
+// The two mbarriers (8 bytes each at `bars`) that count a double-buffered exchange's bytes: initialised by thread
+// 0, each armed for its first phase (`recv_bytes` from the other blocks). A cluster barrier must follow before
+// any block sends.
+__device__ __forceinline__ void exchange_barriers_init(unsigned bars, unsigned recv_bytes) {
+    if (threadIdx.x == 0)
+        for (int i = 0; i < 2; ++i) cluster::mbarrier_init(bars + 8 * i, 1);
+    // Without this, compute-sanitizer's racecheck reports thread 0's init and first arrival as a race (a
+    // warning; it seems to count mbarrier operations against the whole warp). With it: 0 hazards
+    // (bench/results/sanitizer/README.md).
+    __syncwarp();
+    if (threadIdx.x == 0)
+        for (int i = 0; i < 2; ++i) cluster::mbarrier_expect(bars + 8 * i, recv_bytes);
+}
+
+// At a cluster kernel's exit: no block leaves while another may still address its memory, and the mbarriers
+// are invalidated before their memory serves the next block on this SM.
+__device__ __forceinline__ void exchange_barriers_exit(unsigned bars) {
+    cluster::sync();
+    if (threadIdx.x == 0)
+        for (int i = 0; i < 2; ++i) cluster::mbarrier_inval(bars + 8 * i);
+}
+
 }  // namespace flashrnn

@@ -16,15 +16,17 @@ constraints in words, and ``auto`` falls back to ``cuda``. ``kernel_variants`` l
 solver can choose on the CI presets (``VARIANT_HARDWARE`` x cells x dtypes x ``VARIANT_DIMS`` x
 ``VARIANT_BATCHES`` x ``VARIANT_HEADS``).
 
-Backward: the fused reverse-time kernel (``cuda_src/fused_bw.cu``: one block per head and 8 sequences, R^T as
-mma A-fragments in registers, ``k_split`` warps splitting K per 16 rows, inputs staged by cp.async
-``prefetch`` steps ahead, drs double-buffered in shared memory, outputs written as 16-byte pieces), with
-parameters from the same solver (``choose(..., direction="backward")``, ``constrint/backward.py``). Each block
-sums db, and where the solver says so (``FusedParams.fused_dr``, 16-bit storage) dR as m16n8k8 tiles of
-drs_t^T h_{t-1}, over its batch tile; the host adds the tiles' partial sums in a fixed order (deterministic,
-no atomics). Otherwise dR is cuBLAS GEMMs over all B*T after the kernel. Shapes the solver finds infeasible
-(R^T too large for one block's registers) run the ``cuda`` backend's backward (``vanilla``'s where ``cuda``
-cannot run) on this forward's saved tensors (the same contract).
+Backward: the fused reverse-time kernel (``cuda_src/fused_bw.cu``: one block per head and 8 sequences, or a
+thread-block cluster per head where R^T does not fit one block (sm_90: each block owns a slice of the dims and
+the blocks exchange drs each step, as the forward's h); R^T as mma A-fragments in registers (partly in shared
+memory where no cluster holds it in registers), ``k_split`` warps splitting K per 16 rows, inputs staged by
+cp.async ``prefetch`` steps ahead, drs double-buffered in shared memory, outputs written as 16-byte pieces),
+with parameters from the same solver (``choose(..., direction="backward")``, ``constrint/backward.py``). Each
+block sums db, and where the solver says so (``FusedParams.fused_dr``, 16-bit storage, one block a head) dR as
+m16n8k8 tiles of drs_t^T h_{t-1}, over its batch tile; the host adds the tiles' partial sums in a fixed order
+(deterministic, no atomics). Otherwise dR is cuBLAS GEMMs over all B*T after the kernel. Shapes the solver finds
+infeasible (lstm/slstm/gru D=768, float32 heads above ~D=128 to 256, clusters before sm_90) run the ``cuda``
+backend's backward (``vanilla``'s where ``cuda`` cannot run) on this forward's saved tensors (the same contract).
 
 Variable lengths: both kernels take ``problem.lengths`` (None: a null pointer); docs/architecture.md "Variable lengths".
 """
@@ -88,14 +90,16 @@ def launch_of(choice: FusedParams) -> Launch:
         source, entry = BW_SOURCE, BW_ENTRY
         label = (f"{choice.function} cuda_fused bw {choice.dtype} D{choice.D} ks{choice.k_split} "
                  f"p{choice.prefetch_steps}" + (" dr" if choice.fused_dr else ""))
+        if choice.blocks_per_head > 1:
+            label += f" cluster{choice.blocks_per_head}"
     else:
         source, entry = SOURCE, ENTRY
         label = (f"{choice.function} cuda_fused fw {choice.dtype} D{choice.D} nbt{choice.batch_ntiles} "
                  f"p{choice.prefetch_steps}")
         if choice.blocks_per_head > 1 or choice.k_split > 1:
             label += f" cluster{choice.blocks_per_head} ksplit{choice.k_split}"
-        if choice.r_ktiles_in_smem:
-            label += f" rsmem{choice.r_ktiles_in_smem}"
+    if choice.r_ktiles_in_smem:
+        label += f" rsmem{choice.r_ktiles_in_smem}"
     # Clusters need sm_90; so does shared memory beyond what sm_80 gives a block (a choice made for sm_90).
     sm90_only = choice.blocks_per_head > 1 or choice.smem_bytes > A100.smem_per_block_optin
     spec = KernelSpec(source=source, entry=entry, defines=defines, label=label, min_sm=90 if sm90_only else 80,
@@ -219,7 +223,7 @@ class FusedBackend(Backend):
 
     def backward(self, problem, Wx, R, b, states0, states, saved, dstates, dlast):
         """The fused reverse-time kernel (fused_bw.cu) with the solver's parameters; shapes it cannot take
-        (``bw_params`` says why: heads too large for one block's registers, ...) delegate to the ``cuda``
+        (``bw_params`` says why: heads too large for a cluster's registers and shared memory, ...) delegate to the ``cuda``
         backend's backward (``vanilla``'s where ``cuda`` cannot run), which reads the same saved tensors
         (docs/architecture.md "Saved tensors")."""
         from . import get_backend, why_not
@@ -256,7 +260,7 @@ class FusedBackend(Backend):
         sd = 0 if dstates is None else dstates.shape[0]
         launch(kernel, params.grid, (params.threads,), R16, s0, states, saved, dstates, dlast, dWx, drs, dinit,
                dr_part, db_part, np.int32(B), np.int32(T), np.int32(N), np.int32(sd), problem.lengths,
-               shmem=params.smem_bytes)
+               shmem=params.smem_bytes, cluster=(params.cluster, 1, 1) if params.cluster > 1 else None)
         # The blocks' partial sums over their batch tiles, added in a fixed order: deterministic, no atomics.
         db = db_part.sum(axis=0).astype(b.dtype)
         if choice.fused_dr:

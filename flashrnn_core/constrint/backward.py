@@ -1,22 +1,28 @@
 """The fused backward kernel (``cuda_src/fused_bw.cu``) as an integer constraint problem.
 
 ``build_backward(hardware, function, dtype, B, N, D, model)`` is what ``solve_fused(..., direction="backward")``
-solves. The kernel runs one block per (head, tile of 8 sequences): ``D / 16`` M tiles of 16 rows of R^T, each
-shared by ``ksplit`` warps that split K (every gate's rows, ``Gr * D / 16`` k-tiles) and meet in shared memory,
-so a lane runs ``4 / ksplit`` cells. Its inputs are staged by cp.async ``prefetch`` steps ahead; dR is summed in
-the kernel (``fused_dr``: m16n8k8 tiles, ``ceil(DR_TILES / warps)`` accumulator tiles a warp) or is a GEMM over
-all B*T after it.
+solves. The kernel runs ``cluster`` blocks per (head, tile of 8 sequences), each owning ``D / cluster`` dims:
+``warps_m`` M tiles of 16 rows of R^T, each shared by ``ksplit`` warps that split K (every gate's rows,
+``Gr * D / 16`` k-tiles) and meet in shared memory, so a lane runs ``4 / ksplit`` cells. A cluster's blocks send
+their drs columns to each other every step (distributed shared memory, as the forward's h). Its inputs are staged
+by cp.async ``prefetch`` steps ahead; dR is summed in the kernel (``fused_dr``, one block a head: m16n8k8 tiles,
+``ceil(DR_TILES / warps)`` accumulator tiles a warp) or is a GEMM over all B*T after it.
 
 Variables (names as in the solver's explanations):
+    cluster      blocks a head (a thread-block cluster when > 1, sm_90)
+    warps_m      M tiles of 16 dims a block: 16 * warps_m * cluster == D
     ksplit       warps sharing one 16-row M tile (1, 2 or 4)
     prefetch     steps of inputs in flight ahead of the one computed (cp.async stages: prefetch + 2)
     fused_dr     1 where the kernel sums dR itself (16-bit storage only)
     ktw          k-tiles of R^T a warp holds: ceil(Gr * D / 16 / ksplit)
+    r_smem_kt    of those, how many live in shared memory (a fallback stage, as the forward's: problems._stages)
+    r_shared     1 when r_smem_kt > 0;  clustered: 1 when cluster > 1
     cells        cells a lane runs: 4 / ksplit
     tpw          dR tiles a warp holds: ceil(Gr * D / 16 * D / 8 / warps)
     alloc8, warp_groups, batch_tiles: as the forward's (problems.py)
 
-Registers: ``BW_REGISTER_FIT`` (ptxas reports of every variant, ``bench/bw_register_data.py``). Latency: the
+Registers: ``BW_REGISTER_FIT`` (ptxas reports of every variant, ``bench/bw_register_data.py``; R^T partly in shared
+memory has its own rule, ``KernelModel.bw_reg_rest_with_smem``). Latency: the
 forward's constants where the work is the same (mma, ldmatrix, barriers) and the ``bw_*`` constants of
 ``KernelModel`` for the rest, calibrated by the measured sweep ``BW_LATENCY_CALIBRATION`` names.
 """
@@ -72,14 +78,22 @@ def build_backward(hw: Hardware, function: str, dtype, B: int, N: int, D: int, m
     """The constraint problem of one backward shape (the objective included)."""
     from .problems import FusedProblem, geometry
 
+    from .problems import _r_in_shared_memory_allowed
+
     geo = geometry(function, dtype, D, "backward")
     p = Problem()
     kt, dr_tiles = max(1, geo.kt), dr_tile_count(geo)
+    r_shared_allowed = _r_in_shared_memory_allowed(model, hw, geo)
     v = {
+        "cluster": p.var("cluster", model.clusters if hw.clusters else (1,)),
+        "warps_m": p.var("warps_m", range(1, max(1, D // 16) + 1), priority=-1),
         "ksplit": p.var("ksplit", model.bw_ksplits, prefer="high"),
         "prefetch": p.var("prefetch", model.bw_prefetches, prefer="high"),
         "fused_dr": p.var("fused_dr", (0, 1) if geo.split == 1 else (0,), prefer="high"),
         "ktw": p.var("ktw", range(1, kt + 1), priority=-1),
+        "r_smem_kt": p.var("r_smem_kt", range(0, kt + 1) if r_shared_allowed else (0,)),
+        "r_shared": p.var("r_shared", (0, 1) if r_shared_allowed else (0,), priority=-1),
+        "clustered": p.var("clustered", (0, 1), priority=-1),
         "cells": p.var("cells", (1, 2, 4), priority=-1),
         "tpw": p.var("tpw", range(1, dr_tiles + 1), priority=-1),
         "alloc8": p.var("alloc8", range(1, 1025), priority=-1),
@@ -87,7 +101,7 @@ def build_backward(hw: Hardware, function: str, dtype, B: int, N: int, D: int, m
         "batch_tiles": p.var("batch_tiles", range(1, math.ceil(B / BT) + 1), priority=-1),
     }
     regs, smem = resources(geo, model, v)
-    _add_constraints(p, v, geo, hw, B, N, kt, dr_tiles, regs, smem)
+    _add_constraints(p, v, geo, hw, model, B, N, kt, dr_tiles, regs, smem)
     fp = FusedProblem(p, v, geo, hw, model, B, N, regs, smem)
     p.minimize(lambda values: estimate(fp, values)["total"])
     return fp
@@ -98,12 +112,16 @@ def dr_tile_count(geo) -> int:
     return max(1, geo.gr * geo.D // 16 * (geo.D // 8))
 
 
-def configuration_values(geo, ksplit: int, prefetch: int, fused_dr: bool) -> dict[str, int]:
+def configuration_values(geo, ksplit: int, prefetch: int, fused_dr: bool, cluster: int = 1,
+                         r_smem_kt: int = 0) -> dict[str, int]:
     """The problem's variables for one given configuration (the ones ``resources`` and ``estimate`` read), as
     the constraints determine them: for fits and calibrations over measured or compiled variants."""
-    warps = geo.D // 16 * ksplit
-    return {"ksplit": ksplit, "prefetch": prefetch, "fused_dr": int(fused_dr), "ktw": -(-max(1, geo.kt) // ksplit),
-            "cells": CELLS_PER_M_TILE_LANE // ksplit, "tpw": -(-dr_tile_count(geo) // warps)}
+    warps_m = geo.D // 16 // cluster
+    warps = warps_m * ksplit
+    return {"cluster": cluster, "warps_m": warps_m, "ksplit": ksplit, "prefetch": prefetch, "fused_dr": int(fused_dr),
+            "ktw": -(-max(1, geo.kt) // ksplit), "r_smem_kt": r_smem_kt, "r_shared": int(r_smem_kt > 0),
+            "clustered": int(cluster > 1), "cells": CELLS_PER_M_TILE_LANE // ksplit,
+            "tpw": -(-dr_tile_count(geo) // warps)}
 
 
 def split_k(ksplit: Expr) -> Expr:
@@ -115,40 +133,51 @@ def split_k(ksplit: Expr) -> Expr:
 def resources(geo, m: "KernelModel", v: dict[str, Var]) -> tuple[Expr, Expr]:
     """(registers per thread, dynamic shared memory per block) as polynomials of the variables; the shared
     memory is fused_bw.cu's ``Tile::SMEM_BYTES`` exactly (its static_assert holds the launch to it)."""
-    ksplit, prefetch, fused_dr, ktw, cells, tpw = (v[k] for k in ("ksplit", "prefetch", "fused_dr", "ktw", "cells",
-                                                                  "tpw"))
+    ksplit, prefetch, fused_dr, ktw, cells, tpw, warps_m, r_smem, r_shared, clustered = (
+        v[k] for k in ("ksplit", "prefetch", "fused_dr", "ktw", "cells", "tpw", "warps_m", "r_smem_kt", "r_shared",
+                       "clustered"))
     split, item, D = geo.split, geo.itemsize, geo.D
     # Registers: R^T's A-fragments (4 a k-tile and operand part), the cells' live values, dR's accumulators
-    # (BW_REGISTER_FIT; split-K's own addressing got 0 there).
-    fitted = (m.bw_reg_base + m.bw_reg_per_r * 4 * split * ktw + m.bw_reg_per_cell_value * cells * geo.live_per_cell
-              + m.bw_reg_per_dr * 4 * tpw * fused_dr)
-    regs = m.bw_reg_margin + (1 + m.bw_reg_margin_fraction) * fitted
+    # (BW_REGISTER_FIT; split-K's own addressing got 0 there). With R^T partly in shared memory (r_shared = 1):
+    # its registers one for one, and the rest at bw_reg_rest_with_smem times its estimate.
+    r_regs = 4 * split * (ktw - r_smem)
+    rest = (m.bw_reg_base + m.bw_reg_per_cell_value * cells * geo.live_per_cell + m.bw_reg_per_dr * 4 * tpw * fused_dr
+            + m.bw_reg_cluster_split * clustered * (split - 1))
+    regs = (m.bw_reg_margin + (1 + m.bw_reg_margin_fraction) * (rest + m.bw_reg_per_r * r_regs) * (1 - r_shared)
+            + r_shared * (r_regs + m.bw_reg_rest_with_smem * rest))
     # Shared memory, as Tile: drs double-buffered as bf16 operands over every gate's rows (+8 pad), the split-K
-    # partial sums (none at ksplit 1), the input stages (prefetch + 2 of them), the staged outputs (two).
-    row = (D + 16 // item) * item  # one staged row of D values and a 16-byte pad, bytes
+    # partial sums (none at ksplit 1), the input stages (prefetch + 2 of them), the staged outputs (two), over the
+    # block's 16 * warps_m dims; two mbarriers in a cluster; R^T's shared-memory k-tiles.
+    row = (16 * warps_m + 16 // item) * item  # one staged row of the block's dims and a 16-byte pad, bytes
     buf = 2 * split * BT * (geo.gr * D + 8) * 2
-    # ksplit * (D/16) * 4 * 32 floats of split-K partial sums when ksplit > 1, none at 1: over ksplit's domain
+    # ksplit * warps_m * 4 * 32 floats of split-K partial sums when ksplit > 1, none at 1: over ksplit's domain
     # {1, 2, 4}, ``split_k(ksplit)`` is exactly ksplit where it is above 1 and 0 at 1.
-    red = split_k(ksplit) * (D // 16) * 4 * 32 * 4
+    red = split_k(ksplit) * warps_m * 4 * 32 * 4
     stage = (BT * geo.n_saved + 2 * geo.states * BT) * row
     outputs = geo.gw + geo.gr * (1 - fused_dr) * (1 if geo.function == "gru" else 0)
     out = 2 * BT * outputs * row
-    return regs, buf + red + (prefetch + 2) * stage + out
+    bars = 16 * clustered
+    r_bytes = warps_m * ksplit * r_smem * split * 512
+    return regs, buf + red + (prefetch + 2) * stage + out + bars + r_bytes
 
 
-def _add_constraints(p: Problem, v: dict[str, Var], geo, hw: Hardware, B: int, N: int, kt: int, dr_tiles: int,
-                     regs: Expr, smem: Expr) -> None:
+def _add_constraints(p: Problem, v: dict[str, Var], geo, hw: Hardware, model: "KernelModel", B: int, N: int,
+                     kt: int, dr_tiles: int, regs: Expr, smem: Expr) -> None:
     """Every condition of a valid, spill-free launch of fused_bw.cu, named for the explanations (hardware
     budgets first)."""
-    from .problems import add_block_budgets
+    from .problems import add_block_budgets, add_cluster_constraints
 
-    ksplit, ktw, cells, tpw = v["ksplit"], v["ktw"], v["cells"], v["tpw"]
-    warps = (geo.D // 16) * ksplit
+    ksplit, ktw, cells, tpw, cluster = v["ksplit"], v["ktw"], v["cells"], v["tpw"], v["cluster"]
+    warps = v["warps_m"] * ksplit
     add_block_budgets(p, v, hw, regs, smem, warps)
+    add_cluster_constraints(p, v, hw, model, smem, max(1, geo.kt))
     p.add(BT * v["batch_tiles"] >= B, name="batch tiles cover the batch")
     p.add(BT * (v["batch_tiles"] - 1) < B, name="batch tiles: the least that cover it")
     # -- the kernel's tiling
     p.add(divides(16, geo.D), name="D divisible by 16 (mma tiles)")
+    p.add(16 * v["warps_m"] * cluster == geo.D, name="D split evenly: blocks per head x 16-dim M tiles x 16 == D")
+    p.add(v["r_smem_kt"] <= ktw, name="R^T k-tiles in shared memory <= k-tiles per warp")
+    p.add(v["fused_dr"] + v["clustered"] <= 1, name="dR in the kernel: one block a head")
     p.add(ktw * ksplit >= kt, name="k-tiles a warp >= ceil(Gr*D/16 / ksplit)")
     p.add((ktw - 1) * ksplit < kt, name="k-tiles a warp: the least such")
     p.add(cells * ksplit == CELLS_PER_M_TILE_LANE, name="cells a lane x ksplit == 4")
@@ -166,18 +195,21 @@ def estimate(fp: "FusedProblem", values: dict[str, int]) -> dict[str, float]:
     (a lane's instructions mostly wait on their predecessor: issue 6 measured KS = 1, one warp a scheduler, at
     ~6 cycles an instruction), or the step's dependent chain where that is longer, plus the fixed cost of its
     barriers and stage waits; no shorter than the input stages' load latency over the prefetch depth. Waves
-    run one after another; dR as GEMMs after the kernel adds its streamed bytes per step.
+    run one after another; dR as GEMMs after the kernel adds its streamed bytes per step. A cluster adds the
+    forward's exchange term (``problems._exchange_cycles``: drs's Gr*D/cluster columns from each other block)
+    to the chain, and R^T's shared-memory k-tiles their loads' issue and the SM's shared-memory bandwidth.
     """
-    from .problems import _at, blocks_per_sm
+    from .problems import _at, _exchange_cycles, blocks_per_sm, cluster_slots
 
     geo, m, hw = fp.geo, fp.model, fp.hw
     ks, cells, ktw, tpw, dr = (values[k] for k in ("ksplit", "cells", "ktw", "tpw", "fused_dr"))
-    warps = geo.D // 16 * ks
+    cluster, r_smem = values["cluster"], values["r_smem_kt"]
+    warps = values["warps_m"] * ks
     threads = warps * hw.warp_size
     regs, smem = _at(fp.regs, fp, values), int(_at(fp.smem, fp, values))
     per_sm = max(1, blocks_per_sm(hw, threads, regs + m.bw_occupancy_reg_margin, smem))
-    blocks = fp.N * math.ceil(fp.B / BT)
-    waves = max(1, math.ceil(blocks / (hw.sm_count * per_sm)))
+    blocks = fp.N * cluster * math.ceil(fp.B / BT)
+    waves = max(1, math.ceil(blocks / max(1, cluster_slots(hw, cluster, per_sm) * cluster)))
     on_sm = min(per_sm, math.ceil(blocks / hw.sm_count))
     wps = warps * on_sm / m.schedulers
     cost = m.bw_cells[geo.function]
@@ -186,14 +218,17 @@ def estimate(fp: "FusedProblem", values: dict[str, int]) -> dict[str, float]:
         "skeleton": m.bw_skeleton_issue,
         "cells": cells * per_cell,
         "mma": geo.mma_split * ktw + geo.split * math.ceil(ktw / 2),  # mma and ldmatrix.x4 of drs
+        "r_smem": geo.split * r_smem,  # R^T's shared-memory fragments (one 16-byte load each)
         "reduction": m.bw_ksplit_issue * cells if ks > 1 else 0,
         "dr_tiles": m.bw_dr_tile_issue * tpw * dr,
     }
     per_warp = sum(instructions.values())
     issue = per_warp * max(wps, m.bw_dependent_cpi)
     chains = min(ktw, m.chains_wanted)
-    chain = (m.ldmatrix_latency + math.ceil(ktw / chains) * geo.mma_split * m.mma_latency
-             + (m.ksplit_exchange + m.sync_threads if ks > 1 else 0) + cost.latency + m.sync_threads)
+    r_bandwidth = warps * on_sm * r_smem * geo.split * 512 / m.smem_bytes_per_cycle
+    exchange = _exchange_cycles(fp, {**values, "nbt": 1})
+    chain = (m.ldmatrix_latency + max(math.ceil(ktw / chains) * geo.mma_split * m.mma_latency, r_bandwidth)
+             + (m.ksplit_exchange + m.sync_threads if ks > 1 else 0) + cost.latency + m.sync_threads + exchange)
     step = max(issue, chain) + m.bw_fixed + m.bw_fixed_per_warp * warps
     step = max(step, m.bw_load_latency / values["prefetch"])
     # dR after the kernel: drs (or dWx) and h_{t-1} read, h_{t-1} gathered (read + write), per step of B rows.
@@ -201,29 +236,33 @@ def estimate(fp: "FusedProblem", values: dict[str, int]) -> dict[str, float]:
     gemm = gemm_bytes / (hw.bytes_per_cycle() * m.bw_gemm_efficiency)
     total = waves * step + gemm
     return {"total": total, "step": step, "issue": issue, "chain": chain, "gemm": gemm, "waves": waves,
+            "exchange": exchange,
             "blocks": blocks, "on_sm": on_sm, "warps_per_scheduler": wps, "instructions": per_warp,
             "prefetch_bound": m.bw_load_latency / values["prefetch"], "regs": regs, "smem": smem,
             "blocks_per_sm": per_sm, **{f"instr_{k}": x for k, x in instructions.items()}}
 
 
 def params_from(fp: "FusedProblem", values: dict[str, int]) -> "FusedParams":
-    """A backward solution's ``FusedParams``: one block per head (``blocks_per_head`` 1, ``sync`` "block") and
-    batch tile of 8; ``warps_along_dims`` M tiles of 16 rows, each over ``k_split`` warps."""
+    """A backward solution's ``FusedParams``: ``blocks_per_head`` blocks per head (``sync`` "cluster" when > 1)
+    and batch tile of 8; ``warps_along_dims`` M tiles of 16 rows a block, each over ``k_split`` warps."""
     from .problems import FusedParams, register_cap
 
     geo, hw = fp.geo, fp.hw
     e = estimate(fp, values)
-    ks = values["ksplit"]
-    warps = geo.D // 16 * ks
+    ks, cluster, r_smem = values["ksplit"], values["cluster"], values["r_smem_kt"]
+    warps = values["warps_m"] * ks
     threads = warps * hw.warp_size
     tiles = math.ceil(fp.B / BT)
+    r_smem_bytes = warps * r_smem * geo.split * 512
+    r_total = geo.gr * geo.D * geo.D * 2 * geo.split // cluster
     return FusedParams(
         function=geo.function, dtype=geo.dtype, direction="backward", B=fp.B, N=fp.N, D=geo.D, hardware=hw.name,
-        arch=hw.arch, blocks_per_head=1, dims_per_block=geo.D, rows_per_block=geo.D, batch_ntiles=1, batch_tile=BT,
-        batch_tiles=tiles, warps_along_dims=geo.D // 16, dims_per_warp=16, k_split=ks,
-        ktiles_per_warp=values["ktw"], warps_per_block=warps, threads_per_block=threads, r_ktiles_in_smem=0,
-        r_bytes_registers=geo.gr * geo.D * geo.D * 2 * geo.split, r_bytes_smem=0, prefetch_steps=values["prefetch"],
-        sync="block", smem_bytes=int(e["smem"]), registers_estimate=math.ceil(e["regs"]),
-        register_cap=register_cap(hw, threads), blocks_per_sm=int(e["blocks_per_sm"]), grid=(fp.N, tiles),
+        arch=hw.arch, blocks_per_head=cluster, dims_per_block=geo.D // cluster, rows_per_block=geo.D // cluster,
+        batch_ntiles=1, batch_tile=BT, batch_tiles=tiles, warps_along_dims=values["warps_m"], dims_per_warp=16,
+        k_split=ks, ktiles_per_warp=values["ktw"], warps_per_block=warps, threads_per_block=threads,
+        r_ktiles_in_smem=r_smem, r_bytes_registers=r_total - r_smem_bytes, r_bytes_smem=r_smem_bytes,
+        prefetch_steps=values["prefetch"], sync="block" if cluster == 1 else "cluster", smem_bytes=int(e["smem"]),
+        registers_estimate=math.ceil(e["regs"]), register_cap=register_cap(hw, threads),
+        blocks_per_sm=int(e["blocks_per_sm"]), grid=(fp.N * cluster, tiles),
         waves=int(e["waves"]), step_cycles=e["total"], step_us=hw.cycles_to_us(e["total"]),
         breakdown={k: round(float(x), 1) for k, x in e.items()}, fused_dr=bool(values["fused_dr"]))

@@ -157,6 +157,15 @@ class KernelModel:
     bw_reg_per_dr: Fraction = Fraction(1)  # per dR accumulator float (fused dR)
     bw_reg_margin: Fraction = Fraction(0)  # added to the estimate (the fit already clears every spill)
     bw_reg_margin_fraction: Fraction = Fraction(0)
+    #: R^T partly in shared memory (fused_bw.cu Tile::RS): R^T's registers one for one plus this times the estimate
+    #: of the rest. ptxas fills the register file in these kernels as in the forward's (lstm D=768 on 16 blocks,
+    #: 12 warps: 136 registers with all of R^T in shared memory, 162 with 8 k-tiles of 48 in registers; gru
+    #: D=768: 141 with 6 of 36, 162 with 12), about 2.7 x the rest's estimate.
+    bw_reg_rest_with_smem: Fraction = Fraction(14, 5)
+    #: Clusters with float32 storage (hi/lo rows: twice the drs pieces a thread sends a step, their addresses
+    #: and targets kept): of the 48 cluster kernels the solver chose on the H100 preset, the two float32 ones
+    #: estimated at 242 and 249 spilled 12 and 40 bytes at 255 registers (16-bit ones at up to 253 did not).
+    bw_reg_cluster_split: Fraction = Fraction(16)
     # Latency (cycles; BW_LATENCY_CALIBRATION in backward.py): instructions a warp issues a step
     bw_skeleton_issue: float = 60  # indices, selects, stage bookkeeping, cp.async issue (ncu: IMAD/LEA/ISETP)
     bw_input_issue: float = 2  # per staged input value a cell reads (shared-memory load + convert)
@@ -401,6 +410,7 @@ class FusedParams:
         if self.direction == "backward":
             return {"FLASHRNN_D": self.D, "FLASHRNN_KSPLIT": self.k_split, "FLASHRNN_PREFETCH": self.prefetch_steps,
                     "FLASHRNN_STORE_DRS": int(self.stores_drs), "FLASHRNN_FUSED_DR": int(self.fused_dr),
+                    "FLASHRNN_CLUSTER": self.blocks_per_head, "FLASHRNN_R_SMEM": self.r_ktiles_in_smem,
                     "FLASHRNN_THREADS": self.threads_per_block, "FLASHRNN_SMEM_BYTES": self.smem_bytes}
         return {"FLASHRNN_D": self.D, "FLASHRNN_NBT": self.batch_ntiles, "FLASHRNN_PREFETCH": self.prefetch_steps,
                 "FLASHRNN_CLUSTER": self.blocks_per_head, "FLASHRNN_KSPLIT": self.k_split,
@@ -553,6 +563,29 @@ def add_block_budgets(p: Problem, v: dict[str, Var], hw: Hardware, regs: Expr, s
     p.add(hw.warp_size * warps <= hw.max_threads_per_block, name=f"threads per block <= {hw.max_threads_per_block}")
 
 
+def add_cluster_constraints(p: Problem, v: dict[str, Var], hw: Hardware, m: KernelModel, smem: Expr, kt: int) -> None:
+    """Blocks a head, and R (or R^T) partly in shared memory, the forward's and the backward's problems alike:
+    the cluster size the GPU allows; the indicators ``clustered`` and ``r_shared`` (exact); where R lives partly
+    in shared memory, the largest clusters and one block an SM. Needs ``cluster``, ``clustered``, ``r_smem_kt``
+    and ``r_shared``; ``kt``: the head's k-tiles (at least 1)."""
+    cluster = v["cluster"]
+    max_cluster = hw.max_cluster if hw.clusters else (hw.sm_count if m.cooperative_heads else 1)
+    why = ("thread-block clusters" if hw.clusters else
+           "cooperative grid per head" if m.cooperative_heads else f"no thread-block clusters on {hw.arch}")
+    p.add(cluster <= max_cluster, name=f"blocks per head <= {max_cluster} ({why})")
+    # r_shared = (r_smem_kt > 0), exactly.
+    p.add(v["r_smem_kt"] <= kt * v["r_shared"], name="r_shared: 1 where R k-tiles live in shared memory")
+    p.add(v["r_shared"] <= v["r_smem_kt"], name="r_shared: 0 where none does")
+    p.add(cluster >= max_cluster * v["r_shared"], name=f"R in shared memory: {max_cluster}-block clusters (REGISTER_FIT)")
+    # ... and one block an SM: with two (lstm D=512, 12 k-tiles in shared memory, B=256) compute-sanitizer's
+    # synccheck reported "Missing wait" on the first mbarrier arrival; the same kernel one block an SM, none
+    # (bench/results/sanitizer/README.md). Results matched vanilla either way; the cause is not found.
+    p.add(2 * (smem + hw.smem_reserved_per_block) >= (hw.smem_per_sm + 1) * v["r_shared"],
+          name="R in shared memory: one block an SM (shared memory over half the SM's)")
+    p.add(cluster <= 1 + 15 * v["clustered"], name="clustered when cluster > 1")
+    p.add(v["clustered"] <= cluster - 1, name="not clustered when cluster == 1")
+
+
 def _add_constraints(p: Problem, v: dict[str, Var], geo: Geometry, hw: Hardware, m: KernelModel, B: int, N: int,
                      regs: Expr, smem: Expr) -> None:
     """Every condition of a valid, spill-free launch, named for the explanations. Added in order of what an
@@ -560,10 +593,7 @@ def _add_constraints(p: Problem, v: dict[str, Var], geo: Geometry, hw: Hardware,
     cluster, warps_d, ksplit, ktw, own = v["cluster"], v["warps_d"], v["ksplit"], v["ktw"], v["own"]
     threads = hw.warp_size * warps_d * ksplit
     add_block_budgets(p, v, hw, regs, smem, warps_d * ksplit)
-    max_cluster = hw.max_cluster if hw.clusters else (hw.sm_count if m.cooperative_heads else 1)
-    why = ("thread-block clusters" if hw.clusters else
-           "cooperative grid per head" if m.cooperative_heads else f"no thread-block clusters on {hw.arch}")
-    p.add(cluster <= max_cluster, name=f"blocks per head <= {max_cluster} ({why})")
+    add_cluster_constraints(p, v, hw, m, smem, max(1, geo.kt))
     # batch_tiles = ceil(B / (8 nbt)), exactly: the least count of tiles that covers the batch.
     p.add(MMA_N * v["nbt"] * v["batch_tiles"] >= B, name="batch tiles cover the batch")
     p.add(MMA_N * v["nbt"] * (v["batch_tiles"] - 1) < B, name="batch tiles: the least that cover it")
@@ -579,24 +609,13 @@ def _add_constraints(p: Problem, v: dict[str, Var], geo: Geometry, hw: Hardware,
     p.add(ktw * ksplit == max(1, geo.kt), name=f"K split evenly: k-tiles per warp x k_split == {geo.kg}*D/16")
     p.add(own * ksplit == 2, name="batch columns: each of the k_split warps finishes 2/k_split columns")
     p.add(v["r_smem_kt"] <= ktw, name="R k-tiles in shared memory <= k-tiles per warp")
-    # r_shared = (r_smem_kt > 0), exactly.
-    p.add(v["r_smem_kt"] <= max(1, geo.kt) * v["r_shared"], name="r_shared: 1 where R k-tiles live in shared memory")
-    p.add(v["r_shared"] <= v["r_smem_kt"], name="r_shared: 0 where none does")
     p.add(v["nbt"] <= m.max_nbt - (m.max_nbt - 1) * v["r_shared"],
           name="R in shared memory: one batch n-tile (REGISTER_FIT)")
-    p.add(cluster >= max_cluster * v["r_shared"], name=f"R in shared memory: {max_cluster}-block clusters (REGISTER_FIT)")
-    # ... and one block an SM: with two (lstm D=512, 12 k-tiles in shared memory, B=256) compute-sanitizer's
-    # synccheck reported "Missing wait" on the first mbarrier arrival; the same kernel one block an SM, none
-    # (bench/results/sanitizer/README.md). Results matched vanilla either way; the cause is not found.
-    p.add(2 * (smem + hw.smem_reserved_per_block) >= (hw.smem_per_sm + 1) * v["r_shared"],
-          name="R in shared memory: one block an SM (shared memory over half the SM's)")
     # (A block's h slice moves in 16-byte pieces: dims per block x 2 bytes is a multiple of 16 because
     # dims_per_warp is 8 or 16, so no constraint is needed for it.)
     # -- indicators (exact: the kernel's own switches)
     p.add(m.late_x_threads * v["late_x"] <= threads, name="late_x only at 384+ threads")
     p.add(threads <= m.late_x_threads - 1 + hw.max_threads_per_block * v["late_x"], name="late_x at 384+ threads")
-    p.add(cluster <= 1 + 15 * v["clustered"], name="clustered when cluster > 1")
-    p.add(v["clustered"] <= cluster - 1, name="not clustered when cluster == 1")
     # -- the kernel's 32-bit pointer steps (fused.py): Gw*N*D (and n_saved*N*D) elements per time step.
     p.add(Expr.lift(N * geo.D * max(geo.gw, geo.n_saved)) <= 2**31 - 1,
           name="N*D*gates < 2^31 (32-bit per-step pointer offsets)")
@@ -754,17 +773,22 @@ def _lower_bound(fp: FusedProblem, box: dict[str, tuple[int, int]]) -> float:
 
 
 def _r_in_shared_memory_allowed(model: KernelModel, hw: Hardware, geo: Geometry) -> bool:
-    """Whether R's k-tiles may go to shared memory: the forward, 16-bit storage, GPUs with clusters (REGISTER_FIT,
-    last paragraph)."""
-    return model.r_in_shared_memory and geo.direction == "forward" and geo.split == 1 and hw.clusters
+    """Whether R's (the backward: R^T's) k-tiles may go to shared memory: 16-bit storage, GPUs with clusters
+    (REGISTER_FIT, last paragraph)."""
+    return model.r_in_shared_memory and geo.split == 1 and hw.clusters
 
 
 def _stages(model: KernelModel, hw: Hardware, function: str, dtype, D: int, direction: str) -> list[KernelModel]:
     """The models to try in turn: all of R in registers, then, where it is allowed at all, R partly in shared
-    memory (``KernelModel.r_in_shared_memory``)."""
-    if not _r_in_shared_memory_allowed(model, hw, geometry(function, dtype, D, direction)):
-        return [model]
-    return [replace(model, r_in_shared_memory=False), model]
+    memory (``KernelModel.r_in_shared_memory``). The backward first tries one block a head: its latency constants
+    were calibrated on such kernels only (``backward.BW_LATENCY_CALIBRATION``), so clusters are for the heads
+    whose R^T no block holds, not a choice the model could weigh against them."""
+    stages = []
+    if direction == "backward" and hw.clusters:
+        stages.append(replace(model, clusters=(1,), r_in_shared_memory=False))
+    if _r_in_shared_memory_allowed(model, hw, geometry(function, dtype, D, direction)):
+        stages.append(replace(model, r_in_shared_memory=False))
+    return [*stages, model]
 
 
 def solve_fused(hardware: Hardware, function: str, dtype, B: int, N: int, D: int, direction: str = "forward",
@@ -815,15 +839,14 @@ def assess(hardware: Hardware, function: str, dtype, B: int, N: int, D: int, *, 
            model: KernelModel = DEFAULT_MODEL) -> FusedParams | Infeasible:
     """The model's verdict on one given configuration (a hand-picked or a measured one): its ``FusedParams``
     with the estimate, or ``Infeasible`` naming the limits it breaks (the "given ..." constraints among them).
-    A backward configuration is (``k_split``, ``prefetch_steps``, ``fused_dr``): one block per head and 8
-    sequences, R^T in registers."""
+    A backward configuration is (``blocks_per_head``, ``k_split``, ``prefetch_steps``, ``fused_dr``,
+    ``r_ktiles_in_smem``): 8 sequences a block."""
     fp = build_fused(hardware, function, dtype, B, N, D, direction, model)
     if direction == "backward":
-        if (blocks_per_head, batch_ntiles, r_ktiles_in_smem) != (1, 1, 0):
-            raise ValueError("assess: fused_bw.cu runs one block per head and 8 sequences with R^T in registers "
-                             f"(blocks_per_head=1, batch_ntiles=1, r_ktiles_in_smem=0), got {blocks_per_head}, "
-                             f"{batch_ntiles}, {r_ktiles_in_smem}")
-        given = {"ksplit": k_split, "prefetch": prefetch_steps, "fused_dr": int(fused_dr)}
+        if batch_ntiles != 1:
+            raise ValueError(f"assess: fused_bw.cu runs 8 sequences a block (batch_ntiles=1), got {batch_ntiles}")
+        given = {"cluster": blocks_per_head, "ksplit": k_split, "prefetch": prefetch_steps, "fused_dr": int(fused_dr),
+                 "r_smem_kt": r_ktiles_in_smem}
     else:
         given = {"cluster": blocks_per_head, "ksplit": k_split, "nbt": batch_ntiles, "prefetch": prefetch_steps,
                  "r_smem_kt": r_ktiles_in_smem}
