@@ -175,7 +175,7 @@ __device__ __forceinline__ void rt_fragment(unsigned (&f)[K::SPLIT][4], const T*
 }
 
 // Registers of R^T's fragments: the KTR register k-tiles (at least one array element, for the compiler).
-template <class K> using RtRegs = unsigned[K::SPLIT][K::KTR > 0 ? K::KTR : 1][4];
+template <class K> using RtRegs = unsigned[K::KTR > 0 ? K::KTR : 1][K::SPLIT][4];
 
 // This lane's address of fragment (s, r) of the warp's shared-memory k-tiles (Tile::R_BYTES's layout).
 template <class K> __device__ __forceinline__ constexpr unsigned rt_smem_offset(int s, int r) {
@@ -195,7 +195,7 @@ __device__ __forceinline__ void load_rt(RtRegs<K>& a, unsigned r_lane, const T* 
 #pragma unroll
         for (int s = 0; s < K::SPLIT; ++s)
 #pragma unroll
-            for (int j = 0; j < 4; ++j) a[s][jt][j] = f[s][j];
+            for (int j = 0; j < 4; ++j) a[jt][s][j] = f[s][j];
     }
 #pragma unroll 1
     for (int r = 0; r < K::RS; ++r) {
@@ -207,41 +207,52 @@ __device__ __forceinline__ void load_rt(RtRegs<K>& a, unsigned r_lane, const T* 
     }
 }
 
-// This warp's share of dh[16 dims][8 batch rows] = R^T drs from one drs buffer (`addr`: this lane's ldmatrix
-// row): the sum over its k-tiles only.
+// One k-tile's product into partial sum p: the drs B-fragments of k-tile kt (`addr`: this lane's ldmatrix row of
+// the buffer) times the A-fragment f.
 template <class K>
-__device__ __forceinline__ void matmul(float (&acc)[4], const RtRegs<K>& a, unsigned r_lane, unsigned addr, int ks) {
+__device__ __forceinline__ void mma_ktile(float (&p)[4], const unsigned (&f)[K::SPLIT][4], unsigned addr, int kt) {
     using M = mma::Mma<typename K::Op>;
     constexpr int E = int(sizeof(typename K::Op));
+    unsigned bf[K::SPLIT][2];
+#pragma unroll
+    for (int s = 0; s < K::SPLIT; ++s) mma::ldmatrix_x2(bf[s], addr + unsigned((s * K::BT * K::KROW + 16 * kt) * E));
+    M::run(p, f[0], bf[0][0], bf[0][1]);
+    if constexpr (K::SPLIT == 2) {
+        M::run(p, f[0], bf[1][0], bf[1][1]);
+        M::run(p, f[1], bf[0][0], bf[0][1]);
+    }
+}
+
+// This warp's share of dh[16 dims][8 batch rows] = R^T drs from one drs buffer (`addr`: this lane's ldmatrix
+// row): the sum over its k-tiles only. The register k-tiles unrolled; the shared-memory ones (RS > 0) in a loop of
+// CHAINS at a time, so that ptxas does not hoist their loads into registers the kernel has no room for (unrolled,
+// lstm D=768 took ~130 registers a thread besides R^T's).
+template <class K>
+__device__ __forceinline__ void matmul(float (&acc)[4], const RtRegs<K>& a, unsigned r_lane, unsigned addr, int ks) {
     float part[K::CHAINS][4];
 #pragma unroll
     for (int c = 0; c < K::CHAINS; ++c)
 #pragma unroll
         for (int i = 0; i < 4; ++i) part[c][i] = 0.f;
 #pragma unroll
-    for (int jt = 0; jt < K::KT_W; ++jt) {
+    for (int jt = 0; jt < K::KTR; ++jt) {
         const int kt = ks + K::KS * jt;
         if (K::KT % K::KS != 0 && kt >= K::KT) break;  // the tail warp's last slot (uniform within the warp)
-        unsigned bf[K::SPLIT][2];
+        mma_ktile<K>(part[jt % K::CHAINS], a[jt], addr, kt);
+    }
+#pragma unroll 1
+    for (int r0 = 0; r0 < K::RS; r0 += K::CHAINS) {
 #pragma unroll
-        for (int s = 0; s < K::SPLIT; ++s)
-            mma::ldmatrix_x2(bf[s], addr + unsigned((s * K::BT * K::KROW + 16 * kt) * E));
-        unsigned f[K::SPLIT][4];
+        for (int c = 0; c < K::CHAINS; ++c) {
+            const int r = r0 + c, kt = ks + K::KS * (K::KTR + r);
+            if ((K::RS % K::CHAINS != 0 && r >= K::RS) || (K::KT % K::KS != 0 && kt >= K::KT)) break;
+            unsigned f[K::SPLIT][4];
 #pragma unroll
-        for (int s = 0; s < K::SPLIT; ++s) {
-            if (jt < K::KTR) {  // (the index's guard keeps the not-taken branch in bounds where KTR = 0)
-#pragma unroll
-                for (int j = 0; j < 4; ++j) f[s][j] = a[s][jt < K::KTR ? jt : 0][j];
-            } else {
-                const uint4 v = ld_shared_v4(r_lane + rt_smem_offset<K>(s, jt - K::KTR));
+            for (int s = 0; s < K::SPLIT; ++s) {
+                const uint4 v = ld_shared_v4(r_lane + rt_smem_offset<K>(s, r));
                 f[s][0] = v.x, f[s][1] = v.y, f[s][2] = v.z, f[s][3] = v.w;
             }
-        }
-        float (&p)[4] = part[jt % K::CHAINS];
-        M::run(p, f[0], bf[0][0], bf[0][1]);
-        if constexpr (K::SPLIT == 2) {
-            M::run(p, f[0], bf[1][0], bf[1][1]);
-            M::run(p, f[1], bf[0][0], bf[0][1]);
+            mma_ktile<K>(part[c], f, addr, kt);
         }
     }
 #pragma unroll

@@ -139,12 +139,13 @@ def resources(geo, m: "KernelModel", v: dict[str, Var]) -> tuple[Expr, Expr]:
     split, item, D = geo.split, geo.itemsize, geo.D
     # Registers: R^T's A-fragments (4 a k-tile and operand part), the cells' live values, dR's accumulators
     # (BW_REGISTER_FIT; split-K's own addressing got 0 there). With R^T partly in shared memory (r_shared = 1):
-    # its registers one for one, and the rest at bw_reg_rest_with_smem times its estimate.
+    # its registers one for one, and the rest at a factor of its estimate that falls with the block's warps (KernelModel).
     r_regs = 4 * split * (ktw - r_smem)
     rest = (m.bw_reg_base + m.bw_reg_per_cell_value * cells * geo.live_per_cell + m.bw_reg_per_dr * 4 * tpw * fused_dr
             + m.bw_reg_cluster_split * clustered * (split - 1))
+    smem_factor = m.bw_reg_rest_with_smem - m.bw_reg_rest_with_smem_per_warp * warps_m * ksplit
     regs = (m.bw_reg_margin + (1 + m.bw_reg_margin_fraction) * (rest + m.bw_reg_per_r * r_regs) * (1 - r_shared)
-            + r_shared * (r_regs + m.bw_reg_rest_with_smem * rest))
+            + r_shared * (r_regs + smem_factor * rest))
     # Shared memory, as Tile: drs double-buffered as bf16 operands over every gate's rows (+8 pad), the split-K
     # partial sums (none at ksplit 1), the input stages (prefetch + 2 of them), the staged outputs (two), over the
     # block's 16 * warps_m dims; two mbarriers in a cluster; R^T's shared-memory k-tiles.
@@ -178,6 +179,7 @@ def _add_constraints(p: Problem, v: dict[str, Var], geo, hw: Hardware, model: "K
     p.add(16 * v["warps_m"] * cluster == geo.D, name="D split evenly: blocks per head x 16-dim M tiles x 16 == D")
     p.add(v["r_smem_kt"] <= ktw, name="R^T k-tiles in shared memory <= k-tiles per warp")
     p.add(v["fused_dr"] + v["clustered"] <= 1, name="dR in the kernel: one block a head")
+    p.add(warps <= 12 + 20 * (1 - v["r_shared"]), name="R^T in shared memory: at most 12 warps (its register rule)")
     p.add(ktw * ksplit >= kt, name="k-tiles a warp >= ceil(Gr*D/16 / ksplit)")
     p.add((ktw - 1) * ksplit < kt, name="k-tiles a warp: the least such")
     p.add(cells * ksplit == CELLS_PER_M_TILE_LANE, name="cells a lane x ksplit == 4")

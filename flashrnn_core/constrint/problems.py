@@ -157,11 +157,15 @@ class KernelModel:
     bw_reg_per_dr: Fraction = Fraction(1)  # per dR accumulator float (fused dR)
     bw_reg_margin: Fraction = Fraction(0)  # added to the estimate (the fit already clears every spill)
     bw_reg_margin_fraction: Fraction = Fraction(0)
-    #: R^T partly in shared memory (fused_bw.cu Tile::RS): R^T's registers one for one plus this times the estimate
-    #: of the rest. ptxas fills the register file in these kernels as in the forward's (lstm D=768 on 16 blocks,
-    #: 12 warps: 136 registers with all of R^T in shared memory, 162 with 8 k-tiles of 48 in registers; gru
-    #: D=768: 141 with 6 of 36, 162 with 12), about 2.7 x the rest's estimate.
-    bw_reg_rest_with_smem: Fraction = Fraction(14, 5)
+    #: R^T partly in shared memory (fused_bw.cu Tile::RS): R^T's registers one for one plus (this - the next
+    #: times the block's warps) times the estimate of the rest, for blocks of at most 12 warps. ptxas takes more
+    #: besides R^T the more the cap leaves it (the shared-memory k-tiles' loop rolled, fused_bw.cu matmul; 16-block
+    #: clusters): at 12 warps (cap 168) lstm D=768 took 152 registers with 12 k-tiles of 48 in registers and spilled
+    #: with 20, gru D=768 took 167 with 16 of 36 and spilled with 18 (~2.25 x the rest's estimate); at 8 warps
+    #: (cap 255) slstm D=512 spilled 128 bytes with 31 of 32 (>= 3.1 x); at 6 warps gru D=768 spilled 196 bytes
+    #: with 33 of 72 (>= 3.2 x). The line through 2.28 at 12 warps and 3.1 at 8.
+    bw_reg_rest_with_smem: Fraction = Fraction(237, 50)
+    bw_reg_rest_with_smem_per_warp: Fraction = Fraction(41, 200)
     #: Clusters with float32 storage (hi/lo rows: twice the drs pieces a thread sends a step, their addresses
     #: and targets kept): of the 48 cluster kernels the solver chose on the H100 preset, the two float32 ones
     #: estimated at 242 and 249 spilled 12 and 40 bytes at 255 registers (16-bit ones at up to 253 did not).
