@@ -3,9 +3,9 @@
 // (sm_90), exactly as the forward's: block `rank` owns dims [rank*DB, (rank+1)*DB) (its rows of R^T and its
 // cells), and after each step sends its drs columns (GR gates x DB) to the other blocks with st.async, counted by
 // their mbarrier for that drs buffer (common/pieces.cuh SliceSender). Where no cluster holds R^T in registers,
-// the last RS k-tiles of each warp live in shared memory (16-bit storage; Tile::RS). lstm, slstm and gru at
-// D = 768 fit neither (R^T is 4.7 MB in bf16 for lstm: ~295 KB an SM of a 16-block cluster, plus ~85 KB of drs
-// buffers and stages, past what 16 SMs' registers and shared memory leave once ptxas takes ~130 registers a
+// the last RS k-tiles of each warp live in shared memory (16-bit storage; Tile::RS; gru D = 768: 20 of 36). lstm
+// and slstm at D = 768 fit neither (R^T is 4.7 MB in bf16: ~295 KB an SM of a 16-block cluster, plus ~85 KB of
+// drs buffers and stages, past what 16 SMs' registers and shared memory leave once ptxas takes ~100 registers a
 // thread besides R^T): backends/fused.py gives those to the `cuda` backend's backward.
 //
 // The recurrence in reverse: ds_t = carry_t + upstream_t, with carry_t[h] = ds_prev[h] + sum_g R_g^T drs_g,t+1.
@@ -63,6 +63,11 @@
 //   8 sequences x 2 bytes = 14 KB a step, at the 4 bytes a cycle the forward's sweep fitted to its h exchange
 //   (problems.KernelModel.cluster_bytes_per_cycle). The `cuda` backward it replaces took ~7.3 ms. lstm 1x512
 //   (16 blocks, 4 of 32 k-tiles in shared memory): ~9400 cycles (4.8 us) a step.
+//   Measured (H200, forward+backward minus forward, dR GEMMs after the kernel included; bench/results/
+//   2026-11-30-h200-reference.json): lstm 3x256 2.65 - 0.86 = 1.80 ms (the `cuda` backward: 7.3), ~3500 cycles a
+//   step: the exchange costs less than the forward's fitted 4 bytes a cycle says (not profiled yet). slstm 3x256
+//   1.82, gru 3x256 1.70, elman 1x768 1.53, gru 1x768 (16 blocks, 12 warps, 20 of 36 k-tiles in shared memory) 3.73
+//   (the `cuda` backward: 9.6).
 // ---- Addresses (stop 15, as the forward: per-thread bases + compile-time offsets, common/pieces.cuh) ---------
 //   Loop body 236 -> 178 SASS instructions at 12x64 (lstm). Measured (H200 B=16 T=1024, forward+backward):
 //   lstm 12x64 1.62 -> 1.47 ms, 48x16 0.825 -> 0.678, slstm 1.98 -> 1.61, gru 1.51 -> 1.36

@@ -25,7 +25,7 @@ with parameters from the same solver (``choose(..., direction="backward")``, ``c
 block sums db, and where the solver says so (``FusedParams.fused_dr``, 16-bit storage, one block a head) dR as
 m16n8k8 tiles of drs_t^T h_{t-1}, over its batch tile; the host adds the tiles' partial sums in a fixed order
 (deterministic, no atomics). Otherwise dR is cuBLAS GEMMs over all B*T after the kernel. Shapes the solver finds
-infeasible (lstm/slstm/gru D=768, float32 heads above ~D=128 to 256, clusters before sm_90) run the ``cuda``
+infeasible (lstm/slstm above D=512, float32 heads above ~D=128 to 256, clusters before sm_90) run the ``cuda``
 backend's backward (``vanilla``'s where ``cuda`` cannot run) on this forward's saved tensors (the same contract).
 
 Variable lengths: both kernels take ``problem.lengths`` (None: a null pointer); docs/architecture.md "Variable lengths".
