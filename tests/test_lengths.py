@@ -250,9 +250,9 @@ def test_gpu_outputs_fully_written_with_lengths(backend, function, poisoned):
 @pytest.mark.gpu
 @pytest.mark.parametrize("function", ["elman", "lstm"])
 def test_cuda_fused_cluster_heads_with_lengths(function):
-    """D = 256 runs the forward on a thread-block cluster a head (sm_90: h travels between the blocks, so a
-    finished sequence must send its kept h) and the backward on the cuda backend. The second batch tile ends at
-    step 3 of 6: its blocks stop exchanging h there and only write the kept states."""
+    """D = 256 runs on a thread-block cluster a head, forward and backward (sm_90: h, and in the backward drs,
+    travel between the blocks, so a finished sequence must send its kept h and zero drs). The second batch tile
+    ends at step 3 of 6: its blocks stop exchanging h there and only write the kept states."""
     import cupy
 
     from flashrnn_core.backends import fused
@@ -270,6 +270,8 @@ def test_cuda_fused_cluster_heads_with_lengths(function):
     for i, n in enumerate(lengths):
         np.testing.assert_array_equal(states[:, i, n:], np.repeat(states[:, i, n - 1 : n], shape[1] - n, 1))
     _check_saved(cupy.asnumpy(res.saved), ref.saved, lengths, tol)
+    bw = fused.FusedBackend().bw_params(res.problem)
+    assert not isinstance(bw, str) and bw.cluster > 1, bw
     ds = np.random.default_rng(9).standard_normal(ref.states.shape)
     g_ref = fc.backward(ref, ds)
     g = fc.backward(res, cupy.asarray(ds.astype(np.float32).astype(host[0].dtype)))
