@@ -584,6 +584,18 @@ def test_backward_problem_describes_fused_bw():
     assert solve_fused(H100, "lstm", "bfloat16", 16, 12, 64, direction="backward").k_split == 4
 
 
+def test_a_shape_no_stage_takes_is_explained_on_the_first():
+    """Where every stage is infeasible (lstm 1x768's backward: one block, clusters, R^T in shared memory), the
+    reason is the first stage's conflict plus what the others tried; explaining the last stage's larger problem
+    took 213 s (a user's first backward call waited for it: the tuning cache does not keep infeasible shapes)."""
+    start = time.perf_counter()
+    r = solve_fused(H100, "lstm", "bfloat16", 16, 1, 768, direction="backward")
+    assert time.perf_counter() - start < 5
+    assert not r and r.conflict and "registers" in r.reason
+    assert r.reason.endswith("(and none with a cluster a head or R in shared memory either)")
+    assert "either" not in solve_fused(A100, "lstm", "bfloat16", 16, 1, 768, direction="backward").reason
+
+
 def test_assess_a_backward_configuration():
     """A measured backward configuration's estimate, and what a given one breaks: dR in the kernel for float32's
     split operands is outside its domain; four warps per 16 rows at D=128 is over the 1024 threads a block."""

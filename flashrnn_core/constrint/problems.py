@@ -778,8 +778,10 @@ def _lower_bound(fp: FusedProblem, box: dict[str, tuple[int, int]]) -> float:
 
 def _r_in_shared_memory_allowed(model: KernelModel, hw: Hardware, geo: Geometry) -> bool:
     """Whether R's (the backward: R^T's) k-tiles may go to shared memory: 16-bit storage, GPUs with clusters
-    (REGISTER_FIT, last paragraph)."""
-    return model.r_in_shared_memory and geo.split == 1 and hw.clusters
+    (REGISTER_FIT, last paragraph), and a D that the largest cluster splits evenly (its only cluster size: without
+    this the stage is infeasible all the same, and explaining why searched it for up to a minute, D=160)."""
+    split_unit = hw.max_cluster * (geo.dims_per_warp if geo.direction == "forward" else MMA_M)
+    return model.r_in_shared_memory and geo.split == 1 and hw.clusters and geo.D % split_unit == 0
 
 
 def _stages(model: KernelModel, hw: Hardware, function: str, dtype, D: int, direction: str) -> list[KernelModel]:
@@ -803,12 +805,21 @@ def solve_fused(hardware: Hardware, function: str, dtype, B: int, N: int, D: int
     if B < 1 or N < 1 or D < 1:
         raise ValueError(f"B, N, D must be positive, got B={B} N={N} D={D}")
     stages = _stages(model, hardware, function, dtype, D, direction)
-    for i, stage in enumerate(stages):
+    for stage in stages:
         fp = build_fused(hardware, function, dtype, B, N, D, direction, stage)
-        result = fp.problem.solve(explain=explain and i == len(stages) - 1)
+        result = fp.problem.solve(explain=explain and len(stages) == 1)
         if not isinstance(result, Infeasible):
             return params_from(fp, result.values)
-    return result
+    if not explain or len(stages) == 1:
+        return result
+    # Explained on the first stage, the plainest kernel: the later ones only add variables (clusters, R in shared
+    # memory), and explaining them re-solves a large search dozens of times (lstm 1x768's backward: 213 s).
+    first = build_fused(hardware, function, dtype, B, N, D, direction, stages[0]).problem.solve(explain=True)
+    added = [what for what, on in (("a cluster a head", any(max(s.clusters) > max(stages[0].clusters)
+                                                              for s in stages[1:]) and hardware.clusters),
+                                   ("R in shared memory", any(s.r_in_shared_memory for s in stages[1:])))
+             if on]
+    return Infeasible(first.conflict, f"{first.reason} (and none with {' or '.join(added)} either)", first.stats)
 
 
 def top_k(hardware: Hardware, function: str, dtype, B: int, N: int, D: int, k: int, direction: str = "forward",

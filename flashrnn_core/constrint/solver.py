@@ -784,9 +784,10 @@ class Problem:
         for values in search.iterate():
             yield dict(zip(self.names, values))
 
-    def feasible(self, constraints: Sequence[Constraint] | None = None) -> bool:
-        """Whether some assignment satisfies ``constraints`` (default: all)."""
-        search = _Search(self, self.constraints if constraints is None else constraints, 0, None)
+    def feasible(self, constraints: Sequence[Constraint] | None = None, node_limit: int | None = None) -> bool:
+        """Whether some assignment satisfies ``constraints`` (default: all); past ``node_limit`` nodes,
+        ``SolverError``."""
+        search = _Search(self, self.constraints if constraints is None else constraints, 0, node_limit)
         return next(iter(search.iterate()), None) is not None
 
     def _explain(self, stats: Stats) -> Infeasible:
@@ -796,15 +797,24 @@ class Problem:
         kept = list(self.constraints)
         # Deletion filtering: what stays is irreducible. Latest added are tried first, so where several
         # explanations exist the one naming the earliest-added constraints is kept (add the constraints a
-        # reader should hear about first).
+        # reader should hear about first). A trial that runs past EXPLAIN_NODE_LIMIT keeps its constraint: the
+        # set stays a conflict, perhaps not an irreducible one (without the limit, explaining a 1x768 lstm
+        # backward, whose dropped budgets open a large search, took 213 s).
         for c in reversed(list(kept)):
             trial = [k for k in kept if k is not c]
-            if not self.feasible(trial):
-                kept = trial
+            try:
+                if not self.feasible(trial, node_limit=EXPLAIN_NODE_LIMIT):
+                    kept = trial
+            except SolverError:
+                pass
         names = tuple(c.name for c in kept)
         text = "; ".join(f"[{c.name}] {c.describe(self.names)}" if c.name != c.describe(self.names)
                          else f"[{c.name}]" for c in kept)
         return Infeasible(names, f"no assignment satisfies together: {text}", stats)
+
+
+#: Nodes one deletion-filtering trial may search (``Problem._explain``).
+EXPLAIN_NODE_LIMIT = 20_000
 
 
 def _domain_text(d: Domain) -> str:
