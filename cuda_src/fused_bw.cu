@@ -279,8 +279,8 @@ template <class T> struct Args {
 };
 
 // Copies the inputs of step t (saved[b, t], states[b, t-1] or states0 at t = 0, dstates[b, t]) of this block's
-// batch tile and dims [d0, d0 + DB) into one stage, for t = Tn-1, Tn-2, ... in turn. Missing tensors and rows past B are zero-filled
-// (never read), so a stage always holds the inputs as the math wants them.
+// batch tile and dims [d0, d0 + DB) into one stage, for t = Tn-1, Tn-2, ... in turn. Missing tensors and rows past
+// B are zero-filled (never read), so a stage always holds the inputs as the math wants them.
 template <class K, class T> struct InPieces : LoadPieces<(K::PIECES + K::THREADS - 1) / K::THREADS, K::KEEP> {
     static constexpr int PER_ROW = K::DB / K::CH;
     static constexpr int PER = (K::PIECES + K::THREADS - 1) / K::THREADS;  // pieces per thread

@@ -223,8 +223,8 @@ class FusedBackend(Backend):
 
     def backward(self, problem, Wx, R, b, states0, states, saved, dstates, dlast):
         """The fused reverse-time kernel (fused_bw.cu) with the solver's parameters; shapes it cannot take
-        (``bw_params`` says why: heads too large for a cluster's registers and shared memory, ...) delegate to the ``cuda``
-        backend's backward (``vanilla``'s where ``cuda`` cannot run), which reads the same saved tensors
+        (``bw_params`` says why: heads too large for a cluster's registers and shared memory, ...) delegate to the
+        ``cuda`` backend's backward (``vanilla``'s where ``cuda`` cannot run), which reads the same saved tensors
         (docs/architecture.md "Saved tensors")."""
         from . import get_backend, why_not
 

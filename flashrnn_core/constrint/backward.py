@@ -139,7 +139,8 @@ def resources(geo, m: "KernelModel", v: dict[str, Var]) -> tuple[Expr, Expr]:
     split, item, D = geo.split, geo.itemsize, geo.D
     # Registers: R^T's A-fragments (4 a k-tile and operand part), the cells' live values, dR's accumulators
     # (BW_REGISTER_FIT; split-K's own addressing got 0 there). With R^T partly in shared memory (r_shared = 1):
-    # its registers one for one, and the rest at a factor of its estimate that falls with the block's warps (KernelModel).
+    # its registers one for one, and the rest at a factor of its estimate that falls with the block's warps
+    # (KernelModel.bw_reg_rest_with_smem).
     r_regs = 4 * split * (ktw - r_smem)
     rest = (m.bw_reg_base + m.bw_reg_per_cell_value * cells * geo.live_per_cell + m.bw_reg_per_dr * 4 * tpw * fused_dr
             + m.bw_reg_cluster_split * clustered * (split - 1))

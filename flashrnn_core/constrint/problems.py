@@ -580,7 +580,8 @@ def add_cluster_constraints(p: Problem, v: dict[str, Var], hw: Hardware, m: Kern
     # r_shared = (r_smem_kt > 0), exactly.
     p.add(v["r_smem_kt"] <= kt * v["r_shared"], name="r_shared: 1 where R k-tiles live in shared memory")
     p.add(v["r_shared"] <= v["r_smem_kt"], name="r_shared: 0 where none does")
-    p.add(cluster >= max_cluster * v["r_shared"], name=f"R in shared memory: {max_cluster}-block clusters (REGISTER_FIT)")
+    p.add(cluster >= max_cluster * v["r_shared"],
+          name=f"R in shared memory: {max_cluster}-block clusters (REGISTER_FIT)")
     # ... and one block an SM: with two (lstm D=512, 12 k-tiles in shared memory, B=256) compute-sanitizer's
     # synccheck reported "Missing wait" on the first mbarrier arrival; the same kernel one block an SM, none
     # (bench/results/sanitizer/README.md). Results matched vanilla either way; the cause is not found.
