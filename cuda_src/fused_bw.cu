@@ -90,45 +90,57 @@ template <class Op, int SPLIT> __device__ __forceinline__ void split(float v, Op
     if constexpr (SPLIT == 2) out[1] = mma::to_op<Op>(v - mma::op_to_float(out[0]));
 }
 
-// Compile-time geometry. ConstrINT's backward problem (constrint/backward.py) mirrors THREADS and SMEM_BYTES.
+// What both kernels below stage a step, over a block's DB dims and BT = 8 sequences (Tile and ScatterTile add their
+// matmul's geometry): a step's inputs, staged by cp.async P steps ahead in NS = P + 2 stages (a stage is refilled
+// two steps after its own, since step t's h_{t-1} rows are read again at the top of step t-1 by the dR tiles), as
+// rows of the block's DB values (+ one 16-byte piece of padding, so the 4 batch rows a warp reads at once fall in
+// distinct banks): saved [BT][NSAVED], then the previous states [S][BT], then the upstream gradient [S][BT]. A
+// step's outputs, staged as rows [BT][GO] (dWx's gates, then drs's where the cell's drs is not its dx) and written
+// out during the next step as 16-byte pieces (double-buffered): the forward measured 2-byte scattered stores at ~40
+// cycles each a step.
+template <class Cell, class T, int D_, int DB_, int P_, bool STORE_DRS_, int THREADS_> struct Staging {
+    using Op = typename OperandOf<T>::Op;
+    static constexpr int SPLIT = OperandOf<T>::SPLIT;
+    static constexpr bool KEEP = SPLIT == 1;  // per-thread addresses pinned in registers (common/pieces.cuh, keep)
+    static constexpr int D = D_, DB = DB_, BT = 8, P = P_, NS = P_ + 2, THREADS = THREADS_;
+    static constexpr int GW = Cell::GW, GR = Cell::GR, GB = Cell::GB, S = Cell::S, NSAVED = Cell::NSAVED;
+    static constexpr int CH = 16 / int(sizeof(T));           // elements in a 16-byte piece
+    static constexpr int ROW = DB + CH;
+    static constexpr int SAVED_ROWS = BT * NSAVED, PREV_ROW0 = SAVED_ROWS, UP_ROW0 = SAVED_ROWS + S * BT;
+    static constexpr int STAGE_ROWS = UP_ROW0 + S * BT, STAGE_ELEMS = STAGE_ROWS * ROW;
+    static constexpr int PIECES = STAGE_ROWS * (DB / CH);
+    static constexpr bool STORE_DRS = STORE_DRS_;
+    static constexpr int GO = GW + (STORE_DRS ? GR : 0), OUT_ELEMS = BT * GO * ROW, OUT_PIECES = BT * GO * (DB / CH);
+    static constexpr int STAGE_BYTES = NS * STAGE_ELEMS * int(sizeof(T)), OUT_BYTES = 2 * OUT_ELEMS * int(sizeof(T));
+    static_assert(BT * GB * DB * 4 <= STAGE_BYTES, "db's block reduction reuses the stages");
+    static_assert(P >= 1, "at least one step of inputs in flight");
+    static_assert(THREADS <= 1024, "one block per (head, batch tile)");
+};
+
+// Compile-time geometry of the drs-exchange kernel (`backward`). ConstrINT's backward problem (constrint/
+// backward.py) mirrors THREADS and SMEM_BYTES.
 // KS warps share one 16-row M tile, each taking every KS-th k-tile: the partial sums meet in shared memory
 // (`red`), and the four cells a lane's accumulator covers are dealt out among those KS warps (warp ks owns the
 // cells q = ks, ks + KS, ...). So each warp runs 4/KS cells' loads, pointwise math and stores: issue #6
 // measured KS = 1 (4 warps at D = 64, one warp a scheduler) at ~6800 cycles a step, every instruction of the
 // 4 cells serialised on its latency.
-template <class Cell, class T, int D_, int KS_, int P_, bool STORE_DRS_, bool FUSED_DR_, int CL_, int RS_> struct Tile {
-    using Op = typename OperandOf<T>::Op;
-    static constexpr int SPLIT = OperandOf<T>::SPLIT;
-    static constexpr bool KEEP = SPLIT == 1;  // per-thread addresses pinned in registers (common/pieces.cuh, keep)
-    // NS = P + 2 stages: a stage is refilled two steps after its own, since step t's h_{t-1} rows are read
-    // again at the top of step t-1 (the dR tiles below).
-    static constexpr int D = D_, BT = 8, KS = KS_, P = P_, NS = P_ + 2, CL = CL_;
-    static constexpr int GW = Cell::GW, GR = Cell::GR, GB = Cell::GB, S = Cell::S, NSAVED = Cell::NSAVED;
-    static constexpr int DB = D / CL;                        // dims of one block (rows of R^T, columns of dh)
-    static constexpr int WARPS_M = DB / 16, WARPS = WARPS_M * KS, THREADS = 32 * WARPS;
+template <class Cell, class T, int D_, int KS_, int P_, bool STORE_DRS_, bool FUSED_DR_, int CL_, int RS_>
+struct Tile : Staging<Cell, T, D_, D_ / CL_, P_, STORE_DRS_, 32 * (D_ / CL_ / 16) * KS_> {
+    using Base = Staging<Cell, T, D_, D_ / CL_, P_, STORE_DRS_, 32 * (D_ / CL_ / 16) * KS_>;
+    using typename Base::Op;
+    using Base::D, Base::DB, Base::BT, Base::SPLIT, Base::GR, Base::THREADS, Base::STAGE_BYTES, Base::OUT_BYTES;
+    static constexpr int KS = KS_, CL = CL_;
+    static constexpr int WARPS_M = DB / 16, WARPS = WARPS_M * KS;
     static constexpr int KT = GR * D / 16;                   // k-tiles: every gate's rows
     static constexpr int KT_W = (KT + KS - 1) / KS;          // k-tiles a warp holds (the last may hold fewer)
     static constexpr int RS = RS_, KTR = KT_W - RS_;         // ... of those in shared memory, in registers
     static constexpr int CHAINS = KT_W < 4 ? KT_W : 4;       // independent partial sums of the mma chain
     static constexpr int CELLS = 4 / KS;                     // cells a lane runs
     static constexpr int KROW = GR * D + 8;                  // padded row: ldmatrix rows in distinct banks
+    static constexpr int GATE_COLS = D;                      // a gate's columns in a drs row
     static constexpr int BUF_ELEMS = SPLIT * BT * KROW;      // one drs buffer (every block's columns)
     static constexpr int RED_FLOATS = KS > 1 ? KS * WARPS_M * 4 * 32 : 0;  // [ks][warp_m][cell q][lane]
-    // A step's inputs, staged by cp.async P steps ahead in NS = P + 2 stages: rows of the block's DB values (+ one
-    // 16-byte piece of padding, so the 4 batch rows a warp reads at once fall in distinct banks):
-    //   saved [BT][NSAVED], then the previous states [S][BT], then the upstream gradient [S][BT].
-    static constexpr int CH = 16 / int(sizeof(T));           // elements in a 16-byte piece
-    static constexpr int ROW = DB + CH;
-    static constexpr int SAVED_ROWS = BT * NSAVED, PREV_ROW0 = SAVED_ROWS, UP_ROW0 = SAVED_ROWS + S * BT;
-    static constexpr int STAGE_ROWS = UP_ROW0 + S * BT, STAGE_ELEMS = STAGE_ROWS * ROW;
-    static constexpr int PIECES = STAGE_ROWS * (DB / CH);
-    // A step's outputs, staged as rows [BT][GO] (dWx's gates, then drs's where the cell's drs is not its dx) and
-    // written out during the next step as 16-byte pieces (double-buffered): the forward measured 2-byte
-    // scattered stores at ~40 cycles each a step.
-    static constexpr bool STORE_DRS = STORE_DRS_;
-    static constexpr int GO = GW + (STORE_DRS ? GR : 0), OUT_ELEMS = BT * GO * ROW, OUT_PIECES = BT * GO * (DB / CH);
     static constexpr int BUF_BYTES = 2 * BUF_ELEMS * int(sizeof(Op)), RED_BYTES = RED_FLOATS * 4;
-    static constexpr int STAGE_BYTES = NS * STAGE_ELEMS * int(sizeof(T)), OUT_BYTES = 2 * OUT_ELEMS * int(sizeof(T));
     static constexpr int BAR_BYTES = CL > 1 ? 16 : 0;        // two mbarriers (one per drs buffer)
     // R^T's shared-memory k-tiles as A-fragments in lane order, [WARPS][SPLIT][RS][32 lanes][4 registers]: one
     // conflict-free 16-byte load a lane per fragment (as the forward's).
@@ -145,13 +157,10 @@ template <class Cell, class T, int D_, int KS_, int P_, bool STORE_DRS_, bool FU
     static constexpr bool FUSED_DR = FUSED_DR_;
     static_assert(!FUSED_DR || SPLIT == 1, "dR in the kernel multiplies 16-bit operands (float32 splits them)");
     static_assert(!FUSED_DR || CL == 1, "dR in the kernel: one block a head (a cluster's would need every h)");
-    static_assert(!(FUSED_DR && STORE_DRS), "drs is stored only for a dR GEMM after the kernel");
-    static_assert(BT * GB * DB * 4 <= STAGE_BYTES, "db's block reduction reuses the stages");
+    static_assert(!(FUSED_DR && Base::STORE_DRS), "drs is stored only for a dR GEMM after the kernel");
     static_assert(D % (16 * CL) == 0, "D must be a multiple of 16 blocks' share (16 CL)");
     static_assert(RS >= 0 && RS <= KT_W, "R^T k-tiles in shared memory: some of the warp's");
     static_assert(KS == 1 || KS == 2 || KS == 4, "the 4 cells of a lane split evenly over KS warps");
-    static_assert(THREADS <= 1024, "one block per (head, batch tile)");
-    static_assert(P >= 1, "at least one step of inputs in flight");
 };
 
 // One A-fragment of R^T at k-tile kt (k-tiles past KT, the last warp's tail, are zeros): row k = k0 + g (+8),
@@ -378,7 +387,7 @@ template <class K, class T> struct OutPieces : StorePieces<(K::OUT_PIECES + K::T
 template <class K, class T>
 __device__ __forceinline__ void write_partials(const Args<T>& A, const float (&dr)[K::TPW][4],
                                                const float (&dbacc)[K::CELLS][K::GB], float* red_db, int warp,
-                                               int lane, int ks, int wm, int n, int d0) {
+                                               int lane, int ks, int wm, int n, int d0, bool has_cells = true) {
     const int g = lane / 4, c4 = lane % 4;
     if constexpr (K::FUSED_DR) {
         constexpr int NT = K::D / 8;
@@ -395,6 +404,7 @@ __device__ __forceinline__ void write_partials(const Args<T>& A, const float (&d
     __syncthreads();  // every warp is past its last read of the stages
 #pragma unroll
     for (int m = 0; m < K::CELLS; ++m) {
+        if (!has_cells) break;
         const int q = ks + K::KS * m, bl = 2 * c4 + q % 2, d = 16 * wm + g + 8 * (q / 2);
 #pragma unroll
         for (int gate = 0; gate < K::GB; ++gate) red_db[(bl * K::GB + gate) * K::DB + d] = dbacc[m][gate];
@@ -415,6 +425,107 @@ template <class K> __device__ __forceinline__ constexpr int cell_row(int m) { re
 template <class K> __device__ __forceinline__ constexpr int cell_col(int m) {
     return K::KS == 1 ? 8 * (m / 2) : 8 * (K::KS / 2) * m;
 }
+
+// A lane's cells, in either kernel: cell m is entry q = ks + KS*m of the m16n8 accumulator of M tile wm of the
+// block's dims, i.e. batch row 2*c4 + q % 2 and dim 16*wm + g + 8*(q / 2). It keeps their carried state
+// gradients, db sums and lengths, and its first cell's addresses in stage 0, output buffer 0 and drs buffer 0
+// (cell m adds cell_row<K>(m) rows and cell_col<K>(m) columns). Rows b >= B run on zeros and write nothing.
+template <class K, class Cell, class T> struct CellLanes {
+    static constexpr unsigned ET = sizeof(T), E = sizeof(typename K::Op);
+    float carry[K::CELLS][K::S];
+    float dbacc[K::CELLS][K::GB] = {};  // db, summed over the steps
+    int length[K::CELLS];
+    unsigned live;  // bit m: cell m's batch row is < B
+    unsigned in_saved0, in_prev0, drs_out0, staged0;
+
+    // drs_col0: the block's first drs column in a drs row (its dims' offset where a row holds every block's).
+    // dlast is the upstream gradient of the last step only: it starts the carry.
+    __device__ __forceinline__ CellLanes(const Args<T>& A, const T* stages, const T* obuf, const typename K::Op* buf,
+                                         int b0, int n, int d0, int drs_col0, int ks, int wm, int lane) {
+        const int g = lane / 4, c4 = lane % 4;
+        const size_t ND = size_t(A.N) * K::D;
+#pragma unroll
+        for (int m = 0; m < K::CELLS; ++m) {
+            const int q = ks + K::KS * m, b = b0 + 2 * c4 + q % 2, d = d0 + 16 * wm + g + 8 * (q / 2);
+#pragma unroll
+            for (int s = 0; s < K::S; ++s)
+                carry[m][s] = A.dlast != nullptr && b < A.B
+                                  ? load_f(A.dlast + (size_t(s) * A.B + b) * ND + size_t(n) * K::D + d) : 0.f;
+            length[m] = b < A.B && A.lengths != nullptr ? A.lengths[b] : A.Tn;
+            live = (m == 0 ? 0u : live) | (b < A.B ? 1u << m : 0u);
+        }
+        // Batch row 2*c4 (+1 for ks odd), dim 16*wm + g (+8 for ks = 2, 3: KS = 4's one cell, q = ks).
+        const int row0 = 2 * c4 + (K::KS == 1 ? 0 : ks % 2), col0 = 16 * wm + g + (K::KS == 1 ? 0 : 8 * (ks / 2));
+        in_saved0 = keep<K::KEEP>(mma::smem_u32(stages + row0 * K::NSAVED * K::ROW + col0));
+        in_prev0 = keep<K::KEEP>(mma::smem_u32(stages + (K::PREV_ROW0 + row0) * K::ROW + col0));
+        drs_out0 = keep<K::KEEP>(mma::smem_u32(buf + row0 * K::KROW + drs_col0 + col0));  // (gate 0's column)
+        staged0 = keep<K::KEEP>(mma::smem_u32(obuf + row0 * K::GO * K::ROW + col0));
+    }
+
+    // Step t of the cells, given dh (the recurrent term of h's gradient): Cell::backward on the stage at
+    // `in_off` bytes past stage 0; drs_t into the drs buffer `drs_off` bytes past buffer 0, dWx (and drs) into
+    // the output buffer `out_off` bytes past buffer 0.
+    __device__ __forceinline__ void step(const float (&dh)[K::CELLS], int t, unsigned in_off, unsigned out_off,
+                                         unsigned drs_off) {
+#pragma unroll
+        for (int m = 0; m < K::CELLS; ++m) {
+            const int rm = cell_row<K>(m), cm = cell_col<K>(m);  // this cell's offsets from the lane's first
+            float saved[K::NSAVED], prev[K::S], ds[K::S], dx[K::GW], drs[K::GR], db[K::GB], dsp[K::S];
+#pragma unroll
+            for (int k = 0; k < K::NSAVED; ++k)
+                saved[k] = ld_shared_f<T>(in_saved0 + in_off + ET * ((rm * K::NSAVED + k) * K::ROW + cm));
+#pragma unroll
+            for (int s = 0; s < K::S; ++s) {
+                const unsigned at = in_prev0 + in_off + ET * ((s * K::BT + rm) * K::ROW + cm);
+                prev[s] = ld_shared_f<T>(at);
+                ds[s] = carry[m][s] + ld_shared_f<T>(at + ET * (K::UP_ROW0 - K::PREV_ROW0) * K::ROW);
+            }
+            ds[0] += dh[m];
+            Cell::backward(ds, prev, saved, dx, drs, db, dsp);
+            // Past a sequence's end (t >= its length) the step copied the states: no gate gradient, and the
+            // whole state gradient passes to step t-1. Selects, not products: saved there may hold anything.
+            const bool running = t < length[m];
+            const bool live = (this->live >> m) & 1u;  // padded rows: drs 0, so they add nothing to dh
+#pragma unroll
+            for (int s = 0; s < K::S; ++s) carry[m][s] = !live ? 0.f : running ? dsp[s] : ds[s];
+#pragma unroll
+            for (int gate = 0; gate < K::GB; ++gate) dbacc[m][gate] += live && running ? db[gate] : 0.f;
+#pragma unroll
+            for (int gate = 0; gate < K::GR; ++gate) {
+                typename K::Op parts[K::SPLIT];
+                split(live && running ? drs[gate] : 0.f, parts);
+#pragma unroll
+                for (int s = 0; s < K::SPLIT; ++s)
+                    st_shared_b16(drs_out0 + drs_off + E * ((s * K::BT + rm) * K::KROW + gate * K::GATE_COLS + cm),
+                                  mma::op_bits(parts[s]));
+            }
+            const unsigned staged = staged0 + out_off + ET * (rm * K::GO * K::ROW + cm);
+#pragma unroll
+            for (int gate = 0; gate < K::GW; ++gate)
+                st_shared_f<T>(staged + ET * gate * K::ROW, running ? dx[gate] : 0.f);
+            if constexpr (K::STORE_DRS)
+#pragma unroll
+                for (int gate = 0; gate < K::GR; ++gate)
+                    st_shared_f<T>(staged + ET * (K::GW + gate) * K::ROW, running ? drs[gate] : 0.f);
+        }
+    }
+
+    // After step 0: the gradient on the initial states (dh: the recurrent term into h_{-1}).
+    __device__ __forceinline__ void store_dinit(const Args<T>& A, const float (&dh)[K::CELLS], int b0, int n,
+                                                int d0, int ks, int wm, int lane) const {
+        const int g = lane / 4, c4 = lane % 4;
+        const size_t ND = size_t(A.N) * K::D;
+#pragma unroll
+        for (int m = 0; m < K::CELLS; ++m) {
+            const int q = ks + K::KS * m, b = b0 + 2 * c4 + q % 2, d = d0 + 16 * wm + g + 8 * (q / 2);
+            if (b >= A.B) continue;
+#pragma unroll
+            for (int s = 0; s < K::S; ++s)
+                store_f(A.dinit + (size_t(s) * A.B + b) * ND + size_t(n) * K::D + d,
+                        carry[m][s] + (s == 0 ? dh[m] : 0.f));
+        }
+    }
+};
 
 template <class Cell, class T, int D, int KS, int P, bool STORE_DRS, bool FUSED_DR, int CL, int RS>
 __device__ __forceinline__ void backward(const Args<T> A) {
@@ -456,35 +567,14 @@ __device__ __forceinline__ void backward(const Args<T> A) {
     // drs_T = 0: the last step gets no gradient through R (both buffers: which one it reads depends on T).
     for (int i = threadIdx.x; i < 2 * K::BUF_ELEMS; i += K::THREADS) buf[i] = mma::to_op<Op>(0.f);
 
-    // This lane's cells: m -> q = ks + KS*m, (i, c) = (q / 2, q % 2) -> dim 16*wm + g + 8i, batch row 2*c4 + c
-    // (the accumulator's entry q). Rows b >= B run on zeros and write nothing. dlast is the upstream gradient
-    // of the last step only: it starts the carry.
-    float carry[K::CELLS][K::S];
-    int length[K::CELLS];
-    float dr[K::TPW][4] = {};        // this warp's dR tiles (FUSED_DR)
-    float dbacc[K::CELLS][K::GB] = {};  // this lane's cells' db, summed over the steps
-#pragma unroll
-    for (int m = 0; m < K::CELLS; ++m) {
-        const int q = ks + KS * m, b = b0 + 2 * c4 + q % 2, d = d0 + 16 * wm + g + 8 * (q / 2);
-#pragma unroll
-        for (int s = 0; s < K::S; ++s)
-            carry[m][s] = A.dlast != nullptr && b < A.B ? load_f(A.dlast + (size_t(s) * A.B + b) * ND + size_t(n) * D + d)
-                                                         : 0.f;
-        length[m] = b < A.B && A.lengths != nullptr ? A.lengths[b] : A.Tn;
-    }
+    float dr[K::TPW][4] = {};  // this warp's dR tiles (FUSED_DR)
+    CellLanes<K, Cell, T> cells(A, stages, obuf, buf, b0, n, d0, d0, ks, wm, lane);
     // ldmatrix x2: lanes 0-15 address rows (batch) l % 8 at k offset 8 * (l / 8) of the k-tile.
     const unsigned row =
         keep<K::KEEP>(mma::smem_u32(buf) + unsigned(((lane % 8) * K::KROW + 8 * ((lane / 8) & 1)) * E));
     // dR tiles (.trans ldmatrix): rows (batch) l % 8 of the drs buffer and of the stage's h rows.
     const unsigned dr_a_row = row;
     const unsigned dr_b_row = keep<K::KEEP>(mma::smem_u32(stages + (K::PREV_ROW0 + lane % 8) * K::ROW));
-    // This lane's first cell (m = 0) in buffer or stage 0; cell m adds cell_row<K>(m) rows and cell_col<K>(m)
-    // columns. Batch row 2*c4 (+1 for ks odd), dim 16*wm + g (+8 for ks = 2, 3: KS = 4's one cell, q = ks).
-    const int row0 = 2 * c4 + (KS == 1 ? 0 : ks % 2), col0 = 16 * wm + g + (KS == 1 ? 0 : 8 * (ks / 2));
-    const unsigned in_saved0 = keep<K::KEEP>(mma::smem_u32(stages + row0 * K::NSAVED * K::ROW + col0));
-    const unsigned in_prev0 = keep<K::KEEP>(mma::smem_u32(stages + (K::PREV_ROW0 + row0) * K::ROW + col0));
-    const unsigned drs_out0 = keep<K::KEEP>(mma::smem_u32(buf + row0 * K::KROW + d0 + col0));  // (gate 0's column)
-    const unsigned staged0 = keep<K::KEEP>(mma::smem_u32(obuf + row0 * K::GO * K::ROW + col0));
     // Split-K: this warp's partial sums (entry q at q*32 floats), and entry q = ks of warp 0's (warp w's at
     // w*WARPS_M*4*32 floats further).
     const unsigned red_mine = keep<K::KEEP>(mma::smem_u32(red + ks * K::WARPS_M * 4 * 32 + wm * 4 * 32 + lane));
@@ -545,60 +635,10 @@ __device__ __forceinline__ void backward(const Args<T> A) {
             }
         }
         if (t < 0) {  // after step 0: the gradient on the initial states
-#pragma unroll
-            for (int m = 0; m < K::CELLS; ++m) {
-                const int q = ks + KS * m, b = b0 + 2 * c4 + q % 2, d = d0 + 16 * wm + g + 8 * (q / 2);
-                if (b >= A.B) continue;
-#pragma unroll
-                for (int s = 0; s < K::S; ++s)
-                    store_f(A.dinit + (size_t(s) * A.B + b) * ND + size_t(n) * D + d,
-                            carry[m][s] + (s == 0 ? dh[m] : 0.f));
-            }
+            cells.store_dinit(A, dh, b0, n, d0, ks, wm, lane);
             break;
         }
-        const unsigned in_off = stage * STAGE, out_off = (t & 1) * OBUF, drs_off = (t & 1) * DRS_BUF;
-#pragma unroll
-        for (int m = 0; m < K::CELLS; ++m) {
-            const int q = ks + KS * m, b = b0 + 2 * c4 + q % 2;
-            const int rm = cell_row<K>(m), cm = cell_col<K>(m);  // this cell's offsets from the lane's first
-            float saved[K::NSAVED], prev[K::S], ds[K::S], dx[K::GW], drs[K::GR], db[K::GB], dsp[K::S];
-#pragma unroll
-            for (int k = 0; k < K::NSAVED; ++k)
-                saved[k] = ld_shared_f<T>(in_saved0 + in_off + ET * ((rm * K::NSAVED + k) * K::ROW + cm));
-#pragma unroll
-            for (int s = 0; s < K::S; ++s) {
-                const unsigned at = in_prev0 + in_off + ET * ((s * K::BT + rm) * K::ROW + cm);
-                prev[s] = ld_shared_f<T>(at);
-                ds[s] = carry[m][s] + ld_shared_f<T>(at + ET * (K::UP_ROW0 - K::PREV_ROW0) * K::ROW);
-            }
-            ds[0] += dh[m];
-            Cell::backward(ds, prev, saved, dx, drs, db, dsp);
-            // Past a sequence's end (t >= its length) the step copied the states: no gate gradient, and the
-            // whole state gradient passes to step t-1. Selects, not products: saved there may hold anything.
-            const bool running = t < length[m];
-            const bool live = b < A.B;  // padded rows: drs 0, so they add nothing to dh
-#pragma unroll
-            for (int s = 0; s < K::S; ++s) carry[m][s] = !live ? 0.f : running ? dsp[s] : ds[s];
-#pragma unroll
-            for (int gate = 0; gate < K::GB; ++gate) dbacc[m][gate] += live && running ? db[gate] : 0.f;
-#pragma unroll
-            for (int gate = 0; gate < K::GR; ++gate) {
-                Op parts[K::SPLIT];
-                split(live && running ? drs[gate] : 0.f, parts);
-#pragma unroll
-                for (int s = 0; s < K::SPLIT; ++s)
-                    st_shared_b16(drs_out0 + drs_off + E * ((s * K::BT + rm) * K::KROW + gate * D + cm),
-                                  mma::op_bits(parts[s]));
-            }
-            const unsigned staged = staged0 + out_off + ET * (rm * K::GO * K::ROW + cm);
-#pragma unroll
-            for (int gate = 0; gate < K::GW; ++gate)
-                st_shared_f<T>(staged + ET * gate * K::ROW, running ? dx[gate] : 0.f);
-            if constexpr (K::STORE_DRS)
-#pragma unroll
-                for (int gate = 0; gate < K::GR; ++gate)
-                    st_shared_f<T>(staged + ET * (K::GW + gate) * K::ROW, running ? drs[gate] : 0.f);
-        }
+        cells.step(dh, t, stage * STAGE, (t & 1) * OBUF, (t & 1) * DRS_BUF);
         if constexpr (K::FUSED_DR)
             if (t < last) accumulate_dr<K>(dr, dr_a_row + ((t + 1) & 1) * DRS_BUF, dr_b_row + stage_next * STAGE, warp);
         stage = stage == K::NS - 1 ? 0 : stage + 1;
@@ -609,8 +649,264 @@ __device__ __forceinline__ void backward(const Args<T> A) {
         if constexpr (CL > 1) drs_send.send((t & 1) * DRS_BUF, bars + 8 * (t & 1));
     }
     mma::cp_async_wait<0>();  // no copy in flight (the tail groups are empty): the stages are free below
-    write_partials<K, T>(A, dr, dbacc, reinterpret_cast<float*>(stages), warp, lane, ks, wm, n, d0);
+    write_partials<K, T>(A, dr, cells.dbacc, reinterpret_cast<float*>(stages), warp, lane, ks, wm, n, d0);
     if constexpr (CL > 1) exchange_barriers_exit(bars);
+}
+
+
+// ---- Scatter clusters: the backward of heads whose drs exchange does not fit ------------------------------------
+// lstm and slstm at D = 768 (16-bit): the drs buffers of `backward` alone take 96 KB a block (every gate's D
+// columns, double-buffered), and with R^T's 295 KB a block and ~100 registers a thread besides, no split of R^T
+// between registers and shared memory fits 16 SMs. Here block `rank` still owns dims [d0, d0 + DB) (its cells), but
+// holds the columns of R^T that ITS cells' drs multiply: every D row of R^T against its GR x DB gate columns (KL
+// k-tiles). Each step it multiplies those by its own drs (M = D, K = GR*DB, N = 8): a partial dh over every dim,
+// which it sends to the blocks that own them (block j gets M tiles [j*MB, (j+1)*MB), float32, as the mma
+// accumulators stand: one 16-byte st.async a lane and M tile), and each block sums the CL partials of its dims
+// in a fixed order (deterministic). So:
+//   * the drs buffer holds the block's own columns only (GR*DB, 6 KB double-buffered at lstm D = 768), the
+//     receive buffers CL x MB x 512 bytes (48 KB double-buffered): 54 KB against 96;
+//   * a block receives (CL - 1) x DB x 8 x 4 bytes a step (23 KB at lstm D = 768) against (CL - 1) x GR x DB x 8 x
+//     2 (46 KB), and sends straight from registers (no shared-memory read, no per-piece addresses);
+//   * the KS split of K goes: W warps each hold MPW = D/16/W M tiles of every local k-tile (MPW independent mma
+//     chains), and 2*MB of them run the cells afterwards (2 cells a lane; ScatterTile::KS = 2 names that split).
+// Estimated BEFORE measuring (lstm 1x768 bf16, 8 warps, 6 of 12 k-tiles in registers, H100): the matmul ~600 mma
+// an SM (~1000 cycles with 147 KB of R^T read from shared memory at 128 B a cycle) + the exchange (~23 KB in, at
+// the forward's fitted 4 B a cycle an SM... ~5800 cycles; the drs exchange measured ~2x faster than that rate, so
+// ~3000) + cells (~600) + two barriers: ~4000-5000 cycles (2.2-2.8 us) a step, ~2.5 ms at T=1024 against the
+// `cuda` backward's ~11.
+template <class Cell, class T, int D_, int W_, int P_, bool STORE_DRS_, int CL_, int RSK_>
+struct ScatterTile : Staging<Cell, T, D_, D_ / CL_, P_, STORE_DRS_, 32 * W_> {
+    using Base = Staging<Cell, T, D_, D_ / CL_, P_, STORE_DRS_, 32 * W_>;
+    using typename Base::Op;
+    using Base::D, Base::DB, Base::BT, Base::SPLIT, Base::GR, Base::STAGE_BYTES, Base::OUT_BYTES;
+    static constexpr int CL = CL_, WARPS = W_;
+    static constexpr int MT = D / 16, MPW = MT / WARPS;  // M tiles of every dim; a warp's
+    static constexpr int MB = DB / 16;                   // M tiles of one block's dims
+    static constexpr int PASS = (MPW + 1) / 2;           // M tiles a pass of the matmul (matmul_scatter)
+    static constexpr int KL = GR * DB / 16;              // k-tiles: the block's gate columns
+    // A warp's MPW x KL tiles of R^T in (k-tile, M tile) order, f = kt * MPW + i: the first KRF in registers, the
+    // last RST in shared memory; k-tiles [0, KTR) hold every register tile (the last of them some shared ones too).
+    static constexpr int TILES = MPW * KL, RST = RSK_, KRF = TILES - RSK_, KTR = (KRF + MPW - 1) / MPW;
+    static constexpr int KS = 2, WARPS_M = MB, CELLS = 2, CELL_WARPS = 2 * MB;  // cells: as Tile with KS = 2
+    static_assert(CELLS == 2, "the partials' sum below picks 2 entries of 4");
+    static constexpr int KROW = GR * DB + 8;             // padded drs row: ldmatrix rows in distinct banks
+    static constexpr int GATE_COLS = DB;
+    // One drs buffer, one output buffer and NS = P + 1 input stages (Staging's `backward` double-buffers the first
+    // two and keeps P + 2 stages for its dR tiles): a step's matmul reads drs_{t+1} and its outputs are flushed
+    // before the barrier after which its cells write drs_t and the outputs, and a stage is free once its step's
+    // cells have run. Shared memory is what limits this kernel (lstm D = 768: 229 of 227 KB... see SMEM_BYTES).
+    static constexpr int BUF_ELEMS = BT * KROW, BUF_BYTES = BUF_ELEMS * int(sizeof(Op));
+    static constexpr int STAGES_USED = P_ + 1, STAGE_BYTES_USED = STAGES_USED * Base::STAGE_ELEMS * int(sizeof(T));
+    static constexpr int OUT_BYTES_USED = Base::OUT_ELEMS * int(sizeof(T));
+    static constexpr int SLOT_BYTES = MB * 512;          // one block's partial for another: [MB][32 lanes][4 floats]
+    static constexpr int RECV_BUF_BYTES = CL * SLOT_BYTES, RECV_BYTES_ALL = 2 * RECV_BUF_BYTES;
+    static constexpr int BAR_BYTES = 16;                 // two mbarriers (one per receive buffer)
+    // R^T's shared-memory tiles as A-fragments in lane order, [WARPS][RST][32 lanes][4 registers].
+    static constexpr int R_BYTES = WARPS * RST * 512;
+    static constexpr int SMEM_BYTES = BUF_BYTES + RECV_BYTES_ALL + STAGE_BYTES_USED + OUT_BYTES_USED + BAR_BYTES + R_BYTES;
+    static constexpr unsigned RECV_BYTES = unsigned((CL - 1) * SLOT_BYTES);  // from the other blocks, a step
+    static constexpr bool FUSED_DR = false;
+    static constexpr int DR_TILES = 0, TPW = 1;
+    static_assert(SPLIT == 1, "scatter clusters: 16-bit storage");
+    static_assert(CL > 1 && D % (16 * CL) == 0, "scatter clusters: D a multiple of 16 CL");
+    static_assert(MT % WARPS == 0, "the warps share the M tiles evenly");
+    static_assert(CELL_WARPS <= WARPS, "two warps an M tile of the block's dims run its cells");
+    static_assert(RST >= 0 && RST <= TILES, "R^T tiles in shared memory: some of the warp's");
+    static_assert(Base::BT * Base::GB * DB * 4 <= STAGE_BYTES_USED, "db's block reduction reuses the stages");
+};
+
+// A-fragment of R^T for (M tile mt, local k-tile kt): row m = 16 mt + g (+8), local column kk = 16 kt + 2 c4 (+1, +8)
+// = gate * DB + jj, value R[gate][d0 + jj][m].
+template <class K, class T>
+__device__ __forceinline__ void rt_scatter_fragment(unsigned (&f)[4], const T* __restrict__ R, int n, int N, int d0,
+                                                    int mt, int kt, int g, int c4) {
+    using Op = typename K::Op;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const int m = 16 * mt + g + 8 * (j & 1), kk = 16 * kt + 2 * c4 + 8 * (j >> 1);
+        const int gate = kk / K::DB, jj = kk % K::DB;
+        const T* p = R + ((size_t(gate) * N + n) * K::D + d0 + jj) * K::D + m;
+        f[j] = mma::pack2(mma::to_op<Op>(load_f(p)), mma::to_op<Op>(load_f(p + K::D)));
+    }
+}
+
+template <class K> using ScatterRegs = unsigned[K::KRF > 0 ? K::KRF : 1][4];
+
+// R^T of this warp's M tiles [mt0, mt0 + MPW): tiles f < KRF into registers, the rest into shared memory at
+// `r_lane` (one at a time, as load_rt).
+template <class K, class T>
+__device__ __forceinline__ void load_rt_scatter(ScatterRegs<K>& a, unsigned r_lane, const T* __restrict__ R, int n,
+                                                int N, int d0, int mt0, int g, int c4) {
+#pragma unroll
+    for (int f = 0; f < K::KRF; ++f) rt_scatter_fragment<K>(a[f], R, n, N, d0, mt0 + f % K::MPW, f / K::MPW, g, c4);
+#pragma unroll 1
+    for (int f = K::KRF; f < K::TILES; ++f) {
+        unsigned v[4];
+        rt_scatter_fragment<K>(v, R, n, N, d0, mt0 + f % K::MPW, f / K::MPW, g, c4);
+        st_shared_v4(r_lane + unsigned((f - K::KRF) * 512), make_uint4(v[0], v[1], v[2], v[3]));
+    }
+}
+
+// The warp's partial dh[M tiles mt0 + I0 .. + NI][8] = R^T[those rows, the block's columns] x drs (`addr`: this
+// lane's ldmatrix row of the drs buffer): NI independent chains over the KL k-tiles, the shared-memory ones in a
+// loop. A warp's MPW M tiles go in passes of NI (K::PASS), so that only NI accumulators are live at once.
+template <class K, int I0, int NI>
+__device__ __forceinline__ void matmul_scatter(float (&acc)[NI][4], const ScatterRegs<K>& a, unsigned r_lane,
+                                               unsigned addr) {
+    using M = mma::Mma<typename K::Op>;
+    constexpr int E = int(sizeof(typename K::Op));
+#pragma unroll
+    for (int i = 0; i < NI; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = 0.f;
+#pragma unroll
+    for (int kt = 0; kt < K::KTR; ++kt) {
+        unsigned bf[2];
+        mma::ldmatrix_x2(bf, addr + unsigned(16 * kt * E));
+#pragma unroll
+        for (int i = 0; i < NI; ++i) {
+            constexpr int F0 = I0;  // (f of M tile I0 + i at k-tile kt: kt * MPW + I0 + i)
+            const int f = kt * K::MPW + F0 + i;
+            if (f < K::KRF) {
+                M::run(acc[i], a[f < K::KRF ? f : 0], bf[0], bf[1]);
+            } else {
+                const uint4 v = ld_shared_v4(r_lane + unsigned((f - K::KRF) * 512));
+                const unsigned fr[4] = {v.x, v.y, v.z, v.w};
+                M::run(acc[i], fr, bf[0], bf[1]);
+            }
+        }
+    }
+#pragma unroll 1
+    for (int kt = K::KTR; kt < K::KL; ++kt) {
+        unsigned bf[2];
+        mma::ldmatrix_x2(bf, addr + unsigned(16 * kt * E));
+#pragma unroll
+        for (int i = 0; i < NI; ++i) {
+            const uint4 v = ld_shared_v4(r_lane + unsigned((kt * K::MPW + I0 + i - K::KRF) * 512));
+            const unsigned fr[4] = {v.x, v.y, v.z, v.w};
+            M::run(acc[i], fr, bf[0], bf[1]);
+        }
+    }
+}
+
+// One pass of the step's partials: M tiles mt0 + I0 .. + NI from drs at `addr`, each to its owner's receive buffer
+// at `at` (this lane's place in slot `rank`, M tile 0) counted by its mbarrier `bar` (local addresses).
+template <class K, int I0, int NI>
+__device__ __forceinline__ void scatter_pass(const ScatterRegs<K>& a, unsigned r_lane, unsigned addr, int mt0,
+                                             unsigned rank, unsigned at, unsigned bar) {
+    float acc[NI][4];
+    matmul_scatter<K, I0, NI>(acc, a, r_lane, addr);
+#pragma unroll
+    for (int i = 0; i < NI; ++i) {
+        const int mt = mt0 + I0 + i;
+        const unsigned to = unsigned(mt / K::MB), local = at + unsigned(mt % K::MB * 512);
+        const uint4 v = make_uint4(__float_as_uint(acc[i][0]), __float_as_uint(acc[i][1]),
+                                   __float_as_uint(acc[i][2]), __float_as_uint(acc[i][3]));
+        if (to == rank) st_shared_v4(local, v);  // this block's own: the barrier after the passes shows it
+        else cluster::st_async_16(cluster::map(local, to), v, cluster::map(bar, to));
+    }
+}
+
+template <class Cell, class T, int D, int W, int P, bool STORE_DRS, int CL, int RSK>
+__device__ __forceinline__ void backward_scatter(const Args<T> A) {
+    using K = ScatterTile<Cell, T, D, W, P, STORE_DRS, CL, RSK>;
+    using Op = typename K::Op;
+    extern __shared__ __align__(16) unsigned char smem[];
+    float* recv = reinterpret_cast<float*>(smem);                          // [2][CL][MB][32][4]
+    Op* buf = reinterpret_cast<Op*>(smem + K::RECV_BYTES_ALL);             // [BT][KROW]: the block's drs
+    T* stages = reinterpret_cast<T*>(smem + K::RECV_BYTES_ALL + K::BUF_BYTES);  // [NS][STAGE_ROWS][ROW]
+    T* obuf = reinterpret_cast<T*>(smem + K::RECV_BYTES_ALL + K::BUF_BYTES + K::STAGE_BYTES_USED);  // [BT][GO][ROW]
+    const unsigned bars =
+        mma::smem_u32(smem + K::RECV_BYTES_ALL + K::BUF_BYTES + K::STAGE_BYTES_USED + K::OUT_BYTES_USED);
+    const unsigned rsm = bars + K::BAR_BYTES;  // R^T's shared-memory k-tiles
+    constexpr int E = int(sizeof(Op));
+
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c4 = lane % 4;
+    const int mt0 = warp * K::MPW;                       // this warp's M tiles (of every dim) in the matmul
+    const bool cell_warp = warp < K::CELL_WARPS;
+    const int wm = warp % K::MB, ks = warp / K::MB % 2;  // a cell warp's M tile of the block's dims, its half
+    const unsigned rank = cluster::rank();
+    const int n = blockIdx.x / CL, b0 = blockIdx.y * K::BT, d0 = int(rank) * K::DB;
+    const int last = A.Tn - 1;
+
+    constexpr unsigned ET = sizeof(T), STAGE = K::STAGE_ELEMS * ET;  // bytes
+    constexpr unsigned RECV_BUF = K::RECV_BUF_BYTES;
+    InPieces<K, T> incopy(A, b0, n, d0, mma::smem_u32(stages));
+#pragma unroll 1
+    for (int p = 0; p < P; ++p) {  // step last - p into stage p (step t lives in stage (last - t) % (P + 1))
+        if (last - p >= 0) incopy.issue(p * STAGE, last - p);
+        mma::cp_async_commit();
+    }
+    OutPieces<K, T> outcopy(A, b0, n, d0, mma::smem_u32(obuf));
+    exchange_barriers_init(bars, K::RECV_BYTES);
+
+    ScatterRegs<K> a;
+    const unsigned r_lane = keep<true>(rsm + unsigned((warp * K::RST * 32 + lane) * 16));
+    load_rt_scatter<K>(a, r_lane, A.R, n, A.N, d0, mt0, g, c4);
+    // drs_T = 0: the last step gets no gradient through R.
+    for (int i = threadIdx.x; i < K::BUF_ELEMS; i += K::THREADS) buf[i] = mma::to_op<Op>(0.f);
+
+    CellLanes<K, Cell, T> cells(A, stages, obuf, buf, b0, n, d0, 0, ks, wm, lane);
+    // ldmatrix x2: lanes 0-15 address rows (batch) l % 8 at k offset 8 * (l / 8) of the k-tile.
+    const unsigned row =
+        keep<true>(mma::smem_u32(buf) + unsigned(((lane % 8) * K::KROW + 8 * ((lane / 8) & 1)) * E));
+    // Where this lane's partials go: slot `rank` of the receiving block, M tile mt % MB, this lane's 16 bytes; and
+    // where its cells' come from: slot 0 of its own M tile wm.
+    const unsigned sent0 = keep<true>(mma::smem_u32(recv) + unsigned((int(rank) * K::MB * 32 + lane) * 16));
+    const unsigned summed0 = keep<true>(mma::smem_u32(recv) + unsigned((wm * 32 + lane) * 16));
+    mma::cp_async_wait<P - 1>();  // step last's stage (this thread's pieces; the barrier shows everyone's)
+    cluster::sync();              // mbarriers initialised and drs zeroed before any block sends
+
+    int stage = 0;  // (last - t) % NS: the stage of step t
+#pragma unroll 1
+    for (int t = last; t >= -1; --t) {
+        // Refill the stage of step t+1 (its cells ran before the last barrier) with step t-P, and write out step
+        // t+1's staged outputs.
+        const int refill = stage == 0 ? P : stage - 1;  // the stage of step t+1 (NS = P + 1)
+        if (t - P >= 0) incopy.issue(refill * STAGE, t - P);
+        mma::cp_async_commit();
+        if (t < last) outcopy.flush(0);
+        // Partial dh_t over this warp's M tiles from drs_{t+1}, sent to their owners' receive
+        // buffer t&1 (this block's own by a plain store: the barrier below shows it).
+        {
+            const unsigned addr = row, at = sent0 + (t & 1) * RECV_BUF;
+            const unsigned bar = bars + 8 * (t & 1);
+            scatter_pass<K, 0, K::PASS>(a, r_lane, addr, mt0, rank, at, bar);
+            if constexpr (K::MPW > K::PASS) scatter_pass<K, K::PASS, K::MPW - K::PASS>(a, r_lane, addr, mt0, rank, at, bar);
+        }
+        __syncthreads();  // this block's own partials are in place; drs_{t+1} and the outputs of t+1 are read
+        float dh[K::CELLS];
+        if (cell_warp) {
+            // The other blocks' partials of dh_t arrive on receive buffer t&1's mbarrier: its ((last - t) / 2)-th
+            // phase. Thread 0 arms it again for step t-2 (unless that is past the last round, t = -1): no block
+            // sends step t-2's partials before it has received step t-1's, this block's among them, which this
+            // block sends only after this.
+            const unsigned bar = bars + 8 * (t & 1);
+            cluster::mbarrier_wait(bar, unsigned((last - t) >> 1) & 1u);
+            if (threadIdx.x == 0 && t >= 1) cluster::mbarrier_expect(bar, K::RECV_BYTES);
+            const unsigned from = summed0 + (t & 1) * RECV_BUF;
+#pragma unroll
+            for (int m = 0; m < K::CELLS; ++m) dh[m] = 0.f;
+#pragma unroll
+            for (int src = 0; src < CL; ++src) {  // in rank order: the same sum on every run
+                const uint4 v = ld_shared_v4(from + unsigned(src * K::SLOT_BYTES));
+                // entries q = ks + KS*m of the accumulator: (x, z) for ks = 0, (y, w) for ks = 1
+                dh[0] += __uint_as_float(ks == 0 ? v.x : v.y);
+                dh[1] += __uint_as_float(ks == 0 ? v.z : v.w);
+            }
+            if (t < 0) cells.store_dinit(A, dh, b0, n, d0, ks, wm, lane);
+            else cells.step(dh, t, stage * STAGE, 0, 0);
+        }
+        if (t < 0) break;
+        stage = stage == P ? 0 : stage + 1;
+        mma::cp_async_wait<P - 1>();  // step t-1's stage (issued P steps ago) has landed
+        __syncthreads();              // drs_t complete for step t-1's matmul; the receive buffer t&1 read
+    }
+    mma::cp_async_wait<0>();  // no copy in flight (the tail groups are empty): the stages are free below
+    const float no_dr[1][4] = {};
+    write_partials<K, T>(A, no_dr, cells.dbacc, reinterpret_cast<float*>(stages), warp, lane, ks, wm, n, d0,
+                         cell_warp);
+    exchange_barriers_exit(bars);
 }
 
 }  // namespace fused_bw
@@ -624,6 +920,8 @@ __device__ __forceinline__ void backward(const Args<T> A) {
 //   kernel writes drs too. FLASHRNN_FUSED_DR: 1 where the kernel sums dR itself (16-bit storage, one block a head).
 //   FLASHRNN_CLUSTER: blocks a head (a thread-block cluster when > 1, sm_90). FLASHRNN_R_SMEM: of a warp's k-tiles
 //   of R^T, how many live in shared memory (the last ones; 0: none).
+//   FLASHRNN_SCATTER: 1 for the scatter-cluster kernel (backward_scatter: FLASHRNN_WARPS warps, FLASHRNN_R_SMEM of
+//   its KL k-tiles in shared memory; FLASHRNN_KSPLIT and FLASHRNN_FUSED_DR unused).
 // Launch: grid (N * CLUSTER, ceil(B / 8)), cluster (CLUSTER, 1, 1), block Tile::THREADS (= 2 D KSPLIT / CLUSTER),
 // dynamic shared memory Tile::SMEM_BYTES.
 // lengths ([B] int32, or null: all T): steps t >= lengths[b] pass the state gradient through (no gate gradient).
@@ -659,9 +957,22 @@ __device__ __forceinline__ void backward(const Args<T> A) {
 #define FLASHRNN_R_SMEM 0
 #endif
 
+#ifndef FLASHRNN_SCATTER
+#define FLASHRNN_SCATTER 0
+#endif
+#ifndef FLASHRNN_WARPS
+#define FLASHRNN_WARPS 8
+#endif
+
+#if FLASHRNN_SCATTER
+using FlashrnnFusedBwTile = flashrnn::fused_bw::ScatterTile<FLASHRNN_CELL, FLASHRNN_STORAGE, FLASHRNN_D, FLASHRNN_WARPS,
+                                                            FLASHRNN_PREFETCH, FLASHRNN_STORE_DRS != 0,
+                                                            FLASHRNN_CLUSTER, FLASHRNN_R_SMEM>;
+#else
 using FlashrnnFusedBwTile = flashrnn::fused_bw::Tile<FLASHRNN_CELL, FLASHRNN_STORAGE, FLASHRNN_D, FLASHRNN_KSPLIT,
                                                      FLASHRNN_PREFETCH, FLASHRNN_STORE_DRS != 0,
                                                      FLASHRNN_FUSED_DR != 0, FLASHRNN_CLUSTER, FLASHRNN_R_SMEM>;
+#endif
 #ifdef FLASHRNN_SMEM_BYTES
 static_assert(FlashrnnFusedBwTile::SMEM_BYTES == FLASHRNN_SMEM_BYTES, "the solver's shared memory disagrees with Tile");
 #endif
@@ -678,7 +989,13 @@ flashrnn_fused_bw(const FLASHRNN_STORAGE* __restrict__ R, const FLASHRNN_STORAGE
                   int B, int T, int N, int SD, const int* __restrict__ lengths) {
     flashrnn::fused_bw::Args<FLASHRNN_STORAGE> args{R, states0, states, saved, dstates, dlast, dWx, drs, dinit,
                                                     dr_part, db_part, lengths, B, T, N, SD};
+#if FLASHRNN_SCATTER
+    flashrnn::fused_bw::backward_scatter<FLASHRNN_CELL, FLASHRNN_STORAGE, FLASHRNN_D, FLASHRNN_WARPS,
+                                         FLASHRNN_PREFETCH, FLASHRNN_STORE_DRS != 0, FLASHRNN_CLUSTER,
+                                         FLASHRNN_R_SMEM>(args);
+#else
     flashrnn::fused_bw::backward<FLASHRNN_CELL, FLASHRNN_STORAGE, FLASHRNN_D, FLASHRNN_KSPLIT, FLASHRNN_PREFETCH,
                                  FLASHRNN_STORE_DRS != 0, FLASHRNN_FUSED_DR != 0, FLASHRNN_CLUSTER,
                                  FLASHRNN_R_SMEM>(args);
+#endif
 }

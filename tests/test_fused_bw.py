@@ -32,7 +32,8 @@ CASES = [
     (3, 5, 1, 160, True, "all"),  # above one block's registers for most cells: 2-block clusters (sm_90)
     (5, 9, 3, 256, True, "all"),  # 4- and 8-block clusters: drs exchanged between blocks each step
     (3, 6, 1, 512, False, "h+last"),  # 16-block clusters, lstm/slstm with R^T partly in shared memory
-    (2, 4, 1, 768, True, "h"),  # lstm/slstm/gru 16-bit: cuda's backward on the fused forward's saved tensors
+    (2, 4, 1, 768, True, "h"),  # 16-block clusters: gru R^T partly in shared memory, lstm scatter clusters
+    (11, 6, 2, 768, True, "all+last"),  # scatter clusters over two batch tiles and two heads (slstm: `cuda`)
 ]
 
 
@@ -161,9 +162,46 @@ def test_backward_too_large_for_one_block_says_why():
     launch = fused.choose("lstm", DTYPES["bfloat16"], 16, 3, 256, hardware=H100, direction="backward")
     assert launch.cluster > 1 and launch.grid == (3 * launch.cluster, 2) and "cluster" in launch.spec.label
     launch = fused.choose("lstm", DTYPES["bfloat16"], 16, 1, 512, hardware=H100, direction="backward")
-    assert launch.cluster == 16 and launch.choice.r_ktiles_in_smem > 0
-    reason = fused.choose("lstm", DTYPES["bfloat16"], 16, 1, 768, hardware=H100, direction="backward")
+    assert launch.cluster == 16 and launch.choice.r_ktiles_in_smem > 0 and not launch.choice.scatter
+    launch = fused.choose("lstm", DTYPES["bfloat16"], 16, 1, 768, hardware=H100, direction="backward")
+    assert launch.cluster == 16 and launch.choice.scatter and "scatter" in launch.spec.label
+    reason = fused.choose("slstm", DTYPES["bfloat16"], 16, 1, 768, hardware=H100, direction="backward")
     assert isinstance(reason, str) and "fused backward kernel" in reason and "registers" in reason
+    assert "scatter cluster" in reason
+
+
+def scatter_configurations(hw, function, dtype_name, B, N, D):
+    """The scatter stage's configurations of one shape: for each (cluster, warps, prefetch), the least and the
+    most of R^T's tiles in shared memory."""
+    from dataclasses import replace as replace_model
+
+    from flashrnn_core.constrint.problems import DEFAULT_MODEL, build_fused, params_from
+
+    fp = build_fused(hw, function, dtype_name, B, N, D, "backward", replace_model(DEFAULT_MODEL, bw_scatter=True))
+    by_shape: dict = {}
+    for values in fp.problem.solutions():
+        by_shape.setdefault((values["cluster"], values["warps"], values["prefetch"]), []).append(values)
+    chosen = []
+    for group in by_shape.values():
+        fewest, most = (f(group, key=lambda v: v["r_smem_tiles"]) for f in (min, max))
+        chosen += [fewest] if fewest is most else [fewest, most]
+    return [params_from(fp, v) for v in chosen]
+
+
+def test_scatter_configurations_compile_without_spills():
+    """Every scatter configuration the GPU tests run (D = 256) and the solver's lstm 1x768 choice compile for
+    sm_90 within the solver's register estimate's promise: no spill."""
+    import os
+
+    from flashrnn_core.compile import run_jobs
+
+    configs = [c for f in CELLS for c in scatter_configurations(H100, f, "bfloat16", 9, 2, 256)]
+    configs.append(fused.choose("lstm", DTYPES["bfloat16"], 16, 1, 768, hardware=H100, direction="backward").choice)
+    assert len(configs) > 8 and all(c.scatter for c in configs)
+    outcomes = run_jobs([(fused.launch_of(c).spec, "sm_90") for c in configs], os.cpu_count() or 1)
+    for config, outcome in zip(configs, outcomes):
+        assert not outcome.error, outcome.error
+        assert outcome.resources.spill_stores == 0 and outcome.resources.stack == 0, fused.launch_of(config).spec.label
 
 
 def test_kernel_refuses_a_launch_the_solver_did_not_describe():
@@ -184,16 +222,23 @@ def test_kernel_refuses_a_launch_the_solver_did_not_describe():
     forced = replace(f32, defines=tuple((k, "1" if k == "FLASHRNN_FUSED_DR" else v) for k, v in f32.defines))
     with pytest.raises(CompileError, match="dR in the kernel multiplies 16-bit operands"):
         compile_spec(forced, "sm_90", use_cache=False)
+    scatter = fused.choose("lstm", DTYPES["bfloat16"], 16, 1, 768, hardware=H100, direction="backward").spec
+    smem = dict(scatter.defines)["FLASHRNN_SMEM_BYTES"]
+    with pytest.raises(CompileError, match="the solver's shared memory disagrees"):
+        compile_spec(replace(scatter, defines=tuple((k, str(int(smem) - 512) if k == "FLASHRNN_SMEM_BYTES" else v)
+                                                    for k, v in scatter.defines)), "sm_90", use_cache=False)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("clustered", [False, True], ids=["block", "cluster"])
+@pytest.mark.parametrize("kind", ["block", "cluster", "scatter"])
 @pytest.mark.parametrize("dtype_name", ["bfloat16", "float32"])
 @pytest.mark.parametrize("function", list(CELLS))
-def test_every_feasible_backward_configuration_matches_vanilla(function, dtype_name, clustered, poisoned):
+def test_every_feasible_backward_configuration_matches_vanilla(function, dtype_name, kind, poisoned):
     """The solver picks one configuration a shape, but may pick any it admits on another GPU or shape (and
     ``python -m flashrnn_core.tune`` stores the fastest measured): each one (k split, prefetch, dR in the
-    kernel or not; blocks a head) gives vanilla's gradients. Kernels are compiled up front on every core."""
+    kernel or not; blocks a head) gives vanilla's gradients. Scatter clusters (16-bit) are the solver's last
+    stage, taken only at D = 768 by lstm: here every (cluster, warps, prefetch) of theirs at D = 256, with none
+    and with the most of R^T's tiles in shared memory. Kernels are compiled up front on every core."""
     import os
 
     import cupy
@@ -207,13 +252,21 @@ def test_every_feasible_backward_configuration_matches_vanilla(function, dtype_n
     B, T, N = 9, 7, 2
     dtype = DTYPES[dtype_name]
     D = 64 if dtype_name != "float32" else 32
+    clustered = kind != "block"
     if clustered:  # heads no block holds: every cluster configuration (sm_90)
         if current().clusters is False:
             pytest.skip("thread-block clusters need sm_90")
         D = 128 if dtype_name == "float32" and function != "elman" else 256  # (elman float32 128 fits a block)
-    configs = all_feasible(current(), function, dtype_name, B, N, D, direction="backward")
-    assert configs and (clustered or {c.k_split for c in configs} >= {2, 4})
-    assert all((c.blocks_per_head > 1) == clustered for c in configs)
+    if kind == "scatter":
+        if dtype_name == "float32":
+            pytest.skip("scatter clusters: 16-bit storage")
+        if function == "elman":  # (its blocks' shared memory is under half an SM's: the stage takes none)
+            pytest.skip("elman D=256: no scatter configuration (one block an SM)")
+        configs = scatter_configurations(current(), function, dtype_name, B, N, D)
+    else:
+        configs = all_feasible(current(), function, dtype_name, B, N, D, direction="backward")
+        assert clustered or {c.k_split for c in configs} >= {2, 4}
+    assert configs and all((c.blocks_per_head > 1) == clustered for c in configs)
     failed = [o for o in run_jobs([(fused.launch_of(c).spec, device_arch()) for c in configs], os.cpu_count() or 1)
               if o.error]
     assert not failed, failed[0].error

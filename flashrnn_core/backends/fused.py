@@ -92,6 +92,8 @@ def launch_of(choice: FusedParams) -> Launch:
                  f"p{choice.prefetch_steps}" + (" dr" if choice.fused_dr else ""))
         if choice.blocks_per_head > 1:
             label += f" cluster{choice.blocks_per_head}"
+        if choice.scatter:
+            label += f" scatter w{choice.warps_per_block}"
     else:
         source, entry = SOURCE, ENTRY
         label = (f"{choice.function} cuda_fused fw {choice.dtype} D{choice.D} nbt{choice.batch_ntiles} "

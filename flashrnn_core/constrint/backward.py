@@ -80,6 +80,8 @@ def build_backward(hw: Hardware, function: str, dtype, B: int, N: int, D: int, m
 
     from .problems import _r_in_shared_memory_allowed
 
+    if model.bw_scatter:
+        return build_scatter(hw, function, dtype, B, N, D, model)
     geo = geometry(function, dtype, D, "backward")
     p = Problem()
     kt, dr_tiles = max(1, geo.kt), dr_tile_count(geo)
@@ -122,6 +124,19 @@ def configuration_values(geo, ksplit: int, prefetch: int, fused_dr: bool, cluste
             "ktw": -(-max(1, geo.kt) // ksplit), "r_smem_kt": r_smem_kt, "r_shared": int(r_smem_kt > 0),
             "clustered": int(cluster > 1), "cells": CELLS_PER_M_TILE_LANE // ksplit,
             "tpw": -(-dr_tile_count(geo) // warps)}
+
+
+def on_domain(var: Var, table: dict[int, int]) -> Expr:
+    """The polynomial of ``var`` that takes ``table[x]`` at every x of the table (Lagrange's): a per-value
+    constant the solver can hold in a constraint. ``var``'s domain must be the table's keys."""
+    total = Expr.lift(0)
+    for x, y in table.items():
+        term = Expr.lift(Fraction(y))
+        for other in table:
+            if other != x:
+                term = term * (var - other) * Fraction(1, x - other)
+        total = total + term
+    return total
 
 
 def split_k(ksplit: Expr) -> Expr:
@@ -204,6 +219,8 @@ def estimate(fp: "FusedProblem", values: dict[str, int]) -> dict[str, float]:
     """
     from .problems import _at, _exchange_cycles, blocks_per_sm, cluster_slots
 
+    if fp.model.bw_scatter:
+        return scatter_estimate(fp, values)
     geo, m, hw = fp.geo, fp.model, fp.hw
     ks, cells, ktw, tpw, dr = (values[k] for k in ("ksplit", "cells", "ktw", "tpw", "fused_dr"))
     cluster, r_smem = values["cluster"], values["r_smem_kt"]
@@ -250,6 +267,8 @@ def params_from(fp: "FusedProblem", values: dict[str, int]) -> "FusedParams":
     and batch tile of 8; ``warps_along_dims`` M tiles of 16 rows a block, each over ``k_split`` warps."""
     from .problems import FusedParams, register_cap
 
+    if fp.model.bw_scatter:
+        return scatter_params_from(fp, values)
     geo, hw = fp.geo, fp.hw
     e = estimate(fp, values)
     ks, cluster, r_smem = values["ksplit"], values["cluster"], values["r_smem_kt"]
@@ -269,3 +288,133 @@ def params_from(fp: "FusedProblem", values: dict[str, int]) -> "FusedParams":
         blocks_per_sm=int(e["blocks_per_sm"]), grid=(fp.N * cluster, tiles),
         waves=int(e["waves"]), step_cycles=e["total"], step_us=hw.cycles_to_us(e["total"]),
         breakdown={k: round(float(x), 1) for k, x in e.items()}, fused_dr=bool(values["fused_dr"]))
+
+
+# ---------------------------------------------------------------------------------------------- scatter clusters
+
+#: The data behind ``KernelModel.bw_scatter_reg_rest`` (documentation): ptxas -v (NVRTC 12.9, sm_90) of
+#: fused_bw.cu's scatter kernel at D = 768 on 16 blocks, prefetch 1: the most register tiles of R^T (KRF, 4
+#: registers each) that compile without a spill, and the rest that leaves under the register cap.
+SCATTER_REGISTER_DATA = """
+cell   warps cap  max KRF of tiles  rest   (ptxas with KRF = 0)
+lstm   6     255  32 of 96          127    142
+lstm   8     255  33 of 72          123    136
+lstm   12    168  24 of 48          72     107
+slstm  6     255  28 of 96          143    161
+slstm  8     255  29 of 72          139    155
+slstm  12    168  10 of 48          128    143
+gru    6     255  38 of 72          103    120
+gru    8     255  40 of 54          95     114
+gru    12    168  24 of 36          72     103
+elman  6     255  24 of 24          -      105
+elman  8     255  18 of 18          -      99
+elman  12    168  12 of 12          -      96
+"""
+
+
+def build_scatter(hw: Hardware, function: str, dtype, B: int, N: int, D: int, model: "KernelModel") -> "FusedProblem":
+    """The scatter-cluster backward (fused_bw.cu ``backward_scatter``) as a problem: ``cluster`` blocks a head,
+    each owning ``16 * mb`` dims; ``warps`` warps, each holding ``mpw`` M tiles of 16 of every dim against the
+    block's ``Gr * mb`` k-tiles (its cells' gate columns), ``r_smem_tiles`` of those ``mpw * Gr * mb`` tiles in
+    shared memory; ``2 * mb`` of the warps run the cells (two a lane)."""
+    from .problems import FusedProblem, add_block_budgets, geometry
+
+    geo = geometry(function, dtype, D, "backward")
+    p = Problem()
+    mt = max(1, D // 16)
+    v = {
+        "cluster": p.var("cluster", tuple(c for c in model.clusters if c > 1)),
+        "warps": p.var("warps", tuple(sorted(model.bw_scatter_reg_rest[geo.function]))),
+        "prefetch": p.var("prefetch", model.bw_prefetches, prefer="high"),
+        "r_smem_tiles": p.var("r_smem_tiles", range(0, mt * geo.gr * mt + 1)),
+        "mb": p.var("mb", range(1, mt + 1), priority=-1),
+        "mpw": p.var("mpw", range(1, mt + 1), priority=-1),
+        "alloc8": p.var("alloc8", range(1, 1025), priority=-1),
+        "warp_groups": p.var("warp_groups", range(1, hw.max_threads_per_block // hw.warp_size + 1), priority=-1),
+        "batch_tiles": p.var("batch_tiles", range(1, math.ceil(B / BT) + 1), priority=-1),
+    }
+    regs, smem = scatter_resources(geo, model, v)
+    cluster, warps, mb, mpw = v["cluster"], v["warps"], v["mb"], v["mpw"]
+    add_block_budgets(p, v, hw, regs, smem, warps)
+    max_cluster = hw.max_cluster if hw.clusters else 1
+    p.add(cluster <= max_cluster, name=f"blocks per head <= {max_cluster} (thread-block clusters)")
+    p.add(2 * (smem + hw.smem_reserved_per_block) >= hw.smem_per_sm + 1,
+          name="scatter clusters: one block an SM (shared memory over half the SM's)")
+    p.add(BT * v["batch_tiles"] >= B, name="batch tiles cover the batch")
+    p.add(BT * (v["batch_tiles"] - 1) < B, name="batch tiles: the least that cover it")
+    p.add(divides(16, D), name="D divisible by 16 (mma tiles)")
+    p.add(16 * mb * cluster == D, name="D split evenly: blocks per head x 16-dim M tiles x 16 == D")
+    p.add(mpw * warps == mt, name="the warps share D/16 M tiles evenly")
+    p.add(2 * mb <= warps, name="two warps an M tile of the block's dims run its cells")
+    p.add(v["r_smem_tiles"] <= mpw * geo.gr * mb, name="R^T tiles in shared memory <= a warp's tiles")
+    p.add(Expr.lift(N * D * max(geo.gw, geo.n_saved)) <= 2**31 - 1,
+          name="N*D*gates < 2^31 (32-bit per-step pointer offsets)")
+    fp = FusedProblem(p, v, geo, hw, model, B, N, regs, smem)
+    p.minimize(lambda values: scatter_estimate(fp, values)["total"])
+    return fp
+
+
+def scatter_resources(geo, m: "KernelModel", v: dict[str, Var]) -> tuple[Expr, Expr]:
+    """(registers per thread, dynamic shared memory per block): fused_bw.cu's ``ScatterTile::SMEM_BYTES``
+    exactly (one drs buffer of the block's columns, two receive buffers of CL x mb x 512 bytes, prefetch + 1
+    stages, one output buffer, two mbarriers, R^T's shared-memory tiles)."""
+    mb, mpw, warps, rst, prefetch = (v[k] for k in ("mb", "mpw", "warps", "r_smem_tiles", "prefetch"))
+    item = geo.itemsize
+    regs = 4 * (mpw * geo.gr * mb - rst) + on_domain(warps, m.bw_scatter_reg_rest[geo.function])
+    row = (16 * mb + 16 // item) * item  # one staged row of the block's dims and a 16-byte pad, bytes
+    drs = BT * (geo.gr * 16 * mb + 8) * 2
+    recv = 2 * v["cluster"] * mb * 512
+    stage = (BT * geo.n_saved + 2 * geo.states * BT) * row
+    outputs = geo.gw + (geo.gr if geo.function == "gru" else 0)
+    return regs, drs + recv + (prefetch + 1) * stage + BT * outputs * row + 16 + warps * rst * 512
+
+
+def scatter_estimate(fp: "FusedProblem", values: dict[str, int]) -> dict[str, float]:
+    """Cycles per time step (``total``) of the scatter kernel, from the backward's constants (not calibrated on
+    it): the warps' mma over their tiles (a chain of ``Gr * mb`` k-tiles a pass, two passes, or the SM's issue),
+    R^T's shared-memory tiles at the SM's bandwidth, the exchange of float32 partials at the forward's fitted rate,
+    the cells (two a lane), the barriers; the dR GEMMs after the kernel as ``estimate``."""
+    from .problems import _at
+
+    geo, m, hw = fp.geo, fp.model, fp.hw
+    cluster, warps, mb, mpw, rst = (values[k] for k in ("cluster", "warps", "mb", "mpw", "r_smem_tiles"))
+    kl = geo.gr * mb
+    wps = warps / m.schedulers
+    mma = max(2 * kl * m.mma_latency, mpw * kl * wps * m.mma_issue)
+    r_bandwidth = warps * rst * 512 / m.smem_bytes_per_cycle
+    received = (cluster - 1) * 16 * mb * BT * 4
+    exchange = m.cluster_exchange + (cluster - 2) * m.cluster_per_peer + received / m.cluster_bytes_per_cycle
+    cost = m.bw_cells[geo.function]
+    cells = cost.latency + 2 * cost.issue * max(1.0, 2 * mb / m.schedulers)
+    step = (m.ldmatrix_latency + max(mma, r_bandwidth) + exchange + cells + 2 * m.sync_threads
+            + m.bw_fixed_per_warp * warps)
+    step = max(step, m.bw_load_latency / values["prefetch"])
+    gemm_bytes = fp.B * fp.N * geo.D * geo.itemsize * (geo.gr + 3)
+    gemm = gemm_bytes / (hw.bytes_per_cycle() * m.bw_gemm_efficiency)
+    regs, smem = _at(fp.regs, fp, values), int(_at(fp.smem, fp, values))
+    return {"total": step + gemm, "step": step, "mma": mma, "r_bandwidth": r_bandwidth, "exchange": exchange,
+            "cells": cells, "gemm": gemm, "waves": 1, "regs": regs, "smem": smem, "blocks_per_sm": 1}
+
+
+def scatter_params_from(fp: "FusedProblem", values: dict[str, int]) -> "FusedParams":
+    """A scatter solution's ``FusedParams``: ``warps_along_dims`` = its warps, ``ktiles_per_warp`` = the R^T
+    tiles a warp holds, ``r_ktiles_in_smem`` = how many of those live in shared memory, ``scatter`` set."""
+    from .problems import FusedParams, register_cap
+
+    geo, hw = fp.geo, fp.hw
+    e = scatter_estimate(fp, values)
+    cluster, warps, rst = values["cluster"], values["warps"], values["r_smem_tiles"]
+    threads = warps * hw.warp_size
+    tiles = math.ceil(fp.B / BT)
+    r_smem_bytes = warps * rst * 512
+    r_total = geo.gr * geo.D * geo.D * 2 // cluster
+    return FusedParams(
+        function=geo.function, dtype=geo.dtype, direction="backward", B=fp.B, N=fp.N, D=geo.D, hardware=hw.name,
+        arch=hw.arch, blocks_per_head=cluster, dims_per_block=geo.D // cluster, rows_per_block=geo.D,
+        batch_ntiles=1, batch_tile=BT, batch_tiles=tiles, warps_along_dims=warps, dims_per_warp=16 * values["mpw"],
+        k_split=1, ktiles_per_warp=values["mpw"] * geo.gr * values["mb"], warps_per_block=warps,
+        threads_per_block=threads, r_ktiles_in_smem=rst, r_bytes_registers=r_total - r_smem_bytes,
+        r_bytes_smem=r_smem_bytes, prefetch_steps=values["prefetch"], sync="cluster", smem_bytes=int(e["smem"]),
+        registers_estimate=math.ceil(round(e["regs"], 6)), register_cap=register_cap(hw, threads), blocks_per_sm=1,
+        grid=(fp.N * cluster, tiles), waves=1, step_cycles=e["total"], step_us=hw.cycles_to_us(e["total"]),
+        breakdown={k: round(float(x), 1) for k, x in e.items()}, fused_dr=False, scatter=True)

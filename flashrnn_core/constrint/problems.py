@@ -191,6 +191,16 @@ class KernelModel:
     bw_gemm_efficiency: float = 0.28
     bw_cells: dict = field(default_factory=lambda: {
         "lstm": CellCost(160, 60), "slstm": CellCost(260, 90), "gru": CellCost(180, 70), "elman": CellCost(40, 20)})
+    #: The scatter-cluster backward (fused_bw.cu ScatterTile; constrint/backward.py build_scatter): the last
+    #: stage of ``_stages``, for heads that no other backward launch takes. Its warps (a divisor of D/16 M tiles).
+    bw_scatter: bool = False
+    #: Registers besides R^T's tiles (4 each), per cell and warps: ptxas -v at D = 768 on 16 blocks, the most
+    #: register tiles that compile without a spill (``SCATTER_REGISTER_DATA`` in backward.py) at 6, 8 and 12 warps;
+    #: 4 and 16 warps, not measured, get the largest of those. elman never spilled (all its tiles fit): its ptxas
+    #: count with no register tiles plus 5.
+    bw_scatter_reg_rest: dict = field(default_factory=lambda: {
+        "lstm": {4: 127, 6: 127, 8: 123, 12: 72, 16: 127}, "slstm": {4: 143, 6: 143, 8: 139, 12: 128, 16: 143},
+        "gru": {4: 103, 6: 103, 8: 95, 12: 72, 16: 103}, "elman": {4: 110, 6: 110, 8: 104, 12: 101, 16: 110}})
 
 
 DEFAULT_MODEL = KernelModel()
@@ -406,11 +416,20 @@ class FusedParams:
     step_us: float
     breakdown: dict = field(default_factory=dict, compare=False)
     fused_dr: bool = False  # backward: the kernel sums dR itself (else GEMMs after it)
+    #: backward: the scatter-cluster kernel (fused_bw.cu backward_scatter): ``warps_along_dims`` warps each
+    #: holding ``dims_per_warp`` dims' rows of R^T against the block's gate columns, ``ktiles_per_warp`` tiles of
+    #: which ``r_ktiles_in_smem`` live in shared memory
+    scatter: bool = False
 
     def template_args(self) -> dict[str, int]:
         """The -D parameters of cuda_src/fused_fw.cu (or fused_bw.cu for a backward choice) as it stands
         (FLASHRNN_NBT, ...); the backend adds the cell and storage type (``backends.fused.launch_of``, the one
         conversion to a launch)."""
+        if self.direction == "backward" and self.scatter:
+            return {"FLASHRNN_D": self.D, "FLASHRNN_SCATTER": 1, "FLASHRNN_WARPS": self.warps_per_block,
+                    "FLASHRNN_PREFETCH": self.prefetch_steps, "FLASHRNN_STORE_DRS": int(self.stores_drs),
+                    "FLASHRNN_CLUSTER": self.blocks_per_head, "FLASHRNN_R_SMEM": self.r_ktiles_in_smem,
+                    "FLASHRNN_THREADS": self.threads_per_block, "FLASHRNN_SMEM_BYTES": self.smem_bytes}
         if self.direction == "backward":
             return {"FLASHRNN_D": self.D, "FLASHRNN_KSPLIT": self.k_split, "FLASHRNN_PREFETCH": self.prefetch_steps,
                     "FLASHRNN_STORE_DRS": int(self.stores_drs), "FLASHRNN_FUSED_DR": int(self.fused_dr),
@@ -789,13 +808,18 @@ def _stages(model: KernelModel, hw: Hardware, function: str, dtype, D: int, dire
     """The models to try in turn: all of R in registers, then, where it is allowed at all, R partly in shared
     memory (``KernelModel.r_in_shared_memory``). The backward first tries one block a head: its latency constants
     were calibrated on such kernels only (``backward.BW_LATENCY_CALIBRATION``), so clusters are for the heads
-    whose R^T no block holds, not a choice the model could weigh against them."""
+    whose R^T no block holds, not a choice the model could weigh against them; and last, in 16-bit storage on
+    GPUs with clusters, the scatter-cluster kernel (``KernelModel.bw_scatter``: lstm and slstm D = 768)."""
     stages = []
+    geo = geometry(function, dtype, D, direction)
     if direction == "backward" and hw.clusters:
         stages.append(replace(model, clusters=(1,), r_in_shared_memory=False))
-    if _r_in_shared_memory_allowed(model, hw, geometry(function, dtype, D, direction)):
+    if _r_in_shared_memory_allowed(model, hw, geo):
         stages.append(replace(model, r_in_shared_memory=False))
-    return [*stages, model]
+    stages.append(model)
+    if direction == "backward" and hw.clusters and geo.split == 1 and D % (MMA_M * 2) == 0:
+        stages.append(replace(model, bw_scatter=True))
+    return stages
 
 
 def solve_fused(hardware: Hardware, function: str, dtype, B: int, N: int, D: int, direction: str = "forward",
@@ -818,7 +842,8 @@ def solve_fused(hardware: Hardware, function: str, dtype, B: int, N: int, D: int
     first = build_fused(hardware, function, dtype, B, N, D, direction, stages[0]).problem.solve(explain=True)
     added = [what for what, on in (("a cluster a head", any(max(s.clusters) > max(stages[0].clusters)
                                                               for s in stages[1:]) and hardware.clusters),
-                                   ("R in shared memory", any(s.r_in_shared_memory for s in stages[1:])))
+                                   ("R in shared memory", any(s.r_in_shared_memory for s in stages[1:])),
+                                   ("a scatter cluster", any(s.bw_scatter for s in stages[1:])))
              if on]
     return Infeasible(first.conflict, f"{first.reason} (and none with {' or '.join(added)} either)", first.stats)
 
