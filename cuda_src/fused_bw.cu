@@ -6,7 +6,8 @@
 // the last RS k-tiles of each warp live in shared memory (16-bit storage; Tile::RS; gru D = 768: 20 of 36). lstm
 // and slstm at D = 768 fit neither (R^T is 4.7 MB in bf16: ~295 KB an SM of a 16-block cluster, plus ~85 KB of
 // drs buffers and stages, past what 16 SMs' registers and shared memory leave once ptxas takes ~100 registers a
-// thread besides R^T): backends/fused.py gives those to the `cuda` backend's backward.
+// thread besides R^T): lstm takes the scatter-cluster kernel at the end of this file (backward_scatter), slstm
+// (which spills there) the `cuda` backend's backward (backends/fused.py).
 //
 // The recurrence in reverse: ds_t = carry_t + upstream_t, with carry_t[h] = ds_prev[h] + sum_g R_g^T drs_g,t+1.
 // Matrix view of the recurrent term: dH[D, 8] = A[D, Gr*D] x DRS[Gr*D, 8], A[k][g*D + j] = R[g][j][k] (R^T, the
@@ -673,7 +674,13 @@ __device__ __forceinline__ void backward(const Args<T> A) {
 // an SM (~1000 cycles with 147 KB of R^T read from shared memory at 128 B a cycle) + the exchange (~23 KB in, at
 // the forward's fitted 4 B a cycle an SM... ~5800 cycles; the drs exchange measured ~2x faster than that rate, so
 // ~3000) + cells (~600) + two barriers: ~4000-5000 cycles (2.2-2.8 us) a step, ~2.5 ms at T=1024 against the
-// `cuda` backward's ~11.
+// `cuda` backward's ~11. (ConstrINT's scatter_estimate, with the forward's exchange rate: 8700 cycles, 4.4 ms.)
+// Measured (H200, bench/results/2026-12-01-h200-reference.json, ecd8ab5): forward+backward 5.25 ms against 13.7,
+// the forward 2.47, so the backward ~2.8 ms with the dR GEMMs (the sweep, bench/results/constrint/
+// 2026-12-01-h200-sweep-backward-lstm1x768.json: 2.80 ms for this configuration, 8 warps with 39 of 72 tiles in
+// shared memory; 12 warps with 24-26 of 48: 2.96-3.02). ~2.6 us a step (~4700 cycles at 1.83 GHz): the first
+// estimate's range; the exchange is cheaper than the forward's fitted rate says, as for the drs exchange. Not
+// profiled: which of the matmul (160 KB of R^T from shared memory a step), the exchange and the cells bounds it.
 template <class Cell, class T, int D_, int W_, int P_, bool STORE_DRS_, int CL_, int RSK_>
 struct ScatterTile : Staging<Cell, T, D_, D_ / CL_, P_, STORE_DRS_, 32 * W_> {
     using Base = Staging<Cell, T, D_, D_ / CL_, P_, STORE_DRS_, 32 * W_>;

@@ -579,21 +579,27 @@ def test_backward_problem_describes_fused_bw():
     # R^T partly in shared memory: a third stage, 16-bit heads that no cluster holds in registers.
     big = solve_fused(H100, "lstm", "bfloat16", 16, 1, 512, direction="backward")
     assert big.blocks_per_head == 16 and big.r_ktiles_in_smem > 0 and big.blocks_per_sm == 1
-    assert not solve_fused(H100, "lstm", "bfloat16", 16, 1, 768, direction="backward")
+    # Scatter clusters: the last stage, for what no other takes (lstm D=768): R^T by the block's gate columns.
+    scatter = solve_fused(H100, "lstm", "bfloat16", 16, 1, 768, direction="backward")
+    assert scatter.scatter and scatter.blocks_per_head == 16 and scatter.rows_per_block == 768
+    assert scatter.registers_estimate <= scatter.register_cap and scatter.smem_bytes <= H100.smem_per_block_optin
+    assert scatter.template_args()["FLASHRNN_SCATTER"] == 1 and scatter.template_args()["FLASHRNN_WARPS"] == 8
+    assert not solve_fused(H100, "slstm", "bfloat16", 16, 1, 768, direction="backward")
     # The reference head: warps split K (issue 6 measured one warp a scheduler ~6800 cycles a step).
     assert solve_fused(H100, "lstm", "bfloat16", 16, 12, 64, direction="backward").k_split == 4
 
 
 def test_a_shape_no_stage_takes_is_explained_on_the_first():
-    """Where every stage is infeasible (lstm 1x768's backward: one block, clusters, R^T in shared memory), the
-    reason is the first stage's conflict plus what the others tried; explaining the last stage's larger problem
-    took 213 s (a user's first backward call waited for it: the tuning cache does not keep infeasible shapes)."""
+    """Where every stage is infeasible (slstm 1x768's backward: one block, clusters, R^T in shared memory,
+    scatter clusters), the reason is the first stage's conflict plus what the others tried; explaining the R^T
+    in shared memory stage's larger problem took 213 s (lstm 1x768 then: a user's first backward call waited for
+    it, the tuning cache does not keep infeasible shapes)."""
     start = time.perf_counter()
-    r = solve_fused(H100, "lstm", "bfloat16", 16, 1, 768, direction="backward")
+    r = solve_fused(H100, "slstm", "bfloat16", 16, 1, 768, direction="backward")
     assert time.perf_counter() - start < 5
     assert not r and r.conflict and "registers" in r.reason
-    assert r.reason.endswith("(and none with a cluster a head or R in shared memory either)")
-    assert "either" not in solve_fused(A100, "lstm", "bfloat16", 16, 1, 768, direction="backward").reason
+    assert r.reason.endswith("(and none with a cluster a head or R in shared memory or a scatter cluster either)")
+    assert "either" not in solve_fused(A100, "slstm", "bfloat16", 16, 1, 768, direction="backward").reason
 
 
 def test_assess_a_backward_configuration():
