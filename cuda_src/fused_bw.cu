@@ -6,8 +6,7 @@
 // the last RS k-tiles of each warp live in shared memory (16-bit storage; Tile::RS; gru D = 768: 20 of 36). lstm
 // and slstm at D = 768 fit neither (R^T is 4.7 MB in bf16: ~295 KB an SM of a 16-block cluster, plus ~85 KB of
 // drs buffers and stages, past what 16 SMs' registers and shared memory leave once ptxas takes ~100 registers a
-// thread besides R^T): lstm takes the scatter-cluster kernel at the end of this file (backward_scatter), slstm
-// (which spills there) the `cuda` backend's backward (backends/fused.py).
+// thread besides R^T): they take the scatter-cluster kernel at the end of this file (backward_scatter).
 //
 // The recurrence in reverse: ds_t = carry_t + upstream_t, with carry_t[h] = ds_prev[h] + sum_g R_g^T drs_g,t+1.
 // Matrix view of the recurrent term: dH[D, 8] = A[D, Gr*D] x DRS[Gr*D, 8], A[k][g*D + j] = R[g][j][k] (R^T, the
@@ -86,6 +85,19 @@ template <> struct OperandOf<__nv_bfloat16> { using Op = __nv_bfloat16; static c
 template <> struct OperandOf<__half> { using Op = __half; static constexpr int SPLIT = 1; };
 template <> struct OperandOf<float> { using Op = __nv_bfloat16; static constexpr int SPLIT = 2; };
 
+// Set bits of a mask, and which state the k-th set bit is (compile-time where the arguments are).
+__host__ __device__ constexpr int count_bits(unsigned mask) {
+    int n = 0;
+    for (int s = 0; s < 8; ++s) n += int((mask >> s) & 1u);
+    return n;
+}
+__host__ __device__ constexpr int nth_bit(unsigned mask, int k) {
+    int at = 0;
+    for (int s = 0; s < 8; ++s)
+        if ((mask >> s) & 1u) at = k-- == 0 ? s : at;
+    return at;
+}
+
 template <class Op, int SPLIT> __device__ __forceinline__ void split(float v, Op (&out)[SPLIT]) {
     out[0] = mma::to_op<Op>(v);
     if constexpr (SPLIT == 2) out[1] = mma::to_op<Op>(v - mma::op_to_float(out[0]));
@@ -95,11 +107,14 @@ template <class Op, int SPLIT> __device__ __forceinline__ void split(float v, Op
 // matmul's geometry): a step's inputs, staged by cp.async P steps ahead in NS = P + 2 stages (a stage is refilled
 // two steps after its own, since step t's h_{t-1} rows are read again at the top of step t-1 by the dR tiles), as
 // rows of the block's DB values (+ one 16-byte piece of padding, so the 4 batch rows a warp reads at once fall in
-// distinct banks): saved [BT][NSAVED], then the previous states [S][BT], then the upstream gradient [S][BT]. A
+// distinct banks): saved [BT][NSAVED], then the previous states the cell's backward reads [NPREV][BT] (Cell::
+// PREV_READ, and h where the kernel's dR tiles read h_{t-1}: H_PREV), then the upstream gradients it reads [NUP][BT]
+// (Cell::DS_READ; sLSTM's on m reaches nothing). Rows nothing reads are not staged: at sLSTM D = 768 the 96 rows
+// of all states took 2 KB more of the scatter kernel's shared memory and a third 16-byte piece a thread. A
 // step's outputs, staged as rows [BT][GO] (dWx's gates, then drs's where the cell's drs is not its dx) and written
 // out during the next step as 16-byte pieces (double-buffered): the forward measured 2-byte scattered stores at ~40
 // cycles each a step.
-template <class Cell, class T, int D_, int DB_, int P_, bool STORE_DRS_, int THREADS_> struct Staging {
+template <class Cell, class T, int D_, int DB_, int P_, bool STORE_DRS_, int THREADS_, bool H_PREV_> struct Staging {
     using Op = typename OperandOf<T>::Op;
     static constexpr int SPLIT = OperandOf<T>::SPLIT;
     static constexpr bool KEEP = SPLIT == 1;  // per-thread addresses pinned in registers (common/pieces.cuh, keep)
@@ -107,8 +122,13 @@ template <class Cell, class T, int D_, int DB_, int P_, bool STORE_DRS_, int THR
     static constexpr int GW = Cell::GW, GR = Cell::GR, GB = Cell::GB, S = Cell::S, NSAVED = Cell::NSAVED;
     static constexpr int CH = 16 / int(sizeof(T));           // elements in a 16-byte piece
     static constexpr int ROW = DB + CH;
-    static constexpr int SAVED_ROWS = BT * NSAVED, PREV_ROW0 = SAVED_ROWS, UP_ROW0 = SAVED_ROWS + S * BT;
-    static constexpr int STAGE_ROWS = UP_ROW0 + S * BT, STAGE_ELEMS = STAGE_ROWS * ROW;
+    static constexpr unsigned PREV_STAGED = Cell::PREV_READ | (H_PREV_ ? 1u : 0u), UP_STAGED = Cell::DS_READ;
+    static constexpr int NPREV = count_bits(PREV_STAGED), NUP = count_bits(UP_STAGED);
+    static constexpr int SAVED_ROWS = BT * NSAVED, PREV_ROW0 = SAVED_ROWS, UP_ROW0 = SAVED_ROWS + NPREV * BT;
+    static constexpr int STAGE_ROWS = UP_ROW0 + NUP * BT, STAGE_ELEMS = STAGE_ROWS * ROW;
+    // Where state s's rows start among the previous states' (its upstream gradient's) rows, in units of BT.
+    __host__ __device__ static constexpr int prev_slot(int s) { return count_bits(PREV_STAGED & ((1u << s) - 1u)); }
+    __host__ __device__ static constexpr int up_slot(int s) { return count_bits(UP_STAGED & ((1u << s) - 1u)); }
     static constexpr int PIECES = STAGE_ROWS * (DB / CH);
     static constexpr bool STORE_DRS = STORE_DRS_;
     static constexpr int GO = GW + (STORE_DRS ? GR : 0), OUT_ELEMS = BT * GO * ROW, OUT_PIECES = BT * GO * (DB / CH);
@@ -126,8 +146,8 @@ template <class Cell, class T, int D_, int DB_, int P_, bool STORE_DRS_, int THR
 // measured KS = 1 (4 warps at D = 64, one warp a scheduler) at ~6800 cycles a step, every instruction of the
 // 4 cells serialised on its latency.
 template <class Cell, class T, int D_, int KS_, int P_, bool STORE_DRS_, bool FUSED_DR_, int CL_, int RS_>
-struct Tile : Staging<Cell, T, D_, D_ / CL_, P_, STORE_DRS_, 32 * (D_ / CL_ / 16) * KS_> {
-    using Base = Staging<Cell, T, D_, D_ / CL_, P_, STORE_DRS_, 32 * (D_ / CL_ / 16) * KS_>;
+struct Tile : Staging<Cell, T, D_, D_ / CL_, P_, STORE_DRS_, 32 * (D_ / CL_ / 16) * KS_, FUSED_DR_> {
+    using Base = Staging<Cell, T, D_, D_ / CL_, P_, STORE_DRS_, 32 * (D_ / CL_ / 16) * KS_, FUSED_DR_>;
     using typename Base::Op;
     using Base::D, Base::DB, Base::BT, Base::SPLIT, Base::GR, Base::THREADS, Base::STAGE_BYTES, Base::OUT_BYTES;
     static constexpr int KS = KS_, CL = CL_;
@@ -291,52 +311,82 @@ template <class T> struct Args {
 // Copies the inputs of step t (saved[b, t], states[b, t-1] or states0 at t = 0, dstates[b, t]) of this block's
 // batch tile and dims [d0, d0 + DB) into one stage, for t = Tn-1, Tn-2, ... in turn. Missing tensors and rows past
 // B are zero-filled (never read), so a stage always holds the inputs as the math wants them.
-template <class K, class T> struct InPieces : LoadPieces<(K::PIECES + K::THREADS - 1) / K::THREADS, K::KEEP> {
+// Registers are what the largest kernels lack (the scatter kernel's R^T tiles take what the rest leaves), so a
+// thread keeps per piece only its source and destination; a piece moves back one step by NSAVED (saved rows) or
+// one (states) rows of N*D, and step 0's initial-state addresses are rebuilt when step 0 comes (at sLSTM D = 768
+// keeping strides and those took 15 registers, ~4 tiles of R^T).
+template <class K, class T> struct InPieces {
     static constexpr int PER_ROW = K::DB / K::CH;
     static constexpr int PER = (K::PIECES + K::THREADS - 1) / K::THREADS;  // pieces per thread
-    unsigned long long at0[PER];  // previous-state pieces: where step 0 reads them (states0), else 0
-    unsigned prev;                // bit j: piece j is a previous-state piece
+    static constexpr unsigned ET = sizeof(T);
+    unsigned long long src[PER];  // global address of piece j for the next call
+    unsigned dst[PER];            // shared address of piece j in stage 0
+    unsigned valid, exists;       // bit j: read piece j (else its 16 bytes are zero-filled) / the thread has one
+    unsigned saved;               // bit j: piece j is a saved row (NSAVED rows of N*D a step)
+    unsigned nd;                  // N*D
+
+    // Piece i: row r of a stage (saved [BT][NSAVED], then the staged previous states, then upstream gradients).
+    struct Piece {
+        int r, dc, s, b;
+        bool is_saved, is_prev, valid;
+        size_t col;
+    };
+    __device__ __forceinline__ static Piece piece(const Args<T>& A, int i, int b0, int n, int d0) {
+        Piece p;
+        p.r = i / PER_ROW, p.dc = (i % PER_ROW) * K::CH;
+        p.is_saved = p.r < K::PREV_ROW0, p.is_prev = !p.is_saved && p.r < K::UP_ROW0;
+        const int slot = p.is_saved ? 0 : (p.r - (p.is_prev ? K::PREV_ROW0 : K::UP_ROW0)) / K::BT;
+        p.s = p.is_saved ? 0 : nth_bit(p.is_prev ? K::PREV_STAGED : K::UP_STAGED, slot);
+        p.b = b0 + (p.is_saved ? p.r / K::NSAVED : p.r % K::BT);
+        p.col = size_t(n) * K::D + d0 + p.dc;
+        const bool up_present = A.dstates != nullptr && p.s < A.SD;
+        p.valid = i < K::PIECES && p.b < A.B && (p.is_saved || p.is_prev || up_present);
+        return p;
+    }
 
     __device__ __forceinline__ InPieces(const Args<T>& A, int b0, int n, int d0, unsigned stage0) {
-        prev = 0u;
-#pragma unroll
-        for (int j = 0; j < PER; ++j) init(j, threadIdx.x + j * K::THREADS, A, b0, n, d0, stage0);
-    }
-    // Piece i: row r of a stage (saved [BT][NSAVED], then previous states [S][BT], then upstream [S][BT]).
-    __device__ __forceinline__ void init(int j, int i, const Args<T>& A, int b0, int n, int d0, unsigned stage0) {
         const size_t ND = size_t(A.N) * K::D, BTND = size_t(A.B) * A.Tn * ND;
-        const int last = A.Tn - 1;
-        const int r = i / PER_ROW, dc = (i % PER_ROW) * K::CH;
-        const bool is_saved = r < K::PREV_ROW0, is_prev = !is_saved && r < K::UP_ROW0;
-        const int s = is_saved ? 0 : (r - (is_prev ? K::PREV_ROW0 : K::UP_ROW0)) / K::BT;
-        const int b = b0 + (is_saved ? r / K::NSAVED : r % K::BT);
-        const size_t col = size_t(n) * K::D + d0 + dc, row = size_t(b) * A.Tn + last;  // (b, Tn-1)
-        const bool up_present = A.dstates != nullptr && s < A.SD;
-        const bool valid = i < K::PIECES && b < A.B && (is_saved || is_prev || up_present);
-        if (is_prev) prev |= 1u << j;
-        if (j == PER - 1) prev = keep<K::KEEP>(prev);
-        at0[j] = reinterpret_cast<unsigned long long>(  // (read once: rebuilding it then is cheaper than keeping it)
-            is_prev && A.s0 != nullptr && valid ? A.s0 + (size_t(s) * A.B + b) * ND + col : nullptr);
-        const T* from = is_saved ? A.saved + (row * K::NSAVED + r % K::NSAVED) * ND + col
-                        : is_prev ? A.states + s * BTND + (row - 1) * ND + col
-                                  : A.dstates + s * BTND + row * ND + col;
-        // Any mapped address where nothing is read (a zero-fill, which stays put), or where step Tn-1 has no
-        // previous state.
-        const long long back = !valid ? 0 : (long long)((is_saved ? K::NSAVED * ND : ND) * sizeof(T));
-        this->set(j, stage0 + unsigned((r * K::ROW + dc) * int(sizeof(T))),
-                  valid && !(is_prev && last == 0) ? from : A.saved, -back, valid, i < K::PIECES);
-    }
-    // Step t into the stage `stage_off` bytes past stage 0 (t counts down; step 0 is the last call).
-    __device__ __forceinline__ void issue(unsigned stage_off, int t) {
-        if (t != 0) return LoadPieces<PER, K::KEEP>::issue(stage_off);
+        valid = exists = saved = 0u;
 #pragma unroll
-        for (int j = 0; j < PER; ++j)  // h_{-1}: the initial states, or zeros
-            if ((this->exists >> j) & 1u) {
-                const bool is_prev = (prev >> j) & 1u;
-                const bool read = ((this->valid >> j) & 1u) && (!is_prev || at0[j] != 0);
-                mma::cp_async_16(this->dst[j] + stage_off,
-                                 reinterpret_cast<const void*>(is_prev && read ? at0[j] : this->src[j]), read);
+        for (int j = 0; j < PER; ++j) {
+            const int i = threadIdx.x + j * K::THREADS;
+            const Piece p = piece(A, i, b0, n, d0);
+            const size_t row = size_t(p.b) * A.Tn + A.Tn - 1;  // (b, Tn-1)
+            const T* from = p.is_saved ? A.saved + (row * K::NSAVED + p.r % K::NSAVED) * ND + p.col
+                            : p.is_prev ? A.states + p.s * BTND + (row - 1) * ND + p.col
+                                        : A.dstates + p.s * BTND + row * ND + p.col;
+            // Any mapped address where nothing is read (a zero-fill, which stays put), or where step Tn-1 has no
+            // previous state.
+            src[j] = keep<K::KEEP>(reinterpret_cast<unsigned long long>(
+                p.valid && !(p.is_prev && A.Tn == 1) ? from : A.saved));
+            dst[j] = keep<K::KEEP>(stage0 + unsigned((p.r * K::ROW + p.dc) * int(ET)));
+            valid |= p.valid ? 1u << j : 0u;
+            exists |= i < K::PIECES ? 1u << j : 0u;
+            saved |= p.is_saved ? 1u << j : 0u;
+        }
+        valid = keep<K::KEEP>(valid), exists = keep<K::KEEP>(exists), saved = keep<K::KEEP>(saved);
+        nd = keep<K::KEEP>(unsigned(A.N) * unsigned(K::D));
+    }
+    // Step t into the stage `stage_off` bytes past stage 0 (t counts down; step 0 is the last call, and its
+    // previous states are the initial states, or zeros).
+    __device__ __forceinline__ void issue(unsigned stage_off, int t, const Args<T>& A, int b0, int n, int d0) {
+#pragma unroll
+        for (int j = 0; j < PER; ++j) {
+            if (!((exists >> j) & 1u)) continue;
+            bool read = (valid >> j) & 1u;
+            unsigned long long from = src[j];
+            if (t == 0) {
+                const Piece p = piece(A, threadIdx.x + j * K::THREADS, b0, n, d0);
+                if (p.is_prev) {
+                    read = read && A.s0 != nullptr;
+                    if (read) from = reinterpret_cast<unsigned long long>(
+                        A.s0 + (size_t(p.s) * A.B + p.b) * (size_t(A.N) * K::D) + p.col);
+                }
             }
+            mma::cp_async_16(dst[j] + stage_off, reinterpret_cast<const void*>(from), read);
+            const unsigned rows = (saved >> j) & 1u ? unsigned(K::NSAVED) : 1u;
+            src[j] -= (valid >> j) & 1u ? (unsigned long long)(nd * rows) * ET : 0ull;
+        }
     }
 };
 
@@ -476,10 +526,11 @@ template <class K, class Cell, class T> struct CellLanes {
             for (int k = 0; k < K::NSAVED; ++k)
                 saved[k] = ld_shared_f<T>(in_saved0 + in_off + ET * ((rm * K::NSAVED + k) * K::ROW + cm));
 #pragma unroll
-            for (int s = 0; s < K::S; ++s) {
-                const unsigned at = in_prev0 + in_off + ET * ((s * K::BT + rm) * K::ROW + cm);
-                prev[s] = ld_shared_f<T>(at);
-                ds[s] = carry[m][s] + ld_shared_f<T>(at + ET * (K::UP_ROW0 - K::PREV_ROW0) * K::ROW);
+            for (int s = 0; s < K::S; ++s) {  // states the cell does not read are not staged (Staging)
+                const unsigned at = in_prev0 + in_off + ET * (rm * K::ROW + cm);
+                prev[s] = (K::PREV_STAGED >> s) & 1u ? ld_shared_f<T>(at + ET * K::prev_slot(s) * K::BT * K::ROW) : 0.f;
+                const unsigned up = ET * (K::UP_ROW0 - K::PREV_ROW0 + K::up_slot(s) * K::BT) * K::ROW;
+                ds[s] = carry[m][s] + ((K::UP_STAGED >> s) & 1u ? ld_shared_f<T>(at + up) : 0.f);
             }
             ds[0] += dh[m];
             Cell::backward(ds, prev, saved, dx, drs, db, dsp);
@@ -556,7 +607,7 @@ __device__ __forceinline__ void backward(const Args<T> A) {
     InPieces<K, T> incopy(A, b0, n, d0, mma::smem_u32(stages));
 #pragma unroll 1
     for (int p = 0; p < P; ++p) {  // step last - p into stage p (step t lives in stage (last - t) % NS)
-        if (last - p >= 0) incopy.issue(p * STAGE, last - p);
+        if (last - p >= 0) incopy.issue(p * STAGE, last - p, A, b0, n, d0);
         mma::cp_async_commit();
     }
     OutPieces<K, T> outcopy(A, b0, n, d0, mma::smem_u32(obuf));
@@ -613,7 +664,7 @@ __device__ __forceinline__ void backward(const Args<T> A) {
         // Refill the stage of step t+2 (done with before the barrier that closed step t+1) with step t-P, and
         // write out step t+1's staged outputs (staged before that barrier).
         const int refill = stage + P < K::NS ? stage + P : stage + P - K::NS;
-        if (t - P >= 0) incopy.issue(refill * STAGE, t - P);
+        if (t - P >= 0) incopy.issue(refill * STAGE, t - P, A, b0, n, d0);
         mma::cp_async_commit();
         if (t < last) outcopy.flush(((t + 1) & 1) * OBUF);
         // Reads drs_{t+1} from buffer (t+1)&1, writes drs_t into buffer t&1.
@@ -682,8 +733,8 @@ __device__ __forceinline__ void backward(const Args<T> A) {
 // estimate's range; the exchange is cheaper than the forward's fitted rate says, as for the drs exchange. Not
 // profiled: which of the matmul (160 KB of R^T from shared memory a step), the exchange and the cells bounds it.
 template <class Cell, class T, int D_, int W_, int P_, bool STORE_DRS_, int CL_, int RSK_>
-struct ScatterTile : Staging<Cell, T, D_, D_ / CL_, P_, STORE_DRS_, 32 * W_> {
-    using Base = Staging<Cell, T, D_, D_ / CL_, P_, STORE_DRS_, 32 * W_>;
+struct ScatterTile : Staging<Cell, T, D_, D_ / CL_, P_, STORE_DRS_, 32 * W_, false> {
+    using Base = Staging<Cell, T, D_, D_ / CL_, P_, STORE_DRS_, 32 * W_, false>;
     using typename Base::Op;
     using Base::D, Base::DB, Base::BT, Base::SPLIT, Base::GR, Base::STAGE_BYTES, Base::OUT_BYTES;
     static constexpr int CL = CL_, WARPS = W_;
@@ -841,7 +892,7 @@ __device__ __forceinline__ void backward_scatter(const Args<T> A) {
     InPieces<K, T> incopy(A, b0, n, d0, mma::smem_u32(stages));
 #pragma unroll 1
     for (int p = 0; p < P; ++p) {  // step last - p into stage p (step t lives in stage (last - t) % (P + 1))
-        if (last - p >= 0) incopy.issue(p * STAGE, last - p);
+        if (last - p >= 0) incopy.issue(p * STAGE, last - p, A, b0, n, d0);
         mma::cp_async_commit();
     }
     OutPieces<K, T> outcopy(A, b0, n, d0, mma::smem_u32(obuf));
@@ -870,7 +921,7 @@ __device__ __forceinline__ void backward_scatter(const Args<T> A) {
         // Refill the stage of step t+1 (its cells ran before the last barrier) with step t-P, and write out step
         // t+1's staged outputs.
         const int refill = stage == 0 ? P : stage - 1;  // the stage of step t+1 (NS = P + 1)
-        if (t - P >= 0) incopy.issue(refill * STAGE, t - P);
+        if (t - P >= 0) incopy.issue(refill * STAGE, t - P, A, b0, n, d0);
         mma::cp_async_commit();
         if (t < last) outcopy.flush(0);
         // Partial dh_t over this warp's M tiles from drs_{t+1}, sent to their owners' receive

@@ -184,3 +184,31 @@ def test_sigmoid_and_logsigmoid_are_accurate_in_the_tails(dtype):
     assert sig.dtype == logsig.dtype == dtype
     np.testing.assert_allclose(sig, ref_sig, rtol=rtol, atol=0 if dtype == np.float64 else 1e-38)
     np.testing.assert_allclose(logsig, ref_logsig, rtol=rtol, atol=1e-30)
+
+
+def _bits(mask: int, S: int) -> list[int]:
+    return [s for s in range(S) if (mask >> s) & 1]
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_backward_reads_exactly_the_declared_states(function):
+    """``bw_prev_read`` and ``bw_ds_read`` (the rows the fused backward stages, as cuda_src/cells/ declares them):
+    changing any state they leave out changes nothing ``step_backward`` returns; changing one they name changes
+    something."""
+    cell = CELLS[function]
+    x, rs, b, s_prev = _step_inputs(function, "init", seed=3 + len(function))
+    _, saved = cell.step_forward(np, x, rs, b, s_prev)
+    rng = np.random.default_rng(11)
+    ds = rng.standard_normal(s_prev.shape)
+    ref = cell.step_backward(np, ds, s_prev, saved)
+
+    def changed(ds_new, s_new) -> bool:
+        got = cell.step_backward(np, ds_new, s_new, saved)
+        return any(not np.array_equal(g, r) for g, r in zip(got, ref))
+
+    for s in range(cell.states):
+        s_new, ds_new = s_prev.copy(), ds.copy()
+        s_new[s] += 0.5 + rng.random(s_new[s].shape)
+        ds_new[s] += 0.5 + rng.random(ds_new[s].shape)
+        assert changed(ds, s_new) == (s in _bits(cell.bw_prev_read, cell.states)), f"previous state {s}"
+        assert changed(ds_new, s_prev) == (s in _bits(cell.bw_ds_read, cell.states)), f"upstream gradient {s}"

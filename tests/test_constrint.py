@@ -584,22 +584,23 @@ def test_backward_problem_describes_fused_bw():
     assert scatter.scatter and scatter.blocks_per_head == 16 and scatter.rows_per_block == 768
     assert scatter.registers_estimate <= scatter.register_cap and scatter.smem_bytes <= H100.smem_per_block_optin
     assert scatter.template_args()["FLASHRNN_SCATTER"] == 1 and scatter.template_args()["FLASHRNN_WARPS"] == 8
-    assert not solve_fused(H100, "slstm", "bfloat16", 16, 1, 768, direction="backward")
+    # slstm D=768 too since stop 19 (the stages hold only the state rows its cells read; it spilled before).
+    assert solve_fused(H100, "slstm", "bfloat16", 16, 1, 768, direction="backward").scatter
     # The reference head: warps split K (issue 6 measured one warp a scheduler ~6800 cycles a step).
     assert solve_fused(H100, "lstm", "bfloat16", 16, 12, 64, direction="backward").k_split == 4
 
 
 def test_a_shape_no_stage_takes_is_explained_on_the_first():
-    """Where every stage is infeasible (slstm 1x768's backward: one block, clusters, R^T in shared memory,
+    """Where every stage is infeasible (slstm 1x640's backward: one block, clusters, R^T in shared memory,
     scatter clusters), the reason is the first stage's conflict plus what the others tried; explaining the R^T
     in shared memory stage's larger problem took 213 s (lstm 1x768 then: a user's first backward call waited for
     it, the tuning cache does not keep infeasible shapes)."""
     start = time.perf_counter()
-    r = solve_fused(H100, "slstm", "bfloat16", 16, 1, 768, direction="backward")
+    r = solve_fused(H100, "slstm", "bfloat16", 16, 1, 640, direction="backward")
     assert time.perf_counter() - start < 5
     assert not r and r.conflict and "registers" in r.reason
     assert r.reason.endswith("(and none with a cluster a head or R in shared memory or a scatter cluster either)")
-    assert "either" not in solve_fused(A100, "slstm", "bfloat16", 16, 1, 768, direction="backward").reason
+    assert "either" not in solve_fused(A100, "slstm", "bfloat16", 16, 1, 640, direction="backward").reason
 
 
 def test_assess_a_backward_configuration():
@@ -824,9 +825,10 @@ def test_solver_choices_compile_as_modelled(tmp_path_factory):
 #: Stated margin of ptxas's registers around the model's estimate, (below, above). Measured 2026-11-23 on the 171
 #: distinct choices for sm_80 and sm_90 (NVRTC 12.9): from 31 below to 54 above, mean 0; never a spill.
 REGISTER_MARGIN = (40, 64)
-#: The same for the backward's choices (backward.BW_REGISTER_FIT: the fit over every variant ranged from 22
-#: below to 107 above; the choices, which stay below their caps, sit within these).
-BW_REGISTER_MARGIN = (40, 110)
+#: The same for the backward's choices (backward.BW_REGISTER_FIT: the fit over every variant ranged from 44
+#: below to 70 above since stop 19, 22 below to 107 above before; the choices, which stay below their caps, sit
+#: within these).
+BW_REGISTER_MARGIN = (50, 110)
 #: Head dimensions of the backward's agreement test (its kernel takes D <= 192 on one block: elman in 16-bit).
 BW_DS = (16, 32, 48, 64, 80, 96, 112, 128, 160, 176, 192)
 

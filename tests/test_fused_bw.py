@@ -33,7 +33,7 @@ CASES = [
     (5, 9, 3, 256, True, "all"),  # 4- and 8-block clusters: drs exchanged between blocks each step
     (3, 6, 1, 512, False, "h+last"),  # 16-block clusters, lstm/slstm with R^T partly in shared memory
     (2, 4, 1, 768, True, "h"),  # 16-block clusters: gru R^T partly in shared memory, lstm scatter clusters
-    (11, 6, 2, 768, True, "all+last"),  # scatter clusters over two batch tiles and two heads (slstm: `cuda`)
+    (11, 6, 2, 768, True, "all+last"),  # scatter clusters over two batch tiles and two heads (lstm, slstm)
 ]
 
 
@@ -163,9 +163,10 @@ def test_backward_too_large_for_one_block_says_why():
     assert launch.cluster > 1 and launch.grid == (3 * launch.cluster, 2) and "cluster" in launch.spec.label
     launch = fused.choose("lstm", DTYPES["bfloat16"], 16, 1, 512, hardware=H100, direction="backward")
     assert launch.cluster == 16 and launch.choice.r_ktiles_in_smem > 0 and not launch.choice.scatter
-    launch = fused.choose("lstm", DTYPES["bfloat16"], 16, 1, 768, hardware=H100, direction="backward")
-    assert launch.cluster == 16 and launch.choice.scatter and "scatter" in launch.spec.label
-    reason = fused.choose("slstm", DTYPES["bfloat16"], 16, 1, 768, hardware=H100, direction="backward")
+    for function in ("lstm", "slstm"):
+        launch = fused.choose(function, DTYPES["bfloat16"], 16, 1, 768, hardware=H100, direction="backward")
+        assert launch.cluster == 16 and launch.choice.scatter and "scatter" in launch.spec.label
+    reason = fused.choose("slstm", DTYPES["float32"], 16, 1, 768, hardware=H100, direction="backward")
     assert isinstance(reason, str) and "fused backward kernel" in reason and "registers" in reason
     assert "scatter cluster" in reason
 
@@ -190,13 +191,15 @@ def scatter_configurations(hw, function, dtype_name, B, N, D):
 
 def test_scatter_configurations_compile_without_spills():
     """Every scatter configuration the GPU tests run (D = 256) and the solver's lstm 1x768 choice compile for
-    sm_90 within the solver's register estimate's promise: no spill."""
+    sm_90 within the solver's register estimate's promise: no spill; and the solver's lstm and slstm 1x768 choices
+    at B = 16 and 256."""
     import os
 
     from flashrnn_core.compile import run_jobs
 
     configs = [c for f in CELLS for c in scatter_configurations(H100, f, "bfloat16", 9, 2, 256)]
-    configs.append(fused.choose("lstm", DTYPES["bfloat16"], 16, 1, 768, hardware=H100, direction="backward").choice)
+    configs += [fused.choose(f, DTYPES["bfloat16"], B, 1, 768, hardware=H100, direction="backward").choice
+                for f in ("lstm", "slstm") for B in (16, 256)]
     assert len(configs) > 8 and all(c.scatter for c in configs)
     outcomes = run_jobs([(fused.launch_of(c).spec, "sm_90") for c in configs], os.cpu_count() or 1)
     for config, outcome in zip(configs, outcomes):

@@ -11,6 +11,9 @@ namespace flashrnn {
 
 struct SlstmCell {
     static constexpr int GW = 4, GR = 4, GB = 4, S = 4, NSAVED = 4;
+    // What backward reads (the fused backward stages only these): s_prev[1..3] (c, n, m), ds[0..2]. ds[3] (on m)
+    // reaches nothing: ds_prev[3] is d lf whatever it is.
+    static constexpr unsigned PREV_READ = 0b1110u, DS_READ = 0b0111u;
 
     // (i, f, m) from the raw gates and the previous states. One of i, f is exp(0) = 1 (m is i_raw or lf), so
     // one exponential gives both: with d = lf - i_raw, m = i_raw gives (1, exp(d)) and m = lf gives (exp(-d), 1).

@@ -28,6 +28,13 @@ class Cell(ABC):
     states: int  # S
     state_names: tuple[str, ...]
     n_saved: int
+    #: What ``step_backward`` reads, as bitmasks over the states (bit s: state s), as cuda_src/cells/ declares
+    #: them (PREV_READ, DS_READ): the fused backward stages only these rows of the previous states and of the
+    #: upstream gradients, and ConstrINT counts its shared memory by them. ``bw_ds_read`` leaves out a state whose
+    #: gradient reaches nothing (sLSTM's m: ``ds_prev[3]`` does not depend on ``ds[3]``). tests/test_cells.py
+    #: holds these to the math.
+    bw_prev_read: int
+    bw_ds_read: int
 
     @abstractmethod
     def step_forward(self, xp: ModuleType, x: Array, rs: Array, b: Array, s_prev: Array) -> tuple[Array, Array]:

@@ -13,6 +13,7 @@ class ElmanCell(Cell):
     states = 1
     state_names = ("h",)
     n_saved = 1
+    bw_prev_read, bw_ds_read = 0b0, 0b1
 
     def step_forward(self, xp: ModuleType, x: Array, rs: Array, b: Array, s_prev: Array) -> tuple[Array, Array]:
         """x, rs, b: ``[1, ...]``; s_prev ``[1, ...]`` (h) -> (s ``[1, ...]``, saved ``[1, ...]``)."""

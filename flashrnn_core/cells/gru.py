@@ -23,6 +23,7 @@ class GRUCell(Cell):
     states = 1
     state_names = ("h",)
     n_saved = 4
+    bw_prev_read, bw_ds_read = 0b1, 0b1
 
     def step_forward(self, xp: ModuleType, x: Array, rs: Array, b: Array, s_prev: Array) -> tuple[Array, Array]:
         """x ``[3, ...]`` (r, z, n), rs ``[3, ...]`` (g, r, z), b ``[4, ...]`` (g, r, z, n), s_prev ``[1, ...]``

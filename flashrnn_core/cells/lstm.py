@@ -24,6 +24,7 @@ class LSTMCell(Cell):
     states = 2
     state_names = ("h", "c")
     n_saved = 4
+    bw_prev_read, bw_ds_read = 0b10, 0b11
 
     def step_forward(self, xp: ModuleType, x: Array, rs: Array, b: Array, s_prev: Array) -> tuple[Array, Array]:
         """x, rs, b: ``[4, ...]`` (i, f, z, o); s_prev ``[2, ...]`` (h, c) -> (s ``[2, ...]``, saved ``[4, ...]``)."""

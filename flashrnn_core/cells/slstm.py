@@ -46,6 +46,7 @@ class SLSTMCell(Cell):
     states = 4
     state_names = ("h", "c", "n", "m")
     n_saved = 4
+    bw_prev_read, bw_ds_read = 0b1110, 0b0111
 
     def step_forward(self, xp: ModuleType, x: Array, rs: Array, b: Array, s_prev: Array) -> tuple[Array, Array]:
         """x, rs, b: ``[4, ...]`` (i, f, z, o); s_prev ``[4, ...]`` (h, c, n, m)

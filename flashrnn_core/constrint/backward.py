@@ -52,6 +52,10 @@ above the fit where it was not capped (it takes what the cap allows). Checked, n
 sm_90 (576 more variants, bench/results/constrint/bw_registers_prefetch13_sm90.json): 0 of 198 spilling variants
 accepted, 20 of 378 clean ones rejected. CI compiles every choice the solver makes on its presets
 (``test_constrint``'s ptxas agreement test).
+Stop 19 (the stages hold only the state rows the cells read; a thread keeps 2-3 registers a piece of its inputs, not
+8) took registers off most variants; the data were taken again (same command, bw_registers.json now holds them: 202
+spill) and the same program gives the same coefficients (the spilling variants bind them): 0 of 202 spilling
+variants accepted, 16 of 374 clean ones rejected, ptxas from 44 below to 70 above the fit.
 """
 
 #: How the latency constants (``KernelModel.bw_*`` after the registers) were chosen (documentation):
@@ -170,7 +174,7 @@ def resources(geo, m: "KernelModel", v: dict[str, Var]) -> tuple[Expr, Expr]:
     # ksplit * warps_m * 4 * 32 floats of split-K partial sums when ksplit > 1, none at 1: over ksplit's domain
     # {1, 2, 4}, ``split_k(ksplit)`` is exactly ksplit where it is above 1 and 0 at 1.
     red = split_k(ksplit) * warps_m * 4 * 32 * 4
-    stage = (BT * geo.n_saved + 2 * geo.states * BT) * row
+    stage = (BT * geo.n_saved + BT * geo.staged_state_rows(fused_dr)) * row
     outputs = geo.gw + geo.gr * (1 - fused_dr) * (1 if geo.function == "gru" else 0)
     out = 2 * BT * outputs * row
     bars = 16 * clustered
@@ -297,18 +301,21 @@ def params_from(fp: "FusedProblem", values: dict[str, int]) -> "FusedParams":
 #: registers each) that compile without a spill, and the rest that leaves under the register cap.
 SCATTER_REGISTER_DATA = """
 cell   warps cap  max KRF of tiles  rest   (ptxas with KRF = 0)
-lstm   6     255  32 of 96          127    142
-lstm   8     255  33 of 72          123    136
-lstm   12    168  24 of 48          72     107
-slstm  6     255  28 of 96          143    161
-slstm  8     255  29 of 72          139    155
-slstm  12    168  10 of 48          128    143
-gru    6     255  38 of 72          103    120
-gru    8     255  40 of 54          95     114
-gru    12    168  24 of 36          72     103
-elman  6     255  24 of 24          -      105
-elman  8     255  18 of 18          -      99
-elman  12    168  12 of 12          -      96
+lstm   6     255  38 of 96          103    132
+lstm   8     255  40 of 72          95     125
+lstm   12    168  23 of 48          76     107
+slstm  6     255  33 of 96          123    151
+slstm  8     255  38 of 72          103    133
+slstm  12    168  18 of 48          96     133
+gru    6     255  38 of 72          103    129
+gru    8     255  39 of 54          99     124
+gru    12    168  25 of 36          68     103
+elman  6     255  24 of 24          -      103
+elman  8     255  18 of 18          -      96
+elman  12    168  12 of 12          -      94
+(Stop 19: the stages hold only the state rows the cells read and a thread keeps 2-3 registers a piece of its
+inputs instead of 8: lstm 8 warps 33 -> 40 register tiles, slstm 29 -> 38, which made slstm D = 768 fit. Found by
+bisection: the fewest R_SMEM that ptxas compiles without a spill, for each cell and warps.)
 """
 
 
@@ -364,7 +371,7 @@ def scatter_resources(geo, m: "KernelModel", v: dict[str, Var]) -> tuple[Expr, E
     row = (16 * mb + 16 // item) * item  # one staged row of the block's dims and a 16-byte pad, bytes
     drs = BT * (geo.gr * 16 * mb + 8) * 2
     recv = 2 * v["cluster"] * mb * 512
-    stage = (BT * geo.n_saved + 2 * geo.states * BT) * row
+    stage = (BT * geo.n_saved + BT * geo.staged_state_rows(0)) * row
     outputs = geo.gw + (geo.gr if geo.function == "gru" else 0)
     return regs, drs + recv + (prefetch + 1) * stage + BT * outputs * row + 16 + warps * rst * 512
 

@@ -199,8 +199,8 @@ class KernelModel:
     #: 4 and 16 warps, not measured, get the largest of those. elman never spilled (all its tiles fit): its ptxas
     #: count with no register tiles plus 5.
     bw_scatter_reg_rest: dict = field(default_factory=lambda: {
-        "lstm": {4: 127, 6: 127, 8: 123, 12: 72, 16: 127}, "slstm": {4: 143, 6: 143, 8: 139, 12: 128, 16: 143},
-        "gru": {4: 103, 6: 103, 8: 95, 12: 72, 16: 103}, "elman": {4: 110, 6: 110, 8: 104, 12: 101, 16: 110}})
+        "lstm": {4: 103, 6: 103, 8: 95, 12: 76, 16: 103}, "slstm": {4: 123, 6: 123, 8: 103, 12: 96, 16: 123},
+        "gru": {4: 103, 6: 103, 8: 99, 12: 68, 16: 103}, "elman": {4: 108, 6: 108, 8: 101, 12: 99, 16: 108}})
 
 
 DEFAULT_MODEL = KernelModel()
@@ -283,6 +283,16 @@ class Geometry:
     stream_out: int  # values per cell written each step
     live_per_cell: int  # values a thread keeps per cell across the step (states, carried gradients)
     x_per_cell: int  # streamed inputs per cell held in registers unless late_x
+    bw_prev_read: int = 0  # backward: previous states its cells read (bitmask, Cell.bw_prev_read)
+    bw_ds_read: int = 0  # backward: upstream state gradients its cells read (bitmask, Cell.bw_ds_read)
+
+    def staged_state_rows(self, h_prev) -> Any:
+        """Backward: state rows of 8 sequences a stage holds (fused_bw.cu Staging: the previous states the cells
+        read, h_{t-1} too where ``h_prev`` (dR tiles in the kernel: an int or a 0/1 Expr), the upstream gradients
+        they read)."""
+        prev = bin(self.bw_prev_read).count("1")
+        ups = bin(self.bw_ds_read).count("1")
+        return prev + ups + (0 if self.bw_prev_read & 1 else 1) * h_prev
 
     @property
     def u(self) -> int:
@@ -323,7 +333,8 @@ def geometry(function: str, dtype, D: int, direction: str = "forward") -> Geomet
     # in: saved (n_saved), previous states (S) and upstream state gradients (S); out: dWx (gw).
     return Geometry(function, direction, _dtype_name(dtype), D, cell.gates_w, cell.gates_r, cell.states,
                     cell.n_saved, itemsize, split, 3 if split == 2 else 1, 1, cell.gates_r, cell.n_saved + 2 * cell.states,
-                    cell.gates_w, cell.states + cell.gates_r, cell.n_saved + cell.states)
+                    cell.gates_w, cell.states + cell.gates_r, cell.n_saved + cell.states, cell.bw_prev_read,
+                    cell.bw_ds_read)
 
 
 _ITEMSIZE = {"bfloat16": 2, "float16": 2, "float32": 4}
