@@ -8,8 +8,8 @@ line per backend, cuDNN and the plain loop) with the speedup over cuDNN beneath,
 layout; ``reference`` -> ``<stem>-speedup.png``: speedup over cuDNN per configuration (bars). The markdown has
 one table per file: one line per (cell, heads, shape, pass), each backend's median in ms with its ratios to
 cuDNN (row dtype, fastest dtype), then cuDNN (and the fastest of its dtypes) and the plain loop. Where several
-files have the same suite and GPU, the newest (by ``date``) is used; in a sweep, rows it did not time come from
-the older files (``load``), marked ``*``. Plots need matplotlib
+files have the same suite and GPU, the newest (by ``date``) is used; in a sweep or the reference suite, rows it
+did not time come from the older files (``load``), marked ``*``. Plots need matplotlib
 (``pip install flashrnn_core[bench]``); the markdown does not.
 """
 
@@ -24,12 +24,14 @@ from typing import Any, Iterable
 
 SWEEP_AXIS = {"batch": "B", "seqlen": "T", "headdim": "D"}
 SUITE_ORDER = ("reference", "batch", "seqlen", "headdim", "varlen", "step", "sweep", "compile")
+#: Suites whose newest file is completed from older ones where its time budget cut it (``fill_from_older``).
+FILLED_SUITES = (*SWEEP_AXIS, "reference")
 TIME_PASSES = ("fw", "fwbw")
 
 
 def load(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
     """The documents, one per (suite, gpu), in SUITE_ORDER: the newest file's (by ``date``). In a sweep suite
-    (batch, seqlen, headdim) a (configuration, backend) that the newest file did not time (cut by its time
+    (batch, seqlen, headdim) or the reference suite a (configuration, backend) that the newest file did not time (cut by its time
     budget, or a cell it did not run) is filled from the newest older file of the same suite and GPU that did;
     such a row carries ``from`` (that file's name) and the document lists the files in ``filled_from``."""
     by_key: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -42,7 +44,7 @@ def load(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
     docs = []
     for (suite, _), group in by_key.items():
         group.sort(key=lambda d: d.get("date", ""), reverse=True)
-        docs.append(fill_from_older(group[0], group[1:]) if suite in SWEEP_AXIS else group[0])
+        docs.append(fill_from_older(group[0], group[1:]) if suite in FILLED_SUITES else group[0])
     order = {s: i for i, s in enumerate(SUITE_ORDER)}
     return sorted(docs, key=lambda d: (order.get(d.get("suite"), 99), d.get("gpu", "")))
 
@@ -352,7 +354,7 @@ def plots(docs: list[dict[str, Any]], directory: Path) -> list[Path]:
 #: The top-level README's summary: (cell, heads) columns of the newest reference run, between these markers.
 SUMMARY_BEGIN, SUMMARY_END = "<!-- bench-summary -->", "<!-- /bench-summary -->"
 SUMMARY_CONFIGS = (("lstm", 12, 64), ("lstm", 48, 16), ("lstm", 3, 256), ("lstm", 1, 768), ("slstm", 12, 64),
-                   ("gru", 12, 64), ("elman", 12, 64))
+                   ("slstm", 1, 768), ("gru", 12, 64), ("elman", 12, 64))
 
 
 def summary(docs: list[dict[str, Any]]) -> str:
@@ -373,9 +375,11 @@ def summary(docs: list[dict[str, Any]]) -> str:
     rows = [[{"fw": "forward", "fwbw": "forward+backward"}[p]]
             + [_summary_cell(fastest.get((*c, p))) for c in configs] for p in TIME_PASSES]
     source = Path(doc["_path"]).name
+    older = "".join(f", * from `bench/results/{name}`" for name in doc.get("filled_from", []))
     return "\n".join([f"{doc.get('gpu')}, {doc['rows'][0]['dtype']}, B={doc['rows'][0]['B']}, "
                       f"T={doc['rows'][0]['T']} (median ms; ratio = cuDNN's time over ours, in the row's dtype / "
-                      f"against cuDNN's fastest dtype; backend where not `cuda_fused`; `bench/results/{source}`):",
+                      f"against cuDNN's fastest dtype; backend where not `cuda_fused`; `bench/results/{source}`"
+                      f"{older}):",
                       "", *_table(head, rows)])
 
 
@@ -386,7 +390,7 @@ def _summary_cell(row: dict[str, Any] | None) -> str:
     if row.get("ratio_best") and row.get("baseline_best_ms") != row.get("baseline_ms"):
         ratios.append(f"{row['ratio_best']:.2f}x")
     backend = "" if row["backend"] == "cuda_fused" else f" `{row['backend']}`"
-    return _ms(row["median_ms"]) + (f" ({' / '.join(ratios)})" if ratios else "") + backend
+    return _ms(row["median_ms"]) + ("*" if "from" in row else "") + (f" ({' / '.join(ratios)})" if ratios else "") + backend
 
 
 def write_summary(readme: Path, docs: list[dict[str, Any]]) -> None:

@@ -72,6 +72,11 @@
 //   Loop body 236 -> 178 SASS instructions at 12x64 (lstm). Measured (H200 B=16 T=1024, forward+backward):
 //   lstm 12x64 1.62 -> 1.47 ms, 48x16 0.825 -> 0.678, slstm 1.98 -> 1.61, gru 1.51 -> 1.36
 //   (bench/results/2026-11-30-h200-reference.json, d255229).
+// ---- Stages of the rows the cells read (stop 19; for the scatter kernel's registers, see ScatterTile) -----------
+//   Here it was expected to change little (fewer cp.async pieces where h_{t-1} is not staged: lstm 12x64 without
+//   dR tiles 64 -> 56 rows, slstm 96 -> 80). Measured (H200, 2026-12-01-h200-reference.json, b7c6264, forward+
+//   backward): lstm 12x64 1.48 -> 1.39 ms, 48x16 0.698 -> 0.690; slstm 12x64 1.61 -> 1.59, 48x16 0.777 -> 0.807;
+//   gru and elman not run. lstm's 6% is more than the pieces explain; not profiled.
 #include "common/mma.cuh"
 #include "common/pieces.cuh"
 #include "common/types.cuh"
@@ -726,12 +731,20 @@ __device__ __forceinline__ void backward(const Args<T> A) {
 // the forward's fitted 4 B a cycle an SM... ~5800 cycles; the drs exchange measured ~2x faster than that rate, so
 // ~3000) + cells (~600) + two barriers: ~4000-5000 cycles (2.2-2.8 us) a step, ~2.5 ms at T=1024 against the
 // `cuda` backward's ~11. (ConstrINT's scatter_estimate, with the forward's exchange rate: 8700 cycles, 4.4 ms.)
-// Measured (H200, bench/results/2026-12-01-h200-reference.json, ecd8ab5): forward+backward 5.25 ms against 13.7,
+// Measured (H200, bench/results/2026-12-01-h200-reference-ecd8ab5.json): forward+backward 5.25 ms against 13.7,
 // the forward 2.47, so the backward ~2.8 ms with the dR GEMMs (the sweep, bench/results/constrint/
 // 2026-12-01-h200-sweep-backward-lstm1x768.json: 2.80 ms for this configuration, 8 warps with 39 of 72 tiles in
 // shared memory; 12 warps with 24-26 of 48: 2.96-3.02). ~2.6 us a step (~4700 cycles at 1.83 GHz): the first
 // estimate's range; the exchange is cheaper than the forward's fitted rate says, as for the drs exchange. Not
 // profiled: which of the matmul (160 KB of R^T from shared memory a step), the exchange and the cells bounds it.
+// Stop 19 (the stages hold only the rows the cells read, InPieces keeps 2-3 registers a piece): estimated BEFORE
+// measuring, slstm 1x768 (now 38 of 72 tiles a warp in registers, 34 in shared memory, prefetch 3) as lstm's
+// backward plus its cells' extra (~+10%: the forward's slstm-lstm difference, 0.5 ms, is that): fwbw ~5.8-5.9 ms
+// against the `cuda` backward's 13.4; lstm (40 in registers, 32 in shared memory: 131 KB of R^T read a step
+// instead of 160) ~0.1 ms faster if the shared-memory reads bound the step. Measured (H200, bench/results/
+// 2026-12-01-h200-reference.json, b7c6264): slstm 5.94 ms (the estimate); lstm 5.33 (5.25 before): no gain, so
+// R^T's shared-memory reads do not bound this kernel's step (the solver's prefetch went from 1 to 3 with the
+// room, not yet swept: within the sweep's spread). What does (exchange or cells) still wants ncu.
 template <class Cell, class T, int D_, int W_, int P_, bool STORE_DRS_, int CL_, int RSK_>
 struct ScatterTile : Staging<Cell, T, D_, D_ / CL_, P_, STORE_DRS_, 32 * W_, false> {
     using Base = Staging<Cell, T, D_, D_ / CL_, P_, STORE_DRS_, 32 * W_, false>;

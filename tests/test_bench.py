@@ -164,6 +164,29 @@ def test_report_fills_a_cut_sweep_from_an_older_run(tmp_path):
     assert "rows marked `*`" in text and "`old.json`" in text and "*" in text.split("|---")[-1]
 
 
+def test_report_fills_a_cut_reference_run_and_marks_the_summary(tmp_path):
+    """A reference run cut by its budget: the README summary takes the cells it did not time from the older
+    reference file of the same GPU, marks them ``*`` and names that file; the cells it timed are its own."""
+    older, newer = tmp_path / "old.json", tmp_path / "new.json"
+    for path, date in ((older, "2000-01-01T00:00:00Z"), (newer, "9999-01-01T00:00:00Z")):
+        assert run.main(["--suite", "reference", "--dry-run", "--functions", "lstm,gru", "--out", str(path)]) == 0
+        doc = json.loads(path.read_text())
+        doc["date"] = date
+        doc["rows"] = [{**r, "N": 12, "D": 64} for r in doc["rows"] if r["N"] > 1]  # as the summary's 12x64 heads
+        for row in doc["rows"]:
+            if path == newer and row["function"] == "gru":
+                row.update(median_ms=None, error="not run: --budget-s 1 spent")
+        path.write_text(json.dumps(doc))
+    (merged,) = report.load([older, newer])
+    assert merged["filled_from"] == ["old.json"]
+    assert {r["function"] for r in merged["rows"] if r.get("from")} == {"gru"}
+    text = report.summary([merged])
+    assert "* from `bench/results/old.json`" in text
+    gru_column = [line.split("|")[-2] for line in text.splitlines() if line.startswith("| forward")]
+    assert gru_column and all("*" in cell for cell in gru_column)
+    assert all("*" not in line.split("|")[2] for line in text.splitlines() if line.startswith("| forward"))
+
+
 def test_varlen_dry_run_rows(tmp_path):
     """The varlen suite on the CPU: lstm and gru (the cells with a PackedSequence cuDNN counterpart), both head
     layouts, fw and fwbw, each row timed with lengths and padded, against torch's packed and padded modules."""
