@@ -31,9 +31,9 @@ TIME_PASSES = ("fw", "fwbw")
 
 def load(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
     """The documents, one per (suite, gpu), in SUITE_ORDER: the newest file's (by ``date``). In a sweep suite
-    (batch, seqlen, headdim) or the reference suite a (configuration, backend) that the newest file did not time (cut by its time
-    budget, or a cell it did not run) is filled from the newest older file of the same suite and GPU that did;
-    such a row carries ``from`` (that file's name) and the document lists the files in ``filled_from``."""
+    (batch, seqlen, headdim) or the reference suite a (configuration, backend) that the newest file did not time
+    (cut by its time budget, or a cell it did not run) is filled from the newest older file of the same suite and
+    GPU that did; such a row carries ``from`` (that file's name) and the document lists the files in ``filled_from``."""
     by_key: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for path in paths:
         doc = json.loads(Path(path).read_text())
@@ -390,7 +390,8 @@ def _summary_cell(row: dict[str, Any] | None) -> str:
     if row.get("ratio_best") and row.get("baseline_best_ms") != row.get("baseline_ms"):
         ratios.append(f"{row['ratio_best']:.2f}x")
     backend = "" if row["backend"] == "cuda_fused" else f" `{row['backend']}`"
-    return _ms(row["median_ms"]) + ("*" if "from" in row else "") + (f" ({' / '.join(ratios)})" if ratios else "") + backend
+    mark = "*" if "from" in row else ""
+    return _ms(row["median_ms"]) + mark + (f" ({' / '.join(ratios)})" if ratios else "") + backend
 
 
 def write_summary(readme: Path, docs: list[dict[str, Any]]) -> None:

@@ -45,7 +45,8 @@ from .hardware import Hardware
 from .solver import Expr, Infeasible, Problem, Var, divides
 
 #: Bump when the model (constraints, register fit, latency constants) changes: tuning-cache keys carry it.
-MODEL_VERSION = 6
+#: 7: the backward stages hold only the state rows the cells read (every backward choice's shared memory).
+MODEL_VERSION = 7
 
 MMA_M, MMA_N, MMA_K = 16, 8, 16  # mma.sync m16n8k16 (bf16/fp16 operands, float32 accumulators)
 
