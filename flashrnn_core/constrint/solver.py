@@ -353,12 +353,7 @@ class Polynomial(Constraint):
                 values[i] = v
                 return self.holds(values)
 
-            new = tuple(v for v in domains[i] if ok(v))
-            if not new:
-                return None
-            if len(new) != len(domains[i]):
-                domains[i] = new
-                return [i]
+            return _filter_domain(domains, i, ok)
         return []
 
     def describe(self, names: Sequence[str]) -> str:
@@ -456,12 +451,7 @@ class Predicate(Constraint):
                 fixed[i] = v
                 return bool(self.fn(*(fixed[j] for j in self.vars)))
 
-            new = tuple(v for v in domains[i] if ok(v))
-            if not new:
-                return None
-            if len(new) != len(domains[i]):
-                domains[i] = new
-                return [i]
+            return _filter_domain(domains, i, ok)
         return []
 
     def describe(self, names: Sequence[str]) -> str:
@@ -559,6 +549,18 @@ def _positive_factor_bounds(qlo: Number, qhi: Number, rlo: Number | None, rhi: N
     if high is not None and high < low:
         return None
     return low, high
+
+
+def _filter_domain(domains: list[Domain], i: int, ok: Callable[[int], bool]) -> list[int] | None:
+    """Keeps the values of variable i's domain that ``ok`` accepts (the constraint's only free variable): None
+    where none is left, ``[i]`` where the domain shrank, ``[]`` where it did not."""
+    new = tuple(v for v in domains[i] if ok(v))
+    if not new:
+        return None
+    if len(new) != len(domains[i]):
+        domains[i] = new
+        return [i]
+    return []
 
 
 def _narrow_factor(d: Domain, qlo: Number, qhi: Number, rlo: Number | None, rhi: Number | None) -> Domain | None:
