@@ -319,7 +319,7 @@ template <class T> struct Args {
 // Registers are what the largest kernels lack (the scatter kernel's R^T tiles take what the rest leaves), so a
 // thread keeps per piece only its source and destination; a piece moves back one step by NSAVED (saved rows) or
 // one (states) rows of N*D, and step 0's initial-state addresses are rebuilt when step 0 comes (at sLSTM D = 768
-// keeping strides and those took 15 registers, ~4 tiles of R^T).
+// keeping strides and those took 12 registers, 3 tiles of R^T).
 template <class K, class T> struct InPieces {
     static constexpr int PER_ROW = K::DB / K::CH;
     static constexpr int PER = (K::PIECES + K::THREADS - 1) / K::THREADS;  // pieces per thread
@@ -737,7 +737,7 @@ __device__ __forceinline__ void backward(const Args<T> A) {
 // shared memory; 12 warps with 24-26 of 48: 2.96-3.02). ~2.6 us a step (~4700 cycles at 1.83 GHz): the first
 // estimate's range; the exchange is cheaper than the forward's fitted rate says, as for the drs exchange. Not
 // profiled: which of the matmul (160 KB of R^T from shared memory a step), the exchange and the cells bounds it.
-// Stop 19 (the stages hold only the rows the cells read, InPieces keeps 2-3 registers a piece): estimated BEFORE
+// Stop 19 (the stages hold only the rows the cells read, InPieces keeps 3 registers a piece, not 7): estimated BEFORE
 // measuring, slstm 1x768 (now 38 of 72 tiles a warp in registers, 34 in shared memory, prefetch 3) as lstm's
 // backward plus its cells' extra (~+10%: the forward's slstm-lstm difference, 0.5 ms, is that): fwbw ~5.8-5.9 ms
 // against the `cuda` backward's 13.4; lstm (40 in registers, 32 in shared memory: 131 KB of R^T read a step

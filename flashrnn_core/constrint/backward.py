@@ -52,8 +52,8 @@ above the fit where it was not capped (it takes what the cap allows). Checked, n
 sm_90 (576 more variants, bench/results/constrint/bw_registers_prefetch13_sm90.json): 0 of 198 spilling variants
 accepted, 20 of 378 clean ones rejected. CI compiles every choice the solver makes on its presets
 (``test_constrint``'s ptxas agreement test).
-Stop 19 (the stages hold only the state rows the cells read; a thread keeps 2-3 registers a piece of its inputs, not
-8) took registers off most variants; the data were taken again (same command, bw_registers.json now holds them: 202
+Stop 19 (the stages hold only the state rows the cells read; a thread keeps 3 registers a piece of its inputs, not
+7) took registers off most variants; the data were taken again (same command, bw_registers.json now holds them: 202
 spill) and the same program gives the same coefficients (the spilling variants bind them): 0 of 202 spilling
 variants accepted, 16 of 374 clean ones rejected, ptxas from 44 below to 70 above the fit.
 """
@@ -313,8 +313,8 @@ gru    12    168  25 of 36          68     103
 elman  6     255  24 of 24          -      103
 elman  8     255  18 of 18          -      96
 elman  12    168  12 of 12          -      94
-(Stop 19: the stages hold only the state rows the cells read and a thread keeps 2-3 registers a piece of its
-inputs instead of 8: lstm 8 warps 33 -> 40 register tiles, slstm 29 -> 38, which made slstm D = 768 fit. Found by
+(Stop 19: the stages hold only the state rows the cells read and a thread keeps 3 registers a piece of its
+inputs instead of 7: lstm 8 warps 33 -> 40 register tiles, slstm 29 -> 38, which made slstm D = 768 fit. Found by
 bisection: the fewest R_SMEM that ptxas compiles without a spill, for each cell and warps.)
 """
 
