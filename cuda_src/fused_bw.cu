@@ -774,7 +774,8 @@ struct ScatterTile : Staging<Cell, T, D_, D_ / CL_, P_, STORE_DRS_, 32 * W_, fal
     static constexpr int BAR_BYTES = 16;                 // two mbarriers (one per receive buffer)
     // R^T's shared-memory tiles as A-fragments in lane order, [WARPS][RST][32 lanes][4 registers].
     static constexpr int R_BYTES = WARPS * RST * 512;
-    static constexpr int SMEM_BYTES = BUF_BYTES + RECV_BYTES_ALL + STAGE_BYTES_USED + OUT_BYTES_USED + BAR_BYTES + R_BYTES;
+    static constexpr int SMEM_BYTES =
+        BUF_BYTES + RECV_BYTES_ALL + STAGE_BYTES_USED + OUT_BYTES_USED + BAR_BYTES + R_BYTES;
     static constexpr unsigned RECV_BYTES = unsigned((CL - 1) * SLOT_BYTES);  // from the other blocks, a step
     static constexpr bool FUSED_DR = false;
     static constexpr int DR_TILES = 0, TPW = 1;
@@ -943,7 +944,8 @@ __device__ __forceinline__ void backward_scatter(const Args<T> A) {
             const unsigned addr = row, at = sent0 + (t & 1) * RECV_BUF;
             const unsigned bar = bars + 8 * (t & 1);
             scatter_pass<K, 0, K::PASS>(a, r_lane, addr, mt0, rank, at, bar);
-            if constexpr (K::MPW > K::PASS) scatter_pass<K, K::PASS, K::MPW - K::PASS>(a, r_lane, addr, mt0, rank, at, bar);
+            if constexpr (K::MPW > K::PASS)
+                scatter_pass<K, K::PASS, K::MPW - K::PASS>(a, r_lane, addr, mt0, rank, at, bar);
         }
         __syncthreads();  // this block's own partials are in place; drs_{t+1} and the outputs of t+1 are read
         float dh[K::CELLS];
