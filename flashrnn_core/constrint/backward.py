@@ -315,7 +315,7 @@ elman  8     255  18 of 18          -      96
 elman  12    168  12 of 12          -      94
 (Stop 19: the stages hold only the state rows the cells read and a thread keeps 3 registers a piece of its
 inputs instead of 7: lstm 8 warps 33 -> 40 register tiles, slstm 29 -> 38, which made slstm D = 768 fit. Found by
-bisection: the fewest R_SMEM that ptxas compiles without a spill, for each cell and warps.)
+bisection, ``python bench/scatter_register_data.py``: the fewest R_SMEM that ptxas compiles without a spill.)
 """
 
 

@@ -1,0 +1,60 @@
+"""The data behind ConstrINT's scatter-kernel register rule (``constrint/backward.py`` ``SCATTER_REGISTER_DATA``,
+``KernelModel.bw_scatter_reg_rest``): NVRTC only, no GPU.
+
+    python bench/scatter_register_data.py [--cells lstm,slstm,gru,elman] [--warps 6,8,12]
+
+For each cell and warps count, fused_bw.cu's scatter kernel at D = 768 on 16 blocks (bf16, prefetch 1) is compiled
+for sm_90 with FLASHRNN_R_SMEM bisected for the fewest R^T tiles in shared memory that ptxas compiles without a
+spill; the row gives the register tiles that leaves (KRF), the registers besides them under the cap (cap - 4 KRF,
+the model's "rest") and ptxas's count with every tile in shared memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from flashrnn_core.backends.fused import BW_ENTRY, BW_SOURCE, CELL_STRUCTS  # noqa: E402
+from flashrnn_core.runtime import KernelSpec, compile_spec  # noqa: E402
+
+D, CLUSTER = 768, 16
+GATES_R = {"lstm": 4, "slstm": 4, "gru": 3, "elman": 1}
+
+
+def resources(function: str, warps: int, r_smem: int):
+    defines = (("FLASHRNN_CELL", CELL_STRUCTS[function]), ("FLASHRNN_STORAGE", "__nv_bfloat16"),
+               ("FLASHRNN_FAST_ACTIVATIONS", "1"), ("FLASHRNN_D", str(D)), ("FLASHRNN_SCATTER", "1"),
+               ("FLASHRNN_WARPS", str(warps)), ("FLASHRNN_PREFETCH", "1"), ("FLASHRNN_CLUSTER", str(CLUSTER)),
+               ("FLASHRNN_R_SMEM", str(r_smem)), ("FLASHRNN_STORE_DRS", "1" if function == "gru" else "0"))
+    spec = KernelSpec(source=BW_SOURCE, entry=BW_ENTRY, defines=defines, label=f"{function} scatter w{warps} "
+                      f"rsmem{r_smem}", min_sm=90)
+    return compile_spec(spec, "sm_90").resources
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cells", default="lstm,slstm,gru,elman")
+    ap.add_argument("--warps", default="6,8,12")
+    args = ap.parse_args(argv)
+    print("cell   warps cap  max KRF of tiles  rest   (ptxas with KRF = 0)")
+    for function in args.cells.split(","):
+        for warps in map(int, args.warps.split(",")):
+            tiles = D // 16 // warps * GATES_R[function] * (D // CLUSTER // 16)
+            lo, hi = 0, tiles  # the fewest shared-memory tiles without a spill (every tile there never spills)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                res = resources(function, warps, mid)
+                lo, hi = (lo, mid) if res.spill_stores == 0 and res.stack == 0 else (mid + 1, hi)
+            cap = 255 if 32 * warps * 255 <= 65536 else 65536 // (32 * warps) // 8 * 8
+            krf = tiles - lo
+            rest = str(cap - 4 * krf) if krf < tiles else "-"
+            all_shared = resources(function, warps, tiles).registers
+            print(f"{function:6} {warps:<5} {cap:<4} {krf} of {tiles:<11} {rest:6} {all_shared}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
