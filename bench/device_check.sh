@@ -16,6 +16,7 @@
 #   BENCH_SHARDS=1 (timing suites split over this many jobs, merged into one JSON by python -m bench.shard)
 #   SWEEP_BUDGET_S=150   SWEEP_ARGS="--direction both"   DDP_ARGS="..."   DEADLINE_S=550   LANES=<GPUs>
 #   PRECOMPILE=0 (no compile of every variant first: a sanitizer run on a few problems)
+#   PRECOMPILE_MATCH="slstm" (precompile only the variants whose label has these words: compile --match)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/device_out}; mkdir -p "$OUT/notes"
@@ -39,19 +40,25 @@ ARCH=$(python -c "import cupy; print('sm_' + cupy.cuda.Device().compute_capabili
 # the sanitizer's -lineinfo builds are other cache entries, compiled at the same time). Benchmarks alone compile
 # what they run.
 if [[ ${PRECOMPILE:-1} == 1 && ( " $STAGES " == *" tests "* || " $STAGES " == *" sanitizer "* ) ]]; then
-    half=$(( $(nproc) / 2 > 1 ? $(nproc) / 2 : 1 ))
-    timeout 240 python -m flashrnn_core.compile --arch "$ARCH" --jobs "$half" >"$OUT/precompile.log" 2>&1 &
+    # The tests want the plain builds and the sanitizer the -lineinfo ones: with both, each gets half the cores.
+    both=$([[ " $STAGES " == *" tests "* && " $STAGES " == *" sanitizer "* ]] && echo 2 || echo 1)
+    jobs=$(( $(nproc) / both > 1 ? $(nproc) / both : 1 ))
+    if [[ " $STAGES " == *" tests "* ]]; then
+        timeout 240 python -m flashrnn_core.compile --arch "$ARCH" --jobs "$jobs" ${PRECOMPILE_MATCH:+--match "$PRECOMPILE_MATCH"} \
+            >"$OUT/precompile.log" 2>&1 &
+    fi
     if [[ " $STAGES " == *" sanitizer "* ]]; then
-        FLASHRNN_CORE_LINEINFO=1 timeout 240 python -m flashrnn_core.compile --arch "$ARCH" --jobs "$half" \
-            >"$OUT/precompile_lineinfo.log" 2>&1
+        FLASHRNN_CORE_LINEINFO=1 timeout 240 python -m flashrnn_core.compile --arch "$ARCH" --jobs "$jobs" \
+            ${PRECOMPILE_MATCH:+--match "$PRECOMPILE_MATCH"} >"$OUT/precompile_lineinfo.log" 2>&1
     fi
     wait
-    note 001 "precompile $ARCH (${SECONDS}s)" "$(tail -n 1 "$OUT/precompile.log")"
+    note 001 "precompile $ARCH (${SECONDS}s)" "$(tail -qn 1 "$OUT"/precompile*.log | tr '\n' ' ')"
 fi
 
 job_tests() {
     # --check reads the precompiled kernels' ptxas reports from the cache.
-    timeout "$(clamp 240)" python -m flashrnn_core.compile --arch "$ARCH" --check --jobs "$(nproc)" >"$OUT/compile.log" 2>&1
+    timeout "$(clamp 240)" python -m flashrnn_core.compile --arch "$ARCH" --check --jobs "$(nproc)" \
+        ${PRECOMPILE_MATCH:+--match "$PRECOMPILE_MATCH"} >"$OUT/compile.log" 2>&1
     note "$1a" "compile --check $ARCH" "exit $? : $(tail -n 1 "$OUT/compile.log")"
     timeout "$(clamp "${PYTEST_TIMEOUT:-420}")" python -m pytest -m gpu -q -p no:cacheprovider ${PYTEST_ARGS:-} \
         -k "${PYTEST_K:-}" tests >"$OUT/pytest_gpu.log" 2>&1
