@@ -15,69 +15,75 @@ struct SlstmCell {
     // reaches nothing: ds_prev[3] is d lf whatever it is.
     static constexpr unsigned PREV_READ = 0b1110u, DS_READ = 0b0111u;
 
-    // The two exponential gates share a scale. With u = exp(-|f_raw|), U = 1 + u (so sigma(f_raw) =
+    // Backward: (i, f, m) from the raw gates and the previous states. One of i, f is exp(0) = 1 (m is i_raw or
+    // lf), so one exponential gives both: with d = lf - i_raw, m = i_raw gives (1, exp(d)) and m = lf gives
+    // (exp(-d), 1). (The step is issue-bound: issue 5 measured sLSTM 30-40% over LSTM; this saves a MUFU and 3 FP
+    // ops.)
+    __device__ __forceinline__ static void gates(const float (&s_prev)[S], float i_raw, float f_raw, float& i,
+                                                 float& f, float& m) {
+        const float lf = act_log_sigmoid(f_raw) + s_prev[3];
+        const float d = lf - i_raw;
+        const bool m_is_i = s_prev[2] == 0.f || d <= 0.f;
+        const float e = act_exp(m_is_i ? d : -d);
+        m = m_is_i ? i_raw : lf;
+        i = m_is_i ? 1.f : e;
+        f = m_is_i ? e : 1.f;
+    }
+
+    // Forward: the two exponential gates share a scale. With u = exp(-|f_raw|), U = 1 + u (so sigma(f_raw) =
     // exp(min(f_raw, 0)) / U) and E = exp(a), a = min(f_raw, 0) + m_prev - i_raw:
     //   exp(i_raw) : exp(lf) = U : E, so i = U / scale and f = E / scale, scale = exp(m - i_raw) * U,
     //   m = i_raw (a fresh state, or lf <= i_raw, which is E <= U): scale = U;  m = lf: scale = E.
     // Then c = num / scale and n = den / scale with num = E c_prev + U tanh(z_raw), den = max(E n_prev + U, scale),
     // and h = sigma(o_raw) num / den. u and E are independent, so h is two MUFU ops deep (u and E, then 1/den)
-    // where the stabilized formula is four (exp, log, exp, 1/n): the step's latency chain (issue 5 measured
-    // sLSTM's forward 9% over LSTM's at 12x64, its backward 18%). log U is needed only for the state m, off the
-    // chain. E is capped at exp(A_MAX) when m = lf (then i = U / E: below float32's resolution against f = 1 long
-    // before the cap), so that E c_prev and E n_prev stay finite; at a fresh state it is not, as in SPEC's formula.
+    // where `gates` makes it four (exp, log, exp, 1/n). log U is needed only for the state m, off h's chain.
+    // E is capped at exp(A_MAX) when m = lf (then i = U / E: below float32's resolution against f = 1 long before
+    // the cap), so that E c_prev and E n_prev stay finite; at a fresh state it is not, as in SPEC's formula.
     // Estimated before measuring (stop 20): two MUFU latencies and their FP ops off a latency-bound step, ~50-70
-    // cycles: forward 12x64 ~870 -> ~810 cycles a step (0.484 -> ~0.45 ms at T=1024), the backward's ~2000 by
-    // as much (forward+backward 1.59 -> ~1.52 ms); at 1x768, where the cells overlap the exchange, about nothing
-    // (the forward does one MUFU op more: log U and 1/scale against the backward's shared exp).
+    // cycles: 12x64 ~870 -> ~810 cycles a step (0.484 -> ~0.45 ms at T=1024); the backward's ~2000 by as much;
+    // at 1x768, where the cells overlap the exchange, about nothing (one MUFU op more: log U and 1/scale against
+    // the shared exp). Measured (H200, B=16, T=1024, bench/results/2026-12-01-h200-reference-slstm-scaled.json):
+    //   forward 12x64 0.484 -> 0.473 ms, 3x256 0.928 -> 0.911, 48x16 and 1x768 unchanged: a quarter of the
+    //   estimate, so the cell's MUFU chain is a smaller part of the step than its latency sum says.
+    //   In the backward (the same form, with 1/scale and 1/den for 1/n) the 12x64 backward went from 1.11 to 1.20
+    //   ms, 48x16 from 0.51 to 0.54: the backward step is issue-bound, not latency-bound (as `gates` says), and the
+    //   form's selects and products cost more issue slots than the MUFU op it saves. So the backward keeps `gates`.
     static constexpr float A_MAX = 40.f;
-    struct Scaled {
-        float U, E, scale;
-        bool m_is_i;
-    };
-    __device__ __forceinline__ static Scaled scaled_gates(const float (&s_prev)[S], float i_raw, float f_raw) {
-        const bool fresh = s_prev[2] == 0.f;
-        const float a = fminf(f_raw, 0.f) + s_prev[3] - i_raw;
-        const float E = act_exp(fresh ? a : fminf(a, A_MAX)), U = 1.f + act_exp(-fabsf(f_raw));
-        const bool m_is_i = fresh || E <= U;
-        return {U, E, m_is_i ? U : E, m_is_i};
-    }
-    // num and den above (c and n times the scale).
-    __device__ __forceinline__ static void scaled_states(const Scaled& sc, const float (&s_prev)[S], float z,
-                                                         float& num, float& den) {
-        num = fmaf(sc.E, s_prev[1], sc.U * z);
-        den = fmaxf(fmaf(sc.E, s_prev[2], sc.U), sc.scale);
-    }
 
     __device__ __forceinline__ static void forward(const float (&x)[GW], const float (&rs)[GR], const float (&b)[GB],
                                                    const float (&s_prev)[S], float (&s)[S], float (&saved)[NSAVED]) {
 #pragma unroll
         for (int g = 0; g < 4; ++g) saved[g] = x[g] + rs[g] + b[g];
-        const Scaled sc = scaled_gates(s_prev, saved[0], saved[1]);
-        float num, den;
-        scaled_states(sc, s_prev, act_tanh(saved[2]), num, den);
+        const float i_raw = saved[0], f_raw = saved[1];
+        const bool fresh = s_prev[2] == 0.f;
+        const float a = fminf(f_raw, 0.f) + s_prev[3] - i_raw;
+        const float E = act_exp(fresh ? a : fminf(a, A_MAX)), U = 1.f + act_exp(-fabsf(f_raw));
+        const bool m_is_i = fresh || E <= U;
+        const float scale = m_is_i ? U : E;
+        const float num = fmaf(E, s_prev[1], U * act_tanh(saved[2]));
+        const float den = fmaxf(fmaf(E, s_prev[2], U), scale);
         s[0] = act_sigmoid(saved[3]) * num * act_rcp(den);
-        const float r_scale = act_rcp(sc.scale);
+        const float r_scale = act_rcp(scale);
         s[1] = num * r_scale;
         s[2] = den * r_scale;
-        s[3] = sc.m_is_i ? saved[0] : fminf(saved[1], 0.f) - act_log(sc.U) + s_prev[3];  // lf = log sigma(f) + m_prev
+        s[3] = m_is_i ? i_raw : fminf(f_raw, 0.f) - act_log(U) + s_prev[3];  // lf = log sigma(f_raw) + m_prev
     }
 
     __device__ __forceinline__ static void backward(const float (&ds)[S], const float (&s_prev)[S],
                                                     const float (&saved)[NSAVED], float (&dx)[GW], float (&drs)[GR],
                                                     float (&db)[GB], float (&ds_prev)[S]) {
-        const Scaled sc = scaled_gates(s_prev, saved[0], saved[1]);
+        float i, f, m;
+        gates(s_prev, saved[0], saved[1], i, f, m);
         const float z = act_tanh(saved[2]), o = act_sigmoid(saved[3]);
-        float num, den;
-        scaled_states(sc, s_prev, z, num, den);
-        const float r_scale = act_rcp(sc.scale), r_den = act_rcp(den);
-        const float i = sc.U * r_scale, f = sc.E * r_scale;
-        const float rn = sc.scale * r_den, cn = num * r_den;  // 1/n and c/n
+        const float c = fmaf(f, s_prev[1], i * z);
+        const float n = fmaxf(fmaf(f, s_prev[2], i), 1.f);
+        const float rn = act_rcp(n);
         const float dh = ds[0];
         const float dc = ds[1] + dh * o * rn;
-        const float dn = ds[2] - dh * o * cn * rn;
+        const float dn = ds[2] - dh * o * c * rn * rn;
         const float dlf = (dc * s_prev[1] + dn * s_prev[2]) * f;
         const float d[4] = {(dc * z + dn) * i, dlf * act_sigmoid(-saved[1]), dc * i * (1.f - z * z),
-                            dh * cn * o * (1.f - o)};
+                            dh * c * rn * o * (1.f - o)};
 #pragma unroll
         for (int g = 0; g < 4; ++g) dx[g] = drs[g] = db[g] = d[g];
         ds_prev[0] = 0.f;
