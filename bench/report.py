@@ -375,7 +375,8 @@ def summary(docs: list[dict[str, Any]]) -> str:
     rows = [[{"fw": "forward", "fwbw": "forward+backward"}[p]]
             + [_summary_cell(fastest.get((*c, p))) for c in configs] for p in TIME_PASSES]
     source = Path(doc["_path"]).name
-    older = "".join(f", * from `bench/results/{name}`" for name in doc.get("filled_from", []))
+    names = [f"`bench/results/{name}`" for name in doc.get("filled_from", [])]
+    older = f", * from {' or '.join(names)}" if names else ""
     return "\n".join([f"{doc.get('gpu')}, {doc['rows'][0]['dtype']}, B={doc['rows'][0]['B']}, "
                       f"T={doc['rows'][0]['T']} (median ms; ratio = cuDNN's time over ours, in the row's dtype / "
                       f"against cuDNN's fastest dtype; backend where not `cuda_fused`; `bench/results/{source}`"
