@@ -185,6 +185,9 @@ def test_report_fills_a_cut_reference_run_and_marks_the_summary(tmp_path):
     gru_column = [line.split("|")[-2] for line in text.splitlines() if line.startswith("| forward")]
     assert gru_column and all("*" in cell for cell in gru_column)
     assert all("*" not in line.split("|")[2] for line in text.splitlines() if line.startswith("| forward"))
+    # Rows from two older files: the one mark names both, once each.
+    text = report.summary([{**merged, "filled_from": ["old.json", "older.json"]}])
+    assert "* from `bench/results/old.json` or `bench/results/older.json`" in text and text.count("* from") == 1
 
 
 def test_varlen_dry_run_rows(tmp_path):
