@@ -64,22 +64,16 @@ __device__ __forceinline__ float act_rcp(float x) {
 #endif
 }
 
-// log sigma(x) = min(x, 0) - log1p(exp(-|x|)): no overflow and no log(0) in either tail.
-__device__ __forceinline__ float act_log_sigmoid(float x) {
+// log(1 + u) for u in [0, 1]: sLSTM's log sigma(x) = min(x, 0) - log(1 + exp(-|x|)), whose forward shares u.
+__device__ __forceinline__ float act_log1p(float u) {
 #if FLASHRNN_FAST_ACTIVATIONS
-    return fminf(x, 0.f) - LN_2 * lg2_approx(1.f + ex2_approx(-LOG2_E * fabsf(x)));
+    return LN_2 * lg2_approx(1.f + u);
 #else
-    return fminf(x, 0.f) - log1pf(expf(-fabsf(x)));
+    return log1pf(u);
 #endif
 }
 
-// log x for x in [1, 2] (sLSTM's stabilizer: log sigma(x) = min(x, 0) - log(1 + exp(-|x|))).
-__device__ __forceinline__ float act_log(float x) {
-#if FLASHRNN_FAST_ACTIVATIONS
-    return LN_2 * lg2_approx(x);
-#else
-    return logf(x);
-#endif
-}
+// log sigma(x) = min(x, 0) - log1p(exp(-|x|)): no overflow and no log(0) in either tail.
+__device__ __forceinline__ float act_log_sigmoid(float x) { return fminf(x, 0.f) - act_log1p(act_exp(-fabsf(x))); }
 
 }  // namespace flashrnn
