@@ -8,6 +8,7 @@ test_vanilla.py builds its sequence-level reference from the same function.
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -212,3 +213,16 @@ def test_backward_reads_exactly_the_declared_states(function):
         ds_new[s] += 0.5 + rng.random(ds_new[s].shape)
         assert changed(ds, s_new) == (s in _bits(cell.bw_prev_read, cell.states)), f"previous state {s}"
         assert changed(ds_new, s_prev) == (s in _bits(cell.bw_ds_read, cell.states)), f"upstream gradient {s}"
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_cuda_cells_declare_the_same_reads(function):
+    """The CUDA cell's PREV_READ and DS_READ (what the fused backward stages) are the Python twin's masks, which
+    the test above holds to the math: a row the kernel reads but does not stage would be garbage."""
+    from flashrnn_core.runtime.env import source_root
+
+    text = (source_root() / "cells" / f"{function}.cuh").read_text()
+    found = re.search(r"PREV_READ = (0b[01]+|0)u, DS_READ = (0b[01]+|0)u", text)
+    assert found, f"cells/{function}.cuh declares no PREV_READ/DS_READ"
+    cell = CELLS[function]
+    assert (int(found[1], 0), int(found[2], 0)) == (cell.bw_prev_read, cell.bw_ds_read)
