@@ -16,6 +16,8 @@
 #   BENCH_SHARDS=1 (timing suites split over this many jobs, merged into one JSON by python -m bench.shard)
 #   SWEEP_BUDGET_S=150   SWEEP_ARGS="--direction both"   DDP_ARGS="..."   DEADLINE_S=550   LANES=<GPUs>
 #   PRECOMPILE=0 (no compile of every variant first: a sanitizer run on a few problems)
+#   PHASE_ARGS="--cell lstm --variant base= --variant bulk=FLASHRNN_EXCHANGE_BULK;..." (stage "phases": a step's
+#     phases by clock64 and measurement knobs, bench/phase_clocks.py; ';' separates problems, printed at the end)
 #   PRECOMPILE_MATCH="slstm" (precompile only the variants whose label has these words: compile --match)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -92,6 +94,12 @@ job_sweep() {   # ConstrINT against reality (issue 7): every feasible configurat
     note "$1" "sweep" "exit $? : $(tail -n 1 "$OUT/sweep.log")"
 }
 
+job_phases() {   # <n> <set>: bench/phase_clocks.py on one problem (PHASE_ARGS: ';' separates problems)
+    local args log="$OUT/phases_$2.log"; IFS=';' read -ra args <<<"${PHASE_ARGS:-}"
+    timeout "$(clamp 240)" python bench/phase_clocks.py ${args[$2]} >"$log" 2>&1
+    note "$1" "phases ${args[$2]:0:60}" "exit $?"
+}
+
 # The queue: "<job number> <function> <args...>", in the order of the stages (tests, bench, sanitizer, sweep).
 n=100; : >"$QUEUE"
 enqueue() { echo "$n $*" >>"$QUEUE"; n=$(( n + 1 )); }
@@ -116,6 +124,10 @@ if [[ " $STAGES " == *" sanitizer "* ]]; then
     done
 fi
 [[ " $STAGES " == *" sweep "* ]] && enqueue job_sweep
+if [[ " $STAGES " == *" phases "* ]]; then
+    IFS=';' read -ra sets <<<"${PHASE_ARGS:-}"
+    for (( i = 0; i < ${#sets[@]}; i++ )); do enqueue job_phases "$i"; done
+fi
 
 next_job() {   # pop the queue's first line (lanes share the queue; flock serialises them)
     local line
@@ -164,4 +176,5 @@ fi
 # The device tool brings back at most 8 files: the logs travel as one archive beside the JSON results.
 summary=$(cat "$OUT"/notes/* 2>/dev/null)
 (cd "$OUT" && rm -rf notes queue queue.lock && tar czf logs.tar.gz --remove-files -- *.log)
+[[ " $STAGES " == *" phases "* ]] && tar xzf "$OUT/logs.tar.gz" -O --wildcards 'phases_*.log' 2>/dev/null
 echo; echo "== device_check summary ($LANES lanes, ${SECONDS}s) =="; echo "$summary"

@@ -647,8 +647,23 @@ __device__ __forceinline__ void backward(const Args<T> A) {
     else __syncthreads();
 
     int stage = 0;  // (last - t) % NS: the stage of step t
+    // Refill the stage of step t+2 (done with before the barrier that closed step t+1) with step t-P, and write
+    // out step t+1's staged outputs (staged before that barrier). A cluster issues them before it waits for the
+    // other blocks' drs (the forward measured 3-16% a step so, fused_fw.cu Tile::EARLY_COPIES), one block after.
+    auto copies = [&](int t) {
+        const int refill = stage + P < K::NS ? stage + P : stage + P - K::NS;
+        if (t - P >= 0) incopy.issue(refill * STAGE, t - P, A, b0, n, d0);
+        mma::cp_async_commit();
+        if (t < last) outcopy.flush(((t + 1) & 1) * OBUF);
+    };
+#ifdef FLASHRNN_LATE_COPIES  // measurement knob: a cluster's copies after the wait, as one block's
+    constexpr bool early_copies = false;
+#else
+    constexpr bool early_copies = CL > 1;
+#endif
 #pragma unroll 1
     for (int t = last; t >= -1; --t) {
+        if constexpr (early_copies) copies(t);
         // drs_{t+1}'s other columns arrive on buffer (t+1)&1's mbarrier: its ((last - t - 1) / 2)-th phase. It is
         // armed again for drs_{t-1}, the next to arrive there, unless step t-1 is the last round (t = 0).
         if constexpr (CL > 1) {
@@ -666,12 +681,7 @@ __device__ __forceinline__ void backward(const Args<T> A) {
         const int stage_next = stage == 0 ? K::NS - 1 : stage - 1;
         if constexpr (K::FUSED_DR)
             if (t < 0) accumulate_dr<K>(dr, dr_a_row + ((t + 1) & 1) * DRS_BUF, dr_b_row + stage_next * STAGE, warp);
-        // Refill the stage of step t+2 (done with before the barrier that closed step t+1) with step t-P, and
-        // write out step t+1's staged outputs (staged before that barrier).
-        const int refill = stage + P < K::NS ? stage + P : stage + P - K::NS;
-        if (t - P >= 0) incopy.issue(refill * STAGE, t - P, A, b0, n, d0);
-        mma::cp_async_commit();
-        if (t < last) outcopy.flush(((t + 1) & 1) * OBUF);
+        if constexpr (!early_copies) copies(t);
         // Reads drs_{t+1} from buffer (t+1)&1, writes drs_t into buffer t&1.
         float acc[4];
         matmul<K>(acc, a, r_lane, row + unsigned(((t + 1) & 1) * K::BUF_ELEMS * E), ks);

@@ -119,6 +119,18 @@ template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_, int R
     static constexpr int OWN = 2 / KS;                      // batch columns c (of 2 per lane) a warp finishes
     static constexpr int CHAINS_WANTED = 4 / (MT * NBT) > 1 ? 4 / (MT * NBT) : 1;
     static constexpr int CHAINS = CHAINS_WANTED < KTW ? CHAINS_WANTED : KTW;  // independent partial sums
+    // h's fragments are read HG k-tiles at a time as the matmul reaches them: all at once (one shared-memory round
+    // trip at the head of the step's chain) unless R fills the registers and spills into shared memory, where two
+    // at a time leave ptxas registers to keep R's shared-memory loads ahead (1x768 forward: lstm -0.8%, slstm
+    // -1.2%, gru -1.5%; no change at 12x64).
+    static constexpr int HG = RS_ > 0 ? 2 : KTW;
+    // Clusters issue the step's copies (Wx's refill, the last step's outputs) before waiting for the other
+    // blocks' h, where the warps would idle; one block issues them after the mma, off the step's chain. Measured
+    // (H200 bf16 B=16 T=1024, bench/phase_clocks.py): before the wait, lstm 12x64 0.440 -> 0.401 ms, 3x256 0.813 ->
+    // 0.686, 1x768 2.455 -> 2.384, slstm 1x768 2.927 -> 2.514 (its prefetch-1 Wx load had ~400 cycles exposed at
+    // the closing barrier), gru 1x768 2.090 -> 1.996; but one-block kernels slower (lstm 48x16 0.261 -> 0.284,
+    // elman 12x64 0.207 -> 0.227: nothing to wait for, and the copies then delay the mma).
+    static constexpr bool EARLY_COPIES = CL_ > 1;
     // Blocks of 384+ threads get <= 170 registers a thread, and R's fragments take most of them: there Wx is
     // read cell by cell at the pointwise step instead of all at once while the mma run.
     static constexpr bool LATE_X = THREADS >= 384;
@@ -263,10 +275,11 @@ __device__ __forceinline__ void load_r(RRegs<K>& a, unsigned r_lane, const T* __
     }
 }
 
-// B-fragments of h (all BT columns, the warp's k-tiles) from one h buffer, two k-tiles per ldmatrix.x4.
-// `addr` is this lane's row address in that buffer (ldmatrix_row), so the rest are compile-time offsets.
-template <class K>
-__device__ __forceinline__ void load_h(unsigned (&bf)[K::SPLIT][K::NBT][K::KTW][2], unsigned addr, int lane) {
+// B-fragments of h (all BT columns) for the warp's k-tiles [k0, k0 + COUNT) (those that exist) from one h buffer,
+// two k-tiles per ldmatrix.x4. `addr` is this lane's row address in that buffer (ldmatrix_row), so the rest are
+// compile-time offsets: k0 is a constant where the caller's loop is unrolled.
+template <class K, int COUNT>
+__device__ __forceinline__ void load_h(unsigned (&bf)[K::SPLIT][K::NBT][K::KTW][2], unsigned addr, int lane, int k0) {
     constexpr int E = int(sizeof(typename K::Op));
 #pragma unroll
     for (int s = 0; s < K::SPLIT; ++s)
@@ -274,16 +287,18 @@ __device__ __forceinline__ void load_h(unsigned (&bf)[K::SPLIT][K::NBT][K::KTW][
         for (int nb = 0; nb < K::NBT; ++nb) {
             const unsigned base = addr + unsigned((s * K::BT + 8 * nb) * K::HROW * E);
 #pragma unroll
-            for (int kt = 0; kt + 1 < K::KTW; kt += 2) {
-                unsigned r[4];
-                mma::ldmatrix_x4(r, base + 16 * kt * E);
-                bf[s][nb][kt][0] = r[0], bf[s][nb][kt][1] = r[1];
-                bf[s][nb][kt + 1][0] = r[2], bf[s][nb][kt + 1][1] = r[3];
-            }
-            if constexpr (K::KTW % 2 == 1) {
-                unsigned r[2];  // lanes 0-15 give the addresses: matrices 0 and 1 of the last k-tile
-                mma::ldmatrix_x2(r, base + (16 * (K::KTW - 1) - 8 * ((lane / 8) & 2)) * E);
-                bf[s][nb][K::KTW - 1][0] = r[0], bf[s][nb][K::KTW - 1][1] = r[1];
+            for (int j = 0; j < COUNT; j += 2) {
+                const int kt = k0 + j, k1 = kt + 1 < K::KTW ? kt + 1 : 0, k = kt < K::KTW ? kt : 0;  // (in bounds)
+                if (kt + 1 < K::KTW && j + 1 < COUNT) {
+                    unsigned r[4];
+                    mma::ldmatrix_x4(r, base + 16 * kt * E);
+                    bf[s][nb][k][0] = r[0], bf[s][nb][k][1] = r[1];
+                    bf[s][nb][k1][0] = r[2], bf[s][nb][k1][1] = r[3];
+                } else if (kt < K::KTW) {
+                    unsigned r[2];  // lanes 0-15 give the addresses: matrices 0 and 1 of the last k-tile
+                    mma::ldmatrix_x2(r, base + (16 * kt - 8 * ((lane / 8) & 2)) * E);
+                    bf[s][nb][k][0] = r[0], bf[s][nb][k][1] = r[1];
+                }
             }
         }
 }
@@ -298,12 +313,14 @@ __device__ __forceinline__ unsigned ldmatrix_row(const typename K::Op* hb, int k
 // acc = R_warp x H over the warp's k-tiles: k outermost so the independent accumulators interleave. Where a
 // warp has fewer than 4 output tiles, k-tile kt goes to partial sum kt % CHAINS (added at the end), so that
 // about 4 mma are in flight instead of a dependent chain of KTW.
-// R's shared-memory k-tiles are read as the loop reaches them (r_lane: load_r's address).
+// h's fragments are read from `hrow` (ldmatrix_row) in groups of HG k-tiles as the loop reaches them, R's
+// shared-memory k-tiles one by one (r_lane: load_r's address).
 template <class K>
 __device__ __forceinline__ void matmul(float (&acc)[K::MT][K::NBT][4], const RRegs<K>& a, unsigned r_lane,
-                                       const unsigned (&bf)[K::SPLIT][K::NBT][K::KTW][2]) {
+                                       unsigned hrow, int lane) {
     using M = mma::Mma<typename K::Op>;
-    constexpr int CH = K::CHAINS;
+    constexpr int CH = K::CHAINS, HG = K::HG;
+    unsigned bf[K::SPLIT][K::NBT][K::KTW][2];
     float part[CH][K::MT][K::NBT][4];
 #pragma unroll
     for (int c = 0; c < CH; ++c)
@@ -314,7 +331,8 @@ __device__ __forceinline__ void matmul(float (&acc)[K::MT][K::NBT][4], const RRe
 #pragma unroll
                 for (int i = 0; i < 4; ++i) part[c][m][nb][i] = 0.f;
 #pragma unroll
-    for (int kt = 0; kt < K::KTW; ++kt)
+    for (int kt = 0; kt < K::KTW; ++kt) {
+        if (kt % HG == 0) load_h<K, HG>(bf, hrow, lane, kt);
 #pragma unroll
         for (int m = 0; m < K::MT; ++m) {
             unsigned f[K::SPLIT][4];
@@ -338,6 +356,7 @@ __device__ __forceinline__ void matmul(float (&acc)[K::MT][K::NBT][4], const RRe
                 }
             }
         }
+    }
 #pragma unroll
     for (int m = 0; m < K::MT; ++m)
 #pragma unroll
@@ -391,7 +410,9 @@ __device__ __forceinline__ void store_h(unsigned addr, float h) {
 }
 
 // This block's columns of an h buffer, sent to the other blocks of the cluster each step (SliceSender): SPLIT*BT
-// rows of DB columns, as 16-byte pieces.
+// rows of DB columns, as 16-byte pieces. (Measured against one bulk copy a row and receiver, cp.async.bulk
+// shared::cta -> shared::cluster: the copy engine took ~11 cycles a copy, and lstm 1x768 ran 2.46 -> 2.84 ms,
+// 12x64 0.44 -> 1.20.)
 template <class K> struct HSlice {
     static constexpr int PER_ROW = K::DB * int(sizeof(typename K::Op)) / 16;
     using Sender = SliceSender<K::SPLIT * K::BT * PER_ROW, K::CL, K::THREADS, K::KEEP>;
@@ -402,6 +423,31 @@ template <class K> struct HSlice {
         });
     }
 };
+
+// Measurement knob FLASHRNN_PHASE_CLOCKS (wrong results): lane 0 of every warp sums clock64() deltas of the step's
+// phases over the run and writes them, as unsigned 64-bit [block][32 warps][8], over the start of `saved`
+// (bench/phase_clocks.py reads them). PHASE(k, v) ends phase k once the value v has been computed.
+#ifdef FLASHRNN_PHASE_CLOCKS
+#define PHASE_CLOCKS_DECLARE unsigned long long phase_sum[8] = {}, phase_mark = clock64();
+#define PHASE(k, v)                                                                      \
+    {                                                                                    \
+        unsigned dep_;                                                                   \
+        asm volatile("mov.b32 %0, %1;" : "=r"(dep_) : "r"(__float_as_uint(float(v)))); \
+        const unsigned long long now_ = clock64() + (dep_ & 0u);                         \
+        phase_sum[k] += now_ - phase_mark;                                               \
+        phase_mark = now_;                                                               \
+    }
+#define PHASE_CLOCKS_WRITE(saved)                                                                            \
+    if (threadIdx.x % 32 == 0) {                                                                             \
+        unsigned long long* out_ = reinterpret_cast<unsigned long long*>(saved) +                           \
+                                   ((size_t(blockIdx.y) * gridDim.x + blockIdx.x) * 32 + threadIdx.x / 32) * 8; \
+        for (int k_ = 0; k_ < 8; ++k_) out_[k_] = phase_sum[k_];                                             \
+    }
+#else
+#define PHASE_CLOCKS_DECLARE
+#define PHASE(k, v)
+#define PHASE_CLOCKS_WRITE(saved)
+#endif
 
 template <class Cell, class T, int D, int NBT, int P, int CL, int KS, int RS>
 __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __restrict__ R,
@@ -520,11 +566,26 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
     auto hsend = HSlice<K>::sender(mma::smem_u32(hbuf), rank);  // (unused and removed where CL = 1)
 
     int stage = 0;  // t % NS
+    // Step t's copies: refill the stage step t-1 read ((t + P) % NS) and write step t-1's outputs out of their
+    // staging buffer. Both are safe from the top of step t on (the barrier that closed step t-1 ended those reads
+    // and writes); Tile::EARLY_COPIES says where they go.
+    auto copies = [&](int t) {
+        const int pre = stage == 0 ? K::NS - 1 : stage - 1;
+        if (t + P < tend) xcopy.issue(pre * X_STAGE);
+        mma::cp_async_commit();
+#ifndef FLASHRNN_ABLATE_FLUSH  // measurement knob: the staged outputs stay in shared memory (wrong results)
+        if (t > 0) ocopy.flush(O_BUF - ((t & 1) * O_BUF));  // step t-1's buffer
+#endif
+    };
+    PHASE_CLOCKS_DECLARE
 #pragma unroll 1
     for (int t = 0; t < tend; ++t) {
         if (t == next_end) ends_at(t);  // some of this lane's sequences end here (never without lengths)
+        PHASE(7, 0.f)  // (the loop's own overhead, from the end of the last step)
         // Here h_{t-1}'s own columns and Wx[t] are visible (the barrier that closed step t-1); the other
         // blocks' columns arrive on this buffer's mbarrier.
+#ifndef FLASHRNN_ABLATE_EXCHANGE  // measurement knob: no h exchange (wrong results), to time it
+        if constexpr (K::EARLY_COPIES) copies(t);
         if constexpr (CL > 1) {
             if (t > 0) {
                 const unsigned bar = bars + 8 * (t & 1);
@@ -532,15 +593,16 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
                 if (threadIdx.x == 0 && t + 2 < tend) cluster::mbarrier_expect(bar, K::RECV_BYTES);  // next use
             }
         }
+#endif
+        PHASE(0, 0.f)  // the wait for the other blocks' h
         const unsigned h_next = h_cell0 + ((t + 1) & 1) * H_BUF;  // h_t goes to the other buffer
         const unsigned x_now = x_cell0 + stage * X_STAGE;
         const unsigned o_buf = (t & 1) * O_BUF;
 
         // Critical path: h fragments, then the mma.
-        unsigned bf[K::SPLIT][NBT][K::KTW][2];
-        load_h<K>(bf, (t & 1) ? hrow1 : hrow0, lane);
         float acc[K::MT][NBT][4];
-        matmul<K>(acc, a, r_lane, bf);
+        matmul<K>(acc, a, r_lane, (t & 1) ? hrow1 : hrow0, lane);
+        PHASE(1, acc[0][0][0] + acc[K::MT - 1][NBT - 1][3])  // h's fragments and the mma
         // This step's Wx: issued while the mma run, except where registers are tight (the largest single
         // blocks), where each cell reads its own just before use.
         float x[K::U][NBT][K::OWN][K::GW];
@@ -559,16 +621,12 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
         }
         // While the mma run: refill the stage step t-1 read ((t + P) % NS), and write step t-1's outputs out
         // of their staging buffer (every thread passed the barrier that closed step t-1).
-        {
-            const int pre = stage == 0 ? K::NS - 1 : stage - 1;
-            if (t + P < tend) xcopy.issue(pre * X_STAGE);
-            mma::cp_async_commit();
-            if (t > 0) ocopy.flush(O_BUF - o_buf);  // step t-1's buffer
-        }
+        if constexpr (!K::EARLY_COPIES) copies(t);
         if constexpr (KS > 1) {
             put_partials<K>(part_mine, acc, ks);
             __syncthreads();
         }
+        PHASE(2, x[0][0][0][0])  // Wx's reads, the copies' issue, split-K's partials
 
 #pragma unroll
         for (int u = 0; u < K::U; ++u)
@@ -617,19 +675,28 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
 #endif
                 }
         stage = stage == K::NS - 1 ? 0 : stage + 1;
+        PHASE(3, st[K::U - 1][NBT - 1][K::OWN - 1][0])  // the cells
         // Close the step: h_t's own columns and Wx[t+1] complete for every warp of the block (and the reads of
         // step t, of h and of Wx's stage, are over, so the next step may overwrite them).
         mma::cp_async_wait<P - 1>();
         __syncthreads();
+        PHASE(4, 0.f)  // the barrier
+#ifndef FLASHRNN_ABLATE_EXCHANGE
         if constexpr (CL > 1) {
             if (t + 1 < tend) hsend.send(((t + 1) & 1) * H_BUF, bars + 8 * ((t + 1) & 1));
         }
+#endif
+        PHASE(5, 0.f)  // sending h_t's columns
     }
     // The last step's outputs (after its barrier); past tend the same staged states again, each row's kept ones
     // (saved there repeats step tend-1's, which no backward reads).
 #pragma unroll 1
     for (int t = tend - 1; t < Tn; ++t) ocopy.flush(((tend - 1) & 1) * O_BUF);
     mma::cp_async_wait<0>();  // leave no copy in flight at exit (the tail groups are empty)
+#ifdef FLASHRNN_PHASE_CLOCKS
+    __syncthreads();
+    PHASE_CLOCKS_WRITE(saved)
+#endif
     if constexpr (CL > 1) exchange_barriers_exit(bars);
 }
 
