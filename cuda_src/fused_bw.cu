@@ -74,7 +74,7 @@
 //   (bench/results/2026-11-30-h200-reference.json, d255229).
 // ---- Stages of the rows the cells read (stop 19; for the scatter kernel's registers, see ScatterTile) -----------
 //   Here it was expected to change little (fewer cp.async pieces where h_{t-1} is not staged: lstm 12x64 without
-//   dR tiles 64 -> 56 rows, slstm 96 -> 80). Measured (H200, 2026-12-01-h200-reference.json, b7c6264, forward+
+//   dR tiles 64 -> 56 rows, slstm 96 -> 80). Measured (H200, 2026-12-01-h200-reference-b7c6264.json, forward+
 //   backward): lstm 12x64 1.48 -> 1.39 ms, 48x16 0.698 -> 0.690; slstm 12x64 1.61 -> 1.59, 48x16 0.777 -> 0.807;
 //   gru and elman not run. lstm's 6% is more than the pieces explain; not profiled.
 #include "common/mma.cuh"
@@ -752,7 +752,7 @@ __device__ __forceinline__ void backward(const Args<T> A) {
 // backward plus its cells' extra (~+10%: the forward's slstm-lstm difference, 0.5 ms, is that): fwbw ~5.8-5.9 ms
 // against the `cuda` backward's 13.4; lstm (40 in registers, 32 in shared memory: 131 KB of R^T read a step
 // instead of 160) ~0.1 ms faster if the shared-memory reads bound the step. Measured (H200, bench/results/
-// 2026-12-01-h200-reference.json, b7c6264): slstm 5.94 ms (the estimate); lstm 5.33 (5.25 before): no gain, so
+// 2026-12-01-h200-reference-b7c6264.json): slstm 5.94 ms (the estimate); lstm 5.33 (5.25 before): no gain, so
 // R^T's shared-memory reads do not bound this kernel's step (the solver's prefetch went from 1 to 3 with the
 // room, not yet swept: within the sweep's spread). What does (exchange or cells) still wants ncu.
 template <class Cell, class T, int D_, int W_, int P_, bool STORE_DRS_, int CL_, int RSK_>

@@ -78,6 +78,19 @@
 //   samples were waiting for the other blocks' h, not for the invalidation. The other 1x768 cells: gru 2.10 ms
 //   (k_split 2, 12 of 24 k-tiles in shared memory), slstm 2.96, elman 1.32 (R fits the registers: 1.2 MB).
 //   Other variants measured RS 26-30, prefetch 1-4 and k_split 2 (14 of 24 k-tiles): 2.44-2.56 ms.
+// ---- Where a cluster's step goes (stop 21; bench/phase_clocks.py: clock64 per phase, lane 0 of every warp) ------
+//   H200 bf16 B=16 T=1024, cycles a step (SM clock ~1.63 GHz under this load), mean over warps, at 0ff66e5:
+//     lstm 1x768:  wait for h 766, h + mma 1940, Wx reads + copies 237, cells 223, barrier 29, send h 620, loop 90
+//     lstm 12x64:  wait for h 202, h + mma 87, copies 140, cells 187, barrier 13, send h 82, loop 59
+//   Without the exchange (FLASHRNN_ABLATE_EXCHANGE, wrong results): lstm 1x768 2.455 -> 1.559 ms, 3x256 0.813 ->
+//   0.452, 12x64 0.440 -> 0.264, slstm 1x768 2.927 -> 1.994, gru 1x768 2.090 -> 1.210: the h exchange is 37-45%
+//   of every cluster forward. At 1x768 the send alone (4 shared loads + 4 st.async a thread, 11.5 KB leaving
+//   the SM) takes ~620 cycles to issue: ~18 B a cycle, the SM's outgoing distributed-shared-memory rate as this
+//   kernel sees it. Bulk copies instead (cp.async.bulk, one a row and receiver: 120 instead of 720 pieces)
+//   made it worse, ~1330 cycles to issue (HSlice). What the exchange leaves to overlap is the wait: the step's
+//   copies moved there (Tile::EARLY_COPIES) took 3-16% off the cluster shapes. Left: the exchange itself, a
+//   gather of all of h by every block; the 1x768 matmul (1940 cycles for 96 mma a warp, 56 of them on R's
+//   shared-memory fragments) is the other half.
 #include "common/mma.cuh"
 #include "common/pieces.cuh"
 #include "common/types.cuh"

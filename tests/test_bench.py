@@ -280,6 +280,32 @@ def test_sanitizer_driver_maps_every_variant_to_a_problem(capsys):
     assert "problems" in out and "(forward + backward)" in out
 
 
+def test_phase_clock_knobs_change_only_their_direction_and_compile():
+    """bench/phase_clocks.py's variants: the defines go on the chosen direction's kernel only, and the measurement
+    knobs it names (fused_fw.cu's clock64 phases and ablations, fused_bw.cu's late copies) still compile, spill-free,
+    for sm_90 on cluster kernels (where the exchange and the copies' order exist)."""
+    fused = sanitize_fused.load_fused()
+    if fused is None:
+        pytest.skip("cuda_fused is not importable here")
+    from bench import phase_clocks
+    from flashrnn_core.constrint import H100
+    from flashrnn_core.runtime.compile import compile_spec
+
+    assert phase_clocks.parse_variant("base=") == ("base", ())
+    assert phase_clocks.parse_variant("x=A,B=2") == ("x", (("A", "1"), ("B", "2")))
+    knobs = (("FLASHRNN_PHASE_CLOCKS", "1"), ("FLASHRNN_ABLATE_EXCHANGE", "1"), ("FLASHRNN_ABLATE_FLUSH", "1"))
+    fw = fused.choose("lstm", "bfloat16", 16, 12, 64, hardware=H100).choice
+    bw = fused.choose("lstm", "bfloat16", 16, 3, 256, hardware=H100, direction="backward").choice
+    assert fw.blocks_per_head > 1 and bw.blocks_per_head > 1
+    forward_knobs = phase_clocks.with_defines(knobs, "forward")
+    assert forward_knobs(fw).spec.defines[-3:] == knobs
+    assert forward_knobs(bw).spec == fused.launch_of(bw).spec
+    late = phase_clocks.with_defines((("FLASHRNN_LATE_COPIES", "1"),), "backward")(bw).spec
+    for spec in (forward_knobs(fw).spec, late):
+        resources = compile_spec(spec, "sm_90", use_cache=False).resources
+        assert resources is not None and resources.spill_stores == 0, spec.label
+
+
 # ----------------------------------------------------------------------------- on the GPU (device_check.sh)
 
 
