@@ -25,9 +25,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import flashrnn_core as fc  # noqa: E402
-from flashrnn_core import _arrays  # noqa: E402
+from bench.profile_kernels import add_problem_arguments, problem_inputs  # noqa: E402
 from flashrnn_core.backends import fused  # noqa: E402
-from flashrnn_core.cells import CELLS  # noqa: E402
 from flashrnn_core.runtime.timing import median_ms  # noqa: E402
 
 #: fused_fw.cu's PHASE(k, ...) marks, in the order a step runs them (7: from the end of one step to the next).
@@ -88,28 +87,14 @@ def phase_cycles(result, args, dtype) -> tuple[np.ndarray, np.ndarray]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cell", default="lstm", choices=sorted(CELLS))
-    p.add_argument("--heads", type=int, default=1)
-    p.add_argument("--head-dim", type=int, default=768)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--time", type=int, default=1024)
-    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
+    add_problem_arguments(p, time=1024)
     p.add_argument("--direction", default="forward", choices=("forward", "backward"),
                    help="the kernel the variants change, and what is timed (backward: no phase clocks)")
     p.add_argument("--variant", action="append", default=[], help="name=DEFINE[,DEFINE=value] (repeatable)")
     p.add_argument("--runs", type=int, default=30)
     args = p.parse_args(argv)
-    import cupy
-
-    cell, dtype = CELLS[args.cell], np.dtype(getattr(_arrays, args.dtype))
     B, T, N, D = args.batch, args.time, args.heads, args.head_dim
-    rng = cupy.random.default_rng(0)
-
-    def normal(*shape, scale=1.0):
-        return (rng.standard_normal(shape, dtype=cupy.float32) * scale).astype(dtype)
-
-    Wx, R, b = normal(B, T, cell.gates_w, N, D), normal(cell.gates_r, N, D, D, scale=D**-0.5), normal(cell.gates_b, N, D)
-    dh = normal(1, B, T, N, D)
+    dtype, Wx, R, b, dh = problem_inputs(args)
     forward = lambda: fc.forward(Wx, R, b, function=args.cell, backend="cuda_fused")  # noqa: E731
     kept = forward() if args.direction == "backward" else None
     run = forward if kept is None else (lambda: fc.backward(kept, dstates=dh))

@@ -22,17 +22,19 @@ from flashrnn_core import _arrays  # noqa: E402
 from flashrnn_core.cells import CELLS  # noqa: E402
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_problem_arguments(p: argparse.ArgumentParser, time: int) -> None:
+    """The problem's flags (cell, heads, head dim, batch, time, dtype), shared with bench/phase_clocks.py."""
     p.add_argument("--cell", default="lstm", choices=sorted(CELLS))
     p.add_argument("--heads", type=int, default=12)
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--time", type=int, default=256)
+    p.add_argument("--time", type=int, default=time)
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
-    p.add_argument("--backend", default="cuda_fused")
-    p.add_argument("--calls", type=int, default=3)
-    args = p.parse_args(argv)
+
+
+def problem_inputs(args: argparse.Namespace):
+    """(dtype, Wx, R, b, dh) of the flags' problem on the GPU: random normal (BENCH.md), R scaled by 1/sqrt(D), dh
+    an upstream gradient on h."""
     import cupy
 
     cell, dtype = CELLS[args.cell], np.dtype(getattr(_arrays, args.dtype))
@@ -43,12 +45,24 @@ def main(argv: list[str] | None = None) -> int:
         return (rng.standard_normal(shape, dtype=cupy.float32) * scale).astype(dtype)
 
     Wx, R, b = normal(B, T, cell.gates_w, N, D), normal(cell.gates_r, N, D, D, scale=D**-0.5), normal(cell.gates_b, N, D)
-    dh = normal(1, B, T, N, D)
+    return dtype, Wx, R, b, normal(1, B, T, N, D)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_problem_arguments(p, time=256)
+    p.add_argument("--backend", default="cuda_fused")
+    p.add_argument("--calls", type=int, default=3)
+    args = p.parse_args(argv)
+    import cupy
+
+    _, Wx, R, b, dh = problem_inputs(args)
     for _ in range(args.calls):
         result = fc.forward(Wx, R, b, function=args.cell, backend=args.backend)
         fc.backward(result, dstates=dh)
     cupy.cuda.Device().synchronize()
-    print(f"{args.cell} {N}x{D} B={B} T={T} {args.dtype}: {args.calls} forward + backward calls on {result.backend}")
+    print(f"{args.cell} {args.heads}x{args.head_dim} B={args.batch} T={args.time} {args.dtype}: {args.calls} forward + "
+          f"backward calls on {result.backend}")
     return 0
 
 
