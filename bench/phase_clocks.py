@@ -30,6 +30,8 @@ from flashrnn_core.backends import fused  # noqa: E402
 from flashrnn_core.runtime.timing import median_ms  # noqa: E402
 
 #: fused_fw.cu's PHASE(k, ...) marks, in the order a step runs them (7: from the end of one step to the next).
+#: In a cluster the step's copies run before the wait (Tile::EARLY_COPIES), so "wait h" holds them and
+#: "x + copies" only the reads of Wx.
 PHASES = ("wait h", "h + mma", "x + copies", "cells", "barrier", "send h", "-", "loop")
 
 

@@ -607,7 +607,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
             }
         }
 #endif
-        PHASE(0, 0.f)  // the wait for the other blocks' h
+        PHASE(0, 0.f)  // the wait for the other blocks' h (and, where K::EARLY_COPIES, the copies before it)
         const unsigned h_next = h_cell0 + ((t + 1) & 1) * H_BUF;  // h_t goes to the other buffer
         const unsigned x_now = x_cell0 + stage * X_STAGE;
         const unsigned o_buf = (t & 1) * O_BUF;
