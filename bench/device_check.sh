@@ -16,7 +16,7 @@
 #   BENCH_SHARDS=1 (timing suites split over this many jobs, merged into one JSON by python -m bench.shard)
 #   SWEEP_BUDGET_S=150   SWEEP_ARGS="--direction both"   DDP_ARGS="..."   DEADLINE_S=550   LANES=<GPUs>
 #   PRECOMPILE=0 (no compile of every variant first: a sanitizer run on a few problems)
-#   PHASE_ARGS="--cell lstm --variant base= --variant bulk=FLASHRNN_EXCHANGE_BULK;..." (stage "phases": a step's
+#   PHASE_ARGS="--cell lstm --variant base= --variant no_exchange=FLASHRNN_ABLATE_EXCHANGE;..." (stage "phases": a step's
 #     phases by clock64 and measurement knobs, bench/phase_clocks.py; ';' separates problems, printed at the end)
 #   PRECOMPILE_MATCH="slstm" (precompile only the variants whose label has these words: compile --match)
 set -uo pipefail

@@ -597,8 +597,8 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
         PHASE(7, 0.f)  // (the loop's own overhead, from the end of the last step)
         // Here h_{t-1}'s own columns and Wx[t] are visible (the barrier that closed step t-1); the other
         // blocks' columns arrive on this buffer's mbarrier.
-#ifndef FLASHRNN_ABLATE_EXCHANGE  // measurement knob: no h exchange (wrong results), to time it
         if constexpr (K::EARLY_COPIES) copies(t);
+#ifndef FLASHRNN_ABLATE_EXCHANGE  // measurement knob: no h exchange (wrong results), to time it
         if constexpr (CL > 1) {
             if (t > 0) {
                 const unsigned bar = bars + 8 * (t & 1);
@@ -632,9 +632,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
 #pragma unroll
                     for (int cc = 0; cc < K::OWN; ++cc) read_x(u, nb, cc);
         }
-        // While the mma run: refill the stage step t-1 read ((t + P) % NS), and write step t-1's outputs out
-        // of their staging buffer (every thread passed the barrier that closed step t-1).
-        if constexpr (!K::EARLY_COPIES) copies(t);
+        if constexpr (!K::EARLY_COPIES) copies(t);  // one block: while the mma run
         if constexpr (KS > 1) {
             put_partials<K>(part_mine, acc, ks);
             __syncthreads();
