@@ -14,7 +14,7 @@
 #   BENCH_SUITES="reference step varlen"   BENCH_ARGS="..."   BENCH_TIMEOUT_S=300 (a suite; a shard)
 #   BENCH_TIMEOUT_S_<suite>, BENCH_ARGS_<suite>, BENCH_SHARDS_<suite>: one suite's own (BENCH_TIMEOUT_S_seqlen=220)
 #   BENCH_SHARDS=1 (timing suites split over this many jobs, merged into one JSON by python -m bench.shard)
-#   SWEEP_BUDGET_S=150   SWEEP_ARGS="--direction both"   DDP_ARGS="..."   DEADLINE_S=550   LANES=<GPUs>
+#   SWEEP_BUDGET_S=150   SWEEP_ARGS="--direction both"   DDP_ARGS="..."   DEADLINE_S=550   LANES=<GPUs> (more: GPUs shared)
 #   PRECOMPILE=0 (no compile of every variant first: a sanitizer run on a few problems)
 #   PHASE_ARGS="--cell lstm --variant base= --variant no_exchange=FLASHRNN_ABLATE_EXCHANGE;..." (stage "phases": a step's
 #     phases by clock64 and measurement knobs, bench/phase_clocks.py; ';' separates problems, printed at the end)
@@ -145,8 +145,9 @@ lane() {   # <gpu>: run jobs until the queue is empty; a job that no longer fits
     done
 }
 
+# LANES above the GPU count share GPUs round robin (sanitizer runs, host-bound on tiny problems, overlap well).
 for (( g = 0; g < LANES; g++ )); do
-    ( export CUDA_VISIBLE_DEVICES=$g LANE_GPU=$g; lane ) &
+    ( export CUDA_VISIBLE_DEVICES=$(( g % GPUS )) LANE_GPU=$(( g % GPUS )); lane ) &
 done
 wait
 echo "[$(date +%T) +${SECONDS}s] queue done" >>"$OUT/lanes.log"

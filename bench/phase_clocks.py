@@ -5,6 +5,8 @@ knobs (extra -D defines on the same variant), and the forward's step cut into ph
         --variant base= --variant no_exchange=FLASHRNN_ABLATE_EXCHANGE --variant no_flush=FLASHRNN_ABLATE_FLUSH
     python bench/phase_clocks.py --direction backward --cell lstm --heads 3 --head-dim 256 \\
         --variant base= --variant late=FLASHRNN_LATE_COPIES
+    python bench/phase_clocks.py --cell lstm --heads 12 --head-dim 64 \\
+        --variant base= --variant block=FLASHRNN_WARP_SENDS=0
 
 A variant is ``name=DEFINE[,DEFINE=value...]`` (empty: the kernel as built). Each is timed (CUDA events, median of
 --runs after a warm-up, ../shared/BENCH.md's protocol) and its output (states; dWx for the backward) compared bit

@@ -638,10 +638,11 @@ __device__ __forceinline__ void backward(const Args<T> A) {
     const unsigned red_col = keep<K::KEEP>(mma::smem_u32(red + (wm * 4 + ks) * 32 + lane));
     // This block's drs columns (SPLIT*BT rows x GR gates of DB), sent to the cluster's other blocks each step.
     constexpr int DRS_PER_ROW = K::DB * E / 16;
-    SliceSender<K::SPLIT * K::BT * K::GR * DRS_PER_ROW, CL, K::THREADS, K::KEEP> drs_send(rank, [&](int chunk) {
-        const int r = chunk / DRS_PER_ROW, gate = r % K::GR, col = (chunk % DRS_PER_ROW) * (16 / E);
-        return mma::smem_u32(buf + (r / K::GR) * K::KROW + gate * D + d0 + col);
-    });
+    SliceSender<K::SPLIT * K::BT * K::GR * DRS_PER_ROW, CL, K::THREADS, K::KEEP> drs_send(
+        rank, threadIdx.x, [&](int chunk) {
+            const int r = chunk / DRS_PER_ROW, gate = r % K::GR, col = (chunk % DRS_PER_ROW) * (16 / E);
+            return mma::smem_u32(buf + (r / K::GR) * K::KROW + gate * D + d0 + col);
+        });
     mma::cp_async_wait<P - 1>();  // step last's stage (this thread's pieces; the barrier shows everyone's)
     if constexpr (CL > 1) cluster::sync();  // mbarriers initialised and drs zeroed before any block sends
     else __syncthreads();

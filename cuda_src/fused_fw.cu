@@ -90,7 +90,9 @@
 //   made it worse, ~1330 cycles to issue (HSlice). What the exchange leaves to overlap is the wait: the step's
 //   copies moved there (Tile::EARLY_COPIES) took 3-16% off the cluster shapes. Left: the exchange itself, a
 //   gather of all of h by every block; the 1x768 matmul (1940 cycles for 96 mma a warp, 56 of them on R's
-//   shared-memory fragments) is the other half.
+//   shared-memory fragments) is the other half. The cycles against the time (lstm 1x768: 3719 cycles a step at
+//   T=1024, 3691 at T=64; 2.330 and 0.173 ms) put the SM clock at ~1.65 GHz under this kernel and ~29 us outside
+//   the loop (R's 4.7 MB into registers and shared memory), not a hidden cost a step.
 #include "common/mma.cuh"
 #include "common/pieces.cuh"
 #include "common/types.cuh"
@@ -144,6 +146,21 @@ template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_, int R
     // the closing barrier), gru 1x768 2.090 -> 1.996; but one-block kernels slower (lstm 48x16 0.261 -> 0.284,
     // elman 12x64 0.207 -> 0.227: nothing to wait for, and the copies then delay the mma).
     static constexpr bool EARLY_COPIES = CL_ > 1;
+    // Each warp of a small cluster sends the h it computed to the other blocks as soon as its cells are done (the
+    // pieces it wrote itself, after a __syncwarp), instead of the block sending its whole slice after the step's
+    // barrier: the sends leave during the other warps' cells and the barrier. Estimated before measuring: 12x64
+    // (send ~80 cycles a step, barrier ~13) ~5% a step; 1x768 (send ~620 at the SM's outgoing rate, cells ~220 to
+    // overlap) 5-8%. Measured (H200 bf16 B=16 T=1024, bench/phase_clocks.py, warp against block sends): 4 blocks
+    // (lstm 12x64 0.399 -> 0.385 ms, slstm 12x64 0.442 -> 0.421) faster; 8 and 16 slower or within 2% (lstm 3x256
+    // 0.688 -> 0.716, gru 1x768 1.987 -> 2.101; lstm 1x768 2.339 -> 2.330, slstm 1x768 2.472 -> 2.423). There each
+    // block sends 3.5-11.5 KB a step (not 0.75) at the SM's outgoing rate, and the phase clocks put the difference
+    // after the step's barrier, where the warps wait for their queued sends (not explained further).
+    // FLASHRNN_WARP_SENDS=0|1 (measurement knob) overrides the rule, to compare.
+#ifdef FLASHRNN_WARP_SENDS
+    static constexpr bool WARP_SENDS = FLASHRNN_WARP_SENDS;
+#else
+    static constexpr bool WARP_SENDS = CL_ <= 4;
+#endif
     // Blocks of 384+ threads get <= 170 registers a thread, and R's fragments take most of them: there Wx is
     // read cell by cell at the pointwise step instead of all at once while the mma run.
     static constexpr bool LATE_X = THREADS >= 384;
@@ -422,18 +439,32 @@ __device__ __forceinline__ void store_h(unsigned addr, float h) {
         st_shared_b16(addr + unsigned(s * K::BT * K::HROW * int(sizeof(typename K::Op))), mma::op_bits(parts[s]));
 }
 
-// This block's columns of an h buffer, sent to the other blocks of the cluster each step (SliceSender): SPLIT*BT
-// rows of DB columns, as 16-byte pieces. (Measured against one bulk copy a row and receiver, cp.async.bulk
-// shared::cta -> shared::cluster: the copy engine took ~11 cycles a copy, and lstm 1x768 ran 2.46 -> 2.84 ms,
-// 12x64 0.44 -> 1.20.)
+// This block's columns of an h buffer, sent to the other blocks of the cluster each step (SliceSender) as 16-byte
+// pieces of rows: by each warp, the SPLIT x NBT x 8/KS rows x U pieces of 8 dims that its lanes computed
+// (Tile::WARP_SENDS), or by the whole block, all SPLIT*BT rows of DB columns. (Measured against one bulk copy a row
+// and receiver, cp.async.bulk shared::cta -> shared::cluster: the copy engine took ~11 cycles a copy, and lstm
+// 1x768 ran 2.46 -> 2.84 ms, 12x64 0.44 -> 1.20.)
 template <class K> struct HSlice {
-    static constexpr int PER_ROW = K::DB * int(sizeof(typename K::Op)) / 16;
-    using Sender = SliceSender<K::SPLIT * K::BT * PER_ROW, K::CL, K::THREADS, K::KEEP>;
-    __device__ __forceinline__ static Sender sender(unsigned hbuf0, unsigned rank) {
-        return Sender(rank, [=](int chunk) {
-            const int row = chunk / PER_ROW, col = (chunk % PER_ROW) * (16 / int(sizeof(typename K::Op)));
-            return hbuf0 + unsigned((row * K::HROW + int(rank) * K::DB + col) * int(sizeof(typename K::Op)));
-        });
+    static constexpr int E = int(sizeof(typename K::Op));
+    static constexpr int PER_ROW = K::DB * E / 16;
+    static constexpr int WARP_ROWS = 8 / K::KS, WARP_PIECES = K::SPLIT * K::NBT * WARP_ROWS * K::U;
+    // hbuf0: h buffer 0; dloc, ks: the warp's first dim (within the block) and K-split index.
+    __device__ __forceinline__ static auto sender(unsigned hbuf0, unsigned rank, int dloc, int ks, int lane) {
+        const unsigned cols = hbuf0 + unsigned((int(rank) * K::DB) * E);
+        if constexpr (K::WARP_SENDS) {
+            return SliceSender<WARP_PIECES, K::CL, 32, K::KEEP>(rank, lane, [=](int piece) {
+                const int u = piece % K::U, j = piece / K::U % WARP_ROWS, nb = piece / K::U / WARP_ROWS % K::NBT;
+                const int s = piece / K::U / WARP_ROWS / K::NBT;
+                const int row = 8 * nb + (K::KS == 1 ? j : 2 * j + ks);  // the rows cell_row gives the warp's lanes
+                return cols + unsigned(((s * K::BT + row) * K::HROW + dloc + 8 * u) * E);
+            });
+        } else {
+            return SliceSender<K::SPLIT * K::BT * PER_ROW, K::CL, K::THREADS, K::KEEP>(
+                rank, threadIdx.x, [=](int chunk) {
+                    const int row = chunk / PER_ROW, col = (chunk % PER_ROW) * (16 / E);
+                    return cols + unsigned((row * K::HROW + col) * E);
+                });
+        }
     }
 };
 
@@ -576,7 +607,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
     // Split-K: where this warp leaves its partner's column, and where the partner left this warp's (c = ks).
     const unsigned part_mine = keep<K::KEEP>(partial_base<K>(part, ks, wd, 1 - ks, lane));
     const unsigned part_partner = keep<K::KEEP>(partial_base<K>(part, 1 - ks, wd, ks, lane));
-    auto hsend = HSlice<K>::sender(mma::smem_u32(hbuf), rank);  // (unused and removed where CL = 1)
+    auto hsend = HSlice<K>::sender(mma::smem_u32(hbuf), rank, dloc, ks, lane);  // (unused where CL = 1)
 
     int stage = 0;  // t % NS
     // Step t's copies: refill the stage step t-1 read ((t + P) % NS) and write step t-1's outputs out of their
@@ -687,17 +718,26 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
                 }
         stage = stage == K::NS - 1 ? 0 : stage + 1;
         PHASE(3, st[K::U - 1][NBT - 1][K::OWN - 1][0])  // the cells
+#ifndef FLASHRNN_ABLATE_EXCHANGE
+        if constexpr (CL > 1 && K::WARP_SENDS) {
+            if (t + 1 < tend) {
+                __syncwarp();  // the lanes' h stores before the lanes that send them read them
+                hsend.send(((t + 1) & 1) * H_BUF, bars + 8 * ((t + 1) & 1));
+            }
+        }
+#endif
+        PHASE(5, 0.f)  // sending h_t's columns (the warp's, Tile::WARP_SENDS)
         // Close the step: h_t's own columns and Wx[t+1] complete for every warp of the block (and the reads of
         // step t, of h and of Wx's stage, are over, so the next step may overwrite them).
         mma::cp_async_wait<P - 1>();
         __syncthreads();
         PHASE(4, 0.f)  // the barrier
 #ifndef FLASHRNN_ABLATE_EXCHANGE
-        if constexpr (CL > 1) {
+        if constexpr (CL > 1 && !K::WARP_SENDS) {
             if (t + 1 < tend) hsend.send(((t + 1) & 1) * H_BUF, bars + 8 * ((t + 1) & 1));
         }
 #endif
-        PHASE(5, 0.f)  // sending h_t's columns
+        PHASE(5, 0.f)  // sending h_t's columns (the block's)
     }
     // The last step's outputs (after its barrier); past tend the same staged states again, each row's kept ones
     // (saved there repeats step tend-1's, which no backward reads).

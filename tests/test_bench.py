@@ -282,7 +282,7 @@ def test_sanitizer_driver_maps_every_variant_to_a_problem(capsys):
 
 def test_phase_clock_knobs_change_only_their_direction_and_compile():
     """bench/phase_clocks.py's variants: the defines go on the chosen direction's kernel only, and the measurement
-    knobs it names (fused_fw.cu's clock64 phases and ablations, fused_bw.cu's late copies) still compile, spill-free,
+    knobs it names (fused_fw.cu's clock64 phases, ablations and block sends, fused_bw.cu's late copies) still compile, spill-free,
     for sm_90 on cluster kernels (where the exchange and the copies' order exist)."""
     fused = sanitize_fused.load_fused()
     if fused is None:
@@ -301,7 +301,8 @@ def test_phase_clock_knobs_change_only_their_direction_and_compile():
     assert forward_knobs(fw).spec.defines[-3:] == knobs
     assert forward_knobs(bw).spec == fused.launch_of(bw).spec
     late = phase_clocks.with_defines((("FLASHRNN_LATE_COPIES", "1"),), "backward")(bw).spec
-    for spec in (forward_knobs(fw).spec, late):
+    block_sends = phase_clocks.with_defines((("FLASHRNN_WARP_SENDS", "0"),), "forward")(fw).spec
+    for spec in (forward_knobs(fw).spec, late, block_sends):
         resources = compile_spec(spec, "sm_90", use_cache=False).resources
         assert resources is not None and resources.spill_stores == 0, spec.label
 

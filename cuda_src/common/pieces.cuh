@@ -84,27 +84,33 @@ template <int PER, bool KEEP = true> struct StorePieces {
 
 // A block's own slice of a double-buffered exchange buffer (the forward's h, the backward's drs), sent each step
 // to the other CL-1 blocks of its cluster as 16-byte st.async, counted by the receivers' mbarrier for that
-// buffer (no cluster barrier a step: issue 5 measured a cluster.sync at 0.44-0.76 us). Every thread owns the
-// same pieces every step, so it keeps their addresses in buffer 0 and the blocks they go to. CHUNKS: pieces of
-// the slice; piece_at(c): the shared address of piece c in buffer 0.
-template <int CHUNKS, int CL, int THREADS, bool KEEP> struct SliceSender {
-    static constexpr int TOTAL = CHUNKS * (CL - 1), PER = (TOTAL + THREADS - 1) / THREADS;
+// buffer (no cluster barrier a step: issue 5 measured a cluster.sync at 0.44-0.76 us). SENDERS threads share the
+// sending (a whole block, or one warp sending the pieces it wrote itself); `me` is this thread's index among
+// them. Every thread owns the same pieces every step, so it keeps their addresses in buffer 0 and the blocks they
+// go to. CHUNKS: pieces of the slice (of the warp's part of it); piece_at(c): the shared address of piece c in
+// buffer 0.
+template <int CHUNKS, int CL, int SENDERS, bool KEEP> struct SliceSender {
+    static constexpr int TOTAL = CHUNKS * (CL - 1), PER = (TOTAL + SENDERS - 1) / SENDERS;
     unsigned src[PER > 0 ? PER : 1];     // shared address of the piece in buffer 0
     unsigned target[PER > 0 ? PER : 1];  // the block it goes to (PER = 0: one block a head, nothing to send)
+    unsigned live;                       // bit j: this thread sends piece j (the last round may be partial)
 
-    template <class PieceAt> __device__ __forceinline__ SliceSender(unsigned rank, PieceAt piece_at) {
+    template <class PieceAt> __device__ __forceinline__ SliceSender(unsigned rank, int me, PieceAt piece_at) {
+        live = 0u;
 #pragma unroll
         for (int j = 0; j < PER; ++j) {
-            const int i = threadIdx.x + j * THREADS;
+            const int i = me + j * SENDERS;
             src[j] = keep<KEEP>(piece_at(i % CHUNKS));
             target[j] = keep<KEEP>((rank + unsigned(i / CHUNKS + 1)) % CL);
+            if (i < TOTAL) live |= 1u << j;
         }
+        if constexpr (TOTAL % SENDERS != 0) live = keep<KEEP>(live);
     }
     // Sends the buffer `buf_off` bytes past buffer 0, counted by the receivers' mbarrier `bar` (a local address).
     __device__ __forceinline__ void send(unsigned buf_off, unsigned bar) {
 #pragma unroll
         for (int j = 0; j < PER; ++j)
-            if (TOTAL % THREADS == 0 || threadIdx.x + j * THREADS < TOTAL) {
+            if (TOTAL % SENDERS == 0 || ((live >> j) & 1u)) {
                 const unsigned from = src[j] + buf_off;
                 cluster::st_async_16(cluster::map(from, target[j]), ld_shared_v4(from), cluster::map(bar, target[j]));
             }
