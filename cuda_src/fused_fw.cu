@@ -127,6 +127,21 @@ template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_, int R
     static constexpr int GW = Cell::GW, GR = Cell::GR, GB = Cell::GB, S = Cell::S, NSAVED = Cell::NSAVED;
     static constexpr int U = GR % 2 == 0 ? 1 : 2;
     static constexpr int HT = U * GR, MT = HT / 2, DW = 8 * U;
+    // Where U = 2, which of the warp's 16 dims a lane's two cells have: g and 8 + g (as the mma's rows g and g + 8
+    // fall), or, with FLASHRNN_PAIRED_DIMS=1 (measurement knob, R's rows reordered to match), 2g and 2g + 1, so that
+    // the lane's two cells of a batch row read Wx and write h and the outputs as one 32-bit access instead of two
+    // 16-bit ones. The step loop's SASS (nvdisasm, sm_90, bf16): gru 12x64 265 -> 237 instructions (shared loads
+    // 18 -> 12, stores 24 -> 12, PRMT 14 -> 0), elman 12x64 140 -> 120, gru B=256 (3 n-tiles) 469 -> 419, gru 3x256
+    // (8-block cluster) 256 -> 240. Expected: gru 12x64 runs one warp a scheduler, so every instruction is on the
+    // warp's path: ~5-10% a step (0.471 ms -> ~0.43-0.45). Off until measured (bench/phase_clocks.py --variant
+    // paired=FLASHRNN_PAIRED_DIMS compares its output bit for bit); off, every forward variant's SASS is unchanged.
+#ifdef FLASHRNN_PAIRED_DIMS
+    static constexpr bool PAIRED = U == 2 && FLASHRNN_PAIRED_DIMS;
+#else
+    static constexpr bool PAIRED = false;
+#endif
+    // The dim (within the warp's DW) of cell u of lane row g.
+    __device__ __forceinline__ static constexpr int dim_of(int u, int g) { return PAIRED ? 2 * g + u : 8 * u + g; }
     static constexpr int DB = D / CL;                       // output dims of one block
     static constexpr int WARPS_D = DB / DW, WARPS = WARPS_D * KS, THREADS = 32 * WARPS;
     static constexpr int KT = D / 16, KTW = KT / KS;        // k-tiles of the head, of one warp
@@ -258,7 +273,7 @@ __device__ __forceinline__ void r_fragment(unsigned (&f)[K::SPLIT][4], const T* 
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
         const int q = 2 * m + (j & 1);
-        const int gate = q % K::GR, d = drow + 8 * (q / K::GR) + g;
+        const int gate = q % K::GR, d = drow + K::dim_of(q / K::GR, g);
         const int k = 16 * kt + 2 * c4 + 8 * (j >> 1);
         const T* p = R + ((size_t(gate) * N + n) * K::D + d) * K::D + k;
         Op lo[K::SPLIT], hi[K::SPLIT];
@@ -439,6 +454,17 @@ __device__ __forceinline__ void store_h(unsigned addr, float h) {
         st_shared_b16(addr + unsigned(s * K::BT * K::HROW * int(sizeof(typename K::Op))), mma::op_bits(parts[s]));
 }
 
+// Two adjacent dims' h (Tile::PAIRED: a lane's cells u = 0 and 1) as one 32-bit store a part.
+template <class K>
+__device__ __forceinline__ void store_h2(unsigned addr, float h0, float h1) {
+    typename K::Op p0[K::SPLIT], p1[K::SPLIT];
+    split(h0, p0);
+    split(h1, p1);
+#pragma unroll
+    for (int s = 0; s < K::SPLIT; ++s)
+        st_shared_b32(addr + unsigned(s * K::BT * K::HROW * int(sizeof(typename K::Op))), mma::pack2(p0[s], p1[s]));
+}
+
 // This block's columns of an h buffer, sent to the other blocks of the cluster each step (SliceSender) as 16-byte
 // pieces of rows: by each warp, the SPLIT x NBT x 8/KS rows x U pieces of 8 dims that its lanes computed
 // (Tile::WARP_SENDS), or by the whole block, all SPLIT*BT rows of DB columns. (Measured against one bulk copy a row
@@ -538,7 +564,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
         store_h<K>(mma::smem_u32(hbuf + bl * K::HROW + d),
                    (s0 != nullptr && b < B) ? load_f(s0 + size_t(b) * ND + size_t(n) * D + d) : 0.f);
     }
-    // This warp's cells: (u, nb, cc) -> dim d0 + dloc + 8u + g, batch row 8nb + 2*c4 + c with c = cc (KS = 1)
+    // This warp's cells: (u, nb, cc) -> dim d0 + dloc + dim_of(u, g), batch row 8nb + 2*c4 + c with c = cc (KS = 1)
     // or c = ks (KS = 2: each warp of the pair finishes one of the lane's two columns).
     float bs[K::U][K::GB];
     float st[K::U][NBT][K::OWN][K::S];
@@ -574,7 +600,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
     }
 #pragma unroll
     for (int u = 0; u < K::U; ++u) {
-        const int d = d0 + dloc + 8 * u + g;
+        const int d = d0 + dloc + K::dim_of(u, g);
 #pragma unroll
         for (int gate = 0; gate < K::GB; ++gate) bs[u][gate] = load_f(bias + (size_t(gate) * N + n) * D + d);
 #pragma unroll
@@ -598,7 +624,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
     // ... and of this lane's cells, in buffer 0: the first cell's h (every block holds all D columns), Wx in
     // stage 0, staged states and staged saved values. A cell (u, nb, cc) adds a compile-time offset (cell_row),
     // a step the buffer's offset. The lane's rows are 2*c4 (+ ks where KS = 2 splits the lane's two columns).
-    const int lane_row = 2 * c4 + (KS == 1 ? 0 : ks), lane_col = dloc + g;
+    const int lane_row = 2 * c4 + (KS == 1 ? 0 : ks), lane_col = dloc + K::dim_of(0, g);
     const unsigned h_cell0 = keep<K::KEEP>(mma::smem_u32(hbuf + lane_row * K::HROW + d0 + lane_col));
     const unsigned x_cell0 = keep<K::KEEP>(mma::smem_u32(xbuf + lane_row * K::XROW + lane_col));
     const unsigned o_state0 = keep<K::KEEP>(mma::smem_u32(obuf + lane_row * K::OROW + lane_col));
@@ -650,14 +676,17 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
         // This step's Wx: issued while the mma run, except where registers are tight (the largest single
         // blocks), where each cell reads its own just before use.
         float x[K::U][NBT][K::OWN][K::GW];
-        auto read_x = [&](int u, int nb, int cc) {
+        auto read_x = [&](int u, int nb, int cc) {  // (PAIRED: u = 0 reads both cells)
 #pragma unroll
-            for (int gate = 0; gate < K::GW; ++gate)
-                x[u][nb][cc][gate] = ld_shared_f<T>(x_now + E * (cell_row<K>(nb, cc) * K::XROW + gate * K::DB + 8 * u));
+            for (int gate = 0; gate < K::GW; ++gate) {
+                const unsigned at = x_now + E * (cell_row<K>(nb, cc) * K::XROW + gate * K::DB + K::dim_of(u, 0));
+                if constexpr (K::PAIRED) ld_shared_f2<T>(at, x[0][nb][cc][gate], x[1][nb][cc][gate]);
+                else x[u][nb][cc][gate] = ld_shared_f<T>(at);
+            }
         };
         if constexpr (!K::LATE_X) {
 #pragma unroll
-            for (int u = 0; u < K::U; ++u)
+            for (int u = 0; u < (K::PAIRED ? 1 : K::U); ++u)
 #pragma unroll
                 for (int nb = 0; nb < NBT; ++nb)
 #pragma unroll
@@ -670,6 +699,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
         }
         PHASE(2, x[0][0][0][0])  // Wx's reads, the copies' issue, split-K's partials
 
+        float sv_first[NBT][K::OWN][K::NSAVED];  // PAIRED: cell u = 0's saved values, stored with u = 1's
 #pragma unroll
         for (int u = 0; u < K::U; ++u)
 #pragma unroll
@@ -679,7 +709,9 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
                     const int c = KS == 1 ? cc : ks;
                     const int row = cell_row<K>(nb, cc);  // batch row bl = row + lane_row
                     float rs[K::GR], sn[K::S], sv[K::NSAVED];
-                    if constexpr (K::LATE_X) read_x(u, nb, cc);
+                    if constexpr (K::LATE_X) {
+                        if (!K::PAIRED || u == 0) read_x(u, nb, cc);
+                    }
 #pragma unroll
                     for (int gate = 0; gate < K::GR; ++gate) {
                         const int q = u * K::GR + gate, m = q / 2, i0 = 2 * (q % 2);
@@ -706,15 +738,32 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
                     for (int s = 0; s < K::S; ++s) sn[s] = run ? sn[s] : st[u][nb][cc][s];
 #pragma unroll
                     for (int s = 0; s < K::S; ++s) st[u][nb][cc][s] = sn[s];
-                    store_h<K>(h_next + EOP * (row * K::HROW + 8 * u), sn[0]);
+                    if constexpr (!K::PAIRED) {
+                        store_h<K>(h_next + EOP * (row * K::HROW + 8 * u), sn[0]);
 #ifndef FLASHRNN_ABLATE_STORES  // measurement knob: no outputs (wrong results), to time them
 #pragma unroll
-                    for (int s = 0; s < K::S; ++s)
-                        st_shared_f<T>(o_state0 + o_buf + E * ((s * K::BT + row) * K::OROW + 8 * u), sn[s]);
+                        for (int s = 0; s < K::S; ++s)
+                            st_shared_f<T>(o_state0 + o_buf + E * ((s * K::BT + row) * K::OROW + 8 * u), sn[s]);
 #pragma unroll
-                    for (int k = 0; k < K::NSAVED; ++k)
-                        st_shared_f<T>(o_saved0 + o_buf + E * ((row * K::NSAVED + k) * K::OROW + 8 * u), sv[k]);
+                        for (int k = 0; k < K::NSAVED; ++k)
+                            st_shared_f<T>(o_saved0 + o_buf + E * ((row * K::NSAVED + k) * K::OROW + 8 * u), sv[k]);
 #endif
+                    } else if (u == 0) {
+#pragma unroll
+                        for (int k = 0; k < K::NSAVED; ++k) sv_first[nb][cc][k] = sv[k];
+                    } else {  // both cells of the pair, from the lower dim's address
+                        store_h2<K>(h_next + EOP * (row * K::HROW), st[0][nb][cc][0], sn[0]);
+#ifndef FLASHRNN_ABLATE_STORES
+#pragma unroll
+                        for (int s = 0; s < K::S; ++s)
+                            st_shared_f2<T>(o_state0 + o_buf + E * ((s * K::BT + row) * K::OROW), st[0][nb][cc][s],
+                                            sn[s]);
+#pragma unroll
+                        for (int k = 0; k < K::NSAVED; ++k)
+                            st_shared_f2<T>(o_saved0 + o_buf + E * ((row * K::NSAVED + k) * K::OROW),
+                                            sv_first[nb][cc][k], sv[k]);
+#endif
+                    }
                 }
         stage = stage == K::NS - 1 ? 0 : stage + 1;
         PHASE(3, st[K::U - 1][NBT - 1][K::OWN - 1][0])  // the cells

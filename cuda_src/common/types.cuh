@@ -31,6 +31,14 @@ __device__ __forceinline__ unsigned short ld_shared_b16(unsigned addr) {
     asm volatile("ld.shared.b16 %0, [%1];" : "=h"(bits) : "r"(addr) : "memory");
     return bits;
 }
+__device__ __forceinline__ void st_shared_b32(unsigned addr, unsigned bits) {
+    asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr), "r"(bits) : "memory");
+}
+__device__ __forceinline__ unsigned ld_shared_b32(unsigned addr) {
+    unsigned bits;
+    asm volatile("ld.shared.b32 %0, [%1];" : "=r"(bits) : "r"(addr) : "memory");
+    return bits;
+}
 __device__ __forceinline__ uint4 ld_shared_v4(unsigned addr) {
     uint4 v;
     asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr)
@@ -68,6 +76,35 @@ template <> __device__ __forceinline__ float ld_shared_f<__nv_bfloat16>(unsigned
 }
 template <> __device__ __forceinline__ float ld_shared_f<__half>(unsigned addr) {
     return __half2float(__ushort_as_half(ld_shared_b16(addr)));
+}
+
+// Two adjacent storage values (a at addr, b after it) in one access: 32 bits for bf16 and fp16, 64 for float.
+template <class T> __device__ __forceinline__ void st_shared_f2(unsigned addr, float a, float b);
+template <> __device__ __forceinline__ void st_shared_f2<float>(unsigned addr, float a, float b) {
+    asm volatile("st.shared.v2.f32 [%0], {%1, %2};" ::"r"(addr), "f"(a), "f"(b) : "memory");
+}
+template <> __device__ __forceinline__ void st_shared_f2<__nv_bfloat16>(unsigned addr, float a, float b) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
+    st_shared_b32(addr, *reinterpret_cast<const unsigned*>(&v));
+}
+template <> __device__ __forceinline__ void st_shared_f2<__half>(unsigned addr, float a, float b) {
+    const __half2 v = __floats2half2_rn(a, b);
+    st_shared_b32(addr, *reinterpret_cast<const unsigned*>(&v));
+}
+template <class T> __device__ __forceinline__ void ld_shared_f2(unsigned addr, float& a, float& b);
+template <> __device__ __forceinline__ void ld_shared_f2<float>(unsigned addr, float& a, float& b) {
+    asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];" : "=f"(a), "=f"(b) : "r"(addr) : "memory");
+}
+template <> __device__ __forceinline__ void ld_shared_f2<__nv_bfloat16>(unsigned addr, float& a, float& b) {
+    const unsigned v = ld_shared_b32(addr);
+    a = __uint_as_float(v << 16);
+    b = __uint_as_float(v & 0xffff0000u);
+}
+template <> __device__ __forceinline__ void ld_shared_f2<__half>(unsigned addr, float& a, float& b) {
+    const unsigned v = ld_shared_b32(addr);
+    const __half2 h = *reinterpret_cast<const __half2*>(&v);
+    a = __low2float(h);
+    b = __high2float(h);
 }
 
 }  // namespace flashrnn
