@@ -444,25 +444,20 @@ template <class K> __device__ __forceinline__ constexpr int cell_row(int nb, int
     return 8 * nb + (K::KS == 1 ? cc : 0);
 }
 
-// h into an h buffer at shared address `addr` (its row and column; float32's lo part SPLIT rows of BT further).
-template <class K>
-__device__ __forceinline__ void store_h(unsigned addr, float h) {
-    typename K::Op parts[K::SPLIT];
-    split(h, parts);
+// h into an h buffer at shared address `addr` (its row and column; float32's lo part SPLIT rows of BT further): one
+// dim's value, or two adjacent dims' (Tile::PAIRED: a lane's cells u = 0 and 1) as one 32-bit store a part.
+template <class K, int N>
+__device__ __forceinline__ void store_h(unsigned addr, const float (&h)[N]) {
+    static_assert(N == 1 || N == 2, "one dim or a pair");
+    typename K::Op parts[N][K::SPLIT];
 #pragma unroll
-    for (int s = 0; s < K::SPLIT; ++s)
-        st_shared_b16(addr + unsigned(s * K::BT * K::HROW * int(sizeof(typename K::Op))), mma::op_bits(parts[s]));
-}
-
-// Two adjacent dims' h (Tile::PAIRED: a lane's cells u = 0 and 1) as one 32-bit store a part.
-template <class K>
-__device__ __forceinline__ void store_h2(unsigned addr, float h0, float h1) {
-    typename K::Op p0[K::SPLIT], p1[K::SPLIT];
-    split(h0, p0);
-    split(h1, p1);
+    for (int i = 0; i < N; ++i) split(h[i], parts[i]);
 #pragma unroll
-    for (int s = 0; s < K::SPLIT; ++s)
-        st_shared_b32(addr + unsigned(s * K::BT * K::HROW * int(sizeof(typename K::Op))), mma::pack2(p0[s], p1[s]));
+    for (int s = 0; s < K::SPLIT; ++s) {
+        const unsigned at = addr + unsigned(s * K::BT * K::HROW * int(sizeof(typename K::Op)));
+        if constexpr (N == 1) st_shared_b16(at, mma::op_bits(parts[0][s]));
+        else st_shared_b32(at, mma::pack2(parts[0][s], parts[1][s]));
+    }
 }
 
 // This block's columns of an h buffer, sent to the other blocks of the cluster each step (SliceSender) as 16-byte
@@ -562,7 +557,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
     for (int i = threadIdx.x; i < K::BT * D; i += K::THREADS) {
         const int bl = i / D, d = i % D, b = b0 + bl;
         store_h<K>(mma::smem_u32(hbuf + bl * K::HROW + d),
-                   (s0 != nullptr && b < B) ? load_f(s0 + size_t(b) * ND + size_t(n) * D + d) : 0.f);
+                   {(s0 != nullptr && b < B) ? load_f(s0 + size_t(b) * ND + size_t(n) * D + d) : 0.f});
     }
     // This warp's cells: (u, nb, cc) -> dim d0 + dloc + dim_of(u, g), batch row 8nb + 2*c4 + c with c = cc (KS = 1)
     // or c = ks (KS = 2: each warp of the pair finishes one of the lane's two columns).
@@ -708,6 +703,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
                 for (int cc = 0; cc < K::OWN; ++cc) {
                     const int c = KS == 1 ? cc : ks;
                     const int row = cell_row<K>(nb, cc);  // batch row bl = row + lane_row
+                    const int col = K::dim_of(u, 0);      // dim d0 + col + lane_col
                     float rs[K::GR], sn[K::S], sv[K::NSAVED];
                     if constexpr (K::LATE_X) {
                         if (!K::PAIRED || u == 0) read_x(u, nb, cc);
@@ -739,20 +735,20 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
 #pragma unroll
                     for (int s = 0; s < K::S; ++s) st[u][nb][cc][s] = sn[s];
                     if constexpr (!K::PAIRED) {
-                        store_h<K>(h_next + EOP * (row * K::HROW + 8 * u), sn[0]);
+                        store_h<K>(h_next + EOP * (row * K::HROW + col), {sn[0]});
 #ifndef FLASHRNN_ABLATE_STORES  // measurement knob: no outputs (wrong results), to time them
 #pragma unroll
                         for (int s = 0; s < K::S; ++s)
-                            st_shared_f<T>(o_state0 + o_buf + E * ((s * K::BT + row) * K::OROW + 8 * u), sn[s]);
+                            st_shared_f<T>(o_state0 + o_buf + E * ((s * K::BT + row) * K::OROW + col), sn[s]);
 #pragma unroll
                         for (int k = 0; k < K::NSAVED; ++k)
-                            st_shared_f<T>(o_saved0 + o_buf + E * ((row * K::NSAVED + k) * K::OROW + 8 * u), sv[k]);
+                            st_shared_f<T>(o_saved0 + o_buf + E * ((row * K::NSAVED + k) * K::OROW + col), sv[k]);
 #endif
                     } else if (u == 0) {
 #pragma unroll
                         for (int k = 0; k < K::NSAVED; ++k) sv_first[nb][cc][k] = sv[k];
                     } else {  // both cells of the pair, from the lower dim's address
-                        store_h2<K>(h_next + EOP * (row * K::HROW), st[0][nb][cc][0], sn[0]);
+                        store_h<K>(h_next + EOP * (row * K::HROW), {st[0][nb][cc][0], sn[0]});
 #ifndef FLASHRNN_ABLATE_STORES
 #pragma unroll
                         for (int s = 0; s < K::S; ++s)
