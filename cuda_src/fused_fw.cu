@@ -127,18 +127,21 @@ template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_, int R
     static constexpr int GW = Cell::GW, GR = Cell::GR, GB = Cell::GB, S = Cell::S, NSAVED = Cell::NSAVED;
     static constexpr int U = GR % 2 == 0 ? 1 : 2;
     static constexpr int HT = U * GR, MT = HT / 2, DW = 8 * U;
-    // Where U = 2, which of the warp's 16 dims a lane's two cells have: g and 8 + g (as the mma's rows g and g + 8
-    // fall), or, with FLASHRNN_PAIRED_DIMS=1 (measurement knob, R's rows reordered to match), 2g and 2g + 1, so that
-    // the lane's two cells of a batch row read Wx and write h and the outputs as one 32-bit access instead of two
-    // 16-bit ones. The step loop's SASS (nvdisasm, sm_90, bf16): gru 12x64 265 -> 237 instructions (shared loads
-    // 18 -> 12, stores 24 -> 12, PRMT 14 -> 0), elman 12x64 140 -> 120, gru B=256 (3 n-tiles) 469 -> 419, gru 3x256
-    // (8-block cluster) 256 -> 240. Expected: gru 12x64 runs one warp a scheduler, so every instruction is on the
-    // warp's path: ~5-10% a step (0.471 ms -> ~0.43-0.45). Off until measured (bench/phase_clocks.py --variant
-    // paired=FLASHRNN_PAIRED_DIMS compares its output bit for bit); off, every forward variant's SASS is unchanged.
+    // Where U = 2, which of the warp's 16 dims a lane's two cells have: 2g and 2g + 1 (R's rows reordered to match),
+    // so that the lane's two cells of a batch row read Wx and write h and the outputs as one 32-bit access instead
+    // of two 16-bit ones; FLASHRNN_PAIRED_DIMS=0 (measurement knob) gives g and 8 + g, as the mma's rows g and g + 8
+    // fall. The step loop's SASS (nvdisasm, sm_90, bf16): gru 12x64 265 -> 237 instructions (shared loads 18 -> 12,
+    // stores 24 -> 12, PRMT 14 -> 0), elman 12x64 140 -> 120, gru B=256 (3 n-tiles) 469 -> 419, gru 3x256 (8-block
+    // cluster) 256 -> 240. Expected: gru 12x64 runs one warp a scheduler, so every instruction is on the warp's path:
+    // ~5-10% a step (0.471 ms -> ~0.43-0.45). Measured (H200 bf16 T=1024, bench/phase_clocks.py, bitwise equal):
+    // gru 12x64 0.471 -> 0.399 ms, B=64 0.471 -> 0.404, B=256 1.592 -> 1.040, 3x256 0.700 -> 0.615, 48x16 0.379 ->
+    // 0.330, elman 12x64 0.209 -> 0.186. More than the instruction count says: the clocks put it in the cells
+    // (gru 12x64 356 -> 208 cycles a step) and Wx's reads (286 -> 250), the phases that wait on shared memory,
+    // where two dependent 16-bit accesses (and their PRMT merges) each paid the load's latency.
 #ifdef FLASHRNN_PAIRED_DIMS
     static constexpr bool PAIRED = U == 2 && FLASHRNN_PAIRED_DIMS;
 #else
-    static constexpr bool PAIRED = false;
+    static constexpr bool PAIRED = U == 2;
 #endif
     // The dim (within the warp's DW) of cell u of lane row g.
     __device__ __forceinline__ static constexpr int dim_of(int u, int g) { return PAIRED ? 2 * g + u : 8 * u + g; }

@@ -282,9 +282,10 @@ def test_sanitizer_driver_maps_every_variant_to_a_problem(capsys):
 
 def test_phase_clock_knobs_change_only_their_direction_and_compile():
     """bench/phase_clocks.py's variants: the defines go on the chosen direction's kernel only, and the measurement
-    knobs it names (fused_fw.cu's clock64 phases, ablations, block sends and paired dims; fused_bw.cu's late copies)
+    knobs it names (fused_fw.cu's clock64 phases, ablations, block sends and unpaired dims; fused_bw.cu's late copies)
     still compile, spill-free, for sm_90 on cluster kernels (where the exchange and the copies' order exist) and, for
-    the paired dims, on the one-block and cluster kernels of the two-dims-a-lane cells (gru, elman) in every dtype."""
+    the unpaired dims (FLASHRNN_PAIRED_DIMS=0), on the one-block and cluster kernels of the two-dims-a-lane cells
+    (gru, elman) in every dtype."""
     fused = sanitize_fused.load_fused()
     if fused is None:
         pytest.skip("cuda_fused is not importable here")
@@ -303,11 +304,11 @@ def test_phase_clock_knobs_change_only_their_direction_and_compile():
     assert forward_knobs(bw).spec == fused.launch_of(bw).spec
     late = phase_clocks.with_defines((("FLASHRNN_LATE_COPIES", "1"),), "backward")(bw).spec
     block_sends = phase_clocks.with_defines((("FLASHRNN_WARP_SENDS", "0"),), "forward")(fw).spec
-    paired = phase_clocks.with_defines((("FLASHRNN_PAIRED_DIMS", "1"),), "forward")
-    paired_specs = [paired(fused.choose(cell, dtype, 16, N, D, hardware=H100).choice).spec
+    unpaired = phase_clocks.with_defines((("FLASHRNN_PAIRED_DIMS", "0"),), "forward")
+    unpaired_specs = [unpaired(fused.choose(cell, dtype, 16, N, D, hardware=H100).choice).spec
                     for cell, dtype, N, D in (("gru", "bfloat16", 12, 64), ("gru", "float32", 12, 64),
                                               ("elman", "float16", 12, 64), ("gru", "bfloat16", 3, 256))]
-    for spec in (forward_knobs(fw).spec, late, block_sends, *paired_specs):
+    for spec in (forward_knobs(fw).spec, late, block_sends, *unpaired_specs):
         resources = compile_spec(spec, "sm_90", use_cache=False).resources
         assert resources is not None and resources.spill_stores == 0, spec.label
 
