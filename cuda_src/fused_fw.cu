@@ -139,17 +139,40 @@ template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_, int R
     // (gru 12x64 356 -> 208 cycles a step) and Wx's reads (286 -> 250), the phases that wait on shared memory,
     // where two dependent 16-bit accesses (and their PRMT merges) each paid the load's latency.
 #ifdef FLASHRNN_PAIRED_DIMS
-    static constexpr bool PAIRED = U == 2 && FLASHRNN_PAIRED_DIMS;
+    static constexpr bool PAIRED_R = U == 2 && FLASHRNN_PAIRED_DIMS;
 #else
-    static constexpr bool PAIRED = U == 2;
+    static constexpr bool PAIRED_R = U == 2;
 #endif
-    // The dim (within the warp's DW) of cell u of lane row g.
-    __device__ __forceinline__ static constexpr int dim_of(int u, int g) { return PAIRED ? 2 * g + u : 8 * u + g; }
+    // The dim (within the warp's DW) of the mma's output row g of gate set u (R's rows are laid out to match).
+    __device__ __forceinline__ static constexpr int r_dim_of(int u, int g) {
+        return PAIRED_R ? 2 * g + u : 8 * u + g;
+    }
+    // The dim (within the warp's DW) of a lane's cell u (u < CU); g is the lane's mma row.
+    __device__ __forceinline__ static constexpr int dim_of(int u, int g) {
+        return TRADE ? (g & ~1) + u : r_dim_of(u, g);
+    }
     static constexpr int DB = D / CL;                       // output dims of one block
     static constexpr int WARPS_D = DB / DW, WARPS = WARPS_D * KS, THREADS = 32 * WARPS;
     static constexpr int KT = D / 16, KTW = KT / KS;        // k-tiles of the head, of one warp
     static constexpr int RS = RS_, KTR = KTW - RS_;         // ... of those in shared memory, in registers
     static constexpr int OWN = 2 / KS;                      // batch columns c (of 2 per lane) a warp finishes
+    // Where U = 1 (and each lane finishes both of its batch columns, KS = 1), the mma leaves a lane one dim g in two
+    // batch rows; with TRADE, lanes g and g ^ 1 trade one column's gate sums (a shuffle a gate, trade_columns) so
+    // that each holds dims g & ~1 and g | 1 of one row, 2*c4 + (g & 1): the paired 32-bit accesses of PAIRED_R,
+    // R as it was. Measured (H200 bf16 T=1024, bench/phase_clocks.py, bitwise equal): lstm 12x64 B=256 (3 n-tiles)
+    // 1.343 -> 1.224 ms, slstm 1.642 -> 1.553; B=64 (8 warps) lstm 0.460 -> 0.444; 1x768 (6 warps) lstm 2.329 ->
+    // 2.320, slstm 2.459 -> 2.410; but 48x16 (2 warps, one a scheduler) lstm 0.263 -> 0.304, slstm 0.298 -> 0.340:
+    // the shuffle's latency lands on a latency-bound step, where the saved issue slots buy nothing. So: where the
+    // block's cells (warps x n-tiles) are more than its 4 schedulers' one warp each. FLASHRNN_TRADE_CELLS=0|1
+    // (measurement knob) overrides the rule.
+#ifdef FLASHRNN_TRADE_CELLS
+    static constexpr bool TRADE = U == 1 && KS_ == 1 && FLASHRNN_TRADE_CELLS;
+#else
+    static constexpr bool TRADE = U == 1 && KS_ == 1 && WARPS * NBT_ > 4;
+#endif
+    static constexpr bool PAIRED = PAIRED_R || TRADE;    // a lane's cells u = 0, 1 on adjacent dims
+    static constexpr int CU = TRADE ? 2 : U;              // a lane's cells in one batch row (of an n-tile)
+    static constexpr int COWN = TRADE ? 1 : OWN;          // ... and the batch columns they are in
     static constexpr int CHAINS_WANTED = 4 / (MT * NBT) > 1 ? 4 / (MT * NBT) : 1;
     static constexpr int CHAINS = CHAINS_WANTED < KTW ? CHAINS_WANTED : KTW;  // independent partial sums
     // h's fragments are read HG k-tiles at a time as the matmul reaches them: all at once (one shared-memory round
@@ -195,6 +218,14 @@ template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_, int R
     // written to global memory the next step as whole 16-byte pieces of rows (two buffers, alternating).
     static constexpr int OROW = DB + 16 / int(sizeof(T));
     static constexpr int OROWS = (S + NSAVED) * BT;
+    // An inference forward (FLASHRNN_SAVE=0: nothing will run backward) writes the states only: the saved rows of
+    // the staging buffer stay allocated (the solver's shared memory is the same either way) but unused.
+#if defined(FLASHRNN_SAVE) && !FLASHRNN_SAVE
+    static constexpr int NSAVED_OUT = 0;
+#else
+    static constexpr int NSAVED_OUT = NSAVED;
+#endif
+    static constexpr int OUT_ROWS = (S + NSAVED_OUT) * BT;  // staged rows written out a step
     static constexpr int O_ELEMS = OROWS * OROW;
     static constexpr int H_BYTES = 2 * H_ELEMS * int(sizeof(Op));
     static constexpr int X_BYTES = NS * X_ELEMS * int(sizeof(T));
@@ -237,12 +268,12 @@ struct XPieces : LoadPieces<(K::XCHUNKS + K::THREADS - 1) / K::THREADS, K::KEEP>
     }
 };
 
-// One step's staged outputs to states [S,B,T,N,D] and saved [B,T,NSAVED,N,D] as 16-byte pieces of rows
-// (coalesced; rows past B skipped), for t = 0, 1, 2, ... in turn.
+// One step's staged outputs to states [S,B,T,N,D] and saved [B,T,NSAVED,N,D] (Tile::NSAVED_OUT: or the states
+// alone) as 16-byte pieces of rows (coalesced; rows past B skipped), for t = 0, 1, 2, ... in turn.
 template <class K, class T>
-struct OutPieces : StorePieces<(K::OROWS * K::DB * int(sizeof(T)) / 16 + K::THREADS - 1) / K::THREADS, K::KEEP> {
+struct OutPieces : StorePieces<(K::OUT_ROWS * K::DB * int(sizeof(T)) / 16 + K::THREADS - 1) / K::THREADS, K::KEEP> {
     static constexpr int CPR = K::DB * int(sizeof(T)) / 16;  // pieces per row
-    static constexpr int CHUNKS = K::OROWS * CPR;
+    static constexpr int CHUNKS = K::OUT_ROWS * CPR;
     static constexpr int PER = (CHUNKS + K::THREADS - 1) / K::THREADS;
 
     __device__ __forceinline__ OutPieces(T* states, T* saved, int b0, int B, int Tn, int n, int d0, size_t ND,
@@ -276,7 +307,7 @@ __device__ __forceinline__ void r_fragment(unsigned (&f)[K::SPLIT][4], const T* 
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
         const int q = 2 * m + (j & 1);
-        const int gate = q % K::GR, d = drow + K::dim_of(q / K::GR, g);
+        const int gate = q % K::GR, d = drow + K::r_dim_of(q / K::GR, g);
         const int k = 16 * kt + 2 * c4 + 8 * (j >> 1);
         const T* p = R + ((size_t(gate) * N + n) * K::D + d) * K::D + k;
         Op lo[K::SPLIT], hi[K::SPLIT];
@@ -441,8 +472,24 @@ __device__ __forceinline__ void put_partials(unsigned mine, const float (&acc)[K
                 st_shared_f<float>(mine + partial_offset<K>(m, nb, i), ks ? acc[m][nb][i] : acc[m][nb][i + 1]);
 }
 
-// The batch row of a lane's cell (nb, cc) relative to the lane's first row (2*c4, + ks under split-K, where
-// each warp of the pair finishes one of the lane's two columns and cc is 0).
+// Tile::TRADE: the mma left this lane dim g (and lane ^ 4 dim g ^ 1) in both batch columns; afterwards column c of
+// `acc` holds dim (g & ~1) + c of the lane's row 2*c4 + (g & 1). The even lane keeps column 0 and takes its
+// partner's column 0, the odd one keeps column 1 and takes its partner's column 1: one shuffle a gate.
+template <class K> __device__ __forceinline__ void trade_columns(float (&acc)[K::MT][K::NBT][4], int odd) {
+#pragma unroll
+    for (int m = 0; m < K::MT; ++m)
+#pragma unroll
+        for (int nb = 0; nb < K::NBT; ++nb)
+#pragma unroll
+            for (int i0 = 0; i0 < 4; i0 += 2) {
+                const float given = __shfl_xor_sync(0xffffffffu, odd ? acc[m][nb][i0] : acc[m][nb][i0 + 1], 4);
+                if (odd) acc[m][nb][i0] = given;
+                else acc[m][nb][i0 + 1] = given;
+            }
+}
+
+// The batch row of a lane's cell (nb, cc) relative to the lane's first row (lane_row in `forward`; cc is 0 where
+// each warp of a split-K pair finishes one of the lane's two columns, or where the lanes trade them).
 template <class K> __device__ __forceinline__ constexpr int cell_row(int nb, int cc) {
     return 8 * nb + (K::KS == 1 ? cc : 0);
 }
@@ -534,6 +581,9 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c4 = lane % 4;
     const int wd = warp % K::WARPS_D, ks = warp / K::WARPS_D;
+    // The batch row of the lane's first cell: 2*c4, + ks where KS = 2 splits the lane's two columns over the
+    // warps, + g & 1 where the lanes trade columns (Tile::TRADE).
+    const int lane_row = 2 * c4 + (KS == 1 ? (K::TRADE ? g & 1 : 0) : ks);
     const unsigned rank = CL > 1 ? cluster::rank() : 0;
     const int n = blockIdx.x / CL, b0 = blockIdx.y * K::BT;
     const int d0 = int(rank) * K::DB;                 // first output dim of this block
@@ -562,10 +612,9 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
         store_h<K>(mma::smem_u32(hbuf + bl * K::HROW + d),
                    {(s0 != nullptr && b < B) ? load_f(s0 + size_t(b) * ND + size_t(n) * D + d) : 0.f});
     }
-    // This warp's cells: (u, nb, cc) -> dim d0 + dloc + dim_of(u, g), batch row 8nb + 2*c4 + c with c = cc (KS = 1)
-    // or c = ks (KS = 2: each warp of the pair finishes one of the lane's two columns).
-    float bs[K::U][K::GB];
-    float st[K::U][NBT][K::OWN][K::S];
+    // This warp's cells: (u, nb, cc) -> dim d0 + dloc + dim_of(u, g), batch row lane_row + cell_row(nb, cc).
+    float bs[K::CU][K::GB];
+    float st[K::CU][NBT][K::COWN][K::S];
     // Which of this lane's batch rows still run at step t (bit nb*OWN + cc; rows past B, never written out,
     // always do), and the next step at which one of them ends (Tn: none; always so without lengths). Two
     // registers however many rows: the loop pays one compare a step and a bit test and S selects a cell.
@@ -577,11 +626,11 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
 #pragma unroll
         for (int nb = 0; nb < NBT; ++nb)
 #pragma unroll
-            for (int cc = 0; cc < K::OWN; ++cc) {
-                const int b = b0 + 8 * nb + 2 * c4 + (KS == 1 ? cc : ks);
+            for (int cc = 0; cc < K::COWN; ++cc) {
+                const int b = b0 + lane_row + cell_row<K>(nb, cc);
                 const int len = b < B ? lengths[b] : Tn;
                 if (t < len) {
-                    running |= 1u << (nb * K::OWN + cc);
+                    running |= 1u << (nb * K::COWN + cc);
                     next_end = min(next_end, len);
                 }
             }
@@ -597,15 +646,15 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
         tend = __reduce_max_sync(0xffffffffu, (lane < K::BT && b < B) ? lengths[b] : 0);
     }
 #pragma unroll
-    for (int u = 0; u < K::U; ++u) {
+    for (int u = 0; u < K::CU; ++u) {
         const int d = d0 + dloc + K::dim_of(u, g);
 #pragma unroll
         for (int gate = 0; gate < K::GB; ++gate) bs[u][gate] = load_f(bias + (size_t(gate) * N + n) * D + d);
 #pragma unroll
         for (int nb = 0; nb < NBT; ++nb)
 #pragma unroll
-            for (int cc = 0; cc < K::OWN; ++cc) {
-                const int c = KS == 1 ? cc : ks, b = b0 + 8 * nb + 2 * c4 + c;
+            for (int cc = 0; cc < K::COWN; ++cc) {
+                const int b = b0 + lane_row + cell_row<K>(nb, cc);
 #pragma unroll
                 for (int s = 0; s < K::S; ++s)
                     st[u][nb][cc][s] =
@@ -621,8 +670,8 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
     const unsigned hrow1 = keep<K::KEEP>(ldmatrix_row<K>(hbuf + K::H_ELEMS, ks * K::KTW, lane));
     // ... and of this lane's cells, in buffer 0: the first cell's h (every block holds all D columns), Wx in
     // stage 0, staged states and staged saved values. A cell (u, nb, cc) adds a compile-time offset (cell_row),
-    // a step the buffer's offset. The lane's rows are 2*c4 (+ ks where KS = 2 splits the lane's two columns).
-    const int lane_row = 2 * c4 + (KS == 1 ? 0 : ks), lane_col = dloc + K::dim_of(0, g);
+    // a step the buffer's offset.
+    const int lane_col = dloc + K::dim_of(0, g);
     const unsigned h_cell0 = keep<K::KEEP>(mma::smem_u32(hbuf + lane_row * K::HROW + d0 + lane_col));
     const unsigned x_cell0 = keep<K::KEEP>(mma::smem_u32(xbuf + lane_row * K::XROW + lane_col));
     const unsigned o_state0 = keep<K::KEEP>(mma::smem_u32(obuf + lane_row * K::OROW + lane_col));
@@ -673,7 +722,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
         PHASE(1, acc[0][0][0] + acc[K::MT - 1][NBT - 1][3])  // h's fragments and the mma
         // This step's Wx: issued while the mma run, except where registers are tight (the largest single
         // blocks), where each cell reads its own just before use.
-        float x[K::U][NBT][K::OWN][K::GW];
+        float x[K::CU][NBT][K::COWN][K::GW];
         auto read_x = [&](int u, int nb, int cc) {  // (PAIRED: u = 0 reads both cells)
 #pragma unroll
             for (int gate = 0; gate < K::GW; ++gate) {
@@ -684,26 +733,27 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
         };
         if constexpr (!K::LATE_X) {
 #pragma unroll
-            for (int u = 0; u < (K::PAIRED ? 1 : K::U); ++u)
+            for (int u = 0; u < (K::PAIRED ? 1 : K::CU); ++u)
 #pragma unroll
                 for (int nb = 0; nb < NBT; ++nb)
 #pragma unroll
-                    for (int cc = 0; cc < K::OWN; ++cc) read_x(u, nb, cc);
+                    for (int cc = 0; cc < K::COWN; ++cc) read_x(u, nb, cc);
         }
         if constexpr (!K::EARLY_COPIES) copies(t);  // one block: while the mma run
         if constexpr (KS > 1) {
             put_partials<K>(part_mine, acc, ks);
             __syncthreads();
         }
+        if constexpr (K::TRADE) trade_columns<K>(acc, g & 1);
         PHASE(2, x[0][0][0][0])  // Wx's reads, the copies' issue, split-K's partials
 
-        float sv_first[NBT][K::OWN][K::NSAVED];  // PAIRED: cell u = 0's saved values, stored with u = 1's
+        float sv_first[NBT][K::COWN][K::NSAVED];  // PAIRED: cell u = 0's saved values, stored with u = 1's
 #pragma unroll
-        for (int u = 0; u < K::U; ++u)
+        for (int u = 0; u < K::CU; ++u)
 #pragma unroll
             for (int nb = 0; nb < NBT; ++nb)
 #pragma unroll
-                for (int cc = 0; cc < K::OWN; ++cc) {
+                for (int cc = 0; cc < K::COWN; ++cc) {
                     const int c = KS == 1 ? cc : ks;
                     const int row = cell_row<K>(nb, cc);  // batch row bl = row + lane_row
                     const int col = K::dim_of(u, 0);      // dim d0 + col + lane_col
@@ -713,9 +763,9 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
                     }
 #pragma unroll
                     for (int gate = 0; gate < K::GR; ++gate) {
-                        const int q = u * K::GR + gate, m = q / 2, i0 = 2 * (q % 2);
+                        const int q = (K::TRADE ? 0 : u) * K::GR + gate, m = q / 2, i0 = 2 * (q % 2);
                         if constexpr (KS == 1) {
-                            rs[gate] = acc[m][nb][i0 + cc];
+                            rs[gate] = acc[m][nb][i0 + (K::TRADE ? u : cc)];  // (TRADE: cell u in column u)
                         } else {
                             rs[gate] = c ? acc[m][nb][i0 + 1] : acc[m][nb][i0];
                             rs[gate] += ld_shared_f<float>(part_partner + partial_offset<K>(m, nb, i0));
@@ -732,7 +782,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
                     // Past the sequence's end the states stay: a select, so the h that the mma reads next step
                     // (and HSlice sends to the cluster), the staged outputs and the registers all keep the last
                     // valid state bit for bit. sv is written as computed (no backward reads it there).
-                    const bool run = (running >> (nb * K::OWN + cc)) & 1u;
+                    const bool run = (running >> (nb * K::COWN + cc)) & 1u;
 #pragma unroll
                     for (int s = 0; s < K::S; ++s) sn[s] = run ? sn[s] : st[u][nb][cc][s];
 #pragma unroll
@@ -744,12 +794,12 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
                         for (int s = 0; s < K::S; ++s)
                             st_shared_f<T>(o_state0 + o_buf + E * ((s * K::BT + row) * K::OROW + col), sn[s]);
 #pragma unroll
-                        for (int k = 0; k < K::NSAVED; ++k)
+                        for (int k = 0; k < K::NSAVED_OUT; ++k)
                             st_shared_f<T>(o_saved0 + o_buf + E * ((row * K::NSAVED + k) * K::OROW + col), sv[k]);
 #endif
                     } else if (u == 0) {
 #pragma unroll
-                        for (int k = 0; k < K::NSAVED; ++k) sv_first[nb][cc][k] = sv[k];
+                        for (int k = 0; k < K::NSAVED_OUT; ++k) sv_first[nb][cc][k] = sv[k];
                     } else {  // both cells of the pair, from the lower dim's address
                         store_h<K>(h_next + EOP * (row * K::HROW), {st[0][nb][cc][0], sn[0]});
 #ifndef FLASHRNN_ABLATE_STORES
@@ -758,14 +808,14 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
                             st_shared_f2<T>(o_state0 + o_buf + E * ((s * K::BT + row) * K::OROW), st[0][nb][cc][s],
                                             sn[s]);
 #pragma unroll
-                        for (int k = 0; k < K::NSAVED; ++k)
+                        for (int k = 0; k < K::NSAVED_OUT; ++k)
                             st_shared_f2<T>(o_saved0 + o_buf + E * ((row * K::NSAVED + k) * K::OROW),
                                             sv_first[nb][cc][k], sv[k]);
 #endif
                     }
                 }
         stage = stage == K::NS - 1 ? 0 : stage + 1;
-        PHASE(3, st[K::U - 1][NBT - 1][K::OWN - 1][0])  // the cells
+        PHASE(3, st[K::CU - 1][NBT - 1][K::COWN - 1][0])  // the cells
 #ifndef FLASHRNN_ABLATE_EXCHANGE
         if constexpr (CL > 1 && K::WARP_SENDS) {
             if (t + 1 < tend) {
