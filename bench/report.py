@@ -96,8 +96,9 @@ def _ms(value: float | None) -> str:
 
 
 def _cell(row: dict[str, Any] | None) -> str:
-    """``1.23 (x4.5; best x2.1)``: median ms, ratio to cuDNN in the row's dtype and to cuDNN's fastest dtype;
-    ``n/a`` for an error row (the reason is listed under the table)."""
+    """``1.23 (x4.5; best x2.1; saving 1.31)``: median ms, ratio to cuDNN in the row's dtype and to cuDNN's
+    fastest dtype, and the forward that saves for a backward where measured; ``n/a`` for an error row (the
+    reason is listed under the table)."""
     if row is None:
         return "-"
     if row.get("median_ms") is None:
@@ -107,6 +108,8 @@ def _cell(row: dict[str, Any] | None) -> str:
         ratios.append(f"x{row['ratio']:.2f}")
     if row.get("ratio_best") and row.get("baseline_best_ms") != row.get("baseline_ms"):
         ratios.append(f"best x{row['ratio_best']:.2f}")
+    if row.get("fw_save_ms"):  # the forward that also saves for a backward (fw rows: the inference forward)
+        ratios.append(f"saving {_ms(row['fw_save_ms'])}")
     mark = "*" if "from" in row else ""
     return _ms(row["median_ms"]) + mark + (f" ({'; '.join(ratios)})" if ratios else "")
 

@@ -202,17 +202,19 @@ def make_inputs(xp: Any, shape: Shape, with_grads: bool) -> dict[str, Any]:
 
 def our_call(backend: str, shape: Shape, pass_: str, arrays: dict[str, Any],
              lengths: np.ndarray | None = None) -> Callable[[], Any]:
-    """A closure running ``fw`` (forward, all states) or ``fwbw`` (forward, then backward of dstates), over
-    each sequence's ``lengths`` where given."""
+    """A closure running ``fw`` (the inference forward, all states: cuDNN's ``fw`` runs under ``no_grad``),
+    ``fw_save`` (the forward that also saves for a backward: an extra field of ``fw`` rows) or ``fwbw``
+    (forward, then backward of dstates), over each sequence's ``lengths`` where given."""
     import flashrnn_core as fc
 
     Wx, R, b = arrays["Wx"], arrays["R"], arrays["b"]
 
-    def forward() -> Any:
-        return fc.forward(Wx, R, b, function=shape.function, backend=backend, lengths=lengths)
+    def forward(save: bool = True) -> Any:
+        return fc.forward(Wx, R, b, function=shape.function, backend=backend, lengths=lengths,
+                          save_for_backward=save)
 
-    if pass_ == "fw":
-        return lambda: forward().states
+    if pass_ in ("fw", "fw_save"):
+        return lambda: forward(save=pass_ == "fw_save").states
     dstates = arrays["dstates"]
     return lambda: fc.backward(forward(), dstates=dstates)
 
@@ -390,9 +392,14 @@ def time_backend(opts: Options, backend: str, shape: Shape, pass_: str, arrays: 
         reason = why_not(backend, opts.absent, shape, arrays, lengths)
         if reason:
             return {"error": reason}
-        timing = measure(our_call(backend, shape, pass_, arrays, lengths), "cupy" if opts.gpu else "cpu",
-                         opts.runs, spin_ms=opts.spin_ms, strict=opts.strict)
-        return timing.fields()
+        def timed(which: str) -> Any:
+            return measure(our_call(backend, shape, which, arrays, lengths), "cupy" if opts.gpu else "cpu",
+                           opts.runs, spin_ms=opts.spin_ms, strict=opts.strict)
+
+        fields = timed(pass_).fields()
+        if pass_ == "fw" and opts.gpu:  # what the forward costs when a backward will follow
+            fields["fw_save_ms"] = timed("fw_save").fields()["median_ms"]
+        return fields
     except Exception as err:  # a failed row is recorded, not fatal
         return {"error": error_text(err)}
 

@@ -44,6 +44,7 @@ class Problem:
     label: str  # the kernel variant's label
     params: Any = None  # the solver's choice that launches the variant (constrint.FusedParams), run pinned
     backward: bool = False  # run backward too (a backward variant)
+    save: bool = True  # a forward variant: False for the inference kernel (FLASHRNN_SAVE=0)
 
 
 def variant_fields(spec: Any) -> dict[str, str]:
@@ -94,19 +95,20 @@ def find_problem(fused: Any, spec: Any, hardware: Any) -> Problem | str:
     except KeyError as err:
         return f"{spec.name()}: its defines do not say {err} (cell, storage, D): not mapped to a problem"
     direction = "forward" if spec.entry == fused.ENTRY else "backward"
+    save = ("FLASHRNN_SAVE", "0") not in spec.defines
     # This GPU's choices first; then those of the presets the variants were listed on that this GPU can run
     # (an sm_80 variant the solver picks only for an A100, or one it picks for an H100 and not an H200, still
     # runs here, pinned).
     presets = [hardware] + [hw for hw in fused.VARIANT_HARDWARE if hw.sm <= hardware.sm and hw != hardware]
     reason = f"the solver does not pick it on {', '.join(hw.name for hw in presets)}"
     for hw, n, B in itertools.product(presets, fused.VARIANT_HEADS, fused.VARIANT_BATCHES):
-        launch = fused.choose(function, dtype, B, n, D, hardware=hw, direction=direction)
+        launch = fused.choose(function, dtype, B, n, D, hardware=hw, direction=direction, save=save)
         if isinstance(launch, str):
             if hw is hardware:
                 reason = launch  # e.g. a cluster variant on a GPU older than sm_90
             continue
         if launch.spec.entry == spec.entry and launch.spec.defines == spec.defines:
-            return Problem(function, dtype, B, n, D, spec.name(), launch.choice, direction == "backward")
+            return Problem(function, dtype, B, n, D, spec.name(), launch.choice, direction == "backward", save)
     return f"{spec.name()}: {reason}"
 
 
@@ -158,7 +160,7 @@ def run_problem(problem: Problem, seed: int) -> str | None:
         # A backward variant whose head the fused forward cannot take (float32 D=256 gru, ...) runs after the
         # `cuda` forward: the saved tensors are the same contract.
         forward = backend if why_not("cuda_fused", checked) is None else get_backend("cuda")
-        states, saved = forward.forward(checked, a["Wx"], a["R"], a["b"], states0)
+        states, saved = forward.forward(checked, a["Wx"], a["R"], a["b"], states0, save=problem.save)
         if not _finite(states):
             return "forward gave non-finite states"
         if problem.backward:

@@ -32,7 +32,7 @@ using idx_t = long long;  // B*T*G*N*D passes 2^31 for long sequences
 struct FwTable {
     const T_* wx;         // [B, T, GW, N, D]
     T_* states;           // [S, B, T, N, D]
-    T_* saved;            // [B, T, NSAVED, N, D]
+    T_* saved;            // [B, T, NSAVED, N, D], or null: an inference forward (nothing runs backward)
     const int* lengths;   // [B] or null
 };
 
@@ -86,9 +86,11 @@ extern "C" __global__ void flashrnn_alt_fw(const FwTable* __restrict__ table, co
         carry[k * BND + e] = s[k];
         store_f(tab.states + ((k * B + b) * T + t) * ND + nd, s[k]);
     }
-    T_* sv = tab.saved + (b * T + t) * Cell::NSAVED * ND + nd;
+    if (tab.saved != nullptr) {  // the same for every thread of a call
+        T_* sv = tab.saved + (b * T + t) * Cell::NSAVED * ND + nd;
 #pragma unroll
-    for (int k = 0; k < Cell::NSAVED; ++k) store_f(sv + k * ND, saved[k]);
+        for (int k = 0; k < Cell::NSAVED; ++k) store_f(sv + k * ND, saved[k]);
+    }
     store_f(hnext + e, s[0]);
 }
 

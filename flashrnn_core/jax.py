@@ -90,7 +90,8 @@ def flashrnn(
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _flashrnn(function: str, backend: str, Wx, R, b, states0, lengths):
-    return _forward(function, backend, Wx, R, b, states0, lengths)[0]
+    # Called only where nothing differentiates (jax.grad and jax.vjp run _fwd): the inference forward.
+    return _forward(function, backend, Wx, R, b, states0, lengths, save=False)[0]
 
 
 def _fwd(function: str, backend: str, Wx, R, b, states0, lengths):
@@ -110,10 +111,12 @@ _flashrnn.defvjp(_fwd, _bwd)
 # ------------------------------------------------------------------------------ host sides (arrays only)
 
 
-def _forward_host(function: str, backend: str, Wx, R, b, states0, lengths) -> tuple:
-    """NumPy/CuPy arrays -> (states ``[S, B, T, N, D]``, saved ``[B, T, n_saved, N, D]``)."""
-    result = api.forward(Wx, R, b, states0, function=function, backend=backend, lengths=lengths)
-    return result.states, result.saved
+def _forward_host(function: str, backend: str, save: bool, Wx, R, b, states0, lengths) -> tuple:
+    """NumPy/CuPy arrays -> (states ``[S, B, T, N, D]``, saved ``[B, T, n_saved, N, D]``), or (states,) where
+    ``save`` is False."""
+    result = api.forward(Wx, R, b, states0, function=function, backend=backend, lengths=lengths,
+                         save_for_backward=save)
+    return (result.states, result.saved) if save else (result.states,)
 
 
 def _backward_host(function: str, backend: str, Wx, R, b, states0, lengths, states, saved, dstates) -> tuple:
@@ -125,12 +128,13 @@ def _backward_host(function: str, backend: str, Wx, R, b, states0, lengths, stat
 # ------------------------------------------------------------------------------ eager or traced dispatch
 
 
-def _forward(function: str, backend: str, Wx, R, b, states0, lengths):
+def _forward(function: str, backend: str, Wx, R, b, states0, lengths, save: bool = True):
     cell = _cell(function)
     B, T, _, N, D = Wx.shape
-    specs = (jax.ShapeDtypeStruct((cell.states, B, T, N, D), Wx.dtype),
-             jax.ShapeDtypeStruct((B, T, cell.n_saved, N, D), _saved_dtype(Wx.dtype)))
-    return _call(functools.partial(_forward_host, function, backend), specs, Wx, R, b, states0, lengths)
+    specs = (jax.ShapeDtypeStruct((cell.states, B, T, N, D), Wx.dtype),)
+    if save:
+        specs += (jax.ShapeDtypeStruct((B, T, cell.n_saved, N, D), _saved_dtype(Wx.dtype)),)
+    return _call(functools.partial(_forward_host, function, backend, save), specs, Wx, R, b, states0, lengths)
 
 
 def _backward(function: str, backend: str, Wx, R, b, states0, lengths, states, saved, dstates):

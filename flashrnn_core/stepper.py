@@ -97,9 +97,9 @@ class Stepper:
                 from .runtime import SLOT
 
                 self._R, self._b = _as(R, self.dtype), _as(b, self.dtype)
-                self._saved = xp.empty((B, 1, cell.n_saved, N, D), self.dtype)  # written each step, never read
-                self._launch = chosen.prepare_forward(problem, chosen.params(problem), SLOT, self._R, self._b,
-                                                      self._states, self._states, self._saved)
+                # The inference kernel: no saved pre-activations (nothing runs backward through a step).
+                self._launch = chosen.prepare_forward(problem, chosen.params(problem, save=False), SLOT, self._R,
+                                                      self._b, self._states, self._states, None)
             else:
                 self._R, self._b = _contiguous(R), _contiguous(b)
                 self._launch = None
@@ -122,7 +122,7 @@ class Stepper:
             self._launch(Wx_t)
         else:
             Wx = Wx_t.reshape(self._input_shapes[1])
-            states, _ = self._runner.forward(self.problem, Wx, self._R, self._b, self._states)
+            states, _ = self._runner.forward(self.problem, Wx, self._R, self._b, self._states, save=False)
             self._states[...] = states
         return self._h
 

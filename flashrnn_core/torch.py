@@ -104,13 +104,35 @@ def _forward_op(
 ) -> tuple[Tensor, Tensor]:
     """-> (states ``[S, B, T, N, D]`` in Wx's dtype, saved ``[B, T, n_saved, N, D]`` in ``_saved_dtype``).
     ``lengths``: ``[B]`` integers, on the CPU or on Wx's device, or None."""
-    with _on_torch_stream(Wx):
-        arrays = [None if a is None else to_array(a) for a in (Wx, R, b, states)]
-        result = api.forward(*arrays, function=function, backend=backend, lengths=_lengths_array(lengths))
-        out, saved = to_tensor(result.states), to_tensor(result.saved)
+    result = _run_forward(Wx, R, b, states, function, backend, lengths, save_for_backward=True)
+    out, saved = to_tensor(result.states), to_tensor(result.saved)
     # The fakes promise dense outputs; .contiguous() and .to() are no-ops unless a backend returned a strided
     # array or vanilla ran on CUDA.
     return out.contiguous(), saved.to(_saved_dtype(Wx)).contiguous()
+
+
+def _run_forward(Wx, R, b, states, function, backend, lengths, save_for_backward: bool) -> api.ForwardResult:
+    with _on_torch_stream(Wx):
+        arrays = [None if a is None else to_array(a) for a in (Wx, R, b, states)]
+        return api.forward(*arrays, function=function, backend=backend, lengths=_lengths_array(lengths),
+                           save_for_backward=save_for_backward)
+
+
+@torch.library.custom_op("flashrnn_core::forward_inference", mutates_args=())
+def _forward_inference_op(
+    Wx: Tensor, R: Tensor, b: Tensor, states: Optional[Tensor], function: str, backend: str,
+    lengths: Optional[Tensor] = None,
+) -> Tensor:
+    """-> states ``[S, B, T, N, D]`` in Wx's dtype, from the forward that saves nothing for backward (no
+    autograd: ``flashrnn`` takes it where no gradient is wanted)."""
+    result = _run_forward(Wx, R, b, states, function, backend, lengths, save_for_backward=False)
+    return to_tensor(result.states).contiguous()
+
+
+@_forward_inference_op.register_fake
+def _forward_inference_fake(Wx, R, b, states, function, backend, lengths=None):
+    B, T, _, N, D = Wx.shape
+    return Wx.new_empty((_cell(function).states, B, T, N, D))
 
 
 @_forward_op.register_fake
@@ -186,7 +208,11 @@ def flashrnn(
     args = [None if a is None else a.contiguous() for a in (Wx, R, b, states)]
     if lengths is not None and not isinstance(lengths, Tensor):
         lengths = torch.as_tensor(lengths)  # a list: validate refuses what is not integers
-    out, _ = torch.ops.flashrnn_core.forward(*args, function, backend, lengths)
+    wants_grad = torch.is_grad_enabled() and any(a is not None and a.requires_grad for a in args)
+    if wants_grad:
+        out, _ = torch.ops.flashrnn_core.forward(*args, function, backend, lengths)
+    else:  # no_grad, inference_mode or constant inputs: the forward that saves nothing for a backward
+        out = torch.ops.flashrnn_core.forward_inference(*args, function, backend, lengths)
     return out, out[:, :, -1:]
 
 

@@ -201,14 +201,16 @@ def precompile(candidates: list[FusedParams], arch: str, jobs: int) -> dict[str,
 
 def pinned(params: FusedParams):
     """A ``FusedBackend`` that runs ``params`` (a forward or a backward choice) instead of the chooser's, for
-    the kernel of its direction."""
+    the kernel of its direction (a forward choice: its training and its inference kernel)."""
     from .backends.fused import FusedBackend, launch_of
 
     launch = launch_of(params)
 
     class Pinned(FusedBackend):
-        def params(self, problem):
-            return launch if params.direction == "forward" else super().params(problem)
+        def params(self, problem, save=True):
+            if params.direction == "forward":
+                return launch_of(params, save)
+            return super().params(problem, save)
 
         def bw_params(self, problem):
             return launch if params.direction == "backward" else super().bw_params(problem)

@@ -133,6 +133,9 @@ def test_matches_vanilla(function, dtype_name, shape, poisoned):
             g = backend.backward(problem, Wx, R, b, s0, states, saved, dstates, dlast)
             stream.synchronize()
             _check(function, dtype_name, (states, saved, g), ref, what)
+        inference, nothing = backend.forward(problem, Wx, R, b, s0, save=False)  # a null saved pointer
+        assert nothing is None
+        np.testing.assert_array_equal(cupy.asnumpy(inference), cupy.asnumpy(states))
         for direction in ("fw", "bw"):
             captured, nodes = backend.captured(problem, direction)
             assert captured, f"{direction}: the step loop was not captured"

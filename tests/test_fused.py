@@ -105,6 +105,11 @@ def test_forward_matches_vanilla(function, dtype_name, shape, poisoned):
         assert err < tol, f"state {name}: relative error {err:.2e} >= {tol:g}"
     err = _rel(saved, ref.saved)
     assert err < tol, f"saved pre-activations: relative error {err:.2e} >= {tol:g}"
+    # The inference kernel (FLASHRNN_SAVE=0): the same states bit for bit, every element written (NaN-poisoned),
+    # nothing saved.
+    infer = fc.forward(*dev, function=function, backend="cuda_fused", save_for_backward=False)
+    assert infer.saved is None
+    np.testing.assert_array_equal(cupy.asnumpy(infer.states), states)
 
 
 @pytest.mark.gpu
@@ -221,6 +226,12 @@ def test_kernel_variants_are_the_solver_choices():
             spec = fused.launch_of(choice).spec
             assert spec.defines in variants, spec.label
             assert variants[spec.defines].min_sm <= max(hw.sm, spec.min_sm)
+            if direction == "forward":  # and its inference twin, the same geometry without saved outputs
+                infer = fused.launch_of(choice, save=False).spec
+                assert infer.defines == spec.defines + (("FLASHRNN_SAVE", "0"),) and infer.label.endswith(" infer")
+                assert infer.defines in variants and infer.smem_dynamic == spec.smem_dynamic
+    forwards = [s for s in variants.values() if s.entry == fused.ENTRY]
+    assert sum(s.label.endswith(" infer") for s in forwards) * 2 == len(forwards)
     assert all(s.min_sm == 90 for s in variants.values() if dict(s.defines).get("FLASHRNN_CLUSTER", "1") != "1")
     assert {s.entry for s in variants.values()} == {fused.ENTRY, fused.BW_ENTRY}
 

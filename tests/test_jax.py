@@ -137,6 +137,20 @@ def test_bfloat16_storage(callback):
             assert g.dtype == jnp.bfloat16 and rel(g.astype(jnp.float32), r) < 2e-2
 
 
+def test_primal_runs_the_inference_forward(monkeypatch, callback):
+    """Nothing differentiates a plain (or jitted) call: it runs the forward that saves nothing for a backward;
+    jax.grad runs the one that saves (and still gets the core's gradients: the tests above)."""
+    saves = []
+    real = api.forward
+    monkeypatch.setattr(api, "forward",
+                        lambda *a, **k: saves.append(k.get("save_for_backward", True)) or real(*a, **k))
+    inputs = [jnp.asarray(a) for a in make_inputs("elman", dtype=np.float32)]
+    states = jax.jit(lambda *x: fj.flashrnn(*x, function="elman")[0])(*inputs)
+    jax.grad(lambda W: fj.flashrnn(W, *inputs[1:], function="elman")[0].sum())(inputs[0])
+    assert saves == [False, True]
+    assert rel(states, fc.forward(*make_inputs("elman", dtype=np.float32), function="elman").states) == 0
+
+
 def test_eager_inputs_reach_the_core_without_copies(monkeypatch):
     """On CPU the core reads JAX's own buffers (the results come back as copies: JAX owns its buffers)."""
     seen = []

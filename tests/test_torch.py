@@ -109,6 +109,26 @@ def test_flashrnn_hands_over_without_copies(spy, dtype):
     assert last.data_ptr() == states[:, :, -1:].data_ptr()
 
 
+@pytest.mark.parametrize("mode", ["no_grad", "constants", "grad"])
+def test_inference_op_where_no_gradient_is_wanted(spy, mode):
+    """Under no_grad or on inputs that need no gradient, flashrnn runs the forward that saves nothing for a
+    backward (same states); with a leaf that needs one, the training forward."""
+    inputs = make_inputs("gru", dtype=torch.float32)
+    if mode == "grad":
+        inputs[1].requires_grad_()
+    if mode == "no_grad":
+        inputs[0].requires_grad_()
+        with torch.no_grad():
+            states, _ = ft.flashrnn(*inputs, function="gru")
+    else:
+        states, _ = ft.flashrnn(*inputs, function="gru")
+    (_, result, _), = spy
+    assert (result.saved is None) == (mode != "grad")
+    assert states.requires_grad == (mode == "grad")
+    ref = fc.forward(*[a.detach().numpy() for a in inputs], function="gru")
+    assert rel(states.detach(), torch.from_numpy(ref.states)) == 0
+
+
 # ------------------------------------------------------------------------------------ autograd
 
 
@@ -175,6 +195,8 @@ def test_opcheck_forward_and_backward_ops():
     checks = ("test_schema", "test_autograd_registration", "test_faketensor")
     torch.library.opcheck(torch.ops.flashrnn_core.forward.default, (Wx.requires_grad_(), R, b, s0, "slstm", "auto"),
                           test_utils=checks)
+    torch.library.opcheck(torch.ops.flashrnn_core.forward_inference.default, (Wx.detach(), R, b, s0, "slstm", "auto"),
+                          test_utils=("test_schema", "test_faketensor"))
     states, saved = torch.ops.flashrnn_core.forward(Wx.detach(), R, b, s0, "slstm", "auto")
     torch.library.opcheck(torch.ops.flashrnn_core.backward.default,
                           (Wx.detach(), R, b, s0, states, saved, torch.ones_like(states), "slstm", "auto"),

@@ -286,3 +286,20 @@ def test_cupy_equals_numpy(function, dtype_name, tol):
         results.append([cupy.asnumpy(a) if xp is cupy else a for a in (states, saved, *grads)])
     for name, got, ref in zip(("states", "saved", *Grads._fields), results[1], results[0]):
         assert got.dtype == ref.dtype and _rel(got, ref) < tol, f"{name}: {_rel(got, ref):.2e}"
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_inference_forward_same_states_nothing_saved(function):
+    """save_for_backward=False: the states of the training forward, bit for bit, no saved tensors, and a
+    backward that refuses the result and says how to get one it can take."""
+    import flashrnn_core as fc
+    from conftest import random_inputs
+
+    inputs = random_inputs(np.random.default_rng(7), function, B=3, T=5, N=2, D=4)
+    train = fc.forward(*inputs, function=function, backend="vanilla")
+    infer = fc.forward(*inputs, function=function, backend="vanilla", save_for_backward=False)
+    assert train.saved is not None and infer.saved is None
+    np.testing.assert_array_equal(infer.states, train.states)
+    np.testing.assert_array_equal(fc.flashrnn(*inputs, function=function, backend="vanilla")[0], train.states)
+    with pytest.raises(ValueError, match="save_for_backward=False"):
+        fc.backward(infer, dstates=np.ones_like(infer.states))

@@ -213,7 +213,7 @@ class AlternatingBackend(Backend):
 
         return [_spec(f, dt, d) for f in CELLS for dt in STORAGE_TYPES for d in ("fw", "bw")]
 
-    def forward(self, problem, Wx, R, b, states0):
+    def forward(self, problem, Wx, R, b, states0, save=True):
         import cupy
 
         cell, dtype = problem.cell, np.dtype(problem.dtype)
@@ -221,7 +221,7 @@ class AlternatingBackend(Backend):
         S, GR = cell.states, cell.gates_r
         Wx = cupy.ascontiguousarray(Wx)
         states = _empty((S, B, T, N, D), dtype)
-        saved = _empty((B, T, cell.n_saved, N, D), dtype)
+        saved = _empty((B, T, cell.n_saved, N, D), dtype) if save else None  # None: the kernel skips it
         plan = self._plan(("fw", problem.function, dtype, B, T, N, D), lambda: {
             "R": _scratch((N, GR, D, D), dtype),  # R'[n, g] = R[g, n]: one (GR*D) x D matrix a head
             "b": _scratch((cell.gates_b, N, D), np.float32),
@@ -238,7 +238,7 @@ class AlternatingBackend(Backend):
         else:
             buf["carry"][...] = states0[:, :, 0]
             buf["h"][0][...] = states0[0, :, 0]
-        self._write_table(plan, [Wx.data.ptr, states.data.ptr, saved.data.ptr, _pointer(problem.lengths)])
+        self._write_table(plan, [Wx.data.ptr, states.data.ptr, _pointer(saved), _pointer(problem.lengths)])
         self._run(plan, lambda stream: self._forward_steps(problem, plan, stream))
         return states, saved
 

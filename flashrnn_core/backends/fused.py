@@ -75,8 +75,10 @@ class Launch:
     cluster: int  # blocks per head (a thread-block cluster when > 1)
 
 
-def launch_of(choice: FusedParams) -> Launch:
-    """The launch of a solver's choice: fused_fw.cu for a forward one, fused_bw.cu for a backward one."""
+def launch_of(choice: FusedParams, save: bool = True) -> Launch:
+    """The launch of a solver's choice: fused_fw.cu for a forward one, fused_bw.cu for a backward one.
+    ``save`` False (forward only): the inference kernel, which writes the states and not the saved
+    pre-activations (FLASHRNN_SAVE=0; same geometry, so the same choice)."""
     from ..runtime import KernelSpec
 
     dtype = np.dtype(choice.dtype)
@@ -100,8 +102,12 @@ def launch_of(choice: FusedParams) -> Launch:
                  f"p{choice.prefetch_steps}")
         if choice.blocks_per_head > 1 or choice.k_split > 1:
             label += f" cluster{choice.blocks_per_head} ksplit{choice.k_split}"
+        if not save:
+            defines += (("FLASHRNN_SAVE", "0"),)
     if choice.r_ktiles_in_smem:
         label += f" rsmem{choice.r_ktiles_in_smem}"
+    if not save and choice.direction == "forward":
+        label += " infer"
     # Clusters need sm_90; so does shared memory beyond what sm_80 gives a block (a choice made for sm_90).
     sm90_only = choice.blocks_per_head > 1 or choice.smem_bytes > A100.smem_per_block_optin
     spec = KernelSpec(source=source, entry=entry, defines=defines, label=label, min_sm=90 if sm90_only else 80,
@@ -111,8 +117,9 @@ def launch_of(choice: FusedParams) -> Launch:
 
 
 def choose(function: str, dtype, B: int, N: int, D: int, hardware: Hardware | None = None,
-           device: int | None = None, direction: str = "forward") -> Launch | str:
-    """The launch (forward or backward kernel) for one shape, or why the fused kernel cannot run it.
+           device: int | None = None, direction: str = "forward", save: bool = True) -> Launch | str:
+    """The launch (forward or backward kernel) for one shape, or why the fused kernel cannot run it. ``save``
+    False: the forward's inference kernel (``launch_of``).
 
     ``hardware`` None: the GPU ``device`` (the current one by default), through the tuning cache
     (``constrint.tuning.choose_for_device``: a measured entry, else the solver's choice, stored). A preset
@@ -132,7 +139,7 @@ def choose(function: str, dtype, B: int, N: int, D: int, hardware: Hardware | No
         kernel = "fused backward kernel" if direction == "backward" else "fused kernel"
         return (f"{function} in {name} with head dimension D={D} (B={B}, N={N}) has no valid launch of the "
                 f"{kernel} on {where}: {choice.reason}")
-    return launch_of(choice)
+    return launch_of(choice, save)
 
 
 @lru_cache(maxsize=1)
@@ -149,8 +156,10 @@ def solver_variants() -> tuple[Any, ...]:
             ("forward", "backward"), VARIANT_HARDWARE, CELLS, STORAGE_TYPES, VARIANT_DIMS, VARIANT_BATCHES,
             VARIANT_HEADS):
         choice = solve_fused(hw, function, _arrays.dtype_name(dtype), B, N, D, direction=direction, explain=False)
-        if not isinstance(choice, Infeasible):
-            spec = launch_of(choice).spec
+        if isinstance(choice, Infeasible):
+            continue
+        for save in ((True, False) if direction == "forward" else (True,)):
+            spec = launch_of(choice, save).spec
             oldest[spec] = min(oldest.get(spec, hw.sm), hw.sm)
     return tuple(replace(spec, min_sm=max(spec.min_sm, sm)) for spec, sm in oldest.items())
 
@@ -184,11 +193,13 @@ class FusedBackend(Backend):
         params = self._choose(problem)
         return params if isinstance(params, str) else None
 
-    def _choose(self, problem) -> Launch | str:
-        return choose(problem.function, problem.dtype, problem.B, problem.N, problem.D, device=problem.device)
+    def _choose(self, problem, save: bool = True) -> Launch | str:
+        return choose(problem.function, problem.dtype, problem.B, problem.N, problem.D, device=problem.device,
+                      save=save)
 
-    def params(self, problem) -> Launch:
-        params = self._choose(problem)
+    def params(self, problem, save: bool = True) -> Launch:
+        """The forward's launch (``save`` False: the inference kernel); raises where it has none."""
+        params = self._choose(problem, save)
         if isinstance(params, str):
             raise ValueError(f"backend: 'cuda_fused' cannot run {problem.label()}: {params}")
         return params
@@ -196,15 +207,15 @@ class FusedBackend(Backend):
     def spec(self, problem, params: Launch):
         return params.spec
 
-    def forward(self, problem, Wx, R, b, states0):
-        params = self.params(problem)
+    def forward(self, problem, Wx, R, b, states0, save=True):
+        params = self.params(problem, save)
         cell, dtype = problem.cell, problem.dtype
         B, T, N, D = problem.B, problem.T, problem.N, problem.D
         # Parameters in another dtype than Wx are converted once here (small next to Wx): the kernel reads one
         # storage type. float32 parameters for 16-bit Wx round to what the tensor cores would take anyway.
         Wx, R, b, states0 = (_as(a, dtype) for a in (Wx, R, b, states0))
         states = _empty((cell.states, B, T, N, D), dtype)
-        saved = _empty((B, T, cell.n_saved, N, D), dtype)
+        saved = _empty((B, T, cell.n_saved, N, D), dtype) if save else None  # None: a null pointer, never written
         self.prepare_forward(problem, params, Wx, R, b, states0, states, saved)()
         return states, saved
 

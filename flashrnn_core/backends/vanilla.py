@@ -55,22 +55,25 @@ class VanillaBackend(Backend):
     def kernel_variants(self) -> list:
         return []
 
-    def forward(self, problem: Any, Wx: Array, R: Array, b: Array, states0: Array | None) -> tuple[Array, Array]:
-        """-> ``(states [S, B, T, N, D]`` in Wx's dtype, ``saved [B, T, n_saved, N, D]`` in the compute dtype)."""
+    def forward(self, problem: Any, Wx: Array, R: Array, b: Array, states0: Array | None,
+                save: bool = True) -> tuple[Array, Array | None]:
+        """-> ``(states [S, B, T, N, D]`` in Wx's dtype, ``saved [B, T, n_saved, N, D]`` in the compute dtype, or
+        None where ``save`` is False)."""
         xp, cell = problem.xp, problem.cell
         cdt = _arrays.compute_dtype(Wx.dtype)
         R, b = R.astype(cdt), b.astype(cdt)[:, None]  # b: [Gb, 1, N, D], broadcast over batch
         s = _initial(xp, problem, states0, cdt)
         B, T, N, D = problem.B, problem.T, problem.N, problem.D
         states = xp.empty((cell.states, B, T, N, D), cdt)
-        saved = xp.empty((B, T, cell.n_saved, N, D), cdt)
+        saved = xp.empty((B, T, cell.n_saved, N, D), cdt) if save else None
         for t in range(T):
             x = xp.moveaxis(Wx[:, t], 1, 0).astype(cdt)  # [Gw, B, N, D]
             s_new, saved_t = cell.step_forward(xp, x, _step_rs(xp, R, s[0]), b, s)
             running = _running(xp, problem, t)
             s = s_new if running is None else xp.where(running, s_new, s)
             states[:, :, t] = s
-            saved[:, t] = xp.moveaxis(saved_t, 0, 1)
+            if save:
+                saved[:, t] = xp.moveaxis(saved_t, 0, 1)
         return states.astype(Wx.dtype, copy=False), saved
 
     def backward(
