@@ -9,6 +9,8 @@ knobs (extra -D defines on the same variant), and the forward's step cut into ph
         --variant base= --variant block=FLASHRNN_WARP_SENDS=0
     python bench/phase_clocks.py --cell gru --heads 12 --head-dim 64 \\
         --variant base= --variant unpaired=FLASHRNN_PAIRED_DIMS=0
+    python bench/phase_clocks.py --cell lstm --heads 12 --head-dim 64 --batch 256 \\
+        --variant base= --variant no_trade=FLASHRNN_TRADE_CELLS=0 --variant inference=FLASHRNN_SAVE=0
 
 A variant is ``name=DEFINE[,DEFINE=value...]`` (empty: the kernel as built). Each is timed (CUDA events, median of
 --runs after a warm-up, ../shared/BENCH.md's protocol) and its output (states; dWx for the backward) compared bit

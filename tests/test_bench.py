@@ -282,10 +282,10 @@ def test_sanitizer_driver_maps_every_variant_to_a_problem(capsys):
 
 def test_phase_clock_knobs_change_only_their_direction_and_compile():
     """bench/phase_clocks.py's variants: the defines go on the chosen direction's kernel only, and the measurement
-    knobs it names (fused_fw.cu's clock64 phases, ablations, block sends and unpaired dims; fused_bw.cu's late copies)
-    still compile, spill-free, for sm_90 on cluster kernels (where the exchange and the copies' order exist) and, for
-    the unpaired dims (FLASHRNN_PAIRED_DIMS=0), on the one-block and cluster kernels of the two-dims-a-lane cells
-    (gru, elman) in every dtype."""
+    knobs it names (fused_fw.cu's clock64 phases, ablations, block sends, unpaired dims and trading lanes;
+    fused_bw.cu's late copies) still compile, spill-free, for sm_90 on cluster kernels (where the exchange and the
+    copies' order exist), for the unpaired dims (FLASHRNN_PAIRED_DIMS=0) on the one-block and cluster kernels of
+    the two-dims-a-lane cells (gru, elman) in every dtype, and for trading lanes forced on and off."""
     fused = sanitize_fused.load_fused()
     if fused is None:
         pytest.skip("cuda_fused is not importable here")
@@ -308,7 +308,11 @@ def test_phase_clock_knobs_change_only_their_direction_and_compile():
     unpaired_specs = [unpaired(fused.choose(cell, dtype, 16, N, D, hardware=H100).choice).spec
                     for cell, dtype, N, D in (("gru", "bfloat16", 12, 64), ("gru", "float32", 12, 64),
                                               ("elman", "float16", 12, 64), ("gru", "bfloat16", 3, 256))]
-    for spec in (forward_knobs(fw).spec, late, block_sends, *unpaired_specs):
+    # Lanes trading a column (Tile::TRADE) forced on where the rule leaves it off (2 warps) and off where it is on.
+    trade = [phase_clocks.with_defines((("FLASHRNN_TRADE_CELLS", on),), "forward")(
+        fused.choose("lstm", dtype, B, 12, D, hardware=H100).choice).spec
+        for on, dtype, B, D in (("1", "bfloat16", 16, 16), ("1", "float32", 16, 16), ("0", "bfloat16", 256, 64))]
+    for spec in (forward_knobs(fw).spec, late, block_sends, *unpaired_specs, *trade):
         resources = compile_spec(spec, "sm_90", use_cache=False).resources
         assert resources is not None and resources.spill_stores == 0, spec.label
 
