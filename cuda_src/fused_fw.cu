@@ -219,7 +219,12 @@ template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_, int R
     static constexpr int OROW = DB + 16 / int(sizeof(T));
     static constexpr int OROWS = (S + NSAVED) * BT;
     // An inference forward (FLASHRNN_SAVE=0: nothing will run backward) writes the states only: the saved rows of
-    // the staging buffer stay allocated (the solver's shared memory is the same either way) but unused.
+    // the staging buffer stay allocated (the solver's shared memory is the same either way) but unused. Expected:
+    // where bandwidth binds (lstm 12x64 B=256: Wx 1.61 GB + states 0.81 + saved 1.61 a call, 3.3 TB/s) up to the
+    // 40% of the bytes it drops; at B=16 the saved values' staging stores (4 of 7 a cell for lstm) off a step that
+    // issue binds in part. Measured (H200 bf16 T=1024, bench/phase_clocks.py, states bitwise equal): lstm B=256
+    // 1.228 -> 0.875 ms (-29%), B=64 0.446 -> 0.360, 12x64 0.387 -> 0.361, 48x16 0.264 -> 0.209, 3x256 0.691 ->
+    // 0.625, 1x768 2.338 -> 2.300; slstm 12x64 0.421 -> 0.390, 48x16 0.299 -> 0.251; gru B=256 1.032 -> 0.736.
 #if defined(FLASHRNN_SAVE) && !FLASHRNN_SAVE
     static constexpr int NSAVED_OUT = 0;
 #else
