@@ -204,16 +204,14 @@ def pinned(params: FusedParams):
     the kernel of its direction (a forward choice: its training and its inference kernel)."""
     from .backends.fused import FusedBackend, launch_of
 
-    launch = launch_of(params)
+    launches = {save: launch_of(params, save) for save in (True, False)}  # (a backward's: the same kernel)
 
     class Pinned(FusedBackend):
         def params(self, problem, save=True):
-            if params.direction == "forward":
-                return launch_of(params, save)
-            return super().params(problem, save)
+            return launches[save] if params.direction == "forward" else super().params(problem, save)
 
         def bw_params(self, problem):
-            return launch if params.direction == "backward" else super().bw_params(problem)
+            return launches[True] if params.direction == "backward" else super().bw_params(problem)
 
     return Pinned()
 
