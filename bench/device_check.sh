@@ -19,6 +19,8 @@
 #   PHASE_ARGS="--cell lstm --variant base= --variant no_exchange=FLASHRNN_ABLATE_EXCHANGE;..." (stage "phases": a step's
 #     phases by clock64 and measurement knobs, bench/phase_clocks.py; ';' separates problems, printed at the end)
 #   PRECOMPILE_MATCH="slstm" (precompile only the variants whose label has these words: compile --match)
+#   TUNE_ARGS="--cell lstm --N 48 --D 16 --direction forward --distinct --top-k 4;..." (stage "tune": the solver's
+#     candidates measured, python -m flashrnn_core.tune --no-store; ';' separates runs, tables printed at the end)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/device_out}; mkdir -p "$OUT/notes"
@@ -94,6 +96,12 @@ job_sweep() {   # ConstrINT against reality (issue 7): every feasible configurat
     note "$1" "sweep" "exit $? : $(tail -n 1 "$OUT/sweep.log")"
 }
 
+job_tune() {   # <n> <set>: python -m flashrnn_core.tune on some shapes (TUNE_ARGS: ';' separates runs)
+    local args log="$OUT/tune_$2.log"; IFS=';' read -ra args <<<"${TUNE_ARGS:-}"
+    timeout "$(clamp 300)" python -m flashrnn_core.tune --no-store --jobs "$(nproc)" ${args[$2]} >"$log" 2>&1
+    note "$1" "tune ${args[$2]:0:60}" "exit $?"
+}
+
 job_phases() {   # <n> <set>: bench/phase_clocks.py on one problem (PHASE_ARGS: ';' separates problems)
     local args log="$OUT/phases_$2.log"; IFS=';' read -ra args <<<"${PHASE_ARGS:-}"
     timeout "$(clamp 240)" python bench/phase_clocks.py ${args[$2]} >"$log" 2>&1
@@ -127,6 +135,10 @@ fi
 if [[ " $STAGES " == *" phases "* ]]; then
     IFS=';' read -ra sets <<<"${PHASE_ARGS:-}"
     for (( i = 0; i < ${#sets[@]}; i++ )); do enqueue job_phases "$i"; done
+fi
+if [[ " $STAGES " == *" tune "* ]]; then
+    IFS=';' read -ra sets <<<"${TUNE_ARGS:-}"
+    for (( i = 0; i < ${#sets[@]}; i++ )); do enqueue job_tune "$i"; done
 fi
 
 next_job() {   # pop the queue's first line (lanes share the queue; flock serialises them)
@@ -178,4 +190,5 @@ fi
 summary=$(cat "$OUT"/notes/* 2>/dev/null)
 (cd "$OUT" && rm -rf notes queue queue.lock && tar czf logs.tar.gz --remove-files -- *.log)
 [[ " $STAGES " == *" phases "* ]] && tar xzf "$OUT/logs.tar.gz" -O --wildcards 'phases_*.log' 2>/dev/null
+[[ " $STAGES " == *" tune "* ]] && tar xzf "$OUT/logs.tar.gz" -O --wildcards 'tune_*.log' 2>/dev/null
 echo; echo "== device_check summary ($LANES lanes, ${SECONDS}s) =="; echo "$summary"

@@ -42,20 +42,23 @@ MIN_PREFETCH = 2  # rows the fit's error is over
 
 
 def key(values: dict) -> tuple:
-    return values["cluster"], values["ksplit"], values["nbt"], values["prefetch"]
+    return values["cluster"], values["ksplit"], values.get("wholek", 0), values["nbt"], values["prefetch"]
 
 
-def load(path: Path, hw) -> list[dict]:
-    """Per forward shape: its problem, and every feasible configuration's solver values with the measured cycles
-    a step (None where the sweep did not measure it)."""
-    sweep = json.loads(Path(path).read_text())
+def load(paths: list[Path], hw) -> list[dict]:
+    """Per forward shape (of all the sweeps; a shape in two keeps the later file's): its problem, and every feasible
+    configuration's solver values with the measured cycles a step (None where the sweep did not measure it)."""
+    found = {}
+    for path in paths:
+        for s in json.loads(Path(path).read_text())["shapes"]:
+            found[s["label"]] = s
     shapes = []
-    for s in sweep["shapes"]:
+    for s in found.values():
         sh = s["shape"]
         if sh["direction"] != "forward" or s["infeasible"]:
             continue
-        measured = {(r["params"]["blocks_per_head"], r["params"]["k_split"], r["params"]["batch_ntiles"],
-                     r["params"]["prefetch_steps"]): r["ms"] * 1e3 / sh["T"] * hw.clock_mhz
+        measured = {(r["params"]["blocks_per_head"], r["params"]["k_split"], int(r["params"].get("whole_k", False)),
+                     r["params"]["batch_ntiles"], r["params"]["prefetch_steps"]): r["ms"] * 1e3 / sh["T"] * hw.clock_mhz
                     for r in s["rows"] if r.get("ms")}
         fp = build_fused(hw, sh["function"], sh["dtype"], sh["B"], sh["N"], sh["D"])
         configs = [(dict(v), measured.get(key(v))) for v in fp.problem.solutions()]
@@ -97,7 +100,7 @@ def targets(shapes: list[dict], slack: float) -> None:
     for s in shapes:
         measured = {key(v): c for v, c in s["configs"] if c}
         ok = {k: c for k, c in measured.items()
-              if all(c2 <= (1 + slack) * c for k2, c2 in measured.items() if k2[:3] == k[:3] and k2[3] > k[3])}
+              if all(c2 <= (1 + slack) * c for k2, c2 in measured.items() if k2[:-1] == k[:-1] and k2[-1] > k[-1])}
         best = min(ok.values())
         s["good"] = {k for k, c in ok.items() if c <= (1 + slack) * best}
 
@@ -151,18 +154,22 @@ def report(model: KernelModel, shapes: list[dict], hw, title: str) -> None:
     for s in shapes:
         sh = s["shape"]
         p = solve_fused(hw, sh["function"], sh["dtype"], sh["B"], sh["N"], sh["D"], model=model)
-        cfg = (p.blocks_per_head, p.k_split, p.batch_ntiles, p.prefetch_steps)
+        cfg = (p.blocks_per_head, p.k_split, int(p.whole_k), p.batch_ntiles, p.prefetch_steps)
         measured = {key(v): c / hw.clock_mhz * sh["T"] / 1e3 for v, c in s["configs"] if c}  # ms
         best = min(measured, key=measured.get)
-        name = "cl{} ks{} bt{} pf{}".format
-        print(f"  {s['label']:34s} solver {name(cfg[0], cfg[1], 8 * cfg[2], cfg[3]):16s} {measured[cfg]:.3f} ms, "
-              f"best {name(best[0], best[1], 8 * best[2], best[3]):16s} {measured[best]:.3f} ms: "
-              f"ratio {measured[cfg] / measured[best]:.3f}")
+
+        def name(k):
+            return f"cl{k[0]} ks{k[1]}{'w' if k[2] else ''} bt{8 * k[3]} pf{k[4]}"
+
+        got = f"{measured[cfg]:.3f} ms" if cfg in measured else "not measured"
+        ratio = f"{measured[cfg] / measured[best]:.3f}" if cfg in measured else "-"
+        print(f"  {s['label']:34s} solver {name(cfg):17s} {got}, best {name(best):17s} {measured[best]:.3f} ms: "
+              f"ratio {ratio}")
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("sweep", nargs="?", default=str(SWEEP))
+    ap.add_argument("sweep", nargs="*", default=[str(SWEEP)], help="sweep JSON files (their shapes together)")
     ap.add_argument("--hardware", default="H200", help="the preset the sweep's GPU is modelled by")
     ap.add_argument("--fit", action="store_true")
     ap.add_argument("--slack", type=float, default=0.03, help="a good choice: measured within this of the best")
@@ -170,7 +177,7 @@ def main(argv=None) -> int:
     ap.add_argument("--margin", type=float, default=0.01, help="a good choice's estimate below the rest, relative")
     args = ap.parse_args(argv)
     hw = preset(args.hardware)
-    shapes = load(Path(args.sweep), hw)
+    shapes = load([Path(p) for p in args.sweep], hw)
     report(DEFAULT_MODEL, shapes, hw, "current model")
     if args.fit:
         targets(shapes, args.slack)

@@ -116,9 +116,9 @@ template <class Op, int SPLIT> __device__ __forceinline__ void split(float v, Op
 
 // Compile-time geometry of one variant. backends/fused.py mirrors THREADS and SMEM_BYTES (keep them equal).
 // CL blocks (a cluster) share one head: block `rank` owns the DB = D/CL output dims [rank*DB, (rank+1)*DB) and
-// all of K; KS warps split K for the same rows (their partial sums meet in shared memory). Of a warp's KTW
-// k-tiles of R, the last RS live in shared memory instead of registers (heads whose R does not fit the
-// registers of the blocks, up to 16, that can share it: 1x768).
+// all of K; KS warps split K for the same rows (their partial sums meet in shared memory; or, WHOLE_K, each runs
+// all of K and they split the batch columns only). Of a warp's KTW k-tiles of R, the last RS live in shared memory
+// instead of registers (heads whose R does not fit the registers of the blocks, up to 16, that can share it: 1x768).
 template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_, int RS_> struct Tile {
     using Op = typename OperandOf<T>::Op;
     static constexpr int SPLIT = OperandOf<T>::SPLIT;
@@ -153,7 +153,22 @@ template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_, int R
     }
     static constexpr int DB = D / CL;                       // output dims of one block
     static constexpr int WARPS_D = DB / DW, WARPS = WARPS_D * KS, THREADS = 32 * WARPS;
-    static constexpr int KT = D / 16, KTW = KT / KS;        // k-tiles of the head, of one warp
+    // FLASHRNN_WHOLE_K=1 (a geometry the solver chooses, FusedParams.whole_k): the KS = 2 warps of a row set each
+    // run the whole K (the same mma twice) and still finish one of the lane's two batch columns each, so there are
+    // no partial sums to exchange, and each warp has half the cells, copies and stores of a KS = 1 warp. For heads
+    // whose K is too short to split (D = 16: one k-tile) or whose partial-sum exchange costs more than the k-tiles
+    // it saves a warp. Expected before measuring (lstm 48x16, 2 -> 4 warps a block, one a scheduler; phase clocks
+    // at e5fcc70: mma 74, x + copies 175, cells 169, loop 78 of 532 cycles a step): the cells and the copies' issue
+    // halve, the mma stay, ~-30% a step (0.261 -> ~0.19 ms); slstm 48x16, whose cells are longer, a little more.
+#ifdef FLASHRNN_WHOLE_K
+    static constexpr bool WHOLE_K = KS_ > 1 && FLASHRNN_WHOLE_K;
+#else
+    static constexpr bool WHOLE_K = false;
+#endif
+    static constexpr int KT = D / 16, KTW = WHOLE_K ? KT : KT / KS;  // k-tiles of the head, of one warp
+    static constexpr bool PARTIALS = KS > 1 && !WHOLE_K;    // split-K partial sums meet in shared memory
+    // The first k-tile of warp ks (of the KS that share a row set).
+    __device__ __forceinline__ static constexpr int kt0_of(int ks) { return WHOLE_K ? 0 : ks * KTW; }
     static constexpr int RS = RS_, KTR = KTW - RS_;         // ... of those in shared memory, in registers
     static constexpr int OWN = 2 / KS;                      // batch columns c (of 2 per lane) a warp finishes
     // Where U = 1 (and each lane finishes both of its batch columns, KS = 1), the mma leaves a lane one dim g in two
@@ -213,7 +228,7 @@ template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_, int R
     static constexpr int XCHUNKS = BT * GW * DB / CH;
     static constexpr int H_ELEMS = SPLIT * BT * HROW;       // one h buffer (all D columns)
     static constexpr int X_ELEMS = BT * XROW;               // one Wx stage (this block's columns)
-    static constexpr int PART_FLOATS = KS > 1 ? KS * WARPS_D * MT * NBT * 4 * 32 : 0;
+    static constexpr int PART_FLOATS = PARTIALS ? KS * WARPS_D * MT * NBT * 4 * 32 : 0;
     // Outputs of one step (S states, then NSAVED pre-activations per batch row), staged in shared memory and
     // written to global memory the next step as whole 16-byte pieces of rows (two buffers, alternating).
     static constexpr int OROW = DB + 16 / int(sizeof(T));
@@ -244,7 +259,7 @@ template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_, int R
     // Bytes of h one block receives from the others per step.
     static constexpr unsigned RECV_BYTES = unsigned((CL - 1) * SPLIT * BT * DB * int(sizeof(Op)));
     static_assert(D % 16 == 0 && D % CL == 0 && DB % DW == 0, "D must be a multiple of 16 (and of CL*DW)");
-    static_assert(KT % KS == 0 && (KS == 1 || KS == 2), "split-K over 1 or 2 warps");
+    static_assert((WHOLE_K || KT % KS == 0) && (KS == 1 || KS == 2), "split-K over 1 or 2 warps");
     static_assert(CL == 1 || (DB * int(sizeof(Op))) % 16 == 0, "a block's h columns move in 16-byte pieces");
     static_assert(THREADS <= 1024, "head too large for one block");
     static_assert(P >= 1, "prefetch depth");
@@ -609,7 +624,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
 
     RRegs<K> a;
     const unsigned r_lane = keep<K::KEEP>(rsm + unsigned((warp * K::SPLIT * K::MT * K::RS * 32 + lane) * 16));
-    load_r<K>(a, r_lane, R, n, N, d0 + dloc, ks * K::KTW, g, c4);
+    load_r<K>(a, r_lane, R, n, N, d0 + dloc, K::kt0_of(ks), g, c4);
 
     // h_{-1}: every block holds all D columns of it.
     for (int i = threadIdx.x; i < K::BT * D; i += K::THREADS) {
@@ -671,8 +686,8 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
     else __syncthreads();
 
     // Loop-invariant shared-memory addresses of this lane's h rows (the critical path starts with them).
-    const unsigned hrow0 = keep<K::KEEP>(ldmatrix_row<K>(hbuf, ks * K::KTW, lane));
-    const unsigned hrow1 = keep<K::KEEP>(ldmatrix_row<K>(hbuf + K::H_ELEMS, ks * K::KTW, lane));
+    const unsigned hrow0 = keep<K::KEEP>(ldmatrix_row<K>(hbuf, K::kt0_of(ks), lane));
+    const unsigned hrow1 = keep<K::KEEP>(ldmatrix_row<K>(hbuf + K::H_ELEMS, K::kt0_of(ks), lane));
     // ... and of this lane's cells, in buffer 0: the first cell's h (every block holds all D columns), Wx in
     // stage 0, staged states and staged saved values. A cell (u, nb, cc) adds a compile-time offset (cell_row),
     // a step the buffer's offset.
@@ -745,7 +760,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
                     for (int cc = 0; cc < K::COWN; ++cc) read_x(u, nb, cc);
         }
         if constexpr (!K::EARLY_COPIES) copies(t);  // one block: while the mma run
-        if constexpr (KS > 1) {
+        if constexpr (K::PARTIALS) {
             put_partials<K>(part_mine, acc, ks);
             __syncthreads();
         }
@@ -773,7 +788,8 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
                             rs[gate] = acc[m][nb][i0 + (K::TRADE ? u : cc)];  // (TRADE: cell u in column u)
                         } else {
                             rs[gate] = c ? acc[m][nb][i0 + 1] : acc[m][nb][i0];
-                            rs[gate] += ld_shared_f<float>(part_partner + partial_offset<K>(m, nb, i0));
+                            if constexpr (K::PARTIALS)
+                                rs[gate] += ld_shared_f<float>(part_partner + partial_offset<K>(m, nb, i0));
                         }
                     }
 #ifdef FLASHRNN_ABLATE_CELL  // measurement knob: a trivial cell (wrong results), to time the rest
@@ -866,6 +882,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
 //   FLASHRNN_PREFETCH  steps of Wx in flight ahead of the one computed
 //   FLASHRNN_CLUSTER   blocks per head (a thread-block cluster on sm_90 when > 1)
 //   FLASHRNN_KSPLIT    warps that split K for the same rows (1 or 2)
+//   FLASHRNN_WHOLE_K   1: those KSPLIT warps each run the whole K instead, and split the batch columns only
 //   FLASHRNN_R_SMEM    of a warp's k-tiles of R, how many live in shared memory (the last ones; 0: none)
 // Launch: grid (N * CLUSTER, ceil(B / (8*NBT))), cluster (CLUSTER, 1, 1), block Tile::THREADS, dynamic shared
 // memory Tile::SMEM_BYTES. lengths: [B] int32 with 1 <= lengths[b] <= T, or null (every sequence runs T steps);

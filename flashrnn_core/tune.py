@@ -85,7 +85,7 @@ class Tuned:
 def config_label(p: FusedParams) -> str:
     """The choices that make a configuration, short: blocks per head, k split, batch tile, prefetch, R's k-tiles
     in shared memory where any (and for the backward whether dR is summed in the kernel)."""
-    label = f"cl{p.blocks_per_head} ks{p.k_split} bt{p.batch_tile} pf{p.prefetch_steps}"
+    label = f"cl{p.blocks_per_head} ks{p.k_split}{'w' if p.whole_k else ''} bt{p.batch_tile} pf{p.prefetch_steps}"
     label += f" rs{p.r_ktiles_in_smem}" if p.r_ktiles_in_smem else ""
     return label + (f" dr{int(p.fused_dr)}" if p.direction == "backward" else "")
 
@@ -101,10 +101,24 @@ def measure_all(shape: Shape, candidates: list[FusedParams], timer: Timer) -> Tu
     return tuned
 
 
-def candidates(hardware: Hardware, shape: Shape, k: int) -> list[FusedParams] | str:
-    """The solver's ``k`` best configurations for ``shape`` on ``hardware`` (its choice first), or why none."""
-    found = top_k(hardware, shape.function, shape.dtype, shape.B, shape.N, shape.D, k, direction=shape.direction)
-    return found.reason if isinstance(found, Infeasible) else found
+def geometry_key(p: FusedParams) -> tuple:
+    """What a configuration is apart from its prefetch depth."""
+    return (p.blocks_per_head, p.k_split, p.whole_k, p.batch_ntiles, p.r_ktiles_in_smem, p.fused_dr, p.scatter,
+            p.warps_per_block)
+
+
+def candidates(hardware: Hardware, shape: Shape, k: int, distinct: bool = False) -> list[FusedParams] | str:
+    """The solver's ``k`` best configurations for ``shape`` on ``hardware`` (its choice first), or why none;
+    ``distinct``: the ``k`` best geometries instead, each at its best-estimated prefetch depth (the model tells
+    prefetch depths apart least; a geometry's first one is the solver's pick for it)."""
+    found = top_k(hardware, shape.function, shape.dtype, shape.B, shape.N, shape.D, 8 * k if distinct else k,
+                  direction=shape.direction)
+    if isinstance(found, Infeasible):
+        return found.reason
+    if distinct:
+        found = list({geometry_key(p): p for p in reversed(found)}.values())[::-1]
+        found = sorted(found, key=lambda p: p.step_cycles)[:k]
+    return found
 
 
 def store_best(hardware: Hardware, tuned: Tuned) -> object:
@@ -179,6 +193,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--direction", type=_directions, default=["forward", "backward"],
                    help="kernels tuned: forward, backward or both, comma-separated (both)")
     p.add_argument("--top-k", type=int, default=8, help="candidates per shape (8)")
+    p.add_argument("--distinct", action="store_true",
+                   help="the top-k geometries (cluster, k split, batch tile, ...), each at its best prefetch depth")
     p.add_argument("--runs", type=int, default=20, help="timed runs per candidate, median taken (20)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compiler processes (all cores)")
     p.add_argument("--no-store", action="store_true", help="measure and print, do not write the tuning cache")
@@ -265,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     hw = current()
     print(f"tuning on {hw.name} ({hw.arch}, {hw.sm_count} SMs)", flush=True)
     for shape in parse_shapes(args):
-        found = candidates(hw, shape, args.top_k)
+        found = candidates(hw, shape, args.top_k, args.distinct)
         if isinstance(found, str):
             print("\n".join(table(Tuned(shape, infeasible=found))))
             continue

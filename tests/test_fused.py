@@ -113,6 +113,56 @@ def test_forward_matches_vanilla(function, dtype_name, shape, poisoned):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("D", [16, 64])
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("function", list(CELLS))
+def test_every_forward_geometry_matches_vanilla(function, dtype_name, D, poisoned):
+    """The solver picks one configuration a shape, but another GPU or ``python -m flashrnn_core.tune`` may pick any
+    it admits: every geometry (cluster, k split or whole-K warps, batch tile; at its deepest prefetch) of a small
+    head matches vanilla, and its inference twin gives the same states bit for bit. D = 16 has one k-tile (whole-K
+    warps or none), D = 64 both kinds of k_split = 2 warps."""
+    import os
+
+    import cupy
+
+    from flashrnn_core.compile import run_jobs
+    from flashrnn_core.constrint.hardware import current
+    from flashrnn_core.constrint.problems import all_feasible
+    from flashrnn_core.runtime import device_arch
+    from flashrnn_core.tune import geometry_key, pinned
+
+    B, T, N = 9, 7, 2
+    if dtype_name == "float32" and D == 64:
+        D = 32  # (float32 D = 64 heads hold R in registers only on a few geometries)
+    dtype = DTYPES[dtype_name]
+    configs = list({geometry_key(c): c for c in reversed(all_feasible(current(), function, dtype_name, B, N, D))}
+                   .values())
+    assert any(c.whole_k for c in configs) and any(not c.whole_k for c in configs)
+    launches = [fused.launch_of(c, save) for c in configs for save in (True, False)]
+    failed = [o for o in run_jobs([(launch.spec, device_arch()) for launch in launches], os.cpu_count() or 1)
+              if o.error]
+    assert not failed, failed[0].error
+    rng = np.random.default_rng(zlib.crc32(repr((function, dtype_name, D, "every geometry")).encode()))
+    host = _inputs(rng, function, dtype, B, T, N, D, True)
+    dev = [cupy.asarray(a) for a in host]
+    problem = validate(*dev, function=function)
+    ref = fc.forward(*[a.astype(np.float64) for a in host], function=function, backend="vanilla")
+    tol = TOL[dtype_name]
+    for config in configs:
+        label = fused.launch_of(config).spec.label
+        backend = pinned(config)
+        states, saved = (cupy.asnumpy(a) for a in backend.forward(problem, *dev))
+        for s, name in enumerate(CELLS[function].state_names):
+            err = _rel(states[s], ref.states[s])
+            assert err < tol, f"{label}: state {name}: relative error {err:.2e} >= {tol:g}"
+        err = _rel(saved, ref.saved)
+        assert err < tol, f"{label}: saved: relative error {err:.2e} >= {tol:g}"
+        infer, none = backend.forward(problem, *dev, save=False)
+        assert none is None
+        np.testing.assert_array_equal(cupy.asnumpy(infer), states, err_msg=label)
+
+
+@pytest.mark.gpu
 def test_auto_picks_fused_and_falls_back():
     import cupy
 

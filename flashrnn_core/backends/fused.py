@@ -101,7 +101,7 @@ def launch_of(choice: FusedParams, save: bool = True) -> Launch:
         label = (f"{choice.function} cuda_fused fw {choice.dtype} D{choice.D} nbt{choice.batch_ntiles} "
                  f"p{choice.prefetch_steps}")
         if choice.blocks_per_head > 1 or choice.k_split > 1:
-            label += f" cluster{choice.blocks_per_head} ksplit{choice.k_split}"
+            label += f" cluster{choice.blocks_per_head} ksplit{choice.k_split}" + (" wholek" if choice.whole_k else "")
         if not save:
             defines += (("FLASHRNN_SAVE", "0"),)
     if choice.r_ktiles_in_smem:

@@ -74,6 +74,9 @@ class KernelModel:
     # -- what the kernel implements (a variable's domain, or a feature switched off)
     clusters: tuple[int, ...] = (1, 2, 4, 8, 16)
     ksplits: tuple[int, ...] = (1, 2)
+    #: fused_fw.cu Tile::WHOLE_K: the k_split = 2 warps of a row set may each run the whole K (the mma twice, no
+    #: partial sums) and split the batch columns only. (0,): the K-split kernel only.
+    whole_k: tuple[int, ...] = (0, 1)
     max_nbt: int = 4  # widest batch tile, in n-tiles of 8: fused_fw.cu gives each of the tile's rows a lane (<= 32)
     #: Prefetch depths offered: powers of two (issue 5 measured 1 step ahead at 0.60 us a step, 2 at 0.33, 3 at
     #: 0.29, flat from there for lstm), so that the kernels the solver can pick stay few enough for CI to
@@ -432,6 +435,9 @@ class FusedParams:
     #: holding ``dims_per_warp`` dims' rows of R^T against the block's gate columns, ``ktiles_per_warp`` tiles of
     #: which ``r_ktiles_in_smem`` live in shared memory
     scatter: bool = False
+    #: forward: the ``k_split`` = 2 warps each run the whole K and split the batch columns only (fused_fw.cu
+    #: Tile::WHOLE_K; ``ktiles_per_warp`` is then all of K's)
+    whole_k: bool = False
 
     def template_args(self) -> dict[str, int]:
         """The -D parameters of cuda_src/fused_fw.cu (or fused_bw.cu for a backward choice) as it stands
@@ -447,9 +453,10 @@ class FusedParams:
                     "FLASHRNN_STORE_DRS": int(self.stores_drs), "FLASHRNN_FUSED_DR": int(self.fused_dr),
                     "FLASHRNN_CLUSTER": self.blocks_per_head, "FLASHRNN_R_SMEM": self.r_ktiles_in_smem,
                     "FLASHRNN_THREADS": self.threads_per_block, "FLASHRNN_SMEM_BYTES": self.smem_bytes}
+        # (FLASHRNN_WHOLE_K only where set: the other kernels keep the defines, and so the cache keys, they had)
         return {"FLASHRNN_D": self.D, "FLASHRNN_NBT": self.batch_ntiles, "FLASHRNN_PREFETCH": self.prefetch_steps,
                 "FLASHRNN_CLUSTER": self.blocks_per_head, "FLASHRNN_KSPLIT": self.k_split,
-                "FLASHRNN_R_SMEM": self.r_ktiles_in_smem,
+                **({"FLASHRNN_WHOLE_K": 1} if self.whole_k else {}), "FLASHRNN_R_SMEM": self.r_ktiles_in_smem,
                 "FLASHRNN_THREADS": self.threads_per_block, "FLASHRNN_SMEM_BYTES": self.smem_bytes}
 
     @property
@@ -476,7 +483,7 @@ class FusedParams:
             f"grid of {self.blocks_per_head}" if self.sync == "grid" else "one block")
         return (f"{self.function} {self.dtype} {self.direction} B={self.B} N={self.N} D={self.D} on {self.hardware}: "
                 f"{where} per head, {self.batch_tile} sequences x {self.threads_per_block} threads "
-                f"(k_split {self.k_split}), prefetch {self.prefetch_steps}, R in smem {self.r_ktiles_in_smem}/"
+                f"(k_split {self.k_split}{', whole K' if self.whole_k else ''}), prefetch {self.prefetch_steps}, R in smem {self.r_ktiles_in_smem}/"
                 f"{self.ktiles_per_warp} k-tiles, {self.smem_bytes} B smem, ~{self.registers_estimate} regs "
                 f"(cap {self.register_cap}), grid {self.grid}, {self.waves} wave(s), ~{self.step_cycles:.0f} "
                 f"cycles ({self.step_us:.3f} us) a step")
@@ -517,6 +524,7 @@ def build_fused(hw: Hardware, function: str, dtype, B: int, N: int, D: int, dire
         "cluster": p.var("cluster", model.clusters),
         "warps_d": p.var("warps_d", range(1, hw.max_threads_per_block // hw.warp_size + 1), priority=-1),
         "ksplit": p.var("ksplit", model.ksplits),
+        "wholek": p.var("wholek", model.whole_k, priority=-1),
         "ktw": p.var("ktw", range(1, kt + 1), priority=-1),
         "own": p.var("own", (1, 2), priority=-1),
         "nbt": p.var("nbt", range(1, max(1, min(model.max_nbt, math.ceil(B / MMA_N))) + 1)),
@@ -541,7 +549,7 @@ def build_fused(hw: Hardware, function: str, dtype, B: int, N: int, D: int, dire
 
 def _resources(geo: Geometry, m: KernelModel, v: dict[str, Var]) -> tuple[Expr, Expr]:
     """(registers per thread, shared-memory bytes per block) as polynomials of the variables."""
-    warps_d, ksplit, ktw = v["warps_d"], v["ksplit"], v["ktw"]
+    warps_d, ksplit, ktw, wholek = v["warps_d"], v["ksplit"], v["ktw"], v["wholek"]
     own, nbt, prefetch, r_smem, late_x, clustered, r_shared = (
         v[k] for k in ("own", "nbt", "prefetch", "r_smem_kt", "late_x", "clustered", "r_shared"))
     mt, u, split, item = geo.mt, geo.u, geo.split, geo.itemsize
@@ -556,7 +564,8 @@ def _resources(geo: Geometry, m: KernelModel, v: dict[str, Var]) -> tuple[Expr, 
     copy_pieces = nbt * own * Fraction(geo.dims_per_warp * item * (geo.stream_in + geo.stream_out), 128)
     rest = (m.reg_base + m.reg_per_h * h_regs + m.reg_per_acc * acc_regs
             + m.reg_per_cell_value * cell_values + m.reg_per_copy * copy_pieces
-            + m.reg_f32_per_cell * (split - 1) * cells + m.reg_ksplit * (ksplit - 1) + m.reg_cluster * clustered)
+            + m.reg_f32_per_cell * (split - 1) * cells + m.reg_ksplit * (ksplit - 1 - wholek)
+            + m.reg_cluster * clustered)
     rest_estimate = m.reg_margin + (1 + m.reg_margin_fraction) * rest
     # R's registers at the fit's cost; or, with R partly in shared memory (r_shared = 1), one for one and the
     # rest at reg_rest_with_smem times its estimate (REGISTER_FIT, last paragraph).
@@ -571,8 +580,9 @@ def _resources(geo: Geometry, m: KernelModel, v: dict[str, Var]) -> tuple[Expr, 
     pad = 16 // item
     h_bytes = 2 * split * op * (geo.kg * geo.D + 8) * bt
     x_bytes = (prefetch + 1) * bt * (geo.stream_in * db + pad) * item
-    # KS*WARPS_D*MT*NBT*4*32 floats when KS == 2, none when KS == 1 (ksplit is 1 or 2: exact).
-    part_bytes = (ksplit - 1) * 2 * warps_d * nbt * (mt * 4 * 32 * 4)
+    # KS*WARPS_D*MT*NBT*4*32 floats when KS == 2 splits K, none when KS == 1 or the warps run the whole K (ksplit is
+    # 1 or 2, and wholek 1 only with ksplit 2: exact).
+    part_bytes = (ksplit - 1 - wholek) * 2 * warps_d * nbt * (mt * 4 * 32 * 4)
     out_bytes = 2 * geo.stream_out * bt * (db + pad) * item
     bar_bytes = 16 * clustered
     r_bytes = warps_d * ksplit * r_smem * split * mt * 512
@@ -642,7 +652,10 @@ def _add_constraints(p: Problem, v: dict[str, Var], geo: Geometry, hw: Hardware,
     p.add(divides(MMA_K, geo.D), name=f"D divisible by {MMA_K} (mma k-tile)")
     p.add(cluster * warps_d * geo.dims_per_warp == geo.D,
           name=f"D split evenly: blocks per head x warps x {geo.dims_per_warp} dims per warp == D")
-    p.add(ktw * ksplit == max(1, geo.kt), name=f"K split evenly: k-tiles per warp x k_split == {geo.kg}*D/16")
+    # (wholek: each of the two warps holds all of K, so k_split x k-tiles per warp is twice K's; impossible with
+    # k_split 1, as ktw <= K's k-tiles.)
+    p.add(ktw * ksplit == max(1, geo.kt) * (1 + v["wholek"]),
+          name=f"K split evenly: k-tiles per warp x k_split == {geo.kg}*D/16 (twice that for whole-K warps)")
     p.add(own * ksplit == 2, name="batch columns: each of the k_split warps finishes 2/k_split columns")
     p.add(v["r_smem_kt"] <= ktw, name="R k-tiles in shared memory <= k-tiles per warp")
     p.add(v["nbt"] <= m.max_nbt - (m.max_nbt - 1) * v["r_shared"],
@@ -756,7 +769,7 @@ def _step_terms(fp: FusedProblem, values: dict[str, int], wps: float, on_sm: int
     cells = geo.u * nbt * values["own"]
     cost = m.cells[geo.function]
     return {
-        "barrier": m.sync_threads + (m.sync_threads + m.ksplit_exchange if values["ksplit"] > 1 else 0),
+        "barrier": m.sync_threads + (m.sync_threads + m.ksplit_exchange if partials(values) else 0),
         "ldmatrix": m.ldmatrix_latency + m.ldmatrix_issue * geo.split * nbt * math.ceil(ktw / 2) * wps,
         "mma": max(mma, r_bw),
         "r_smem": m.r_smem_ldmatrix * r_smem * mt * geo.split * wps,
@@ -765,6 +778,11 @@ def _step_terms(fp: FusedProblem, values: dict[str, int], wps: float, on_sm: int
         "skeleton": m.skeleton_latency + m.skeleton_issue * wps,
         "exchange": _exchange_cycles(fp, values),
     }
+
+
+def partials(values: dict[str, int]) -> bool:
+    """Whether the warps of a row set exchange partial sums (split K) each step."""
+    return values["ksplit"] > 1 and not values.get("wholek", 0)
 
 
 def _exchange_cycles(fp: FusedProblem, values: dict[str, int]) -> float:
@@ -794,7 +812,7 @@ def _lower_bound(fp: FusedProblem, box: dict[str, tuple[int, int]]) -> float:
     """Admissible: once the block shape (cluster, ksplit, nbt) is fixed, the estimate at the deepest prefetch
     and the fewest R k-tiles in shared memory left, with every block resident (one wave, one block an SM);
     0 before that. The estimate only grows with shallower prefetch, more R in shared memory, or more waves."""
-    if any(box[k][0] != box[k][1] for k in ("cluster", "ksplit", "nbt", "warps_d", "ktw", "own")):
+    if any(box[k][0] != box[k][1] for k in ("cluster", "ksplit", "wholek", "nbt", "warps_d", "ktw", "own")):
         return 0.0
     values = {k: lo for k, (lo, hi) in box.items()}
     values["prefetch"] = box["prefetch"][1]
@@ -888,7 +906,7 @@ def all_feasible(hardware: Hardware, function: str, dtype, B: int, N: int, D: in
 
 def assess(hardware: Hardware, function: str, dtype, B: int, N: int, D: int, *, blocks_per_head: int = 1,
            k_split: int, batch_ntiles: int = 1, prefetch_steps: int, r_ktiles_in_smem: int = 0,
-           fused_dr: bool = False, direction: str = "forward",
+           fused_dr: bool = False, whole_k: bool = False, direction: str = "forward",
            model: KernelModel = DEFAULT_MODEL) -> FusedParams | Infeasible:
     """The model's verdict on one given configuration (a hand-picked or a measured one): its ``FusedParams``
     with the estimate, or ``Infeasible`` naming the limits it breaks (the "given ..." constraints among them).
@@ -902,7 +920,7 @@ def assess(hardware: Hardware, function: str, dtype, B: int, N: int, D: int, *, 
                  "r_smem_kt": r_ktiles_in_smem}
     else:
         given = {"cluster": blocks_per_head, "ksplit": k_split, "nbt": batch_ntiles, "prefetch": prefetch_steps,
-                 "r_smem_kt": r_ktiles_in_smem}
+                 "r_smem_kt": r_ktiles_in_smem, "wholek": int(whole_k)}
     for name, value in given.items():
         fp.problem.add(fp.v[name] == value, name=f"given {name} = {value}")
     result = fp.problem.solve()
@@ -939,5 +957,5 @@ def params_from(fp: FusedProblem, values: dict[str, int]) -> FusedParams:
         sync=sync, smem_bytes=int(e["smem"]), registers_estimate=math.ceil(e["regs"]),
         register_cap=register_cap(hw, threads), blocks_per_sm=int(e["blocks_per_sm"]),
         grid=(fp.N * cluster, math.ceil(fp.B / (MMA_N * nbt))), waves=int(e["waves"]), step_cycles=e["total"],
-        step_us=hw.cycles_to_us(e["total"]), breakdown=breakdown)
+        step_us=hw.cycles_to_us(e["total"]), breakdown=breakdown, whole_k=bool(values["wholek"]))
 
