@@ -58,8 +58,8 @@ ORIGINAL_LAUNCH_OF = fused.launch_of
 def with_defines(extra: tuple[tuple[str, str], ...], direction: str):
     """fused.launch_of, adding ``extra`` to the defines of the ``direction`` kernel (a distinct cache entry)."""
 
-    def launch_of(choice):
-        launch = ORIGINAL_LAUNCH_OF(choice)
+    def launch_of(choice, save=True):
+        launch = ORIGINAL_LAUNCH_OF(choice, save)
         if choice.direction != direction or not extra:
             return launch
         spec = replace(launch.spec, defines=launch.spec.defines + extra,

@@ -1,8 +1,9 @@
 """Refit the fused forward's latency constants (``KernelModel``, not its ``bw_*`` ones) on a measured sweep:
 
-    python bench/refit_forward.py [SWEEP] [--fit] [--hardware H200]
+    python bench/refit_forward.py [SWEEP ...] [--fit] [--hardware H200]
 
-SWEEP (default: bench/results/2026-11-30-h200-sweep.json) is ``bench/sweep_fused.py``'s JSON: every feasible
+SWEEP (default: bench/results/2026-11-30-h200-sweep.json; several: their shapes together) is
+``bench/sweep_fused.py``'s JSON: every feasible
 configuration of each reference shape, measured ms at T steps. Each forward row becomes cycles a step at the
 preset's clock (``ms * 1e3 / T * clock_mhz``: what ``problems.assess(...).step_cycles`` estimates, ``step_us =
 step_cycles / clock_mhz``). The report gives the model's relative error |model / measured - 1| (mean, max) over all

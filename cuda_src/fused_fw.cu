@@ -160,6 +160,13 @@ template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_, int R
     // it saves a warp. Expected before measuring (lstm 48x16, 2 -> 4 warps a block, one a scheduler; phase clocks
     // at e5fcc70: mma 74, x + copies 175, cells 169, loop 78 of 532 cycles a step): the cells and the copies' issue
     // halve, the mma stay, ~-30% a step (0.261 -> ~0.19 ms); slstm 48x16, whose cells are longer, a little more.
+    // Measured (H200 bf16 B=16 T=1024; bench/results/constrint/2026-12-01-h200-sweep-wholek*.json, the forward that
+    // saves): lstm 48x16 0.264 -> 0.219 ms (-17%), slstm 0.298 -> 0.249, gru 0.330 -> 0.228 (-31%); and where the
+    // split-K pair's partial sums and second barrier cost more than two more k-tiles a warp: lstm 12x64 (4-block
+    // clusters) 0.384 -> 0.342, slstm 12x64 0.421 -> 0.388, gru B=256 1.026 -> 0.947. Half the estimate at lstm
+    // 48x16: the phase clocks (bench/results/phases/2026-12-01-h200-forward-wholek.txt) put cells at 169 -> 122
+    // cycles a step and x + copies at 175 -> 124, not half: one cell a lane still runs the whole dependent chain
+    // of its cell (a latency, not the issue slots the estimate halved); the second cell had mostly overlapped it.
 #ifdef FLASHRNN_WHOLE_K
     static constexpr bool WHOLE_K = KS_ > 1 && FLASHRNN_WHOLE_K;
 #else

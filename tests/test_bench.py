@@ -290,7 +290,7 @@ def test_phase_clock_knobs_change_only_their_direction_and_compile():
     if fused is None:
         pytest.skip("cuda_fused is not importable here")
     from bench import phase_clocks
-    from flashrnn_core.constrint import H100
+    from flashrnn_core.constrint import H100, problems
     from flashrnn_core.runtime.compile import compile_spec
 
     assert phase_clocks.parse_variant("base=") == ("base", ())
@@ -301,6 +301,8 @@ def test_phase_clock_knobs_change_only_their_direction_and_compile():
     assert fw.blocks_per_head > 1 and bw.blocks_per_head > 1
     forward_knobs = phase_clocks.with_defines(knobs, "forward")
     assert forward_knobs(fw).spec.defines[-3:] == knobs
+    # (the inference kernel too: fused.choose asks for it with save=False)
+    assert forward_knobs(fw, False).spec.defines == fused.launch_of(fw, False).spec.defines + knobs
     assert forward_knobs(bw).spec == fused.launch_of(bw).spec
     late = phase_clocks.with_defines((("FLASHRNN_LATE_COPIES", "1"),), "backward")(bw).spec
     block_sends = phase_clocks.with_defines((("FLASHRNN_WARP_SENDS", "0"),), "forward")(fw).spec
@@ -308,10 +310,14 @@ def test_phase_clock_knobs_change_only_their_direction_and_compile():
     unpaired_specs = [unpaired(fused.choose(cell, dtype, 16, N, D, hardware=H100).choice).spec
                     for cell, dtype, N, D in (("gru", "bfloat16", 12, 64), ("gru", "float32", 12, 64),
                                               ("elman", "float16", 12, 64), ("gru", "bfloat16", 3, 256))]
-    # Lanes trading a column (Tile::TRADE) forced on where the rule leaves it off (2 warps) and off where it is on.
-    trade = [phase_clocks.with_defines((("FLASHRNN_TRADE_CELLS", on),), "forward")(
-        fused.choose("lstm", dtype, B, 12, D, hardware=H100).choice).spec
-        for on, dtype, B, D in (("1", "bfloat16", 16, 16), ("1", "float32", 16, 16), ("0", "bfloat16", 256, 64))]
+    # Lanes trading a column (Tile::TRADE) forced on where the rule leaves it off (2 warps of k_split 1: the solver
+    # takes whole-K warps at D = 16, so the geometry is given) and off where it is on.
+    two_warps = [problems.assess(H100, "lstm", dtype, 16, 12, 16, k_split=1, prefetch_steps=8)
+                 for dtype in ("bfloat16", "float32")]
+    assert all(c and c.warps_per_block == 2 for c in two_warps)
+    trade = [phase_clocks.with_defines((("FLASHRNN_TRADE_CELLS", on),), "forward")(choice).spec
+             for on, choice in (("1", two_warps[0]), ("1", two_warps[1]),
+                                ("0", fused.choose("lstm", "bfloat16", 256, 12, 64, hardware=H100).choice))]
     for spec in (forward_knobs(fw).spec, late, block_sends, *unpaired_specs, *trade):
         resources = compile_spec(spec, "sm_90", use_cache=False).resources
         assert resources is not None and resources.spill_stores == 0, spec.label

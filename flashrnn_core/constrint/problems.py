@@ -259,6 +259,12 @@ a 4-block cluster with k_split 2), lstm B=16 3x256 1.031 -> 1.002 (16-block -> 8
 prefetch 8, which the model cannot tell apart), the other five shapes within 0.1%. What the structure misses
 (residuals): a block of one warp is slower than the issue terms say, 4-warp blocks slower than 2-warp ones, and
 lstm 3x256 is estimated ~38% high throughout (its 8- and 16-block clusters alike, so its choice holds).
+Whole-K warps (``KernelModel.whole_k``, 67d7710) are priced by the same terms (all of K's mma a warp, no split-K
+exchange or second barrier, half the cells a warp) with these constants. On the sweeps of their kernels
+(bench/results/constrint/2026-12-01-h200-sweep-wholek*.json, 16 shapes) the choice is within 3% of the fastest
+on 14; the misses are gru 12x64 at B=16 (1.141) and B=256 (1.083), where one block of 16 whole-K warps is the
+fastest: the sum of per-term maxima counts 4 warps a scheduler's issue slots term by term, where the warps overlap
+one another's phases. A refit on those sweeps (mean error 0.25 -> 0.16) kept both misses and was not adopted.
 """
 
 
