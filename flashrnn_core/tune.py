@@ -2,7 +2,7 @@
 
     python -m flashrnn_core.tune                                  # the reference shapes (REFERENCE_SHAPES)
     python -m flashrnn_core.tune --cell lstm,gru --B 16,64 --N 12 --D 64 [--dtype bfloat16] [--T 1024]
-                                 [--top-k 8] [--runs 20] [--jobs 16] [--no-store]
+                                 [--top-k 8] [--distinct] [--runs 20] [--jobs 16] [--no-store]
 
 On the current GPU, for each shape: the solver's ``top_k`` feasible configurations of the fused forward
 (``constrint.problems.top_k``, best estimate first; the first is the solver's own choice) are compiled in

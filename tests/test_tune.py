@@ -37,6 +37,22 @@ def test_shape_flags_combine_as_a_product():
             tune.parser().parse_args(bad)
 
 
+def test_distinct_candidates_are_geometries():
+    """--distinct: the k best geometries (cluster, k split or whole-K warps, batch tile, ...), each once at the
+    prefetch depth the model ranks first, the solver's choice first; without it the same geometry comes at
+    several prefetch depths."""
+    shape = tune.Shape("lstm", "bfloat16", 16, 12, 64)
+    plain = tune.candidates(H100, shape, 6)
+    distinct = tune.candidates(H100, shape, 6, distinct=True)
+    assert len({tune.geometry_key(p) for p in plain}) < len(plain)
+    keys = [tune.geometry_key(p) for p in distinct]
+    assert len(distinct) == 6 and len(set(keys)) == 6
+    assert distinct[0] == plain[0]  # the solver's choice
+    assert [p.step_cycles for p in distinct] == sorted(p.step_cycles for p in distinct)
+    assert any(p.whole_k for p in distinct) and any(p.k_split == 2 and not p.whole_k for p in distinct)
+    assert tune.parser().parse_args(["--distinct"]).distinct
+
+
 def test_fastest_candidate_is_stored_as_measured(tmp_path, monkeypatch):
     monkeypatch.setenv("FLASHRNN_CORE_CACHE", str(tmp_path))
     shape = tune.Shape("gru", "bfloat16", 16, 12, 64, T=128)
