@@ -107,6 +107,14 @@ def geometry_key(p: FusedParams) -> tuple:
             p.warps_per_block)
 
 
+def distinct_geometries(configs: list[FusedParams]) -> list[FusedParams]:
+    """The first configuration of each geometry (``geometry_key``), in the order given."""
+    first: dict[tuple, FusedParams] = {}
+    for p in configs:
+        first.setdefault(geometry_key(p), p)
+    return list(first.values())
+
+
 def candidates(hardware: Hardware, shape: Shape, k: int, distinct: bool = False) -> list[FusedParams] | str:
     """The solver's ``k`` best configurations for ``shape`` on ``hardware`` (its choice first), or why none;
     ``distinct``: the ``k`` best geometries instead, each at its best-estimated prefetch depth (the model tells
@@ -115,10 +123,7 @@ def candidates(hardware: Hardware, shape: Shape, k: int, distinct: bool = False)
                   direction=shape.direction)
     if isinstance(found, Infeasible):
         return found.reason
-    if distinct:
-        found = list({geometry_key(p): p for p in reversed(found)}.values())[::-1]
-        found = sorted(found, key=lambda p: p.step_cycles)[:k]
-    return found
+    return sorted(distinct_geometries(found), key=lambda p: p.step_cycles)[:k] if distinct else found
 
 
 def store_best(hardware: Hardware, tuned: Tuned) -> object:

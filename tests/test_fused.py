@@ -129,14 +129,13 @@ def test_every_forward_geometry_matches_vanilla(function, dtype_name, D, poisone
     from flashrnn_core.constrint.hardware import current
     from flashrnn_core.constrint.problems import all_feasible
     from flashrnn_core.runtime import device_arch
-    from flashrnn_core.tune import geometry_key, pinned
+    from flashrnn_core.tune import distinct_geometries, pinned
 
     B, T, N = 9, 7, 2
     if dtype_name == "float32" and D == 64:
         D = 32  # (float32 D = 64 heads hold R in registers only on a few geometries)
     dtype = DTYPES[dtype_name]
-    configs = list({geometry_key(c): c for c in reversed(all_feasible(current(), function, dtype_name, B, N, D))}
-                   .values())
+    configs = distinct_geometries(all_feasible(current(), function, dtype_name, B, N, D))
     assert any(c.whole_k for c in configs) and any(not c.whole_k for c in configs)
     launches = [fused.launch_of(c, save) for c in configs for save in (True, False)]
     failed = [o for o in run_jobs([(launch.spec, device_arch()) for launch in launches], os.cpu_count() or 1)

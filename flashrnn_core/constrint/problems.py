@@ -489,8 +489,8 @@ class FusedParams:
             f"grid of {self.blocks_per_head}" if self.sync == "grid" else "one block")
         return (f"{self.function} {self.dtype} {self.direction} B={self.B} N={self.N} D={self.D} on {self.hardware}: "
                 f"{where} per head, {self.batch_tile} sequences x {self.threads_per_block} threads "
-                f"(k_split {self.k_split}{', whole K' if self.whole_k else ''}), prefetch {self.prefetch_steps}, R in smem {self.r_ktiles_in_smem}/"
-                f"{self.ktiles_per_warp} k-tiles, {self.smem_bytes} B smem, ~{self.registers_estimate} regs "
+                f"(k_split {self.k_split}{', whole K' if self.whole_k else ''}), prefetch {self.prefetch_steps}, "
+                f"R in smem {self.r_ktiles_in_smem}/{self.ktiles_per_warp} k-tiles, {self.smem_bytes} B smem, ~{self.registers_estimate} regs "
                 f"(cap {self.register_cap}), grid {self.grid}, {self.waves} wave(s), ~{self.step_cycles:.0f} "
                 f"cycles ({self.step_us:.3f} us) a step")
 
