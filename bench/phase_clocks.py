@@ -11,12 +11,15 @@ knobs (extra -D defines on the same variant), and the forward's step cut into ph
         --variant base= --variant unpaired=FLASHRNN_PAIRED_DIMS=0
     python bench/phase_clocks.py --cell lstm --heads 12 --head-dim 64 --batch 256 \\
         --variant base= --variant no_trade=FLASHRNN_TRADE_CELLS=0 --variant inference=FLASHRNN_SAVE=0
+    python bench/phase_clocks.py --cell lstm --heads 1 --head-dim 768 --pin dma_warps=0,r_ktiles_in_smem=28
 
 A variant is ``name=DEFINE[,DEFINE=value...]`` (empty: the kernel as built). Each is timed (CUDA events, median of
 --runs after a warm-up, ../shared/BENCH.md's protocol) and its output (states; dWx for the backward) compared bit
 for bit with the first variant's: the knobs named ABLATE give wrong results on purpose, the others must match.
 A forward variant then runs once more with FLASHRNN_PHASE_CLOCKS (fused_fw.cu): the step's phases in cycles
-(clock64, lane 0 of every warp), the mean over the blocks and warps and the largest warp's, per step.
+(clock64, lane 0 of every warp), the mean over the blocks and compute warps and the largest warp's, per step, and
+the DMA warps' own (Tile::DMA: copies, barrier, sends) where the kernel has them. ``--pin`` runs another forward
+configuration than the chooser's: its fields (``PINNABLE``) set, the rest kept, priced by ``constrint.assess``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import argparse
 import sys
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -38,7 +42,11 @@ from flashrnn_core.runtime.timing import median_ms  # noqa: E402
 #: fused_fw.cu's PHASE(k, ...) marks, in the order a step runs them (7: from the end of one step to the next).
 #: In a cluster the step's copies run before the wait (Tile::EARLY_COPIES), so "wait h" holds them and
 #: "x + copies" only the reads of Wx.
-PHASES = ("wait h", "h + mma", "x + copies", "cells", "barrier", "send h", "-", "loop")
+PHASES = ("wait h", "h + mma", "x + copies", "cells", "barrier", "send h", "copies", "loop")
+#: ... those the compute warps and the DMA warps (Tile::DMA) mark.
+COMPUTE_PHASES, DMA_PHASES = (0, 1, 2, 3, 4, 5, 7), (6, 4, 5)
+#: FusedParams fields that --pin may set (constrint.assess's arguments of the same names).
+PINNABLE = ("blocks_per_head", "k_split", "batch_ntiles", "prefetch_steps", "r_ktiles_in_smem", "whole_k", "dma_warps")
 
 
 def parse_variant(text: str) -> tuple[str, tuple[tuple[str, str], ...]]:
@@ -80,17 +88,36 @@ def compare(out, reference) -> str:
     return f"max |diff| {float(cupy.abs(out.astype(cupy.float32) - reference.astype(cupy.float32)).max()):.3g}"
 
 
-def phase_cycles(result, args, dtype) -> tuple[np.ndarray, np.ndarray]:
-    """The forward's FLASHRNN_PHASE_CLOCKS sums from ``result.saved``: per step, the mean over blocks and warps and
-    the largest warp's, for each of PHASES."""
+def phase_cycles(saved, choice, steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The forward's FLASHRNN_PHASE_CLOCKS sums from ``saved`` (of the configuration ``choice``): per step, the
+    mean over blocks and compute warps and the largest compute warp's, for each of PHASES, and the DMA warps' mean
+    (None without them)."""
     import cupy
 
     cupy.cuda.Device().synchronize()
-    launch = fused.choose(args.cell, dtype, args.batch, args.heads, args.head_dim)
-    blocks, warps = int(np.prod(launch.grid)), launch.threads // 32
-    raw = result.saved.reshape(-1).view(cupy.uint64)[: blocks * 32 * 8].get().reshape(blocks, 32, 8)
-    per_step = raw[:, :warps, :].astype(np.float64) / args.time
-    return per_step.mean(axis=(0, 1)), per_step.max(axis=(0, 1))
+    blocks, compute = int(np.prod(choice.grid)), choice.warps_per_block - choice.dma_warps
+    raw = saved.reshape(-1).view(cupy.uint64)[: blocks * 32 * 8].get().reshape(blocks, 32, 8)
+    per_step = raw.astype(np.float64) / steps
+    dma = per_step[:, compute:choice.warps_per_block].mean(axis=(0, 1)) if choice.dma_warps else None
+    return per_step[:, :compute].mean(axis=(0, 1)), per_step[:, :compute].max(axis=(0, 1)), dma
+
+
+def pinned_choice(args, dtype):
+    """The chooser's forward configuration with ``--pin``'s fields set (``constrint.assess``), or an error."""
+    from flashrnn_core.constrint import Infeasible, assess
+    from flashrnn_core.constrint.hardware import current
+
+    base = fused.choose(args.cell, dtype, args.batch, args.heads, args.head_dim).choice
+    given = {name: getattr(base, name) for name in PINNABLE}
+    for item in filter(None, args.pin.split(",")):
+        name, _, value = item.partition("=")
+        if name not in PINNABLE:
+            raise SystemExit(f"--pin: {name!r} is not one of {', '.join(PINNABLE)}")
+        given[name] = int(value)
+    choice = assess(current(), args.cell, base.dtype, args.batch, args.heads, args.head_dim, **given)
+    if isinstance(choice, Infeasible):
+        raise SystemExit(f"--pin {args.pin}: infeasible: {choice.reason}")
+    return choice
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,15 +127,30 @@ def main(argv: list[str] | None = None) -> int:
                    help="the kernel the variants change, and what is timed (backward: no phase clocks)")
     p.add_argument("--variant", action="append", default=[], help="name=DEFINE[,DEFINE=value] (repeatable)")
     p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--pin", default="", help=f"forward: run this configuration instead of the chooser's, "
+                                             f"FIELD=VALUE[,...] of {', '.join(PINNABLE)}")
     args = p.parse_args(argv)
     B, T, N, D = args.batch, args.time, args.heads, args.head_dim
     dtype, Wx, R, b, dh = problem_inputs(args)
-    forward = lambda: fc.forward(Wx, R, b, function=args.cell, backend="cuda_fused")  # noqa: E731
+    if args.pin and args.direction != "forward":
+        raise SystemExit("--pin: forward configurations only")
+    choice = pinned_choice(args, dtype) if args.pin else fused.choose(args.cell, dtype, B, N, D,
+                                                                      direction=args.direction).choice
+    if args.pin:
+        from flashrnn_core.tune import pinned
+        from flashrnn_core.validate import validate
+
+        problem = validate(Wx, R, b, function=args.cell)
+
+        def forward():  # (pinned at each call: its kernel follows the variant's defines, fused.launch_of)
+            states, saved = pinned(choice).forward(problem, Wx, R, b, None)
+            return SimpleNamespace(states=states, saved=saved)
+    else:
+        forward = lambda: fc.forward(Wx, R, b, function=args.cell, backend="cuda_fused")  # noqa: E731
     kept = forward() if args.direction == "backward" else None
     run = forward if kept is None else (lambda: fc.backward(kept, dstates=dh))
     output = (lambda r: r.states) if kept is None else (lambda g: g.dWx)
-    print(f"{args.cell} {N}x{D} B={B} T={T} {args.dtype} {args.direction}: "
-          f"{fused.choose(args.cell, dtype, B, N, D, direction=args.direction).spec.label}")
+    print(f"{args.cell} {N}x{D} B={B} T={T} {args.dtype} {args.direction}: {fused.launch_of(choice).spec.label}")
     reference = None
     for name, extra in (parse_variant(v) for v in (args.variant or ["base="])):
         fused.launch_of = with_defines(extra, args.direction)
@@ -120,9 +162,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:14s} {ms:8.3f} ms  {ms * 1e3 / T:6.3f} us/step  [{same}]", flush=True)
             if args.direction == "forward":
                 fused.launch_of = with_defines(extra + (("FLASHRNN_PHASE_CLOCKS", "1"),), "forward")
-                mean, worst = phase_cycles(forward(), args, dtype)
-                phases = "  ".join(f"{PHASES[k]} {mean[k]:.0f}/{worst[k]:.0f}" for k in range(8) if PHASES[k] != "-")
+                mean, worst, dma = phase_cycles(forward().saved, choice, T)
+                phases = "  ".join(f"{PHASES[k]} {mean[k]:.0f}/{worst[k]:.0f}" for k in COMPUTE_PHASES)
                 print(f"{'':14s} cycles a step (mean/max warp): {phases}  sum {mean.sum():.0f}", flush=True)
+                if dma is not None:
+                    phases = "  ".join(f"{PHASES[k]} {dma[k]:.0f}" for k in DMA_PHASES)
+                    print(f"{'':14s} DMA warps, cycles a step (mean): {phases}  sum {dma.sum():.0f}", flush=True)
         finally:
             fused.launch_of = ORIGINAL_LAUNCH_OF
     return 0

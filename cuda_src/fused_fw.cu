@@ -152,7 +152,31 @@ template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_, int R
         return TRADE ? (g & ~1) + u : r_dim_of(u, g);
     }
     static constexpr int DB = D / CL;                       // output dims of one block
-    static constexpr int WARPS_D = DB / DW, WARPS = WARPS_D * KS, THREADS = 32 * WARPS;
+    // FLASHRNN_DMA_WARPS=n (clusters; a geometry the solver chooses, FusedParams.dma_warps): n more warps a block,
+    // which run no math. They send the block's h slice to the cluster, refill Wx's stages and write the staged
+    // outputs, while the WARPS compute warps start the next step's mma on the h columns that have arrived: every
+    // block keeps h's columns rotated (its own slice first, then the slice of rank - 1, rank - 2, ..., the order
+    // in which the senders deliver them) and the receivers count them on XG mbarriers (groups of slices) instead
+    // of one, which the mma wait for one by one. Expected before measuring (lstm 1x768, phase clocks at 0ff66e5,
+    // cycles a step: wait for h 766, h + mma 1940, copies 237, cells 223, send 620, rest ~120): the send and the
+    // copies leave the compute warps, and the wait shrinks to the first group's arrival less the own slice's mma
+    // (~200): ~3900 -> ~2600 cycles a step (2.30 -> ~1.6 ms), less what the incoming h and the sender's reads
+    // take of the shared-memory bandwidth the mma over R's shared-memory k-tiles already use up.
+    // Measured (H200 bf16 B=16 T=1024, bench/results/phases/2026-12-01-h200-dma.txt, the same R split): lstm 1x768
+    // 2.346 -> 2.094 ms (-11%), slstm 2.436 -> 2.216 (-9%). A third of the estimate: the DMA warps took ~3100
+    // cycles a step to send the 11.5 KB that the whole block had sent in ~590, their st.async queued behind the
+    // compute warps' shared-memory loads of R and h (the same path through the SM), so the slices arrive during
+    // most of the mma (h + mma 2009 -> 2983 cycles, the wait 829 -> 18): what the step saves is the idle wait, not
+    // the traffic. One DMA warp: 2.41 ms (its copies then ~830 cycles too); exchange groups (two DMA warps) 3:
+    // 2.09 ms, 5: 2.10, 15: 2.40 (the waits inside the mma), 1 (no overlap, one DMA warp): 2.71.
+#ifdef FLASHRNN_DMA_WARPS
+    static constexpr int DMA_WARPS = CL_ > 1 ? FLASHRNN_DMA_WARPS : 0;
+#else
+    static constexpr int DMA_WARPS = 0;
+#endif
+    static constexpr bool DMA = DMA_WARPS > 0;
+    static constexpr int WARPS_D = DB / DW, WARPS = WARPS_D * KS, THREADS = 32 * (WARPS + DMA_WARPS);
+    static constexpr int COPIERS = DMA ? 32 * DMA_WARPS : THREADS;  // threads that issue the copies and the sends
     // FLASHRNN_WHOLE_K=1 (a geometry the solver chooses, FusedParams.whole_k): the KS = 2 warps of a row set each
     // run the whole K (the same mma twice) and still finish one of the lane's two batch columns each, so there are
     // no partial sums to exchange, and each warp has half the cells, copies and stores of a KS = 1 warp. For heads
@@ -201,7 +225,8 @@ template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_, int R
     // trip at the head of the step's chain) unless R fills the registers and spills into shared memory, where two
     // at a time leave ptxas registers to keep R's shared-memory loads ahead (1x768 forward: lstm -0.8%, slstm
     // -1.2%, gru -1.5%; no change at 12x64).
-    static constexpr int HG = RS_ > 0 ? 2 : KTW;
+    // With a DMA warp, two at a time too: the mma start on the slices that have arrived.
+    static constexpr int HG = RS_ > 0 || DMA ? 2 : KTW;
     // Clusters issue the step's copies (Wx's refill, the last step's outputs) before waiting for the other
     // blocks' h, where the warps would idle; one block issues them after the mma, off the step's chain. Measured
     // (H200 bf16 B=16 T=1024, bench/phase_clocks.py): before the wait, lstm 12x64 0.440 -> 0.401 ms, 3x256 0.813 ->
@@ -220,9 +245,9 @@ template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_, int R
     // after the step's barrier, where the warps wait for their queued sends (not explained further).
     // FLASHRNN_WARP_SENDS=0|1 (measurement knob) overrides the rule, to compare.
 #ifdef FLASHRNN_WARP_SENDS
-    static constexpr bool WARP_SENDS = FLASHRNN_WARP_SENDS;
+    static constexpr bool WARP_SENDS = !DMA && FLASHRNN_WARP_SENDS;
 #else
-    static constexpr bool WARP_SENDS = CL_ <= 4;
+    static constexpr bool WARP_SENDS = !DMA && CL_ <= 4;
 #endif
     // Blocks of 384+ threads get <= 170 registers a thread, and R's fragments take most of them: there Wx is
     // read cell by cell at the pointwise step instead of all at once while the mma run.
@@ -258,31 +283,68 @@ template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_, int R
     static constexpr int X_BYTES = NS * X_ELEMS * int(sizeof(T));
     static constexpr int PART_BYTES = PART_FLOATS * 4;
     static constexpr int O_BYTES = 2 * O_ELEMS * int(sizeof(T));
-    static constexpr int BAR_BYTES = CL > 1 ? 16 : 0;       // two mbarriers (one per h buffer)
+    // The h exchange's mbarriers: XG for each of the two h buffers, XG = 1 (all CL - 1 slices) unless the compute
+    // warps of a DMA block wait for groups of slices in turn (FLASHRNN_EXCHANGE_GROUPS of them, a measurement
+    // knob; 3 by default, which ConstrINT's shared memory counts).
+#ifdef FLASHRNN_EXCHANGE_GROUPS
+    static constexpr int XG_WANTED = FLASHRNN_EXCHANGE_GROUPS;
+#else
+    static constexpr int XG_WANTED = 3;
+#endif
+    static constexpr int XG = !DMA ? 1 : XG_WANTED < CL - 1 ? XG_WANTED : CL - 1;
+    static constexpr int BAR_BYTES = CL > 1 ? 16 * XG : 0;
     // R's shared-memory k-tiles as A-fragments in lane order, [WARPS][SPLIT][MT][RS][32 lanes][4 registers]:
     // one conflict-free 16-byte load a lane per fragment.
     static constexpr int R_BYTES = WARPS * SPLIT * MT * RS * 512;
     static constexpr int SMEM_BYTES = H_BYTES + X_BYTES + PART_BYTES + O_BYTES + BAR_BYTES + R_BYTES;
-    // Bytes of h one block receives from the others per step.
-    static constexpr unsigned RECV_BYTES = unsigned((CL - 1) * SPLIT * BT * DB * int(sizeof(Op)));
+    // Bytes of h one block receives from one other block, and from all, per step.
+    static constexpr unsigned SLICE_BYTES = unsigned(SPLIT * BT * DB * int(sizeof(Op)));
+    static constexpr unsigned RECV_BYTES = (CL - 1) * SLICE_BYTES;
+    // DMA: a block's h buffers hold the slice of block src at slot slot_of_rank(src) (columns slot * DB ...): its
+    // own at slot 0, then rank - 1, rank - 2, ... (the map is its own inverse: slot_of_rank(slot) is the block).
+    // Otherwise slot = block, and column c holds dim c.
+    static constexpr int SKT = DB >= 16 ? DB / 16 : 1;  // k-tiles of one slot (DMA: DB % 16 == 0)
+    __device__ __forceinline__ static constexpr int slot_of_rank(int src, int rank) {
+        return DMA ? (rank - src + CL) % CL : src;
+    }
+    __device__ __forceinline__ static constexpr int column_of_dim(int d, int rank) {
+        return slot_of_rank(d / DB, rank) * DB + d % DB;
+    }
+    __device__ __forceinline__ static constexpr int ktile_at(int column_kt, int rank) {  // R's k-tile there
+        return DMA ? slot_of_rank(column_kt / SKT, rank) * SKT + column_kt % SKT : column_kt;
+    }
+    // The mbarrier group that counts slot j >= 1 (XG groups of about equal slots), and the bytes it counts.
+    __device__ __forceinline__ static constexpr int group_of_slot(int j) { return exchange_group(j, XG, CL); }
+    __device__ __forceinline__ static constexpr unsigned group_bytes(int g) {
+        int n = 0;
+        for (int j = 1; j < CL; ++j) n += group_of_slot(j) == g;
+        return unsigned(n) * SLICE_BYTES;
+    }
+    // The group a warp must wait for before it reads h's k-tile kt of its k-tiles (-1: its own slot, no wait).
+    __device__ __forceinline__ static constexpr int group_before_ktile(int kt) {
+        return kt < 0 || kt / SKT == 0 ? -1 : group_of_slot(kt / SKT);
+    }
     static_assert(D % 16 == 0 && D % CL == 0 && DB % DW == 0, "D must be a multiple of 16 (and of CL*DW)");
     static_assert((WHOLE_K || KT % KS == 0) && (KS == 1 || KS == 2), "split-K over 1 or 2 warps");
     static_assert(CL == 1 || (DB * int(sizeof(Op))) % 16 == 0, "a block's h columns move in 16-byte pieces");
     static_assert(THREADS <= 1024, "head too large for one block");
+    static_assert(!DMA || (DB % 16 == 0 && (KS == 1 || WHOLE_K)), "DMA warp: whole k-tiles a slice, k from 0");
     static_assert(P >= 1, "prefetch depth");
     static_assert(RS >= 0 && RS <= KTW, "R k-tiles in shared memory: some of the warp's");
 };
 
 // Wx[b0:b0+BT, t, :, n, d0:d0+DB] into one stage, for t = 0, 1, 2, ... in turn (rows past B zero-filled).
 template <class K, class T>
-struct XPieces : LoadPieces<(K::XCHUNKS + K::THREADS - 1) / K::THREADS, K::KEEP> {
+struct XPieces : LoadPieces<(K::XCHUNKS + K::COPIERS - 1) / K::COPIERS, K::KEEP> {
     static constexpr int PER_ROW = K::GW * K::DB / K::CH, PER_GATE = K::DB / K::CH;
-    static constexpr int PER = (K::XCHUNKS + K::THREADS - 1) / K::THREADS;
+    static constexpr int PER = (K::XCHUNKS + K::COPIERS - 1) / K::COPIERS;
 
-    __device__ __forceinline__ XPieces(const T* Wx, int b0, int B, int Tn, int n, int d0, size_t ND, unsigned stage0) {
+    // me: this thread's index among the K::COPIERS.
+    __device__ __forceinline__ XPieces(const T* Wx, int b0, int B, int Tn, int n, int d0, size_t ND, unsigned stage0,
+                                       int me) {
 #pragma unroll
         for (int j = 0; j < PER; ++j) {
-            const int i = threadIdx.x + j * K::THREADS;
+            const int i = me + j * K::COPIERS;
             const int bl = i / PER_ROW, rem = i % PER_ROW;
             const int gate = rem / PER_GATE, dc = (rem % PER_GATE) * K::CH;
             const int b = b0 + bl;
@@ -298,17 +360,17 @@ struct XPieces : LoadPieces<(K::XCHUNKS + K::THREADS - 1) / K::THREADS, K::KEEP>
 // One step's staged outputs to states [S,B,T,N,D] and saved [B,T,NSAVED,N,D] (Tile::NSAVED_OUT: or the states
 // alone) as 16-byte pieces of rows (coalesced; rows past B skipped), for t = 0, 1, 2, ... in turn.
 template <class K, class T>
-struct OutPieces : StorePieces<(K::OUT_ROWS * K::DB * int(sizeof(T)) / 16 + K::THREADS - 1) / K::THREADS, K::KEEP> {
+struct OutPieces : StorePieces<(K::OUT_ROWS * K::DB * int(sizeof(T)) / 16 + K::COPIERS - 1) / K::COPIERS, K::KEEP> {
     static constexpr int CPR = K::DB * int(sizeof(T)) / 16;  // pieces per row
     static constexpr int CHUNKS = K::OUT_ROWS * CPR;
-    static constexpr int PER = (CHUNKS + K::THREADS - 1) / K::THREADS;
+    static constexpr int PER = (CHUNKS + K::COPIERS - 1) / K::COPIERS;
 
     __device__ __forceinline__ OutPieces(T* states, T* saved, int b0, int B, int Tn, int n, int d0, size_t ND,
-                                         unsigned buf0) {
+                                         unsigned buf0, int me) {
         const size_t BTND = size_t(B) * Tn * ND;
 #pragma unroll
         for (int j = 0; j < PER; ++j) {
-            const int i = threadIdx.x + j * K::THREADS;
+            const int i = me + j * K::COPIERS;
             const int row = i / CPR, col = (i % CPR) * (16 / int(sizeof(T)));
             const bool st = row < K::S * K::BT;
             const int rr = st ? row : row - K::S * K::BT;
@@ -353,18 +415,19 @@ template <class K> __device__ __forceinline__ constexpr unsigned r_smem_offset(i
     return unsigned(((s * K::MT + m) * K::RS + r) * 512);
 }
 
-// The warp's R over its k-tiles kt0 + (0 .. KTW): the first KTR into registers, the rest into shared memory at
-// `r_lane` (this lane's address of the warp's first fragment there). The shared-memory ones go one at a time
+// The warp's R over its k-tiles kt0 + (0 .. KTW) of h's columns (Tile::ktile_at: R's k-tile at those columns in
+// block `rank`): the first KTR into registers, the rest into shared memory at `r_lane` (this lane's address of the
+// warp's first fragment there). The shared-memory ones go one at a time
 // (not unrolled): unrolled, ptxas hoisted all their global loads together, and the registers that took spilled.
 template <class K, class T>
 __device__ __forceinline__ void load_r(RRegs<K>& a, unsigned r_lane, const T* __restrict__ R, int n, int N,
-                                       int drow, int kt0, int g, int c4) {
+                                       int drow, int kt0, int rank, int g, int c4) {
 #pragma unroll
     for (int m = 0; m < K::MT; ++m)
 #pragma unroll
         for (int kt = 0; kt < K::KTR; ++kt) {
             unsigned f[K::SPLIT][4];
-            r_fragment<K>(f, R, n, N, drow, m, kt0 + kt, g, c4);
+            r_fragment<K>(f, R, n, N, drow, m, K::ktile_at(kt0 + kt, rank), g, c4);
 #pragma unroll
             for (int s = 0; s < K::SPLIT; ++s)
 #pragma unroll
@@ -374,7 +437,7 @@ __device__ __forceinline__ void load_r(RRegs<K>& a, unsigned r_lane, const T* __
     for (int i = 0; i < K::MT * K::RS; ++i) {
         const int m = i / K::RS, r = i % K::RS;
         unsigned f[K::SPLIT][4];
-        r_fragment<K>(f, R, n, N, drow, m, kt0 + K::KTR + r, g, c4);
+        r_fragment<K>(f, R, n, N, drow, m, K::ktile_at(kt0 + K::KTR + r, rank), g, c4);
 #pragma unroll
         for (int s = 0; s < K::SPLIT; ++s)
             st_shared_v4(r_lane + r_smem_offset<K>(s, m, r), make_uint4(f[s][0], f[s][1], f[s][2], f[s][3]));
@@ -420,10 +483,11 @@ __device__ __forceinline__ unsigned ldmatrix_row(const typename K::Op* hb, int k
 // warp has fewer than 4 output tiles, k-tile kt goes to partial sum kt % CHAINS (added at the end), so that
 // about 4 mma are in flight instead of a dependent chain of KTW.
 // h's fragments are read from `hrow` (ldmatrix_row) in groups of HG k-tiles as the loop reaches them, R's
-// shared-memory k-tiles one by one (r_lane: load_r's address).
-template <class K>
+// shared-memory k-tiles one by one (r_lane: load_r's address). Tile::DMA: before h's k-tiles of slot j >= 1 are
+// read, wait_group(g) waits for their mbarrier group g (each group once, in order).
+template <class K, class WaitGroup>
 __device__ __forceinline__ void matmul(float (&acc)[K::MT][K::NBT][4], const RRegs<K>& a, unsigned r_lane,
-                                       unsigned hrow, int lane) {
+                                       unsigned hrow, int lane, WaitGroup&& wait_group) {
     using M = mma::Mma<typename K::Op>;
     constexpr int CH = K::CHAINS, HG = K::HG;
     unsigned bf[K::SPLIT][K::NBT][K::KTW][2];
@@ -438,7 +502,15 @@ __device__ __forceinline__ void matmul(float (&acc)[K::MT][K::NBT][4], const RRe
                 for (int i = 0; i < 4; ++i) part[c][m][nb][i] = 0.f;
 #pragma unroll
     for (int kt = 0; kt < K::KTW; ++kt) {
-        if (kt % HG == 0) load_h<K, HG>(bf, hrow, lane, kt);
+        if (kt % HG == 0) {
+            if constexpr (K::DMA) {
+                const int last = kt + HG - 1 < K::KTW ? kt + HG - 1 : K::KTW - 1;
+#pragma unroll
+                for (int gr = K::group_before_ktile(kt - 1) + 1; gr <= K::group_before_ktile(last); ++gr)
+                    wait_group(gr);
+            }
+            load_h<K, HG>(bf, hrow, lane, kt);
+        }
 #pragma unroll
         for (int m = 0; m < K::MT; ++m) {
             unsigned f[K::SPLIT][4];
@@ -548,8 +620,14 @@ template <class K> struct HSlice {
     static constexpr int WARP_ROWS = 8 / K::KS, WARP_PIECES = K::SPLIT * K::NBT * WARP_ROWS * K::U;
     // hbuf0: h buffer 0; dloc, ks: the warp's first dim (within the block) and K-split index.
     __device__ __forceinline__ static auto sender(unsigned hbuf0, unsigned rank, int dloc, int ks, int lane) {
-        const unsigned cols = hbuf0 + unsigned((int(rank) * K::DB) * E);
-        if constexpr (K::WARP_SENDS) {
+        const unsigned cols = hbuf0 + unsigned(K::column_of_dim(int(rank) * K::DB, int(rank)) * E);
+        if constexpr (K::DMA) {  // the DMA warp sends the whole slice, from slot 0 to slot `distance` of the others
+            return SliceSender<K::SPLIT * K::BT * PER_ROW, K::CL, K::COPIERS, K::KEEP, K::DB * E, K::XG>(
+                rank, lane, [=](int chunk) {
+                    const int row = chunk / PER_ROW, col = (chunk % PER_ROW) * (16 / E);
+                    return cols + unsigned((row * K::HROW + col) * E);
+                });
+        } else if constexpr (K::WARP_SENDS) {
             return SliceSender<WARP_PIECES, K::CL, 32, K::KEEP>(rank, lane, [=](int piece) {
                 const int u = piece % K::U, j = piece / K::U % WARP_ROWS, nb = piece / K::U / WARP_ROWS % K::NBT;
                 const int s = piece / K::U / WARP_ROWS / K::NBT;
@@ -565,6 +643,70 @@ template <class K> struct HSlice {
         }
     }
 };
+
+// A block's copies each step: Wx's stages refilled P steps ahead (cp.async) and the last step's staged outputs
+// written out, by the K::COPIERS threads (`me` among them).
+template <class K, class T> struct StepCopies {
+    static constexpr unsigned X_STAGE = K::X_ELEMS * sizeof(T), O_BUF = K::O_ELEMS * sizeof(T);  // bytes
+    XPieces<K, T> x;
+    OutPieces<K, T> out;
+
+    __device__ __forceinline__ StepCopies(const T* Wx, T* states, T* saved, int b0, int B, int Tn, int n, int d0,
+                                          size_t ND, unsigned xbuf, unsigned obuf, int me)
+        : x(Wx, b0, B, Tn, n, d0, ND, xbuf, me), out(states, saved, b0, B, Tn, n, d0, ND, obuf, me) {}
+    // Before the loop: the first P stages (Wx[0 .. P)), one cp.async group each.
+    __device__ __forceinline__ void prologue(int Tn) {
+#pragma unroll 1
+        for (int p = 0; p < K::P; ++p) {
+            if (p < Tn) x.issue(p * X_STAGE);
+            mma::cp_async_commit();
+        }
+    }
+    // Step t's (stage = t % NS): refill the stage step t-1 read ((t + P) % NS) and write step t-1's outputs out of
+    // their staging buffer. Both are safe from the top of step t on (the barrier that closed step t-1 ended those
+    // reads and writes).
+    __device__ __forceinline__ void step(int t, int stage, int tend) {
+        const int pre = stage == 0 ? K::NS - 1 : stage - 1;
+        if (t + K::P < tend) x.issue(pre * X_STAGE);
+        mma::cp_async_commit();
+#ifndef FLASHRNN_ABLATE_FLUSH  // measurement knob: the staged outputs stay in shared memory (wrong results)
+        if (t > 0) out.flush(O_BUF - ((t & 1) * O_BUF));  // step t-1's buffer
+#endif
+    }
+    // After the loop: the last step's outputs (after its barrier); past tend the same staged states again, each
+    // row's kept ones (saved there repeats step tend-1's, which no backward reads).
+    __device__ __forceinline__ void tail(int tend, int Tn) {
+#pragma unroll 1
+        for (int t = tend - 1; t < Tn; ++t) out.flush(((tend - 1) & 1) * O_BUF);
+        mma::cp_async_wait<0>();  // leave no copy in flight at exit (the tail groups are empty)
+    }
+};
+
+// The compute warps' copies where a DMA warp does them (Tile::DMA): none.
+struct NoCopies {
+    template <class... A> __device__ __forceinline__ NoCopies(A...) {}
+    __device__ __forceinline__ void prologue(int) {}
+    __device__ __forceinline__ void step(int, int, int) {}
+    __device__ __forceinline__ void tail(int, int) {}
+};
+
+template <bool FIRST, class A, class B> struct Pick { using type = A; };
+template <class A, class B> struct Pick<false, A, B> { using type = B; };
+
+// The tile's longest sequence (Tn without lengths): from step tend on no state of the tile changes, so the loop
+// stops there and the remaining steps only write the kept states. Every block of a cluster has the same tile, so
+// the same tend (their h exchange stops at the same step). A warp-wide call.
+template <class K>
+__device__ __forceinline__ int tile_end(const int* __restrict__ lengths, int b0, int B, int Tn, int lane) {
+    if (lengths == nullptr) return Tn;
+    static_assert(K::BT <= 32, "one lane a batch row of the tile");
+    const int b = b0 + lane;
+    return __reduce_max_sync(0xffffffffu, (lane < K::BT && b < B) ? lengths[b] : 0);
+}
+
+// The step's closing barrier (barrier 0 of the whole block). Inline PTX: with a DMA warp (Tile::DMA) the compute
+// warps and the DMA warp reach it from different code, which PTX's barrier allows and __syncthreads does not say.
+__device__ __forceinline__ void step_barrier() { asm volatile("barrier.sync 0;" ::: "memory"); }
 
 // Measurement knob FLASHRNN_PHASE_CLOCKS (wrong results): lane 0 of every warp sums clock64() deltas of the step's
 // phases over the run and writes them, as unsigned 64-bit [block][32 warps][8], over the start of `saved`
@@ -590,6 +732,37 @@ template <class K> struct HSlice {
 #define PHASE(k, v)
 #define PHASE_CLOCKS_WRITE(saved)
 #endif
+
+// Tile::DMA: the block's last DMA_WARPS warps (`me`: this thread's index among them), which run no math. Each step
+// they issue the step's copies, meet the compute warps at the step's barrier, then send h_t's slice (which that
+// barrier completed) to the other blocks, rank + 1 first (HSlice). The compute warps meanwhile start the next
+// step's mma on the slices that have arrived.
+template <class K, class T>
+__device__ __forceinline__ void dma_warps(StepCopies<K, T>& io, unsigned hbuf0, unsigned bars, unsigned rank, int tend,
+                                          int Tn, int me, T* saved) {
+    constexpr unsigned H_BUF = K::H_ELEMS * sizeof(typename K::Op);
+    auto hsend = HSlice<K>::sender(hbuf0, rank, 0, 0, me);
+    mma::cp_async_wait<K::P - 1>();
+    cluster::sync();  // (forward's: mbarriers initialised, h_{-1} and Wx[0] visible)
+    PHASE_CLOCKS_DECLARE
+    int stage = 0;  // t % NS
+#pragma unroll 1
+    for (int t = 0; t < tend; ++t) {
+        io.step(t, stage, tend);
+        stage = stage == K::NS - 1 ? 0 : stage + 1;
+        PHASE(6, 0.f)  // the copies
+        mma::cp_async_wait<K::P - 1>();
+        step_barrier();
+        PHASE(4, 0.f)  // the barrier
+        if (t + 1 < tend) hsend.send(((t + 1) & 1) * H_BUF, bars + 8 * K::XG * ((t + 1) & 1));
+        PHASE(5, 0.f)  // sending h_t's columns
+    }
+    io.tail(tend, Tn);
+#ifdef FLASHRNN_PHASE_CLOCKS
+    step_barrier();
+    PHASE_CLOCKS_WRITE(saved)
+#endif
+}
 
 template <class Cell, class T, int D, int NBT, int P, int CL, int KS, int RS>
 __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __restrict__ R,
@@ -617,26 +790,36 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
     const int dloc = wd * K::DW;                      // first output dim of this warp, within the block
     const size_t ND = size_t(N) * D;
 
-    // Start the first P stages before anything else so they land while R is read.
+    // Start the first P stages before anything else so they land while R is read (Tile::DMA: the DMA warp's, which
+    // then goes its own way; the compute warps never copy).
     constexpr unsigned E = sizeof(T), EOP = sizeof(Op);
     constexpr unsigned X_STAGE = K::X_ELEMS * E, O_BUF = K::O_ELEMS * E, H_BUF = K::H_ELEMS * EOP;  // bytes
-    XPieces<K, T> xcopy(Wx, b0, B, Tn, n, d0, ND, mma::smem_u32(xbuf));
-#pragma unroll 1
-    for (int p = 0; p < P; ++p) {
-        if (p < Tn) xcopy.issue(p * X_STAGE);
-        mma::cp_async_commit();
+    if constexpr (CL > 1) exchange_barriers_init(bars, K::XG, [](int gr) { return K::group_bytes(gr); });
+    if constexpr (K::DMA) {
+        if (warp >= K::WARPS) {
+            const int me = int(threadIdx.x) - 32 * K::WARPS;
+            StepCopies<K, T> io(Wx, states, saved, b0, B, Tn, n, d0, ND, mma::smem_u32(xbuf), mma::smem_u32(obuf),
+                                me);
+            io.prologue(Tn);
+            dma_warps<K, T>(io, mma::smem_u32(hbuf), bars, rank, tile_end<K>(lengths, b0, B, Tn, lane), Tn, me,
+                            saved);
+            exchange_barriers_exit(bars, K::XG);
+            return;
+        }
     }
-    OutPieces<K, T> ocopy(states, saved, b0, B, Tn, n, d0, ND, mma::smem_u32(obuf));
-    if constexpr (CL > 1) exchange_barriers_init(bars, K::RECV_BYTES);
+    typename Pick<K::DMA, NoCopies, StepCopies<K, T>>::type io(Wx, states, saved, b0, B, Tn, n, d0, ND,
+                                                              mma::smem_u32(xbuf), mma::smem_u32(obuf),
+                                                              int(threadIdx.x));
+    io.prologue(Tn);
 
     RRegs<K> a;
     const unsigned r_lane = keep<K::KEEP>(rsm + unsigned((warp * K::SPLIT * K::MT * K::RS * 32 + lane) * 16));
-    load_r<K>(a, r_lane, R, n, N, d0 + dloc, K::kt0_of(ks), g, c4);
+    load_r<K>(a, r_lane, R, n, N, d0 + dloc, K::kt0_of(ks), int(rank), g, c4);
 
-    // h_{-1}: every block holds all D columns of it.
-    for (int i = threadIdx.x; i < K::BT * D; i += K::THREADS) {
+    // h_{-1}: every block holds all D columns of it (the compute warps write it).
+    for (int i = threadIdx.x; i < K::BT * D; i += 32 * K::WARPS) {
         const int bl = i / D, d = i % D, b = b0 + bl;
-        store_h<K>(mma::smem_u32(hbuf + bl * K::HROW + d),
+        store_h<K>(mma::smem_u32(hbuf + bl * K::HROW + K::column_of_dim(d, int(rank))),
                    {(s0 != nullptr && b < B) ? load_f(s0 + size_t(b) * ND + size_t(n) * D + d) : 0.f});
     }
     // This warp's cells: (u, nb, cc) -> dim d0 + dloc + dim_of(u, g), batch row lane_row + cell_row(nb, cc).
@@ -663,15 +846,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
             }
     };
     if (lengths != nullptr) ends_at(0);
-    // The tile's longest sequence: from step tend on no state of the tile changes, so the loop stops there and
-    // the remaining steps only write the kept states. Every block of a cluster has the same tile, so the same
-    // tend (their h exchange stops at the same step).
-    int tend = Tn;
-    if (lengths != nullptr) {
-        static_assert(K::BT <= 32, "one lane a batch row of the tile");
-        const int b = b0 + lane;
-        tend = __reduce_max_sync(0xffffffffu, (lane < K::BT && b < B) ? lengths[b] : 0);
-    }
+    const int tend = tile_end<K>(lengths, b0, B, Tn, lane);
 #pragma unroll
     for (int u = 0; u < K::CU; ++u) {
         const int d = d0 + dloc + K::dim_of(u, g);
@@ -699,7 +874,8 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
     // stage 0, staged states and staged saved values. A cell (u, nb, cc) adds a compile-time offset (cell_row),
     // a step the buffer's offset.
     const int lane_col = dloc + K::dim_of(0, g);
-    const unsigned h_cell0 = keep<K::KEEP>(mma::smem_u32(hbuf + lane_row * K::HROW + d0 + lane_col));
+    const unsigned h_cell0 =
+        keep<K::KEEP>(mma::smem_u32(hbuf + lane_row * K::HROW + K::column_of_dim(d0, int(rank)) + lane_col));
     const unsigned x_cell0 = keep<K::KEEP>(mma::smem_u32(xbuf + lane_row * K::XROW + lane_col));
     const unsigned o_state0 = keep<K::KEEP>(mma::smem_u32(obuf + lane_row * K::OROW + lane_col));
     const unsigned o_saved0 =
@@ -707,20 +883,10 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
     // Split-K: where this warp leaves its partner's column, and where the partner left this warp's (c = ks).
     const unsigned part_mine = keep<K::KEEP>(partial_base<K>(part, ks, wd, 1 - ks, lane));
     const unsigned part_partner = keep<K::KEEP>(partial_base<K>(part, 1 - ks, wd, ks, lane));
-    auto hsend = HSlice<K>::sender(mma::smem_u32(hbuf), rank, dloc, ks, lane);  // (unused where CL = 1)
+    auto hsend = HSlice<K>::sender(mma::smem_u32(hbuf), rank, dloc, ks, lane);  // (unused where CL = 1 or DMA)
 
     int stage = 0;  // t % NS
-    // Step t's copies: refill the stage step t-1 read ((t + P) % NS) and write step t-1's outputs out of their
-    // staging buffer. Both are safe from the top of step t on (the barrier that closed step t-1 ended those reads
-    // and writes); Tile::EARLY_COPIES says where they go.
-    auto copies = [&](int t) {
-        const int pre = stage == 0 ? K::NS - 1 : stage - 1;
-        if (t + P < tend) xcopy.issue(pre * X_STAGE);
-        mma::cp_async_commit();
-#ifndef FLASHRNN_ABLATE_FLUSH  // measurement knob: the staged outputs stay in shared memory (wrong results)
-        if (t > 0) ocopy.flush(O_BUF - ((t & 1) * O_BUF));  // step t-1's buffer
-#endif
-    };
+    // Step t's copies (StepCopies::step; none where a DMA warp does them): Tile::EARLY_COPIES says where they go.
     PHASE_CLOCKS_DECLARE
 #pragma unroll 1
     for (int t = 0; t < tend; ++t) {
@@ -728,9 +894,9 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
         PHASE(7, 0.f)  // (the loop's own overhead, from the end of the last step)
         // Here h_{t-1}'s own columns and Wx[t] are visible (the barrier that closed step t-1); the other
         // blocks' columns arrive on this buffer's mbarrier.
-        if constexpr (K::EARLY_COPIES) copies(t);
+        if constexpr (K::EARLY_COPIES) io.step(t, stage, tend);
 #ifndef FLASHRNN_ABLATE_EXCHANGE  // measurement knob: no h exchange (wrong results), to time it
-        if constexpr (CL > 1) {
+        if constexpr (CL > 1 && !K::DMA) {
             if (t > 0) {
                 const unsigned bar = bars + 8 * (t & 1);
                 cluster::mbarrier_wait(bar, ((t - 1) >> 1) & 1);
@@ -745,7 +911,18 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
 
         // Critical path: h fragments, then the mma.
         float acc[K::MT][NBT][4];
-        matmul<K>(acc, a, r_lane, (t & 1) ? hrow1 : hrow0, lane);
+        // (Tile::DMA: the other blocks' slices of h_{t-1} arrive on buffer t % 2's groups, waited for in turn.)
+        auto wait_group = [&](int gr) {
+#ifndef FLASHRNN_ABLATE_EXCHANGE
+            if (t > 0) cluster::mbarrier_wait(bars + 8 * ((t & 1) * K::XG + gr), ((t - 1) >> 1) & 1);
+#endif
+        };
+        matmul<K>(acc, a, r_lane, (t & 1) ? hrow1 : hrow0, lane, wait_group);
+        if constexpr (K::DMA) {  // thread 0 has waited for every group: arm them for their next use
+            if (threadIdx.x == 0 && t > 0 && t + 2 < tend)
+                for (int gr = 0; gr < K::XG; ++gr)
+                    cluster::mbarrier_expect(bars + 8 * ((t & 1) * K::XG + gr), K::group_bytes(gr));
+        }
         PHASE(1, acc[0][0][0] + acc[K::MT - 1][NBT - 1][3])  // h's fragments and the mma
         // This step's Wx: issued while the mma run, except where registers are tight (the largest single
         // blocks), where each cell reads its own just before use.
@@ -766,7 +943,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
 #pragma unroll
                     for (int cc = 0; cc < K::COWN; ++cc) read_x(u, nb, cc);
         }
-        if constexpr (!K::EARLY_COPIES) copies(t);  // one block: while the mma run
+        if constexpr (!K::EARLY_COPIES) io.step(t, stage, tend);  // one block: while the mma run
         if constexpr (K::PARTIALS) {
             put_partials<K>(part_mine, acc, ks);
             __syncthreads();
@@ -856,25 +1033,21 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
         // Close the step: h_t's own columns and Wx[t+1] complete for every warp of the block (and the reads of
         // step t, of h and of Wx's stage, are over, so the next step may overwrite them).
         mma::cp_async_wait<P - 1>();
-        __syncthreads();
+        step_barrier();
         PHASE(4, 0.f)  // the barrier
 #ifndef FLASHRNN_ABLATE_EXCHANGE
-        if constexpr (CL > 1 && !K::WARP_SENDS) {
+        if constexpr (CL > 1 && !K::WARP_SENDS && !K::DMA) {
             if (t + 1 < tend) hsend.send(((t + 1) & 1) * H_BUF, bars + 8 * ((t + 1) & 1));
         }
 #endif
         PHASE(5, 0.f)  // sending h_t's columns (the block's)
     }
-    // The last step's outputs (after its barrier); past tend the same staged states again, each row's kept ones
-    // (saved there repeats step tend-1's, which no backward reads).
-#pragma unroll 1
-    for (int t = tend - 1; t < Tn; ++t) ocopy.flush(((tend - 1) & 1) * O_BUF);
-    mma::cp_async_wait<0>();  // leave no copy in flight at exit (the tail groups are empty)
+    io.tail(tend, Tn);
 #ifdef FLASHRNN_PHASE_CLOCKS
-    __syncthreads();
+    step_barrier();
     PHASE_CLOCKS_WRITE(saved)
 #endif
-    if constexpr (CL > 1) exchange_barriers_exit(bars);
+    if constexpr (CL > 1) exchange_barriers_exit(bars, K::XG);
 }
 
 }  // namespace fused
@@ -891,6 +1064,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
 //   FLASHRNN_KSPLIT    warps that split K for the same rows (1 or 2)
 //   FLASHRNN_WHOLE_K   1: those KSPLIT warps each run the whole K instead, and split the batch columns only
 //   FLASHRNN_R_SMEM    of a warp's k-tiles of R, how many live in shared memory (the last ones; 0: none)
+//   FLASHRNN_DMA_WARPS  1 (clusters): one more warp a block does the copies and the h sends (Tile::DMA)
 // Launch: grid (N * CLUSTER, ceil(B / (8*NBT))), cluster (CLUSTER, 1, 1), block Tile::THREADS, dynamic shared
 // memory Tile::SMEM_BYTES. lengths: [B] int32 with 1 <= lengths[b] <= T, or null (every sequence runs T steps);
 // past its end a sequence's states stay at its last valid ones (docs/architecture.md, "Variable lengths").

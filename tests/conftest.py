@@ -42,3 +42,22 @@ def random_inputs(rng, function: str, B: int, T: int, N: int, D: int, with_state
         if function == "slstm":
             s0[2] = 1.0 + np.abs(s0[2])
     return Wx, R, b, s0
+
+
+def relative_error(out, ref) -> float:
+    """||out - ref|| / ||ref|| in float64, after asserting that ``out`` holds no NaN (an output left unwritten
+    from NaN-poisoned memory)."""
+    out, ref = np.asarray(out, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    assert not np.isnan(out).any(), "NaN in the output"
+    return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30))
+
+
+def saved_error(saved, ref_saved, lengths=None) -> float:
+    """``relative_error`` of the saved pre-activations ``[B, T, ...]`` at the steps a sequence runs (all of them
+    without ``lengths``: past its end a sequence's saved values may hold anything, but no NaN)."""
+    saved = np.asarray(saved, np.float64)
+    if lengths is None:
+        return relative_error(saved, ref_saved)
+    assert not np.isnan(saved).any(), "saved not fully written"
+    valid = np.arange(saved.shape[1])[None, :] < np.asarray(lengths)[:, None]  # [B, T]
+    return relative_error(saved[valid], np.asarray(ref_saved)[valid])

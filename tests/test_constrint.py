@@ -438,8 +438,11 @@ def _smem(function, dtype, D, prm: FusedParams) -> int:
     part = (prm.k_split * prm.warps_along_dims * mt * prm.batch_ntiles * 4 * 32 * 4
             if prm.k_split > 1 and not prm.whole_k else 0)
     out = 2 * (s + saved) * bt * (db + 16 // item) * item
-    r = prm.warps_per_block * split * mt * prm.r_ktiles_in_smem * 512  # R's k-tiles in shared memory
-    return h + x + part + out + (16 if prm.blocks_per_head > 1 else 0) + r
+    compute_warps = prm.warps_per_block - prm.dma_warps
+    r = compute_warps * split * mt * prm.r_ktiles_in_smem * 512  # R's k-tiles in shared memory
+    # mbarriers: one a buffer in a cluster, three groups a buffer with DMA warps (Tile::XG)
+    bars = 16 * (3 if prm.dma_warps else 1) if prm.blocks_per_head > 1 else 0
+    return h + x + part + out + bars + r
 
 
 def _check_limits(hw: Hardware, function: str, dtype: str, B: int, N: int, D: int, prm: FusedParams) -> None:
@@ -447,7 +450,10 @@ def _check_limits(hw: Hardware, function: str, dtype: str, B: int, N: int, D: in
     assert prm.blocks_per_head * prm.dims_per_block == D
     assert prm.dims_per_block % prm.dims_per_warp == 0
     assert prm.warps_along_dims * prm.dims_per_warp == prm.dims_per_block
-    assert prm.warps_per_block == prm.warps_along_dims * prm.k_split and prm.k_split in (1, 2)
+    assert prm.warps_per_block == prm.warps_along_dims * prm.k_split + prm.dma_warps and prm.k_split in (1, 2)
+    # DMA warps (Tile::DMA): clusters of 8+, warps whose k-tiles start at 0, whole k-tiles a block
+    assert not prm.dma_warps or (prm.blocks_per_head >= 8 and (prm.k_split == 1 or prm.whole_k)
+                                 and prm.dims_per_block % 16 == 0 and hw.clusters)
     assert prm.threads_per_block == 32 * prm.warps_per_block <= hw.max_threads_per_block
     # forward: K = D, split over the k_split warps or run whole by each (then k_split 2)
     assert prm.ktiles_per_warp * (1 if prm.whole_k else prm.k_split) == D // 16
@@ -570,6 +576,38 @@ def test_whole_k_warps():
     assert halves.smem_bytes - wholes.smem_bytes == 2 * 2 * 2 * 4 * 32 * 4  # KS x WARPS_D x MT x 4 x 32 floats
     # The model prices whole-K: no partial-sum exchange and barrier.
     assert wholes.breakdown["barrier"] < halves.breakdown["barrier"]
+
+
+def test_dma_warps():
+    """DMA warps (fused_fw.cu Tile::DMA: two more warps a block copy and send h while the others compute) on the
+    1x768 heads of 16-bit storage, where the solver takes them: counted in the block's threads, three mbarrier
+    groups a buffer in its shared memory, FLASHRNN_DMA_WARPS only where set; clusters of 8+ blocks, D >= 768
+    (``KernelModel.dma_min_D``), k-tiles from the warp's first, never without clusters; the model prices the
+    overlap of the exchange with the mma below the same geometry without them."""
+    from flashrnn_core.backends.fused import launch_of
+
+    for function in ("lstm", "slstm"):
+        with_dma = solve_fused(H200, function, "bfloat16", 16, 1, 768)
+        assert with_dma.dma_warps == problems.DEFAULT_MODEL.dma_warps == 2 and with_dma.blocks_per_head == 16
+        compute = with_dma.warps_along_dims * with_dma.k_split
+        assert with_dma.warps_per_block == compute + 2 and with_dma.threads_per_block == 32 * (compute + 2)
+        args = with_dma.template_args()
+        assert args["FLASHRNN_DMA_WARPS"] == 2 and args["FLASHRNN_THREADS"] == with_dma.threads_per_block
+        assert "dma2" in launch_of(with_dma).spec.label
+        without = problems.assess(H200, function, "bfloat16", 16, 1, 768, blocks_per_head=16, k_split=1,
+                                  prefetch_steps=with_dma.prefetch_steps,
+                                  r_ktiles_in_smem=with_dma.r_ktiles_in_smem)
+        assert without and not without.dma_warps and "FLASHRNN_DMA_WARPS" not in without.template_args()
+        assert with_dma.smem_bytes - without.smem_bytes == 32  # two more mbarrier pairs
+        assert with_dma.breakdown["exchange"] < without.breakdown["exchange"]
+        assert with_dma.step_cycles < without.step_cycles
+    assert not any(solve_fused(hw, "lstm", "bfloat16", 16, N, D).dma_warps
+                   for hw, N, D in ((A100, 12, 64), (H100, 12, 64), (H100, 3, 256), (H100, 1, 512)))
+    given = dict(blocks_per_head=4, k_split=2, whole_k=True, prefetch_steps=8, dma_warps=2)
+    assert not problems.assess(H200, "lstm", "bfloat16", 16, 12, 64, **given)  # D < 768, 4 blocks
+    with pytest.raises(ValueError, match="DMA warps"):
+        problems.assess(H200, "lstm", "bfloat16", 16, 1, 768, blocks_per_head=16, k_split=1, prefetch_steps=4,
+                        dma_warps=1)
 
 
 def test_assess_names_what_a_given_choice_breaks():

@@ -15,7 +15,8 @@ from flashrnn_core.cells import CELLS
 from flashrnn_core.backends import AUTO_ORDER, why_not
 from flashrnn_core.constrint import A100, H100, solve_fused
 from flashrnn_core.validate import validate
-from conftest import random_inputs
+from conftest import random_inputs, saved_error
+from conftest import relative_error as _rel  # (the name these tests use)
 
 DTYPES = {"float32": _arrays.float32, "bfloat16": _arrays.bfloat16, "float16": _arrays.float16}
 TOL = {"float32": 1e-4, "bfloat16": 2e-2, "float16": 2e-2}  # SPEC.md, relative to a float64 reference
@@ -49,12 +50,6 @@ def _inputs(rng, function, dtype, B, T, N, D, with_states):
 def _shapes(function, B, T, N, D):
     cell = CELLS[function]
     return (B, T, cell.gates_w, N, D), (cell.gates_r, N, D, D), (cell.gates_b, N, D)
-
-
-def _rel(out, ref) -> float:
-    out, ref = np.asarray(out, dtype=np.float64), np.asarray(ref, dtype=np.float64)
-    assert not np.isnan(out).any(), "NaN in the output"
-    return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30))
 
 
 @pytest.fixture
@@ -121,31 +116,41 @@ def test_every_forward_geometry_matches_vanilla(function, dtype_name, D, poisone
     it admits: every geometry (cluster, k split or whole-K warps, batch tile; at its deepest prefetch) of a small
     head matches vanilla, and its inference twin gives the same states bit for bit. D = 16 has one k-tile (whole-K
     warps or none), D = 64 both kinds of k_split = 2 warps."""
+    from flashrnn_core.constrint.hardware import current
+    from flashrnn_core.constrint.problems import all_feasible
+    from flashrnn_core.tune import distinct_geometries
+
+    B, T, N = 9, 7, 2
+    if dtype_name == "float32" and D == 64:
+        D = 32  # (float32 D = 64 heads hold R in registers only on a few geometries)
+    configs = distinct_geometries(all_feasible(current(), function, dtype_name, B, N, D))
+    assert any(c.whole_k for c in configs) and any(not c.whole_k for c in configs)
+    _pinned_match_vanilla(function, dtype_name, configs, B, T, N, D, "every geometry")
+
+
+def _pinned_match_vanilla(function, dtype_name, configs, B, T, N, D, seed, lengths=None):
+    """Each of ``configs`` (FusedParams), pinned, matches vanilla from NaN-poisoned outputs (the ``poisoned``
+    fixture), and its inference twin gives the same states bit for bit. Their kernels compile first, on every
+    core."""
     import os
 
     import cupy
 
     from flashrnn_core.compile import run_jobs
-    from flashrnn_core.constrint.hardware import current
-    from flashrnn_core.constrint.problems import all_feasible
     from flashrnn_core.runtime import device_arch
-    from flashrnn_core.tune import distinct_geometries, pinned
+    from flashrnn_core.tune import pinned
 
-    B, T, N = 9, 7, 2
-    if dtype_name == "float32" and D == 64:
-        D = 32  # (float32 D = 64 heads hold R in registers only on a few geometries)
-    dtype = DTYPES[dtype_name]
-    configs = distinct_geometries(all_feasible(current(), function, dtype_name, B, N, D))
-    assert any(c.whole_k for c in configs) and any(not c.whole_k for c in configs)
     launches = [fused.launch_of(c, save) for c in configs for save in (True, False)]
     failed = [o for o in run_jobs([(launch.spec, device_arch()) for launch in launches], os.cpu_count() or 1)
               if o.error]
     assert not failed, failed[0].error
-    rng = np.random.default_rng(zlib.crc32(repr((function, dtype_name, D, "every geometry")).encode()))
+
+    dtype = DTYPES[dtype_name]
+    rng = np.random.default_rng(zlib.crc32(repr((function, dtype_name, D, seed)).encode()))
     host = _inputs(rng, function, dtype, B, T, N, D, True)
     dev = [cupy.asarray(a) for a in host]
-    problem = validate(*dev, function=function)
-    ref = fc.forward(*[a.astype(np.float64) for a in host], function=function, backend="vanilla")
+    problem = validate(*dev, function=function, lengths=None if lengths is None else cupy.asarray(lengths))
+    ref = fc.forward(*[a.astype(np.float64) for a in host], function=function, backend="vanilla", lengths=lengths)
     tol = TOL[dtype_name]
     for config in configs:
         label = fused.launch_of(config).spec.label
@@ -154,11 +159,33 @@ def test_every_forward_geometry_matches_vanilla(function, dtype_name, D, poisone
         for s, name in enumerate(CELLS[function].state_names):
             err = _rel(states[s], ref.states[s])
             assert err < tol, f"{label}: state {name}: relative error {err:.2e} >= {tol:g}"
-        err = _rel(saved, ref.saved)
+        err = saved_error(saved, ref.saved, lengths)
         assert err < tol, f"{label}: saved: relative error {err:.2e} >= {tol:g}"
         infer, none = backend.forward(problem, *dev, save=False)
         assert none is None
         np.testing.assert_array_equal(cupy.asnumpy(infer), states, err_msg=label)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("varlen", [False, True], ids=["T", "lengths"])
+@pytest.mark.parametrize("dtype_name", ["bfloat16", "float16"])
+@pytest.mark.parametrize("function", ["lstm", "slstm", "gru"])
+def test_dma_warps_match_vanilla(function, dtype_name, varlen, poisoned):
+    """DMA warps (fused_fw.cu Tile::DMA: h's columns rotated a block, the exchange counted on three mbarrier groups
+    the mma wait for in turn, the copies and sends on their own warps) on every geometry the solver admits them at
+    D = 768 (16-block clusters), with an odd batch and, in turn, variable lengths."""
+    from flashrnn_core.constrint.hardware import current
+    from flashrnn_core.constrint.problems import all_feasible
+    from flashrnn_core.tune import distinct_geometries
+
+    B, T, N, D = 9, 6, 1, 768
+    hw = current()
+    if not hw.clusters:
+        pytest.skip(f"DMA warps run on thread-block clusters (sm_90), not on {hw.arch}")
+    configs = [c for c in distinct_geometries(all_feasible(hw, function, dtype_name, B, N, D)) if c.dma_warps]
+    assert configs, f"no DMA-warp geometry of {function} D={D}"
+    lengths = np.array([6, 1, 3, 6, 2, 5, 4, 6, 1], np.int32) if varlen else None
+    _pinned_match_vanilla(function, dtype_name, configs, B, T, N, D, "dma", lengths)
 
 
 @pytest.mark.gpu

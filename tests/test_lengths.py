@@ -12,7 +12,8 @@ import pytest
 import flashrnn_core as fc
 from flashrnn_core import _arrays
 from flashrnn_core.cells import CELLS
-from conftest import random_inputs
+from conftest import random_inputs, saved_error
+from conftest import relative_error as _rel  # (the name these tests use)
 
 CELL_NAMES = sorted(CELLS)
 TOL = {"float64": 1e-10, "float32": 1e-4, "bfloat16": 2e-2, "float16": 2e-2}  # SPEC.md, relative
@@ -33,12 +34,6 @@ def _alone(Wx, R, b, s0, function, lengths, ds, backend="vanilla"):
         d[:, 0, -1] += ds[:, i, n:].sum(axis=1)
         out.append((res, fc.backward(res, d)))
     return out
-
-
-def _rel(out, ref) -> float:
-    out, ref = np.asarray(out, dtype=np.float64), np.asarray(ref, dtype=np.float64)
-    assert not np.isnan(out).any(), "NaN in the output"
-    return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30))
 
 
 @pytest.mark.parametrize("function", CELL_NAMES)
@@ -190,12 +185,6 @@ def test_gpu_backend_matches_vanilla_with_lengths(backend, dtype_name, function,
         assert not np.asarray(dWx[i, n:], np.float32).any(), "dWx past a sequence's end must be zero"
 
 
-def _check_saved(saved, ref_saved, lengths, tol):
-    """saved at the steps a sequence runs matches vanilla's (past its end it may hold anything)."""
-    valid = np.arange(saved.shape[1])[None, :] < np.asarray(lengths)[:, None]  # [B, T]
-    assert _rel(np.asarray(saved, np.float64)[valid], ref_saved[valid]) <= tol
-
-
 @pytest.fixture
 def poisoned(monkeypatch):
     """Outputs (and the cuda backend's scratch) come from NaN-filled memory: whatever the GPU backends leave
@@ -231,9 +220,7 @@ def test_gpu_outputs_fully_written_with_lengths(backend, function, poisoned):
     assert res.backend == backend
     tol = TOL[dtype_name]
     assert _rel(cupy.asnumpy(res.states), ref.states) <= tol
-    saved = cupy.asnumpy(res.saved)
-    assert not np.isnan(np.asarray(saved, np.float32)).any(), "saved not fully written"  # any value past the ends
-    _check_saved(saved, ref.saved, lengths, tol)
+    assert saved_error(cupy.asnumpy(res.saved), ref.saved, lengths) <= tol  # (any value past the ends)
 
     rng = np.random.default_rng(8)
     dh = rng.standard_normal((1, B, T, N, D)).astype(np.float32).astype(host[0].dtype)
@@ -269,7 +256,7 @@ def test_cuda_fused_cluster_heads_with_lengths(function):
     assert _rel(states, ref.states) <= tol
     for i, n in enumerate(lengths):
         np.testing.assert_array_equal(states[:, i, n:], np.repeat(states[:, i, n - 1 : n], shape[1] - n, 1))
-    _check_saved(cupy.asnumpy(res.saved), ref.saved, lengths, tol)
+    assert saved_error(cupy.asnumpy(res.saved), ref.saved, lengths) <= tol
     bw = fused.FusedBackend().bw_params(res.problem)
     assert not isinstance(bw, str) and bw.cluster > 1, bw
     ds = np.random.default_rng(9).standard_normal(ref.states.shape)

@@ -16,6 +16,7 @@ from flashrnn_core.backends import AUTO_ORDER, why_not
 from flashrnn_core.cells import CELLS
 from flashrnn_core.runtime import SLOT, PreparedLaunch
 from flashrnn_core.validate import validate_step
+from conftest import relative_error as _rel
 
 TOL = {"float32": 1e-4, "bfloat16": 2e-2}  # SPEC.md, relative to a float64 reference
 DTYPES = {"float32": _arrays.float32, "bfloat16": _arrays.bfloat16}
@@ -32,12 +33,6 @@ def _inputs(function, dtype, B, T, N, D, seed_extra=()):
     if function == "slstm":
         s0[2] = 1.0 + np.abs(s0[2])
     return [a.astype(np.float32).astype(dtype) for a in (Wx, R, b, s0)]
-
-
-def _rel(out, ref) -> float:
-    out, ref = np.asarray(out, dtype=np.float64), np.asarray(ref, dtype=np.float64)
-    assert not np.isnan(out).any(), "NaN in the output"
-    return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30))
 
 
 def _run(stepper, Wx, xp=np):

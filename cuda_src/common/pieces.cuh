@@ -82,21 +82,32 @@ template <int PER, bool KEEP = true> struct StorePieces {
     }
 };
 
+// Which of XG mbarrier groups counts the slice a block receives from the block `distance` ranks below it (1 ..
+// CL - 1): about equal groups in the order the senders send (SliceSender: to rank + 1 first).
+__device__ __forceinline__ constexpr int exchange_group(int distance, int XG, int CL) {
+    return (distance - 1) * XG / (CL - 1);
+}
+
 // A block's own slice of a double-buffered exchange buffer (the forward's h, the backward's drs), sent each step
 // to the other CL-1 blocks of its cluster as 16-byte st.async, counted by the receivers' mbarrier for that
 // buffer (no cluster barrier a step: issue 5 measured a cluster.sync at 0.44-0.76 us). SENDERS threads share the
 // sending (a whole block, or one warp sending the pieces it wrote itself); `me` is this thread's index among
 // them. Every thread owns the same pieces every step, so it keeps their addresses in buffer 0 and the blocks they
 // go to. CHUNKS: pieces of the slice (of the warp's part of it); piece_at(c): the shared address of piece c in
-// buffer 0.
-template <int CHUNKS, int CL, int SENDERS, bool KEEP> struct SliceSender {
+// buffer 0. The pieces go to rank + 1 first, then rank + 2, ... A receiver that keeps its columns rotated
+// (SHIFT > 0, the forward's DMA warp) takes the slice of the block `distance` ranks below it SHIFT * distance
+// bytes further than the sender keeps it, counted by the mbarrier of group exchange_group(distance, XG, CL) (8
+// bytes apart).
+template <int CHUNKS, int CL, int SENDERS, bool KEEP, int SHIFT = 0, int XG = 1> struct SliceSender {
     static constexpr int TOTAL = CHUNKS * (CL - 1), PER = (TOTAL + SENDERS - 1) / SENDERS;
+    static constexpr bool ROTATED = SHIFT != 0 || XG > 1;
     unsigned src[PER > 0 ? PER : 1];     // shared address of the piece in buffer 0
     unsigned target[PER > 0 ? PER : 1];  // the block it goes to (PER = 0: one block a head, nothing to send)
     unsigned live;                       // bit j: this thread sends piece j (the last round may be partial)
+    unsigned rank;                       // (ROTATED: the distance to a target, from which its column and mbarrier)
 
-    template <class PieceAt> __device__ __forceinline__ SliceSender(unsigned rank, int me, PieceAt piece_at) {
-        live = 0u;
+    template <class PieceAt>
+    __device__ __forceinline__ SliceSender(unsigned my_rank, int me, PieceAt piece_at) : live(0u), rank(my_rank) {
 #pragma unroll
         for (int j = 0; j < PER; ++j) {
             const int i = me + j * SENDERS;
@@ -106,37 +117,49 @@ template <int CHUNKS, int CL, int SENDERS, bool KEEP> struct SliceSender {
         }
         if constexpr (TOTAL % SENDERS != 0) live = keep<KEEP>(live);
     }
-    // Sends the buffer `buf_off` bytes past buffer 0, counted by the receivers' mbarrier `bar` (a local address).
+    // Sends the buffer `buf_off` bytes past buffer 0, counted by the receivers' mbarrier `bar` (a local address;
+    // ROTATED: the buffer's first group's).
     __device__ __forceinline__ void send(unsigned buf_off, unsigned bar) {
 #pragma unroll
         for (int j = 0; j < PER; ++j)
             if (TOTAL % SENDERS == 0 || ((live >> j) & 1u)) {
                 const unsigned from = src[j] + buf_off;
-                cluster::st_async_16(cluster::map(from, target[j]), ld_shared_v4(from), cluster::map(bar, target[j]));
+                if constexpr (ROTATED) {
+                    const int distance = int((target[j] + CL - rank) % CL);
+                    cluster::st_async_16(cluster::map(from + unsigned(SHIFT * distance), target[j]), ld_shared_v4(from),
+                                         cluster::map(bar + unsigned(8 * exchange_group(distance, XG, CL)), target[j]));
+                } else
+                    cluster::st_async_16(cluster::map(from, target[j]), ld_shared_v4(from),
+                                         cluster::map(bar, target[j]));
             }
     }
 };
 
-// The two mbarriers (8 bytes each at `bars`) that count a double-buffered exchange's bytes: initialised by thread
-// 0, each armed for its first phase (`recv_bytes` from the other blocks). A cluster barrier must follow before
-// any block sends.
-__device__ __forceinline__ void exchange_barriers_init(unsigned bars, unsigned recv_bytes) {
+// The mbarriers (8 bytes each at `bars`) that count a double-buffered exchange's bytes: `groups` for each buffer
+// (buffer b's group g at bars + 8 * (b * groups + g)), initialised by thread 0, each armed for its first phase
+// (bytes_of(g) from the other blocks). A cluster barrier must follow before any block sends.
+template <class BytesOf>
+__device__ __forceinline__ void exchange_barriers_init(unsigned bars, int groups, BytesOf bytes_of) {
     if (threadIdx.x == 0)
-        for (int i = 0; i < 2; ++i) cluster::mbarrier_init(bars + 8 * i, 1);
+        for (int i = 0; i < 2 * groups; ++i) cluster::mbarrier_init(bars + 8 * i, 1);
     // Without this, compute-sanitizer's racecheck reports thread 0's init and first arrival as a race (a
     // warning; it seems to count mbarrier operations against the whole warp). With it: 0 hazards
     // (bench/results/sanitizer/README.md).
     __syncwarp();
     if (threadIdx.x == 0)
-        for (int i = 0; i < 2; ++i) cluster::mbarrier_expect(bars + 8 * i, recv_bytes);
+        for (int i = 0; i < 2 * groups; ++i) cluster::mbarrier_expect(bars + 8 * i, bytes_of(i % groups));
+}
+// One mbarrier a buffer, counting all `recv_bytes`.
+__device__ __forceinline__ void exchange_barriers_init(unsigned bars, unsigned recv_bytes) {
+    exchange_barriers_init(bars, 1, [=](int) { return recv_bytes; });
 }
 
 // At a cluster kernel's exit: no block leaves while another may still address its memory, and the mbarriers
 // are invalidated before their memory serves the next block on this SM.
-__device__ __forceinline__ void exchange_barriers_exit(unsigned bars) {
+__device__ __forceinline__ void exchange_barriers_exit(unsigned bars, int groups = 1) {
     cluster::sync();
     if (threadIdx.x == 0)
-        for (int i = 0; i < 2; ++i) cluster::mbarrier_inval(bars + 8 * i);
+        for (int i = 0; i < 2 * groups; ++i) cluster::mbarrier_inval(bars + 8 * i);
 }
 
 }  // namespace flashrnn

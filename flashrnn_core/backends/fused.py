@@ -102,6 +102,7 @@ def launch_of(choice: FusedParams, save: bool = True) -> Launch:
                  f"p{choice.prefetch_steps}")
         if choice.blocks_per_head > 1 or choice.k_split > 1:
             label += f" cluster{choice.blocks_per_head} ksplit{choice.k_split}" + (" wholek" if choice.whole_k else "")
+            label += f" dma{choice.dma_warps}" if choice.dma_warps else ""
         if not save:
             defines += (("FLASHRNN_SAVE", "0"),)
     if choice.r_ktiles_in_smem:

@@ -42,7 +42,7 @@ from fractions import Fraction
 from typing import Any
 
 from .hardware import Hardware
-from .solver import Expr, Infeasible, Problem, Var, divides
+from .solver import Expr, Infeasible, Problem, Var, divides, predicate
 
 #: Bump when the model (constraints, register fit, latency constants) changes: tuning-cache keys carry it.
 #: 7: the backward stages hold only the state rows the cells read (every backward choice's shared memory).
@@ -95,6 +95,14 @@ class KernelModel:
     cooperative_heads: bool = False
     #: Where the kernel switches to reading Wx cell by cell (Tile::LATE_X).
     late_x_threads: int = 384
+    #: fused_fw.cu Tile::DMA: clusters of 8+ blocks may add this many warps a block that copy and send h while the
+    #: compute warps run (0: never). Two, not one: one warp's sends took ~3200 cycles a step at lstm 1x768 (the
+    #: compute warps' shared-memory loads queue ahead of them), two ~3200 as well but with half the copies
+    #: (bench/results/phases/2026-12-01-h200-dma.txt), and one measured slower (2.41 against 2.09 ms).
+    dma_warps: int = 2
+    #: ... for heads of at least this D: measured at D = 768 only, and at D = 512 the register fit misses the DMA
+    #: kernels by up to 40 registers (slstm float16 estimated 231 spilled at 255).
+    dma_min_D: int = 768
 
     # -- registers per thread: a linear fit over the step's live values (REGISTER_FIT says how it was fitted)
     reg_base: Fraction = Fraction(33)  # addresses, loop state, indices, bias, barrier bookkeeping
@@ -106,6 +114,9 @@ class KernelModel:
     reg_f32_per_cell: Fraction = Fraction(0)  # float32 storage: the hi/lo split per cell (the fit gives 0)
     reg_ksplit: Fraction = Fraction(47, 4)  # split-K: partial-sum addressing and the second column's state
     reg_cluster: Fraction = Fraction(0)  # mbarrier and remote addresses (the fit gives 0)
+    #: DMA warps (Tile::DMA): the compute warps' mbarrier-group waits inside the mma. lstm 1x768 with 28 of R's 48
+    #: k-tiles in shared memory (estimated 255 without) spilled 36 bytes, with 29 (247) did not.
+    reg_dma: Fraction = Fraction(4)
     #: Where some of R's k-tiles live in shared memory (16-bit storage, one batch n-tile): R's registers one
     #: for one, plus this times the estimate of everything else (REGISTER_FIT, last paragraph).
     reg_rest_with_smem: Fraction = Fraction(28, 25)
@@ -138,6 +149,11 @@ class KernelModel:
     #: distributed shared memory's bandwidth): 4 bytes a cycle.
     cluster_bytes_per_cycle: int = 4
     grid_sync: int = 2300  # cooperative grid barrier, 1.2 us on H100 (issue 5)
+    #: DMA warps (Tile::DMA): the share of the exchange that overlaps the mma (the compute warps start on the slices
+    #: that have arrived), of the smaller of the two, and what the mbarrier-group waits inside the mma add. Fitted
+    #: to lstm/slstm 1x768 (H200: 2.34 -> 2.09, 2.43 -> 2.21 ms, -10%; the model's step 6069 -> ~5460 cycles).
+    dma_overlap: float = 0.53
+    dma_waits: int = 100
     ksplit_exchange: int = 40  # partial sums through shared memory + the extra barrier (besides sync_threads)
     r_smem_ldmatrix: int = 6  # per ldmatrix.x4 of R from shared memory (issue; latency overlaps h's)
     smem_bytes_per_cycle: int = 128  # shared-memory bandwidth per SM
@@ -444,6 +460,9 @@ class FusedParams:
     #: forward: the ``k_split`` = 2 warps each run the whole K and split the batch columns only (fused_fw.cu
     #: Tile::WHOLE_K; ``ktiles_per_warp`` is then all of K's)
     whole_k: bool = False
+    #: forward, clusters: this many more warps a block (``threads_per_block`` counts them) copy and send h while the
+    #: others compute (fused_fw.cu Tile::DMA)
+    dma_warps: int = 0
 
     def template_args(self) -> dict[str, int]:
         """The -D parameters of cuda_src/fused_fw.cu (or fused_bw.cu for a backward choice) as it stands
@@ -459,10 +478,12 @@ class FusedParams:
                     "FLASHRNN_STORE_DRS": int(self.stores_drs), "FLASHRNN_FUSED_DR": int(self.fused_dr),
                     "FLASHRNN_CLUSTER": self.blocks_per_head, "FLASHRNN_R_SMEM": self.r_ktiles_in_smem,
                     "FLASHRNN_THREADS": self.threads_per_block, "FLASHRNN_SMEM_BYTES": self.smem_bytes}
-        # (FLASHRNN_WHOLE_K only where set: the other kernels keep the defines, and so the cache keys, they had)
+        # (FLASHRNN_WHOLE_K and FLASHRNN_DMA_WARPS only where set: the other kernels keep the defines, and so the
+        # cache keys, they had)
         return {"FLASHRNN_D": self.D, "FLASHRNN_NBT": self.batch_ntiles, "FLASHRNN_PREFETCH": self.prefetch_steps,
                 "FLASHRNN_CLUSTER": self.blocks_per_head, "FLASHRNN_KSPLIT": self.k_split,
-                **({"FLASHRNN_WHOLE_K": 1} if self.whole_k else {}), "FLASHRNN_R_SMEM": self.r_ktiles_in_smem,
+                **({"FLASHRNN_WHOLE_K": 1} if self.whole_k else {}),
+                **({"FLASHRNN_DMA_WARPS": self.dma_warps} if self.dma_warps else {}), "FLASHRNN_R_SMEM": self.r_ktiles_in_smem,
                 "FLASHRNN_THREADS": self.threads_per_block, "FLASHRNN_SMEM_BYTES": self.smem_bytes}
 
     @property
@@ -489,7 +510,8 @@ class FusedParams:
             f"grid of {self.blocks_per_head}" if self.sync == "grid" else "one block")
         return (f"{self.function} {self.dtype} {self.direction} B={self.B} N={self.N} D={self.D} on {self.hardware}: "
                 f"{where} per head, {self.batch_tile} sequences x {self.threads_per_block} threads "
-                f"(k_split {self.k_split}{', whole K' if self.whole_k else ''}), prefetch {self.prefetch_steps}, "
+                f"(k_split {self.k_split}{', whole K' if self.whole_k else ''}"
+                f"{f', {self.dma_warps} DMA warps' if self.dma_warps else ''}), prefetch {self.prefetch_steps}, "
                 f"R in smem {self.r_ktiles_in_smem}/{self.ktiles_per_warp} k-tiles, {self.smem_bytes} B smem, ~{self.registers_estimate} regs "
                 f"(cap {self.register_cap}), grid {self.grid}, {self.waves} wave(s), ~{self.step_cycles:.0f} "
                 f"cycles ({self.step_us:.3f} us) a step")
@@ -531,6 +553,8 @@ def build_fused(hw: Hardware, function: str, dtype, B: int, N: int, D: int, dire
         "warps_d": p.var("warps_d", range(1, hw.max_threads_per_block // hw.warp_size + 1), priority=-1),
         "ksplit": p.var("ksplit", model.ksplits),
         "wholek": p.var("wholek", model.whole_k, priority=-1),
+        "dma": p.var("dma", (0, 1) if model.dma_warps and hw.clusters and D >= model.dma_min_D else (0,),
+                     priority=-1),
         "ktw": p.var("ktw", range(1, kt + 1), priority=-1),
         "own": p.var("own", (1, 2), priority=-1),
         "nbt": p.var("nbt", range(1, max(1, min(model.max_nbt, math.ceil(B / MMA_N))) + 1)),
@@ -555,7 +579,7 @@ def build_fused(hw: Hardware, function: str, dtype, B: int, N: int, D: int, dire
 
 def _resources(geo: Geometry, m: KernelModel, v: dict[str, Var]) -> tuple[Expr, Expr]:
     """(registers per thread, shared-memory bytes per block) as polynomials of the variables."""
-    warps_d, ksplit, ktw, wholek = v["warps_d"], v["ksplit"], v["ktw"], v["wholek"]
+    warps_d, ksplit, ktw, wholek, dma = v["warps_d"], v["ksplit"], v["ktw"], v["wholek"], v["dma"]
     own, nbt, prefetch, r_smem, late_x, clustered, r_shared = (
         v[k] for k in ("own", "nbt", "prefetch", "r_smem_kt", "late_x", "clustered", "r_shared"))
     mt, u, split, item = geo.mt, geo.u, geo.split, geo.itemsize
@@ -571,7 +595,7 @@ def _resources(geo: Geometry, m: KernelModel, v: dict[str, Var]) -> tuple[Expr, 
     rest = (m.reg_base + m.reg_per_h * h_regs + m.reg_per_acc * acc_regs
             + m.reg_per_cell_value * cell_values + m.reg_per_copy * copy_pieces
             + m.reg_f32_per_cell * (split - 1) * cells + m.reg_ksplit * (ksplit - 1 - wholek)
-            + m.reg_cluster * clustered)
+            + m.reg_cluster * clustered + m.reg_dma * dma)
     rest_estimate = m.reg_margin + (1 + m.reg_margin_fraction) * rest
     # R's registers at the fit's cost; or, with R partly in shared memory (r_shared = 1), one for one and the
     # rest at reg_rest_with_smem times its estimate (REGISTER_FIT, last paragraph).
@@ -590,7 +614,8 @@ def _resources(geo: Geometry, m: KernelModel, v: dict[str, Var]) -> tuple[Expr, 
     # 1 or 2, and wholek 1 only with ksplit 2: exact).
     part_bytes = (ksplit - 1 - wholek) * 2 * warps_d * nbt * (mt * 4 * 32 * 4)
     out_bytes = 2 * geo.stream_out * bt * (db + pad) * item
-    bar_bytes = 16 * clustered
+    # mbarriers: two (one an h buffer) in a cluster; with DMA warps (clusters of 8+) three groups a buffer.
+    bar_bytes = 16 * clustered + 32 * dma
     r_bytes = warps_d * ksplit * r_smem * split * mt * 512
     return regs, h_bytes + x_bytes + part_bytes + out_bytes + bar_bytes + r_bytes
 
@@ -642,9 +667,10 @@ def _add_constraints(p: Problem, v: dict[str, Var], geo: Geometry, hw: Hardware,
                      regs: Expr, smem: Expr) -> None:
     """Every condition of a valid, spill-free launch, named for the explanations. Added in order of what an
     explanation should prefer to name (hardware budgets first: deletion filtering keeps the earliest)."""
-    cluster, warps_d, ksplit, ktw, own = v["cluster"], v["warps_d"], v["ksplit"], v["ktw"], v["own"]
-    threads = hw.warp_size * warps_d * ksplit
-    add_block_budgets(p, v, hw, regs, smem, warps_d * ksplit)
+    cluster, warps_d, ksplit, ktw, own, dma = v["cluster"], v["warps_d"], v["ksplit"], v["ktw"], v["own"], v["dma"]
+    warps = warps_d * ksplit + m.dma_warps * dma
+    threads = hw.warp_size * warps
+    add_block_budgets(p, v, hw, regs, smem, warps)
     add_cluster_constraints(p, v, hw, m, smem, max(1, geo.kt))
     # batch_tiles = ceil(B / (8 nbt)), exactly: the least count of tiles that covers the batch.
     p.add(MMA_N * v["nbt"] * v["batch_tiles"] >= B, name="batch tiles cover the batch")
@@ -663,6 +689,12 @@ def _add_constraints(p: Problem, v: dict[str, Var], geo: Geometry, hw: Hardware,
     p.add(ktw * ksplit == max(1, geo.kt) * (1 + v["wholek"]),
           name=f"K split evenly: k-tiles per warp x k_split == {geo.kg}*D/16 (twice that for whole-K warps)")
     p.add(own * ksplit == 2, name="batch columns: each of the k_split warps finishes 2/k_split columns")
+    # DMA warps (Tile::DMA): clusters of 8+ blocks (three mbarrier groups), each warp's k-tiles from the first (k_split
+    # 1 or whole-K warps), and a block's h slice whole k-tiles (its columns are rotated by slices).
+    p.add(cluster >= 8 * dma, name="DMA warps: clusters of 8+ blocks")
+    p.add((ksplit - 1 - v["wholek"]) * dma == 0, name="DMA warps: k_split 1 or whole-K warps")
+    p.add(predicate(lambda wd, on: not on or (wd * geo.dims_per_warp) % MMA_K == 0, warps_d, dma,
+                    label="DMA warps: a block's dims a multiple of 16"))
     p.add(v["r_smem_kt"] <= ktw, name="R k-tiles in shared memory <= k-tiles per warp")
     p.add(v["nbt"] <= m.max_nbt - (m.max_nbt - 1) * v["r_shared"],
           name="R in shared memory: one batch n-tile (REGISTER_FIT)")
@@ -735,7 +767,7 @@ def estimate(fp: FusedProblem, values: dict[str, int], resident: int | None = No
 
         return backward.estimate(fp, values)
     hw = fp.hw
-    threads = values["warps_d"] * values["ksplit"] * hw.warp_size
+    threads = block_warps(fp.model, values) * hw.warp_size
     regs, smem = _at(fp.regs, fp, values), int(_at(fp.smem, fp, values))
     per_sm = max(1, blocks_per_sm(hw, threads, regs, smem) if resident is None else resident)
     occupancy = _occupancy(fp, values, per_sm)
@@ -749,8 +781,14 @@ def estimate(fp: FusedProblem, values: dict[str, int], resident: int | None = No
             "blocks_per_sm": per_sm}
 
 
+def block_warps(m: KernelModel, values: dict[str, int]) -> int:
+    """A block's warps: the compute warps and any DMA warps (Tile::DMA)."""
+    return values["warps_d"] * values["ksplit"] + m.dma_warps * values.get("dma", 0)
+
+
 def _occupancy(fp: FusedProblem, values: dict[str, int], per_sm: int) -> dict[str, float]:
-    """Blocks in the grid, waves, blocks sharing an SM, and warps per scheduler."""
+    """Blocks in the grid, waves, blocks sharing an SM, and warps per scheduler (the compute warps': DMA warps
+    issue a few copies and sends a step)."""
     hw, cluster = fp.hw, values["cluster"]
     blocks = fp.N * cluster * math.ceil(fp.B / (MMA_N * values["nbt"]))
     waves = max(1, math.ceil(blocks / max(1, cluster_slots(hw, cluster, per_sm) * cluster)))
@@ -774,6 +812,9 @@ def _step_terms(fp: FusedProblem, values: dict[str, int], wps: float, on_sm: int
     r_bw = warps * on_sm * r_smem * mt * geo.split * 512 / m.smem_bytes_per_cycle
     cells = geo.u * nbt * values["own"]
     cost = m.cells[geo.function]
+    exchange = _exchange_cycles(fp, values)
+    if values.get("dma", 0):  # the exchange partly under the mma of the slices already there, and the waits
+        exchange += m.dma_waits - m.dma_overlap * min(exchange, max(mma, r_bw))
     return {
         "barrier": m.sync_threads + (m.sync_threads + m.ksplit_exchange if partials(values) else 0),
         "ldmatrix": m.ldmatrix_latency + m.ldmatrix_issue * geo.split * nbt * math.ceil(ktw / 2) * wps,
@@ -782,7 +823,7 @@ def _step_terms(fp: FusedProblem, values: dict[str, int], wps: float, on_sm: int
         "pointwise": max(cost.latency + (cells - 1) * cost.issue, cells * cost.issue * wps),
         "outputs": m.output_store * geo.stream_out * cells * wps,
         "skeleton": m.skeleton_latency + m.skeleton_issue * wps,
-        "exchange": _exchange_cycles(fp, values),
+        "exchange": exchange,
     }
 
 
@@ -818,7 +859,7 @@ def _lower_bound(fp: FusedProblem, box: dict[str, tuple[int, int]]) -> float:
     """Admissible: once the block shape (cluster, ksplit, nbt) is fixed, the estimate at the deepest prefetch
     and the fewest R k-tiles in shared memory left, with every block resident (one wave, one block an SM);
     0 before that. The estimate only grows with shallower prefetch, more R in shared memory, or more waves."""
-    if any(box[k][0] != box[k][1] for k in ("cluster", "ksplit", "wholek", "nbt", "warps_d", "ktw", "own")):
+    if any(box[k][0] != box[k][1] for k in ("cluster", "ksplit", "wholek", "dma", "nbt", "warps_d", "ktw", "own")):
         return 0.0
     values = {k: lo for k, (lo, hi) in box.items()}
     values["prefetch"] = box["prefetch"][1]
@@ -912,7 +953,7 @@ def all_feasible(hardware: Hardware, function: str, dtype, B: int, N: int, D: in
 
 def assess(hardware: Hardware, function: str, dtype, B: int, N: int, D: int, *, blocks_per_head: int = 1,
            k_split: int, batch_ntiles: int = 1, prefetch_steps: int, r_ktiles_in_smem: int = 0,
-           fused_dr: bool = False, whole_k: bool = False, direction: str = "forward",
+           fused_dr: bool = False, whole_k: bool = False, dma_warps: int = 0, direction: str = "forward",
            model: KernelModel = DEFAULT_MODEL) -> FusedParams | Infeasible:
     """The model's verdict on one given configuration (a hand-picked or a measured one): its ``FusedParams``
     with the estimate, or ``Infeasible`` naming the limits it breaks (the "given ..." constraints among them).
@@ -926,7 +967,9 @@ def assess(hardware: Hardware, function: str, dtype, B: int, N: int, D: int, *, 
                  "r_smem_kt": r_ktiles_in_smem}
     else:
         given = {"cluster": blocks_per_head, "ksplit": k_split, "nbt": batch_ntiles, "prefetch": prefetch_steps,
-                 "r_smem_kt": r_ktiles_in_smem, "wholek": int(whole_k)}
+                 "r_smem_kt": r_ktiles_in_smem, "wholek": int(whole_k), "dma": int(dma_warps > 0)}
+        if dma_warps not in (0, model.dma_warps):
+            raise ValueError(f"assess: the kernel model offers {model.dma_warps} DMA warps, got {dma_warps}")
     for name, value in given.items():
         fp.problem.add(fp.v[name] == value, name=f"given {name} = {value}")
     result = fp.problem.solve()
@@ -943,8 +986,8 @@ def params_from(fp: FusedProblem, values: dict[str, int]) -> FusedParams:
 
         return backward.params_from(fp, values)
     e = estimate(fp, values)
-    warps = values["warps_d"] * values["ksplit"]
-    threads = warps * hw.warp_size
+    warps = values["warps_d"] * values["ksplit"]  # (the compute warps; threads count the DMA warps too)
+    threads = block_warps(fp.model, values) * hw.warp_size
     nbt, cluster = values["nbt"], values["cluster"]
     dims_per_block = geo.D // cluster
     r_tile_bytes = 512 * geo.split  # one m16k16 operand tile (both parts for float32)
@@ -958,10 +1001,11 @@ def params_from(fp: FusedProblem, values: dict[str, int]) -> FusedParams:
         rows_per_block=geo.mg * dims_per_block, batch_ntiles=nbt, batch_tile=MMA_N * nbt,
         batch_tiles=math.ceil(fp.B / (MMA_N * nbt)), warps_along_dims=values["warps_d"],
         dims_per_warp=geo.dims_per_warp, k_split=values["ksplit"], ktiles_per_warp=values["ktw"],
-        warps_per_block=warps, threads_per_block=threads, r_ktiles_in_smem=values["r_smem_kt"],
+        warps_per_block=threads // hw.warp_size, threads_per_block=threads, r_ktiles_in_smem=values["r_smem_kt"],
         r_bytes_registers=r_total - r_smem_bytes, r_bytes_smem=r_smem_bytes, prefetch_steps=values["prefetch"],
         sync=sync, smem_bytes=int(e["smem"]), registers_estimate=math.ceil(e["regs"]),
         register_cap=register_cap(hw, threads), blocks_per_sm=int(e["blocks_per_sm"]),
         grid=(fp.N * cluster, math.ceil(fp.B / (MMA_N * nbt))), waves=int(e["waves"]), step_cycles=e["total"],
-        step_us=hw.cycles_to_us(e["total"]), breakdown=breakdown, whole_k=bool(values["wholek"]))
+        step_us=hw.cycles_to_us(e["total"]), breakdown=breakdown, whole_k=bool(values["wholek"]),
+        dma_warps=fp.model.dma_warps * values.get("dma", 0))
 
