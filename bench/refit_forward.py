@@ -43,7 +43,8 @@ MIN_PREFETCH = 2  # rows the fit's error is over
 
 
 def key(values: dict) -> tuple:
-    return values["cluster"], values["ksplit"], values.get("wholek", 0), values["nbt"], values["prefetch"]
+    return (values["cluster"], values["ksplit"], values.get("wholek", 0), values.get("dma", 0), values["nbt"],
+            values["prefetch"])
 
 
 def load(paths: list[Path], hw) -> list[dict]:
@@ -59,7 +60,8 @@ def load(paths: list[Path], hw) -> list[dict]:
         if sh["direction"] != "forward" or s["infeasible"]:
             continue
         measured = {(r["params"]["blocks_per_head"], r["params"]["k_split"], int(r["params"].get("whole_k", False)),
-                     r["params"]["batch_ntiles"], r["params"]["prefetch_steps"]): r["ms"] * 1e3 / sh["T"] * hw.clock_mhz
+                     int(r["params"].get("dma_warps", 0) > 0), r["params"]["batch_ntiles"],
+                     r["params"]["prefetch_steps"]): r["ms"] * 1e3 / sh["T"] * hw.clock_mhz
                     for r in s["rows"] if r.get("ms")}
         fp = build_fused(hw, sh["function"], sh["dtype"], sh["B"], sh["N"], sh["D"])
         configs = [(dict(v), measured.get(key(v))) for v in fp.problem.solutions()]
@@ -155,12 +157,12 @@ def report(model: KernelModel, shapes: list[dict], hw, title: str) -> None:
     for s in shapes:
         sh = s["shape"]
         p = solve_fused(hw, sh["function"], sh["dtype"], sh["B"], sh["N"], sh["D"], model=model)
-        cfg = (p.blocks_per_head, p.k_split, int(p.whole_k), p.batch_ntiles, p.prefetch_steps)
+        cfg = (p.blocks_per_head, p.k_split, int(p.whole_k), int(p.dma_warps > 0), p.batch_ntiles, p.prefetch_steps)
         measured = {key(v): c / hw.clock_mhz * sh["T"] / 1e3 for v, c in s["configs"] if c}  # ms
         best = min(measured, key=measured.get)
 
         def name(k):
-            return f"cl{k[0]} ks{k[1]}{'w' if k[2] else ''} bt{8 * k[3]} pf{k[4]}"
+            return f"cl{k[0]} ks{k[1]}{'w' if k[2] else ''}{' dma' if k[3] else ''} bt{8 * k[4]} pf{k[5]}"
 
         got = f"{measured[cfg]:.3f} ms" if cfg in measured else "not measured"
         ratio = f"{measured[cfg] / measured[best]:.3f}" if cfg in measured else "-"

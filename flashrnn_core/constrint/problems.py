@@ -21,7 +21,9 @@ Variables (names as in the solver's explanations):
     cluster      blocks per head (a thread-block cluster when > 1)
     warps_d      warps along the block's output dims (each owns ``dims_per_warp`` dims and all their gates)
     ksplit       warps splitting K for the same rows (1 or 2; partial sums meet in shared memory)
-    ktw          k-tiles (of 16) of R one warp holds: ``ktw * ksplit == K / 16``
+    wholek       1: the ksplit = 2 warps each run the whole K and split the batch columns (Tile::WHOLE_K)
+    dma          1: ``KernelModel.dma_warps`` more warps copy and send h (Tile::DMA; clusters of 8+, D >= 768)
+    ktw          k-tiles (of 16) of R one warp holds: ``ktw * ksplit == K / 16`` (twice that with wholek)
     own          batch columns (of 2 per lane) a warp finishes: ``own * ksplit == 2``
     nbt          batch n-tiles of 8 sequences per block (the mma's n = 8)
     prefetch     steps of Wx in flight ahead of the one computed
