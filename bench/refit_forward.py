@@ -26,7 +26,7 @@ import argparse
 import json
 import math
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -43,8 +43,16 @@ MIN_PREFETCH = 2  # rows the fit's error is over
 
 
 def key(values: dict) -> tuple:
+    """A configuration (the solver's values) as cluster, k split, whole-K, DMA warps, batch n-tiles, prefetch."""
     return (values["cluster"], values["ksplit"], values.get("wholek", 0), values.get("dma", 0), values["nbt"],
             values["prefetch"])
+
+
+def params_key(params: dict) -> tuple:
+    """``key`` of a configuration given as FusedParams fields (a sweep row's "params", or ``asdict``)."""
+    return key({"cluster": params["blocks_per_head"], "ksplit": params["k_split"],
+                "wholek": int(params.get("whole_k", False)), "dma": int(params.get("dma_warps", 0) > 0),
+                "nbt": params["batch_ntiles"], "prefetch": params["prefetch_steps"]})
 
 
 def load(paths: list[Path], hw) -> list[dict]:
@@ -59,10 +67,7 @@ def load(paths: list[Path], hw) -> list[dict]:
         sh = s["shape"]
         if sh["direction"] != "forward" or s["infeasible"]:
             continue
-        measured = {(r["params"]["blocks_per_head"], r["params"]["k_split"], int(r["params"].get("whole_k", False)),
-                     int(r["params"].get("dma_warps", 0) > 0), r["params"]["batch_ntiles"],
-                     r["params"]["prefetch_steps"]): r["ms"] * 1e3 / sh["T"] * hw.clock_mhz
-                    for r in s["rows"] if r.get("ms")}
+        measured = {params_key(r["params"]): r["ms"] * 1e3 / sh["T"] * hw.clock_mhz for r in s["rows"] if r.get("ms")}
         fp = build_fused(hw, sh["function"], sh["dtype"], sh["B"], sh["N"], sh["D"])
         configs = [(dict(v), measured.get(key(v))) for v in fp.problem.solutions()]
         shapes.append({"label": s["label"], "shape": sh, "fp": fp, "configs": configs})
@@ -157,7 +162,7 @@ def report(model: KernelModel, shapes: list[dict], hw, title: str) -> None:
     for s in shapes:
         sh = s["shape"]
         p = solve_fused(hw, sh["function"], sh["dtype"], sh["B"], sh["N"], sh["D"], model=model)
-        cfg = (p.blocks_per_head, p.k_split, int(p.whole_k), int(p.dma_warps > 0), p.batch_ntiles, p.prefetch_steps)
+        cfg = params_key(asdict(p))
         measured = {key(v): c / hw.clock_mhz * sh["T"] / 1e3 for v, c in s["configs"] if c}  # ms
         best = min(measured, key=measured.get)
 

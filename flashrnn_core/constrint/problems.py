@@ -514,7 +514,8 @@ class FusedParams:
                 f"{where} per head, {self.batch_tile} sequences x {self.threads_per_block} threads "
                 f"(k_split {self.k_split}{', whole K' if self.whole_k else ''}"
                 f"{f', {self.dma_warps} DMA warps' if self.dma_warps else ''}), prefetch {self.prefetch_steps}, "
-                f"R in smem {self.r_ktiles_in_smem}/{self.ktiles_per_warp} k-tiles, {self.smem_bytes} B smem, ~{self.registers_estimate} regs "
+                f"R in smem {self.r_ktiles_in_smem}/{self.ktiles_per_warp} k-tiles, {self.smem_bytes} B smem, "
+                f"~{self.registers_estimate} regs "
                 f"(cap {self.register_cap}), grid {self.grid}, {self.waves} wave(s), ~{self.step_cycles:.0f} "
                 f"cycles ({self.step_us:.3f} us) a step")
 
@@ -670,7 +671,7 @@ def _add_constraints(p: Problem, v: dict[str, Var], geo: Geometry, hw: Hardware,
     """Every condition of a valid, spill-free launch, named for the explanations. Added in order of what an
     explanation should prefer to name (hardware budgets first: deletion filtering keeps the earliest)."""
     cluster, warps_d, ksplit, ktw, own, dma = v["cluster"], v["warps_d"], v["ksplit"], v["ktw"], v["own"], v["dma"]
-    warps = warps_d * ksplit + m.dma_warps * dma
+    warps = block_warps(m, v)
     threads = hw.warp_size * warps
     add_block_budgets(p, v, hw, regs, smem, warps)
     add_cluster_constraints(p, v, hw, m, smem, max(1, geo.kt))
@@ -783,8 +784,9 @@ def estimate(fp: FusedProblem, values: dict[str, int], resident: int | None = No
             "blocks_per_sm": per_sm}
 
 
-def block_warps(m: KernelModel, values: dict[str, int]) -> int:
-    """A block's warps: the compute warps and any DMA warps (Tile::DMA)."""
+def block_warps(m: KernelModel, values: dict) -> Any:
+    """A block's warps: the compute warps and any DMA warps (Tile::DMA); of an assignment (an int) or of the
+    problem's variables (an expression)."""
     return values["warps_d"] * values["ksplit"] + m.dma_warps * values.get("dma", 0)
 
 
