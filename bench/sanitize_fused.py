@@ -3,6 +3,7 @@
     compute-sanitizer --tool memcheck --error-exitcode 9 python bench/sanitize_fused.py      # bench/device_check.sh
     python bench/sanitize_fused.py --all        # every variant the backend lists (436 at 3d974fb)
     python bench/sanitize_fused.py --list       # the problems, without running them (no GPU needed)
+    python bench/sanitize_fused.py --only forward --resume cut-part1.txt   # what a cut run left
 
 The variants are the backend's own list (``FusedBackend.kernel_variants()``), forward and backward. Each
 gets a problem of T=5 and the first (N, B) of the grid the variants were enumerated on (``fused.VARIANT_HEADS``
@@ -12,14 +13,16 @@ states and from none (a null pointer in the kernel); a backward variant runs for
 upstream gradients on every state and on the last states; both also with variable lengths. By default one
 problem per kernel family (every define but the sizes: cell, dtype, cluster layout, batch tile, k split, dR in
 the kernel): the smallest and largest D, and D=48, whose k-tiles are odd; ``--all`` takes every D.
-``--shard K/M`` runs every M-th problem (device_check.sh: one shard a GPU). Problems run single-block forwards
-first, so that a ``--budget-s`` cut (default 180 s) leaves out the rarer variants, and says so. Exit 0 when
-every problem that ran gave finite results, 1 otherwise.
+``--shard K/M`` runs every M-th problem (device_check.sh: one shard a GPU, or ``LANES`` processes sharing one);
+``--resume LOG...`` leaves out the problems those logs report 'ok' (the rest of a run its time limit cut).
+Problems run single-block forwards first, so that a ``--budget-s`` cut (default 180 s) leaves out the rarer
+variants, and says so. Exit 0 when every problem that ran gave finite results, 1 otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -201,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shard", default=None, metavar="K/M", help="every M-th problem from the K-th")
     p.add_argument("--start", type=int, default=0,
                    help="skip the first START problems of the run order (resume a run cut by its time limit)")
+    p.add_argument("--resume", nargs="+", default=(), metavar="LOG",
+                   help="skip the problems these logs (of this script, under a sanitizer or not) say ran 'ok': "
+                        "the rest of a sharded run that its time limit cut")
     p.add_argument("--match", default="", help="only variants whose label contains every comma-separated word, e.g. "
                                                "'fw,cluster' (a fix to one family, checked first)")
     p.add_argument("--sms", type=int, default=132, help="with --list and no GPU: multiprocessors (H100: 132)")
@@ -224,9 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     problems = sorted((x for x in found if isinstance(x, Problem)), key=run_order)
     if args.only:  # one direction's kernels (a sanitizer run on the kernel just changed)
         problems = [x for x in problems if x.backward == (args.only == "backward")]
-    words = [w for w in args.match.split(",") if w]
-    problems = take_shard([x for x in problems if all(w in x.label for w in words)][args.start:],
-                          parse_shard(args.shard))
+    problems = select(problems, args.match, ran_ok(args.resume), args.start, args.shard)
     for skipped in (x for x in found if isinstance(x, str)):
         print(f"skip {skipped}")
     n_bw = sum(p.backward for p in problems)
@@ -238,6 +242,29 @@ def main(argv: list[str] | None = None) -> int:
                   f"{' (forward + backward)' if problem.backward else ''}")
         return 0
     return run_all(problems, args.budget_s)
+
+
+def select(problems: list[Problem], match: str, done: set[str], start: int, shard: str | None) -> list[Problem]:
+    """The problems to run, in order: those whose label has every comma-separated word of ``match``, less those
+    ``done`` (labels), from the ``start``-th, and of those the ``shard`` ("K/M") when one is given."""
+    words = [w for w in match.split(",") if w]
+    kept = [x for x in problems if all(w in x.label for w in words) and x.label not in done]
+    return take_shard(kept[start:], parse_shard(shard))
+
+
+#: One problem's line in this script's output: "<variant label> (B=<batch>): ok".
+_OK_LINE = re.compile(r"^(?P<label>.+) \(B=\d+\): ok$")
+
+
+def ran_ok(logs: Any) -> set[str]:
+    """The labels of the variants whose problem the logs (this script's output) report 'ok'."""
+    done = set()
+    for log in logs:
+        for line in Path(log).read_text().splitlines():
+            match = _OK_LINE.match(line.strip())
+            if match:
+                done.add(match.group("label"))
+    return done
 
 
 def run_all(problems: list[Problem], budget_s: float) -> int:

@@ -93,6 +93,13 @@
 //   shared-memory fragments) is the other half. The cycles against the time (lstm 1x768: 3719 cycles a step at
 //   T=1024, 3691 at T=64; 2.330 and 0.173 ms) put the SM clock at ~1.65 GHz under this kernel and ~29 us outside
 //   the loop (R's 4.7 MB into registers and shared memory), not a hidden cost a step.
+// ---- What bounds the 1x768 product (stop 26; bench/matvec_bound.py, results/phases/...-matvec-bound.txt) ------
+//   One SM running only a 1x768 lstm block's product (192 rows x 48 k-tiles x 8 sequences, then a barrier), H200:
+//   2201 cycles a step with this kernel's split (29 k-tiles of R from shared memory, h's fragments loaded every
+//   step; 178 + 74 KB a step, ~90% of the SM's shared-memory bandwidth), 1227 with all of R in registers (the
+//   tensor cores alone). 1.5 ms at T=1024 is ~2560 cycles a step, so the product alone leaves no room for the
+//   cells, the barrier and the exchange. wgmma (sm_90a, m64n8k16, h through a descriptor) measured ~2600 for the
+//   same product, A from registers or shared memory: at n = 8 it is 2x slower than mma.sync, hence mma.sync here.
 #include "common/mma.cuh"
 #include "common/pieces.cuh"
 #include "common/types.cuh"

@@ -280,6 +280,42 @@ def test_sanitizer_driver_maps_every_variant_to_a_problem(capsys):
     assert "problems" in out and "(forward + backward)" in out
 
 
+def test_sanitizer_resume_skips_what_a_cut_run_reported_ok(tmp_path):
+    """--resume LOG: the problems a cut run's log says ran 'ok' are left out, the rest kept in their order (then
+    --match, --start and --shard as before)."""
+    labels = [f"lstm cuda_fused fw bfloat16 D{d} nbt1 p8{tail}" for d in (16, 48, 64) for tail in ("", " infer")]
+    problems = [sanitize_fused.Problem("lstm", np.float32, 16, 1, 64, label) for label in labels]
+    log = tmp_path / "cut.log"
+    # A log as compute-sanitizer leaves it: header, two problems ok, one failed, the cut.
+    log.write_text(f"========= COMPUTE-SANITIZER\n6 problems\n{labels[0]} (B=16): ok\n{labels[3]} (B=1): ok\n"
+                   f"{labels[1]} (B=4): forward gave non-finite states\n")
+    done = sanitize_fused.ran_ok([log])
+    assert done == {labels[0], labels[3]}
+
+    def chosen(match: str = "", start: int = 0, shard: str | None = None) -> list[str]:
+        return [x.label for x in sanitize_fused.select(problems, match, done, start, shard)]
+
+    assert chosen() == [labels[1], labels[2], labels[4], labels[5]]
+    assert chosen("infer") == [labels[1], labels[5]]
+    assert chosen(start=1, shard="0/2") == [labels[2], labels[5]]
+    assert [x.label for x in sanitize_fused.select(problems, "", set(), 0, None)] == labels
+
+
+def test_matvec_bound_kernels_compile_for_sm90a():
+    """bench/matvec_bound.py's kernels (the 1x768 step's matrix-vector product through mma.sync and through
+    wgmma, and wgmma's layout check) build for sm_90a, spill-free: the measurement stays reproducible."""
+    from bench import matvec_bound
+    from flashrnn_core.runtime.compile import compile_spec
+
+    chosen = [("wgmma_check", {})] + [("matvec_bound", d) for label, d in matvec_bound.VARIANTS
+                                      if "29 smem, h smem" in label or label.startswith("wgmma 3 wg, A 16")]
+    assert {d.get("KIND") for _, d in chosen[1:]} == {0, 1}
+    for entry, defines in chosen:
+        result = compile_spec(matvec_bound.spec(entry, defines), "sm_90", root=matvec_bound.ROOT, use_cache=False)
+        assert "sm_90a" in result.log and result.resources is not None, entry
+        assert result.resources.spill_stores == 0, (entry, defines)
+
+
 def test_phase_clock_knobs_change_only_their_direction_and_compile():
     """bench/phase_clocks.py's variants: the defines go on the chosen direction's kernel only, and the measurement
     knobs it names (fused_fw.cu's clock64 phases, ablations, block sends, unpaired dims and trading lanes;
