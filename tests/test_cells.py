@@ -77,6 +77,18 @@ def random_states(rng: np.random.Generator, function: str, shape: tuple, kind: s
     return s
 
 
+def adapter_inputs(function: str, B: int = 2, T: int = 4, N: int = 2, D: int = 3, init: bool = True,
+                   seed: int = 0) -> list:
+    """(Wx, R, b, states0) in float64 NumPy for the adapters' tests: R scaled by 1/sqrt(D), states0 "init"
+    (consistent slstm states, SPEC's gradient domain) or None."""
+    cell = CELLS[function]
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((B, T, cell.gates_w, N, D)),
+            rng.standard_normal((cell.gates_r, N, D, D)) / np.sqrt(D),
+            rng.standard_normal((cell.gates_b, N, D)),
+            random_states(rng, function, (B, 1, N, D), "init") if init else None]
+
+
 def _step_inputs(function: str, kind: str, seed: int, shape=(3, 2), scale: float = 1.0) -> list[np.ndarray]:
     Gw, Gr, Gb, _, _ = COUNTS[function]
     rng = np.random.default_rng(seed)

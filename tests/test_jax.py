@@ -20,19 +20,14 @@ import flashrnn_core as fc  # noqa: E402
 import flashrnn_core.jax as fj  # noqa: E402
 from flashrnn_core import _arrays, api  # noqa: E402
 from flashrnn_core.cells import CELLS, FUNCTIONS  # noqa: E402
-from test_cells import random_states  # noqa: E402
+from test_cells import adapter_inputs  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)  # float64 for exact comparisons; float32 stays float32
 
 
 def make_inputs(function: str, B=2, T=4, N=2, D=3, dtype=np.float64, init=True, seed=0) -> list:
-    """(Wx, R, b, states0) as NumPy arrays; R scaled by 1/sqrt(D); consistent slstm states."""
-    cell = CELLS[function]
-    rng = np.random.default_rng(seed)
-    arrays = [rng.standard_normal((B, T, cell.gates_w, N, D)),
-              rng.standard_normal((cell.gates_r, N, D, D)) / np.sqrt(D),
-              rng.standard_normal((cell.gates_b, N, D)),
-              random_states(rng, function, (B, 1, N, D), "init") if init else None]
+    """(Wx, R, b, states0) as NumPy arrays of ``dtype`` (test_cells.adapter_inputs)."""
+    arrays = adapter_inputs(function, B, T, N, D, init, seed)
     return [None if a is None else a.astype(dtype) for a in arrays]
 
 

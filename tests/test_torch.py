@@ -18,19 +18,14 @@ import flashrnn_core as fc  # noqa: E402
 import flashrnn_core.torch as ft  # noqa: E402
 from flashrnn_core import _arrays, api  # noqa: E402
 from flashrnn_core.cells import CELLS, FUNCTIONS  # noqa: E402
-from test_cells import random_states  # noqa: E402
+from test_cells import adapter_inputs, random_states  # noqa: E402
 
 torch.manual_seed(0)
 
 
 def make_inputs(function: str, B=2, T=4, N=2, D=3, dtype=torch.float64, init=True, seed=0, device="cpu"):
-    """(Wx, R, b, states0) tensors; R scaled by 1/sqrt(D); consistent slstm states (SPEC's gradient domain)."""
-    cell = CELLS[function]
-    rng = np.random.default_rng(seed)
-    arrays = [rng.standard_normal((B, T, cell.gates_w, N, D)),
-              rng.standard_normal((cell.gates_r, N, D, D)) / np.sqrt(D),
-              rng.standard_normal((cell.gates_b, N, D)),
-              random_states(rng, function, (B, 1, N, D), "init") if init else None]
+    """(Wx, R, b, states0) tensors of ``dtype`` on ``device`` (test_cells.adapter_inputs)."""
+    arrays = adapter_inputs(function, B, T, N, D, init, seed)
     return [None if a is None else torch.tensor(a, dtype=dtype, device=device) for a in arrays]
 
 
