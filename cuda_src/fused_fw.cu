@@ -100,6 +100,9 @@
 //   tensor cores alone). 1.5 ms at T=1024 is ~2560 cycles a step, so the product alone leaves no room for the
 //   cells, the barrier and the exchange. wgmma (sm_90a, m64n8k16, h through a descriptor) measured ~2600 for the
 //   same product, A from registers or shared memory: at n = 8 it is 2x slower than mma.sync, hence mma.sync here.
+//   Nor can R's registers grow: in the DMA kernel's SASS (sm_90, bf16) R12-R163 hold R's 38 register fragments and
+//   the rest of the 255 the accumulators (2 m-tiles x 2 chains) and the ldmatrix loads of R's shared k-tiles and
+//   of h in flight; with 28 k-tiles in shared memory instead of 29 ptxas spills (48 bytes), with 27 112.
 #include "common/mma.cuh"
 #include "common/pieces.cuh"
 #include "common/types.cuh"
