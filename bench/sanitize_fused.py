@@ -27,7 +27,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -256,7 +256,7 @@ def select(problems: list[Problem], match: str, done: set[str], start: int, shar
 _OK_LINE = re.compile(r"^(?P<label>.+) \(B=\d+\): ok$")
 
 
-def ran_ok(logs: Any) -> set[str]:
+def ran_ok(logs: Iterable[str | Path]) -> set[str]:
     """The labels of the variants whose problem the logs (this script's output) report 'ok'."""
     done = set()
     for log in logs:
