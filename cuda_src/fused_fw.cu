@@ -293,6 +293,9 @@ template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_, int R
     static constexpr int X_BYTES = NS * X_ELEMS * int(sizeof(T));
     static constexpr int PART_BYTES = PART_FLOATS * 4;
     static constexpr int O_BYTES = 2 * O_ELEMS * int(sizeof(T));
+    // One h buffer, one Wx stage, one output staging buffer, in bytes (the offsets a step adds to an address).
+    static constexpr unsigned H_BUF = H_ELEMS * sizeof(Op), X_STAGE = X_ELEMS * sizeof(T);
+    static constexpr unsigned O_BUF = O_ELEMS * sizeof(T);
     // The h exchange's mbarriers: XG for each of the two h buffers, XG = 1 (all CL - 1 slices) unless the compute
     // warps of a DMA block wait for groups of slices in turn (FLASHRNN_EXCHANGE_GROUPS of them, a measurement
     // knob; 3 by default, which ConstrINT's shared memory counts).
@@ -657,7 +660,6 @@ template <class K> struct HSlice {
 // A block's copies each step: Wx's stages refilled P steps ahead (cp.async) and the last step's staged outputs
 // written out, by the K::COPIERS threads (`me` among them).
 template <class K, class T> struct StepCopies {
-    static constexpr unsigned X_STAGE = K::X_ELEMS * sizeof(T), O_BUF = K::O_ELEMS * sizeof(T);  // bytes
     XPieces<K, T> x;
     OutPieces<K, T> out;
 
@@ -668,7 +670,7 @@ template <class K, class T> struct StepCopies {
     __device__ __forceinline__ void prologue(int Tn) {
 #pragma unroll 1
         for (int p = 0; p < K::P; ++p) {
-            if (p < Tn) x.issue(p * X_STAGE);
+            if (p < Tn) x.issue(p * K::X_STAGE);
             mma::cp_async_commit();
         }
     }
@@ -677,17 +679,17 @@ template <class K, class T> struct StepCopies {
     // reads and writes).
     __device__ __forceinline__ void step(int t, int stage, int tend) {
         const int pre = stage == 0 ? K::NS - 1 : stage - 1;
-        if (t + K::P < tend) x.issue(pre * X_STAGE);
+        if (t + K::P < tend) x.issue(pre * K::X_STAGE);
         mma::cp_async_commit();
 #ifndef FLASHRNN_ABLATE_FLUSH  // measurement knob: the staged outputs stay in shared memory (wrong results)
-        if (t > 0) out.flush(O_BUF - ((t & 1) * O_BUF));  // step t-1's buffer
+        if (t > 0) out.flush(K::O_BUF - ((t & 1) * K::O_BUF));  // step t-1's buffer
 #endif
     }
     // After the loop: the last step's outputs (after its barrier); past tend the same staged states again, each
     // row's kept ones (saved there repeats step tend-1's, which no backward reads).
     __device__ __forceinline__ void tail(int tend, int Tn) {
 #pragma unroll 1
-        for (int t = tend - 1; t < Tn; ++t) out.flush(((tend - 1) & 1) * O_BUF);
+        for (int t = tend - 1; t < Tn; ++t) out.flush(((tend - 1) & 1) * K::O_BUF);
         mma::cp_async_wait<0>();  // leave no copy in flight at exit (the tail groups are empty)
     }
 };
@@ -750,7 +752,6 @@ __device__ __forceinline__ void step_barrier() { asm volatile("barrier.sync 0;" 
 template <class K, class T>
 __device__ __forceinline__ void dma_warps(StepCopies<K, T>& io, unsigned hbuf0, unsigned bars, unsigned rank, int tend,
                                           int Tn, int me, T* saved) {
-    constexpr unsigned H_BUF = K::H_ELEMS * sizeof(typename K::Op);
     auto hsend = HSlice<K>::sender(hbuf0, rank, 0, 0, me);
     mma::cp_async_wait<K::P - 1>();
     cluster::sync();  // (forward's: mbarriers initialised, h_{-1} and Wx[0] visible)
@@ -764,7 +765,7 @@ __device__ __forceinline__ void dma_warps(StepCopies<K, T>& io, unsigned hbuf0, 
         mma::cp_async_wait<K::P - 1>();
         step_barrier();
         PHASE(4, 0.f)  // the barrier
-        if (t + 1 < tend) hsend.send(((t + 1) & 1) * H_BUF, bars + 8 * K::XG * ((t + 1) & 1));
+        if (t + 1 < tend) hsend.send(((t + 1) & 1) * K::H_BUF, bars + 8 * K::XG * ((t + 1) & 1));
         PHASE(5, 0.f)  // sending h_t's columns
     }
     io.tail(tend, Tn);
@@ -800,10 +801,9 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
     const int dloc = wd * K::DW;                      // first output dim of this warp, within the block
     const size_t ND = size_t(N) * D;
 
-    // Start the first P stages before anything else so they land while R is read (Tile::DMA: the DMA warp's, which
-    // then goes its own way; the compute warps never copy).
+    // Start the first P stages before anything else so they land while R is read (Tile::DMA: the DMA warps', which
+    // then go their own way; the compute warps never copy).
     constexpr unsigned E = sizeof(T), EOP = sizeof(Op);
-    constexpr unsigned X_STAGE = K::X_ELEMS * E, O_BUF = K::O_ELEMS * E, H_BUF = K::H_ELEMS * EOP;  // bytes
     if constexpr (CL > 1) exchange_barriers_init(bars, K::XG, [](int gr) { return K::group_bytes(gr); });
     if constexpr (K::DMA) {
         if (warp >= K::WARPS) {
@@ -915,9 +915,9 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
         }
 #endif
         PHASE(0, 0.f)  // the wait for the other blocks' h (and, where K::EARLY_COPIES, the copies before it)
-        const unsigned h_next = h_cell0 + ((t + 1) & 1) * H_BUF;  // h_t goes to the other buffer
-        const unsigned x_now = x_cell0 + stage * X_STAGE;
-        const unsigned o_buf = (t & 1) * O_BUF;
+        const unsigned h_next = h_cell0 + ((t + 1) & 1) * K::H_BUF;  // h_t goes to the other buffer
+        const unsigned x_now = x_cell0 + stage * K::X_STAGE;
+        const unsigned o_buf = (t & 1) * K::O_BUF;
 
         // Critical path: h fragments, then the mma.
         float acc[K::MT][NBT][4];
@@ -1035,7 +1035,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
         if constexpr (CL > 1 && K::WARP_SENDS) {
             if (t + 1 < tend) {
                 __syncwarp();  // the lanes' h stores before the lanes that send them read them
-                hsend.send(((t + 1) & 1) * H_BUF, bars + 8 * ((t + 1) & 1));
+                hsend.send(((t + 1) & 1) * K::H_BUF, bars + 8 * ((t + 1) & 1));
             }
         }
 #endif
@@ -1047,7 +1047,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
         PHASE(4, 0.f)  // the barrier
 #ifndef FLASHRNN_ABLATE_EXCHANGE
         if constexpr (CL > 1 && !K::WARP_SENDS && !K::DMA) {
-            if (t + 1 < tend) hsend.send(((t + 1) & 1) * H_BUF, bars + 8 * ((t + 1) & 1));
+            if (t + 1 < tend) hsend.send(((t + 1) & 1) * K::H_BUF, bars + 8 * ((t + 1) & 1));
         }
 #endif
         PHASE(5, 0.f)  // sending h_t's columns (the block's)
@@ -1074,7 +1074,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
 //   FLASHRNN_KSPLIT    warps that split K for the same rows (1 or 2)
 //   FLASHRNN_WHOLE_K   1: those KSPLIT warps each run the whole K instead, and split the batch columns only
 //   FLASHRNN_R_SMEM    of a warp's k-tiles of R, how many live in shared memory (the last ones; 0: none)
-//   FLASHRNN_DMA_WARPS  1 (clusters): one more warp a block does the copies and the h sends (Tile::DMA)
+//   FLASHRNN_DMA_WARPS n (clusters): n more warps a block do the copies and the h sends (Tile::DMA)
 // Launch: grid (N * CLUSTER, ceil(B / (8*NBT))), cluster (CLUSTER, 1, 1), block Tile::THREADS, dynamic shared
 // memory Tile::SMEM_BYTES. lengths: [B] int32 with 1 <= lengths[b] <= T, or null (every sequence runs T steps);
 // past its end a sequence's states stay at its last valid ones (docs/architecture.md, "Variable lengths").

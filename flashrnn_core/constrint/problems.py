@@ -485,8 +485,9 @@ class FusedParams:
         return {"FLASHRNN_D": self.D, "FLASHRNN_NBT": self.batch_ntiles, "FLASHRNN_PREFETCH": self.prefetch_steps,
                 "FLASHRNN_CLUSTER": self.blocks_per_head, "FLASHRNN_KSPLIT": self.k_split,
                 **({"FLASHRNN_WHOLE_K": 1} if self.whole_k else {}),
-                **({"FLASHRNN_DMA_WARPS": self.dma_warps} if self.dma_warps else {}), "FLASHRNN_R_SMEM": self.r_ktiles_in_smem,
-                "FLASHRNN_THREADS": self.threads_per_block, "FLASHRNN_SMEM_BYTES": self.smem_bytes}
+                **({"FLASHRNN_DMA_WARPS": self.dma_warps} if self.dma_warps else {}),
+                "FLASHRNN_R_SMEM": self.r_ktiles_in_smem, "FLASHRNN_THREADS": self.threads_per_block,
+                "FLASHRNN_SMEM_BYTES": self.smem_bytes}
 
     @property
     def stores_drs(self) -> bool:
