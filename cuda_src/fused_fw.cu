@@ -461,7 +461,7 @@ __device__ __forceinline__ void load_r(RRegs<K>& a, unsigned r_lane, const T* __
 // two k-tiles per ldmatrix.x4. `addr` is this lane's row address in that buffer (ldmatrix_row), so the rest are
 // compile-time offsets: k0 is a constant where the caller's loop is unrolled.
 template <class K, int COUNT>
-__device__ __forceinline__ void load_h(unsigned (&bf)[K::SPLIT][K::NBT][K::KTW][2], unsigned addr, int lane, int k0) {
+__device__ __forceinline__ void load_h(unsigned (&bf)[K::SPLIT][K::NBT][K::KTW][2], unsigned addr, int k0) {
     constexpr int E = int(sizeof(typename K::Op));
 #pragma unroll
     for (int s = 0; s < K::SPLIT; ++s)
@@ -477,8 +477,15 @@ __device__ __forceinline__ void load_h(unsigned (&bf)[K::SPLIT][K::NBT][K::KTW][
                     bf[s][nb][k][0] = r[0], bf[s][nb][k][1] = r[1];
                     bf[s][nb][k1][0] = r[2], bf[s][nb][k1][1] = r[3];
                 } else if (kt < K::KTW) {
-                    unsigned r[2];  // lanes 0-15 give the addresses: matrices 0 and 1 of the last k-tile
-                    mma::ldmatrix_x2(r, base + (16 * kt - 8 * ((lane / 8) & 2)) * E);
+                    // Lanes 0-15 give the addresses (matrices 0 and 1 of the last k-tile): the same as for .x4,
+                    // and .x2 ignores lanes 16-31's (past the k-tile, still inside the block's shared memory).
+                    // Moving those in bounds cost a lane-derived term, rebuilt from threadIdx every step on the
+                    // chain that starts the step (S2R, shift, and, subtract before the ldmatrix) where the compiler
+                    // did not keep threadIdx in a register (lstm, gru; slstm kept it). Measured (H200 bf16 B=16
+                    // T=1024, inference forward; D = 16 is one k-tile, one .x2 a step): lstm 48x16 0.197 -> 0.181 ms,
+                    // gru 48x16 0.195 -> 0.177, slstm 48x16 unchanged (bench/results/phases/...-cell-chains.txt).
+                    unsigned r[2];
+                    mma::ldmatrix_x2(r, base + 16 * kt * E);
                     bf[s][nb][k][0] = r[0], bf[s][nb][k][1] = r[1];
                 }
             }
@@ -487,6 +494,12 @@ __device__ __forceinline__ void load_h(unsigned (&bf)[K::SPLIT][K::NBT][K::KTW][
 
 // This lane's ldmatrix row address in h buffer `hb`: row lane % 8 of the tile, column 8 * (lane / 8) (matrix j
 // = lane / 8 is k-tile kt0 + j / 2, half j % 2), from the warp's first k-tile kt0.
+// (Tile::WHOLE_K: warp ks of a pair finishes batch column 2 c4 + ks of a lane's two, and the cells select that
+// accumulator by ks, a select a gate. Swapping warp 1's h rows in pairs here, so that its column lands where warp
+// 0's does and the select goes, was measured (H200 bf16 B=16 T=1024, inference / saving forward, ms): slstm 48x16
+// 0.225 -> 0.213 / 0.249 -> 0.234, but lstm 48x16 0.184 -> 0.191 / 0.202 -> 0.222, lstm 12x64 0.343 -> 0.349 /
+// 0.358 -> 0.366, slstm 12x64 0.360 -> 0.367 / 0.384 -> 0.376, gru and elman 48x16 within 1%; the phase clocks put
+// 14 more cycles in h + mma, not explained. So the select stays.)
 template <class K>
 __device__ __forceinline__ unsigned ldmatrix_row(const typename K::Op* hb, int kt0, int lane) {
     return mma::smem_u32(hb + (lane % 8) * K::HROW + 16 * kt0 + 8 * (lane / 8));
@@ -500,7 +513,7 @@ __device__ __forceinline__ unsigned ldmatrix_row(const typename K::Op* hb, int k
 // read, wait_group(g) waits for their mbarrier group g (each group once, in order).
 template <class K, class WaitGroup>
 __device__ __forceinline__ void matmul(float (&acc)[K::MT][K::NBT][4], const RRegs<K>& a, unsigned r_lane,
-                                       unsigned hrow, int lane, WaitGroup&& wait_group) {
+                                       unsigned hrow, WaitGroup&& wait_group) {
     using M = mma::Mma<typename K::Op>;
     constexpr int CH = K::CHAINS, HG = K::HG;
     unsigned bf[K::SPLIT][K::NBT][K::KTW][2];
@@ -522,7 +535,7 @@ __device__ __forceinline__ void matmul(float (&acc)[K::MT][K::NBT][4], const RRe
                 for (int gr = K::group_before_ktile(kt - 1) + 1; gr <= K::group_before_ktile(last); ++gr)
                     wait_group(gr);
             }
-            load_h<K, HG>(bf, hrow, lane, kt);
+            load_h<K, HG>(bf, hrow, kt);
         }
 #pragma unroll
         for (int m = 0; m < K::MT; ++m) {
@@ -927,7 +940,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
             if (t > 0) cluster::mbarrier_wait(bars + 8 * ((t & 1) * K::XG + gr), ((t - 1) >> 1) & 1);
 #endif
         };
-        matmul<K>(acc, a, r_lane, (t & 1) ? hrow1 : hrow0, lane, wait_group);
+        matmul<K>(acc, a, r_lane, (t & 1) ? hrow1 : hrow0, wait_group);
         if constexpr (K::DMA) {  // thread 0 has waited for every group: arm them for their next use
             if (threadIdx.x == 0 && t > 0 && t + 2 < tend)
                 for (int gr = 0; gr < K::XG; ++gr)

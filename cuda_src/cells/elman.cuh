@@ -11,7 +11,7 @@ struct ElmanCell {
 
     __device__ __forceinline__ static void forward(const float (&x)[GW], const float (&rs)[GR], const float (&b)[GB],
                                                    const float (&s_prev)[S], float (&s)[S], float (&saved)[NSAVED]) {
-        saved[0] = x[0] + rs[0] + b[0];
+        saved[0] = rs[0] + (x[0] + b[0]);  // x + b is ready before rs (the mma's output): one add after it
         s[0] = act_tanh(saved[0]);
     }
 

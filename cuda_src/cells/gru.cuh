@@ -14,13 +14,18 @@ struct GruCell {
 
     __device__ __forceinline__ static void forward(const float (&x)[GW], const float (&rs)[GR], const float (&b)[GB],
                                                    const float (&s_prev)[S], float (&s)[S], float (&saved)[NSAVED]) {
+        // As LstmCell: x + b is ready before rs (the mma's output), so the sigmoids' arguments are one fma after
+        // rs, r g + x_n + b_n is one fma after r's tanh (act_sigmoid_sum_fma), and h one fma after n's tanh, with
+        // 1 - z and z h_prev computed while n's chain runs. Measured (as LstmCell's, inference forward): 12x64
+        // 0.300 -> 0.299 ms, 3x256 0.585 -> 0.581, 48x16 0.177 -> 0.180.
+        const float xb_r = x[0] + b[1], xb_z = x[1] + b[2];
         saved[0] = rs[0] + b[0];
-        saved[1] = x[0] + rs[1] + b[1];
-        saved[2] = x[1] + rs[2] + b[2];
+        saved[1] = rs[1] + xb_r;
+        saved[2] = rs[2] + xb_z;
         saved[3] = x[2] + b[3];
-        const float r = act_sigmoid(saved[1]), z = act_sigmoid(saved[2]);
-        const float n = act_tanh(fmaf(r, saved[0], saved[3]));
-        s[0] = fmaf(z, s_prev[0] - n, n);  // z h_prev + (1 - z) n
+        const float z = act_sigmoid_sum(rs[2], xb_z);
+        const float n = act_tanh(act_sigmoid_sum_fma(rs[1], xb_r, saved[0], saved[3]));
+        s[0] = fmaf(n, 1.f - z, z * s_prev[0]);  // z h_prev + (1 - z) n
     }
 
     __device__ __forceinline__ static void backward(const float (&ds)[S], const float (&s_prev)[S],

@@ -36,12 +36,25 @@ __device__ __forceinline__ float act_tanh(float x) {
 }
 
 // sigma(x) = (1 + tanh(x/2)) / 2: one MUFU op on the fast path, and never 1/(1+inf) trouble.
-__device__ __forceinline__ float act_sigmoid(float x) {
+__device__ __forceinline__ float sigmoid_of_half(float half_x) {
 #if FLASHRNN_FAST_ACTIVATIONS
-    return fmaf(0.5f, tanh_approx(0.5f * x), 0.5f);
+    return fmaf(0.5f, tanh_approx(half_x), 0.5f);
 #else
-    return 0.5f + 0.5f * tanhf(0.5f * x);
+    return 0.5f + 0.5f * tanhf(half_x);
 #endif
+}
+__device__ __forceinline__ float act_sigmoid(float x) { return sigmoid_of_half(0.5f * x); }
+
+// sigma(a + b) where b is known before a (the cells' x + bias before the matmul's sum): halving is exact, so
+// fma(0.5, a, 0.5 b) is (a + b) / 2 rounded as act_sigmoid(a + b) rounds it, bit for bit, and the step's chain
+// from a (the mma's output) to tanh is one op instead of two (an add, then the halving).
+__device__ __forceinline__ float act_sigmoid_sum(float a, float b) { return sigmoid_of_half(fmaf(0.5f, a, 0.5f * b)); }
+
+// sigma(a + b) s + c with b, s and c known first: sigma = (1 + tanh((a + b) / 2)) / 2, so this is one fma of
+// tanh's output, t s/2 + (s/2 + c): one op after tanh instead of three (sigma's fma, the product, the sum).
+__device__ __forceinline__ float act_sigmoid_sum_fma(float a, float b, float s, float c) {
+    const float half_s = 0.5f * s;
+    return fmaf(half_s, act_tanh(fmaf(0.5f, a, 0.5f * b)), half_s + c);
 }
 
 __device__ __forceinline__ float act_exp(float x) {
@@ -49,6 +62,15 @@ __device__ __forceinline__ float act_exp(float x) {
     return ex2_approx(LOG2_E * x);
 #else
     return expf(x);
+#endif
+}
+
+// 2^x: ex2 itself on the fast path (callers fold log2(e) into what they compute first).
+__device__ __forceinline__ float act_exp2(float x) {
+#if FLASHRNN_FAST_ACTIVATIONS
+    return ex2_approx(x);
+#else
+    return exp2f(x);
 #endif
 }
 
