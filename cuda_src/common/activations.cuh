@@ -27,22 +27,20 @@ FLASHRNN_MUFU(rcp_approx, "rcp.approx.ftz.f32")
 #undef FLASHRNN_MUFU
 constexpr float LOG2_E = 1.4426950408889634f, LN_2 = 0.6931471805599453f;
 
-__device__ __forceinline__ float act_tanh(float x) {
+// An activation of one float: `fast` on the fast path, `accurate` otherwise (both in terms of x).
 #if FLASHRNN_FAST_ACTIVATIONS
-    return tanh_approx(x);
+#define FLASHRNN_ACTIVATION(name, fast, accurate) \
+    __device__ __forceinline__ float name(float x) { return fast; }
 #else
-    return tanhf(x);
+#define FLASHRNN_ACTIVATION(name, fast, accurate) \
+    __device__ __forceinline__ float name(float x) { return accurate; }
 #endif
-}
 
-// sigma(x) = (1 + tanh(x/2)) / 2: one MUFU op on the fast path, and never 1/(1+inf) trouble.
-__device__ __forceinline__ float sigmoid_of_half(float half_x) {
-#if FLASHRNN_FAST_ACTIVATIONS
-    return fmaf(0.5f, tanh_approx(half_x), 0.5f);
-#else
-    return 0.5f + 0.5f * tanhf(half_x);
-#endif
-}
+FLASHRNN_ACTIVATION(act_tanh, tanh_approx(x), tanhf(x))
+
+// sigma from half its argument, sigma(2x) = (1 + tanh(x)) / 2: one MUFU op on the fast path, and never 1/(1+inf)
+// trouble.
+FLASHRNN_ACTIVATION(sigmoid_of_half, fmaf(0.5f, tanh_approx(x), 0.5f), 0.5f + 0.5f * tanhf(x))
 __device__ __forceinline__ float act_sigmoid(float x) { return sigmoid_of_half(0.5f * x); }
 
 // sigma(a + b) where b is known before a (the cells' x + bias before the matmul's sum): halving is exact, so
@@ -57,43 +55,19 @@ __device__ __forceinline__ float act_sigmoid_sum_fma(float a, float b, float s, 
     return fmaf(half_s, act_tanh(fmaf(0.5f, a, 0.5f * b)), half_s + c);
 }
 
-__device__ __forceinline__ float act_exp(float x) {
-#if FLASHRNN_FAST_ACTIVATIONS
-    return ex2_approx(LOG2_E * x);
-#else
-    return expf(x);
-#endif
-}
-
+FLASHRNN_ACTIVATION(act_exp, ex2_approx(LOG2_E * x), expf(x))
 // 2^x: ex2 itself on the fast path (callers fold log2(e) into what they compute first).
-__device__ __forceinline__ float act_exp2(float x) {
-#if FLASHRNN_FAST_ACTIVATIONS
-    return ex2_approx(x);
-#else
-    return exp2f(x);
-#endif
-}
+FLASHRNN_ACTIVATION(act_exp2, ex2_approx(x), exp2f(x))
 
 // 1 / x for the cells' normalisers (sLSTM's n >= 1): the MUFU reciprocal on the fast path (relative error
 // ~2^-23; a denormal x, which n >= 1 never is, would flush); IEEE division otherwise. The IEEE path's range
 // checks and Newton steps cost ~10 instructions a call, which an issue-bound step pays in full (issue 5: sLSTM
 // 40% over LSTM).
-__device__ __forceinline__ float act_rcp(float x) {
-#if FLASHRNN_FAST_ACTIVATIONS
-    return rcp_approx(x);
-#else
-    return 1.f / x;
-#endif
-}
+FLASHRNN_ACTIVATION(act_rcp, rcp_approx(x), 1.f / x)
 
-// log(1 + u) for u in [0, 1]: sLSTM's log sigma(x) = min(x, 0) - log(1 + exp(-|x|)), whose forward shares u.
-__device__ __forceinline__ float act_log1p(float u) {
-#if FLASHRNN_FAST_ACTIVATIONS
-    return LN_2 * lg2_approx(1.f + u);
-#else
-    return log1pf(u);
-#endif
-}
+// log(1 + x) for x in [0, 1]: sLSTM's log sigma(y) = min(y, 0) - log(1 + exp(-|y|)), whose forward shares exp(-|y|).
+FLASHRNN_ACTIVATION(act_log1p, LN_2 * lg2_approx(1.f + x), log1pf(x))
+#undef FLASHRNN_ACTIVATION
 
 // log sigma(x) = min(x, 0) - log1p(exp(-|x|)): no overflow and no log(0) in either tail.
 __device__ __forceinline__ float act_log_sigmoid(float x) { return fminf(x, 0.f) - act_log1p(act_exp(-fabsf(x))); }
