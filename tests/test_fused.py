@@ -189,6 +189,34 @@ def test_dma_warps_match_vanilla(function, dtype_name, varlen, poisoned):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda_fused", "cuda"])
+@pytest.mark.parametrize("dtype_name", ["bfloat16", "float32"])
+def test_slstm_initial_normalisers_off_a_steps_range(backend, dtype_name, poisoned):
+    """sLSTM from initial states no step leaves (a step leaves n >= 1, or n = c = 0 untouched): n = 0 with c != 0
+    (a fresh state with a cell value), 0 < n < 1 and n < 0, mixed per element with n >= 1. SlstmCell::forward
+    drops the max with the scale from den where n >= 0 makes it redundant and clamps n at 0 for it: SPEC's
+    formula for every n, held here against vanilla in float64."""
+    import cupy
+
+    B, T, N, D = 5, 3, 2, 64
+    rng = np.random.default_rng(11)
+    host = list(random_inputs(rng, "slstm", B, T, N, D, True))
+    n = host[3][2]
+    kind = rng.integers(0, 4, n.shape)
+    n[kind == 0] = 0.0  # fresh, with the random c kept
+    n[kind == 1] = rng.uniform(0.05, 0.95, n.shape)[kind == 1]
+    n[kind == 2] = -rng.uniform(0.05, 2.0, n.shape)[kind == 2]
+    dtype = DTYPES[dtype_name]
+    host = [a.astype(np.float32).astype(dtype) for a in host]
+    out = fc.forward(*[cupy.asarray(a) for a in host], function="slstm", backend=backend)
+    ref = fc.forward(*[a.astype(np.float64) for a in host], function="slstm", backend="vanilla")
+    tol = TOL[dtype_name]
+    for s, name in enumerate(CELLS["slstm"].state_names):
+        err = _rel(cupy.asnumpy(out.states[s]), ref.states[s])
+        assert err < tol, f"state {name}: relative error {err:.2e} >= {tol:g}"
+
+
+@pytest.mark.gpu
 def test_auto_picks_fused_and_falls_back():
     import cupy
 
