@@ -16,6 +16,7 @@ import pytest
 from flashrnn_core.cells import CELLS, FUNCTIONS
 from flashrnn_core.cells.lstm import sigmoid
 from flashrnn_core.cells.slstm import logsigmoid
+from conftest import random_inputs
 
 #: SPEC.md's table, typed in again: (Gw, Gr, Gb, S, n_saved) and the state names.
 COUNTS = {"lstm": (4, 4, 4, 2, 4), "slstm": (4, 4, 4, 4, 4), "gru": (3, 3, 4, 1, 4), "elman": (1, 1, 1, 1, 1)}
@@ -80,13 +81,10 @@ def random_states(rng: np.random.Generator, function: str, shape: tuple, kind: s
 def adapter_inputs(function: str, B: int = 2, T: int = 4, N: int = 2, D: int = 3, init: bool = True,
                    seed: int = 0) -> list:
     """(Wx, R, b, states0) in float64 NumPy for the adapters' tests: R scaled by 1/sqrt(D), states0 "init"
-    (consistent slstm states, SPEC's gradient domain) or None."""
-    cell = CELLS[function]
+    (consistent slstm states, SPEC's gradient domain) or None: conftest.random_inputs' parameters, then the states."""
     rng = np.random.default_rng(seed)
-    return [rng.standard_normal((B, T, cell.gates_w, N, D)),
-            rng.standard_normal((cell.gates_r, N, D, D)) / np.sqrt(D),
-            rng.standard_normal((cell.gates_b, N, D)),
-            random_states(rng, function, (B, 1, N, D), "init") if init else None]
+    Wx, R, b, _ = random_inputs(rng, function, B, T, N, D, with_states=False)
+    return [Wx, R, b, random_states(rng, function, (B, 1, N, D), "init") if init else None]
 
 
 def _step_inputs(function: str, kind: str, seed: int, shape=(3, 2), scale: float = 1.0) -> list[np.ndarray]:
