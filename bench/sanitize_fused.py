@@ -15,6 +15,10 @@ problem per kernel family (every define but the sizes: cell, dtype, cluster layo
 the kernel): the smallest and largest D, and D=48, whose k-tiles are odd; ``--all`` takes every D.
 ``--shard K/M`` runs every M-th problem (device_check.sh: one shard a GPU, or ``LANES`` processes sharing one);
 ``--resume LOG...`` leaves out the problems those logs report 'ok' (the rest of a run its time limit cut).
+``--one-cluster`` runs each variant on one head and one batch tile (one block, or one cluster), the launch
+pinned to that grid: racecheck watches shared memory, which no two clusters share, so the hazards it can see
+are all in one cluster, and a B=256 problem of 16 clusters runs 16 times faster under it. (memcheck and
+synccheck keep the whole grid: an index wrong only in a later tile or head is theirs to find.)
 Problems run single-block forwards first, so that a ``--budget-s`` cut (default 180 s) leaves out the rarer
 variants, and says so. Exit 0 when every problem that ran gave finite results, 1 otherwise.
 """
@@ -115,6 +119,17 @@ def find_problem(fused: Any, spec: Any, hardware: Any) -> Problem | str:
     return f"{spec.name()}: {reason}"
 
 
+def one_cluster(fused: Any, problem: Problem) -> Problem:
+    """``problem`` on one head and one batch tile: the same kernel variant (checked), pinned to the grid of one
+    block or cluster (``FusedParams.grid`` is what the launch uses; the kernel takes B and N as arguments)."""
+    from dataclasses import replace
+
+    choice, B = problem.params, min(problem.B, problem.params.batch_tile)
+    small = replace(choice, B=B, N=1, batch_tiles=1, grid=(choice.blocks_per_head, 1), waves=1)
+    assert fused.launch_of(small, problem.save).spec == fused.launch_of(choice, problem.save).spec, problem.label
+    return replace(problem, B=B, N=1, params=small)
+
+
 def run_order(problem: Problem) -> tuple:
     """Single-block forwards with narrow tiles first, then backward, clusters, wide tiles (each the rarer)."""
     wide = "nbt1" not in problem.label
@@ -209,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
                         "the rest of a sharded run that its time limit cut")
     p.add_argument("--match", default="", help="only variants whose label contains every comma-separated word, e.g. "
                                                "'fw,cluster' (a fix to one family, checked first)")
+    p.add_argument("--one-cluster", action="store_true",
+                   help="each variant on one head and one batch tile (racecheck: the hazards of one cluster)")
     p.add_argument("--sms", type=int, default=132, help="with --list and no GPU: multiprocessors (H100: 132)")
     p.add_argument("--cc", default="9.0", help="with --list and no GPU: compute capability")
     p.add_argument("--budget-s", type=float, default=180.0,
@@ -231,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:  # one direction's kernels (a sanitizer run on the kernel just changed)
         problems = [x for x in problems if x.backward == (args.only == "backward")]
     problems = select(problems, args.match, ran_ok(args.resume), args.start, args.shard)
+    if args.one_cluster:
+        problems = [one_cluster(fused, x) for x in problems]
     for skipped in (x for x in found if isinstance(x, str)):
         print(f"skip {skipped}")
     n_bw = sum(p.backward for p in problems)

@@ -275,6 +275,11 @@ def test_sanitizer_driver_maps_every_variant_to_a_problem(capsys):
     found = [sanitize_fused.find_problem(fused, s, A100 if s.min_sm == 80 else H100) for s in variants]
     missing = [x for x in found if isinstance(x, str)]
     assert not missing, missing[:3]
+    # --one-cluster: each problem on one head and one batch tile, the same kernel (one_cluster asserts it)
+    for problem in found:
+        small = sanitize_fused.one_cluster(fused, problem)
+        assert small.params.grid == (problem.params.blocks_per_head, 1) and small.N == 1
+        assert small.B == min(problem.B, problem.params.batch_tile) and small.label == problem.label
     assert sanitize_fused.main(["--list"]) == 0
     out = capsys.readouterr().out
     assert "problems" in out and "(forward + backward)" in out
