@@ -11,8 +11,6 @@
 #   SANITIZER_ARGS="--only backward --all;--only forward" (';' separates sets of problems: a job per set and tool;
 #     a set that starts "@racecheck,synccheck" runs those tools only)
 #   SANITIZER_SHARDS=1 (each set's problems split over this many jobs a tool)
-#   SANITIZER_KERNELS=flashrnn_fused_bw (instrument only kernels whose name has it, compute-sanitizer --kernel-name
-#     kns=: a backward set's forward and GEMMs then run at full speed; new at fa40b31, not yet run on the device)
 #   BENCH_SUITES="reference step varlen"   BENCH_ARGS="..."   BENCH_TIMEOUT_S=300 (a suite; a shard)
 #   BENCH_TIMEOUT_S_<suite>, BENCH_ARGS_<suite>, BENCH_SHARDS_<suite>: one suite's own (BENCH_TIMEOUT_S_seqlen=220)
 #   BENCH_SHARDS=1 (timing suites split over this many jobs, merged into one JSON by python -m bench.shard)
@@ -78,8 +76,7 @@ job_sanitizer() {   # <n> <tool> <shard K/M> <set>: one small problem per fused 
     IFS=';' read -ra args <<<"${SANITIZER_ARGS:-}"; args=(${args[$4]:-}); [[ ${args[0]:-} == @* ]] && args=("${args[@]:1}")
     # --report-api-errors no: cuda-python probes driver entry points on the host (cuGetProcAddress), which
     # memcheck would count as errors; kernel errors are still reported.
-    local only=(); [[ -n ${SANITIZER_KERNELS:-} ]] && only=(--kernel-name "kns=$SANITIZER_KERNELS")
-    FLASHRNN_CORE_LINEINFO=1 timeout "$t" compute-sanitizer --tool "$2" --error-exitcode 9 --report-api-errors no "${only[@]}" \
+    FLASHRNN_CORE_LINEINFO=1 timeout "$t" compute-sanitizer --tool "$2" --error-exitcode 9 --report-api-errors no \
         python bench/sanitize_fused.py --budget-s "$(( t - 40 < ${SANITIZER_BUDGET_S:-180} ? t - 40 : ${SANITIZER_BUDGET_S:-180} ))" \
         --shard "$3" "${args[@]}" >"$log" 2>&1
     note "$1" "sanitizer $2 ${args[*]} $3" "exit $? : $(grep -E '^[0-9]+ ok|ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -n 2 | tr '\n' ' ')"

@@ -18,7 +18,9 @@ the kernel): the smallest and largest D, and D=48, whose k-tiles are odd; ``--al
 ``--one-cluster`` runs each variant on one head and one batch tile (one block, or one cluster), the launch
 pinned to that grid: racecheck watches shared memory, which no two clusters share, so the hazards it can see
 are all in one cluster, and a B=256 problem of 16 clusters runs 16 times faster under it. (memcheck and
-synccheck keep the whole grid: an index wrong only in a later tile or head is theirs to find.)
+synccheck keep the whole grid: an index wrong only in a later tile or head is theirs to find.) ``--cuda-forward``
+runs a backward problem's forward through the ``cuda`` backend: under racecheck the fused forward of a 16-block
+cluster is most of such a problem's time, and the forward variants' own problems check it.
 Problems run single-block forwards first, so that a ``--budget-s`` cut (default 180 s) leaves out the rarer
 variants, and says so. Exit 0 when every problem that ran gave finite results, 1 otherwise.
 """
@@ -158,9 +160,10 @@ def random_inputs(problem: Problem, seed: int) -> dict[str, Any]:
             "dstates": normal(cell.states, problem.B, T, N, D)}
 
 
-def run_problem(problem: Problem, seed: int) -> str | None:
+def run_problem(problem: Problem, seed: int, cuda_forward: bool = False) -> str | None:
     """None when the problem ran with finite results, else the failure. Forward problems run from given initial
-    states and from none; backward problems from given states, with gradients on all states and the last."""
+    states and from none; backward problems from given states, with gradients on all states and the last (after
+    the `cuda` backend's forward where ``cuda_forward``)."""
     import cupy
 
     from flashrnn_core.backends import get_backend, why_not
@@ -177,7 +180,8 @@ def run_problem(problem: Problem, seed: int) -> str | None:
                            lengths=lengths)
         # A backward variant whose head the fused forward cannot take (float32 D=256 gru, ...) runs after the
         # `cuda` forward: the saved tensors are the same contract.
-        forward = backend if why_not("cuda_fused", checked) is None else get_backend("cuda")
+        fused_forward = why_not("cuda_fused", checked) is None and not (cuda_forward and problem.backward)
+        forward = backend if fused_forward else get_backend("cuda")
         states, saved = forward.forward(checked, a["Wx"], a["R"], a["b"], states0, save=problem.save)
         if not _finite(states):
             return "forward gave non-finite states"
@@ -226,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
                                                "'fw,cluster' (a fix to one family, checked first)")
     p.add_argument("--one-cluster", action="store_true",
                    help="each variant on one head and one batch tile (racecheck: the hazards of one cluster)")
+    p.add_argument("--cuda-forward", action="store_true",
+                   help="a backward problem's forward through the `cuda` backend (the saved tensors are one contract): "
+                        "under racecheck a 16-block cluster's fused forward is most of a backward problem's time, "
+                        "and the forward variants' own problems check it")
     p.add_argument("--sms", type=int, default=132, help="with --list and no GPU: multiprocessors (H100: 132)")
     p.add_argument("--cc", default="9.0", help="with --list and no GPU: compute capability")
     p.add_argument("--budget-s", type=float, default=180.0,
@@ -260,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{problem.label}: B={problem.B} N={problem.N} D={problem.D}"
                   f"{' (forward + backward)' if problem.backward else ''}")
         return 0
-    return run_all(problems, args.budget_s)
+    return run_all(problems, args.budget_s, args.cuda_forward)
 
 
 def select(problems: list[Problem], match: str, done: set[str], start: int, shard: str | None) -> list[Problem]:
@@ -286,7 +294,7 @@ def ran_ok(logs: Iterable[str | Path]) -> set[str]:
     return done
 
 
-def run_all(problems: list[Problem], budget_s: float) -> int:
+def run_all(problems: list[Problem], budget_s: float, cuda_forward: bool = False) -> int:
     """Run each problem (until the budget is spent); print one line each and a summary; the exit status."""
     start, failures, ran = time.perf_counter(), 0, 0
     for i, problem in enumerate(problems):
@@ -295,7 +303,7 @@ def run_all(problems: list[Problem], budget_s: float) -> int:
                   f"{problem.label} on")
             break
         try:
-            failure = run_problem(problem, seed=i)
+            failure = run_problem(problem, seed=i, cuda_forward=cuda_forward)
         except Exception as err:  # keep going: one report for the whole set
             failure = f"{type(err).__name__}: {err}"
         ran += 1

@@ -427,6 +427,11 @@ def test_gpu_sanitizer_problem_runs():
     problem = sanitize_fused.find_problem(fused, spec, info)
     assert isinstance(problem, sanitize_fused.Problem), problem
     assert sanitize_fused.run_problem(problem, seed=0) is None
+    # a backward variant on one cluster (--one-cluster), after the fused forward and after the `cuda` one
+    spec = fused.choose("lstm", "bfloat16", 16, 3, 256, hardware=info, direction="backward").spec
+    problem = sanitize_fused.one_cluster(fused, sanitize_fused.find_problem(fused, spec, info))
+    for cuda_forward in (False, True):
+        assert sanitize_fused.run_problem(problem, seed=0, cuda_forward=cuda_forward) is None
 
 
 def test_compile_rows_time_a_real_nvrtc_compile(monkeypatch):
