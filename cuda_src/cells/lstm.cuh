@@ -37,11 +37,12 @@ struct LstmCell {
         const float z = act_tanh(saved[2]), o = act_sigmoid(saved[3]);
         const float tc = act_tanh(fmaf(f, s_prev[1], i * z));
         const float dh = ds[0];
-        // dh (R^T dg's sum, the end of the backward step's chain) arrives last, so it multiplies coefficients
-        // computed before it (products are not reassociated by the compiler): each gradient is at most two ops
-        // after dh. Measured (H200 bf16 B=16 T=1024, phase_clocks A/B, 12x64 backward): 0.944 -> 0.930 ms. The
-        // same form lost in sLSTM's (1.116 -> 1.158 ms; 48x16 0.504 -> 0.512) and GRU's (0.862 -> 0.869)
-        // backward, issue-bound steps where it adds products: they keep dh's products in source order.
+        // dh (R^T dg's sum, the end of the backward step's chain) arrives last, so it multiplies coefficients computed
+        // before it (products are not reassociated by the compiler): each gradient is at most two ops after dh.
+        // Measured (H200 bf16 B=16 T=1024, phase_clocks A/B of the backward kernel,
+        // bench/results/phases/2026-12-01-h200-cell-chains-2.txt): 12x64 0.944 -> 0.930 ms. The same form lost in
+        // sLSTM's backward (12x64 1.116 -> 1.158 ms, 48x16 0.504 -> 0.512) and GRU's (12x64 0.862 -> 0.869),
+        // issue-bound steps where it adds products: they keep dh's products in source order.
         const float dc = fmaf(dh, o * (1.f - tc * tc), ds[1]);
         const float d[4] = {dc * (z * i * (1.f - i)), dc * (s_prev[1] * f * (1.f - f)), dc * (i * (1.f - z * z)),
                             dh * (tc * o * (1.f - o))};

@@ -54,15 +54,15 @@ struct SlstmCell {
                                                    const float (&s_prev)[S], float (&s)[S], float (&saved)[NSAVED]) {
         // The chain to h starts at rs (the mma's output); x + b and the previous states are ready before it. So the
         // pre-activations are rs + (x + b), E's exponent (in log2 units) is two fma and two min after rs (below), and
-        // E's cap is chosen before (none at a fresh state). Then den = max(E n_prev + U, scale) is max(E max(n_prev, 0)
-        // + U, E') with E' = E except at a fresh state, where it is 0: scale = max(E', U) (m = i_raw where E' <= U),
-        // and E n + U >= U for n >= 0, while for n_prev < 0 (outside what a step produces) both forms give max(E, U). h
-        // is then FFMA, FMNMX and 1/den after E, where the select of scale first made it five ops. Estimated before
-        // measuring: 6 dependent ops fewer (13 -> 7 between the mma and h, besides the two MUFU), ~25 cycles a step,
-        // ~5% at 48x16. Measured (H200 bf16 B=16 T=1024, inference forward, the cell before -> this one,
-        // bench/results/phases/2026-12-01-h200-cell-chains.txt): 48x16 0.233 -> 0.225 ms, 12x64 0.379 -> 0.360, 3x256
-        // 0.733 -> 0.712, 1x768 2.127 -> 2.131 (the exchange's wait hides the cells there); at 12x64 more than
-        // estimated (~30 cycles), at 48x16 less (~14).
+        // E's cap is chosen before (none at a fresh state). Then den = max(E n_prev + U, scale) is
+        // max(E max(n_prev, 0) + U, E') with E' = E except at a fresh state, where it is 0: scale = max(E', U)
+        // (m = i_raw where E' <= U), and E n + U >= U for n >= 0, while for n_prev < 0 (outside what a step
+        // produces) both forms give max(E, U). h is then FFMA, FMNMX and 1/den after E, where the select of scale
+        // first made it five ops. Estimated before measuring: 6 dependent ops fewer (13 -> 7 between the mma and h,
+        // besides the two MUFU), ~25 cycles a step, ~5% at 48x16. Measured (H200 bf16 B=16 T=1024, inference
+        // forward, the cell before -> this one, bench/results/phases/2026-12-01-h200-cell-chains.txt): 48x16 0.233
+        // -> 0.225 ms, 12x64 0.379 -> 0.360, 3x256 0.733 -> 0.712, 1x768 2.127 -> 2.131 (the exchange's wait hides
+        // the cells there); at 12x64 more than estimated (~30 cycles), at 48x16 less (~14).
         float xb[4];
 #pragma unroll
         for (int g = 0; g < 4; ++g) xb[g] = x[g] + b[g], saved[g] = rs[g] + xb[g];
@@ -72,8 +72,9 @@ struct SlstmCell {
         // log2(e) a = min(t + log2(e) f_raw, t) with t = log2(e) (m_prev - x_i - b_i - rs_i): the min(f_raw, 0)
         // distributed over the sum so that E's exponent is two fma and two min after rs (the cap taken on t's
         // side: min is associative, so this is exactly min(log2(e) a, cap)), and u = ex2(-|log2(e) f_raw|) one fma
-        // after rs. Measured against min(f_raw, 0) first (phase_clocks A/B, inference forward): 48x16 0.248 ->
-        // 0.241 ms, 12x64 0.383 -> 0.386, 3x256 0.739 -> 0.739.
+        // after rs. Measured against min(f_raw, 0) first (phase_clocks A/B, inference forward,
+        // bench/results/phases/2026-12-01-h200-cell-chains-2.txt): 48x16 0.248 -> 0.241 ms, 12x64 0.383 -> 0.386,
+        // 3x256 0.739 -> 0.739; the reference suite's 48x16 then 0.225 -> 0.218 (other cells' rows moved <= 1.6%).
         const float k = LOG2_E * (s_prev[3] - xb[0]), t = fmaf(-LOG2_E, rs[0], k);
         const float t_f = fmaf(LOG2_E, rs[1], fmaf(-LOG2_E, rs[0], k + LOG2_E * xb[1]));
         const float E = act_exp2(fminf(t_f, fminf(t, cap)));
