@@ -804,7 +804,11 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
     const unsigned rsm = bars + K::BAR_BYTES;                                     // R's shared-memory k-tiles
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c4 = lane % 4;
-    const int wd = warp % K::WARPS_D, ks = warp / K::WARPS_D;
+    // ks pinned in a register: the whole-K cells select their accumulator by it every step, and where it was
+    // rebuilt from threadIdx the step read SR_TID (S2R, ~20+ cycles) after the mma. Measured (phase clocks, one
+    // process, bench/results/phases/2026-12-01-h200-keep-ks.txt): slstm 48x16 0.242 -> 0.227 ms, lstm 48x16
+    // 0.203 -> 0.195, 12x64 unchanged.
+    const int wd = warp % K::WARPS_D, ks = KS == 1 ? 0 : int(keep<K::KEEP>(unsigned(warp / K::WARPS_D)));
     // The batch row of the lane's first cell: 2*c4, + ks where KS = 2 splits the lane's two columns over the
     // warps, + g & 1 where the lanes trade columns (Tile::TRADE).
     const int lane_row = 2 * c4 + (KS == 1 ? (K::TRADE ? g & 1 : 0) : ks);
