@@ -465,8 +465,8 @@ def _check_limits(hw: Hardware, function: str, dtype: str, B: int, N: int, D: in
     assert prm.smem_bytes == _smem(function, dtype, D, prm) <= hw.smem_per_block_optin
     assert prm.register_cap == _reg_cap(hw, prm.threads_per_block)
     assert prm.registers_estimate <= prm.register_cap <= 255
-    if prm.r_ktiles_in_smem:  # the fallback where R does not fit the registers (16-bit, 16-block clusters)
-        assert dtype != "float32" and prm.blocks_per_head == 16 and prm.batch_ntiles == 1 and prm.r_bytes_smem > 0
+    if prm.r_ktiles_in_smem:  # the fallback where R does not fit the registers (16-block clusters)
+        assert prm.blocks_per_head == 16 and prm.batch_ntiles == 1 and prm.r_bytes_smem > 0
     else:
         assert prm.r_bytes_smem == 0
     gr = COUNTS[function][1]

@@ -24,7 +24,7 @@ TOL = {"float32": 1e-4, "bfloat16": 2e-2, "float16": 2e-2}  # SPEC.md, relative 
 # (B, T, N, D, initial states): odd B, B = 1 and 256, T = 1 and 2, D = 48 (an odd number of k-tiles), every
 # D of the issue; the B = 256 x 12 heads shape makes the solver pick wider batch tiles; D >= 256 (and float32
 # D = 128) run on clusters where the solver finds a valid launch, and are skipped with its reason otherwise; D = 512
-# and 768 in 16-bit keep part of R in shared memory (Tile::RS).
+# and 768 in 16-bit, and D = 256 and 512 in float32, keep part of R in shared memory (Tile::RS).
 SHAPES = [
     (3, 17, 2, 16, False),
     (5, 9, 3, 32, True),
