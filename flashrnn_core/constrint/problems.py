@@ -49,7 +49,8 @@ from .solver import Expr, Infeasible, Problem, Var, divides, predicate
 #: Bump when the model (constraints, register fit, latency constants) changes: tuning-cache keys carry it.
 #: 7: the backward stages hold only the state rows the cells read (every backward choice's shared memory).
 #: 8: float32 heads may keep R in shared memory on 16-block clusters (the rule was 16-bit only).
-MODEL_VERSION = 8
+#: 9: sLSTM's backward reads c and n of the previous states, not m (its saved v holds i and f): smaller stages.
+MODEL_VERSION = 9
 
 MMA_M, MMA_N, MMA_K = 16, 8, 16  # mma.sync m16n8k16 (bf16/fp16 operands, float32 accumulators)
 
