@@ -14,6 +14,8 @@
 #   BENCH_SUITES="reference step varlen"   BENCH_ARGS="..."   BENCH_TIMEOUT_S=300 (a suite; a shard)
 #   BENCH_TIMEOUT_S_<suite>, BENCH_ARGS_<suite>, BENCH_SHARDS_<suite>: one suite's own (BENCH_TIMEOUT_S_seqlen=220)
 #   BENCH_SHARDS=1 (timing suites split over this many jobs, merged into one JSON by python -m bench.shard)
+#   BENCH_BASE=ab_base (A/B in one call: a tree of another commit, `git archive <commit> | tar -x -C ab_base`, left
+#     untracked so that it travels; each bench job first runs its suite from there, into <suite>-base.json)
 #   SWEEP_BUDGET_S=150   SWEEP_ARGS="--direction both"   DDP_ARGS="..."   DEADLINE_S=550   LANES=<GPUs> (more: GPUs shared)
 #   PRECOMPILE=0 (no compile of every variant first: a sanitizer run on a few problems)
 #   PHASE_ARGS="--cell lstm --variant base= --variant no_exchange=FLASHRNN_ABLATE_EXCHANGE;..." (stage "phases": a step's
@@ -86,6 +88,14 @@ job_bench() {   # <n> <suite> <shard K/M>: one suite, or one shard of it (merged
     local json="$OUT/$2.json" t own="BENCH_TIMEOUT_S_$2" args="BENCH_ARGS_$2"; t=$(clamp "${!own:-${BENCH_TIMEOUT_S:-300}}")
     local shard=(); [[ $3 == */1 ]] || shard=(--shard "$3")
     # The suite's own budget leaves the last (shape, pass) time to finish inside the timeout (a quarter of it).
+    if [[ -n ${BENCH_BASE:-} ]]; then   # the base tree's package and kernels (PYTHONPATH wins over the editable install)
+        t=$(( $(clamp "$t") / 2 ))
+        (cd "$BENCH_BASE" && export PYTHONPATH=$PWD FLASHRNN_CORE_CACHE=$FLASHRNN_CORE_CACHE-base &&
+            python -c 'import flashrnn_core; print("package:", flashrnn_core.__file__)' && timeout "$t" python -m bench.run \
+            --suite "$2" --out "${json%.json}-base.json" "${shard[@]}" --budget-s $(( t - (t / 4 > 30 ? t / 4 : 30) )) \
+            ${BENCH_ARGS:-} ${!args:-}) >"$OUT/bench_$2_${3/\//of}-base.log" 2>&1
+        note "$1-base" "bench $2 $3 from $BENCH_BASE" "exit $?"
+    fi
     timeout "$t" python -m bench.run --suite "$2" --out "$json" "${shard[@]}" --budget-s $(( t - (t / 4 > 30 ? t / 4 : 30) )) \
         ${BENCH_ARGS:-} ${!args:-} >"$OUT/bench_$2_${3/\//of}.log" 2>&1
     note "$1" "bench $2 $3" "exit $?"

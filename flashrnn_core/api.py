@@ -80,7 +80,7 @@ def forward(
             states at its own end (docs/architecture.md, "Variable lengths"). A CuPy array costs one
             synchronisation (its range is checked on the host); a list or NumPy array does not.
         save_for_backward: False for inference: the same states, but the forward writes none of the
-            pre-activations that ``backward`` reads (on ``cuda_fused`` a separate kernel variant; at B=256, 12x64
+            saved values that ``backward`` reads (on ``cuda_fused`` a separate kernel variant; at B=256, 12x64
             that is 40% of the bytes it moves), and ``backward`` refuses the result.
 
     Returns:
@@ -167,7 +167,7 @@ def backward_memory(function: str, dtype: Any, B: int, T: int, N: int, D: int) -
     """Bytes a GPU backend's forward keeps for the backward, in the storage ``dtype``.
 
     ``states`` ``[S, B, T, N, D]`` is the forward's output (the caller holds it anyway); ``saved``
-    ``[B, T, n_saved, N, D]`` is the cells' pre-activations (docs/architecture.md, "Saved tensors"), at most one
+    ``[B, T, n_saved, N, D]`` is the cells' saved values (docs/architecture.md, "Saved tensors"), at most one
     set of gate activations (``n_saved <= Gb``, the cell's distinct gates). Nothing else outlives the forward.
     (``vanilla`` keeps ``saved`` in its float32/float64 compute dtype instead.)
     """

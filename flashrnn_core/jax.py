@@ -38,7 +38,7 @@ JAX's "can't apply forward-mode autodiff (jvp) to a custom_vjp function"; ``jax.
 contains it raises JAX's "serialization of host_callbacks is not yet implemented". Under ``jax.vmap`` the
 callback runs once per mapped element (``vmap_method="sequential"``); fold the mapped axis into B instead.
 
-``saved`` (the backend's pre-activations ``[B, T, n_saved, N, D]``, a residual of the backward) must have a
+``saved`` (the backend's saved values ``[B, T, n_saved, N, D]``, a residual of the backward) must have a
 dtype known when tracing: the compute dtype (float32; float64 for float64) on CPU, where ``vanilla`` runs, and
 Wx's dtype on GPU, what the GPU backends save.
 """

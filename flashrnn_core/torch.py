@@ -12,7 +12,7 @@ Shapes (SPEC.md): Wx ``[B, T, Gw, N, D]``, R ``[Gr, N, D, D]``, b ``[Gb, N, D]``
 Two ops, ``torch.ops.flashrnn_core.forward`` and ``torch.ops.flashrnn_core.backward``, each with a fake
 implementation, so ``torch.compile(fullgraph=True)`` traces through them; the autograd formula is registered
 with ``torch.library.register_autograd`` (torch wraps it in a ``torch.autograd.Function``). The forward op also
-returns the backend's saved pre-activations ``[B, T, n_saved, N, D]`` for the backward op. Double backward is
+returns the backend's saved values ``[B, T, n_saved, N, D]`` for the backward op. Double backward is
 not supported. Both ops take an optional integer tensor ``lengths [B]`` (variable lengths, not differentiable);
 the modules take a ``PackedSequence`` like torch.nn.LSTM.
 
@@ -84,7 +84,7 @@ def _cell(function: str) -> Cell:
 
 
 def _saved_dtype(Wx: Tensor) -> torch.dtype:
-    """The dtype the forward op returns the saved pre-activations in, known before it runs (for the fake).
+    """The dtype the forward op returns the saved values in, known before it runs (for the fake).
 
     CPU runs only on ``vanilla``, which saves in the compute dtype (float32, float64 for float64); the GPU
     backends save in Wx's dtype, and a ``vanilla`` fallback on CUDA is converted to that.

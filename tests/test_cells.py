@@ -58,7 +58,8 @@ def scalar_step(function: str, x: list, rs: list, b: list, s: list, m_fixed: flo
     n = f * n_prev + i
     if m_fixed is None:
         n = max(n, 1.0)
-    return [_sig(o_raw) * c / n, c, n, m], pre
+    m_is_i = n_prev == 0 or i_raw >= lf  # saved: i and f in one signed value, sigma(-f_raw), z_raw, o_raw
+    return [_sig(o_raw) * c / n, c, n, m], [f if m_is_i else -i, _sig(-f_raw), z_raw, o_raw]
 
 
 def random_states(rng: np.random.Generator, function: str, shape: tuple, kind: str) -> np.ndarray:

@@ -153,7 +153,7 @@ def test_bw_variants_are_the_solvers_choices():
 def test_backward_too_large_for_one_block_says_why():
     """One block a head where R^T fits one (no sm_80 head above that); a cluster a head on sm_90 where it does
     not; lstm and slstm D=768 (4.7 MB of R^T, ~380 KB an SM of 16 with the drs buffers and stages) on scatter
-    clusters; where no stage takes a head (slstm D=640: no cluster size splits it), no launch, said in words."""
+    clusters, and where the model estimates them faster than the cluster kernel with R^T in shared memory; where no stage takes a head (slstm D=640: no cluster size splits it), no launch, said in words."""
     for hw in (A100, H100):
         launch = fused.choose("lstm", DTYPES["bfloat16"], 16, 12, 64, hardware=hw, direction="backward")
         assert launch.cluster == 1
@@ -161,8 +161,17 @@ def test_backward_too_large_for_one_block_says_why():
     assert isinstance(reason, str) and "fused backward kernel on A100" in reason
     launch = fused.choose("lstm", DTYPES["bfloat16"], 16, 3, 256, hardware=H100, direction="backward")
     assert launch.cluster > 1 and launch.grid == (3 * launch.cluster, 2) and "cluster" in launch.spec.label
-    launch = fused.choose("lstm", DTYPES["bfloat16"], 16, 1, 512, hardware=H100, direction="backward")
-    assert launch.cluster == 16 and launch.choice.r_ktiles_in_smem > 0 and not launch.choice.scatter
+    # lstm D=512 and gru D=768: a 16-block cluster kernel with R^T partly in shared memory is feasible, and the
+    # scatter kernel, weighed against it (problems._weighed_with), is estimated faster.
+    from flashrnn_core.constrint.problems import DEFAULT_MODEL, build_fused, params_from
+
+    for function, D in (("lstm", 512), ("gru", 768)):
+        launch = fused.choose(function, DTYPES["bfloat16"], 16, 1, D, hardware=H100, direction="backward")
+        assert launch.cluster == 16 and launch.choice.scatter
+        fp = build_fused(H100, function, "bfloat16", 16, 1, D, "backward", DEFAULT_MODEL)
+        cluster_kernel = params_from(fp, fp.problem.solve(explain=False).values)
+        assert cluster_kernel.r_ktiles_in_smem > 0 and not cluster_kernel.scatter
+        assert launch.choice.step_cycles < cluster_kernel.step_cycles
     for function in ("lstm", "slstm"):
         launch = fused.choose(function, DTYPES["bfloat16"], 16, 1, 768, hardware=H100, direction="backward")
         assert launch.cluster == 16 and launch.choice.scatter and "scatter" in launch.spec.label

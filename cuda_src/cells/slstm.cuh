@@ -4,6 +4,8 @@
 //   h = sigma(o_raw) c / n
 // Gradient conventions: m is a constant (no gradient from it or on it), max(., 1) passes its gradient straight
 // through; m_prev still feeds lf, so ds_prev[3] carries d lf (it survives only as dstates_initial's m row).
+// Saved (flashrnn_core/cells/slstm.py says why): v (f where m = i_raw, so i = 1; else -i, f = 1; the sign bit
+// says which), sigma(-f_raw), z_raw, o_raw.
 #pragma once
 #include "common/activations.cuh"
 
@@ -11,23 +13,9 @@ namespace flashrnn {
 
 struct SlstmCell {
     static constexpr int GW = 4, GR = 4, GB = 4, S = 4, NSAVED = 4;
-    // What backward reads (the fused backward stages only these): s_prev[1..3] (c, n, m), ds[0..2]. ds[3] (on m)
-    // reaches nothing: ds_prev[3] is d lf whatever it is.
-    static constexpr unsigned PREV_READ = 0b1110u, DS_READ = 0b0111u;
-
-    // Backward: (i, f) from the raw gates and the previous states. One of i, f is exp(0) = 1 (m is i_raw or lf),
-    // so one exponential gives both: with d = lf - i_raw, m = i_raw gives (1, exp(d)) and m = lf gives
-    // (exp(-d), 1). (The step is issue-bound: issue 5 measured sLSTM 30-40% over LSTM; this saves a MUFU and 3 FP
-    // ops.)
-    __device__ __forceinline__ static void gates(const float (&s_prev)[S], float i_raw, float f_raw, float& i,
-                                                 float& f) {
-        const float lf = act_log_sigmoid(f_raw) + s_prev[3];
-        const float d = lf - i_raw;
-        const bool m_is_i = s_prev[2] == 0.f || d <= 0.f;
-        const float e = act_exp(m_is_i ? d : -d);
-        i = m_is_i ? 1.f : e;
-        f = m_is_i ? e : 1.f;
-    }
+    // What backward reads (the fused backward stages only these): s_prev[1..2] (c, n), ds[0..2]. ds[3] (on m)
+    // reaches nothing: ds_prev[3] is d lf whatever it is; m_prev is not needed (the saved v holds i and f).
+    static constexpr unsigned PREV_READ = 0b0110u, DS_READ = 0b0111u;
 
     // Forward: the two exponential gates share a scale. With u = exp(-|f_raw|), U = 1 + u (so sigma(f_raw) =
     // exp(min(f_raw, 0)) / U) and E = exp(a), a = min(f_raw, 0) + m_prev - i_raw:
@@ -35,7 +23,7 @@ struct SlstmCell {
     //   m = i_raw (a fresh state, or lf <= i_raw, which is E <= U): scale = U;  m = lf: scale = E.
     // Then c = num / scale and n = den / scale with num = E c_prev + U tanh(z_raw), den = max(E n_prev + U, scale),
     // and h = sigma(o_raw) num / den. u and E are independent, so h is two MUFU ops deep (u and E, then 1/den)
-    // where `gates` makes it four (exp, log, exp, 1/n). log U is needed only for the state m, off h's chain.
+    // where the gates' own formula makes it four (exp, log, exp, 1/n). log U is needed only for the state m, off h's chain.
     // E is capped at exp(A_MAX) when m = lf (then i = U / E: below float32's resolution against f = 1 long before
     // the cap), so that E c_prev and E n_prev stay finite; at a fresh state it is not, as in SPEC's formula.
     // Estimated before measuring (stop 20): two MUFU latencies and their FP ops off a latency-bound step, ~50-70
@@ -46,8 +34,8 @@ struct SlstmCell {
     //   estimate, so the cell's MUFU chain is a smaller part of the step than its latency sum says (not profiled).
     //   The same form in the backward (with 1/scale and 1/den for 1/n; ...-reference-slstm-scaled-019fb21.json)
     //   took the 12x64 backward from 1.11 to 1.20 ms and 48x16's from 0.51 to 0.54: that step is issue-bound, not
-    //   latency-bound (as `gates` says), and the form's selects and products cost more issue slots than the MUFU
-    //   op it saves. So the backward keeps `gates`.
+    //   latency-bound, and the form's selects and products cost more issue slots than the MUFU op it saves. The
+    //   backward now reads i and f from the saved v instead (no transcendental op for them at all).
     static constexpr float A_MAX = 40.f;
 
     __device__ __forceinline__ static void forward(const float (&x)[GW], const float (&rs)[GR], const float (&b)[GB],
@@ -89,13 +77,17 @@ struct SlstmCell {
         s[1] = num * r_scale;
         s[2] = den * r_scale;
         s[3] = m_is_i ? i_raw : fminf(f_raw, 0.f) - act_log1p(u) + s_prev[3];  // lf = log sigma(f_raw) + m_prev
+        // The backward's gates: i = U / scale, f = E / scale, one of them 1 (v's sign says which); and
+        // sigma(-f_raw) = (f_raw > 0 ? u : 1) / U (from u: no cancellation in either tail).
+        saved[0] = m_is_i ? E * r_scale : -(U * r_scale);
+        saved[1] = (f_raw > 0.f ? u : 1.f) * act_rcp(U);
     }
 
     __device__ __forceinline__ static void backward(const float (&ds)[S], const float (&s_prev)[S],
                                                     const float (&saved)[NSAVED], float (&dx)[GW], float (&drs)[GR],
                                                     float (&db)[GB], float (&ds_prev)[S]) {
-        float i, f;
-        gates(s_prev, saved[0], saved[1], i, f);
+        const bool m_is_i = !signbit(saved[0]);  // (-0 where i underflowed: m = lf)
+        const float e = fabsf(saved[0]), i = m_is_i ? 1.f : e, f = m_is_i ? e : 1.f;
         const float z = act_tanh(saved[2]), o = act_sigmoid(saved[3]);
         const float c = fmaf(f, s_prev[1], i * z);
         const float n = fmaxf(fmaf(f, s_prev[2], i), 1.f);
@@ -104,7 +96,7 @@ struct SlstmCell {
         const float dc = ds[1] + dh * o * rn;
         const float dn = ds[2] - dh * o * c * rn * rn;
         const float dlf = (dc * s_prev[1] + dn * s_prev[2]) * f;
-        const float d[4] = {(dc * z + dn) * i, dlf * act_sigmoid(-saved[1]), dc * i * (1.f - z * z),
+        const float d[4] = {(dc * z + dn) * i, dlf * saved[1], dc * i * (1.f - z * z),
                             dh * c * rn * o * (1.f - o)};
 #pragma unroll
         for (int g = 0; g < 4; ++g) dx[g] = drs[g] = db[g] = d[g];

@@ -69,7 +69,4 @@ FLASHRNN_ACTIVATION(act_rcp, rcp_approx(x), 1.f / x)
 FLASHRNN_ACTIVATION(act_log1p, LN_2 * lg2_approx(1.f + x), log1pf(x))
 #undef FLASHRNN_ACTIVATION
 
-// log sigma(x) = min(x, 0) - log1p(exp(-|x|)): no overflow and no log(0) in either tail.
-__device__ __forceinline__ float act_log_sigmoid(float x) { return fminf(x, 0.f) - act_log1p(act_exp(-fabsf(x))); }
-
 }  // namespace flashrnn

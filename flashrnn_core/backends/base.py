@@ -39,7 +39,7 @@ class Backend(ABC):
                 save: bool = True) -> tuple[Array, Array | None]:
         """Wx ``[B, T, Gw, N, D]``, R ``[Gr, N, D, D]``, b ``[Gb, N, D]``, states0 ``[S, B, 1, N, D]`` or None
         (zeros) -> ``(states [S, B, T, N, D] in Wx's dtype, saved [B, T, n_saved, N, D])``; ``saved`` holds the
-        cell's pre-activations (docs/architecture.md, "Saved tensors"). ``save`` False: an inference forward,
+        cell's saved values (docs/architecture.md, "Saved tensors"). ``save`` False: an inference forward,
         which computes the same states, writes no saved tensors and returns None for them."""
 
     @abstractmethod

@@ -5,7 +5,7 @@ Every block owns one head and a tile of ``8 * nbt`` sequences: R stays in regist
 read each other). Heads too large for one block run on a thread-block cluster per head (sm_90): each block owns
 a slice of R's output rows and sends its slice of the new ``h`` to the others with ``st.async``, counted by an
 mbarrier (no cluster-wide barrier per step). The forward writes ``states [S, B, T, N, D]`` and ``saved [B, T, n_saved, N, D]`` (the cells'
-pre-activations, docs/architecture.md "Saved tensors"), so any backend's backward can consume them.
+saved values, docs/architecture.md "Saved tensors"), so any backend's backward can consume them.
 
 Parameters: ConstrINT (``flashrnn_core.constrint``) is the one chooser. ``choose`` asks
 ``constrint.tuning.choose_for_device`` (the on-disk tuning cache, where a measured entry from
@@ -78,7 +78,7 @@ class Launch:
 def launch_of(choice: FusedParams, save: bool = True) -> Launch:
     """The launch of a solver's choice: fused_fw.cu for a forward one, fused_bw.cu for a backward one.
     ``save`` False (forward only): the inference kernel, which writes the states and not the saved
-    pre-activations (FLASHRNN_SAVE=0; same geometry, so the same choice)."""
+    values (FLASHRNN_SAVE=0; same geometry, so the same choice)."""
     from ..runtime import KernelSpec
 
     dtype = np.dtype(choice.dtype)

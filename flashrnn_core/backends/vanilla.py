@@ -4,7 +4,7 @@ Array-generic: the same code runs on NumPy (CPU) and CuPy (GPU) arrays, with ``x
 The math runs in float32 for float32, bfloat16 and float16 storage and in float64 for float64 (gradient
 checks); R, b and the initial states are each upcast to that compute dtype, whatever their storage dtype.
 
-``saved`` (the cells' pre-activations, ``[B, T, n_saved, N, D]``) stays in the *compute* dtype rather than
+``saved`` (the cells' saved values, ``[B, T, n_saved, N, D]``) stays in the *compute* dtype rather than
 Wx's storage dtype (unlike the GPU backends, see docs/architecture.md "Saved tensors"): then the backward of
 a 16-bit forward recomputes its activations from the very values the forward used. ``backward`` takes saved
 tensors in any dtype, so it also runs on another backend's forward.

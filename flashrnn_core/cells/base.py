@@ -17,8 +17,8 @@ Array = Any  # numpy.ndarray or cupy.ndarray
 class Cell(ABC):
     """One recurrent cell: ``s_t = P(s_{t-1}, x_t + R s0_{t-1} + b)``, as SPEC.md defines it.
 
-    ``saved`` is what a step keeps for its backward: ``n_saved`` arrays (pre-activations, see each cell), stored
-    by the forward as ``[B, T, n_saved, N, D]``.
+    ``saved`` is what a step keeps for its backward: ``n_saved`` arrays (pre-activations, and sLSTM's
+    exponential gates: see each cell), stored by the forward as ``[B, T, n_saved, N, D]``.
     """
 
     name: str

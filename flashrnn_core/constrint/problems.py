@@ -49,7 +49,9 @@ from .solver import Expr, Infeasible, Problem, Var, divides, predicate
 #: Bump when the model (constraints, register fit, latency constants) changes: tuning-cache keys carry it.
 #: 7: the backward stages hold only the state rows the cells read (every backward choice's shared memory).
 #: 8: float32 heads may keep R in shared memory on 16-block clusters (the rule was 16-bit only).
-MODEL_VERSION = 8
+#: 9: sLSTM's backward reads c and n of the previous states, not m (its saved v holds i and f): smaller stages.
+#: 10: the backward weighs the scatter-cluster kernel against a cluster kernel with R^T in shared memory.
+MODEL_VERSION = 10
 
 MMA_M, MMA_N, MMA_K = 16, 8, 16  # mma.sync m16n8k16 (bf16/fp16 operands, float32 accumulators)
 
@@ -897,7 +899,8 @@ def _stages(model: KernelModel, hw: Hardware, function: str, dtype, D: int, dire
     memory (``KernelModel.r_in_shared_memory``). The backward first tries one block a head: its latency constants
     were calibrated on such kernels only (``backward.BW_LATENCY_CALIBRATION``), so clusters are for the heads
     whose R^T no block holds, not a choice the model could weigh against them; and last, in 16-bit storage on
-    GPUs with clusters, the scatter-cluster kernel (``KernelModel.bw_scatter``: lstm and slstm D = 768)."""
+    GPUs with clusters, the scatter-cluster kernel (``KernelModel.bw_scatter``), which is weighed against the
+    first feasible cluster stage (``_weighed_with``)."""
     stages = []
     geo = geometry(function, dtype, D, direction)
     if direction == "backward" and hw.clusters:
@@ -910,6 +913,22 @@ def _stages(model: KernelModel, hw: Hardware, function: str, dtype, D: int, dire
     return stages
 
 
+def _weighed_with(stages: list[KernelModel], first: int, best: FusedParams) -> list[KernelModel]:
+    """The later stages whose solutions compete with those of ``stages[first]``, the first feasible one, whose
+    best is ``best``: where that is a backward cluster kernel with R^T partly in shared memory, the scatter-cluster
+    stage, which was built for those heads. Both run one head on a 16-block cluster with R^T partly in shared memory, so their estimates
+    may compare as the one-block constants do not with either; measured (H200 bf16 1x768 backward, B=16,
+    bench/results/2026-12-01-h200-reference.json): gru's cluster kernel (estimated 11267 cycles a step) took 3.61
+    ms, lstm's scatter kernel (8535) 2.82, a ratio of 1.28 against the estimates' 1.32. Without this gru D = 768
+    ran the cluster kernel and its scatter kernel, estimated at 8161, was never weighed (lstm and slstm reach the
+    scatter stage as the only feasible one). EXPERIMENT (branch exp/bw-scatter-choice): weighed against every
+    cluster stage, the model would move 30 backward variants to scatter kernels (lstm/slstm/gru/elman D = 128-768,
+    lstm 3x256 among them) on estimates not calibrated there: measure before widening."""
+    if first == 0 or stages[first].bw_scatter or not best.r_ktiles_in_smem:
+        return []
+    return [s for s in stages[first + 1:] if s.bw_scatter]
+
+
 def solve_fused(hardware: Hardware, function: str, dtype, B: int, N: int, D: int, direction: str = "forward",
                 model: KernelModel = DEFAULT_MODEL, explain: bool = True) -> FusedParams | Infeasible:
     """The fastest valid parameters for one shape by the model, or ``Infeasible`` naming the conflicting
@@ -918,11 +937,17 @@ def solve_fused(hardware: Hardware, function: str, dtype, B: int, N: int, D: int
     if B < 1 or N < 1 or D < 1:
         raise ValueError(f"B, N, D must be positive, got B={B} N={N} D={D}")
     stages = _stages(model, hardware, function, dtype, D, direction)
-    for stage in stages:
+    for i, stage in enumerate(stages):
         fp = build_fused(hardware, function, dtype, B, N, D, direction, stage)
         result = fp.problem.solve(explain=explain and len(stages) == 1)
         if not isinstance(result, Infeasible):
-            return params_from(fp, result.values)
+            best = params_from(fp, result.values)
+            for other in _weighed_with(stages, i, best):
+                ofp = build_fused(hardware, function, dtype, B, N, D, direction, other)
+                found = ofp.problem.solve(explain=False)
+                if not isinstance(found, Infeasible) and params_from(ofp, found.values).step_cycles < best.step_cycles:
+                    best = params_from(ofp, found.values)
+            return best
     if not explain or len(stages) == 1:
         return result
     # Explained on the first stage, the plainest kernel: the later ones only add variables (clusters, R in shared
@@ -939,13 +964,21 @@ def solve_fused(hardware: Hardware, function: str, dtype, B: int, N: int, D: int
 def top_k(hardware: Hardware, function: str, dtype, B: int, N: int, D: int, k: int, direction: str = "forward",
           model: KernelModel = DEFAULT_MODEL) -> list[FusedParams] | Infeasible:
     """The ``k`` best feasible parameter sets by the model, best first (for a measured sweep)."""
-    for stage in _stages(model, hardware, function, dtype, D, direction):
+    def best_k(stage: KernelModel) -> list[FusedParams] | Infeasible:
         fp = build_fused(hardware, function, dtype, B, N, D, direction, stage)
         # Without pruning by the bound every distinct launch is a candidate, not only each block shape's best.
         fp.problem.minimize(lambda values, fp=fp: _objective(fp, values))
         found = fp.problem.best(k)
+        return found if isinstance(found, Infeasible) else [params_from(fp, s.values) for s in found]
+
+    stages = _stages(model, hardware, function, dtype, D, direction)
+    for i, stage in enumerate(stages):
+        found = best_k(stage)
         if not isinstance(found, Infeasible):
-            return [params_from(fp, s.values) for s in found]
+            for other in _weighed_with(stages, i, found[0]):
+                more = best_k(other)
+                found += [] if isinstance(more, Infeasible) else more
+            return sorted(found, key=lambda p: p.step_cycles)[:k]
     return found
 
 
@@ -954,10 +987,16 @@ def all_feasible(hardware: Hardware, function: str, dtype, B: int, N: int, D: in
     """Every configuration the problem admits (each a distinct launch: the auxiliary variables follow from the
     choices), best estimate first; empty when the shape is infeasible. For exhaustive measured sweeps. Those
     of the first of ``_stages`` that has any: R in shared memory only where it does not fit the registers."""
-    for stage in _stages(model, hardware, function, dtype, D, direction):
+    def every(stage: KernelModel) -> list[FusedParams]:
         fp = build_fused(hardware, function, dtype, B, N, D, direction, stage)
-        found = [params_from(fp, values) for values in fp.problem.solutions()]
+        return [params_from(fp, values) for values in fp.problem.solutions()]
+
+    stages = _stages(model, hardware, function, dtype, D, direction)
+    for i, stage in enumerate(stages):
+        found = every(stage)
         if found:
+            for other in _weighed_with(stages, i, min(found, key=lambda p: p.step_cycles)):
+                found += every(other)
             return sorted(found, key=lambda p: p.step_cycles)
     return []
 
