@@ -151,9 +151,10 @@ def test_bw_variants_are_the_solvers_choices():
 
 
 def test_backward_too_large_for_one_block_says_why():
-    """One block a head where R^T fits one (no sm_80 head above that); a cluster a head on sm_90 where it does
-    not; lstm and slstm D=768 (4.7 MB of R^T, ~380 KB an SM of 16 with the drs buffers and stages) on scatter
-    clusters, and where the model estimates them faster than the cluster kernel with R^T in shared memory; where no stage takes a head (slstm D=640: no cluster size splits it), no launch, said in words."""
+    """One block a head where R^T fits one (no sm_80 head above that); a cluster a head on sm_90 where it does not;
+    lstm and slstm D=768 (4.7 MB of R^T, ~380 KB an SM of 16 with the drs buffers and stages) on scatter clusters,
+    and where the model estimates them faster than the cluster kernel with R^T in shared memory; where no stage
+    takes a head (slstm D=640: no cluster size splits it), no launch, said in words."""
     for hw in (A100, H100):
         launch = fused.choose("lstm", DTYPES["bfloat16"], 16, 12, 64, hardware=hw, direction="backward")
         assert launch.cluster == 1

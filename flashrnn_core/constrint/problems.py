@@ -914,18 +914,18 @@ def _stages(model: KernelModel, hw: Hardware, function: str, dtype, D: int, dire
 
 
 def _weighed_with(stages: list[KernelModel], first: int, best: FusedParams) -> list[KernelModel]:
-    """The later stages whose solutions compete with those of ``stages[first]``, the first feasible one, whose
-    best is ``best``: where that is a backward cluster kernel with R^T partly in shared memory, the scatter-cluster
-    stage, which was built for those heads. Both run one head on a 16-block cluster with R^T partly in shared memory, so their estimates
-    may compare as the one-block constants do not with either; measured (H200 bf16 1x768 backward, B=16,
-    bench/results/2026-12-01-h200-reference-389f749.json): gru's cluster kernel (estimated 11267 cycles a step)
-    took 3.61 ms, lstm's scatter kernel (8535) 2.82, a ratio of 1.28 against the estimates' 1.32. Without this gru
-    D = 768 ran the cluster kernel and its scatter kernel, estimated at 8161, was never weighed (lstm and slstm
-    reach the scatter stage as the only feasible one). With it (bench/results/phases/2026-12-02-h200-scatter-choice.txt):
-    gru 1x768 forward+backward 5.49 -> 4.54 ms, the lstm and slstm 1x512 backward kernels 2.97 -> 1.81 and
-    3.00 -> 1.84 ms. Weighed against every cluster stage, the model would move 30 backward variants to scatter
-    kernels (lstm/slstm/gru/elman D = 128-768, lstm 3x256 among them) on estimates not calibrated there: measure
-    before widening."""
+    """The later stages whose solutions compete with those of ``stages[first]``, the first feasible one, whose best
+    is ``best``: where that is a backward cluster kernel with R^T partly in shared memory, the scatter-cluster
+    stage, which was built for those heads. Both run one head on a 16-block cluster with R^T partly in shared
+    memory, so their estimates may compare as the one-block constants do not with either; measured (H200 bf16 1x768
+    backward, B=16, bench/results/2026-12-01-h200-reference-389f749.json): gru's cluster kernel (estimated 11267
+    cycles a step) took 3.61 ms, lstm's scatter kernel (8535) 2.82, a ratio of 1.28 against the estimates' 1.32.
+    Without this gru D = 768 ran the cluster kernel and its scatter kernel, estimated at 8161, was never weighed
+    (lstm and slstm reach the scatter stage as the only feasible one). With it
+    (bench/results/phases/2026-12-02-h200-scatter-choice.txt): gru 1x768 forward+backward 5.49 -> 4.54 ms, the lstm
+    and slstm 1x512 backward kernels 2.97 -> 1.81 and 3.00 -> 1.84 ms. Weighed against every cluster stage, the
+    model would move 30 backward variants to scatter kernels (lstm/slstm/gru/elman D = 128-768, lstm 3x256 among
+    them) on estimates not calibrated there: measure before widening."""
     if first == 0 or stages[first].bw_scatter or not best.r_ktiles_in_smem:
         return []
     return [s for s in stages[first + 1:] if s.bw_scatter]
@@ -947,8 +947,9 @@ def solve_fused(hardware: Hardware, function: str, dtype, B: int, N: int, D: int
             for other in _weighed_with(stages, i, best):
                 ofp = build_fused(hardware, function, dtype, B, N, D, direction, other)
                 found = ofp.problem.solve(explain=False)
-                if not isinstance(found, Infeasible) and params_from(ofp, found.values).step_cycles < best.step_cycles:
-                    best = params_from(ofp, found.values)
+                if not isinstance(found, Infeasible):
+                    candidate = params_from(ofp, found.values)
+                    best = candidate if candidate.step_cycles < best.step_cycles else best
             return best
     if not explain or len(stages) == 1:
         return result
