@@ -516,7 +516,8 @@ class FusedParams:
 
     def summary(self) -> str:
         """One line a person can read."""
-        where = f"cluster of {self.blocks_per_head}" if self.sync == "cluster" else (
+        kind = "scatter cluster" if self.direction == "backward" and self.scatter else "cluster"
+        where = f"{kind} of {self.blocks_per_head}" if self.sync == "cluster" else (
             f"grid of {self.blocks_per_head}" if self.sync == "grid" else "one block")
         return (f"{self.function} {self.dtype} {self.direction} B={self.B} N={self.N} D={self.D} on {self.hardware}: "
                 f"{where} per head, {self.batch_tile} sequences x {self.threads_per_block} threads "
