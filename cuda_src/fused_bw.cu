@@ -71,7 +71,7 @@
 // ---- Addresses (stop 15, as the forward: per-thread bases + compile-time offsets, common/pieces.cuh) ---------
 //   Loop body 236 -> 178 SASS instructions at 12x64 (lstm). Measured (H200 B=16 T=1024, forward+backward):
 //   lstm 12x64 1.62 -> 1.47 ms, 48x16 0.825 -> 0.678, slstm 1.98 -> 1.61, gru 1.51 -> 1.36
-//   (bench/results/2026-11-30-h200-reference.json, d255229).
+//   (bench/results/2026-11-30-h200-reference-d255229.json).
 // ---- Stages of the rows the cells read (stop 19; for the scatter kernel's registers, see ScatterTile) -----------
 //   Here it was expected to change little (fewer cp.async pieces where h_{t-1} is not staged: lstm 12x64 without
 //   dR tiles 64 -> 56 rows, slstm 96 -> 80). Measured (H200, 2026-12-01-h200-reference-b7c6264.json, forward+

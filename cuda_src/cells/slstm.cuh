@@ -29,7 +29,7 @@ struct SlstmCell {
     // Estimated before measuring (stop 20): two MUFU latencies and their FP ops off a latency-bound step, ~50-70
     // cycles: 12x64 ~870 -> ~810 cycles a step (0.484 -> ~0.45 ms at T=1024); the backward's ~2000 by as much;
     // at 1x768, where the cells overlap the exchange, about nothing (one MUFU op more: log U and 1/scale against
-    // the shared exp). Measured (H200, B=16, T=1024, bench/results/2026-12-01-h200-reference.json, 51a4b8d):
+    // the shared exp). Measured (H200, B=16, T=1024, bench/results/2026-12-01-h200-reference-51a4b8d.json):
     //   forward 12x64 0.484 -> 0.472 ms, 3x256 0.928 -> 0.921, 48x16 and 1x768 unchanged: a fifth of the
     //   estimate, so the cell's MUFU chain is a smaller part of the step than its latency sum says (not profiled).
     //   The same form in the backward (with 1/scale and 1/den for 1/n; ...-reference-slstm-scaled-019fb21.json)
