@@ -80,6 +80,22 @@ template <int PER, bool KEEP = true> struct StorePieces {
             dst[j] += stride[j];
         }
     }
+    // flush in two halves, for a step whose warps issue in order: the shared-memory loads early, the global
+    // stores (which would wait for them) later, with other work between. `held` is the caller's (a member
+    // would stay live across the caller's loop).
+    using Held = uint4[PER];
+    __device__ __forceinline__ void read(unsigned buf_off, Held& held) const {
+#pragma unroll
+        for (int j = 0; j < PER; ++j)
+            if ((live >> j) & 1u) held[j] = ld_shared_v4(src[j] + buf_off);
+    }
+    __device__ __forceinline__ void write(const Held& held) {
+#pragma unroll
+        for (int j = 0; j < PER; ++j) {
+            if ((live >> j) & 1u) st_global_v4(dst[j], held[j]);
+            dst[j] += stride[j];
+        }
+    }
 };
 
 // Which of XG mbarrier groups counts the slice a block receives from the block `distance` ranks below it (1 ..
