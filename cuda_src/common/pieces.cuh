@@ -72,7 +72,9 @@ template <int PER, bool KEEP = true> struct StorePieces {
         if (is_live) live |= 1u << j;
         if (j == PER - 1) live = keep<KEEP>(live);
     }
-    // Writes the staging buffer `buf_off` bytes past buffer 0, then moves on by one step.
+    // Writes the staging buffer `buf_off` bytes past buffer 0, then moves on by one step. (Not read + write
+    // below: with a local Held between them, ptxas spilled 8-16 B in the scatter backward at D=768 and the
+    // forward at D=640, kernels at the 255-register cap.)
     __device__ __forceinline__ void flush(unsigned buf_off) {
 #pragma unroll
         for (int j = 0; j < PER; ++j) {
