@@ -651,34 +651,20 @@ __device__ __forceinline__ void backward(const Args<T> A) {
     // Refill the stage of step t+2 (done with before the barrier that closed step t+1) with step t-P, and write
     // out step t+1's staged outputs (staged before that barrier). A cluster issues them before it waits for the
     // other blocks' drs (the forward measured 3-16% a step so, fused_fw.cu Tile::EARLY_COPIES), one block after.
+    auto copies = [&](int t) {
+        const int refill = stage + P < K::NS ? stage + P : stage + P - K::NS;
+        if (t - P >= 0) incopy.issue(refill * STAGE, t - P, A, b0, n, d0);
+        mma::cp_async_commit();
+        if (t < last) outcopy.flush(((t + 1) & 1) * OBUF);
+    };
 #ifdef FLASHRNN_LATE_COPIES  // measurement knob: a cluster's copies after the wait, as one block's
     constexpr bool early_copies = false;
 #else
     constexpr bool early_copies = CL > 1;
 #endif
-    // One block: the staged outputs' shared-memory loads go with the copies, before the mma, and their global
-    // stores after the mma's issue, where each store waited for its load ahead of the step's ldmatrix (as
-    // fused_fw.cu's Tile::SPLIT_FLUSH; EXPERIMENT, not measured; FLASHRNN_NO_SPLIT_FLUSH for the A/B).
-#ifdef FLASHRNN_NO_SPLIT_FLUSH
-    constexpr bool split_flush = false;
-#else
-    // (Not above 512 threads, whose 96-register cap left the held pieces no room: slstm D=80 spilled.)
-    constexpr bool split_flush = !early_copies && K::THREADS <= 512;
-#endif
-    using Held = typename OutPieces<K, T>::Held;
-    auto copies = [&](int t, Held& held) {
-        const int refill = stage + P < K::NS ? stage + P : stage + P - K::NS;
-        if (t - P >= 0) incopy.issue(refill * STAGE, t - P, A, b0, n, d0);
-        mma::cp_async_commit();
-        if (t < last) {
-            if constexpr (split_flush) outcopy.read(((t + 1) & 1) * OBUF, held);
-            else outcopy.flush(((t + 1) & 1) * OBUF);
-        }
-    };
 #pragma unroll 1
     for (int t = last; t >= -1; --t) {
-        Held held;
-        if constexpr (early_copies) copies(t, held);
+        if constexpr (early_copies) copies(t);
         // drs_{t+1}'s other columns arrive on buffer (t+1)&1's mbarrier: its ((last - t - 1) / 2)-th phase. It is
         // armed again for drs_{t-1}, the next to arrive there, unless step t-1 is the last round (t = 0).
         if constexpr (CL > 1) {
@@ -696,12 +682,10 @@ __device__ __forceinline__ void backward(const Args<T> A) {
         const int stage_next = stage == 0 ? K::NS - 1 : stage - 1;
         if constexpr (K::FUSED_DR)
             if (t < 0) accumulate_dr<K>(dr, dr_a_row + ((t + 1) & 1) * DRS_BUF, dr_b_row + stage_next * STAGE, warp);
-        if constexpr (!early_copies) copies(t, held);
+        if constexpr (!early_copies) copies(t);
         // Reads drs_{t+1} from buffer (t+1)&1, writes drs_t into buffer t&1.
         float acc[4];
         matmul<K>(acc, a, r_lane, row + unsigned(((t + 1) & 1) * K::BUF_ELEMS * E), ks);
-        if constexpr (split_flush)
-            if (t < last) outcopy.write(held);
         float dh[K::CELLS];
         if constexpr (KS == 1) {
 #pragma unroll
