@@ -246,9 +246,13 @@ template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_, int R
     static constexpr bool EARLY_COPIES = CL_ > 1;
     // One block: the staged outputs' shared-memory loads go before the mma and their global stores after the
     // cells, where the step issued each store right after its load and the warp (one a scheduler at 48x16)
-    // stalled on the load's ~30 cycles in the mma's shadow, ahead of the cells. EXPERIMENT (branch
-    // exp/split-flush, not measured): the SASS of lstm/slstm 48x16 had LDS.128 -> STG right after the two HMMA;
-    // estimated 0-30 cycles of ~450 a step. FLASHRNN_NO_SPLIT_FLUSH (measurement knob) for the A/B.
+    // stalled on the load's ~30 cycles in the mma's shadow, ahead of the cells. Estimated 0-30 cycles of ~450 a
+    // step at 48x16 (0-6%); measured more (H200 bf16 B=16 T=1024, A/B in one call, inference forward): lstm 48x16
+    // 0.181 -> 0.163 ms, slstm 48x16 0.210 -> 0.196, gru 48x16 0.178 -> 0.150, elman 48x16 0.185 -> 0.127,
+    // gru 12x64 0.299 -> 0.273, elman 12x64 0.179 -> 0.163; clusters unchanged (bench/results/phases/
+    // 2026-12-02-h200-split-flush.txt). The load no longer stalls the in-order warp ahead of the cells, and the
+    // stores, issued after them, leave while the warp waits at the barrier. FLASHRNN_NO_SPLIT_FLUSH (measurement
+    // knob) for the A/B.
 #ifdef FLASHRNN_NO_SPLIT_FLUSH
     static constexpr bool SPLIT_FLUSH = false;
 #else
