@@ -39,6 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a source checkout
 from bench.shard import parse_shard, take_shard  # noqa: E402
+from flashrnn_core.compile import label_matches  # noqa: E402
 
 T = 5
 
@@ -226,8 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", nargs="+", default=(), metavar="LOG",
                    help="skip the problems these logs (of this script, under a sanitizer or not) say ran 'ok': "
                         "the rest of a sharded run that its time limit cut")
-    p.add_argument("--match", default="", help="only variants whose label contains every comma-separated word, e.g. "
-                                               "'fw,cluster' (a fix to one family, checked first)")
+    p.add_argument("--match", default="", help="only variants whose label contains every comma-separated word and none "
+                                               "written ~word, e.g. 'fw,cluster' or 'fw,~cluster' (a fix to one "
+                                               "family, checked first)")
     p.add_argument("--one-cluster", action="store_true",
                    help="each variant on one head and one batch tile (racecheck: the hazards of one cluster)")
     p.add_argument("--cuda-forward", action="store_true",
@@ -272,10 +274,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def select(problems: list[Problem], match: str, done: set[str], start: int, shard: str | None) -> list[Problem]:
-    """The problems to run, in order: those whose label has every comma-separated word of ``match``, less those
+    """The problems to run, in order: those whose label ``match`` takes (``label_matches``), less those
     ``done`` (labels), from the ``start``-th, and of those the ``shard`` ("K/M") when one is given."""
-    words = [w for w in match.split(",") if w]
-    kept = [x for x in problems if all(w in x.label for w in words) and x.label not in done]
+    kept = [x for x in problems if label_matches(x.label, match) and x.label not in done]
     return take_shard(kept[start:], parse_shard(shard))
 
 

@@ -651,6 +651,8 @@ __device__ __forceinline__ void backward(const Args<T> A) {
     // Refill the stage of step t+2 (done with before the barrier that closed step t+1) with step t-P, and write
     // out step t+1's staged outputs (staged before that barrier). A cluster issues them before it waits for the
     // other blocks' drs (the forward measured 3-16% a step so, fused_fw.cu Tile::EARLY_COPIES), one block after.
+    // (Splitting one block's flush as the forward's Tile::SPLIT_FLUSH does, shared-memory loads with the copies and
+    // global stores after the mma's issue, measured slower here: slstm 12x64 backward 1.048 -> 1.082 ms.)
     auto copies = [&](int t) {
         const int refill = stage + P < K::NS ? stage + P : stage + P - K::NS;
         if (t - P >= 0) incopy.issue(refill * STAGE, t - P, A, b0, n, d0);

@@ -244,6 +244,20 @@ template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_, int R
     // the closing barrier), gru 1x768 2.090 -> 1.996; but one-block kernels slower (lstm 48x16 0.261 -> 0.284,
     // elman 12x64 0.207 -> 0.227: nothing to wait for, and the copies then delay the mma).
     static constexpr bool EARLY_COPIES = CL_ > 1;
+    // One block: the staged outputs' shared-memory loads go before the mma and their global stores after the
+    // cells, where the step issued each store right after its load and the warp (one a scheduler at 48x16)
+    // stalled on the load's ~30 cycles in the mma's shadow, ahead of the cells. Estimated 0-30 cycles of ~450 a
+    // step at 48x16 (0-6%); measured more (H200 bf16 B=16 T=1024, A/B in one call, inference forward): lstm 48x16
+    // 0.181 -> 0.163 ms, slstm 48x16 0.210 -> 0.196, gru 48x16 0.178 -> 0.150, elman 48x16 0.185 -> 0.127,
+    // gru 12x64 0.299 -> 0.273, elman 12x64 0.179 -> 0.163; clusters unchanged (bench/results/phases/
+    // 2026-12-02-h200-split-flush.txt). The load no longer stalls the in-order warp ahead of the cells, and the
+    // stores, issued after them, leave while the warp waits at the barrier. FLASHRNN_NO_SPLIT_FLUSH (measurement
+    // knob) for the A/B.
+#ifdef FLASHRNN_NO_SPLIT_FLUSH
+    static constexpr bool SPLIT_FLUSH = false;
+#else
+    static constexpr bool SPLIT_FLUSH = !EARLY_COPIES;
+#endif
     // Each warp of a small cluster sends the h it computed to the other blocks as soon as its cells are done (the
     // pieces it wrote itself, after a __syncwarp), instead of the block sending its whole slice after the step's
     // barrier: the sends leave during the other warps' cells and the barrier. Estimated before measuring: 12x64
@@ -691,11 +705,27 @@ template <class K, class T> struct StepCopies {
     // their staging buffer. Both are safe from the top of step t on (the barrier that closed step t-1 ended those
     // reads and writes).
     __device__ __forceinline__ void step(int t, int stage, int tend) {
+        refill(t, stage, tend);
+#ifndef FLASHRNN_ABLATE_FLUSH  // measurement knob: the staged outputs stay in shared memory (wrong results)
+        if (t > 0) out.flush(K::O_BUF - ((t & 1) * K::O_BUF));  // step t-1's buffer
+#endif
+    }
+    __device__ __forceinline__ void refill(int t, int stage, int tend) {
         const int pre = stage == 0 ? K::NS - 1 : stage - 1;
         if (t + K::P < tend) x.issue(pre * K::X_STAGE);
         mma::cp_async_commit();
-#ifndef FLASHRNN_ABLATE_FLUSH  // measurement knob: the staged outputs stay in shared memory (wrong results)
-        if (t > 0) out.flush(K::O_BUF - ((t & 1) * K::O_BUF));  // step t-1's buffer
+    }
+    // step's flush in two halves (Tile::SPLIT_FLUSH): step t-1's outputs read out of their staging buffer into
+    // `held`, then written to global memory.
+    using Held = typename OutPieces<K, T>::Held;
+    __device__ __forceinline__ void read_outputs(int t, Held& held) const {
+#ifndef FLASHRNN_ABLATE_FLUSH
+        if (t > 0) out.read(K::O_BUF - ((t & 1) * K::O_BUF), held);
+#endif
+    }
+    __device__ __forceinline__ void write_outputs(int t, const Held& held) {
+#ifndef FLASHRNN_ABLATE_FLUSH
+        if (t > 0) out.write(held);
 #endif
     }
     // After the loop: the last step's outputs (after its barrier); past tend the same staged states again, each
@@ -936,6 +966,8 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
         const unsigned x_now = x_cell0 + stage * K::X_STAGE;
         const unsigned o_buf = (t & 1) * K::O_BUF;
 
+        [[maybe_unused]] uint4 held[K::SPLIT_FLUSH ? sizeof(typename StepCopies<K, T>::Held) / 16 : 1];
+        if constexpr (K::SPLIT_FLUSH) io.read_outputs(t, held);  // (written after the cells)
         // Critical path: h fragments, then the mma.
         float acc[K::MT][NBT][4];
         // (Tile::DMA: the other blocks' slices of h_{t-1} arrive on buffer t % 2's groups, waited for in turn.)
@@ -970,7 +1002,8 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
 #pragma unroll
                     for (int cc = 0; cc < K::COWN; ++cc) read_x(u, nb, cc);
         }
-        if constexpr (!K::EARLY_COPIES) io.step(t, stage, tend);  // one block: while the mma run
+        if constexpr (K::SPLIT_FLUSH) io.refill(t, stage, tend);  // one block: while the mma run
+        else if constexpr (!K::EARLY_COPIES) io.step(t, stage, tend);
         if constexpr (K::PARTIALS) {
             put_partials<K>(part_mine, acc, ks);
             __syncthreads();
@@ -1057,6 +1090,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
         }
 #endif
         PHASE(5, 0.f)  // sending h_t's columns (the warp's, Tile::WARP_SENDS)
+        if constexpr (K::SPLIT_FLUSH) io.write_outputs(t, held);
         // Close the step: h_t's own columns and Wx[t+1] complete for every warp of the block (and the reads of
         // step t, of h and of Wx's stage, are over, so the next step may overwrite them).
         mma::cp_async_wait<P - 1>();

@@ -107,6 +107,13 @@ def table(outcomes: Iterable[Outcome], check: bool) -> tuple[list[str], int]:
     return lines, failures
 
 
+def label_matches(label: str, match: str) -> bool:
+    """Whether a variant's ``label`` has every comma-separated word of ``match`` and none of its "~word"s
+    ("fw,~cluster": the one-block forward variants). An empty ``match`` takes every label."""
+    words = [w for w in match.split(",") if w]
+    return all((w[1:] not in label) if w.startswith("~") else (w in label) for w in words)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The command; returns the exit status (0 all compiled and, with --check, within limits; 1 otherwise)."""
     parser = argparse.ArgumentParser(prog="python -m flashrnn_core.compile", description=__doc__.splitlines()[0])
@@ -114,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="fail on spills, > 255 registers or too much smem")
     parser.add_argument("--jobs", type=int, default=2, help="compiler processes (default 2)")
     parser.add_argument("--match", default="", help="only variants whose label contains every comma-separated "
-                        "word, e.g. 'slstm,bfloat16' (while iterating on one kernel)")
+                        "word and none of those written ~word, e.g. 'slstm,bfloat16,~cluster' (while iterating "
+                        "on one kernel)")
     args = parser.parse_args(argv)
     archs = [a.strip() for a in args.arch.split(",") if a.strip()]
     try:
@@ -128,8 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # a backend that cannot list its kernels is a failure, not "nothing to do"
         print(f"cannot list the kernel variants: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
-    words = [w for w in args.match.split(",") if w]
-    variants = [spec for spec in variants if all(w in spec.label for w in words)]
+    variants = [spec for spec in variants if label_matches(spec.label, args.match)]
     jobs = [(spec, arch) for arch in archs for spec in variants if sm_number(arch) >= spec.min_sm]
     print(f"{len(variants)} kernel variants, {len(jobs)} compiles for {', '.join(archs)}"
           + (f": {why_none}" if why_none else ""), flush=True)

@@ -302,6 +302,7 @@ def test_sanitizer_resume_skips_what_a_cut_run_reported_ok(tmp_path):
 
     assert chosen() == [labels[1], labels[2], labels[4], labels[5]]
     assert chosen("infer") == [labels[1], labels[5]]
+    assert chosen("~infer,p8") == [labels[2], labels[4]]
     assert chosen(start=1, shard="0/2") == [labels[2], labels[5]]
     assert [x.label for x in sanitize_fused.select(problems, "", set(), 0, None)] == labels
 

@@ -72,11 +72,29 @@ template <int PER, bool KEEP = true> struct StorePieces {
         if (is_live) live |= 1u << j;
         if (j == PER - 1) live = keep<KEEP>(live);
     }
-    // Writes the staging buffer `buf_off` bytes past buffer 0, then moves on by one step.
+    // Writes the staging buffer `buf_off` bytes past buffer 0, then moves on by one step. (Not read + write
+    // below: with a local Held between them, ptxas spilled 8-16 B in the scatter backward at D=768 and the
+    // forward at D=640, kernels at the 255-register cap.)
     __device__ __forceinline__ void flush(unsigned buf_off) {
 #pragma unroll
         for (int j = 0; j < PER; ++j) {
             if ((live >> j) & 1u) st_global_v4(dst[j], ld_shared_v4(src[j] + buf_off));
+            dst[j] += stride[j];
+        }
+    }
+    // flush in two halves, for a step whose warps issue in order: the shared-memory loads early, the global
+    // stores (which would wait for them) later, with other work between. `held` is the caller's (a member
+    // would stay live across the caller's loop).
+    using Held = uint4[PER];
+    __device__ __forceinline__ void read(unsigned buf_off, Held& held) const {
+#pragma unroll
+        for (int j = 0; j < PER; ++j)
+            if ((live >> j) & 1u) held[j] = ld_shared_v4(src[j] + buf_off);
+    }
+    __device__ __forceinline__ void write(const Held& held) {
+#pragma unroll
+        for (int j = 0; j < PER; ++j) {
+            if ((live >> j) & 1u) st_global_v4(dst[j], held[j]);
             dst[j] += stride[j];
         }
     }
