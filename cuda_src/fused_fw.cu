@@ -244,15 +244,17 @@ template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_, int R
     // the closing barrier), gru 1x768 2.090 -> 1.996; but one-block kernels slower (lstm 48x16 0.261 -> 0.284,
     // elman 12x64 0.207 -> 0.227: nothing to wait for, and the copies then delay the mma).
     static constexpr bool EARLY_COPIES = CL_ > 1;
-    // One block: the staged outputs' shared-memory loads go before the mma and their global stores after the
-    // cells, where the step issued each store right after its load and the warp (one a scheduler at 48x16)
+    // One block: the staged outputs' shared-memory loads are written before the mma and their global stores after
+    // the cells, where the step issued each store right after its load and the warp (one a scheduler at 48x16)
     // stalled on the load's ~30 cycles in the mma's shadow, ahead of the cells. Estimated 0-30 cycles of ~450 a
     // step at 48x16 (0-6%); measured more (H200 bf16 B=16 T=1024, A/B in one call, inference forward): lstm 48x16
     // 0.181 -> 0.163 ms, slstm 48x16 0.210 -> 0.196, gru 48x16 0.178 -> 0.150, elman 48x16 0.185 -> 0.127,
     // gru 12x64 0.299 -> 0.273, elman 12x64 0.179 -> 0.163; clusters unchanged (bench/results/phases/
-    // 2026-12-02-h200-split-flush.txt). The load no longer stalls the in-order warp ahead of the cells, and the
-    // stores, issued after them, leave while the warp waits at the barrier. FLASHRNN_NO_SPLIT_FLUSH (measurement
-    // knob) for the A/B.
+    // 2026-12-02-h200-split-flush.txt). ptxas does not keep the load where it is written: the SASS (sm_90) sinks
+    // it, with the refill's cp.async, below the cells (gru 12x64: among them), ~20 instructions ahead of its
+    // store. So what the step gained is the load, the refill and the store off the mma -> cells path, and what
+    // the barrier phase grew by (21-71 cycles) is them, now between the last cell and the barrier (lstm 48x16:
+    // 44 instructions there). FLASHRNN_NO_SPLIT_FLUSH (measurement knob) for the A/B.
 #ifdef FLASHRNN_NO_SPLIT_FLUSH
     static constexpr bool SPLIT_FLUSH = false;
 #else
