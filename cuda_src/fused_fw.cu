@@ -1005,6 +1005,9 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
                     for (int cc = 0; cc < K::COWN; ++cc) read_x(u, nb, cc);
         }
         if constexpr (K::SPLIT_FLUSH) io.refill(t, stage, tend);  // one block: while the mma run
+#ifdef FLASHRNN_SPLIT_WRITE_EARLY  // EXPERIMENT knob: the held outputs stored in the mma's shadow, not after the cells
+        if constexpr (K::SPLIT_FLUSH) io.write_outputs(t, held);
+#endif
         else if constexpr (!K::EARLY_COPIES) io.step(t, stage, tend);
         if constexpr (K::PARTIALS) {
             put_partials<K>(part_mine, acc, ks);
@@ -1092,7 +1095,9 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
         }
 #endif
         PHASE(5, 0.f)  // sending h_t's columns (the warp's, Tile::WARP_SENDS)
+#ifndef FLASHRNN_SPLIT_WRITE_EARLY
         if constexpr (K::SPLIT_FLUSH) io.write_outputs(t, held);
+#endif
         // Close the step: h_t's own columns and Wx[t+1] complete for every warp of the block (and the reads of
         // step t, of h and of Wx's stage, are over, so the next step may overwrite them).
         mma::cp_async_wait<P - 1>();
