@@ -1005,10 +1005,16 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
                     for (int cc = 0; cc < K::COWN; ++cc) read_x(u, nb, cc);
         }
         if constexpr (K::SPLIT_FLUSH) io.refill(t, stage, tend);  // one block: while the mma run
-#ifdef FLASHRNN_SPLIT_WRITE_EARLY  // EXPERIMENT knob: the held outputs stored in the mma's shadow, not after the cells
+        else if constexpr (!K::EARLY_COPIES) io.step(t, stage, tend);
+        // EXPERIMENT knob (branch exp/split-write-early, not measured): the held outputs stored in the mma's
+        // shadow, not after the cells. The SASS (sm_90 bf16) then has the load and the refill ahead of the HMMA (in
+        // the LDSM's shadow) and the STG ~10 instructions after it: between the last MUFU and the barrier 17
+        // instructions instead of 44 (lstm 48x16 inference), 29 instead of 49 (slstm 48x16; saving 36 instead of
+        // 63). Estimated: -15..-25 cycles of ~290 a step at 48x16 (-5..-8%), the saving forward as much; gru 12x64
+        // +-2% (its cells start ~40 instructions later, behind the copies).
+#ifdef FLASHRNN_SPLIT_WRITE_EARLY
         if constexpr (K::SPLIT_FLUSH) io.write_outputs(t, held);
 #endif
-        else if constexpr (!K::EARLY_COPIES) io.step(t, stage, tend);
         if constexpr (K::PARTIALS) {
             put_partials<K>(part_mine, acc, ks);
             __syncthreads();
