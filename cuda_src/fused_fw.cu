@@ -304,6 +304,27 @@ template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_, int R
     static constexpr int NSAVED_OUT = NSAVED;
 #endif
     static constexpr int OUT_ROWS = (S + NSAVED_OUT) * BT;  // staged rows written out a step
+    // Where the split flush (above) writes the held outputs: right after the copies' issue, in the mma's shadow,
+    // or after the cells. The SASS (sm_90 bf16) of the early write has the load and the refill ahead of the HMMA
+    // and the STG ~10 instructions after it: between the last MUFU and the barrier 17 instructions instead of 44
+    // (lstm 48x16 inference), 36 instead of 63 (slstm 48x16 saving). Estimated before measuring: -5..-8% at
+    // 48x16; gru 12x64 +-2% (its cells start ~40 instructions later, behind the copies). Measured (H200 bf16
+    // T=1024, bench/phase_clocks.py, late -> early, bench/results/phases/2026-12-02-h200-split-write-early.txt):
+    //   whole-K warps (a lane's cells in one batch column), saving forward: lstm 48x16 0.197 -> 0.184 ms, slstm
+    //   48x16 0.227 -> 0.216, lstm 24x32 0.298 -> 0.270, lstm 48x16 B=256 2.343 -> 2.251: early, always faster;
+    //   k_split 1 (two columns), saving: lstm 12x64 B=64 0.434 -> 0.418, slstm 24x32 0.365 -> 0.358, slstm 12x64
+    //   B=256 1.792 -> 1.742, but slstm 12x64 B=64 0.520 -> 0.573, lstm 12x64 B=256 1.223 -> 1.310, slstm 48x16
+    //   B=256 2.708 -> 2.934: no rule that the numbers support, so late;
+    //   inference (fewer outputs): lstm 48x16 0.164 -> 0.166, slstm 0.198 -> 0.195; two cells a batch row (U = 2)
+    //   slower either way: gru 12x64 saving 0.361 -> 0.375, gru 48x16 0.214 -> 0.239, elman 48x16 0.131 -> 0.135.
+    // The phase clocks move 21-280 cycles out of the barrier phase into "x + copies" (the stores' issue ahead of
+    // the cells); whether the step gains follows how much of the cells' latency the issue then hides, which the
+    // clocks do not resolve. FLASHRNN_SPLIT_WRITE_EARLY=0|1 (measurement knob) overrides the rule, to compare.
+#ifdef FLASHRNN_SPLIT_WRITE_EARLY
+    static constexpr bool SPLIT_WRITE_EARLY = SPLIT_FLUSH && FLASHRNN_SPLIT_WRITE_EARLY;
+#else
+    static constexpr bool SPLIT_WRITE_EARLY = SPLIT_FLUSH && WHOLE_K && U == 1 && NSAVED_OUT > 0;
+#endif
     static constexpr int O_ELEMS = OROWS * OROW;
     static constexpr int H_BYTES = 2 * H_ELEMS * int(sizeof(Op));
     static constexpr int X_BYTES = NS * X_ELEMS * int(sizeof(T));
@@ -1006,6 +1027,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
         }
         if constexpr (K::SPLIT_FLUSH) io.refill(t, stage, tend);  // one block: while the mma run
         else if constexpr (!K::EARLY_COPIES) io.step(t, stage, tend);
+        if constexpr (K::SPLIT_WRITE_EARLY) io.write_outputs(t, held);  // in the mma's shadow
         if constexpr (K::PARTIALS) {
             put_partials<K>(part_mine, acc, ks);
             __syncthreads();
@@ -1092,7 +1114,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
         }
 #endif
         PHASE(5, 0.f)  // sending h_t's columns (the warp's, Tile::WARP_SENDS)
-        if constexpr (K::SPLIT_FLUSH) io.write_outputs(t, held);
+        if constexpr (K::SPLIT_FLUSH && !K::SPLIT_WRITE_EARLY) io.write_outputs(t, held);
         // Close the step: h_t's own columns and Wx[t+1] complete for every warp of the block (and the reads of
         // step t, of h and of Wx's stage, are over, so the next step may overwrite them).
         mma::cp_async_wait<P - 1>();
