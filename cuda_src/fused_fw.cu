@@ -730,9 +730,11 @@ template <class K, class T> struct StepCopies {
     __device__ __forceinline__ void step(int t, int stage, int tend) {
         refill(t, stage, tend);
 #ifndef FLASHRNN_ABLATE_FLUSH  // measurement knob: the staged outputs stay in shared memory (wrong results)
-        if (t > 0) out.flush(K::O_BUF - ((t & 1) * K::O_BUF));  // step t-1's buffer
+        if (t > 0) out.flush(staged_before(t));
 #endif
     }
+    // The staging buffer that step t-1 wrote (step t writes the other one; they alternate).
+    __device__ __forceinline__ static unsigned staged_before(int t) { return K::O_BUF - (t & 1) * K::O_BUF; }
     __device__ __forceinline__ void refill(int t, int stage, int tend) {
         const int pre = stage == 0 ? K::NS - 1 : stage - 1;
         if (t + K::P < tend) x.issue(pre * K::X_STAGE);
@@ -743,7 +745,7 @@ template <class K, class T> struct StepCopies {
     using Held = typename OutPieces<K, T>::Held;
     __device__ __forceinline__ void read_outputs(int t, Held& held) const {
 #ifndef FLASHRNN_ABLATE_FLUSH
-        if (t > 0) out.read(K::O_BUF - ((t & 1) * K::O_BUF), held);
+        if (t > 0) out.read(staged_before(t), held);
 #endif
     }
     __device__ __forceinline__ void write_outputs(int t, const Held& held) {
