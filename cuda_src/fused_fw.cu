@@ -317,9 +317,10 @@ template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_, int R
     //   B=256 2.708 -> 2.934: no rule that the numbers support, so late;
     //   inference (fewer outputs): lstm 48x16 0.164 -> 0.166, slstm 0.198 -> 0.195; two cells a batch row (U = 2)
     //   slower either way: gru 12x64 saving 0.361 -> 0.375, gru 48x16 0.214 -> 0.239, elman 48x16 0.131 -> 0.135.
-    // The phase clocks move 21-280 cycles out of the barrier phase into "x + copies" (the stores' issue ahead of
-    // the cells); whether the step gains follows how much of the cells' latency the issue then hides, which the
-    // clocks do not resolve. FLASHRNN_SPLIT_WRITE_EARLY=0|1 (measurement knob) overrides the rule, to compare.
+    // The phase clocks move 21-70 cycles a step (B=16; 200-600 at B=256) out of the barrier phase into "x +
+    // copies" (the stores' issue ahead of the cells); whether the step gains follows how much of the cells'
+    // latency the issue then hides, which the clocks do not resolve. FLASHRNN_SPLIT_WRITE_EARLY=0|1 (measurement
+    // knob) overrides the rule, to compare.
 #ifdef FLASHRNN_SPLIT_WRITE_EARLY
     static constexpr bool SPLIT_WRITE_EARLY = SPLIT_FLUSH && FLASHRNN_SPLIT_WRITE_EARLY;
 #else
