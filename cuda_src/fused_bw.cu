@@ -598,7 +598,21 @@ __device__ __forceinline__ void backward(const Args<T> A) {
     constexpr int E = int(sizeof(Op));
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c4 = lane % 4;
-    const int wm = warp % K::WARPS_M, ks = warp / K::WARPS_M;
+    // EXPERIMENT (branch exp/bw-keep-ks, not measured; knob FLASHRNN_PIN_KS=1): ks pinned in a register, as the
+    // forward pins it. The SASS (sm_90 bf16) of slstm 12x64's step loop reads SR_TID twice a step: once in the
+    // copies' rarely taken path, and once to rebuild ks's term of the drs ldmatrix address ((tid >> 2) & ~31: S2R,
+    // SHF, LOP3, IADD ahead of the first LDSM, the start of the step's chain); lstm's keeps ks in a register.
+    // Estimate: the S2R's ~20-30 cycles and 3 dependent ops off a ~1650-cycle step (12x64), ~2%. Not at 640
+    // threads (96 registers a thread: slstm D80 k_split 4 spilled 4 bytes on sm_80 with the pin). SASS with the pin
+    // (step loop, instructions / S2R): slstm 12x64 274 / 2 -> 267 / 2 (neither on the chain any more), gru 12x64
+    // 169 / 3 -> 162 / 2, lstm 12x64 174 / 0 unchanged, but lstm 48x16 184 / 0 -> 208 / 4 and slstm 48x16 265 / 3 ->
+    // 273 / 4 (ptxas rebuilds other threadIdx terms instead, around the dR tiles): measure before choosing.
+#ifdef FLASHRNN_PIN_KS
+    constexpr bool PIN_KS = FLASHRNN_PIN_KS && K::KS > 1 && K::THREADS <= 512;
+#else
+    constexpr bool PIN_KS = false;
+#endif
+    const int wm = warp % K::WARPS_M, ks = PIN_KS ? int(keep<K::KEEP>(unsigned(warp / K::WARPS_M))) : warp / K::WARPS_M;
     // A cluster of CL blocks shares a head: block `rank` owns dims [d0, d0 + DB) (its rows of R^T, its cells),
     // reads every block's drs columns (they arrive by st.async each step) and sends its own.
     const unsigned rank = CL > 1 ? cluster::rank() : 0;
