@@ -584,6 +584,10 @@ template <class K, class Cell, class T> struct CellLanes {
     }
 };
 
+// The cells whose backward step keeps ks pinned in a register (backward says why: measured, sLSTM only).
+template <class Cell> constexpr bool pins_backward_ks = false;
+template <> constexpr bool pins_backward_ks<SlstmCell> = true;
+
 template <class Cell, class T, int D, int KS, int P, bool STORE_DRS, bool FUSED_DR, int CL, int RS>
 __device__ __forceinline__ void backward(const Args<T> A) {
     using K = Tile<Cell, T, D, KS, P, STORE_DRS, FUSED_DR, CL, RS>;
@@ -598,20 +602,23 @@ __device__ __forceinline__ void backward(const Args<T> A) {
     constexpr int E = int(sizeof(Op));
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c4 = lane % 4;
-    // EXPERIMENT (branch exp/bw-keep-ks, not measured; knob FLASHRNN_PIN_KS=1): ks pinned in a register, as the
-    // forward pins it. The SASS (sm_90 bf16) of slstm 12x64's step loop reads SR_TID twice a step: once in the
-    // copies' rarely taken path, and once to rebuild ks's term of the drs ldmatrix address ((tid >> 2) & ~31: S2R,
-    // SHF, LOP3, IADD ahead of the first LDSM, the start of the step's chain); lstm's keeps ks in a register.
-    // Estimate: the S2R's ~20-30 cycles and 3 dependent ops off a ~1650-cycle step (12x64), ~2%. Not at 640
-    // threads (96 registers a thread: slstm D80 k_split 4 spilled 4 bytes on sm_80 with the pin). SASS with the pin
-    // (step loop, instructions / S2R): slstm 12x64 274 / 2 -> 267 / 2 (neither on the chain any more), gru 12x64
-    // 169 / 3 -> 162 / 2, lstm 12x64 174 / 0 unchanged, but lstm 48x16 184 / 0 -> 208 / 4 and slstm 48x16 265 / 3 ->
-    // 273 / 4 (ptxas rebuilds other threadIdx terms instead, around the dR tiles): measure before choosing.
+    // sLSTM: ks pinned in a register (keep), as the forward pins it. ptxas otherwise rebuilds ks's term of the
+    // drs ldmatrix address from SR_TID each step in slstm 12x64's step loop ((tid >> 2) & ~31: S2R, SHF, LOP3,
+    // IADD ahead of the first LDSM, the start of the step's chain), where lstm's keeps it in a register.
+    // Estimate before measuring: the S2R's ~20-30 cycles and 3 dependent ops off a ~1650-cycle step, ~2%. The SASS
+    // with the pin (step loop, instructions / S2R): slstm 12x64 274 / 2 -> 267 / 2, gru 12x64 169 / 3 -> 162 / 2,
+    // lstm 12x64 174 / 0 unchanged, lstm 48x16 184 / 0 -> 208 / 4, slstm 48x16 265 / 3 -> 273 / 4 (ptxas rebuilds
+    // other threadIdx terms instead, around the dR tiles). Measured (H200 bf16 B=16 T=1024, backward alone,
+    // bench/results/phases/2026-12-02-h200-bulk-sends-pin-ks.txt), ms: slstm 12x64 1.056 -> 1.011, slstm 48x16
+    // 0.473 -> 0.451, slstm 12x64 B=64 1.163 -> 1.150; but lstm 48x16 0.422 -> 0.443, and gru 12x64, lstm 12x64,
+    // lstm 3x256 +0.2..0.8%: so sLSTM's kernels only. Not at 640 threads (96 registers a thread: slstm D80
+    // k_split 4 spilled 4 bytes on sm_80 with the pin). Knob FLASHRNN_PIN_KS=0|1 overrides the cell rule.
 #ifdef FLASHRNN_PIN_KS
-    constexpr bool PIN_KS = FLASHRNN_PIN_KS && K::KS > 1 && K::THREADS <= 512;
+    constexpr bool PIN_KS_WANTED = FLASHRNN_PIN_KS;
 #else
-    constexpr bool PIN_KS = false;
+    constexpr bool PIN_KS_WANTED = pins_backward_ks<Cell>;
 #endif
+    constexpr bool PIN_KS = PIN_KS_WANTED && K::KS > 1 && K::THREADS <= 512;
     const int wm = warp % K::WARPS_M, ks = PIN_KS ? int(keep<K::KEEP>(unsigned(warp / K::WARPS_M))) : warp / K::WARPS_M;
     // A cluster of CL blocks shares a head: block `rank` owns dims [d0, d0 + DB) (its rows of R^T, its cells),
     // reads every block's drs columns (they arrive by st.async each step) and sends its own.
