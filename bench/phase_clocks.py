@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="the kernel the variants change, and what is timed (backward: no phase clocks)")
     p.add_argument("--variant", action="append", default=[], help="name=DEFINE[,DEFINE=value] (repeatable)")
     p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--no-clocks", action="store_true", help="time the variants only (no phase-clock build and run)")
     p.add_argument("--pin", default="", help=f"forward: run this configuration instead of the chooser's, "
                                              f"FIELD=VALUE[,...] of {', '.join(PINNABLE)}")
     args = p.parse_args(argv)
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             same = compare(out, reference)
             reference = out if reference is None else reference
             print(f"{name:14s} {ms:8.3f} ms  {ms * 1e3 / T:6.3f} us/step  [{same}]", flush=True)
-            if args.direction == "forward":
+            if args.direction == "forward" and not args.no_clocks:
                 fused.launch_of = with_defines(extra + (("FLASHRNN_PHASE_CLOCKS", "1"),), "forward")
                 mean, worst, dma = phase_cycles(forward().saved, choice, T)
                 phases = "  ".join(f"{PHASES[k]} {mean[k]:.0f}/{worst[k]:.0f}" for k in COMPUTE_PHASES)

@@ -128,8 +128,6 @@ template <class Cell, class T, int D_, int DB_, int P_, bool STORE_DRS_, int THR
     static constexpr int CH = 16 / int(sizeof(T));           // elements in a 16-byte piece
     static constexpr int ROW = DB + CH;
     static constexpr unsigned PREV_STAGED = Cell::PREV_READ | (H_PREV_ ? 1u : 0u), UP_STAGED = Cell::DS_READ;
-    // InPieces::issue branches on the last step once a call (false) or once a piece (true; fewer registers live).
-    static constexpr bool COPIES_BRANCH_EACH = false;
     static constexpr int NPREV = count_bits(PREV_STAGED), NUP = count_bits(UP_STAGED);
     static constexpr int SAVED_ROWS = BT * NSAVED, PREV_ROW0 = SAVED_ROWS, UP_ROW0 = SAVED_ROWS + NPREV * BT;
     static constexpr int STAGE_ROWS = UP_ROW0 + NUP * BT, STAGE_ELEMS = STAGE_ROWS * ROW;
@@ -375,50 +373,25 @@ template <class K, class T> struct InPieces {
         nd = keep<K::KEEP>(unsigned(A.N) * unsigned(K::D));
     }
     // Step t into the stage `stage_off` bytes past stage 0 (t counts down; step 0 is the last call, and its
-    // previous states are the initial states, or zeros). One branch a call on t == 0, not one a piece: the common
-    // path through the copies is then the plain loop (slstm 12x64, sm_90: 48 -> 40 instructions of ~267 a step).
-    // Estimated <= 1-2% of sLSTM's issue-bound backward; measured (H200 bf16 B=16 T=1024, backward alone,
-    // bench/results/phases/2026-12-02-h200-send-once-copies-hoist.txt): slstm 48x16 0.471 -> 0.448 ms, 12x64 and
-    // 3x256 -0.2% and -0.5%, lstm and gru unchanged. The scatter kernel keeps the branch in each piece
-    // (K::COPIES_BRANCH_EACH); knob FLASHRNN_COPIES_BRANCH_EACH=0|1 overrides (a measurement).
-#ifdef FLASHRNN_COPIES_BRANCH_EACH
-    static constexpr bool BRANCH_EACH = FLASHRNN_COPIES_BRANCH_EACH;
-#else
-    static constexpr bool BRANCH_EACH = K::COPIES_BRANCH_EACH;
-#endif
+    // previous states are the initial states, or zeros).
     __device__ __forceinline__ void issue(unsigned stage_off, int t, const Args<T>& A, int b0, int n, int d0) {
-        if constexpr (BRANCH_EACH) {
 #pragma unroll
-            for (int j = 0; j < PER; ++j)
-                if (t == 0) copy_first(j, stage_off, A, b0, n, d0);
-                else copy(j, stage_off);
-        } else if (t == 0) {
-#pragma unroll
-            for (int j = 0; j < PER; ++j) copy_first(j, stage_off, A, b0, n, d0);
-        } else {
-#pragma unroll
-            for (int j = 0; j < PER; ++j) copy(j, stage_off);
+        for (int j = 0; j < PER; ++j) {
+            if (!((exists >> j) & 1u)) continue;
+            bool read = (valid >> j) & 1u;
+            unsigned long long from = src[j];
+            if (t == 0) {
+                const Piece p = piece(A, threadIdx.x + j * K::THREADS, b0, n, d0);
+                if (p.is_prev) {
+                    read = read && A.s0 != nullptr;
+                    if (read) from = reinterpret_cast<unsigned long long>(
+                        A.s0 + (size_t(p.s) * A.B + p.b) * (size_t(A.N) * K::D) + p.col);
+                }
+            }
+            mma::cp_async_16(dst[j] + stage_off, reinterpret_cast<const void*>(from), read);
+            const unsigned rows = (saved >> j) & 1u ? unsigned(K::NSAVED) : 1u;
+            src[j] -= (valid >> j) & 1u ? (unsigned long long)(nd * rows) * ET : 0ull;
         }
-    }
-    // Piece j of a step t > 0, then on to step t - 1.
-    __device__ __forceinline__ void copy(int j, unsigned stage_off) {
-        if (!((exists >> j) & 1u)) return;
-        mma::cp_async_16(dst[j] + stage_off, reinterpret_cast<const void*>(src[j]), (valid >> j) & 1u);
-        const unsigned rows = (saved >> j) & 1u ? unsigned(K::NSAVED) : 1u;
-        src[j] -= (valid >> j) & 1u ? (unsigned long long)(nd * rows) * ET : 0ull;
-    }
-    // Piece j of step 0, the last call: a previous state's piece comes from the initial states (zeros where none).
-    __device__ __forceinline__ void copy_first(int j, unsigned stage_off, const Args<T>& A, int b0, int n, int d0) {
-        if (!((exists >> j) & 1u)) return;
-        bool read = (valid >> j) & 1u;
-        unsigned long long from = src[j];
-        const Piece p = piece(A, threadIdx.x + j * K::THREADS, b0, n, d0);
-        if (p.is_prev) {
-            read = read && A.s0 != nullptr;
-            if (read) from = reinterpret_cast<unsigned long long>(
-                A.s0 + (size_t(p.s) * A.B + p.b) * (size_t(A.N) * K::D) + p.col);
-        }
-        mma::cp_async_16(dst[j] + stage_off, reinterpret_cast<const void*>(from), read);
     }
 };
 
@@ -812,8 +785,6 @@ struct ScatterTile : Staging<Cell, T, D_, D_ / CL_, P_, STORE_DRS_, 32 * W_, fal
     using typename Base::Op;
     using Base::D, Base::DB, Base::BT, Base::SPLIT, Base::GR, Base::STAGE_BYTES, Base::OUT_BYTES;
     static constexpr int CL = CL_, WARPS = W_;
-    // (At D=768 the branch once a call spilled 4 bytes: this kernel is at the 255-register cap.)
-    static constexpr bool COPIES_BRANCH_EACH = true;
     static constexpr int MT = D / 16, MPW = MT / WARPS;  // M tiles of every dim; a warp's
     static constexpr int MB = DB / 16;                   // M tiles of one block's dims
     static constexpr int PASS = (MPW + 1) / 2;           // M tiles a pass of the matmul (matmul_scatter)
