@@ -16,9 +16,9 @@ knobs (extra -D defines on the same variant), and the forward's step cut into ph
 A variant is ``name=DEFINE[,DEFINE=value...]`` (empty: the kernel as built). Each is timed (CUDA events, median of
 --runs after a warm-up, ../shared/BENCH.md's protocol) and its output (states; dWx for the backward) compared bit
 for bit with the first variant's: the knobs named ABLATE give wrong results on purpose, the others must match.
-A forward variant then runs once more with FLASHRNN_PHASE_CLOCKS (fused_fw.cu): the step's phases in cycles
-(clock64, lane 0 of every warp), the mean over the blocks and compute warps and the largest warp's, per step, and
-the DMA warps' own (Tile::DMA: copies, barrier, sends) where the kernel has them. ``--pin`` runs another forward
+A forward variant then runs once more with FLASHRNN_PHASE_CLOCKS (fused_fw.cu; not with ``--no-clocks``): the
+step's phases in cycles (clock64, lane 0 of every warp), the mean over the blocks and compute warps and the
+largest warp's, per step, and the DMA warps' own (Tile::DMA: copies, barrier, sends) where the kernel has them. ``--pin`` runs another forward
 configuration than the chooser's: its fields (``PINNABLE``) set, the rest kept, priced by ``constrint.assess``.
 """
 
