@@ -1,6 +1,7 @@
 """Exhaustive measured sweep of the fused forward's configurations (issue 7, "agreement with reality"):
 
     python bench/sweep_fused.py --out $OUT/sweep.json [--direction forward|backward|both] [--budget-s 150]
+    python bench/sweep_fused.py --out $OUT/sweep.json --direction forward,inference --shapes slstm:3x256
     python bench/sweep_fused.py --dry-run [--hardware H100]     # what it would measure, no GPU needed
 
 For each reference shape (``flashrnn_core.tune.REFERENCE_SHAPES``: bfloat16, T=1024) every configuration the
@@ -14,7 +15,9 @@ of what is left, and configurations not reached are listed as skipped.
 
 The JSON (``--out``) holds, per shape: the solver's choice and its time, the best measured configuration and its
 time, their ratio (solver / best: issue 7 asks for <= 1.10) and every row (configuration, model estimate,
-measured median or error). A short table is printed last.
+measured median or error). A short table is printed last. ``inference`` times the forward's configurations as
+the inference kernel (states only, nothing saved; the solver prices them as the forward that saves, which
+``bench/refit_forward.py --inference`` compares).
 """
 
 from __future__ import annotations
@@ -58,10 +61,22 @@ HOLDOUT_SHAPES = (
 )
 
 
+#: --direction's kernels: one, "both" (forward and backward), or a comma list ("forward,inference").
+DIRECTIONS = ("forward", "backward", "inference")
+
+
+def directions_of(text: str) -> tuple[str, ...]:
+    """``--direction``'s value as kernel directions (Shape.direction)."""
+    names = ("forward", "backward") if text == "both" else tuple(x.strip() for x in text.split(",") if x.strip())
+    if not names or any(n not in DIRECTIONS for n in names):
+        raise argparse.ArgumentTypeError(f"direction: expected both or some of {', '.join(DIRECTIONS)}, got {text!r}")
+    return names
+
+
 def reference_shapes(direction: str, holdout: bool = False) -> list[Shape]:
-    """The reference shapes (or the held-out ones), as forward and/or backward problems."""
-    directions = ("forward", "backward") if direction == "both" else (direction,)
-    return [s._replace(direction=d) for d in directions for s in (HOLDOUT_SHAPES if holdout else REFERENCE_SHAPES)]
+    """The reference shapes (or the held-out ones), as the problems of ``direction`` (``directions_of``)."""
+    return [s._replace(direction=d) for d in directions_of(direction)
+            for s in (HOLDOUT_SHAPES if holdout else REFERENCE_SHAPES)]
 
 
 def parse_shapes(text: str, direction: str) -> list[Shape]:
@@ -72,20 +87,19 @@ def parse_shapes(text: str, direction: str) -> list[Shape]:
         function, heads, *batch = item.strip().split(":")
         N, D = (int(x) for x in heads.split("x"))
         shapes.append(Shape(function, "bfloat16", int(batch[0]) if batch else 16, N, D))
-    directions = ("forward", "backward") if direction == "both" else (direction,)
-    return [s._replace(direction=d) for d in directions for s in shapes]
+    return [s._replace(direction=d) for d in directions_of(direction) for s in shapes]
 
 
 def plan(hardware: Hardware, shapes: list[Shape]) -> list[Plan]:
     """What the sweep measures: per shape the solver's choice, then the rest of ``all_feasible`` (best estimate
-    first)."""
+    first). An inference shape takes the forward's configurations (one choice serves both kernels)."""
     plans = []
     for s in shapes:
-        choice = solve_fused(hardware, s.function, s.dtype, s.B, s.N, s.D, direction=s.direction)
+        choice = solve_fused(hardware, s.function, s.dtype, s.B, s.N, s.D, direction=s.solver_direction)
         if isinstance(choice, Infeasible):
             plans.append(Plan(s, [], choice.reason))
             continue
-        rest = [p for p in all_feasible(hardware, s.function, s.dtype, s.B, s.N, s.D, direction=s.direction)
+        rest = [p for p in all_feasible(hardware, s.function, s.dtype, s.B, s.N, s.D, direction=s.solver_direction)
                 if p.template_args() != choice.template_args()]
         plans.append(Plan(s, [choice] + rest))
     return plans
@@ -95,7 +109,7 @@ def kernels(plans: list[Plan]) -> list[Any]:
     """The distinct kernel variants (``KernelSpec``) the plans launch."""
     from flashrnn_core.backends.fused import launch_of
 
-    return list(dict.fromkeys(launch_of(p).spec for pl in plans for p in pl.configs))
+    return list(dict.fromkeys(launch_of(p, pl.shape.direction != "inference").spec for pl in plans for p in pl.configs))
 
 
 def describe(plans: list[Plan], hardware: Hardware) -> list[str]:
@@ -259,8 +273,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hardware", default="H100", help="preset the dry run plans for (H100)")
     p.add_argument("--holdout", action="store_true", help="the held-out shapes (HOLDOUT_SHAPES) instead")
     p.add_argument("--shapes", default=None, help="these shapes instead: function:NxD[:B],... (bf16, T=1024)")
-    p.add_argument("--direction", choices=("forward", "backward", "both"), default="forward",
-                   help="which kernel's configurations (forward: fused_fw.cu, backward: fused_bw.cu)")
+    p.add_argument("--direction", default="forward", type=lambda t: (directions_of(t), t)[1],
+                   help="which kernels: forward (fused_fw.cu), backward (fused_bw.cu), inference (fused_fw.cu "
+                        "saving nothing, on the forward's configurations), both (forward and backward), or a "
+                        "comma list (forward,inference)")
     p.add_argument("--runs", type=int, default=20, help="timed runs per configuration, median taken (>= 20)")
     p.add_argument("--budget-s", type=float, default=150.0, help="wall-clock bound, compiles included (150)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compiler processes (all cores)")

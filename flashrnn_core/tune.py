@@ -27,7 +27,8 @@ from .constrint import FusedParams, Hardware, Infeasible, top_k, tuning
 
 class Shape(NamedTuple):
     """One problem: cell, storage dtype, batch, heads, head dimension, sequence length, and which kernel
-    (``direction``: "forward", fused_fw.cu, or "backward", fused_bw.cu)."""
+    (``direction``: "forward", fused_fw.cu, "backward", fused_bw.cu, or "inference", fused_fw.cu without the
+    saved values, on the forward's configurations: ``bench/sweep_fused.py`` measures it, the tuner does not)."""
 
     function: str
     dtype: str
@@ -38,8 +39,13 @@ class Shape(NamedTuple):
     direction: str = "forward"
 
     def label(self) -> str:
-        bw = " backward" if self.direction == "backward" else ""
-        return f"{self.function} {self.dtype} B={self.B} {self.N}x{self.D} T={self.T}{bw}"
+        kernel = "" if self.direction == "forward" else f" {self.direction}"
+        return f"{self.function} {self.dtype} B={self.B} {self.N}x{self.D} T={self.T}{kernel}"
+
+    @property
+    def solver_direction(self) -> str:
+        """The solver's problem the configurations come from ("inference": the forward's)."""
+        return "backward" if self.direction == "backward" else "forward"
 
 
 #: The reference shapes of issue 7 (bfloat16, T = 1024): lstm at 12x64, 48x16, 3x256 and B = 16, 64, 256 at
@@ -121,7 +127,7 @@ def candidates(hardware: Hardware, shape: Shape, k: int, distinct: bool = False)
     ``distinct``: the ``k`` best geometries instead, each at its best-estimated prefetch depth (the model tells
     prefetch depths apart least; a geometry's first one is the solver's pick for it)."""
     found = top_k(hardware, shape.function, shape.dtype, shape.B, shape.N, shape.D, 8 * k if distinct else k,
-                  direction=shape.direction)
+                  direction=shape.solver_direction)
     if isinstance(found, Infeasible):
         return found.reason
     return sorted(distinct_geometries(found), key=lambda p: p.step_cycles)[:k] if distinct else found
@@ -240,7 +246,8 @@ def pinned(params: FusedParams):
 
 def gpu_timer(shape: Shape, runs: int = 20, warmup: int = 3, spin_ms: float = 0.5, seed: int = 0) -> Timer:
     """A timer for ``shape`` on the current GPU: random inputs made once, each configuration launched through
-    ``FusedBackend`` with its parameters pinned, timed by ``runtime.timing.median_ms``. A backward shape times
+    ``FusedBackend`` with its parameters pinned, timed by ``runtime.timing.median_ms``. An inference shape times
+    the forward that saves nothing (``save=False``). A backward shape times
     ``FusedBackend.backward`` (the kernel and the host's dR/db sums after it) on one forward's saved tensors,
     with upstream gradients on every state."""
     import cupy
@@ -273,7 +280,8 @@ def gpu_timer(shape: Shape, runs: int = 20, warmup: int = 3, spin_ms: float = 0.
         if shape.direction == "backward":
             run = lambda: backend.backward(problem, Wx, R, b, None, states, saved, dstates, None)  # noqa: E731
         else:
-            run = lambda: backend.forward(problem, Wx, R, b, None)  # noqa: E731
+            save = shape.direction != "inference"
+            run = lambda: backend.forward(problem, Wx, R, b, None, save=save)  # noqa: E731
         return median_ms(run, runs=runs, warmup=warmup, spin_ms=spin_ms)
 
     return timer

@@ -122,6 +122,49 @@ def test_sweep_summary_and_table():
     json.dumps(rec)  # serialisable
 
 
+def test_sweep_inference_takes_the_forwards_configurations_and_its_own_kernels():
+    """--direction inference: the forward's configurations (one choice serves both kernels), launched as the
+    inference kernel (FLASHRNN_SAVE=0); the direction list parses and refuses what it does not know."""
+    import argparse
+
+    assert sweep_fused.directions_of("both") == ("forward", "backward")
+    assert sweep_fused.directions_of("forward,inference") == ("forward", "inference")
+    with pytest.raises(argparse.ArgumentTypeError):
+        sweep_fused.directions_of("forward,sideways")
+    shapes = sweep_fused.parse_shapes("slstm:3x256", "forward,inference")
+    assert [s.direction for s in shapes] == ["forward", "inference"]
+    assert shapes[1].label() == "slstm bfloat16 B=16 3x256 T=1024 inference"
+    assert shapes[1].solver_direction == "forward"
+    forward, inference = sweep_fused.plan(H100, shapes)
+    assert [p.template_args() for p in inference.configs] == [p.template_args() for p in forward.configs]
+    saving, infer = sweep_fused.kernels([forward]), sweep_fused.kernels([inference])
+    assert len(saving) == len(infer) and not set(saving) & set(infer)
+    assert all(("FLASHRNN_SAVE", "0") in k.defines and k.label.endswith(" infer") for k in infer)
+
+
+def test_refit_prices_inference_rows_with_the_states_as_the_only_outputs():
+    """bench/refit_forward.py --inference: the sweep's inference rows, each estimated as a kernel that writes the
+    states only (below the same configuration's estimate as the forward that saves)."""
+    from pathlib import Path
+
+    from bench import refit_forward
+    from flashrnn_core.constrint import preset
+    from flashrnn_core.constrint.problems import estimate
+
+    sweep = [Path(__file__).resolve().parents[1] / "bench/results/constrint/2026-12-02-h200-sweep-3x256-clusters.json"]
+    hw = preset("H200")
+    saving = {s["shape"]["function"]: s for s in refit_forward.load(sweep, hw)}
+    infer = {s["shape"]["function"]: s for s in refit_forward.load(sweep, hw, "inference")}
+    assert set(saving) == set(infer) == {"lstm", "slstm", "gru", "elman"}
+    for function, s in infer.items():
+        assert s["fp"].geo.stream_out == s["fp"].geo.states < saving[function]["fp"].geo.stream_out
+        for (values, ms_infer), (_, ms_save) in zip(s["configs"], saving[function]["configs"]):
+            assert estimate(s["fp"], values)["total"] < estimate(saving[function]["fp"], values)["total"]
+            if ms_infer and ms_save:
+                assert ms_infer <= ms_save * 1.01  # measured: the inference kernel is never slower
+    assert refit_forward.main([str(sweep[0]), "--inference"]) == 0
+
+
 @pytest.mark.gpu
 def test_gpu_tune_times_and_stores(tmp_path, monkeypatch, capsys):
     """On the GPU: two candidates of a small shape compiled, timed with CUDA events, the fastest stored and then
