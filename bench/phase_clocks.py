@@ -18,8 +18,9 @@ A variant is ``name=DEFINE[,DEFINE=value...]`` (empty: the kernel as built). Eac
 for bit with the first variant's: the knobs named ABLATE give wrong results on purpose, the others must match.
 A forward variant then runs once more with FLASHRNN_PHASE_CLOCKS (fused_fw.cu; not with ``--no-clocks``): the
 step's phases in cycles (clock64, lane 0 of every warp), the mean over the blocks and compute warps and the
-largest warp's, per step, and the DMA warps' own (Tile::DMA: copies, barrier, sends) where the kernel has them. ``--pin`` runs another forward
-configuration than the chooser's: its fields (``PINNABLE``) set, the rest kept, priced by ``constrint.assess``.
+largest warp's, per step, and the DMA warps' own (Tile::DMA: copies, barrier, sends) where the kernel has them.
+``--pin`` runs another forward configuration than the chooser's: its fields (``PINNABLE``) set, the rest kept,
+priced by ``constrint.assess``.
 """
 
 from __future__ import annotations

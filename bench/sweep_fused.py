@@ -73,6 +73,12 @@ def directions_of(text: str) -> tuple[str, ...]:
     return names
 
 
+def direction_argument(text: str) -> str:
+    """``--direction``, checked by ``directions_of`` and kept as given."""
+    directions_of(text)
+    return text
+
+
 def reference_shapes(direction: str, holdout: bool = False) -> list[Shape]:
     """The reference shapes (or the held-out ones), as the problems of ``direction`` (``directions_of``)."""
     return [s._replace(direction=d) for d in directions_of(direction)
@@ -273,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hardware", default="H100", help="preset the dry run plans for (H100)")
     p.add_argument("--holdout", action="store_true", help="the held-out shapes (HOLDOUT_SHAPES) instead")
     p.add_argument("--shapes", default=None, help="these shapes instead: function:NxD[:B],... (bf16, T=1024)")
-    p.add_argument("--direction", default="forward", type=lambda t: (directions_of(t), t)[1],
+    p.add_argument("--direction", default="forward", type=direction_argument,
                    help="which kernels: forward (fused_fw.cu), backward (fused_bw.cu), inference (fused_fw.cu "
                         "saving nothing, on the forward's configurations), both (forward and backward), or a "
                         "comma list (forward,inference)")
