@@ -65,11 +65,12 @@ ORIGINAL_LAUNCH_OF = fused.launch_of
 
 
 def with_defines(extra: tuple[tuple[str, str], ...], direction: str):
-    """fused.launch_of, adding ``extra`` to the defines of the ``direction`` kernel (a distinct cache entry)."""
+    """fused.launch_of, adding ``extra`` to the defines of the ``direction`` kernel (a distinct cache entry;
+    "forward": fused_fw.cu, both the forward's and the inference kernel)."""
 
-    def launch_of(choice, save=True):
-        launch = ORIGINAL_LAUNCH_OF(choice, save)
-        if choice.direction != direction or not extra:
+    def launch_of(choice):
+        launch = ORIGINAL_LAUNCH_OF(choice)
+        if (choice.direction == "backward") != (direction == "backward") or not extra:
             return launch
         spec = replace(launch.spec, defines=launch.spec.defines + extra,
                        label=launch.spec.label + " " + " ".join(k for k, _ in extra))

@@ -1,6 +1,6 @@
 """Refit the fused forward's latency constants (``KernelModel``, not its ``bw_*`` ones) on a measured sweep:
 
-    python bench/refit_forward.py [SWEEP ...] [--fit] [--hardware H200] [--inference]
+    python bench/refit_forward.py [SWEEP ...] [--fit] [--hardware H200] [--direction forward,inference]
 
 SWEEP (default: bench/results/2026-11-30-h200-sweep.json; several: their shapes together) is
 ``bench/sweep_fused.py``'s JSON: every feasible
@@ -37,7 +37,7 @@ from flashrnn_core.constrint.problems import DEFAULT_MODEL, CellCost, KernelMode
 SWEEP = Path(__file__).resolve().parent / "results" / "2026-11-30-h200-sweep.json"
 #: The forward-only constants fitted (KernelModel field names); each cell adds "<cell>.latency", "<cell>.issue".
 FREE = ("skeleton_latency", "skeleton_issue", "output_store", "cluster_exchange", "cluster_per_peer",
-        "cluster_bytes_per_cycle", "wx_latency")
+        "cluster_bytes_per_cycle", "cluster_nonportable", "wx_latency")
 CELLS = ("lstm", "gru", "slstm", "elman")
 MIN_PREFETCH = 2  # rows the fit's error is over
 
@@ -55,11 +55,11 @@ def params_key(params: dict) -> tuple:
                 "nbt": params["batch_ntiles"], "prefetch": params["prefetch_steps"]})
 
 
-def load(paths: list[Path], hw, direction: str = "forward") -> list[dict]:
-    """Per forward shape (of all the sweeps; a shape in two keeps the later file's): its problem, and every feasible
-    configuration's solver values with the measured cycles a step (None where the sweep did not measure it).
-    ``direction`` "inference": the sweeps' inference rows (``sweep_fused.py --direction inference``), each priced
-    as a kernel whose only outputs are the states (the solver prices the forward that saves for both today)."""
+def load(paths: list[Path], hw, directions: tuple[str, ...] = ("forward",)) -> list[dict]:
+    """Per shape of ``directions`` (of all the sweeps; a shape in two keeps the later file's): its problem, and every
+    feasible configuration's solver values with the measured cycles a step (None where the sweep did not measure
+    it). "inference": the sweeps' inference rows (``sweep_fused.py --direction inference``), as the solver's
+    inference problem prices them (the states as the only outputs)."""
     found = {}
     for path in paths:
         for s in json.loads(Path(path).read_text())["shapes"]:
@@ -67,12 +67,10 @@ def load(paths: list[Path], hw, direction: str = "forward") -> list[dict]:
     shapes = []
     for s in found.values():
         sh = s["shape"]
-        if sh["direction"] != direction or s["infeasible"]:
+        if sh["direction"] not in directions or s["infeasible"]:
             continue
         measured = {params_key(r["params"]): r["ms"] * 1e3 / sh["T"] * hw.clock_mhz for r in s["rows"] if r.get("ms")}
-        fp = build_fused(hw, sh["function"], sh["dtype"], sh["B"], sh["N"], sh["D"])
-        if direction == "inference":
-            fp.geo = replace(fp.geo, stream_out=fp.geo.states)
+        fp = build_fused(hw, sh["function"], sh["dtype"], sh["B"], sh["N"], sh["D"], sh["direction"])
         configs = [(dict(v), measured.get(key(v))) for v in fp.problem.solutions()]
         shapes.append({"label": s["label"], "shape": sh, "fp": fp, "configs": configs})
     return shapes
@@ -165,7 +163,7 @@ def report(model: KernelModel, shapes: list[dict], hw, title: str) -> None:
               f"{sum(rel) / len(rel):.3f}, max {max(rel):.3f}")
     for s in shapes:
         sh = s["shape"]
-        p = solve_fused(hw, sh["function"], sh["dtype"], sh["B"], sh["N"], sh["D"], model=model)
+        p = solve_fused(hw, sh["function"], sh["dtype"], sh["B"], sh["N"], sh["D"], sh["direction"], model=model)
         cfg = params_key(asdict(p))
         measured = {key(v): c / hw.clock_mhz * sh["T"] / 1e3 for v, c in s["configs"] if c}  # ms
         best = min(measured, key=measured.get)
@@ -183,15 +181,18 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sweep", nargs="*", default=[str(SWEEP)], help="sweep JSON files (their shapes together)")
     ap.add_argument("--hardware", default="H200", help="the preset the sweep's GPU is modelled by")
-    ap.add_argument("--inference", action="store_true",
-                    help="the sweeps' inference rows, priced with the states as the only outputs")
+    ap.add_argument("--direction", default="forward",
+                    help="the sweeps' rows of these kernels, comma-separated: forward, inference (forward)")
     ap.add_argument("--fit", action="store_true")
     ap.add_argument("--slack", type=float, default=0.03, help="a good choice: measured within this of the best")
     ap.add_argument("--weight", type=float, default=1.0, help="of the choices' hinge against the squared log error")
     ap.add_argument("--margin", type=float, default=0.01, help="a good choice's estimate below the rest, relative")
     args = ap.parse_args(argv)
     hw = preset(args.hardware)
-    shapes = load([Path(p) for p in args.sweep], hw, "inference" if args.inference else "forward")
+    directions = tuple(d.strip() for d in args.direction.split(","))
+    if not directions or any(d not in ("forward", "inference") for d in directions):
+        ap.error(f"--direction: expected forward and/or inference, got {args.direction!r}")
+    shapes = load([Path(p) for p in args.sweep], hw, directions)
     report(DEFAULT_MODEL, shapes, hw, "current model")
     if args.fit:
         targets(shapes, args.slack)

@@ -104,21 +104,22 @@ def find_problem(fused: Any, spec: Any, hardware: Any) -> Problem | str:
         D = int(f["FLASHRNN_D"])
     except KeyError as err:
         return f"{spec.name()}: its defines do not say {err} (cell, storage, D): not mapped to a problem"
-    direction = "forward" if spec.entry == fused.ENTRY else "backward"
-    save = ("FLASHRNN_SAVE", "0") not in spec.defines
+    direction = ("backward" if spec.entry == fused.BW_ENTRY else
+                 "inference" if ("FLASHRNN_SAVE", "0") in spec.defines else "forward")
     # This GPU's choices first; then those of the presets the variants were listed on that this GPU can run
     # (an sm_80 variant the solver picks only for an A100, or one it picks for an H100 and not an H200, still
     # runs here, pinned).
     presets = [hardware] + [hw for hw in fused.VARIANT_HARDWARE if hw.sm <= hardware.sm and hw != hardware]
     reason = f"the solver does not pick it on {', '.join(hw.name for hw in presets)}"
     for hw, n, B in itertools.product(presets, fused.VARIANT_HEADS, fused.VARIANT_BATCHES):
-        launch = fused.choose(function, dtype, B, n, D, hardware=hw, direction=direction, save=save)
+        launch = fused.choose(function, dtype, B, n, D, hardware=hw, direction=direction)
         if isinstance(launch, str):
             if hw is hardware:
                 reason = launch  # e.g. a cluster variant on a GPU older than sm_90
             continue
         if launch.spec.entry == spec.entry and launch.spec.defines == spec.defines:
-            return Problem(function, dtype, B, n, D, spec.name(), launch.choice, direction == "backward", save)
+            return Problem(function, dtype, B, n, D, spec.name(), launch.choice, direction == "backward",
+                           direction != "inference")
     return f"{spec.name()}: {reason}"
 
 
@@ -129,7 +130,7 @@ def one_cluster(fused: Any, problem: Problem) -> Problem:
 
     choice, B = problem.params, min(problem.B, problem.params.batch_tile)
     small = replace(choice, B=B, N=1, batch_tiles=1, grid=(choice.blocks_per_head, 1), waves=1)
-    assert fused.launch_of(small, problem.save).spec == fused.launch_of(choice, problem.save).spec, problem.label
+    assert fused.launch_of(small).spec == fused.launch_of(choice).spec, problem.label
     return replace(problem, B=B, N=1, params=small)
 
 
@@ -230,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--match", default="", help="only variants whose label contains every comma-separated word and none "
                                                "written ~word, e.g. 'fw,cluster' or 'fw,~cluster' (a fix to one "
                                                "family, checked first)")
+    p.add_argument("--labels", metavar="FILE", default=None,
+                   help="only the variants whose label is a line of FILE, every one of them (the kernels a change "
+                        "added, a label a line as `python -m flashrnn_core.compile` prints them)")
     p.add_argument("--one-cluster", action="store_true",
                    help="each variant on one head and one batch tile (racecheck: the hazards of one cluster)")
     p.add_argument("--cuda-forward", action="store_true",
@@ -253,7 +257,10 @@ def main(argv: list[str] | None = None) -> int:
 
         info = preset_for_cc(tuple(int(x) for x in args.cc.split("."))).with_(sm_count=args.sms)
     variants = fused.FusedBackend().kernel_variants()
-    found = [find_problem(fused, s, info) for s in pick_families(variants, args.all)]
+    if args.labels:
+        wanted = {line.strip() for line in Path(args.labels).read_text().splitlines() if line.strip()}
+        variants = [s for s in variants if s.label in wanted]
+    found = [find_problem(fused, s, info) for s in pick_families(variants, args.all or bool(args.labels))]
     problems = sorted((x for x in found if isinstance(x, Problem)), key=run_order)
     if args.only:  # one direction's kernels (a sanitizer run on the kernel just changed)
         problems = [x for x in problems if x.backward == (args.only == "backward")]

@@ -15,9 +15,8 @@ of what is left, and configurations not reached are listed as skipped.
 
 The JSON (``--out``) holds, per shape: the solver's choice and its time, the best measured configuration and its
 time, their ratio (solver / best: issue 7 asks for <= 1.10) and every row (configuration, model estimate,
-measured median or error). A short table is printed last. ``inference`` times the forward's configurations as
-the inference kernel (states only, nothing saved; the solver prices them as the forward that saves, which
-``bench/refit_forward.py --inference`` compares).
+measured median or error). A short table is printed last. ``inference`` sweeps the inference kernel (states
+only, nothing saved): the forward's configurations, as the solver's inference problem lists and prices them.
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a source checkout
 
 from flashrnn_core.constrint import FusedParams, Hardware, Infeasible, preset, solve_fused  # noqa: E402
-from flashrnn_core.constrint.problems import all_feasible  # noqa: E402
+from flashrnn_core.constrint.problems import DIRECTIONS, all_feasible  # noqa: E402
 from flashrnn_core.tune import REFERENCE_SHAPES, Shape, config_label  # noqa: E402
 
 #: Seconds a child may take to start (CUDA context, imports) and to time one configuration, before it is
@@ -59,10 +58,6 @@ HOLDOUT_SHAPES = (
     Shape("lstm", "float16", 32, 16, 32), Shape("gru", "bfloat16", 16, 8, 96), Shape("elman", "float32", 16, 12, 64),
     Shape("slstm", "bfloat16", 128, 12, 48), Shape("elman", "bfloat16", 16, 6, 128),
 )
-
-
-#: --direction's kernels: one, "both" (forward and backward), or a comma list ("forward,inference").
-DIRECTIONS = ("forward", "backward", "inference")
 
 
 def directions_of(text: str) -> tuple[str, ...]:
@@ -98,14 +93,14 @@ def parse_shapes(text: str, direction: str) -> list[Shape]:
 
 def plan(hardware: Hardware, shapes: list[Shape]) -> list[Plan]:
     """What the sweep measures: per shape the solver's choice, then the rest of ``all_feasible`` (best estimate
-    first). An inference shape takes the forward's configurations (one choice serves both kernels)."""
+    first)."""
     plans = []
     for s in shapes:
-        choice = solve_fused(hardware, s.function, s.dtype, s.B, s.N, s.D, direction=s.solver_direction)
+        choice = solve_fused(hardware, s.function, s.dtype, s.B, s.N, s.D, direction=s.direction)
         if isinstance(choice, Infeasible):
             plans.append(Plan(s, [], choice.reason))
             continue
-        rest = [p for p in all_feasible(hardware, s.function, s.dtype, s.B, s.N, s.D, direction=s.solver_direction)
+        rest = [p for p in all_feasible(hardware, s.function, s.dtype, s.B, s.N, s.D, direction=s.direction)
                 if p.template_args() != choice.template_args()]
         plans.append(Plan(s, [choice] + rest))
     return plans
@@ -115,7 +110,7 @@ def kernels(plans: list[Plan]) -> list[Any]:
     """The distinct kernel variants (``KernelSpec``) the plans launch."""
     from flashrnn_core.backends.fused import launch_of
 
-    return list(dict.fromkeys(launch_of(p, pl.shape.direction != "inference").spec for pl in plans for p in pl.configs))
+    return list(dict.fromkeys(launch_of(p).spec for pl in plans for p in pl.configs))
 
 
 def describe(plans: list[Plan], hardware: Hardware) -> list[str]:
@@ -281,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shapes", default=None, help="these shapes instead: function:NxD[:B],... (bf16, T=1024)")
     p.add_argument("--direction", default="forward", type=direction_argument,
                    help="which kernels: forward (fused_fw.cu), backward (fused_bw.cu), inference (fused_fw.cu "
-                        "saving nothing, on the forward's configurations), both (forward and backward), or a "
+                        "saving nothing), both (forward and backward), or a "
                         "comma list (forward,inference)")
     p.add_argument("--runs", type=int, default=20, help="timed runs per configuration, median taken (>= 20)")
     p.add_argument("--budget-s", type=float, default=150.0, help="wall-clock bound, compiles included (150)")

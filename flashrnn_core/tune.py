@@ -4,8 +4,9 @@
     python -m flashrnn_core.tune --cell lstm,gru --B 16,64 --N 12 --D 64 [--dtype bfloat16] [--T 1024]
                                  [--top-k 8] [--distinct] [--runs 20] [--jobs 16] [--no-store]
 
-On the current GPU, for each shape: the solver's ``top_k`` feasible configurations of the fused forward
-(``constrint.problems.top_k``, best estimate first; the first is the solver's own choice) are compiled in
+On the current GPU, for each shape and ``--direction`` (the forward that saves for a backward, the inference
+forward, the backward: each kernel has its solve and its cache entry): the solver's ``top_k`` feasible
+configurations (``constrint.problems.top_k``, best estimate first; the first is the solver's own choice) are compiled in
 parallel, each timed with CUDA events (``runtime.timing``: the median of ``--runs`` calls after a warm-up), and
 the fastest is stored in the tuning cache with ``tuning.store(..., measured_us=<its median, microseconds for the
 whole forward of T steps>)``: from then on ``cuda_fused`` launches it for that GPU and shape (a measured entry
@@ -23,12 +24,13 @@ from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
 from .constrint import FusedParams, Hardware, Infeasible, top_k, tuning
+from .constrint.problems import DIRECTIONS
 
 
 class Shape(NamedTuple):
     """One problem: cell, storage dtype, batch, heads, head dimension, sequence length, and which kernel
-    (``direction``: "forward", fused_fw.cu, "backward", fused_bw.cu, or "inference", fused_fw.cu without the
-    saved values, on the forward's configurations: ``bench/sweep_fused.py`` measures it, the tuner does not)."""
+    (``direction``: "forward", fused_fw.cu, "inference", fused_fw.cu writing the states only, or "backward",
+    fused_bw.cu: ``constrint.problems.DIRECTIONS``)."""
 
     function: str
     dtype: str
@@ -41,11 +43,6 @@ class Shape(NamedTuple):
     def label(self) -> str:
         kernel = "" if self.direction == "forward" else f" {self.direction}"
         return f"{self.function} {self.dtype} B={self.B} {self.N}x{self.D} T={self.T}{kernel}"
-
-    @property
-    def solver_direction(self) -> str:
-        """The solver's problem the configurations come from ("inference": the forward's)."""
-        return "backward" if self.direction == "backward" else "forward"
 
 
 #: The reference shapes of issue 7 (bfloat16, T = 1024): lstm at 12x64, 48x16, 3x256 and B = 16, 64, 256 at
@@ -127,7 +124,7 @@ def candidates(hardware: Hardware, shape: Shape, k: int, distinct: bool = False)
     ``distinct``: the ``k`` best geometries instead, each at its best-estimated prefetch depth (the model tells
     prefetch depths apart least; a geometry's first one is the solver's pick for it)."""
     found = top_k(hardware, shape.function, shape.dtype, shape.B, shape.N, shape.D, 8 * k if distinct else k,
-                  direction=shape.solver_direction)
+                  direction=shape.direction)
     if isinstance(found, Infeasible):
         return found.reason
     return sorted(distinct_geometries(found), key=lambda p: p.step_cycles)[:k] if distinct else found
@@ -189,8 +186,8 @@ def _cells(text: str) -> list[str]:
 
 def _directions(text: str) -> list[str]:
     names = [x.strip() for x in text.split(",") if x.strip()]
-    if not names or any(n not in ("forward", "backward") for n in names):
-        raise argparse.ArgumentTypeError(f"direction: expected forward, backward or both, got {text!r}")
+    if not names or any(n not in DIRECTIONS for n in names):
+        raise argparse.ArgumentTypeError(f"direction: expected some of {', '.join(DIRECTIONS)}, got {text!r}")
     return names
 
 
@@ -202,8 +199,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--N", type=_ints, help="head counts, comma-separated")
     p.add_argument("--D", type=_ints, help="head dimensions, comma-separated")
     p.add_argument("--T", type=int, help="sequence length timed (1024)")
-    p.add_argument("--direction", type=_directions, default=["forward", "backward"],
-                   help="kernels tuned: forward, backward or both, comma-separated (both)")
+    p.add_argument("--direction", type=_directions, default=list(DIRECTIONS),
+                   help="kernels tuned, comma-separated: forward (saving for a backward), inference, backward (all)")
     p.add_argument("--top-k", type=int, default=8, help="candidates per shape (8)")
     p.add_argument("--distinct", action="store_true",
                    help="the top-k geometries (cluster, k split, batch tile, ...), each at its best prefetch depth")
@@ -228,18 +225,23 @@ def precompile(candidates: list[FusedParams], arch: str, jobs: int) -> dict[str,
 
 
 def pinned(params: FusedParams):
-    """A ``FusedBackend`` that runs ``params`` (a forward or a backward choice) instead of the chooser's, for
-    the kernel of its direction (a forward choice: its training and its inference kernel)."""
-    from .backends.fused import FusedBackend, launch_of
+    """A ``FusedBackend`` that runs ``params`` instead of the chooser's, for the kernel of its direction: a
+    backward choice for the backward, a forward or an inference one for both forwards (the same geometry
+    saving, and writing the states only)."""
+    from dataclasses import replace
 
-    launches = {save: launch_of(params, save) for save in (True, False)}  # (a backward's: the same kernel)
+    from .backends.fused import FusedBackend, forward_direction, launch_of
+
+    kinds = ("backward",) if params.direction == "backward" else ("forward", "inference")
+    launches = {d: launch_of(replace(params, direction=d)) for d in kinds}
 
     class Pinned(FusedBackend):
         def params(self, problem, save=True):
-            return launches[save] if params.direction == "forward" else super().params(problem, save)
+            found = launches.get(forward_direction(save))
+            return found if found is not None else super().params(problem, save)
 
         def bw_params(self, problem):
-            return launches[True] if params.direction == "backward" else super().bw_params(problem)
+            return launches.get("backward") or super().bw_params(problem)
 
     return Pinned()
 

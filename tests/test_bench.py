@@ -263,7 +263,7 @@ def test_measure_cpu_counts_runs_and_memory():
     assert loose.runs == 2
 
 
-def test_sanitizer_driver_maps_every_variant_to_a_problem(capsys):
+def test_sanitizer_driver_maps_every_variant_to_a_problem(capsys, tmp_path):
     """--list needs no GPU: each fused forward variant is selected by the backend for its problem."""
     fused = sanitize_fused.load_fused()
     if fused is None:
@@ -283,6 +283,13 @@ def test_sanitizer_driver_maps_every_variant_to_a_problem(capsys):
     assert sanitize_fused.main(["--list"]) == 0
     out = capsys.readouterr().out
     assert "problems" in out and "(forward + backward)" in out
+    # --labels FILE: exactly the variants listed (every one, not per family), an inference one among them
+    infer = [s.label for s in fused.FusedBackend().kernel_variants() if s.label.endswith(" infer")][:2]
+    listed = tmp_path / "labels.txt"
+    listed.write_text("\n".join(infer + ["no such variant"]) + "\n")
+    assert sanitize_fused.main(["--list", "--labels", str(listed)]) == 0
+    out = capsys.readouterr().out
+    assert "2 problems (2 forward, 0 backward) of 2 variants" in out and all(f"{x}: B=" in out for x in infer)
 
 
 def test_sanitizer_resume_skips_what_a_cut_run_reported_ok(tmp_path):
@@ -343,8 +350,9 @@ def test_phase_clock_knobs_change_only_their_direction_and_compile():
     assert fw.blocks_per_head > 1 and bw.blocks_per_head > 1
     forward_knobs = phase_clocks.with_defines(knobs, "forward")
     assert forward_knobs(fw).spec.defines[-3:] == knobs
-    # (the inference kernel too: fused.choose asks for it with save=False)
-    assert forward_knobs(fw, False).spec.defines == fused.launch_of(fw, False).spec.defines + knobs
+    # (the inference kernel too: fused_fw.cu, the solver's direction "inference")
+    infer = fused.choose("lstm", "bfloat16", 16, 12, 64, hardware=H100, direction="inference").choice
+    assert forward_knobs(infer).spec.defines == fused.launch_of(infer).spec.defines + knobs
     assert forward_knobs(bw).spec == fused.launch_of(bw).spec
     late = phase_clocks.with_defines((("FLASHRNN_LATE_COPIES", "1"),), "backward")(bw).spec
     block_sends = phase_clocks.with_defines((("FLASHRNN_WARP_SENDS", "0"),), "forward")(fw).spec

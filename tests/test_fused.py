@@ -4,6 +4,7 @@ that every kernel variant compiles for sm_80 and sm_90."""
 from __future__ import annotations
 
 import zlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from flashrnn_core.backends import fused
 from flashrnn_core.cells import CELLS
 from flashrnn_core.backends import AUTO_ORDER, why_not
 from flashrnn_core.constrint import A100, H100, solve_fused
+from flashrnn_core.constrint.problems import DIRECTIONS
 from flashrnn_core.validate import validate
 from conftest import random_inputs, saved_error
 from conftest import relative_error as _rel  # (the name these tests use)
@@ -100,11 +102,18 @@ def test_forward_matches_vanilla(function, dtype_name, shape, poisoned):
         assert err < tol, f"state {name}: relative error {err:.2e} >= {tol:g}"
     err = _rel(saved, ref.saved)
     assert err < tol, f"saved pre-activations: relative error {err:.2e} >= {tol:g}"
-    # The inference kernel (FLASHRNN_SAVE=0): the same states bit for bit, every element written (NaN-poisoned),
-    # nothing saved.
+    # The inference kernel (FLASHRNN_SAVE=0, the solver's inference choice): every element written (NaN-poisoned),
+    # nothing saved, the states within the tolerance, and bit for bit the forward's where it runs its geometry.
     infer = fc.forward(*dev, function=function, backend="cuda_fused", save_for_backward=False)
     assert infer.saved is None
-    np.testing.assert_array_equal(cupy.asnumpy(infer.states), states)
+    infer_states = cupy.asnumpy(infer.states)
+    for s, name in enumerate(CELLS[function].state_names):
+        err = _rel(infer_states[s], ref.states[s])
+        assert err < tol, f"inference state {name}: relative error {err:.2e} >= {tol:g}"
+    backend, problem = fused.FusedBackend(), validate(*dev, function=function)
+    saving, inference = (backend.params(problem, save).choice for save in (True, False))
+    if saving.template_args() == {k: v for k, v in inference.template_args().items() if k != "FLASHRNN_SAVE"}:
+        np.testing.assert_array_equal(infer_states, states)
 
 
 @pytest.mark.gpu
@@ -140,7 +149,7 @@ def _pinned_match_vanilla(function, dtype_name, configs, B, T, N, D, seed, lengt
     from flashrnn_core.runtime import device_arch
     from flashrnn_core.tune import pinned
 
-    launches = [fused.launch_of(c, save) for c in configs for save in (True, False)]
+    launches = [fused.launch_of(replace(c, direction=d)) for c in configs for d in ("forward", "inference")]
     failed = [o for o in run_jobs([(launch.spec, device_arch()) for launch in launches], os.cpu_count() or 1)
               if o.error]
     assert not failed, failed[0].error
@@ -315,14 +324,14 @@ def test_every_choice_fits_a_block():
 
 
 def test_kernel_variants_are_the_solver_choices():
-    """The variants are exactly the distinct kernels (forward and backward) the solver picks on the CI presets
-    (a sample of shapes re-solved here must each be listed, built for the oldest preset that picks it)."""
+    """The variants are exactly the distinct kernels (forward, inference and backward) the solver picks on the CI
+    presets (a sample of shapes re-solved here must each be listed, built for the oldest preset that picks it)."""
     variants = {s.defines: s for s in fused.solver_variants()}
     assert len(variants) == len(fused.solver_variants())  # deduplicated
     for hw, function, dtype, D, B, N in ((A100, "lstm", "bfloat16", 64, 16, 12), (H100, "lstm", "bfloat16", 64, 256, 12),
                                          (H100, "elman", "float32", 256, 1, 1), (H100, "slstm", "float16", 384, 64, 12),
                                          (A100, "gru", "float32", 48, 256, 1)):
-        for direction in ("forward", "backward"):
+        for direction in DIRECTIONS:
             choice = solve_fused(hw, function, dtype, B, N, D, direction=direction)
             if not choice:
                 assert direction == "backward" and D >= 256  # above one block's registers: cuda's backward
@@ -330,12 +339,11 @@ def test_kernel_variants_are_the_solver_choices():
             spec = fused.launch_of(choice).spec
             assert spec.defines in variants, spec.label
             assert variants[spec.defines].min_sm <= max(hw.sm, spec.min_sm)
-            if direction == "forward":  # and its inference twin, the same geometry without saved outputs
-                infer = fused.launch_of(choice, save=False).spec
-                assert infer.defines == spec.defines + (("FLASHRNN_SAVE", "0"),) and infer.label.endswith(" infer")
-                assert infer.defines in variants and infer.smem_dynamic == spec.smem_dynamic
+    # The inference kernels: fused_fw.cu without the saved outputs, in its forward twin's shared memory.
     forwards = [s for s in variants.values() if s.entry == fused.ENTRY]
-    assert sum(s.label.endswith(" infer") for s in forwards) * 2 == len(forwards)
+    infers = [s for s in forwards if ("FLASHRNN_SAVE", "0") in s.defines]
+    assert infers and all(s.label.endswith(" infer") and s.defines[-1] == ("FLASHRNN_SAVE", "0") for s in infers)
+    assert not any(s.label.endswith(" infer") for s in forwards if s not in infers)
     assert all(s.min_sm == 90 for s in variants.values() if dict(s.defines).get("FLASHRNN_CLUSTER", "1") != "1")
     assert {s.entry for s in variants.values()} == {fused.ENTRY, fused.BW_ENTRY}
 

@@ -12,9 +12,11 @@ Parameters: ConstrINT (``flashrnn_core.constrint``) is the one chooser. ``choose
 ``python -m flashrnn_core.tune`` wins over the solver's) and turns its ``FusedParams`` into a ``Launch``
 (``launch_of``, the one conversion). A shape the solver finds infeasible (D not a multiple of 16, R too large
 for the registers of a block or of a cluster, no clusters before sm_90, ...) is refused with the binding
-constraints in words, and ``auto`` falls back to ``cuda``. ``kernel_variants`` lists exactly the kernels the
-solver can choose on the CI presets (``VARIANT_HARDWARE`` x cells x dtypes x ``VARIANT_DIMS`` x
-``VARIANT_BATCHES`` x ``VARIANT_HEADS``).
+constraints in words, and ``auto`` falls back to ``cuda``. The inference forward (``save=False``: nothing will
+run backward, so the kernel writes the states only) has a solve of its own (direction "inference": the forward's
+variables with fewer outputs to price), so it may run another geometry than the forward that saves.
+``kernel_variants`` lists exactly the kernels the solver can choose on the CI presets (``VARIANT_HARDWARE`` x
+cells x dtypes x ``VARIANT_DIMS`` x ``VARIANT_BATCHES`` x ``VARIANT_HEADS``).
 
 Backward: the fused reverse-time kernel (``cuda_src/fused_bw.cu``: one block per head and 8 sequences, or a
 thread-block cluster per head where R^T does not fit one block (sm_90: each block owns a slice of the dims and
@@ -42,6 +44,7 @@ import numpy as np
 
 from .. import _arrays
 from ..constrint import A100, H100, FusedParams, Hardware, Infeasible, solve_fused, tuning
+from ..constrint.problems import DIRECTIONS
 from .base import Backend
 
 SOURCE, ENTRY = "fused_fw.cu", "flashrnn_fused_fw"
@@ -75,10 +78,15 @@ class Launch:
     cluster: int  # blocks per head (a thread-block cluster when > 1)
 
 
-def launch_of(choice: FusedParams, save: bool = True) -> Launch:
-    """The launch of a solver's choice: fused_fw.cu for a forward one, fused_bw.cu for a backward one.
-    ``save`` False (forward only): the inference kernel, which writes the states and not the saved
-    values (FLASHRNN_SAVE=0; same geometry, so the same choice)."""
+def forward_direction(save: bool) -> str:
+    """The solver's direction of a forward launch: "forward" saves what a backward reads, "inference" (``save``
+    False) writes the states only."""
+    return "forward" if save else "inference"
+
+
+def launch_of(choice: FusedParams) -> Launch:
+    """The launch of a solver's choice: fused_fw.cu for a forward one, the same without the saved values for an
+    inference one (FLASHRNN_SAVE=0, in its template arguments), fused_bw.cu for a backward one."""
     from ..runtime import KernelSpec
 
     dtype = np.dtype(choice.dtype)
@@ -103,11 +111,9 @@ def launch_of(choice: FusedParams, save: bool = True) -> Launch:
         if choice.blocks_per_head > 1 or choice.k_split > 1:
             label += f" cluster{choice.blocks_per_head} ksplit{choice.k_split}" + (" wholek" if choice.whole_k else "")
             label += f" dma{choice.dma_warps}" if choice.dma_warps else ""
-        if not save:
-            defines += (("FLASHRNN_SAVE", "0"),)
     if choice.r_ktiles_in_smem:
         label += f" rsmem{choice.r_ktiles_in_smem}"
-    if not save and choice.direction == "forward":
+    if choice.direction == "inference":
         label += " infer"
     # Clusters need sm_90; so does shared memory beyond what sm_80 gives a block (a choice made for sm_90).
     sm90_only = choice.blocks_per_head > 1 or choice.smem_bytes > A100.smem_per_block_optin
@@ -118,9 +124,9 @@ def launch_of(choice: FusedParams, save: bool = True) -> Launch:
 
 
 def choose(function: str, dtype, B: int, N: int, D: int, hardware: Hardware | None = None,
-           device: int | None = None, direction: str = "forward", save: bool = True) -> Launch | str:
-    """The launch (forward or backward kernel) for one shape, or why the fused kernel cannot run it. ``save``
-    False: the forward's inference kernel (``launch_of``).
+           device: int | None = None, direction: str = "forward") -> Launch | str:
+    """The launch (``direction``: "forward", "inference" or "backward", ``constrint.problems.DIRECTIONS``) for
+    one shape, or why the fused kernel cannot run it.
 
     ``hardware`` None: the GPU ``device`` (the current one by default), through the tuning cache
     (``constrint.tuning.choose_for_device``: a measured entry, else the solver's choice, stored). A preset
@@ -140,28 +146,26 @@ def choose(function: str, dtype, B: int, N: int, D: int, hardware: Hardware | No
         kernel = "fused backward kernel" if direction == "backward" else "fused kernel"
         return (f"{function} in {name} with head dimension D={D} (B={B}, N={N}) has no valid launch of the "
                 f"{kernel} on {where}: {choice.reason}")
-    return launch_of(choice, save)
+    return launch_of(choice)
 
 
 @lru_cache(maxsize=1)
 def solver_variants() -> tuple[Any, ...]:
-    """The distinct kernels (forward and backward) the solver chooses over ``VARIANT_HARDWARE`` x cells x
-    storage dtypes x ``VARIANT_DIMS`` x ``VARIANT_BATCHES`` x ``VARIANT_HEADS`` (~18000 solves, ~30 s once a
-    process: infeasible shapes are not explained). Each one's ``min_sm`` is the oldest preset the solver picks
+    """The distinct kernels (forward, inference and backward) the solver chooses over ``VARIANT_HARDWARE`` x
+    cells x storage dtypes x ``VARIANT_DIMS`` x ``VARIANT_BATCHES`` x ``VARIANT_HEADS`` (~27000 solves, ~45 s
+    once a process: infeasible shapes are not explained). Each one's ``min_sm`` is the oldest preset the solver picks
     it on (at least what the kernel needs), so that ``compile --check`` builds it only for architectures that
     can launch it."""
     from ..cells import CELLS
 
     oldest: dict[Any, int] = {}  # insertion-ordered: spec -> oldest sm the solver picks it on
     for direction, hw, function, dtype, D, B, N in itertools.product(
-            ("forward", "backward"), VARIANT_HARDWARE, CELLS, STORAGE_TYPES, VARIANT_DIMS, VARIANT_BATCHES,
-            VARIANT_HEADS):
+            DIRECTIONS, VARIANT_HARDWARE, CELLS, STORAGE_TYPES, VARIANT_DIMS, VARIANT_BATCHES, VARIANT_HEADS):
         choice = solve_fused(hw, function, _arrays.dtype_name(dtype), B, N, D, direction=direction, explain=False)
         if isinstance(choice, Infeasible):
             continue
-        for save in ((True, False) if direction == "forward" else (True,)):
-            spec = launch_of(choice, save).spec
-            oldest[spec] = min(oldest.get(spec, hw.sm), hw.sm)
+        spec = launch_of(choice).spec
+        oldest[spec] = min(oldest.get(spec, hw.sm), hw.sm)
     return tuple(replace(spec, min_sm=max(spec.min_sm, sm)) for spec, sm in oldest.items())
 
 
@@ -196,7 +200,7 @@ class FusedBackend(Backend):
 
     def _choose(self, problem, save: bool = True) -> Launch | str:
         return choose(problem.function, problem.dtype, problem.B, problem.N, problem.D, device=problem.device,
-                      save=save)
+                      direction=forward_direction(save))
 
     def params(self, problem, save: bool = True) -> Launch:
         """The forward's launch (``save`` False: the inference kernel); raises where it has none."""

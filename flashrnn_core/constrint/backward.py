@@ -381,7 +381,7 @@ def scatter_estimate(fp: "FusedProblem", values: dict[str, int]) -> dict[str, fl
     it): the warps' mma over their tiles (a chain of ``Gr * mb`` k-tiles a pass, two passes, or the SM's issue),
     R^T's shared-memory tiles at the SM's bandwidth, the exchange of float32 partials at the forward's fitted rate,
     the cells (two a lane), the barriers; the dR GEMMs after the kernel as ``estimate``."""
-    from .problems import _at
+    from .problems import _at, cluster_exchange_cycles
 
     geo, m, hw = fp.geo, fp.model, fp.hw
     cluster, warps, mb, mpw, rst = (values[k] for k in ("cluster", "warps", "mb", "mpw", "r_smem_tiles"))
@@ -390,7 +390,7 @@ def scatter_estimate(fp: "FusedProblem", values: dict[str, int]) -> dict[str, fl
     mma = max(2 * kl * m.mma_latency, mpw * kl * wps * m.mma_issue)
     r_bandwidth = warps * rst * 512 / m.smem_bytes_per_cycle
     received = (cluster - 1) * 16 * mb * BT * 4
-    exchange = m.cluster_exchange + (cluster - 2) * m.cluster_per_peer + received / m.cluster_bytes_per_cycle
+    exchange = cluster_exchange_cycles(m, hw, cluster, received, backward=True)
     cost = m.bw_cells[geo.function]
     cells = cost.latency + 2 * cost.issue * max(1.0, 2 * mb / m.schedulers)
     step = (m.ldmatrix_latency + max(mma, r_bandwidth) + exchange + cells + 2 * m.sync_threads

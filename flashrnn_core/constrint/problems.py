@@ -51,7 +51,8 @@ from .solver import Expr, Infeasible, Problem, Var, divides, predicate
 #: 8: float32 heads may keep R in shared memory on 16-block clusters (the rule was 16-bit only).
 #: 9: sLSTM's backward reads c and n of the previous states, not m (its saved v holds i and f): smaller stages.
 #: 10: the backward weighs the scatter-cluster kernel against a cluster kernel with R^T in shared memory.
-MODEL_VERSION = 10
+#: 11: the inference forward's own solve (direction "inference"); the forward's cluster exchange refitted.
+MODEL_VERSION = 11
 
 MMA_M, MMA_N, MMA_K = 16, 8, 16  # mma.sync m16n8k16 (bf16/fp16 operands, float32 accumulators)
 
@@ -148,11 +149,19 @@ class KernelModel:
     skeleton_latency: int = 91  # fitted: the step's fixed instructions' latency (copies issue, loop, addresses)
     skeleton_issue: int = 42  # fitted: ... and their issue slots per warp sharing a scheduler
     output_store: int = 11  # fitted: staging store + share of the copy-out, per output value per cell
-    cluster_exchange: int = 186  # fitted: st.async of h slices + mbarrier complete_tx + wait (remote round trip)
-    cluster_per_peer: int = 26  # fitted: each further block sent to
-    #: Fitted: an effective rate of the h slices received (the st.async pieces' issue and arrival, not the
-    #: distributed shared memory's bandwidth): 4 bytes a cycle.
-    cluster_bytes_per_cycle: int = 4
+    #: The h exchange of a cluster a step (refitted at stop 35, CLUSTER_CALIBRATION): st.async of the h slices +
+    #: mbarrier complete_tx + wait (a remote round trip), each further block sent to, an effective rate of the
+    #: slices received (their issue and arrival, not distributed shared memory's bandwidth), and what a cluster
+    #: beyond the portable size (16 blocks: a whole GPC) adds.
+    cluster_exchange: int = 265
+    cluster_per_peer: int = 13
+    cluster_bytes_per_cycle: int = 15
+    cluster_nonportable: int = 282
+    #: The backward's exchange of drs (``backward.py``): the forward's constants before stop 35's refit, which the
+    #: backward's were calibrated with (its choices stay until a backward sweep says otherwise).
+    bw_cluster_exchange: int = 186
+    bw_cluster_per_peer: int = 26
+    bw_cluster_bytes_per_cycle: int = 4
     grid_sync: int = 2300  # cooperative grid barrier, 1.2 us on H100 (issue 5)
     #: DMA warps (Tile::DMA): the share of the exchange that overlaps the mma (the compute warps start on the slices
     #: that have arrived), of the smaller of the two, and what the mbarrier-group waits inside the mma add. Fitted
@@ -292,12 +301,48 @@ fastest: the sum of per-term maxima counts 4 warps a scheduler's issue slots ter
 one another's phases. A refit on those sweeps (mean error 0.25 -> 0.16) kept both misses and was not adopted.
 """
 
+#: How the forward's cluster exchange was refitted, and why the inference kernel has a solve of its own:
+CLUSTER_CALIBRATION = """
+Stop 35 swept both forwards of the kernels of 40c9465 (bench/results/constrint/2026-12-02-h200-sweep-forward-
+inference.json: every feasible configuration of 12 B=16 shapes, each cell at 12x64, 48x16 and 3x256, timed as the
+forward that saves and as the inference kernel, 1096 rows). Two kinds of miss. (1) The inference kernel ran the
+forward's choice, priced with the saved values' stores it does not make: lstm 12x64's one-block, k_split 1 tile
+writes 6 values a cell where a 4-block cluster writes 1.5, and without the 4 saved ones it is the fastest (0.322
+ms against the choice's 0.346; saving, 0.426 against 0.353). Direction "inference" prices the states alone
+(``Geometry.stream_out``) with the forward's shared memory and registers (``staged_out``: the kernel keeps its
+staging buffer), and picks it. (2) The exchange was priced for the kernels it was fitted on (4 bytes a cycle, 186 +
+26 a peer): at 3x256 it estimated ~1240 cycles of exchange a step on 8 blocks where the whole step measured
+1200-1400, and a 16-block cluster ~270 cycles above an 8-block one where elman's measured +330 (968 -> 1298 a
+step, ks1) and lstm's, slstm's, gru's inference +60-130 with half the cells a block. The 16-block cluster, beyond
+the portable 8, spans a GPC (issue 5 measured cluster.sync at 0.76 us there against 0.44-0.47 for 2-8 blocks):
+``cluster_nonportable`` prices that step. ``bench/refit_forward.py --fit`` restricted to the four exchange constants
+(``cluster_exchange``, ``cluster_per_peer``, ``cluster_bytes_per_cycle``, ``cluster_nonportable``) over this sweep
+and the whole-K sweeps (2026-12-01, B=16/64/256) moved them from 186/26/4/- to 265/13/15/285. A sweep of seven
+shapes held out of the fit (2026-12-02-h200-sweep-holdout-clusters.json: D = 48-384, B = 16 and 64) rejected that:
+lstm 12x128 B=64 took 8-block clusters, three blocks an SM, at 1.77x the fastest (1.830 against 1.036 ms), where
+the blocks sharing an SM share its shared memory's intake of slices. The slices' term now counts the blocks on an
+SM (``cluster_exchange_cycles``: ``on_sm`` x received / rate); refitted, 265/13/15/282. Relative error over this
+sweep's rows 0.29 -> 0.15 (mean), over the whole-K sweeps' 0.23 -> 0.19; solver against the fastest: slstm 3x256
+inference 1.088 -> 1.000 (16 -> 8 blocks), elman 3x256 saving 1.090 -> 1.024 and inference 1.065 -> 1.021 (2 -> 4
+blocks), slstm 3x256 saving 1.035 -> 1.041; on the held-out sweep lstm 12x128 B=64 1.017 (as before the refit),
+lstm 1x128 1.144 -> 1.068, elman 1x384 1.143 -> 1.108, lstm 12x384 1.199 -> 1.001, elman 12x192 1.036 -> 1.022,
+slstm 1x256 1.040 -> 1.046 (saving forward; the inference kernel within 1.084 but elman 1x384's 1.105); every
+shape of the older sweeps within its bound as before (the backward's exchange keeps the old constants,
+``bw_cluster_*``: its choices do not move). Measured after (H200 bf16 B=16 T=1024, the reference suite): lstm 12x64
+inference 0.345 -> 0.321 ms, slstm 3x256 inference 0.706 -> 0.648, elman 3x256 0.490 -> 0.469 (saving 0.503 ->
+0.471), the rest within run-to-run spread. Fitting every forward constant on these sweeps (mean error 0.12 on
+this one) instead set output_store to 1 and broke gru 12x64 B=256 (1.24) and lstm 12x64 saving (1.21): not
+adopted. Left: on clusters prefetch 2 measures 2-7% faster than 4 or 8 (gru 3x256, elman 1x384, lstm 1x128),
+which the model (deeper prefetch never slower) cannot tell.
+"""
+
 
 @dataclass(frozen=True)
 class Geometry:
     """The fixed shape of one problem: the matmul a block runs per step, and the per-cell stream sizes.
 
     Forward: G[Gr*D, BT] = R[Gr*D, D] x h[D, BT]; rows per dim ``mg = Gr``, K per dim ``kg = 1``.
+    Inference: the forward's, writing the states only (fused_fw.cu with FLASHRNN_SAVE=0).
     Backward: dh[D, BT] = R^T[D, Gr*D] x dg[Gr*D, BT]; ``mg = 1``, ``kg = Gr``.
     """
 
@@ -320,6 +365,9 @@ class Geometry:
     x_per_cell: int  # streamed inputs per cell held in registers unless late_x
     bw_prev_read: int = 0  # backward: previous states its cells read (bitmask, Cell.bw_prev_read)
     bw_ds_read: int = 0  # backward: upstream state gradients its cells read (bitmask, Cell.bw_ds_read)
+    #: values per cell the output staging holds (shared memory, the copy-out's registers): the inference kernel
+    #: writes fewer (``stream_out``) but keeps the forward's staging, so that one geometry compiles both ways
+    staged_out: int = 0
 
     def staged_state_rows(self, h_prev) -> Any:
         """Backward: state rows of 8 sequences a stage holds (fused_bw.cu Staging: the previous states the cells
@@ -349,27 +397,33 @@ class Geometry:
         return self.kg * self.D // MMA_K
 
 
+#: The fused kernels a solve is for: fused_fw.cu saving what the backward reads, fused_fw.cu writing the states
+#: only (FLASHRNN_SAVE=0: no backward will run; the forward's variables, fewer outputs to price), fused_bw.cu.
+DIRECTIONS = ("forward", "inference", "backward")
+
+
 def geometry(function: str, dtype, D: int, direction: str = "forward") -> Geometry:
     """The problem's fixed shape, from the cell's counts (``cells.CELLS``, the one table of them)."""
     from ..cells import CELLS
 
     if function not in CELLS:
         raise ValueError(f"function: expected one of {', '.join(CELLS)}, got {function!r}")
-    if direction not in ("forward", "backward"):
-        raise ValueError(f"direction: expected 'forward' or 'backward', got {direction!r}")
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction: expected one of {', '.join(DIRECTIONS)}, got {direction!r}")
     cell = CELLS[function]
     itemsize = _itemsize(dtype)
     split = 2 if itemsize == 4 else 1
-    if direction == "forward":
-        # in: Wx (gw); out: states (S) and saved pre-activations; x is held until the pointwise step.
+    if direction != "backward":
+        # in: Wx (gw); out: states (S) and, training, saved pre-activations; x is held until the pointwise step.
+        written = cell.states + (cell.n_saved if direction == "forward" else 0)
         return Geometry(function, direction, _dtype_name(dtype), D, cell.gates_w, cell.gates_r, cell.states,
                         cell.n_saved, itemsize, split, 3 if split == 2 else 1, cell.gates_r, 1, cell.gates_w,
-                        cell.states + cell.n_saved, cell.states, cell.gates_w)
+                        written, cell.states, cell.gates_w, staged_out=cell.states + cell.n_saved)
     # in: saved (n_saved), previous states (S) and upstream state gradients (S); out: dWx (gw).
     return Geometry(function, direction, _dtype_name(dtype), D, cell.gates_w, cell.gates_r, cell.states,
                     cell.n_saved, itemsize, split, 3 if split == 2 else 1, 1, cell.gates_r, cell.n_saved + 2 * cell.states,
                     cell.gates_w, cell.states + cell.gates_r, cell.n_saved + cell.states, cell.bw_prev_read,
-                    cell.bw_ds_read)
+                    cell.bw_ds_read, staged_out=cell.gates_w)
 
 
 _ITEMSIZE = {"bfloat16": 2, "float16": 2, "float32": 4}
@@ -488,13 +542,14 @@ class FusedParams:
                     "FLASHRNN_CLUSTER": self.blocks_per_head, "FLASHRNN_R_SMEM": self.r_ktiles_in_smem,
                     "FLASHRNN_THREADS": self.threads_per_block, "FLASHRNN_SMEM_BYTES": self.smem_bytes}
         # (FLASHRNN_WHOLE_K and FLASHRNN_DMA_WARPS only where set: the other kernels keep the defines, and so the
-        # cache keys, they had)
+        # cache keys, they had; FLASHRNN_SAVE=0, last, makes the inference kernel)
         return {"FLASHRNN_D": self.D, "FLASHRNN_NBT": self.batch_ntiles, "FLASHRNN_PREFETCH": self.prefetch_steps,
                 "FLASHRNN_CLUSTER": self.blocks_per_head, "FLASHRNN_KSPLIT": self.k_split,
                 **({"FLASHRNN_WHOLE_K": 1} if self.whole_k else {}),
                 **({"FLASHRNN_DMA_WARPS": self.dma_warps} if self.dma_warps else {}),
                 "FLASHRNN_R_SMEM": self.r_ktiles_in_smem, "FLASHRNN_THREADS": self.threads_per_block,
-                "FLASHRNN_SMEM_BYTES": self.smem_bytes}
+                "FLASHRNN_SMEM_BYTES": self.smem_bytes,
+                **({"FLASHRNN_SAVE": 0} if self.direction == "inference" else {})}
 
     @property
     def stores_drs(self) -> bool:
@@ -603,7 +658,7 @@ def _resources(geo: Geometry, m: KernelModel, v: dict[str, Var]) -> tuple[Expr, 
     cells = u * nbt * own
     cell_values = cells * geo.live_per_cell + geo.x_per_cell * (cells - cells * late_x + late_x)
     # 16-byte pieces a thread copies a step: the streamed inputs into their stage and the staged outputs out.
-    copy_pieces = nbt * own * Fraction(geo.dims_per_warp * item * (geo.stream_in + geo.stream_out), 128)
+    copy_pieces = nbt * own * Fraction(geo.dims_per_warp * item * (geo.stream_in + geo.staged_out), 128)
     rest = (m.reg_base + m.reg_per_h * h_regs + m.reg_per_acc * acc_regs
             + m.reg_per_cell_value * cell_values + m.reg_per_copy * copy_pieces
             + m.reg_f32_per_cell * (split - 1) * cells + m.reg_ksplit * (ksplit - 1 - wholek)
@@ -625,7 +680,7 @@ def _resources(geo: Geometry, m: KernelModel, v: dict[str, Var]) -> tuple[Expr, 
     # KS*WARPS_D*MT*NBT*4*32 floats when KS == 2 splits K, none when KS == 1 or the warps run the whole K (ksplit is
     # 1 or 2, and wholek 1 only with ksplit 2: exact).
     part_bytes = (ksplit - 1 - wholek) * 2 * warps_d * nbt * (mt * 4 * 32 * 4)
-    out_bytes = 2 * geo.stream_out * bt * (db + pad) * item
+    out_bytes = 2 * geo.staged_out * bt * (db + pad) * item
     # mbarriers: two (one an h buffer) in a cluster; with DMA warps (clusters of 8+) three groups a buffer.
     bar_bytes = 16 * clustered + 32 * dma
     r_bytes = warps_d * ksplit * r_smem * split * mt * 512
@@ -825,7 +880,7 @@ def _step_terms(fp: FusedProblem, values: dict[str, int], wps: float, on_sm: int
     r_bw = warps * on_sm * r_smem * mt * geo.split * 512 / m.smem_bytes_per_cycle
     cells = geo.u * nbt * values["own"]
     cost = m.cells[geo.function]
-    exchange = _exchange_cycles(fp, values)
+    exchange = _exchange_cycles(fp, values, on_sm)
     if values.get("dma", 0):  # the exchange partly under the mma of the slices already there, and the waits
         exchange += m.dma_waits - m.dma_overlap * min(exchange, max(mma, r_bw))
     return {
@@ -845,7 +900,7 @@ def partials(values: dict[str, int]) -> bool:
     return values["ksplit"] > 1 and not values.get("wholek", 0)
 
 
-def _exchange_cycles(fp: FusedProblem, values: dict[str, int]) -> float:
+def _exchange_cycles(fp: FusedProblem, values: dict[str, int], on_sm: int = 1) -> float:
     """Moving h (or dg) between the blocks of a head each step: distributed shared memory in a cluster, a grid
     barrier (and global memory) in a cooperative grid; nothing for a head on one block."""
     geo, m, cluster = fp.geo, fp.model, values["cluster"]
@@ -853,8 +908,19 @@ def _exchange_cycles(fp: FusedProblem, values: dict[str, int]) -> float:
         return 0.0
     received = (cluster - 1) * geo.split * MMA_N * values["nbt"] * geo.kg * (geo.D // cluster) * 2
     if fp.hw.clusters:
-        return m.cluster_exchange + (cluster - 2) * m.cluster_per_peer + received / m.cluster_bytes_per_cycle
+        return cluster_exchange_cycles(m, fp.hw, cluster, received, on_sm, backward=geo.direction == "backward")
     return m.grid_sync + received / m.cluster_bytes_per_cycle
+
+
+def cluster_exchange_cycles(m: KernelModel, hw: Hardware, cluster: int, received: float, on_sm: int = 1,
+                            backward: bool = False) -> float:
+    """One step's exchange on a cluster of ``cluster`` blocks, each receiving ``received`` bytes, ``on_sm`` of
+    them sharing an SM (whose writes into its shared memory they share): the forward's constants, or the
+    backward's (``bw_cluster_*``, calibrated without the last two terms)."""
+    if backward:
+        return m.bw_cluster_exchange + (cluster - 2) * m.bw_cluster_per_peer + received / m.bw_cluster_bytes_per_cycle
+    return (m.cluster_exchange + (cluster - 2) * m.cluster_per_peer + on_sm * received / m.cluster_bytes_per_cycle
+            + (cluster > hw.max_cluster_portable) * m.cluster_nonportable)
 
 
 def _dram_cycles(fp: FusedProblem, values: dict[str, int], blocks_per_wave: float) -> float:
@@ -891,7 +957,7 @@ def _r_in_shared_memory_allowed(model: KernelModel, hw: Hardware, geo: Geometry)
     (REGISTER_FIT, last paragraph), and a D that the largest cluster splits evenly (its only cluster size: without
     this the stage is infeasible all the same, and explaining why searched it for up to a minute, D=160).
     float32 as 16-bit (since stop 29; both its bf16 slices, hi and lo, of a k-tile go to shared memory)."""
-    split_unit = hw.max_cluster * (geo.dims_per_warp if geo.direction == "forward" else MMA_M)
+    split_unit = hw.max_cluster * (MMA_M if geo.direction == "backward" else geo.dims_per_warp)
     return model.r_in_shared_memory and hw.clusters and geo.D % split_unit == 0
 
 
