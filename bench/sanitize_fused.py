@@ -54,7 +54,11 @@ class Problem:
     label: str  # the kernel variant's label
     params: Any = None  # the solver's choice that launches the variant (constrint.FusedParams), run pinned
     backward: bool = False  # run backward too (a backward variant)
-    save: bool = True  # a forward variant: False for the inference kernel (FLASHRNN_SAVE=0)
+
+    @property
+    def save(self) -> bool:
+        """False for the inference kernel (FLASHRNN_SAVE=0): its forward saves nothing."""
+        return self.params is None or self.params.direction != "inference"
 
 
 def variant_fields(spec: Any) -> dict[str, str]:
@@ -118,8 +122,7 @@ def find_problem(fused: Any, spec: Any, hardware: Any) -> Problem | str:
                 reason = launch  # e.g. a cluster variant on a GPU older than sm_90
             continue
         if launch.spec.entry == spec.entry and launch.spec.defines == spec.defines:
-            return Problem(function, dtype, B, n, D, spec.name(), launch.choice, direction == "backward",
-                           direction != "inference")
+            return Problem(function, dtype, B, n, D, spec.name(), launch.choice, direction == "backward")
     return f"{spec.name()}: {reason}"
 
 
