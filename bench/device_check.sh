@@ -21,6 +21,8 @@
 #   PHASE_ARGS="--cell lstm --variant base= --variant no_exchange=FLASHRNN_ABLATE_EXCHANGE;..." (stage "phases": a step's
 #     phases by clock64 and measurement knobs, bench/phase_clocks.py; ';' separates problems, printed at the end)
 #   PRECOMPILE_MATCH="slstm" (precompile only the variants whose label has these words: compile --match)
+#   PRECOMPILE_LINEINFO="--labels devfiles/new.txt" (the sanitizer's -lineinfo precompile's own selection, compile's
+#     --match/--labels arguments; default: PRECOMPILE_MATCH's)
 #   TUNE_ARGS="--cell lstm --N 48 --D 16 --direction forward --distinct --top-k 4;..." (stage "tune": the solver's
 #     candidates measured, python -m flashrnn_core.tune --no-store; ';' separates runs, tables printed at the end)
 set -uo pipefail
@@ -55,7 +57,7 @@ if [[ ${PRECOMPILE:-1} == 1 && ( " $STAGES " == *" tests "* || " $STAGES " == *"
     fi
     if [[ " $STAGES " == *" sanitizer "* ]]; then
         FLASHRNN_CORE_LINEINFO=1 timeout 240 python -m flashrnn_core.compile --arch "$ARCH" --jobs "$jobs" \
-            ${PRECOMPILE_MATCH:+--match "$PRECOMPILE_MATCH"} >"$OUT/precompile_lineinfo.log" 2>&1
+            ${PRECOMPILE_LINEINFO:-${PRECOMPILE_MATCH:+--match "$PRECOMPILE_MATCH"}} >"$OUT/precompile_lineinfo.log" 2>&1
     fi
     wait
     note 001 "precompile $ARCH (${SECONDS}s)" "$(tail -qn 1 "$OUT"/precompile*.log | tr '\n' ' ')"

@@ -39,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a source checkout
 from bench.shard import parse_shard, take_shard  # noqa: E402
-from flashrnn_core.compile import label_matches  # noqa: E402
+from flashrnn_core.compile import label_matches, read_labels  # noqa: E402
 
 T = 5
 
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         info = preset_for_cc(tuple(int(x) for x in args.cc.split("."))).with_(sm_count=args.sms)
     variants = fused.FusedBackend().kernel_variants()
     if args.labels:
-        wanted = {line.strip() for line in Path(args.labels).read_text().splitlines() if line.strip()}
+        wanted = read_labels(args.labels)
         variants = [s for s in variants if s.label in wanted]
     found = [find_problem(fused, s, info) for s in pick_families(variants, args.all or bool(args.labels))]
     problems = sorted((x for x in found if isinstance(x, Problem)), key=run_order)

@@ -114,6 +114,12 @@ def label_matches(label: str, match: str) -> bool:
     return all((w[1:] not in label) if w.startswith("~") else (w in label) for w in words)
 
 
+def read_labels(path: str) -> set[str]:
+    """The variant labels listed in a file, one a line as this command prints them (the kernels a change added)."""
+    with open(path, encoding="utf-8") as f:
+        return {line.strip() for line in f if line.strip()}
+
+
 def main(argv: list[str] | None = None) -> int:
     """The command; returns the exit status (0 all compiled and, with --check, within limits; 1 otherwise)."""
     parser = argparse.ArgumentParser(prog="python -m flashrnn_core.compile", description=__doc__.splitlines()[0])
@@ -123,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--match", default="", help="only variants whose label contains every comma-separated "
                         "word and none of those written ~word, e.g. 'slstm,bfloat16,~cluster' (while iterating "
                         "on one kernel)")
+    parser.add_argument("--labels", metavar="FILE", default=None,
+                        help="only the variants whose label is a line of FILE (the kernels a change added)")
     args = parser.parse_args(argv)
     archs = [a.strip() for a in args.arch.split(",") if a.strip()]
     try:
@@ -137,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot list the kernel variants: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
     variants = [spec for spec in variants if label_matches(spec.label, args.match)]
+    if args.labels:
+        wanted = read_labels(args.labels)
+        variants = [spec for spec in variants if spec.label in wanted]
     jobs = [(spec, arch) for arch in archs for spec in variants if sm_number(arch) >= spec.min_sm]
     print(f"{len(variants)} kernel variants, {len(jobs)} compiles for {', '.join(archs)}"
           + (f": {why_none}" if why_none else ""), flush=True)

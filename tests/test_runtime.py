@@ -363,6 +363,11 @@ def test_compile_command_fails_on_a_spill_and_prints_the_table(src, cache, monke
     rows = [line for line in out.splitlines() if line.startswith("spilling kernel")]
     assert len(rows) == 2 and all("spills" in row for row in rows)  # it spills for both architectures
     assert "3 ok, 2 failed; 4 compiled, 1 from the cache" in out  # "sm_90 only" is the same binary as SPEC
+    # --labels FILE: exactly the listed variants (the spilling one left out)
+    listed = cache.parent / "labels.txt"
+    listed.write_text(f"{SPEC.label}\n\nsm_90 only\n")
+    assert compile_cmd.main(["--arch", "sm_80,sm_90", "--check", "--jobs", "1", "--labels", str(listed)]) == 0
+    assert "2 kernel variants, 3 compiles for sm_80, sm_90" in capsys.readouterr().out
     monkeypatch.setattr(compile_cmd, "all_variants", lambda: (variants[:1], None))
     assert compile_cmd.main(["--arch", "sm_80,sm_90", "--check", "--jobs", "1"]) == 0
 
