@@ -683,6 +683,9 @@ def test_a_shape_no_stage_takes_is_explained_on_the_first():
     r = solve_fused(H100, "slstm", "bfloat16", 16, 1, 640, direction="backward")
     assert time.perf_counter() - start < 5
     assert not r and r.conflict and "registers" in r.reason
+    # in the constraints' names, not their polynomials over the model's variables (a user reads this)
+    assert r.reason.startswith("its limits conflict: ") and "*" not in r.reason and "/80" not in r.reason
+    assert all(name in r.reason for name in r.conflict)
     assert r.reason.endswith("(and none with a cluster a head or R in shared memory or a scatter cluster either)")
     assert "either" not in solve_fused(A100, "slstm", "bfloat16", 16, 1, 640, direction="backward").reason
 

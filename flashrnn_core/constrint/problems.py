@@ -1018,8 +1018,10 @@ def solve_fused(hardware: Hardware, function: str, dtype, B: int, N: int, D: int
                     candidate = params_from(ofp, found.values)
                     best = candidate if candidate.step_cycles < best.step_cycles else best
             return best
-    if not explain or len(stages) == 1:
+    if not explain:
         return result
+    if len(stages) == 1:
+        return _in_words(result)
     # Explained on the first stage, the plainest kernel: the later ones only add variables (clusters, R in shared
     # memory), and explaining them re-solves a large search dozens of times (lstm 1x768's backward: 213 s).
     first = build_fused(hardware, function, dtype, B, N, D, direction, stages[0]).problem.solve(explain=True)
@@ -1028,7 +1030,16 @@ def solve_fused(hardware: Hardware, function: str, dtype, B: int, N: int, D: int
                                    ("R in shared memory", any(s.r_in_shared_memory for s in stages[1:])),
                                    ("a scatter cluster", any(s.bw_scatter for s in stages[1:])))
              if on]
-    return Infeasible(first.conflict, f"{first.reason} (and none with {' or '.join(added)} either)", first.stats)
+    return _in_words(first, f" (and none with {' or '.join(added)} either)")
+
+
+def _in_words(found: Infeasible, tail: str = "") -> Infeasible:
+    """The conflict as the constraints' names alone ("registers per thread <= 255; K split evenly: ..."): the
+    solver's own reason spells each one out as a polynomial over the model's variables, which tells a user of
+    the kernel nothing (``fp.problem.solve()`` still gives it, for work on the model)."""
+    if not found.conflict:  # an empty domain, or not explained: the solver's sentence is already short
+        return Infeasible(found.conflict, found.reason + tail, found.stats)
+    return Infeasible(found.conflict, f"its limits conflict: {'; '.join(found.conflict)}{tail}", found.stats)
 
 
 def top_k(hardware: Hardware, function: str, dtype, B: int, N: int, D: int, k: int, direction: str = "forward",
