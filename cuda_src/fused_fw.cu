@@ -47,6 +47,8 @@
 //   instructions, "wait"/fixed-latency stalls first, the barrier second at 12%); (2) the outputs still cost
 //   ~160 (12 staging stores a thread, and the copy-out); (3) a step can be no shorter than the Wx load
 //   latency (~0.6 us) over prefetch-1 steps (1 ahead: elman 0.60 us a step; 3: 0.29), hence up to 8 ahead.
+//   (On a cluster, 4 or more ahead costs 20-35 cycles a step that 2 and 3 do not, not understood: the solver
+//   stages a cluster's Wx 3 ahead, constrint.problems.PREFETCH_ON_CLUSTERS.)
 //   With placeholder cells (libdevice tanhf and IEEE divisions) the same kernel took 2050 cycles: the cell
 //   math is issue-bound too, each instruction costing two issue slots of its scheduler.
 // ---- Addresses (stop 15; H200, bf16 B=16 T=1024, bench/results/2026-11-30-h200-reference*.json) ------------

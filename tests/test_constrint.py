@@ -536,9 +536,10 @@ def test_model_choices_follow_the_measurements():
     """What the H200 sweep of the 5277a5c kernels measured fastest (bench/results/2026-11-30-h200-sweep.json):
     at B=16 a 4-block cluster per head with k_split 2 for lstm 12x64 (0.444 ms against one block's 0.469) and
     sLSTM, one block for GRU and Elman, 8-sequence tiles while the blocks fit one wave, the deepest prefetch that
-    the chain hides (pf 4 and 8 measured alike); at B=256 one wave of wider tiles."""
+    the chain hides on one block (pf 4 and 8 measured alike) and 3 on a cluster (problems.PREFETCH_ON_CLUSTERS);
+    at B=256 one wave of wider tiles."""
     small = solve_fused(H200, "lstm", "bfloat16", 16, 12, 64)
-    assert (small.blocks_per_head, small.k_split, small.batch_tile, small.prefetch_steps) == (4, 2, 8, 8)
+    assert (small.blocks_per_head, small.k_split, small.batch_tile, small.prefetch_steps) == (4, 2, 8, 3)
     assert solve_fused(H200, "slstm", "bfloat16", 16, 12, 64).blocks_per_head == 4
     for function in ("gru", "elman"):
         one = solve_fused(H200, function, "bfloat16", 16, 12, 64)
@@ -967,6 +968,11 @@ FITTED = {("2026-11-30-h200-sweep.json", "forward"): 1.05, (INFERENCE_SWEEP, "fo
           (INFERENCE_SWEEP, "inference"): 1.05}
 
 
+#: No sweep measured prefetch 3: they replay with the depths they measured, a cluster's deeper ones priced as they
+#: were then (problems.PREFETCH_ON_CLUSTERS; test_cluster_prefetch_depth_follows_the_measurements checks the rest).
+MEASURED_DEPTHS = replace(problems.DEFAULT_MODEL, prefetches=(1, 2, 4, 8), cluster_deep_prefetch=0)
+
+
 @pytest.mark.parametrize("sweep_file,preset", SWEEPS)
 def test_solver_choice_within_10_percent_of_the_measured_sweep(preset, sweep_file):
     """Issue 7: for every shape of a sweep, the configuration the solver picks today, looked up among the
@@ -983,7 +989,7 @@ def test_solver_choice_within_10_percent_of_the_measured_sweep(preset, sweep_fil
         p = rows[0]["params"]
         direction = shape.get("shape", {}).get("direction", p["direction"])
         whole_k_measured = sweep_file in WHOLE_K_SWEEPS + (INFERENCE_SWEEP, CLUSTER_HOLDOUT_SWEEP)
-        model = problems.DEFAULT_MODEL if whole_k_measured else replace(problems.DEFAULT_MODEL, whole_k=(0,))
+        model = MEASURED_DEPTHS if whole_k_measured else replace(MEASURED_DEPTHS, whole_k=(0,))
         choice = solve_fused(getattr(hardware, preset), p["function"], p["dtype"], p["B"], p["N"], p["D"],
                              direction=direction, model=model)
         ms = measured.get(_config(choice.to_dict()))
@@ -992,6 +998,34 @@ def test_solver_choice_within_10_percent_of_the_measured_sweep(preset, sweep_fil
         bound = KNOWN_MISSES.get((sweep_file, shape["label"]), bound)
         assert ms <= bound * min(measured.values()), (shape["label"], _config(choice.to_dict()), ms,
                                                       min(measured.values()), bound)
+
+
+def test_cluster_prefetch_depth_follows_the_measurements():
+    """problems.PREFETCH_ON_CLUSTERS: six cluster geometries, each timed at prefetch 2, 3, 4 and/or 8 (the saving
+    forward pinned, H200). The depth the model prices cheapest for each measured within 2% of its fastest depth
+    (lstm 12x64's 4-block clusters: 3 hides the Wx load that 2 does not, and costs 4% less than 4 and 8); the
+    model without the deeper depths' term, which takes the deepest of equal estimates, missed by 4%."""
+    probe = json.loads((RESULTS / "phases/2026-12-02-h200-prefetch-clusters.json").read_text())
+    geometries: dict[tuple, dict[int, float]] = {}
+    for r in probe["rows"]:
+        key = (r["function"], r["B"], r["N"], r["D"], r["blocks_per_head"], r["k_split"], r["batch_ntiles"],
+               r["whole_k"])
+        geometries.setdefault(key, {})[r["prefetch_steps"]] = r["median_ms"]
+
+    def cheapest(model, key, depths):
+        function, B, N, D, cl, ks, nbt, wk = key
+        priced = {p: problems.assess(H200, function, "bfloat16", B, N, D, blocks_per_head=cl, k_split=ks,
+                                     batch_ntiles=nbt, whole_k=wk, prefetch_steps=p, model=model).step_cycles
+                  for p in depths}
+        return min(sorted(depths, reverse=True), key=priced.get)  # ties: the deepest, as the search prefers
+
+    worst_without = 1.0
+    for key, ms in geometries.items():
+        fastest = min(ms.values())
+        assert ms[cheapest(problems.DEFAULT_MODEL, key, ms)] <= 1.02 * fastest, (key, ms)
+        unpriced = replace(problems.DEFAULT_MODEL, cluster_deep_prefetch=0)
+        worst_without = max(worst_without, ms[cheapest(unpriced, key, ms)] / fastest)
+    assert worst_without > 1.035
 
 
 def _config(params: dict) -> tuple:

@@ -122,7 +122,7 @@ def test_forward_matches_vanilla(function, dtype_name, shape, poisoned):
 @pytest.mark.parametrize("function", list(CELLS))
 def test_every_forward_geometry_matches_vanilla(function, dtype_name, D, poisoned):
     """The solver picks one configuration a shape, but another GPU or ``python -m flashrnn_core.tune`` may pick any
-    it admits: every geometry (cluster, k split or whole-K warps, batch tile; at its deepest prefetch) of a small
+    it admits: every geometry (cluster, k split or whole-K warps, batch tile; at its cheapest prefetch) of a small
     head matches vanilla, and its inference twin gives the same states bit for bit. D = 16 has one k-tile (whole-K
     warps or none), D = 64 both kinds of k_split = 2 warps."""
     from flashrnn_core.constrint.hardware import current

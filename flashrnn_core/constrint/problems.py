@@ -52,7 +52,8 @@ from .solver import Expr, Infeasible, Problem, Var, divides, predicate
 #: 9: sLSTM's backward reads c and n of the previous states, not m (its saved v holds i and f): smaller stages.
 #: 10: the backward weighs the scatter-cluster kernel against a cluster kernel with R^T in shared memory.
 #: 11: the inference forward's own solve (direction "inference"); the forward's cluster exchange refitted.
-MODEL_VERSION = 11
+#: 12: prefetch 3, and a cluster's deeper prefetch priced (PREFETCH_ON_CLUSTERS); an admissible lower bound.
+MODEL_VERSION = 12
 
 MMA_M, MMA_N, MMA_K = 16, 8, 16  # mma.sync m16n8k16 (bf16/fp16 operands, float32 accumulators)
 
@@ -87,7 +88,7 @@ class KernelModel:
     #: Prefetch depths offered: powers of two (issue 5 measured 1 step ahead at 0.60 us a step, 2 at 0.33, 3 at
     #: 0.29, flat from there for lstm), so that the kernels the solver can pick stay few enough for CI to
     #: compile every one (``FusedBackend.kernel_variants``) and a sweep to measure every one.
-    prefetches: tuple[int, ...] = (1, 2, 4, 8)
+    prefetches: tuple[int, ...] = (1, 2, 3, 4, 8)  # 3: a cluster's (PREFETCH_ON_CLUSTERS)
     #: R's k-tiles may live partly in shared memory (Tile::RS in fused_fw.cu: the last k-tiles of every warp,
     #: one 16-byte load a lane per fragment each step) where R does not fit the registers: ``solve_fused``,
     #: ``top_k`` and ``all_feasible`` first look for launches with all of R in registers and only where there is
@@ -157,6 +158,8 @@ class KernelModel:
     cluster_per_peer: int = 13
     cluster_bytes_per_cycle: int = 15
     cluster_nonportable: int = 282
+    #: A cluster's step with Wx staged 4 or more steps ahead (PREFETCH_ON_CLUSTERS says what was measured).
+    cluster_deep_prefetch: int = 25
     #: The backward's exchange of drs (``backward.py``): the forward's constants before stop 35's refit, which the
     #: backward's were calibrated with (its choices stay until a backward sweep says otherwise).
     bw_cluster_exchange: int = 186
@@ -332,8 +335,33 @@ shape of the older sweeps within its bound as before (the backward's exchange ke
 inference 0.345 -> 0.321 ms, slstm 3x256 inference 0.706 -> 0.648, elman 3x256 0.490 -> 0.469 (saving 0.503 ->
 0.471), the rest within run-to-run spread. Fitting every forward constant on these sweeps (mean error 0.12 on
 this one) instead set output_store to 1 and broke gru 12x64 B=256 (1.24) and lstm 12x64 saving (1.21): not
-adopted. Left: on clusters prefetch 2 measures 2-7% faster than 4 or 8 (gru 3x256, elman 1x384, lstm 1x128),
-which the model (deeper prefetch never slower) cannot tell.
+adopted. Left then: on clusters prefetch 2 measures 2-7% faster than 4 or 8 (gru 3x256, elman 1x384, lstm 1x128),
+which the model (deeper prefetch never slower) could not tell: PREFETCH_ON_CLUSTERS.
+"""
+
+#: Why a cluster's Wx is staged 3 steps ahead (``KernelModel.prefetches`` has 3, ``cluster_deep_prefetch``):
+PREFETCH_ON_CLUSTERS = """
+Over the sweeps of stop 35 (bench/results/constrint/2026-12-02-h200-sweep-*.json), a cluster geometry at prefetch 4
+measured as slow as at 8 and, where two steps of it outlast the Wx load (measured steps above ~900 cycles), 20
+cycles a step slower than at 2 (median of 238 pairs); a one-block geometry showed no such cost (median -8 over 34).
+Phase clocks (bench/results/phases/2026-12-02-h200-prefetch-and-slstm-phases.txt: gru 3x256 and lstm 1x128, 8-block
+clusters, prefetch 8 against 2) put it in the step's wait for h (which holds a cluster's copies, Tile::EARLY_COPIES)
+and in its cells, 13-18 and 15 cycles each; the copies' own reads of Wx did not move. Why the deeper ring costs
+there is not understood (the copies issued a step and the bytes in flight are the same at any depth that hides the
+load). Prefetch 3 was then measured on six geometries (bench/results/phases/2026-12-02-h200-prefetch-clusters.json,
+the saving forward pinned): it costs what 2 does and hides the load where 2 does not: lstm 12x64 (4-block clusters,
+whole-K) 0.380 / 0.339 / 0.353 / 0.353 ms at prefetch 2 / 3 / 4 / 8, slstm 12x64 0.398 / 0.377 / 0.391 / 0.391,
+gru 3x256 0.592 / 0.594 / - / 0.605, elman 3x256 0.461 / 0.465 / - / 0.472, lstm 1x128 0.438 / 0.441 / - / 0.459,
+lstm 3x256 0.693 / 0.690 / - / 0.690. So 3 is among the depths, and a cluster's compute warps pay
+``cluster_deep_prefetch`` (25 cycles: the 20-35 measured) a step at 4 and 8: the solver stages a cluster's Wx 3
+steps ahead wherever 3 hides its load (wx_latency / 3, 484 cycles, below the step). Cooperative grids and DMA-warp
+kernels (Tile::DMA: their own warps issue the copies) were not measured and keep their depths. Estimated before the
+reference run from the probes: lstm and slstm 12x64 saving -4%, gru and elman 3x256 -2%. Measured (H200 bf16 B=16
+T=1024, the reference suite, bench/results/2026-12-02-h200-reference-4db4578-p3.json, against 235cecf's): saving
+forward lstm 12x64 0.353 -> 0.338 ms, slstm 12x64 0.391 -> 0.374, gru 3x256 0.603 -> 0.587, elman 3x256 0.471 ->
+0.460; inference slstm 12x64 0.364 -> 0.342 (its 4-block clusters), gru 3x256 0.586 -> 0.564, elman 3x256 0.469 ->
+0.460; lstm 3x256 and the 1x768 rows within the machine's spread. The older sweeps never measured prefetch 3: they
+replay with the depths they measured, priced as before (tests/test_constrint.py).
 """
 
 
@@ -892,7 +920,15 @@ def _step_terms(fp: FusedProblem, values: dict[str, int], wps: float, on_sm: int
         "outputs": m.output_store * geo.stream_out * cells * wps,
         "skeleton": m.skeleton_latency + m.skeleton_issue * wps,
         "exchange": exchange,
+        "deep_prefetch": m.cluster_deep_prefetch if _deep_prefetch_priced(fp, values) else 0,
     }
+
+
+def _deep_prefetch_priced(fp: FusedProblem, values: dict[str, int]) -> bool:
+    """Whether the step pays ``cluster_deep_prefetch``: the compute warps of a cluster (not a cooperative grid's
+    blocks, nor a kernel whose DMA warps issue the copies: neither was measured) staging Wx 4 or more steps
+    ahead."""
+    return fp.hw.clusters and values["cluster"] > 1 and not values.get("dma", 0) and values["prefetch"] > 3
 
 
 def partials(values: dict[str, int]) -> bool:
@@ -935,18 +971,23 @@ def _objective(fp: FusedProblem, values: dict[str, int]) -> float:
 
 
 def _lower_bound(fp: FusedProblem, box: dict[str, tuple[int, int]]) -> float:
-    """Admissible: once the block shape (cluster, ksplit, nbt) is fixed, the estimate at the deepest prefetch
-    and the fewest R k-tiles in shared memory left, with every block resident (one wave, one block an SM);
-    0 before that. The estimate only grows with shallower prefetch, more R in shared memory, or more waves."""
+    """Admissible: once the block shape (cluster, ksplit, nbt) is fixed, no leaf of ``box`` estimates below it;
+    0 before that. Its step is the estimate's at the deepest prefetch and the fewest R k-tiles in shared memory
+    left, with one block an SM (more blocks sharing an SM only add warps a scheduler and slices to take in), less
+    a cluster's deep_prefetch term (a shallower prefetch may save it); its waves are the fewest, every block an SM
+    can hold resident; and no leaf streams its inputs and outputs faster than DRAM takes all of them at once.
+    (Waves and step from one residency, every block an SM can hold, was not admissible: a multi-wave float32
+    lstm B=256 12x512 estimated 219480 cycles there against a leaf's 208320, and the search pruned that leaf.)"""
     if any(box[k][0] != box[k][1] for k in ("cluster", "ksplit", "wholek", "dma", "nbt", "warps_d", "ktw", "own")):
         return 0.0
     values = {k: lo for k, (lo, hi) in box.items()}
     values["prefetch"] = box["prefetch"][1]
     values["late_x"] = box["late_x"][0]
     values["clustered"] = box["clustered"][0]
-    per_sm_all = fp.hw.max_blocks_per_sm
-    e = estimate(fp, values, resident=per_sm_all)
-    return e["total"]
+    one = estimate(fp, values, resident=1)
+    fewest_waves = _occupancy(fp, values, fp.hw.max_blocks_per_sm)["waves"]
+    all_at_once = _dram_cycles(fp, values, one["blocks"])
+    return max(fewest_waves * (one["step"] - one.get("deep_prefetch", 0.0)), all_at_once)
 
 
 # ---------------------------------------------------------------------------------------------- solving
