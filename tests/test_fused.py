@@ -323,6 +323,40 @@ def test_every_choice_fits_a_block():
                         assert launch.choice.registers_estimate <= launch.choice.register_cap
 
 
+@pytest.fixture
+def small_variant_grid(monkeypatch, tmp_path):
+    """solver_variants over one D, B and N, in an empty cache directory; its in-process cache cleared before and
+    after (so the full list is solved again, or read from disk, by the next test that asks)."""
+    monkeypatch.setenv("FLASHRNN_CORE_CACHE", str(tmp_path))
+    for name, value in (("VARIANT_DIMS", (32,)), ("VARIANT_BATCHES", (16,)), ("VARIANT_HEADS", (1,))):
+        monkeypatch.setattr(fused, name, value)
+    fused.solver_variants.cache_clear()
+    yield tmp_path
+    fused.solver_variants.cache_clear()
+
+
+def test_variant_list_is_kept_on_disk(small_variant_grid, monkeypatch):
+    """A process that lists the kernels reads the list another one solved (~85 s of solves), the same kernels in
+    the same order; an unreadable file is a miss, and another grid (or package source) another file."""
+    solved = fused.solver_variants()
+    path = fused.variants_path()
+    assert solved and path.is_file() and path.parent == small_variant_grid / fused.VARIANTS_DIR
+
+    def no_solving():
+        raise AssertionError("solved again: the list on disk was not read")
+
+    fused.solver_variants.cache_clear()
+    with monkeypatch.context() as m:
+        m.setattr(fused, "_solve_variant_choices", no_solving)
+        assert fused.solver_variants() == solved
+    path.write_text("{not json")
+    fused.solver_variants.cache_clear()
+    assert fused.solver_variants() == solved  # solved again, and stored again
+    assert fused._read_variant_choices(path) is not None
+    monkeypatch.setattr(fused, "VARIANT_DIMS", (48,))
+    assert fused.variants_path() != path
+
+
 def test_kernel_variants_are_the_solver_choices():
     """The variants are exactly the distinct kernels (forward, inference and backward) the solver picks on the CI
     presets (a sample of shapes re-solved here must each be listed, built for the oldest preset that picks it)."""

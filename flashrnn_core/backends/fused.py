@@ -35,9 +35,12 @@ Variable lengths: both kernels take ``problem.lengths`` (None: a null pointer); 
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,6 +48,7 @@ import numpy as np
 from .. import _arrays
 from ..constrint import A100, H100, FusedParams, Hardware, Infeasible, solve_fused, tuning
 from ..constrint.problems import DIRECTIONS
+from ..runtime.env import atomic_write, cache_dir
 from .base import Backend
 
 SOURCE, ENTRY = "fused_fw.cu", "flashrnn_fused_fw"
@@ -152,21 +156,65 @@ def choose(function: str, dtype, B: int, N: int, D: int, hardware: Hardware | No
 @lru_cache(maxsize=1)
 def solver_variants() -> tuple[Any, ...]:
     """The distinct kernels (forward, inference and backward) the solver chooses over ``VARIANT_HARDWARE`` x
-    cells x storage dtypes x ``VARIANT_DIMS`` x ``VARIANT_BATCHES`` x ``VARIANT_HEADS`` (~27000 solves, ~45 s
-    once a process: infeasible shapes are not explained). Each one's ``min_sm`` is the oldest preset the solver picks
-    it on (at least what the kernel needs), so that ``compile --check`` builds it only for architectures that
-    can launch it."""
+    cells x storage dtypes x ``VARIANT_DIMS`` x ``VARIANT_BATCHES`` x ``VARIANT_HEADS`` (~27000 solves, 80-90 s:
+    infeasible shapes are not explained), kept on disk between processes (``VARIANTS_DIR``). Each one's ``min_sm``
+    is the oldest preset the solver picks it on (at least what the kernel needs), so that ``compile --check``
+    builds it only for architectures that can launch it."""
+    path = variants_path()
+    chosen = _read_variant_choices(path)
+    if chosen is None:
+        chosen = _solve_variant_choices()
+        text = json.dumps({"variants": [{"params": p.to_dict(), "sm": sm} for p, sm in chosen]})
+        try:
+            atomic_write(path, text)
+        except OSError:  # an unwritable cache directory: the next process solves again
+            pass
+    specs = ((launch_of(params).spec, sm) for params, sm in chosen)
+    return tuple(replace(spec, min_sm=max(spec.min_sm, sm)) for spec, sm in specs)
+
+
+#: ``<cache directory>/variants/<digest>.json``: ``solver_variants`` of the package as it is. Each process that
+#: lists the kernels (``compile``, the sanitizer's problems, the tests) paid the solves: on the GPU machine three
+#: or four a call, minutes of its time.
+VARIANTS_DIR = "variants"
+
+
+def variants_path() -> Path:
+    """Where ``solver_variants`` is kept: named by a digest of everything the list follows from, the package's
+    Python sources (the solver, its model, the cells, ``launch_of``) and the grid solved over, so that any change
+    to them is a miss, never a stale list."""
+    digest = hashlib.sha256()
+    package = Path(__file__).resolve().parent.parent
+    for source in sorted(package.rglob("*.py")):
+        digest.update(source.relative_to(package).as_posix().encode() + b"\0" + source.read_bytes())
+    grid = (DIRECTIONS, VARIANT_HARDWARE, sorted(STORAGE_TYPES.values()), VARIANT_DIMS, VARIANT_BATCHES, VARIANT_HEADS)
+    digest.update(repr(grid).encode())
+    return cache_dir() / VARIANTS_DIR / f"{digest.hexdigest()[:24]}.json"
+
+
+def _solve_variant_choices() -> list[tuple[FusedParams, int]]:
+    """One solver choice per distinct kernel, with the oldest preset's sm that picks it, in the order found."""
     from ..cells import CELLS
 
-    oldest: dict[Any, int] = {}  # insertion-ordered: spec -> oldest sm the solver picks it on
+    oldest: dict[Any, tuple[FusedParams, int]] = {}  # insertion-ordered: spec -> (a choice of it, oldest sm)
     for direction, hw, function, dtype, D, B, N in itertools.product(
             DIRECTIONS, VARIANT_HARDWARE, CELLS, STORAGE_TYPES, VARIANT_DIMS, VARIANT_BATCHES, VARIANT_HEADS):
         choice = solve_fused(hw, function, _arrays.dtype_name(dtype), B, N, D, direction=direction, explain=False)
         if isinstance(choice, Infeasible):
             continue
         spec = launch_of(choice).spec
-        oldest[spec] = min(oldest.get(spec, hw.sm), hw.sm)
-    return tuple(replace(spec, min_sm=max(spec.min_sm, sm)) for spec, sm in oldest.items())
+        first, sm = oldest.get(spec, (choice, hw.sm))
+        oldest[spec] = (first, min(sm, hw.sm))
+    return list(oldest.values())
+
+
+def _read_variant_choices(path: Path) -> list[tuple[FusedParams, int]] | None:
+    """``solver_variants``' choices from ``path``; None where it is missing or unreadable (a miss)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [(FusedParams.from_dict(v["params"]), int(v["sm"])) for v in json.load(f)["variants"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _empty(shape, dtype):

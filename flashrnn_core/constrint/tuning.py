@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -95,26 +93,13 @@ def store(hardware: Hardware, function: str, dtype, B: int, N: int, D: int, para
     entry: dict[str, Any] = {"key": k, "params": params.to_dict(), "source": source, "note": note}
     if measured_us is not None:
         entry["measured_us"] = float(measured_us)
+    from ..runtime.env import atomic_write
+
     try:
-        _atomic_write(path, json.dumps(entry, indent=1, sort_keys=True))
+        atomic_write(path, json.dumps(entry, indent=1, sort_keys=True))
     except OSError:
         return None
     return path
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 #: Solver results of this process, by (hardware, cell, dtype, B, N, D, direction): every launch of the fused
