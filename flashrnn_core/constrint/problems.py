@@ -348,7 +348,8 @@ Phase clocks (bench/results/phases/2026-12-02-h200-prefetch-and-slstm-phases.txt
 clusters, prefetch 8 against 2) put it in the step's wait for h (which holds a cluster's copies, Tile::EARLY_COPIES)
 and in its cells, 13-18 and 15 cycles each; the copies' own reads of Wx did not move. Why the deeper ring costs
 there is not understood (the copies issued a step and the bytes in flight are the same at any depth that hides the
-load). Prefetch 3 was then measured on six geometries (bench/results/phases/2026-12-02-h200-prefetch-clusters.json,
+load; and not the code: NVRTC's PTX of lstm 12x64's 4-block kernel at prefetch 3 and 4 differs in 6 instructions of
+the stage ring's index arithmetic). Prefetch 3 was then measured on six geometries (bench/results/phases/2026-12-02-h200-prefetch-clusters.json,
 the saving forward pinned): it costs what 2 does and hides the load where 2 does not: lstm 12x64 (4-block clusters,
 whole-K) 0.380 / 0.339 / 0.353 / 0.353 ms at prefetch 2 / 3 / 4 / 8, slstm 12x64 0.398 / 0.377 / 0.391 / 0.391,
 gru 3x256 0.592 / 0.594 / - / 0.605, elman 3x256 0.461 / 0.465 / - / 0.472, lstm 1x128 0.438 / 0.441 / - / 0.459,
