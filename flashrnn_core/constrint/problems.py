@@ -87,8 +87,9 @@ class KernelModel:
     max_nbt: int = 4  # widest batch tile, in n-tiles of 8: fused_fw.cu gives each of the tile's rows a lane (<= 32)
     #: Prefetch depths offered: powers of two (issue 5 measured 1 step ahead at 0.60 us a step, 2 at 0.33, 3 at
     #: 0.29, flat from there for lstm), so that the kernels the solver can pick stay few enough for CI to
-    #: compile every one (``FusedBackend.kernel_variants``) and a sweep to measure every one.
-    prefetches: tuple[int, ...] = (1, 2, 3, 4, 8)  # 3: a cluster's (PREFETCH_ON_CLUSTERS)
+    #: compile every one (``FusedBackend.kernel_variants``) and a sweep to measure every one; and 3, a cluster's
+    #: (PREFETCH_ON_CLUSTERS: deeper costs it a little, and 3 hides the load where 2 does not).
+    prefetches: tuple[int, ...] = (1, 2, 3, 4, 8)
     #: R's k-tiles may live partly in shared memory (Tile::RS in fused_fw.cu: the last k-tiles of every warp,
     #: one 16-byte load a lane per fragment each step) where R does not fit the registers: ``solve_fused``,
     #: ``top_k`` and ``all_feasible`` first look for launches with all of R in registers and only where there is
@@ -349,8 +350,9 @@ clusters, prefetch 8 against 2) put it in the step's wait for h (which holds a c
 and in its cells, 13-18 and 15 cycles each; the copies' own reads of Wx did not move. Why the deeper ring costs
 there is not understood (the copies issued a step and the bytes in flight are the same at any depth that hides the
 load; and not the code: NVRTC's PTX of lstm 12x64's 4-block kernel at prefetch 3 and 4 differs in 6 instructions of
-the stage ring's index arithmetic). Prefetch 3 was then measured on six geometries (bench/results/phases/2026-12-02-h200-prefetch-clusters.json,
-the saving forward pinned): it costs what 2 does and hides the load where 2 does not: lstm 12x64 (4-block clusters,
+the stage ring's index arithmetic). Prefetch 3 was then measured on six geometries (the saving forward pinned,
+bench/results/phases/2026-12-02-h200-prefetch-clusters.json): it costs what 2 does and hides the load where 2 does
+not: lstm 12x64 (4-block clusters,
 whole-K) 0.380 / 0.339 / 0.353 / 0.353 ms at prefetch 2 / 3 / 4 / 8, slstm 12x64 0.398 / 0.377 / 0.391 / 0.391,
 gru 3x256 0.592 / 0.594 / - / 0.605, elman 3x256 0.461 / 0.465 / - / 0.472, lstm 1x128 0.438 / 0.441 / - / 0.459,
 lstm 3x256 0.693 / 0.690 / - / 0.690. So 3 is among the depths, and a cluster's compute warps pay
@@ -361,8 +363,9 @@ reference run from the probes: lstm and slstm 12x64 saving -4%, gru and elman 3x
 T=1024, the reference suite, bench/results/2026-12-02-h200-reference-4db4578-p3.json, against 235cecf's): saving
 forward lstm 12x64 0.353 -> 0.338 ms, slstm 12x64 0.391 -> 0.374, gru 3x256 0.603 -> 0.587, elman 3x256 0.471 ->
 0.460; inference slstm 12x64 0.364 -> 0.342 (its 4-block clusters), gru 3x256 0.586 -> 0.564, elman 3x256 0.469 ->
-0.460; lstm 3x256 and the 1x768 rows within the machine's spread. The older sweeps never measured prefetch 3: they
-replay with the depths they measured, priced as before (tests/test_constrint.py).
+0.460; lstm 3x256 and the 1x768 rows within the machine's spread (that run priced the DMA-warp kernels alike, and
+lstm 1x768 ran at prefetch 3: 1.981 ms against prefetch 4's 1.990 at 235cecf, which it runs again). The older sweeps
+never measured prefetch 3: they replay with the depths they measured, priced as before (tests/test_constrint.py).
 """
 
 
