@@ -1026,6 +1026,14 @@ def test_cluster_prefetch_depth_follows_the_measurements():
         unpriced = replace(problems.DEFAULT_MODEL, cluster_deep_prefetch=0)
         worst_without = max(worst_without, ms[cheapest(unpriced, key, ms)] / fastest)
     assert worst_without > 1.035
+    # DMA-warp kernels (their own warps issue the copies) were not measured: priced alike at every depth, and
+    # lstm 1x768 keeps the depth the reference runs measured (4).
+    dma = solve_fused(H200, "lstm", "bfloat16", 16, 1, 768)
+    assert dma.dma_warps and dma.prefetch_steps == 4
+    priced = {p: problems.assess(H200, "lstm", "bfloat16", 16, 1, 768, blocks_per_head=16, k_split=dma.k_split,
+                                 prefetch_steps=p, r_ktiles_in_smem=dma.r_ktiles_in_smem,
+                                 dma_warps=dma.dma_warps).step_cycles for p in (3, 4)}
+    assert priced[3] == priced[4]
 
 
 def _config(params: dict) -> tuple:

@@ -358,7 +358,8 @@ gru 3x256 0.592 / 0.594 / - / 0.605, elman 3x256 0.461 / 0.465 / - / 0.472, lstm
 lstm 3x256 0.693 / 0.690 / - / 0.690. So 3 is among the depths, and a cluster's compute warps pay
 ``cluster_deep_prefetch`` (25 cycles: the 20-35 measured) a step at 4 and 8: the solver stages a cluster's Wx 3
 steps ahead wherever 3 hides its load (wx_latency / 3, 484 cycles, below the step). Cooperative grids and DMA-warp
-kernels (Tile::DMA: their own warps issue the copies) were not measured and keep their depths. Estimated before the
+kernels (Tile::DMA: their own warps issue the copies) were not measured and keep their depths (the backward's
+depths, ``bw_prefetches``, stop at 3 already: measured best there). Estimated before the
 reference run from the probes: lstm and slstm 12x64 saving -4%, gru and elman 3x256 -2%. Measured (H200 bf16 B=16
 T=1024, the reference suite, bench/results/2026-12-02-h200-reference-4db4578-p3.json, against 235cecf's): saving
 forward lstm 12x64 0.353 -> 0.338 ms, slstm 12x64 0.391 -> 0.374, gru 3x256 0.603 -> 0.587, elman 3x256 0.471 ->
