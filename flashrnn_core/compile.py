@@ -1,6 +1,7 @@
 """Precompile every kernel variant and check its resources: ``python -m flashrnn_core.compile``.
 
     python -m flashrnn_core.compile --arch sm_80,sm_90 [--check] [--jobs N]
+    python -m flashrnn_core.compile --arch sm_90 --list > labels.txt   # the variants' labels, nothing compiled
 
 Compiles, into the kernel cache, every variant any backend can launch (``backends.all_kernel_variants()``)
 for each architecture; no GPU is needed. With ``--check`` it fails (exit 1) on any spill, more than 255
@@ -131,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
                         "on one kernel)")
     parser.add_argument("--labels", metavar="FILE", default=None,
                         help="only the variants whose label is a line of FILE (the kernels a change added)")
+    parser.add_argument("--list", action="store_true",
+                        help="print the labels of the variants built for these architectures, one a line, and "
+                             "compile nothing (the list of two commits, compared, is what a change added)")
     args = parser.parse_args(argv)
     archs = [a.strip() for a in args.arch.split(",") if a.strip()]
     try:
@@ -149,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         wanted = read_labels(args.labels)
         variants = [spec for spec in variants if spec.label in wanted]
     jobs = [(spec, arch) for arch in archs for spec in variants if sm_number(arch) >= spec.min_sm]
+    if args.list:
+        print("\n".join(sorted({spec.label for spec, _ in jobs})))
+        return 0
     print(f"{len(variants)} kernel variants, {len(jobs)} compiles for {', '.join(archs)}"
           + (f": {why_none}" if why_none else ""), flush=True)
     start = time.perf_counter()

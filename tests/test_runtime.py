@@ -368,6 +368,9 @@ def test_compile_command_fails_on_a_spill_and_prints_the_table(src, cache, monke
     listed.write_text(f"{SPEC.label}\n\nsm_90 only\n")
     assert compile_cmd.main(["--arch", "sm_80,sm_90", "--check", "--jobs", "1", "--labels", str(listed)]) == 0
     assert "2 kernel variants, 3 compiles for sm_80, sm_90" in capsys.readouterr().out
+    # --list: the labels built for these architectures, sorted, one a line, nothing compiled
+    assert compile_cmd.main(["--arch", "sm_80", "--list"]) == 0
+    assert capsys.readouterr().out.splitlines() == sorted([SPEC.label, SPILL_SPEC.label])
     monkeypatch.setattr(compile_cmd, "all_variants", lambda: (variants[:1], None))
     assert compile_cmd.main(["--arch", "sm_80,sm_90", "--check", "--jobs", "1"]) == 0
 

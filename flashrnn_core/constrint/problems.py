@@ -1151,7 +1151,7 @@ def assess(hardware: Hardware, function: str, dtype, B: int, N: int, D: int, *, 
         fp.problem.add(fp.v[name] == value, name=f"given {name} = {value}")
     result = fp.problem.solve()
     if isinstance(result, Infeasible):
-        return result
+        return _in_words(result)
     return params_from(fp, result.values)
 
 
