@@ -968,9 +968,15 @@ FITTED = {("2026-11-30-h200-sweep.json", "forward"): 1.05, (INFERENCE_SWEEP, "fo
           (INFERENCE_SWEEP, "inference"): 1.05}
 
 
-#: No sweep measured prefetch 3: they replay with the depths they measured, a cluster's deeper ones priced as they
-#: were then (problems.PREFETCH_ON_CLUSTERS; test_cluster_prefetch_depth_follows_the_measurements checks the rest).
-MEASURED_DEPTHS = replace(problems.DEFAULT_MODEL, prefetches=(1, 2, 4, 8), cluster_deep_prefetch=0)
+def at_measured_depths(model: problems.KernelModel, rows: list[dict]) -> problems.KernelModel:
+    """``model`` offering only the forward prefetch depths a sweep's ``rows`` measured; one that never measured 3
+    (those before problems.PREFETCH_ON_CLUSTERS) prices a cluster's deeper depths as the model did then, since
+    without 3 the term would steer clusters to 2 where 2 does not hide the load
+    (test_cluster_prefetch_depth_follows_the_measurements checks the term on its own measurements)."""
+    depths = tuple(sorted({r["params"]["prefetch_steps"] for r in rows}))
+    if 3 in depths or rows[0]["params"]["direction"] == "backward":
+        return model
+    return replace(model, prefetches=tuple(p for p in model.prefetches if p in depths), cluster_deep_prefetch=0)
 
 
 @pytest.mark.parametrize("sweep_file,preset", SWEEPS)
@@ -989,7 +995,8 @@ def test_solver_choice_within_10_percent_of_the_measured_sweep(preset, sweep_fil
         p = rows[0]["params"]
         direction = shape.get("shape", {}).get("direction", p["direction"])
         whole_k_measured = sweep_file in WHOLE_K_SWEEPS + (INFERENCE_SWEEP, CLUSTER_HOLDOUT_SWEEP)
-        model = MEASURED_DEPTHS if whole_k_measured else replace(MEASURED_DEPTHS, whole_k=(0,))
+        model = problems.DEFAULT_MODEL if whole_k_measured else replace(problems.DEFAULT_MODEL, whole_k=(0,))
+        model = at_measured_depths(model, rows)
         choice = solve_fused(getattr(hardware, preset), p["function"], p["dtype"], p["B"], p["N"], p["D"],
                              direction=direction, model=model)
         ms = measured.get(_config(choice.to_dict()))
