@@ -9,6 +9,11 @@
 #pragma once
 #include "common/activations.cuh"
 
+// Measurement knob (bench/phase_clocks.py --variant): 0 divides by den, scale and U with a reciprocal each.
+#ifndef FLASHRNN_SLSTM_SHARED_RCP
+#define FLASHRNN_SLSTM_SHARED_RCP 1
+#endif
+
 namespace flashrnn {
 
 struct SlstmCell {
@@ -25,7 +30,9 @@ struct SlstmCell {
     // and h = sigma(o_raw) num / den. u and E are independent, so h is two MUFU ops deep (u and E, then 1/den)
     // where the gates' own formula makes it four (exp, log, exp, 1/n). log U is needed only for the state m, off h's chain.
     // E is capped at exp(A_MAX) when m = lf (then i = U / E: below float32's resolution against f = 1 long before
-    // the cap), so that E c_prev and E n_prev stay finite; at a fresh state it is not, as in SPEC's formula.
+    // the cap), so that E c_prev and E n_prev stay finite; at a fresh state it is not, as in SPEC's formula. 30 (not
+    // the 40 it was): den scale U, one reciprocal's argument, must stay normal (below). The cap's i, U / E <= 2e-13
+    // where the true one is smaller, moves c / n by at most that a step (1.3e-8 over 65536 steps).
     // Estimated before measuring (stop 20): two MUFU latencies and their FP ops off a latency-bound step, ~50-70
     // cycles: 12x64 ~870 -> ~810 cycles a step (0.484 -> ~0.45 ms at T=1024); the backward's ~2000 by as much;
     // at 1x768, where the cells overlap the exchange, about nothing (one MUFU op more: log U and 1/scale against
@@ -36,7 +43,7 @@ struct SlstmCell {
     //   took the 12x64 backward from 1.11 to 1.20 ms and 48x16's from 0.51 to 0.54: that step is issue-bound, not
     //   latency-bound, and the form's selects and products cost more issue slots than the MUFU op it saves. The
     //   backward now reads i and f from the saved v instead (no transcendental op for them at all).
-    static constexpr float A_MAX = 40.f;
+    static constexpr float A_MAX = 30.f;
 
     __device__ __forceinline__ static void forward(const float (&x)[GW], const float (&rs)[GR], const float (&b)[GB],
                                                    const float (&s_prev)[S], float (&s)[S], float (&saved)[NSAVED]) {
@@ -72,15 +79,36 @@ struct SlstmCell {
         const float scale = fmaxf(E_scale, U);
         const float num = fmaf(E, s_prev[1], U * act_tanh(saved[2]));
         const float den = fmaxf(fmaf(E, n_prev, U), E_scale);
+#if FLASHRNN_SLSTM_SHARED_RCP
+        // One reciprocal for the three the step divides by: r = 1 / (den scale U), then 1/den = scale U r,
+        // 1/scale = den U r, 1/U = den scale r (U only for the saving forward's sigma(-f_raw); its product is off
+        // h's chain, which gains one FMUL and loses one MUFU op). The product stays a normal float while den scale
+        // U < 2^126: den <= E (n_prev + 2), scale <= E, U <= 2 with E <= exp(A_MAX) = 1.1e13, so for n_prev up to
+        // ~1e11 (n grows by at most 1 a step from its initial value).
+        // Estimated before measuring: the 48x16 step (one cell a thread, one warp a scheduler) has 7-8 MUFU ops a
+        // cell at 8 cycles of a scheduler's MUFU pipe each: ~8-16 cycles a step fewer (2-4%), twice that for the
+        // saving forward (8 -> 6). Measured (H200 bf16 B=16 T=1024, phase_clocks A/B in one process,
+        // bench/results/phases/2026-12-02-h200-slstm-rcp.txt): saving forward 48x16 0.216 -> 0.212 ms, 12x64 0.374
+        // -> 0.372; inference 0.197 -> 0.197 and 0.342 -> 0.344. So the MUFU pipe is not what limits the step: its
+        // dependent chains are. The same run took log(1 + u) off the MUFU pipe (a degree-7 polynomial, 8 FMA):
+        // 48x16 0.212 -> 0.240 ms, 12x64 0.372 -> 0.410, 3x256 0.722 -> 0.778. Eight dependent FMA (~32 cycles)
+        // where lg2 is one op made m's chain the longest before the step's barrier, which a warp reaches only once
+        // it has issued everything before it, in order: a chain ahead of the barrier costs its latency.
+        const float scale_U = scale * U, den_U = den * U;
+        const float r = act_rcp(den * scale_U);
+        s[0] = act_sigmoid_sum(rs[3], xb[3]) * num * (scale_U * r);
+        const float r_scale = den_U * r, r_U = den * scale * r;
+#else
         s[0] = act_sigmoid_sum(rs[3], xb[3]) * num * act_rcp(den);
-        const float r_scale = act_rcp(scale);
+        const float r_scale = act_rcp(scale), r_U = act_rcp(U);
+#endif
         s[1] = num * r_scale;
         s[2] = den * r_scale;
         s[3] = m_is_i ? i_raw : fminf(f_raw, 0.f) - act_log1p(u) + s_prev[3];  // lf = log sigma(f_raw) + m_prev
         // The backward's gates: i = U / scale, f = E / scale, one of them 1 (v's sign says which); and
         // sigma(-f_raw) = (f_raw > 0 ? u : 1) / U (from u: no cancellation in either tail).
         saved[0] = m_is_i ? E * r_scale : -(U * r_scale);
-        saved[1] = (f_raw > 0.f ? u : 1.f) * act_rcp(U);
+        saved[1] = (f_raw > 0.f ? u : 1.f) * r_U;
     }
 
     __device__ __forceinline__ static void backward(const float (&ds)[S], const float (&s_prev)[S],
