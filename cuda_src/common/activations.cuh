@@ -8,9 +8,6 @@
 #ifndef FLASHRNN_FAST_ACTIVATIONS
 #define FLASHRNN_FAST_ACTIVATIONS 0
 #endif
-#ifndef FLASHRNN_LOG1P_POLY
-#define FLASHRNN_LOG1P_POLY 1
-#endif
 
 namespace flashrnn {
 
@@ -68,28 +65,8 @@ FLASHRNN_ACTIVATION(act_exp2, ex2_approx(x), exp2f(x))
 // 40% over LSTM).
 FLASHRNN_ACTIVATION(act_rcp, rcp_approx(x), 1.f / x)
 
-// log(1 + x) for x in [0, 1] on the FMA pipe: x + x^2 Q(x), Q of degree 6 fitted (iteratively reweighted least
-// squares) to the least maximal error on [0, 1]: |error| <= 1.6e-7 evaluated in float32 (relative 5e-7 near 0),
-// against lg2.approx's ~1e-7 plus 1 + x's rounding (relative 1 near 0). Eight FMA issue slots where lg2 takes
-// one, but none of the MUFU pipe's 8 cycles a warp: for a step whose cells queue on that pipe.
-__device__ __forceinline__ float log1p_unit_poly(float x) {
-    float p = -7.192288991e-03f;
-    p = fmaf(p, x, 3.911751881e-02f);
-    p = fmaf(p, x, -1.003966853e-01f);
-    p = fmaf(p, x, 1.720917076e-01f);
-    p = fmaf(p, x, -2.429003119e-01f);
-    p = fmaf(p, x, 3.323770165e-01f);
-    p = fmaf(p, x, -4.999498427e-01f);
-    return fmaf(p * x, x, x);
-}
-
 // log(1 + x) for x in [0, 1]: sLSTM's log sigma(y) = min(y, 0) - log(1 + exp(-|y|)), whose forward shares exp(-|y|).
-// Measurement knob FLASHRNN_LOG1P_POLY=0: the MUFU lg2 instead of the polynomial.
-#if FLASHRNN_LOG1P_POLY
-FLASHRNN_ACTIVATION(act_log1p, log1p_unit_poly(x), log1pf(x))
-#else
 FLASHRNN_ACTIVATION(act_log1p, LN_2 * lg2_approx(1.f + x), log1pf(x))
-#endif
 #undef FLASHRNN_ACTIVATION
 
 }  // namespace flashrnn
