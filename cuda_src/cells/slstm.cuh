@@ -89,7 +89,8 @@ struct SlstmCell {
         // cell at 8 cycles of a scheduler's MUFU pipe each: ~8-16 cycles a step fewer (2-4%), twice that for the
         // saving forward (8 -> 6). Measured (H200 bf16 B=16 T=1024, phase_clocks A/B in one process,
         // bench/results/phases/2026-12-02-h200-slstm-rcp.txt): saving forward 48x16 0.216 -> 0.212 ms, 12x64 0.374
-        // -> 0.372; inference 0.197 -> 0.197 and 0.342 -> 0.344. So the MUFU pipe is not what limits the step: its
+        // -> 0.372; inference 0.197 -> 0.197 and 0.342 -> 0.344 (again at cf68210: 0.218 -> 0.213, 0.375 -> 0.374,
+        // 0.197 -> 0.197, 0.344 -> 0.346). So the MUFU pipe is not what limits the step: its
         // dependent chains are. The same run took log(1 + u) off the MUFU pipe (a degree-7 polynomial, 8 FMA):
         // 48x16 0.212 -> 0.240 ms, 12x64 0.372 -> 0.410, 3x256 0.722 -> 0.778. Eight dependent FMA (~32 cycles)
         // where lg2 is one op made m's chain the longest before the step's barrier, which a warp reaches only once
