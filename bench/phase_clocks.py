@@ -14,8 +14,9 @@ knobs (extra -D defines on the same variant), and the forward's step cut into ph
     python bench/phase_clocks.py --cell lstm --heads 1 --head-dim 768 --pin dma_warps=0,r_ktiles_in_smem=28
 
 A variant is ``name=DEFINE[,DEFINE=value...]`` (empty: the kernel as built). Each is timed (CUDA events, median of
---runs after a warm-up, ../shared/BENCH.md's protocol) and its output (states; dWx for the backward) compared bit
-for bit with the first variant's: the knobs named ABLATE give wrong results on purpose, the others must match.
+--runs after a warm-up, ../shared/BENCH.md's protocol) and its output (states and saved values, the saved ones
+where both variants save; dWx for the backward) compared bit for bit with the first variant's: the knobs named
+ABLATE give wrong results on purpose, the others must match.
 A forward variant then runs once more with FLASHRNN_PHASE_CLOCKS (fused_fw.cu; not with ``--no-clocks``): the
 step's phases in cycles (clock64, lane 0 of every warp), the mean over the blocks and compute warps and the
 largest warp's, per step, and the DMA warps' own (Tile::DMA: copies, barrier, sends) where the kernel has them.
@@ -79,15 +80,24 @@ def with_defines(extra: tuple[tuple[str, str], ...], direction: str):
     return launch_of
 
 
-def compare(out, reference) -> str:
-    """How ``out`` (an array) differs from the first variant's."""
+def compare(outs: list, reference: list | None) -> str:
+    """How ``outs`` (arrays, ``variant_outputs``) differ from the first variant's, those both have."""
     import cupy
 
     if reference is None:
         return "reference"
-    if bool((out == reference).all()):
-        return "bitwise equal"
-    return f"max |diff| {float(cupy.abs(out.astype(cupy.float32) - reference.astype(cupy.float32)).max()):.3g}"
+    diffs = [float(cupy.abs(o.astype(cupy.float32) - r.astype(cupy.float32)).max())
+             for o, r in zip(outs, reference) if not bool((o == r).all())]
+    return "bitwise equal" if not diffs else f"max |diff| {max(diffs):.3g}"
+
+
+def variant_outputs(result, extra: tuple, backward: bool) -> list:
+    """What a variant's run is compared by: dWx (backward); the states and, unless the variant's kernel saves
+    nothing (FLASHRNN_SAVE=0 leaves the saved buffer of the saving call unwritten), the saved values."""
+    if backward:
+        return [result.dWx]
+    saves = result.saved is not None and ("FLASHRNN_SAVE", "0") not in extra
+    return [result.states] + ([result.saved] if saves else [])
 
 
 def phase_cycles(saved, choice, steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -152,14 +162,13 @@ def main(argv: list[str] | None = None) -> int:
         forward = lambda: fc.forward(Wx, R, b, function=args.cell, backend="cuda_fused")  # noqa: E731
     kept = forward() if args.direction == "backward" else None
     run = forward if kept is None else (lambda: fc.backward(kept, dstates=dh))
-    output = (lambda r: r.states) if kept is None else (lambda g: g.dWx)
     print(f"{args.cell} {N}x{D} B={B} T={T} {args.dtype} {args.direction}: {fused.launch_of(choice).spec.label}")
     reference = None
     for name, extra in (parse_variant(v) for v in (args.variant or ["base="])):
         fused.launch_of = with_defines(extra, args.direction)
         try:
             ms = median_ms(run, runs=args.runs)
-            out = output(run())
+            out = variant_outputs(run(), extra, kept is not None)
             same = compare(out, reference)
             reference = out if reference is None else reference
             print(f"{name:14s} {ms:8.3f} ms  {ms * 1e3 / T:6.3f} us/step  [{same}]", flush=True)

@@ -323,6 +323,12 @@ template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_, int R
     // copies" (the stores' issue ahead of the cells); whether the step gains follows how much of the cells'
     // latency the issue then hides, which the clocks do not resolve. FLASHRNN_SPLIT_WRITE_EARLY=0|1 (measurement
     // knob) overrides the rule, to compare.
+    // Measured and not kept: staging step t's outputs in step t+1's mma shadow instead (and sLSTM's c, n, m and saved
+    // values computed there, its cell split at h), so that only h's chain precedes the barrier. Estimated from the
+    // ablation without outputs (slstm 48x16 -54 cycles a step, lstm -21) at 5-10% for slstm; measured slower in every
+    // cell (48x16 saving forward: slstm 0.213 -> 0.271 ms, lstm 0.184 -> 0.231, gru 0.210 -> 0.246, elman 0.131 ->
+    // 0.150; bench/results/phases/2026-12-02-h200-defer-outputs.txt, with the kernel change as a patch): what
+    // follows the mma in program order issues before the cells can, and the shadow did not hold it.
 #ifdef FLASHRNN_SPLIT_WRITE_EARLY
     static constexpr bool SPLIT_WRITE_EARLY = SPLIT_FLUSH && FLASHRNN_SPLIT_WRITE_EARLY;
 #else

@@ -329,6 +329,23 @@ def test_matvec_bound_kernels_compile_for_sm90a():
         assert result.resources.spill_stores == 0, (entry, defines)
 
 
+def test_phase_clocks_compare_saved_values_where_both_variants_save():
+    """bench/phase_clocks.py holds a variant's states and saved values to the first variant's bit for bit, but not
+    the saved buffer of a FLASHRNN_SAVE=0 variant (its kernel leaves the saving call's buffer unwritten: the
+    comparison was noise), and the backward by dWx."""
+    from types import SimpleNamespace
+
+    from bench import phase_clocks
+
+    r = SimpleNamespace(states=np.zeros(2), saved=np.ones(3), dWx=np.ones(1))
+    assert [len(a) for a in phase_clocks.variant_outputs(r, (), False)] == [2, 3]
+    assert [len(a) for a in phase_clocks.variant_outputs(r, (("FLASHRNN_SAVE", "0"),), False)] == [2]
+    assert [len(a) for a in phase_clocks.variant_outputs(r, (("FLASHRNN_SAVE", "1"),), False)] == [2, 3]
+    inference = SimpleNamespace(states=np.zeros(2), saved=None)
+    assert [len(a) for a in phase_clocks.variant_outputs(inference, (), False)] == [2]
+    assert phase_clocks.variant_outputs(r, (), True)[0] is r.dWx
+
+
 def test_phase_clock_knobs_change_only_their_direction_and_compile():
     """bench/phase_clocks.py's variants: the defines go on the chosen direction's kernel only, and the measurement
     knobs it names (fused_fw.cu's clock64 phases, ablations, block sends, unpaired dims and trading lanes;
