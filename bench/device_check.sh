@@ -17,6 +17,8 @@
 #   BENCH_BASE=ab_base (A/B in one call: a tree of another commit, `git archive <commit> | tar -x -C ab_base`, left
 #     untracked so that it travels; each bench job first runs its suite from there, into <suite>-base.json)
 #   SWEEP_BUDGET_S=150   SWEEP_ARGS="--direction both"   DDP_ARGS="..."   DEADLINE_S=550   LANES=<GPUs> (more: GPUs shared)
+#   LANE_GPUS="1" (the GPUs the lanes use, default all: two calls side by side, timings alone on one GPU, with
+#     their own OUT)
 #   PRECOMPILE=0 (no compile of every variant first: a sanitizer run on a few problems)
 #   PHASE_ARGS="--cell lstm --variant base= --variant no_exchange=FLASHRNN_ABLATE_EXCHANGE;..." (stage "phases": a step's
 #     phases by clock64 and measurement knobs, bench/phase_clocks.py; ';' separates problems, printed at the end)
@@ -41,6 +43,7 @@ pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 || e
 { nvidia-smi --query-gpu=index,name,driver_version,clocks.sm,clocks.mem --format=csv; python -m flashrnn_core --steps 32; } \
     >"$OUT/env.log" 2>&1; note 000 "main job" "exit $? ($(grep -c OK "$OUT/env.log") OK)"
 GPUS=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU'); (( GPUS > 0 )) || GPUS=1
+LANE_GPUS=(${LANE_GPUS:-$(seq 0 $(( GPUS - 1 )))}); GPUS=${#LANE_GPUS[@]}   # the GPUs this call's lanes use
 LANES=${LANES:-$GPUS}
 ARCH=$(python -c "import cupy; print('sm_' + cupy.cuda.Device().compute_capability)")
 
@@ -173,7 +176,7 @@ lane() {   # <gpu>: run jobs until the queue is empty; a job that no longer fits
 
 # LANES above the GPU count share GPUs round robin (sanitizer runs, host-bound on tiny problems, overlap well).
 for (( g = 0; g < LANES; g++ )); do
-    ( export CUDA_VISIBLE_DEVICES=$(( g % GPUS )) LANE_GPU=$(( g % GPUS )); lane ) &
+    ( export CUDA_VISIBLE_DEVICES=${LANE_GPUS[g % GPUS]} LANE_GPU=${LANE_GPUS[g % GPUS]}; lane ) &
 done
 wait
 echo "[$(date +%T) +${SECONDS}s] queue done" >>"$OUT/lanes.log"
