@@ -639,9 +639,10 @@ def test_assess_names_what_a_given_choice_breaks():
 
 def test_backward_problem_describes_fused_bw():
     """The backward problem is fused_bw.cu's: 8 sequences a block, one block a head where R^T fits one and a
-    cluster where it does not (sm_90; the one-block stage first, problems._stages), D/cluster/16 M tiles over
-    k_split warps each, every gate's rows along K, dR in the kernel only for 16-bit storage on one block, within
-    every budget; the heads it cannot take are refused with the binding constraint."""
+    cluster where it does not (sm_90) or where the model prices one cheaper (D >= 64,
+    KernelModel.bw_clusters_weighed_from_d), D/cluster/16 M tiles over k_split warps each, every gate's rows along
+    K, dR in the kernel only for 16-bit storage on one block, within every budget; the heads it cannot take are
+    refused with the binding constraint."""
     for hw, function, dtype, D in itertools.product((A100, H100), CELLS, DTYPES, (16, 48, 64, 96, 128, 256)):
         prm = solve_fused(hw, function, dtype, 16, 4, D, direction="backward")
         if not prm:
@@ -650,7 +651,8 @@ def test_backward_problem_describes_fused_bw():
         gr, cl = COUNTS[function][1], prm.blocks_per_head
         one_block = solve_fused(hw, function, dtype, 16, 4, D, direction="backward",
                                 model=replace(problems.DEFAULT_MODEL, clusters=(1,)))
-        assert (cl == 1) == bool(one_block) and (cl == 1 or hw.clusters)
+        assert (cl == 1 and one_block) or (cl > 1 and hw.clusters)
+        assert cl == 1 or not one_block or prm.step_cycles <= one_block.step_cycles  # weighed: the cheaper
         assert prm.direction == "backward" and prm.batch_tile == 8 and prm.sync == ("block" if cl == 1 else "cluster")
         assert prm.grid == (4 * cl, 2) and prm.threads_per_block == 32 * D // 16 // cl * prm.k_split
         assert prm.ktiles_per_warp == -(-gr * D // 16 // prm.k_split)  # K over every gate row
@@ -956,6 +958,15 @@ SWEEPS += [(INFERENCE_SWEEP, "H200"), (CLUSTER_HOLDOUT_SWEEP, "H200")]
 #: geometries rank alike).
 PREFETCH3_SWEEP = "constrint/2026-12-02-h200-sweep-prefetch3.json"
 SWEEPS += [(PREFETCH3_SWEEP, "H200")]
+#: Every backward configuration, clusters among them, of eight shapes whose R^T one block holds (lstm, slstm, gru,
+#: elman 12x64, lstm and slstm 12x64 B=64, lstm 24x32, slstm 6x128): problems.BW_CLUSTERS_AT_SMALL_HEADS. The older
+#: backward sweeps measured clusters only where no block holds R^T: their shapes replay with the solver restricted
+#: to that (KernelModel.bw_clusters_weighed_from_d = None).
+BW_CLUSTER_SWEEP = "constrint/2026-12-03-h200-sweep-backward-clusters.json"
+#: ... and seven shapes held out of that choice (D = 32 to 128, B = 16 and 32), measured after it.
+BW_CLUSTER_HOLDOUT_SWEEP = "constrint/2026-12-03-h200-sweep-backward-clusters-holdout.json"
+BW_CLUSTER_SWEEPS = (BW_CLUSTER_SWEEP, BW_CLUSTER_HOLDOUT_SWEEP)
+SWEEPS += [(f, "H200") for f in BW_CLUSTER_SWEEPS]
 #: Shapes where the solver's choice is known to miss the bound, with the ratio it measured. gru 12x64 B=16: one block
 #: of 16 whole-K warps measured 0.343 ms against the choice's (8 warps, k_split 1) 0.391. The model sums its terms,
 #: each the larger of a latency and the issue slots of the warps sharing a scheduler, so at 4 warps a scheduler it
@@ -965,9 +976,15 @@ SWEEPS += [(PREFETCH3_SWEEP, "H200")]
 #: elman 1x384: an 8-block cluster with k_split 2 (0.615 ms saving, 0.608 inference) where k_split 1 measured 0.571
 #: at the same prefetch and 0.555 at prefetch 2 (the model never prices a shallower prefetch faster; the choice
 #: before the refit, 4 blocks, measured 0.635).
+#: slstm 6x128 and lstm 12x128 backward: 2-block clusters with k_split 2 (1.435 and 1.425 ms) where 4-block clusters
+#: with k_split 4 measured 1.211 and 1.242; on most clusters these sweeps measured k_split 4 beat 2, which the model
+#: prices the other way (its per-warp barrier cost, fitted on one block of 8-16 warps; a separate constant for
+#: clusters did not move these two). Both heads are clusters under either stage rule: the choices are those before.
 KNOWN_MISSES = {("constrint/2026-12-01-h200-sweep-wholek.json", "gru bfloat16 B=16 12x64 T=1024"): 1.15,
                 (CLUSTER_HOLDOUT_SWEEP, "elman bfloat16 B=16 1x384 T=1024"): 1.12,
-                (CLUSTER_HOLDOUT_SWEEP, "elman bfloat16 B=16 1x384 T=1024 inference"): 1.12}
+                (CLUSTER_HOLDOUT_SWEEP, "elman bfloat16 B=16 1x384 T=1024 inference"): 1.12,
+                (BW_CLUSTER_SWEEP, "slstm bfloat16 B=16 6x128 T=1024 backward"): 1.19,
+                (BW_CLUSTER_HOLDOUT_SWEEP, "lstm bfloat16 B=16 12x128 T=1024 backward"): 1.15}
 #: The shapes of the sweeps the forward's constants were fitted on: within 5% (the best achievable for lstm B=256
 #: 12x64 is 4.0%, see test_model_choices_follow_the_measurements); the rest within 10% (issue 7).
 FITTED = {("2026-11-30-h200-sweep.json", "forward"): 1.05, (INFERENCE_SWEEP, "forward"): 1.05,
@@ -1003,6 +1020,8 @@ def test_solver_choice_within_10_percent_of_the_measured_sweep(preset, sweep_fil
         whole_k_measured = sweep_file in WHOLE_K_SWEEPS + (INFERENCE_SWEEP, CLUSTER_HOLDOUT_SWEEP, PREFETCH3_SWEEP)
         model = problems.DEFAULT_MODEL if whole_k_measured else replace(problems.DEFAULT_MODEL, whole_k=(0,))
         model = at_measured_depths(model, rows)
+        if direction == "backward" and sweep_file not in BW_CLUSTER_SWEEPS:
+            model = replace(model, bw_clusters_weighed_from_d=None)
         choice = solve_fused(getattr(hardware, preset), p["function"], p["dtype"], p["B"], p["N"], p["D"],
                              direction=direction, model=model)
         ms = measured.get(_config(choice.to_dict()))

@@ -138,14 +138,18 @@ def test_backward_memory_is_states_plus_one_gate_set(function):
 
 def test_bw_variants_are_the_solvers_choices():
     """Every backward kernel compile --check builds is a ConstrINT choice, and every cell's 16-bit and float32
-    reference head (D=64) has one on both CI presets."""
+    reference head (D=64) has one on both CI presets (one block a head on A100; on H100 a cluster where the
+    model weighs it faster)."""
     specs = [s for s in fused.FusedBackend().kernel_variants() if s.entry == fused.BW_ENTRY]
     for hw, function, dtype in itertools.product((A100, H100), CELLS, DTYPES.values()):
         launch = fused.choose(function, dtype, 16, 12, 64, hardware=hw, direction="backward")
         assert isinstance(launch, fused.Launch), launch
         assert launch.spec in specs or replace(launch.spec, min_sm=80) in specs
         choice = launch.choice
-        assert choice.direction == "backward" and launch.grid == (12, 2) and launch.threads == 2 * 64 * choice.k_split
+        # (sm_90: a cluster a head where the model weighs it faster, KernelModel.bw_clusters_weighed_from_d)
+        assert choice.direction == "backward" and launch.grid == (12 * launch.cluster, 2)
+        assert launch.cluster == 1 or hw.clusters
+        assert launch.cluster > 1 or launch.threads == 2 * 64 * choice.k_split
         assert not (choice.fused_dr and dtype == DTYPES["float32"])  # dR tiles multiply 16-bit operands
         assert launch.smem_bytes <= hw.smem_per_block_optin
 
@@ -155,9 +159,10 @@ def test_backward_too_large_for_one_block_says_why():
     lstm and slstm D=768 (4.7 MB of R^T, ~380 KB an SM of 16 with the drs buffers and stages) on scatter clusters,
     and where the model estimates them faster than the cluster kernel with R^T in shared memory; where no stage
     takes a head (slstm D=640: no cluster size splits it), no launch, said in words."""
-    for hw in (A100, H100):
-        launch = fused.choose("lstm", DTYPES["bfloat16"], 16, 12, 64, hardware=hw, direction="backward")
-        assert launch.cluster == 1
+    launch = fused.choose("lstm", DTYPES["bfloat16"], 16, 12, 64, hardware=A100, direction="backward")
+    assert launch.cluster == 1
+    launch = fused.choose("lstm", DTYPES["bfloat16"], 16, 12, 32, hardware=H100, direction="backward")
+    assert launch.cluster == 1  # (below KernelModel.bw_clusters_weighed_from_d: one block, no cluster weighed)
     reason = fused.choose("lstm", DTYPES["bfloat16"], 16, 3, 256, hardware=A100, direction="backward")
     assert isinstance(reason, str) and "fused backward kernel on A100" in reason
     launch = fused.choose("lstm", DTYPES["bfloat16"], 16, 3, 256, hardware=H100, direction="backward")
@@ -249,12 +254,13 @@ def test_kernel_refuses_a_launch_the_solver_did_not_describe():
 def test_every_feasible_backward_configuration_matches_vanilla(function, dtype_name, kind, poisoned):
     """The solver picks one configuration a shape, but may pick any it admits on another GPU or shape (and
     ``python -m flashrnn_core.tune`` stores the fastest measured): each one (k split, prefetch, dR in the
-    kernel or not; blocks a head) gives vanilla's gradients. Scatter clusters (16-bit) are the solver's last
-    stage, taken only at D = 768 by lstm: here every (cluster, warps, prefetch) of theirs at D = 256, with none
-    and with the most of R^T's tiles in shared memory. Kernels are compiled up front on every core."""
+    kernel or not; blocks a head) gives vanilla's gradients. Clusters: every configuration of heads no block
+    holds, and of heads one block holds too (D = 64: the solver weighs them there,
+    KernelModel.bw_clusters_weighed_from_d).
+    Scatter clusters (16-bit) are the solver's last stage, taken only at D = 768 by lstm: here every (cluster,
+    warps, prefetch) of theirs at D = 256, with none and with the most of R^T's tiles in shared memory. Kernels
+    are compiled up front on every core."""
     import os
-
-    import cupy
 
     from flashrnn_core.compile import run_jobs
     from flashrnn_core.constrint.hardware import current
@@ -263,26 +269,40 @@ def test_every_feasible_backward_configuration_matches_vanilla(function, dtype_n
     from flashrnn_core.tune import pinned
 
     B, T, N = 9, 7, 2
-    dtype = DTYPES[dtype_name]
     D = 64 if dtype_name != "float32" else 32
     clustered = kind != "block"
+    cases = []  # (D, configurations)
     if clustered:  # heads no block holds: every cluster configuration (sm_90)
         if current().clusters is False:
             pytest.skip("thread-block clusters need sm_90")
+        if kind == "cluster":  # ... and of heads one block holds (KernelModel.bw_clusters_weighed_from_d)
+            cases.append((64, [c for c in all_feasible(current(), function, dtype_name, B, N, 64, direction="backward")
+                               if c.blocks_per_head > 1]))
         D = 128 if dtype_name == "float32" and function != "elman" else 256  # (elman float32 128 fits a block)
     if kind == "scatter":
         if dtype_name == "float32":
             pytest.skip("scatter clusters: 16-bit storage")
         if function == "elman":  # (its blocks' shared memory is under half an SM's: the stage takes none)
             pytest.skip("elman D=256: no scatter configuration (one block an SM)")
-        configs = scatter_configurations(current(), function, dtype_name, B, N, D)
+        cases.append((D, scatter_configurations(current(), function, dtype_name, B, N, D)))
     else:
-        configs = all_feasible(current(), function, dtype_name, B, N, D, direction="backward")
+        configs = [c for c in all_feasible(current(), function, dtype_name, B, N, D, direction="backward")
+                   if (c.blocks_per_head > 1) == clustered]
         assert clustered or {c.k_split for c in configs} >= {2, 4}
-    assert configs and all((c.blocks_per_head > 1) == clustered for c in configs)
-    failed = [o for o in run_jobs([(fused.launch_of(c).spec, device_arch()) for c in configs], os.cpu_count() or 1)
-              if o.error]
+        cases.append((D, configs))
+    assert all(configs and all((c.blocks_per_head > 1) == clustered for c in configs) for _, configs in cases)
+    specs = [fused.launch_of(c).spec for _, configs in cases for c in configs]
+    failed = [o for o in run_jobs([(spec, device_arch()) for spec in specs], os.cpu_count() or 1) if o.error]
     assert not failed, failed[0].error
+    for D, configs in cases:
+        _check_backward_configurations(function, dtype_name, B, T, N, D, configs, pinned)
+
+
+def _check_backward_configurations(function, dtype_name, B, T, N, D, configs, pinned):
+    """Each of ``configs`` (pinned) gives vanilla's gradients on one set of random inputs of this shape."""
+    import cupy
+
+    dtype = DTYPES[dtype_name]
     rng = np.random.default_rng(zlib.crc32(repr((function, dtype_name, "every config")).encode()))
     host = _inputs(rng, function, dtype, B, T, N, D, True)
     dst, dl = _upstream(rng, function, "all+last", B, T, N, D)

@@ -101,6 +101,10 @@ class KernelModel:
     #: Heads above one block on GPUs without clusters: a cooperative grid per head with a grid barrier a step.
     #: Not in fused_fw.cu (issue 5 lets ``auto`` take the ``cuda`` backend there instead).
     cooperative_heads: bool = False
+    #: The backward weighs clusters against one block a head at heads of D >= this (BW_CLUSTERS_AT_SMALL_HEADS
+    #: says why); below it, and at every D where None (as before stop 39, which the older sweeps measured), one
+    #: block a head wherever one holds R^T.
+    bw_clusters_weighed_from_d: int | None = 64
     #: Where the kernel switches to reading Wx cell by cell (Tile::LATE_X).
     late_x_threads: int = 384
     #: fused_fw.cu Tile::DMA: clusters of 8+ blocks may add this many warps a block that copy and send h while the
@@ -162,8 +166,9 @@ class KernelModel:
     #: A cluster's step with Wx staged 4 or more steps ahead (PREFETCH_ON_CLUSTERS says what was measured).
     cluster_deep_prefetch: int = 25
     #: The backward's exchange of drs (``backward.py``): the forward's constants before stop 35's refit, which the
-    #: backward's were calibrated with (its choices stay until a backward sweep says otherwise).
-    bw_cluster_exchange: int = 186
+    #: backward's were calibrated with, but the fixed cost, set on the sweep of clusters at heads one block holds
+    #: (BW_CLUSTERS_AT_SMALL_HEADS; 186 before).
+    bw_cluster_exchange: int = 120
     bw_cluster_per_peer: int = 26
     bw_cluster_bytes_per_cycle: int = 4
     grid_sync: int = 2300  # cooperative grid barrier, 1.2 us on H100 (issue 5)
@@ -367,6 +372,29 @@ forward lstm 12x64 0.353 -> 0.338 ms, slstm 12x64 0.391 -> 0.374, gru 3x256 0.60
 0.460; lstm 3x256 and the 1x768 rows within the machine's spread (that run priced the DMA-warp kernels alike, and
 lstm 1x768 ran at prefetch 3: 1.981 ms against prefetch 4's 1.990 at 235cecf, which it runs again). The older sweeps
 never measured prefetch 3: they replay with the depths they measured, priced as before (tests/test_constrint.py).
+"""
+
+#: Why the backward weighs clusters against one block a head from D = 64 (``bw_clusters_weighed_from_d``):
+BW_CLUSTERS_AT_SMALL_HEADS = """
+Until stop 39 the backward took a cluster only for heads whose R^T no block holds: its latency constants were set on
+one-block kernels (backward.BW_LATENCY_CALIBRATION) and no cluster at smaller heads had been measured. The model,
+asked, priced 2-block clusters below one block at 12x64 (lstm 0.861 against 0.953 ms, slstm 0.913 against 1.052):
+a 12x64 head's one block runs 16 warps, 4 a scheduler, issue-bound, and a cluster spreads its cells over 2-4 SMs
+for one drs exchange a step. Estimated before measuring: the backward 5-10% faster at 12x64. Measured (H200 bf16
+B=16 T=1024, every backward configuration with clusters, bench/results/constrint/2026-12-03-h200-sweep-backward-
+clusters.json): lstm 12x64 0.931 -> 0.809 ms at 4-block clusters with k_split 4 (0.842 at 2 blocks), slstm 1.023
+-> 0.802, gru 0.863 -> 0.701, elman 0.413 one block against 0.424; at B=64 one block (dR in the kernel) stays the
+fastest, as at D=32 (lstm 24x32 0.632 against 0.660). More than estimated, and most for sLSTM, whose step issued
+the most. With the model weighing both (one problem, the drs exchange's fixed cost ``bw_cluster_exchange`` 186 -> 120,
+which took elman 12x64 from 4-block clusters with k_split 2, 0.472 ms, to k_split 4, 0.424) every shape of that
+sweep picks within 5.4% of its fastest but slstm 6x128 (a cluster before too). Held out of the choice (...-holdout.
+json): slstm and gru 8x96 1.649 and 1.419 -> 1.229 and 1.067 ms (one block before), elman 6x128 0.563 -> 0.516,
+lstm 12x64 at B=32 1.075 -> 0.989, each within 4.3% of its fastest; but elman and gru 24x32 took 2-block clusters
+at 1.19 and 1.18x their one block with dR in the kernel: the model prices one block at D = 32 ~35% high (gru 0.711
+against 0.529 ms) where it prices it within ~10% at D = 64. Hence clusters are weighed from D = 64 on, the
+smallest head the sweeps measured them winning at; below, one block first as before. Reference suite after (H200,
+bench/results/2026-12-03-h200-reference-*.json): forward+backward lstm 12x64 1.271 -> 1.179 ms, slstm 1.404 ->
+1.224, gru 1.226 -> 1.080, elman 0.587 -> 0.598.
 """
 
 
@@ -1009,14 +1037,14 @@ def _r_in_shared_memory_allowed(model: KernelModel, hw: Hardware, geo: Geometry)
 
 def _stages(model: KernelModel, hw: Hardware, function: str, dtype, D: int, direction: str) -> list[KernelModel]:
     """The models to try in turn: all of R in registers, then, where it is allowed at all, R partly in shared
-    memory (``KernelModel.r_in_shared_memory``). The backward first tries one block a head: its latency constants
-    were calibrated on such kernels only (``backward.BW_LATENCY_CALIBRATION``), so clusters are for the heads
-    whose R^T no block holds, not a choice the model could weigh against them; and last, in 16-bit storage on
-    GPUs with clusters, the scatter-cluster kernel (``KernelModel.bw_scatter``), which is weighed against the
-    first feasible cluster stage (``_weighed_with``)."""
+    memory (``KernelModel.r_in_shared_memory``). The backward weighs clusters against one block a head from
+    ``KernelModel.bw_clusters_weighed_from_d`` on; below, one block a head first, clusters only for heads whose
+    R^T no block holds; and last, in 16-bit storage on GPUs with clusters, the scatter-cluster kernel
+    (``KernelModel.bw_scatter``), which is weighed against the first feasible cluster stage (``_weighed_with``)."""
     stages = []
     geo = geometry(function, dtype, D, direction)
-    if direction == "backward" and hw.clusters:
+    weighed_from = model.bw_clusters_weighed_from_d
+    if direction == "backward" and hw.clusters and (weighed_from is None or D < weighed_from):
         stages.append(replace(model, clusters=(1,), r_in_shared_memory=False))
     if _r_in_shared_memory_allowed(model, hw, geo):
         stages.append(replace(model, r_in_shared_memory=False))
@@ -1070,9 +1098,12 @@ def solve_fused(hardware: Hardware, function: str, dtype, B: int, N: int, D: int
         return _in_words(result)
     # Explained on the first stage, the plainest kernel: the later ones only add variables (clusters, R in shared
     # memory), and explaining them re-solves a large search dozens of times (lstm 1x768's backward: 213 s).
-    first = build_fused(hardware, function, dtype, B, N, D, direction, stages[0]).problem.solve(explain=True)
-    added = [what for what, on in (("a cluster a head", any(max(s.clusters) > max(stages[0].clusters)
-                                                              for s in stages[1:]) and hardware.clusters),
+    plainest = stages[0]
+    if max(plainest.clusters) > 1 and direction == "backward":  # (clusters weighed from the first stage on)
+        plainest = replace(plainest, clusters=(1,), r_in_shared_memory=False)
+    first = build_fused(hardware, function, dtype, B, N, D, direction, plainest).problem.solve(explain=True)
+    added = [what for what, on in (("a cluster a head", any(max(s.clusters) > max(plainest.clusters)
+                                                              for s in stages) and hardware.clusters),
                                    ("R in shared memory", any(s.r_in_shared_memory for s in stages[1:])),
                                    ("a scatter cluster", any(s.bw_scatter for s in stages[1:])))
              if on]
