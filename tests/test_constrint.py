@@ -677,6 +677,23 @@ def test_backward_problem_describes_fused_bw():
     assert solve_fused(H100, "lstm", "bfloat16", 16, 12, 64, direction="backward").k_split == 4
 
 
+def test_backward_clusters_for_heads_one_block_holds_only_with_an_sm_a_block():
+    """Where one block could hold the head, a cluster is taken only with its blocks on SMs of their own, the
+    regime the sweeps measured (problems.BW_CLUSTERS_AT_SMALL_HEADS): lstm 12x64 on an H200 is a 2-block cluster
+    at B=16 and one block at B=128, where the model, unrestricted, prices 2-block clusters three an SM cheaper
+    (measured 11% slower forward+backward)."""
+    small = solve_fused(H200, "lstm", "bfloat16", 16, 12, 64, direction="backward")
+    assert small.blocks_per_head == 2 and small.breakdown["on_sm"] == 1
+    large = solve_fused(H200, "lstm", "bfloat16", 128, 12, 64, direction="backward")
+    assert large.blocks_per_head == 1 and large.fused_dr
+    unrestricted = replace(problems.DEFAULT_MODEL, bw_optional_clusters_max_on_sm=None)
+    priced = solve_fused(H200, "lstm", "bfloat16", 128, 12, 64, direction="backward", model=unrestricted)
+    assert priced.blocks_per_head == 2 and priced.breakdown["on_sm"] == 3 and priced.step_cycles < large.step_cycles
+    for hw, function, B in itertools.product((H100, H200), ("lstm", "slstm", "gru", "elman"), (16, 32, 96, 128, 256)):
+        prm = solve_fused(hw, function, "bfloat16", B, 12, 64, direction="backward")
+        assert prm.blocks_per_head == 1 or prm.breakdown["on_sm"] == 1, (hw.name, function, B)
+
+
 def test_a_shape_no_stage_takes_is_explained_on_the_first():
     """Where every stage is infeasible (slstm 1x640's backward: one block, clusters, R^T in shared memory,
     scatter clusters), the reason is the first stage's conflict plus what the others tried; explaining the R^T

@@ -105,6 +105,10 @@ class KernelModel:
     #: says why); below it, and at every D where None (as before stop 39, which the older sweeps measured), one
     #: block a head wherever one holds R^T.
     bw_clusters_weighed_from_d: int | None = 64
+    #: ... and takes such a cluster only where its blocks have an SM each (at most this many on one): the sweeps
+    #: measured them there (B <= 32 at 12x64); at lstm 12x64 B=128, three blocks an SM, the cluster ran 34% above
+    #: its estimate and slower than one block (BW_CLUSTERS_AT_SMALL_HEADS). None: at any occupancy.
+    bw_optional_clusters_max_on_sm: int | None = 1
     #: Where the kernel switches to reading Wx cell by cell (Tile::LATE_X).
     late_x_threads: int = 384
     #: fused_fw.cu Tile::DMA: clusters of 8+ blocks may add this many warps a block that copy and send h while the
@@ -393,8 +397,16 @@ lstm 12x64 at B=32 1.075 -> 0.989, each within 4.3% of its fastest; but elman an
 at 1.19 and 1.18x their one block with dR in the kernel: the model prices one block at D = 32 ~35% high (gru 0.711
 against 0.529 ms) where it prices it within ~10% at D = 64. Hence clusters are weighed from D = 64 on, the
 smallest head the sweeps measured them winning at; below, one block first as before. Reference suite after (H200,
-bench/results/2026-12-03-h200-reference-*.json): forward+backward lstm 12x64 1.271 -> 1.179 ms, slstm 1.404 ->
-1.224, gru 1.226 -> 1.080, elman 0.587 -> 0.598.
+bench/results/2026-12-03-h200-reference-36db278.json): forward+backward lstm 12x64 1.271 -> 1.182 ms, slstm
+1.404 -> 1.223, gru 1.226 -> 1.079, elman 0.587 -> 0.597.
+The batch suite at 36db278 (...-batch-36db278.json, lstm 12x64 forward+backward) then found the sweeps' edge: B=32
+1.550 -> 1.456 ms (2-block clusters), B=64 1.525 -> 1.538 (one block, unchanged), but B=128 2.915 -> 3.235, where
+the model took 2-block clusters with k_split 2 (384 blocks, three an SM, one wave; estimated 3508 cycles a step
+against one block's 4140 in two waves) and they ran ~4700 (the backward ~2.43 ms against one block's ~2.11, which
+the model priced within 2%). The sweeps never ran a cluster whose blocks share an SM, and the backward's exchange
+constants were fit with one block an SM (``cluster_exchange_cycles`` ignores ``on_sm`` for it). So a cluster a
+head one block could hold is taken only where its blocks have an SM each (``bw_optional_clusters_max_on_sm``);
+elsewhere one block, as before stop 39.
 """
 
 
@@ -1072,6 +1084,16 @@ def _weighed_with(stages: list[KernelModel], first: int, best: FusedParams) -> l
     return [s for s in stages[first + 1:] if s.bw_scatter]
 
 
+def _optional_cluster_unmeasured(stage: KernelModel, best: FusedParams) -> bool:
+    """Whether ``best`` is a backward cluster for a head the stage also weighed one block a head for
+    (``bw_clusters_weighed_from_d``) with more of its blocks on an SM than such clusters were measured at
+    (``bw_optional_clusters_max_on_sm``): then one block a head, where one is feasible."""
+    limit = stage.bw_optional_clusters_max_on_sm
+    return (best.direction == "backward" and best.blocks_per_head > 1 and not best.scatter and 1 in stage.clusters
+            and stage.bw_clusters_weighed_from_d is not None and best.D >= stage.bw_clusters_weighed_from_d
+            and limit is not None and best.breakdown["on_sm"] > limit)
+
+
 def solve_fused(hardware: Hardware, function: str, dtype, B: int, N: int, D: int, direction: str = "forward",
                 model: KernelModel = DEFAULT_MODEL, explain: bool = True) -> FusedParams | Infeasible:
     """The fastest valid parameters for one shape by the model, or ``Infeasible`` naming the conflicting
@@ -1085,6 +1107,11 @@ def solve_fused(hardware: Hardware, function: str, dtype, B: int, N: int, D: int
         result = fp.problem.solve(explain=explain and len(stages) == 1)
         if not isinstance(result, Infeasible):
             best = params_from(fp, result.values)
+            if _optional_cluster_unmeasured(stage, best):
+                one_block = build_fused(hardware, function, dtype, B, N, D, direction,
+                                        replace(stage, clusters=(1,), r_in_shared_memory=False))
+                found = one_block.problem.solve(explain=False)
+                best = best if isinstance(found, Infeasible) else params_from(one_block, found.values)
             for other in _weighed_with(stages, i, best):
                 ofp = build_fused(hardware, function, dtype, B, N, D, direction, other)
                 found = ofp.problem.solve(explain=False)
