@@ -689,6 +689,11 @@ def test_backward_clusters_for_heads_one_block_holds_only_with_an_sm_a_block():
     unrestricted = replace(problems.DEFAULT_MODEL, bw_optional_clusters_max_on_sm=None)
     priced = solve_fused(H200, "lstm", "bfloat16", 128, 12, 64, direction="backward", model=unrestricted)
     assert priced.blocks_per_head == 2 and priced.breakdown["on_sm"] == 3 and priced.step_cycles < large.step_cycles
+    # Measured (BW_CLUSTER_LARGE_BATCH_SWEEP): the unrestricted model's cluster 1.11x the fastest, the choice within 1%.
+    rows = json.loads((RESULTS / BW_CLUSTER_LARGE_BATCH_SWEEP).read_text())["shapes"][0]["rows"]
+    measured = {_config(r["params"]): r["ms"] for r in rows if r.get("ms")}
+    fastest = min(measured.values())
+    assert measured[_config(priced.to_dict())] > 1.10 * fastest and measured[_config(large.to_dict())] < 1.01 * fastest
     for hw, function, B in itertools.product((H100, H200), ("lstm", "slstm", "gru", "elman"), (16, 32, 96, 128, 256)):
         prm = solve_fused(hw, function, "bfloat16", B, 12, 64, direction="backward")
         assert prm.blocks_per_head == 1 or prm.breakdown["on_sm"] == 1, (hw.name, function, B)
@@ -982,7 +987,9 @@ SWEEPS += [(PREFETCH3_SWEEP, "H200")]
 BW_CLUSTER_SWEEP = "constrint/2026-12-03-h200-sweep-backward-clusters.json"
 #: ... and seven shapes held out of that choice (D = 32 to 128, B = 16 and 32), measured after it.
 BW_CLUSTER_HOLDOUT_SWEEP = "constrint/2026-12-03-h200-sweep-backward-clusters-holdout.json"
-BW_CLUSTER_SWEEPS = (BW_CLUSTER_SWEEP, BW_CLUSTER_HOLDOUT_SWEEP)
+#: ... and four at B = 96-128, where clusters' blocks would share SMs (KernelModel.bw_optional_clusters_max_on_sm).
+BW_CLUSTER_LARGE_BATCH_SWEEP = "constrint/2026-12-03-h200-sweep-backward-clusters-large-batch.json"
+BW_CLUSTER_SWEEPS = (BW_CLUSTER_SWEEP, BW_CLUSTER_HOLDOUT_SWEEP, BW_CLUSTER_LARGE_BATCH_SWEEP)
 SWEEPS += [(f, "H200") for f in BW_CLUSTER_SWEEPS]
 #: Shapes where the solver's choice is known to miss the bound, with the ratio it measured. gru 12x64 B=16: one block
 #: of 16 whole-K warps measured 0.343 ms against the choice's (8 warps, k_split 1) 0.391. The model sums its terms,
@@ -997,11 +1004,15 @@ SWEEPS += [(f, "H200") for f in BW_CLUSTER_SWEEPS]
 #: with k_split 4 measured 1.211 and 1.242; on most clusters these sweeps measured k_split 4 beat 2, which the model
 #: prices the other way (its per-warp barrier cost, fitted on one block of 8-16 warps; a separate constant for
 #: clusters did not move these two). Both heads are clusters under either stage rule: the choices are those before.
+#: gru 12x64 B=128 backward: one block with k_split 2 and dR after the kernel, two blocks an SM (2.191 ms, the choice
+#: before stop 39 too) where k_split 4 with dR in the kernel, one an SM, measured 1.684: the model prices blocks that
+#: share an SM low in the backward (every such configuration of that sweep ran 15-50% above its estimate).
 KNOWN_MISSES = {("constrint/2026-12-01-h200-sweep-wholek.json", "gru bfloat16 B=16 12x64 T=1024"): 1.15,
                 (CLUSTER_HOLDOUT_SWEEP, "elman bfloat16 B=16 1x384 T=1024"): 1.12,
                 (CLUSTER_HOLDOUT_SWEEP, "elman bfloat16 B=16 1x384 T=1024 inference"): 1.12,
                 (BW_CLUSTER_SWEEP, "slstm bfloat16 B=16 6x128 T=1024 backward"): 1.19,
-                (BW_CLUSTER_HOLDOUT_SWEEP, "lstm bfloat16 B=16 12x128 T=1024 backward"): 1.15}
+                (BW_CLUSTER_HOLDOUT_SWEEP, "lstm bfloat16 B=16 12x128 T=1024 backward"): 1.15,
+                (BW_CLUSTER_LARGE_BATCH_SWEEP, "gru bfloat16 B=128 12x64 T=1024 backward"): 1.31}
 #: The shapes of the sweeps the forward's constants were fitted on: within 5% (the best achievable for lstm B=256
 #: 12x64 is 4.0%, see test_model_choices_follow_the_measurements); the rest within 10% (issue 7).
 FITTED = {("2026-11-30-h200-sweep.json", "forward"): 1.05, (INFERENCE_SWEEP, "forward"): 1.05,

@@ -406,7 +406,12 @@ against one block's 4140 in two waves) and they ran ~4700 (the backward ~2.43 ms
 the model priced within 2%). The sweeps never ran a cluster whose blocks share an SM, and the backward's exchange
 constants were fit with one block an SM (``cluster_exchange_cycles`` ignores ``on_sm`` for it). So a cluster a
 head one block could hold is taken only where its blocks have an SM each (``bw_optional_clusters_max_on_sm``);
-elsewhere one block, as before stop 39.
+elsewhere one block, as before stop 39. Measured after (bench/results/constrint/2026-12-03-h200-sweep-backward-
+clusters-large-batch.json, every backward configuration at B = 96-128): every configuration whose blocks share an
+SM ran 15-50% above its estimate, one block or cluster; lstm and slstm B=128 now pick within 0.6% of the fastest,
+and lstm 12x64 B=128 forward+backward is 2.976 ms again (...-batch-710808f.json). What stays: gru B=128's one-block
+choice of before (two blocks an SM) 1.30x the fastest, lstm B=96's 1.06x; a co-residency term in the backward's
+model, fitted on that sweep, would answer both (not tried).
 """
 
 
