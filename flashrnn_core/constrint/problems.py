@@ -411,7 +411,9 @@ clusters-large-batch.json, every backward configuration at B = 96-128): every co
 SM ran 15-50% above its estimate, one block or cluster; lstm and slstm B=128 now pick within 0.6% of the fastest,
 and lstm 12x64 B=128 forward+backward is 2.976 ms again (...-batch-710808f.json). What stays: gru B=128's one-block
 choice of before (two blocks an SM) 1.30x the fastest, lstm B=96's 1.06x; a co-residency term in the backward's
-model, fitted on that sweep, would answer both (not tried).
+model, fitted on that sweep, would answer both (not tried). Not a rule against sharing an SM as such: held out
+(...-large-batch-holdout.json), elman 12x64 B=128 and 256 run fastest on one block two and three an SM, and the
+solver picks them (within 0.3%, gru B=256 too).
 """
 
 
