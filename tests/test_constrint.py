@@ -677,23 +677,26 @@ def test_backward_problem_describes_fused_bw():
     assert solve_fused(H100, "lstm", "bfloat16", 16, 12, 64, direction="backward").k_split == 4
 
 
-def test_backward_clusters_for_heads_one_block_holds_only_with_an_sm_a_block():
-    """Where one block could hold the head, a cluster is taken only with its blocks on SMs of their own, the
-    regime the sweeps measured (problems.BW_CLUSTERS_AT_SMALL_HEADS): lstm 12x64 on an H200 is a 2-block cluster
-    at B=16 and one block at B=128, where the model, unrestricted, prices 2-block clusters three an SM cheaper
-    (measured 11% slower forward+backward)."""
+def test_backward_prices_blocks_that_share_an_sm():
+    """problems.BW_CO_RESIDENT: each block sharing an SM adds half a block's issue to the backward's step. lstm
+    12x64 on an H200 is a 2-block cluster at B=16 (an SM a block) and one block with dR in the kernel at B=128,
+    where the model without the term prices 2-block clusters three an SM cheapest (measured 1.11x the fastest), as
+    it does for gru B=128 (1.25x; stop 39's rule against them left gru one block of k_split 2 two an SM, 1.30x)."""
     small = solve_fused(H200, "lstm", "bfloat16", 16, 12, 64, direction="backward")
     assert small.blocks_per_head == 2 and small.breakdown["on_sm"] == 1
-    large = solve_fused(H200, "lstm", "bfloat16", 128, 12, 64, direction="backward")
-    assert large.blocks_per_head == 1 and large.fused_dr
-    unrestricted = replace(problems.DEFAULT_MODEL, bw_optional_clusters_max_on_sm=None)
-    priced = solve_fused(H200, "lstm", "bfloat16", 128, 12, 64, direction="backward", model=unrestricted)
-    assert priced.blocks_per_head == 2 and priced.breakdown["on_sm"] == 3 and priced.step_cycles < large.step_cycles
-    # Measured (BW_CLUSTER_LARGE_BATCH_SWEEP): the unrestricted model's cluster 1.11x the fastest, the choice within 1%.
-    rows = json.loads((RESULTS / BW_CLUSTER_LARGE_BATCH_SWEEP).read_text())["shapes"][0]["rows"]
-    measured = {_config(r["params"]): r["ms"] for r in rows if r.get("ms")}
-    fastest = min(measured.values())
-    assert measured[_config(priced.to_dict())] > 1.10 * fastest and measured[_config(large.to_dict())] < 1.01 * fastest
+    shapes = json.loads((RESULTS / BW_CLUSTER_LARGE_BATCH_SWEEP).read_text())["shapes"]
+    without = replace(problems.DEFAULT_MODEL, bw_co_resident_issue=0.0)
+    for function, missed in (("lstm", 1.10), ("gru", 1.24)):
+        shape = next(s for s in shapes if s["shape"]["function"] == function and s["shape"]["B"] == 128)
+        measured = {_config(r["params"]): r["ms"] for r in shape["rows"] if r.get("ms")}
+        fastest = min(measured.values())
+        chosen = solve_fused(H200, function, "bfloat16", 128, 12, 64, direction="backward")
+        assert chosen.blocks_per_head == 1 and chosen.fused_dr and chosen.breakdown["on_sm"] == 1
+        assert measured[_config(chosen.to_dict())] < 1.01 * fastest
+        priced = solve_fused(H200, function, "bfloat16", 128, 12, 64, direction="backward", model=without)
+        assert priced.breakdown["on_sm"] > 1 and priced.step_cycles < chosen.step_cycles
+        assert measured[_config(priced.to_dict())] > missed * fastest, function
+    # The term alone keeps a cluster for a head one block holds off shared SMs (stop 39's rule, now priced).
     for hw, function, B in itertools.product((H100, H200), ("lstm", "slstm", "gru", "elman"), (16, 32, 96, 128, 256)):
         prm = solve_fused(hw, function, "bfloat16", B, 12, 64, direction="backward")
         assert prm.blocks_per_head == 1 or prm.breakdown["on_sm"] == 1, (hw.name, function, B)
@@ -987,9 +990,9 @@ SWEEPS += [(PREFETCH3_SWEEP, "H200")]
 BW_CLUSTER_SWEEP = "constrint/2026-12-03-h200-sweep-backward-clusters.json"
 #: ... and seven shapes held out of that choice (D = 32 to 128, B = 16 and 32), measured after it.
 BW_CLUSTER_HOLDOUT_SWEEP = "constrint/2026-12-03-h200-sweep-backward-clusters-holdout.json"
-#: ... and four at B = 96-128, where clusters' blocks would share SMs (KernelModel.bw_optional_clusters_max_on_sm).
+#: ... and four at B = 96-128, where blocks share SMs (KernelModel.bw_co_resident_issue was fitted on it).
 BW_CLUSTER_LARGE_BATCH_SWEEP = "constrint/2026-12-03-h200-sweep-backward-clusters-large-batch.json"
-#: ... and three held out of that rule (elman 12x64 B=128 and 256, gru 12x64 B=256), measured after it.
+#: ... and three held out of stop 39's rule for it (elman 12x64 B=128 and 256, gru 12x64 B=256), measured after it.
 BW_LARGE_BATCH_HOLDOUT_SWEEP = "constrint/2026-12-03-h200-sweep-backward-large-batch-holdout.json"
 BW_CLUSTER_SWEEPS = (BW_CLUSTER_SWEEP, BW_CLUSTER_HOLDOUT_SWEEP, BW_CLUSTER_LARGE_BATCH_SWEEP,
                      BW_LARGE_BATCH_HOLDOUT_SWEEP)
@@ -1014,8 +1017,7 @@ KNOWN_MISSES = {("constrint/2026-12-01-h200-sweep-wholek.json", "gru bfloat16 B=
                 (CLUSTER_HOLDOUT_SWEEP, "elman bfloat16 B=16 1x384 T=1024"): 1.12,
                 (CLUSTER_HOLDOUT_SWEEP, "elman bfloat16 B=16 1x384 T=1024 inference"): 1.12,
                 (BW_CLUSTER_SWEEP, "slstm bfloat16 B=16 6x128 T=1024 backward"): 1.19,
-                (BW_CLUSTER_HOLDOUT_SWEEP, "lstm bfloat16 B=16 12x128 T=1024 backward"): 1.15,
-                (BW_CLUSTER_LARGE_BATCH_SWEEP, "gru bfloat16 B=128 12x64 T=1024 backward"): 1.31}
+                (BW_CLUSTER_HOLDOUT_SWEEP, "lstm bfloat16 B=16 12x128 T=1024 backward"): 1.15}
 #: The shapes of the sweeps the forward's constants were fitted on: within 5% (the best achievable for lstm B=256
 #: 12x64 is 4.0%, see test_model_choices_follow_the_measurements); the rest within 10% (issue 7).
 FITTED = {("2026-11-30-h200-sweep.json", "forward"): 1.05, (INFERENCE_SWEEP, "forward"): 1.05,

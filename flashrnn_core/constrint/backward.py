@@ -247,7 +247,7 @@ def estimate(fp: "FusedProblem", values: dict[str, int]) -> dict[str, float]:
         "dr_tiles": m.bw_dr_tile_issue * tpw * dr,
     }
     per_warp = sum(instructions.values())
-    issue = per_warp * max(wps, m.bw_dependent_cpi)
+    issue = per_warp * max(wps, m.bw_dependent_cpi) * (1 + m.bw_co_resident_issue * (on_sm - 1))
     chains = min(ktw, m.chains_wanted)
     r_bandwidth = warps * on_sm * r_smem * geo.split * 512 / m.smem_bytes_per_cycle
     exchange = _exchange_cycles(fp, {**values, "nbt": 1})

@@ -53,7 +53,8 @@ from .solver import Expr, Infeasible, Problem, Var, divides, predicate
 #: 10: the backward weighs the scatter-cluster kernel against a cluster kernel with R^T in shared memory.
 #: 11: the inference forward's own solve (direction "inference"); the forward's cluster exchange refitted.
 #: 12: prefetch 3, and a cluster's deeper prefetch priced (PREFETCH_ON_CLUSTERS); an admissible lower bound.
-MODEL_VERSION = 12
+#: 13: the backward prices blocks that share an SM (BW_CO_RESIDENT), in place of a rule against such clusters.
+MODEL_VERSION = 13
 
 MMA_M, MMA_N, MMA_K = 16, 8, 16  # mma.sync m16n8k16 (bf16/fp16 operands, float32 accumulators)
 
@@ -105,10 +106,6 @@ class KernelModel:
     #: says why); below it, and at every D where None (as before stop 39, which the older sweeps measured), one
     #: block a head wherever one holds R^T.
     bw_clusters_weighed_from_d: int | None = 64
-    #: ... and takes such a cluster only where its blocks have an SM each (at most this many on one): the sweeps
-    #: measured them there (B <= 32 at 12x64); at lstm 12x64 B=128, three blocks an SM, the cluster ran 34% above
-    #: its estimate and slower than one block (BW_CLUSTERS_AT_SMALL_HEADS). None: at any occupancy.
-    bw_optional_clusters_max_on_sm: int | None = 1
     #: Where the kernel switches to reading Wx cell by cell (Tile::LATE_X).
     late_x_threads: int = 384
     #: fused_fw.cu Tile::DMA: clusters of 8+ blocks may add this many warps a block that copy and send h while the
@@ -226,6 +223,8 @@ class KernelModel:
     bw_dependent_cpi: float = 5  # cycles between a lone warp's instructions (each waits on its predecessor)
     bw_fixed: float = 0  # barriers' and stage waits a step, beyond the issue or chain ...
     bw_fixed_per_warp: float = 50  # ... per warp of the block (the barriers wait for the last)
+    #: Blocks that share an SM: each adds this fraction of a block's issue to the step (BW_CO_RESIDENT says why).
+    bw_co_resident_issue: float = 0.5
     #: Registers added to the estimate where it decides how many blocks share an SM: the kernel is built with
     #: __launch_bounds__(threads, 1), so ptxas may take more than the fit (up to 107 above it, BW_REGISTER_FIT)
     #: and a second block then does not fit. Measured: slstm 12x48 B=128 (dR after the kernel) estimated at 77
@@ -404,16 +403,31 @@ The batch suite at 36db278 (...-batch-36db278.json, lstm 12x64 forward+backward)
 the model took 2-block clusters with k_split 2 (384 blocks, three an SM, one wave; estimated 3508 cycles a step
 against one block's 4140 in two waves) and they ran ~4700 (the backward ~2.43 ms against one block's ~2.11, which
 the model priced within 2%). The sweeps never ran a cluster whose blocks share an SM, and the backward's exchange
-constants were fit with one block an SM (``cluster_exchange_cycles`` ignores ``on_sm`` for it). So a cluster a
-head one block could hold is taken only where its blocks have an SM each (``bw_optional_clusters_max_on_sm``);
-elsewhere one block, as before stop 39. Measured after (bench/results/constrint/2026-12-03-h200-sweep-backward-
-clusters-large-batch.json, every backward configuration at B = 96-128): every configuration whose blocks share an
-SM ran 15-50% above its estimate, one block or cluster; lstm and slstm B=128 now pick within 0.6% of the fastest,
-and lstm 12x64 B=128 forward+backward is 2.976 ms again (...-batch-710808f.json). What stays: gru B=128's one-block
-choice of before (two blocks an SM) 1.30x the fastest, lstm B=96's 1.06x; a co-residency term in the backward's
-model, fitted on that sweep, would answer both (not tried). Not a rule against sharing an SM as such: held out
-(...-large-batch-holdout.json), elman 12x64 B=128 and 256 run fastest on one block two and three an SM, and the
-solver picks them (within 0.3%, gru B=256 too).
+constants were fit with one block an SM (``cluster_exchange_cycles`` ignores ``on_sm`` for it). Stop 39 took such
+a cluster only where its blocks had an SM each; stop 40 prices the sharing instead (BW_CO_RESIDENT below), which
+keeps those clusters off shared SMs by itself.
+"""
+
+#: Why each block sharing an SM adds half a block's issue to the backward's step (``bw_co_resident_issue``):
+BW_CO_RESIDENT = """
+The backward's step was one block's issue with the warps of every block on the SM counted per scheduler
+(``warps_per_scheduler``), no more than ``bw_dependent_cpi`` cycles an instruction for a warp alone; at 4 warps a
+scheduler that is latency-bound, so a second block on the SM cost nothing. The sweep of every backward configuration
+at B = 96-128 (bench/results/constrint/2026-12-03-h200-sweep-backward-clusters-large-batch.json, 132 rows) measured
+otherwise: every configuration whose blocks share an SM ran 15-50% above its estimate, clusters and one block alike
+(lstm 12x64 B=128: 2-block clusters three an SM estimated 1.811 ms, measured 2.428; gru B=128: one block of
+k_split 2, two an SM, 1.781 against 2.191, where one block with dR in the kernel, one an SM, ran 1.684). Stop 39
+then barred clusters for heads one block holds from sharing an SM, which left gru B=128 at 1.30x its fastest and
+lstm B=96 at 1.06x. The misprice, as a fraction of the block's issue per extra block on the SM (that sweep and its
+held-out one), is 0.31 in the median of lstm, slstm and gru's configurations with k_split 2 and 4 (66 rows; p10
+0.07, p90 0.57), 0.0 of elman's (36), and below 0 for k_split 1 (the model prices those latency-bound blocks high
+already): a term on the issue, not the chain. 0.4 to 0.7 give the same choice on every one of the 16 backward
+sweeps the tests replay (0.3 takes lstm B=96 to 2-block clusters three an SM, 1.0 elman B=256 to 1.50x).
+At 0.5, with stop 39's rule removed: gru 12x64 B=128 picks one block with dR in the kernel (backward 2.191 ->
+1.684 ms, its fastest), lstm B=96 one block k_split 4 with dR in the kernel (2.276 -> 2.197, 1.03x), and no other
+shape of the sweeps changes; lstm and slstm B=128 keep their choices within 0.6% of the fastest without the rule.
+Of the CI presets' 12x64 shapes (B = 16-256, the four cells) only gru B=96 on the H100 (the same one block) and
+elman B=32 (2-block clusters, k_split 2, one an SM, unmeasured before: measured at stop 40) change.
 """
 
 
@@ -1091,16 +1105,6 @@ def _weighed_with(stages: list[KernelModel], first: int, best: FusedParams) -> l
     return [s for s in stages[first + 1:] if s.bw_scatter]
 
 
-def _optional_cluster_unmeasured(stage: KernelModel, best: FusedParams) -> bool:
-    """Whether ``best`` is a backward cluster for a head the stage also weighed one block a head for
-    (``bw_clusters_weighed_from_d``) with more of its blocks on an SM than such clusters were measured at
-    (``bw_optional_clusters_max_on_sm``): then one block a head, where one is feasible."""
-    limit = stage.bw_optional_clusters_max_on_sm
-    return (best.direction == "backward" and best.blocks_per_head > 1 and not best.scatter and 1 in stage.clusters
-            and stage.bw_clusters_weighed_from_d is not None and best.D >= stage.bw_clusters_weighed_from_d
-            and limit is not None and best.breakdown["on_sm"] > limit)
-
-
 def solve_fused(hardware: Hardware, function: str, dtype, B: int, N: int, D: int, direction: str = "forward",
                 model: KernelModel = DEFAULT_MODEL, explain: bool = True) -> FusedParams | Infeasible:
     """The fastest valid parameters for one shape by the model, or ``Infeasible`` naming the conflicting
@@ -1114,11 +1118,6 @@ def solve_fused(hardware: Hardware, function: str, dtype, B: int, N: int, D: int
         result = fp.problem.solve(explain=explain and len(stages) == 1)
         if not isinstance(result, Infeasible):
             best = params_from(fp, result.values)
-            if _optional_cluster_unmeasured(stage, best):
-                one_block = build_fused(hardware, function, dtype, B, N, D, direction,
-                                        replace(stage, clusters=(1,), r_in_shared_memory=False))
-                found = one_block.problem.solve(explain=False)
-                best = best if isinstance(found, Infeasible) else params_from(one_block, found.values)
             for other in _weighed_with(stages, i, best):
                 ofp = build_fused(hardware, function, dtype, B, N, D, direction, other)
                 found = ofp.problem.solve(explain=False)
