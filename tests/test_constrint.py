@@ -994,8 +994,10 @@ BW_CLUSTER_HOLDOUT_SWEEP = "constrint/2026-12-03-h200-sweep-backward-clusters-ho
 BW_CLUSTER_LARGE_BATCH_SWEEP = "constrint/2026-12-03-h200-sweep-backward-clusters-large-batch.json"
 #: ... and three held out of stop 39's rule for it (elman 12x64 B=128 and 256, gru 12x64 B=256), measured after it.
 BW_LARGE_BATCH_HOLDOUT_SWEEP = "constrint/2026-12-03-h200-sweep-backward-large-batch-holdout.json"
+#: ... and two held out of the co-residency price (BW_CO_RESIDENT): elman 12x64 B=32 and 8x256 B=64.
+BW_CO_RESIDENT_HOLDOUT_SWEEP = "constrint/2026-12-03-h200-sweep-backward-co-resident-holdout.json"
 BW_CLUSTER_SWEEPS = (BW_CLUSTER_SWEEP, BW_CLUSTER_HOLDOUT_SWEEP, BW_CLUSTER_LARGE_BATCH_SWEEP,
-                     BW_LARGE_BATCH_HOLDOUT_SWEEP)
+                     BW_LARGE_BATCH_HOLDOUT_SWEEP, BW_CO_RESIDENT_HOLDOUT_SWEEP)
 SWEEPS += [(f, "H200") for f in BW_CLUSTER_SWEEPS]
 #: Shapes where the solver's choice is known to miss the bound, with the ratio it measured. gru 12x64 B=16: one block
 #: of 16 whole-K warps measured 0.343 ms against the choice's (8 warps, k_split 1) 0.391. The model sums its terms,

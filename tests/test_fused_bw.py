@@ -257,7 +257,7 @@ def test_every_feasible_backward_configuration_matches_vanilla(function, dtype_n
     ``python -m flashrnn_core.tune`` stores the fastest measured): each one (k split, prefetch, dR in the
     kernel or not; blocks a head) gives vanilla's gradients. Clusters: every configuration of heads no block
     holds, and of heads one block holds too (D = 64: the solver weighs them there,
-    KernelModel.bw_clusters_weighed_from_d).
+    KernelModel.bw_clusters_weighed_from_d; not elman's, weighed from D = 128).
     Scatter clusters (16-bit) are the solver's last stage, taken only at D = 768 by lstm: here every (cluster,
     warps, prefetch) of theirs at D = 256, with none and with the most of R^T's tiles in shared memory. Kernels
     are compiled up front on every core."""
@@ -265,7 +265,7 @@ def test_every_feasible_backward_configuration_matches_vanilla(function, dtype_n
 
     from flashrnn_core.compile import run_jobs
     from flashrnn_core.constrint.hardware import current
-    from flashrnn_core.constrint.problems import all_feasible
+    from flashrnn_core.constrint.problems import DEFAULT_MODEL, all_feasible
     from flashrnn_core.runtime import device_arch
     from flashrnn_core.tune import pinned
 
@@ -276,7 +276,8 @@ def test_every_feasible_backward_configuration_matches_vanilla(function, dtype_n
     if clustered:  # heads no block holds: every cluster configuration (sm_90)
         if current().clusters is False:
             pytest.skip("thread-block clusters need sm_90")
-        if kind == "cluster":  # ... and of heads one block holds (KernelModel.bw_clusters_weighed_from_d)
+        weighed_from = DEFAULT_MODEL.bw_cell_clusters_weighed_from_d.get(function, 64)
+        if kind == "cluster" and weighed_from <= 64:  # ... and of heads one block holds (bw_clusters_weighed_from_d)
             cases.append((64, [c for c in all_feasible(current(), function, dtype_name, B, N, 64, direction="backward")
                                if c.blocks_per_head > 1]))
         D = 128 if dtype_name == "float32" and function != "elman" else 256  # (elman float32 128 fits a block)

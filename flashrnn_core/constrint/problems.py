@@ -53,7 +53,8 @@ from .solver import Expr, Infeasible, Problem, Var, divides, predicate
 #: 10: the backward weighs the scatter-cluster kernel against a cluster kernel with R^T in shared memory.
 #: 11: the inference forward's own solve (direction "inference"); the forward's cluster exchange refitted.
 #: 12: prefetch 3, and a cluster's deeper prefetch priced (PREFETCH_ON_CLUSTERS); an admissible lower bound.
-#: 13: the backward prices blocks that share an SM (BW_CO_RESIDENT), in place of a rule against such clusters.
+#: 13: the backward prices blocks that share an SM (BW_CO_RESIDENT), in place of a rule against such clusters;
+#:     elman weighs clusters from D = 128.
 MODEL_VERSION = 13
 
 MMA_M, MMA_N, MMA_K = 16, 8, 16  # mma.sync m16n8k16 (bf16/fp16 operands, float32 accumulators)
@@ -106,6 +107,9 @@ class KernelModel:
     #: says why); below it, and at every D where None (as before stop 39, which the older sweeps measured), one
     #: block a head wherever one holds R^T.
     bw_clusters_weighed_from_d: int | None = 64
+    #: ... or from a later D for these cells: elman's one-gate step, the lightest, gains least from spreading its
+    #: cells (BW_CO_RESIDENT's last paragraph: its one block fastest at D = 64, B = 16 and 32; clusters at 6x128).
+    bw_cell_clusters_weighed_from_d: dict = field(default_factory=lambda: {"elman": 128})
     #: Where the kernel switches to reading Wx cell by cell (Tile::LATE_X).
     late_x_threads: int = 384
     #: fused_fw.cu Tile::DMA: clusters of 8+ blocks may add this many warps a block that copy and send h while the
@@ -426,8 +430,17 @@ sweeps the tests replay (0.3 takes lstm B=96 to 2-block clusters three an SM, 1.
 At 0.5, with stop 39's rule removed: gru 12x64 B=128 picks one block with dR in the kernel (backward 2.191 ->
 1.684 ms, its fastest), lstm B=96 one block k_split 4 with dR in the kernel (2.276 -> 2.197, 1.03x), and no other
 shape of the sweeps changes; lstm and slstm B=128 keep their choices within 0.6% of the fastest without the rule.
-Of the CI presets' 12x64 shapes (B = 16-256, the four cells) only gru B=96 on the H100 (the same one block) and
-elman B=32 (2-block clusters, k_split 2, one an SM, unmeasured before: measured at stop 40) change.
+Of the CI presets' 12x64 shapes (B = 16-256, the four cells) gru B=96 on the H100 took the same one block, and
+elman B=32 2-block clusters of k_split 2 (one an SM, none measured there before; the one-block fallback of stop 39's
+rule had taken one block). Measured (H200 bf16 T=1024, every backward configuration, bench/results/constrint/
+2026-12-03-h200-sweep-backward-co-resident-holdout.json): that cluster 0.544 ms against 0.444 for one block with dR
+in the kernel (1.23x); elman 8x256 B=64's choice, 2-block clusters of k_split 1, the fastest (1.502 ms). With the
+B=16 sweep (elman 12x64: one block 0.413 ms, its 4-block cluster choice 0.424) elman's clusters never won at D = 64
+and won at 6x128 (0.516 against 0.563): the model prices elman's one block ~60% high at D = 64 (its ``bw_fixed_per
+_warp`` cost of 16 warps, fitted on lstm's heavier step) and its clusters within ~10%. So elman weighs clusters
+from D = 128 (``bw_cell_clusters_weighed_from_d``): elman 12x64 then picks one block at B = 16 (its fastest) and
+B = 32 (1.03x). gru 12x64 B=128 forward+backward measured after (bench/results/2026-12-03-h200-batch-151428a-gru.
+json): 2.849 -> 2.368 ms.
 """
 
 
@@ -1077,6 +1090,8 @@ def _stages(model: KernelModel, hw: Hardware, function: str, dtype, D: int, dire
     stages = []
     geo = geometry(function, dtype, D, direction)
     weighed_from = model.bw_clusters_weighed_from_d
+    if weighed_from is not None:
+        weighed_from = max(weighed_from, model.bw_cell_clusters_weighed_from_d.get(function, weighed_from))
     if direction == "backward" and hw.clusters and (weighed_from is None or D < weighed_from):
         stages.append(replace(model, clusters=(1,), r_in_shared_memory=False))
     if _r_in_shared_memory_allowed(model, hw, geo):
