@@ -256,8 +256,8 @@ def test_every_feasible_backward_configuration_matches_vanilla(function, dtype_n
     """The solver picks one configuration a shape, but may pick any it admits on another GPU or shape (and
     ``python -m flashrnn_core.tune`` stores the fastest measured): each one (k split, prefetch, dR in the
     kernel or not; blocks a head) gives vanilla's gradients. Clusters: every configuration of heads no block
-    holds, and of heads one block holds too (D = 64: the solver weighs them there,
-    KernelModel.bw_clusters_weighed_from_d; not elman's, weighed from D = 128).
+    holds, and of heads one block holds too (D = 64 and 128: the solver weighs them there,
+    KernelModel.bw_clusters_weighed_from_d; elman's from D = 128).
     Scatter clusters (16-bit) are the solver's last stage, taken only at D = 768 by lstm: here every (cluster,
     warps, prefetch) of theirs at D = 256, with none and with the most of R^T's tiles in shared memory. Kernels
     are compiled up front on every core."""
@@ -276,11 +276,12 @@ def test_every_feasible_backward_configuration_matches_vanilla(function, dtype_n
     if clustered:  # heads no block holds: every cluster configuration (sm_90)
         if current().clusters is False:
             pytest.skip("thread-block clusters need sm_90")
-        weighed_from = DEFAULT_MODEL.bw_cell_clusters_weighed_from_d.get(function, 64)
-        if kind == "cluster" and weighed_from <= 64:  # ... and of heads one block holds (bw_clusters_weighed_from_d)
-            cases.append((64, [c for c in all_feasible(current(), function, dtype_name, B, N, 64, direction="backward")
-                               if c.blocks_per_head > 1]))
         D = 128 if dtype_name == "float32" and function != "elman" else 256  # (elman float32 128 fits a block)
+        weighed_from = DEFAULT_MODEL.bw_cell_clusters_weighed_from_d.get(function, 64)
+        for held in (64, 128):  # ... and of heads one block holds (bw_clusters_weighed_from_d)
+            if kind == "cluster" and weighed_from <= held and held != D:
+                cases.append((held, [c for c in all_feasible(current(), function, dtype_name, B, N, held,
+                                                             direction="backward") if c.blocks_per_head > 1]))
     if kind == "scatter":
         if dtype_name == "float32":
             pytest.skip("scatter clusters: 16-bit storage")

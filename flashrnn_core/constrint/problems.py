@@ -54,7 +54,7 @@ from .solver import Expr, Infeasible, Problem, Var, divides, predicate
 #: 11: the inference forward's own solve (direction "inference"); the forward's cluster exchange refitted.
 #: 12: prefetch 3, and a cluster's deeper prefetch priced (PREFETCH_ON_CLUSTERS); an admissible lower bound.
 #: 13: the backward prices blocks that share an SM (BW_CO_RESIDENT), in place of a rule against such clusters;
-#:     elman weighs clusters from D = 128.
+#:     elman weighs clusters from D = 128; the backward's exchange refitted (BW_EXCHANGE_REFIT).
 MODEL_VERSION = 13
 
 MMA_M, MMA_N, MMA_K = 16, 8, 16  # mma.sync m16n8k16 (bf16/fp16 operands, float32 accumulators)
@@ -170,12 +170,12 @@ class KernelModel:
     cluster_nonportable: int = 282
     #: A cluster's step with Wx staged 4 or more steps ahead (PREFETCH_ON_CLUSTERS says what was measured).
     cluster_deep_prefetch: int = 25
-    #: The backward's exchange of drs (``backward.py``): the forward's constants before stop 35's refit, which the
-    #: backward's were calibrated with, but the fixed cost, set on the sweep of clusters at heads one block holds
-    #: (BW_CLUSTERS_AT_SMALL_HEADS; 186 before).
+    #: The backward's exchange of drs (``backward.py``): the fixed cost set on the sweep of clusters at heads one
+    #: block holds (BW_CLUSTERS_AT_SMALL_HEADS; 186 before), the cost a peer and the rate refitted on the cluster
+    #: sweeps at stop 40 (26 and 4 before, the forward's constants before stop 35: BW_EXCHANGE_REFIT).
     bw_cluster_exchange: int = 120
-    bw_cluster_per_peer: int = 26
-    bw_cluster_bytes_per_cycle: int = 4
+    bw_cluster_per_peer: int = 80
+    bw_cluster_bytes_per_cycle: int = 12
     grid_sync: int = 2300  # cooperative grid barrier, 1.2 us on H100 (issue 5)
     #: DMA warps (Tile::DMA): the share of the exchange that overlaps the mma (the compute warps start on the slices
     #: that have arrived), of the smaller of the two, and what the mbarrier-group waits inside the mma add. Fitted
@@ -443,6 +443,26 @@ B = 32 (1.03x). gru 12x64 B=128 forward+backward measured after (bench/results/2
 json): 2.849 -> 2.368 ms.
 """
 
+
+#: Why the backward's drs exchange costs 80 cycles a peer and 12 bytes a cycle (``bw_cluster_per_peer``,
+#: ``bw_cluster_bytes_per_cycle``):
+BW_EXCHANGE_REFIT = """
+The backward's exchange term kept the forward's constants from before stop 35 (26 cycles a peer, 4 bytes a cycle
+received), with which its other constants were calibrated on one-block kernels. On the cluster sweeps of stop 39
+(bench/results/constrint/2026-12-03-h200-sweep-backward-clusters*.json) it priced 4-block clusters high against 2:
+at 12x64 B=16 lstm, slstm and gru took 2-block clusters at 1.04, 1.05 and 1.03x the fastest (4 blocks, k_split 4),
+slstm 6x128 at 1.19x and lstm 12x128 at 1.15x (KNOWN_MISSES until stop 40): a 4-block cluster's drs at 12x64 is
+3 x 4 gates x 16 dims x 8 rows x 2 bytes = 3 KB a block a step, 768 cycles at 4 bytes a cycle, where the whole
+backward step measured ~1550 cycles. A grid over (per peer, bytes a cycle) on the choices of every backward sweep
+the tests replay: 8-12 bytes a cycle with 45-80 cycles a peer give the same choices, each within 5.9% of its
+fastest (the worst an older sweep's gru 12x64, unchanged), lstm, slstm and gru 12x64 at their fastest (4-block
+clusters, k_split 4), slstm 6x128 1.001x, lstm 12x128 1.004x at (80, 12) (1.054x at 10 bytes a cycle), gru 8x96
+1.005 -> 1.028x; 6 bytes a cycle or 45 a peer at 10 took elman 6x128 to 1.13x. The per-step estimates move towards
+what the reference suite measured: lstm 1x768's backward (16-block scatter clusters, the same choice) 8469 -> 5385
+cycles against ~5470 measured (2.83 ms forward+backward less the saving forward), gru 1x768 8095 -> 5011 (~5120),
+lstm 3x256 4925 -> 2860 (~3260). Every 1x768 and 3x256 choice stays what it was but elman 3x256 (4-block clusters,
+k_split 1 -> 2).
+"""
 
 @dataclass(frozen=True)
 class Geometry:
