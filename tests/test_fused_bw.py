@@ -31,7 +31,7 @@ CASES = [
     (20, 5, 4, 16, True, "h"),
     (3, 5, 1, 160, True, "all"),  # above one block's registers for most cells: 2-block clusters (sm_90)
     (5, 9, 3, 256, True, "all"),  # 4- and 8-block clusters: drs exchanged between blocks each step
-    (64, 5, 8, 256, False, "h"),  # 256 blocks: elman on 2-block clusters of one warp a 16 rows (BW_CO_RESIDENT)
+    (64, 5, 8, 256, False, "h"),  # 128 blocks: elman on 2-block clusters of one warp a 16 rows (BW_CO_RESIDENT)
     (3, 6, 1, 512, False, "h+last"),  # 16-block clusters, lstm/slstm with R^T partly in shared memory
     (2, 4, 1, 768, True, "h"),  # 16-block clusters: gru R^T partly in shared memory, lstm scatter clusters
     (11, 6, 2, 768, True, "all+last"),  # scatter clusters over two batch tiles and two heads (lstm, slstm)
@@ -277,7 +277,7 @@ def test_every_feasible_backward_configuration_matches_vanilla(function, dtype_n
         if current().clusters is False:
             pytest.skip("thread-block clusters need sm_90")
         D = 128 if dtype_name == "float32" and function != "elman" else 256  # (elman float32 128 fits a block)
-        weighed_from = DEFAULT_MODEL.bw_cell_clusters_weighed_from_d.get(function, 64)
+        weighed_from = DEFAULT_MODEL.bw_clusters_weighed_from(function)
         for held in (64, 128):  # ... and of heads one block holds (bw_clusters_weighed_from_d)
             if kind == "cluster" and weighed_from <= held and held != D:
                 cases.append((held, [c for c in all_feasible(current(), function, dtype_name, B, N, held,

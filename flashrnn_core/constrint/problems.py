@@ -253,6 +253,12 @@ class KernelModel:
         "gru": {4: 103, 6: 103, 8: 99, 12: 68, 16: 103}, "elman": {4: 108, 6: 108, 8: 101, 12: 99, 16: 108}})
 
 
+    def bw_clusters_weighed_from(self, function: str) -> int | None:
+        """The D from which the backward weighs clusters against one block a head for ``function`` (None: never)."""
+        common = self.bw_clusters_weighed_from_d
+        return None if common is None else max(common, self.bw_cell_clusters_weighed_from_d.get(function, common))
+
+
 DEFAULT_MODEL = KernelModel()
 
 #: How the register coefficients were chosen (documentation; the numbers live in ``KernelModel``):
@@ -463,6 +469,7 @@ cycles against ~5470 measured (2.83 ms forward+backward less the saving forward)
 lstm 3x256 4925 -> 2860 (~3260). Every 1x768 and 3x256 choice stays what it was but elman 3x256 (4-block clusters,
 k_split 1 -> 2).
 """
+
 
 @dataclass(frozen=True)
 class Geometry:
@@ -1109,9 +1116,7 @@ def _stages(model: KernelModel, hw: Hardware, function: str, dtype, D: int, dire
     (``KernelModel.bw_scatter``), which is weighed against the first feasible cluster stage (``_weighed_with``)."""
     stages = []
     geo = geometry(function, dtype, D, direction)
-    weighed_from = model.bw_clusters_weighed_from_d
-    if weighed_from is not None:
-        weighed_from = max(weighed_from, model.bw_cell_clusters_weighed_from_d.get(function, weighed_from))
+    weighed_from = model.bw_clusters_weighed_from(function)
     if direction == "backward" and hw.clusters and (weighed_from is None or D < weighed_from):
         stages.append(replace(model, clusters=(1,), r_in_shared_memory=False))
     if _r_in_shared_memory_allowed(model, hw, geo):
