@@ -20,6 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from flashrnn_core.backends.fused import BW_ENTRY, BW_SOURCE, CELL_STRUCTS  # noqa: E402
 from flashrnn_core.runtime import KernelSpec, compile_spec  # noqa: E402
 
+from bench.bw_smem_register_data import fewest_clean, spills  # noqa: E402
+
 D, CLUSTER = 768, 16
 GATES_R = {"lstm": 4, "slstm": 4, "gru": 3, "elman": 1}
 
@@ -43,11 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     for function in args.cells.split(","):
         for warps in map(int, args.warps.split(",")):
             tiles = D // 16 // warps * GATES_R[function] * (D // CLUSTER // 16)
-            lo, hi = 0, tiles  # the fewest shared-memory tiles without a spill (every tile there never spills)
-            while lo < hi:
-                mid = (lo + hi) // 2
-                res = resources(function, warps, mid)
-                lo, hi = (lo, mid) if res.spill_stores == 0 and res.stack == 0 else (mid + 1, hi)
+            # the fewest shared-memory tiles without a spill (every tile there never spills)
+            lo = fewest_clean(lambda n: spills(resources(function, warps, n)), 0, tiles)
             cap = 255 if 32 * warps * 255 <= 65536 else 65536 // (32 * warps) // 8 * 8
             krf = tiles - lo
             rest = str(cap - 4 * krf) if krf < tiles else "-"

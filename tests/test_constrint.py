@@ -677,6 +677,36 @@ def test_backward_problem_describes_fused_bw():
     assert solve_fused(H100, "lstm", "bfloat16", 16, 12, 64, direction="backward").k_split == 4
 
 
+def test_float32_backward_register_rule_rejects_every_measured_spill():
+    """KernelModel.bw_reg_rest_with_smem_split against ptxas (bench/results/constrint/bw_smem_registers_f32.json,
+    bench/bw_smem_register_data.py: float32 backward kernels on 16-block clusters with R^T partly in shared memory,
+    every cell, D = 256-768, k split 1-4, prefetch 1-3, the fewest shared-memory k-tiles that compile without a
+    spill). Every split below that fewest spills, so the rule must reject the largest of them (the estimate falls
+    as k-tiles move to shared memory), for the register rule's own reason: without it the split launches. And the
+    heads it was refitted for take the fused backward, at a split the data found clean: float32 lstm and slstm
+    D = 256 and gru D = 512 (their backward was `cuda`'s)."""
+    rows = json.loads((RESULTS / "constrint" / "bw_smem_registers_f32.json").read_text())
+    anything = replace(problems.DEFAULT_MODEL, bw_reg_rest_with_smem=0, bw_reg_rest_with_smem_per_warp=0,
+                       bw_reg_rest_with_smem_split=0)
+    clean = {}
+    for row in rows:
+        key = (row["function"], row["D"], row["ks"], row["prefetch"])
+        clean[key] = row["rs"]
+        if row["rs"] == row["rs_min_feasible"]:
+            continue  # no split below it launches at all (shared memory): nothing spilled there
+        given = dict(blocks_per_head=16, k_split=row["ks"], prefetch_steps=row["prefetch"],
+                     r_ktiles_in_smem=row["rs"] - 1, direction="backward")
+        rejected = problems.assess(H100, row["function"], "float32", 16, 1, row["D"], **given, explain=False)
+        assert isinstance(rejected, Infeasible), (key, row["rs"] - 1, rejected.registers_estimate)
+        assert problems.assess(H100, row["function"], "float32", 16, 1, row["D"], **given, model=anything,
+                               explain=False), key
+    for function, D in (("lstm", 256), ("slstm", 256), ("gru", 512)):
+        for hw in (H100, H200):
+            prm = solve_fused(hw, function, "float32", 16, 3, D, direction="backward")
+            assert prm and prm.blocks_per_head == 16 and prm.r_ktiles_in_smem, (function, D, prm)
+            assert prm.r_ktiles_in_smem >= clean[function, D, prm.k_split, prm.prefetch_steps], (function, D, prm)
+
+
 def test_backward_prices_blocks_that_share_an_sm():
     """problems.BW_CO_RESIDENT: each block sharing an SM adds half a block's issue to the backward's step. lstm
     12x64 on an H200 is a 4-block cluster at B=16 (an SM a block) and one block with dR in the kernel at B=128,

@@ -159,11 +159,12 @@ def resources(geo, m: "KernelModel", v: dict[str, Var]) -> tuple[Expr, Expr]:
     # Registers: R^T's A-fragments (4 a k-tile and operand part), the cells' live values, dR's accumulators
     # (BW_REGISTER_FIT; split-K's own addressing got 0 there). With R^T partly in shared memory (r_shared = 1):
     # its registers one for one, and the rest at a factor of its estimate that falls with the block's warps
-    # (KernelModel.bw_reg_rest_with_smem).
+    # and is lower for float32 (KernelModel.bw_reg_rest_with_smem*).
     r_regs = 4 * split * (ktw - r_smem)
     rest = (m.bw_reg_base + m.bw_reg_per_cell_value * cells * geo.live_per_cell + m.bw_reg_per_dr * 4 * tpw * fused_dr
             + m.bw_reg_cluster_split * clustered * (split - 1))
-    smem_factor = m.bw_reg_rest_with_smem - m.bw_reg_rest_with_smem_per_warp * warps_m * ksplit
+    smem_factor = (m.bw_reg_rest_with_smem - m.bw_reg_rest_with_smem_per_warp * warps_m * ksplit
+                   - m.bw_reg_rest_with_smem_split * (split - 1))
     regs = (m.bw_reg_margin + (1 + m.bw_reg_margin_fraction) * (rest + m.bw_reg_per_r * r_regs) * (1 - r_shared)
             + r_shared * (r_regs + smem_factor * rest))
     # Shared memory, as Tile: drs double-buffered as bf16 operands over every gate's rows (+8 pad), the split-K

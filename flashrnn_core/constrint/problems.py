@@ -55,7 +55,9 @@ from .solver import Expr, Infeasible, Problem, Var, divides, predicate
 #: 12: prefetch 3, and a cluster's deeper prefetch priced (PREFETCH_ON_CLUSTERS); an admissible lower bound.
 #: 13: the backward prices blocks that share an SM (BW_CO_RESIDENT), in place of a rule against such clusters;
 #:     elman weighs clusters from D = 128; the backward's exchange refitted (BW_EXCHANGE_REFIT).
-MODEL_VERSION = 13
+#: 14: float32's own factor in the register rule of backward kernels with R^T in shared memory
+#:     (bw_reg_rest_with_smem_split): float32 lstm and slstm D = 256 and gru D = 512 take the fused backward.
+MODEL_VERSION = 14
 
 MMA_M, MMA_N, MMA_K = 16, 8, 16  # mma.sync m16n8k16 (bf16/fp16 operands, float32 accumulators)
 
@@ -214,6 +216,15 @@ class KernelModel:
     #: with 33 of 72 (>= 3.2 x). The line through 2.28 at 12 warps and 3.1 at 8.
     bw_reg_rest_with_smem: Fraction = Fraction(237, 50)
     bw_reg_rest_with_smem_per_warp: Fraction = Fraction(41, 200)
+    #: ... less this for float32 (hi/lo operand parts): the line above, fitted on 16-bit kernels of 6-12 warps,
+    #: took 3.9 x the rest at the 4 warps of float32 lstm D = 256 (k split 4), so that no split of R^T fitted
+    #: (its backward ran on `cuda`), where ptxas needs ~2.2 x. Data: bench/bw_smem_register_data.py --dtypes
+    #: float32 (bench/results/constrint/bw_smem_registers_f32.json: every cell, D = 256-768, k split 1-4,
+    #: prefetch 1-3, the fewest shared-memory k-tiles without a spill): 0.7 is the largest tenth at which no
+    #: spilling variant is accepted (0.8 accepts gru D = 512's, 8 warps), and it keeps every family whose
+    #: fewest clean split is known within 4 k-tiles of it but those of 1-2 warps (k split 1-2, never chosen
+    #: where k split 4 fits). 16-bit kernels keep the line.
+    bw_reg_rest_with_smem_split: Fraction = Fraction(7, 10)
     #: Clusters with float32 storage (hi/lo rows: twice the drs pieces a thread sends a step, their addresses
     #: and targets kept): of the 48 cluster kernels the solver chose on the H100 preset, the two float32 ones
     #: estimated at 242 and 249 spilled 12 and 40 bytes at 255 registers (16-bit ones at up to 253 did not).
@@ -1235,9 +1246,10 @@ def all_feasible(hardware: Hardware, function: str, dtype, B: int, N: int, D: in
 def assess(hardware: Hardware, function: str, dtype, B: int, N: int, D: int, *, blocks_per_head: int = 1,
            k_split: int, batch_ntiles: int = 1, prefetch_steps: int, r_ktiles_in_smem: int = 0,
            fused_dr: bool = False, whole_k: bool = False, dma_warps: int = 0, direction: str = "forward",
-           model: KernelModel = DEFAULT_MODEL) -> FusedParams | Infeasible:
+           model: KernelModel = DEFAULT_MODEL, explain: bool = True) -> FusedParams | Infeasible:
     """The model's verdict on one given configuration (a hand-picked or a measured one): its ``FusedParams``
-    with the estimate, or ``Infeasible`` naming the limits it breaks (the "given ..." constraints among them).
+    with the estimate, or ``Infeasible`` naming the limits it breaks (the "given ..." constraints among them;
+    ``explain=False``: naming none, which is much faster where only feasibility matters).
     A backward configuration is (``blocks_per_head``, ``k_split``, ``prefetch_steps``, ``fused_dr``,
     ``r_ktiles_in_smem``): 8 sequences a block."""
     fp = build_fused(hardware, function, dtype, B, N, D, direction, model)
@@ -1253,9 +1265,9 @@ def assess(hardware: Hardware, function: str, dtype, B: int, N: int, D: int, *, 
             raise ValueError(f"assess: the kernel model offers {model.dma_warps} DMA warps, got {dma_warps}")
     for name, value in given.items():
         fp.problem.add(fp.v[name] == value, name=f"given {name} = {value}")
-    result = fp.problem.solve()
+    result = fp.problem.solve(explain=explain)
     if isinstance(result, Infeasible):
-        return _in_words(result)
+        return _in_words(result) if explain else result
     return params_from(fp, result.values)
 
 
