@@ -30,7 +30,8 @@ TIME_PASSES = ("fw", "fwbw")
 
 
 def load(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
-    """The documents, one per (suite, gpu), in SUITE_ORDER: the newest file's (by ``date``). In a sweep suite
+    """The documents, one per (suite, dtype, gpu), in SUITE_ORDER: the newest file's (by ``date``; ``dtype`` is the
+    header's where a run chose one, ``bench.run --dtype``, else the reference's bfloat16). In a sweep suite
     (batch, seqlen, headdim) or the reference suite a (configuration, backend) that the newest file did not time
     (cut by its time budget, or a cell it did not run) is filled from the newest older file of the same suite and
     GPU that did; such a row carries ``from`` (that file's name) and the document lists the files in ``filled_from``."""
@@ -40,13 +41,18 @@ def load(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
         doc["_path"] = str(path)
         if "suite" not in doc and "shapes" in doc:  # bench/sweep_fused.py's document
             doc["suite"] = "sweep"
-        by_key.setdefault((doc.get("suite", "?"), doc.get("gpu", "?")), []).append(doc)
+        by_key.setdefault((doc.get("suite", "?"), suite_dtype(doc), doc.get("gpu", "?")), []).append(doc)
     docs = []
-    for (suite, _), group in by_key.items():
+    for (suite, _, _), group in by_key.items():
         group.sort(key=lambda d: d.get("date", ""), reverse=True)
         docs.append(fill_from_older(group[0], group[1:]) if suite in FILLED_SUITES else group[0])
     order = {s: i for i, s in enumerate(SUITE_ORDER)}
     return sorted(docs, key=lambda d: (order.get(d.get("suite"), 99), d.get("gpu", "")))
+
+
+def suite_dtype(doc: dict[str, Any]) -> str:
+    """The storage dtype a document's suite ran in: its header's (``bench.run --dtype``), else bfloat16."""
+    return doc.get("dtype", "bfloat16")
 
 
 def _timed(row: dict[str, Any]) -> bool:
@@ -221,7 +227,8 @@ def markdown(docs: list[dict[str, Any]]) -> str:
            "float16 and float32. cuDNN has no heads: it runs one head of size N*D. sLSTM is compared with cuDNN's "
            "LSTM and Elman with its tanh RNN (no cuDNN counterparts).", ""]
     for doc in docs:
-        out += [f"## {doc['suite']}: {doc.get('gpu')}", "",
+        in_dtype = "" if suite_dtype(doc) == "bfloat16" else f" ({suite_dtype(doc)})"
+        out += [f"## {doc['suite']}{in_dtype}: {doc.get('gpu')}", "",
                 f"{doc.get('date')}, commit `{_commit(doc.get('commit'))}`, driver {doc.get('driver')}, "
                 f"CUDA {doc.get('cuda_runtime')}, NVRTC {doc.get('nvrtc')}, CuPy {doc.get('cupy')}, "
                 f"torch {doc.get('torch')}" + (" (dry run: CPU, tiny sizes)" if doc.get("dry_run") else ""),
@@ -363,7 +370,7 @@ SUMMARY_CONFIGS = (("lstm", 12, 64), ("lstm", 48, 16), ("lstm", 3, 256), ("lstm"
 def summary(docs: list[dict[str, Any]]) -> str:
     """The README's table: for each summary configuration, our fastest backend's median (and its ratios to
     cuDNN) forward and forward+backward, from the newest ``reference`` document."""
-    refs = [d for d in docs if d.get("suite") == "reference"]
+    refs = [d for d in docs if d.get("suite") == "reference" and suite_dtype(d) == "bfloat16"]
     if not refs:
         return "(no reference results)"
     doc = max(refs, key=lambda d: d.get("date", ""))

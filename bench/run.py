@@ -60,10 +60,11 @@ class Shape:
     D: int
 
 
-def suite_shapes(suite: str, functions: Iterable[str], dry_run: bool = False) -> list[Shape]:
-    """The shapes of ``suite``; a dry run takes the same structure at sizes a CPU runs in seconds (in float32:
-    torch's CPU kernels for 16-bit recurrences are slow, and the dry run measures nothing)."""
-    dtype = "float32" if dry_run else "bfloat16"
+def suite_shapes(suite: str, functions: Iterable[str], dry_run: bool = False, dtype: str | None = None) -> list[Shape]:
+    """The shapes of ``suite`` in ``dtype`` (default bfloat16, the reference's); a dry run takes the same structure
+    at sizes a CPU runs in seconds (by default in float32: torch's CPU kernels for 16-bit recurrences are slow, and
+    the dry run measures nothing)."""
+    dtype = dtype or ("float32" if dry_run else "bfloat16")
     if dry_run:
         heads, sweep_heads, hidden, B, T = ((2, 8), (1, 16)), ((2, 8), (1, 16)), 16, 2, 8
         batches, lengths, dims = (1, 4), (4, 16), (8, 16)
@@ -735,6 +736,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--backends", default=None,
                    help="comma list (default: every backend present; vanilla only on the CPU or when named)")
     p.add_argument("--functions", default=",".join(FUNCTIONS), help="cells, comma list")
+    p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default=None,
+                   help="the suite's storage dtype (default bfloat16, the reference's; dry run float32)")
     p.add_argument("--out", default=None, help="JSON path (default bench/results/<date>-<gpu>-<suite>.json)")
     p.add_argument("--runs", type=int, default=None,
                    help=f"timed runs a row (at least {MIN_RUNS} on the GPU; default {MIN_RUNS}, dry run {DRY_RUNS})")
@@ -797,7 +800,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = max(args.runs or MIN_RUNS, MIN_RUNS) if gpu else (args.runs or DRY_RUNS)
     opts = Options(args.suite, names, absent, runs, args.spin_ms if gpu else 0.0, args.loop, args.budget_s,
                    cudnn_dtypes(args.cudnn_dtypes, gpu), gpu)
-    header = {"suite": args.suite,
+    header = {"suite": args.suite, **({"dtype": args.dtype} if args.dtype else {}),
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
               "commit": git_commit(), **environment(gpu), "dry_run": args.dry_run,
               "protocol": {"runs": opts.runs, "warmup": 3 if gpu else 1, "spin_ms": opts.spin_ms, "loop": opts.loop,
@@ -806,7 +809,7 @@ def main(argv: list[str] | None = None) -> int:
         header["shard"] = args.shard
     out = shard_path(Path(args.out) if args.out else default_out(args.suite, header["gpu"], args.dry_run), shard)
     results = Results(out, header)
-    shapes = take_shard(suite_shapes(args.suite, functions, args.dry_run), shard)
+    shapes = take_shard(suite_shapes(args.suite, functions, args.dry_run, args.dtype), shard)
     if args.suite == "compile":
         run_compile_suite(opts, shapes, results, args.cold_runs)
     elif args.suite == "step":

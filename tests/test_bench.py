@@ -190,6 +190,29 @@ def test_report_fills_a_cut_reference_run_and_marks_the_summary(tmp_path):
     assert "* from `bench/results/old.json` or `bench/results/older.json`" in text and text.count("* from") == 1
 
 
+def test_a_suite_in_another_dtype_is_its_own_document(tmp_path):
+    """``--dtype`` runs a suite in that storage dtype and says so in the header; the report keeps it apart from the
+    suite's bfloat16 runs (no filling across dtypes, its own heading) and the README summary reads bfloat16 only."""
+    assert {s.dtype for s in run.suite_shapes("reference", ["lstm"], dtype="float32")} == {"float32"}
+    assert {s.dtype for s in run.suite_shapes("reference", ["lstm"])} == {"bfloat16"}
+    bf16, f32 = tmp_path / "bf16.json", tmp_path / "f32.json"
+    assert run.main(["--suite", "reference", "--dry-run", "--functions", "lstm", "--out", str(bf16)]) == 0
+    assert run.main(["--suite", "reference", "--dry-run", "--functions", "lstm", "--dtype", "float32",
+                     "--out", str(f32)]) == 0
+    for path, dtype, date in ((bf16, "bfloat16", "2000-01-01T00:00:00Z"), (f32, "float32", "9999-01-01T00:00:00Z")):
+        doc = json.loads(path.read_text())
+        doc.update(date=date, rows=[{**r, "dtype": dtype, "N": 12, "D": 64} for r in doc["rows"] if r["N"] > 1])
+        if dtype == "bfloat16":
+            doc.pop("dtype", None)  # as every run before the option
+        path.write_text(json.dumps(doc))
+    assert json.loads(f32.read_text())["dtype"] == "float32"
+    docs = report.load([bf16, f32])
+    assert sorted(report.suite_dtype(d) for d in docs) == ["bfloat16", "float32"]
+    assert not any(d.get("filled_from") for d in docs)
+    assert "## reference (float32):" in report.markdown(docs)
+    assert "`bench/results/bf16.json`" in report.summary(docs) and "f32.json" not in report.summary(docs)
+
+
 def test_varlen_dry_run_rows(tmp_path):
     """The varlen suite on the CPU: lstm and gru (the cells with a PackedSequence cuDNN counterpart), both head
     layouts, fw and fwbw, each row timed with lengths and padded, against torch's packed and padded modules."""
