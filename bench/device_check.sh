@@ -27,6 +27,8 @@
 #     --match/--labels arguments; default: PRECOMPILE_MATCH's)
 #   TUNE_ARGS="--cell lstm --N 48 --D 16 --direction forward --distinct --top-k 4;..." (stage "tune": the solver's
 #     candidates measured, python -m flashrnn_core.tune --no-store; ';' separates runs, tables printed at the end)
+#   FLASHRNN_COMMIT=<sha> (the results JSONs' "commit": the device's copy of .git may be an older commit's, so pass
+#     the tree's own from the machine that sends it, e.g. FLASHRNN_COMMIT=$(git rev-parse --short HEAD) there)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/device_out}; mkdir -p "$OUT/notes"
