@@ -42,17 +42,24 @@ def spills(resources) -> bool:
     return resources.spill_stores + resources.spill_loads + resources.stack > 0
 
 
+def any_split_model():
+    """The default model with a register rule for R^T in shared memory that counts R^T's registers alone: it
+    admits every split that the other limits (shared memory, the tiling) allow."""
+    from flashrnn_core.constrint import problems
+
+    return replace(problems.DEFAULT_MODEL, bw_reg_rest_with_smem=0, bw_reg_rest_with_smem_per_warp=0,
+                   bw_reg_rest_with_smem_split=0)
+
+
 def _launch(function: str, dtype: str, D: int, ks: int, prefetch: int, rs: int):
     """The launch of one backward configuration on 16-block clusters, or None where it breaks a limit other than
     the register rule (shared memory, the tiling)."""
     from flashrnn_core.backends.fused import launch_of
     from flashrnn_core.constrint import H100, problems
 
-    anything = replace(problems.DEFAULT_MODEL, bw_reg_rest_with_smem=0, bw_reg_rest_with_smem_per_warp=0,
-                       bw_reg_rest_with_smem_split=0)
     choice = problems.assess(H100, function, dtype, 16, 1, D, blocks_per_head=16, k_split=ks,
-                             prefetch_steps=prefetch, r_ktiles_in_smem=rs, direction="backward", model=anything,
-                             explain=False)
+                             prefetch_steps=prefetch, r_ktiles_in_smem=rs, direction="backward",
+                             model=any_split_model(), explain=False)
     return None if isinstance(choice, problems.Infeasible) else launch_of(choice)
 
 

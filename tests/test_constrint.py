@@ -685,9 +685,10 @@ def test_float32_backward_register_rule_rejects_every_measured_spill():
     as k-tiles move to shared memory), for the register rule's own reason: without it the split launches. And the
     heads it was refitted for take the fused backward, at a split the data found clean: float32 lstm and slstm
     D = 256 and gru D = 512 (their backward was `cuda`'s)."""
+    from bench.bw_smem_register_data import any_split_model
+
     rows = json.loads((RESULTS / "constrint" / "bw_smem_registers_f32.json").read_text())
-    anything = replace(problems.DEFAULT_MODEL, bw_reg_rest_with_smem=0, bw_reg_rest_with_smem_per_warp=0,
-                       bw_reg_rest_with_smem_split=0)
+    anything = any_split_model()
     clean = {}
     for row in rows:
         key = (row["function"], row["D"], row["ks"], row["prefetch"])

@@ -278,13 +278,12 @@ def test_every_feasible_backward_configuration_matches_vanilla(function, dtype_n
             pytest.skip("thread-block clusters need sm_90")
         D = 128 if dtype_name == "float32" and function != "elman" else 256  # (elman float32 128 fits a block)
         weighed_from = DEFAULT_MODEL.bw_clusters_weighed_from(function)
-        held_sizes = (64, 128)  # ... and of heads one block holds (bw_clusters_weighed_from_d)
-        if dtype_name == "float32" and function != "elman":  # float32 R^T partly in shared memory (lstm, slstm)
-            held_sizes += (256,)
-        for held in held_sizes:
-            if kind == "cluster" and (weighed_from <= held or held == 256) and held != D:
-                cases.append((held, [c for c in all_feasible(current(), function, dtype_name, B, N, held,
-                                                             direction="backward") if c.blocks_per_head > 1]))
+        sizes = [held for held in (64, 128) if weighed_from <= held]  # ... of heads one block holds too
+        if dtype_name == "float32" and function != "elman":  # ... and float32's with R^T partly in shared memory
+            sizes.append(256)
+        if kind == "cluster":
+            cases += [(d, [c for c in all_feasible(current(), function, dtype_name, B, N, d, direction="backward")
+                           if c.blocks_per_head > 1]) for d in sizes if d != D]
     if kind == "scatter":
         if dtype_name == "float32":
             pytest.skip("scatter clusters: 16-bit storage")
