@@ -17,9 +17,10 @@ A variant is ``name=DEFINE[,DEFINE=value...]`` (empty: the kernel as built). Eac
 --runs after a warm-up, ../shared/BENCH.md's protocol) and its output (states and saved values, the saved ones
 where both variants save; dWx for the backward) compared bit for bit with the first variant's: the knobs named
 ABLATE give wrong results on purpose, the others must match.
-A forward variant then runs once more with FLASHRNN_PHASE_CLOCKS (fused_fw.cu; not with ``--no-clocks``): the
+A variant then runs once more with FLASHRNN_PHASE_CLOCKS (common/phase_clocks.cuh; not with ``--no-clocks``): the
 step's phases in cycles (clock64, lane 0 of every warp), the mean over the blocks and compute warps and the
 largest warp's, per step, and the DMA warps' own (Tile::DMA: copies, barrier, sends) where the kernel has them.
+Backward: the scatter-cluster kernel's phases (``BACKWARD_PHASES``; the other backward kernels have no clocks).
 ``--pin`` runs another forward configuration than the chooser's: its fields (``PINNABLE``) set, the rest kept,
 priced by ``constrint.assess``.
 """
@@ -47,6 +48,9 @@ from flashrnn_core.runtime.timing import median_ms  # noqa: E402
 PHASES = ("wait h", "h + mma", "x + copies", "cells", "barrier", "send h", "copies", "loop")
 #: ... those the compute warps and the DMA warps (Tile::DMA) mark.
 COMPUTE_PHASES, DMA_PHASES = (0, 1, 2, 3, 4, 5, 7), (6, 4, 5)
+#: fused_bw.cu backward_scatter's phases (the cell warps alone run 3 and 4).
+BACKWARD_PHASES = ("copies", "mma + sends", "barrier 1", "wait partials", "sum + cells", "barrier 2", "-", "loop")
+BACKWARD_SHOWN = (0, 1, 2, 3, 4, 5, 7)
 #: FusedParams fields that --pin may set (constrint.assess's arguments of the same names).
 PINNABLE = ("blocks_per_head", "k_split", "batch_ntiles", "prefetch_steps", "r_ktiles_in_smem", "whole_k", "dma_warps")
 
@@ -100,15 +104,16 @@ def variant_outputs(result, extra: tuple, backward: bool) -> list:
     return [result.states] + ([result.saved] if saves else [])
 
 
-def phase_cycles(saved, choice, steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """The forward's FLASHRNN_PHASE_CLOCKS sums from ``saved`` (of the configuration ``choice``): per step, the
-    mean over blocks and compute warps and the largest compute warp's, for each of PHASES, and the DMA warps' mean
-    (None without them)."""
+def phase_cycles(out, choice, steps: int, at_end: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The FLASHRNN_PHASE_CLOCKS sums from ``out`` (of the configuration ``choice``; the forward's saved values,
+    from their start, or the backward's dWx, ``at_end``): per step, the mean over blocks and compute warps and the
+    largest compute warp's, for each phase, and the DMA warps' mean (None without them)."""
     import cupy
 
     cupy.cuda.Device().synchronize()
     blocks, compute = int(np.prod(choice.grid)), choice.warps_per_block - choice.dma_warps
-    raw = saved.reshape(-1).view(cupy.uint64)[: blocks * 32 * 8].get().reshape(blocks, 32, 8)
+    words = out.reshape(-1).view(cupy.uint64)
+    raw = (words[words.size - blocks * 32 * 8:] if at_end else words[: blocks * 32 * 8]).get().reshape(blocks, 32, 8)
     per_step = raw.astype(np.float64) / steps
     dma = per_step[:, compute:choice.warps_per_block].mean(axis=(0, 1)) if choice.dma_warps else None
     return per_step[:, :compute].mean(axis=(0, 1)), per_step[:, :compute].max(axis=(0, 1)), dma
@@ -136,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_problem_arguments(p, time=1024)
     p.add_argument("--direction", default="forward", choices=("forward", "backward"),
-                   help="the kernel the variants change, and what is timed (backward: no phase clocks)")
+                   help="the kernel the variants change, and what is timed (backward: phase clocks of the "
+                        "scatter-cluster kernel only)")
     p.add_argument("--variant", action="append", default=[], help="name=DEFINE[,DEFINE=value] (repeatable)")
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--no-clocks", action="store_true", help="time the variants only (no phase-clock build and run)")
@@ -172,6 +178,11 @@ def main(argv: list[str] | None = None) -> int:
             same = compare(out, reference)
             reference = out if reference is None else reference
             print(f"{name:14s} {ms:8.3f} ms  {ms * 1e3 / T:6.3f} us/step  [{same}]", flush=True)
+            if args.direction == "backward" and not args.no_clocks and "scatter" in fused.launch_of(choice).spec.label:
+                fused.launch_of = with_defines(extra + (("FLASHRNN_PHASE_CLOCKS", "1"),), "backward")
+                mean, worst, _ = phase_cycles(run().dWx, choice, T + 1, at_end=True)
+                phases = "  ".join(f"{BACKWARD_PHASES[k]} {mean[k]:.0f}/{worst[k]:.0f}" for k in BACKWARD_SHOWN)
+                print(f"{'':14s} cycles a step (mean/max warp): {phases}  sum {mean.sum():.0f}", flush=True)
             if args.direction == "forward" and not args.no_clocks:
                 fused.launch_of = with_defines(extra + (("FLASHRNN_PHASE_CLOCKS", "1"),), "forward")
                 mean, worst, dma = phase_cycles(forward().saved, choice, T)

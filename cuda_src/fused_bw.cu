@@ -78,6 +78,7 @@
 //   backward): lstm 12x64 1.48 -> 1.39 ms, 48x16 0.698 -> 0.690; slstm 12x64 1.61 -> 1.59, 48x16 0.777 -> 0.807;
 //   gru and elman not run. lstm's 6% is more than the pieces explain; not profiled.
 #include "common/mma.cuh"
+#include "common/phase_clocks.cuh"
 #include "common/pieces.cuh"
 #include "common/types.cuh"
 #include "cells/cells.cuh"
@@ -751,13 +752,13 @@ __device__ __forceinline__ void backward(const Args<T> A) {
 // between registers and shared memory fits 16 SMs. Here block `rank` still owns dims [d0, d0 + DB) (its cells), but
 // holds the columns of R^T that ITS cells' drs multiply: every D row of R^T against its GR x DB gate columns (KL
 // k-tiles). Each step it multiplies those by its own drs (M = D, K = GR*DB, N = 8): a partial dh over every dim,
-// which it sends to the blocks that own them (block j gets M tiles [j*MB, (j+1)*MB), float32, as the mma
-// accumulators stand: one 16-byte st.async a lane and M tile), and each block sums the CL partials of its dims
-// in a fixed order (deterministic). So:
+// which it sends to the blocks that own them (block j gets M tiles [j*MB, (j+1)*MB), as the mma accumulators
+// stand, rounded to bf16: one 8-byte st.async a lane and M tile), and each block sums the CL partials of its dims
+// in float32 in a fixed order (deterministic). So:
 //   * the drs buffer holds the block's own columns only (GR*DB, 6 KB double-buffered at lstm D = 768), the
-//     receive buffers CL x MB x 512 bytes (48 KB double-buffered): 54 KB against 96;
-//   * a block receives (CL - 1) x DB x 8 x 4 bytes a step (23 KB at lstm D = 768) against (CL - 1) x GR x DB x 8 x
-//     2 (46 KB), and sends straight from registers (no shared-memory read, no per-piece addresses);
+//     receive buffers CL x MB x 256 bytes (24 KB double-buffered): 30 KB against 96;
+//   * a block receives (CL - 1) x DB x 8 x 2 bytes a step (11.5 KB at lstm D = 768) against (CL - 1) x GR x DB x 8
+//     x 2 (46 KB), and sends straight from registers (no shared-memory read, no per-piece addresses);
 //   * the KS split of K goes: W warps each hold MPW = D/16/W M tiles of every local k-tile (MPW independent mma
 //     chains), and 2*MB of them run the cells afterwards (2 cells a lane; ScatterTile::KS = 2 names that split).
 // Estimated BEFORE measuring (lstm 1x768 bf16, 8 warps, 6 of 12 k-tiles in registers, H100): the matmul ~600 mma
@@ -779,6 +780,14 @@ __device__ __forceinline__ void backward(const Args<T> A) {
 // 2026-12-01-h200-reference-b7c6264.json): slstm 5.94 ms (the estimate); lstm 5.33 (5.25 before): no gain, so
 // R^T's shared-memory reads do not bound this kernel's step (the solver's prefetch went from 1 to 3 with the
 // room, not yet swept: within the sweep's spread). What does (exchange or cells) still wants ncu.
+// Stop 42, phase clocks (bench/phase_clocks.py --direction backward; bench/results/phases/2026-12-03-h200-scatter-
+// partials.txt), lstm 1x768, cycles a step at ~1.7 GHz, the largest warp: copies 384, mma + sends 2622, barrier
+// 265, wait for the partials 237, their sum and the cells 936 (6 cell warps, 2 cells a lane), loop 59: ~4300.
+// Ablations: without the exchange (partials kept local) the mma phase is 1968 and the backward 2.60 -> 2.17 ms;
+// without the product 383 and 1.42 ms. So the product (~1950 cycles: 576 mma an SM, 131 KB of R^T from shared
+// memory) is 45% of the step, the sends ~640 on top of it (11.5 KB leaving at the ~18 bytes a cycle the forward
+// measured, behind the ldmatrix and R^T loads), the cells ~900. With float32 partials the sends took twice the
+// bytes: bf16 partials (ScatterTile::PIECE) took 2.847 -> 2.594 ms.
 template <class Cell, class T, int D_, int W_, int P_, bool STORE_DRS_, int CL_, int RSK_>
 struct ScatterTile : Staging<Cell, T, D_, D_ / CL_, P_, STORE_DRS_, 32 * W_, false> {
     using Base = Staging<Cell, T, D_, D_ / CL_, P_, STORE_DRS_, 32 * W_, false>;
@@ -787,7 +796,17 @@ struct ScatterTile : Staging<Cell, T, D_, D_ / CL_, P_, STORE_DRS_, 32 * W_, fal
     static constexpr int CL = CL_, WARPS = W_;
     static constexpr int MT = D / 16, MPW = MT / WARPS;  // M tiles of every dim; a warp's
     static constexpr int MB = DB / 16;                   // M tiles of one block's dims
-    static constexpr int PASS = (MPW + 1) / 2;           // M tiles a pass of the matmul (matmul_scatter)
+    // M tiles of the matmul's first pass (matmul_scatter); the second takes the rest. The second pass's sends are
+    // on the step's path (the first's leave during the second's mma), so where it was measured (MPW = 6: lstm and
+    // slstm D = 768, 8 warps) the second is the shorter, 4 + 2 instead of 3 + 3: estimated ~1/6 of the ~640 cycles
+    // the sends add a step; measured (H200 bf16 B=16 T=1024, backward with its dR GEMMs) lstm 2.550 -> 2.510 ms,
+    // slstm 2.635 -> 2.583; 5 + 1 slower (2.629, 2.689: one dependent chain of KL mma). Elsewhere halves (not
+    // measured). FLASHRNN_SCATTER_PASS=n (measurement knob) sets it.
+#ifdef FLASHRNN_SCATTER_PASS
+    static constexpr int PASS = FLASHRNN_SCATTER_PASS < MPW ? FLASHRNN_SCATTER_PASS : MPW;
+#else
+    static constexpr int PASS = MPW == 6 ? 4 : (MPW + 1) / 2;
+#endif
     static constexpr int KL = GR * DB / 16;              // k-tiles: the block's gate columns
     // A warp's MPW x KL tiles of R^T in (k-tile, M tile) order, f = kt * MPW + i: the first KRF in registers, the
     // last RST in shared memory; k-tiles [0, KTR) hold every register tile (the last of them some shared ones too).
@@ -803,7 +822,14 @@ struct ScatterTile : Staging<Cell, T, D_, D_ / CL_, P_, STORE_DRS_, 32 * W_, fal
     static constexpr int BUF_ELEMS = BT * KROW, BUF_BYTES = BUF_ELEMS * int(sizeof(Op));
     static constexpr int STAGES_USED = P_ + 1, STAGE_BYTES_USED = STAGES_USED * Base::STAGE_ELEMS * int(sizeof(T));
     static constexpr int OUT_BYTES_USED = Base::OUT_ELEMS * int(sizeof(T));
-    static constexpr int SLOT_BYTES = MB * 512;          // one block's partial for another: [MB][32 lanes][4 floats]
+    // A lane's partial of one M tile (its 4 float accumulators) travels as 4 bf16 (bf16_pair), 8 bytes: half the
+    // bytes of floats each block sends and receives a step, and half the receive buffers. Rounding each of the CL
+    // partials adds ~2^-9 of a partial to dh's error, the size of drs's own rounding to the mma's bf16 operand; the
+    // sum stays in float32 and in rank order (deterministic). Measured (H200 bf16 B=16 T=1024, the backward with
+    // its dR GEMMs, bench/phase_clocks.py, float -> bf16 partials): lstm 1x768 2.847 -> 2.594 ms, slstm 2.887 ->
+    // 2.695 (bench/results/phases/2026-12-03-h200-scatter-partials.txt; dWx moved by at most 1 bf16 ulp).
+    static constexpr int PIECE = 8;                       // bytes of one lane's partial of one M tile
+    static constexpr int SLOT_BYTES = MB * 32 * PIECE;   // one block's partial for another: [MB][32 lanes][PIECE]
     static constexpr int RECV_BUF_BYTES = CL * SLOT_BYTES, RECV_BYTES_ALL = 2 * RECV_BUF_BYTES;
     static constexpr int BAR_BYTES = 16;                 // two mbarriers (one per receive buffer)
     // R^T's shared-memory tiles as A-fragments in lane order, [WARPS][RST][32 lanes][4 registers].
@@ -865,6 +891,9 @@ __device__ __forceinline__ void matmul_scatter(float (&acc)[NI][4], const Scatte
     for (int i = 0; i < NI; ++i)
 #pragma unroll
         for (int j = 0; j < 4; ++j) acc[i][j] = 0.f;
+#ifdef FLASHRNN_ABLATE_MATMUL  // measurement knob: no product (wrong results), to time the rest of the step
+    return;
+#endif
 #pragma unroll
     for (int kt = 0; kt < K::KTR; ++kt) {
         unsigned bf[2];
@@ -895,6 +924,12 @@ __device__ __forceinline__ void matmul_scatter(float (&acc)[NI][4], const Scatte
     }
 }
 
+// Two floats as bf16 (round to nearest even), a in the low half: one 32-bit word of a packed partial.
+__device__ __forceinline__ unsigned bf16_pair(float a, float b) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
+    return *reinterpret_cast<const unsigned*>(&v);
+}
+
 // One pass of the step's partials: M tiles mt0 + I0 .. + NI from drs at `addr`, each to its owner's receive buffer
 // at `at` (this lane's place in slot `rank`, M tile 0) counted by its mbarrier `bar` (local addresses).
 template <class K, int I0, int NI>
@@ -905,11 +940,15 @@ __device__ __forceinline__ void scatter_pass(const ScatterRegs<K>& a, unsigned r
 #pragma unroll
     for (int i = 0; i < NI; ++i) {
         const int mt = mt0 + I0 + i;
-        const unsigned to = unsigned(mt / K::MB), local = at + unsigned(mt % K::MB * 512);
-        const uint4 v = make_uint4(__float_as_uint(acc[i][0]), __float_as_uint(acc[i][1]),
-                                   __float_as_uint(acc[i][2]), __float_as_uint(acc[i][3]));
-        if (to == rank) st_shared_v4(local, v);  // this block's own: the barrier after the passes shows it
-        else cluster::st_async_16(cluster::map(local, to), v, cluster::map(bar, to));
+        const unsigned to = unsigned(mt / K::MB), local = at + unsigned(mt % K::MB * 32 * K::PIECE);
+#ifdef FLASHRNN_ABLATE_EXCHANGE  // measurement knob: every partial stays in this block (wrong results)
+        const bool own = true;
+#else
+        const bool own = to == rank;  // this block's own: the barrier after the passes shows it
+#endif
+        const uint2 v = make_uint2(bf16_pair(acc[i][0], acc[i][1]), bf16_pair(acc[i][2], acc[i][3]));
+        if (own) st_shared_v2(local, v);
+        else cluster::st_async_8(cluster::map(local, to), v, cluster::map(bar, to));
     }
 }
 
@@ -958,20 +997,40 @@ __device__ __forceinline__ void backward_scatter(const Args<T> A) {
         keep<true>(mma::smem_u32(buf) + unsigned(((lane % 8) * K::KROW + 8 * ((lane / 8) & 1)) * E));
     // Where this lane's partials go: slot `rank` of the receiving block, M tile mt % MB, this lane's 16 bytes; and
     // where its cells' come from: slot 0 of its own M tile wm.
-    const unsigned sent0 = keep<true>(mma::smem_u32(recv) + unsigned((int(rank) * K::MB * 32 + lane) * 16));
-    const unsigned summed0 = keep<true>(mma::smem_u32(recv) + unsigned((wm * 32 + lane) * 16));
+    const unsigned sent0 =
+        keep<true>(mma::smem_u32(recv) + unsigned(int(rank) * K::SLOT_BYTES + lane * K::PIECE));
+    const unsigned summed0 = keep<true>(mma::smem_u32(recv) + unsigned((wm * 32 + lane) * K::PIECE));
     mma::cp_async_wait<P - 1>();  // step last's stage (this thread's pieces; the barrier shows everyone's)
     cluster::sync();              // mbarriers initialised and drs zeroed before any block sends
 
     int stage = 0;  // (last - t) % NS: the stage of step t
-#pragma unroll 1
-    for (int t = last; t >= -1; --t) {
-        // Refill the stage of step t+1 (its cells ran before the last barrier) with step t-P, and write out step
-        // t+1's staged outputs.
+    // Refill the stage of step t+1 (its cells ran before the last barrier) with step t-P, and write out step t+1's
+    // staged outputs (before the first barrier, after which the cells of step t write the output buffer again).
+    // They go after the partials' sends, where the cell warps would otherwise wait for the other blocks' partials,
+    // not ahead of the product on the step's path. Estimated before measuring (phase clocks, lstm 1x768: copies
+    // 323-384 cycles a step ahead of the product, the wait for the partials 150-240): ~150-240 of ~4300 cycles a
+    // step, 4-5%. Measured (H200 bf16 B=16 T=1024, backward with its dR GEMMs, bench/results/phases/2026-12-03-
+    // h200-scatter-partials.txt): lstm 1x768 2.600 -> 2.550 ms, slstm 2.702 -> 2.635 (2-2.5%), half the estimate:
+    // the phase clocks put the copies' issue at 317 cycles (was 362) and leave the wait as it was (141, was 140),
+    // so the copies did not fill the wait; what the step gained is their issue, shorter off the product's path.
+    // FLASHRNN_SCATTER_COPIES_FIRST=1 (measurement knob) puts them back at the top of the step.
+#ifdef FLASHRNN_SCATTER_COPIES_FIRST
+    constexpr bool copies_first = FLASHRNN_SCATTER_COPIES_FIRST;
+#else
+    constexpr bool copies_first = false;
+#endif
+    auto copies = [&](int t) {
         const int refill = stage == 0 ? P : stage - 1;  // the stage of step t+1 (NS = P + 1)
         if (t - P >= 0) incopy.issue(refill * STAGE, t - P, A, b0, n, d0);
         mma::cp_async_commit();
         if (t < last) outcopy.flush(0);
+    };
+    PHASE_CLOCKS_DECLARE
+#pragma unroll 1
+    for (int t = last; t >= -1; --t) {
+        PHASE(7, 0.f)  // (the loop's own overhead, from the end of the last step)
+        if constexpr (copies_first) copies(t);
+        PHASE(0, 0.f)  // the copies' issue (FLASHRNN_SCATTER_COPIES_FIRST)
         // Partial dh_t over this warp's M tiles from drs_{t+1}, sent to their owners' receive
         // buffer t&1 (this block's own by a plain store: the barrier below shows it).
         {
@@ -981,35 +1040,49 @@ __device__ __forceinline__ void backward_scatter(const Args<T> A) {
             if constexpr (K::MPW > K::PASS)
                 scatter_pass<K, K::PASS, K::MPW - K::PASS>(a, r_lane, addr, mt0, rank, at, bar);
         }
+        PHASE(1, 0.f)  // the product and the partials' sends (issued)
+        if constexpr (!copies_first) copies(t);
+        PHASE(0, 0.f)  // the copies' issue
         __syncthreads();  // this block's own partials are in place; drs_{t+1} and the outputs of t+1 are read
+        PHASE(2, 0.f)  // the first barrier
         float dh[K::CELLS];
         if (cell_warp) {
             // The other blocks' partials of dh_t arrive on receive buffer t&1's mbarrier: its ((last - t) / 2)-th
             // phase. Thread 0 arms it again for step t-2 (unless that is past the last round, t = -1): no block
             // sends step t-2's partials before it has received step t-1's, this block's among them, which this
             // block sends only after this.
+#ifndef FLASHRNN_ABLATE_EXCHANGE
             const unsigned bar = bars + 8 * (t & 1);
             cluster::mbarrier_wait(bar, unsigned((last - t) >> 1) & 1u);
             if (threadIdx.x == 0 && t >= 1) cluster::mbarrier_expect(bar, K::RECV_BYTES);
+#endif
+            PHASE(3, 0.f)  // the wait for the other blocks' partials
             const unsigned from = summed0 + (t & 1) * RECV_BUF;
 #pragma unroll
             for (int m = 0; m < K::CELLS; ++m) dh[m] = 0.f;
 #pragma unroll
             for (int src = 0; src < CL; ++src) {  // in rank order: the same sum on every run
-                const uint4 v = ld_shared_v4(from + unsigned(src * K::SLOT_BYTES));
-                // entries q = ks + KS*m of the accumulator: (x, z) for ks = 0, (y, w) for ks = 1
-                dh[0] += __uint_as_float(ks == 0 ? v.x : v.y);
-                dh[1] += __uint_as_float(ks == 0 ? v.z : v.w);
+                // entries q = ks + KS*m of the accumulator, bf16 pairs (0, 1) in x and (2, 3) in y: the low
+                // halves for ks = 0, the high ones for ks = 1
+                const uint2 v = ld_shared_v2(from + unsigned(src * K::SLOT_BYTES));
+                dh[0] += __uint_as_float(ks == 0 ? v.x << 16 : v.x & 0xffff0000u);
+                dh[1] += __uint_as_float(ks == 0 ? v.y << 16 : v.y & 0xffff0000u);
             }
             if (t < 0) cells.store_dinit(A, dh, b0, n, d0, ks, wm, lane);
             else cells.step(dh, t, stage * STAGE, 0, 0);
+            PHASE(4, dh[0])  // the partials' sum and the cells
         }
         if (t < 0) break;
         stage = stage == P ? 0 : stage + 1;
         mma::cp_async_wait<P - 1>();  // step t-1's stage (issued P steps ago) has landed
         __syncthreads();              // drs_t complete for step t-1's matmul; the receive buffer t&1 read
+        PHASE(5, 0.f)  // the second barrier (and the stage's wait)
     }
     mma::cp_async_wait<0>();  // no copy in flight (the tail groups are empty): the stages are free below
+#ifdef FLASHRNN_PHASE_CLOCKS
+    PHASE_CLOCKS_WRITE(reinterpret_cast<unsigned long long*>(A.dWx + size_t(A.B) * A.Tn * K::GW * A.N * D) -
+                       size_t(gridDim.x) * gridDim.y * 32 * 8)
+#endif
     const float no_dr[1][4] = {};
     write_partials<K, T>(A, no_dr, cells.dbacc, reinterpret_cast<float*>(stages), warp, lane, ks, wm, n, d0,
                          cell_warp);

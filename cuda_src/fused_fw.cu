@@ -106,6 +106,7 @@
 //   the rest of the 255 the accumulators (2 m-tiles x 2 chains) and the ldmatrix loads of R's shared k-tiles and
 //   of h in flight; with 28 k-tiles in shared memory instead of 29 ptxas spills (48 bytes), with 27 112.
 #include "common/mma.cuh"
+#include "common/phase_clocks.cuh"
 #include "common/pieces.cuh"
 #include "common/types.cuh"
 #include "cells/cells.cuh"
@@ -797,31 +798,6 @@ __device__ __forceinline__ int tile_end(const int* __restrict__ lengths, int b0,
 // warps and the DMA warp reach it from different code, which PTX's barrier allows and __syncthreads does not say.
 __device__ __forceinline__ void step_barrier() { asm volatile("barrier.sync 0;" ::: "memory"); }
 
-// Measurement knob FLASHRNN_PHASE_CLOCKS (wrong results): lane 0 of every warp sums clock64() deltas of the step's
-// phases over the run and writes them, as unsigned 64-bit [block][32 warps][8], over the start of `saved`
-// (bench/phase_clocks.py reads them). PHASE(k, v) ends phase k once the value v has been computed.
-#ifdef FLASHRNN_PHASE_CLOCKS
-#define PHASE_CLOCKS_DECLARE unsigned long long phase_sum[8] = {}, phase_mark = clock64();
-#define PHASE(k, v)                                                                      \
-    {                                                                                    \
-        unsigned dep_;                                                                   \
-        asm volatile("mov.b32 %0, %1;" : "=r"(dep_) : "r"(__float_as_uint(float(v)))); \
-        const unsigned long long now_ = clock64() + (dep_ & 0u);                         \
-        phase_sum[k] += now_ - phase_mark;                                               \
-        phase_mark = now_;                                                               \
-    }
-#define PHASE_CLOCKS_WRITE(saved)                                                                            \
-    if (threadIdx.x % 32 == 0) {                                                                             \
-        unsigned long long* out_ = reinterpret_cast<unsigned long long*>(saved) +                           \
-                                   ((size_t(blockIdx.y) * gridDim.x + blockIdx.x) * 32 + threadIdx.x / 32) * 8; \
-        for (int k_ = 0; k_ < 8; ++k_) out_[k_] = phase_sum[k_];                                             \
-    }
-#else
-#define PHASE_CLOCKS_DECLARE
-#define PHASE(k, v)
-#define PHASE_CLOCKS_WRITE(saved)
-#endif
-
 // Tile::DMA: the block's last DMA_WARPS warps (`me`: this thread's index among them), which run no math. Each step
 // they issue the step's copies, meet the compute warps at the step's barrier, then send h_t's slice (which that
 // barrier completed) to the other blocks, rank + 1 first (HSlice). The compute warps meanwhile start the next
@@ -848,7 +824,7 @@ __device__ __forceinline__ void dma_warps(StepCopies<K, T>& io, unsigned hbuf0, 
     io.tail(tend, Tn);
 #ifdef FLASHRNN_PHASE_CLOCKS
     step_barrier();
-    PHASE_CLOCKS_WRITE(saved)
+    PHASE_CLOCKS_WRITE(reinterpret_cast<unsigned long long*>(saved))
 #endif
 }
 
@@ -1141,7 +1117,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
     io.tail(tend, Tn);
 #ifdef FLASHRNN_PHASE_CLOCKS
     step_barrier();
-    PHASE_CLOCKS_WRITE(saved)
+    PHASE_CLOCKS_WRITE(reinterpret_cast<unsigned long long*>(saved))
 #endif
     if constexpr (CL > 1) exchange_barriers_exit(bars, K::XG);
 }

@@ -372,8 +372,9 @@ def test_phase_clocks_compare_saved_values_where_both_variants_save():
 def test_phase_clock_knobs_change_only_their_direction_and_compile():
     """bench/phase_clocks.py's variants: the defines go on the chosen direction's kernel only, and the measurement
     knobs it names (fused_fw.cu's clock64 phases, ablations, block sends, unpaired dims and trading lanes;
-    fused_bw.cu's late copies) still compile, spill-free, for sm_90 on cluster kernels (where the exchange and the
-    copies' order exist), for the unpaired dims (FLASHRNN_PAIRED_DIMS=0) on the one-block and cluster kernels of
+    fused_bw.cu's late copies; the scatter kernel's ablations) still compile, spill-free, for sm_90 on cluster
+    kernels (where the exchange and the copies' order exist), the scatter kernel's clock build too (it spills 8
+    bytes: a measurement's, not a kernel's), for the unpaired dims (FLASHRNN_PAIRED_DIMS=0) on the one-block and cluster kernels of
     the two-dims-a-lane cells (gru, elman) in every dtype, and for trading lanes forced on and off."""
     fused = sanitize_fused.load_fused()
     if fused is None:
@@ -408,9 +409,15 @@ def test_phase_clock_knobs_change_only_their_direction_and_compile():
     trade = [phase_clocks.with_defines((("FLASHRNN_TRADE_CELLS", on),), "forward")(choice).spec
              for on, choice in (("1", two_warps[0]), ("1", two_warps[1]),
                                 ("0", fused.choose("lstm", "bfloat16", 256, 12, 64, hardware=H100).choice))]
-    for spec in (forward_knobs(fw).spec, late, block_sends, *unpaired_specs, *trade):
+    scatter = fused.choose("lstm", "bfloat16", 16, 1, 768, hardware=H100, direction="backward").choice
+    assert scatter.scatter
+    scatter_knobs = [phase_clocks.with_defines(((knob, "1"),), "backward")(scatter).spec
+                     for knob in ("FLASHRNN_ABLATE_EXCHANGE", "FLASHRNN_ABLATE_MATMUL")]
+    for spec in (forward_knobs(fw).spec, late, block_sends, *unpaired_specs, *trade, *scatter_knobs):
         resources = compile_spec(spec, "sm_90", use_cache=False).resources
         assert resources is not None and resources.spill_stores == 0, spec.label
+    clocks = phase_clocks.with_defines((("FLASHRNN_PHASE_CLOCKS", "1"),), "backward")(scatter).spec
+    assert compile_spec(clocks, "sm_90", use_cache=False).resources is not None
 
 
 # ----------------------------------------------------------------------------- on the GPU (device_check.sh)

@@ -169,6 +169,13 @@ __device__ __forceinline__ void st_async_16(unsigned remote_addr, const uint4& v
         ::"r"(remote_addr), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w), "r"(remote_bar) : "memory");)
 }
 
+// 8 bytes, likewise.
+__device__ __forceinline__ void st_async_8(unsigned remote_addr, const uint2& v, unsigned remote_bar) {
+    FLASHRNN_SM90(asm volatile(
+        "st.async.shared::cluster.mbarrier::complete_tx::bytes.v2.b32 [%0], {%1, %2}, [%3];"
+        ::"r"(remote_addr), "r"(v.x), "r"(v.y), "r"(remote_bar) : "memory");)
+}
+
 #undef FLASHRNN_SM90
 
 }  // namespace cluster

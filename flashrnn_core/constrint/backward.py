@@ -364,14 +364,14 @@ def build_scatter(hw: Hardware, function: str, dtype, B: int, N: int, D: int, mo
 
 def scatter_resources(geo, m: "KernelModel", v: dict[str, Var]) -> tuple[Expr, Expr]:
     """(registers per thread, dynamic shared memory per block): fused_bw.cu's ``ScatterTile::SMEM_BYTES``
-    exactly (one drs buffer of the block's columns, two receive buffers of CL x mb x 512 bytes, prefetch + 1
-    stages, one output buffer, two mbarriers, R^T's shared-memory tiles)."""
+    exactly (one drs buffer of the block's columns, two receive buffers of CL x mb x 256 bytes (bf16 partials),
+    prefetch + 1 stages, one output buffer, two mbarriers, R^T's shared-memory tiles)."""
     mb, mpw, warps, rst, prefetch = (v[k] for k in ("mb", "mpw", "warps", "r_smem_tiles", "prefetch"))
     item = geo.itemsize
     regs = 4 * (mpw * geo.gr * mb - rst) + on_domain(warps, m.bw_scatter_reg_rest[geo.function])
     row = (16 * mb + 16 // item) * item  # one staged row of the block's dims and a 16-byte pad, bytes
     drs = BT * (geo.gr * 16 * mb + 8) * 2
-    recv = 2 * v["cluster"] * mb * 512
+    recv = 2 * v["cluster"] * mb * 256
     stage = (BT * geo.n_saved + BT * geo.staged_state_rows(0)) * row
     outputs = geo.gw + (geo.gr if geo.function == "gru" else 0)
     return regs, drs + recv + (prefetch + 1) * stage + BT * outputs * row + 16 + warps * rst * 512
@@ -380,7 +380,7 @@ def scatter_resources(geo, m: "KernelModel", v: dict[str, Var]) -> tuple[Expr, E
 def scatter_estimate(fp: "FusedProblem", values: dict[str, int]) -> dict[str, float]:
     """Cycles per time step (``total``) of the scatter kernel, from the backward's constants (not calibrated on
     it): the warps' mma over their tiles (a chain of ``Gr * mb`` k-tiles a pass, two passes, or the SM's issue),
-    R^T's shared-memory tiles at the SM's bandwidth, the exchange of float32 partials at the forward's fitted rate,
+    R^T's shared-memory tiles at the SM's bandwidth, the exchange of bf16 partials at the forward's fitted rate,
     the cells (two a lane), the barriers; the dR GEMMs after the kernel as ``estimate``."""
     from .problems import _at, cluster_exchange_cycles
 
@@ -390,7 +390,7 @@ def scatter_estimate(fp: "FusedProblem", values: dict[str, int]) -> dict[str, fl
     wps = warps / m.schedulers
     mma = max(2 * kl * m.mma_latency, mpw * kl * wps * m.mma_issue)
     r_bandwidth = warps * rst * 512 / m.smem_bytes_per_cycle
-    received = (cluster - 1) * 16 * mb * BT * 4
+    received = (cluster - 1) * 16 * mb * BT * 2
     exchange = cluster_exchange_cycles(m, hw, cluster, received, backward=True)
     cost = m.bw_cells[geo.function]
     cells = cost.latency + 2 * cost.issue * max(1.0, 2 * mb / m.schedulers)

@@ -57,7 +57,8 @@ from .solver import Expr, Infeasible, Problem, Var, divides, predicate
 #:     elman weighs clusters from D = 128; the backward's exchange refitted (BW_EXCHANGE_REFIT).
 #: 14: float32's own factor in the register rule of backward kernels with R^T in shared memory
 #:     (bw_reg_rest_with_smem_split): float32 lstm and slstm D = 256 and gru D = 512 take the fused backward.
-MODEL_VERSION = 14
+#: 15: the scatter-cluster backward exchanges bf16 partials (half the receive buffers and the bytes).
+MODEL_VERSION = 15
 
 MMA_M, MMA_N, MMA_K = 16, 8, 16  # mma.sync m16n8k16 (bf16/fp16 operands, float32 accumulators)
 
