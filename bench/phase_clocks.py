@@ -119,6 +119,12 @@ def phase_cycles(out, choice, steps: int, at_end: bool = False) -> tuple[np.ndar
     return per_step[:, :compute].mean(axis=(0, 1)), per_step[:, :compute].max(axis=(0, 1)), dma
 
 
+def print_phases(names, shown, mean, worst) -> None:
+    """One line of a variant's phases (``names[k]`` for k in ``shown``): the mean and the largest warp's cycles."""
+    phases = "  ".join(f"{names[k]} {mean[k]:.0f}/{worst[k]:.0f}" for k in shown)
+    print(f"{'':14s} cycles a step (mean/max warp): {phases}  sum {mean.sum():.0f}", flush=True)
+
+
 def pinned_choice(args, dtype):
     """The chooser's forward configuration with ``--pin``'s fields set (``constrint.assess``), or an error."""
     from flashrnn_core.constrint import Infeasible, assess
@@ -181,13 +187,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.direction == "backward" and not args.no_clocks and "scatter" in fused.launch_of(choice).spec.label:
                 fused.launch_of = with_defines(extra + (("FLASHRNN_PHASE_CLOCKS", "1"),), "backward")
                 mean, worst, _ = phase_cycles(run().dWx, choice, T + 1, at_end=True)
-                phases = "  ".join(f"{BACKWARD_PHASES[k]} {mean[k]:.0f}/{worst[k]:.0f}" for k in BACKWARD_SHOWN)
-                print(f"{'':14s} cycles a step (mean/max warp): {phases}  sum {mean.sum():.0f}", flush=True)
+                print_phases(BACKWARD_PHASES, BACKWARD_SHOWN, mean, worst)
             if args.direction == "forward" and not args.no_clocks:
                 fused.launch_of = with_defines(extra + (("FLASHRNN_PHASE_CLOCKS", "1"),), "forward")
                 mean, worst, dma = phase_cycles(forward().saved, choice, T)
-                phases = "  ".join(f"{PHASES[k]} {mean[k]:.0f}/{worst[k]:.0f}" for k in COMPUTE_PHASES)
-                print(f"{'':14s} cycles a step (mean/max warp): {phases}  sum {mean.sum():.0f}", flush=True)
+                print_phases(PHASES, COMPUTE_PHASES, mean, worst)
                 if dma is not None:
                     phases = "  ".join(f"{PHASES[k]} {dma[k]:.0f}" for k in DMA_PHASES)
                     print(f"{'':14s} DMA warps, cycles a step (mean): {phases}  sum {dma.sum():.0f}", flush=True)

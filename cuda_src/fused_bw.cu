@@ -822,7 +822,7 @@ struct ScatterTile : Staging<Cell, T, D_, D_ / CL_, P_, STORE_DRS_, 32 * W_, fal
     static constexpr int BUF_ELEMS = BT * KROW, BUF_BYTES = BUF_ELEMS * int(sizeof(Op));
     static constexpr int STAGES_USED = P_ + 1, STAGE_BYTES_USED = STAGES_USED * Base::STAGE_ELEMS * int(sizeof(T));
     static constexpr int OUT_BYTES_USED = Base::OUT_ELEMS * int(sizeof(T));
-    // A lane's partial of one M tile (its 4 float accumulators) travels as 4 bf16 (bf16_pair), 8 bytes: half the
+    // A lane's partial of one M tile (its 4 float accumulators) travels as 4 bf16 (two pairs), 8 bytes: half the
     // bytes of floats each block sends and receives a step, and half the receive buffers. Rounding each of the CL
     // partials adds ~2^-9 of a partial to dh's error, the size of drs's own rounding to the mma's bf16 operand; the
     // sum stays in float32 and in rank order (deterministic). Measured (H200 bf16 B=16 T=1024, the backward with
@@ -924,12 +924,6 @@ __device__ __forceinline__ void matmul_scatter(float (&acc)[NI][4], const Scatte
     }
 }
 
-// Two floats as bf16 (round to nearest even), a in the low half: one 32-bit word of a packed partial.
-__device__ __forceinline__ unsigned bf16_pair(float a, float b) {
-    const __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
-    return *reinterpret_cast<const unsigned*>(&v);
-}
-
 // One pass of the step's partials: M tiles mt0 + I0 .. + NI from drs at `addr`, each to its owner's receive buffer
 // at `at` (this lane's place in slot `rank`, M tile 0) counted by its mbarrier `bar` (local addresses).
 template <class K, int I0, int NI>
@@ -946,7 +940,9 @@ __device__ __forceinline__ void scatter_pass(const ScatterRegs<K>& a, unsigned r
 #else
         const bool own = to == rank;  // this block's own: the barrier after the passes shows it
 #endif
-        const uint2 v = make_uint2(bf16_pair(acc[i][0], acc[i][1]), bf16_pair(acc[i][2], acc[i][3]));
+        const auto bf = [](float x) { return mma::to_op<__nv_bfloat16>(x); };  // (ScatterTile::PIECE)
+        const uint2 v =
+            make_uint2(mma::pack2(bf(acc[i][0]), bf(acc[i][1])), mma::pack2(bf(acc[i][2]), bf(acc[i][3])));
         if (own) st_shared_v2(local, v);
         else cluster::st_async_8(cluster::map(local, to), v, cluster::map(bar, to));
     }
@@ -995,7 +991,7 @@ __device__ __forceinline__ void backward_scatter(const Args<T> A) {
     // ldmatrix x2: lanes 0-15 address rows (batch) l % 8 at k offset 8 * (l / 8) of the k-tile.
     const unsigned row =
         keep<true>(mma::smem_u32(buf) + unsigned(((lane % 8) * K::KROW + 8 * ((lane / 8) & 1)) * E));
-    // Where this lane's partials go: slot `rank` of the receiving block, M tile mt % MB, this lane's 16 bytes; and
+    // Where this lane's partials go: slot `rank` of the receiving block, M tile mt % MB, this lane's PIECE bytes; and
     // where its cells' come from: slot 0 of its own M tile wm.
     const unsigned sent0 =
         keep<true>(mma::smem_u32(recv) + unsigned(int(rank) * K::SLOT_BYTES + lane * K::PIECE));
