@@ -5,14 +5,15 @@
     python bench/sanitize_fused.py --list       # the problems, without running them (no GPU needed)
     python bench/sanitize_fused.py --only forward --resume cut-part1.txt   # what a cut run left
 
-The variants are the backend's own list (``FusedBackend.kernel_variants()``), forward and backward. Each
-gets a problem of T=5 and the first (N, B) of the grid the variants were enumerated on (``fused.VARIANT_HEADS``
-x ``fused.VARIANT_BATCHES``) for which the ConstrINT solver picks exactly that variant on this GPU (or, with
-``--list`` and no GPU, on the preset of ``--cc`` with ``--sms`` SMs). A forward variant runs from given initial
-states and from none (a null pointer in the kernel); a backward variant runs forward then backward, with
-upstream gradients on every state and on the last states; both also with variable lengths. By default one
-problem per kernel family (every define but the sizes: cell, dtype, cluster layout, batch tile, k split, dR in
-the kernel): the smallest and largest D, and D=48, whose k-tiles are odd; ``--all`` takes every D.
+The variants are the backend's fused kernels (``fused.solver_variants()``), forward and backward (the dR kernel
+that follows a backward, ``recurrent_grad``, runs inside the backward problems). Each gets a problem of T=5 and
+the first (N, B) of the grid the variants were enumerated on (``fused.VARIANT_HEADS`` x ``fused.VARIANT_BATCHES``)
+for which the ConstrINT solver picks exactly that variant on this GPU (or, with ``--list`` and no GPU, on the
+preset of ``--cc`` with ``--sms`` SMs). A forward variant runs from given initial states and from none (a null
+pointer in the kernel); a backward variant runs forward then backward, with upstream gradients on every state and
+on the last states; both also with variable lengths. By default one problem per kernel family (every define but
+the sizes: cell, dtype, cluster layout, batch tile, k split, dR in the kernel): the smallest and largest D, and
+D=48, whose k-tiles are odd; ``--all`` takes every D.
 ``--shard K/M`` runs every M-th problem (device_check.sh: one shard a GPU, or ``LANES`` processes sharing one);
 ``--resume LOG...`` leaves out the problems those logs report 'ok' (the rest of a run its time limit cut).
 ``--one-cluster`` runs each variant on one head and one batch tile (one block, or one cluster), the launch
@@ -259,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         from flashrnn_core.constrint.hardware import preset_for_cc
 
         info = preset_for_cc(tuple(int(x) for x in args.cc.split("."))).with_(sm_count=args.sms)
-    variants = fused.FusedBackend().kernel_variants()
+    variants = list(fused.solver_variants())
     if args.labels:
         wanted = read_labels(args.labels)
         variants = [s for s in variants if s.label in wanted]

@@ -114,10 +114,11 @@ _TIMERS = {"cpu": _time_cpu, "cupy": _time_cupy, "torch": _time_torch}
 
 def _torch_spin(ms: float) -> None:
     """The spin on torch's current stream (the same kernel through CuPy: torch reports no clock rate)."""
-    import cupy
     import torch
 
-    spin(ms, cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream))
+    from flashrnn_core._arrays import cupy_stream
+
+    spin(ms, cupy_stream(torch.cuda.current_stream().cuda_stream, torch.cuda.current_device()))
 
 
 def _synchronize(device: str) -> None:

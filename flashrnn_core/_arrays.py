@@ -58,3 +58,25 @@ def on_device(device: int | None) -> Any:
     import cupy
 
     return cupy.cuda.Device(device)
+
+
+class _StreamHandle:
+    """A raw ``cudaStream_t`` as an object of the CUDA stream protocol (what ``Stream.from_external`` takes)."""
+
+    def __init__(self, handle: int):
+        self.handle = handle
+
+    def __cuda_stream__(self) -> tuple[int, int]:
+        return (0, self.handle)
+
+
+def cupy_stream(handle: int, device: int) -> Any:
+    """CuPy's view of a foreign stream (torch's, XLA's) created on ``device``; use it inside
+    ``cupy.cuda.Device(device)``. CuPy 14 deprecates ``ExternalStream`` for ``Stream.from_external`` (which does
+    not learn the device: the caller's device context supplies it); CuPy 13 has only the former."""
+    import cupy
+
+    from_external = getattr(cupy.cuda.Stream, "from_external", None)
+    if from_external is None:
+        return cupy.cuda.ExternalStream(handle, device)
+    return from_external(_StreamHandle(handle))

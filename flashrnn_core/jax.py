@@ -240,7 +240,5 @@ def _xla_stream(ctx, first) -> Iterator[None]:
     if isinstance(first, np.ndarray):
         yield
         return
-    import cupy
-
-    with first.device, cupy.cuda.ExternalStream(int(ctx.stream), first.device.id):
+    with first.device, _arrays.cupy_stream(int(ctx.stream), first.device.id):
         yield

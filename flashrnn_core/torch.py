@@ -73,7 +73,7 @@ def _on_torch_stream(t: Tensor) -> Iterator[None]:
 
     device = t.device.index if t.device.index is not None else torch.cuda.current_device()
     stream = torch.cuda.current_stream(device)
-    with cupy.cuda.Device(device), cupy.cuda.ExternalStream(stream.cuda_stream, device):
+    with cupy.cuda.Device(device), _arrays.cupy_stream(stream.cuda_stream, device):
         yield
 
 

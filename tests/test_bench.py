@@ -294,7 +294,7 @@ def test_sanitizer_driver_maps_every_variant_to_a_problem(capsys, tmp_path):
     from flashrnn_core.constrint import A100, H100
 
     # A variant is built from the oldest preset the solver picks it on (min_sm): that preset maps it.
-    variants = sanitize_fused.pick_families(fused.FusedBackend().kernel_variants(), False)
+    variants = sanitize_fused.pick_families(fused.solver_variants(), False)
     found = [sanitize_fused.find_problem(fused, s, A100 if s.min_sm == 80 else H100) for s in variants]
     missing = [x for x in found if isinstance(x, str)]
     assert not missing, missing[:3]
@@ -307,7 +307,7 @@ def test_sanitizer_driver_maps_every_variant_to_a_problem(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "problems" in out and "(forward + backward)" in out
     # --labels FILE: exactly the variants listed (every one, not per family), an inference one among them
-    infer = [s.label for s in fused.FusedBackend().kernel_variants() if s.label.endswith(" infer")][:2]
+    infer = [s.label for s in fused.solver_variants() if s.label.endswith(" infer")][:2]
     listed = tmp_path / "labels.txt"
     listed.write_text("\n".join(infer + ["no such variant"]) + "\n")
     assert sanitize_fused.main(["--list", "--labels", str(listed)]) == 0
@@ -502,7 +502,7 @@ def test_compile_rows_time_a_real_nvrtc_compile(monkeypatch):
     monkeypatch.setattr(runtime, "device_arch", lambda device=None: "sm_90")
     loaded = []
     monkeypatch.setattr(run, "_load_module", lambda spec, cubin: loaded.append(len(cubin)))
-    spec = min(fused.FusedBackend().kernel_variants(), key=lambda s: s.smem_dynamic)
+    spec = min(fused.solver_variants(), key=lambda s: s.smem_dynamic)
     try:
         fields = run.time_compile(spec, cold_runs=1, warm_runs=timing.MIN_RUNS)
     except Exception as err:  # NVRTC or the CUDA headers missing on this machine

@@ -141,7 +141,7 @@ def test_bw_variants_are_the_solvers_choices():
     """Every backward kernel compile --check builds is a ConstrINT choice, and every cell's 16-bit and float32
     reference head (D=64) has one on both CI presets (one block a head on A100; on H100 a cluster where the
     model weighs it faster)."""
-    specs = [s for s in fused.FusedBackend().kernel_variants() if s.entry == fused.BW_ENTRY]
+    specs = [s for s in fused.solver_variants() if s.entry == fused.BW_ENTRY]
     for hw, function, dtype in itertools.product((A100, H100), CELLS, DTYPES.values()):
         launch = fused.choose(function, dtype, 16, 12, 64, hardware=hw, direction="backward")
         assert isinstance(launch, fused.Launch), launch

@@ -43,6 +43,11 @@ __device__ __forceinline__ void ldmatrix_x2_trans(unsigned (&r)[2], unsigned add
                  : "=r"(r[0]), "=r"(r[1]) : "r"(addr));
 }
 
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned (&r)[4], unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+
 // d += A * B on one m16n8k16 tile (run) or m16n8k8 tile (run_k8), float32 accumulate. Op is the 16-bit
 // operand type.
 template <class Op> struct Mma;

@@ -26,7 +26,8 @@ cp.async ``prefetch`` steps ahead, drs double-buffered in shared memory, outputs
 with parameters from the same solver (``choose(..., direction="backward")``, ``constrint/backward.py``). Each
 block sums db, and where the solver says so (``FusedParams.fused_dr``, 16-bit storage, one block a head) dR as
 m16n8k8 tiles of drs_t^T h_{t-1}, over its batch tile; the host adds the tiles' partial sums in a fixed order
-(deterministic, no atomics). Otherwise dR is cuBLAS GEMMs over all B*T after the kernel. Shapes the solver finds
+(deterministic, no atomics). Otherwise dR is summed over all B*T after the kernel (``recurrent_grad``: a kernel
+of its own for several heads, cuBLAS for one). Shapes the solver finds
 infeasible (lstm/slstm above D=512, float32 heads above ~D=128 to 256, clusters before sm_90) run the ``cuda``
 backend's backward (``vanilla``'s where ``cuda`` cannot run) on this forward's saved tensors (the same contract).
 
@@ -50,6 +51,7 @@ from ..constrint import A100, H100, FusedParams, Hardware, Infeasible, solve_fus
 from ..constrint.problems import DIRECTIONS
 from ..runtime.env import atomic_write, cache_dir
 from .base import Backend
+from .recurrent_grad import dr_specs, sum_dr
 
 SOURCE, ENTRY = "fused_fw.cu", "flashrnn_fused_fw"
 BW_SOURCE, BW_ENTRY = "fused_bw.cu", "flashrnn_fused_bw"
@@ -306,8 +308,6 @@ class FusedBackend(Backend):
                       direction="backward")
 
     def _fused_backward(self, problem, params: Launch, R, b, states0, states, saved, dstates, dlast, wx_dtype):
-        import cupy
-
         from ..runtime import get_kernel, launch
         from .base import Grads
 
@@ -331,45 +331,13 @@ class FusedBackend(Backend):
         db = db_part.sum(axis=0).astype(b.dtype)
         if choice.fused_dr:
             dR = dr_part.sum(axis=0)
-        else:  # dR[g, n] = sum over (b, t) of drs outer h_prev: cuBLAS GEMMs over all B*T, float32 accumulation
-            h0 = s0[0] if s0 is not None else cupy.zeros((B, 1, N, D), dtype)
-            h_prev = cupy.concatenate([h0, states[0][:, :-1]], axis=1)  # [B, T, N, D]
-            dR = cupy.empty((cell.gates_r, N, D, D), np.float32)
-            _dr_gemms(dR, dWx if drs is None else drs, h_prev, dtype)
+        else:  # dR[g, n] = sum over (b, t) of drs outer h_{t-1}: recurrent_grad.sum_dr, float32 accumulation
+            dR = sum_dr(dWx if drs is None else drs, states[0], None if s0 is None else s0[0], dtype)
         dR = dR.astype(R.dtype, copy=False)
         s_dtype = states0.dtype if states0 is not None else wx_dtype
         return Grads(dWx.astype(wx_dtype, copy=False), dR, db, dinit.astype(s_dtype, copy=False))
 
     def kernel_variants(self):
         """Every kernel the solver can choose on the CI presets, forward and backward (``solver_variants``),
-        for ``compile --check``."""
-        return list(solver_variants())
-
-
-# ---- dR as GEMMs after the backward kernel (where the solver leaves it out of the kernel) --------------------
-_CUDA_TYPES = {_arrays.bfloat16: 14, _arrays.float16: 2, _arrays.float32: 0}  # cudaDataType: 16BF, 16F, 32F
-
-
-def _gemm(opa, opb, m, n, k, a, lda, sa, b, ldb, sb, c, ldc, sc, batch, dtype) -> None:
-    """Column-major ``C[i] = op(A[i]) op(B[i])`` (pointers, element strides), A/B of ``dtype``, C float32, on the
-    current CuPy stream with CuPy's cuBLAS handle."""
-    import cupy
-    from cupy_backends.cuda.libs import cublas
-
-    handle = cupy.cuda.device.get_cublas_handle()
-    cublas.setStream(handle, cupy.cuda.get_current_stream().ptr)
-    one, zero = np.ones(1, np.float32), np.zeros(1, np.float32)
-    t = _CUDA_TYPES[np.dtype(dtype)]
-    cublas.gemmStridedBatchedEx(handle, opa, opb, m, n, k, one.ctypes.data, a, t, lda, sa, b, t, ldb, sb,
-                                zero.ctypes.data, c, 0, ldc, sc, batch, 68, -1)  # CUBLAS_COMPUTE_32F, default algo
-
-
-def _dr_gemms(dR, drs, h_prev, dtype) -> None:
-    """dR[g, n, i, j] = sum_bt drs[bt, g, n, i] h_prev[bt, n, j]: per gate one GEMM batched over the heads (both
-    operands advance D elements a head). Column-major C (j, i) = h (j, bt) @ drs (i, bt)^T."""
-    GR, N, D = dR.shape[:3]
-    BT = h_prev.shape[0] * h_prev.shape[1]
-    e = np.dtype(dtype).itemsize
-    for g in range(GR):
-        _gemm(0, 1, D, D, BT, h_prev.data.ptr, N * D, D, drs.data.ptr + g * N * D * e, GR * N * D, D,
-              dR.data.ptr + g * N * D * D * 4, D, D * D, N, dtype)
+        and the dR kernel after it (``recurrent_grad``), for ``compile --check``."""
+        return list(solver_variants()) + dr_specs()

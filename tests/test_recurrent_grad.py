@@ -1,0 +1,97 @@
+"""dR after the fused backward kernel (backends/recurrent_grad.py): the dr_gemm.cu kernel and the cuBLAS path
+against a float64 sum over (b, t), every element written, bitwise deterministic; the split and tile rules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from flashrnn_core import _arrays
+from flashrnn_core.backends import recurrent_grad as rg
+
+DTYPES = {"bfloat16": _arrays.bfloat16, "float16": _arrays.float16, "float32": np.float32}
+# (B, T, N, D, initial h): B = T = 1, odd B and T, one head (cuBLAS's merged gates), D = 48 and 80 (tiles of 16),
+# a split that ends inside a sequence (B*T not a multiple of the split), D = 768.
+SHAPES = [(1, 1, 1, 16, True), (3, 17, 2, 48, False), (5, 9, 3, 64, True), (4, 33, 2, 80, False),
+          (2, 5, 1, 768, True), (7, 300, 3, 32, True), (16, 64, 4, 256, False)]
+
+
+def test_tile_divides_and_splits_cover_the_rows():
+    assert [rg.dr_tile(D) for D in (16, 32, 48, 64, 80, 96, 768)] == [16, 32, 16, 64, 16, 32, 64]
+    for rows in (1, 31, 32, 1000, 16384, 65536 * 256):
+        for tiles in (1, 48, 192, 576, 10000):
+            per = rg.split_rows(rows, tiles, 132)
+            splits = -(-rows // per)
+            assert per % rg.KROWS == 0 and per >= rg.KROWS
+            assert splits == 1 or per >= rg.SPLIT_ROWS_MIN  # no split sums fewer rows than the minimum
+            assert splits * per >= rows > (splits - 1) * per  # every row in exactly one split, none empty
+            assert splits * tiles <= max(tiles, rg.BLOCKS_PER_SM * 132 + tiles)
+
+
+def test_kernel_variants_and_path_rule(monkeypatch):
+    specs = rg.dr_specs()
+    assert len(specs) == len(set(specs)) == 2 * len(rg.DR_TILES)
+    monkeypatch.delenv(rg.PATH_ENV, raising=False)
+    assert rg.uses_kernel(_arrays.bfloat16, 12, 64) and rg.uses_kernel(_arrays.float16, 6, 128)
+    assert not rg.uses_kernel(_arrays.bfloat16, 1, 768)  # one head: one cuBLAS GEMM over every gate
+    assert not rg.uses_kernel(_arrays.bfloat16, 3, 256)  # large heads: the kernel re-reads its operands
+    assert not rg.uses_kernel(np.float32, 12, 64)  # the kernel is 16-bit only
+    monkeypatch.setenv(rg.PATH_ENV, "kernel")
+    assert rg.uses_kernel(_arrays.bfloat16, 1, 768) and not rg.uses_kernel(np.float32, 12, 64)
+    monkeypatch.setenv(rg.PATH_ENV, "cublas")
+    assert not rg.uses_kernel(_arrays.bfloat16, 12, 64)
+
+
+@pytest.fixture
+def nan_buffers(monkeypatch):
+    import cupy
+
+    monkeypatch.setattr(rg, "_empty", lambda shape, dtype: cupy.full(shape, np.nan, dtype=dtype))
+
+
+def _reference(drs, h, h0):
+    """float64 sum over (b, t) of drs[b, t, g, n, i] h_{t-1}[b, n, j]."""
+    B, T, G, N, D = drs.shape
+    prev = np.concatenate([h0 if h0 is not None else np.zeros((B, 1, N, D)), h[:, :-1]], axis=1)
+    return np.einsum("btgni,btnj->gnij", drs, prev)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}-T{}-N{}-D{}".format(*s[:4]) + ("-h0" if s[4] else ""))
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("path", ["kernel", "cublas"])
+def test_sum_dr_matches_float64(path, dtype_name, shape, nan_buffers, monkeypatch):
+    import cupy
+
+    dtype = DTYPES[dtype_name]
+    if path == "kernel" and dtype == np.float32:
+        pytest.skip("the kernel takes 16-bit storage; float32 runs on cuBLAS")
+    monkeypatch.setenv(rg.PATH_ENV, path)
+    B, T, N, D, with_h0 = shape
+    G = 4
+    rng = np.random.default_rng(B * 1000 + T)
+    host = [rng.standard_normal(s).astype(dtype) for s in ((B, T, G, N, D), (B, T, N, D), (B, 1, N, D))]
+    drs, h, h0 = host[0], host[1], host[2] if with_h0 else None
+    got = rg.sum_dr(*[None if a is None else cupy.asarray(a) for a in (drs, h, h0)], dtype)
+    ref = _reference(*[None if a is None else a.astype(np.float64) for a in (drs, h, h0)])
+    got = cupy.asnumpy(got)
+    assert got.shape == ref.shape and got.dtype == np.float32
+    assert not np.isnan(got).any(), "an element of dR was never written"
+    # The products are exact in float32 (16-bit operands); what differs is float32 accumulation over B*T rows.
+    tol = 2e-5 if dtype == np.float32 else 1e-5
+    assert np.abs(got - ref).max() <= tol * max(1.0, np.abs(ref).max()) * max(1.0, np.sqrt(B * T) / 8)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("path", ["kernel", "cublas"])
+def test_sum_dr_deterministic(path, monkeypatch):
+    import cupy
+
+    monkeypatch.setenv(rg.PATH_ENV, path)
+    B, T, N, D, G = 16, 512, 3, 64, 4  # the kernel splits the 8192 rows (12 tiles)
+    assert -(-B * T // rg.split_rows(B * T, G * N, 132)) > 1
+    rng = np.random.default_rng(3)
+    drs = cupy.asarray(rng.standard_normal((B, T, G, N, D)).astype(_arrays.bfloat16))
+    h = cupy.asarray(rng.standard_normal((B, T, N, D)).astype(_arrays.bfloat16))
+    a, b = (cupy.asnumpy(rg.sum_dr(drs, h, None, _arrays.bfloat16)) for _ in range(2))
+    assert a.tobytes() == b.tobytes()
