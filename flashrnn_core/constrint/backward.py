@@ -256,8 +256,8 @@ def estimate(fp: "FusedProblem", values: dict[str, int]) -> dict[str, float]:
              + (m.ksplit_exchange + m.sync_threads if ks > 1 else 0) + cost.latency + m.sync_threads + exchange)
     step = max(issue, chain) + m.bw_fixed + m.bw_fixed_per_warp * warps
     step = max(step, m.bw_load_latency / values["prefetch"])
-    # dR after the kernel: drs (or dWx) and h_{t-1} read, h_{t-1} gathered (read + write), per step of B rows.
-    gemm_bytes = 0 if dr else fp.B * fp.N * geo.D * geo.itemsize * (geo.gr + 3)
+    # dR after the kernel: drs (or dWx) and h_{t-1} read (KernelModel.bw_gemm_rows_extra), per step of B rows.
+    gemm_bytes = 0 if dr else fp.B * fp.N * geo.D * geo.itemsize * (geo.gr + m.bw_gemm_rows_extra)
     gemm = gemm_bytes / (hw.bytes_per_cycle() * m.bw_gemm_efficiency)
     total = waves * step + gemm
     return {"total": total, "step": step, "issue": issue, "chain": chain, "gemm": gemm, "waves": waves,
@@ -397,7 +397,7 @@ def scatter_estimate(fp: "FusedProblem", values: dict[str, int]) -> dict[str, fl
     step = (m.ldmatrix_latency + max(mma, r_bandwidth) + exchange + cells + 2 * m.sync_threads
             + m.bw_fixed_per_warp * warps)
     step = max(step, m.bw_load_latency / values["prefetch"])
-    gemm_bytes = fp.B * fp.N * geo.D * geo.itemsize * (geo.gr + 3)
+    gemm_bytes = fp.B * fp.N * geo.D * geo.itemsize * (geo.gr + m.bw_gemm_rows_extra)
     gemm = gemm_bytes / (hw.bytes_per_cycle() * m.bw_gemm_efficiency)
     regs, smem = _at(fp.regs, fp, values), int(_at(fp.smem, fp, values))
     return {"total": step + gemm, "step": step, "mma": mma, "r_bandwidth": r_bandwidth, "exchange": exchange,

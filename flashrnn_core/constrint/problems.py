@@ -58,7 +58,8 @@ from .solver import Expr, Infeasible, Problem, Var, divides, predicate
 #: 14: float32's own factor in the register rule of backward kernels with R^T in shared memory
 #:     (bw_reg_rest_with_smem_split): float32 lstm and slstm D = 256 and gru D = 512 take the fused backward.
 #: 15: the scatter-cluster backward exchanges bf16 partials (half the receive buffers and the bytes).
-MODEL_VERSION = 15
+#: 16: dR after the backward kernel reads drs and h_{t-1} only (no gathered copy: bw_gemm_rows_extra 3 -> 1).
+MODEL_VERSION = 16
 
 MMA_M, MMA_N, MMA_K = 16, 8, 16  # mma.sync m16n8k16 (bf16/fp16 operands, float32 accumulators)
 
@@ -248,9 +249,18 @@ class KernelModel:
     #: model's 1.70 (bench/results/constrint/2026-11-30-h200-sweep-backward-holdout.json).
     bw_occupancy_reg_margin: float = 24
     bw_load_latency: float = 1500  # a stage's cp.async round trip, hidden over ``prefetch`` steps
-    #: dR as GEMMs after the kernel (h_{t-1} gathered, drs and h_{t-1} read by cuBLAS, batched over heads of
-    #: D x D outputs and K = B*T): achieved fraction of DRAM bandwidth on those bytes.
+    #: dR summed after the kernel (backends/recurrent_grad.py: drs and h_{t-1} read, over K = B*T): achieved
+    #: fraction of DRAM bandwidth on the bytes of Gr + ``bw_gemm_rows_extra`` rows of B*N*D a step. The rows were
+    #: Gr + 3 while h_{t-1} was gathered into a copy first (written, then read). Refit on the dR kernel (H200 bf16
+    #: B=16 T=1024, ``tune --direction backward``: dR in the kernel against after it, one block a head, k split 4,
+    #: lstm/slstm/gru 48x16, 48x32, 24x16, 24x32 and elman 24x16; bench/results/phases/2026-12-03-h200-dr-gemm.txt):
+    #: with Gr + 1 rows the model picks the faster of the two at 11 of the 13 shapes (ties within 1% counted either
+    #: way), with Gr + 3 at 8; the efficiency 0.28 fits best of 0.28-0.8 (10, 8, 8, 8 at 0.4, 0.5, 0.6, 0.8).
+    #: The choices it changed, measured (bench/results/constrint/2026-12-03-h200-tune-dr-after.json): large batches
+    #: gain (gru 12x64 B=128 1.68 -> 1.46 ms, lstm 12x64 B=96 2.18 -> 1.50, gru 48x64 B=256 10.08 -> 9.16), lstm and
+    #: slstm 24x48 lose 7-9%, elman 48x96 5%; test_dr_after_the_kernel_priced_as_measured holds them.
     bw_gemm_efficiency: float = 0.28
+    bw_gemm_rows_extra: float = 1
     bw_cells: dict = field(default_factory=lambda: {
         "lstm": CellCost(160, 60), "slstm": CellCost(260, 90), "gru": CellCost(180, 70), "elman": CellCost(40, 20)})
     #: The scatter-cluster backward (fused_bw.cu ScatterTile; constrint/backward.py build_scatter): the last
