@@ -68,8 +68,8 @@ def measure(function: str, N: int, D: int, runs: int) -> str:
     line += f" ms | dR alone: replaced {median_ms(lambda: replaced_dr(drs, h, dtype), runs):.4f}"
     for path in ("kernel", "cublas"):
         os.environ[rg.PATH_ENV] = path
-        err = float(abs(rg.sum_dr(drs, h, None, dtype) - before).max() / abs(before).max())
-        line += f" {path} {median_ms(lambda: rg.sum_dr(drs, h, None, dtype), runs):.4f} (rel. err {err:.1e})"
+        err = float(abs(rg.sum_dr(drs, h, None) - before).max() / abs(before).max())
+        line += f" {path} {median_ms(lambda: rg.sum_dr(drs, h, None), runs):.4f} (rel. err {err:.1e})"
     os.environ[rg.PATH_ENV] = ""
     return line + " ms"
 

@@ -12,6 +12,9 @@ from flashrnn_core.backends import recurrent_grad as rg
 DTYPES = {"bfloat16": _arrays.bfloat16, "float16": _arrays.float16, "float32": np.float32}
 # (B, T, N, D, initial h): B = T = 1, odd B and T, one head (cuBLAS's merged gates), D = 48 and 80 (tiles of 16),
 # a split that ends inside a sequence (B*T not a multiple of the split), D = 768.
+#: (path, storage): the kernel takes 16-bit storage only, cuBLAS every dtype.
+PATHS = [("kernel", "bfloat16"), ("kernel", "float16"), ("cublas", "bfloat16"), ("cublas", "float16"),
+         ("cublas", "float32")]
 SHAPES = [(1, 1, 1, 16, True), (3, 17, 2, 48, False), (5, 9, 3, 64, True), (4, 33, 2, 80, False),
           (2, 5, 1, 768, True), (7, 300, 3, 32, True), (16, 64, 4, 256, False)]
 
@@ -58,21 +61,18 @@ def _reference(drs, h, h0):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}-T{}-N{}-D{}".format(*s[:4]) + ("-h0" if s[4] else ""))
-@pytest.mark.parametrize("dtype_name", list(DTYPES))
-@pytest.mark.parametrize("path", ["kernel", "cublas"])
+@pytest.mark.parametrize("path,dtype_name", PATHS)
 def test_sum_dr_matches_float64(path, dtype_name, shape, nan_buffers, monkeypatch):
     import cupy
 
     dtype = DTYPES[dtype_name]
-    if path == "kernel" and dtype == np.float32:
-        pytest.skip("the kernel takes 16-bit storage; float32 runs on cuBLAS")
     monkeypatch.setenv(rg.PATH_ENV, path)
     B, T, N, D, with_h0 = shape
     G = 4
     rng = np.random.default_rng(B * 1000 + T)
     host = [rng.standard_normal(s).astype(dtype) for s in ((B, T, G, N, D), (B, T, N, D), (B, 1, N, D))]
     drs, h, h0 = host[0], host[1], host[2] if with_h0 else None
-    got = rg.sum_dr(*[None if a is None else cupy.asarray(a) for a in (drs, h, h0)], dtype)
+    got = rg.sum_dr(*[None if a is None else cupy.asarray(a) for a in (drs, h, h0)])
     ref = _reference(*[None if a is None else a.astype(np.float64) for a in (drs, h, h0)])
     got = cupy.asnumpy(got)
     assert got.shape == ref.shape and got.dtype == np.float32
@@ -93,5 +93,5 @@ def test_sum_dr_deterministic(path, monkeypatch):
     rng = np.random.default_rng(3)
     drs = cupy.asarray(rng.standard_normal((B, T, G, N, D)).astype(_arrays.bfloat16))
     h = cupy.asarray(rng.standard_normal((B, T, N, D)).astype(_arrays.bfloat16))
-    a, b = (cupy.asnumpy(rg.sum_dr(drs, h, None, _arrays.bfloat16)) for _ in range(2))
+    a, b = (cupy.asnumpy(rg.sum_dr(drs, h, None)) for _ in range(2))
     assert a.tobytes() == b.tobytes()

@@ -332,7 +332,7 @@ class FusedBackend(Backend):
         if choice.fused_dr:
             dR = dr_part.sum(axis=0)
         else:  # dR[g, n] = sum over (b, t) of drs outer h_{t-1}: recurrent_grad.sum_dr, float32 accumulation
-            dR = sum_dr(dWx if drs is None else drs, states[0], None if s0 is None else s0[0], dtype)
+            dR = sum_dr(dWx if drs is None else drs, states[0], None if s0 is None else s0[0])
         dR = dR.astype(R.dtype, copy=False)
         s_dtype = states0.dtype if states0 is not None else wx_dtype
         return Grads(dWx.astype(wx_dtype, copy=False), dR, db, dinit.astype(s_dtype, copy=False))

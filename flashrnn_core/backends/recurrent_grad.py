@@ -79,14 +79,14 @@ def uses_kernel(dtype: Any, N: int, D: int) -> bool:
     return N > 1 and D <= KERNEL_D_MAX
 
 
-def sum_dr(drs: Any, h: Any, h0: Any | None, dtype: Any) -> Any:
-    """dR, float32 [G, N, D, D], from drs [B, T, G, N, D] and h = states[0] [B, T, N, D] (both in ``dtype``,
+def sum_dr(drs: Any, h: Any, h0: Any | None) -> Any:
+    """dR, float32 [G, N, D, D], from drs [B, T, G, N, D] and h = states[0] [B, T, N, D] (one storage dtype,
     C-contiguous) and the initial h [B, 1, N, D] or None (zeros). Runs on CuPy's current stream."""
     B, T, G, N, D = drs.shape
-    if uses_kernel(dtype, N, D):
-        return _kernel_dr(drs, h, h0, dtype)
+    if uses_kernel(drs.dtype, N, D):
+        return _kernel_dr(drs, h, h0)
     dR = _empty((G, N, D, D), np.float32)
-    _cublas_dr(dR, drs, h, h0, dtype)
+    _cublas_dr(dR, drs, h, h0)
     return dR
 
 
@@ -112,7 +112,7 @@ def _sm_count(device: int) -> int:
     return int(cupy.cuda.Device(device).attributes["MultiProcessorCount"])
 
 
-def _kernel_dr(drs: Any, h: Any, h0: Any | None, dtype: Any) -> Any:
+def _kernel_dr(drs: Any, h: Any, h0: Any | None) -> Any:
     from ..runtime import get_kernel, launch
 
     B, T, G, N, D = drs.shape
@@ -122,7 +122,7 @@ def _kernel_dr(drs: Any, h: Any, h0: Any | None, dtype: Any) -> Any:
     per = split_rows(rows, tiles, _sm_count(drs.device.id))
     splits = -(-rows // per)
     out = _empty((splits, G, N, D, D), np.float32)
-    kernel = get_kernel(dr_spec(dtype, tile), device=drs.device.id)
+    kernel = get_kernel(dr_spec(drs.dtype, tile), device=drs.device.id)
     launch(kernel, (tiles, splits), (32 * tile // 16,), drs, h, h0, out, np.int32(B), np.int32(T), np.int32(N),
            np.int32(D), np.int32(G), np.int32(per))
     # The splits' partial sums, added in a fixed order: deterministic, no atomics.
@@ -144,9 +144,10 @@ def gemm(opa: int, opb: int, m: int, n: int, k: int, a: int, lda: int, sa: int, 
                                 scalars.ctypes.data + 4, c, 0, ldc, sc, batch, _COMPUTE_32F, -1)  # default algo
 
 
-def _cublas_dr(dR: Any, drs: Any, h: Any, h0: Any | None, dtype: Any) -> None:
+def _cublas_dr(dR: Any, drs: Any, h: Any, h0: Any | None) -> None:
     """dR by cuBLAS (module docstring): rows bt of drs against rows bt-1 of h, then the t = 0 rows mended."""
     B, T, G, N, D = drs.shape
+    dtype = drs.dtype
     e, ND = np.dtype(dtype).itemsize, N * D
 
     def rank_k(k: int, h_ptr: int, ldh: int, drs_ptr: int, ld_drs: int, alpha: float, beta: float) -> None:

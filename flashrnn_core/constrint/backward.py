@@ -256,9 +256,7 @@ def estimate(fp: "FusedProblem", values: dict[str, int]) -> dict[str, float]:
              + (m.ksplit_exchange + m.sync_threads if ks > 1 else 0) + cost.latency + m.sync_threads + exchange)
     step = max(issue, chain) + m.bw_fixed + m.bw_fixed_per_warp * warps
     step = max(step, m.bw_load_latency / values["prefetch"])
-    # dR after the kernel: drs (or dWx) and h_{t-1} read (KernelModel.bw_gemm_rows_extra), per step of B rows.
-    gemm_bytes = 0 if dr else fp.B * fp.N * geo.D * geo.itemsize * (geo.gr + m.bw_gemm_rows_extra)
-    gemm = gemm_bytes / (hw.bytes_per_cycle() * m.bw_gemm_efficiency)
+    gemm = 0 if dr else dr_after_cycles(fp)
     total = waves * step + gemm
     return {"total": total, "step": step, "issue": issue, "chain": chain, "gemm": gemm, "waves": waves,
             "exchange": exchange,
@@ -377,6 +375,14 @@ def scatter_resources(geo, m: "KernelModel", v: dict[str, Var]) -> tuple[Expr, E
     return regs, drs + recv + (prefetch + 1) * stage + BT * outputs * row + 16 + warps * rst * 512
 
 
+def dr_after_cycles(fp: "FusedProblem") -> float:
+    """dR summed after the kernel (backends/recurrent_grad.py), in cycles a step: drs (or dWx) and h_{t-1} read
+    (``KernelModel.bw_gemm_rows_extra`` rows besides drs's Gr), B rows a step, at the fitted DRAM efficiency."""
+    geo, m = fp.geo, fp.model
+    gemm_bytes = fp.B * fp.N * geo.D * geo.itemsize * (geo.gr + m.bw_gemm_rows_extra)
+    return gemm_bytes / (fp.hw.bytes_per_cycle() * m.bw_gemm_efficiency)
+
+
 def scatter_estimate(fp: "FusedProblem", values: dict[str, int]) -> dict[str, float]:
     """Cycles per time step (``total``) of the scatter kernel, from the backward's constants (not calibrated on
     it): the warps' mma over their tiles (a chain of ``Gr * mb`` k-tiles a pass, two passes, or the SM's issue),
@@ -397,8 +403,7 @@ def scatter_estimate(fp: "FusedProblem", values: dict[str, int]) -> dict[str, fl
     step = (m.ldmatrix_latency + max(mma, r_bandwidth) + exchange + cells + 2 * m.sync_threads
             + m.bw_fixed_per_warp * warps)
     step = max(step, m.bw_load_latency / values["prefetch"])
-    gemm_bytes = fp.B * fp.N * geo.D * geo.itemsize * (geo.gr + m.bw_gemm_rows_extra)
-    gemm = gemm_bytes / (hw.bytes_per_cycle() * m.bw_gemm_efficiency)
+    gemm = dr_after_cycles(fp)
     regs, smem = _at(fp.regs, fp, values), int(_at(fp.smem, fp, values))
     return {"total": step + gemm, "step": step, "mma": mma, "r_bandwidth": r_bandwidth, "exchange": exchange,
             "cells": cells, "gemm": gemm, "waves": 1, "regs": regs, "smem": smem, "blocks_per_sm": 1}
