@@ -4,8 +4,9 @@ the whole backward with each path forced (``FLASHRNN_DR_PATH``), and ``sum_dr`` 
 
     python bench/dr_paths.py                       # the reference shapes
     python bench/dr_paths.py lstm:6:128 gru:6:128  # cell:heads:head_dim
+    python bench/dr_paths.py --dtype float32       # cuBLAS only (the kernel is 16-bit): the backward's split
 
-bfloat16, B=16, T=1024; CUDA events, median of --runs after a warm-up (runtime.timing.median_ms, behind a spin:
+bfloat16 unless --dtype, B=16, T=1024; CUDA events, median of --runs after a warm-up (runtime.timing.median_ms, behind a spin:
 ../shared/BENCH.md). ``sum_dr`` alone is timed as the host issues it, so a path whose launches cost more host time
 than its GPU work reads slower than it runs inside a backward; the backward rows are the ones that decide.
 """
@@ -41,7 +42,7 @@ def replaced_dr(drs, h, dtype):
     return dR
 
 
-def measure(function: str, N: int, D: int, runs: int) -> str:
+def measure(function: str, N: int, D: int, runs: int, dtype_name: str = "bfloat16") -> str:
     import cupy
 
     import flashrnn_core as fc
@@ -50,7 +51,7 @@ def measure(function: str, N: int, D: int, runs: int) -> str:
     from flashrnn_core.cells import CELLS
     from flashrnn_core.runtime.timing import median_ms
 
-    B, T, dtype, cell = 16, 1024, _arrays.bfloat16, CELLS[function]
+    B, T, dtype, cell = 16, 1024, {v: k for k, v in _arrays.DTYPE_NAMES.items()}[dtype_name], CELLS[function]
     rng = np.random.default_rng(0)
 
     def normal(*shape, scale=1.0):
@@ -59,14 +60,15 @@ def measure(function: str, N: int, D: int, runs: int) -> str:
     Wx, R, b = normal(B, T, cell.gates_w, N, D), normal(cell.gates_r, N, D, D, scale=D ** -0.5), normal(cell.gates_b, N, D)
     result = fc.forward(Wx, R, b, function=function, backend="cuda_fused")
     dstates = normal(*result.states.shape)
-    line = f"{function} {N}x{D}: backward"
-    for path in ("", "kernel", "cublas"):
+    paths = ("kernel", "cublas") if np.dtype(dtype) in rg.DR_STORAGE else ("cublas",)
+    line = f"{function} {N}x{D} {dtype_name}: forward (saving) {median_ms(lambda: fc.forward(Wx, R, b, function=function, backend='cuda_fused'), runs):.4f} ms, backward"
+    for path in ("",) + paths:
         os.environ[rg.PATH_ENV] = path
         line += f" [{path or 'default'}] {median_ms(lambda: fc.backward(result, dstates=dstates), runs):.4f}"
     drs, h = normal(B, T, cell.gates_r, N, D), result.states[0]
     before = replaced_dr(drs, h, dtype)
     line += f" ms | dR alone: replaced {median_ms(lambda: replaced_dr(drs, h, dtype), runs):.4f}"
-    for path in ("kernel", "cublas"):
+    for path in paths:
         os.environ[rg.PATH_ENV] = path
         err = float(abs(rg.sum_dr(drs, h, None) - before).max() / abs(before).max())
         line += f" {path} {median_ms(lambda: rg.sum_dr(drs, h, None), runs):.4f} (rel. err {err:.1e})"
@@ -78,10 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("shapes", nargs="*", default=REFERENCE, help="cell:heads:head_dim")
     p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
     args = p.parse_args(argv)
     for shape in args.shapes:
         function, N, D = shape.split(":")
-        print(measure(function, int(N), int(D), args.runs), flush=True)
+        print(measure(function, int(N), int(D), args.runs, args.dtype), flush=True)
     return 0
 
 

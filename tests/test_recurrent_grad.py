@@ -12,9 +12,8 @@ from flashrnn_core.backends import recurrent_grad as rg
 DTYPES = {"bfloat16": _arrays.bfloat16, "float16": _arrays.float16, "float32": np.float32}
 # (B, T, N, D, initial h): B = T = 1, odd B and T, one head (cuBLAS's merged gates), D = 48 and 80 (tiles of 16),
 # a split that ends inside a sequence (B*T not a multiple of the split), D = 768.
-#: (path, storage): the kernel takes 16-bit storage only, cuBLAS every dtype.
-PATHS = [("kernel", "bfloat16"), ("kernel", "float16"), ("cublas", "bfloat16"), ("cublas", "float16"),
-         ("cublas", "float32")]
+#: (path, storage): both paths take every storage dtype.
+PATHS = [(path, dtype) for path in ("kernel", "cublas") for dtype in DTYPES]
 SHAPES = [(1, 1, 1, 16, True), (3, 17, 2, 48, False), (5, 9, 3, 64, True), (4, 33, 2, 80, False),
           (2, 5, 1, 768, True), (7, 300, 3, 32, True), (16, 64, 4, 256, False)]
 
@@ -33,16 +32,18 @@ def test_tile_divides_and_splits_cover_the_rows():
 
 def test_kernel_variants_and_path_rule(monkeypatch):
     specs = rg.dr_specs()
-    assert len(specs) == len(set(specs)) == 2 * len(rg.DR_TILES)
+    assert len(specs) == len(set(specs)) == 3 * len(rg.DR_TILES)
     monkeypatch.delenv(rg.PATH_ENV, raising=False)
     assert rg.uses_kernel(_arrays.bfloat16, 12, 64) and rg.uses_kernel(_arrays.float16, 6, 128)
     assert not rg.uses_kernel(_arrays.bfloat16, 1, 768)  # one head: one cuBLAS GEMM over every gate
     assert not rg.uses_kernel(_arrays.bfloat16, 3, 256)  # large heads: the kernel re-reads its operands
-    assert not rg.uses_kernel(np.float32, 12, 64)  # the kernel is 16-bit only
+    assert rg.uses_kernel(np.float32, 12, 64) and rg.uses_kernel(np.float32, 3, 256)  # cuBLAS's float32: slow
+    assert rg.uses_kernel(np.float32, 1, 64) and not rg.uses_kernel(np.float32, 1, 768)
+    assert not rg.uses_kernel(np.float32, 2, 8)  # D not a multiple of 16
     monkeypatch.setenv(rg.PATH_ENV, "kernel")
-    assert rg.uses_kernel(_arrays.bfloat16, 1, 768) and not rg.uses_kernel(np.float32, 12, 64)
+    assert rg.uses_kernel(_arrays.bfloat16, 1, 768)
     monkeypatch.setenv(rg.PATH_ENV, "cublas")
-    assert not rg.uses_kernel(_arrays.bfloat16, 12, 64)
+    assert not rg.uses_kernel(_arrays.bfloat16, 12, 64) and not rg.uses_kernel(np.float32, 12, 64)
 
 
 @pytest.fixture
@@ -77,21 +78,22 @@ def test_sum_dr_matches_float64(path, dtype_name, shape, nan_buffers, monkeypatc
     got = cupy.asnumpy(got)
     assert got.shape == ref.shape and got.dtype == np.float32
     assert not np.isnan(got).any(), "an element of dR was never written"
-    # The products are exact in float32 (16-bit operands); what differs is float32 accumulation over B*T rows.
+    # 16-bit operands: the products are exact in float32; what differs is float32 accumulation over B*T rows.
+    # float32 operands: the kernel's products carry hi + lo's 16 significant bits (dr_gemm.cu), ~1.5e-5 each.
     tol = 2e-5 if dtype == np.float32 else 1e-5
     assert np.abs(got - ref).max() <= tol * max(1.0, np.abs(ref).max()) * max(1.0, np.sqrt(B * T) / 8)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("path", ["kernel", "cublas"])
-def test_sum_dr_deterministic(path, monkeypatch):
+@pytest.mark.parametrize("path,dtype_name", [("kernel", "bfloat16"), ("kernel", "float32"), ("cublas", "bfloat16")])
+def test_sum_dr_deterministic(path, dtype_name, monkeypatch):
     import cupy
 
     monkeypatch.setenv(rg.PATH_ENV, path)
     B, T, N, D, G = 16, 512, 3, 64, 4  # the kernel splits the 8192 rows (12 tiles)
     assert -(-B * T // rg.split_rows(B * T, G * N, 132)) > 1
     rng = np.random.default_rng(3)
-    drs = cupy.asarray(rng.standard_normal((B, T, G, N, D)).astype(_arrays.bfloat16))
-    h = cupy.asarray(rng.standard_normal((B, T, N, D)).astype(_arrays.bfloat16))
+    drs = cupy.asarray(rng.standard_normal((B, T, G, N, D)).astype(DTYPES[dtype_name]))
+    h = cupy.asarray(rng.standard_normal((B, T, N, D)).astype(DTYPES[dtype_name]))
     a, b = (cupy.asnumpy(rg.sum_dr(drs, h, None)) for _ in range(2))
     assert a.tobytes() == b.tobytes()

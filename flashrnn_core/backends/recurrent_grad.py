@@ -3,18 +3,20 @@
     dR[g, n, i, j] = sum over (b, t) of drs[b, t, g, n, i] * h_prev[b, t, n, j],
     h_prev[b, t] = states[0][b, t-1] for t > 0, the initial h (or zeros) for t = 0.
 
-Two paths, chosen by measurement (H200, bfloat16, B=16, T=1024, the whole backward with each path;
-bench/results/phases/2026-12-03-h200-dr-gemm.txt):
+Two paths, chosen by measurement (H200, B=16, T=1024, the whole backward with each path;
+bench/results/phases/2026-12-03-h200-dr-gemm.txt and 2026-12-03-h200-dr-float32.txt):
 
-* ``cuda_src/dr_gemm.cu`` for 16-bit storage and heads of D <= 128 (several of them): one block a TILE x TILE
-  tile of one (gate, head) and a range of the B*T rows, float32 partial sums added here in a fixed order
-  (deterministic). cuBLAS's batched GEMMs spread such small outputs over too few blocks: at 12x64 the backward
-  took 0.70 ms with the kernel against 0.75 with cuBLAS (lstm; slstm 0.69 / 0.74, gru 0.61 / 0.64, elman
-  0.62 / 0.64).
+* ``cuda_src/dr_gemm.cu`` for heads of D <= 128 (several of them), and in float32 for every head but one large
+  one: one block a TILE x TILE tile of one (gate, head) and a range of the B*T rows, float32 partial sums added
+  here in a fixed order (deterministic). cuBLAS's batched GEMMs spread such small outputs over too few blocks: at
+  12x64 bf16 the backward took 0.70 ms with the kernel against 0.75 with cuBLAS (lstm; slstm 0.69 / 0.74, gru
+  0.61 / 0.64, elman 0.62 / 0.64). In float32 (each value split into bf16 hi + lo, three products) cuBLAS's
+  GEMMs are slower still: lstm 12x64's backward 1.08 ms against 3.42 (dR alone 0.16 against 2.48), 3x256 3.98
+  against 5.73, 48x16 0.94 against 3.05.
 * cuBLAS elsewhere: one head (N = 1: every gate's rows are adjacent, so one GEMM of M = G*D covers them, ~700
-  TFLOPS at D = 768, beyond mma.sync: lstm 1x768's backward 2.40 ms against 2.82 with the kernel), larger heads
-  (the kernel's 64-wide tiles read each operand D/64 times: lstm 3x256 1.62 ms against 1.70) and float32 (the
-  kernel is 16-bit only): per gate one GEMM batched over the heads.
+  TFLOPS at D = 768 in bf16, beyond mma.sync: lstm 1x768's backward 2.40 ms against 2.82 with the kernel; elman
+  1x768 float32 3.18 against 3.23) and 16-bit heads of D > 128 (the kernel's 64-wide tiles read each operand
+  D/64 times: lstm 3x256 1.62 ms against 1.70): per gate one GEMM batched over the heads.
 
 Neither copies ``states`` into an h_prev array (that copy took 0.068 ms at B*T*N*D = 12.6M): the kernel reads
 h0 at the t = 0 rows; cuBLAS sums row bt of drs against row bt-1 of ``states[0]`` (right except at t = 0, where
@@ -33,14 +35,14 @@ import numpy as np
 from .. import _arrays
 
 DR_SOURCE, DR_ENTRY = "dr_gemm.cu", "flashrnn_dr_gemm"
-DR_STORAGE = {_arrays.bfloat16: "__nv_bfloat16", _arrays.float16: "__half"}
+DR_STORAGE = {_arrays.bfloat16: "__nv_bfloat16", _arrays.float16: "__half", _arrays.float32: "float"}
 DR_TILES = (64, 32, 16)  # a block's tile side: the largest that divides D
 KROWS = 32  # rows (b, t) a pipeline stage of the kernel (dr_gemm.cu KROWS): splits are multiples of it
 SPLIT_ROWS_MIN = 512  # a split sums at least this many rows (its prologue and epilogue are amortised)
 BLOCKS_PER_SM = 4  # blocks a split aims to give each SM (4-warp blocks, 37 KB of shared memory at TILE 64)
 
 KERNEL_D_MAX = 128  # the kernel's heads: D up to this (measured at 64: faster; at 256: slower than cuBLAS)
-#: FLASHRNN_DR_PATH=kernel|cublas forces a path (measurements; the kernel takes 16-bit storage only).
+#: FLASHRNN_DR_PATH=kernel|cublas forces a path (measurements).
 PATH_ENV = "FLASHRNN_DR_PATH"
 
 # cudaDataType of the operands (16BF, 16F, 32F) and CUBLAS_COMPUTE_32F.
@@ -54,7 +56,7 @@ def dr_tile(D: int) -> int:
 
 
 def dr_spec(dtype: Any, tile: int) -> Any:
-    """The kernel variant for a 16-bit storage dtype and tile side."""
+    """The kernel variant for a storage dtype and tile side."""
     from ..runtime import KernelSpec
 
     name = DR_STORAGE[np.dtype(dtype)]
@@ -69,13 +71,15 @@ def dr_specs() -> list[Any]:
 
 
 def uses_kernel(dtype: Any, N: int, D: int) -> bool:
-    """Whether ``sum_dr`` runs dr_gemm.cu (else cuBLAS): 16-bit storage, several heads of D <= KERNEL_D_MAX (a
-    multiple of 16)."""
+    """Whether ``sum_dr`` runs dr_gemm.cu (else cuBLAS): several heads of D <= KERNEL_D_MAX, and in float32
+    every head but one large head (a multiple of 16 throughout)."""
     forced = os.environ.get(PATH_ENV, "")
     if np.dtype(dtype) not in DR_STORAGE or D % 16:
         return False
     if forced in ("kernel", "cublas"):
         return forced == "kernel"
+    if np.dtype(dtype) == _arrays.float32:
+        return N > 1 or D <= KERNEL_D_MAX
     return N > 1 and D <= KERNEL_D_MAX
 
 
