@@ -22,12 +22,16 @@ def test_tile_divides_and_splits_cover_the_rows():
     assert [rg.dr_tile(D) for D in (16, 32, 48, 64, 80, 96, 768)] == [16, 32, 16, 64, 16, 32, 64]
     for rows in (1, 31, 32, 1000, 16384, 65536 * 256):
         for tiles in (1, 48, 192, 576, 10000):
-            per = rg.split_rows(rows, tiles, 132)
-            splits = -(-rows // per)
-            assert per % rg.KROWS == 0 and per >= rg.KROWS
-            assert splits == 1 or per >= rg.SPLIT_ROWS_MIN  # no split sums fewer rows than the minimum
-            assert splits * per >= rows > (splits - 1) * per  # every row in exactly one split, none empty
-            assert splits * tiles <= max(tiles, rg.BLOCKS_PER_SM * 132 + tiles)
+            for warps in (1, 2, 4):
+                per = rg.split_rows(rows, tiles, 132, warps)
+                splits = -(-rows // per)
+                assert per % rg.KROWS == 0 and per >= rg.KROWS
+                assert splits == 1 or per >= rg.SPLIT_ROWS_MIN  # no split sums fewer rows than the minimum
+                assert splits * per >= rows > (splits - 1) * per  # every row in exactly one split, none empty
+                assert splits * tiles * warps <= max(tiles * warps, rg.WARPS_PER_SM * 132 + tiles * warps)
+    # one-warp blocks (D = 16) get four times the splits of four-warp ones, up to the rows' minimum
+    assert -(-16384 // rg.split_rows(16384, 192, 132, 1)) == 11
+    assert -(-16384 // rg.split_rows(16384, 192, 132, 4)) == 3
 
 
 def test_kernel_variants_and_path_rule(monkeypatch):

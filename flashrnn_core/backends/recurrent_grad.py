@@ -39,7 +39,10 @@ DR_STORAGE = {_arrays.bfloat16: "__nv_bfloat16", _arrays.float16: "__half", _arr
 DR_TILES = (64, 32, 16)  # a block's tile side: the largest that divides D
 KROWS = 32  # rows (b, t) a pipeline stage of the kernel (dr_gemm.cu KROWS): splits are multiples of it
 SPLIT_ROWS_MIN = 512  # a split sums at least this many rows (its prologue and epilogue are amortised)
-BLOCKS_PER_SM = 4  # blocks a split aims to give each SM (4-warp blocks, 37 KB of shared memory at TILE 64)
+#: Warps the splits aim to give each SM: 4 blocks of TILE 64 (4 warps, 37-42 KB of shared memory each), 16 of
+#: TILE 16 (one warp, 12 KB). Counting blocks instead (4 an SM at every tile) left the one-warp blocks of D = 16
+#: four warps an SM: float32 lstm 48x16's dR took 0.34 ms, for 0.4 GB read.
+WARPS_PER_SM = 16
 
 KERNEL_D_MAX = 128  # the kernel's heads: D up to this (measured at 64: faster; at 256: slower than cuBLAS)
 #: FLASHRNN_DR_PATH=kernel|cublas forces a path (measurements).
@@ -101,10 +104,11 @@ def _empty(shape: tuple[int, ...], dtype: Any) -> Any:
     return cupy.empty(shape, dtype=dtype)
 
 
-def split_rows(rows: int, tiles: int, sms: int) -> int:
-    """Rows a split of the kernel sums: enough splits for ~BLOCKS_PER_SM blocks an SM, none under
-    SPLIT_ROWS_MIN rows; a multiple of KROWS."""
-    splits = max(1, min(-(-BLOCKS_PER_SM * sms // tiles), rows // SPLIT_ROWS_MIN))
+def split_rows(rows: int, tiles: int, sms: int, block_warps: int = 4) -> int:
+    """Rows a split of the kernel sums: enough splits for ~WARPS_PER_SM warps an SM (blocks of ``block_warps``),
+    none under SPLIT_ROWS_MIN rows; a multiple of KROWS."""
+    blocks = -(-WARPS_PER_SM * sms // block_warps)
+    splits = max(1, min(-(-blocks // tiles), rows // SPLIT_ROWS_MIN))
     per = -(-rows // splits)
     return -(-per // KROWS) * KROWS
 
@@ -123,7 +127,7 @@ def _kernel_dr(drs: Any, h: Any, h0: Any | None) -> Any:
     tile = dr_tile(D)
     tiles = G * N * (D // tile) ** 2
     rows = B * T
-    per = split_rows(rows, tiles, _sm_count(drs.device.id))
+    per = split_rows(rows, tiles, _sm_count(drs.device.id), tile // 16)
     splits = -(-rows // per)
     out = _empty((splits, G, N, D, D), np.float32)
     kernel = get_kernel(dr_spec(drs.dtype, tile), device=drs.device.id)
