@@ -4,11 +4,12 @@ the whole backward with each path forced (``FLASHRNN_DR_PATH``), and ``sum_dr`` 
 
     python bench/dr_paths.py                       # the reference shapes
     python bench/dr_paths.py lstm:6:128 gru:6:128  # cell:heads:head_dim
-    python bench/dr_paths.py --dtype float32       # cuBLAS only (the kernel is 16-bit): the backward's split
+    python bench/dr_paths.py --dtype float32       # the kernel's hi + lo products against cuBLAS's SGEMMs
 
-bfloat16 unless --dtype, B=16, T=1024; CUDA events, median of --runs after a warm-up (runtime.timing.median_ms, behind a spin:
-../shared/BENCH.md). ``sum_dr`` alone is timed as the host issues it, so a path whose launches cost more host time
-than its GPU work reads slower than it runs inside a backward; the backward rows are the ones that decide.
+bfloat16 unless --dtype, B=16, T=1024; CUDA events, median of --runs after a warm-up (runtime.timing.median_ms,
+behind a spin: ../shared/BENCH.md). ``sum_dr`` alone is timed as the host issues it, so a path whose launches cost
+more host time than its GPU work reads slower than it runs inside a backward; the backward rows are the ones that
+decide.
 """
 
 from __future__ import annotations
@@ -57,11 +58,13 @@ def measure(function: str, N: int, D: int, runs: int, dtype_name: str = "bfloat1
     def normal(*shape, scale=1.0):
         return cupy.asarray((rng.standard_normal(shape) * scale).astype(np.float32)).astype(dtype)
 
-    Wx, R, b = normal(B, T, cell.gates_w, N, D), normal(cell.gates_r, N, D, D, scale=D ** -0.5), normal(cell.gates_b, N, D)
+    Wx, R = normal(B, T, cell.gates_w, N, D), normal(cell.gates_r, N, D, D, scale=D ** -0.5)
+    b = normal(cell.gates_b, N, D)
     result = fc.forward(Wx, R, b, function=function, backend="cuda_fused")
     dstates = normal(*result.states.shape)
-    paths = ("kernel", "cublas") if np.dtype(dtype) in rg.DR_STORAGE else ("cublas",)
-    line = f"{function} {N}x{D} {dtype_name}: forward (saving) {median_ms(lambda: fc.forward(Wx, R, b, function=function, backend='cuda_fused'), runs):.4f} ms, backward"
+    paths = ("kernel", "cublas")
+    forward_ms = median_ms(lambda: fc.forward(Wx, R, b, function=function, backend="cuda_fused"), runs)
+    line = f"{function} {N}x{D} {dtype_name}: forward (saving) {forward_ms:.4f} ms, backward"
     for path in ("",) + paths:
         os.environ[rg.PATH_ENV] = path
         line += f" [{path or 'default'}] {median_ms(lambda: fc.backward(result, dstates=dstates), runs):.4f}"

@@ -37,7 +37,7 @@ from .. import _arrays
 DR_SOURCE, DR_ENTRY = "dr_gemm.cu", "flashrnn_dr_gemm"
 DR_STORAGE = {_arrays.bfloat16: "__nv_bfloat16", _arrays.float16: "__half", _arrays.float32: "float"}
 DR_TILES = (64, 32, 16)  # a block's tile side: the largest that divides D
-KROWS = 32  # rows (b, t) a pipeline stage of the kernel (dr_gemm.cu KROWS): splits are multiples of it
+KROWS = 32  # rows (b, t) a pipeline stage of the kernel (dr_gemm.cu KROWS: 32, float32 16): splits are multiples
 SPLIT_ROWS_MIN = 512  # a split sums at least this many rows (its prologue and epilogue are amortised)
 #: Warps the splits aim to give each SM: 4 blocks of TILE 64 (4 warps, 37-42 KB of shared memory each), 16 of
 #: TILE 16 (one warp, 12 KB). Counting blocks instead (4 an SM at every tile) left the one-warp blocks of D = 16
