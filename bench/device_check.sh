@@ -8,6 +8,7 @@
 #   STAGES="tests sanitizer bench"   (default; also "sweep", and "ddp", which takes two GPUs after the queue)
 #   PYTEST_ARGS="-x"   PYTEST_K="not slow"   PYTEST_TIMEOUT=420   COMPILE_CHECK=0 (no compile --check first: CI runs it)
 #   SANITIZER_TOOLS="memcheck racecheck synccheck"   SANITIZER_BUDGET_S=180
+#   (the sanitizer stage also runs each tool over the dR kernel's GPU tests, tests/test_recurrent_grad.py -k kernel)
 #   SANITIZER_ARGS="--only backward --all;--only forward" (';' separates sets of problems: a job per set and tool;
 #     a set that starts "@racecheck,synccheck" runs those tools only)
 #   SANITIZER_SHARDS=1 (each set's problems split over this many jobs a tool)
@@ -91,6 +92,13 @@ job_sanitizer() {   # <n> <tool> <shard K/M> <set>: one small problem per fused 
     note "$1" "sanitizer $2 ${args[*]} $3" "exit $? : $(grep -E '^[0-9]+ ok|ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -n 2 | tr '\n' ' ')"
 }
 
+job_sanitizer_dr() {   # <n> <tool>: the dR kernel after the backward (dr_gemm.cu), through its own GPU tests
+    local log="$OUT/sanitizer_$2_dr_gemm.log"
+    timeout "$(clamp 240)" compute-sanitizer --tool "$2" --error-exitcode 9 --report-api-errors no \
+        python -m pytest -q -p no:cacheprovider tests/test_recurrent_grad.py -k kernel >"$log" 2>&1
+    note "$1" "sanitizer $2 dr_gemm" "exit $? : $(grep -E 'passed|failed|ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tr '\n' ' ')"
+}
+
 job_bench() {   # <n> <suite> <shard K/M>: one suite, or one shard of it (merged after the queue)
     local json="$OUT/$2.json" t own="BENCH_TIMEOUT_S_$2" args="BENCH_ARGS_$2"; t=$(clamp "${!own:-${BENCH_TIMEOUT_S:-300}}")
     local shard=(); [[ $3 == */1 ]] || shard=(--shard "$3")
@@ -149,6 +157,7 @@ if [[ " $STAGES " == *" sanitizer "* ]]; then
             done
         done
     done
+    for tool in ${SANITIZER_TOOLS:-memcheck racecheck synccheck}; do enqueue job_sanitizer_dr "$tool"; done
 fi
 [[ " $STAGES " == *" sweep "* ]] && enqueue job_sweep
 if [[ " $STAGES " == *" phases "* ]]; then
