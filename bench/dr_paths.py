@@ -52,7 +52,7 @@ def measure(function: str, N: int, D: int, runs: int, dtype_name: str = "bfloat1
     from flashrnn_core.cells import CELLS
     from flashrnn_core.runtime.timing import median_ms
 
-    B, T, dtype, cell = 16, 1024, {v: k for k, v in _arrays.DTYPE_NAMES.items()}[dtype_name], CELLS[function]
+    B, T, dtype, cell = 16, 1024, _arrays.dtype_named(dtype_name), CELLS[function]
     rng = np.random.default_rng(0)
 
     def normal(*shape, scale=1.0):

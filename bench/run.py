@@ -187,7 +187,7 @@ def make_inputs(xp: Any, shape: Shape, with_grads: bool) -> dict[str, Any]:
     from flashrnn_core.cells import CELLS
 
     cell = CELLS[shape.function]
-    dtype = {"bfloat16": _arrays.bfloat16, "float16": _arrays.float16, "float32": _arrays.float32}[shape.dtype]
+    dtype = _arrays.dtype_named(shape.dtype)
     rng = np.random.default_rng(shape_seed(shape))
     B, T, N, D = shape.B, shape.T, shape.N, shape.D
 

@@ -50,6 +50,12 @@ def dtype_name(dtype: Any) -> str:
     return DTYPE_NAMES.get(np.dtype(dtype), str(np.dtype(dtype)))
 
 
+def dtype_named(name: str) -> np.dtype:
+    """The dtype of a short name of DTYPE_NAMES ("bfloat16", ...): command lines and stored results. KeyError
+    for another name."""
+    return {short: dtype for dtype, short in DTYPE_NAMES.items()}[name]
+
+
 def on_device(device: int | None) -> Any:
     """A context making CuPy device ``device`` the current one (where CuPy allocates and launches); nothing for
     None (NumPy)."""

@@ -263,7 +263,7 @@ def gpu_timer(shape: Shape, runs: int = 20, warmup: int = 3, spin_ms: float = 0.
 
     cell = CELLS[shape.function]
     rng = np.random.default_rng(seed)
-    dtype = {name: dt for dt, name in _arrays.DTYPE_NAMES.items()}[shape.dtype]
+    dtype = _arrays.dtype_named(shape.dtype)
 
     def normal(*dims: int, scale: float = 1.0):
         return cupy.asarray((rng.standard_normal(dims, dtype=np.float32) * scale).astype(dtype))

@@ -12,7 +12,7 @@ bench/results/phases/2026-12-03-h200-dr-gemm.txt and 2026-12-03-h200-dr-float32.
   12x64 bf16 the backward took 0.70 ms with the kernel against 0.75 with cuBLAS (lstm; slstm 0.69 / 0.74, gru
   0.61 / 0.64, elman 0.62 / 0.64). In float32 (each value split into bf16 hi + lo, three products) cuBLAS's
   GEMMs are slower still: lstm 12x64's backward 1.08 ms against 3.42 (dR alone 0.16 against 2.48), 3x256 3.98
-  against 5.73, 48x16 0.94 against 3.05.
+  against 5.73, 48x16 0.73 against 3.11 (with WARPS_PER_SM's splits).
 * cuBLAS elsewhere: one head (N = 1: every gate's rows are adjacent, so one GEMM of M = G*D covers them, ~700
   TFLOPS at D = 768 in bf16, beyond mma.sync: lstm 1x768's backward 2.40 ms against 2.82 with the kernel; elman
   1x768 float32 3.18 against 3.23) and 16-bit heads of D > 128 (the kernel's 64-wide tiles read each operand
