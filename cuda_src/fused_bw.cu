@@ -223,6 +223,22 @@ template <class K> __device__ __forceinline__ constexpr unsigned rt_smem_offset(
     return unsigned((s * K::RS + r) * 512);
 }
 
+// An A-fragment of R^T in shared memory, both kernels: this lane's 16 bytes of part 0 at `at`, of part s at
+// s * `part_bytes` further (one conflict-free 16-byte access a lane and part).
+template <class K>
+__device__ __forceinline__ void st_rt_fragment(unsigned at, unsigned part_bytes, const unsigned (&f)[K::SPLIT][4]) {
+#pragma unroll
+    for (int s = 0; s < K::SPLIT; ++s) st_shared_v4(at + s * part_bytes, make_uint4(f[s][0], f[s][1], f[s][2], f[s][3]));
+}
+template <class K>
+__device__ __forceinline__ void ld_rt_fragment(unsigned (&f)[K::SPLIT][4], unsigned at, unsigned part_bytes) {
+#pragma unroll
+    for (int s = 0; s < K::SPLIT; ++s) {
+        const uint4 v = ld_shared_v4(at + s * part_bytes);
+        f[s][0] = v.x, f[s][1] = v.y, f[s][2] = v.z, f[s][3] = v.w;
+    }
+}
+
 // R^T for this warp's k-tiles kt = ks + KS*jt: the first KTR into registers, the rest into shared memory at
 // `r_lane` (this lane's address of the warp's first fragment there), one at a time (not unrolled: as the
 // forward's load_r, so that ptxas does not hoist all their global loads into registers).
@@ -242,26 +258,37 @@ __device__ __forceinline__ void load_rt(RtRegs<K>& a, unsigned r_lane, const T* 
     for (int r = 0; r < K::RS; ++r) {
         unsigned f[K::SPLIT][4];
         rt_fragment<K>(f, R, n, N, k0, ks + K::KS * (K::KTR + r), g, c4);
-#pragma unroll
-        for (int s = 0; s < K::SPLIT; ++s)
-            st_shared_v4(r_lane + rt_smem_offset<K>(s, r), make_uint4(f[s][0], f[s][1], f[s][2], f[s][3]));
+        st_rt_fragment<K>(r_lane + rt_smem_offset<K>(0, r), rt_smem_offset<K>(1, 0), f);
     }
 }
 
-// One k-tile's product into partial sum p: the drs B-fragments of k-tile kt (`addr`: this lane's ldmatrix row of
-// the buffer) times the A-fragment f.
+// The drs B-fragments of k-tile kt, one per operand part (`addr`: this lane's ldmatrix row of the buffer, whose
+// SPLIT parts are BT rows apart).
 template <class K>
-__device__ __forceinline__ void mma_ktile(float (&p)[4], const unsigned (&f)[K::SPLIT][4], unsigned addr, int kt) {
-    using M = mma::Mma<typename K::Op>;
+__device__ __forceinline__ void drs_fragments(unsigned (&bf)[K::SPLIT][2], unsigned addr, int kt) {
     constexpr int E = int(sizeof(typename K::Op));
-    unsigned bf[K::SPLIT][2];
 #pragma unroll
     for (int s = 0; s < K::SPLIT; ++s) mma::ldmatrix_x2(bf[s], addr + unsigned((s * K::BT * K::KROW + 16 * kt) * E));
+}
+
+// p += f x bf: one mma, or for float32's hi + lo parts hi*hi + hi*lo + lo*hi (fused_fw.cu's split).
+template <class K>
+__device__ __forceinline__ void mma_split(float (&p)[4], const unsigned (&f)[K::SPLIT][4],
+                                          const unsigned (&bf)[K::SPLIT][2]) {
+    using M = mma::Mma<typename K::Op>;
     M::run(p, f[0], bf[0][0], bf[0][1]);
     if constexpr (K::SPLIT == 2) {
         M::run(p, f[0], bf[1][0], bf[1][1]);
         M::run(p, f[1], bf[0][0], bf[0][1]);
     }
+}
+
+// One k-tile's product into partial sum p: the drs B-fragments of k-tile kt times the A-fragment f.
+template <class K>
+__device__ __forceinline__ void mma_ktile(float (&p)[4], const unsigned (&f)[K::SPLIT][4], unsigned addr, int kt) {
+    unsigned bf[K::SPLIT][2];
+    drs_fragments<K>(bf, addr, kt);
+    mma_split<K>(p, f, bf);
 }
 
 // This warp's share of dh[16 dims][8 batch rows] = R^T drs from one drs buffer (`addr`: this lane's ldmatrix
@@ -288,11 +315,7 @@ __device__ __forceinline__ void matmul(float (&acc)[4], const RtRegs<K>& a, unsi
             const int r = r0 + c, kt = ks + K::KS * (K::KTR + r);
             if ((K::RS % K::CHAINS != 0 && r >= K::RS) || (K::KT % K::KS != 0 && kt >= K::KT)) break;
             unsigned f[K::SPLIT][4];
-#pragma unroll
-            for (int s = 0; s < K::SPLIT; ++s) {
-                const uint4 v = ld_shared_v4(r_lane + rt_smem_offset<K>(s, r));
-                f[s][0] = v.x, f[s][1] = v.y, f[s][2] = v.z, f[s][3] = v.w;
-            }
+            ld_rt_fragment<K>(f, r_lane + rt_smem_offset<K>(0, r), rt_smem_offset<K>(1, 0));
             mma_ktile<K>(part[c], f, addr, kt);
         }
     }
@@ -788,6 +811,12 @@ __device__ __forceinline__ void backward(const Args<T> A) {
 // memory) is 45% of the step, the sends ~640 on top of it (11.5 KB leaving at the ~18 bytes a cycle the forward
 // measured, behind the ldmatrix and R^T loads), the cells ~900. With float32 partials the sends took twice the
 // bytes: bf16 partials (ScatterTile::PIECE) took 2.847 -> 2.594 ms.
+// float32 storage (stop 45): R^T's tiles and drs as bf16 hi + lo parts, hi*hi + hi*lo + lo*hi per tile (as `backward`
+// and the forward), partials in float32. R^T takes twice the bytes, so float32 lstm/slstm D = 384-512 and gru D = 384,
+// which no other stage takes (the drs buffers of `backward` over every gate's columns, hi and lo, took 66-131 KB a
+// block), run here; D = 768 (9.4 MB of R^T) fits no 16 SMs. Estimated BEFORE measuring (lstm 1x512, B=16, T=1024,
+// against bf16's 1.81 ms for the same head): three mma a tile, twice the shared-memory bytes of R^T and of the
+// partials, the accurate activations: ~1.8x, ~3.3 ms with the dR GEMMs, against the `cuda` backward's ~10-15 ms.
 template <class Cell, class T, int D_, int W_, int P_, bool STORE_DRS_, int CL_, int RSK_>
 struct ScatterTile : Staging<Cell, T, D_, D_ / CL_, P_, STORE_DRS_, 32 * W_, false> {
     using Base = Staging<Cell, T, D_, D_ / CL_, P_, STORE_DRS_, 32 * W_, false>;
@@ -819,7 +848,7 @@ struct ScatterTile : Staging<Cell, T, D_, D_ / CL_, P_, STORE_DRS_, 32 * W_, fal
     // two and keeps P + 2 stages for its dR tiles): a step's matmul reads drs_{t+1} and its outputs are flushed
     // before the barrier after which its cells write drs_t and the outputs, and a stage is free once its step's
     // cells have run. Shared memory is what limits this kernel (lstm D = 768: 229 of 227 KB... see SMEM_BYTES).
-    static constexpr int BUF_ELEMS = BT * KROW, BUF_BYTES = BUF_ELEMS * int(sizeof(Op));
+    static constexpr int BUF_ELEMS = SPLIT * BT * KROW, BUF_BYTES = BUF_ELEMS * int(sizeof(Op));  // [SPLIT][BT][KROW]
     static constexpr int STAGES_USED = P_ + 1, STAGE_BYTES_USED = STAGES_USED * Base::STAGE_ELEMS * int(sizeof(T));
     static constexpr int OUT_BYTES_USED = Base::OUT_ELEMS * int(sizeof(T));
     // A lane's partial of one M tile (its 4 float accumulators) travels as 4 bf16 (two pairs), 8 bytes: half the
@@ -828,18 +857,19 @@ struct ScatterTile : Staging<Cell, T, D_, D_ / CL_, P_, STORE_DRS_, 32 * W_, fal
     // sum stays in float32 and in rank order (deterministic). Measured (H200 bf16 B=16 T=1024, the backward with
     // its dR GEMMs, bench/phase_clocks.py, float -> bf16 partials): lstm 1x768 2.847 -> 2.594 ms, slstm 2.887 ->
     // 2.695 (bench/results/phases/2026-12-03-h200-scatter-partials.txt; dWx moved by at most 1 bf16 ulp).
-    static constexpr int PIECE = 8;                       // bytes of one lane's partial of one M tile
+    // float32 storage keeps the partials in float32 (16 bytes; SPEC's float32 tolerance, 1e-4, is below bf16's
+    // rounding), ordered (0, 2, 1, 3) so that each of the lane's two cell warps reads its two as one 8-byte load.
+    static constexpr int PIECE = SPLIT == 1 ? 8 : 16;     // bytes of one lane's partial of one M tile
     static constexpr int SLOT_BYTES = MB * 32 * PIECE;   // one block's partial for another: [MB][32 lanes][PIECE]
     static constexpr int RECV_BUF_BYTES = CL * SLOT_BYTES, RECV_BYTES_ALL = 2 * RECV_BUF_BYTES;
     static constexpr int BAR_BYTES = 16;                 // two mbarriers (one per receive buffer)
-    // R^T's shared-memory tiles as A-fragments in lane order, [WARPS][RST][32 lanes][4 registers].
-    static constexpr int R_BYTES = WARPS * RST * 512;
+    // R^T's shared-memory tiles as A-fragments in lane order, [WARPS][SPLIT][RST][32 lanes][4 registers].
+    static constexpr int R_BYTES = WARPS * SPLIT * RST * 512;
     static constexpr int SMEM_BYTES =
         BUF_BYTES + RECV_BYTES_ALL + STAGE_BYTES_USED + OUT_BYTES_USED + BAR_BYTES + R_BYTES;
     static constexpr unsigned RECV_BYTES = unsigned((CL - 1) * SLOT_BYTES);  // from the other blocks, a step
     static constexpr bool FUSED_DR = false;
     static constexpr int DR_TILES = 0, TPW = 1;
-    static_assert(SPLIT == 1, "scatter clusters: 16-bit storage");
     static_assert(CL > 1 && D % (16 * CL) == 0, "scatter clusters: D a multiple of 16 CL");
     static_assert(MT % WARPS == 0, "the warps share the M tiles evenly");
     static_assert(CELL_WARPS <= WARPS, "two warps an M tile of the block's dims run its cells");
@@ -848,21 +878,30 @@ struct ScatterTile : Staging<Cell, T, D_, D_ / CL_, P_, STORE_DRS_, 32 * W_, fal
 };
 
 // A-fragment of R^T for (M tile mt, local k-tile kt): row m = 16 mt + g (+8), local column kk = 16 kt + 2 c4 (+1, +8)
-// = gate * DB + jj, value R[gate][d0 + jj][m].
+// = gate * DB + jj, value R[gate][d0 + jj][m] (float32: its hi and lo parts, as rt_fragment).
 template <class K, class T>
-__device__ __forceinline__ void rt_scatter_fragment(unsigned (&f)[4], const T* __restrict__ R, int n, int N, int d0,
-                                                    int mt, int kt, int g, int c4) {
+__device__ __forceinline__ void rt_scatter_fragment(unsigned (&f)[K::SPLIT][4], const T* __restrict__ R, int n, int N,
+                                                    int d0, int mt, int kt, int g, int c4) {
     using Op = typename K::Op;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
         const int m = 16 * mt + g + 8 * (j & 1), kk = 16 * kt + 2 * c4 + 8 * (j >> 1);
         const int gate = kk / K::DB, jj = kk % K::DB;
         const T* p = R + ((size_t(gate) * N + n) * K::D + d0 + jj) * K::D + m;
-        f[j] = mma::pack2(mma::to_op<Op>(load_f(p)), mma::to_op<Op>(load_f(p + K::D)));
+        Op lo[K::SPLIT], hi[K::SPLIT];
+        split(load_f(p), lo);
+        split(load_f(p + K::D), hi);
+#pragma unroll
+        for (int s = 0; s < K::SPLIT; ++s) f[s][j] = mma::pack2(lo[s], hi[s]);
     }
 }
 
-template <class K> using ScatterRegs = unsigned[K::KRF > 0 ? K::KRF : 1][4];
+template <class K> using ScatterRegs = unsigned[K::KRF > 0 ? K::KRF : 1][K::SPLIT][4];
+
+// Where part s of this lane's shared-memory tile r of R^T lives, past `r_lane` (ScatterTile::R_BYTES's layout).
+template <class K> __device__ __forceinline__ constexpr unsigned rt_scatter_offset(int s, int r) {
+    return unsigned((s * K::RST + r) * 512);
+}
 
 // R^T of this warp's M tiles [mt0, mt0 + MPW): tiles f < KRF into registers, the rest into shared memory at
 // `r_lane` (one at a time, as load_rt).
@@ -873,9 +912,9 @@ __device__ __forceinline__ void load_rt_scatter(ScatterRegs<K>& a, unsigned r_la
     for (int f = 0; f < K::KRF; ++f) rt_scatter_fragment<K>(a[f], R, n, N, d0, mt0 + f % K::MPW, f / K::MPW, g, c4);
 #pragma unroll 1
     for (int f = K::KRF; f < K::TILES; ++f) {
-        unsigned v[4];
+        unsigned v[K::SPLIT][4];
         rt_scatter_fragment<K>(v, R, n, N, d0, mt0 + f % K::MPW, f / K::MPW, g, c4);
-        st_shared_v4(r_lane + unsigned((f - K::KRF) * 512), make_uint4(v[0], v[1], v[2], v[3]));
+        st_rt_fragment<K>(r_lane + rt_scatter_offset<K>(0, f - K::KRF), rt_scatter_offset<K>(1, 0), v);
     }
 }
 
@@ -885,8 +924,6 @@ __device__ __forceinline__ void load_rt_scatter(ScatterRegs<K>& a, unsigned r_la
 template <class K, int I0, int NI>
 __device__ __forceinline__ void matmul_scatter(float (&acc)[NI][4], const ScatterRegs<K>& a, unsigned r_lane,
                                                unsigned addr) {
-    using M = mma::Mma<typename K::Op>;
-    constexpr int E = int(sizeof(typename K::Op));
 #pragma unroll
     for (int i = 0; i < NI; ++i)
 #pragma unroll
@@ -896,30 +933,31 @@ __device__ __forceinline__ void matmul_scatter(float (&acc)[NI][4], const Scatte
 #endif
 #pragma unroll
     for (int kt = 0; kt < K::KTR; ++kt) {
-        unsigned bf[2];
-        mma::ldmatrix_x2(bf, addr + unsigned(16 * kt * E));
+        unsigned bf[K::SPLIT][2];
+        drs_fragments<K>(bf, addr, kt);
 #pragma unroll
         for (int i = 0; i < NI; ++i) {
             constexpr int F0 = I0;  // (f of M tile I0 + i at k-tile kt: kt * MPW + I0 + i)
             const int f = kt * K::MPW + F0 + i;
             if (f < K::KRF) {
-                M::run(acc[i], a[f < K::KRF ? f : 0], bf[0], bf[1]);
+                mma_split<K>(acc[i], a[f < K::KRF ? f : 0], bf);
             } else {
-                const uint4 v = ld_shared_v4(r_lane + unsigned((f - K::KRF) * 512));
-                const unsigned fr[4] = {v.x, v.y, v.z, v.w};
-                M::run(acc[i], fr, bf[0], bf[1]);
+                unsigned fr[K::SPLIT][4];
+                ld_rt_fragment<K>(fr, r_lane + rt_scatter_offset<K>(0, f - K::KRF), rt_scatter_offset<K>(1, 0));
+                mma_split<K>(acc[i], fr, bf);
             }
         }
     }
 #pragma unroll 1
     for (int kt = K::KTR; kt < K::KL; ++kt) {
-        unsigned bf[2];
-        mma::ldmatrix_x2(bf, addr + unsigned(16 * kt * E));
+        unsigned bf[K::SPLIT][2];
+        drs_fragments<K>(bf, addr, kt);
 #pragma unroll
         for (int i = 0; i < NI; ++i) {
-            const uint4 v = ld_shared_v4(r_lane + unsigned((kt * K::MPW + I0 + i - K::KRF) * 512));
-            const unsigned fr[4] = {v.x, v.y, v.z, v.w};
-            M::run(acc[i], fr, bf[0], bf[1]);
+            unsigned fr[K::SPLIT][4];
+            ld_rt_fragment<K>(fr, r_lane + rt_scatter_offset<K>(0, kt * K::MPW + I0 + i - K::KRF),
+                              rt_scatter_offset<K>(1, 0));
+            mma_split<K>(acc[i], fr, bf);
         }
     }
 }
@@ -940,11 +978,18 @@ __device__ __forceinline__ void scatter_pass(const ScatterRegs<K>& a, unsigned r
 #else
         const bool own = to == rank;  // this block's own: the barrier after the passes shows it
 #endif
-        const auto bf = [](float x) { return mma::to_op<__nv_bfloat16>(x); };  // (ScatterTile::PIECE)
-        const uint2 v =
-            make_uint2(mma::pack2(bf(acc[i][0]), bf(acc[i][1])), mma::pack2(bf(acc[i][2]), bf(acc[i][3])));
-        if (own) st_shared_v2(local, v);
-        else cluster::st_async_8(cluster::map(local, to), v, cluster::map(bar, to));
+        if constexpr (K::PIECE == 8) {  // (ScatterTile::PIECE)
+            const auto bf = [](float x) { return mma::to_op<__nv_bfloat16>(x); };
+            const uint2 v =
+                make_uint2(mma::pack2(bf(acc[i][0]), bf(acc[i][1])), mma::pack2(bf(acc[i][2]), bf(acc[i][3])));
+            if (own) st_shared_v2(local, v);
+            else cluster::st_async_8(cluster::map(local, to), v, cluster::map(bar, to));
+        } else {
+            const auto u = [](float x) { return __float_as_uint(x); };
+            const uint4 v = make_uint4(u(acc[i][0]), u(acc[i][2]), u(acc[i][1]), u(acc[i][3]));
+            if (own) st_shared_v4(local, v);
+            else cluster::st_async_16(cluster::map(local, to), v, cluster::map(bar, to));
+        }
     }
 }
 
@@ -953,7 +998,7 @@ __device__ __forceinline__ void backward_scatter(const Args<T> A) {
     using K = ScatterTile<Cell, T, D, W, P, STORE_DRS, CL, RSK>;
     using Op = typename K::Op;
     extern __shared__ __align__(16) unsigned char smem[];
-    float* recv = reinterpret_cast<float*>(smem);                          // [2][CL][MB][32][4]
+    float* recv = reinterpret_cast<float*>(smem);                          // [2][CL][MB][32 lanes][PIECE bytes]
     Op* buf = reinterpret_cast<Op*>(smem + K::RECV_BYTES_ALL);             // [BT][KROW]: the block's drs
     T* stages = reinterpret_cast<T*>(smem + K::RECV_BYTES_ALL + K::BUF_BYTES);  // [NS][STAGE_ROWS][ROW]
     T* obuf = reinterpret_cast<T*>(smem + K::RECV_BYTES_ALL + K::BUF_BYTES + K::STAGE_BYTES_USED);  // [BT][GO][ROW]
@@ -982,7 +1027,7 @@ __device__ __forceinline__ void backward_scatter(const Args<T> A) {
     exchange_barriers_init(bars, K::RECV_BYTES);
 
     ScatterRegs<K> a;
-    const unsigned r_lane = keep<true>(rsm + unsigned((warp * K::RST * 32 + lane) * 16));
+    const unsigned r_lane = keep<true>(rsm + unsigned((warp * K::SPLIT * K::RST * 32 + lane) * 16));
     load_rt_scatter<K>(a, r_lane, A.R, n, A.N, d0, mt0, g, c4);
     // drs_T = 0: the last step gets no gradient through R.
     for (int i = threadIdx.x; i < K::BUF_ELEMS; i += K::THREADS) buf[i] = mma::to_op<Op>(0.f);
@@ -992,10 +1037,11 @@ __device__ __forceinline__ void backward_scatter(const Args<T> A) {
     const unsigned row =
         keep<true>(mma::smem_u32(buf) + unsigned(((lane % 8) * K::KROW + 8 * ((lane / 8) & 1)) * E));
     // Where this lane's partials go: slot `rank` of the receiving block, M tile mt % MB, this lane's PIECE bytes; and
-    // where its cells' come from: slot 0 of its own M tile wm.
+    // where its cells' come from: slot 0 of its own M tile wm (float partials: this warp's half of the piece).
     const unsigned sent0 =
         keep<true>(mma::smem_u32(recv) + unsigned(int(rank) * K::SLOT_BYTES + lane * K::PIECE));
-    const unsigned summed0 = keep<true>(mma::smem_u32(recv) + unsigned((wm * 32 + lane) * K::PIECE));
+    const unsigned summed0 =
+        keep<true>(mma::smem_u32(recv) + unsigned((wm * 32 + lane) * K::PIECE + (K::PIECE == 16 ? 8 * ks : 0)));
     mma::cp_async_wait<P - 1>();  // step last's stage (this thread's pieces; the barrier shows everyone's)
     cluster::sync();              // mbarriers initialised and drs zeroed before any block sends
 
@@ -1061,8 +1107,13 @@ __device__ __forceinline__ void backward_scatter(const Args<T> A) {
                 // entries q = ks + KS*m of the accumulator, bf16 pairs (0, 1) in x and (2, 3) in y: the low
                 // halves for ks = 0, the high ones for ks = 1
                 const uint2 v = ld_shared_v2(from + unsigned(src * K::SLOT_BYTES));
-                dh[0] += __uint_as_float(ks == 0 ? v.x << 16 : v.x & 0xffff0000u);
-                dh[1] += __uint_as_float(ks == 0 ? v.y << 16 : v.y & 0xffff0000u);
+                if constexpr (K::PIECE == 16) {  // (entries ks and ks + 2, as float)
+                    dh[0] += __uint_as_float(v.x);
+                    dh[1] += __uint_as_float(v.y);
+                } else {
+                    dh[0] += __uint_as_float(ks == 0 ? v.x << 16 : v.x & 0xffff0000u);
+                    dh[1] += __uint_as_float(ks == 0 ? v.y << 16 : v.y & 0xffff0000u);
+                }
             }
             if (t < 0) cells.store_dinit(A, dh, b0, n, d0, ks, wm, lane);
             else cells.step(dh, t, stage * STAGE, 0, 0);

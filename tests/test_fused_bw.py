@@ -32,7 +32,8 @@ CASES = [
     (3, 5, 1, 160, True, "all"),  # above one block's registers for most cells: 2-block clusters (sm_90)
     (5, 9, 3, 256, True, "all"),  # 4- and 8-block clusters: drs exchanged between blocks each step
     (64, 5, 8, 256, False, "h"),  # 128 blocks: elman on 2-block clusters of one warp a 16 rows (BW_CO_RESIDENT)
-    (3, 6, 1, 512, False, "h+last"),  # 16-block clusters, lstm/slstm with R^T partly in shared memory
+    (5, 5, 2, 384, True, "all"),  # float32 lstm/slstm/gru: scatter clusters of 8 blocks (no other stage takes them)
+    (3, 6, 1, 512, False, "h+last"),  # 16-block clusters, lstm/slstm with R^T partly in shared memory; float32 scatter
     (2, 4, 1, 768, True, "h"),  # 16-block clusters: gru R^T partly in shared memory, lstm scatter clusters
     (11, 6, 2, 768, True, "all+last"),  # scatter clusters over two batch tiles and two heads (lstm, slstm)
 ]
@@ -185,6 +186,17 @@ def test_backward_too_large_for_one_block_says_why():
     reason = fused.choose("slstm", DTYPES["bfloat16"], 16, 1, 640, hardware=H100, direction="backward")
     assert isinstance(reason, str) and "fused backward kernel" in reason and "registers" in reason
     assert "scatter cluster" in reason
+    # float32 (R^T as bf16 hi + lo, twice the bytes): lstm/slstm D = 384 and 512 and gru D = 384 only on scatter
+    # clusters, and lstm/slstm D = 256 where they are weighed against the cluster kernel (problems._weighed_with,
+    # measured faster); gru D = 256's cluster kernel holds R^T in registers, so no scatter kernel is weighed there.
+    for function, D, blocks in (("lstm", 512, 16), ("slstm", 512, 16), ("lstm", 384, 8), ("gru", 384, 8),
+                                ("lstm", 256, 8), ("slstm", 256, 8)):
+        launch = fused.choose(function, DTYPES["float32"], 16, 3, D, hardware=H100, direction="backward")
+        assert launch.cluster == blocks and launch.choice.scatter and "float32" in launch.spec.label
+    launch = fused.choose("gru", DTYPES["float32"], 16, 3, 256, hardware=H100, direction="backward")
+    assert launch.cluster > 1 and not launch.choice.scatter and not launch.choice.r_ktiles_in_smem
+    reason = fused.choose("lstm", DTYPES["float32"], 16, 1, 768, hardware=H100, direction="backward")
+    assert isinstance(reason, str) and "scatter cluster" in reason
 
 
 def scatter_configurations(hw, function, dtype_name, B, N, D):
@@ -206,9 +218,9 @@ def scatter_configurations(hw, function, dtype_name, B, N, D):
 
 
 def test_scatter_configurations_compile_without_spills():
-    """Every scatter configuration the GPU tests run (D = 256) and the solver's lstm 1x768 choice compile for
-    sm_90 within the solver's register estimate's promise: no spill; and the solver's lstm and slstm 1x768 choices
-    at B = 16 and 256."""
+    """Every scatter configuration the GPU tests run (D = 256; float32's at prefetch 3) compiles for sm_90 within
+    the solver's register estimate's promise: no spill; and the solver's lstm and slstm 1x768 choices at B = 16
+    and 256, and float32's at D = 384 and 512."""
     import os
 
     from flashrnn_core.compile import run_jobs
@@ -216,7 +228,13 @@ def test_scatter_configurations_compile_without_spills():
     configs = [c for f in CELLS for c in scatter_configurations(H100, f, "bfloat16", 9, 2, 256)]
     configs += [fused.choose(f, DTYPES["bfloat16"], B, 1, 768, hardware=H100, direction="backward").choice
                 for f in ("lstm", "slstm") for B in (16, 256)]
-    assert len(configs) > 8 and all(c.scatter for c in configs)
+    # float32 (two operand parts a tile, float partials): the GPU tests' D = 256 configurations at the deepest
+    # prefetch (the others differ in the stages' shared memory only), and the solver's D = 384 and 512 choices.
+    configs += [c for f in CELLS for c in scatter_configurations(H100, f, "float32", 9, 2, 256)
+                if c.prefetch_steps == 3]
+    configs += [fused.choose(f, DTYPES["float32"], 16, 1, D, hardware=H100, direction="backward").choice
+                for f in ("lstm", "slstm") for D in (384, 512)]
+    assert len(configs) > 40 and all(c.scatter for c in configs)
     outcomes = run_jobs([(fused.launch_of(c).spec, "sm_90") for c in configs], os.cpu_count() or 1)
     for config, outcome in zip(configs, outcomes):
         assert not outcome.error, outcome.error
@@ -258,9 +276,10 @@ def test_every_feasible_backward_configuration_matches_vanilla(function, dtype_n
     kernel or not; blocks a head) gives vanilla's gradients. Clusters: every configuration of heads no block
     holds, and of heads one block holds too (D = 64 and 128: the solver weighs them there,
     KernelModel.bw_clusters_weighed_from_d; elman's from D = 128).
-    Scatter clusters (16-bit) are the solver's last stage, taken only at D = 768 by lstm: here every (cluster,
-    warps, prefetch) of theirs at D = 256, with none and with the most of R^T's tiles in shared memory. Kernels
-    are compiled up front on every core."""
+    Scatter clusters are the solver's last stage (16-bit: lstm/slstm D = 768 and where weighed faster; float32:
+    the heads no other stage takes, lstm/slstm D = 384-512): here every (cluster, warps, prefetch) of theirs at
+    D = 256, with the fewest and the most of R^T's tiles in shared memory. Kernels are compiled up front on every
+    core."""
     import os
 
     from flashrnn_core.compile import run_jobs
@@ -285,9 +304,8 @@ def test_every_feasible_backward_configuration_matches_vanilla(function, dtype_n
             cases += [(d, [c for c in all_feasible(current(), function, dtype_name, B, N, d, direction="backward")
                            if c.blocks_per_head > 1]) for d in sizes if d != D]
     if kind == "scatter":
-        if dtype_name == "float32":
-            pytest.skip("scatter clusters: 16-bit storage")
-        if function == "elman":  # (its blocks' shared memory is under half an SM's: the stage takes none)
+        D = 256
+        if function == "elman" and dtype_name != "float32":  # (its blocks' shared memory is under half an SM's: the stage takes none)
             pytest.skip("elman D=256: no scatter configuration (one block an SM)")
         cases.append((D, scatter_configurations(current(), function, dtype_name, B, N, D)))
     else:

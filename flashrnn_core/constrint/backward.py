@@ -317,6 +317,39 @@ inputs instead of 7: lstm 8 warps 33 -> 40 register tiles, slstm 29 -> 38, which
 bisection, ``python bench/scatter_register_data.py``: the fewest R_SMEM that ptxas compiles without a spill.)
 """
 
+#: The same for the float32 variant (``KernelModel.bw_scatter_reg_rest_float32``; rest = cap - 8 KRF), at the heads
+#: it is for (float32 R^T at D = 768 is 9.4 MB, no 16 SMs hold it): ``python bench/scatter_register_data.py --dtype
+#: float32 --d 512 --warps 4,8,16``, ``--d 384 --cluster 8 --warps 6,8,12`` and ``--d 256 --cluster 4 --warps 8,16``
+#: (16 warps there spilled under the D = 512 rule, which a wider block's cells raise). At D = 256 on 16 blocks every
+#: tile fits at 4, 8 and 16 warps.
+SCATTER_REGISTER_DATA_FLOAT32 = """
+D    blocks cell   warps cap  max KRF of tiles  rest   (ptxas with KRF = 0)
+512  16     lstm   4     255  19 of 64          103    166
+512  16     lstm   8     255  23 of 32          71     86
+512  16     lstm   16    128  9 of 16           56     72
+512  16     slstm  4     255  18 of 64          111    168
+512  16     slstm  8     255  22 of 32          79     99
+512  16     slstm  16    128  7 of 16           72     83
+512  16     gru    4     255  20 of 48          95     148
+512  16     gru    8     255  23 of 24          71     86
+512  16     gru    16    128  10 of 12          48     64
+384  8      lstm   6     255  19 of 48          103    142
+384  8      lstm   8     255  20 of 36          95     114
+384  8      lstm   12    168  11 of 24          80     96
+384  8      slstm  6     255  16 of 48          127    164
+384  8      slstm  8     255  17 of 36          119    155
+384  8      slstm  12    168  9 of 24           96     96
+384  8      gru    6     255  20 of 36          95     109
+384  8      gru    8     255  20 of 27          95     106
+384  8      gru    12    168  11 of 18          80     90
+256  4      lstm   8     255  21 of 32          87     126
+256  4      lstm   16    128  8 of 16           64     72
+256  4      slstm  8     255  19 of 32          103    157
+256  4      slstm  16    128  6 of 16           80     92
+256  4      gru    8     255  22 of 24          79     93
+256  4      gru    16    128  8 of 12           64     80
+"""
+
 
 def build_scatter(hw: Hardware, function: str, dtype, B: int, N: int, D: int, model: "KernelModel") -> "FusedProblem":
     """The scatter-cluster backward (fused_bw.cu ``backward_scatter``) as a problem: ``cluster`` blocks a head,
@@ -365,14 +398,21 @@ def scatter_resources(geo, m: "KernelModel", v: dict[str, Var]) -> tuple[Expr, E
     exactly (one drs buffer of the block's columns, two receive buffers of CL x mb x 256 bytes (bf16 partials),
     prefetch + 1 stages, one output buffer, two mbarriers, R^T's shared-memory tiles)."""
     mb, mpw, warps, rst, prefetch = (v[k] for k in ("mb", "mpw", "warps", "r_smem_tiles", "prefetch"))
-    item = geo.itemsize
-    regs = 4 * (mpw * geo.gr * mb - rst) + on_domain(warps, m.bw_scatter_reg_rest[geo.function])
+    item, split = geo.itemsize, geo.split
+    rest = m.bw_scatter_reg_rest if split == 1 else m.bw_scatter_reg_rest_float32
+    regs = 4 * split * (mpw * geo.gr * mb - rst) + on_domain(warps, rest[geo.function])
     row = (16 * mb + 16 // item) * item  # one staged row of the block's dims and a 16-byte pad, bytes
-    drs = BT * (geo.gr * 16 * mb + 8) * 2
-    recv = 2 * v["cluster"] * mb * 256
+    drs = split * BT * (geo.gr * 16 * mb + 8) * 2
+    recv = 2 * v["cluster"] * mb * 32 * scatter_piece_bytes(geo)
     stage = (BT * geo.n_saved + BT * geo.staged_state_rows(0)) * row
     outputs = geo.gw + (geo.gr if geo.function == "gru" else 0)
-    return regs, drs + recv + (prefetch + 1) * stage + BT * outputs * row + 16 + warps * rst * 512
+    return regs, drs + recv + (prefetch + 1) * stage + BT * outputs * row + 16 + warps * rst * split * 512
+
+
+def scatter_piece_bytes(geo) -> int:
+    """Bytes of one lane's partial of one M tile (fused_bw.cu ScatterTile::PIECE): 4 bf16, or 4 floats where the
+    storage is float32 (bf16 partials would round dh past SPEC's float32 tolerance)."""
+    return 8 * geo.split
 
 
 def dr_after_cycles(fp: "FusedProblem") -> float:
@@ -394,9 +434,9 @@ def scatter_estimate(fp: "FusedProblem", values: dict[str, int]) -> dict[str, fl
     cluster, warps, mb, mpw, rst = (values[k] for k in ("cluster", "warps", "mb", "mpw", "r_smem_tiles"))
     kl = geo.gr * mb
     wps = warps / m.schedulers
-    mma = max(2 * kl * m.mma_latency, mpw * kl * wps * m.mma_issue)
-    r_bandwidth = warps * rst * 512 / m.smem_bytes_per_cycle
-    received = (cluster - 1) * 16 * mb * BT * 2
+    mma = max(2 * kl * geo.mma_split * m.mma_latency, mpw * kl * geo.mma_split * wps * m.mma_issue)
+    r_bandwidth = warps * rst * geo.split * 512 / m.smem_bytes_per_cycle
+    received = (cluster - 1) * 16 * mb * BT * scatter_piece_bytes(geo) // 4
     exchange = cluster_exchange_cycles(m, hw, cluster, received, backward=True)
     cost = m.bw_cells[geo.function]
     cells = cost.latency + 2 * cost.issue * max(1.0, 2 * mb / m.schedulers)
@@ -419,8 +459,8 @@ def scatter_params_from(fp: "FusedProblem", values: dict[str, int]) -> "FusedPar
     cluster, warps, rst = values["cluster"], values["warps"], values["r_smem_tiles"]
     threads = warps * hw.warp_size
     tiles = math.ceil(fp.B / BT)
-    r_smem_bytes = warps * rst * 512
-    r_total = geo.gr * geo.D * geo.D * 2 // cluster
+    r_smem_bytes = warps * rst * geo.split * 512
+    r_total = geo.gr * geo.D * geo.D * 2 * geo.split // cluster
     return FusedParams(
         function=geo.function, dtype=geo.dtype, direction="backward", B=fp.B, N=fp.N, D=geo.D, hardware=hw.name,
         arch=hw.arch, blocks_per_head=cluster, dims_per_block=geo.D // cluster, rows_per_block=geo.D,

@@ -273,6 +273,12 @@ class KernelModel:
     bw_scatter_reg_rest: dict = field(default_factory=lambda: {
         "lstm": {4: 103, 6: 103, 8: 95, 12: 76, 16: 103}, "slstm": {4: 123, 6: 123, 8: 103, 12: 96, 16: 123},
         "gru": {4: 103, 6: 103, 8: 99, 12: 68, 16: 103}, "elman": {4: 108, 6: 108, 8: 101, 12: 99, 16: 108}})
+    #: ... and of its float32 variant (R^T's tiles as bf16 hi + lo parts, 8 registers each): the largest "rest" of
+    #: ``SCATTER_REGISTER_DATA_FLOAT32`` (D = 256 on 4 blocks, 384 on 8, 512 on 16) for each warps count; elman, whose
+    #: tiles always fit, as 16-bit.
+    bw_scatter_reg_rest_float32: dict = field(default_factory=lambda: {
+        "lstm": {4: 103, 6: 103, 8: 95, 12: 80, 16: 64}, "slstm": {4: 111, 6: 127, 8: 119, 12: 96, 16: 80},
+        "gru": {4: 95, 6: 95, 8: 95, 12: 80, 16: 64}, "elman": {4: 108, 6: 108, 8: 101, 12: 99, 16: 108}})
 
 
     def bw_clusters_weighed_from(self, function: str) -> int | None:
@@ -1144,7 +1150,7 @@ def _stages(model: KernelModel, hw: Hardware, function: str, dtype, D: int, dire
     if _r_in_shared_memory_allowed(model, hw, geo):
         stages.append(replace(model, r_in_shared_memory=False))
     stages.append(model)
-    if direction == "backward" and hw.clusters and geo.split == 1 and D % (MMA_M * 2) == 0:
+    if direction == "backward" and hw.clusters and D % (MMA_M * 2) == 0:
         stages.append(replace(model, bw_scatter=True))
     return stages
 
@@ -1161,7 +1167,11 @@ def _weighed_with(stages: list[KernelModel], first: int, best: FusedParams) -> l
     (bench/results/phases/2026-12-02-h200-scatter-choice.txt): gru 1x768 forward+backward 5.49 -> 4.54 ms, the lstm
     and slstm 1x512 backward kernels 2.97 -> 1.81 and 3.00 -> 1.84 ms. Weighed against every cluster stage, the
     model would move 30 backward variants to scatter kernels (lstm/slstm/gru/elman D = 128-768, lstm 3x256 among
-    them) on estimates not calibrated there: measure before widening."""
+    them) on estimates not calibrated there: measure before widening. float32's scatter kernel (stop 45) is weighed
+    the same way: it takes the heads no other stage takes (lstm/slstm D = 192, 384, 512, gru D = 192, 384), and
+    lstm/slstm D = 256 from the cluster kernel with R^T in shared memory, measured (H200, B=16, T=1024, backward with
+    its dR GEMMs, bench/results/phases/2026-12-03-h200-float32-scatter.txt): lstm 3x256 3.97 -> 2.95 ms, slstm
+    3.81 -> 2.89, lstm 1x256 3.57 -> 2.54."""
     if first == 0 or stages[first].bw_scatter or not best.r_ktiles_in_smem:
         return []
     return [s for s in stages[first + 1:] if s.bw_scatter]
