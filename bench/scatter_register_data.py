@@ -4,7 +4,7 @@
     python bench/scatter_register_data.py [--cells lstm,slstm,gru,elman] [--warps 6,8,12] [--dtype float32 --d 512]
 
 For each cell and warps count, fused_bw.cu's scatter kernel at D = 768 (``--d``) on 16 blocks (``--cluster``; bf16, ``--dtype``;
-prefetch 1) is compiled for sm_90 with FLASHRNN_R_SMEM bisected for the fewest R^T tiles in shared memory that
+prefetch 1, ``--prefetch``) is compiled for sm_90 with FLASHRNN_R_SMEM bisected for the fewest R^T tiles in shared memory that
 ptxas compiles without a spill; the row gives the register tiles that leaves (KRF), the registers besides them
 under the cap (cap - 4 KRF, float32's two parts 8 a tile: the model's "rest") and ptxas's count with every tile in
 shared memory.
@@ -27,11 +27,12 @@ GATES_R = {"lstm": 4, "slstm": 4, "gru": 3, "elman": 1}
 STORAGE = {"bfloat16": ("__nv_bfloat16", "1"), "float32": ("float", "0")}  # (type, fast activations)
 
 
-def resources(function: str, warps: int, r_smem: int, D: int = 768, dtype: str = "bfloat16", cluster: int = 16):
+def resources(function: str, warps: int, r_smem: int, D: int = 768, dtype: str = "bfloat16", cluster: int = 16,
+              prefetch: int = 1):
     storage, fast = STORAGE[dtype]
     defines = (("FLASHRNN_CELL", CELL_STRUCTS[function]), ("FLASHRNN_STORAGE", storage),
                ("FLASHRNN_FAST_ACTIVATIONS", fast), ("FLASHRNN_D", str(D)), ("FLASHRNN_SCATTER", "1"),
-               ("FLASHRNN_WARPS", str(warps)), ("FLASHRNN_PREFETCH", "1"), ("FLASHRNN_CLUSTER", str(cluster)),
+               ("FLASHRNN_WARPS", str(warps)), ("FLASHRNN_PREFETCH", str(prefetch)), ("FLASHRNN_CLUSTER", str(cluster)),
                ("FLASHRNN_R_SMEM", str(r_smem)), ("FLASHRNN_STORE_DRS", "1" if function == "gru" else "0"))
     spec = KernelSpec(source=BW_SOURCE, entry=BW_ENTRY, defines=defines, label=f"{function} scatter {dtype} "
                       f"D{D} w{warps} rsmem{r_smem}", min_sm=90)
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="bfloat16", choices=sorted(STORAGE))
     ap.add_argument("--d", type=int, default=768)
     ap.add_argument("--cluster", type=int, default=16)
+    ap.add_argument("--prefetch", type=int, default=1)
     args = ap.parse_args(argv)
     D, split = args.d, 2 if args.dtype == "float32" else 1
     print("cell   warps cap  max KRF of tiles  rest   (ptxas with KRF = 0)")
@@ -52,11 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         for warps in map(int, args.warps.split(",")):
             tiles = D // 16 // warps * GATES_R[function] * (D // args.cluster // 16)
             # the fewest shared-memory tiles without a spill (every tile there never spills)
-            lo = fewest_clean(lambda n: spills(resources(function, warps, n, D, args.dtype, args.cluster)), 0, tiles)
+            lo = fewest_clean(lambda n: spills(resources(function, warps, n, D, args.dtype, args.cluster, args.prefetch)), 0, tiles)
             cap = 255 if 32 * warps * 255 <= 65536 else 65536 // (32 * warps) // 8 * 8
             krf = tiles - lo
             rest = str(cap - 4 * split * krf) if krf < tiles else "-"
-            all_shared = resources(function, warps, tiles, D, args.dtype, args.cluster).registers
+            all_shared = resources(function, warps, tiles, D, args.dtype, args.cluster, args.prefetch).registers
             print(f"{function:6} {warps:<5} {cap:<4} {krf} of {tiles:<11} {rest:6} {all_shared}", flush=True)
     return 0
 

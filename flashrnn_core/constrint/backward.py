@@ -348,6 +348,20 @@ D    blocks cell   warps cap  max KRF of tiles  rest   (ptxas with KRF = 0)
 256  4      slstm  16    128  6 of 16           80     92
 256  4      gru    8     255  22 of 24          79     93
 256  4      gru    16    128  8 of 12           64     80
+prefetch 3 (``--prefetch 3``), where it differs:
+512  16     lstm   8     255  23 of 32          71     84
+512  16     slstm  16    128  7 of 16           72     80
+512  16     gru    4     255  21 of 48          87     155
+512  16     gru    8     255  24 of 24          -      89
+384  8      lstm   6     255  19 of 48          103    150
+384  8      lstm   8     255  21 of 36          87     111
+384  8      lstm   12    168  12 of 24          72     96
+384  8      slstm  6     255  16 of 48          127    152
+384  8      slstm  8     255  17 of 36          119    151
+384  8      slstm  12    168  9 of 24           96     106
+384  8      gru    6     255  20 of 36          95     110
+384  8      gru    8     255  21 of 27          87     107
+(gru D = 512 at 4 warps and prefetch 3 spilled 4 bytes with 20 register tiles, the rule's choice before its margin.)
 """
 
 
