@@ -818,8 +818,9 @@ __device__ __forceinline__ void backward(const Args<T> A) {
 // against bf16's 1.81 ms for the same head): three mma a tile, twice the shared-memory bytes of R^T and of the
 // partials, the accurate activations: ~1.8x, ~3.3 ms with the dR GEMMs, against the `cuda` backward's ~10-15 ms.
 // Measured (H200, bench/results/phases/2026-12-03-h200-float32-scatter.txt): 2.98 ms (1.65x bf16), `cuda` 13.69;
-// slstm 1x512 3.11, lstm 2x512 3.76 (`cuda` 37.7). Less than the estimate: the 3x mma and the 2x bytes do not add
-// up, the product overlapping the partials' sends as in 16-bit. Weighed against the cluster kernel with R^T in
+// slstm 1x512 3.11, lstm 2x512 3.76 (`cuda` 37.7). 10% under the estimate, not profiled: the estimate scaled the
+// whole bf16 step, where stop 42's phase clocks put the product at ~45% of it and the rest (copies, barriers, the
+// wait) grows less than the product in float32. Weighed against the cluster kernel with R^T in
 // shared memory it also took float32 lstm/slstm 3x256 (3.97 -> 2.96 ms, 3.81 -> 3.02), gru 1x512 (4.58 -> 2.86)
 // and elman D = 768 at 12 heads or B = 256 (-30%).
 template <class Cell, class T, int D_, int W_, int P_, bool STORE_DRS_, int CL_, int RSK_>
