@@ -1,13 +1,14 @@
 """The data behind ConstrINT's scatter-kernel register rule (``constrint/backward.py`` ``SCATTER_REGISTER_DATA``,
 ``KernelModel.bw_scatter_reg_rest``): NVRTC only, no GPU.
 
-    python bench/scatter_register_data.py [--cells lstm,slstm,gru,elman] [--warps 6,8,12] [--dtype float32 --d 512]
+    python bench/scatter_register_data.py [--cells lstm,slstm,gru,elman] [--warps 6,8,12]
+                                          [--dtype float32 --d 512 --cluster 16 --prefetch 3]
 
-For each cell and warps count, fused_bw.cu's scatter kernel at D = 768 (``--d``) on 16 blocks (``--cluster``; bf16, ``--dtype``;
-prefetch 1, ``--prefetch``) is compiled for sm_90 with FLASHRNN_R_SMEM bisected for the fewest R^T tiles in shared memory that
-ptxas compiles without a spill; the row gives the register tiles that leaves (KRF), the registers besides them
-under the cap (cap - 4 KRF, float32's two parts 8 a tile: the model's "rest") and ptxas's count with every tile in
-shared memory.
+For each cell and warps count, fused_bw.cu's scatter kernel at D = 768 (``--d``) on 16 blocks (``--cluster``;
+bf16, ``--dtype``; prefetch 1, ``--prefetch``) is compiled for sm_90 with FLASHRNN_R_SMEM bisected for the fewest
+R^T tiles in shared memory that ptxas compiles without a spill; the row gives the register tiles that leaves
+(KRF), the registers besides them under the cap (cap - 4 KRF, float32's two parts 8 a tile: the model's "rest")
+and ptxas's count with every tile in shared memory.
 """
 
 from __future__ import annotations
@@ -54,11 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         for warps in map(int, args.warps.split(",")):
             tiles = D // 16 // warps * GATES_R[function] * (D // args.cluster // 16)
             # the fewest shared-memory tiles without a spill (every tile there never spills)
-            lo = fewest_clean(lambda n: spills(resources(function, warps, n, D, args.dtype, args.cluster, args.prefetch)), 0, tiles)
+            shape = (D, args.dtype, args.cluster, args.prefetch)
+            lo = fewest_clean(lambda n: spills(resources(function, warps, n, *shape)), 0, tiles)
             cap = 255 if 32 * warps * 255 <= 65536 else 65536 // (32 * warps) // 8 * 8
             krf = tiles - lo
             rest = str(cap - 4 * split * krf) if krf < tiles else "-"
-            all_shared = resources(function, warps, tiles, D, args.dtype, args.cluster, args.prefetch).registers
+            all_shared = resources(function, warps, tiles, *shape).registers
             print(f"{function:6} {warps:<5} {cap:<4} {krf} of {tiles:<11} {rest:6} {all_shared}", flush=True)
     return 0
 

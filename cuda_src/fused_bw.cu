@@ -228,7 +228,8 @@ template <class K> __device__ __forceinline__ constexpr unsigned rt_smem_offset(
 template <class K>
 __device__ __forceinline__ void st_rt_fragment(unsigned at, unsigned part_bytes, const unsigned (&f)[K::SPLIT][4]) {
 #pragma unroll
-    for (int s = 0; s < K::SPLIT; ++s) st_shared_v4(at + s * part_bytes, make_uint4(f[s][0], f[s][1], f[s][2], f[s][3]));
+    for (int s = 0; s < K::SPLIT; ++s)
+        st_shared_v4(at + s * part_bytes, make_uint4(f[s][0], f[s][1], f[s][2], f[s][3]));
 }
 template <class K>
 __device__ __forceinline__ void ld_rt_fragment(unsigned (&f)[K::SPLIT][4], unsigned at, unsigned part_bytes) {
