@@ -409,7 +409,8 @@ def build_scatter(hw: Hardware, function: str, dtype, B: int, N: int, D: int, mo
 
 def scatter_resources(geo, m: "KernelModel", v: dict[str, Var]) -> tuple[Expr, Expr]:
     """(registers per thread, dynamic shared memory per block): fused_bw.cu's ``ScatterTile::SMEM_BYTES``
-    exactly (one drs buffer of the block's columns, two receive buffers of CL x mb x 256 bytes (bf16 partials),
+    exactly (one drs buffer of the block's columns (hi and lo for float32), two receive buffers of CL x mb x 32 lanes
+    x ``scatter_piece_bytes`` (bf16 partials, float32's in float32),
     prefetch + 1 stages, one output buffer, two mbarriers, R^T's shared-memory tiles)."""
     mb, mpw, warps, rst, prefetch = (v[k] for k in ("mb", "mpw", "warps", "r_smem_tiles", "prefetch"))
     item, split = geo.itemsize, geo.split
@@ -439,8 +440,9 @@ def dr_after_cycles(fp: "FusedProblem") -> float:
 
 def scatter_estimate(fp: "FusedProblem", values: dict[str, int]) -> dict[str, float]:
     """Cycles per time step (``total``) of the scatter kernel, from the backward's constants (not calibrated on
-    it): the warps' mma over their tiles (a chain of ``Gr * mb`` k-tiles a pass, two passes, or the SM's issue),
-    R^T's shared-memory tiles at the SM's bandwidth, the exchange of bf16 partials at the forward's fitted rate,
+    it): the warps' mma over their tiles (a chain of ``Gr * mb`` k-tiles a pass, two passes, or the SM's issue;
+    three mma a tile in float32), R^T's shared-memory tiles at the SM's bandwidth, the exchange of the partials
+    (bf16; float32's in float32) at the forward's fitted rate,
     the cells (two a lane), the barriers; the dR GEMMs after the kernel as ``estimate``."""
     from .problems import _at, cluster_exchange_cycles
 

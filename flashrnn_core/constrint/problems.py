@@ -1173,7 +1173,8 @@ def _weighed_with(stages: list[KernelModel], first: int, best: FusedParams) -> l
     the same way: it takes the heads no other stage takes (lstm/slstm D = 192, 384, 512, gru D = 192, 384), and
     lstm/slstm D = 256 from the cluster kernel with R^T in shared memory, measured (H200, B=16, T=1024, backward with
     its dR GEMMs, bench/results/phases/2026-12-03-h200-float32-scatter.txt): lstm 3x256 3.97 -> 2.95 ms, slstm
-    3.81 -> 2.89, lstm 1x256 3.57 -> 2.54."""
+    3.81 -> 2.89, lstm 1x256 3.57 -> 2.54; so did gru D = 512 (1x512 4.58 -> 2.86) and elman D = 768 at 12 heads
+    or B = 256 (-30%)."""
     if first == 0 or stages[first].bw_scatter or not best.r_ktiles_in_smem:
         return []
     return [s for s in stages[first + 1:] if s.bw_scatter]
