@@ -5,6 +5,7 @@
     python -m bench.run --suite compile                   # cold and warm compile + load of each kernel
     python -m bench.run --suite step --functions lstm     # one-step inference (Stepper), 12x64, B=1, 4, 16
     python -m bench.run --suite varlen                    # lstm, gru: lengths uniform in [T/4, T] vs padded
+    python -m bench.run --suite heads [--heads 5x144,1x640]  # B=16, T=1024, other head sizes (default ODD_CLUSTER_HEADS)
     python -m bench.run --suite reference --dry-run       # the whole pipeline on the CPU (vanilla, tiny sizes)
     python -m bench.report bench/results/<file>.json --plots bench/results/plots --markdown bench/results/README.md
 
@@ -35,10 +36,14 @@ from . import baselines
 from .shard import parse_shard, shard_path, take_shard
 from .timing import MIN_RUNS, SPIN_MS, ProgressBar, measure
 
-SUITES = ("reference", "batch", "seqlen", "headdim", "compile", "step", "varlen")
+SUITES = ("reference", "batch", "seqlen", "headdim", "compile", "step", "varlen", "heads")
 PASSES = ("fw", "fwbw")
 FUNCTIONS = ("lstm", "slstm", "gru", "elman")
 REFERENCE_HEADS = ((12, 64), (3, 256), (1, 768), (48, 16))
+#: The heads suite's default: head sizes that no power-of-two cluster splits into whole warps' dims, which run on
+#: clusters of 3-15 blocks (constrint KernelModel.any_cluster_size; bf16 H100: lstm 5x144 forward on 6 blocks,
+#: backward on 3; gru 4x160 on 5 both ways; lstm 2x320 on 10; lstm 1x640's backward on a 10-block scatter cluster).
+ODD_CLUSTER_HEADS = ((5, 144), (4, 160), (2, 320), (1, 640))
 HIDDEN = 768
 DRY_RUNS = 3  # the dry run checks the pipeline; its times mean nothing
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,11 +65,13 @@ class Shape:
     D: int
 
 
-def suite_shapes(suite: str, functions: Iterable[str], dry_run: bool = False, dtype: str | None = None) -> list[Shape]:
+def suite_shapes(suite: str, functions: Iterable[str], dry_run: bool = False, dtype: str | None = None,
+                 heads: tuple[tuple[int, int], ...] | None = None) -> list[Shape]:
     """The shapes of ``suite`` in ``dtype`` (default bfloat16, the reference's); a dry run takes the same structure
     at sizes a CPU runs in seconds (by default in float32: torch's CPU kernels for 16-bit recurrences are slow, and
-    the dry run measures nothing)."""
+    the dry run measures nothing). ``heads``: the heads suite's (N, D) pairs (default ODD_CLUSTER_HEADS)."""
     dtype = dtype or ("float32" if dry_run else "bfloat16")
+    custom_heads = heads if heads or not dry_run else ((2, 8), (1, 16))
     if dry_run:
         heads, sweep_heads, hidden, B, T = ((2, 8), (1, 16)), ((2, 8), (1, 16)), 16, 2, 8
         batches, lengths, dims = (1, 4), (4, 16), (8, 16)
@@ -76,6 +83,8 @@ def suite_shapes(suite: str, functions: Iterable[str], dry_run: bool = False, dt
     for f in functions:
         if suite in ("reference", "compile"):
             out += [Shape(f, dtype, B, T, N, D) for N, D in heads]
+        elif suite == "heads":
+            out += [Shape(f, dtype, B, T, N, D) for N, D in (custom_heads or ODD_CLUSTER_HEADS)]
         elif suite == "batch":
             out += [Shape(f, dtype, b, T, N, D) for N, D in sweep_heads for b in batches]
         elif suite == "seqlen":
@@ -754,9 +763,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--shard", default=None, metavar="K/M",
                    help="run every M-th shape from the K-th, into <out>-shardKofM.json (python -m bench.shard "
                         "merges the M files; bench/device_check.sh runs one shard a GPU)")
+    p.add_argument("--heads", default=None, metavar="NxD,...",
+                   help="heads suite: the head shapes to time, e.g. 5x144,1x640 (default: "
+                        + ",".join(f"{n}x{d}" for n, d in ODD_CLUSTER_HEADS) + ")")
     p.add_argument("--dry-run", action="store_true", help="CPU only: vanilla on NumPy at tiny sizes")
     p.add_argument("--report", default=None, metavar="DIR", help="also write plots and a markdown table to DIR")
     return p.parse_args(argv)
+
+
+def parse_heads(text: str | None) -> tuple[tuple[int, int], ...] | None:
+    """``--heads`` ("5x144,1x640") as (N, D) pairs; None where not given."""
+    if not text:
+        return None
+    pairs = []
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        n, sep, d = item.partition("x")
+        if not (sep and n.isdigit() and d.isdigit() and int(n) > 0 and int(d) > 0):
+            raise ValueError(f"--heads: expected NxD items such as 5x144, got {item!r}")
+        pairs.append((int(n), int(d)))
+    return tuple(pairs)
 
 
 def choose_backends(requested: str | None, gpu: bool) -> tuple[list[str], dict[str, str | None]]:
@@ -809,7 +834,13 @@ def main(argv: list[str] | None = None) -> int:
         header["shard"] = args.shard
     out = shard_path(Path(args.out) if args.out else default_out(args.suite, header["gpu"], args.dry_run), shard)
     results = Results(out, header)
-    shapes = take_shard(suite_shapes(args.suite, functions, args.dry_run, args.dtype), shard)
+    try:
+        heads = parse_heads(args.heads)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+    if heads and args.suite != "heads":
+        raise SystemExit(f"--heads: only the heads suite takes head shapes, not --suite {args.suite}")
+    shapes = take_shard(suite_shapes(args.suite, functions, args.dry_run, args.dtype, heads), shard)
     if args.suite == "compile":
         run_compile_suite(opts, shapes, results, args.cold_runs)
     elif args.suite == "step":

@@ -121,6 +121,29 @@ def test_real_suites_have_the_issue_shapes():
     assert min(s.D for s in head) == 16 and max(s.D for s in head) == 768 and all(s.N * s.D == 768 for s in head)
 
 
+def test_heads_suite_times_the_heads_asked_for(tmp_path):
+    """The heads suite: B=16, T=1024 over ODD_CLUSTER_HEADS (heads on clusters of 3-15 blocks) or --heads; a dry
+    run writes its rows; a malformed --heads, or --heads for another suite, is refused before anything runs."""
+    from flashrnn_core.constrint import H100, solve_fused
+
+    odd = run.suite_shapes("heads", ["lstm"])
+    assert {(s.N, s.D) for s in odd} == set(run.ODD_CLUSTER_HEADS) and all(s.B == 16 and s.T == 1024 for s in odd)
+    lstm_144 = solve_fused(H100, "lstm", "bfloat16", 16, 5, 144)
+    assert lstm_144 and lstm_144.blocks_per_head not in (1, 2, 4, 8, 16)  # what the default is there to time
+    assert [(s.N, s.D) for s in run.suite_shapes("heads", ["gru"], heads=((3, 96),))] == [(3, 96)]
+    assert run.parse_heads("5x144, 1x640") == ((5, 144), (1, 640)) and run.parse_heads(None) is None
+    for bad in ("5x", "x144", "5*144", "0x16"):
+        with pytest.raises(ValueError, match="--heads"):
+            run.parse_heads(bad)
+    with pytest.raises(SystemExit, match="only the heads suite"):
+        run.main(["--suite", "reference", "--dry-run", "--heads", "2x8"])
+    out = tmp_path / "h.json"
+    assert run.main(["--suite", "heads", "--dry-run", "--functions", "gru", "--loop", "none", "--heads", "2x8",
+                     "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["suite"] == "heads" and {(r["N"], r["D"]) for r in doc["rows"]} == {(2, 8)}
+
+
 def test_shards_merge_into_the_single_run(tmp_path):
     """Three shards of a dry run merge into the rows, in the order, of one process running the whole suite."""
     argv = ["--suite", "seqlen", "--dry-run", "--functions", "lstm,gru", "--loop", "none"]

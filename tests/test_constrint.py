@@ -783,19 +783,19 @@ def test_dr_after_the_kernel_priced_as_measured():
 
 
 def test_a_shape_no_stage_takes_is_explained_on_the_first():
-    """Where every stage is infeasible (slstm 1x640's backward: one block, clusters, R^T in shared memory,
-    scatter clusters), the reason is the first stage's conflict plus what the others tried; explaining the R^T
+    """Where every stage is infeasible (slstm 1x704's backward: one block, clusters of every size, R^T in shared
+    memory, scatter clusters; its R^T, 4 MB, fits no 11-block cluster, the only size that splits D = 704), the reason is the first stage's conflict plus what the others tried; explaining the R^T
     in shared memory stage's larger problem took 213 s (lstm 1x768 then: a user's first backward call waited for
     it, the tuning cache does not keep infeasible shapes)."""
     start = time.perf_counter()
-    r = solve_fused(H100, "slstm", "bfloat16", 16, 1, 640, direction="backward")
+    r = solve_fused(H100, "slstm", "bfloat16", 16, 1, 704, direction="backward")
     assert time.perf_counter() - start < 5
     assert not r and r.conflict and "registers" in r.reason
     # in the constraints' names, not their polynomials over the model's variables (a user reads this)
     assert r.reason.startswith("its limits conflict: ") and "*" not in r.reason and "/80" not in r.reason
     assert all(name in r.reason for name in r.conflict)
     assert r.reason.endswith("(and none with a cluster a head or R in shared memory or a scatter cluster either)")
-    assert "either" not in solve_fused(A100, "slstm", "bfloat16", 16, 1, 640, direction="backward").reason
+    assert "either" not in solve_fused(A100, "slstm", "bfloat16", 16, 1, 704, direction="backward").reason
 
 
 def test_assess_a_backward_configuration():
@@ -839,6 +839,28 @@ def test_r_in_shared_memory_is_the_fallback():
         assert prm.template_args()["FLASHRNN_R_SMEM"] == prm.r_ktiles_in_smem
     assert not solve_fused(H100, "lstm", "float32", 16, 1, 768)  # R's hi and lo parts fit no cluster
     assert not solve_fused(A100, "lstm", "bfloat16", 16, 1, 128)  # no clusters: R stays in registers
+
+
+def test_odd_clusters_only_where_no_power_of_two_takes_the_head():
+    """Clusters of 3, 5, 6, 7, 9-15 blocks (KernelModel.any_cluster_size) take the heads whose D no power-of-two
+    cluster splits into whole warps' dims (lstm D = 144: 18 of its 8-dim groups; 16-bit lstm D = 640's backward),
+    and nothing else: every head a power-of-two cluster takes keeps its choice, and GPUs without clusters gain
+    nothing."""
+    off = problems.KernelModel(any_cluster_size=False)
+    for function, dtype, D, direction, cluster, scatter in (
+            ("lstm", "bfloat16", 144, "forward", 6, False), ("gru", "bfloat16", 160, "forward", 5, False),
+            ("lstm", "float32", 112, "forward", 7, False), ("elman", "bfloat16", 208, "inference", 13, False),
+            ("lstm", "bfloat16", 144, "backward", 3, False), ("lstm", "bfloat16", 640, "backward", 10, True),
+            ("elman", "bfloat16", 640, "backward", 10, False)):
+        assert not solve_fused(H100, function, dtype, 16, 1, D, direction, model=off), (function, D, direction)
+        prm = solve_fused(H100, function, dtype, 16, 1, D, direction)
+        assert prm and prm.blocks_per_head == cluster and prm.scatter == scatter, (function, D, direction, prm)
+        assert D % cluster == 0 and prm.grid[0] % cluster == 0 and prm.registers_estimate <= prm.register_cap
+        assert not solve_fused(A100, function, dtype, 16, 1, D, direction)
+    for function, D, direction in itertools.product(CELLS, (64, 256, 512, 768), ("forward", "backward")):
+        on = solve_fused(H100, function, "bfloat16", 16, 3, D, direction, explain=False)
+        assert on == solve_fused(H100, function, "bfloat16", 16, 3, D, direction, model=off, explain=False)
+        assert not on or on.blocks_per_head in (1, 2, 4, 8, 16)
 
 
 def test_all_feasible_enumerates_the_problem():

@@ -36,6 +36,13 @@ CASES = [
     (3, 6, 1, 512, False, "h+last"),  # 16-block clusters, lstm/slstm with R^T partly in shared memory; float32 scatter
     (2, 4, 1, 768, True, "h"),  # 16-block clusters: gru R^T partly in shared memory, lstm scatter clusters
     (11, 6, 2, 768, True, "all+last"),  # scatter clusters over two batch tiles and two heads (lstm, slstm)
+    # clusters of sizes other than a power of two, where no power-of-two cluster takes the head
+    # (KernelModel.any_cluster_size): the backward of 16-bit lstm, slstm and gru D = 144 on 3 blocks (forward: 6,
+    # 6, 3), of float32 elman D = 144 on 3 (forward 3); of lstm and slstm D = 112 on 7 (float32: forward 7 too);
+    # 16-bit lstm and slstm D = 640 on 10-block scatter clusters, elman D = 640 on 10-block clusters both ways
+    (5, 7, 1, 144, True, "all"),
+    (4, 6, 2, 112, True, "h+last"),
+    (3, 5, 1, 640, False, "h"),
 ]
 
 
@@ -160,7 +167,8 @@ def test_backward_too_large_for_one_block_says_why():
     """One block a head where R^T fits one (no sm_80 head above that); a cluster a head on sm_90 where it does not;
     lstm and slstm D=768 (4.7 MB of R^T, ~380 KB an SM of 16 with the drs buffers and stages) on scatter clusters,
     and where the model estimates them faster than the cluster kernel with R^T in shared memory; where no stage
-    takes a head (slstm D=640: no cluster size splits it), no launch, said in words."""
+    takes a head (slstm D=704: 4 MB of R^T and only 11-block clusters split it), no launch, said in words; slstm
+    D=640, which no power-of-two cluster splits, on a 10-block scatter cluster."""
     launch = fused.choose("lstm", DTYPES["bfloat16"], 16, 12, 64, hardware=A100, direction="backward")
     assert launch.cluster == 1
     launch = fused.choose("lstm", DTYPES["bfloat16"], 16, 12, 32, hardware=H100, direction="backward")
@@ -183,9 +191,11 @@ def test_backward_too_large_for_one_block_says_why():
     for function in ("lstm", "slstm"):
         launch = fused.choose(function, DTYPES["bfloat16"], 16, 1, 768, hardware=H100, direction="backward")
         assert launch.cluster == 16 and launch.choice.scatter and "scatter" in launch.spec.label
-    reason = fused.choose("slstm", DTYPES["bfloat16"], 16, 1, 640, hardware=H100, direction="backward")
+    reason = fused.choose("slstm", DTYPES["bfloat16"], 16, 1, 704, hardware=H100, direction="backward")
     assert isinstance(reason, str) and "fused backward kernel" in reason and "registers" in reason
     assert "scatter cluster" in reason
+    launch = fused.choose("slstm", DTYPES["bfloat16"], 16, 1, 640, hardware=H100, direction="backward")
+    assert launch.cluster == 10 and launch.choice.scatter and "cluster10 scatter" in launch.spec.label
     # float32 (R^T as bf16 hi + lo, twice the bytes): lstm/slstm D = 384 and 512 and gru D = 384 only on scatter
     # clusters, and lstm/slstm D = 256 where they are weighed against the cluster kernel (problems._weighed_with,
     # measured faster); gru D = 256's cluster kernel holds R^T in registers, so no scatter kernel is weighed there.

@@ -59,7 +59,8 @@ from .solver import Expr, Infeasible, Problem, Var, divides, predicate
 #:     (bw_reg_rest_with_smem_split): float32 lstm and slstm D = 256 and gru D = 512 take the fused backward.
 #: 15: the scatter-cluster backward exchanges bf16 partials (half the receive buffers and the bytes).
 #: 16: dR after the backward kernel reads drs and h_{t-1} only (no gathered copy: bw_gemm_rows_extra 3 -> 1).
-MODEL_VERSION = 16
+#: 17: heads no power-of-two cluster takes may take a cluster of any size up to the GPU's largest (last stages).
+MODEL_VERSION = 17
 
 MMA_M, MMA_N, MMA_K = 16, 8, 16  # mma.sync m16n8k16 (bf16/fp16 operands, float32 accumulators)
 
@@ -86,6 +87,13 @@ class KernelModel:
 
     # -- what the kernel implements (a variable's domain, or a feature switched off)
     clusters: tuple[int, ...] = (1, 2, 4, 8, 16)
+    #: Heads that none of ``clusters`` takes (a D whose share of a power-of-two cluster is no whole number of a
+    #: warp's dims, 16-bit lstm D = 144 or backward D = 640) may take a cluster of any size up to the GPU's
+    #: largest, 3 to 15 blocks too: ``_stages`` tries them last, so that no head the power-of-two sizes take
+    #: changes its kernel on estimates that no measurement of odd clusters has calibrated. The kernels hold
+    #: nothing specific to a power of two (a block's rank and its slices are taken modulo CL); the launch asks
+    #: only that the grid be a whole number of clusters.
+    any_cluster_size: bool = True
     ksplits: tuple[int, ...] = (1, 2)
     #: fused_fw.cu Tile::WHOLE_K: the k_split = 2 warps of a row set may each run the whole K (the mma twice, no
     #: partial sums) and split the batch columns only. (0,): the K-split kernel only.
@@ -1142,8 +1150,9 @@ def _stages(model: KernelModel, hw: Hardware, function: str, dtype, D: int, dire
     """The models to try in turn: all of R in registers, then, where it is allowed at all, R partly in shared
     memory (``KernelModel.r_in_shared_memory``). The backward weighs clusters against one block a head from
     ``KernelModel.bw_clusters_weighed_from_d`` on; below, one block a head first, clusters only for heads whose
-    R^T no block holds; and last, in 16-bit storage on GPUs with clusters, the scatter-cluster kernel
-    (``KernelModel.bw_scatter``), which is weighed against the first feasible cluster stage (``_weighed_with``)."""
+    R^T no block holds; and last, on GPUs with clusters, the scatter-cluster kernel
+    (``KernelModel.bw_scatter``), which is weighed against the first feasible cluster stage (``_weighed_with``);
+    then each cluster stage again with clusters of every size (``KernelModel.any_cluster_size``)."""
     stages = []
     geo = geometry(function, dtype, D, direction)
     weighed_from = model.bw_clusters_weighed_from(function)
@@ -1154,6 +1163,9 @@ def _stages(model: KernelModel, hw: Hardware, function: str, dtype, D: int, dire
     stages.append(model)
     if direction == "backward" and hw.clusters and D % (MMA_M * 2) == 0:
         stages.append(replace(model, bw_scatter=True))
+    if model.any_cluster_size and hw.clusters:
+        every_size = tuple(range(1, hw.max_cluster + 1))
+        stages += [replace(s, clusters=every_size) for s in stages if max(s.clusters) > 1]
     return stages
 
 
