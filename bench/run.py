@@ -5,7 +5,7 @@
     python -m bench.run --suite compile                   # cold and warm compile + load of each kernel
     python -m bench.run --suite step --functions lstm     # one-step inference (Stepper), 12x64, B=1, 4, 16
     python -m bench.run --suite varlen                    # lstm, gru: lengths uniform in [T/4, T] vs padded
-    python -m bench.run --suite heads [--heads 5x144,1x640]  # B=16, T=1024, other head sizes (default ODD_CLUSTER_HEADS)
+    python -m bench.run --suite heads --heads 5x144,1x640  # B=16, T=1024, other heads (default ODD_CLUSTER_HEADS)
     python -m bench.run --suite reference --dry-run       # the whole pipeline on the CPU (vanilla, tiny sizes)
     python -m bench.report bench/results/<file>.json --plots bench/results/plots --markdown bench/results/README.md
 

@@ -863,6 +863,28 @@ def test_odd_clusters_only_where_no_power_of_two_takes_the_head():
         assert not on or on.blocks_per_head in (1, 2, 4, 8, 16)
 
 
+def test_r_in_shared_memory_on_any_cluster_is_the_last_stage():
+    """R (R^T) partly in shared memory on clusters of any size (KernelModel.r_shared_any_cluster) comes after every
+    other stage, with its register margin, and not for the forward heads ptxas spilled at every margin
+    (ANY_CLUSTER_REGISTERS): 16-bit gru 2x384 runs forward on 8-block clusters with 7 of R's k-tiles in shared
+    memory, float32 lstm 5x144 on 3 blocks, float32 lstm 1x224's backward on 7; float32 elman D = 560 and 16-bit gru
+    D = 480 forward have no launch."""
+    off = problems.KernelModel(any_cluster_size=False)
+    stages = problems._stages(problems.DEFAULT_MODEL, H100, "gru", "bfloat16", 384, "forward")
+    last = [s.r_shared_any_cluster for s in stages]
+    assert last[-1] and not any(last[:-1]) and stages[-1].r_shared_any_cluster_margin > 0
+    for function, dtype, N, D, direction, cluster in (("gru", "bfloat16", 2, 384, "forward", 8),
+                                                      ("lstm", "float32", 5, 144, "forward", 3),
+                                                      ("lstm", "float32", 1, 224, "backward", 7)):
+        assert not solve_fused(H100, function, dtype, 16, N, D, direction, model=off)
+        prm = solve_fused(H100, function, dtype, 16, N, D, direction)
+        assert prm and prm.blocks_per_head == cluster and prm.r_ktiles_in_smem > 0, (function, D, prm)
+        assert prm.registers_estimate <= prm.register_cap and prm.smem_bytes <= H100.smem_per_block_optin
+    for function, dtype, D in (("elman", "float32", 560), ("gru", "bfloat16", 480), ("gru", "float16", 480)):
+        assert not solve_fused(H100, function, dtype, 16, 1, D, explain=False), (function, dtype, D)
+    assert not solve_fused(A100, "gru", "bfloat16", 16, 2, 384)
+
+
 def test_all_feasible_enumerates_the_problem():
     """Every configuration the problem admits: distinct launches, each within the limits, best estimate first,
     the solver's choice among the best; ``top_k`` is its prefix."""

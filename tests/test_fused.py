@@ -27,7 +27,8 @@ TOL = {"float32": 1e-4, "bfloat16": 2e-2, "float16": 2e-2}  # SPEC.md, relative 
 # D of the issue; the B = 256 x 12 heads shape makes the solver pick wider batch tiles; D >= 256 (and float32
 # D = 128) run on clusters where the solver finds a valid launch, and are skipped with its reason otherwise; D = 512
 # and 768 in 16-bit, and D = 256 and 512 in float32, keep part of R in shared memory (Tile::RS); D = 144 and 208
-# (and float32 D = 112) take clusters of sizes other than a power of two (KernelModel.any_cluster_size).
+# (and float32 D = 112) take clusters of sizes other than a power of two (KernelModel.any_cluster_size), float32
+# D = 144 and 192 (gru) and 16-bit gru D = 384 (test_fused_bw) R in shared memory on them (r_shared_any_cluster).
 SHAPES = [
     (3, 17, 2, 16, False),
     (5, 9, 3, 32, True),
@@ -44,6 +45,7 @@ SHAPES = [
     (64, 2, 30, 32, True),
     (3, 4, 1, 144, True),  # clusters of 3 and 6 blocks (no power-of-two cluster splits D = 144 into warps' dims)
     (5, 6, 1, 208, False),  # 13-block clusters (lstm, slstm, elman)
+    (4, 3, 2, 192, True),  # float32 gru: 6-block clusters with part of R in shared memory (r_shared_any_cluster)
 ]
 
 

@@ -152,6 +152,8 @@ def split_k(ksplit: Expr) -> Expr:
 def resources(geo, m: "KernelModel", v: dict[str, Var]) -> tuple[Expr, Expr]:
     """(registers per thread, dynamic shared memory per block) as polynomials of the variables; the shared
     memory is fused_bw.cu's ``Tile::SMEM_BYTES`` exactly (its static_assert holds the launch to it)."""
+    from .problems import any_cluster_margin
+
     ksplit, prefetch, fused_dr, ktw, cells, tpw, warps_m, r_smem, r_shared, clustered = (
         v[k] for k in ("ksplit", "prefetch", "fused_dr", "ktw", "cells", "tpw", "warps_m", "r_smem_kt", "r_shared",
                        "clustered"))
@@ -166,7 +168,7 @@ def resources(geo, m: "KernelModel", v: dict[str, Var]) -> tuple[Expr, Expr]:
     smem_factor = (m.bw_reg_rest_with_smem - m.bw_reg_rest_with_smem_per_warp * warps_m * ksplit
                    - m.bw_reg_rest_with_smem_split * (split - 1))
     regs = (m.bw_reg_margin + (1 + m.bw_reg_margin_fraction) * (rest + m.bw_reg_per_r * r_regs) * (1 - r_shared)
-            + r_shared * (r_regs + smem_factor * rest))
+            + r_shared * (r_regs + smem_factor * rest + any_cluster_margin(m)))
     # Shared memory, as Tile: drs double-buffered as bf16 operands over every gate's rows (+8 pad), the split-K
     # partial sums (none at ksplit 1), the input stages (prefetch + 2 of them), the staged outputs (two), over the
     # block's 16 * warps_m dims; two mbarriers in a cluster; R^T's shared-memory k-tiles.

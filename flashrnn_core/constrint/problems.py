@@ -60,7 +60,8 @@ from .solver import Expr, Infeasible, Problem, Var, divides, predicate
 #: 15: the scatter-cluster backward exchanges bf16 partials (half the receive buffers and the bytes).
 #: 16: dR after the backward kernel reads drs and h_{t-1} only (no gathered copy: bw_gemm_rows_extra 3 -> 1).
 #: 17: heads no power-of-two cluster takes may take a cluster of any size up to the GPU's largest (last stages).
-MODEL_VERSION = 17
+#: 18: ... and, for heads nothing else takes, R partly in shared memory on clusters of any size.
+MODEL_VERSION = 18
 
 MMA_M, MMA_N, MMA_K = 16, 8, 16  # mma.sync m16n8k16 (bf16/fp16 operands, float32 accumulators)
 
@@ -94,6 +95,16 @@ class KernelModel:
     #: nothing specific to a power of two (a block's rank and its slices are taken modulo CL); the launch asks
     #: only that the grid be a whole number of clusters.
     any_cluster_size: bool = True
+    #: R (R^T) partly in shared memory on clusters of any size, not only the largest: set by ``_stages`` on the last
+    #: of the any-size stages alone, for heads nothing else takes (REGISTER_FIT's last paragraph says why the
+    #: largest clusters are the rule; ``compile --check`` holds each such choice to no spills).
+    r_shared_any_cluster: bool = False
+    #: ... where the register rule, fitted on 16-block clusters, gets this many registers of margin (forward and
+    #: backward), and not for these forward heads, (function, storage dtype, D or None for every D): ptxas spilled
+    #: their choices at every margin tried (ANY_CLUSTER_REGISTERS).
+    r_shared_any_cluster_margin: int = 8
+    r_shared_any_cluster_forward_spills: tuple[tuple[str, str, int | None], ...] = (
+        ("elman", "float32", None), ("gru", "bfloat16", 480), ("gru", "float16", 480))
     ksplits: tuple[int, ...] = (1, 2)
     #: fused_fw.cu Tile::WHOLE_K: the k_split = 2 warps of a row set may each run the whole K (the mma twice, no
     #: partial sums) and split the batch columns only. (0,): the K-split kernel only.
@@ -330,6 +341,21 @@ it adds on the H100/H200 presets (forward lstm and slstm D = 256, 384, 512, gru 
 each with its inference twin; backward elman D = 768; all 16-block clusters, one n-tile) compile spill-free
 for sm_90 at 104-255 registers, and the GPU tests pass on them. float32 lstm, slstm and gru D = 768 stay out:
 R is 9.4 MB (lstm) in float32, more than the registers and shared memory of 16 SMs hold.
+"""
+
+#: How the any-size clusters' register margin was set (documentation; the numbers live in ``KernelModel``):
+ANY_CLUSTER_REGISTERS = """
+Clusters of every size with R in registers (stop 46, ba4caae: 575 new sm_90 variants over the variant grid) compiled
+spill-free under the forward's and the backward's own rules, and the scatter kernels' under theirs. R (R^T) partly
+in shared memory on clusters of any size (``KernelModel.r_shared_any_cluster``, the last stage) added 452 variants
+under the 16-block rule as it is; 34 spilled (4-104 bytes): the 16-bit gru backward at 384-thread blocks (cap 168,
+D = 432-720), float32 elman forwards (D = 432-720), 16-bit gru D = 480 forward on 6 blocks, float32 gru D = 336's
+backward, float32 lstm D = 336 forward, 16-bit elman D = 720 forward. A margin of 8 registers on these kernels left
+12 (float32 elman forwards, D = 480-720, and gru D = 480); 16 left 11 (the same heads on other configurations);
+24 fixed some of the elman heads and spilled others (elman 1x720: 25 k-tiles in shared memory spilled 4 bytes, 27
+spilled 48): ptxas takes all 255 registers these kernels may have and spills where it will, as REGISTER_FIT found
+for small clusters. So: a margin of 8, and those forward heads keep R in registers only (they run on `cuda`):
+386 variants, all spill-free (sm_90, NVRTC 12.9).
 """
 
 #: How the forward's latency constants were chosen (documentation; the numbers live in ``KernelModel``):
@@ -839,7 +865,7 @@ def _resources(geo: Geometry, m: KernelModel, v: dict[str, Var]) -> tuple[Expr, 
     # R's registers at the fit's cost; or, with R partly in shared memory (r_shared = 1), one for one and the
     # rest at reg_rest_with_smem times its estimate (REGISTER_FIT, last paragraph).
     regs = (rest_estimate + (1 + m.reg_margin_fraction) * m.reg_per_r * r_regs * (1 - r_shared)
-            + r_shared * (r_regs + (m.reg_rest_with_smem - 1) * rest_estimate))
+            + r_shared * (r_regs + (m.reg_rest_with_smem - 1) * rest_estimate + any_cluster_margin(m)))
     # Shared memory, as Tile in fused_fw.cu: h (or dg) double-buffered over all K columns (+8 pad), the input
     # stages (prefetch + 1) over this block's columns (+16 B pad), split-K partial sums, staged outputs (two
     # buffers), mbarriers, and R's k-tiles kept in shared memory (512 B per m16k16 operand tile).
@@ -857,6 +883,12 @@ def _resources(geo: Geometry, m: KernelModel, v: dict[str, Var]) -> tuple[Expr, 
     bar_bytes = 16 * clustered + 32 * dma
     r_bytes = warps_d * ksplit * r_smem * split * mt * 512
     return regs, h_bytes + x_bytes + part_bytes + out_bytes + bar_bytes + r_bytes
+
+
+def any_cluster_margin(m: KernelModel) -> int:
+    """Registers added to the estimate of a kernel with R (R^T) in shared memory on a cluster of any size
+    (``KernelModel.r_shared_any_cluster``): none under the rule's own clusters."""
+    return m.r_shared_any_cluster_margin if m.r_shared_any_cluster else 0
 
 
 def add_block_budgets(p: Problem, v: dict[str, Var], hw: Hardware, regs: Expr, smem: Expr, warps: Expr) -> None:
@@ -891,8 +923,9 @@ def add_cluster_constraints(p: Problem, v: dict[str, Var], hw: Hardware, m: Kern
     # r_shared = (r_smem_kt > 0), exactly.
     p.add(v["r_smem_kt"] <= kt * v["r_shared"], name="r_shared: 1 where R k-tiles live in shared memory")
     p.add(v["r_shared"] <= v["r_smem_kt"], name="r_shared: 0 where none does")
-    p.add(cluster >= max_cluster * v["r_shared"],
-          name=f"R in shared memory: {max_cluster}-block clusters (REGISTER_FIT)")
+    if not m.r_shared_any_cluster:
+        p.add(cluster >= max_cluster * v["r_shared"],
+              name=f"R in shared memory: {max_cluster}-block clusters (REGISTER_FIT)")
     # ... and one block an SM: with two (lstm D=512, 12 k-tiles in shared memory, B=256) compute-sanitizer's
     # synccheck reported "Missing wait" on the first mbarrier arrival; the same kernel one block an SM, none
     # (bench/results/sanitizer/README.md). Results matched vanilla either way; the cause is not found.
@@ -1143,7 +1176,7 @@ def _r_in_shared_memory_allowed(model: KernelModel, hw: Hardware, geo: Geometry)
     this the stage is infeasible all the same, and explaining why searched it for up to a minute, D=160).
     float32 as 16-bit (since stop 29; both its bf16 slices, hi and lo, of a k-tile go to shared memory)."""
     split_unit = hw.max_cluster * (MMA_M if geo.direction == "backward" else geo.dims_per_warp)
-    return model.r_in_shared_memory and hw.clusters and geo.D % split_unit == 0
+    return model.r_in_shared_memory and hw.clusters and (geo.D % split_unit == 0 or model.r_shared_any_cluster)
 
 
 def _stages(model: KernelModel, hw: Hardware, function: str, dtype, D: int, direction: str) -> list[KernelModel]:
@@ -1164,9 +1197,31 @@ def _stages(model: KernelModel, hw: Hardware, function: str, dtype, D: int, dire
     if direction == "backward" and hw.clusters and D % (MMA_M * 2) == 0:
         stages.append(replace(model, bw_scatter=True))
     if model.any_cluster_size and hw.clusters:
-        every_size = tuple(range(1, hw.max_cluster + 1))
-        stages += [replace(s, clusters=every_size) for s in stages if max(s.clusters) > 1]
+        spilled = direction != "backward" and any(
+            (f, d) == (function, geo.dtype) and e in (None, D) for f, d, e in model.r_shared_any_cluster_forward_spills)
+        stages += _any_size_stages(stages, tuple(range(1, hw.max_cluster + 1)), r_shared=not spilled)
     return stages
+
+
+def _any_size_stages(stages: list[KernelModel], every_size: tuple[int, ...], r_shared: bool) -> list[KernelModel]:
+    """The cluster stages again with clusters of every size (``KernelModel.any_cluster_size``): R in registers
+    first, then the scatter-cluster stage (R^T in shared memory is its own rule there), then, where ``r_shared``,
+    R partly in shared memory on clusters of any size (``KernelModel.r_shared_any_cluster``)."""
+    in_registers, shared, scatter = [], [], []
+    for s in stages:
+        if max(s.clusters) == 1:
+            continue
+        if s.bw_scatter:
+            scatter.append(replace(s, clusters=every_size))
+            continue
+        in_registers.append(replace(s, clusters=every_size, r_in_shared_memory=False))
+        if s.r_in_shared_memory and r_shared:
+            shared.append(replace(s, clusters=every_size, r_shared_any_cluster=True))
+    found: list[KernelModel] = []
+    for s in in_registers + scatter + shared:
+        if s not in found:
+            found.append(s)
+    return found
 
 
 def _weighed_with(stages: list[KernelModel], first: int, best: FusedParams) -> list[KernelModel]:
