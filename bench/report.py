@@ -23,16 +23,17 @@ from pathlib import Path
 from typing import Any, Iterable
 
 SWEEP_AXIS = {"batch": "B", "seqlen": "T", "headdim": "D"}
-SUITE_ORDER = ("reference", "batch", "seqlen", "headdim", "varlen", "step", "sweep", "compile")
+SUITE_ORDER = ("reference", "batch", "seqlen", "headdim", "heads", "varlen", "step", "sweep", "compile")
 #: Suites whose newest file is completed from older ones where its time budget cut it (``fill_from_older``).
-FILLED_SUITES = (*SWEEP_AXIS, "reference")
+FILLED_SUITES = (*SWEEP_AXIS, "reference", "heads")
 TIME_PASSES = ("fw", "fwbw")
 
 
 def load(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
     """The documents, one per (suite, dtype, gpu), in SUITE_ORDER: the newest file's (by ``date``; ``dtype`` is the
     header's where a run chose one, ``bench.run --dtype``, else the reference's bfloat16). In a sweep suite
-    (batch, seqlen, headdim) or the reference suite a (configuration, backend) that the newest file did not time
+    (batch, seqlen, headdim), the reference suite or the heads suite (each run may time other heads) a
+    (configuration, backend) that the newest file did not time
     (cut by its time budget, or a cell it did not run) is filled from the newest older file of the same suite and
     GPU that did; such a row carries ``from`` (that file's name) and the document lists the files in ``filled_from``."""
     by_key: dict[tuple[str, str], list[dict[str, Any]]] = {}
