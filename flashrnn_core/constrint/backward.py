@@ -446,7 +446,7 @@ def scatter_estimate(fp: "FusedProblem", values: dict[str, int]) -> dict[str, fl
     three mma a tile in float32), R^T's shared-memory tiles at the SM's bandwidth, the exchange of the partials
     (bf16; float32's in float32) at the forward's fitted rate,
     the cells (two a lane), the barriers; the dR GEMMs after the kernel as ``estimate``."""
-    from .problems import _at, cluster_exchange_cycles
+    from .problems import _at, cluster_exchange_cycles, cluster_slots
 
     geo, m, hw = fp.geo, fp.model, fp.hw
     cluster, warps, mb, mpw, rst = (values[k] for k in ("cluster", "warps", "mb", "mpw", "r_smem_tiles"))
@@ -463,8 +463,12 @@ def scatter_estimate(fp: "FusedProblem", values: dict[str, int]) -> dict[str, fl
     step = max(step, m.bw_load_latency / values["prefetch"])
     gemm = dr_after_cycles(fp)
     regs, smem = _at(fp.regs, fp, values), int(_at(fp.smem, fp, values))
+    # The waves of clusters (one block an SM) are reported, not priced: ``total`` is the stage's objective, and
+    # pricing them there moved 16-bit D = 384/512 heads at N = 12 or B = 256 to 12-warp configurations that
+    # spilled. Where the stage is weighed against another (problems._weighed_with), they multiply the step.
+    waves = max(1, math.ceil(fp.N * math.ceil(fp.B / BT) / max(1, cluster_slots(hw, cluster, 1))))
     return {"total": step + gemm, "step": step, "mma": mma, "r_bandwidth": r_bandwidth, "exchange": exchange,
-            "cells": cells, "gemm": gemm, "waves": 1, "regs": regs, "smem": smem, "blocks_per_sm": 1}
+            "cells": cells, "gemm": gemm, "waves": waves, "regs": regs, "smem": smem, "blocks_per_sm": 1}
 
 
 def scatter_params_from(fp: "FusedProblem", values: dict[str, int]) -> "FusedParams":
@@ -487,5 +491,6 @@ def scatter_params_from(fp: "FusedProblem", values: dict[str, int]) -> "FusedPar
         threads_per_block=threads, r_ktiles_in_smem=rst, r_bytes_registers=r_total - r_smem_bytes,
         r_bytes_smem=r_smem_bytes, prefetch_steps=values["prefetch"], sync="cluster", smem_bytes=int(e["smem"]),
         registers_estimate=math.ceil(round(e["regs"], 6)), register_cap=register_cap(hw, threads), blocks_per_sm=1,
-        grid=(fp.N * cluster, tiles), waves=1, step_cycles=e["total"], step_us=hw.cycles_to_us(e["total"]),
-        breakdown={k: round(float(x), 1) for k, x in e.items()}, fused_dr=False, scatter=True)
+        grid=(fp.N * cluster, tiles), waves=int(e["waves"]), step_cycles=e["total"],
+        step_us=hw.cycles_to_us(e["total"]), breakdown={k: round(float(x), 1) for k, x in e.items()}, fused_dr=False,
+        scatter=True)

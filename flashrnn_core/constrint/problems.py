@@ -61,7 +61,8 @@ from .solver import Expr, Infeasible, Problem, Var, divides, predicate
 #: 16: dR after the backward kernel reads drs and h_{t-1} only (no gathered copy: bw_gemm_rows_extra 3 -> 1).
 #: 17: heads no power-of-two cluster takes may take a cluster of any size up to the GPU's largest (last stages).
 #: 18: ... and, for heads nothing else takes, R partly in shared memory on clusters of any size.
-MODEL_VERSION = 18
+#: 19: the backward weighs the scatter-cluster kernel against cluster kernels that run in more than one wave.
+MODEL_VERSION = 19
 
 MMA_M, MMA_N, MMA_K = 16, 8, 16  # mma.sync m16n8k16 (bf16/fp16 operands, float32 accumulators)
 
@@ -1241,10 +1242,24 @@ def _weighed_with(stages: list[KernelModel], first: int, best: FusedParams) -> l
     lstm/slstm D = 256 from the cluster kernel with R^T in shared memory, measured (H200, B=16, T=1024, backward with
     its dR GEMMs, bench/results/phases/2026-12-03-h200-float32-scatter.txt): lstm 3x256 3.97 -> 2.95 ms, slstm
     3.81 -> 2.89, lstm 1x256 3.57 -> 2.54; so did gru D = 512 (1x512 4.58 -> 2.86) and elman D = 768 at 12 heads
-    or B = 256 (-30%)."""
-    if first == 0 or stages[first].bw_scatter or not best.r_ktiles_in_smem:
+    or B = 256 (-30%).
+    Since stop 46 the scatter stage is also weighed where the best is a cluster kernel that runs in more than one
+    wave (12 heads, or B = 256): the scatter kernel holds R^T in half the blocks or fewer, so its clusters run in
+    fewer waves. Measured first (H200, B=16, T=1024, backward kernel and dR, cluster -> scatter, bench/results/
+    phases/2026-12-04-h200-scatter-waves.txt): bf16 lstm 12x256 3.50 -> 2.04 ms, gru 12x512 8.81 -> 4.09, elman
+    12x768 5.57 -> 2.98; float32 elman 12x384 4.23 -> 2.81, gru 12x256 5.93 -> 5.20. Where both run in one wave the
+    estimates rank them poorly (bf16 lstm 3x256: cluster 1.62 ms estimated 2787 cycles, scatter 2.09 estimated
+    2652), so there the rule stays as it was. The comparison is of the estimates as they are: the scatter estimate
+    counts one wave (backward.scatter_estimate), and multiplying its step by its waves, tried, put float32 elman
+    12x768 back on the cluster kernel that measured 30% slower."""
+    if stages[first].bw_scatter:
+        return []
+    in_shared_memory = first > 0 and best.r_ktiles_in_smem > 0
+    waves = best.blocks_per_head > 1 and best.waves > 1
+    if not (in_shared_memory or waves):
         return []
     return [s for s in stages[first + 1:] if s.bw_scatter]
+
 
 
 def solve_fused(hardware: Hardware, function: str, dtype, B: int, N: int, D: int, direction: str = "forward",
