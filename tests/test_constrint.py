@@ -794,7 +794,11 @@ def test_a_shape_no_stage_takes_is_explained_on_the_first():
     # in the constraints' names, not their polynomials over the model's variables (a user reads this)
     assert r.reason.startswith("its limits conflict: ") and "*" not in r.reason and "/80" not in r.reason
     assert all(name in r.reason for name in r.conflict)
-    assert r.reason.endswith("(and none with a cluster a head or R in shared memory or a scatter cluster either)")
+    assert r.reason.endswith("(and none with a cluster a head or a cluster of any size or R in shared memory or a "
+                             "scatter cluster either)")
+    # (float32 elman D = 480's forward: R in shared memory is left out there, ANY_CLUSTER_REGISTERS)
+    r = solve_fused(H100, "elman", "float32", 16, 1, 480)
+    assert not r and r.reason.endswith("(and none with a cluster of any size either)"), r.reason
     assert "either" not in solve_fused(A100, "slstm", "bfloat16", 16, 1, 704, direction="backward").reason
 
 

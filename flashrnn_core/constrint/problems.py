@@ -1292,12 +1292,15 @@ def solve_fused(hardware: Hardware, function: str, dtype, B: int, N: int, D: int
     if max(plainest.clusters) > 1 and direction == "backward":  # (clusters weighed from the first stage on)
         plainest = replace(plainest, clusters=(1,), r_in_shared_memory=False)
     first = build_fused(hardware, function, dtype, B, N, D, direction, plainest).problem.solve(explain=True)
+    odd_sizes = any(c & (c - 1) for s in stages for c in s.clusters)
     added = [what for what, on in (("a cluster a head", any(max(s.clusters) > max(plainest.clusters)
                                                               for s in stages) and hardware.clusters),
-                                   ("R in shared memory", any(s.r_in_shared_memory for s in stages[1:])),
+                                   ("a cluster of any size", odd_sizes and hardware.clusters),
+                                   ("R in shared memory", any(s.r_in_shared_memory for s in stages[1:])
+                                    or any(s.r_shared_any_cluster for s in stages)),
                                    ("a scatter cluster", any(s.bw_scatter for s in stages[1:])))
              if on]
-    return _in_words(first, f" (and none with {' or '.join(added)} either)")
+    return _in_words(first, f" (and none with {' or '.join(added)} either)" if added else "")
 
 
 def _in_words(found: Infeasible, tail: str = "") -> Infeasible:
