@@ -783,10 +783,11 @@ def test_dr_after_the_kernel_priced_as_measured():
 
 
 def test_a_shape_no_stage_takes_is_explained_on_the_first():
-    """Where every stage is infeasible (slstm 1x704's backward: one block, clusters of every size, R^T in shared
-    memory, scatter clusters; its R^T, 4 MB, fits no 11-block cluster, the only size that splits D = 704), the reason is the first stage's conflict plus what the others tried; explaining the R^T
-    in shared memory stage's larger problem took 213 s (lstm 1x768 then: a user's first backward call waited for
-    it, the tuning cache does not keep infeasible shapes)."""
+    """Where every stage is infeasible (slstm 1x704's backward: one block, clusters of every size, R^T in shared memory,
+    scatter clusters; its R^T, 4 MB, fits no 11-block cluster, the only size that splits D = 704), the reason is
+    the first stage's conflict plus what the others tried; explaining the R^T in shared memory stage's larger
+    problem took 213 s (lstm 1x768 then: a user's first backward call waited for it, the tuning cache does not
+    keep infeasible shapes)."""
     start = time.perf_counter()
     r = solve_fused(H100, "slstm", "bfloat16", 16, 1, 704, direction="backward")
     assert time.perf_counter() - start < 5

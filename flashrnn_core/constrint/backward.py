@@ -465,7 +465,7 @@ def scatter_estimate(fp: "FusedProblem", values: dict[str, int]) -> dict[str, fl
     regs, smem = _at(fp.regs, fp, values), int(_at(fp.smem, fp, values))
     # The waves of clusters (one block an SM) are reported, not priced: ``total`` is the stage's objective, and
     # pricing them there moved 16-bit D = 384/512 heads at N = 12 or B = 256 to 12-warp configurations that
-    # spilled. Where the stage is weighed against another (problems._weighed_with), they multiply the step.
+    # spilled; nor are they priced where the stage is weighed against another (problems._weighed_with says why).
     waves = max(1, math.ceil(fp.N * math.ceil(fp.B / BT) / max(1, cluster_slots(hw, cluster, 1))))
     return {"total": step + gemm, "step": step, "mma": mma, "r_bandwidth": r_bandwidth, "exchange": exchange,
             "cells": cells, "gemm": gemm, "waves": waves, "regs": regs, "smem": smem, "blocks_per_sm": 1}

@@ -1261,7 +1261,6 @@ def _weighed_with(stages: list[KernelModel], first: int, best: FusedParams) -> l
     return [s for s in stages[first + 1:] if s.bw_scatter]
 
 
-
 def solve_fused(hardware: Hardware, function: str, dtype, B: int, N: int, D: int, direction: str = "forward",
                 model: KernelModel = DEFAULT_MODEL, explain: bool = True) -> FusedParams | Infeasible:
     """The fastest valid parameters for one shape by the model, or ``Infeasible`` naming the conflicting
