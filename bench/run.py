@@ -71,20 +71,20 @@ def suite_shapes(suite: str, functions: Iterable[str], dry_run: bool = False, dt
     at sizes a CPU runs in seconds (by default in float32: torch's CPU kernels for 16-bit recurrences are slow, and
     the dry run measures nothing). ``heads``: the heads suite's (N, D) pairs (default ODD_CLUSTER_HEADS)."""
     dtype = dtype or ("float32" if dry_run else "bfloat16")
-    custom_heads = heads if heads or not dry_run else ((2, 8), (1, 16))
     if dry_run:
-        heads, sweep_heads, hidden, B, T = ((2, 8), (1, 16)), ((2, 8), (1, 16)), 16, 2, 8
+        reference_heads, sweep_heads, hidden, B, T = ((2, 8), (1, 16)), ((2, 8), (1, 16)), 16, 2, 8
         batches, lengths, dims = (1, 4), (4, 16), (8, 16)
     else:
-        heads, sweep_heads, hidden, B, T = REFERENCE_HEADS, ((12, 64), (1, 768)), HIDDEN, 16, 1024
+        reference_heads, sweep_heads, hidden, B, T = REFERENCE_HEADS, ((12, 64), (1, 768)), HIDDEN, 16, 1024
         batches, lengths = (1, 2, 4, 8, 16, 32, 64, 128, 256), (256, 512, 1024, 2048, 4096, 8192, 16384)
         dims = (16, 32, 48, 64, 96, 128, 192, 256, 384, 768)
     out: list[Shape] = []
     for f in functions:
         if suite in ("reference", "compile"):
-            out += [Shape(f, dtype, B, T, N, D) for N, D in heads]
-        elif suite == "heads":
-            out += [Shape(f, dtype, B, T, N, D) for N, D in (custom_heads or ODD_CLUSTER_HEADS)]
+            out += [Shape(f, dtype, B, T, N, D) for N, D in reference_heads]
+        elif suite == "heads":  # (a dry run's default: the reference's tiny heads)
+            default = reference_heads if dry_run else ODD_CLUSTER_HEADS
+            out += [Shape(f, dtype, B, T, N, D) for N, D in (heads or default)]
         elif suite == "batch":
             out += [Shape(f, dtype, b, T, N, D) for N, D in sweep_heads for b in batches]
         elif suite == "seqlen":
@@ -92,7 +92,8 @@ def suite_shapes(suite: str, functions: Iterable[str], dry_run: bool = False, dt
         elif suite == "headdim":
             out += [Shape(f, dtype, B, T, hidden // d, d) for d in dims]
         elif suite == "step":  # T = 1: a row times one step
-            out += [Shape(f, dtype, b, 1, N, D) for N, D in heads[:1] for b in (batches if dry_run else STEP_BATCHES)]
+            out += [Shape(f, dtype, b, 1, N, D) for N, D in reference_heads[:1]
+                    for b in (batches if dry_run else STEP_BATCHES)]
         elif suite == "varlen":
             out += [Shape(f, dtype, B, T, N, D) for N, D in sweep_heads if f in VARLEN_FUNCTIONS]
         else:
