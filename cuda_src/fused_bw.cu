@@ -86,11 +86,6 @@
 namespace flashrnn {
 namespace fused_bw {
 
-template <class T> struct OperandOf;
-template <> struct OperandOf<__nv_bfloat16> { using Op = __nv_bfloat16; static constexpr int SPLIT = 1; };
-template <> struct OperandOf<__half> { using Op = __half; static constexpr int SPLIT = 1; };
-template <> struct OperandOf<float> { using Op = __nv_bfloat16; static constexpr int SPLIT = 2; };
-
 // Set bits of a mask, and which state the k-th set bit is (compile-time where the arguments are).
 __host__ __device__ constexpr int count_bits(unsigned mask) {
     int n = 0;
@@ -102,11 +97,6 @@ __host__ __device__ constexpr int nth_bit(unsigned mask, int k) {
     for (int s = 0; s < 8; ++s)
         if ((mask >> s) & 1u) at = k-- == 0 ? s : at;
     return at;
-}
-
-template <class Op, int SPLIT> __device__ __forceinline__ void split(float v, Op (&out)[SPLIT]) {
-    out[0] = mma::to_op<Op>(v);
-    if constexpr (SPLIT == 2) out[1] = mma::to_op<Op>(v - mma::op_to_float(out[0]));
 }
 
 // What both kernels below stage a step, over a block's DB dims and BT = 8 sequences (Tile and ScatterTile add their

@@ -24,7 +24,9 @@
 //
 // float32 storage: R and h are split as hi + lo, both bf16 (16 significant bits together), and each product
 // is hi*hi + hi*lo + lo*hi on the bf16 tensor cores: relative error about 1e-5, inside SPEC's 1e-4 for
-// float32 (a single TF32 mma, 10 mantissa bits, lands near 1e-3 and would not be).
+// float32 (a single TF32 mma, 10 mantissa bits, lands near 1e-3 and would not be). Heads whose R does not fit
+// twice over (float32 lstm, slstm, gru D = 768) take one fp16 operand instead, TF32's precision (FLASHRNN_F32_HALF,
+// common/mma.cuh OperandOf).
 //
 // ---- Per-step latency, 12x64 LSTM bf16, B=16 (estimated BEFORE measuring; H100 at ~1.75 GHz) -----------
 //   barrier (8 warps, after the last warp's h store)            ~ 25 cycles
@@ -113,19 +115,6 @@
 
 namespace flashrnn {
 namespace fused {
-
-// How a storage type reaches the tensor cores: the 16-bit operand type, and how many operands (hi, lo)
-// represent one value.
-template <class T> struct OperandOf;
-template <> struct OperandOf<__nv_bfloat16> { using Op = __nv_bfloat16; static constexpr int SPLIT = 1; };
-template <> struct OperandOf<__half> { using Op = __half; static constexpr int SPLIT = 1; };
-template <> struct OperandOf<float> { using Op = __nv_bfloat16; static constexpr int SPLIT = 2; };
-
-// v ~ out[0] + out[1] + ...: the first operand is v rounded, each further one the rounded remainder.
-template <class Op, int SPLIT> __device__ __forceinline__ void split(float v, Op (&out)[SPLIT]) {
-    out[0] = mma::to_op<Op>(v);
-    if constexpr (SPLIT == 2) out[1] = mma::to_op<Op>(v - mma::op_to_float(out[0]));
-}
 
 // Compile-time geometry of one variant. backends/fused.py mirrors THREADS and SMEM_BYTES (keep them equal).
 // CL blocks (a cluster) share one head: block `rank` owns the DB = D/CL output dims [rank*DB, (rank+1)*DB) and
@@ -1137,6 +1126,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
 //   FLASHRNN_WHOLE_K   1: those KSPLIT warps each run the whole K instead, and split the batch columns only
 //   FLASHRNN_R_SMEM    of a warp's k-tiles of R, how many live in shared memory (the last ones; 0: none)
 //   FLASHRNN_DMA_WARPS n (clusters): n more warps a block do the copies and the h sends (Tile::DMA)
+//   FLASHRNN_F32_HALF  1 (float32 storage): R and h reach the tensor cores as one fp16 operand, not bf16 hi + lo
 // Launch: grid (N * CLUSTER, ceil(B / (8*NBT))), cluster (CLUSTER, 1, 1), block Tile::THREADS, dynamic shared
 // memory Tile::SMEM_BYTES. lengths: [B] int32 with 1 <= lengths[b] <= T, or null (every sequence runs T steps);
 // past its end a sequence's states stay at its last valid ones (docs/architecture.md, "Variable lengths").

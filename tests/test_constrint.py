@@ -430,7 +430,7 @@ def _smem(function, dtype, D, prm: FusedParams) -> int:
     """Tile::SMEM_BYTES of cuda_src/fused_fw.cu (forward), computed from the kernel's own formula."""
     gw, gr, s, saved = COUNTS[function]
     item = 4 if dtype == "float32" else 2
-    split = 2 if dtype == "float32" else 1
+    split = 2 if dtype == "float32" and not prm.half_operands else 1  # (fp16 operands: one a value)
     bt, db, ns = prm.batch_tile, prm.dims_per_block, prm.prefetch_steps + 1
     u = 1 if gr % 2 == 0 else 2
     mt = u * gr // 2
@@ -471,7 +471,8 @@ def _check_limits(hw: Hardware, function: str, dtype: str, B: int, N: int, D: in
     else:
         assert prm.r_bytes_smem == 0
     gr = COUNTS[function][1]
-    assert prm.r_bytes_registers + prm.r_bytes_smem == gr * D * D * (4 if dtype == "float32" else 2) // prm.blocks_per_head
+    split = 2 if dtype == "float32" and not prm.half_operands else 1  # (fp16 operands: 2 bytes a value)
+    assert prm.r_bytes_registers + prm.r_bytes_smem == gr * D * D * 2 * split // prm.blocks_per_head
     # R's slice must fit the block's registers: its bytes within the register file.
     assert prm.r_bytes_registers <= prm.threads_per_block * prm.register_cap * 4
     assert prm.prefetch_steps in problems.DEFAULT_MODEL.prefetches
@@ -496,13 +497,14 @@ def test_solve_fused_matrix(hw, function):
 
 
 def test_known_feasibility_boundaries():
-    """Small heads always run; lstm D=768 in float32 does not (R's hi and lo slices need more than 255
+    """Small heads always run; lstm D=1024 does not (R, 8 MB even as fp16 operands, needs more than 255
     registers a thread: the binding constraint is named); sm_80 has no clusters for heads above one block."""
     for hw, function, dtype in itertools.product((A100, H100), CELLS, DTYPES):
         for D in (16, 32, 64):
             assert solve_fused(hw, function, dtype, 16, 12, D), (hw.arch, function, dtype, D)
-    r = solve_fused(H100, "lstm", "float32", 16, 1, 768)
+    r = solve_fused(H100, "lstm", "float32", 16, 1, 1024)
     assert not r and any("registers per thread" in n for n in r.conflict), r
+    assert "fp16 operands" in r.reason
     r = solve_fused(A100, "lstm", "bfloat16", 16, 3, 256)
     assert not r and any("no thread-block clusters" in n for n in r.conflict), r
     r = solve_fused(H100, "lstm", "bfloat16", 16, 3, 24)
@@ -797,9 +799,15 @@ def test_a_shape_no_stage_takes_is_explained_on_the_first():
     assert all(name in r.reason for name in r.conflict)
     assert r.reason.endswith("(and none with a cluster a head or a cluster of any size or R in shared memory or a "
                              "scatter cluster either)")
-    # (float32 elman D = 480's forward: R in shared memory is left out there, ANY_CLUSTER_REGISTERS)
-    r = solve_fused(H100, "elman", "float32", 16, 1, 480)
+    # (float32 elman D = 480's forward with split operands: R in shared memory is left out there,
+    # ANY_CLUSTER_REGISTERS; fp16 operands take it)
+    split_only = problems.KernelModel(f32_half_operand_stages=False)
+    r = solve_fused(H100, "elman", "float32", 16, 1, 480, model=split_only)
     assert not r and r.reason.endswith("(and none with a cluster of any size either)"), r.reason
+    assert solve_fused(H100, "elman", "float32", 16, 1, 480).half_operands
+    r = solve_fused(H100, "elman", "float32", 16, 1, 528)
+    assert not r and r.reason.endswith("(and none with a cluster of any size or R in shared memory or fp16 operands "
+                                       "either)"), r.reason
     assert "either" not in solve_fused(A100, "slstm", "bfloat16", 16, 1, 704, direction="backward").reason
 
 
@@ -842,7 +850,7 @@ def test_r_in_shared_memory_is_the_fallback():
         gr = COUNTS[function][1]
         assert prm.r_bytes_smem + prm.r_bytes_registers == gr * D * D * 2 // prm.blocks_per_head
         assert prm.template_args()["FLASHRNN_R_SMEM"] == prm.r_ktiles_in_smem
-    assert not solve_fused(H100, "lstm", "float32", 16, 1, 768)  # R's hi and lo parts fit no cluster
+    assert not solve_fused(H100, "lstm", "float32", 16, 1, 1024)  # R (8 MB as fp16 operands) fits no cluster
     assert not solve_fused(A100, "lstm", "bfloat16", 16, 1, 128)  # no clusters: R stays in registers
 
 
@@ -851,7 +859,7 @@ def test_odd_clusters_only_where_no_power_of_two_takes_the_head():
     cluster splits into whole warps' dims (lstm D = 144: 18 of its 8-dim groups; 16-bit lstm D = 640's backward),
     and nothing else: every head a power-of-two cluster takes keeps its choice, and GPUs without clusters gain
     nothing."""
-    off = problems.KernelModel(any_cluster_size=False)
+    off = problems.KernelModel(any_cluster_size=False, f32_half_operand_stages=False)
     for function, dtype, D, direction, cluster, scatter in (
             ("lstm", "bfloat16", 144, "forward", 6, False), ("gru", "bfloat16", 160, "forward", 5, False),
             ("lstm", "float32", 112, "forward", 7, False), ("elman", "bfloat16", 208, "inference", 13, False),
@@ -874,7 +882,7 @@ def test_r_in_shared_memory_on_any_cluster_is_the_last_stage():
     (ANY_CLUSTER_REGISTERS): 16-bit gru 2x384 runs forward on 8-block clusters with 7 of R's k-tiles in shared
     memory, float32 lstm 5x144 on 3 blocks, float32 lstm 1x224's backward on 7; float32 elman D = 560 and 16-bit gru
     D = 480 forward have no launch."""
-    off = problems.KernelModel(any_cluster_size=False)
+    off = problems.KernelModel(any_cluster_size=False, f32_half_operand_stages=False)
     stages = problems._stages(problems.DEFAULT_MODEL, H100, "gru", "bfloat16", 384, "forward")
     last = [s.r_shared_any_cluster for s in stages]
     assert last[-1] and not any(last[:-1]) and stages[-1].r_shared_any_cluster_margin > 0
@@ -906,11 +914,11 @@ def test_all_feasible_enumerates_the_problem():
         best = solve_fused(hw, function, dtype, B, N, D)
         assert best.step_cycles == cycles[0]
         assert [p.step_cycles for p in problems.top_k(hw, function, dtype, B, N, D, k=3)] == cycles[:3]
-    assert problems.all_feasible(H100, "lstm", "float32", 16, 1, 768) == []
+    assert problems.all_feasible(H100, "lstm", "float32", 16, 1, 1024) == []
 
 
 def test_unexplained_infeasible_is_quick_and_says_so():
-    r = solve_fused(H100, "lstm", "float32", 16, 1, 768, explain=False)
+    r = solve_fused(H100, "lstm", "float32", 16, 1, 1024, explain=False)
     assert not r and r.conflict == () and "not explained" in r.reason
     assert solve_fused(H100, "lstm", "bfloat16", 16, 12, 64, explain=False)
 
@@ -1003,14 +1011,14 @@ def test_tuning_solves_a_key_once_a_process(tmp_path, monkeypatch):
     monkeypatch.setattr(tuning, "solve_fused", lambda *a, **k: calls.append(a) or real(*a, **k))
     (tmp_path / "missing").write_text("a file where the cache directory should be: nothing can be stored")
     for _ in range(3):
-        assert not tuning.choose(H100, "lstm", "float32", 16, 7771, 768)
+        assert not tuning.choose(H100, "lstm", "float32", 16, 7771, 1024)
         assert tuning.choose(H100, "lstm", "bfloat16", 16, 7771, 64)
     assert len(calls) == 2
 
 
 def test_tuning_infeasible_is_not_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("FLASHRNN_CORE_CACHE", str(tmp_path))
-    assert not tuning.choose(H100, "lstm", "float32", 16, 1, 768)
+    assert not tuning.choose(H100, "lstm", "float32", 16, 1, 1024)
     assert not list(tmp_path.rglob("*.json"))
 
 
@@ -1235,3 +1243,30 @@ def test_cluster_prefetch_depth_follows_the_measurements():
 def _config(params: dict) -> tuple:
     return (params["blocks_per_head"], params["k_split"], params.get("whole_k", False), params["batch_ntiles"],
             params["prefetch_steps"], params.get("fused_dr", False), params.get("r_ktiles_in_smem", 0))
+
+
+def test_float32_half_operands_only_where_the_split_fits_nothing():
+    """float32 forwards hold R and h as bf16 hi + lo wherever a launch takes them; the last stages
+    (KernelModel.f32_half_operands) take the heads none does with one fp16 operand each, TF32's precision:
+    lstm, slstm and gru D = 768 on 16-block clusters. Never 16-bit storage, never the backward (its drs has no
+    bounded range), and the define reaches the kernel only where set."""
+    for function in ("lstm", "slstm", "gru"):
+        for direction in ("forward", "inference"):
+            assert not solve_fused(H100, function, "float32", 16, 1, 768, direction=direction,
+                                   model=problems.KernelModel(f32_half_operand_stages=False)), function
+            half = solve_fused(H100, function, "float32", 16, 1, 768, direction=direction)
+            assert half and half.half_operands and half.blocks_per_head == 16, (function, direction)
+            assert half.template_args()["FLASHRNN_F32_HALF"] == 1 and "fp16 operands" in half.summary()
+            assert half.r_bytes_registers + half.r_bytes_smem == COUNTS[function][1] * 768 * 768 * 2 // 16
+        assert not solve_fused(H100, function, "float32", 16, 1, 768, direction="backward", explain=False)
+    for function, D in itertools.product(CELLS, (64, 256, 512)):  # the split takes these: no fp16 operands
+        split = solve_fused(H100, function, "float32", 16, 1, D)
+        assert split and not split.half_operands and "FLASHRNN_F32_HALF" not in split.template_args()
+    for dtype in ("bfloat16", "float16"):
+        assert not solve_fused(H100, "lstm", dtype, 16, 1, 768).half_operands
+    with pytest.raises(ValueError, match="float32 forwards only"):
+        problems.geometry("lstm", "bfloat16", 768, half_operands=True)
+    with pytest.raises(ValueError, match="float32 forwards only"):
+        problems.geometry("lstm", "float32", 768, "backward", half_operands=True)
+    geo = problems.geometry("lstm", "float32", 768, half_operands=True)
+    assert (geo.split, geo.mma_split, geo.itemsize) == (1, 1, 4)

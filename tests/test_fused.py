@@ -22,6 +22,12 @@ from conftest import relative_error as _rel  # (the name these tests use)
 
 DTYPES = {"float32": _arrays.float32, "bfloat16": _arrays.bfloat16, "float16": _arrays.float16}
 TOL = {"float32": 1e-4, "bfloat16": 2e-2, "float16": 2e-2}  # SPEC.md, relative to a float64 reference
+TF32_TOL = 1e-3  # SPEC.md's float32 where TF32 matrix units are used: float32 heads with fp16 operands
+
+
+def _tolerance(dtype_name, *launches):
+    """SPEC's tolerance for these launches: TF32's where any holds float32 as fp16 operands (FLASHRNN_F32_HALF)."""
+    return TF32_TOL if any(launch.choice.half_operands for launch in launches) else TOL[dtype_name]
 
 # (B, T, N, D, initial states): odd B, B = 1 and 256, T = 1 and 2, D = 48 (an odd number of k-tiles), every
 # D of the issue; the B = 256 x 12 heads shape makes the solver pick wider batch tiles; D >= 256 (and float32
@@ -46,6 +52,7 @@ SHAPES = [
     (3, 4, 1, 144, True),  # clusters of 3 and 6 blocks (no power-of-two cluster splits D = 144 into warps' dims)
     (5, 6, 1, 208, False),  # 13-block clusters (lstm, slstm, elman)
     (4, 3, 2, 192, True),  # float32 gru: 6-block clusters with part of R in shared memory (r_shared_any_cluster)
+    (3, 4, 1, 640, False),  # float32: fp16 operands (KernelModel.f32_half_operands), as D = 768
 ]
 
 
@@ -101,7 +108,9 @@ def test_forward_matches_vanilla(function, dtype_name, shape, poisoned):
     states, saved = cupy.asnumpy(out.states), cupy.asnumpy(out.saved)
     assert states.shape == ref.states.shape and states.dtype == dtype
     assert saved.shape == (B, T, CELLS[function].n_saved, N, D) and saved.dtype == dtype
-    tol = TOL[dtype_name]
+    backend, problem = fused.FusedBackend(), validate(*dev, function=function)
+    launches = [backend.params(problem, save) for save in (True, False)]
+    tol = _tolerance(dtype_name, *launches)
     for s, name in enumerate(CELLS[function].state_names):
         err = _rel(states[s], ref.states[s])
         assert err < tol, f"state {name}: relative error {err:.2e} >= {tol:g}"
@@ -115,8 +124,7 @@ def test_forward_matches_vanilla(function, dtype_name, shape, poisoned):
     for s, name in enumerate(CELLS[function].state_names):
         err = _rel(infer_states[s], ref.states[s])
         assert err < tol, f"inference state {name}: relative error {err:.2e} >= {tol:g}"
-    backend, problem = fused.FusedBackend(), validate(*dev, function=function)
-    saving, inference = (backend.params(problem, save).choice for save in (True, False))
+    saving, inference = (launch.choice for launch in launches)
     if saving.template_args() == {k: v for k, v in inference.template_args().items() if k != "FLASHRNN_SAVE"}:
         np.testing.assert_array_equal(infer_states, states)
 
@@ -165,9 +173,9 @@ def _pinned_match_vanilla(function, dtype_name, configs, B, T, N, D, seed, lengt
     dev = [cupy.asarray(a) for a in host]
     problem = validate(*dev, function=function, lengths=None if lengths is None else cupy.asarray(lengths))
     ref = fc.forward(*[a.astype(np.float64) for a in host], function=function, backend="vanilla", lengths=lengths)
-    tol = TOL[dtype_name]
     for config in configs:
         label = fused.launch_of(config).spec.label
+        tol = TF32_TOL if config.half_operands else TOL[dtype_name]
         backend = pinned(config)
         states, saved = (cupy.asnumpy(a) for a in backend.forward(problem, *dev))
         for s, name in enumerate(CELLS[function].state_names):
@@ -178,6 +186,16 @@ def _pinned_match_vanilla(function, dtype_name, configs, B, T, N, D, seed, lengt
         infer, none = backend.forward(problem, *dev, save=False)
         assert none is None
         np.testing.assert_array_equal(cupy.asnumpy(infer), states, err_msg=label)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("function, D", [("lstm", 96), ("gru", 112), ("elman", 176)])
+def test_one_block_half_operands_match_vanilla(function, D, poisoned):
+    """float32 heads that an A100 (no clusters) holds in one block only as fp16 operands
+    (KernelModel.f32_half_operands): that one-block kernel, pinned on this GPU."""
+    choice = solve_fused(A100, function, "float32", 9, 2, D)
+    assert choice and choice.half_operands and choice.blocks_per_head == 1, choice
+    _pinned_match_vanilla(function, "float32", [choice], 9, 7, 2, D, "one block, fp16 operands")
 
 
 @pytest.mark.gpu
@@ -230,6 +248,51 @@ def test_slstm_initial_normalisers_off_a_steps_range(backend, dtype_name, poison
         assert err < tol, f"state {name}: relative error {err:.2e} >= {tol:g}"
 
 
+def _half_operand_inputs(function, B, T, D, seed):
+    """float32 inputs of a head that the fused forward holds as fp16 operands on this GPU, or a skip."""
+    import cupy
+
+    rng = np.random.default_rng(seed)
+    host = _inputs(rng, function, _arrays.float32, B, T, 1, D, True)
+    dev = [cupy.asarray(a) for a in host]
+    params = fused.FusedBackend()._choose(validate(*dev, function=function))
+    if isinstance(params, str):
+        pytest.skip(params)
+    assert params.choice.half_operands, params.choice.summary()
+    return host, dev
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("function", ["lstm", "gru"])
+def test_float32_half_operands_hold_tf32_tolerance_over_long_sequences(function, poisoned):
+    """SPEC's float32 tolerance where TF32 matrix units are used (1e-3) at T = 1024, where the fp16 operands'
+    rounding has the most steps to grow (float32 1x768, KernelModel.f32_half_operands)."""
+    host, dev = _half_operand_inputs(function, 2, 1024, 768, 5)
+    out = fc.forward(*dev, function=function, backend="cuda_fused")
+    ref = fc.forward(*[a.astype(np.float64) for a in host], function=function, backend="vanilla")
+    states = out.states.get()
+    for s, name in enumerate(CELLS[function].state_names):
+        err = _rel(states[s], ref.states[s])
+        assert err < TF32_TOL, f"state {name}: relative error {err:.2e} >= {TF32_TOL:g}"
+    assert np.isfinite(states).all()
+
+
+@pytest.mark.gpu
+def test_float32_half_operands_saturate_and_keep_nans(poisoned):
+    """fp16 operands saturate a float32 entry of R beyond fp16's range to +-65504 instead of making it inf (whose
+    product with a zero h is NaN), and a NaN in R stays a NaN (common/mma.cuh split)."""
+    host, dev = _half_operand_inputs("lstm", 2, 3, 768, 6)
+    Wx, R, b, states0 = dev
+    R[0, 0, 5, 7] = 1e30
+    R[1, 0, 9, :] = -1e30
+    states0[0, :, :, :, 7] = 0.0  # h_0 of the dim that meets the huge entry: 0 * inf would be NaN
+    out = fc.forward(Wx, R, b, states0, function="lstm", backend="cuda_fused").states.get()
+    assert np.isfinite(out).all()
+    R[2, 0, 3, 4] = np.nan
+    out = fc.forward(Wx, R, b, states0, function="lstm", backend="cuda_fused").states.get()
+    assert np.isnan(out[0, :, :, 0, 3]).all()  # h of dim 3: every step (its gate z read the NaN)
+
+
 @pytest.mark.gpu
 def test_auto_picks_fused_and_falls_back():
     import cupy
@@ -239,7 +302,7 @@ def test_auto_picks_fused_and_falls_back():
     assert fc.forward(*small, function="lstm").backend == "cuda_fused"
     assert fc.forward(*[cupy.asarray(a) for a in _inputs(rng, "lstm", _arrays.bfloat16, 2, 3, 1, 768, False)[:3]],
                       function="lstm").backend == "cuda_fused"  # R partly in shared memory, one 16-block cluster
-    big = [cupy.asarray(a) for a in _inputs(rng, "lstm", _arrays.float32, 2, 3, 1, 768, False)[:3]]
+    big = [cupy.asarray(a) for a in _inputs(rng, "lstm", _arrays.float32, 2, 3, 1, 1024, False)[:3]]
     problem = validate(*big, function="lstm")
     expected = next(name for name in AUTO_ORDER if why_not(name, problem) is None)  # "cuda" where it is built
     assert expected != "cuda_fused" and fc.forward(*big, function="lstm").backend == expected
@@ -270,9 +333,14 @@ def test_unsupported_says_why(function):
     """ConstrINT's Infeasible becomes the refusal, with the binding constraints in words."""
     reason = fused.choose(function, _arrays.bfloat16, 16, 1, 24, hardware=H100)
     assert isinstance(reason, str) and "D=24" in reason and "D divisible by 16" in reason
-    if function != "elman":  # float32 D=768: R's hi and lo parts (9.4 MB for lstm) fit no 16-block cluster
-        reason = fused.choose(function, _arrays.float32, 16, 1, 768, hardware=H100)
-        assert isinstance(reason, str) and "D=768" in reason and ("registers" in reason or "shared memory" in reason)
+    if function != "elman":  # (elman's R, one gate, is a quarter of lstm's)
+        # float32 D=1024: R (8 MB for lstm even as fp16 operands) fits no 16-block cluster
+        reason = fused.choose(function, _arrays.float32, 16, 1, 1024, hardware=H100)
+        assert isinstance(reason, str) and "D=1024" in reason and ("registers" in reason or "shared memory" in reason)
+        # float32 D=768: R's hi and lo parts (9.4 MB for lstm) fit no cluster, fp16 ones do
+        launch = fused.choose(function, _arrays.float32, 16, 1, 768, hardware=H100)
+        assert launch.choice.half_operands and dict(launch.spec.defines)["FLASHRNN_F32_HALF"] == "1", launch
+        assert " f16ops" in launch.spec.label
     # bf16 D=768: R partly in shared memory, one 16-block cluster a head (the fallback: all of R in registers first)
     launch = fused.choose(function, _arrays.bfloat16, 16, 1, 768, hardware=H100)
     assert not isinstance(launch, str) and launch.cluster == 16, launch
@@ -287,6 +355,21 @@ def test_unsupported_says_why(function):
     assert launch.smem_bytes <= H100.smem_per_block_optin
     launch = fused.choose(function, _arrays.bfloat16, 16, 3, 256, hardware=H100)
     assert not isinstance(launch, str) and launch.cluster > 1 and launch.grid == (3 * launch.cluster, 2)
+
+
+def test_half_operands_are_said_in_the_log(monkeypatch, caplog):
+    """A float32 forward at TF32's precision says so, once a kernel, on the "flashrnn_core" logger."""
+    from types import SimpleNamespace
+
+    launch = fused.choose("lstm", _arrays.float32, 16, 1, 768, hardware=H100)
+    monkeypatch.setattr(fused, "choose", lambda *a, **k: launch)
+    fused.say_half_operands.cache_clear()
+    problem = SimpleNamespace(function="lstm", dtype=_arrays.float32, B=16, N=1, D=768, device=None)
+    with caplog.at_level("INFO", logger="flashrnn_core"):
+        for _ in range(2):
+            assert fused.FusedBackend().params(problem) is launch
+    said = [r.getMessage() for r in caplog.records if "fp16 operands" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(launch.spec.label) and "TF32" in said[0]
 
 
 def test_launch_is_the_solver_choice():

@@ -96,7 +96,7 @@ def test_nothing_stored_when_nothing_ran(tmp_path, monkeypatch):
     shape = tune.Shape("lstm", "bfloat16", 16, 12, 64)
     tuned = tune.measure_all(shape, tune.candidates(H100, shape, 2), lambda p: 1 / 0)
     assert tuned.best is None and tune.store_best(H100, tuned) is None
-    reason = tune.candidates(H100, tune.Shape("lstm", "float32", 16, 1, 768), 2)
+    reason = tune.candidates(H100, tune.Shape("lstm", "float32", 16, 1, 1024), 2)
     assert isinstance(reason, str) and "registers" in reason
 
 

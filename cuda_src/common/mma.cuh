@@ -96,6 +96,41 @@ template <class Op> __device__ __forceinline__ unsigned pack2(Op lo, Op hi) {
     return op_bits(lo) | (op_bits(hi) << 16);
 }
 
+}  // namespace mma
+
+// How a storage type reaches the tensor cores: the 16-bit operand type, and how many operands (hi, lo) represent
+// one value. float32 storage takes bf16 hi + lo (16 significant bits together, each product hi*hi + hi*lo + lo*hi:
+// relative error about 1e-5, inside SPEC's 1e-4); or, where the solver found no launch that holds R twice over
+// (FLASHRNN_F32_HALF=1: float32 lstm, slstm and gru D = 768, ...: constrint.problems.KernelModel.f32_half_operands),
+// one fp16 operand, as many bits as TF32's (relative error about 1e-4, inside SPEC's 1e-3 for TF32 matrix units) in
+// half the registers of TF32's 32-bit operands, at the 16-bit mma's rate. fp16's range is narrower than TF32's:
+// values beyond it saturate to +-65504 (split), never inf.
+#ifndef FLASHRNN_F32_HALF
+#define FLASHRNN_F32_HALF 0
+#endif
+template <class T> struct OperandOf;
+template <> struct OperandOf<__nv_bfloat16> { using Op = __nv_bfloat16; static constexpr int SPLIT = 1; };
+template <> struct OperandOf<__half> { using Op = __half; static constexpr int SPLIT = 1; };
+#if FLASHRNN_F32_HALF
+template <> struct OperandOf<float> { using Op = __half; static constexpr int SPLIT = 1; };
+#else
+template <> struct OperandOf<float> { using Op = __nv_bfloat16; static constexpr int SPLIT = 2; };
+#endif
+
+// v ~ out[0] + out[1] + ...: the first operand is v rounded, each further one the rounded remainder. In a float32
+// kernel with fp16 operands v first saturates to fp16's finite range; min/max.NaN keep a NaN a NaN (fminf would
+// turn it into the bound). 16-bit storage needs no clamp: its values are operands already, and h is a cell's
+// output within [-1, 1].
+template <class Op, int SPLIT> __device__ __forceinline__ void split(float v, Op (&out)[SPLIT]) {
+    if constexpr (FLASHRNN_F32_HALF != 0 && SPLIT == 1) {
+        asm("max.NaN.f32 %0, %0, 0fC77FE000;\n\tmin.NaN.f32 %0, %0, 0f477FE000;" : "+f"(v));  // -+65504
+    }
+    out[0] = mma::to_op<Op>(v);
+    if constexpr (SPLIT == 2) out[1] = mma::to_op<Op>(v - mma::op_to_float(out[0]));
+}
+
+namespace mma {
+
 // 16-byte asynchronous copy global -> shared, bypassing L1; when `valid` is false nothing is read and the
 // 16 destination bytes are zero-filled (src-size 0), so padded rows never hold stale data.
 __device__ __forceinline__ void cp_async_16(unsigned dst, const void* src, bool valid) {

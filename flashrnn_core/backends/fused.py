@@ -10,11 +10,15 @@ saved values, docs/architecture.md "Saved tensors"), so any backend's backward c
 Parameters: ConstrINT (``flashrnn_core.constrint``) is the one chooser. ``choose`` asks
 ``constrint.tuning.choose_for_device`` (the on-disk tuning cache, where a measured entry from
 ``python -m flashrnn_core.tune`` wins over the solver's) and turns its ``FusedParams`` into a ``Launch``
-(``launch_of``, the one conversion). A shape the solver finds infeasible (D not a multiple of 16, R too large
-for the registers of a block or of a cluster, no clusters before sm_90, ...) is refused with the binding
-constraints in words, and ``auto`` falls back to ``cuda``. The inference forward (``save=False``: nothing will
-run backward, so the kernel writes the states only) has a solve of its own (direction "inference": the forward's
-variables with fewer outputs to price), so it may run another geometry than the forward that saves.
+(``launch_of``, the one conversion). A shape the solver finds infeasible (D not a multiple of 16, R too large for
+the registers of a block or of a cluster, no clusters before sm_90, ...) is refused with the binding constraints in
+words, and ``auto`` falls back to ``cuda``. float32 heads whose R fits no launch as bf16 hi + lo (on an H100 lstm,
+slstm and gru D = 768 and, on clusters of 3-16 blocks, most of D = 336-720 of every cell; on an A100,
+without clusters, lstm D = 80-96, gru 80-112, elman 144-192) hold R and h as one fp16 operand each: TF32's
+precision, SPEC's 1e-3 (``KernelModel.f32_half_operands``; their labels say "f16ops", and ``say_half_operands`` logs
+it). The inference forward (``save=False``: nothing will run backward, so the kernel writes the states only) has a
+solve of its own (direction "inference": the forward's variables with fewer outputs to price), so it may run another
+geometry than the forward that saves.
 ``kernel_variants`` lists exactly the kernels the solver can choose on the CI presets (``VARIANT_HARDWARE`` x
 cells x dtypes x ``VARIANT_DIMS`` x ``VARIANT_BATCHES`` x ``VARIANT_HEADS``).
 
@@ -39,6 +43,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -117,6 +122,7 @@ def launch_of(choice: FusedParams) -> Launch:
         if choice.blocks_per_head > 1 or choice.k_split > 1:
             label += f" cluster{choice.blocks_per_head} ksplit{choice.k_split}" + (" wholek" if choice.whole_k else "")
             label += f" dma{choice.dma_warps}" if choice.dma_warps else ""
+        label += " f16ops" if choice.half_operands else ""
     if choice.r_ktiles_in_smem:
         label += f" rsmem{choice.r_ktiles_in_smem}"
     if choice.direction == "inference":
@@ -219,6 +225,14 @@ def _read_variant_choices(path: Path) -> list[tuple[FusedParams, int]] | None:
         return None
 
 
+@lru_cache(maxsize=None)
+def say_half_operands(label: str) -> None:
+    """Log, once a kernel, that a float32 forward runs at TF32's precision (``KernelModel.f32_half_operands``)."""
+    logging.getLogger("flashrnn_core").info(
+        "%s: float32 R and h reach the tensor cores as fp16 operands, TF32's precision (SPEC: 1e-3): no launch "
+        "holds them as bf16 hi + lo; backend='cuda' keeps float32's", label)
+
+
 def _empty(shape, dtype):
     """Output allocation (one place, so tests can hand out NaN-poisoned memory and check it is overwritten)."""
     import cupy
@@ -257,6 +271,8 @@ class FusedBackend(Backend):
         params = self._choose(problem, save)
         if isinstance(params, str):
             raise ValueError(f"backend: 'cuda_fused' cannot run {problem.label()}: {params}")
+        if params.choice.half_operands:
+            say_half_operands(params.spec.label)
         return params
 
     def spec(self, problem, params: Launch):

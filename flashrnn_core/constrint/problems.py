@@ -62,7 +62,8 @@ from .solver import Expr, Infeasible, Problem, Var, divides, predicate
 #: 17: heads no power-of-two cluster takes may take a cluster of any size up to the GPU's largest (last stages).
 #: 18: ... and, for heads nothing else takes, R partly in shared memory on clusters of any size.
 #: 19: the backward weighs the scatter-cluster kernel against cluster kernels that run in more than one wave.
-MODEL_VERSION = 19
+#: 20: float32 forwards that nothing else takes hold R and h as one fp16 operand (f32_half_operands, last stages).
+MODEL_VERSION = 20
 
 MMA_M, MMA_N, MMA_K = 16, 8, 16  # mma.sync m16n8k16 (bf16/fp16 operands, float32 accumulators)
 
@@ -106,6 +107,16 @@ class KernelModel:
     r_shared_any_cluster_margin: int = 8
     r_shared_any_cluster_forward_spills: tuple[tuple[str, str, int | None], ...] = (
         ("elman", "float32", None), ("gru", "bfloat16", 480), ("gru", "float16", 480))
+    #: float32 storage, forward: R and h as one fp16 operand each (common/mma.cuh OperandOf, FLASHRNN_F32_HALF), not
+    #: bf16 hi + lo: TF32's precision (SPEC's 1e-3 for TF32 matrix units), half of R's bytes and a third of the mma.
+    #: Set by ``_stages`` on its last stages, for the float32 forwards that nothing else takes (H100: lstm, slstm
+    #: and gru D = 768, whose R is 7-9.4 MB split, more than 16 SMs hold, and most of D = 336-720 on clusters of 3-16
+    #: blocks; A100: lstm D = 80-96, gru 80-112, elman 144-192 in one block): a float32 caller gets
+    #: SPEC's 1e-4 wherever a launch gives it. Not the backward: its operand drs is a gradient, of no bounded range,
+    #: which fp16 would flush to zero where a loss is small (those heads' backward runs on ``cuda``).
+    f32_half_operands: bool = False
+    #: ... whether ``_stages`` offers those stages at all (False: float32 forwards with split operands only)
+    f32_half_operand_stages: bool = True
     ksplits: tuple[int, ...] = (1, 2)
     #: fused_fw.cu Tile::WHOLE_K: the k_split = 2 warps of a row set may each run the whole K (the mma twice, no
     #: partial sums) and split the batch columns only. (0,): the K-split kernel only.
@@ -161,6 +172,9 @@ class KernelModel:
     #: Where some of R's k-tiles live in shared memory (16-bit storage, one batch n-tile): R's registers one
     #: for one, plus this times the estimate of everything else (REGISTER_FIT, last paragraph).
     reg_rest_with_smem: Fraction = Fraction(28, 25)
+    #: ... and for float32 kernels with fp16 operands (``f32_half_operands``) and DMA warps, whose compute warps
+    #: ptxas compiled in fewer registers than the rule gives their 4-byte copies (F32_HALF_REGISTERS).
+    reg_rest_with_smem_f32_half_dma: Fraction = Fraction(77, 100)
     #: Added to the estimate. The fit cleared every spill by 8 against a cap that ignored the warp allocation
     #: granularity (``Hardware.warp_alloc_unit``); against the true cap two spilling kernels of 14 and 9 warps
     #: (elman D=224, lstm D=144 on a 2-block cluster) were estimated 1-2 registers below it: 4 rejected them.
@@ -359,6 +373,28 @@ for small clusters. So: a margin of 8, and those forward heads keep R in registe
 386 variants, all spill-free (sm_90, NVRTC 12.9).
 """
 
+#: How the fp16-operand float32 forwards' register rule was set (documentation; ``KernelModel.f32_half_operands``,
+#: ``reg_rest_with_smem_f32_half_dma``):
+F32_HALF_REGISTERS = """
+ptxas -v (NVRTC 12.9, sm_90) of fused_fw.cu with FLASHRNN_F32_HALF=1 on 16-block clusters, one batch n-tile, against
+the rule's estimate (R's registers one for one, 28/25 of the rest):
+cell   D    k_split  DMA  R k-tiles in smem  prefetch  estimate  ptxas (spill bytes)
+lstm   768  1        2    25-28              1-3       272-297   255 (0)
+lstm   768  1        2    29-30              1-3       257-265   246-248 (0)
+lstm   768  1        0    27-30              1-3       251-275   255 (0)
+slstm  768  1        2    26-28              1-3       286-302   255 (0)
+slstm  768  1        2    29-30              1-3       270-278   247-248 (0)
+slstm  768  1        0    27-28              1-3       281-289   255 (16-52)
+gru    768  2        0    10-14              1-3       234-282   251-255 (0)
+gru    768  2        0    9                  3         ~294      255 (28)
+With DMA warps the rule overestimates by 20-40 registers: the copies, whose 16-byte pieces float32 storage
+doubles, are the DMA warps' work, not the compute warps'. Their rest at 77/100 instead of 28/25 admits lstm D = 768
+with 26 k-tiles of R in shared memory and slstm with 27 (the most that fit the shared memory next to float32's
+stages), both clean; without DMA warps the rule stays (at 77/100 the any-size cluster heads of D = 432-720 that it
+admitted spilled 4-52 bytes in 21 of 134 builds). The 110 kernels the stages add (compile --list before and after)
+compile spill-free for sm_80 and sm_90 (NVRTC 12.9 here; 13.0 on the H200).
+"""
+
 #: How the forward's latency constants were chosen (documentation; the numbers live in ``KernelModel``):
 LATENCY_CALIBRATION = """
 The structure (a block's step as a dependent chain lengthened where the warps sharing a scheduler run out of issue
@@ -554,7 +590,7 @@ class Geometry:
     states: int
     n_saved: int
     itemsize: int  # storage bytes
-    split: int  # operands per value (float32: bf16 hi + lo)
+    split: int  # operands per value (float32: bf16 hi + lo, or one fp16 where half_operands)
     mma_split: int  # mma per product (float32: hi*hi + hi*lo + lo*hi)
     mg: int
     kg: int
@@ -567,6 +603,8 @@ class Geometry:
     #: values per cell the output staging holds (shared memory, the copy-out's registers): the inference kernel
     #: writes fewer (``stream_out``) but keeps the forward's staging, so that one geometry compiles both ways
     staged_out: int = 0
+    #: float32 storage reaching the tensor cores as one fp16 operand (``KernelModel.f32_half_operands``)
+    half_operands: bool = False
 
     def staged_state_rows(self, h_prev) -> Any:
         """Backward: state rows of 8 sequences a stage holds (fused_bw.cu Staging: the previous states the cells
@@ -601,8 +639,9 @@ class Geometry:
 DIRECTIONS = ("forward", "inference", "backward")
 
 
-def geometry(function: str, dtype, D: int, direction: str = "forward") -> Geometry:
-    """The problem's fixed shape, from the cell's counts (``cells.CELLS``, the one table of them)."""
+def geometry(function: str, dtype, D: int, direction: str = "forward", half_operands: bool = False) -> Geometry:
+    """The problem's fixed shape, from the cell's counts (``cells.CELLS``, the one table of them);
+    ``half_operands``: float32 storage as one fp16 operand (``KernelModel.f32_half_operands``; the forward only)."""
     from ..cells import CELLS
 
     if function not in CELLS:
@@ -611,13 +650,16 @@ def geometry(function: str, dtype, D: int, direction: str = "forward") -> Geomet
         raise ValueError(f"direction: expected one of {', '.join(DIRECTIONS)}, got {direction!r}")
     cell = CELLS[function]
     itemsize = _itemsize(dtype)
-    split = 2 if itemsize == 4 else 1
+    if half_operands and (itemsize != 4 or direction == "backward"):
+        raise ValueError(f"half_operands: float32 forwards only, got {_dtype_name(dtype)} {direction}")
+    split = 2 if itemsize == 4 and not half_operands else 1
     if direction != "backward":
         # in: Wx (gw); out: states (S) and, training, saved pre-activations; x is held until the pointwise step.
         written = cell.states + (cell.n_saved if direction == "forward" else 0)
         return Geometry(function, direction, _dtype_name(dtype), D, cell.gates_w, cell.gates_r, cell.states,
                         cell.n_saved, itemsize, split, 3 if split == 2 else 1, cell.gates_r, 1, cell.gates_w,
-                        written, cell.states, cell.gates_w, staged_out=cell.states + cell.n_saved)
+                        written, cell.states, cell.gates_w, staged_out=cell.states + cell.n_saved,
+                        half_operands=half_operands)
     # in: saved (n_saved), previous states (S) and upstream state gradients (S); out: dWx (gw).
     return Geometry(function, direction, _dtype_name(dtype), D, cell.gates_w, cell.gates_r, cell.states,
                     cell.n_saved, itemsize, split, 3 if split == 2 else 1, 1, cell.gates_r, cell.n_saved + 2 * cell.states,
@@ -725,6 +767,8 @@ class FusedParams:
     #: forward, clusters: this many more warps a block (``threads_per_block`` counts them) copy and send h while the
     #: others compute (fused_fw.cu Tile::DMA)
     dma_warps: int = 0
+    #: forward, float32 storage: R and h as one fp16 operand each, TF32's precision (``KernelModel.f32_half_operands``)
+    half_operands: bool = False
 
     def template_args(self) -> dict[str, int]:
         """The -D parameters of cuda_src/fused_fw.cu (or fused_bw.cu for a backward choice) as it stands
@@ -740,12 +784,13 @@ class FusedParams:
                     "FLASHRNN_STORE_DRS": int(self.stores_drs), "FLASHRNN_FUSED_DR": int(self.fused_dr),
                     "FLASHRNN_CLUSTER": self.blocks_per_head, "FLASHRNN_R_SMEM": self.r_ktiles_in_smem,
                     "FLASHRNN_THREADS": self.threads_per_block, "FLASHRNN_SMEM_BYTES": self.smem_bytes}
-        # (FLASHRNN_WHOLE_K and FLASHRNN_DMA_WARPS only where set: the other kernels keep the defines, and so the
-        # cache keys, they had; FLASHRNN_SAVE=0, last, makes the inference kernel)
+        # (FLASHRNN_WHOLE_K, FLASHRNN_DMA_WARPS and FLASHRNN_F32_HALF only where set: the other kernels keep the
+        # defines, and so the cache keys, they had; FLASHRNN_SAVE=0, last, makes the inference kernel)
         return {"FLASHRNN_D": self.D, "FLASHRNN_NBT": self.batch_ntiles, "FLASHRNN_PREFETCH": self.prefetch_steps,
                 "FLASHRNN_CLUSTER": self.blocks_per_head, "FLASHRNN_KSPLIT": self.k_split,
                 **({"FLASHRNN_WHOLE_K": 1} if self.whole_k else {}),
                 **({"FLASHRNN_DMA_WARPS": self.dma_warps} if self.dma_warps else {}),
+                **({"FLASHRNN_F32_HALF": 1} if self.half_operands else {}),
                 "FLASHRNN_R_SMEM": self.r_ktiles_in_smem, "FLASHRNN_THREADS": self.threads_per_block,
                 "FLASHRNN_SMEM_BYTES": self.smem_bytes,
                 **({"FLASHRNN_SAVE": 0} if self.direction == "inference" else {})}
@@ -776,7 +821,8 @@ class FusedParams:
         return (f"{self.function} {self.dtype} {self.direction} B={self.B} N={self.N} D={self.D} on {self.hardware}: "
                 f"{where} per head, {self.batch_tile} sequences x {self.threads_per_block} threads "
                 f"(k_split {self.k_split}{', whole K' if self.whole_k else ''}"
-                f"{f', {self.dma_warps} DMA warps' if self.dma_warps else ''}), prefetch {self.prefetch_steps}, "
+                f"{f', {self.dma_warps} DMA warps' if self.dma_warps else ''}"
+                f"{', fp16 operands' if self.half_operands else ''}), prefetch {self.prefetch_steps}, "
                 f"R in smem {self.r_ktiles_in_smem}/{self.ktiles_per_warp} k-tiles, {self.smem_bytes} B smem, "
                 f"~{self.registers_estimate} regs "
                 f"(cap {self.register_cap}), grid {self.grid}, {self.waves} wave(s), ~{self.step_cycles:.0f} "
@@ -810,7 +856,7 @@ def build_fused(hw: Hardware, function: str, dtype, B: int, N: int, D: int, dire
 
         geometry(function, dtype, D, direction)  # (validates the names)
         return build_backward(hw, function, dtype, B, N, D, model)
-    geo = geometry(function, dtype, D, direction)
+    geo = geometry(function, dtype, D, direction, half_operands=model.f32_half_operands)
     p = Problem()
     kt = max(1, geo.kt)
     r_shared_allowed = _r_in_shared_memory_allowed(model, hw, geo)
@@ -865,8 +911,11 @@ def _resources(geo: Geometry, m: KernelModel, v: dict[str, Var]) -> tuple[Expr, 
     rest_estimate = m.reg_margin + (1 + m.reg_margin_fraction) * rest
     # R's registers at the fit's cost; or, with R partly in shared memory (r_shared = 1), one for one and the
     # rest at reg_rest_with_smem times its estimate (REGISTER_FIT, last paragraph).
+    rest_factor = m.reg_rest_with_smem
+    if geo.half_operands:  # (with DMA warps: F32_HALF_REGISTERS)
+        rest_factor = rest_factor + (m.reg_rest_with_smem_f32_half_dma - rest_factor) * dma
     regs = (rest_estimate + (1 + m.reg_margin_fraction) * m.reg_per_r * r_regs * (1 - r_shared)
-            + r_shared * (r_regs + (m.reg_rest_with_smem - 1) * rest_estimate + any_cluster_margin(m)))
+            + r_shared * (r_regs + (rest_factor - 1) * rest_estimate + any_cluster_margin(m)))
     # Shared memory, as Tile in fused_fw.cu: h (or dg) double-buffered over all K columns (+8 pad), the input
     # stages (prefetch + 1) over this block's columns (+16 B pad), split-K partial sums, staged outputs (two
     # buffers), mbarriers, and R's k-tiles kept in shared memory (512 B per m16k16 operand tile).
@@ -1186,7 +1235,8 @@ def _stages(model: KernelModel, hw: Hardware, function: str, dtype, D: int, dire
     ``KernelModel.bw_clusters_weighed_from_d`` on; below, one block a head first, clusters only for heads whose
     R^T no block holds; and last, on GPUs with clusters, the scatter-cluster kernel
     (``KernelModel.bw_scatter``), which is weighed against the first feasible cluster stage (``_weighed_with``);
-    then each cluster stage again with clusters of every size (``KernelModel.any_cluster_size``)."""
+    then each cluster stage again with clusters of every size (``KernelModel.any_cluster_size``); and last, for a
+    float32 forward, every stage again with fp16 operands (``KernelModel.f32_half_operands``)."""
     stages = []
     geo = geometry(function, dtype, D, direction)
     weighed_from = model.bw_clusters_weighed_from(function)
@@ -1201,6 +1251,8 @@ def _stages(model: KernelModel, hw: Hardware, function: str, dtype, D: int, dire
         spilled = direction != "backward" and any(
             (f, d) == (function, geo.dtype) and e in (None, D) for f, d, e in model.r_shared_any_cluster_forward_spills)
         stages += _any_size_stages(stages, tuple(range(1, hw.max_cluster + 1)), r_shared=not spilled)
+    if geo.itemsize == 4 and direction != "backward" and model.f32_half_operand_stages:
+        stages += [replace(s, f32_half_operands=True) for s in stages]
     return stages
 
 
@@ -1297,7 +1349,8 @@ def solve_fused(hardware: Hardware, function: str, dtype, B: int, N: int, D: int
                                    ("a cluster of any size", odd_sizes and hardware.clusters),
                                    ("R in shared memory", any(s.r_in_shared_memory for s in stages[1:])
                                     or any(s.r_shared_any_cluster for s in stages)),
-                                   ("a scatter cluster", any(s.bw_scatter for s in stages[1:])))
+                                   ("a scatter cluster", any(s.bw_scatter for s in stages[1:])),
+                                   ("fp16 operands", any(s.f32_half_operands for s in stages)))
              if on]
     return _in_words(first, f" (and none with {' or '.join(added)} either)" if added else "")
 
@@ -1408,5 +1461,5 @@ def params_from(fp: FusedProblem, values: dict[str, int]) -> FusedParams:
         register_cap=register_cap(hw, threads), blocks_per_sm=int(e["blocks_per_sm"]),
         grid=(fp.N * cluster, math.ceil(fp.B / (MMA_N * nbt))), waves=int(e["waves"]), step_cycles=e["total"],
         step_us=hw.cycles_to_us(e["total"]), breakdown=breakdown, whole_k=bool(values["wholek"]),
-        dma_warps=fp.model.dma_warps * values.get("dma", 0))
+        dma_warps=fp.model.dma_warps * values.get("dma", 0), half_operands=geo.half_operands)
 
