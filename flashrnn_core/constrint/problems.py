@@ -355,7 +355,8 @@ to no spills. Stop 29 let float32 storage into the rule (it was 16-bit only, for
 it adds on the H100/H200 presets (forward lstm and slstm D = 256, 384, 512, gru 256 and 512, elman 512 and 768,
 each with its inference twin; backward elman D = 768; all 16-block clusters, one n-tile) compile spill-free
 for sm_90 at 104-255 registers, and the GPU tests pass on them. float32 lstm, slstm and gru D = 768 stay out:
-R is 9.4 MB (lstm) in float32, more than the registers and shared memory of 16 SMs hold.
+R is 9.4 MB (lstm) in float32, more than the registers and shared memory of 16 SMs hold (stop 47 runs their
+forward with fp16 operands, half the bytes: F32_HALF_REGISTERS).
 """
 
 #: How the any-size clusters' register margin was set (documentation; the numbers live in ``KernelModel``):
