@@ -25,16 +25,18 @@ from flashrnn_core.runtime import KernelSpec, compile_spec  # noqa: E402
 from bench.bw_smem_register_data import fewest_clean, spills  # noqa: E402
 
 GATES_R = {"lstm": 4, "slstm": 4, "gru": 3, "elman": 1}
-STORAGE = {"bfloat16": ("__nv_bfloat16", "1"), "float32": ("float", "0")}  # (type, fast activations)
+#: (type, fast activations, more defines): "float32-half" is float32 storage with fp16 operands (FLASHRNN_F32_HALF)
+STORAGE = {"bfloat16": ("__nv_bfloat16", "1", ()), "float32": ("float", "0", ()),
+           "float32-half": ("float", "0", (("FLASHRNN_F32_HALF", "1"),))}
 
 
 def resources(function: str, warps: int, r_smem: int, D: int = 768, dtype: str = "bfloat16", cluster: int = 16,
               prefetch: int = 1):
-    storage, fast = STORAGE[dtype]
+    storage, fast, more = STORAGE[dtype]
     defines = (("FLASHRNN_CELL", CELL_STRUCTS[function]), ("FLASHRNN_STORAGE", storage),
                ("FLASHRNN_FAST_ACTIVATIONS", fast), ("FLASHRNN_D", str(D)), ("FLASHRNN_SCATTER", "1"),
                ("FLASHRNN_WARPS", str(warps)), ("FLASHRNN_PREFETCH", str(prefetch)), ("FLASHRNN_CLUSTER", str(cluster)),
-               ("FLASHRNN_R_SMEM", str(r_smem)), ("FLASHRNN_STORE_DRS", "1" if function == "gru" else "0"))
+               ("FLASHRNN_R_SMEM", str(r_smem)), ("FLASHRNN_STORE_DRS", "1" if function == "gru" else "0"), *more)
     spec = KernelSpec(source=BW_SOURCE, entry=BW_ENTRY, defines=defines, label=f"{function} scatter {dtype} "
                       f"D{D} w{warps} rsmem{r_smem}", min_sm=90)
     return compile_spec(spec, "sm_90").resources

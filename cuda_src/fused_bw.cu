@@ -23,7 +23,8 @@
 //   * outputs: dWx[:, t] (= the cell's dx) and drs[:, t] (for dR, a GEMM after the kernel); db is a sum over
 //     those after the kernel too (deterministic: no atomics anywhere).
 // float32 storage: as in the forward, R^T and drs are each split into bf16 hi + lo and multiplied as
-// hi*hi + hi*lo + lo*hi.
+// hi*hi + hi*lo + lo*hi; or, in the scatter kernel where that fits nothing (FLASHRNN_F32_HALF), one fp16 operand
+// each, drs scaled by a power of two a batch row (ScatterTile::SCALED, CellLanes::write_scaled).
 //
 // ---- Per-step latency, 12x64 LSTM bf16, B=16 (estimated BEFORE measuring; H100 ~1.75-1.98 GHz) --------------
 //   barrier (4 warps)                                             ~ 25 cycles
@@ -114,6 +115,7 @@ template <class Cell, class T, int D_, int DB_, int P_, bool STORE_DRS_, int THR
     using Op = typename OperandOf<T>::Op;
     static constexpr int SPLIT = OperandOf<T>::SPLIT;
     static constexpr bool KEEP = SPLIT == 1;  // per-thread addresses pinned in registers (common/pieces.cuh, keep)
+    static constexpr bool SCALED = false;     // drs scaled a batch row on its way to the mma (ScatterTile::SCALED)
     static constexpr int D = D_, DB = DB_, BT = 8, P = P_, NS = P_ + 2, THREADS = THREADS_;
     static constexpr int GW = Cell::GW, GR = Cell::GR, GB = Cell::GB, S = Cell::S, NSAVED = Cell::NSAVED;
     static constexpr int CH = 16 / int(sizeof(T));           // elements in a 16-byte piece
@@ -504,6 +506,7 @@ template <class K> __device__ __forceinline__ constexpr int cell_col(int m) {
 template <class K, class Cell, class T> struct CellLanes {
     static constexpr unsigned ET = sizeof(T), E = sizeof(typename K::Op);
     float carry[K::CELLS][K::S];
+    float pending[K::SCALED ? K::CELLS : 1][K::GR];  // K::SCALED: this step's drs, until write_scaled
     float dbacc[K::CELLS][K::GB] = {};  // db, summed over the steps
     int length[K::CELLS];
     unsigned live;  // bit m: cell m's batch row is < B
@@ -564,12 +567,9 @@ template <class K, class Cell, class T> struct CellLanes {
             for (int gate = 0; gate < K::GB; ++gate) dbacc[m][gate] += live && running ? db[gate] : 0.f;
 #pragma unroll
             for (int gate = 0; gate < K::GR; ++gate) {
-                typename K::Op parts[K::SPLIT];
-                split(live && running ? drs[gate] : 0.f, parts);
-#pragma unroll
-                for (int s = 0; s < K::SPLIT; ++s)
-                    st_shared_b16(drs_out0 + drs_off + E * ((s * K::BT + rm) * K::KROW + gate * K::GATE_COLS + cm),
-                                  mma::op_bits(parts[s]));
+                const float v = live && running ? drs[gate] : 0.f;
+                if constexpr (K::SCALED) pending[m][gate] = v;
+                else store_drs(m, gate, v, drs_off);
             }
             const unsigned staged = staged0 + out_off + ET * (rm * K::GO * K::ROW + cm);
 #pragma unroll
@@ -580,6 +580,50 @@ template <class K, class Cell, class T> struct CellLanes {
                 for (int gate = 0; gate < K::GR; ++gate)
                     st_shared_f<T>(staged + ET * (K::GW + gate) * K::ROW, running ? drs[gate] : 0.f);
         }
+    }
+
+    // drs of cell m and `gate` into the drs buffer `drs_off` bytes past buffer 0, as mma operands.
+    __device__ __forceinline__ void store_drs(int m, int gate, float v, unsigned drs_off) const {
+        const int rm = cell_row<K>(m), cm = cell_col<K>(m);
+        typename K::Op parts[K::SPLIT];
+        split(v, parts);
+#pragma unroll
+        for (int s = 0; s < K::SPLIT; ++s)
+            st_shared_b16(drs_out0 + drs_off + E * ((s * K::BT + rm) * K::KROW + gate * K::GATE_COLS + cm),
+                          mma::op_bits(parts[s]));
+    }
+
+    // K::SCALED (float32 storage with fp16 operands): the step's drs, held back by `step`, into the drs buffer
+    // scaled by a power of two a batch row, so that the row's largest value lands in [2^14, 2^15). fp16's range
+    // then holds any gradient: a row's values down to 2^-38 of its largest keep fp16's 11 bits (smaller ones round
+    // to subnormals or zero, below what float32 sums of them resolve). A lane's cells are one row (2 c4 + ks); the
+    // row's largest is over the block's cells of it, the 8 lanes of its c4 in each of the MB cell warps of its ks:
+    // shuffles, then shared memory (`scales`: [MB][BT] floats, then each row's 1/scale [BT]) and a barrier of the
+    // cell warps (barrier 1). The product multiplies each column of its partials by the row's 1/scale, exactly
+    // (powers of two). max.NaN keeps a NaN a NaN; an inf or NaN row takes the smallest scale and stays so.
+    __device__ __forceinline__ void write_scaled(unsigned scales, unsigned drs_off, int ks, int wm, int lane) const {
+        float big = 0.f;
+#pragma unroll
+        for (int m = 0; m < K::CELLS; ++m)
+#pragma unroll
+            for (int gate = 0; gate < K::GR; ++gate) big = max_nan(big, fabsf(pending[m][gate]));
+#pragma unroll
+        for (int x = 4; x < 32; x *= 2) big = max_nan(big, __shfl_xor_sync(0xffffffffu, big, x));
+        const int row = 2 * (lane % 4) + ks;
+        if (lane < 4) st_shared_f<float>(scales + 4u * unsigned(wm * K::BT + row), big);
+        asm volatile("bar.sync 1, %0;" ::"n"(K::CELL_WARPS * 32) : "memory");
+#pragma unroll
+        for (int w = 0; w < K::MB; ++w)
+            big = max_nan(big, ld_shared_f<float>(scales + 4u * unsigned(w * K::BT + row)));
+        const int e = (__float_as_int(big) >> 23) & 0xff;  // biased exponent: 0 for a row of zeros
+        const int shift = e == 0 ? 0 : max(-126, min(126, 141 - e));  // big * 2^shift in [2^14, 2^15)
+        const float scale = __int_as_float((127 + shift) << 23);
+#pragma unroll
+        for (int m = 0; m < K::CELLS; ++m)
+#pragma unroll
+            for (int gate = 0; gate < K::GR; ++gate) store_drs(m, gate, pending[m][gate] * scale, drs_off);
+        if (wm == 0 && lane < 4)
+            st_shared_f<float>(scales + 4u * unsigned(K::MB * K::BT + row), __int_as_float((127 - shift) << 23));
     }
 
     // After step 0: the gradient on the initial states (dh: the recurrent term into h_{-1}).
@@ -856,14 +900,18 @@ struct ScatterTile : Staging<Cell, T, D_, D_ / CL_, P_, STORE_DRS_, 32 * W_, fal
     // 2.695 (bench/results/phases/2026-12-03-h200-scatter-partials.txt; dWx moved by at most 1 bf16 ulp).
     // float32 storage keeps the partials in float32 (16 bytes; SPEC's float32 tolerance, 1e-4, is below bf16's
     // rounding), ordered (0, 2, 1, 3) so that each of the lane's two cell warps reads its two as one 8-byte load.
-    static constexpr int PIECE = SPLIT == 1 ? 8 : 16;     // bytes of one lane's partial of one M tile
+    static constexpr int PIECE = sizeof(T) == 2 ? 8 : 16;  // bytes of one lane's partial of one M tile
     static constexpr int SLOT_BYTES = MB * 32 * PIECE;   // one block's partial for another: [MB][32 lanes][PIECE]
     static constexpr int RECV_BUF_BYTES = CL * SLOT_BYTES, RECV_BYTES_ALL = 2 * RECV_BUF_BYTES;
     static constexpr int BAR_BYTES = 16;                 // two mbarriers (one per receive buffer)
     // R^T's shared-memory tiles as A-fragments in lane order, [WARPS][SPLIT][RST][32 lanes][4 registers].
     static constexpr int R_BYTES = WARPS * SPLIT * RST * 512;
+    // float32 storage with fp16 operands (FLASHRNN_F32_HALF; R^T saturates to fp16's range, CellLanes::write_scaled
+    // scales drs): each batch row's largest drs over a cell warp's cells, [MB][BT], and the row's 1/scale, [BT].
+    static constexpr bool SCALED = sizeof(T) == 4 && SPLIT == 1;
+    static constexpr int SCALE_BYTES = SCALED ? (MB + 1) * BT * 4 : 0;
     static constexpr int SMEM_BYTES =
-        BUF_BYTES + RECV_BYTES_ALL + STAGE_BYTES_USED + OUT_BYTES_USED + BAR_BYTES + R_BYTES;
+        BUF_BYTES + RECV_BYTES_ALL + STAGE_BYTES_USED + OUT_BYTES_USED + BAR_BYTES + R_BYTES + SCALE_BYTES;
     static constexpr unsigned RECV_BYTES = unsigned((CL - 1) * SLOT_BYTES);  // from the other blocks, a step
     static constexpr bool FUSED_DR = false;
     static constexpr int DR_TILES = 0, TPW = 1;
@@ -963,11 +1011,14 @@ __device__ __forceinline__ void matmul_scatter(float (&acc)[NI][4], const Scatte
 // at `at` (this lane's place in slot `rank`, M tile 0) counted by its mbarrier `bar` (local addresses).
 template <class K, int I0, int NI>
 __device__ __forceinline__ void scatter_pass(const ScatterRegs<K>& a, unsigned r_lane, unsigned addr, int mt0,
-                                             unsigned rank, unsigned at, unsigned bar) {
+                                             unsigned rank, unsigned at, unsigned bar, float2 unscale) {
     float acc[NI][4];
     matmul_scatter<K, I0, NI>(acc, a, r_lane, addr);
 #pragma unroll
     for (int i = 0; i < NI; ++i) {
+        if constexpr (K::SCALED) {  // columns 2 c4 (entries 0, 2) and 2 c4 + 1 (1, 3): drs's rows' 1/scale
+            acc[i][0] *= unscale.x, acc[i][2] *= unscale.x, acc[i][1] *= unscale.y, acc[i][3] *= unscale.y;
+        }
         const int mt = mt0 + I0 + i;
         const unsigned to = unsigned(mt / K::MB), local = at + unsigned(mt % K::MB * 32 * K::PIECE);
 #ifdef FLASHRNN_ABLATE_EXCHANGE  // measurement knob: every partial stays in this block (wrong results)
@@ -1002,6 +1053,7 @@ __device__ __forceinline__ void backward_scatter(const Args<T> A) {
     const unsigned bars =
         mma::smem_u32(smem + K::RECV_BYTES_ALL + K::BUF_BYTES + K::STAGE_BYTES_USED + K::OUT_BYTES_USED);
     const unsigned rsm = bars + K::BAR_BYTES;  // R^T's shared-memory k-tiles
+    const unsigned scales = rsm + K::R_BYTES;  // (K::SCALED: the drs rows' largest values and 1/scale)
     constexpr int E = int(sizeof(Op));
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c4 = lane % 4;
@@ -1028,6 +1080,8 @@ __device__ __forceinline__ void backward_scatter(const Args<T> A) {
     load_rt_scatter<K>(a, r_lane, A.R, n, A.N, d0, mt0, g, c4);
     // drs_T = 0: the last step gets no gradient through R.
     for (int i = threadIdx.x; i < K::BUF_ELEMS; i += K::THREADS) buf[i] = mma::to_op<Op>(0.f);
+    if constexpr (K::SCALED)  // (1/scale of drs_T's rows: the product multiplies its zeros by them)
+        if (threadIdx.x < K::BT) st_shared_f<float>(scales + 4u * unsigned(K::MB * K::BT + threadIdx.x), 1.f);
 
     CellLanes<K, Cell, T> cells(A, stages, obuf, buf, b0, n, d0, 0, ks, wm, lane);
     // ldmatrix x2: lanes 0-15 address rows (batch) l % 8 at k offset 8 * (l / 8) of the k-tile.
@@ -1075,9 +1129,12 @@ __device__ __forceinline__ void backward_scatter(const Args<T> A) {
         {
             const unsigned addr = row, at = sent0 + (t & 1) * RECV_BUF;
             const unsigned bar = bars + 8 * (t & 1);
-            scatter_pass<K, 0, K::PASS>(a, r_lane, addr, mt0, rank, at, bar);
+            float2 unscale = make_float2(1.f, 1.f);
+            if constexpr (K::SCALED)
+                ld_shared_f2<float>(scales + 4u * unsigned(K::MB * K::BT + 2 * c4), unscale.x, unscale.y);
+            scatter_pass<K, 0, K::PASS>(a, r_lane, addr, mt0, rank, at, bar, unscale);
             if constexpr (K::MPW > K::PASS)
-                scatter_pass<K, K::PASS, K::MPW - K::PASS>(a, r_lane, addr, mt0, rank, at, bar);
+                scatter_pass<K, K::PASS, K::MPW - K::PASS>(a, r_lane, addr, mt0, rank, at, bar, unscale);
         }
         PHASE(1, 0.f)  // the product and the partials' sends (issued)
         if constexpr (!copies_first) copies(t);
@@ -1112,8 +1169,12 @@ __device__ __forceinline__ void backward_scatter(const Args<T> A) {
                     dh[1] += __uint_as_float(ks == 0 ? v.y << 16 : v.y & 0xffff0000u);
                 }
             }
-            if (t < 0) cells.store_dinit(A, dh, b0, n, d0, ks, wm, lane);
-            else cells.step(dh, t, stage * STAGE, 0, 0);
+            if (t < 0) {
+                cells.store_dinit(A, dh, b0, n, d0, ks, wm, lane);
+            } else {
+                cells.step(dh, t, stage * STAGE, 0, 0);
+                if constexpr (K::SCALED) cells.write_scaled(scales, 0, ks, wm, lane);
+            }
             PHASE(4, dh[0])  // the partials' sum and the cells
         }
         if (t < 0) break;

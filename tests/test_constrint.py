@@ -1246,10 +1246,11 @@ def _config(params: dict) -> tuple:
 
 
 def test_float32_half_operands_only_where_the_split_fits_nothing():
-    """float32 forwards hold R and h as bf16 hi + lo wherever a launch takes them; the last stages
-    (KernelModel.f32_half_operands) take the heads none does with one fp16 operand each, TF32's precision:
-    lstm, slstm and gru D = 768 on 16-block clusters. Never 16-bit storage, never the backward (its drs has no
-    bounded range), and the define reaches the kernel only where set."""
+    """float32 forwards and backwards hold R (R^T) as bf16 hi + lo wherever a launch takes them; the last stages
+    (KernelModel.f32_half_operands) take the heads none does with one fp16 operand each, TF32's precision: the
+    forward of lstm, slstm and gru D = 768 on 16-block clusters, the backward of gru D = 768 on scatter clusters
+    (drs scaled a batch row; lstm and slstm's float32 stages and partials leave R^T too little shared memory).
+    Never 16-bit storage, never weighed against a split launch, and the define reaches the kernel only where set."""
     for function in ("lstm", "slstm", "gru"):
         for direction in ("forward", "inference"):
             assert not solve_fused(H100, function, "float32", 16, 1, 768, direction=direction,
@@ -1258,15 +1259,20 @@ def test_float32_half_operands_only_where_the_split_fits_nothing():
             assert half and half.half_operands and half.blocks_per_head == 16, (function, direction)
             assert half.template_args()["FLASHRNN_F32_HALF"] == 1 and "fp16 operands" in half.summary()
             assert half.r_bytes_registers + half.r_bytes_smem == COUNTS[function][1] * 768 * 768 * 2 // 16
-        assert not solve_fused(H100, function, "float32", 16, 1, 768, direction="backward", explain=False)
+        backward = solve_fused(H100, function, "float32", 16, 1, 768, direction="backward", explain=False)
+        assert bool(backward) == (function == "gru"), function
+        if backward:
+            assert backward.scatter and backward.half_operands and backward.template_args()["FLASHRNN_F32_HALF"] == 1
+    # elman D = 768's split launches hold their own: the fp16-operand scatter stage is not weighed against them
+    for B, N in ((16, 1), (64, 12)):
+        assert not solve_fused(H100, "elman", "float32", B, N, 768, direction="backward").half_operands
     for function, D in itertools.product(CELLS, (64, 256, 512)):  # the split takes these: no fp16 operands
         split = solve_fused(H100, function, "float32", 16, 1, D)
         assert split and not split.half_operands and "FLASHRNN_F32_HALF" not in split.template_args()
     for dtype in ("bfloat16", "float16"):
         assert not solve_fused(H100, "lstm", dtype, 16, 1, 768).half_operands
-    with pytest.raises(ValueError, match="float32 forwards only"):
+    with pytest.raises(ValueError, match="float32 storage only"):
         problems.geometry("lstm", "bfloat16", 768, half_operands=True)
-    with pytest.raises(ValueError, match="float32 forwards only"):
-        problems.geometry("lstm", "float32", 768, "backward", half_operands=True)
-    geo = problems.geometry("lstm", "float32", 768, half_operands=True)
-    assert (geo.split, geo.mma_split, geo.itemsize) == (1, 1, 4)
+    for direction in problems.DIRECTIONS:
+        geo = problems.geometry("lstm", "float32", 768, direction, half_operands=True)
+        assert (geo.split, geo.mma_split, geo.itemsize) == (1, 1, 4)

@@ -112,6 +112,45 @@ def test_backward_matches_vanilla(function, dtype_name, case, poisoned):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("scale", [1e-12, 1.0, 1e20])
+@pytest.mark.parametrize("function, D", [("gru", 768), ("lstm", 576)])
+def test_half_operand_backward_scales_each_batch_row(function, D, scale, poisoned):
+    """float32 gru D = 768's and lstm D = 576's backward holds drs as fp16 operands (fused_bw.cu
+    ScatterTile::SCALED): a power of two a batch row keeps each row's gradients within fp16's range, so rows of
+    upstream gradients 1e-12 and 1e6 times another's (at 1e-12 fp16 alone would flush them to zero, at 1e20
+    overflow) each match vanilla, row by row; and two runs agree bit for bit."""
+    import cupy
+
+    B, T, N = 3, 5, 1
+    dtype = DTYPES["float32"]
+    _skip_unless_forward(function, dtype, B, N, D)
+    launch = fused.FusedBackend().bw_params(validate(
+        *[cupy.empty(s, dtype) for s in _shapes(function, B, 1, N, D)], function=function))
+    if isinstance(launch, str):
+        pytest.skip(launch)
+    assert launch.choice.scatter and launch.choice.half_operands, launch.choice.summary()
+    rng = np.random.default_rng(zlib.crc32(repr((function, scale)).encode()))
+    host = _inputs(rng, function, dtype, B, T, N, D, True)
+    rows = np.array([1.0, 1e-12, 1e6]).reshape(1, B, 1, 1, 1)
+    dh = (rng.standard_normal((1, B, T, N, D)) * scale * rows).astype(np.float32)
+    out = fc.forward(*[cupy.asarray(a) for a in host], function=function, backend="cuda_fused")
+    grads = fc.backward(out, dstates=cupy.asarray(dh))
+    again = fc.backward(out, dstates=cupy.asarray(dh))
+    ref = fc.forward(*[a.astype(np.float64) for a in host], function=function, backend="vanilla")
+    ref_grads = fc.backward(ref, dstates=dh.astype(np.float64))
+    tol = TOL["float32"] * 10  # SPEC's 1e-3 for TF32-class products
+    for name, batch_axis in (("dWx", 0), ("dstates_initial", 1)):
+        got, want = cupy.asnumpy(getattr(grads, name)), getattr(ref_grads, name)
+        for b in range(B):
+            err = _rel(np.take(got, b, axis=batch_axis), np.take(want, b, axis=batch_axis))
+            assert err < tol, f"{name} row {b} (upstream x{scale * rows.flat[b]:g}): relative error {err:.2e}"
+        assert got.tobytes() == cupy.asnumpy(getattr(again, name)).tobytes()
+    for name in ("dR", "db"):  # (sums over the rows: the largest row's)
+        err = _rel(cupy.asnumpy(getattr(grads, name)), getattr(ref_grads, name))
+        assert err < tol, f"{name}: relative error {err:.2e}"
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("function", list(CELLS))
 def test_backward_deterministic_and_fused(function):
     import cupy
@@ -217,8 +256,14 @@ def test_backward_too_large_for_one_block_says_why():
         assert launch.cluster == blocks and launch.choice.scatter and "float32" in launch.spec.label
     launch = fused.choose("gru", DTYPES["float32"], 16, 3, 256, hardware=H100, direction="backward")
     assert launch.cluster > 1 and not launch.choice.scatter and not launch.choice.r_ktiles_in_smem
-    reason = fused.choose("lstm", DTYPES["float32"], 16, 1, 768, hardware=H100, direction="backward")
-    assert isinstance(reason, str) and "scatter cluster" in reason
+    # float32 D = 768: R^T's hi + lo fit no scatter cluster; gru's fp16 operands do (drs scaled a batch row), lstm's
+    # and slstm's not (float32 stages and partials leave too little shared memory beside R^T)
+    launch = fused.choose("gru", DTYPES["float32"], 16, 1, 768, hardware=H100, direction="backward")
+    assert launch.choice.scatter and launch.choice.half_operands and " f16ops" in launch.spec.label
+    assert dict(launch.spec.defines)["FLASHRNN_F32_HALF"] == "1"
+    for function in ("lstm", "slstm"):
+        reason = fused.choose(function, DTYPES["float32"], 16, 1, 768, hardware=H100, direction="backward")
+        assert isinstance(reason, str) and "scatter cluster" in reason and "fp16 operands" in reason
 
 
 def scatter_configurations(hw, function, dtype_name, B, N, D):

@@ -121,10 +121,18 @@ template <> struct OperandOf<float> { using Op = __nv_bfloat16; static constexpr
 // kernel with fp16 operands v first saturates to fp16's finite range; min/max.NaN keep a NaN a NaN (fminf would
 // turn it into the bound). 16-bit storage needs no clamp: its values are operands already, and h is a cell's
 // output within [-1, 1].
+__device__ __forceinline__ float max_nan(float a, float b) {
+    float r;
+    asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+    return r;
+}
+__device__ __forceinline__ float min_nan(float a, float b) {
+    float r;
+    asm("min.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+    return r;
+}
 template <class Op, int SPLIT> __device__ __forceinline__ void split(float v, Op (&out)[SPLIT]) {
-    if constexpr (FLASHRNN_F32_HALF != 0 && SPLIT == 1) {
-        asm("max.NaN.f32 %0, %0, 0fC77FE000;\n\tmin.NaN.f32 %0, %0, 0f477FE000;" : "+f"(v));  // -+65504
-    }
+    if constexpr (FLASHRNN_F32_HALF != 0 && SPLIT == 1) v = min_nan(max_nan(v, -65504.f), 65504.f);
     out[0] = mma::to_op<Op>(v);
     if constexpr (SPLIT == 2) out[1] = mma::to_op<Op>(v - mma::op_to_float(out[0]));
 }

@@ -19,8 +19,9 @@ precision, SPEC's 1e-3 (``KernelModel.f32_half_operands``; their labels say "f16
 it). The inference forward (``save=False``: nothing will run backward, so the kernel writes the states only) has a
 solve of its own (direction "inference": the forward's variables with fewer outputs to price), so it may run another
 geometry than the forward that saves.
-``kernel_variants`` lists exactly the kernels the solver can choose on the CI presets (``VARIANT_HARDWARE`` x
-cells x dtypes x ``VARIANT_DIMS`` x ``VARIANT_BATCHES`` x ``VARIANT_HEADS``).
+The backward's scatter kernel does the same where nothing else takes a float32 head (gru D = 768, D = 576-672),
+scaling drs by a power of two a batch row. ``kernel_variants`` lists exactly the kernels the solver can choose on
+the CI presets (``VARIANT_HARDWARE`` x cells x dtypes x ``VARIANT_DIMS`` x ``VARIANT_BATCHES`` x ``VARIANT_HEADS``).
 
 Backward: the fused reverse-time kernel (``cuda_src/fused_bw.cu``: one block per head and 8 sequences, or a
 thread-block cluster per head where R^T does not fit one block (sm_90: each block owns a slice of the dims and
@@ -122,7 +123,7 @@ def launch_of(choice: FusedParams) -> Launch:
         if choice.blocks_per_head > 1 or choice.k_split > 1:
             label += f" cluster{choice.blocks_per_head} ksplit{choice.k_split}" + (" wholek" if choice.whole_k else "")
             label += f" dma{choice.dma_warps}" if choice.dma_warps else ""
-        label += " f16ops" if choice.half_operands else ""
+    label += " f16ops" if choice.half_operands else ""
     if choice.r_ktiles_in_smem:
         label += f" rsmem{choice.r_ktiles_in_smem}"
     if choice.direction == "inference":
@@ -227,7 +228,7 @@ def _read_variant_choices(path: Path) -> list[tuple[FusedParams, int]] | None:
 
 @lru_cache(maxsize=None)
 def say_half_operands(label: str) -> None:
-    """Log, once a kernel, that a float32 forward runs at TF32's precision (``KernelModel.f32_half_operands``)."""
+    """Log, once a kernel, that a float32 kernel runs at TF32's precision (``KernelModel.f32_half_operands``)."""
     logging.getLogger("flashrnn_core").info(
         "%s: float32 R and h reach the tensor cores as fp16 operands, TF32's precision (SPEC: 1e-3): no launch "
         "holds them as bf16 hi + lo; backend='cuda' keeps float32's", label)
@@ -320,8 +321,11 @@ class FusedBackend(Backend):
 
     def bw_params(self, problem) -> Launch | str:
         """The backward kernel's launch (ConstrINT, through the tuning cache), or why it has none."""
-        return choose(problem.function, problem.dtype, problem.B, problem.N, problem.D, device=problem.device,
-                      direction="backward")
+        params = choose(problem.function, problem.dtype, problem.B, problem.N, problem.D, device=problem.device,
+                        direction="backward")
+        if not isinstance(params, str) and params.choice.half_operands:
+            say_half_operands(params.spec.label)
+        return params
 
     def _fused_backward(self, problem, params: Launch, R, b, states0, states, saved, dstates, dlast, wx_dtype):
         from ..runtime import get_kernel, launch

@@ -367,6 +367,26 @@ prefetch 3 (``--prefetch 3``), where it differs:
 """
 
 
+#: The same for float32 storage with fp16 operands (``KernelModel.bw_scatter_reg_rest_f32_half``; rest = cap - 4 KRF):
+#: ``python bench/scatter_register_data.py --dtype float32-half --cells lstm,slstm,gru --warps 6,8,12,16
+#: [--prefetch 3]`` (stop 47).
+SCATTER_REGISTER_DATA_F32_HALF = """
+cell   warps cap  max KRF of tiles  rest   (ptxas with KRF = 0)   prefetch 3: max KRF, rest
+lstm   6     255  29 of 96          139    158                    31, 131
+lstm   8     255  33 of 72          123    142                    35, 115
+lstm   12    168  19 of 48          92     103                    19, 92
+lstm   16    128  10 of 36          88     101                    9, 92
+slstm  6     255  25 of 96          155    172                    25, 155
+slstm  8     255  29 of 72          139    160                    28, 143
+slstm  12    168  14 of 48          112    121                    13, 116
+slstm  16    128  7 of 36           100    106                    7, 100
+gru    6     255  33 of 72          123    137                    35, 115
+gru    8     255  34 of 54          119    128                    36, 111
+gru    12    168  19 of 36          92     99                     19, 92
+gru    16    128  10 of 27          88     96                     10, 88
+"""
+
+
 def build_scatter(hw: Hardware, function: str, dtype, B: int, N: int, D: int, model: "KernelModel") -> "FusedProblem":
     """The scatter-cluster backward (fused_bw.cu ``backward_scatter``) as a problem: ``cluster`` blocks a head,
     each owning ``16 * mb`` dims; ``warps`` warps, each holding ``mpw`` M tiles of 16 of every dim against the
@@ -374,7 +394,7 @@ def build_scatter(hw: Hardware, function: str, dtype, B: int, N: int, D: int, mo
     shared memory; ``2 * mb`` of the warps run the cells (two a lane)."""
     from .problems import FusedProblem, add_block_budgets, geometry
 
-    geo = geometry(function, dtype, D, "backward")
+    geo = geometry(function, dtype, D, "backward", half_operands=model.f32_half_operands)
     p = Problem()
     mt = max(1, D // 16)
     v = {
@@ -416,20 +436,22 @@ def scatter_resources(geo, m: "KernelModel", v: dict[str, Var]) -> tuple[Expr, E
     prefetch + 1 stages, one output buffer, two mbarriers, R^T's shared-memory tiles)."""
     mb, mpw, warps, rst, prefetch = (v[k] for k in ("mb", "mpw", "warps", "r_smem_tiles", "prefetch"))
     item, split = geo.itemsize, geo.split
-    rest = m.bw_scatter_reg_rest if split == 1 else m.bw_scatter_reg_rest_float32
+    rest = (m.bw_scatter_reg_rest if item == 2 else
+            m.bw_scatter_reg_rest_f32_half if geo.half_operands else m.bw_scatter_reg_rest_float32)
     regs = 4 * split * (mpw * geo.gr * mb - rst) + on_domain(warps, rest[geo.function])
     row = (16 * mb + 16 // item) * item  # one staged row of the block's dims and a 16-byte pad, bytes
     drs = split * BT * (geo.gr * 16 * mb + 8) * 2
     recv = 2 * v["cluster"] * mb * 32 * scatter_piece_bytes(geo)
     stage = (BT * geo.n_saved + BT * geo.staged_state_rows(0)) * row
     outputs = geo.gw + (geo.gr if geo.function == "gru" else 0)
-    return regs, drs + recv + (prefetch + 1) * stage + BT * outputs * row + 16 + warps * rst * split * 512
+    scales = (mb + 1) * BT * 4 if geo.half_operands else 0  # (ScatterTile::SCALE_BYTES)
+    return regs, drs + recv + (prefetch + 1) * stage + BT * outputs * row + 16 + warps * rst * split * 512 + scales
 
 
 def scatter_piece_bytes(geo) -> int:
     """Bytes of one lane's partial of one M tile (fused_bw.cu ScatterTile::PIECE): 4 bf16, or 4 floats where the
     storage is float32 (bf16 partials would round dh past SPEC's float32 tolerance)."""
-    return 8 * geo.split
+    return 4 * geo.itemsize
 
 
 def dr_after_cycles(fp: "FusedProblem") -> float:
@@ -493,4 +515,4 @@ def scatter_params_from(fp: "FusedProblem", values: dict[str, int]) -> "FusedPar
         registers_estimate=math.ceil(round(e["regs"], 6)), register_cap=register_cap(hw, threads), blocks_per_sm=1,
         grid=(fp.N * cluster, tiles), waves=int(e["waves"]), step_cycles=e["total"],
         step_us=hw.cycles_to_us(e["total"]), breakdown={k: round(float(x), 1) for k, x in e.items()}, fused_dr=False,
-        scatter=True)
+        scatter=True, half_operands=geo.half_operands)

@@ -63,7 +63,8 @@ from .solver import Expr, Infeasible, Problem, Var, divides, predicate
 #: 18: ... and, for heads nothing else takes, R partly in shared memory on clusters of any size.
 #: 19: the backward weighs the scatter-cluster kernel against cluster kernels that run in more than one wave.
 #: 20: float32 forwards that nothing else takes hold R and h as one fp16 operand (f32_half_operands, last stages).
-MODEL_VERSION = 20
+#: 21: ... and float32 backwards on scatter clusters, drs scaled a batch row (bw_scatter_reg_rest_f32_half).
+MODEL_VERSION = 21
 
 MMA_M, MMA_N, MMA_K = 16, 8, 16  # mma.sync m16n8k16 (bf16/fp16 operands, float32 accumulators)
 
@@ -112,8 +113,9 @@ class KernelModel:
     #: Set by ``_stages`` on its last stages, for the float32 forwards that nothing else takes (H100: lstm, slstm
     #: and gru D = 768, whose R is 7-9.4 MB split, more than 16 SMs hold, and most of D = 336-720 on clusters of 3-16
     #: blocks; A100: lstm D = 80-96, gru 80-112, elman 144-192 in one block): a float32 caller gets
-    #: SPEC's 1e-4 wherever a launch gives it. Not the backward: its operand drs is a gradient, of no bounded range,
-    #: which fp16 would flush to zero where a loss is small (those heads' backward runs on ``cuda``).
+    #: SPEC's 1e-4 wherever a launch gives it. The backward's scatter stage too (fused_bw.cu ScatterTile::SCALED:
+    #: drs, a gradient of no bounded range, is scaled by a power of two a batch row into fp16's): gru D = 768, and
+    #: lstm, slstm, gru D = 576 (lstm and slstm D = 768's float32 stages and partials leave R^T too little room).
     f32_half_operands: bool = False
     #: ... whether ``_stages`` offers those stages at all (False: float32 forwards with split operands only)
     f32_half_operand_stages: bool = True
@@ -315,6 +317,13 @@ class KernelModel:
     bw_scatter_reg_rest_float32: dict = field(default_factory=lambda: {
         "lstm": {4: 107, 6: 107, 8: 99, 12: 84, 16: 68}, "slstm": {4: 115, 6: 131, 8: 123, 12: 100, 16: 84},
         "gru": {4: 99, 6: 99, 8: 99, 12: 84, 16: 68}, "elman": {4: 108, 6: 108, 8: 101, 12: 99, 16: 108}})
+    #: ... and of its float32 variant with fp16 operands (``f32_half_operands``: R^T's tiles 4 registers each, float32
+    #: stages and partials, drs scaled a batch row): ``SCATTER_REGISTER_DATA_F32_HALF`` at D = 768 on 16 blocks, the
+    #: larger of prefetch 1 and 3, plus 4 (as float32's); 4 warps, not measured (no D = 768 head has them), as 6;
+    #: elman as float32's.
+    bw_scatter_reg_rest_f32_half: dict = field(default_factory=lambda: {
+        "lstm": {4: 143, 6: 143, 8: 127, 12: 96, 16: 96}, "slstm": {4: 159, 6: 159, 8: 147, 12: 120, 16: 104},
+        "gru": {4: 127, 6: 127, 8: 123, 12: 96, 16: 92}, "elman": {4: 108, 6: 108, 8: 101, 12: 99, 16: 108}})
 
 
     def bw_clusters_weighed_from(self, function: str) -> int | None:
@@ -651,8 +660,8 @@ def geometry(function: str, dtype, D: int, direction: str = "forward", half_oper
         raise ValueError(f"direction: expected one of {', '.join(DIRECTIONS)}, got {direction!r}")
     cell = CELLS[function]
     itemsize = _itemsize(dtype)
-    if half_operands and (itemsize != 4 or direction == "backward"):
-        raise ValueError(f"half_operands: float32 forwards only, got {_dtype_name(dtype)} {direction}")
+    if half_operands and itemsize != 4:
+        raise ValueError(f"half_operands: float32 storage only, got {_dtype_name(dtype)}")
     split = 2 if itemsize == 4 and not half_operands else 1
     if direction != "backward":
         # in: Wx (gw); out: states (S) and, training, saved pre-activations; x is held until the pointwise step.
@@ -665,7 +674,7 @@ def geometry(function: str, dtype, D: int, direction: str = "forward", half_oper
     return Geometry(function, direction, _dtype_name(dtype), D, cell.gates_w, cell.gates_r, cell.states,
                     cell.n_saved, itemsize, split, 3 if split == 2 else 1, 1, cell.gates_r, cell.n_saved + 2 * cell.states,
                     cell.gates_w, cell.states + cell.gates_r, cell.n_saved + cell.states, cell.bw_prev_read,
-                    cell.bw_ds_read, staged_out=cell.gates_w)
+                    cell.bw_ds_read, staged_out=cell.gates_w, half_operands=half_operands)
 
 
 _ITEMSIZE = {"bfloat16": 2, "float16": 2, "float32": 4}
@@ -779,6 +788,7 @@ class FusedParams:
             return {"FLASHRNN_D": self.D, "FLASHRNN_SCATTER": 1, "FLASHRNN_WARPS": self.warps_per_block,
                     "FLASHRNN_PREFETCH": self.prefetch_steps, "FLASHRNN_STORE_DRS": int(self.stores_drs),
                     "FLASHRNN_CLUSTER": self.blocks_per_head, "FLASHRNN_R_SMEM": self.r_ktiles_in_smem,
+                    **({"FLASHRNN_F32_HALF": 1} if self.half_operands else {}),
                     "FLASHRNN_THREADS": self.threads_per_block, "FLASHRNN_SMEM_BYTES": self.smem_bytes}
         if self.direction == "backward":
             return {"FLASHRNN_D": self.D, "FLASHRNN_KSPLIT": self.k_split, "FLASHRNN_PREFETCH": self.prefetch_steps,
@@ -1252,8 +1262,8 @@ def _stages(model: KernelModel, hw: Hardware, function: str, dtype, D: int, dire
         spilled = direction != "backward" and any(
             (f, d) == (function, geo.dtype) and e in (None, D) for f, d, e in model.r_shared_any_cluster_forward_spills)
         stages += _any_size_stages(stages, tuple(range(1, hw.max_cluster + 1)), r_shared=not spilled)
-    if geo.itemsize == 4 and direction != "backward" and model.f32_half_operand_stages:
-        stages += [replace(s, f32_half_operands=True) for s in stages]
+    if geo.itemsize == 4 and model.f32_half_operand_stages:  # (the backward: its scatter kernel only)
+        stages += [replace(s, f32_half_operands=True) for s in stages if direction != "backward" or s.bw_scatter]
     return stages
 
 
@@ -1311,7 +1321,9 @@ def _weighed_with(stages: list[KernelModel], first: int, best: FusedParams) -> l
     waves = best.blocks_per_head > 1 and best.waves > 1
     if not (in_shared_memory or waves):
         return []
-    return [s for s in stages[first + 1:] if s.bw_scatter]
+    # (never the fp16-operand stages against split ones: those are for what no split launch takes)
+    half = stages[first].f32_half_operands
+    return [s for s in stages[first + 1:] if s.bw_scatter and s.f32_half_operands == half]
 
 
 def solve_fused(hardware: Hardware, function: str, dtype, B: int, N: int, D: int, direction: str = "forward",
