@@ -117,10 +117,7 @@ template <> struct OperandOf<float> { using Op = __half; static constexpr int SP
 template <> struct OperandOf<float> { using Op = __nv_bfloat16; static constexpr int SPLIT = 2; };
 #endif
 
-// v ~ out[0] + out[1] + ...: the first operand is v rounded, each further one the rounded remainder. In a float32
-// kernel with fp16 operands v first saturates to fp16's finite range; min/max.NaN keep a NaN a NaN (fminf would
-// turn it into the bound). 16-bit storage needs no clamp: its values are operands already, and h is a cell's
-// output within [-1, 1].
+// max and min that return NaN where either argument is one (fmaxf and fminf return the other).
 __device__ __forceinline__ float max_nan(float a, float b) {
     float r;
     asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
@@ -131,6 +128,11 @@ __device__ __forceinline__ float min_nan(float a, float b) {
     asm("min.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
     return r;
 }
+
+// v ~ out[0] + out[1] + ...: the first operand is v rounded, each further one the rounded remainder. In a float32
+// kernel with fp16 operands v first saturates to fp16's finite range; min/max.NaN keep a NaN a NaN (fminf would
+// turn it into the bound). 16-bit storage needs no clamp: its values are operands already, and h is a cell's
+// output within [-1, 1].
 template <class Op, int SPLIT> __device__ __forceinline__ void split(float v, Op (&out)[SPLIT]) {
     if constexpr (FLASHRNN_F32_HALF != 0 && SPLIT == 1) v = min_nan(max_nan(v, -65504.f), 65504.f);
     out[0] = mma::to_op<Op>(v);
