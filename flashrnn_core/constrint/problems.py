@@ -651,7 +651,7 @@ DIRECTIONS = ("forward", "inference", "backward")
 
 def geometry(function: str, dtype, D: int, direction: str = "forward", half_operands: bool = False) -> Geometry:
     """The problem's fixed shape, from the cell's counts (``cells.CELLS``, the one table of them);
-    ``half_operands``: float32 storage as one fp16 operand (``KernelModel.f32_half_operands``; the forward only)."""
+    ``half_operands``: float32 storage as one fp16 operand (``KernelModel.f32_half_operands``)."""
     from ..cells import CELLS
 
     if function not in CELLS:
@@ -777,7 +777,8 @@ class FusedParams:
     #: forward, clusters: this many more warps a block (``threads_per_block`` counts them) copy and send h while the
     #: others compute (fused_fw.cu Tile::DMA)
     dma_warps: int = 0
-    #: forward, float32 storage: R and h as one fp16 operand each, TF32's precision (``KernelModel.f32_half_operands``)
+    #: float32 storage: R and h (R^T and drs, scaled) as one fp16 operand each, TF32's precision
+    #: (``KernelModel.f32_half_operands``)
     half_operands: bool = False
 
     def template_args(self) -> dict[str, int]:
