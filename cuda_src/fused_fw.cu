@@ -200,8 +200,16 @@ template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_, int R
 #endif
     static constexpr int KT = D / 16, KTW = WHOLE_K ? KT : KT / KS;  // k-tiles of the head, of one warp
     static constexpr bool PARTIALS = KS > 1 && !WHOLE_K;    // split-K partial sums meet in shared memory
-    // The first k-tile of warp ks (of the KS that share a row set).
-    __device__ __forceinline__ static constexpr int kt0_of(int ks) { return WHOLE_K ? 0 : ks * KTW; }
+    // Split-K under DMA warps: the pair's k-tiles alternate (warp ks has h's columns 2 j + ks), so that both warps
+    // go through h's slots in the order they arrive (their halves of K in a row, warp 1 would wait for the
+    // later slices while warp 0 ran). Measured (constrint/problems.py DMA_SPLIT_K): gru 1x768 forward 1.877 ->
+    // 1.622 ms with DMA warps so, elman 1.189 -> 1.003 (bf16, B=16, T=1024).
+    static constexpr bool INTERLEAVE = PARTIALS && DMA;
+    static constexpr int KSTEP = INTERLEAVE ? 2 : 1;       // h's columns (k-tiles) from one of a warp's to the next
+    // The h column (k-tile) of warp ks's j-th k-tile (of the KS that share a row set).
+    __device__ __forceinline__ static constexpr int column_of_ktile(int ks, int j) {
+        return WHOLE_K ? j : INTERLEAVE ? 2 * j + ks : ks * KTW + j;
+    }
     static constexpr int RS = RS_, KTR = KTW - RS_;         // ... of those in shared memory, in registers
     static constexpr int OWN = 2 / KS;                      // batch columns c (of 2 per lane) a warp finishes
     // Where U = 1 (and each lane finishes both of its batch columns, KS = 1), the mma leaves a lane one dim g in two
@@ -369,15 +377,17 @@ template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_, int R
         for (int j = 1; j < CL; ++j) n += group_of_slot(j) == g;
         return unsigned(n) * SLICE_BYTES;
     }
-    // The group a warp must wait for before it reads h's k-tile kt of its k-tiles (-1: its own slot, no wait).
-    __device__ __forceinline__ static constexpr int group_before_ktile(int kt) {
-        return kt < 0 || kt / SKT == 0 ? -1 : group_of_slot(kt / SKT);
+    // The group a warp must wait for before it reads its j-th k-tile (-1: its own slot, no wait). Under
+    // INTERLEAVE, the later column of the pair's two (warp 0 waits a k-tile early at most: a compile-time count).
+    __device__ __forceinline__ static constexpr int group_before_ktile(int j) {
+        const int slot = j < 0 ? 0 : column_of_ktile(KS - 1, j) / SKT;
+        return slot == 0 ? -1 : group_of_slot(slot);
     }
     static_assert(D % 16 == 0 && D % CL == 0 && DB % DW == 0, "D must be a multiple of 16 (and of CL*DW)");
     static_assert((WHOLE_K || KT % KS == 0) && (KS == 1 || KS == 2), "split-K over 1 or 2 warps");
     static_assert(CL == 1 || (DB * int(sizeof(Op))) % 16 == 0, "a block's h columns move in 16-byte pieces");
     static_assert(THREADS <= 1024, "head too large for one block");
-    static_assert(!DMA || (DB % 16 == 0 && (KS == 1 || WHOLE_K)), "DMA warp: whole k-tiles a slice, k from 0");
+    static_assert(!DMA || DB % 16 == 0, "DMA warp: whole k-tiles a slice");
     static_assert(P >= 1, "prefetch depth");
     static_assert(RS >= 0 && RS <= KTW, "R k-tiles in shared memory: some of the warp's");
 };
@@ -464,19 +474,19 @@ template <class K> __device__ __forceinline__ constexpr unsigned r_smem_offset(i
     return unsigned(((s * K::MT + m) * K::RS + r) * 512);
 }
 
-// The warp's R over its k-tiles kt0 + (0 .. KTW) of h's columns (Tile::ktile_at: R's k-tile at those columns in
-// block `rank`): the first KTR into registers, the rest into shared memory at `r_lane` (this lane's address of the
-// warp's first fragment there). The shared-memory ones go one at a time
-// (not unrolled): unrolled, ptxas hoisted all their global loads together, and the registers that took spilled.
+// Warp ks's R over its KTW k-tiles of h's columns (Tile::column_of_ktile; Tile::ktile_at: R's k-tile at those
+// columns in block `rank`): the first KTR into registers, the rest into shared memory at `r_lane` (this lane's
+// address of the warp's first fragment there). The shared-memory ones go one at a time (not unrolled): unrolled,
+// ptxas hoisted all their global loads together, and the registers that took spilled.
 template <class K, class T>
 __device__ __forceinline__ void load_r(RRegs<K>& a, unsigned r_lane, const T* __restrict__ R, int n, int N,
-                                       int drow, int kt0, int rank, int g, int c4) {
+                                       int drow, int ks, int rank, int g, int c4) {
 #pragma unroll
     for (int m = 0; m < K::MT; ++m)
 #pragma unroll
         for (int kt = 0; kt < K::KTR; ++kt) {
             unsigned f[K::SPLIT][4];
-            r_fragment<K>(f, R, n, N, drow, m, K::ktile_at(kt0 + kt, rank), g, c4);
+            r_fragment<K>(f, R, n, N, drow, m, K::ktile_at(K::column_of_ktile(ks, kt), rank), g, c4);
 #pragma unroll
             for (int s = 0; s < K::SPLIT; ++s)
 #pragma unroll
@@ -486,7 +496,7 @@ __device__ __forceinline__ void load_r(RRegs<K>& a, unsigned r_lane, const T* __
     for (int i = 0; i < K::MT * K::RS; ++i) {
         const int m = i / K::RS, r = i % K::RS;
         unsigned f[K::SPLIT][4];
-        r_fragment<K>(f, R, n, N, drow, m, K::ktile_at(kt0 + K::KTR + r, rank), g, c4);
+        r_fragment<K>(f, R, n, N, drow, m, K::ktile_at(K::column_of_ktile(ks, K::KTR + r), rank), g, c4);
 #pragma unroll
         for (int s = 0; s < K::SPLIT; ++s)
             st_shared_v4(r_lane + r_smem_offset<K>(s, m, r), make_uint4(f[s][0], f[s][1], f[s][2], f[s][3]));
@@ -509,7 +519,7 @@ __device__ __forceinline__ void load_h(unsigned (&bf)[K::SPLIT][K::NBT][K::KTW][
                 const int kt = k0 + j, k1 = kt + 1 < K::KTW ? kt + 1 : 0, k = kt < K::KTW ? kt : 0;  // (in bounds)
                 if (kt + 1 < K::KTW && j + 1 < COUNT) {
                     unsigned r[4];
-                    mma::ldmatrix_x4(r, base + 16 * kt * E);
+                    mma::ldmatrix_x4(r, base + 16 * K::KSTEP * kt * E);
                     bf[s][nb][k][0] = r[0], bf[s][nb][k][1] = r[1];
                     bf[s][nb][k1][0] = r[2], bf[s][nb][k1][1] = r[3];
                 } else if (kt < K::KTW) {
@@ -521,15 +531,15 @@ __device__ __forceinline__ void load_h(unsigned (&bf)[K::SPLIT][K::NBT][K::KTW][
                     // T=1024, inference forward; D = 16 is one k-tile, one .x2 a step): lstm 48x16 0.197 -> 0.181 ms,
                     // gru 48x16 0.195 -> 0.177, slstm 48x16 unchanged (bench/results/phases/...-cell-chains.txt).
                     unsigned r[2];
-                    mma::ldmatrix_x2(r, base + 16 * kt * E);
+                    mma::ldmatrix_x2(r, base + 16 * K::KSTEP * kt * E);
                     bf[s][nb][k][0] = r[0], bf[s][nb][k][1] = r[1];
                 }
             }
         }
 }
 
-// This lane's ldmatrix row address in h buffer `hb`: row lane % 8 of the tile, column 8 * (lane / 8) (matrix j
-// = lane / 8 is k-tile kt0 + j / 2, half j % 2), from the warp's first k-tile kt0.
+// This lane's ldmatrix row address in h buffer `hb`: row lane % 8 of the tile; matrix j = lane / 8 is half j % 2
+// of warp ks's k-tile j / 2 (Tile::column_of_ktile; load_h steps KSTEP k-tiles of h's columns from one to the next).
 // (Tile::WHOLE_K: warp ks of a pair finishes batch column 2 c4 + ks of a lane's two, and the cells select that
 // accumulator by ks, a select a gate. Swapping warp 1's h rows in pairs here, so that its column lands where warp
 // 0's does and the select goes, was measured (H200 bf16 B=16 T=1024, inference / saving forward, ms): slstm 48x16
@@ -537,8 +547,9 @@ __device__ __forceinline__ void load_h(unsigned (&bf)[K::SPLIT][K::NBT][K::KTW][
 // 0.358 -> 0.366, slstm 12x64 0.360 -> 0.367 / 0.384 -> 0.376, gru and elman 48x16 within 1%; the phase clocks put
 // 14 more cycles in h + mma, not explained. So the select stays.)
 template <class K>
-__device__ __forceinline__ unsigned ldmatrix_row(const typename K::Op* hb, int kt0, int lane) {
-    return mma::smem_u32(hb + (lane % 8) * K::HROW + 16 * kt0 + 8 * (lane / 8));
+__device__ __forceinline__ unsigned ldmatrix_row(const typename K::Op* hb, int ks, int lane) {
+    const int j = lane / 8;
+    return mma::smem_u32(hb + (lane % 8) * K::HROW + 16 * K::column_of_ktile(ks, j / 2) + 8 * (j % 2));
 }
 
 // acc = R_warp x H over the warp's k-tiles: k outermost so the independent accumulators interleave. Where a
@@ -786,6 +797,18 @@ __device__ __forceinline__ int tile_end(const int* __restrict__ lengths, int b0,
 // The step's closing barrier (barrier 0 of the whole block). Inline PTX: with a DMA warp (Tile::DMA) the compute
 // warps and the DMA warp reach it from different code, which PTX's barrier allows and __syncthreads does not say.
 __device__ __forceinline__ void step_barrier() { asm volatile("barrier.sync 0;" ::: "memory"); }
+// Split-K's partial sums (Tile::PARTIALS) are complete for every compute warp: the block's barrier, which DMA warps
+// (Tile::DMA) reach from their own code at the top of their step (dma_warps), so barrier 0 twice a step. Measured
+// against barrier 1 for the compute warps alone, which the DMA warps only arrived at (bar.sync / bar.arrive; H200 bf16
+// B=16 T=1024, forward / inference ms): gru 1x768 1.624 / 1.545 -> 1.622 / 1.541, elman 0.962 / 0.963 -> 1.003 /
+// 0.987, float32 gru 1.973 / 1.727 -> 2.015 / 1.687 (bench/results/phases/2026-12-04-h200-dma-split-k.txt). Kept for
+// compute-sanitizer: with barrier 1 its racecheck paired the DMA warps' reads of the staged outputs and of h (before
+// barrier 0) with the cells' writes of the other buffer (after it) in every such kernel, 5-11 hazards, and with it
+// none; by the barriers' order those accesses never meet (the cause in the tool is not found).
+template <class K> __device__ __forceinline__ void partials_barrier() {
+    if constexpr (K::DMA) step_barrier();
+    else __syncthreads();
+}
 
 // Tile::DMA: the block's last DMA_WARPS warps (`me`: this thread's index among them), which run no math. Each step
 // they issue the step's copies, meet the compute warps at the step's barrier, then send h_t's slice (which that
@@ -801,6 +824,7 @@ __device__ __forceinline__ void dma_warps(StepCopies<K, T>& io, unsigned hbuf0, 
     int stage = 0;  // t % NS
 #pragma unroll 1
     for (int t = 0; t < tend; ++t) {
+        if constexpr (K::PARTIALS) step_barrier();  // (the compute warps' partial sums of step t: partials_barrier)
         io.step(t, stage, tend);
         stage = stage == K::NS - 1 ? 0 : stage + 1;
         PHASE(6, 0.f)  // the copies
@@ -870,7 +894,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
 
     RRegs<K> a;
     const unsigned r_lane = keep<K::KEEP>(rsm + unsigned((warp * K::SPLIT * K::MT * K::RS * 32 + lane) * 16));
-    load_r<K>(a, r_lane, R, n, N, d0 + dloc, K::kt0_of(ks), int(rank), g, c4);
+    load_r<K>(a, r_lane, R, n, N, d0 + dloc, ks, int(rank), g, c4);
 
     // h_{-1}: every block holds all D columns of it (the compute warps write it).
     for (int i = threadIdx.x; i < K::BT * D; i += 32 * K::WARPS) {
@@ -924,8 +948,8 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
     else __syncthreads();
 
     // Loop-invariant shared-memory addresses of this lane's h rows (the critical path starts with them).
-    const unsigned hrow0 = keep<K::KEEP>(ldmatrix_row<K>(hbuf, K::kt0_of(ks), lane));
-    const unsigned hrow1 = keep<K::KEEP>(ldmatrix_row<K>(hbuf + K::H_ELEMS, K::kt0_of(ks), lane));
+    const unsigned hrow0 = keep<K::KEEP>(ldmatrix_row<K>(hbuf, ks, lane));
+    const unsigned hrow1 = keep<K::KEEP>(ldmatrix_row<K>(hbuf + K::H_ELEMS, ks, lane));
     // ... and of this lane's cells, in buffer 0: the first cell's h (every block holds all D columns), Wx in
     // stage 0, staged states and staged saved values. A cell (u, nb, cc) adds a compile-time offset (cell_row),
     // a step the buffer's offset.
@@ -1006,7 +1030,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
         if constexpr (K::SPLIT_WRITE_EARLY) io.write_outputs(t, held);  // in the mma's shadow
         if constexpr (K::PARTIALS) {
             put_partials<K>(part_mine, acc, ks);
-            __syncthreads();
+            partials_barrier<K>();
         }
         if constexpr (K::TRADE) trade_columns<K>(acc, g & 1);
         PHASE(2, x[0][0][0][0])  // Wx's reads, the copies' issue, split-K's partials

@@ -452,9 +452,10 @@ def _check_limits(hw: Hardware, function: str, dtype: str, B: int, N: int, D: in
     assert prm.dims_per_block % prm.dims_per_warp == 0
     assert prm.warps_along_dims * prm.dims_per_warp == prm.dims_per_block
     assert prm.warps_per_block == prm.warps_along_dims * prm.k_split + prm.dma_warps and prm.k_split in (1, 2)
-    # DMA warps (Tile::DMA): clusters of 8+, warps whose k-tiles start at 0, whole k-tiles a block
-    assert not prm.dma_warps or (prm.blocks_per_head >= 8 and (prm.k_split == 1 or prm.whole_k)
-                                 and prm.dims_per_block % 16 == 0 and hw.clusters)
+    # DMA warps (Tile::DMA): clusters of 8+, whole k-tiles a block; split K (Tile::INTERLEAVE) not with hi + lo
+    assert not prm.dma_warps or (prm.blocks_per_head >= 8 and prm.dims_per_block % 16 == 0 and hw.clusters)
+    split_k = prm.k_split == 2 and not prm.whole_k
+    assert not (prm.dma_warps and split_k and dtype == "float32" and not prm.half_operands)
     assert prm.threads_per_block == 32 * prm.warps_per_block <= hw.max_threads_per_block
     # forward: K = D, split over the k_split warps or run whole by each (then k_split 2)
     assert prm.ktiles_per_warp * (1 if prm.whole_k else prm.k_split) == D // 16
@@ -605,7 +606,7 @@ def test_dma_warps():
     """DMA warps (fused_fw.cu Tile::DMA: two more warps a block copy and send h while the others compute) on the
     1x768 heads of 16-bit storage, where the solver takes them: counted in the block's threads, three mbarrier
     groups a buffer in its shared memory, FLASHRNN_DMA_WARPS only where set; clusters of 8+ blocks, D >= 768
-    (``KernelModel.dma_min_D``), k-tiles from the warp's first, never without clusters; the model prices the
+    (``KernelModel.dma_min_D``), never without clusters; the model prices the
     overlap of the exchange with the mma below the same geometry without them."""
     from flashrnn_core.backends.fused import launch_of
 
@@ -628,6 +629,33 @@ def test_dma_warps():
                    for hw, N, D in ((A100, 12, 64), (H100, 12, 64), (H100, 3, 256), (H100, 1, 512)))
     given = dict(blocks_per_head=4, k_split=2, whole_k=True, prefetch_steps=8, dma_warps=2)
     assert not problems.assess(H200, "lstm", "bfloat16", 16, 12, 64, **given)  # D < 768, 4 blocks
+
+
+def test_dma_warps_with_split_k():
+    """A split-K pair with DMA warps takes alternate k-tiles (fused_fw.cu Tile::INTERLEAVE, problems.DMA_SPLIT_K):
+    the solver's choice for gru and elman D = 768 in 16-bit storage and for gru's fp16 operands, priced below the
+    same geometry without DMA warps; never for float32's hi + lo operands (measured slower: elman keeps k_split 1);
+    and with split K the fp16-operand rule's 77/100 of the rest does not apply (float32 gru with 10 k-tiles of R in
+    shared memory spilled)."""
+    for function, dtype in (("gru", "bfloat16"), ("gru", "float16"), ("elman", "bfloat16"), ("gru", "float32")):
+        for direction in ("forward", "inference"):
+            chosen = solve_fused(H100, function, dtype, 16, 1, 768, direction=direction)
+            assert chosen.dma_warps == 2 and chosen.k_split == 2 and not chosen.whole_k, (function, dtype)
+            assert chosen.half_operands == (dtype == "float32")
+            model = replace(problems.DEFAULT_MODEL, f32_half_operands=chosen.half_operands)
+            without = problems.assess(H100, function, dtype, 16, 1, 768, blocks_per_head=16, k_split=2,
+                                      prefetch_steps=chosen.prefetch_steps, model=model, direction=direction,
+                                      r_ktiles_in_smem=chosen.r_ktiles_in_smem)
+            assert without and without.step_cycles > chosen.step_cycles, (function, dtype)
+    hi_lo = solve_fused(H100, "elman", "float32", 16, 1, 768)
+    assert hi_lo.dma_warps and hi_lo.k_split == 1 and not hi_lo.half_operands
+    r = problems.assess(H100, "elman", "float32", 16, 1, 768, blocks_per_head=16, k_split=2, prefetch_steps=8,
+                        r_ktiles_in_smem=7, dma_warps=2)
+    assert not r and any("hi + lo" in n for n in r.conflict), r.conflict
+    half = replace(problems.DEFAULT_MODEL, f32_half_operands=True)
+    assert problems.solve_fused(H100, "gru", "float32", 16, 1, 768).r_ktiles_in_smem >= 11
+    assert not problems.assess(H100, "gru", "float32", 16, 1, 768, blocks_per_head=16, k_split=2, prefetch_steps=8,
+                               r_ktiles_in_smem=10, dma_warps=2, model=half)
     with pytest.raises(ValueError, match="DMA warps"):
         problems.assess(H200, "lstm", "bfloat16", 16, 1, 768, blocks_per_head=16, k_split=1, prefetch_steps=4,
                         dma_warps=1)

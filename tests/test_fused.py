@@ -201,11 +201,12 @@ def test_one_block_half_operands_match_vanilla(function, D, poisoned):
 @pytest.mark.gpu
 @pytest.mark.parametrize("varlen", [False, True], ids=["T", "lengths"])
 @pytest.mark.parametrize("dtype_name", ["bfloat16", "float16"])
-@pytest.mark.parametrize("function", ["lstm", "slstm", "gru"])
+@pytest.mark.parametrize("function", ["lstm", "slstm", "gru", "elman"])
 def test_dma_warps_match_vanilla(function, dtype_name, varlen, poisoned):
     """DMA warps (fused_fw.cu Tile::DMA: h's columns rotated a block, the exchange counted on three mbarrier groups
-    the mma wait for in turn, the copies and sends on their own warps) on every geometry the solver admits them at
-    D = 768 (16-block clusters), with an odd batch and, in turn, variable lengths."""
+    the mma wait for in turn, the copies and sends on their own warps; a split-K pair's k-tiles alternating,
+    Tile::INTERLEAVE) on every geometry the solver admits them at D = 768 (16-block clusters), with an odd batch and,
+    in turn, variable lengths."""
     from flashrnn_core.constrint.hardware import current
     from flashrnn_core.constrint.problems import all_feasible
     from flashrnn_core.tune import distinct_geometries

@@ -64,7 +64,8 @@ from .solver import Expr, Infeasible, Problem, Var, divides, predicate
 #: 19: the backward weighs the scatter-cluster kernel against cluster kernels that run in more than one wave.
 #: 20: float32 forwards that nothing else takes hold R and h as one fp16 operand (f32_half_operands, last stages).
 #: 21: ... and float32 backwards on scatter clusters, drs scaled a batch row (bw_scatter_reg_rest_f32_half).
-MODEL_VERSION = 21
+#: 22: DMA warps with split K (fused_fw.cu Tile::INTERLEAVE; 16-bit and fp16 operands): gru and elman D = 768.
+MODEL_VERSION = 22
 
 MMA_M, MMA_N, MMA_K = 16, 8, 16  # mma.sync m16n8k16 (bf16/fp16 operands, float32 accumulators)
 
@@ -403,6 +404,31 @@ with 26 k-tiles of R in shared memory and slstm with 27 (the most that fit the s
 stages), both clean; without DMA warps the rule stays (at 77/100 the any-size cluster heads of D = 432-720 that it
 admitted spilled 4-52 bytes in 21 of 134 builds). The 110 kernels the stages add (compile --list before and after)
 compile spill-free for sm_80 and sm_90 (NVRTC 12.9 here; 13.0 on the H200).
+"""
+
+#: Why DMA warps take split K since stop 48 (documentation; problems._add_constraints, fused_fw.cu Tile::INTERLEAVE):
+DMA_SPLIT_K = """
+Until stop 48 DMA warps ran with k_split 1 only (each warp's k-tiles in h's column order, from its own slot), so gru
+D = 768, whose rows (16 dims x 3 gates a warp) split K in two, ran without them. A split-K pair now takes alternate
+k-tiles (warp ks h's columns 2 j + ks), so both go through the slots in the order they arrive, and its partial sums
+meet at the block's barrier, which the DMA warps reach at the top of their step (fused_fw.cu partials_barrier says
+why not a barrier of the compute warps alone). Estimated before measuring: what DMA warps took off lstm 1x768 (-11%:
+the compute warps' wait, sends and copies). Measured (H200, B=16, T=1024, forward / inference ms, the same geometry
+without DMA warps -> the solver's choice; bench/results/phases/2026-12-04-h200-dma-split-k.txt):
+  bf16 gru 1x768     1.877 / 1.840 -> 1.622 / 1.541 (-14% / -16%)
+  bf16 elman 1x768   1.189 / 1.188 -> 1.003 / 0.987 (-16% / -17%)
+  float32 gru 1x768 (fp16 operands)  2.069 / 2.001 -> 2.015 / 1.687
+  float32 elman 1x768 (hi + lo)      k_split 1 with DMA warps 1.910 / 1.915, k_split 2 with them 2.012 / 2.000:
+                                     so not for hi + lo operands (the constraint).
+More than estimated at elman, whose step (one gate) the exchange dominates most.
+The register rule's 77/100 of the rest for fp16-operand DMA kernels (F32_HALF_REGISTERS) was measured at k_split 1:
+with split K the rest stays at 28/25 (ptxas, sm_90: float32 gru with 10 of its 24 k-tiles of R in shared memory
+spilled 24 bytes, 11-13 did not; the rule takes 13). lstm and slstm (one d-group of 8 a warp) would split K only
+with 16 dims a warp, which halves h's shared-memory reads (~70 of ~250 KB a step at 1x768): measured with that
+geometry by hand (lstm 1x768 forward 2.096 -> 1.927 ms, slstm 2.213 -> 2.075; bench/results/phases/2026-12-04-
+h200-wide-warps.txt, the kernel change as a patch), but even with the partial sums' buffer halved (a warp leaves
+only its partner's column: 6 of its 12 KB) every split of R that fits spills 8-20 bytes (ptxas at 255 registers)
+or needs 48 bytes (lstm) to 3.6 KB (slstm) more shared memory than a block has: not built.
 """
 
 #: How the forward's latency constants were chosen (documentation; the numbers live in ``KernelModel``):
@@ -924,8 +950,8 @@ def _resources(geo: Geometry, m: KernelModel, v: dict[str, Var]) -> tuple[Expr, 
     # R's registers at the fit's cost; or, with R partly in shared memory (r_shared = 1), one for one and the
     # rest at reg_rest_with_smem times its estimate (REGISTER_FIT, last paragraph).
     rest_factor = m.reg_rest_with_smem
-    if geo.half_operands:  # (with DMA warps: F32_HALF_REGISTERS)
-        rest_factor = rest_factor + (m.reg_rest_with_smem_f32_half_dma - rest_factor) * dma
+    if geo.half_operands:  # (with DMA warps, unless split K's partial sums: F32_HALF_REGISTERS)
+        rest_factor = rest_factor + (m.reg_rest_with_smem_f32_half_dma - rest_factor) * dma * (2 - ksplit + wholek)
     regs = (rest_estimate + (1 + m.reg_margin_fraction) * m.reg_per_r * r_regs * (1 - r_shared)
             + r_shared * (r_regs + (rest_factor - 1) * rest_estimate + any_cluster_margin(m)))
     # Shared memory, as Tile in fused_fw.cu: h (or dg) double-buffered over all K columns (+8 pad), the input
@@ -1023,10 +1049,13 @@ def _add_constraints(p: Problem, v: dict[str, Var], geo: Geometry, hw: Hardware,
     p.add(ktw * ksplit == max(1, geo.kt) * (1 + v["wholek"]),
           name=f"K split evenly: k-tiles per warp x k_split == {geo.kg}*D/16 (twice that for whole-K warps)")
     p.add(own * ksplit == 2, name="batch columns: each of the k_split warps finishes 2/k_split columns")
-    # DMA warps (Tile::DMA): clusters of 8+ blocks (three mbarrier groups), each warp's k-tiles from the first (k_split
-    # 1 or whole-K warps), and a block's h slice whole k-tiles (its columns are rotated by slices).
+    # DMA warps (Tile::DMA): clusters of 8+ blocks (three mbarrier groups), and a block's h slice whole k-tiles (its
+    # columns are rotated by slices; a split-K pair takes alternate k-tiles, Tile::INTERLEAVE).
     p.add(cluster >= 8 * dma, name="DMA warps: clusters of 8+ blocks")
-    p.add((ksplit - 1 - v["wholek"]) * dma == 0, name="DMA warps: k_split 1 or whole-K warps")
+    # ... but not for float32's hi + lo operands: measured (H200, B=16, T=1024, elman 1x768) 1.91 ms with k_split 1
+    # and DMA warps, 2.01 with k_split 2 (DMA_SPLIT_K says what the split gained elsewhere).
+    if geo.split > 1:
+        p.add((ksplit - 1 - v["wholek"]) * dma == 0, name="DMA warps: k_split 1 or whole-K warps (float32 hi + lo)")
     p.add(predicate(lambda wd, on: not on or (wd * geo.dims_per_warp) % MMA_K == 0, warps_d, dma,
                     label="DMA warps: a block's dims a multiple of 16"))
     p.add(v["r_smem_kt"] <= ktw, name="R k-tiles in shared memory <= k-tiles per warp")
