@@ -206,9 +206,10 @@ template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_, int R
     // 1.622 ms with DMA warps so, elman 1.189 -> 1.003 (bf16, B=16, T=1024).
     static constexpr bool INTERLEAVE = PARTIALS && DMA;
     static constexpr int KSTEP = INTERLEAVE ? 2 : 1;       // h's columns (k-tiles) from one of a warp's to the next
-    // The h column (k-tile) of warp ks's j-th k-tile (of the KS that share a row set).
+    // The h column (k-tile) of warp ks's j-th k-tile (of the KS that share a row set), and (no INTERLEAVE) its first.
+    __device__ __forceinline__ static constexpr int kt0_of(int ks) { return WHOLE_K ? 0 : ks * KTW; }
     __device__ __forceinline__ static constexpr int column_of_ktile(int ks, int j) {
-        return WHOLE_K ? j : INTERLEAVE ? 2 * j + ks : ks * KTW + j;
+        return INTERLEAVE ? 2 * j + ks : kt0_of(ks) + j;
     }
     static constexpr int RS = RS_, KTR = KTW - RS_;         // ... of those in shared memory, in registers
     static constexpr int OWN = 2 / KS;                      // batch columns c (of 2 per lane) a warp finishes
@@ -548,8 +549,12 @@ __device__ __forceinline__ void load_h(unsigned (&bf)[K::SPLIT][K::NBT][K::KTW][
 // 14 more cycles in h + mma, not explained. So the select stays.)
 template <class K>
 __device__ __forceinline__ unsigned ldmatrix_row(const typename K::Op* hb, int ks, int lane) {
-    const int j = lane / 8;
-    return mma::smem_u32(hb + (lane % 8) * K::HROW + 16 * K::column_of_ktile(ks, j / 2) + 8 * (j % 2));
+    if constexpr (K::INTERLEAVE) {
+        const int j = lane / 8;
+        return mma::smem_u32(hb + (lane % 8) * K::HROW + 16 * K::column_of_ktile(ks, j / 2) + 8 * (j % 2));
+    } else {  // (the warp's k-tiles in a row from its first)
+        return mma::smem_u32(hb + (lane % 8) * K::HROW + 16 * K::kt0_of(ks) + 8 * (lane / 8));
+    }
 }
 
 // acc = R_warp x H over the warp's k-tiles: k outermost so the independent accumulators interleave. Where a
