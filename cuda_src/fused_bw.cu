@@ -902,8 +902,26 @@ struct ScatterTile : Staging<Cell, T, D_, D_ / CL_, P_, STORE_DRS_, 32 * W_, fal
     // rounding), ordered (0, 2, 1, 3) so that each of the lane's two cell warps reads its two as one 8-byte load.
     static constexpr int PIECE = sizeof(T) == 2 ? 8 : 16;  // bytes of one lane's partial of one M tile
     static constexpr int SLOT_BYTES = MB * 32 * PIECE;   // one block's partial for another: [MB][32 lanes][PIECE]
-    static constexpr int RECV_BUF_BYTES = CL * SLOT_BYTES, RECV_BYTES_ALL = 2 * RECV_BUF_BYTES;
-    static constexpr int BAR_BYTES = 16;                 // two mbarriers (one per receive buffer)
+    // Receive buffers: two, step t's partials in buffer t & 1 (a block sends step t-2's only after it has received
+    // step t-1's, the receiver's own among them, which the receiver sends only after it has read step t's). With
+    // FLASHRNN_ONE_RECV (KernelModel.bw_scatter_one_recv: float32 lstm D = 768, whose second buffer of float32
+    // partials, 24 KB, is what R^T lacks) one: every block arrives at a relaxed cluster barrier once its cell warps
+    // have read the partials (the adds consumed the loaded values: the loads are done) and waits on it before it
+    // sends the next step's, after its cells, so the wait lands where the slowest block's cells already hold the
+    // step. problems.ONE_RECV says what it measured.
+#ifdef FLASHRNN_ONE_RECV
+    static constexpr bool ONE_RECV = FLASHRNN_ONE_RECV;
+#else
+    static constexpr bool ONE_RECV = false;
+#endif
+    static constexpr int RECV_BUFFERS = ONE_RECV ? 1 : 2;
+    static constexpr int RECV_BUF_BYTES = CL * SLOT_BYTES, RECV_BYTES_ALL = RECV_BUFFERS * RECV_BUF_BYTES;
+    static constexpr int BAR_BYTES = 16;  // an mbarrier a receive buffer (16 bytes either way: R^T's tiles follow)
+    // The receive buffer of step t, and the phase of its mbarrier that step t's partials complete.
+    __device__ __forceinline__ static constexpr int recv_buffer(int t) { return ONE_RECV ? 0 : t & 1; }
+    __device__ __forceinline__ static constexpr unsigned recv_parity(int last, int t) {
+        return unsigned(ONE_RECV ? last - t : (last - t) >> 1) & 1u;
+    }
     // R^T's shared-memory tiles as A-fragments in lane order, [WARPS][SPLIT][RST][32 lanes][4 registers].
     static constexpr int R_BYTES = WARPS * SPLIT * RST * 512;
     // float32 storage with fp16 operands (FLASHRNN_F32_HALF; R^T saturates to fp16's range, CellLanes::write_scaled
@@ -1073,7 +1091,7 @@ __device__ __forceinline__ void backward_scatter(const Args<T> A) {
         mma::cp_async_commit();
     }
     OutPieces<K, T> outcopy(A, b0, n, d0, mma::smem_u32(obuf));
-    exchange_barriers_init(bars, K::RECV_BYTES);
+    exchange_barriers_init(bars, K::RECV_BYTES, K::RECV_BUFFERS);
 
     ScatterRegs<K> a;
     const unsigned r_lane = keep<true>(rsm + unsigned((warp * K::SPLIT * K::RST * 32 + lane) * 16));
@@ -1124,11 +1142,13 @@ __device__ __forceinline__ void backward_scatter(const Args<T> A) {
         PHASE(7, 0.f)  // (the loop's own overhead, from the end of the last step)
         if constexpr (copies_first) copies(t);
         PHASE(0, 0.f)  // the copies' issue (FLASHRNN_SCATTER_COPIES_FIRST)
+        if constexpr (K::ONE_RECV)
+            if (t < last) cluster::wait();  // every block has read step t+1's partials out of the one buffer
         // Partial dh_t over this warp's M tiles from drs_{t+1}, sent to their owners' receive
-        // buffer t&1 (this block's own by a plain store: the barrier below shows it).
+        // buffer recv_buffer(t) (this block's own by a plain store: the barrier below shows it).
         {
-            const unsigned addr = row, at = sent0 + (t & 1) * RECV_BUF;
-            const unsigned bar = bars + 8 * (t & 1);
+            const unsigned addr = row, at = sent0 + K::recv_buffer(t) * RECV_BUF;
+            const unsigned bar = bars + 8 * K::recv_buffer(t);
             float2 unscale = make_float2(1.f, 1.f);
             if constexpr (K::SCALED)
                 ld_shared_f2<float>(scales + 4u * unsigned(K::MB * K::BT + 2 * c4), unscale.x, unscale.y);
@@ -1146,14 +1166,15 @@ __device__ __forceinline__ void backward_scatter(const Args<T> A) {
             // The other blocks' partials of dh_t arrive on receive buffer t&1's mbarrier: its ((last - t) / 2)-th
             // phase. Thread 0 arms it again for step t-2 (unless that is past the last round, t = -1): no block
             // sends step t-2's partials before it has received step t-1's, this block's among them, which this
-            // block sends only after this.
+            // block sends only after this. (ONE_RECV: the one buffer's (last - t)-th phase, armed again for step
+            // t-1, which no block sends before this block has arrived at the cluster barrier below.)
 #ifndef FLASHRNN_ABLATE_EXCHANGE
-            const unsigned bar = bars + 8 * (t & 1);
-            cluster::mbarrier_wait(bar, unsigned((last - t) >> 1) & 1u);
-            if (threadIdx.x == 0 && t >= 1) cluster::mbarrier_expect(bar, K::RECV_BYTES);
+            const unsigned bar = bars + 8 * K::recv_buffer(t);
+            cluster::mbarrier_wait(bar, K::recv_parity(last, t));
+            if (threadIdx.x == 0 && t >= (K::ONE_RECV ? 0 : 1)) cluster::mbarrier_expect(bar, K::RECV_BYTES);
 #endif
             PHASE(3, 0.f)  // the wait for the other blocks' partials
-            const unsigned from = summed0 + (t & 1) * RECV_BUF;
+            const unsigned from = summed0 + K::recv_buffer(t) * RECV_BUF;
 #pragma unroll
             for (int m = 0; m < K::CELLS; ++m) dh[m] = 0.f;
 #pragma unroll
@@ -1169,6 +1190,7 @@ __device__ __forceinline__ void backward_scatter(const Args<T> A) {
                     dh[1] += __uint_as_float(ks == 0 ? v.y << 16 : v.y & 0xffff0000u);
                 }
             }
+            if constexpr (K::ONE_RECV) cluster::arrive_relaxed();  // (this warp's reads of the buffer are done)
             if (t < 0) {
                 cells.store_dinit(A, dh, b0, n, d0, ks, wm, lane);
             } else {
@@ -1176,6 +1198,8 @@ __device__ __forceinline__ void backward_scatter(const Args<T> A) {
                 if constexpr (K::SCALED) cells.write_scaled(scales, 0, ks, wm, lane);
             }
             PHASE(4, dh[0])  // the partials' sum and the cells
+        } else if constexpr (K::ONE_RECV) {
+            cluster::arrive_relaxed();  // (the other warps read no partials)
         }
         if (t < 0) break;
         stage = stage == P ? 0 : stage + 1;
@@ -1184,6 +1208,7 @@ __device__ __forceinline__ void backward_scatter(const Args<T> A) {
         PHASE(5, 0.f)  // the second barrier (and the stage's wait)
     }
     mma::cp_async_wait<0>();  // no copy in flight (the tail groups are empty): the stages are free below
+    if constexpr (K::ONE_RECV) cluster::wait();  // (the last round's arrival: barrier.cluster alternates the two)
 #ifdef FLASHRNN_PHASE_CLOCKS
     PHASE_CLOCKS_WRITE(reinterpret_cast<unsigned long long*>(A.dWx + size_t(A.B) * A.Tn * K::GW * A.N * D) -
                        size_t(gridDim.x) * gridDim.y * 32 * 8)
@@ -1191,7 +1216,7 @@ __device__ __forceinline__ void backward_scatter(const Args<T> A) {
     const float no_dr[1][4] = {};
     write_partials<K, T>(A, no_dr, cells.dbacc, reinterpret_cast<float*>(stages), warp, lane, ks, wm, n, d0,
                          cell_warp);
-    exchange_barriers_exit(bars);
+    exchange_barriers_exit(bars, 1, K::RECV_BUFFERS);
 }
 
 }  // namespace fused_bw
@@ -1206,7 +1231,8 @@ __device__ __forceinline__ void backward_scatter(const Args<T> A) {
 //   FLASHRNN_CLUSTER: blocks a head (a thread-block cluster when > 1, sm_90). FLASHRNN_R_SMEM: of a warp's k-tiles
 //   of R^T, how many live in shared memory (the last ones; 0: none).
 //   FLASHRNN_SCATTER: 1 for the scatter-cluster kernel (backward_scatter: FLASHRNN_WARPS warps, FLASHRNN_R_SMEM of
-//   its KL k-tiles in shared memory; FLASHRNN_KSPLIT and FLASHRNN_FUSED_DR unused).
+//   its KL k-tiles in shared memory; FLASHRNN_KSPLIT and FLASHRNN_FUSED_DR unused; FLASHRNN_ONE_RECV: 1 for one
+//   receive buffer of partials, ScatterTile::ONE_RECV).
 // Launch: grid (N * CLUSTER, ceil(B / 8)), cluster (CLUSTER, 1, 1), block Tile::THREADS (= 2 D KSPLIT / CLUSTER),
 // dynamic shared memory Tile::SMEM_BYTES.
 // lengths ([B] int32, or null: all T): steps t >= lengths[b] pass the state gradient through (no gate gradient).

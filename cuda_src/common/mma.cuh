@@ -186,6 +186,15 @@ __device__ __forceinline__ void sync() {
     FLASHRNN_SM90(asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");)
 }
 
+// The same barrier without the memory fences (what orders memory is the caller's to say): every thread of the
+// cluster arrives, then waits for all of them; between the two a thread may run on.
+__device__ __forceinline__ void arrive_relaxed() {
+    FLASHRNN_SM90(asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");)
+}
+__device__ __forceinline__ void wait() {
+    FLASHRNN_SM90(asm volatile("barrier.cluster.wait.aligned;" ::: "memory");)
+}
+
 __device__ __forceinline__ void mbarrier_init(unsigned bar, unsigned count) {
     FLASHRNN_SM90(asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
                   asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");)

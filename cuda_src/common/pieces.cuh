@@ -153,31 +153,31 @@ template <int CHUNKS, int CL, int SENDERS, bool KEEP, int SHIFT = 0, int XG = 1>
     }
 };
 
-// The mbarriers (8 bytes each at `bars`) that count a double-buffered exchange's bytes: `groups` for each buffer
-// (buffer b's group g at bars + 8 * (b * groups + g)), initialised by thread 0, each armed for its first phase
-// (bytes_of(g) from the other blocks). A cluster barrier must follow before any block sends.
+// The mbarriers (8 bytes each at `bars`) that count an exchange's bytes: `groups` for each of its `buffers` (two
+// unless said; buffer b's group g at bars + 8 * (b * groups + g)), initialised by thread 0, each armed for its
+// first phase (bytes_of(g) from the other blocks). A cluster barrier must follow before any block sends.
 template <class BytesOf>
-__device__ __forceinline__ void exchange_barriers_init(unsigned bars, int groups, BytesOf bytes_of) {
+__device__ __forceinline__ void exchange_barriers_init(unsigned bars, int groups, BytesOf bytes_of, int buffers = 2) {
     if (threadIdx.x == 0)
-        for (int i = 0; i < 2 * groups; ++i) cluster::mbarrier_init(bars + 8 * i, 1);
+        for (int i = 0; i < buffers * groups; ++i) cluster::mbarrier_init(bars + 8 * i, 1);
     // Without this, compute-sanitizer's racecheck reports thread 0's init and first arrival as a race (a
     // warning; it seems to count mbarrier operations against the whole warp). With it: 0 hazards
     // (bench/results/sanitizer/README.md).
     __syncwarp();
     if (threadIdx.x == 0)
-        for (int i = 0; i < 2 * groups; ++i) cluster::mbarrier_expect(bars + 8 * i, bytes_of(i % groups));
+        for (int i = 0; i < buffers * groups; ++i) cluster::mbarrier_expect(bars + 8 * i, bytes_of(i % groups));
 }
 // One mbarrier a buffer, counting all `recv_bytes`.
-__device__ __forceinline__ void exchange_barriers_init(unsigned bars, unsigned recv_bytes) {
-    exchange_barriers_init(bars, 1, [=](int) { return recv_bytes; });
+__device__ __forceinline__ void exchange_barriers_init(unsigned bars, unsigned recv_bytes, int buffers = 2) {
+    exchange_barriers_init(bars, 1, [=](int) { return recv_bytes; }, buffers);
 }
 
 // At a cluster kernel's exit: no block leaves while another may still address its memory, and the mbarriers
 // are invalidated before their memory serves the next block on this SM.
-__device__ __forceinline__ void exchange_barriers_exit(unsigned bars, int groups = 1) {
+__device__ __forceinline__ void exchange_barriers_exit(unsigned bars, int groups = 1, int buffers = 2) {
     cluster::sync();
     if (threadIdx.x == 0)
-        for (int i = 0; i < 2 * groups; ++i) cluster::mbarrier_inval(bars + 8 * i);
+        for (int i = 0; i < buffers * groups; ++i) cluster::mbarrier_inval(bars + 8 * i);
 }
 
 }  // namespace flashrnn

@@ -20,7 +20,8 @@ it). The inference forward (``save=False``: nothing will run backward, so the ke
 solve of its own (direction "inference": the forward's variables with fewer outputs to price), so it may run another
 geometry than the forward that saves.
 The backward's scatter kernel does the same where nothing else takes a float32 head (gru D = 768, D = 576-672),
-scaling drs by a power of two a batch row. ``kernel_variants`` lists exactly the kernels the solver can choose on
+scaling drs by a power of two a batch row; for lstm D = 672 and 768 with one receive buffer for its partials
+(label "onerecv", ``KernelModel.bw_scatter_one_recv``). ``kernel_variants`` lists exactly the kernels the solver can choose on
 the CI presets (``VARIANT_HARDWARE`` x cells x dtypes x ``VARIANT_DIMS`` x ``VARIANT_BATCHES`` x ``VARIANT_HEADS``).
 
 Backward: the fused reverse-time kernel (``cuda_src/fused_bw.cu``: one block per head and 8 sequences, or a
@@ -115,7 +116,7 @@ def launch_of(choice: FusedParams) -> Launch:
         if choice.blocks_per_head > 1:
             label += f" cluster{choice.blocks_per_head}"
         if choice.scatter:
-            label += f" scatter w{choice.warps_per_block}"
+            label += f" scatter w{choice.warps_per_block}" + (" onerecv" if choice.one_recv else "")
     else:
         source, entry = SOURCE, ENTRY
         label = (f"{choice.function} cuda_fused fw {choice.dtype} D{choice.D} nbt{choice.batch_ntiles} "

@@ -433,7 +433,7 @@ def scatter_resources(geo, m: "KernelModel", v: dict[str, Var]) -> tuple[Expr, E
     """(registers per thread, dynamic shared memory per block): fused_bw.cu's ``ScatterTile::SMEM_BYTES``
     exactly (one drs buffer of the block's columns (hi and lo for float32), two receive buffers of CL x mb x 32 lanes
     x ``scatter_piece_bytes`` (bf16 partials, float32's in float32),
-    prefetch + 1 stages, one output buffer, two mbarriers, R^T's shared-memory tiles)."""
+    prefetch + 1 stages, one output buffer, mbarriers (16 bytes), R^T's shared-memory tiles)."""
     mb, mpw, warps, rst, prefetch = (v[k] for k in ("mb", "mpw", "warps", "r_smem_tiles", "prefetch"))
     item, split = geo.itemsize, geo.split
     rest = (m.bw_scatter_reg_rest if item == 2 else
@@ -441,7 +441,8 @@ def scatter_resources(geo, m: "KernelModel", v: dict[str, Var]) -> tuple[Expr, E
     regs = 4 * split * (mpw * geo.gr * mb - rst) + on_domain(warps, rest[geo.function])
     row = (16 * mb + 16 // item) * item  # one staged row of the block's dims and a 16-byte pad, bytes
     drs = split * BT * (geo.gr * 16 * mb + 8) * 2
-    recv = 2 * v["cluster"] * mb * 32 * scatter_piece_bytes(geo)
+    buffers = 1 if m.bw_scatter_one_recv else 2  # (ScatterTile::RECV_BUFFERS)
+    recv = buffers * v["cluster"] * mb * 32 * scatter_piece_bytes(geo)
     stage = (BT * geo.n_saved + BT * geo.staged_state_rows(0)) * row
     outputs = geo.gw + (geo.gr if geo.function == "gru" else 0)
     scales = (mb + 1) * BT * 4 if geo.half_operands else 0  # (ScatterTile::SCALE_BYTES)
@@ -515,4 +516,4 @@ def scatter_params_from(fp: "FusedProblem", values: dict[str, int]) -> "FusedPar
         registers_estimate=math.ceil(round(e["regs"], 6)), register_cap=register_cap(hw, threads), blocks_per_sm=1,
         grid=(fp.N * cluster, tiles), waves=int(e["waves"]), step_cycles=e["total"],
         step_us=hw.cycles_to_us(e["total"]), breakdown={k: round(float(x), 1) for k, x in e.items()}, fused_dr=False,
-        scatter=True, half_operands=geo.half_operands)
+        scatter=True, half_operands=geo.half_operands, one_recv=fp.model.bw_scatter_one_recv)

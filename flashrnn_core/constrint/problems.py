@@ -65,7 +65,9 @@ from .solver import Expr, Infeasible, Problem, Var, divides, predicate
 #: 20: float32 forwards that nothing else takes hold R and h as one fp16 operand (f32_half_operands, last stages).
 #: 21: ... and float32 backwards on scatter clusters, drs scaled a batch row (bw_scatter_reg_rest_f32_half).
 #: 22: DMA warps with split K (fused_fw.cu Tile::INTERLEAVE; 16-bit and fp16 operands): gru and elman D = 768.
-MODEL_VERSION = 22
+#: 23: float32 backwards nothing else takes may run the scatter kernel with one receive buffer (ONE_RECV): lstm
+#:     D = 672 and 768.
+MODEL_VERSION = 23
 
 MMA_M, MMA_N, MMA_K = 16, 8, 16  # mma.sync m16n8k16 (bf16/fp16 operands, float32 accumulators)
 
@@ -120,6 +122,12 @@ class KernelModel:
     f32_half_operands: bool = False
     #: ... whether ``_stages`` offers those stages at all (False: float32 forwards with split operands only)
     f32_half_operand_stages: bool = True
+    #: The backward's scatter kernel with one receive buffer for the partials instead of two (fused_bw.cu
+    #: ScatterTile::ONE_RECV: a relaxed cluster barrier a step says every block has read them before any sends the
+    #: next step's). Set by ``_stages`` on its very last stages, float32's fp16-operand scatter stages again, for the
+    #: backwards nothing else takes: float32 lstm D = 768, whose float32 partials' second buffer (24 KB) is what
+    #: left R^T too little shared memory (ONE_RECV says what it measured).
+    bw_scatter_one_recv: bool = False
     ksplits: tuple[int, ...] = (1, 2)
     #: fused_fw.cu Tile::WHOLE_K: the k_split = 2 warps of a row set may each run the whole K (the mma twice, no
     #: partial sums) and split the batch columns only. (0,): the K-split kernel only.
@@ -429,6 +437,26 @@ geometry by hand (lstm 1x768 forward 2.096 -> 1.927 ms, slstm 2.213 -> 2.075; be
 h200-wide-warps.txt, the kernel change as a patch), but even with the partial sums' buffer halved (a warp leaves
 only its partner's column: 6 of its 12 KB) every split of R that fits spills 8-20 bytes (ptxas at 255 registers)
 or needs 48 bytes (lstm) to 3.6 KB (slstm) more shared memory than a block has: not built.
+"""
+
+#: Why the scatter backward may keep one receive buffer (documentation; KernelModel.bw_scatter_one_recv, fused_bw.cu
+#: ScatterTile::ONE_RECV):
+ONE_RECV = """
+float32 lstm D = 768 ran its backward on `cuda` (forward+backward 27.6 ms at B=16, T=1024, against cuDNN float32's
+~40): with fp16 operands its R^T fits a 16-block scatter cluster only if the partials' receive buffers (float32,
+24 KB each) are one, not two (bf16 partials would round dh by ~2^-9 a partial, past SPEC's float32 tolerance). Two
+buffers let a block send step t-1's partials while the others still read step t's; with one, every block arrives
+at a relaxed cluster barrier (no fence) once its cell warps have read the partials, and waits on it before it sends
+the next step's, after its cells: the wait falls where the slowest block's cells already hold everyone (each block
+needs every block's partials before its own next product anyway). Estimated before measuring: forward+backward
+~6.5 ms (the saving forward's 2.3 and a backward like gru's fp16-operand scatter kernel, ~4.1 ms at 1x768, a few
+percent more for the barrier). Measured (H200, B=16, T=1024, bench/results/2026-12-04-h200-heads-float32-lstm768-
+one-recv.json and ...-lstm672-one-recv.json; the backward alone ~4.5 ms, as estimated within 5%):
+  float32 lstm 1x768 forward+backward 27.6 -> 6.76 ms (`cuda` alone 41.2, cuDNN float32 42.3, its float16 6.89)
+  float32 lstm 1x672 forward+backward (14-block clusters, which this stage also takes) 6.79 ms (`cuda` 40.2)
+Relative error against float64 (B=9, T=6): 1.0-1.9e-4. The stage comes last, after every other float32 backward
+stage, so nothing else moves: the variant list gains exactly these two kernels (compile --list before and after).
+slstm D = 768 still fits nothing (its stages hold more state rows: 24 KB short even so).
 """
 
 #: How the forward's latency constants were chosen (documentation; the numbers live in ``KernelModel``):
@@ -806,6 +834,8 @@ class FusedParams:
     #: float32 storage: R and h (R^T and drs, scaled) as one fp16 operand each, TF32's precision
     #: (``KernelModel.f32_half_operands``)
     half_operands: bool = False
+    #: backward, scatter: one receive buffer for the partials (``KernelModel.bw_scatter_one_recv``)
+    one_recv: bool = False
 
     def template_args(self) -> dict[str, int]:
         """The -D parameters of cuda_src/fused_fw.cu (or fused_bw.cu for a backward choice) as it stands
@@ -816,6 +846,7 @@ class FusedParams:
                     "FLASHRNN_PREFETCH": self.prefetch_steps, "FLASHRNN_STORE_DRS": int(self.stores_drs),
                     "FLASHRNN_CLUSTER": self.blocks_per_head, "FLASHRNN_R_SMEM": self.r_ktiles_in_smem,
                     **({"FLASHRNN_F32_HALF": 1} if self.half_operands else {}),
+                    **({"FLASHRNN_ONE_RECV": 1} if self.one_recv else {}),
                     "FLASHRNN_THREADS": self.threads_per_block, "FLASHRNN_SMEM_BYTES": self.smem_bytes}
         if self.direction == "backward":
             return {"FLASHRNN_D": self.D, "FLASHRNN_KSPLIT": self.k_split, "FLASHRNN_PREFETCH": self.prefetch_steps,
@@ -1294,6 +1325,8 @@ def _stages(model: KernelModel, hw: Hardware, function: str, dtype, D: int, dire
         stages += _any_size_stages(stages, tuple(range(1, hw.max_cluster + 1)), r_shared=not spilled)
     if geo.itemsize == 4 and model.f32_half_operand_stages:  # (the backward: its scatter kernel only)
         stages += [replace(s, f32_half_operands=True) for s in stages if direction != "backward" or s.bw_scatter]
+        if direction == "backward":
+            stages += [replace(s, bw_scatter_one_recv=True) for s in stages if s.bw_scatter and s.f32_half_operands]
     return stages
 
 
