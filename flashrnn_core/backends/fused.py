@@ -21,8 +21,9 @@ solve of its own (direction "inference": the forward's variables with fewer outp
 geometry than the forward that saves.
 The backward's scatter kernel does the same where nothing else takes a float32 head (gru D = 768, D = 576-672),
 scaling drs by a power of two a batch row; for lstm D = 672 and 768 with one receive buffer for its partials
-(label "onerecv", ``KernelModel.bw_scatter_one_recv``). ``kernel_variants`` lists exactly the kernels the solver can choose on
-the CI presets (``VARIANT_HARDWARE`` x cells x dtypes x ``VARIANT_DIMS`` x ``VARIANT_BATCHES`` x ``VARIANT_HEADS``).
+(label "onerecv", ``KernelModel.bw_scatter_one_recv``). ``kernel_variants`` lists exactly the kernels the solver
+can choose on the CI presets (``VARIANT_HARDWARE`` x cells x dtypes x ``VARIANT_DIMS`` x ``VARIANT_BATCHES`` x
+``VARIANT_HEADS``).
 
 Backward: the fused reverse-time kernel (``cuda_src/fused_bw.cu``: one block per head and 8 sequences, or a
 thread-block cluster per head where R^T does not fit one block (sm_90: each block owns a slice of the dims and

@@ -431,8 +431,9 @@ def build_scatter(hw: Hardware, function: str, dtype, B: int, N: int, D: int, mo
 
 def scatter_resources(geo, m: "KernelModel", v: dict[str, Var]) -> tuple[Expr, Expr]:
     """(registers per thread, dynamic shared memory per block): fused_bw.cu's ``ScatterTile::SMEM_BYTES``
-    exactly (one drs buffer of the block's columns (hi and lo for float32), two receive buffers of CL x mb x 32 lanes
-    x ``scatter_piece_bytes`` (bf16 partials, float32's in float32),
+    exactly (one drs buffer of the block's columns (hi and lo for float32), two receive buffers (one where
+    ``KernelModel.bw_scatter_one_recv``) of CL x mb x 32 lanes x ``scatter_piece_bytes`` (bf16 partials, float32's in
+    float32),
     prefetch + 1 stages, one output buffer, mbarriers (16 bytes), R^T's shared-memory tiles)."""
     mb, mpw, warps, rst, prefetch = (v[k] for k in ("mb", "mpw", "warps", "r_smem_tiles", "prefetch"))
     item, split = geo.itemsize, geo.split

@@ -125,8 +125,8 @@ class KernelModel:
     #: The backward's scatter kernel with one receive buffer for the partials instead of two (fused_bw.cu
     #: ScatterTile::ONE_RECV: a relaxed cluster barrier a step says every block has read them before any sends the
     #: next step's). Set by ``_stages`` on its very last stages, float32's fp16-operand scatter stages again, for the
-    #: backwards nothing else takes: float32 lstm D = 768, whose float32 partials' second buffer (24 KB) is what
-    #: left R^T too little shared memory (ONE_RECV says what it measured).
+    #: backwards nothing else takes: float32 lstm D = 672 and 768, whose float32 partials' second buffer (24 KB at
+    #: D = 768) is what left R^T too little shared memory (ONE_RECV says what it measured).
     bw_scatter_one_recv: bool = False
     ksplits: tuple[int, ...] = (1, 2)
     #: fused_fw.cu Tile::WHOLE_K: the k_split = 2 warps of a row set may each run the whole K (the mma twice, no
