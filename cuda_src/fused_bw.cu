@@ -119,7 +119,9 @@ template <class Cell, class T, int D_, int DB_, int P_, bool STORE_DRS_, int THR
     static constexpr int D = D_, DB = DB_, BT = 8, P = P_, NS = P_ + 2, THREADS = THREADS_;
     static constexpr int GW = Cell::GW, GR = Cell::GR, GB = Cell::GB, S = Cell::S, NSAVED = Cell::NSAVED;
     static constexpr int CH = 16 / int(sizeof(T));           // elements in a 16-byte piece
-    static constexpr int ROW = DB + CH;
+    // A staged row: the block's dims and a 16-byte pad (rows of the same dims in different banks), but for the
+    // scatter kernel's one-stage form (P = 0, ScatterTile::ONE_STAGE), whose every byte goes to R^T.
+    static constexpr int ROW = DB + (P_ == 0 ? 0 : CH);
     static constexpr unsigned PREV_STAGED = Cell::PREV_READ | (H_PREV_ ? 1u : 0u), UP_STAGED = Cell::DS_READ;
     static constexpr int NPREV = count_bits(PREV_STAGED), NUP = count_bits(UP_STAGED);
     static constexpr int SAVED_ROWS = BT * NSAVED, PREV_ROW0 = SAVED_ROWS, UP_ROW0 = SAVED_ROWS + NPREV * BT;
@@ -132,7 +134,7 @@ template <class Cell, class T, int D_, int DB_, int P_, bool STORE_DRS_, int THR
     static constexpr int GO = GW + (STORE_DRS ? GR : 0), OUT_ELEMS = BT * GO * ROW, OUT_PIECES = BT * GO * (DB / CH);
     static constexpr int STAGE_BYTES = NS * STAGE_ELEMS * int(sizeof(T)), OUT_BYTES = 2 * OUT_ELEMS * int(sizeof(T));
     static_assert(BT * GB * DB * 4 <= STAGE_BYTES, "db's block reduction reuses the stages");
-    static_assert(P >= 1, "at least one step of inputs in flight");
+    static_assert(P >= 0, "steps of inputs in flight");
     static_assert(THREADS <= 1024, "one block per (head, batch tile)");
 };
 
@@ -180,6 +182,7 @@ struct Tile : Staging<Cell, T, D_, D_ / CL_, P_, STORE_DRS_, 32 * (D_ / CL_ / 16
     static_assert(D % (16 * CL) == 0, "D must be a multiple of 16 blocks' share (16 CL)");
     static_assert(RS >= 0 && RS <= KT_W, "R^T k-tiles in shared memory: some of the warp's");
     static_assert(KS == 1 || KS == 2 || KS == 4, "the 4 cells of a lane split evenly over KS warps");
+    static_assert(Base::P >= 1, "at least one step of inputs in flight");
 };
 
 // One A-fragment of R^T at k-tile kt (k-tiles past KT, the last warp's tail, are zeros): row k = k0 + g (+8),
@@ -891,6 +894,12 @@ struct ScatterTile : Staging<Cell, T, D_, D_ / CL_, P_, STORE_DRS_, 32 * W_, fal
     // cells have run. Shared memory is what limits this kernel (lstm D = 768: 229 of 227 KB... see SMEM_BYTES).
     static constexpr int BUF_ELEMS = SPLIT * BT * KROW, BUF_BYTES = BUF_ELEMS * int(sizeof(Op));  // [SPLIT][BT][KROW]
     static constexpr int STAGES_USED = P_ + 1, STAGE_BYTES_USED = STAGES_USED * Base::STAGE_ELEMS * int(sizeof(T));
+    // P = 0 (KernelModel.bw_scatter_one_stage: float32 slstm D = 768, whose R^T lacks the second stage's 15 KB even
+    // with one receive buffer): one stage. Step t-1's inputs are issued once step t's cells have read it (after the
+    // step's second barrier) and waited for before step t-1's first barrier, so step t-1's product (~4 us a step
+    // at D = 768 in float32, against a DRAM latency of ~1) hides their load; the rows drop their pad too
+    // (Staging::ROW: 1.6 KB). problems.ONE_STAGE says what it measured.
+    static constexpr bool ONE_STAGE = P_ == 0;
     static constexpr int OUT_BYTES_USED = Base::OUT_ELEMS * int(sizeof(T));
     // A lane's partial of one M tile (its 4 float accumulators) travels as 4 bf16 (two pairs), 8 bytes: half the
     // bytes of floats each block sends and receives a step, and half the receive buffers. Rounding each of the CL
@@ -1085,8 +1094,9 @@ __device__ __forceinline__ void backward_scatter(const Args<T> A) {
     constexpr unsigned ET = sizeof(T), STAGE = K::STAGE_ELEMS * ET;  // bytes
     constexpr unsigned RECV_BUF = K::RECV_BUF_BYTES;
     InPieces<K, T> incopy(A, b0, n, d0, mma::smem_u32(stages));
+    constexpr int IN_FLIGHT = K::ONE_STAGE ? 1 : P;  // steps of inputs issued ahead of the loop
 #pragma unroll 1
-    for (int p = 0; p < P; ++p) {  // step last - p into stage p (step t lives in stage (last - t) % (P + 1))
+    for (int p = 0; p < IN_FLIGHT; ++p) {  // step last - p into stage p (step t lives in stage (last - t) % (P + 1))
         if (last - p >= 0) incopy.issue(p * STAGE, last - p, A, b0, n, d0);
         mma::cp_async_commit();
     }
@@ -1111,8 +1121,8 @@ __device__ __forceinline__ void backward_scatter(const Args<T> A) {
         keep<true>(mma::smem_u32(recv) + unsigned(int(rank) * K::SLOT_BYTES + lane * K::PIECE));
     const unsigned summed0 =
         keep<true>(mma::smem_u32(recv) + unsigned((wm * 32 + lane) * K::PIECE + (K::PIECE == 16 ? 8 * ks : 0)));
-    mma::cp_async_wait<P - 1>();  // step last's stage (this thread's pieces; the barrier shows everyone's)
-    cluster::sync();              // mbarriers initialised and drs zeroed before any block sends
+    mma::cp_async_wait<IN_FLIGHT - 1>();  // step last's stage (this thread's pieces; the barrier shows everyone's)
+    cluster::sync();                      // mbarriers initialised and drs zeroed before any block sends
 
     int stage = 0;  // (last - t) % NS: the stage of step t
     // Refill the stage of step t+1 (its cells ran before the last barrier) with step t-P, and write out step t+1's
@@ -1131,9 +1141,11 @@ __device__ __forceinline__ void backward_scatter(const Args<T> A) {
     constexpr bool copies_first = false;
 #endif
     auto copies = [&](int t) {
-        const int refill = stage == 0 ? P : stage - 1;  // the stage of step t+1 (NS = P + 1)
-        if (t - P >= 0) incopy.issue(refill * STAGE, t - P, A, b0, n, d0);
-        mma::cp_async_commit();
+        if constexpr (!K::ONE_STAGE) {  // (ONE_STAGE: the one stage is step t's until its cells have run)
+            const int refill = stage == 0 ? P : stage - 1;  // the stage of step t+1 (NS = P + 1)
+            if (t - P >= 0) incopy.issue(refill * STAGE, t - P, A, b0, n, d0);
+            mma::cp_async_commit();
+        }
         if (t < last) outcopy.flush(0);
     };
     PHASE_CLOCKS_DECLARE
@@ -1159,6 +1171,7 @@ __device__ __forceinline__ void backward_scatter(const Args<T> A) {
         PHASE(1, 0.f)  // the product and the partials' sends (issued)
         if constexpr (!copies_first) copies(t);
         PHASE(0, 0.f)  // the copies' issue
+        if constexpr (K::ONE_STAGE) mma::cp_async_wait<0>();  // step t's inputs, issued at the end of step t+1
         __syncthreads();  // this block's own partials are in place; drs_{t+1} and the outputs of t+1 are read
         PHASE(2, 0.f)  // the first barrier
         float dh[K::CELLS];
@@ -1202,9 +1215,15 @@ __device__ __forceinline__ void backward_scatter(const Args<T> A) {
             cluster::arrive_relaxed();  // (the other warps read no partials)
         }
         if (t < 0) break;
-        stage = stage == P ? 0 : stage + 1;
-        mma::cp_async_wait<P - 1>();  // step t-1's stage (issued P steps ago) has landed
-        __syncthreads();              // drs_t complete for step t-1's matmul; the receive buffer t&1 read
+        if constexpr (K::ONE_STAGE) {
+            __syncthreads();  // drs_t complete for step t-1's matmul; the receive buffer t&1 and the stage read
+            if (t > 0) incopy.issue(0, t - 1, A, b0, n, d0);
+            mma::cp_async_commit();
+        } else {
+            stage = stage == P ? 0 : stage + 1;
+            mma::cp_async_wait<P - 1>();  // step t-1's stage (issued P steps ago) has landed
+            __syncthreads();              // drs_t complete for step t-1's matmul; the receive buffer t&1 read
+        }
         PHASE(5, 0.f)  // the second barrier (and the stage's wait)
     }
     mma::cp_async_wait<0>();  // no copy in flight (the tail groups are empty): the stages are free below
@@ -1225,7 +1244,8 @@ __device__ __forceinline__ void backward_scatter(const Args<T> A) {
 // ---- The entry: one variant per set of -D defines -----------------------------------------------------------
 //   FLASHRNN_CELL, FLASHRNN_STORAGE, FLASHRNN_FAST_ACTIVATIONS, FLASHRNN_D: as the forward (fused_fw.cu).
 //   FLASHRNN_KSPLIT: warps splitting K for the same 16 rows (1, 2 or 4; Tile).
-//   FLASHRNN_PREFETCH: steps of inputs in flight (cp.async stages ahead; Tile::P).
+//   FLASHRNN_PREFETCH: steps of inputs in flight (cp.async stages ahead; Tile::P; 0: the scatter kernel's one
+//     stage, ScatterTile::ONE_STAGE).
 //   FLASHRNN_STORE_DRS: 1 where the cell's drs differs from its dx (gru) and dR is a GEMM after the kernel: the
 //   kernel writes drs too. FLASHRNN_FUSED_DR: 1 where the kernel sums dR itself (16-bit storage, one block a head).
 //   FLASHRNN_CLUSTER: blocks a head (a thread-block cluster when > 1, sm_90). FLASHRNN_R_SMEM: of a warp's k-tiles

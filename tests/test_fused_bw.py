@@ -113,13 +113,15 @@ def test_backward_matches_vanilla(function, dtype_name, case, poisoned):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("scale", [1e-12, 1.0, 1e20])
-@pytest.mark.parametrize("function, D", [("gru", 768), ("lstm", 576), ("lstm", 672), ("lstm", 768)])
+@pytest.mark.parametrize("function, D", [("gru", 768), ("lstm", 576), ("lstm", 672), ("lstm", 768),
+                                         ("slstm", 672), ("slstm", 768)])
 def test_half_operand_backward_scales_each_batch_row(function, D, scale, poisoned):
-    """float32 gru D = 768's and lstm D = 576-768's backward holds drs as fp16 operands (fused_bw.cu
-    ScatterTile::SCALED; lstm D = 672 and 768 with one receive buffer for the partials, ScatterTile::ONE_RECV):
-    a power of two a batch row keeps each row's gradients within fp16's range, so rows of
-    upstream gradients 1e-12 and 1e6 times another's (at 1e-12 fp16 alone would flush them to zero, at 1e20
-    overflow) each match vanilla, row by row; and two runs agree bit for bit."""
+    """float32 gru D = 768's and lstm and slstm D = 576-768's backward holds drs as fp16 operands (fused_bw.cu
+    ScatterTile::SCALED; lstm and slstm D = 672 and 768 with one receive buffer for the partials,
+    ScatterTile::ONE_RECV, slstm's with one input stage too, ScatterTile::ONE_STAGE): a power of two a batch row
+    keeps each row's gradients within fp16's range, so rows of upstream gradients 1e-12 and 1e6 times another's (at
+    1e-12 fp16 alone would flush them to zero, at 1e20 overflow) each match vanilla, row by row; and two runs agree
+    bit for bit."""
     import cupy
 
     B, T, N = 3, 5, 1
@@ -258,16 +260,20 @@ def test_backward_too_large_for_one_block_says_why():
     launch = fused.choose("gru", DTYPES["float32"], 16, 3, 256, hardware=H100, direction="backward")
     assert launch.cluster > 1 and not launch.choice.scatter and not launch.choice.r_ktiles_in_smem
     # float32 D = 768: R^T's hi + lo fit no scatter cluster; gru's fp16 operands do (drs scaled a batch row), lstm's
-    # only with one receive buffer for its float32 partials (ScatterTile::ONE_RECV, the very last stage), slstm's
-    # not even so (its stages hold more state rows)
+    # only with one receive buffer for its float32 partials (ScatterTile::ONE_RECV), slstm's (whose stages hold
+    # more state rows) only with one input stage too (ScatterTile::ONE_STAGE, the very last stage: prefetch 0)
     launch = fused.choose("gru", DTYPES["float32"], 16, 1, 768, hardware=H100, direction="backward")
     assert launch.choice.scatter and launch.choice.half_operands and " f16ops" in launch.spec.label
     assert dict(launch.spec.defines)["FLASHRNN_F32_HALF"] == "1" and not launch.choice.one_recv
     launch = fused.choose("lstm", DTYPES["float32"], 16, 1, 768, hardware=H100, direction="backward")
     assert launch.choice.scatter and launch.choice.half_operands and launch.choice.one_recv
     assert dict(launch.spec.defines)["FLASHRNN_ONE_RECV"] == "1" and " onerecv" in launch.spec.label
-    reason = fused.choose("slstm", DTYPES["float32"], 16, 1, 768, hardware=H100, direction="backward")
-    assert isinstance(reason, str) and "scatter cluster" in reason and "fp16 operands" in reason
+    assert launch.choice.prefetch_steps > 0
+    for D, blocks in ((768, 16), (672, 14)):
+        launch = fused.choose("slstm", DTYPES["float32"], 16, 1, D, hardware=H100, direction="backward")
+        assert launch.cluster == blocks and launch.choice.scatter and launch.choice.one_recv, launch
+        assert launch.choice.prefetch_steps == 0 and dict(launch.spec.defines)["FLASHRNN_PREFETCH"] == "0"
+        assert " p0 " in launch.spec.label
 
 
 def scatter_configurations(hw, function, dtype_name, B, N, D):

@@ -20,8 +20,9 @@ it). The inference forward (``save=False``: nothing will run backward, so the ke
 solve of its own (direction "inference": the forward's variables with fewer outputs to price), so it may run another
 geometry than the forward that saves.
 The backward's scatter kernel does the same where nothing else takes a float32 head (gru D = 768, D = 576-672),
-scaling drs by a power of two a batch row; for lstm D = 672 and 768 with one receive buffer for its partials
-(label "onerecv", ``KernelModel.bw_scatter_one_recv``). ``kernel_variants`` lists exactly the kernels the solver
+scaling drs by a power of two a batch row; for lstm and slstm D = 672 and 768 with one receive buffer for its
+partials (label "onerecv", ``KernelModel.bw_scatter_one_recv``), slstm's with one input stage too (label "p0",
+``KernelModel.bw_scatter_one_stage``). ``kernel_variants`` lists exactly the kernels the solver
 can choose on the CI presets (``VARIANT_HARDWARE`` x cells x dtypes x ``VARIANT_DIMS`` x ``VARIANT_BATCHES`` x
 ``VARIANT_HEADS``).
 

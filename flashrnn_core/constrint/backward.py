@@ -400,7 +400,7 @@ def build_scatter(hw: Hardware, function: str, dtype, B: int, N: int, D: int, mo
     v = {
         "cluster": p.var("cluster", tuple(c for c in model.clusters if c > 1)),
         "warps": p.var("warps", tuple(sorted(model.bw_scatter_reg_rest[geo.function]))),
-        "prefetch": p.var("prefetch", model.bw_prefetches, prefer="high"),
+        "prefetch": p.var("prefetch", (0,) if model.bw_scatter_one_stage else model.bw_prefetches, prefer="high"),
         "r_smem_tiles": p.var("r_smem_tiles", range(0, mt * geo.gr * mt + 1)),
         "mb": p.var("mb", range(1, mt + 1), priority=-1),
         "mpw": p.var("mpw", range(1, mt + 1), priority=-1),
@@ -434,13 +434,14 @@ def scatter_resources(geo, m: "KernelModel", v: dict[str, Var]) -> tuple[Expr, E
     exactly (one drs buffer of the block's columns (hi and lo for float32), two receive buffers (one where
     ``KernelModel.bw_scatter_one_recv``) of CL x mb x 32 lanes x ``scatter_piece_bytes`` (bf16 partials, float32's in
     float32),
-    prefetch + 1 stages, one output buffer, mbarriers (16 bytes), R^T's shared-memory tiles)."""
+    prefetch + 1 stages, one output buffer, mbarriers (16 bytes), R^T's shared-memory tiles); rows of the
+    block's dims and a 16-byte pad, none in the one-stage form (``KernelModel.bw_scatter_one_stage``)."""
     mb, mpw, warps, rst, prefetch = (v[k] for k in ("mb", "mpw", "warps", "r_smem_tiles", "prefetch"))
     item, split = geo.itemsize, geo.split
     rest = (m.bw_scatter_reg_rest if item == 2 else
             m.bw_scatter_reg_rest_f32_half if geo.half_operands else m.bw_scatter_reg_rest_float32)
     regs = 4 * split * (mpw * geo.gr * mb - rst) + on_domain(warps, rest[geo.function])
-    row = (16 * mb + 16 // item) * item  # one staged row of the block's dims and a 16-byte pad, bytes
+    row = (16 * mb + (0 if m.bw_scatter_one_stage else 16 // item)) * item  # one staged row, bytes (Staging::ROW)
     drs = split * BT * (geo.gr * 16 * mb + 8) * 2
     buffers = 1 if m.bw_scatter_one_recv else 2  # (ScatterTile::RECV_BUFFERS)
     recv = buffers * v["cluster"] * mb * 32 * scatter_piece_bytes(geo)
@@ -469,7 +470,8 @@ def scatter_estimate(fp: "FusedProblem", values: dict[str, int]) -> dict[str, fl
     it): the warps' mma over their tiles (a chain of ``Gr * mb`` k-tiles a pass, two passes, or the SM's issue;
     three mma a tile in float32), R^T's shared-memory tiles at the SM's bandwidth, the exchange of the partials
     (bf16; float32's in float32) at the forward's fitted rate,
-    the cells (two a lane), the barriers; the dR GEMMs after the kernel as ``estimate``."""
+    the cells (two a lane), the barriers; the dR GEMMs after the kernel as ``estimate``. A step is no shorter than
+    the inputs' load over the prefetch depth, or with one stage, than the load, the cells and the barriers."""
     from .problems import _at, cluster_exchange_cycles, cluster_slots
 
     geo, m, hw = fp.geo, fp.model, fp.hw
@@ -484,7 +486,10 @@ def scatter_estimate(fp: "FusedProblem", values: dict[str, int]) -> dict[str, fl
     cells = cost.latency + 2 * cost.issue * max(1.0, 2 * mb / m.schedulers)
     step = (m.ldmatrix_latency + max(mma, r_bandwidth) + exchange + cells + 2 * m.sync_threads
             + m.bw_fixed_per_warp * warps)
-    step = max(step, m.bw_load_latency / values["prefetch"])
+    if values["prefetch"] == 0:  # (one stage: step t-1's load is issued after step t's cells, needed at t-1's)
+        step = max(step, m.bw_load_latency + cells + 2 * m.sync_threads)
+    else:
+        step = max(step, m.bw_load_latency / values["prefetch"])
     gemm = dr_after_cycles(fp)
     regs, smem = _at(fp.regs, fp, values), int(_at(fp.smem, fp, values))
     # The waves of clusters (one block an SM) are reported, not priced: ``total`` is the stage's objective, and

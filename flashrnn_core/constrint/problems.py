@@ -67,7 +67,8 @@ from .solver import Expr, Infeasible, Problem, Var, divides, predicate
 #: 22: DMA warps with split K (fused_fw.cu Tile::INTERLEAVE; 16-bit and fp16 operands): gru and elman D = 768.
 #: 23: float32 backwards nothing else takes may run the scatter kernel with one receive buffer (ONE_RECV): lstm
 #:     D = 672 and 768.
-MODEL_VERSION = 23
+#: 24: ... and after those, with one input stage and unpadded rows (ONE_STAGE): slstm D = 768.
+MODEL_VERSION = 24
 
 MMA_M, MMA_N, MMA_K = 16, 8, 16  # mma.sync m16n8k16 (bf16/fp16 operands, float32 accumulators)
 
@@ -128,6 +129,10 @@ class KernelModel:
     #: backwards nothing else takes: float32 lstm D = 672 and 768, whose float32 partials' second buffer (24 KB at
     #: D = 768) is what left R^T too little shared memory (ONE_RECV says what it measured).
     bw_scatter_one_recv: bool = False
+    #: ... and with one input stage instead of prefetch + 1 and staged rows without their pad (fused_bw.cu
+    #: ScatterTile::ONE_STAGE, FLASHRNN_PREFETCH=0): the one-receive-buffer stages again, after them, for what
+    #: those leave: float32 slstm D = 768 (ONE_STAGE says what it measured). Its prefetch domain is (0,).
+    bw_scatter_one_stage: bool = False
     ksplits: tuple[int, ...] = (1, 2)
     #: fused_fw.cu Tile::WHOLE_K: the k_split = 2 warps of a row set may each run the whole K (the mma twice, no
     #: partial sums) and split the batch columns only. (0,): the K-split kernel only.
@@ -456,7 +461,28 @@ one-recv.json and ...-lstm672-one-recv.json; the backward alone ~4.5 ms, as esti
   float32 lstm 1x672 forward+backward (14-block clusters, which this stage also takes) 6.79 ms (`cuda` 40.2)
 Relative error against float64 (B=9, T=6): 1.0-1.9e-4. The stage comes last, after every other float32 backward
 stage, so nothing else moves: the variant list gains exactly these two kernels (compile --list before and after).
-slstm D = 768 still fits nothing (its stages hold more state rows: 24 KB short even so).
+slstm D = 768 still fits nothing (its stages hold more state rows: 17 KB short even so): ONE_STAGE.
+"""
+
+#: Why the scatter backward may keep one input stage (documentation; KernelModel.bw_scatter_one_stage, fused_bw.cu
+#: ScatterTile::ONE_STAGE):
+ONE_STAGE = """
+float32 slstm D = 672 and 768 ran their backward on `cuda` after the fused forward: even with one receive buffer
+(ONE_RECV) their scatter kernel needed 249 KB at D = 768 (8 warps, 45 of a warp's 72 k-tiles of R^T in shared memory,
+the fewest its registers allow): sLSTM's stages hold nine rows of 8 sequences (4 saved, c and n, 3 upstream
+gradients) to lstm's seven, and the partials are float32. With one input stage (15 KB) and the staged rows
+without their 16-byte pad (1.6 KB) it needs 232208 of the 232448 bytes a block may have (ptxas: 252 registers, no
+spill; D = 672 on 14 blocks, 6 warps: 229136). Step t-1's inputs are issued after step t's second barrier (its cells
+have read the stage) and waited for before step t-1's first one, so they load under step t-1's product: at these
+sizes ~4 us a step against a DRAM latency of ~1 us. The model prices it so (a step no shorter than the load, the
+cells and the barriers). Estimated before measuring: forward+backward ~7.0 ms (the saving forward's ~2.6 and a
+backward like lstm's one-receive-buffer kernel, ~4.4). Measured (H200, B=16, T=1024, bench/results/2026-12-04-
+h200-heads-float32-slstm768-one-stage.json, ...-slstm672-one-stage.json):
+  float32 slstm 1x768 forward+backward 7.16 ms (`cuda` alone 41.3; the fused forward with `cuda`'s backward,
+  ~28.2 from those rows: `cuda` forward+backward minus its forward, plus the fused saving forward's 2.57)
+  float32 slstm 1x672 forward+backward 7.08 ms (`cuda` 40.2)
+Relative error against float64 (B=9, T=6): 0.9-1.8e-4 (D = 768), 0.9-1.5e-4 (672). The stage comes after the
+one-receive-buffer stages, so nothing else moves: the variant list gains exactly these two kernels.
 """
 
 #: How the forward's latency constants were chosen (documentation; the numbers live in ``KernelModel``):
@@ -1327,6 +1353,7 @@ def _stages(model: KernelModel, hw: Hardware, function: str, dtype, D: int, dire
         stages += [replace(s, f32_half_operands=True) for s in stages if direction != "backward" or s.bw_scatter]
         if direction == "backward":
             stages += [replace(s, bw_scatter_one_recv=True) for s in stages if s.bw_scatter and s.f32_half_operands]
+            stages += [replace(s, bw_scatter_one_stage=True) for s in stages if s.bw_scatter_one_recv]
     return stages
 
 
