@@ -478,8 +478,8 @@ sizes ~4 us a step against a DRAM latency of ~1 us. The model prices it so (a st
 cells and the barriers). Estimated before measuring: forward+backward ~7.0 ms (the saving forward's ~2.6 and a
 backward like lstm's one-receive-buffer kernel, ~4.4). Measured (H200, B=16, T=1024, bench/results/2026-12-04-
 h200-heads-float32-slstm768-one-stage.json, ...-slstm672-one-stage.json):
-  float32 slstm 1x768 forward+backward 7.16 ms (`cuda` alone 41.3; the fused forward with `cuda`'s backward,
-  ~28.2 from those rows: `cuda` forward+backward minus its forward, plus the fused saving forward's 2.57)
+  float32 slstm 1x768 forward+backward 28.2 -> 7.16 ms (`cuda` alone 41.3; 28.2: the fused forward with `cuda`'s
+  backward, bench/results/2026-12-04-h200-heads-float32-768.json)
   float32 slstm 1x672 forward+backward 7.08 ms (`cuda` 40.2)
 Relative error against float64 (B=9, T=6): 0.9-1.8e-4 (D = 768), 0.9-1.5e-4 (672). The stage comes after the
 one-receive-buffer stages, so nothing else moves: the variant list gains exactly these two kernels.
