@@ -914,7 +914,7 @@ struct ScatterTile : Staging<Cell, T, D_, D_ / CL_, P_, STORE_DRS_, 32 * W_, fal
     // Receive buffers: two, step t's partials in buffer t & 1 (a block sends step t-2's only after it has received
     // step t-1's, the receiver's own among them, which the receiver sends only after it has read step t's). With
     // FLASHRNN_ONE_RECV (KernelModel.bw_scatter_one_recv: float32 lstm D = 672 and 768, whose second buffer of
-    // float32 partials, 24 KB at D = 768, is what R^T lacks) one: every block arrives at a relaxed cluster barrier
+    // float32 partials, 24 KB at D = 768, is what R^T lacks; slstm's with ONE_STAGE too) one: every block arrives at a relaxed cluster barrier
     // once its cell warps have read the partials (the adds consumed the loaded values: the loads are done) and
     // waits on it before it sends the next step's, after its cells, so the wait lands where the slowest block's
     // cells already hold the step. problems.ONE_RECV says what it measured.

@@ -125,9 +125,10 @@ class KernelModel:
     f32_half_operand_stages: bool = True
     #: The backward's scatter kernel with one receive buffer for the partials instead of two (fused_bw.cu
     #: ScatterTile::ONE_RECV: a relaxed cluster barrier a step says every block has read them before any sends the
-    #: next step's). Set by ``_stages`` on its very last stages, float32's fp16-operand scatter stages again, for the
+    #: next step's). Set by ``_stages`` on its last stages, float32's fp16-operand scatter stages again, for the
     #: backwards nothing else takes: float32 lstm D = 672 and 768, whose float32 partials' second buffer (24 KB at
-    #: D = 768) is what left R^T too little shared memory (ONE_RECV says what it measured).
+    #: D = 768) is what left R^T too little shared memory (ONE_RECV says what it measured); slstm's need one input
+    #: stage too (``bw_scatter_one_stage``).
     bw_scatter_one_recv: bool = False
     #: ... and with one input stage instead of prefetch + 1 and staged rows without their pad (fused_bw.cu
     #: ScatterTile::ONE_STAGE, FLASHRNN_PREFETCH=0): the one-receive-buffer stages again, after them, for what
