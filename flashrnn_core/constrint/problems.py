@@ -67,7 +67,7 @@ from .solver import Expr, Infeasible, Problem, Var, divides, predicate
 #: 22: DMA warps with split K (fused_fw.cu Tile::INTERLEAVE; 16-bit and fp16 operands): gru and elman D = 768.
 #: 23: float32 backwards nothing else takes may run the scatter kernel with one receive buffer (ONE_RECV): lstm
 #:     D = 672 and 768.
-#: 24: ... and after those, with one input stage and unpadded rows (ONE_STAGE): slstm D = 768.
+#: 24: ... and after those, with one input stage and unpadded rows (ONE_STAGE): slstm D = 672 and 768.
 MODEL_VERSION = 24
 
 MMA_M, MMA_N, MMA_K = 16, 8, 16  # mma.sync m16n8k16 (bf16/fp16 operands, float32 accumulators)
@@ -132,7 +132,7 @@ class KernelModel:
     bw_scatter_one_recv: bool = False
     #: ... and with one input stage instead of prefetch + 1 and staged rows without their pad (fused_bw.cu
     #: ScatterTile::ONE_STAGE, FLASHRNN_PREFETCH=0): the one-receive-buffer stages again, after them, for what
-    #: those leave: float32 slstm D = 768 (ONE_STAGE says what it measured). Its prefetch domain is (0,).
+    #: those leave: float32 slstm D = 672 and 768 (ONE_STAGE says what it measured). Its prefetch domain is (0,).
     bw_scatter_one_stage: bool = False
     ksplits: tuple[int, ...] = (1, 2)
     #: fused_fw.cu Tile::WHOLE_K: the k_split = 2 warps of a row set may each run the whole K (the mma twice, no
