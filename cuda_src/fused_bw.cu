@@ -894,11 +894,11 @@ struct ScatterTile : Staging<Cell, T, D_, D_ / CL_, P_, STORE_DRS_, 32 * W_, fal
     // cells have run. Shared memory is what limits this kernel (lstm D = 768: 229 of 227 KB... see SMEM_BYTES).
     static constexpr int BUF_ELEMS = SPLIT * BT * KROW, BUF_BYTES = BUF_ELEMS * int(sizeof(Op));  // [SPLIT][BT][KROW]
     static constexpr int STAGES_USED = P_ + 1, STAGE_BYTES_USED = STAGES_USED * Base::STAGE_ELEMS * int(sizeof(T));
-    // P = 0 (KernelModel.bw_scatter_one_stage: float32 slstm D = 672 and 768, whose R^T lacks the second stage's
-    // 15 KB even with one receive buffer): one stage. Step t-1's inputs are issued once step t's cells have read it (after the
-    // step's second barrier) and waited for before step t-1's first barrier, so step t-1's product (~4 us a step
-    // at D = 768 in float32, against a DRAM latency of ~1) hides their load; the rows drop their pad too
-    // (Staging::ROW: 1.6 KB). problems.ONE_STAGE says what it measured.
+    // P = 0 (KernelModel.bw_scatter_one_stage: float32 slstm D = 672 and 768, whose R^T lacks the second stage's 15 KB
+    // even with one receive buffer): one stage. Step t-1's inputs are issued once step t's cells have read it (after
+    // the step's second barrier) and waited for before step t-1's first barrier, so step t-1's product (~4 us a step at
+    // D = 768 in float32, against a DRAM latency of ~1) hides their load; the rows drop their pad too (Staging::ROW:
+    // 1.6 KB). problems.ONE_STAGE says what it measured.
     static constexpr bool ONE_STAGE = P_ == 0;
     static constexpr int OUT_BYTES_USED = Base::OUT_ELEMS * int(sizeof(T));
     // A lane's partial of one M tile (its 4 float accumulators) travels as 4 bf16 (two pairs), 8 bytes: half the
@@ -911,13 +911,13 @@ struct ScatterTile : Staging<Cell, T, D_, D_ / CL_, P_, STORE_DRS_, 32 * W_, fal
     // rounding), ordered (0, 2, 1, 3) so that each of the lane's two cell warps reads its two as one 8-byte load.
     static constexpr int PIECE = sizeof(T) == 2 ? 8 : 16;  // bytes of one lane's partial of one M tile
     static constexpr int SLOT_BYTES = MB * 32 * PIECE;   // one block's partial for another: [MB][32 lanes][PIECE]
-    // Receive buffers: two, step t's partials in buffer t & 1 (a block sends step t-2's only after it has received
-    // step t-1's, the receiver's own among them, which the receiver sends only after it has read step t's). With
-    // FLASHRNN_ONE_RECV (KernelModel.bw_scatter_one_recv: float32 lstm D = 672 and 768, whose second buffer of
-    // float32 partials, 24 KB at D = 768, is what R^T lacks; slstm's with ONE_STAGE too) one: every block arrives
-    // at a relaxed cluster barrier once its cell warps have read the partials (the adds consumed the loaded
-    // values: the loads are done) and waits on it before it sends the next step's, after its cells, so the wait lands where the slowest block's
-    // cells already hold the step. problems.ONE_RECV says what it measured.
+    // Receive buffers: two, step t's partials in buffer t & 1 (a block sends step t-2's only after it has received step
+    // t-1's, the receiver's own among them, which the receiver sends only after it has read step t's). With
+    // FLASHRNN_ONE_RECV (KernelModel.bw_scatter_one_recv: float32 lstm D = 672 and 768, whose second buffer of float32
+    // partials, 24 KB at D = 768, is what R^T lacks; slstm's with ONE_STAGE too) one: every block arrives at a relaxed
+    // cluster barrier once its cell warps have read the partials (the adds consumed the loaded values: the loads are
+    // done) and waits on it before it sends the next step's, after its cells, so the wait lands where the slowest
+    // block's cells already hold the step. problems.ONE_RECV says what it measured.
 #ifdef FLASHRNN_ONE_RECV
     static constexpr bool ONE_RECV = FLASHRNN_ONE_RECV;
 #else
