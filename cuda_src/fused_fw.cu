@@ -459,11 +459,18 @@ __device__ __forceinline__ void r_fragment(unsigned (&f)[K::SPLIT][4], const T* 
         const int gate = q % K::GR, d = drow + K::r_dim_of(q / K::GR, g);
         const int k = 16 * kt + 2 * c4 + 8 * (j >> 1);
         const T* p = R + ((size_t(gate) * N + n) * K::D + d) * K::D + k;
-        Op lo[K::SPLIT], hi[K::SPLIT];
-        split(load_f(p), lo);
-        split(load_f(p + 1), hi);
+        if constexpr (sizeof(T) == 2) {  // (16-bit storage: the operands themselves)
+            // R[k] and R[k + 1] as one 32-bit load (k is even, R 16-byte aligned: FusedBackend's _as), R[k] in the
+            // lower half: half the prologue's global loads and their registers. As two 16-bit loads, ptxas hoisted
+            // them so far that the prologue set the kernel's register count (constrint/problems.py PAIRED_R_LOADS).
+            f[0][j] = *reinterpret_cast<const unsigned*>(p);
+        } else {
+            Op lo[K::SPLIT], hi[K::SPLIT];
+            split(load_f(p), lo);
+            split(load_f(p + 1), hi);
 #pragma unroll
-        for (int s = 0; s < K::SPLIT; ++s) f[s][j] = mma::pack2(lo[s], hi[s]);
+            for (int s = 0; s < K::SPLIT; ++s) f[s][j] = mma::pack2(lo[s], hi[s]);
+        }
     }
 }
 

@@ -1099,12 +1099,17 @@ def test_solver_choices_compile_as_modelled(tmp_path_factory):
         if prm.r_ktiles_in_smem:  # R partly in shared memory: ptxas fills the file there (REGISTER_FIT, last
             continue              # paragraph), so no spill and the cap are what the estimate promises
         modelled = float(m.reg_margin + (prm.registers_estimate - m.reg_margin) / (1 + m.reg_margin_fraction))
-        assert -REGISTER_MARGIN[0] <= res.registers - modelled <= REGISTER_MARGIN[1], (*report[-1], modelled)
+        below, above = REGISTER_MARGIN_16BIT if dtype != "float32" else REGISTER_MARGIN
+        assert -below <= res.registers - modelled <= above, (*report[-1], modelled)
 
 
 #: Stated margin of ptxas's registers around the model's estimate, (below, above). Measured 2026-11-23 on the 171
 #: distinct choices for sm_80 and sm_90 (NVRTC 12.9): from 31 below to 54 above, mean 0; never a spill.
 REGISTER_MARGIN = (40, 64)
+#: ... for 16-bit storage since its prologue loads R's pairs as one word (problems.PAIRED_R_LOADS): the fit, made on
+#: the old prologue, now overestimates these kernels (options lost, never a spill) until it is refitted. Measured
+#: 2026-12-04 on the 168 distinct choices (sm_80 and sm_90, NVRTC 12.9): from 51 below to 3 above.
+REGISTER_MARGIN_16BIT = (56, 64)
 #: The same for the backward's choices (backward.BW_REGISTER_FIT: the fit over every variant ranged from 44
 #: below to 70 above since stop 19, 22 below to 107 above before; the choices, which stay below their caps, sit
 #: within these).

@@ -486,6 +486,39 @@ Relative error against float64 (B=9, T=6): 0.9-1.8e-4 (D = 768), 0.9-1.5e-4 (672
 one-receive-buffer stages, so nothing else moves: the variant list gains exactly these two kernels.
 """
 
+#: What loading R's pairs as one word did to the 16-bit forwards' registers, and what it leaves to refit
+#: (documentation; fused_fw.cu r_fragment):
+PAIRED_R_LOADS = """
+The forward's prologue gathers R into A-fragments: each register holds R[k] and R[k + 1] of one row. It loaded them
+as two 16-bit loads (and packed the pair); ptxas hoisted those loads, and their registers, far enough that the
+prologue, not the step, set the register count of most 16-bit kernels: 141 of them compiled at the 255 cap, some
+of those spilling in the prologue alone (one value stored before R's loads and reloaded after, REGISTER_FIT's
+last paragraph). Since stop 51 the pair is one 32-bit load (k is even and R 16-byte aligned: the operands as they
+are in memory); float32 storage keeps its loads (a float2 load raised most float32 kernels' registers, one to an
+8-byte spill). ptxas (NVRTC 12.9, sm_90) of all 1473 forward variants, before and after
+(bench/results/constrint/2026-12-04-fw-registers-paired-loads.tsv): of the 1042 16-bit ones 702 use fewer
+registers (median 26.5 fewer, up to 92: elman bf16 1x768 248 -> 156; lstm bf16 1x768 255 -> 239), 332 as many,
+8 one or two more; 2 are at the cap; the 431 float32 ones are unchanged; none spills. The step's SASS: the same
+opcode sequence in the time loop of lstm 12x64, lstm 3x256, slstm 48x16 and gru D = 128 (inference); lstm 1x768
+(the 255 one) the same memory, mma, MUFU and barrier instructions, with integer ops in other forms (IADD3 for
+VIADD and so on). Expected: no change to a long sequence's step, a shorter prologue (half its load instructions:
+the stepper, a launch a step, runs little else). Not measured yet (no GPU in stop 51).
+What it leaves: the register rule of kernels with R partly in shared memory (``reg_rest_with_smem``, R's
+registers one for one plus 1.12 x the rest) was fitted on the old prologue, so the 16-bit kernels now hold fewer
+of R's k-tiles in registers than ptxas allows. bench/fw_rs_floor.py lowers each chosen 16-bit variant's k-tiles
+in shared memory one at a time until ptxas spills (bench/results/constrint/2026-12-04-fw-rs-floor-paired-loads.
+jsonl, 132 bf16 variants): on 16-block clusters the fewest clean, of a warp's k-tiles (forward / inference), are
+lstm 1x768 25 / 23 of the chosen 29, slstm 1x768 23 / 23 of 30, gru 1x768 7 / 7 of 12, slstm D = 512 10 / 9 of 17,
+gru D = 512 1 / 0 of 12; on smaller clusters some heads hold all of R in registers (lstm D = 336 on 7 blocks). The
+factor that admits those and rejects every first spill is 0.70 with DMA warps (the 1x768 heads) and 0.84 without
+(lstm D = 640 binds) on 16-block clusters; elman on smaller clusters needs more than 1.12 (elman D = 720 on 9
+blocks: 1.27), so one factor for every cluster size would gain nothing. Estimated, from the wide-warp data
+(DMA_SPLIT_K: one k-tile fewer a warp in shared memory, 12 KB a step at 1x768, measured -2.4%): lstm 1x768's
+29 -> 25 (24 KB a step) about -5%, slstm's 30 -> 25 about as much and a deeper prefetch in the shared memory freed.
+Not done: a refit moves the choices of every head it admits, which the solver's latency model prices but no
+measurement has checked at these register counts (ptxas near the cap schedules with fewer registers to spare).
+"""
+
 #: How the forward's latency constants were chosen (documentation; the numbers live in ``KernelModel``):
 LATENCY_CALIBRATION = """
 The structure (a block's step as a dependent chain lengthened where the warps sharing a scheduler run out of issue
