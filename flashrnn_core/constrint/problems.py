@@ -517,6 +517,9 @@ blocks: 1.27), so one factor for every cluster size would gain nothing. Estimate
 29 -> 25 (24 KB a step) about -5%, slstm's 30 -> 25 about as much and a deeper prefetch in the shared memory freed.
 Not done: a refit moves the choices of every head it admits, which the solver's latency model prices but no
 measurement has checked at these register counts (ptxas near the cap schedules with fewer registers to spare).
+The refit with those two factors (16-block clusters only) is prepared as bench/results/phases/2026-12-04-refit-
+16bit-r-smem.patch, with the ten choices it moves and their estimates (lstm 1x768 forward 1.843 -> 1.759 ms, slstm
+1.962 -> 1.857, gru 1.611 -> 1.569; all spill-free): to be measured before it is applied.
 """
 
 #: How the forward's latency constants were chosen (documentation; the numbers live in ``KernelModel``):
