@@ -33,7 +33,8 @@ def with_r_smem(spec: KernelSpec, r_smem: int) -> KernelSpec:
     """``spec`` with ``r_smem`` of a warp's k-tiles of R in shared memory (512 bytes a fragment, as Tile::R_BYTES)."""
     d = dict(spec.defines)
     compute_warps = int(d["FLASHRNN_THREADS"]) // 32 - int(d.get("FLASHRNN_DMA_WARPS", 0))
-    m_tiles = geometry(FUNCTION_OF_STRUCT[d["FLASHRNN_CELL"]], "bfloat16", int(d["FLASHRNN_D"])).mt
+    wide = d.get("FLASHRNN_WIDE_WARPS") == "1"
+    m_tiles = geometry(FUNCTION_OF_STRUCT[d["FLASHRNN_CELL"]], "bfloat16", int(d["FLASHRNN_D"]), wide=wide).mt
     smem = int(d["FLASHRNN_SMEM_BYTES"]) + (r_smem - int(d["FLASHRNN_R_SMEM"])) * compute_warps * m_tiles * 512
     d.update(FLASHRNN_R_SMEM=str(r_smem), FLASHRNN_SMEM_BYTES=str(smem))
     return dataclasses.replace(spec, defines=tuple(d.items()), smem_dynamic=smem)

@@ -12,6 +12,7 @@ knobs (extra -D defines on the same variant), and the forward's step cut into ph
     python bench/phase_clocks.py --cell lstm --heads 12 --head-dim 64 --batch 256 \\
         --variant base= --variant no_trade=FLASHRNN_TRADE_CELLS=0 --variant inference=FLASHRNN_SAVE=0
     python bench/phase_clocks.py --cell lstm --heads 1 --head-dim 768 --pin dma_warps=0,r_ktiles_in_smem=28
+    python bench/phase_clocks.py --cell lstm --heads 1 --head-dim 768 --pin wide_warps=0,k_split=1,r_ktiles_in_smem=25
 
 A variant is ``name=DEFINE[,DEFINE=value...]`` (empty: the kernel as built). Each is timed (CUDA events, median of
 --runs after a warm-up, ../shared/BENCH.md's protocol) and its output (states and saved values, the saved ones
@@ -52,7 +53,8 @@ COMPUTE_PHASES, DMA_PHASES = (0, 1, 2, 3, 4, 5, 7), (6, 4, 5)
 BACKWARD_PHASES = ("copies", "mma + sends", "barrier 1", "wait partials", "sum + cells", "barrier 2", "-", "loop")
 BACKWARD_SHOWN = (0, 1, 2, 3, 4, 5, 7)
 #: FusedParams fields that --pin may set (constrint.assess's arguments of the same names).
-PINNABLE = ("blocks_per_head", "k_split", "batch_ntiles", "prefetch_steps", "r_ktiles_in_smem", "whole_k", "dma_warps")
+PINNABLE = ("blocks_per_head", "k_split", "batch_ntiles", "prefetch_steps", "r_ktiles_in_smem", "whole_k", "dma_warps",
+            "wide_warps")
 
 
 def parse_variant(text: str) -> tuple[str, tuple[tuple[str, str], ...]]:
@@ -129,6 +131,7 @@ def pinned_choice(args, dtype):
     """The chooser's forward configuration with ``--pin``'s fields set (``constrint.assess``), or an error."""
     from flashrnn_core.constrint import Infeasible, assess
     from flashrnn_core.constrint.hardware import current
+    from flashrnn_core.constrint.problems import DEFAULT_MODEL
 
     base = fused.choose(args.cell, dtype, args.batch, args.heads, args.head_dim).choice
     given = {name: getattr(base, name) for name in PINNABLE}
@@ -137,7 +140,8 @@ def pinned_choice(args, dtype):
         if name not in PINNABLE:
             raise SystemExit(f"--pin: {name!r} is not one of {', '.join(PINNABLE)}")
         given[name] = int(value)
-    choice = assess(current(), args.cell, base.dtype, args.batch, args.heads, args.head_dim, **given)
+    model = replace(DEFAULT_MODEL, wide_warps=bool(given.pop("wide_warps")))  # (a stage of its own: WIDE_WARPS)
+    choice = assess(current(), args.cell, base.dtype, args.batch, args.heads, args.head_dim, model=model, **given)
     if isinstance(choice, Infeasible):
         raise SystemExit(f"--pin {args.pin}: infeasible: {choice.reason}")
     return choice

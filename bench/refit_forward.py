@@ -69,7 +69,9 @@ def load(paths: list[Path], hw, directions: tuple[str, ...] = ("forward",)) -> l
         sh = s["shape"]
         if sh["direction"] not in directions or s["infeasible"]:
             continue
-        measured = {params_key(r["params"]): r["ms"] * 1e3 / sh["T"] * hw.clock_mhz for r in s["rows"] if r.get("ms")}
+        # (rows of wide warps are another problem's, the wide stage's, which this default one does not build)
+        measured = {params_key(r["params"]): r["ms"] * 1e3 / sh["T"] * hw.clock_mhz for r in s["rows"]
+                    if r.get("ms") and not r["params"].get("wide_warps")}
         fp = build_fused(hw, sh["function"], sh["dtype"], sh["B"], sh["N"], sh["D"], sh["direction"])
         configs = [(dict(v), measured.get(key(v))) for v in fp.problem.solutions()]
         shapes.append({"label": s["label"], "shape": sh, "fp": fp, "configs": configs})

@@ -127,7 +127,19 @@ template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_, int R
     static constexpr bool KEEP = SPLIT == 1;  // per-thread addresses pinned in registers (common/pieces.cuh, keep)
     static constexpr int D = D_, NBT = NBT_, BT = 8 * NBT_, P = P_, NS = P_ + 1, CL = CL_, KS = KS_;
     static constexpr int GW = Cell::GW, GR = Cell::GR, GB = Cell::GB, S = Cell::S, NSAVED = Cell::NSAVED;
-    static constexpr int U = GR % 2 == 0 ? 1 : 2;
+    // FLASHRNN_WIDE_WARPS=1 (a geometry the solver chooses, FusedParams.wide_warps; even-Gr cells, split K under
+    // DMA warps): a warp owns two d-groups of 8 (16 dims, U = 2) where one fills its m16 tiles. A split-K pair of
+    // such warps reads each of h's k-tiles once for twice the rows: at lstm 1x768 h's fragments are ~74 KB of the
+    // ~252 KB a step an SM reads from shared memory, and this halves them. Measured by hand (stop 48, H200 bf16
+    // B=16 T=1024, bench/results/phases/2026-12-04-h200-wide-warps.txt, bitwise equal to 8 dims a warp): lstm
+    // 1x768 forward 2.096 -> 1.927 ms, slstm 2.213 -> 2.075; built once the paired R loads (problems.PAIRED_R_LOADS)
+    // let it fit spill-free (problems.WIDE_WARPS).
+#if defined(FLASHRNN_WIDE_WARPS) && FLASHRNN_WIDE_WARPS
+    static constexpr bool WIDE = GR % 2 == 0;
+#else
+    static constexpr bool WIDE = false;
+#endif
+    static constexpr int U = GR % 2 == 0 && !WIDE ? 1 : 2;
     static constexpr int HT = U * GR, MT = HT / 2, DW = 8 * U;
     // Where U = 2, which of the warp's 16 dims a lane's two cells have: 2g and 2g + 1 (R's rows reordered to match),
     // so that the lane's two cells of a batch row read Wx and write h and the outputs as one 32-bit access instead
@@ -287,7 +299,13 @@ template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_, int R
     static constexpr int XCHUNKS = BT * GW * DB / CH;
     static constexpr int H_ELEMS = SPLIT * BT * HROW;       // one h buffer (all D columns)
     static constexpr int X_ELEMS = BT * XROW;               // one Wx stage (this block's columns)
-    static constexpr int PART_FLOATS = PARTIALS ? KS * WARPS_D * MT * NBT * 4 * 32 : 0;
+    // Split-K partial sums, slots a lane and m16n8 tile in each warp's region: 4 (the tile's 4 accumulators, of which
+    // the warp writes the 2 of its partner's column) or, for wide warps, only those 2. The halved layout is exact for
+    // every split-K kernel, but the shared memory it frees moved the model's other choices the wrong way (measured,
+    // stop 49: bench/results/phases/2026-12-04-h200-halved-partials.txt), so only the wide kernels, which need it
+    // to fit, use it.
+    static constexpr int PART_SLOTS = WIDE ? 2 : 4;
+    static constexpr int PART_FLOATS = PARTIALS ? KS * WARPS_D * MT * NBT * PART_SLOTS * 32 : 0;
     // Outputs of one step (S states, then NSAVED pre-activations per batch row), staged in shared memory and
     // written to global memory the next step as whole 16-byte pieces of rows (two buffers, alternating).
     static constexpr int OROW = DB + 16 / int(sizeof(T));
@@ -633,16 +651,18 @@ __device__ __forceinline__ void matmul(float (&acc)[K::MT][K::NBT][4], const RRe
             }
 }
 
-// Split-K: the partial sums meet in shared memory, [KS][WARPS_D][MT][NBT][4][32] floats (one per lane). Each
-// warp of a pair finishes one of the lane's two batch columns (c = ks), so it leaves only the other column's
+// Split-K: the partial sums meet in shared memory, [KS][WARPS_D][MT][NBT][PART_SLOTS][32] floats (one per lane).
+// Each warp of a pair finishes one of the lane's two batch columns (c = ks), so it leaves only the other column's
 // sums (i = 1 - ks and 3 - ks of each tile) and, after the barrier, adds its partner's for its own column.
-// partial_base: where warp `owner` keeps column `c` of tile 0 at this lane (the tiles follow at partial_offset).
+// partial_base: where warp `owner` keeps column `c` of tile 0 at this lane (the tiles follow at partial_offset,
+// i = 0 or 2 the tile's row half); with 2 slots a warp's region holds its partner's column only, so c is implied.
 template <class K>
 __device__ __forceinline__ unsigned partial_base(const float* part, int owner, int wd, int c, int lane) {
-    return mma::smem_u32(part + ((owner * K::WARPS_D + wd) * K::MT * K::NBT * 4 + c) * 32 + lane);
+    const int slot = K::PART_SLOTS == 4 ? c : 0;
+    return mma::smem_u32(part + ((owner * K::WARPS_D + wd) * K::MT * K::NBT * K::PART_SLOTS + slot) * 32 + lane);
 }
 template <class K> __device__ __forceinline__ constexpr unsigned partial_offset(int m, int nb, int i) {
-    return unsigned(((m * K::NBT + nb) * 4 + i) * 32 * 4);
+    return unsigned(((m * K::NBT + nb) * K::PART_SLOTS + (K::PART_SLOTS == 4 ? i : i / 2)) * 32 * 4);
 }
 template <class K>
 __device__ __forceinline__ void put_partials(unsigned mine, const float (&acc)[K::MT][K::NBT][4], int ks) {
@@ -1162,6 +1182,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
 //   FLASHRNN_WHOLE_K   1: those KSPLIT warps each run the whole K instead, and split the batch columns only
 //   FLASHRNN_R_SMEM    of a warp's k-tiles of R, how many live in shared memory (the last ones; 0: none)
 //   FLASHRNN_DMA_WARPS n (clusters): n more warps a block do the copies and the h sends (Tile::DMA)
+//   FLASHRNN_WIDE_WARPS 1 (even-Gr cells): a warp owns 16 dims, not 8 (Tile::WIDE)
 //   FLASHRNN_F32_HALF  1 (float32 storage): R and h reach the tensor cores as one fp16 operand, not bf16 hi + lo
 // Launch: grid (N * CLUSTER, ceil(B / (8*NBT))), cluster (CLUSTER, 1, 1), block Tile::THREADS, dynamic shared
 // memory Tile::SMEM_BYTES. lengths: [B] int32 with 1 <= lengths[b] <= T, or null (every sequence runs T steps);

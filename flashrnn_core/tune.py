@@ -86,10 +86,11 @@ class Tuned:
 
 
 def config_label(p: FusedParams) -> str:
-    """The choices that make a configuration, short: blocks per head, k split, batch tile, prefetch, DMA warps and
-    R's k-tiles in shared memory where any (and for the backward whether dR is summed in the kernel)."""
+    """The choices that make a configuration, short: blocks per head, k split, batch tile, prefetch, DMA warps, wide
+    warps and R's k-tiles in shared memory where any (and for the backward whether dR is summed in the kernel)."""
     label = f"cl{p.blocks_per_head} ks{p.k_split}{'w' if p.whole_k else ''} bt{p.batch_tile} pf{p.prefetch_steps}"
     label += f" dma{p.dma_warps}" if p.dma_warps else ""
+    label += " wide" if p.wide_warps else ""
     label += f" rs{p.r_ktiles_in_smem}" if p.r_ktiles_in_smem else ""
     return label + (f" dr{int(p.fused_dr)}" if p.direction == "backward" else "")
 
@@ -108,7 +109,7 @@ def measure_all(shape: Shape, candidates: list[FusedParams], timer: Timer) -> Tu
 def geometry_key(p: FusedParams) -> tuple:
     """What a configuration is apart from its prefetch depth."""
     return (p.blocks_per_head, p.k_split, p.whole_k, p.batch_ntiles, p.r_ktiles_in_smem, p.fused_dr, p.scatter,
-            p.warps_per_block, p.dma_warps)
+            p.warps_per_block, p.dma_warps, p.wide_warps)
 
 
 def distinct_geometries(configs: list[FusedParams]) -> list[FusedParams]:

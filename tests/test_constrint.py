@@ -432,11 +432,12 @@ def _smem(function, dtype, D, prm: FusedParams) -> int:
     item = 4 if dtype == "float32" else 2
     split = 2 if dtype == "float32" and not prm.half_operands else 1  # (fp16 operands: one a value)
     bt, db, ns = prm.batch_tile, prm.dims_per_block, prm.prefetch_steps + 1
-    u = 1 if gr % 2 == 0 else 2
+    u = 1 if gr % 2 == 0 and not prm.wide_warps else 2  # (Tile::WIDE: two d-groups a warp)
     mt = u * gr // 2
     h = 2 * split * bt * (D + 8) * 2
     x = ns * bt * (gw * db + 16 // item) * item
-    part = (prm.k_split * prm.warps_along_dims * mt * prm.batch_ntiles * 4 * 32 * 4
+    slots = 2 if prm.wide_warps else 4  # (Tile::PART_SLOTS)
+    part = (prm.k_split * prm.warps_along_dims * mt * prm.batch_ntiles * slots * 32 * 4
             if prm.k_split > 1 and not prm.whole_k else 0)
     out = 2 * (s + saved) * bt * (db + 16 // item) * item
     compute_warps = prm.warps_per_block - prm.dma_warps
@@ -610,8 +611,9 @@ def test_dma_warps():
     overlap of the exchange with the mma below the same geometry without them."""
     from flashrnn_core.backends.fused import launch_of
 
+    eight_dims = replace(problems.DEFAULT_MODEL, wide_warp_stages=False)  # (test_wide_warps: 16 dims a warp)
     for function in ("lstm", "slstm"):
-        with_dma = solve_fused(H200, function, "bfloat16", 16, 1, 768)
+        with_dma = solve_fused(H200, function, "bfloat16", 16, 1, 768, model=eight_dims)
         assert with_dma.dma_warps == problems.DEFAULT_MODEL.dma_warps == 2 and with_dma.blocks_per_head == 16
         compute = with_dma.warps_along_dims * with_dma.k_split
         assert with_dma.warps_per_block == compute + 2 and with_dma.threads_per_block == 32 * (compute + 2)
@@ -619,7 +621,7 @@ def test_dma_warps():
         assert args["FLASHRNN_DMA_WARPS"] == 2 and args["FLASHRNN_THREADS"] == with_dma.threads_per_block
         assert "dma2" in launch_of(with_dma).spec.label
         without = problems.assess(H200, function, "bfloat16", 16, 1, 768, blocks_per_head=16, k_split=1,
-                                  prefetch_steps=with_dma.prefetch_steps,
+                                  prefetch_steps=with_dma.prefetch_steps, model=eight_dims,
                                   r_ktiles_in_smem=with_dma.r_ktiles_in_smem)
         assert without and not without.dma_warps and "FLASHRNN_DMA_WARPS" not in without.template_args()
         assert with_dma.smem_bytes - without.smem_bytes == 32  # two more mbarrier pairs
@@ -629,6 +631,47 @@ def test_dma_warps():
                    for hw, N, D in ((A100, 12, 64), (H100, 12, 64), (H100, 3, 256), (H100, 1, 512)))
     given = dict(blocks_per_head=4, k_split=2, whole_k=True, prefetch_steps=8, dma_warps=2)
     assert not problems.assess(H200, "lstm", "bfloat16", 16, 12, 64, **given)  # D < 768, 4 blocks
+
+
+def test_wide_warps():
+    """16 dims a warp for lstm and slstm (fused_fw.cu Tile::WIDE, problems.WIDE_WARPS): the solver's choice for
+    their 16-bit forwards at D = 768 on GPUs with clusters, always split K under DMA warps, 12 of a warp's 24
+    k-tiles of R in shared memory (what ptxas compiles spill-free; 11 spills), the partial sums in 2 slots a tile;
+    weighed against the 8-dims choice and estimated below it; FLASHRNN_WIDE_WARPS only where set; never for gru and
+    elman (16 dims a warp already), float32, the backward, D < 768, or without clusters."""
+    from flashrnn_core.backends.fused import launch_of
+
+    eight_dims = replace(problems.DEFAULT_MODEL, wide_warp_stages=False)
+    for function, dtype, direction in itertools.product(("lstm", "slstm"), ("bfloat16", "float16"),
+                                                        ("forward", "inference")):
+        wide = solve_fused(H100, function, dtype, 16, 1, 768, direction=direction)
+        assert wide.wide_warps and wide.dims_per_warp == 16 and wide.warps_along_dims == 3, wide.summary()
+        assert wide.k_split == 2 and not wide.whole_k and wide.dma_warps == 2 and wide.blocks_per_head == 16
+        assert (wide.ktiles_per_warp, wide.r_ktiles_in_smem) == (24, 12), wide.summary()
+        assert wide.template_args()["FLASHRNN_WIDE_WARPS"] == 1 and " wide" in launch_of(wide).spec.label
+        narrow = solve_fused(H100, function, dtype, 16, 1, 768, direction=direction, model=eight_dims)
+        assert not narrow.wide_warps and narrow.dims_per_warp == 8
+        assert "FLASHRNN_WIDE_WARPS" not in narrow.template_args()
+        assert wide.step_cycles < narrow.step_cycles
+        # ... and one k-tile more in registers is estimated to spill (ptxas: 20-40 bytes)
+        model = replace(problems.DEFAULT_MODEL, wide_warps=True)
+        assert not problems.assess(H100, function, dtype, 16, 1, 768, blocks_per_head=16, k_split=2, prefetch_steps=8,
+                                   r_ktiles_in_smem=11, dma_warps=2, direction=direction, model=model)
+        # (its shared memory, 2 partial-sum slots a tile, is Tile's: the kernel's static_assert, test_fused.py)
+        assert problems.geometry(function, dtype, 768, wide=True).mt == 4
+        assert wide.r_bytes_smem == 6 * wide.r_ktiles_in_smem * 4 * 512
+    for hw, function, dtype, D, direction in (
+            (H100, "gru", "bfloat16", 768, "forward"), (H100, "elman", "bfloat16", 768, "forward"),
+            (H100, "lstm", "float32", 768, "forward"), (H100, "lstm", "bfloat16", 768, "backward"),
+            (H100, "slstm", "bfloat16", 512, "forward"), (H100, "lstm", "bfloat16", 64, "forward"),
+            (A100, "lstm", "bfloat16", 768, "forward")):
+        assert not problems.wide_warps_allowed(problems.DEFAULT_MODEL, hw, function, dtype, D, direction)
+        chosen = solve_fused(hw, function, dtype, 16, 1, D, direction=direction)
+        assert not (chosen and chosen.wide_warps), (function, dtype, D, direction)
+    with pytest.raises(ValueError, match="even-Gr"):
+        problems.geometry("gru", "bfloat16", 768, wide=True)
+    with pytest.raises(ValueError, match="even-Gr"):
+        problems.geometry("lstm", "bfloat16", 768, "backward", wide=True)
 
 
 def test_dma_warps_with_split_k():
@@ -1263,14 +1306,16 @@ def test_cluster_prefetch_depth_follows_the_measurements():
         unpriced = replace(problems.DEFAULT_MODEL, cluster_deep_prefetch=0)
         worst_without = max(worst_without, ms[cheapest(unpriced, key, ms)] / fastest)
     assert worst_without > 1.035
-    # DMA-warp kernels (their own warps issue the copies) were not measured: priced alike at every depth, and
-    # lstm 1x768 keeps the depth the reference runs measured (4).
+    # DMA-warp kernels (their own warps issue the copies) were not measured: priced alike at every depth, so lstm
+    # 1x768 takes the deepest its shared memory holds (8 since its wide warps; by hand at stop 48 prefetch 2 and 4
+    # measured within 0.3%, problems.WIDE_WARPS).
     dma = solve_fused(H200, "lstm", "bfloat16", 16, 1, 768)
-    assert dma.dma_warps and dma.prefetch_steps == 4
+    assert dma.dma_warps and dma.prefetch_steps == max(problems.DEFAULT_MODEL.prefetches) == 8
+    model = replace(problems.DEFAULT_MODEL, wide_warps=dma.wide_warps)
     priced = {p: problems.assess(H200, "lstm", "bfloat16", 16, 1, 768, blocks_per_head=16, k_split=dma.k_split,
-                                 prefetch_steps=p, r_ktiles_in_smem=dma.r_ktiles_in_smem,
-                                 dma_warps=dma.dma_warps).step_cycles for p in (3, 4)}
-    assert priced[3] == priced[4]
+                                 prefetch_steps=p, r_ktiles_in_smem=dma.r_ktiles_in_smem, model=model,
+                                 dma_warps=dma.dma_warps).step_cycles for p in (3, 4, 8)}
+    assert priced[3] == priced[4] == priced[8]
 
 
 def _config(params: dict) -> tuple:

@@ -14,7 +14,7 @@ from flashrnn_core import _arrays
 from flashrnn_core.backends import fused
 from flashrnn_core.cells import CELLS
 from flashrnn_core.backends import AUTO_ORDER, why_not
-from flashrnn_core.constrint import A100, H100, solve_fused
+from flashrnn_core.constrint import A100, H100, problems, solve_fused
 from flashrnn_core.constrint.problems import DIRECTIONS
 from flashrnn_core.validate import validate
 from conftest import random_inputs, saved_error
@@ -219,6 +219,37 @@ def test_dma_warps_match_vanilla(function, dtype_name, varlen, poisoned):
     assert configs, f"no DMA-warp geometry of {function} D={D}"
     lengths = np.array([6, 1, 3, 6, 2, 5, 4, 6, 1], np.int32) if varlen else None
     _pinned_match_vanilla(function, dtype_name, configs, B, T, N, D, "dma", lengths)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype_name", ["bfloat16", "float16"])
+@pytest.mark.parametrize("function", ["lstm", "slstm"])
+def test_wide_warps_equal_eight_dims(function, dtype_name, poisoned):
+    """16 dims a warp (fused_fw.cu Tile::WIDE) sums exactly what 8 dims a warp does: a split-K pair's alternate
+    k-tiles are the two chains (k % 2) of the k_split 1 kernel, so the states and saved values are bitwise those of
+    the 8-dims DMA kernel (problems.WIDE_WARPS), from NaN-poisoned outputs; both match vanilla
+    (test_dma_warps_match_vanilla takes every DMA geometry, the wide ones among them)."""
+    import cupy
+
+    from flashrnn_core.constrint.hardware import current
+    from flashrnn_core.tune import pinned
+
+    B, T, N, D = 9, 6, 2, 768
+    hw = current()
+    if not hw.clusters:
+        pytest.skip(f"wide warps run on thread-block clusters (sm_90), not on {hw.arch}")
+    wide = solve_fused(hw, function, dtype_name, B, N, D)
+    eight = solve_fused(hw, function, dtype_name, B, N, D,
+                        model=replace(problems.DEFAULT_MODEL, wide_warp_stages=False))
+    assert wide.wide_warps and eight.dma_warps and eight.k_split == 1 and not eight.wide_warps, eight.summary()
+    rng = np.random.default_rng(zlib.crc32(repr((function, dtype_name, "wide")).encode()))
+    dev = [cupy.asarray(a) for a in _inputs(rng, function, DTYPES[dtype_name], B, T, N, D, True)]
+    problem = validate(*dev, function=function)
+    (w_states, w_saved), (e_states, e_saved) = (
+        [cupy.asnumpy(a) for a in pinned(c).forward(problem, *dev)] for c in (wide, eight))
+    assert not np.isnan(w_states).any() and not np.isnan(w_saved).any()
+    np.testing.assert_array_equal(w_states, e_states)
+    np.testing.assert_array_equal(w_saved, e_saved)
 
 
 @pytest.mark.gpu

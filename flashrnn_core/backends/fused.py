@@ -126,6 +126,7 @@ def launch_of(choice: FusedParams) -> Launch:
         if choice.blocks_per_head > 1 or choice.k_split > 1:
             label += f" cluster{choice.blocks_per_head} ksplit{choice.k_split}" + (" wholek" if choice.whole_k else "")
             label += f" dma{choice.dma_warps}" if choice.dma_warps else ""
+            label += " wide" if choice.wide_warps else ""
     label += " f16ops" if choice.half_operands else ""
     if choice.r_ktiles_in_smem:
         label += f" rsmem{choice.r_ktiles_in_smem}"

@@ -68,7 +68,8 @@ from .solver import Expr, Infeasible, Problem, Var, divides, predicate
 #: 23: float32 backwards nothing else takes may run the scatter kernel with one receive buffer (ONE_RECV): lstm
 #:     D = 672 and 768.
 #: 24: ... and after those, with one input stage and unpadded rows (ONE_STAGE): slstm D = 672 and 768.
-MODEL_VERSION = 24
+#: 25: 16-bit lstm and slstm forwards at D = 768 weigh 16 dims a warp (WIDE_WARPS).
+MODEL_VERSION = 25
 
 MMA_M, MMA_N, MMA_K = 16, 8, 16  # mma.sync m16n8k16 (bf16/fp16 operands, float32 accumulators)
 
@@ -172,6 +173,15 @@ class KernelModel:
     #: ... for heads of at least this D: measured at D = 768 only, and at D = 512 the register fit misses the DMA
     #: kernels by up to 40 registers (slstm float16 estimated 231 spilled at 255).
     dma_min_D: int = 768
+    #: fused_fw.cu Tile::WIDE: even-Gr cells' warps own 16 dims (two d-groups of 8), not 8, so that a split-K pair
+    #: reads h's fragments once for twice the rows (WIDE_WARPS). Only with DMA warps and split K, as measured. Set
+    #: by ``_stages`` on a last 16-bit forward stage, which the solver weighs against the first that takes the head
+    #: (``_weighed_with``) ...
+    wide_warps: bool = False
+    #: ... whether ``_stages`` offers that stage at all, and up to which D (the variant list's largest: its
+    #: register factor is fitted there, ``reg_rest_with_smem_wide``)
+    wide_warp_stages: bool = True
+    wide_max_D: int = 768
 
     # -- registers per thread: a linear fit over the step's live values (REGISTER_FIT says how it was fitted)
     reg_base: Fraction = Fraction(33)  # addresses, loop state, indices, bias, barrier bookkeeping
@@ -192,6 +202,8 @@ class KernelModel:
     #: ... and for float32 kernels with fp16 operands (``f32_half_operands``) and DMA warps, whose compute warps
     #: ptxas compiled in fewer registers than the rule gives their 4-byte copies (F32_HALF_REGISTERS).
     reg_rest_with_smem_f32_half_dma: Fraction = Fraction(77, 100)
+    #: ... and for wide warps (``wide_warps``: 16-bit storage, DMA warps; fitted on the paired R loads, WIDE_WARPS).
+    reg_rest_with_smem_wide: Fraction = Fraction(9, 20)
     #: Added to the estimate. The fit cleared every spill by 8 against a cap that ignored the warp allocation
     #: granularity (``Hardware.warp_alloc_unit``); against the true cap two spilling kernels of 14 and 9 warps
     #: (elman D=224, lstm D=144 on a 2-block cluster) were estimated 1-2 registers below it: 4 rejected them.
@@ -441,8 +453,45 @@ spilled 24 bytes, 11-13 did not; the rule takes 13). lstm and slstm (one d-group
 with 16 dims a warp, which halves h's shared-memory reads (~70 of ~250 KB a step at 1x768): measured with that
 geometry by hand (lstm 1x768 forward 2.096 -> 1.927 ms, slstm 2.213 -> 2.075; bench/results/phases/2026-12-04-
 h200-wide-warps.txt, the kernel change as a patch), but even with the partial sums' buffer halved (a warp leaves
-only its partner's column: 6 of its 12 KB) every split of R that fits spills 8-20 bytes (ptxas at 255 registers)
-or needs 48 bytes (lstm) to 3.6 KB (slstm) more shared memory than a block has: not built.
+only its partner's column: 6 of its 12 KB) every split of R that fits spilled 8-20 bytes (ptxas at 255 registers)
+or needed 48 bytes (lstm) to 3.6 KB (slstm) more shared memory than a block has. Built since (WIDE_WARPS).
+"""
+
+#: Why lstm and slstm D = 768 run 16 dims a warp (documentation; KernelModel.wide_warps, fused_fw.cu Tile::WIDE):
+WIDE_WARPS = """
+A warp of lstm or slstm owns one d-group of 8 dims (its 4 gates fill two m16 tiles). At D = 768 on 16-block
+clusters each SM reads ~252 KB a step from shared memory (R's k-tiles that the registers do not hold, 178 KB, and
+h's fragments, 6 warps x 48 k-tiles x 256 B = 74 KB): the step follows that traffic. With two d-groups a warp
+(16 dims, four m16 tiles, as gru's and elman's warps already are) and K split between a pair of warps under the
+DMA warps (alternate k-tiles, DMA_SPLIT_K), each warp reads 24 of h's k-tiles for four tiles of R instead of 48
+for two: h's reads halve (37 KB), R's are as before for as many k-tiles in shared memory. The pair's partial sums
+take 2 slots a tile, not 4 (fused_fw.cu Tile::PART_SLOTS: each warp writes its partner's column only), which the
+wide kernels need to fit and no other kernel uses (the freed bytes moved other choices the wrong way: the halving
+was measured alone, bench/results/phases/2026-12-04-h200-halved-partials.txt).
+Measured by hand at stop 48 (bench/results/phases/2026-12-04-h200-wide-warps.txt, H200 bf16 B=16 T=1024, states
+bitwise equal to the 8-dims kernel: warp ks's alternate k-tiles are exactly the chains k % 2 the k_split 1 kernel
+sums): lstm forward 2.096 -> 1.927 ms (13 of a warp's 24 k-tiles in shared memory) and 1.974 (14), inference
+1.996 -> 1.862; slstm forward 2.213 -> 2.075 (14), inference 2.118 -> 1.976; against the 8-dims kernel with 29
+(lstm) and 30 (slstm) of 48 k-tiles in shared memory. Those splits spilled then; since the paired R loads
+(PAIRED_R_LOADS) ptxas (NVRTC 12.9, sm_90) compiles them spill-free down to 12 k-tiles in shared memory
+(bench/results/constrint/2026-12-05-wide-warps-ptxas.jsonl: lstm 255 registers at 12, 243-245 at 13, spills 20-24
+bytes at 11; slstm 254 at 12, 246-250 at 13, spills 36-40 at 11; bf16 and fp16 alike, at every prefetch depth,
+which only the DMA warps' shared memory follows). The register factor ``reg_rest_with_smem_wide`` (9/20)
+admits 12 and rejects 11 for both cells (the interval that does: 0.41-0.51).
+The model prices the geometry with its usual terms (mma, R's shared-memory bytes, h's ldmatrix issue, the
+partial sums' second barrier) and does not count h's shared-memory bytes, so it underprices the gain: it
+estimated the wide launches measured at stop 48 1-4% faster than the 8-dims one (lstm forward 14 k-tiles -1.3%,
+13 -3.6%; slstm 14 -2.3%) where they measured 6-8% faster. It picks wide at 12 k-tiles, prefetch 8, for every
+batch and head count at D = 768: lstm forward 3564 -> 3354 cycles a step (against 29 of 48 k-tiles, prefetch 4),
+slstm 3794 -> 3543 (30, prefetch 1). Expected from the measurements (-8% at 13 k-tiles, -2.4% a k-tile a warp,
+DMA_SPLIT_K): ~-10%. Measured (stop 52, H200 bf16 B=16 T=1024, bench/phase_clocks.py, the 8-dims kernel pinned to
+the previous choice in the same tree; bench/results/phases/2026-12-05-h200-wide-warps.txt):
+  lstm  forward 2.077 -> 1.918 ms (-7.7%), inference 1.983 -> 1.822 (-8.1%)
+  slstm forward 2.201 -> 2.125 ms (-3.5%), inference 2.111 -> 2.051 (-2.8%)
+lstm as estimated within 2%; slstm a third of it (its stop-48 launch, 14 k-tiles at prefetch 2, measured -6%:
+the 12-k-tile kernel at 254 registers, or prefetch 8, gives some of it back; not separated yet). Only 16-bit storage
+(float32's hi + lo operands run k_split 1 under DMA warps), only D = 768 (``wide_max_D``: the largest D the variant
+list compiles, where the register factor is checked), only on GPUs with clusters.
 """
 
 #: Why the scatter backward may keep one receive buffer (documentation; KernelModel.bw_scatter_one_recv, fused_bw.cu
@@ -517,9 +566,10 @@ blocks: 1.27), so one factor for every cluster size would gain nothing. Estimate
 29 -> 25 (24 KB a step) about -5%, slstm's 30 -> 25 about as much and a deeper prefetch in the shared memory freed.
 Not done: a refit moves the choices of every head it admits, which the solver's latency model prices but no
 measurement has checked at these register counts (ptxas near the cap schedules with fewer registers to spare).
-The refit with those two factors (16-block clusters only) is prepared as bench/results/phases/2026-12-04-refit-
-16bit-r-smem.patch, with the ten choices it moves and their estimates (lstm 1x768 forward 1.843 -> 1.759 ms, slstm
-1.962 -> 1.857, gru 1.611 -> 1.569; all spill-free): to be measured before it is applied.
+The refit with those two factors (16-block clusters only) is prepared as bench/results/phases/2026-12-05-refit-
+16bit-r-smem.patch, with the choices it moves and their estimates (2026-12-04-refit-16bit-r-smem.txt: gru 1x768
+forward 1.611 -> 1.569 ms, lstm and slstm 1x640; lstm and slstm 1x768 run 16 dims a warp since, WIDE_WARPS, with
+their own factor): to be measured before it is applied.
 """
 
 #: How the forward's latency constants were chosen (documentation; the numbers live in ``KernelModel``):
@@ -732,6 +782,8 @@ class Geometry:
     staged_out: int = 0
     #: float32 storage reaching the tensor cores as one fp16 operand (``KernelModel.f32_half_operands``)
     half_operands: bool = False
+    #: forward, even Gr: a warp owns two d-groups of 8 (``KernelModel.wide_warps``)
+    wide: bool = False
 
     def staged_state_rows(self, h_prev) -> Any:
         """Backward: state rows of 8 sequences a stage holds (fused_bw.cu Staging: the previous states the cells
@@ -743,8 +795,9 @@ class Geometry:
 
     @property
     def u(self) -> int:
-        """d-groups of 8 per warp: a warp's rows (u*8 dims x mg gates) must fill whole m16 tiles."""
-        return 1 if (8 * self.mg) % MMA_M == 0 else 2
+        """d-groups of 8 per warp: a warp's rows (u*8 dims x mg gates) must fill whole m16 tiles (two for wide
+        warps)."""
+        return 1 if (8 * self.mg) % MMA_M == 0 and not self.wide else 2
 
     @property
     def dims_per_warp(self) -> int:
@@ -766,9 +819,11 @@ class Geometry:
 DIRECTIONS = ("forward", "inference", "backward")
 
 
-def geometry(function: str, dtype, D: int, direction: str = "forward", half_operands: bool = False) -> Geometry:
+def geometry(function: str, dtype, D: int, direction: str = "forward", half_operands: bool = False,
+             wide: bool = False) -> Geometry:
     """The problem's fixed shape, from the cell's counts (``cells.CELLS``, the one table of them);
-    ``half_operands``: float32 storage as one fp16 operand (``KernelModel.f32_half_operands``)."""
+    ``half_operands``: float32 storage as one fp16 operand (``KernelModel.f32_half_operands``); ``wide``: 16 dims
+    a warp (``KernelModel.wide_warps``; the forward, even-Gr cells)."""
     from ..cells import CELLS
 
     if function not in CELLS:
@@ -779,6 +834,8 @@ def geometry(function: str, dtype, D: int, direction: str = "forward", half_oper
     itemsize = _itemsize(dtype)
     if half_operands and itemsize != 4:
         raise ValueError(f"half_operands: float32 storage only, got {_dtype_name(dtype)}")
+    if wide and (direction == "backward" or cell.gates_r % 2):
+        raise ValueError(f"wide: the forward of an even-Gr cell only, got {function} {direction}")
     split = 2 if itemsize == 4 and not half_operands else 1
     if direction != "backward":
         # in: Wx (gw); out: states (S) and, training, saved pre-activations; x is held until the pointwise step.
@@ -786,7 +843,7 @@ def geometry(function: str, dtype, D: int, direction: str = "forward", half_oper
         return Geometry(function, direction, _dtype_name(dtype), D, cell.gates_w, cell.gates_r, cell.states,
                         cell.n_saved, itemsize, split, 3 if split == 2 else 1, cell.gates_r, 1, cell.gates_w,
                         written, cell.states, cell.gates_w, staged_out=cell.states + cell.n_saved,
-                        half_operands=half_operands)
+                        half_operands=half_operands, wide=wide)
     # in: saved (n_saved), previous states (S) and upstream state gradients (S); out: dWx (gw).
     return Geometry(function, direction, _dtype_name(dtype), D, cell.gates_w, cell.gates_r, cell.states,
                     cell.n_saved, itemsize, split, 3 if split == 2 else 1, 1, cell.gates_r, cell.n_saved + 2 * cell.states,
@@ -899,6 +956,8 @@ class FusedParams:
     half_operands: bool = False
     #: backward, scatter: one receive buffer for the partials (``KernelModel.bw_scatter_one_recv``)
     one_recv: bool = False
+    #: forward, even-Gr cells: a warp owns 16 dims, not 8 (fused_fw.cu Tile::WIDE, ``KernelModel.wide_warps``)
+    wide_warps: bool = False
 
     def template_args(self) -> dict[str, int]:
         """The -D parameters of cuda_src/fused_fw.cu (or fused_bw.cu for a backward choice) as it stands
@@ -916,13 +975,14 @@ class FusedParams:
                     "FLASHRNN_STORE_DRS": int(self.stores_drs), "FLASHRNN_FUSED_DR": int(self.fused_dr),
                     "FLASHRNN_CLUSTER": self.blocks_per_head, "FLASHRNN_R_SMEM": self.r_ktiles_in_smem,
                     "FLASHRNN_THREADS": self.threads_per_block, "FLASHRNN_SMEM_BYTES": self.smem_bytes}
-        # (FLASHRNN_WHOLE_K, FLASHRNN_DMA_WARPS and FLASHRNN_F32_HALF only where set: the other kernels keep the
-        # defines, and so the cache keys, they had; FLASHRNN_SAVE=0, last, makes the inference kernel)
+        # (FLASHRNN_WHOLE_K, FLASHRNN_DMA_WARPS, FLASHRNN_F32_HALF and FLASHRNN_WIDE_WARPS only where set: the other
+        # kernels keep the defines, and so the cache keys, they had; FLASHRNN_SAVE=0, last, makes the inference kernel)
         return {"FLASHRNN_D": self.D, "FLASHRNN_NBT": self.batch_ntiles, "FLASHRNN_PREFETCH": self.prefetch_steps,
                 "FLASHRNN_CLUSTER": self.blocks_per_head, "FLASHRNN_KSPLIT": self.k_split,
                 **({"FLASHRNN_WHOLE_K": 1} if self.whole_k else {}),
                 **({"FLASHRNN_DMA_WARPS": self.dma_warps} if self.dma_warps else {}),
                 **({"FLASHRNN_F32_HALF": 1} if self.half_operands else {}),
+                **({"FLASHRNN_WIDE_WARPS": 1} if self.wide_warps else {}),
                 "FLASHRNN_R_SMEM": self.r_ktiles_in_smem, "FLASHRNN_THREADS": self.threads_per_block,
                 "FLASHRNN_SMEM_BYTES": self.smem_bytes,
                 **({"FLASHRNN_SAVE": 0} if self.direction == "inference" else {})}
@@ -954,6 +1014,7 @@ class FusedParams:
                 f"{where} per head, {self.batch_tile} sequences x {self.threads_per_block} threads "
                 f"(k_split {self.k_split}{', whole K' if self.whole_k else ''}"
                 f"{f', {self.dma_warps} DMA warps' if self.dma_warps else ''}"
+                f"{f', {self.dims_per_warp} dims a warp' if self.wide_warps else ''}"
                 f"{', fp16 operands' if self.half_operands else ''}), prefetch {self.prefetch_steps}, "
                 f"R in smem {self.r_ktiles_in_smem}/{self.ktiles_per_warp} k-tiles, {self.smem_bytes} B smem, "
                 f"~{self.registers_estimate} regs "
@@ -988,7 +1049,7 @@ def build_fused(hw: Hardware, function: str, dtype, B: int, N: int, D: int, dire
 
         geometry(function, dtype, D, direction)  # (validates the names)
         return build_backward(hw, function, dtype, B, N, D, model)
-    geo = geometry(function, dtype, D, direction, half_operands=model.f32_half_operands)
+    geo = geometry(function, dtype, D, direction, half_operands=model.f32_half_operands, wide=model.wide_warps)
     p = Problem()
     kt = max(1, geo.kt)
     r_shared_allowed = _r_in_shared_memory_allowed(model, hw, geo)
@@ -1043,7 +1104,7 @@ def _resources(geo: Geometry, m: KernelModel, v: dict[str, Var]) -> tuple[Expr, 
     rest_estimate = m.reg_margin + (1 + m.reg_margin_fraction) * rest
     # R's registers at the fit's cost; or, with R partly in shared memory (r_shared = 1), one for one and the
     # rest at reg_rest_with_smem times its estimate (REGISTER_FIT, last paragraph).
-    rest_factor = m.reg_rest_with_smem
+    rest_factor = m.reg_rest_with_smem_wide if geo.wide else m.reg_rest_with_smem
     if geo.half_operands:  # (with DMA warps, unless split K's partial sums: F32_HALF_REGISTERS)
         rest_factor = rest_factor + (m.reg_rest_with_smem_f32_half_dma - rest_factor) * dma * (2 - ksplit + wholek)
     regs = (rest_estimate + (1 + m.reg_margin_fraction) * m.reg_per_r * r_regs * (1 - r_shared)
@@ -1057,9 +1118,9 @@ def _resources(geo: Geometry, m: KernelModel, v: dict[str, Var]) -> tuple[Expr, 
     pad = 16 // item
     h_bytes = 2 * split * op * (geo.kg * geo.D + 8) * bt
     x_bytes = (prefetch + 1) * bt * (geo.stream_in * db + pad) * item
-    # KS*WARPS_D*MT*NBT*4*32 floats when KS == 2 splits K, none when KS == 1 or the warps run the whole K (ksplit is
-    # 1 or 2, and wholek 1 only with ksplit 2: exact).
-    part_bytes = (ksplit - 1 - wholek) * 2 * warps_d * nbt * (mt * 4 * 32 * 4)
+    # KS*WARPS_D*MT*NBT*slots*32 floats when KS == 2 splits K (4 slots, 2 for wide warps: Tile::PART_SLOTS), none
+    # when KS == 1 or the warps run the whole K (ksplit is 1 or 2, and wholek 1 only with ksplit 2: exact).
+    part_bytes = (ksplit - 1 - wholek) * 2 * warps_d * nbt * (mt * (2 if geo.wide else 4) * 32 * 4)
     out_bytes = 2 * geo.staged_out * bt * (db + pad) * item
     # mbarriers: two (one an h buffer) in a cluster; with DMA warps (clusters of 8+) three groups a buffer.
     bar_bytes = 16 * clustered + 32 * dma
@@ -1153,6 +1214,8 @@ def _add_constraints(p: Problem, v: dict[str, Var], geo: Geometry, hw: Hardware,
     p.add(predicate(lambda wd, on: not on or (wd * geo.dims_per_warp) % MMA_K == 0, warps_d, dma,
                     label="DMA warps: a block's dims a multiple of 16"))
     p.add(v["r_smem_kt"] <= ktw, name="R k-tiles in shared memory <= k-tiles per warp")
+    if geo.wide:  # (as measured: WIDE_WARPS)
+        p.add(ksplit - v["wholek"] + dma == 3, name="wide warps: split K (not whole-K warps) under DMA warps")
     p.add(v["nbt"] <= m.max_nbt - (m.max_nbt - 1) * v["r_shared"],
           name="R in shared memory: one batch n-tile (REGISTER_FIT)")
     # (A block's h slice moves in 16-byte pieces: dims per block x 2 bytes is a multiple of 16 because
@@ -1364,14 +1427,28 @@ def _r_in_shared_memory_allowed(model: KernelModel, hw: Hardware, geo: Geometry)
     return model.r_in_shared_memory and hw.clusters and (geo.D % split_unit == 0 or model.r_shared_any_cluster)
 
 
+def wide_warps_allowed(model: KernelModel, hw: Hardware, function: str, dtype, D: int, direction: str) -> bool:
+    """Whether a stage with ``model.wide_warps`` can take the head at all (WIDE_WARPS): a 16-bit forward of an
+    even-Gr cell, on a GPU with clusters, at a D that DMA warps take and R in shared memory splits evenly."""
+    if direction == "backward" or _itemsize(dtype) != 2:
+        return False
+    geo = geometry(function, dtype, D, direction)
+    if geo.u != 1:
+        return False
+    wide = geometry(function, dtype, D, direction, wide=True)
+    return (bool(model.dma_warps) and hw.clusters and model.dma_min_D <= D <= model.wide_max_D
+            and _r_in_shared_memory_allowed(model, hw, wide))
+
+
 def _stages(model: KernelModel, hw: Hardware, function: str, dtype, D: int, direction: str) -> list[KernelModel]:
     """The models to try in turn: all of R in registers, then, where it is allowed at all, R partly in shared
     memory (``KernelModel.r_in_shared_memory``). The backward weighs clusters against one block a head from
     ``KernelModel.bw_clusters_weighed_from_d`` on; below, one block a head first, clusters only for heads whose
     R^T no block holds; and last, on GPUs with clusters, the scatter-cluster kernel
     (``KernelModel.bw_scatter``), which is weighed against the first feasible cluster stage (``_weighed_with``);
-    then each cluster stage again with clusters of every size (``KernelModel.any_cluster_size``); and last, for a
-    float32 forward, every stage again with fp16 operands (``KernelModel.f32_half_operands``)."""
+    then each cluster stage again with clusters of every size (``KernelModel.any_cluster_size``); for a 16-bit
+    forward of lstm or slstm at the D DMA warps take, 16 dims a warp (``KernelModel.wide_warps``, weighed); and
+    last, for a float32 forward, every stage again with fp16 operands (``KernelModel.f32_half_operands``)."""
     stages = []
     geo = geometry(function, dtype, D, direction)
     weighed_from = model.bw_clusters_weighed_from(function)
@@ -1386,6 +1463,9 @@ def _stages(model: KernelModel, hw: Hardware, function: str, dtype, D: int, dire
         spilled = direction != "backward" and any(
             (f, d) == (function, geo.dtype) and e in (None, D) for f, d, e in model.r_shared_any_cluster_forward_spills)
         stages += _any_size_stages(stages, tuple(range(1, hw.max_cluster + 1)), r_shared=not spilled)
+    wide = replace(model, wide_warps=True)
+    if model.wide_warp_stages and wide_warps_allowed(wide, hw, function, dtype, D, direction):
+        stages.append(wide)
     if geo.itemsize == 4 and model.f32_half_operand_stages:  # (the backward: its scatter kernel only)
         stages += [replace(s, f32_half_operands=True) for s in stages if direction != "backward" or s.bw_scatter]
         if direction == "backward":
@@ -1442,6 +1522,8 @@ def _weighed_with(stages: list[KernelModel], first: int, best: FusedParams) -> l
     2652), so there the rule stays as it was. The comparison is of the estimates as they are: the scatter estimate
     counts one wave (backward.scatter_estimate), and multiplying its step by its waves, tried, put float32 elman
     12x768 back on the cluster kernel that measured 30% slower."""
+    if any(s.wide_warps for s in stages):  # (a forward: WIDE_WARPS)
+        return [s for s in stages[first + 1:] if s.wide_warps]
     if stages[first].bw_scatter:
         return []
     in_shared_memory = first > 0 and best.r_ktiles_in_smem > 0
@@ -1601,5 +1683,5 @@ def params_from(fp: FusedProblem, values: dict[str, int]) -> FusedParams:
         register_cap=register_cap(hw, threads), blocks_per_sm=int(e["blocks_per_sm"]),
         grid=(fp.N * cluster, math.ceil(fp.B / (MMA_N * nbt))), waves=int(e["waves"]), step_cycles=e["total"],
         step_us=hw.cycles_to_us(e["total"]), breakdown=breakdown, whole_k=bool(values["wholek"]),
-        dma_warps=fp.model.dma_warps * values.get("dma", 0), half_operands=geo.half_operands)
+        dma_warps=fp.model.dma_warps * values.get("dma", 0), half_operands=geo.half_operands, wide_warps=geo.wide)
 
