@@ -1,5 +1,5 @@
 """ptxas (sm_90) of the wide-warp lstm/slstm D = 768 forwards (fused_fw.cu Tile::WIDE) over R's k-tiles in shared
-memory and the prefetch depth: the data ``KernelModel.reg_rest_with_smem_16bit_wide`` is fitted to
+memory and the prefetch depth: the data ``KernelModel.reg_rest_with_smem_wide`` is fitted to
 (``constrint.problems.WIDE_WARPS``). NVRTC only, no GPU:
 
     python bench/wide_warps_ptxas.py > bench/results/constrint/<date>-wide-warps-ptxas.jsonl
@@ -26,7 +26,7 @@ from flashrnn_core.constrint import H100  # noqa: E402
 from flashrnn_core.constrint.problems import DEFAULT_MODEL, assess  # noqa: E402
 from flashrnn_core.runtime import compile_spec  # noqa: E402
 
-ANY_REGISTERS = replace(DEFAULT_MODEL, wide_warps=True, reg_rest_with_smem_16bit_wide=Fraction(1, 4))
+ANY_REGISTERS = replace(DEFAULT_MODEL, wide_warps=True, reg_rest_with_smem_wide=Fraction(1, 4))
 
 
 def one(job: tuple) -> str:
