@@ -489,7 +489,10 @@ the previous choice in the same tree; bench/results/phases/2026-12-05-h200-wide-
   lstm  forward 2.077 -> 1.918 ms (-7.7%), inference 1.983 -> 1.822 (-8.1%)
   slstm forward 2.201 -> 2.125 ms (-3.5%), inference 2.111 -> 2.051 (-2.8%)
 lstm as estimated within 2%; slstm a third of it (its stop-48 launch, 14 k-tiles at prefetch 2, measured -6%:
-the 12-k-tile kernel at 254 registers, or prefetch 8, gives some of it back; not separated yet). Only 16-bit storage
+the 12-k-tile kernel at 254 registers, or prefetch 8, gives some of it back). Separated at stop 53
+(bench/results/phases/2026-12-05-h200-tune-wide-1x768.txt): prefetch 2-8 alike; slstm at 13 k-tiles forward -3.0%,
+inference -8.6% against 12, lstm alike at both; the refit that picks 13 for slstm waits, as
+2026-12-05-slstm-wide-13-ktiles.patch beside it, for its kernels' GPU tests. Only 16-bit storage
 (float32's hi + lo operands run k_split 1 under DMA warps), only D = 768 (``wide_max_D``: the largest D the variant
 list compiles, where the register factor is checked), only on GPUs with clusters.
 """
