@@ -28,6 +28,8 @@
 #     --match/--labels arguments; default: PRECOMPILE_MATCH's)
 #   TUNE_ARGS="--cell lstm --N 48 --D 16 --direction forward --distinct --top-k 4;..." (stage "tune": the solver's
 #     candidates measured, python -m flashrnn_core.tune --no-store; ';' separates runs, tables printed at the end)
+#   STAGES="exchange": bench/cluster_exchange.py (h's exchange in one cluster against a hand-off between clusters,
+#     cycles a step) and its --sync-repro under compute-sanitizer synccheck; both logs printed at the end
 #   FLASHRNN_COMMIT=<sha> (the results JSONs' "commit": the device's copy of .git may be an older commit's, so pass
 #     the tree's own from the machine that sends it, e.g. FLASHRNN_COMMIT=$(git rev-parse --short HEAD) there)
 set -uo pipefail
@@ -135,6 +137,15 @@ job_phases() {   # <n> <set>: bench/phase_clocks.py on one problem (PHASE_ARGS: 
     note "$1" "phases ${args[$2]:0:60}" "exit $?"
 }
 
+job_exchange() {   # <n>: the exchange's cycles a step (one cluster, several), then synccheck on its minimal case
+    local log="$OUT/exchange_timings.log" sync="$OUT/exchange_synccheck.log"
+    timeout "$(clamp 200)" python bench/cluster_exchange.py >"$log" 2>&1
+    note "$1" "exchange timings" "exit $?"
+    timeout "$(clamp 200)" compute-sanitizer --tool synccheck --error-exitcode 9 --report-api-errors no \
+        python bench/cluster_exchange.py --sync-repro >"$sync" 2>&1
+    note "$1-sync" "exchange sync repro, synccheck" "exit $? : $(grep -cE 'Barrier error' "$sync") barrier errors"
+}
+
 # The queue: "<job number> <function> <args...>", in the order of the stages (tests, bench, sanitizer, sweep).
 n=100; : >"$QUEUE"
 enqueue() { echo "$n $*" >>"$QUEUE"; n=$(( n + 1 )); }
@@ -164,6 +175,7 @@ if [[ " $STAGES " == *" phases "* ]]; then
     IFS=';' read -ra sets <<<"${PHASE_ARGS:-}"
     for (( i = 0; i < ${#sets[@]}; i++ )); do enqueue job_phases "$i"; done
 fi
+[[ " $STAGES " == *" exchange "* ]] && enqueue job_exchange
 if [[ " $STAGES " == *" tune "* ]]; then
     IFS=';' read -ra sets <<<"${TUNE_ARGS:-}"
     for (( i = 0; i < ${#sets[@]}; i++ )); do enqueue job_tune "$i"; done
@@ -219,4 +231,6 @@ summary=$(cat "$OUT"/notes/* 2>/dev/null)
 (cd "$OUT" && rm -rf notes queue queue.lock && tar czf logs.tar.gz --remove-files -- *.log)
 [[ " $STAGES " == *" phases "* ]] && tar xzf "$OUT/logs.tar.gz" -O --wildcards 'phases_*.log' 2>/dev/null
 [[ " $STAGES " == *" tune "* ]] && tar xzf "$OUT/logs.tar.gz" -O --wildcards 'tune_*.log' 2>/dev/null
+[[ " $STAGES " == *" exchange "* ]] && tar xzf "$OUT/logs.tar.gz" -O --wildcards 'exchange_*.log' 2>/dev/null \
+    | tail -n 60
 echo; echo "== device_check summary ($LANES lanes, ${SECONDS}s) =="; echo "$summary"

@@ -375,6 +375,24 @@ def test_matvec_bound_kernels_compile_for_sm90a():
         assert result.resources.spill_stores == 0, (entry, defines)
 
 
+def test_cluster_exchange_kernels_compile_for_sm90():
+    """bench/cluster_exchange.py's kernel (h's exchange in one cluster and between clusters, alone) builds for
+    sm_90 spill-free with each signal, and for its synccheck repro's clusters of 13; its cases stay launchable:
+    whole clusters, heads that need another cluster for a remote exchange, shared memory within a block's."""
+    from bench import cluster_exchange as cx
+    from flashrnn_core.runtime.compile import compile_spec
+
+    repro = cx.Case(groups=1, slice=4, cl=13)
+    chosen = [case for case in cx.CASES if case.remote and case.heads == 1 and case.work == 0 and case.groups == 2]
+    assert {case.signal for case in chosen} == set(cx.SIGNALS) and all(case.local for case in chosen[3:])
+    for case in chosen[3:] + [repro]:
+        result = compile_spec(cx.spec(case), "sm_90", use_cache=False)
+        assert result.resources is not None and result.resources.spill_stores == 0, case.label()
+    for case in cx.CASES:
+        assert case.groups > 1 or not case.remote, case.label()
+        assert case.smem() <= 227 * 1024 and case.blocks() % case.cl == 0, case.label()
+
+
 def test_phase_clocks_compare_saved_values_where_both_variants_save():
     """bench/phase_clocks.py holds a variant's states and saved values to the first variant's bit for bit, but not
     the saved buffer of a FLASHRNN_SAVE=0 variant (its kernel leaves the saving call's buffer unwritten: the
