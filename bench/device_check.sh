@@ -29,7 +29,8 @@
 #   TUNE_ARGS="--cell lstm --N 48 --D 16 --direction forward --distinct --top-k 4;..." (stage "tune": the solver's
 #     candidates measured, python -m flashrnn_core.tune --no-store; ';' separates runs, tables printed at the end)
 #   STAGES="exchange": bench/cluster_exchange.py (h's exchange in one cluster against a hand-off between clusters,
-#     cycles a step) and its --sync-repro under compute-sanitizer synccheck; both logs printed at the end
+#     cycles a step) and its --sync-repro under compute-sanitizer synccheck, then bench/head_split.py (a 1x768 head
+#     on two clusters: short runs under memcheck, synccheck, racecheck, then timings); the logs printed at the end
 #   FLASHRNN_COMMIT=<sha> (the results JSONs' "commit": the device's copy of .git may be an older commit's, so pass
 #     the tree's own from the machine that sends it, e.g. FLASHRNN_COMMIT=$(git rev-parse --short HEAD) there)
 set -uo pipefail
@@ -146,6 +147,22 @@ job_exchange() {   # <n>: the exchange's cycles a step (one cluster, several), t
     note "$1-sync" "exchange sync repro, synccheck" "exit $? : $(grep -cE 'Barrier error' "$sync") barrier errors"
 }
 
+job_split() {   # <n>: a 1x768 head on two clusters (bench/head_split.py): short runs, sanitizers, then timings
+    local log="$OUT/exchange_split.log" tool
+    timeout "$(clamp 60)" python bench/head_split.py --T 5 --runs 0 --B 8 --rs 8 >"$log" 2>&1
+    note "$1" "head split short B=8" "exit $? : $(grep -c 'NaN left 0' "$log") clean"
+    for tool in memcheck synccheck racecheck; do
+        timeout "$(clamp 90)" compute-sanitizer --tool "$tool" --error-exitcode 9 --report-api-errors no \
+            python bench/head_split.py --T 5 --runs 0 --B 8 --rs 8 >"$OUT/exchange_split_$tool.log" 2>&1
+        note "$1-$tool" "head split $tool" "exit $? : $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' \
+            "$OUT/exchange_split_$tool.log" | tr '\n' ' ')"
+    done
+    for args in "--rs 7 8 10" "--rs 8 --inference" "--cell slstm --rs 8" "--cell slstm --rs 8 --inference"; do
+        timeout "$(clamp 90)" python bench/head_split.py $args >>"$log" 2>&1
+        note "$1-t" "head split timings" "exit $?"
+    done
+}
+
 # The queue: "<job number> <function> <args...>", in the order of the stages (tests, bench, sanitizer, sweep).
 n=100; : >"$QUEUE"
 enqueue() { echo "$n $*" >>"$QUEUE"; n=$(( n + 1 )); }
@@ -175,7 +192,7 @@ if [[ " $STAGES " == *" phases "* ]]; then
     IFS=';' read -ra sets <<<"${PHASE_ARGS:-}"
     for (( i = 0; i < ${#sets[@]}; i++ )); do enqueue job_phases "$i"; done
 fi
-[[ " $STAGES " == *" exchange "* ]] && enqueue job_exchange
+[[ " $STAGES " == *" exchange "* ]] && enqueue job_exchange && enqueue job_split
 if [[ " $STAGES " == *" tune "* ]]; then
     IFS=';' read -ra sets <<<"${TUNE_ARGS:-}"
     for (( i = 0; i < ${#sets[@]}; i++ )); do enqueue job_tune "$i"; done

@@ -165,7 +165,18 @@ template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_, int R
     __device__ __forceinline__ static constexpr int dim_of(int u, int g) {
         return TRADE ? (g & ~1) + u : r_dim_of(u, g);
     }
-    static constexpr int DB = D / CL;                       // output dims of one block
+    // FLASHRNN_HEAD_CLUSTERS=G (DMA warps; an experiment, bench/head_split.py, not a solver geometry yet): a head
+    // spans G clusters of CL blocks, so each block holds a G-th of the rows of R it would hold on one cluster. At
+    // 1x768 one 16-block cluster leaves R 295 KB a block, of which ~147 KB are read from shared memory every step
+    // (the bound of the forward, bench/results/phases/2026-12-01-h200-matvec-bound.txt); on two, R is 147 KB a block
+    // and nearly all of it fits the registers. The price: the other clusters' slices of h come through global
+    // memory every step (HeadHandoff), not distributed shared memory, which ends at the cluster.
+#ifdef FLASHRNN_HEAD_CLUSTERS
+    static constexpr int G = FLASHRNN_HEAD_CLUSTERS;
+#else
+    static constexpr int G = 1;
+#endif
+    static constexpr int DB = D / (CL * G);                 // output dims of one block
     // FLASHRNN_DMA_WARPS=n (clusters; a geometry the solver chooses, FusedParams.dma_warps): n more warps a block,
     // which run no math. They send the block's h slice to the cluster, refill Wx's stages and write the staged
     // outputs, while the WARPS compute warps start the next step's mma on the h columns that have arrived: every
@@ -368,7 +379,13 @@ template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_, int R
     static constexpr int XG_WANTED = 3;
 #endif
     static constexpr int XG = !DMA ? 1 : XG_WANTED < CL - 1 ? XG_WANTED : CL - 1;
-    static constexpr int BAR_BYTES = CL > 1 ? 16 * XG : 0;
+    // G > 1: one more mbarrier a buffer, REMOTE_GROUP, which the DMA warps complete (an arrival each) once they have
+    // copied the other clusters' slices in (after the XG groups' mbarriers: bar_offset).
+    static constexpr int REMOTE_GROUP = XG, GROUPS = XG + (G > 1 ? 1 : 0);
+    static constexpr int BAR_BYTES = CL > 1 ? 16 * GROUPS : 0;
+    __device__ __forceinline__ static constexpr unsigned bar_offset(int buf, int gr) {
+        return unsigned(8 * (gr < XG ? buf * XG + gr : 2 * XG + buf));
+    }
     // R's shared-memory k-tiles as A-fragments in lane order, [WARPS][SPLIT][MT][RS][32 lanes][4 registers]:
     // one conflict-free 16-byte load a lane per fragment.
     static constexpr int R_BYTES = WARPS * SPLIT * MT * RS * 512;
@@ -376,18 +393,33 @@ template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_, int R
     // Bytes of h one block receives from one other block, and from all, per step.
     static constexpr unsigned SLICE_BYTES = unsigned(SPLIT * BT * DB * int(sizeof(Op)));
     static constexpr unsigned RECV_BYTES = (CL - 1) * SLICE_BYTES;
-    // DMA: a block's h buffers hold the slice of block src at slot slot_of_rank(src) (columns slot * DB ...): its
-    // own at slot 0, then rank - 1, rank - 2, ... (the map is its own inverse: slot_of_rank(slot) is the block).
-    // Otherwise slot = block, and column c holds dim c.
-    static constexpr int SKT = DB >= 16 ? DB / 16 : 1;  // k-tiles of one slot (DMA: DB % 16 == 0)
+    // DMA: a block's h buffers hold the slice of block src of its cluster at slot slot_of_rank(src) (columns slot *
+    // DB ...): its own at slot 0, then rank - 1, rank - 2, ... (the map is its own inverse: slot_of_rank(slot) is
+    // the block); G > 1: then, at slots CL * q + r, block r of the cluster q parts on (part: this cluster's index
+    // in the head). Otherwise slot = block, and column c holds dim c. A k-tile of columns may span two slots (DB a
+    // multiple of 8, not of 16: G = 2 at 1x768), so R's fragments map each half of a k-tile on its own.
     __device__ __forceinline__ static constexpr int slot_of_rank(int src, int rank) {
         return DMA ? (rank - src + CL) % CL : src;
     }
-    __device__ __forceinline__ static constexpr int column_of_dim(int d, int rank) {
-        return slot_of_rank(d / DB, rank) * DB + d % DB;
+    // The head's block (part * CL + rank) whose slice slot s holds, and the inverse.
+    __device__ __forceinline__ static constexpr int block_of_slot(int s, int rank, int part) {
+        if (G == 1) return slot_of_rank(s, rank);
+        return s < CL ? part * CL + slot_of_rank(s, rank) : (part + s / CL) % G * CL + s % CL;
     }
-    __device__ __forceinline__ static constexpr int ktile_at(int column_kt, int rank) {  // R's k-tile there
-        return DMA ? slot_of_rank(column_kt / SKT, rank) * SKT + column_kt % SKT : column_kt;
+    __device__ __forceinline__ static constexpr int slot_of_block(int blk, int rank, int part) {
+        if (G == 1) return slot_of_rank(blk, rank);
+        return blk / CL == part ? slot_of_rank(blk % CL, rank) : (blk / CL - part + G) % G * CL + blk % CL;
+    }
+    // R's k-tile at the k-tile ckt of h's columns, where slots are whole k-tiles (SKT of them).
+    static constexpr int SKT = DB >= 16 ? DB / 16 : 1;
+    __device__ __forceinline__ static constexpr int ktile_at(int ckt, int rank, int part) {
+        return DMA ? block_of_slot(ckt / SKT, rank, part) * SKT + ckt % SKT : ckt;
+    }
+    __device__ __forceinline__ static constexpr int column_of_dim(int d, int rank, int part) {
+        return slot_of_block(d / DB, rank, part) * DB + d % DB;
+    }
+    __device__ __forceinline__ static constexpr int dim_of_column(int c, int rank, int part) {
+        return block_of_slot(c / DB, rank, part) * DB + c % DB;
     }
     // The mbarrier group that counts slot j >= 1 (XG groups of about equal slots), and the bytes it counts.
     __device__ __forceinline__ static constexpr int group_of_slot(int j) { return exchange_group(j, XG, CL); }
@@ -396,17 +428,19 @@ template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_, int R
         for (int j = 1; j < CL; ++j) n += group_of_slot(j) == g;
         return unsigned(n) * SLICE_BYTES;
     }
-    // The group a warp must wait for before it reads its j-th k-tile (-1: its own slot, no wait). Under
+    // The group a warp must wait for before it reads its j-th k-tile (-1: its own slot, no wait): that of the last
+    // slot the k-tile's columns reach (the other clusters' slots: REMOTE_GROUP, after every local one). Under
     // INTERLEAVE, the later column of the pair's two (warp 0 waits a k-tile early at most: a compile-time count).
     __device__ __forceinline__ static constexpr int group_before_ktile(int j) {
-        const int slot = j < 0 ? 0 : column_of_ktile(KS - 1, j) / SKT;
-        return slot == 0 ? -1 : group_of_slot(slot);
+        const int slot = j < 0 ? 0 : (16 * column_of_ktile(KS - 1, j) + 15) / DB;
+        return slot == 0 ? -1 : slot >= CL ? REMOTE_GROUP : group_of_slot(slot);
     }
-    static_assert(D % 16 == 0 && D % CL == 0 && DB % DW == 0, "D must be a multiple of 16 (and of CL*DW)");
+    static_assert(D % 16 == 0 && D % (CL * G) == 0 && DB % DW == 0, "D must be a multiple of 16 (and of CL*G*DW)");
+    static_assert(G == 1 || DMA, "a head on several clusters: DMA warps hand the slices over");
     static_assert((WHOLE_K || KT % KS == 0) && (KS == 1 || KS == 2), "split-K over 1 or 2 warps");
     static_assert(CL == 1 || (DB * int(sizeof(Op))) % 16 == 0, "a block's h columns move in 16-byte pieces");
     static_assert(THREADS <= 1024, "head too large for one block");
-    static_assert(!DMA || DB % 16 == 0, "DMA warp: whole k-tiles a slice");
+    static_assert(!DMA || DB % 8 == 0, "DMA warp: whole halves of k-tiles a slice");
     static_assert(P >= 1, "prefetch depth");
     static_assert(RS >= 0 && RS <= KTW, "R k-tiles in shared memory: some of the warp's");
 };
@@ -465,17 +499,26 @@ struct OutPieces : StorePieces<(K::OUT_ROWS * K::DB * int(sizeof(T)) / 16 + K::C
     }
 };
 
-// One A-fragment of the warp's R rows (dims drow + 8*(q/GR) + g of half tile q, m = q / 2) at k-tile kt of the
-// head, split for float32.
+// One A-fragment of the warp's R rows (dims drow + 8*(q/GR) + g of half tile q, m = q / 2) against the k-tile
+// ckt of h's columns in block (rank, part) (Tile::dim_of_column: each half of it on its own), split for float32.
 template <class K, class T>
 __device__ __forceinline__ void r_fragment(unsigned (&f)[K::SPLIT][4], const T* __restrict__ R, int n, int N,
-                                           int drow, int m, int kt, int g, int c4) {
+                                           int drow, int m, int ckt, int rank, int part, int g, int c4) {
     using Op = typename K::Op;
+    // R's k-tile there where columns are dims (no DMA warps) or slots whole k-tiles (DB a multiple of 16), else the
+    // head's dim at the first column of each half of the k-tile (DB a multiple of 8).
+    constexpr bool WHOLE = !K::DMA || K::DB % 16 == 0;
+    const int kt = WHOLE ? K::ktile_at(ckt, rank, part) : 0;
+    int k0[2] = {0, 0};
+    if constexpr (!WHOLE) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) k0[half] = K::dim_of_column(16 * ckt + 8 * half, rank, part);
+    }
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
         const int q = 2 * m + (j & 1);
         const int gate = q % K::GR, d = drow + K::r_dim_of(q / K::GR, g);
-        const int k = 16 * kt + 2 * c4 + 8 * (j >> 1);
+        const int k = WHOLE ? 16 * kt + 2 * c4 + 8 * (j >> 1) : k0[j >> 1] + 2 * c4;
         const T* p = R + ((size_t(gate) * N + n) * K::D + d) * K::D + k;
         if constexpr (sizeof(T) == 2) {  // (16-bit storage: the operands themselves)
             // R[k] and R[k + 1] as one 32-bit load (k is even, R 16-byte aligned: FusedBackend's _as), R[k] in the
@@ -500,19 +543,19 @@ template <class K> __device__ __forceinline__ constexpr unsigned r_smem_offset(i
     return unsigned(((s * K::MT + m) * K::RS + r) * 512);
 }
 
-// Warp ks's R over its KTW k-tiles of h's columns (Tile::column_of_ktile; Tile::ktile_at: R's k-tile at those
-// columns in block `rank`): the first KTR into registers, the rest into shared memory at `r_lane` (this lane's
-// address of the warp's first fragment there). The shared-memory ones go one at a time (not unrolled): unrolled,
-// ptxas hoisted all their global loads together, and the registers that took spilled.
+// Warp ks's R over its KTW k-tiles of h's columns (Tile::column_of_ktile) in block (rank, part): the first KTR
+// into registers, the rest into shared memory at `r_lane` (this lane's address of the warp's first fragment
+// there). The shared-memory ones go one at a time (not unrolled): unrolled, ptxas hoisted all their global loads
+// together, and the registers that took spilled.
 template <class K, class T>
 __device__ __forceinline__ void load_r(RRegs<K>& a, unsigned r_lane, const T* __restrict__ R, int n, int N,
-                                       int drow, int ks, int rank, int g, int c4) {
+                                       int drow, int ks, int rank, int part, int g, int c4) {
 #pragma unroll
     for (int m = 0; m < K::MT; ++m)
 #pragma unroll
         for (int kt = 0; kt < K::KTR; ++kt) {
             unsigned f[K::SPLIT][4];
-            r_fragment<K>(f, R, n, N, drow, m, K::ktile_at(K::column_of_ktile(ks, kt), rank), g, c4);
+            r_fragment<K>(f, R, n, N, drow, m, K::column_of_ktile(ks, kt), rank, part, g, c4);
 #pragma unroll
             for (int s = 0; s < K::SPLIT; ++s)
 #pragma unroll
@@ -522,7 +565,7 @@ __device__ __forceinline__ void load_r(RRegs<K>& a, unsigned r_lane, const T* __
     for (int i = 0; i < K::MT * K::RS; ++i) {
         const int m = i / K::RS, r = i % K::RS;
         unsigned f[K::SPLIT][4];
-        r_fragment<K>(f, R, n, N, drow, m, K::ktile_at(K::column_of_ktile(ks, K::KTR + r), rank), g, c4);
+        r_fragment<K>(f, R, n, N, drow, m, K::column_of_ktile(ks, K::KTR + r), rank, part, g, c4);
 #pragma unroll
         for (int s = 0; s < K::SPLIT; ++s)
             st_shared_v4(r_lane + r_smem_offset<K>(s, m, r), make_uint4(f[s][0], f[s][1], f[s][2], f[s][3]));
@@ -723,9 +766,12 @@ template <class K> struct HSlice {
     static constexpr int E = int(sizeof(typename K::Op));
     static constexpr int PER_ROW = K::DB * E / 16;
     static constexpr int WARP_ROWS = 8 / K::KS, WARP_PIECES = K::SPLIT * K::NBT * WARP_ROWS * K::U;
-    // hbuf0: h buffer 0; dloc, ks: the warp's first dim (within the block) and K-split index.
-    __device__ __forceinline__ static auto sender(unsigned hbuf0, unsigned rank, int dloc, int ks, int lane) {
-        const unsigned cols = hbuf0 + unsigned(K::column_of_dim(int(rank) * K::DB, int(rank)) * E);
+    // hbuf0: h buffer 0; the block's (rank, part); dloc, ks: the warp's first dim (within the block) and K-split
+    // index.
+    __device__ __forceinline__ static auto sender(unsigned hbuf0, unsigned rank, int part, int dloc, int ks,
+                                                  int lane) {
+        const int d0 = (part * K::CL + int(rank)) * K::DB;
+        const unsigned cols = hbuf0 + unsigned(K::column_of_dim(d0, int(rank), part) * E);
         if constexpr (K::DMA) {  // the DMA warp sends the whole slice, from slot 0 to slot `distance` of the others
             return SliceSender<K::SPLIT * K::BT * PER_ROW, K::CL, K::COPIERS, K::KEEP, K::DB * E, K::XG>(
                 rank, lane, [=](int chunk) {
@@ -746,6 +792,73 @@ template <class K> struct HSlice {
                     return cols + unsigned((row * K::HROW + col) * E);
                 });
         }
+    }
+};
+
+// Tile::G > 1: the slices of h that the cluster's distributed shared memory cannot bring (those of the head's other
+// G - 1 clusters), through global memory. After the step's barrier the DMA warps publish this block's slice of h_t,
+// send it to the cluster, copy the other clusters' slices into their slots (CL + q) and arrive on the buffer's
+// REMOTE_GROUP mbarrier, which the compute warps wait for after the local groups (those slots are the last
+// columns). Each 4 data bytes travel as one 8-byte word with the step as a tag beside them (relaxed at gpu scope;
+// an aligned 8-byte access is single-copy atomic), so no fence and no flag: a reader polls the words themselves,
+// one round trip through L2 (bench/cluster_exchange.py times this against a flag a block and a counter a
+// cluster). `head`: this head's and batch tile's words, [G * CL blocks][2 buffers][WORDS], zeroed before the launch
+// (a tag is the step + 1, never 0). A buffer's words are written again two steps later, when every reader has
+// copied them: a reader publishes h_{t+1} only after its copy of h_t, and the writer needs h_{t+1} first.
+template <class K> struct HeadHandoff {
+    static constexpr int E = int(sizeof(typename K::Op)), WPR = K::DB * E / 4, ROWS = K::SPLIT * K::BT;
+    static constexpr int WORDS = ROWS * WPR, IN = (K::G - 1) * K::CL * WORDS;
+    static constexpr int PER_OUT = (WORDS + K::COPIERS - 1) / K::COPIERS;
+    static constexpr int PER_IN = (IN + K::COPIERS - 1) / K::COPIERS;
+    static constexpr long long POLL_LIMIT = 1ll << 24;  // tries (~5 s): past them a partner never ran, so trap
+    unsigned long long* mine;        // this block's words, buffer 0
+    const unsigned long long* head;  // the head's block 0, buffer 0
+    int part, me;                    // this cluster's index in the head; the thread's among the K::COPIERS
+
+    // Word w of a slice: its bytes from the slice's first column in an h buffer.
+    __device__ __forceinline__ static constexpr unsigned word_offset(int w) {
+        return unsigned((w / WPR) * K::HROW * E + (w % WPR) * 4);
+    }
+    // The own slice of the h buffer at `hbuf` (slot 0) into buffer `buf`, tagged.
+    __device__ __forceinline__ void publish(unsigned hbuf, int buf, unsigned tag) const {
+#pragma unroll
+        for (int j = 0; j < PER_OUT; ++j) {
+            const int w = me + j * K::COPIERS;
+            if (WORDS % K::COPIERS == 0 || w < WORDS)
+                st_relaxed_gpu_u64(mine + buf * WORDS + w, (1ull * tag) << 32 | ld_shared_b32(hbuf + word_offset(w)));
+        }
+    }
+    // The other clusters' slices from buffer `buf` into their slots of the h buffer at `hbuf` once their tags say
+    // this step's, then this thread's arrival on `bar`. BATCH loads in flight at a time (a round trip a batch, not
+    // a word; all PER_IN at once took the kernel past 255 registers).
+    static constexpr int BATCH = PER_IN < 8 ? PER_IN : 8;
+    __device__ __forceinline__ void collect(unsigned hbuf, int buf, unsigned tag, unsigned bar) const {
+        auto source = [&](int i) {
+            const int q = i / WORDS, blk = (part + 1 + q / K::CL) % K::G * K::CL + q % K::CL;
+            return head + (blk * 2 + buf) * WORDS + i % WORDS;
+        };
+#pragma unroll
+        for (int j0 = 0; j0 < PER_IN; j0 += BATCH) {
+            unsigned long long v[BATCH > 0 ? BATCH : 1];
+#pragma unroll
+            for (int j = 0; j < BATCH; ++j) {
+                const int i = me + (j0 + j) * K::COPIERS;
+                if (j0 + j < PER_IN && (IN % K::COPIERS == 0 || i < IN)) v[j] = ld_relaxed_gpu_u64(source(i));
+            }
+#pragma unroll
+            for (int j = 0; j < BATCH; ++j) {
+                const int i = me + (j0 + j) * K::COPIERS;
+                if (j0 + j < PER_IN && (IN % K::COPIERS == 0 || i < IN)) {
+                    for (long long tries = 0; unsigned(v[j] >> 32) != tag; ++tries) {
+                        if (tries > POLL_LIMIT) __trap();
+                        v[j] = ld_relaxed_gpu_u64(source(i));
+                    }
+                    const int slot = K::CL + i / WORDS;
+                    st_shared_b32(hbuf + unsigned(slot * K::DB * E) + word_offset(i % WORDS), unsigned(v[j]));
+                }
+            }
+        }
+        cluster::mbarrier_arrive(bar);
     }
 };
 
@@ -847,9 +960,9 @@ template <class K> __device__ __forceinline__ void partials_barrier() {
 // barrier completed) to the other blocks, rank + 1 first (HSlice). The compute warps meanwhile start the next
 // step's mma on the slices that have arrived.
 template <class K, class T>
-__device__ __forceinline__ void dma_warps(StepCopies<K, T>& io, unsigned hbuf0, unsigned bars, unsigned rank, int tend,
-                                          int Tn, int me, T* saved) {
-    auto hsend = HSlice<K>::sender(hbuf0, rank, 0, 0, me);
+__device__ __forceinline__ void dma_warps(StepCopies<K, T>& io, const HeadHandoff<K>& handoff, unsigned hbuf0,
+                                          unsigned bars, unsigned rank, int tend, int Tn, int me, T* saved) {
+    auto hsend = HSlice<K>::sender(hbuf0, rank, K::G > 1 ? handoff.part : 0, 0, 0, me);
     mma::cp_async_wait<K::P - 1>();
     cluster::sync();  // (forward's: mbarriers initialised, h_{-1} and Wx[0] visible)
     PHASE_CLOCKS_DECLARE
@@ -863,8 +976,16 @@ __device__ __forceinline__ void dma_warps(StepCopies<K, T>& io, unsigned hbuf0, 
         mma::cp_async_wait<K::P - 1>();
         step_barrier();
         PHASE(4, 0.f)  // the barrier
+        if constexpr (K::G > 1) {  // published first: the longest way (the buffer h_t went to: (t + 1) & 1)
+            if (t + 1 < tend) handoff.publish(hbuf0 + ((t + 1) & 1) * K::H_BUF, (t + 1) & 1, unsigned(t + 1));
+        }
         if (t + 1 < tend) hsend.send(((t + 1) & 1) * K::H_BUF, bars + 8 * K::XG * ((t + 1) & 1));
         PHASE(5, 0.f)  // sending h_t's columns
+        if constexpr (K::G > 1) {
+            if (t + 1 < tend)
+                handoff.collect(hbuf0 + ((t + 1) & 1) * K::H_BUF, (t + 1) & 1, unsigned(t + 1),
+                                bars + K::bar_offset((t + 1) & 1, K::REMOTE_GROUP));
+        }
     }
     io.tail(tend, Tn);
 #ifdef FLASHRNN_PHASE_CLOCKS
@@ -877,7 +998,7 @@ template <class Cell, class T, int D, int NBT, int P, int CL, int KS, int RS>
 __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __restrict__ R,
                                         const T* __restrict__ bias, const T* __restrict__ s0,
                                         T* __restrict__ states, T* __restrict__ saved, int B, int Tn, int N,
-                                        const int* __restrict__ lengths) {
+                                        const int* __restrict__ lengths, unsigned long long* __restrict__ handoff) {
     using K = Tile<Cell, T, D, NBT, P, CL, KS, RS>;
     using Op = typename K::Op;
     extern __shared__ __align__(16) unsigned char smem[];
@@ -898,14 +1019,20 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
     // warps, + g & 1 where the lanes trade columns (Tile::TRADE).
     const int lane_row = 2 * c4 + (KS == 1 ? (K::TRADE ? g & 1 : 0) : ks);
     const unsigned rank = CL > 1 ? cluster::rank() : 0;
-    const int n = blockIdx.x / CL, b0 = blockIdx.y * K::BT;
-    const int d0 = int(rank) * K::DB;                 // first output dim of this block
+    const int n = blockIdx.x / (CL * K::G), b0 = blockIdx.y * K::BT;
+    const int hpart = K::G > 1 ? int(blockIdx.x / CL) % K::G : 0;  // this cluster's index in the head (Tile::G)
+    const int d0 = (hpart * CL + int(rank)) * K::DB;  // first output dim of this block
     const int dloc = wd * K::DW;                      // first output dim of this warp, within the block
     const size_t ND = size_t(N) * D;
 
     // Start the first P stages before anything else so they land while R is read (Tile::DMA: the DMA warps', which
     // then go their own way; the compute warps never copy).
     constexpr unsigned E = sizeof(T), EOP = sizeof(Op);
+    if constexpr (K::G > 1) {  // (before the XG groups' init: its __syncwarp orders these too)
+        if (threadIdx.x == 0)
+            for (int buf = 0; buf < 2; ++buf)
+                cluster::mbarrier_init(bars + K::bar_offset(buf, K::REMOTE_GROUP), unsigned(K::COPIERS));
+    }
     if constexpr (CL > 1) exchange_barriers_init(bars, K::XG, [](int gr) { return K::group_bytes(gr); });
     if constexpr (K::DMA) {
         if (warp >= K::WARPS) {
@@ -913,9 +1040,13 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
             StepCopies<K, T> io(Wx, states, saved, b0, B, Tn, n, d0, ND, mma::smem_u32(xbuf), mma::smem_u32(obuf),
                                 me);
             io.prologue(Tn);
-            dma_warps<K, T>(io, mma::smem_u32(hbuf), bars, rank, tile_end<K>(lengths, b0, B, Tn, lane), Tn, me,
+            constexpr size_t HEAD_WORDS = size_t(K::G) * CL * 2 * HeadHandoff<K>::WORDS;  // a head's, a batch tile's
+            unsigned long long* head = K::G > 1 ? handoff + (size_t(blockIdx.y) * N + n) * HEAD_WORDS : nullptr;
+            const HeadHandoff<K> ho{K::G > 1 ? head + (hpart * CL + int(rank)) * 2 * HeadHandoff<K>::WORDS : nullptr,
+                                    head, hpart, me};
+            dma_warps<K, T>(io, ho, mma::smem_u32(hbuf), bars, rank, tile_end<K>(lengths, b0, B, Tn, lane), Tn, me,
                             saved);
-            exchange_barriers_exit(bars, K::XG);
+            exchange_barriers_exit(bars, K::GROUPS);
             return;
         }
     }
@@ -926,12 +1057,12 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
 
     RRegs<K> a;
     const unsigned r_lane = keep<K::KEEP>(rsm + unsigned((warp * K::SPLIT * K::MT * K::RS * 32 + lane) * 16));
-    load_r<K>(a, r_lane, R, n, N, d0 + dloc, ks, int(rank), g, c4);
+    load_r<K>(a, r_lane, R, n, N, d0 + dloc, ks, int(rank), hpart, g, c4);
 
     // h_{-1}: every block holds all D columns of it (the compute warps write it).
     for (int i = threadIdx.x; i < K::BT * D; i += 32 * K::WARPS) {
         const int bl = i / D, d = i % D, b = b0 + bl;
-        store_h<K>(mma::smem_u32(hbuf + bl * K::HROW + K::column_of_dim(d, int(rank))),
+        store_h<K>(mma::smem_u32(hbuf + bl * K::HROW + K::column_of_dim(d, int(rank), hpart)),
                    {(s0 != nullptr && b < B) ? load_f(s0 + size_t(b) * ND + size_t(n) * D + d) : 0.f});
     }
     // This warp's cells: (u, nb, cc) -> dim d0 + dloc + dim_of(u, g), batch row lane_row + cell_row(nb, cc).
@@ -987,7 +1118,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
     // a step the buffer's offset.
     const int lane_col = dloc + K::dim_of(0, g);
     const unsigned h_cell0 =
-        keep<K::KEEP>(mma::smem_u32(hbuf + lane_row * K::HROW + K::column_of_dim(d0, int(rank)) + lane_col));
+        keep<K::KEEP>(mma::smem_u32(hbuf + lane_row * K::HROW + K::column_of_dim(d0, int(rank), hpart) + lane_col));
     const unsigned x_cell0 = keep<K::KEEP>(mma::smem_u32(xbuf + lane_row * K::XROW + lane_col));
     const unsigned o_state0 = keep<K::KEEP>(mma::smem_u32(obuf + lane_row * K::OROW + lane_col));
     const unsigned o_saved0 =
@@ -995,7 +1126,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
     // Split-K: where this warp leaves its partner's column, and where the partner left this warp's (c = ks).
     const unsigned part_mine = keep<K::KEEP>(partial_base<K>(part, ks, wd, 1 - ks, lane));
     const unsigned part_partner = keep<K::KEEP>(partial_base<K>(part, 1 - ks, wd, ks, lane));
-    auto hsend = HSlice<K>::sender(mma::smem_u32(hbuf), rank, dloc, ks, lane);  // (unused where CL = 1 or DMA)
+    auto hsend = HSlice<K>::sender(mma::smem_u32(hbuf), rank, hpart, dloc, ks, lane);  // (unused: CL = 1 or DMA)
 
     int stage = 0;  // t % NS
     // Step t's copies (StepCopies::step; none where a DMA warp does them): Tile::EARLY_COPIES says where they go.
@@ -1028,14 +1159,14 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
         // (Tile::DMA: the other blocks' slices of h_{t-1} arrive on buffer t % 2's groups, waited for in turn.)
         auto wait_group = [&](int gr) {
 #ifndef FLASHRNN_ABLATE_EXCHANGE
-            if (t > 0) cluster::mbarrier_wait(bars + 8 * ((t & 1) * K::XG + gr), ((t - 1) >> 1) & 1);
+            if (t > 0) cluster::mbarrier_wait(bars + K::bar_offset(t & 1, gr), ((t - 1) >> 1) & 1);
 #endif
         };
         matmul<K>(acc, a, r_lane, (t & 1) ? hrow1 : hrow0, wait_group);
         if constexpr (K::DMA) {  // thread 0 has waited for every group: arm them for their next use
             if (threadIdx.x == 0 && t > 0 && t + 2 < tend)
                 for (int gr = 0; gr < K::XG; ++gr)
-                    cluster::mbarrier_expect(bars + 8 * ((t & 1) * K::XG + gr), K::group_bytes(gr));
+                    cluster::mbarrier_expect(bars + K::bar_offset(t & 1, gr), K::group_bytes(gr));
         }
         PHASE(1, acc[0][0][0] + acc[K::MT - 1][NBT - 1][3])  // h's fragments and the mma
         // This step's Wx: issued while the mma run, except where registers are tight (the largest single
@@ -1164,7 +1295,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
     step_barrier();
     PHASE_CLOCKS_WRITE(reinterpret_cast<unsigned long long*>(saved))
 #endif
-    if constexpr (CL > 1) exchange_barriers_exit(bars, K::XG);
+    if constexpr (CL > 1) exchange_barriers_exit(bars, K::GROUPS);
 }
 
 }  // namespace fused
@@ -1184,7 +1315,10 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
 //   FLASHRNN_DMA_WARPS n (clusters): n more warps a block do the copies and the h sends (Tile::DMA)
 //   FLASHRNN_WIDE_WARPS 1 (even-Gr cells): a warp owns 16 dims, not 8 (Tile::WIDE)
 //   FLASHRNN_F32_HALF  1 (float32 storage): R and h reach the tensor cores as one fp16 operand, not bf16 hi + lo
-// Launch: grid (N * CLUSTER, ceil(B / (8*NBT))), cluster (CLUSTER, 1, 1), block Tile::THREADS, dynamic shared
+//   FLASHRNN_HEAD_CLUSTERS G (DMA warps; an experiment, bench/head_split.py): a head spans G clusters, and the
+//                      entry takes one more argument, `handoff`: ceil(B / (8*NBT)) * N * G * CLUSTER * 2 * WORDS
+//                      zeroed 8-byte words (HeadHandoff)
+// Launch: grid (N * CLUSTER * G, ceil(B / (8*NBT))), cluster (CLUSTER, 1, 1), block Tile::THREADS, dynamic shared
 // memory Tile::SMEM_BYTES. lengths: [B] int32 with 1 <= lengths[b] <= T, or null (every sequence runs T steps);
 // past its end a sequence's states stay at its last valid ones (docs/architecture.md, "Variable lengths").
 #ifndef FLASHRNN_CELL
@@ -1225,12 +1359,20 @@ static_assert(FlashrnnFusedTile::SMEM_BYTES == FLASHRNN_SMEM_BYTES, "the solver'
 static_assert(FlashrnnFusedTile::THREADS == FLASHRNN_THREADS, "the solver's threads disagree with Tile");
 #endif
 
+#if defined(FLASHRNN_HEAD_CLUSTERS) && FLASHRNN_HEAD_CLUSTERS > 1
+#define FLASHRNN_HANDOFF_PARAM , unsigned long long* __restrict__ handoff
+#define FLASHRNN_HANDOFF_ARG , handoff
+#else
+#define FLASHRNN_HANDOFF_PARAM
+#define FLASHRNN_HANDOFF_ARG , nullptr
+#endif
+
 extern "C" __global__ void __launch_bounds__(FlashrnnFusedTile::THREADS, 1)
 flashrnn_fused_fw(const FLASHRNN_STORAGE* __restrict__ Wx, const FLASHRNN_STORAGE* __restrict__ R,
                   const FLASHRNN_STORAGE* __restrict__ b, const FLASHRNN_STORAGE* __restrict__ states0,
                   FLASHRNN_STORAGE* __restrict__ states, FLASHRNN_STORAGE* __restrict__ saved, int B, int T, int N,
-                  const int* __restrict__ lengths) {
+                  const int* __restrict__ lengths FLASHRNN_HANDOFF_PARAM) {
     flashrnn::fused::forward<FLASHRNN_CELL, FLASHRNN_STORAGE, FLASHRNN_D, FLASHRNN_NBT, FLASHRNN_PREFETCH,
                              FLASHRNN_CLUSTER, FLASHRNN_KSPLIT, FLASHRNN_R_SMEM>(Wx, R, b, states0, states, saved, B, T, N,
-                                                                  lengths);
+                                                                  lengths FLASHRNN_HANDOFF_ARG);
 }

@@ -393,6 +393,21 @@ def test_cluster_exchange_kernels_compile_for_sm90():
         assert case.smem() <= 227 * 1024 and case.blocks() % case.cl == 0, case.label()
 
 
+def test_head_split_kernels_compile_for_sm90():
+    """bench/head_split.py's hand-built forwards (a 1x768 head on two 16-block clusters, fused_fw.cu
+    FLASHRNN_HEAD_CLUSTERS) build for sm_90 spill-free at its default k-tiles of R in shared memory, with the
+    threads and shared memory it launches with (the kernel's static_asserts hold them to Tile's)."""
+    from bench import head_split
+    from flashrnn_core.runtime.compile import compile_spec
+
+    for cell in ("lstm", "slstm"):
+        split = head_split.Split(cell=cell, rs=8)
+        assert split.dims_per_block == 24 and split.threads == 256 and split.words == 96
+        result = compile_spec(split.spec(), "sm_90", use_cache=False)
+        assert result.resources is not None and result.resources.spill_stores == 0, split.spec().label
+        assert split.smem_bytes() <= 227 * 1024
+
+
 def test_phase_clocks_compare_saved_values_where_both_variants_save():
     """bench/phase_clocks.py holds a variant's states and saved values to the first variant's bit for bit, but not
     the saved buffer of a FLASHRNN_SAVE=0 variant (its kernel leaves the saving call's buffer unwritten: the

@@ -13,7 +13,8 @@
 //     which wait for it and copy it into their h buffer. SIGNAL 0: then one counter a cluster (red.release.gpu
 //     by each block, polled by one lane of the readers); 1: one flag a block (st.release.gpu of the step, polled
 //     by a lane each); 2: no separate signal: 8-byte words of 4 data bytes and the step as a tag, stored and
-//     polled in place (relaxed, gpu scope; an aligned 8-byte access is single-copy atomic), twice the bytes.
+//     polled in place (relaxed, gpu scope; an aligned 8-byte access is single-copy atomic; common/types.cuh), twice
+//     the bytes (fused_fw.cu HeadHandoff's way).
 // A step: spin `work` cycles (the product and cells that would sit there), write the own slice of h_t, barrier,
 // send / publish it, wait for the others' slices, copy the remote ones in, barrier. `verify` checks every chunk
 // of h_t against the value its sender wrote (errors[0]); a poll that gives up after POLL_LIMIT tries (clusters
@@ -70,14 +71,6 @@ __device__ __forceinline__ void st_release_gpu(unsigned* p, unsigned v) {
 }
 __device__ __forceinline__ void red_release_gpu(unsigned* p, unsigned v) {
     asm volatile("red.release.gpu.global.add.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
-}
-__device__ __forceinline__ unsigned long long ld_relaxed_gpu_u64(const unsigned long long* p) {
-    unsigned long long v;
-    asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
-    return v;
-}
-__device__ __forceinline__ void st_relaxed_gpu_u64(unsigned long long* p, unsigned long long v) {
-    asm volatile("st.relaxed.gpu.global.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
 }
 // L2 only: the line of this buffer read two steps ago may still sit in L1.
 __device__ __forceinline__ uint4 ld_global_cg_v4(const uint4* p) {

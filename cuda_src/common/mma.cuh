@@ -211,6 +211,11 @@ __device__ __forceinline__ void mbarrier_expect(unsigned bar, unsigned bytes) {
     FLASHRNN_SM90(asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");)
 }
 
+// One arrival (release at CTA scope: what this thread wrote before is visible to the threads the phase releases).
+__device__ __forceinline__ void mbarrier_arrive(unsigned bar) {
+    FLASHRNN_SM90(asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");)
+}
+
 // Wait for the phase of `bar` with this parity to complete; acquire at cluster scope, so the bytes that other
 // blocks' st.async delivered are visible.
 __device__ __forceinline__ void mbarrier_wait(unsigned bar, unsigned parity) {

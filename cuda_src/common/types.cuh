@@ -61,6 +61,16 @@ __device__ __forceinline__ void st_global_v4(unsigned long long addr, const uint
     asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(addr), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
                  : "memory");
 }
+// 8 bytes in global memory that another block polls (relaxed, gpu scope: strong, so L2, never a stale L1 line; an
+// aligned 8-byte access is single-copy atomic, so a word and the tag beside it arrive together).
+__device__ __forceinline__ void st_relaxed_gpu_u64(unsigned long long* p, unsigned long long v) {
+    asm volatile("st.relaxed.gpu.global.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
+}
+__device__ __forceinline__ unsigned long long ld_relaxed_gpu_u64(const unsigned long long* p) {
+    unsigned long long v;
+    asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
+    return v;
+}
 
 // A storage value (float, bf16, fp16) in shared memory, converted from / to the float32 the math runs in.
 template <class T> __device__ __forceinline__ void st_shared_f(unsigned addr, float v);
