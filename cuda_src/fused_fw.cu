@@ -829,9 +829,14 @@ template <class K> struct HeadHandoff {
         }
     }
     // The other clusters' slices from buffer `buf` into their slots of the h buffer at `hbuf` once their tags say
-    // this step's, then this thread's arrival on `bar`. BATCH loads in flight at a time (a round trip a batch, not
-    // a word; all PER_IN at once took the kernel past 255 registers).
-    static constexpr int BATCH = PER_IN < 8 ? PER_IN : 8;
+    // this step's, then this thread's arrival on `bar`. BATCH loads in flight at a time, a round trip a batch: all
+    // of them unless FLASHRNN_HANDOFF_BATCH says fewer (a measurement knob, for registers: at 1x768 on 2x16 blocks
+    // each DMA thread takes 24 words).
+#ifdef FLASHRNN_HANDOFF_BATCH
+    static constexpr int BATCH = PER_IN < FLASHRNN_HANDOFF_BATCH ? PER_IN : FLASHRNN_HANDOFF_BATCH;
+#else
+    static constexpr int BATCH = PER_IN;
+#endif
     __device__ __forceinline__ void collect(unsigned hbuf, int buf, unsigned tag, unsigned bar) const {
         auto source = [&](int i) {
             const int q = i / WORDS, blk = (part + 1 + q / K::CL) % K::G * K::CL + q % K::CL;
