@@ -157,7 +157,7 @@ job_split() {   # <n>: a 1x768 head on two clusters (bench/head_split.py): short
         note "$1-$tool" "head split $tool" "exit $? : $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' \
             "$OUT/exchange_split_$tool.log" | tr '\n' ' ')"
     done
-    for args in "--rs 7 8 10" "--rs 8 --inference" "--cell slstm --rs 8" "--cell slstm --rs 8 --inference"; do
+    for args in "--rs 6 7 8" "--rs 8 --inference" "--cell slstm --rs 7 8" "--cell slstm --rs 8 --inference"; do
         timeout "$(clamp 90)" python bench/head_split.py $args >>"$log" 2>&1
         note "$1-t" "head split timings" "exit $?"
     done

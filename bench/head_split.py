@@ -2,7 +2,8 @@
 (not a solver geometry yet): the 1x768 forward checked against vanilla from NaN-poisoned outputs and timed
 against the solver's kernel in the same process.
 
-    python bench/head_split.py [--cell lstm] [--rs 7 8 10] [--prefetch 4] [--runs 30] [--T 1024]
+    python bench/head_split.py [--cell lstm] [--rs 7 8 10] [--prefetch 4] [--runs 30] [--T 1024] [--inference]
+    python bench/head_split.py --rs 8 --define FLASHRNN_HANDOFF_BATCH=8      # a measurement knob
     python bench/head_split.py --compile-only                # ptxas's registers and spills for each --rs (sm_90)
     compute-sanitizer --tool memcheck python bench/head_split.py --T 5 --runs 0    # correctness alone, short
 
@@ -50,6 +51,7 @@ class Split:
     dma_warps: int = 2
     k_split: int = 2
     save: bool = True  # False: the inference forward (FLASHRNN_SAVE=0, states only)
+    extra: tuple[tuple[str, str], ...] = ()  # measurement knobs: (FLASHRNN_HANDOFF_BATCH, "8"), ...
 
     @property
     def dims_per_block(self) -> int:
@@ -90,8 +92,10 @@ class Split:
                        FLASHRNN_THREADS=self.threads, FLASHRNN_SMEM_BYTES=self.smem_bytes())
         if not self.save:
             defines["FLASHRNN_SAVE"] = 0
+        defines.update(self.extra)
         label = (f"{self.cell} fw {dtype} D{self.D} {self.clusters}x cluster{self.cluster} ksplit{self.k_split} "
-                 f"dma{self.dma_warps} p{self.prefetch} rsmem{self.rs}" + ("" if self.save else " infer"))
+                 f"dma{self.dma_warps} p{self.prefetch} rsmem{self.rs}" + ("" if self.save else " infer")
+                 + "".join(f" {k}={v}" for k, v in self.extra))
         return KernelSpec("fused_fw.cu", "flashrnn_fused_fw", tuple((k, str(v)) for k, v in defines.items()),
                           label=label, min_sm=90, smem_dynamic=self.smem_bytes())
 
@@ -130,9 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--T", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--inference", action="store_true", help="the forward that saves nothing (FLASHRNN_SAVE=0)")
+    parser.add_argument("--define", action="append", default=[], metavar="NAME=VALUE",
+                        help="a measurement knob, e.g. FLASHRNN_HANDOFF_BATCH=8 or FLASHRNN_EXCHANGE_GROUPS=5")
     parser.add_argument("--compile-only", action="store_true")
     args = parser.parse_args(argv)
-    splits = [Split(cell=args.cell, rs=rs, prefetch=args.prefetch, save=not args.inference) for rs in args.rs]
+    extra = tuple(tuple(d.split("=", 1)) for d in args.define)
+    splits = [Split(cell=args.cell, rs=rs, prefetch=args.prefetch, save=not args.inference, extra=extra)
+              for rs in args.rs]
     if args.compile_only:
         from flashrnn_core.runtime.compile import compile_spec
 
