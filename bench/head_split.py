@@ -1,8 +1,9 @@
-"""A head on two clusters (fused_fw.cu FLASHRNN_HEAD_CLUSTERS: Tile::G, HeadHandoff), built and launched by hand
-(not a solver geometry yet): the 1x768 forward checked against vanilla from NaN-poisoned outputs and timed
-against the solver's kernel in the same process.
+"""A head on two clusters (fused_fw.cu FLASHRNN_HEAD_CLUSTERS: Tile::G, HeadHandoff; constrint problems.HEAD_SPLIT,
+a stage that stays off until measured): the 1x768 forward assessed by the solver at the given k-tiles of R in
+shared memory, run through the backend pinned to it, checked against vanilla from NaN-poisoned outputs and timed
+against the solver's choice in the same process.
 
-    python bench/head_split.py [--cell lstm] [--rs 7 8 10] [--prefetch 4] [--runs 30] [--T 1024] [--inference]
+    python bench/head_split.py [--cell lstm] [--rs 6 7 8] [--prefetch 4] [--runs 30] [--T 1024] [--inference]
     python bench/head_split.py --rs 8 --define FLASHRNN_HANDOFF_BATCH=8      # a measurement knob
     python bench/head_split.py --compile-only                # ptxas's registers and spills for each --rs (sm_90)
     compute-sanitizer --tool memcheck python bench/head_split.py --T 5 --runs 0    # correctness alone, short
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,92 +32,42 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flashrnn_core.cells import CELLS  # noqa: E402
-from flashrnn_core.runtime.compile import KernelSpec  # noqa: E402
-
-CELL_STRUCTS = {"lstm": "LstmCell", "slstm": "SlstmCell", "gru": "GruCell", "elman": "ElmanCell"}
 
 
-@dataclass(frozen=True)
-class Split:
-    """One hand-built geometry: a head of D dims on `clusters` clusters of `cluster` blocks, 16-bit storage, one
-    batch n-tile (8 sequences) a block, `k_split` 2 with DMA warps (interleaved k-tiles), 8 dims a warp, `rs` of
-    a warp's k-tiles of R in shared memory, Wx `prefetch` steps ahead."""
+def configs(hardware, cell: str, dtype: str, B: int, rs_list: list[int], prefetch: int, inference: bool) -> list:
+    """The solver's verdict (``constrint.assess``) on the head split at each of ``rs_list`` k-tiles of R in shared
+    memory: FusedParams, or Infeasible (estimated to spill, ...)."""
+    from flashrnn_core.constrint import problems
 
-    cell: str = "lstm"
-    D: int = 768
-    clusters: int = 2
-    cluster: int = 16
-    rs: int = 4
-    prefetch: int = 4
-    dma_warps: int = 2
-    k_split: int = 2
-    save: bool = True  # False: the inference forward (FLASHRNN_SAVE=0, states only)
-    extra: tuple[tuple[str, str], ...] = ()  # measurement knobs: (FLASHRNN_HANDOFF_BATCH, "8"), ...
-
-    @property
-    def dims_per_block(self) -> int:
-        return self.D // (self.cluster * self.clusters)
-
-    @property
-    def dims_per_warp(self) -> int:
-        return 8 if CELLS[self.cell].gates_r % 2 == 0 else 16
-
-    @property
-    def threads(self) -> int:
-        return 32 * (self.dims_per_block // self.dims_per_warp * self.k_split + self.dma_warps)
-
-    @property
-    def words(self) -> int:
-        """HeadHandoff::WORDS: 8-byte words a block's slice takes (8 rows, 4 data bytes a word)."""
-        return 8 * self.dims_per_block * 2 // 4
-
-    def smem_bytes(self) -> int:
-        """Tile::SMEM_BYTES (fused_fw.cu) for this geometry, bf16/fp16 storage, NBT = 1."""
-        cell, db, bt, e = CELLS[self.cell], self.dims_per_block, 8, 2
-        warps_d = db // self.dims_per_warp
-        mt = self.dims_per_warp * cell.gates_r // 16
-        h = 2 * bt * (self.D + 8) * e
-        x = (self.prefetch + 1) * bt * (cell.gates_w * db + 16 // e) * e
-        partials = self.k_split * warps_d * mt * 4 * 32 * 4
-        outputs = 2 * (cell.states + cell.n_saved) * bt * (db + 16 // e) * e
-        bars = 16 * (min(3, self.cluster - 1) + 1)
-        r = warps_d * self.k_split * mt * self.rs * 512
-        return h + x + partials + outputs + bars + r
-
-    def spec(self, dtype: str = "bfloat16") -> KernelSpec:
-        defines = dict(FLASHRNN_CELL=CELL_STRUCTS[self.cell],
-                       FLASHRNN_STORAGE={"bfloat16": "__nv_bfloat16", "float16": "__half"}[dtype],
-                       FLASHRNN_FAST_ACTIVATIONS=1, FLASHRNN_D=self.D, FLASHRNN_NBT=1, FLASHRNN_PREFETCH=self.prefetch,
-                       FLASHRNN_CLUSTER=self.cluster, FLASHRNN_KSPLIT=self.k_split, FLASHRNN_DMA_WARPS=self.dma_warps,
-                       FLASHRNN_R_SMEM=self.rs, FLASHRNN_HEAD_CLUSTERS=self.clusters,
-                       FLASHRNN_THREADS=self.threads, FLASHRNN_SMEM_BYTES=self.smem_bytes())
-        if not self.save:
-            defines["FLASHRNN_SAVE"] = 0
-        defines.update(self.extra)
-        label = (f"{self.cell} fw {dtype} D{self.D} {self.clusters}x cluster{self.cluster} ksplit{self.k_split} "
-                 f"dma{self.dma_warps} p{self.prefetch} rsmem{self.rs}" + ("" if self.save else " infer")
-                 + "".join(f" {k}={v}" for k, v in self.extra))
-        return KernelSpec("fused_fw.cu", "flashrnn_fused_fw", tuple((k, str(v)) for k, v in defines.items()),
-                          label=label, min_sm=90, smem_dynamic=self.smem_bytes())
+    direction = "inference" if inference else "forward"
+    return [problems.assess(hardware, cell, dtype, B, 1, 768, blocks_per_head=16, k_split=2, prefetch_steps=prefetch,
+                            r_ktiles_in_smem=rs, dma_warps=2, head_clusters=2, direction=direction)
+            for rs in rs_list]
 
 
-def run_split(cp, split: Split, Wx, R, b, s0):
-    """The hand-built kernel's states and saved values ([S,B,T,N,D], [B,T,NSAVED,N,D]) from NaN-poisoned buffers."""
-    from flashrnn_core.runtime.launch import get_kernel, launch
+def launch_spec(config, extra: tuple[tuple[str, str], ...] = ()):
+    """The backend's kernel spec of ``config`` with the measurement knobs ``extra`` added (and in its label)."""
+    from flashrnn_core.backends.fused import launch_of
 
-    B, T, _, N, D = Wx.shape
-    cell, tiles = CELLS[split.cell], -(-B // 8)
-    states = cp.full((cell.states, B, T, N, D), np.nan, Wx.dtype)
-    saved = cp.full((B, T, cell.n_saved, N, D), np.nan, Wx.dtype)
-    handoff = cp.zeros(tiles * N * split.clusters * split.cluster * 2 * split.words, cp.uint64)
-    kernel = get_kernel(split.spec(np.dtype(Wx.dtype).name))
+    spec = launch_of(config).spec
+    return replace(spec, defines=spec.defines + extra, label=spec.label + "".join(f" {k}={v}" for k, v in extra))
 
-    def call():
-        handoff.fill(0)  # tags are the step + 1: none may stay from the last launch
-        launch(kernel, (N * split.cluster * split.clusters, tiles), split.threads, Wx, R, b, s0, states, saved,
-               np.int32(B), np.int32(T), np.int32(N), None, handoff, shmem=split.smem_bytes(), cluster=split.cluster)
 
-    return call, states, saved
+def pinned_with(config, extra: tuple[tuple[str, str], ...]):
+    """``tune.pinned(config)``, its forward's kernel carrying ``extra``."""
+    from flashrnn_core.tune import pinned
+
+    backend = pinned(config)
+    if not extra:
+        return backend
+    base_params = backend.params
+
+    def params(problem, save=True):
+        launch = base_params(problem, save)
+        return replace(launch, spec=launch_spec(launch.choice, extra))
+
+    backend.params = params
+    return backend
 
 
 def relative_error(a, ref) -> float:
@@ -128,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cell", default="lstm", choices=("lstm", "slstm"))
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16"))
-    parser.add_argument("--rs", type=int, nargs="+", default=[7, 8, 10])
+    parser.add_argument("--rs", type=int, nargs="+", default=[6, 7, 8])
     parser.add_argument("--prefetch", type=int, default=4)
     parser.add_argument("--B", type=int, default=16)
     parser.add_argument("--T", type=int, default=1024)
@@ -139,26 +90,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile-only", action="store_true")
     args = parser.parse_args(argv)
     extra = tuple(tuple(d.split("=", 1)) for d in args.define)
-    splits = [Split(cell=args.cell, rs=rs, prefetch=args.prefetch, save=not args.inference, extra=extra)
-              for rs in args.rs]
     if args.compile_only:
+        from flashrnn_core.constrint import H100
         from flashrnn_core.runtime.compile import compile_spec
 
-        for split in splits:
-            r = compile_spec(split.spec(args.dtype), "sm_90").resources
-            print(f"{split.spec().label}: {split.threads} threads, {split.smem_bytes()} B shared, "
-                  f"{r.registers} registers, {r.spill_stores} B spilled", flush=True)
+        for rs, config in zip(args.rs, configs(H100, args.cell, args.dtype, args.B, args.rs, args.prefetch,
+                                               args.inference)):
+            if not config:
+                print(f"{args.cell} rs {rs}: infeasible: {config.reason}")
+                continue
+            spec = launch_spec(config, extra)
+            r = compile_spec(spec, "sm_90").resources
+            print(f"{spec.label}: {config.threads_per_block} threads, {config.smem_bytes} B shared, "
+                  f"{r.registers} registers (estimated {config.registers_estimate}), {r.spill_stores} B spilled",
+                  flush=True)
         return 0
-    return measure(splits, args)
+    return measure(args, extra)
 
 
-def measure(splits: list[Split], args) -> int:
+def measure(args, extra: tuple[tuple[str, str], ...]) -> int:
     import cupy as cp
 
     from bench.timing import measure as time_call
     from flashrnn_core import forward
+    from flashrnn_core.backends import fused as fused_backend
+    from flashrnn_core.constrint.hardware import current
+    from flashrnn_core.validate import validate
 
-    cell, D, B, T = CELLS[args.cell], 768, args.B, args.T
+    # Outputs NaN-poisoned (as the GPU tests' fixture does): an element a kernel leaves unwritten stays NaN.
+    fused_backend._empty = lambda shape, dtype: cp.full(shape, np.nan, dtype)
+    cell, D, B, T, save = CELLS[args.cell], 768, args.B, args.T, not args.inference
     rng = np.random.default_rng(0)
     f32 = lambda *shape, scale=1.0: (rng.standard_normal(shape, dtype=np.float32) * scale)  # noqa: E731
     dtype = cp.dtype(args.dtype)
@@ -170,33 +131,41 @@ def measure(splits: list[Split], args) -> int:
         s0[2] = 1 + cp.abs(s0[2])
     reference = forward(Wx.astype(cp.float32), R.astype(cp.float32), b.astype(cp.float32), s0.astype(cp.float32),
                         function=args.cell, backend="vanilla")
-    save = not args.inference
     fused = forward(Wx, R, b, s0, function=args.cell, backend="cuda_fused", save_for_backward=save)
     ref_states = cp.asnumpy(reference.states)
-    print(f"{args.cell} 1x768 {args.dtype} B={B} T={T}: the solver's cuda_fused, states' error against vanilla "
-          f"{relative_error(cp.asnumpy(fused.states), ref_states):.2e}", flush=True)
+    print(f"{args.cell} 1x768 {args.dtype} B={B} T={T} {'inference' if args.inference else 'forward'}: the solver's "
+          f"cuda_fused, states' error against vanilla {relative_error(cp.asnumpy(fused.states), ref_states):.2e}",
+          flush=True)
     failures = 0
     if args.runs:
         t = time_call(lambda: forward(Wx, R, b, s0, function=args.cell, backend="cuda_fused", save_for_backward=save),
                       "cupy", args.runs)
         print(f"  solver's kernel {t.median_ms:.3f} ms", flush=True)
-    for split in splits:
+    problem = validate(Wx, R, b, s0, function=args.cell)
+    for rs, config in zip(args.rs, configs(current(), args.cell, args.dtype, B, args.rs, args.prefetch,
+                                           args.inference)):
+        if not config:
+            print(f"  rs {rs}: infeasible: {config.reason}", flush=True)
+            continue
+        label = launch_spec(config, extra).label
         try:
-            call, states, saved = run_split(cp, split, Wx, R, b, s0)
-            call()
+            backend = pinned_with(config, extra)
+            cp.cuda.runtime.deviceSynchronize()
+            states, saved = backend.forward(problem, Wx, R, b, s0, save=save)
             cp.cuda.runtime.deviceSynchronize()
             nan = int(cp.isnan(states).sum()) + (int(cp.isnan(saved).sum()) if save else 0)
             err = relative_error(cp.asnumpy(states), ref_states)
-            line = f"  {split.spec().label}: NaN left {nan}, error {err:.2e}"
+            line = f"  {label}: NaN {nan}, error {err:.2e}, estimated {config.step_us:.3f} us a step"
             if save:
                 line += f", saved against the solver's {relative_error(cp.asnumpy(saved), cp.asnumpy(fused.saved)):.2e}"
             if args.runs:
-                line += f", {time_call(call, 'cupy', args.runs).median_ms:.3f} ms"
+                t = time_call(lambda: backend.forward(problem, Wx, R, b, s0, save=save), "cupy", args.runs)
+                line += f", {t.median_ms:.3f} ms"
             failures += int(nan > 0 or not err < 5e-2)
             print(line, flush=True)
         except Exception as exc:  # one that does not build or launch: say so, run the others
             failures += 1
-            print(f"  {split.spec().label}: failed: {type(exc).__name__}: {str(exc)[:400]}", flush=True)
+            print(f"  {label}: failed: {type(exc).__name__}: {str(exc)[:400]}", flush=True)
     return int(failures > 0)
 
 

@@ -12,6 +12,7 @@ knobs (extra -D defines on the same variant), and the forward's step cut into ph
     python bench/phase_clocks.py --cell lstm --heads 12 --head-dim 64 --batch 256 \\
         --variant base= --variant no_trade=FLASHRNN_TRADE_CELLS=0 --variant inference=FLASHRNN_SAVE=0
     python bench/phase_clocks.py --cell lstm --heads 1 --head-dim 768 --pin dma_warps=0,r_ktiles_in_smem=28
+    python bench/phase_clocks.py --cell lstm --heads 1 --head-dim 768 --pin head_clusters=2,wide_warps=0,r_ktiles_in_smem=8
     python bench/phase_clocks.py --cell lstm --heads 1 --head-dim 768 --pin wide_warps=0,k_split=1,r_ktiles_in_smem=25
 
 A variant is ``name=DEFINE[,DEFINE=value...]`` (empty: the kernel as built). Each is timed (CUDA events, median of
@@ -54,7 +55,7 @@ BACKWARD_PHASES = ("copies", "mma + sends", "barrier 1", "wait partials", "sum +
 BACKWARD_SHOWN = (0, 1, 2, 3, 4, 5, 7)
 #: FusedParams fields that --pin may set (constrint.assess's arguments of the same names).
 PINNABLE = ("blocks_per_head", "k_split", "batch_ntiles", "prefetch_steps", "r_ktiles_in_smem", "whole_k", "dma_warps",
-            "wide_warps")
+            "wide_warps", "head_clusters")
 
 
 def parse_variant(text: str) -> tuple[str, tuple[tuple[str, str], ...]]:
@@ -140,7 +141,8 @@ def pinned_choice(args, dtype):
         if name not in PINNABLE:
             raise SystemExit(f"--pin: {name!r} is not one of {', '.join(PINNABLE)}")
         given[name] = int(value)
-    model = replace(DEFAULT_MODEL, wide_warps=bool(given.pop("wide_warps")))  # (a stage of its own: WIDE_WARPS)
+    # (stages of their own: WIDE_WARPS; HEAD_SPLIT, assess's head_clusters)
+    model = replace(DEFAULT_MODEL, wide_warps=bool(given.pop("wide_warps")) and given["head_clusters"] == 1)
     choice = assess(current(), args.cell, base.dtype, args.batch, args.heads, args.head_dim, model=model, **given)
     if isinstance(choice, Infeasible):
         raise SystemExit(f"--pin {args.pin}: infeasible: {choice.reason}")

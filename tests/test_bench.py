@@ -394,18 +394,21 @@ def test_cluster_exchange_kernels_compile_for_sm90():
 
 
 def test_head_split_kernels_compile_for_sm90():
-    """bench/head_split.py's hand-built forwards (a 1x768 head on two 16-block clusters, fused_fw.cu
-    FLASHRNN_HEAD_CLUSTERS) build for sm_90 spill-free at its default k-tiles of R in shared memory, with the
-    threads and shared memory it launches with (the kernel's static_asserts hold them to Tile's)."""
+    """bench/head_split.py's launches (a 1x768 head on two 16-block clusters, fused_fw.cu FLASHRNN_HEAD_CLUSTERS,
+    as constrint.assess prices it) build for sm_90 spill-free at the k-tiles of R in shared memory the register
+    rule admits (6 for lstm, 7 for slstm; the kernel's static_asserts hold threads and shared memory to Tile's),
+    and a measurement knob reaches the kernel's defines and label."""
     from bench import head_split
+    from flashrnn_core.constrint import H100
     from flashrnn_core.runtime.compile import compile_spec
 
-    for cell in ("lstm", "slstm"):
-        split = head_split.Split(cell=cell, rs=8)
-        assert split.dims_per_block == 24 and split.threads == 256 and split.words == 96
-        result = compile_spec(split.spec(), "sm_90", use_cache=False)
-        assert result.resources is not None and result.resources.spill_stores == 0, split.spec().label
-        assert split.smem_bytes() <= 227 * 1024
+    for cell, rs in (("lstm", 6), ("slstm", 7)):
+        tight, admitted = head_split.configs(H100, cell, "bfloat16", 16, [rs - 1, rs], 4, False)
+        assert not tight and admitted.head_clusters == 2 and admitted.dims_per_block == 24, admitted
+        result = compile_spec(head_split.launch_spec(admitted), "sm_90", use_cache=False)
+        assert result.resources is not None and result.resources.spill_stores == 0, cell
+    knob = head_split.launch_spec(admitted, (("FLASHRNN_HANDOFF_BATCH", "8"),))
+    assert ("FLASHRNN_HANDOFF_BATCH", "8") in knob.defines and knob.label.endswith(" FLASHRNN_HANDOFF_BATCH=8")
 
 
 def test_phase_clocks_compare_saved_values_where_both_variants_save():

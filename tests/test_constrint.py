@@ -633,6 +633,43 @@ def test_dma_warps():
     assert not problems.assess(H200, "lstm", "bfloat16", 16, 12, 64, **given)  # D < 768, 4 blocks
 
 
+def test_head_split_stage():
+    """A head on two clusters (fused_fw.cu Tile::G, problems.HEAD_SPLIT): off by default (not yet measured), so no
+    choice of the solver's has it; assessed, the lstm/slstm 1x768 forward on 2 x 16 blocks has 24 dims a block,
+    twice the grid, the kernel's shared memory and hand-off words, and spills where ptxas does (lstm below 6 of a
+    warp's 24 k-tiles of R in shared memory, slstm below 7); with the stage on and the hand-off free it wins at
+    B=16, and never where the grid's clusters cannot all be resident (B=256) nor for float32 or the backward."""
+    from flashrnn_core.backends.fused import handoff_words, launch_of
+    from flashrnn_core.cells import CELLS
+
+    for function in ("lstm", "slstm"):
+        for direction in ("forward", "inference"):
+            assert solve_fused(H100, function, "bfloat16", 16, 1, 768, direction=direction).head_clusters == 1
+        split = problems.assess(H100, function, "bfloat16", 16, 1, 768, blocks_per_head=16, k_split=2,
+                                prefetch_steps=4, r_ktiles_in_smem=8, dma_warps=2, head_clusters=2)
+        assert split.head_clusters == 2 and split.dims_per_block == 24 and split.grid == (32, 2), split.summary()
+        assert split.threads_per_block == 256 and not split.wide_warps and split.dims_per_warp == 8
+        # (shared memory: h 24832, 5 Wx stages 5 x 1664, partial sums 6144, staged outputs 2 x (2 + 4 or 4 + 4) x 512,
+        # 4 mbarrier groups x 16, R 6 warps x 2 m-tiles x 8 x 512: Tile's, which the kernel's static_assert checks)
+        outputs = 2 * (CELLS[function].states + CELLS[function].n_saved) * 8 * 32 * 2
+        assert split.smem_bytes == 24832 + 5 * 1664 + 6144 + outputs + 64 + 6 * 2 * 8 * 512, split.smem_bytes
+        assert split.template_args()["FLASHRNN_HEAD_CLUSTERS"] == 2 and " split2" in launch_of(split).spec.label
+        assert handoff_words(split) == 2 * 1 * 2 * 16 * 2 * (8 * 24 * 2 // 4)  # tiles, heads, blocks, buffers, slice
+        fits = {rs: bool(problems.assess(H100, function, "bfloat16", 16, 1, 768, blocks_per_head=16, k_split=2,
+                                         prefetch_steps=4, r_ktiles_in_smem=rs, dma_warps=2, head_clusters=2,
+                                         explain=False)) for rs in (5, 6, 7)}
+        assert fits == ({5: False, 6: True, 7: True} if function == "lstm" else {5: False, 6: False, 7: True})
+    free = replace(problems.DEFAULT_MODEL, head_split_stages=True, handoff_cycles=0)
+    chosen = solve_fused(H100, "lstm", "bfloat16", 16, 1, 768, model=free)
+    assert chosen.head_clusters == 2 and chosen.blocks_per_head == 16, chosen.summary()
+    for hw, function, dtype, B, direction in ((H100, "lstm", "bfloat16", 256, "forward"),
+                                              (H100, "lstm", "float32", 16, "forward"),
+                                              (H100, "lstm", "bfloat16", 16, "backward"),
+                                              (A100, "lstm", "bfloat16", 16, "forward")):
+        chosen = solve_fused(hw, function, dtype, B, 1, 768, direction=direction, model=free)
+        assert not (chosen and getattr(chosen, "head_clusters", 1) > 1), (function, dtype, B, direction)
+
+
 def test_wide_warps():
     """16 dims a warp for lstm and slstm (fused_fw.cu Tile::WIDE, problems.WIDE_WARPS): the solver's choice for
     their 16-bit forwards at D = 768 on GPUs with clusters, always split K under DMA warps, 12 of a warp's 24

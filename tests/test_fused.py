@@ -222,6 +222,27 @@ def test_dma_warps_match_vanilla(function, dtype_name, varlen, poisoned):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("varlen", [False, True], ids=["T", "lengths"])
+@pytest.mark.parametrize("dtype_name", ["bfloat16", "float16"])
+@pytest.mark.parametrize("function", ["lstm", "slstm"])
+def test_head_split_matches_vanilla(function, dtype_name, varlen, poisoned):
+    """A head on two 16-block clusters (fused_fw.cu Tile::G, HeadHandoff; problems.HEAD_SPLIT, pinned: the stage is
+    off until measured) matches vanilla from NaN-poisoned outputs, with an odd batch over two batch tiles (four
+    clusters polling their partners) and, in turn, variable lengths; its inference twin gives the same states."""
+    from flashrnn_core.constrint.hardware import current
+
+    B, T, N, D = 9, 6, 1, 768
+    hw = current()
+    if not hw.clusters:
+        pytest.skip(f"a head on two clusters runs on thread-block clusters (sm_90), not on {hw.arch}")
+    split = problems.assess(hw, function, dtype_name, B, N, D, blocks_per_head=16, k_split=2, prefetch_steps=4,
+                            r_ktiles_in_smem=8, dma_warps=2, head_clusters=2)
+    assert split and split.head_clusters == 2, split
+    lengths = np.array([6, 1, 3, 6, 2, 5, 4, 6, 1], np.int32) if varlen else None
+    _pinned_match_vanilla(function, dtype_name, [split], B, T, N, D, "split", lengths)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype_name", ["bfloat16", "float16"])
 @pytest.mark.parametrize("function", ["lstm", "slstm"])
 def test_wide_warps_equal_eight_dims(function, dtype_name, poisoned):

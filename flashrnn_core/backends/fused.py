@@ -127,6 +127,7 @@ def launch_of(choice: FusedParams) -> Launch:
             label += f" cluster{choice.blocks_per_head} ksplit{choice.k_split}" + (" wholek" if choice.whole_k else "")
             label += f" dma{choice.dma_warps}" if choice.dma_warps else ""
             label += " wide" if choice.wide_warps else ""
+            label += f" split{choice.head_clusters}" if choice.head_clusters > 1 else ""
     label += " f16ops" if choice.half_operands else ""
     if choice.r_ktiles_in_smem:
         label += f" rsmem{choice.r_ktiles_in_smem}"
@@ -245,6 +246,12 @@ def _empty(shape, dtype):
     return cupy.empty(shape, dtype=dtype)
 
 
+def _zeros_u64(n: int):
+    import cupy
+
+    return cupy.zeros(n, dtype=cupy.uint64)
+
+
 def _as(a, dtype):
     """``a`` in ``dtype``, C-contiguous and 16-byte aligned (cp.async copies 16-byte pieces of Wx)."""
     import cupy
@@ -256,6 +263,30 @@ def _as(a, dtype):
         if a.data.ptr % 16:
             a = a.copy()
     return a
+
+
+def handoff_words(choice: FusedParams) -> int:
+    """8-byte words of the hand-off buffer of a forward whose head spans several clusters (fused_fw.cu
+    HeadHandoff: [batch tiles][heads][clusters x blocks][2 buffers][words a block's slice of h]), 0 otherwise."""
+    if choice.head_clusters == 1:
+        return 0
+    split = 2 if np.dtype(choice.dtype) == _arrays.float32 and not choice.half_operands else 1
+    slice_words = split * choice.batch_tile * choice.dims_per_block * 2 // 4  # 4 data bytes a word (16-bit operands)
+    return choice.batch_tiles * choice.N * choice.head_clusters * choice.blocks_per_head * 2 * slice_words
+
+
+class _HandoffLaunch:
+    """A forward whose head spans several clusters: its hand-off buffer zeroed before each launch, on CuPy's
+    current stream (the kernel's tags are the step + 1, so none may stay from the last launch)."""
+
+    __slots__ = ("prepared", "handoff")
+
+    def __init__(self, prepared: Any, handoff: Any):
+        self.prepared, self.handoff = prepared, handoff
+
+    def __call__(self, *values: Any) -> None:
+        self.handoff.fill(0)
+        self.prepared(*values)
 
 
 class FusedBackend(Backend):
@@ -305,10 +336,13 @@ class FusedBackend(Backend):
         # states0 None travels as a null pointer: the kernel starts from zeros; so do lengths None (every
         # sequence runs T steps). The grid counts blocks; the runtime opts the kernel in to > 48 KB of shared
         # memory and to 16-block clusters.
-        return PreparedLaunch(kernel, params.grid, (params.threads,), Wx, R, b, states0, states, saved,
-                              np.int32(problem.B), np.int32(problem.T), np.int32(problem.N), problem.lengths,
-                              shmem=params.smem_bytes, cluster=(params.cluster, 1, 1) if params.cluster > 1 else None,
-                              device=problem.device)
+        words = handoff_words(params.choice)  # (a head on several clusters: one more argument, zeroed each launch)
+        handoff = (_zeros_u64(words),) if words else ()
+        prepared = PreparedLaunch(kernel, params.grid, (params.threads,), Wx, R, b, states0, states, saved,
+                                  np.int32(problem.B), np.int32(problem.T), np.int32(problem.N), problem.lengths,
+                                  *handoff, shmem=params.smem_bytes,
+                                  cluster=(params.cluster, 1, 1) if params.cluster > 1 else None, device=problem.device)
+        return _HandoffLaunch(prepared, handoff[0]) if words else prepared
 
     def backward(self, problem, Wx, R, b, states0, states, saved, dstates, dlast):
         """The fused reverse-time kernel (fused_bw.cu) with the solver's parameters; shapes it cannot take

@@ -182,6 +182,22 @@ class KernelModel:
     #: register factor is fitted there, ``reg_rest_with_smem_wide``)
     wide_warp_stages: bool = True
     wide_max_D: int = 768
+    #: fused_fw.cu Tile::G (FLASHRNN_HEAD_CLUSTERS): a head on this many clusters, with DMA warps, each block a
+    #: G-th of the rows it would have on one, the other clusters' slices of h handed over through global memory
+    #: every step (HeadHandoff), which adds ``handoff_cycles`` to the exchange. Set by ``_stages`` on a 16-bit
+    #: forward stage of its own, weighed like the wide warps' (HEAD_SPLIT) ...
+    head_clusters: int = 1
+    #: ... whether ``_stages`` offers it: not until bench/head_split.py has measured the kernel against the
+    #: one-cluster head (stop 54: built, not yet run on a GPU) ...
+    head_split_stages: bool = False
+    #: ... and the hand-off's cycles a step: an estimate before any measurement (bench/cluster_exchange.py's
+    #: tagged words: an L2 write, the reader's polls, its copy into shared memory), to fit on its timings.
+    handoff_cycles: int = 1300
+    #: ... and the registers it adds to the estimate (the DMA warps' words in flight, the hand-off's addresses):
+    #: fitted on ptxas (NVRTC 12.9, sm_90, bf16, prefetch 4, bench/head_split.py --compile-only): lstm spills at 5
+    #: of a warp's 24 k-tiles of R in shared memory (estimated 248.4 without it) and not at 6 (240.4), slstm at 6
+    #: (245.8) and not at 7 (237.8): anything in (9.2, 14.6] separates them.
+    reg_head_split: int = 12
 
     # -- registers per thread: a linear fit over the step's live values (REGISTER_FIT says how it was fitted)
     reg_base: Fraction = Fraction(33)  # addresses, loop state, indices, bias, barrier bookkeeping
@@ -455,6 +471,23 @@ geometry by hand (lstm 1x768 forward 2.096 -> 1.927 ms, slstm 2.213 -> 2.075; be
 h200-wide-warps.txt, the kernel change as a patch), but even with the partial sums' buffer halved (a warp leaves
 only its partner's column: 6 of its 12 KB) every split of R that fits spilled 8-20 bytes (ptxas at 255 registers)
 or needed 48 bytes (lstm) to 3.6 KB (slstm) more shared memory than a block has. Built since (WIDE_WARPS).
+"""
+
+#: A head on two clusters (documentation; KernelModel.head_clusters, fused_fw.cu Tile::G and HeadHandoff):
+HEAD_SPLIT = """
+At 1x768 a 16-block cluster is the largest a head can have, and each block still holds 192 rows of R (295 KB), of
+which the registers take ~147 KB: a step reads the rest from shared memory with h's fragments, ~184 KB an SM,
+above the tensor cores' own floor (matvec_bound: 2201 cycles with R split so, 1227 with all of it in registers).
+Two clusters a head halve R a block (147 KB, nearly all in registers: lstm spill-free from 6 of a warp's 24 k-tiles
+in shared memory, slstm from 7; 8 dims a warp, split K under DMA warps, 24 dims a block) and hand the other
+cluster's half of h over through global memory each step: tagged 8-byte words that the DMA warps publish after the
+step's barrier and poll for, copy into their h buffers and count on one more mbarrier a buffer, after which the
+compute warps run the mma of those columns (they come last). The solver prices it as its other geometries (the
+product with half the rows, the in-cluster exchange of 24-dim slices) plus ``handoff_cycles`` on the exchange,
+and requires every cluster of the grid resident at once (the partners poll each other). Built at stop 54 and
+measured by hand first (bench/head_split.py, bench/cluster_exchange.py for the hand-off alone); the stage stays off
+(``head_split_stages``) until those timings say it is faster, and ``handoff_cycles`` (1300, a guess) is fitted on
+them.
 """
 
 #: Why lstm and slstm D = 768 run 16 dims a warp (documentation; KernelModel.wide_warps, fused_fw.cu Tile::WIDE):
@@ -961,6 +994,9 @@ class FusedParams:
     one_recv: bool = False
     #: forward, even-Gr cells: a warp owns 16 dims, not 8 (fused_fw.cu Tile::WIDE, ``KernelModel.wide_warps``)
     wide_warps: bool = False
+    #: forward: a head on this many clusters of ``blocks_per_head`` blocks (fused_fw.cu Tile::G; the launch adds
+    #: a zeroed hand-off buffer, ``backends.fused``; ``KernelModel.head_clusters``)
+    head_clusters: int = 1
 
     def template_args(self) -> dict[str, int]:
         """The -D parameters of cuda_src/fused_fw.cu (or fused_bw.cu for a backward choice) as it stands
@@ -986,6 +1022,7 @@ class FusedParams:
                 **({"FLASHRNN_DMA_WARPS": self.dma_warps} if self.dma_warps else {}),
                 **({"FLASHRNN_F32_HALF": 1} if self.half_operands else {}),
                 **({"FLASHRNN_WIDE_WARPS": 1} if self.wide_warps else {}),
+                **({"FLASHRNN_HEAD_CLUSTERS": self.head_clusters} if self.head_clusters > 1 else {}),
                 "FLASHRNN_R_SMEM": self.r_ktiles_in_smem, "FLASHRNN_THREADS": self.threads_per_block,
                 "FLASHRNN_SMEM_BYTES": self.smem_bytes,
                 **({"FLASHRNN_SAVE": 0} if self.direction == "inference" else {})}
@@ -1013,6 +1050,8 @@ class FusedParams:
         kind = "scatter cluster" if self.direction == "backward" and self.scatter else "cluster"
         where = f"{kind} of {self.blocks_per_head}" if self.sync == "cluster" else (
             f"grid of {self.blocks_per_head}" if self.sync == "grid" else "one block")
+        if self.head_clusters > 1:
+            where = f"{self.head_clusters} {kind}s of {self.blocks_per_head}"
         return (f"{self.function} {self.dtype} {self.direction} B={self.B} N={self.N} D={self.D} on {self.hardware}: "
                 f"{where} per head, {self.batch_tile} sequences x {self.threads_per_block} threads "
                 f"(k_split {self.k_split}{', whole K' if self.whole_k else ''}"
@@ -1111,7 +1150,8 @@ def _resources(geo: Geometry, m: KernelModel, v: dict[str, Var]) -> tuple[Expr, 
     if geo.half_operands:  # (with DMA warps, unless split K's partial sums: F32_HALF_REGISTERS)
         rest_factor = rest_factor + (m.reg_rest_with_smem_f32_half_dma - rest_factor) * dma * (2 - ksplit + wholek)
     regs = (rest_estimate + (1 + m.reg_margin_fraction) * m.reg_per_r * r_regs * (1 - r_shared)
-            + r_shared * (r_regs + (rest_factor - 1) * rest_estimate + any_cluster_margin(m)))
+            + r_shared * (r_regs + (rest_factor - 1) * rest_estimate + any_cluster_margin(m))
+            + (m.reg_head_split if m.head_clusters > 1 else 0))
     # Shared memory, as Tile in fused_fw.cu: h (or dg) double-buffered over all K columns (+8 pad), the input
     # stages (prefetch + 1) over this block's columns (+16 B pad), split-K partial sums, staged outputs (two
     # buffers), mbarriers, and R's k-tiles kept in shared memory (512 B per m16k16 operand tile).
@@ -1126,7 +1166,7 @@ def _resources(geo: Geometry, m: KernelModel, v: dict[str, Var]) -> tuple[Expr, 
     part_bytes = (ksplit - 1 - wholek) * 2 * warps_d * nbt * (mt * (2 if geo.wide else 4) * 32 * 4)
     out_bytes = 2 * geo.staged_out * bt * (db + pad) * item
     # mbarriers: two (one an h buffer) in a cluster; with DMA warps (clusters of 8+) three groups a buffer.
-    bar_bytes = 16 * clustered + 32 * dma
+    bar_bytes = 16 * clustered + 32 * dma + (16 * dma if m.head_clusters > 1 else 0)  # (+ Tile::REMOTE_GROUP's)
     r_bytes = warps_d * ksplit * r_smem * split * mt * 512
     return regs, h_bytes + x_bytes + part_bytes + out_bytes + bar_bytes + r_bytes
 
@@ -1175,8 +1215,10 @@ def add_cluster_constraints(p: Problem, v: dict[str, Var], hw: Hardware, m: Kern
     # ... and one block an SM: with two (lstm D=512, 12 k-tiles in shared memory, B=256) compute-sanitizer's
     # synccheck reported "Missing wait" on the first mbarrier arrival; the same kernel one block an SM, none
     # (bench/results/sanitizer/README.md). Results matched vanilla either way; the cause is not found.
-    p.add(2 * (smem + hw.smem_reserved_per_block) >= (hw.smem_per_sm + 1) * v["r_shared"],
-          name="R in shared memory: one block an SM (shared memory over half the SM's)")
+    # (A head on several clusters holds a block to an SM by its registers instead: _add_constraints.)
+    if m.head_clusters == 1:
+        p.add(2 * (smem + hw.smem_reserved_per_block) >= (hw.smem_per_sm + 1) * v["r_shared"],
+              name="R in shared memory: one block an SM (shared memory over half the SM's)")
     p.add(cluster <= 1 + 15 * v["clustered"], name="clustered when cluster > 1")
     p.add(v["clustered"] <= cluster - 1, name="not clustered when cluster == 1")
 
@@ -1200,7 +1242,8 @@ def _add_constraints(p: Problem, v: dict[str, Var], geo: Geometry, hw: Hardware,
               name="cooperative grid: every block resident (blocks per head x heads x batch tiles <= SMs)")
     # -- the mma tiling
     p.add(divides(MMA_K, geo.D), name=f"D divisible by {MMA_K} (mma k-tile)")
-    p.add(cluster * warps_d * geo.dims_per_warp == geo.D,
+    G = m.head_clusters
+    p.add(G * cluster * warps_d * geo.dims_per_warp == geo.D,
           name=f"D split evenly: blocks per head x warps x {geo.dims_per_warp} dims per warp == D")
     # (wholek: each of the two warps holds all of K, so k_split x k-tiles per warp is twice K's; impossible with
     # k_split 1, as ktw <= K's k-tiles.)
@@ -1214,8 +1257,17 @@ def _add_constraints(p: Problem, v: dict[str, Var], geo: Geometry, hw: Hardware,
     # and DMA warps, 2.01 with k_split 2 (DMA_SPLIT_K says what the split gained elsewhere).
     if geo.split > 1:
         p.add((ksplit - 1 - v["wholek"]) * dma == 0, name="DMA warps: k_split 1 or whole-K warps (float32 hi + lo)")
-    p.add(predicate(lambda wd, on: not on or (wd * geo.dims_per_warp) % MMA_K == 0, warps_d, dma,
-                    label="DMA warps: a block's dims a multiple of 16"))
+    # (a head on several clusters: halves of k-tiles, fused_fw.cu Tile::dim_of_column)
+    slot_unit = MMA_K if G == 1 else MMA_K // 2
+    p.add(predicate(lambda wd, on: not on or (wd * geo.dims_per_warp) % slot_unit == 0, warps_d, dma,
+                    label=f"DMA warps: a block's dims a multiple of {slot_unit}"))
+    if G > 1:  # (HEAD_SPLIT)
+        p.add(dma == 1, name="a head on several clusters: DMA warps hand the slices over")
+        p.add(2 * regs * threads >= hw.regs_per_sm + 1,
+              name="a head on several clusters: one block an SM (registers over half the SM's)")
+        # The clusters of a head poll each other's words: all of the grid's clusters resident at once.
+        p.add(predicate(lambda cl, tiles: N * tiles * G <= cluster_slots(hw, cl, 1), cluster, v["batch_tiles"],
+                        label="a head on several clusters: every cluster of the grid resident at once"))
     p.add(v["r_smem_kt"] <= ktw, name="R k-tiles in shared memory <= k-tiles per warp")
     if geo.wide:  # (as measured: WIDE_WARPS)
         p.add(ksplit - v["wholek"] + dma == 3, name="wide warps: split K (not whole-K warps) under DMA warps")
@@ -1314,7 +1366,7 @@ def _occupancy(fp: FusedProblem, values: dict[str, int], per_sm: int) -> dict[st
     """Blocks in the grid, waves, blocks sharing an SM, and warps per scheduler (the compute warps': DMA warps
     issue a few copies and sends a step)."""
     hw, cluster = fp.hw, values["cluster"]
-    blocks = fp.N * cluster * math.ceil(fp.B / (MMA_N * values["nbt"]))
+    blocks = fp.N * fp.model.head_clusters * cluster * math.ceil(fp.B / (MMA_N * values["nbt"]))
     waves = max(1, math.ceil(blocks / max(1, cluster_slots(hw, cluster, per_sm) * cluster)))
     on_sm = min(per_sm, math.ceil(blocks / hw.sm_count))
     warps = values["warps_d"] * values["ksplit"]
@@ -1370,9 +1422,11 @@ def _exchange_cycles(fp: FusedProblem, values: dict[str, int], on_sm: int = 1) -
     geo, m, cluster = fp.geo, fp.model, values["cluster"]
     if cluster == 1:
         return 0.0
-    received = (cluster - 1) * geo.split * MMA_N * values["nbt"] * geo.kg * (geo.D // cluster) * 2
-    if fp.hw.clusters:
-        return cluster_exchange_cycles(m, fp.hw, cluster, received, on_sm, backward=geo.direction == "backward")
+    G = m.head_clusters if geo.direction != "backward" else 1
+    received = (cluster - 1) * geo.split * MMA_N * values["nbt"] * geo.kg * (geo.D // (G * cluster)) * 2
+    if fp.hw.clusters:  # (a head on several clusters: the hand-off through global memory too, HEAD_SPLIT)
+        return (cluster_exchange_cycles(m, fp.hw, cluster, received, on_sm, backward=geo.direction == "backward")
+                + (m.handoff_cycles if G > 1 else 0))
     return m.grid_sync + received / m.cluster_bytes_per_cycle
 
 
@@ -1390,7 +1444,8 @@ def cluster_exchange_cycles(m: KernelModel, hw: Hardware, cluster: int, received
 def _dram_cycles(fp: FusedProblem, values: dict[str, int], blocks_per_wave: float) -> float:
     """One wave's streamed inputs and outputs of a step over the DRAM bandwidth actually achieved."""
     geo = fp.geo
-    per_block = MMA_N * values["nbt"] * (geo.D // values["cluster"]) * (geo.stream_in + geo.stream_out) * geo.itemsize
+    dims = geo.D // (values["cluster"] * fp.model.head_clusters)
+    per_block = MMA_N * values["nbt"] * dims * (geo.stream_in + geo.stream_out) * geo.itemsize
     return blocks_per_wave * per_block / (fp.hw.bytes_per_cycle() * fp.model.dram_efficiency)
 
 
@@ -1443,6 +1498,17 @@ def wide_warps_allowed(model: KernelModel, hw: Hardware, function: str, dtype, D
             and _r_in_shared_memory_allowed(model, hw, wide))
 
 
+def head_split_allowed(model: KernelModel, hw: Hardware, function: str, dtype, D: int, direction: str) -> bool:
+    """Whether a stage with ``model.head_clusters`` > 1 can take the head at all (HEAD_SPLIT): a 16-bit forward
+    on a GPU with clusters, at a D that DMA warps take and whose largest clusters, that many a head, split it into
+    whole warps with R partly in shared memory."""
+    if direction == "backward" or _itemsize(dtype) != 2 or not (model.dma_warps and hw.clusters):
+        return False
+    geo = geometry(function, dtype, D, direction)
+    return (D >= model.dma_min_D and D % (model.head_clusters * hw.max_cluster * geo.dims_per_warp) == 0
+            and _r_in_shared_memory_allowed(model, hw, geo))
+
+
 def _stages(model: KernelModel, hw: Hardware, function: str, dtype, D: int, direction: str) -> list[KernelModel]:
     """The models to try in turn: all of R in registers, then, where it is allowed at all, R partly in shared
     memory (``KernelModel.r_in_shared_memory``). The backward weighs clusters against one block a head from
@@ -1450,7 +1516,8 @@ def _stages(model: KernelModel, hw: Hardware, function: str, dtype, D: int, dire
     R^T no block holds; and last, on GPUs with clusters, the scatter-cluster kernel
     (``KernelModel.bw_scatter``), which is weighed against the first feasible cluster stage (``_weighed_with``);
     then each cluster stage again with clusters of every size (``KernelModel.any_cluster_size``); for a 16-bit
-    forward of lstm or slstm at the D DMA warps take, 16 dims a warp (``KernelModel.wide_warps``, weighed); and
+    forward of lstm or slstm at the D DMA warps take, 16 dims a warp (``KernelModel.wide_warps``, weighed), and
+    where ``KernelModel.head_split_stages``, a head on two clusters (``KernelModel.head_clusters``, weighed); and
     last, for a float32 forward, every stage again with fp16 operands (``KernelModel.f32_half_operands``)."""
     stages = []
     geo = geometry(function, dtype, D, direction)
@@ -1469,6 +1536,9 @@ def _stages(model: KernelModel, hw: Hardware, function: str, dtype, D: int, dire
     wide = replace(model, wide_warps=True)
     if model.wide_warp_stages and wide_warps_allowed(wide, hw, function, dtype, D, direction):
         stages.append(wide)
+    split = replace(model, head_clusters=2, wide_warps=False)
+    if model.head_split_stages and head_split_allowed(split, hw, function, dtype, D, direction):
+        stages.append(split)
     if geo.itemsize == 4 and model.f32_half_operand_stages:  # (the backward: its scatter kernel only)
         stages += [replace(s, f32_half_operands=True) for s in stages if direction != "backward" or s.bw_scatter]
         if direction == "backward":
@@ -1525,8 +1595,8 @@ def _weighed_with(stages: list[KernelModel], first: int, best: FusedParams) -> l
     2652), so there the rule stays as it was. The comparison is of the estimates as they are: the scatter estimate
     counts one wave (backward.scatter_estimate), and multiplying its step by its waves, tried, put float32 elman
     12x768 back on the cluster kernel that measured 30% slower."""
-    if any(s.wide_warps for s in stages):  # (a forward: WIDE_WARPS)
-        return [s for s in stages[first + 1:] if s.wide_warps]
+    if any(s.wide_warps or s.head_clusters > 1 for s in stages):  # (a forward: WIDE_WARPS, HEAD_SPLIT)
+        return [s for s in stages[first + 1:] if s.wide_warps or s.head_clusters > 1]
     if stages[first].bw_scatter:
         return []
     in_shared_memory = first > 0 and best.r_ktiles_in_smem > 0
@@ -1632,12 +1702,16 @@ def all_feasible(hardware: Hardware, function: str, dtype, B: int, N: int, D: in
 def assess(hardware: Hardware, function: str, dtype, B: int, N: int, D: int, *, blocks_per_head: int = 1,
            k_split: int, batch_ntiles: int = 1, prefetch_steps: int, r_ktiles_in_smem: int = 0,
            fused_dr: bool = False, whole_k: bool = False, dma_warps: int = 0, direction: str = "forward",
-           model: KernelModel = DEFAULT_MODEL, explain: bool = True) -> FusedParams | Infeasible:
+           model: KernelModel = DEFAULT_MODEL, explain: bool = True,
+           head_clusters: int = 1) -> FusedParams | Infeasible:
     """The model's verdict on one given configuration (a hand-picked or a measured one): its ``FusedParams``
     with the estimate, or ``Infeasible`` naming the limits it breaks (the "given ..." constraints among them;
     ``explain=False``: naming none, which is much faster where only feasibility matters).
     A backward configuration is (``blocks_per_head``, ``k_split``, ``prefetch_steps``, ``fused_dr``,
-    ``r_ktiles_in_smem``): 8 sequences a block."""
+    ``r_ktiles_in_smem``): 8 sequences a block. ``head_clusters`` > 1: a forward head on that many clusters
+    (``KernelModel.head_clusters``, HEAD_SPLIT), whether or not the model's stages offer it."""
+    if head_clusters != model.head_clusters:
+        model = replace(model, head_clusters=head_clusters, wide_warps=False)
     fp = build_fused(hardware, function, dtype, B, N, D, direction, model)
     if direction == "backward":
         if batch_ntiles != 1:
@@ -1667,11 +1741,11 @@ def params_from(fp: FusedProblem, values: dict[str, int]) -> FusedParams:
     e = estimate(fp, values)
     warps = values["warps_d"] * values["ksplit"]  # (the compute warps; threads count the DMA warps too)
     threads = block_warps(fp.model, values) * hw.warp_size
-    nbt, cluster = values["nbt"], values["cluster"]
-    dims_per_block = geo.D // cluster
+    nbt, cluster, G = values["nbt"], values["cluster"], fp.model.head_clusters
+    dims_per_block = geo.D // (G * cluster)
     r_tile_bytes = 512 * geo.split  # one m16k16 operand tile (both parts for float32)
     r_smem_bytes = warps * values["r_smem_kt"] * geo.mt * r_tile_bytes
-    r_total = geo.gr * geo.D * geo.D * 2 * geo.split // cluster
+    r_total = geo.gr * geo.D * geo.D * 2 * geo.split // (G * cluster)
     sync = "block" if cluster == 1 else ("cluster" if hw.clusters else "grid")
     breakdown = {k: round(float(val), 1) for k, val in e.items()}
     return FusedParams(
@@ -1684,7 +1758,8 @@ def params_from(fp: FusedProblem, values: dict[str, int]) -> FusedParams:
         r_bytes_registers=r_total - r_smem_bytes, r_bytes_smem=r_smem_bytes, prefetch_steps=values["prefetch"],
         sync=sync, smem_bytes=int(e["smem"]), registers_estimate=math.ceil(e["regs"]),
         register_cap=register_cap(hw, threads), blocks_per_sm=int(e["blocks_per_sm"]),
-        grid=(fp.N * cluster, math.ceil(fp.B / (MMA_N * nbt))), waves=int(e["waves"]), step_cycles=e["total"],
+        grid=(fp.N * G * cluster, math.ceil(fp.B / (MMA_N * nbt))), waves=int(e["waves"]), step_cycles=e["total"],
         step_us=hw.cycles_to_us(e["total"]), breakdown=breakdown, whole_k=bool(values["wholek"]),
-        dma_warps=fp.model.dma_warps * values.get("dma", 0), half_operands=geo.half_operands, wide_warps=geo.wide)
+        dma_warps=fp.model.dma_warps * values.get("dma", 0), half_operands=geo.half_operands, wide_warps=geo.wide,
+        head_clusters=G)
 
