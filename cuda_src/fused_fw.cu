@@ -165,7 +165,7 @@ template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_, int R
     __device__ __forceinline__ static constexpr int dim_of(int u, int g) {
         return TRADE ? (g & ~1) + u : r_dim_of(u, g);
     }
-    // FLASHRNN_HEAD_CLUSTERS=G (DMA warps; an experiment, bench/head_split.py, not a solver geometry yet): a head
+    // FLASHRNN_HEAD_CLUSTERS=G (DMA warps; FusedParams.head_clusters, a stage off until measured, HEAD_SPLIT): a head
     // spans G clusters of CL blocks, so each block holds a G-th of the rows of R it would hold on one cluster. At
     // 1x768 one 16-block cluster leaves R 295 KB a block, of which ~147 KB are read from shared memory every step
     // (the bound of the forward, bench/results/phases/2026-12-01-h200-matvec-bound.txt); on two, R is 147 KB a block
@@ -1320,7 +1320,7 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
 //   FLASHRNN_DMA_WARPS n (clusters): n more warps a block do the copies and the h sends (Tile::DMA)
 //   FLASHRNN_WIDE_WARPS 1 (even-Gr cells): a warp owns 16 dims, not 8 (Tile::WIDE)
 //   FLASHRNN_F32_HALF  1 (float32 storage): R and h reach the tensor cores as one fp16 operand, not bf16 hi + lo
-//   FLASHRNN_HEAD_CLUSTERS G (DMA warps; an experiment, bench/head_split.py): a head spans G clusters, and the
+//   FLASHRNN_HEAD_CLUSTERS G (DMA warps; problems.HEAD_SPLIT, bench/head_split.py): a head spans G clusters, and the
 //                      entry takes one more argument, `handoff`: ceil(B / (8*NBT)) * N * G * CLUSTER * 2 * WORDS
 //                      zeroed 8-byte words (HeadHandoff)
 // Launch: grid (N * CLUSTER * G, ceil(B / (8*NBT))), cluster (CLUSTER, 1, 1), block Tile::THREADS, dynamic shared
