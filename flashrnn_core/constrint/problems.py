@@ -1265,8 +1265,10 @@ def _add_constraints(p: Problem, v: dict[str, Var], geo: Geometry, hw: Hardware,
         p.add(dma == 1, name="a head on several clusters: DMA warps hand the slices over")
         p.add(2 * regs * threads >= hw.regs_per_sm + 1,
               name="a head on several clusters: one block an SM (registers over half the SM's)")
-        # The clusters of a head poll each other's words: all of the grid's clusters resident at once.
-        p.add(predicate(lambda cl, tiles: N * tiles * G <= cluster_slots(hw, cl, 1), cluster, v["batch_tiles"],
+        # The clusters of a head poll each other's words: all of the grid's clusters resident at once, within half
+        # the slots cluster_slots estimates (a 16-block cluster needs 16 SMs of one GPC, and how many GPCs have
+        # them varies from chip to chip; cuOccupancyMaxActiveClusters, not asked yet, would say).
+        p.add(predicate(lambda cl, tiles: N * tiles * G <= cluster_slots(hw, cl, 1) // 2, cluster, v["batch_tiles"],
                         label="a head on several clusters: every cluster of the grid resident at once"))
     p.add(v["r_smem_kt"] <= ktw, name="R k-tiles in shared memory <= k-tiles per warp")
     if geo.wide:  # (as measured: WIDE_WARPS)
