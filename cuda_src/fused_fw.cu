@@ -807,20 +807,35 @@ template <class K> struct HSlice {
 // copied them: a reader publishes h_{t+1} only after its copy of h_t, and the writer needs h_{t+1} first.
 template <class K> struct HeadHandoff {
     static constexpr int E = int(sizeof(typename K::Op)), WPR = K::DB * E / 4, ROWS = K::SPLIT * K::BT;
-    static constexpr int WORDS = ROWS * WPR, IN = (K::G - 1) * K::CL * WORDS;
+    static constexpr int WORDS = ROWS * WPR, SLICES = (K::G - 1) * K::CL;
     static constexpr int PER_OUT = (WORDS + K::COPIERS - 1) / K::COPIERS;
-    static constexpr int PER_IN = (IN + K::COPIERS - 1) / K::COPIERS;
+    // Reading: TPS threads a slice of the other clusters', each its words r, r + TPS, r + 2 TPS, ... (r = me % TPS):
+    // one global and one shared address a thread, the rest compile-time offsets (24 addresses held for 24 words
+    // spilled 132 bytes).
+    static constexpr int TPS = SLICES > 0 ? K::COPIERS / SLICES : 1, PER_IN = K::G > 1 ? WORDS / TPS : 0;
+    static_assert(K::G == 1 || (K::COPIERS % SLICES == 0 && WPR % TPS == 0), "hand-off: whole words a thread");
     static constexpr long long POLL_LIMIT = 1ll << 24;  // tries (~5 s): past them a partner never ran, so trap
     unsigned long long* mine;        // this block's words, buffer 0
-    const unsigned long long* head;  // the head's block 0, buffer 0
-    int part, me;                    // this cluster's index in the head; the thread's among the K::COPIERS
+    const unsigned long long* from;  // this thread's first word of its slice (of the other clusters'), buffer 0
+    unsigned to;                     // ... and where it goes in an h buffer (bytes from the buffer's start)
 
     // Word w of a slice: its bytes from the slice's first column in an h buffer.
     __device__ __forceinline__ static constexpr unsigned word_offset(int w) {
         return unsigned((w / WPR) * K::HROW * E + (w % WPR) * 4);
     }
+    // head: the head's block 0, buffer 0; part: this cluster's index in the head; me: the thread's among COPIERS.
+    __device__ __forceinline__ HeadHandoff(unsigned long long* head, int part, int rank, int me)
+        : mine(nullptr), from(nullptr), to(0u) {
+        if constexpr (K::G > 1) {
+            const int q = me / TPS, r = me % TPS;  // the slice this thread reads, slot CL + q
+            const int blk = (part + 1 + q / K::CL) % K::G * K::CL + q % K::CL;
+            mine = head + (part * K::CL + rank) * 2 * WORDS;
+            from = head + blk * 2 * WORDS + r;
+            to = unsigned((K::CL + q) * K::DB * E) + word_offset(r);
+        }
+    }
     // The own slice of the h buffer at `hbuf` (slot 0) into buffer `buf`, tagged.
-    __device__ __forceinline__ void publish(unsigned hbuf, int buf, unsigned tag) const {
+    __device__ __forceinline__ void publish(unsigned hbuf, int buf, unsigned tag, int me) const {
 #pragma unroll
         for (int j = 0; j < PER_OUT; ++j) {
             const int w = me + j * K::COPIERS;
@@ -829,39 +844,36 @@ template <class K> struct HeadHandoff {
         }
     }
     // The other clusters' slices from buffer `buf` into their slots of the h buffer at `hbuf` once their tags say
-    // this step's, then this thread's arrival on `bar`. BATCH loads in flight at a time, a round trip a batch: all
-    // of them unless FLASHRNN_HANDOFF_BATCH says fewer (a measurement knob, for registers: at 1x768 on 2x16 blocks
-    // each DMA thread takes 24 words).
+    // this step's, then this thread's arrival on `bar`. BATCH loads in flight at a time: all of them unless
+    // FLASHRNN_HANDOFF_BATCH says fewer (a measurement knob). A poll reloads every word of the batch whose tag is
+    // still old, all at once: the partner publishes about when this block does, so the first loads often find old
+    // words, and reloading them one by one would cost a round trip through L2 each.
 #ifdef FLASHRNN_HANDOFF_BATCH
     static constexpr int BATCH = PER_IN < FLASHRNN_HANDOFF_BATCH ? PER_IN : FLASHRNN_HANDOFF_BATCH;
 #else
     static constexpr int BATCH = PER_IN;
 #endif
     __device__ __forceinline__ void collect(unsigned hbuf, int buf, unsigned tag, unsigned bar) const {
-        auto source = [&](int i) {
-            const int q = i / WORDS, blk = (part + 1 + q / K::CL) % K::G * K::CL + q % K::CL;
-            return head + (blk * 2 + buf) * WORDS + i % WORDS;
-        };
+        const unsigned long long* src = from + buf * WORDS;
 #pragma unroll
         for (int j0 = 0; j0 < PER_IN; j0 += BATCH) {
             unsigned long long v[BATCH > 0 ? BATCH : 1];
 #pragma unroll
-            for (int j = 0; j < BATCH; ++j) {
-                const int i = me + (j0 + j) * K::COPIERS;
-                if (j0 + j < PER_IN && (IN % K::COPIERS == 0 || i < IN)) v[j] = ld_relaxed_gpu_u64(source(i));
+            for (int j = 0; j < BATCH; ++j)
+                if (j0 + j < PER_IN) v[j] = ld_relaxed_gpu_u64(src + TPS * (j0 + j));
+            for (long long tries = 0;; ++tries) {
+                bool old = false;
+#pragma unroll
+                for (int j = 0; j < BATCH; ++j) old |= j0 + j < PER_IN && unsigned(v[j] >> 32) != tag;
+                if (!old) break;
+                if (tries > POLL_LIMIT) __trap();
+#pragma unroll
+                for (int j = 0; j < BATCH; ++j)
+                    if (j0 + j < PER_IN && unsigned(v[j] >> 32) != tag) v[j] = ld_relaxed_gpu_u64(src + TPS * (j0 + j));
             }
 #pragma unroll
-            for (int j = 0; j < BATCH; ++j) {
-                const int i = me + (j0 + j) * K::COPIERS;
-                if (j0 + j < PER_IN && (IN % K::COPIERS == 0 || i < IN)) {
-                    for (long long tries = 0; unsigned(v[j] >> 32) != tag; ++tries) {
-                        if (tries > POLL_LIMIT) __trap();
-                        v[j] = ld_relaxed_gpu_u64(source(i));
-                    }
-                    const int slot = K::CL + i / WORDS;
-                    st_shared_b32(hbuf + unsigned(slot * K::DB * E) + word_offset(i % WORDS), unsigned(v[j]));
-                }
-            }
+            for (int j = 0; j < BATCH; ++j)
+                if (j0 + j < PER_IN) st_shared_b32(hbuf + to + word_offset(TPS * (j0 + j)), unsigned(v[j]));
         }
         cluster::mbarrier_arrive(bar);
     }
@@ -965,9 +977,10 @@ template <class K> __device__ __forceinline__ void partials_barrier() {
 // barrier completed) to the other blocks, rank + 1 first (HSlice). The compute warps meanwhile start the next
 // step's mma on the slices that have arrived.
 template <class K, class T>
-__device__ __forceinline__ void dma_warps(StepCopies<K, T>& io, const HeadHandoff<K>& handoff, unsigned hbuf0,
-                                          unsigned bars, unsigned rank, int tend, int Tn, int me, T* saved) {
-    auto hsend = HSlice<K>::sender(hbuf0, rank, K::G > 1 ? handoff.part : 0, 0, 0, me);
+__device__ __forceinline__ void dma_warps(StepCopies<K, T>& io, const HeadHandoff<K>& handoff, int part,
+                                          unsigned hbuf0, unsigned bars, unsigned rank, int tend, int Tn, int me,
+                                          T* saved) {
+    auto hsend = HSlice<K>::sender(hbuf0, rank, K::G > 1 ? part : 0, 0, 0, me);
     mma::cp_async_wait<K::P - 1>();
     cluster::sync();  // (forward's: mbarriers initialised, h_{-1} and Wx[0] visible)
     PHASE_CLOCKS_DECLARE
@@ -982,7 +995,7 @@ __device__ __forceinline__ void dma_warps(StepCopies<K, T>& io, const HeadHandof
         step_barrier();
         PHASE(4, 0.f)  // the barrier
         if constexpr (K::G > 1) {  // published first: the longest way (the buffer h_t went to: (t + 1) & 1)
-            if (t + 1 < tend) handoff.publish(hbuf0 + ((t + 1) & 1) * K::H_BUF, (t + 1) & 1, unsigned(t + 1));
+            if (t + 1 < tend) handoff.publish(hbuf0 + ((t + 1) & 1) * K::H_BUF, (t + 1) & 1, unsigned(t + 1), me);
         }
         if (t + 1 < tend) hsend.send(((t + 1) & 1) * K::H_BUF, bars + 8 * K::XG * ((t + 1) & 1));
         PHASE(5, 0.f)  // sending h_t's columns
@@ -1047,10 +1060,9 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
             io.prologue(Tn);
             constexpr size_t HEAD_WORDS = size_t(K::G) * CL * 2 * HeadHandoff<K>::WORDS;  // a head's, a batch tile's
             unsigned long long* head = K::G > 1 ? handoff + (size_t(blockIdx.y) * N + n) * HEAD_WORDS : nullptr;
-            const HeadHandoff<K> ho{K::G > 1 ? head + (hpart * CL + int(rank)) * 2 * HeadHandoff<K>::WORDS : nullptr,
-                                    head, hpart, me};
-            dma_warps<K, T>(io, ho, mma::smem_u32(hbuf), bars, rank, tile_end<K>(lengths, b0, B, Tn, lane), Tn, me,
-                            saved);
+            const HeadHandoff<K> ho(head, hpart, int(rank), me);
+            dma_warps<K, T>(io, ho, hpart, mma::smem_u32(hbuf), bars, rank, tile_end<K>(lengths, b0, B, Tn, lane), Tn,
+                            me, saved);
             exchange_barriers_exit(bars, K::GROUPS);
             return;
         }
