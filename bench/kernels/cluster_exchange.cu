@@ -52,6 +52,8 @@ constexpr unsigned H_BUF = unsigned(H_CHUNKS) * 16u;      // one of the two h bu
 constexpr unsigned RECV_BYTES = (CL - 1) * SLICE * 16u;   // what a block's mbarrier counts a step
 constexpr int REMOTE_CHUNKS = (GROUPS - 1) * CL * SLICE;  // what a block copies in from global memory a step
 constexpr int LL_WORDS = SLICE * 4;                       // SIGNAL 2: 8-byte words a block's slice takes
+constexpr int LL_IN = (GROUPS - 1) * CL * LL_WORDS;        // ... of the other clusters' a block reads a step
+constexpr int LL_PER = LL_IN > 0 ? (LL_IN + THREADS - 1) / THREADS : 1;  // ... a thread
 constexpr int POLL_LIMIT = 1 << 20;
 
 static_assert(!REMOTE || GROUPS > 1, "REMOTE needs another cluster in the head");
@@ -127,8 +129,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
                 cluster::st_async_16(cluster::map(from, target), ld_shared_v4(from), cluster::map(bar, target));
             }
         }
-        if (REMOTE) {
-            if (SIGNAL == 2) {
+        if constexpr (REMOTE) {
+            if constexpr (SIGNAL == 2) {
                 for (int w = tid; w < LL_WORDS; w += THREADS) {
                     const unsigned data = ld_shared_b32(chunk(own) + 4u * unsigned(w));
                     st_relaxed_gpu_u64(slot8(part, rank, buf) + w, (1ull * unsigned(t + 1)) << 32 | data);
@@ -150,15 +152,33 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
             cluster::mbarrier_wait(bar, unsigned(t >> 1) & 1u);
             if (tid == 0 && t + 2 < steps) cluster::mbarrier_expect(bar, RECV_BYTES);  // its next use
         }
-        if (REMOTE) {
-            if (SIGNAL == 2) {  // each thread polls the words it copies
-                for (int w = tid; w < (GROUPS - 1) * CL * LL_WORDS; w += THREADS) {
-                    const int p = (part + 1 + w / (CL * LL_WORDS)) % GROUPS, r = (w / LL_WORDS) % CL;
-                    const int k = w % LL_WORDS;
-                    const unsigned long long* at = slot8(p, r, buf) + k;
-                    unsigned long long v = 0;
-                    poll([&] { return (v = ld_relaxed_gpu_u64(at)) >> 32 == unsigned(t + 1); }, errors);
-                    st_shared_b32(chunk((p * CL + r) * SLICE) + 4u * unsigned(k), unsigned(v));
+        if constexpr (REMOTE) {
+            if constexpr (SIGNAL == 2) {  // each thread polls its words, all of the old ones at once a round
+                const unsigned long long* at[LL_PER];
+                unsigned long long v[LL_PER];
+#pragma unroll
+                for (int j = 0; j < LL_PER; ++j) {
+                    const int w = tid + j * THREADS, p = (part + 1 + w / (CL * LL_WORDS)) % GROUPS;
+                    at[j] = slot8(p, (w / LL_WORDS) % CL, buf) + w % LL_WORDS;
+                    if (w < LL_IN) v[j] = ld_relaxed_gpu_u64(at[j]);
+                }
+                auto old = [&](int j) { return tid + j * THREADS < LL_IN && unsigned(v[j] >> 32) != unsigned(t + 1); };
+                poll([&] {
+                    bool any = false;
+#pragma unroll
+                    for (int j = 0; j < LL_PER; ++j) any |= old(j);
+                    if (any) {
+#pragma unroll
+                        for (int j = 0; j < LL_PER; ++j)
+                            if (old(j)) v[j] = ld_relaxed_gpu_u64(at[j]);
+                    }
+                    return !any;
+                }, errors);
+#pragma unroll
+                for (int j = 0; j < LL_PER; ++j) {
+                    const int w = tid + j * THREADS, p = (part + 1 + w / (CL * LL_WORDS)) % GROUPS;
+                    const unsigned to = chunk((p * CL + (w / LL_WORDS) % CL) * SLICE) + 4u * unsigned(w % LL_WORDS);
+                    if (w < LL_IN) st_shared_b32(to, unsigned(v[j]));
                 }
             } else {
                 if (warp == 0) {
