@@ -425,6 +425,45 @@ def test_half_operands_are_said_in_the_log(monkeypatch, caplog):
     assert len(said) == 1 and said[0].startswith(launch.spec.label) and "TF32" in said[0]
 
 
+def test_head_split_launch_zeroes_its_handoff_first():
+    """A forward whose head spans two clusters (problems.HEAD_SPLIT) zeroes its hand-off buffer before every
+    launch, on the launch's stream (the kernel's tags are the step + 1: none may stay from the last launch); its
+    size is the kernel's (HeadHandoff: batch tiles x heads x blocks x 2 buffers x words a slice)."""
+    import contextlib
+
+    calls = []
+
+    class Buffer:
+        def fill(self, value):
+            calls.append(("fill", value, entered[-1] if entered else None))
+
+    class Prepared:
+        def __call__(self, *values, stream=None):
+            calls.append(("launch", values, stream))
+
+    entered = []
+
+    @contextlib.contextmanager
+    def stream():
+        entered.append("s")
+        yield
+        entered.pop()
+
+    launch = fused._HandoffLaunch(Prepared(), Buffer())
+    launch("x")
+    s = stream()
+    launch("y", stream=s)
+    assert calls == [("fill", 0, None), ("launch", ("x",), None), ("fill", 0, "s"), ("launch", ("y",), s)]
+    split = problems.assess(H100, "lstm", "bfloat16", 16, 3, 768, blocks_per_head=16, k_split=2, prefetch_steps=4,
+                            r_ktiles_in_smem=8, dma_warps=2, head_clusters=2, model=replace(
+                                problems.DEFAULT_MODEL, handoff_cycles=0))
+    assert not split  # (3 heads x 2 tiles x 2 clusters: more than the slots allow)
+    split = problems.assess(H100, "lstm", "bfloat16", 9, 1, 768, blocks_per_head=16, k_split=2, prefetch_steps=4,
+                            r_ktiles_in_smem=8, dma_warps=2, head_clusters=2)
+    assert fused.handoff_words(split) == 2 * 1 * 32 * 2 * 96
+    assert fused.handoff_words(solve_fused(H100, "lstm", "bfloat16", 16, 1, 768)) == 0
+
+
 def test_launch_is_the_solver_choice():
     """One conversion: the launch's geometry and defines are the solver's FusedParams."""
     choice = solve_fused(H100, "gru", "float16", 64, 12, 128)

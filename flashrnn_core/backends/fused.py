@@ -276,17 +276,22 @@ def handoff_words(choice: FusedParams) -> int:
 
 
 class _HandoffLaunch:
-    """A forward whose head spans several clusters: its hand-off buffer zeroed before each launch, on CuPy's
-    current stream (the kernel's tags are the step + 1, so none may stay from the last launch)."""
+    """A forward whose head spans several clusters: its hand-off buffer zeroed before each launch, on the stream
+    of the launch (the kernel's tags are the step + 1, so none may stay from the last launch)."""
 
     __slots__ = ("prepared", "handoff")
 
     def __init__(self, prepared: Any, handoff: Any):
         self.prepared, self.handoff = prepared, handoff
 
-    def __call__(self, *values: Any) -> None:
-        self.handoff.fill(0)
-        self.prepared(*values)
+    def __call__(self, *values: Any, stream: Any = None) -> None:
+        """``PreparedLaunch.__call__``'s; ``stream``: None (CuPy's current one) or a CuPy stream."""
+        if stream is None:
+            self.handoff.fill(0)
+        else:
+            with stream:
+                self.handoff.fill(0)
+        self.prepared(*values, stream=stream)
 
 
 class FusedBackend(Backend):
