@@ -634,8 +634,8 @@ def test_dma_warps():
 
 
 def test_head_split_stage():
-    """A head on two clusters (fused_fw.cu Tile::G, problems.HEAD_SPLIT): off by default (not yet measured), so no
-    choice of the solver's has it; assessed, the lstm/slstm 1x768 forward on 2 x 16 blocks has 24 dims a block,
+    """A head on two clusters (fused_fw.cu Tile::G, problems.HEAD_SPLIT): off (measured slower), so no choice of the
+    solver's has it, and with the stage on at the measured hand-off cost it still loses to one cluster; assessed, the lstm/slstm 1x768 forward on 2 x 16 blocks has 24 dims a block,
     twice the grid, the kernel's shared memory and hand-off words, and spills where ptxas does (lstm below 6 of a
     warp's 24 k-tiles of R in shared memory, slstm below 7); with the stage on and the hand-off free it wins at
     B=16, and never where the grid's clusters cannot all be resident (B=256) nor for float32 or the backward."""
@@ -659,7 +659,9 @@ def test_head_split_stage():
                                          prefetch_steps=4, r_ktiles_in_smem=rs, dma_warps=2, head_clusters=2,
                                          explain=False)) for rs in (5, 6, 7)}
         assert fits == ({5: False, 6: True, 7: True} if function == "lstm" else {5: False, 6: False, 7: True})
-    free = replace(problems.DEFAULT_MODEL, head_split_stages=True, handoff_cycles=0)
+    measured = replace(problems.DEFAULT_MODEL, head_split_stages=True)
+    assert solve_fused(H100, "lstm", "bfloat16", 16, 1, 768, model=measured).head_clusters == 1
+    free = replace(measured, handoff_cycles=0)
     chosen = solve_fused(H100, "lstm", "bfloat16", 16, 1, 768, model=free)
     assert chosen.head_clusters == 2 and chosen.blocks_per_head == 16, chosen.summary()
     for hw, function, dtype, B, direction in ((H100, "lstm", "bfloat16", 256, "forward"),
@@ -673,7 +675,8 @@ def test_head_split_stage():
 def test_wide_warps():
     """16 dims a warp for lstm and slstm (fused_fw.cu Tile::WIDE, problems.WIDE_WARPS): the solver's choice for
     their 16-bit forwards at D = 768 on GPUs with clusters, always split K under DMA warps, 12 of a warp's 24
-    k-tiles of R in shared memory (what ptxas compiles spill-free; 11 spills), the partial sums in 2 slots a tile;
+    k-tiles of R in shared memory for lstm (what ptxas compiles spill-free; 11 spills) and 13 for slstm (12 at 254
+    registers measured 3-9% slower), the partial sums in 2 slots a tile;
     weighed against the 8-dims choice and estimated below it; FLASHRNN_WIDE_WARPS only where set; never for gru and
     elman (16 dims a warp already), float32, the backward, D < 768, or without clusters."""
     from flashrnn_core.backends.fused import launch_of
@@ -684,16 +687,18 @@ def test_wide_warps():
         wide = solve_fused(H100, function, dtype, 16, 1, 768, direction=direction)
         assert wide.wide_warps and wide.dims_per_warp == 16 and wide.warps_along_dims == 3, wide.summary()
         assert wide.k_split == 2 and not wide.whole_k and wide.dma_warps == 2 and wide.blocks_per_head == 16
-        assert (wide.ktiles_per_warp, wide.r_ktiles_in_smem) == (24, 12), wide.summary()
+        assert (wide.ktiles_per_warp, wide.r_ktiles_in_smem) == (24, 12 if function == "lstm" else 13), wide.summary()
+        assert wide.prefetch_steps == (8 if function == "lstm" else 4), wide.summary()
         assert wide.template_args()["FLASHRNN_WIDE_WARPS"] == 1 and " wide" in launch_of(wide).spec.label
         narrow = solve_fused(H100, function, dtype, 16, 1, 768, direction=direction, model=eight_dims)
         assert not narrow.wide_warps and narrow.dims_per_warp == 8
         assert "FLASHRNN_WIDE_WARPS" not in narrow.template_args()
         assert wide.step_cycles < narrow.step_cycles
-        # ... and one k-tile more in registers is estimated to spill (ptxas: 20-40 bytes)
+        # ... and one k-tile more in registers is estimated to spill (ptxas: 20-40 bytes; slstm: to be too slow)
         model = replace(problems.DEFAULT_MODEL, wide_warps=True)
-        assert not problems.assess(H100, function, dtype, 16, 1, 768, blocks_per_head=16, k_split=2, prefetch_steps=8,
-                                   r_ktiles_in_smem=11, dma_warps=2, direction=direction, model=model)
+        assert not problems.assess(H100, function, dtype, 16, 1, 768, blocks_per_head=16, k_split=2, prefetch_steps=4,
+                                   r_ktiles_in_smem=wide.r_ktiles_in_smem - 1, dma_warps=2, direction=direction,
+                                   model=model)
         # (its shared memory, 2 partial-sum slots a tile, is Tile's: the kernel's static_assert, test_fused.py)
         assert problems.geometry(function, dtype, 768, wide=True).mt == 4
         assert wide.r_bytes_smem == 6 * wide.r_ktiles_in_smem * 4 * 512

@@ -69,7 +69,9 @@ from .solver import Expr, Infeasible, Problem, Var, divides, predicate
 #:     D = 672 and 768.
 #: 24: ... and after those, with one input stage and unpadded rows (ONE_STAGE): slstm D = 672 and 768.
 #: 25: 16-bit lstm and slstm forwards at D = 768 weigh 16 dims a warp (WIDE_WARPS).
-MODEL_VERSION = 25
+#: 26: ... with the register factor refitted on speed (slstm at 13 k-tiles of R in shared memory); the head
+#:     split's hand-off priced as measured (HEAD_SPLIT, still off).
+MODEL_VERSION = 26
 
 MMA_M, MMA_N, MMA_K = 16, 8, 16  # mma.sync m16n8k16 (bf16/fp16 operands, float32 accumulators)
 
@@ -187,12 +189,14 @@ class KernelModel:
     #: every step (HeadHandoff), which adds ``handoff_cycles`` to the exchange. Set by ``_stages`` on a 16-bit
     #: forward stage of its own, weighed like the wide warps' (HEAD_SPLIT) ...
     head_clusters: int = 1
-    #: ... whether ``_stages`` offers it: not until bench/head_split.py has measured the kernel against the
-    #: one-cluster head (stop 54: built, not yet run on a GPU) ...
+    #: ... whether ``_stages`` offers it: off, measured slower than the one-cluster head (HEAD_SPLIT) ...
     head_split_stages: bool = False
-    #: ... and the hand-off's cycles a step: an estimate before any measurement (bench/cluster_exchange.py's
-    #: tagged words: an L2 write, the reader's polls, its copy into shared memory), to fit on its timings.
-    handoff_cycles: int = 1300
+    #: ... and the hand-off's cycles a step, fitted on the split kernel's time (H200, lstm 1x768 saving forward:
+    #: 2.376 us a step against the model's 1.784 with a guessed 1300, the one-cluster kernel measured 1.11x its
+    #: estimate; bench/results/phases/2026-12-05-h200-head-split.txt). The exchange alone costs less (the tagged
+    #: words add ~970 cycles to one cluster's exchange, bench/cluster_exchange.py): in the kernel the product of
+    #: the remote half of h cannot start before they land.
+    handoff_cycles: int = 2000
     #: ... and the registers it adds to the estimate (the DMA warps' words in flight, the hand-off's addresses):
     #: fitted on ptxas (NVRTC 12.9, sm_90, bf16, prefetch 4, bench/head_split.py --compile-only): lstm spills at 5
     #: of a warp's 24 k-tiles of R in shared memory (estimated 248.4 without it) and not at 6 (240.4), slstm at 6
@@ -218,8 +222,9 @@ class KernelModel:
     #: ... and for float32 kernels with fp16 operands (``f32_half_operands``) and DMA warps, whose compute warps
     #: ptxas compiled in fewer registers than the rule gives their 4-byte copies (F32_HALF_REGISTERS).
     reg_rest_with_smem_f32_half_dma: Fraction = Fraction(77, 100)
-    #: ... and for wide warps (``wide_warps``: 16-bit storage, DMA warps; fitted on the paired R loads, WIDE_WARPS).
-    reg_rest_with_smem_wide: Fraction = Fraction(9, 20)
+    #: ... and for wide warps (``wide_warps``: 16-bit storage, DMA warps; fitted on the paired R loads and then on
+    #: measured speed, WIDE_WARPS: it rejects slstm's 12 k-tiles, spill-free at 254 registers but 3-9% slower).
+    reg_rest_with_smem_wide: Fraction = Fraction(27, 50)
     #: Added to the estimate. The fit cleared every spill by 8 against a cap that ignored the warp allocation
     #: granularity (``Hardware.warp_alloc_unit``); against the true cap two spilling kernels of 14 and 9 warps
     #: (elman D=224, lstm D=144 on a 2-block cluster) were estimated 1-2 registers below it: 4 rejected them.
@@ -485,9 +490,13 @@ step's barrier and poll for, copy into their h buffers and count on one more mba
 compute warps run the mma of those columns (they come last). The solver prices it as its other geometries (the
 product with half the rows, the in-cluster exchange of 24-dim slices) plus ``handoff_cycles`` on the exchange,
 and requires every cluster of the grid resident at once (the partners poll each other). Built at stop 54 and
-measured by hand first (bench/head_split.py, bench/cluster_exchange.py for the hand-off alone); the stage stays off
-(``head_split_stages``) until those timings say it is faster, and ``handoff_cycles`` (1300, a guess) is fitted on
-them.
+measured by hand first (bench/head_split.py, bench/cluster_exchange.py for the hand-off alone). Measured at stop 55
+(H200, bench/results/phases/2026-12-05-h200-head-split.txt): slower, 19-26% on the saving forward of lstm and
+slstm and ~40% on lstm's inference forward, correct (vanilla, 0 sanitizer errors). The hand-off between clusters
+through L2 costs ~970 cycles a step on top of the in-cluster exchange with tagged words (one counter or a flag a
+block: ~1800), and the remote half of the product waits for it, so the ~1200 cycles of R's shared-memory reads the
+split saves come back and more. The stage stays off (``head_split_stages``); ``handoff_cycles`` is fitted on the
+kernel's time so that the model prices it as measured.
 """
 
 #: Why lstm and slstm D = 768 run 16 dims a warp (documentation; KernelModel.wide_warps, fused_fw.cu Tile::WIDE):
@@ -509,8 +518,8 @@ sums): lstm forward 2.096 -> 1.927 ms (13 of a warp's 24 k-tiles in shared memor
 (PAIRED_R_LOADS) ptxas (NVRTC 12.9, sm_90) compiles them spill-free down to 12 k-tiles in shared memory
 (bench/results/constrint/2026-12-05-wide-warps-ptxas.jsonl: lstm 255 registers at 12, 243-245 at 13, spills 20-24
 bytes at 11; slstm 254 at 12, 246-250 at 13, spills 36-40 at 11; bf16 and fp16 alike, at every prefetch depth,
-which only the DMA warps' shared memory follows). The register factor ``reg_rest_with_smem_wide`` (9/20)
-admits 12 and rejects 11 for both cells (the interval that does: 0.41-0.51).
+which only the DMA warps' shared memory follows). A factor ``reg_rest_with_smem_wide`` of 9/20 admitted 12 and
+rejected 11 for both cells (the interval that does: 0.41-0.51); it is 27/50 since stop 53 (below).
 The model prices the geometry with its usual terms (mma, R's shared-memory bytes, h's ldmatrix issue, the
 partial sums' second barrier) and does not count h's shared-memory bytes, so it underprices the gain: it
 estimated the wide launches measured at stop 48 1-4% faster than the 8-dims one (lstm forward 14 k-tiles -1.3%,
@@ -522,10 +531,14 @@ the previous choice in the same tree; bench/results/phases/2026-12-05-h200-wide-
   lstm  forward 2.077 -> 1.918 ms (-7.7%), inference 1.983 -> 1.822 (-8.1%)
   slstm forward 2.201 -> 2.125 ms (-3.5%), inference 2.111 -> 2.051 (-2.8%)
 lstm as estimated within 2%; slstm a third of it (its stop-48 launch, 14 k-tiles at prefetch 2, measured -6%:
-the 12-k-tile kernel at 254 registers, or prefetch 8, gives some of it back). Separated at stop 53
-(bench/results/phases/2026-12-05-h200-tune-wide-1x768.txt): prefetch 2-8 alike; slstm at 13 k-tiles forward -3.0%,
-inference -8.6% against 12, lstm alike at both; the refit that picks 13 for slstm waits, as
-2026-12-05-slstm-wide-13-ktiles.patch beside it, for its kernels' GPU tests. Only 16-bit storage
+the 12-k-tile kernel at 254 registers, or prefetch 8, gives some of it back). Separated at stop 53 (H200 bf16 B=16
+T=1024, `python -m flashrnn_core.tune --cell slstm,lstm --N 1 --D 768 --direction forward,inference --top-k 12`,
+bench/results/phases/2026-12-05-h200-tune-wide-1x768.txt): prefetch 2-8 within 0.2% at each split (1 is 22-40%
+slower), and slstm's 12 k-tiles against 13: forward 2.129 -> 2.065 ms (-3.0%), inference 2.054 -> 1.878 (-8.6%);
+lstm's 12 against 13 within 0.8% either way (forward 1.921 / 1.905, inference 1.824 / 1.827). So 12 k-tiles
+compile spill-free but run slower where ptxas squeezes slstm's larger cell into them; the register factor is
+refitted on that: 27/50 (the interval 0.52-0.57) rejects slstm at 12 and keeps lstm there, so slstm takes 13 at
+prefetch 4 (8 does not fit its shared memory; 14 measured 3-5% slower). Only 16-bit storage
 (float32's hi + lo operands run k_split 1 under DMA warps), only D = 768 (``wide_max_D``: the largest D the variant
 list compiles, where the register factor is checked), only on GPUs with clusters.
 """
