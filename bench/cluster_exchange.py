@@ -21,7 +21,10 @@ the product of the remote half of h, which can only start once it has landed.
 exchange_barriers_exit pattern, a few steps) at one and at several blocks an SM, in one wave and in many: the
 minimal case of the "Missing wait" that synccheck reported on two-blocks-an-SM fused forwards
 (bench/results/sanitizer/README.md). A report there with this kernel, whose mbarrier phases are all waited for,
-would say the tool, not the fused kernels.
+would say the tool, not the fused kernels. Measured (stop 55, H200): it reports, in exactly the cases where blocks of
+one rank from different clusters share an SM (the placement each case prints), memcheck clean and the data correct;
+--stagger moves the report instead of removing it
+(bench/results/sanitizer/2026-12-05-h200-synccheck-exchange-repro.txt).
 
 Kernel: bench/kernels/cluster_exchange.cu (not part of the library; it includes the library's common/pieces.cuh).
 """
@@ -61,6 +64,7 @@ class Case:
     cl: int = 16
     heads: int = 1
     work: int = 0
+    stagger: bool = False
 
     def label(self) -> str:
         what = "+".join(w for w, on in (("local", self.local), (f"remote/{SIGNALS[self.signal]}", self.remote)) if on)
@@ -69,7 +73,7 @@ class Case:
 
     def defines(self) -> dict[str, int]:
         return dict(CX_CL=self.cl, CX_GROUPS=self.groups, CX_SLICE=self.slice, CX_LOCAL=int(self.local),
-                    CX_REMOTE=int(self.remote), CX_SIGNAL=self.signal)
+                    CX_REMOTE=int(self.remote), CX_SIGNAL=self.signal, CX_STAGGER=int(self.stagger))
 
     def blocks(self) -> int:
         return self.heads * self.groups * self.cl
@@ -100,17 +104,34 @@ CASES = (
 )
 
 
-def run_case(cp, case: Case, steps: int, verify: bool, smem: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """One launch: (cycles of every block's step loop, errors [data, polls given up])."""
+def run_case(cp, case: Case, steps: int, verify: bool, smem: int | None = None,
+             placement: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One launch: (cycles of every block's step loop, errors [data, polls given up]); `placement` receives
+    each block's (SM, rank, start ns, end ns) when given."""
     kernel = get_kernel(spec(case))
     signals = cp.zeros(case.heads * case.groups * case.cl, cp.uint32)
     gbuf = cp.zeros(case.blocks() * 2 * case.slice * 32, cp.uint8)  # room for SIGNAL 2's doubled words
     errors = cp.zeros(2, cp.uint32)
     cycles = cp.zeros(case.blocks(), cp.int64)
+    where = cp.zeros((case.blocks(), 4), cp.uint64)
     launch(kernel, case.blocks(), THREADS, np.int32(steps), np.int32(case.work), np.int32(verify), signals, gbuf,
-           errors, cycles, shmem=smem or case.smem(), cluster=case.cl)
+           errors, cycles, where, shmem=smem or case.smem(), cluster=case.cl)
     cp.cuda.runtime.deviceSynchronize()
+    if placement is not None:
+        placement.extend(where.get().tolist())
     return cycles.get(), errors.get()
+
+
+def same_rank_neighbours(placement: list, cl: int) -> list[tuple[int, int, int]]:
+    """(block, other block, rank) for blocks of different clusters with the same rank on one SM at once: they
+    address their shared memory (and mbarriers) at the same cluster-window address, rank << 24 | offset."""
+    pairs = []
+    for a, (sm_a, rank_a, t0_a, t1_a) in enumerate(placement):
+        for b in range(a + 1, len(placement)):
+            sm_b, rank_b, t0_b, t1_b = placement[b]
+            if sm_a == sm_b and rank_a == rank_b and a // cl != b // cl and t0_a < t1_b and t0_b < t1_a:
+                pairs.append((a, b, int(rank_a)))
+    return pairs
 
 
 def time_case(cp, case: Case, steps: int, repeat: int) -> tuple[float, float, np.ndarray]:
@@ -127,18 +148,27 @@ def time_case(cp, case: Case, steps: int, repeat: int) -> tuple[float, float, np
     return float(np.median(slow)), float(np.median(fast)), errors
 
 
-def sync_repro(cp) -> int:
+def sync_repro(cp, only: str = "", stagger: bool = False) -> int:
     """The in-cluster exchange at 1, 2 and 4 blocks an SM, one wave and many (a later block on an SM reuses
-    the shared memory, and the mbarriers, of an earlier one), clusters of 13 and 16; errors counted."""
+    the shared memory, and the mbarriers, of an earlier one), clusters of 13 and 16; errors counted. `only`:
+    "CL,PER_SM,CLUSTERS" runs that case alone (a synccheck report aborts the launch, and the process with it).
+    Each case also says which blocks shared an SM with a block of another cluster and the same rank; `stagger`
+    moves each cluster's mbarriers to its own offset (CX_STAGGER)."""
     failures = 0
     for cl in (13, 16):
-        case = Case(groups=1, slice=48 if cl == 16 else 4, cl=cl)
+        case = Case(groups=1, slice=48 if cl == 16 else 4, cl=cl, stagger=stagger)
         for per_sm, smem in ((1, 120 * 1024), (2, 100 * 1024), (4, 50 * 1024)):
             for clusters in (2, 40):
+                if only and only != f"{cl},{per_sm},{clusters}":
+                    continue
                 big = Case(**{**case.__dict__, "heads": clusters})
-                _, errors = run_case(cp, big, 5, True, smem=smem)
-                print(f"sync repro cl{cl} {per_sm} blocks an SM, {clusters} clusters: errors {errors.tolist()}",
-                      flush=True)
+                placement: list = []
+                _, errors = run_case(cp, big, 5, True, smem=smem, placement=placement)
+                pairs = same_rank_neighbours(placement, cl)
+                ranks = sorted({rank for _, _, rank in pairs})
+                print(f"sync repro cl{cl} {per_sm} blocks an SM, {clusters} clusters: errors {errors.tolist()}; "
+                      f"{len(pairs)} same-rank pairs on an SM at once, ranks {ranks}, first blocks "
+                      f"{[(a, b) for a, b, _ in pairs[:12]]}", flush=True)
                 failures += int(errors.sum() > 0)
     return failures
 
@@ -148,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--sync-repro", action="store_true", help="the synccheck repro instead of the timings")
+    parser.add_argument("--only", default="", metavar="CL,PER_SM,CLUSTERS", help="--sync-repro: one case")
+    parser.add_argument("--stagger", action="store_true", help="--sync-repro: each cluster's mbarriers apart")
     parser.add_argument("--compile-only", action="store_true", help="build every case for sm_90, no GPU")
     args = parser.parse_args(argv)
     if args.compile_only:
@@ -160,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     import cupy as cp
 
     if args.sync_repro:
-        return int(sync_repro(cp) > 0)
+        return int(sync_repro(cp, args.only, args.stagger) > 0)
     print(f"{'case':74s} cycles a step: slowest block, fastest; errors [data, polls given up]")
     for case in CASES:
         try:

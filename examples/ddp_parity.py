@@ -184,6 +184,9 @@ def worker(rank: int, args: argparse.Namespace, world: int) -> None:
         if args.check:
             check_gradients(args, setup)
         train(args, setup)
+        # Every rank tears gloo down together: a rank that leaves while rank 0 still evaluates alone can die in
+        # gloo's teardown (SIGABRT, "terminate called without an active exception", seen once on CI's CPUs).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -635,10 +635,11 @@ def test_dma_warps():
 
 def test_head_split_stage():
     """A head on two clusters (fused_fw.cu Tile::G, problems.HEAD_SPLIT): off (measured slower), so no choice of the
-    solver's has it, and with the stage on at the measured hand-off cost it still loses to one cluster; assessed, the lstm/slstm 1x768 forward on 2 x 16 blocks has 24 dims a block,
-    twice the grid, the kernel's shared memory and hand-off words, and spills where ptxas does (lstm below 6 of a
-    warp's 24 k-tiles of R in shared memory, slstm below 7); with the stage on and the hand-off free it wins at
-    B=16, and never where the grid's clusters cannot all be resident (B=256) nor for float32 or the backward."""
+    solver's has it, and with the stage on at the measured hand-off cost it still loses to one cluster; assessed,
+    the lstm/slstm 1x768 forward on 2 x 16 blocks has 24 dims a block, twice the grid, the kernel's shared memory
+    and hand-off words, and spills where ptxas does (lstm below 6 of a warp's 24 k-tiles of R in shared memory,
+    slstm below 7); with the stage on and the hand-off free it wins at B=16, and never where the grid's clusters
+    cannot all be resident (B=256) nor for float32 or the backward."""
     from flashrnn_core.backends.fused import handoff_words, launch_of
     from flashrnn_core.cells import CELLS
 

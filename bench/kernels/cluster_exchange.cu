@@ -20,6 +20,7 @@
 // of h_t against the value its sender wrote (errors[0]); a poll that gives up after POLL_LIMIT tries (clusters
 // of a head not co-resident, or a lost signal) counts in errors[1] and ends the polls of every block.
 // cycles[block] = clock64 cycles of the step loop (the host takes differences of two step counts).
+// placement[block] = (SM, rank, start and end in %globaltimer ns): which blocks shared an SM, and when.
 #include "common/pieces.cuh"
 
 #ifndef CX_CL
@@ -39,6 +40,11 @@
 #endif
 #ifndef CX_SIGNAL
 #define CX_SIGNAL 1
+#endif
+// CX_STAGGER=1 (--sync-repro): the mbarriers of cluster c at 16 (c % 64) bytes further, so that two blocks of one
+// rank on one SM never share a cluster-window address (rank << 24 | offset).
+#ifndef CX_STAGGER
+#define CX_STAGGER 0
 #endif
 
 using namespace flashrnn;
@@ -82,6 +88,17 @@ __device__ __forceinline__ uint4 ld_global_cg_v4(const uint4* p) {
     return v;
 }
 
+__device__ __forceinline__ unsigned long long globaltimer_ns() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+__device__ __forceinline__ unsigned smid() {
+    unsigned s;
+    asm volatile("mov.u32 %0, %%smid;" : "=r"(s));
+    return s;
+}
+
 // Polls until ready() or the limit; a give-up is counted once and stops every later poll of the launch.
 template <class Ready> __device__ __forceinline__ void poll(Ready ready, unsigned* errors) {
     for (int i = 0; !ready(); ++i)
@@ -93,11 +110,12 @@ template <class Ready> __device__ __forceinline__ void poll(Ready ready, unsigne
 
 extern "C" __global__ void __launch_bounds__(THREADS, 1)
     cluster_exchange(int steps, int work, int verify, unsigned* signals, void* gbuf, unsigned* errors,
-                     long long* cycles) {
+                     long long* cycles, unsigned long long* placement) {
     extern __shared__ __align__(16) unsigned char smem[];
-    const unsigned hb = mma::smem_u32(smem), bars = hb + 2 * H_BUF;
+    const unsigned long long start_ns = globaltimer_ns();  // resident from here
     const int tid = int(threadIdx.x), lane = tid % 32, warp = tid / 32;
     const int rank = int(cluster::rank()), cid = int(blockIdx.x) / CL, head = cid / GROUPS, part = cid % GROUPS;
+    const unsigned hb = mma::smem_u32(smem), bars = hb + 2 * H_BUF + (CX_STAGGER ? 16u * unsigned(cid % 64) : 0u);
     const int own = (part * CL + rank) * SLICE;  // this block's first chunk of h
     // Global slots: [head][part][rank][buffer][SLICE chunks] (SIGNAL 2: LL_WORDS 8-byte words instead).
     auto slot16 = [&](int p, int r, int buf) {
@@ -211,7 +229,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
             }
         }
     }
-    if (tid == 0) cycles[blockIdx.x] = clock64() - start;
+    if (tid == 0) {
+        cycles[blockIdx.x] = clock64() - start;
+        unsigned long long* at = placement + 4 * blockIdx.x;
+        at[0] = smid(), at[1] = unsigned(rank), at[2] = start_ns, at[3] = globaltimer_ns();
+    }
     if (LOCAL)
         exchange_barriers_exit(bars);
     else
