@@ -980,7 +980,7 @@ template <class K, class T>
 __device__ __forceinline__ void dma_warps(StepCopies<K, T>& io, const HeadHandoff<K>& handoff, int part,
                                           unsigned hbuf0, unsigned bars, unsigned rank, int tend, int Tn, int me,
                                           T* saved) {
-    auto hsend = HSlice<K>::sender(hbuf0, rank, K::G > 1 ? part : 0, 0, 0, me);
+    auto hsend = HSlice<K>::sender(hbuf0, rank, part, 0, 0, me);
     mma::cp_async_wait<K::P - 1>();
     cluster::sync();  // (forward's: mbarriers initialised, h_{-1} and Wx[0] visible)
     PHASE_CLOCKS_DECLARE
@@ -997,7 +997,7 @@ __device__ __forceinline__ void dma_warps(StepCopies<K, T>& io, const HeadHandof
         if constexpr (K::G > 1) {  // published first: the longest way (the buffer h_t went to: (t + 1) & 1)
             if (t + 1 < tend) handoff.publish(hbuf0 + ((t + 1) & 1) * K::H_BUF, (t + 1) & 1, unsigned(t + 1), me);
         }
-        if (t + 1 < tend) hsend.send(((t + 1) & 1) * K::H_BUF, bars + 8 * K::XG * ((t + 1) & 1));
+        if (t + 1 < tend) hsend.send(((t + 1) & 1) * K::H_BUF, bars + K::bar_offset((t + 1) & 1, 0));
         PHASE(5, 0.f)  // sending h_t's columns
         if constexpr (K::G > 1) {
             if (t + 1 < tend)

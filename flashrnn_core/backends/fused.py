@@ -44,6 +44,7 @@ Variable lengths: both kernels take ``problem.lengths`` (None: a null pointer); 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -286,11 +287,8 @@ class _HandoffLaunch:
 
     def __call__(self, *values: Any, stream: Any = None) -> None:
         """``PreparedLaunch.__call__``'s; ``stream``: None (CuPy's current one) or a CuPy stream."""
-        if stream is None:
+        with stream if stream is not None else contextlib.nullcontext():
             self.handoff.fill(0)
-        else:
-            with stream:
-                self.handoff.fill(0)
         self.prepared(*values, stream=stream)
 
 
