@@ -71,7 +71,9 @@ from .solver import Expr, Infeasible, Problem, Var, divides, predicate
 #: 25: 16-bit lstm and slstm forwards at D = 768 weigh 16 dims a warp (WIDE_WARPS).
 #: 26: ... with the register factor refitted on speed (slstm at 13 k-tiles of R in shared memory); the head
 #:     split's hand-off priced as measured (HEAD_SPLIT, still off).
-MODEL_VERSION = 26
+#: 27: ... and gru's (odd Gr) with DMA warps their own register factor (PAIRED_R_LOADS: gru 1x768 12 -> 9 k-tiles
+#:     of R in shared memory).
+MODEL_VERSION = 27
 
 MMA_M, MMA_N, MMA_K = 16, 8, 16  # mma.sync m16n8k16 (bf16/fp16 operands, float32 accumulators)
 
@@ -222,6 +224,10 @@ class KernelModel:
     #: ... and for float32 kernels with fp16 operands (``f32_half_operands``) and DMA warps, whose compute warps
     #: ptxas compiled in fewer registers than the rule gives their 4-byte copies (F32_HALF_REGISTERS).
     reg_rest_with_smem_f32_half_dma: Fraction = Fraction(77, 100)
+    #: ... and for 16-bit storage with DMA warps where a warp's 16 dims are two d-groups by the cell's odd Gr (gru,
+    #: elman) on the 16-block rule's clusters: refitted on the prologue that loads R's pairs as one word and
+    #: measured (PAIRED_R_LOADS).
+    reg_rest_with_smem_16bit_dma: Fraction = Fraction(71, 100)
     #: ... and for wide warps (``wide_warps``: 16-bit storage, DMA warps; fitted on the paired R loads and then on
     #: measured speed, WIDE_WARPS: it rejects slstm's 12 k-tiles, spill-free at 254 registers but 3-9% slower).
     reg_rest_with_smem_wide: Fraction = Fraction(27, 50)
@@ -613,12 +619,15 @@ factor that admits those and rejects every first spill is 0.70 with DMA warps (t
 blocks: 1.27), so one factor for every cluster size would gain nothing. Estimated, from the wide-warp data
 (DMA_SPLIT_K: one k-tile fewer a warp in shared memory, 12 KB a step at 1x768, measured -2.4%): lstm 1x768's
 29 -> 25 (24 KB a step) about -5%, slstm's 30 -> 25 about as much and a deeper prefetch in the shared memory freed.
-Not done: a refit moves the choices of every head it admits, which the solver's latency model prices but no
-measurement has checked at these register counts (ptxas near the cap schedules with fewer registers to spare).
-The refit with those two factors (16-block clusters only) is prepared as bench/results/phases/2026-12-05-refit-
-16bit-r-smem.patch, with the choices it moves and their estimates (2026-12-04-refit-16bit-r-smem.txt: gru 1x768
-forward 1.611 -> 1.569 ms, lstm and slstm 1x640; lstm and slstm 1x768 run 16 dims a warp since, WIDE_WARPS, with
-their own factor): to be measured before it is applied.
+The refit with those two factors (16-block clusters only) moved eight choices, all spill-free
+(bench/results/phases/2026-12-04-refit-16bit-r-smem.txt). Measured (stop 56, H100, bf16, B=16, T=1024, the heads
+suite against the tree without it in one call, bench/results/phases/2026-12-05-h100-refit-16bit-r-smem.txt): gru
+1x768 (DMA warps, 12 -> 9 k-tiles) forward 1.533 -> 1.472 ms, saving 1.594 -> 1.526, forward+backward 3.965 ->
+3.923; slstm 1x768 at 25 k-tiles and 8 dims a warp (which the refit made the solver prefer to the wide warps' 13)
+1.847 -> 1.957, slower; lstm 1x640 (no DMA warps, 20 -> 18) saving forward 1.845 -> 2.190, slower, and slstm 1x640
+(22 -> 19) within its noise (inference 2.018 -> 1.935, saving 1.956 -> 1.970). So only the DMA factor is kept, and
+only for warps of two d-groups by an odd Gr (``reg_rest_with_smem_16bit_dma``: gru, elman; MODEL_VERSION 27): gru
+1x768 bf16 and fp16 move, nothing else does. The 0.84 without DMA warps is not applied.
 """
 
 #: How the forward's latency constants were chosen (documentation; the numbers live in ``KernelModel``):
@@ -1160,6 +1169,8 @@ def _resources(geo: Geometry, m: KernelModel, v: dict[str, Var]) -> tuple[Expr, 
     # R's registers at the fit's cost; or, with R partly in shared memory (r_shared = 1), one for one and the
     # rest at reg_rest_with_smem times its estimate (REGISTER_FIT, last paragraph).
     rest_factor = m.reg_rest_with_smem_wide if geo.wide else m.reg_rest_with_smem
+    if geo.itemsize == 2 and geo.u == 2 and not geo.wide and not m.r_shared_any_cluster:
+        rest_factor = rest_factor + (m.reg_rest_with_smem_16bit_dma - rest_factor) * dma
     if geo.half_operands:  # (with DMA warps, unless split K's partial sums: F32_HALF_REGISTERS)
         rest_factor = rest_factor + (m.reg_rest_with_smem_f32_half_dma - rest_factor) * dma * (2 - ksplit + wholek)
     regs = (rest_estimate + (1 + m.reg_margin_fraction) * m.reg_per_r * r_regs * (1 - r_shared)
