@@ -357,6 +357,12 @@ template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_, int R
     // cell (48x16 saving forward: slstm 0.213 -> 0.271 ms, lstm 0.184 -> 0.231, gru 0.210 -> 0.246, elman 0.131 ->
     // 0.150; bench/results/phases/2026-12-02-h200-defer-outputs.txt, with the kernel change as a patch): what
     // follows the mma in program order issues before the cells can, and the shadow did not hold it.
+    // Measured and not kept either (stop 56): where the late write stands, writing the held outputs at the top of
+    // the next step instead, after its barrier (the store a step after its load; estimated -5..-10% at 48x16 from
+    // the ablation without the flush, 0.196 -> 0.166 ms slstm, 0.163 -> 0.137 lstm): H100 bf16 T=1024 inference
+    // forward, ms, late -> next: lstm 48x16 0.163 -> 0.170, slstm 0.196 -> 0.210, gru 0.150 -> 0.156, elman 0.126
+    // -> 0.127, lstm 12x64 on one block 0.328 -> 0.336, gru 12x64 0.267 -> 0.283, but lstm 48x16 B=256 1.833 ->
+    // 1.714 (bench/results/phases/2026-12-05-h100-split-write-next.txt, the kernel change in its header).
 #ifdef FLASHRNN_SPLIT_WRITE_EARLY
     static constexpr bool SPLIT_WRITE_EARLY = SPLIT_FLUSH && FLASHRNN_SPLIT_WRITE_EARLY;
 #else
