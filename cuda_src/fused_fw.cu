@@ -302,6 +302,15 @@ template <class Cell, class T, int D_, int NBT_, int P_, int CL_, int KS_, int R
     // Blocks of 384+ threads get <= 170 registers a thread, and R's fragments take most of them: there Wx is
     // read cell by cell at the pointwise step instead of all at once while the mma run.
     static constexpr bool LATE_X = THREADS >= 384;
+    // Cells with a cheaper forward for the states their own steps produced (Cell::STEADY_FORM; sLSTM: no fresh
+    // state, n >= 1) run step 0 with the general form and steps 1.. with that one: the step's code twice, and
+    // nothing tested a step that only the first needs. FLASHRNN_NO_STEADY (measurement knob) runs the general form
+    // every step, to compare.
+#ifdef FLASHRNN_NO_STEADY
+    static constexpr bool STEADY = false;
+#else
+    static constexpr bool STEADY = Cell::STEADY_FORM;
+#endif
     // Row pitches padded by 16 bytes: the 8 rows an ldmatrix (or the 4 batch columns a warp's x reads) touch
     // then start in distinct bank groups.
     static constexpr int HROW = D + 8;
@@ -949,6 +958,12 @@ struct NoCopies {
     __device__ __forceinline__ void tail(int, int) {}
 };
 
+// The cell's forward for states its own steps produced (Cell::STEADY_FORM, Tile::STEADY), or its one form.
+template <class Cell, class... A> __device__ __forceinline__ void steady_forward(A&... a) {
+    if constexpr (Cell::STEADY_FORM) Cell::template forward<true>(a...);
+    else Cell::forward(a...);
+}
+
 template <bool FIRST, class A, class B> struct Pick { using type = A; };
 template <class A, class B> struct Pick<false, A, B> { using type = B; };
 
@@ -1155,164 +1170,174 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
     int stage = 0;  // t % NS
     // Step t's copies (StepCopies::step; none where a DMA warp does them): Tile::EARLY_COPIES says where they go.
     PHASE_CLOCKS_DECLARE
+    // Where the cell has a steady form (Tile::STEADY), step 0 runs in a pass of its own and steps 1.. in a second,
+    // with the form: the passes are unrolled, so `steady` is a constant in each copy of the step.
+#pragma unroll
+    for (int pass = 0; pass < (K::STEADY ? 2 : 1); ++pass) {
+        const bool steady = K::STEADY && pass == 1;
+        const int pass_end = K::STEADY && pass == 0 ? min(tend, 1) : tend;
 #pragma unroll 1
-    for (int t = 0; t < tend; ++t) {
-        if (t == next_end) ends_at(t);  // some of this lane's sequences end here (never without lengths)
-        PHASE(7, 0.f)  // (the loop's own overhead, from the end of the last step)
-        // Here h_{t-1}'s own columns and Wx[t] are visible (the barrier that closed step t-1); the other
-        // blocks' columns arrive on this buffer's mbarrier.
-        if constexpr (K::EARLY_COPIES) io.step(t, stage, tend);
+        for (int t = steady ? 1 : 0; t < pass_end; ++t) {
+            if (t == next_end) ends_at(t);  // some of this lane's sequences end here (never without lengths)
+            PHASE(7, 0.f)  // (the loop's own overhead, from the end of the last step)
+            // Here h_{t-1}'s own columns and Wx[t] are visible (the barrier that closed step t-1); the other
+            // blocks' columns arrive on this buffer's mbarrier.
+            if constexpr (K::EARLY_COPIES) io.step(t, stage, tend);
 #ifndef FLASHRNN_ABLATE_EXCHANGE  // measurement knob: no h exchange (wrong results), to time it
-        if constexpr (CL > 1 && !K::DMA) {
-            if (t > 0) {
-                const unsigned bar = bars + 8 * (t & 1);
-                cluster::mbarrier_wait(bar, ((t - 1) >> 1) & 1);
-                if (threadIdx.x == 0 && t + 2 < tend) cluster::mbarrier_expect(bar, K::RECV_BYTES);  // next use
+            if constexpr (CL > 1 && !K::DMA) {
+                if (t > 0) {
+                    const unsigned bar = bars + 8 * (t & 1);
+                    cluster::mbarrier_wait(bar, ((t - 1) >> 1) & 1);
+                    if (threadIdx.x == 0 && t + 2 < tend) cluster::mbarrier_expect(bar, K::RECV_BYTES);  // next use
+                }
             }
-        }
 #endif
-        PHASE(0, 0.f)  // the wait for the other blocks' h (and, where K::EARLY_COPIES, the copies before it)
-        const unsigned h_next = h_cell0 + ((t + 1) & 1) * K::H_BUF;  // h_t goes to the other buffer
-        const unsigned x_now = x_cell0 + stage * K::X_STAGE;
-        const unsigned o_buf = (t & 1) * K::O_BUF;
+            PHASE(0, 0.f)  // the wait for the other blocks' h (and, where K::EARLY_COPIES, the copies before it)
+            const unsigned h_next = h_cell0 + ((t + 1) & 1) * K::H_BUF;  // h_t goes to the other buffer
+            const unsigned x_now = x_cell0 + stage * K::X_STAGE;
+            const unsigned o_buf = (t & 1) * K::O_BUF;
 
-        [[maybe_unused]] uint4 held[K::SPLIT_FLUSH ? sizeof(typename StepCopies<K, T>::Held) / 16 : 1];
-        if constexpr (K::SPLIT_FLUSH) io.read_outputs(t, held);  // (written after the cells)
-        // Critical path: h fragments, then the mma.
-        float acc[K::MT][NBT][4];
-        // (Tile::DMA: the other blocks' slices of h_{t-1} arrive on buffer t % 2's groups, waited for in turn.)
-        auto wait_group = [&](int gr) {
+            [[maybe_unused]] uint4 held[K::SPLIT_FLUSH ? sizeof(typename StepCopies<K, T>::Held) / 16 : 1];
+            if constexpr (K::SPLIT_FLUSH) io.read_outputs(t, held);  // (written after the cells)
+            // Critical path: h fragments, then the mma.
+            float acc[K::MT][NBT][4];
+            // (Tile::DMA: the other blocks' slices of h_{t-1} arrive on buffer t % 2's groups, waited for in turn.)
+            auto wait_group = [&](int gr) {
 #ifndef FLASHRNN_ABLATE_EXCHANGE
-            if (t > 0) cluster::mbarrier_wait(bars + K::bar_offset(t & 1, gr), ((t - 1) >> 1) & 1);
+                if (t > 0) cluster::mbarrier_wait(bars + K::bar_offset(t & 1, gr), ((t - 1) >> 1) & 1);
 #endif
-        };
-        matmul<K>(acc, a, r_lane, (t & 1) ? hrow1 : hrow0, wait_group);
-        if constexpr (K::DMA) {  // thread 0 has waited for every group: arm them for their next use
-            if (threadIdx.x == 0 && t > 0 && t + 2 < tend)
-                for (int gr = 0; gr < K::XG; ++gr)
-                    cluster::mbarrier_expect(bars + K::bar_offset(t & 1, gr), K::group_bytes(gr));
-        }
-        PHASE(1, acc[0][0][0] + acc[K::MT - 1][NBT - 1][3])  // h's fragments and the mma
-        // This step's Wx: issued while the mma run, except where registers are tight (the largest single
-        // blocks), where each cell reads its own just before use.
-        float x[K::CU][NBT][K::COWN][K::GW];
-        auto read_x = [&](int u, int nb, int cc) {  // (PAIRED: u = 0 reads both cells)
-#pragma unroll
-            for (int gate = 0; gate < K::GW; ++gate) {
-                const unsigned at = x_now + E * (cell_row<K>(nb, cc) * K::XROW + gate * K::DB + K::dim_of(u, 0));
-                if constexpr (K::PAIRED) ld_shared_f2<T>(at, x[0][nb][cc][gate], x[1][nb][cc][gate]);
-                else x[u][nb][cc][gate] = ld_shared_f<T>(at);
+            };
+            matmul<K>(acc, a, r_lane, (t & 1) ? hrow1 : hrow0, wait_group);
+            if constexpr (K::DMA) {  // thread 0 has waited for every group: arm them for their next use
+                if (threadIdx.x == 0 && t > 0 && t + 2 < tend)
+                    for (int gr = 0; gr < K::XG; ++gr)
+                        cluster::mbarrier_expect(bars + K::bar_offset(t & 1, gr), K::group_bytes(gr));
             }
-        };
-        if constexpr (!K::LATE_X) {
+            PHASE(1, acc[0][0][0] + acc[K::MT - 1][NBT - 1][3])  // h's fragments and the mma
+            // This step's Wx: issued while the mma run, except where registers are tight (the largest single
+            // blocks), where each cell reads its own just before use.
+            float x[K::CU][NBT][K::COWN][K::GW];
+            auto read_x = [&](int u, int nb, int cc) {  // (PAIRED: u = 0 reads both cells)
 #pragma unroll
-            for (int u = 0; u < (K::PAIRED ? 1 : K::CU); ++u)
+                for (int gate = 0; gate < K::GW; ++gate) {
+                    const unsigned at = x_now + E * (cell_row<K>(nb, cc) * K::XROW + gate * K::DB + K::dim_of(u, 0));
+                    if constexpr (K::PAIRED) ld_shared_f2<T>(at, x[0][nb][cc][gate], x[1][nb][cc][gate]);
+                    else x[u][nb][cc][gate] = ld_shared_f<T>(at);
+                }
+            };
+            if constexpr (!K::LATE_X) {
+#pragma unroll
+                for (int u = 0; u < (K::PAIRED ? 1 : K::CU); ++u)
+#pragma unroll
+                    for (int nb = 0; nb < NBT; ++nb)
+#pragma unroll
+                        for (int cc = 0; cc < K::COWN; ++cc) read_x(u, nb, cc);
+            }
+            if constexpr (K::SPLIT_FLUSH) io.refill(t, stage, tend);  // one block: while the mma run
+            else if constexpr (!K::EARLY_COPIES) io.step(t, stage, tend);
+            if constexpr (K::SPLIT_WRITE_EARLY) io.write_outputs(t, held);  // in the mma's shadow
+            if constexpr (K::PARTIALS) {
+                put_partials<K>(part_mine, acc, ks);
+                partials_barrier<K>();
+            }
+            if constexpr (K::TRADE) trade_columns<K>(acc, g & 1);
+            PHASE(2, x[0][0][0][0])  // Wx's reads, the copies' issue, split-K's partials
+
+            float sv_first[NBT][K::COWN][K::NSAVED];  // PAIRED: cell u = 0's saved values, stored with u = 1's
+#pragma unroll
+            for (int u = 0; u < K::CU; ++u)
 #pragma unroll
                 for (int nb = 0; nb < NBT; ++nb)
 #pragma unroll
-                    for (int cc = 0; cc < K::COWN; ++cc) read_x(u, nb, cc);
-        }
-        if constexpr (K::SPLIT_FLUSH) io.refill(t, stage, tend);  // one block: while the mma run
-        else if constexpr (!K::EARLY_COPIES) io.step(t, stage, tend);
-        if constexpr (K::SPLIT_WRITE_EARLY) io.write_outputs(t, held);  // in the mma's shadow
-        if constexpr (K::PARTIALS) {
-            put_partials<K>(part_mine, acc, ks);
-            partials_barrier<K>();
-        }
-        if constexpr (K::TRADE) trade_columns<K>(acc, g & 1);
-        PHASE(2, x[0][0][0][0])  // Wx's reads, the copies' issue, split-K's partials
-
-        float sv_first[NBT][K::COWN][K::NSAVED];  // PAIRED: cell u = 0's saved values, stored with u = 1's
-#pragma unroll
-        for (int u = 0; u < K::CU; ++u)
-#pragma unroll
-            for (int nb = 0; nb < NBT; ++nb)
-#pragma unroll
-                for (int cc = 0; cc < K::COWN; ++cc) {
-                    const int c = KS == 1 ? cc : ks;
-                    const int row = cell_row<K>(nb, cc);  // batch row bl = row + lane_row
-                    const int col = K::dim_of(u, 0);      // dim d0 + col + lane_col
-                    float rs[K::GR], sn[K::S], sv[K::NSAVED];
-                    if constexpr (K::LATE_X) {
-                        if (!K::PAIRED || u == 0) read_x(u, nb, cc);
-                    }
-#pragma unroll
-                    for (int gate = 0; gate < K::GR; ++gate) {
-                        const int q = (K::TRADE ? 0 : u) * K::GR + gate, m = q / 2, i0 = 2 * (q % 2);
-                        if constexpr (KS == 1) {
-                            rs[gate] = acc[m][nb][i0 + (K::TRADE ? u : cc)];  // (TRADE: cell u in column u)
-                        } else {
-                            rs[gate] = c ? acc[m][nb][i0 + 1] : acc[m][nb][i0];
-                            if constexpr (K::PARTIALS)
-                                rs[gate] += ld_shared_f<float>(part_partner + partial_offset<K>(m, nb, i0));
+                    for (int cc = 0; cc < K::COWN; ++cc) {
+                        const int c = KS == 1 ? cc : ks;
+                        const int row = cell_row<K>(nb, cc);  // batch row bl = row + lane_row
+                        const int col = K::dim_of(u, 0);      // dim d0 + col + lane_col
+                        float rs[K::GR], sn[K::S], sv[K::NSAVED];
+                        if constexpr (K::LATE_X) {
+                            if (!K::PAIRED || u == 0) read_x(u, nb, cc);
                         }
-                    }
+#pragma unroll
+                        for (int gate = 0; gate < K::GR; ++gate) {
+                            const int q = (K::TRADE ? 0 : u) * K::GR + gate, m = q / 2, i0 = 2 * (q % 2);
+                            if constexpr (KS == 1) {
+                                rs[gate] = acc[m][nb][i0 + (K::TRADE ? u : cc)];  // (TRADE: cell u in column u)
+                            } else {
+                                rs[gate] = c ? acc[m][nb][i0 + 1] : acc[m][nb][i0];
+                                if constexpr (K::PARTIALS)
+                                    rs[gate] += ld_shared_f<float>(part_partner + partial_offset<K>(m, nb, i0));
+                            }
+                        }
 #ifdef FLASHRNN_ABLATE_CELL  // measurement knob: a trivial cell (wrong results), to time the rest
 #pragma unroll
-                    for (int s = 0; s < K::S; ++s) sn[s] = 0.5f * rs[0] + x[u][nb][cc][0] + bs[u][0];
+                        for (int s = 0; s < K::S; ++s) sn[s] = 0.5f * rs[0] + x[u][nb][cc][0] + bs[u][0];
 #pragma unroll
-                    for (int k = 0; k < K::NSAVED; ++k) sv[k] = rs[k % K::GR];
+                        for (int k = 0; k < K::NSAVED; ++k) sv[k] = rs[k % K::GR];
 #else
-                    Cell::forward(x[u][nb][cc], rs, bs[u], st[u][nb][cc], sn, sv);
+                        if (steady)
+                            steady_forward<Cell>(x[u][nb][cc], rs, bs[u], st[u][nb][cc], sn, sv);
+                        else
+                            Cell::forward(x[u][nb][cc], rs, bs[u], st[u][nb][cc], sn, sv);
 #endif
-                    // Past the sequence's end the states stay: a select, so the h that the mma reads next step
-                    // (and HSlice sends to the cluster), the staged outputs and the registers all keep the last
-                    // valid state bit for bit. sv is written as computed (no backward reads it there).
-                    const bool run = (running >> (nb * K::COWN + cc)) & 1u;
+                        // Past the sequence's end the states stay: a select, so the h that the mma reads next step
+                        // (and HSlice sends to the cluster), the staged outputs and the registers all keep the last
+                        // valid state bit for bit. sv is written as computed (no backward reads it there).
+                        const bool run = (running >> (nb * K::COWN + cc)) & 1u;
 #pragma unroll
-                    for (int s = 0; s < K::S; ++s) sn[s] = run ? sn[s] : st[u][nb][cc][s];
+                        for (int s = 0; s < K::S; ++s) sn[s] = run ? sn[s] : st[u][nb][cc][s];
 #pragma unroll
-                    for (int s = 0; s < K::S; ++s) st[u][nb][cc][s] = sn[s];
-                    if constexpr (!K::PAIRED) {
-                        store_h<K>(h_next + EOP * (row * K::HROW + col), {sn[0]});
+                        for (int s = 0; s < K::S; ++s) st[u][nb][cc][s] = sn[s];
+                        if constexpr (!K::PAIRED) {
+                            store_h<K>(h_next + EOP * (row * K::HROW + col), {sn[0]});
 #ifndef FLASHRNN_ABLATE_STORES  // measurement knob: no outputs (wrong results), to time them
 #pragma unroll
-                        for (int s = 0; s < K::S; ++s)
-                            st_shared_f<T>(o_state0 + o_buf + E * ((s * K::BT + row) * K::OROW + col), sn[s]);
+                            for (int s = 0; s < K::S; ++s)
+                                st_shared_f<T>(o_state0 + o_buf + E * ((s * K::BT + row) * K::OROW + col), sn[s]);
 #pragma unroll
-                        for (int k = 0; k < K::NSAVED_OUT; ++k)
-                            st_shared_f<T>(o_saved0 + o_buf + E * ((row * K::NSAVED + k) * K::OROW + col), sv[k]);
+                            for (int k = 0; k < K::NSAVED_OUT; ++k)
+                                st_shared_f<T>(o_saved0 + o_buf + E * ((row * K::NSAVED + k) * K::OROW + col), sv[k]);
 #endif
-                    } else if (u == 0) {
+                        } else if (u == 0) {
 #pragma unroll
-                        for (int k = 0; k < K::NSAVED_OUT; ++k) sv_first[nb][cc][k] = sv[k];
-                    } else {  // both cells of the pair, from the lower dim's address
-                        store_h<K>(h_next + EOP * (row * K::HROW), {st[0][nb][cc][0], sn[0]});
+                            for (int k = 0; k < K::NSAVED_OUT; ++k) sv_first[nb][cc][k] = sv[k];
+                        } else {  // both cells of the pair, from the lower dim's address
+                            store_h<K>(h_next + EOP * (row * K::HROW), {st[0][nb][cc][0], sn[0]});
 #ifndef FLASHRNN_ABLATE_STORES
 #pragma unroll
-                        for (int s = 0; s < K::S; ++s)
-                            st_shared_f2<T>(o_state0 + o_buf + E * ((s * K::BT + row) * K::OROW), st[0][nb][cc][s],
-                                            sn[s]);
+                            for (int s = 0; s < K::S; ++s)
+                                st_shared_f2<T>(o_state0 + o_buf + E * ((s * K::BT + row) * K::OROW), st[0][nb][cc][s],
+                                                sn[s]);
 #pragma unroll
-                        for (int k = 0; k < K::NSAVED_OUT; ++k)
-                            st_shared_f2<T>(o_saved0 + o_buf + E * ((row * K::NSAVED + k) * K::OROW),
-                                            sv_first[nb][cc][k], sv[k]);
+                            for (int k = 0; k < K::NSAVED_OUT; ++k)
+                                st_shared_f2<T>(o_saved0 + o_buf + E * ((row * K::NSAVED + k) * K::OROW),
+                                                sv_first[nb][cc][k], sv[k]);
 #endif
+                        }
                     }
+            stage = stage == K::NS - 1 ? 0 : stage + 1;
+            PHASE(3, st[K::CU - 1][NBT - 1][K::COWN - 1][0])  // the cells
+#ifndef FLASHRNN_ABLATE_EXCHANGE
+            if constexpr (CL > 1 && K::WARP_SENDS) {
+                if (t + 1 < tend) {
+                    __syncwarp();  // the lanes' h stores before the lanes that send them read them
+                    hsend.send(((t + 1) & 1) * K::H_BUF, bars + 8 * ((t + 1) & 1));
                 }
-        stage = stage == K::NS - 1 ? 0 : stage + 1;
-        PHASE(3, st[K::CU - 1][NBT - 1][K::COWN - 1][0])  // the cells
-#ifndef FLASHRNN_ABLATE_EXCHANGE
-        if constexpr (CL > 1 && K::WARP_SENDS) {
-            if (t + 1 < tend) {
-                __syncwarp();  // the lanes' h stores before the lanes that send them read them
-                hsend.send(((t + 1) & 1) * K::H_BUF, bars + 8 * ((t + 1) & 1));
             }
-        }
 #endif
-        PHASE(5, 0.f)  // sending h_t's columns (the warp's, Tile::WARP_SENDS)
-        if constexpr (K::SPLIT_FLUSH && !K::SPLIT_WRITE_EARLY) io.write_outputs(t, held);
-        // Close the step: h_t's own columns and Wx[t+1] complete for every warp of the block (and the reads of
-        // step t, of h and of Wx's stage, are over, so the next step may overwrite them).
-        mma::cp_async_wait<P - 1>();
-        step_barrier();
-        PHASE(4, 0.f)  // the barrier
+            PHASE(5, 0.f)  // sending h_t's columns (the warp's, Tile::WARP_SENDS)
+            if constexpr (K::SPLIT_FLUSH && !K::SPLIT_WRITE_EARLY) io.write_outputs(t, held);
+            // Close the step: h_t's own columns and Wx[t+1] complete for every warp of the block (and the reads of
+            // step t, of h and of Wx's stage, are over, so the next step may overwrite them).
+            mma::cp_async_wait<P - 1>();
+            step_barrier();
+            PHASE(4, 0.f)  // the barrier
 #ifndef FLASHRNN_ABLATE_EXCHANGE
-        if constexpr (CL > 1 && !K::WARP_SENDS && !K::DMA) {
-            if (t + 1 < tend) hsend.send(((t + 1) & 1) * K::H_BUF, bars + 8 * ((t + 1) & 1));
-        }
+            if constexpr (CL > 1 && !K::WARP_SENDS && !K::DMA) {
+                if (t + 1 < tend) hsend.send(((t + 1) & 1) * K::H_BUF, bars + 8 * ((t + 1) & 1));
+            }
 #endif
-        PHASE(5, 0.f)  // sending h_t's columns (the block's)
+            PHASE(5, 0.f)  // sending h_t's columns (the block's)
+        }
     }
     io.tail(tend, Tn);
 #ifdef FLASHRNN_PHASE_CLOCKS

@@ -1422,3 +1422,31 @@ def test_16bit_dma_register_rule():
     for function in ("lstm", "slstm"):
         assert solve_fused(H100, function, "bfloat16", 16, 1, 768).wide_warps
     assert solve_fused(H100, "lstm", "bfloat16", 16, 1, 640).r_ktiles_in_smem == 20
+
+
+def test_slstm_reciprocal_form_rule():
+    """sLSTM's forward takes h's own reciprocal (FLASHRNN_SLSTM_SHARED_RCP=2, ``slstm_own_h_reciprocal``) in 16-bit
+    inference forwards and DMA-warp kernels, where it measured faster, and nowhere else: the one-block and cluster
+    saving forwards, float32 (a division) and the other cells keep their defines, and so their cache keys."""
+    def form(function, dtype, N, D, direction):
+        chosen = solve_fused(H100, function, dtype, 16, N, D, direction=direction)
+        return chosen.template_args().get("FLASHRNN_SLSTM_SHARED_RCP"), chosen
+
+    for dtype in ("bfloat16", "float16"):
+        for N, D in ((48, 16), (12, 64), (3, 256), (1, 768)):
+            assert form("slstm", dtype, N, D, "inference")[0] == 2
+        rcp, chosen = form("slstm", dtype, 1, 768, "forward")
+        assert chosen.dma_warps and rcp == 2
+        for N, D in ((48, 16), (12, 64), (3, 256)):
+            rcp, chosen = form("slstm", dtype, N, D, "forward")
+            assert not chosen.dma_warps and rcp is None
+    for direction in ("forward", "inference"):
+        assert form("slstm", "float32", 48, 16, direction)[0] is None
+        assert form("slstm", "float32", 1, 768, direction)[0] is None
+        for function in ("lstm", "gru", "elman"):
+            assert form(function, "bfloat16", 1, 768, direction)[0] is None
+    assert "FLASHRNN_SLSTM_SHARED_RCP" not in solve_fused(H100, "slstm", "bfloat16", 16, 48, 16,
+                                                           direction="backward").template_args()
+    # The define comes before FLASHRNN_SAVE, which stays last (the inference kernel's mark).
+    assert list(form("slstm", "bfloat16", 48, 16, "inference")[1].template_args())[-2:] == [
+        "FLASHRNN_SLSTM_SHARED_RCP", "FLASHRNN_SAVE"]

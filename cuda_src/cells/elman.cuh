@@ -8,6 +8,7 @@ struct ElmanCell {
     static constexpr int GW = 1, GR = 1, GB = 1, S = 1, NSAVED = 1;
     // What backward reads (the fused backward stages only these): no previous state, ds[0].
     static constexpr unsigned PREV_READ = 0u, DS_READ = 0b1u;
+    static constexpr bool STEADY_FORM = false;  // no cheaper forward for states of its own steps
 
     __device__ __forceinline__ static void forward(const float (&x)[GW], const float (&rs)[GR], const float (&b)[GB],
                                                    const float (&s_prev)[S], float (&s)[S], float (&saved)[NSAVED]) {

@@ -11,6 +11,7 @@ struct GruCell {
     static constexpr int GW = 3, GR = 3, GB = 4, S = 1, NSAVED = 4;
     // What backward reads (the fused backward stages only these): s_prev[0] and ds[0].
     static constexpr unsigned PREV_READ = 0b1u, DS_READ = 0b1u;
+    static constexpr bool STEADY_FORM = false;  // no cheaper forward for states of its own steps
 
     __device__ __forceinline__ static void forward(const float (&x)[GW], const float (&rs)[GR], const float (&b)[GB],
                                                    const float (&s_prev)[S], float (&s)[S], float (&saved)[NSAVED]) {

@@ -9,6 +9,7 @@ struct LstmCell {
     static constexpr int GW = 4, GR = 4, GB = 4, S = 2, NSAVED = 4;
     // What backward reads (the fused backward stages only these): s_prev[1] (c), and ds[0], ds[1].
     static constexpr unsigned PREV_READ = 0b10u, DS_READ = 0b11u;
+    static constexpr bool STEADY_FORM = false;  // no cheaper forward for states of its own steps
 
     __device__ __forceinline__ static void forward(const float (&x)[GW], const float (&rs)[GR], const float (&b)[GB],
                                                    const float (&s_prev)[S], float (&s)[S], float (&saved)[NSAVED]) {

@@ -9,7 +9,9 @@
 #pragma once
 #include "common/activations.cuh"
 
-// Measurement knob (bench/phase_clocks.py --variant): 0 divides by den, scale and U with a reciprocal each.
+// The reciprocals: 1 (default) one of den scale U for all three; 2 h's own 1/den, and 1/scale and 1/U from one of
+// scale U (two MUFU ops), which the fused forward's 16-bit inference and DMA-warp kernels take
+// (FusedParams.slstm_own_h_reciprocal says why); 0, a measurement knob, a reciprocal each.
 #ifndef FLASHRNN_SLSTM_SHARED_RCP
 #define FLASHRNN_SLSTM_SHARED_RCP 1
 #endif
@@ -21,6 +23,7 @@ struct SlstmCell {
     // What backward reads (the fused backward stages only these): s_prev[1..2] (c, n), ds[0..2]. ds[3] (on m)
     // reaches nothing: ds_prev[3] is d lf whatever it is; m_prev is not needed (the saved v holds i and f).
     static constexpr unsigned PREV_READ = 0b0110u, DS_READ = 0b0111u;
+    static constexpr bool STEADY_FORM = true;  // forward<true> (below)
 
     // Forward: the two exponential gates share a scale. With u = exp(-|f_raw|), U = 1 + u (so sigma(f_raw) =
     // exp(min(f_raw, 0)) / U) and E = exp(a), a = min(f_raw, 0) + m_prev - i_raw:
@@ -45,6 +48,13 @@ struct SlstmCell {
     //   backward now reads i and f from the saved v instead (no transcendental op for them at all).
     static constexpr float A_MAX = 30.f;
 
+    // STEADY: s_prev is a state that a step of this forward produced (the fused forward from its second step on,
+    // fused_fw.cu Tile::STEADY_STEPS): then n_prev >= 1, so the state is never fresh and den's max with E_scale
+    // below is E n_prev + U already (scale <= den: U <= E n_prev + U, and E <= E n_prev). The step computes n as
+    // den / scale through a reciprocal, so n_prev may sit a few ulp below 1; den then differs from the max by
+    // E (1 - n_prev), a few 1e-7 E: float32 rounding. The form drops the fresh state's selects and den's max from
+    // every step after the first (the max was on h's chain).
+    template <bool STEADY = false>
     __device__ __forceinline__ static void forward(const float (&x)[GW], const float (&rs)[GR], const float (&b)[GB],
                                                    const float (&s_prev)[S], float (&s)[S], float (&saved)[NSAVED]) {
         // The chain to h starts at rs (the mma's output); x + b and the previous states are ready before it. So the
@@ -62,8 +72,9 @@ struct SlstmCell {
 #pragma unroll
         for (int g = 0; g < 4; ++g) xb[g] = x[g] + b[g], saved[g] = rs[g] + xb[g];
         const float i_raw = saved[0], f_raw = saved[1];
-        const bool fresh = s_prev[2] == 0.f;
-        const float cap = fresh ? __int_as_float(0x7f800000) : LOG2_E * A_MAX, n_prev = fmaxf(s_prev[2], 0.f);
+        const bool fresh = !STEADY && s_prev[2] == 0.f;
+        const float cap = fresh ? __int_as_float(0x7f800000) : LOG2_E * A_MAX;
+        const float n_prev = STEADY ? s_prev[2] : fmaxf(s_prev[2], 0.f);
         // log2(e) a = min(t + log2(e) f_raw, t) with t = log2(e) (m_prev - x_i - b_i - rs_i): the min(f_raw, 0)
         // distributed over the sum so that E's exponent is two fma and two min after rs (the cap taken on t's
         // side: min is associative, so this is exactly min(log2(e) a, cap)), and u = ex2(-|log2(e) f_raw|) one fma
@@ -78,8 +89,11 @@ struct SlstmCell {
         const bool m_is_i = E_scale <= U;
         const float scale = fmaxf(E_scale, U);
         const float num = fmaf(E, s_prev[1], U * act_tanh(saved[2]));
-        const float den = fmaxf(fmaf(E, n_prev, U), E_scale);
-#if FLASHRNN_SLSTM_SHARED_RCP
+        const float den = STEADY ? fmaf(E, n_prev, U) : fmaxf(fmaf(E, n_prev, U), E_scale);
+#if FLASHRNN_SLSTM_SHARED_RCP == 2
+        s[0] = act_sigmoid_sum(rs[3], xb[3]) * num * act_rcp(den);
+        const float r_su = act_rcp(scale * U), r_scale = U * r_su, r_U = scale * r_su;
+#elif FLASHRNN_SLSTM_SHARED_RCP
         // One reciprocal for the three the step divides by: r = 1 / (den scale U), then 1/den = scale U r,
         // 1/scale = den U r, 1/U = den scale r (U only for the saving forward's sigma(-f_raw); its product is off
         // h's chain, which gains one FMUL and loses one MUFU op). The product stays a normal float while den scale

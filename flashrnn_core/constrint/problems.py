@@ -1047,7 +1047,23 @@ class FusedParams:
                 **({"FLASHRNN_HEAD_CLUSTERS": self.head_clusters} if self.head_clusters > 1 else {}),
                 "FLASHRNN_R_SMEM": self.r_ktiles_in_smem, "FLASHRNN_THREADS": self.threads_per_block,
                 "FLASHRNN_SMEM_BYTES": self.smem_bytes,
+                **({"FLASHRNN_SLSTM_SHARED_RCP": 2} if self.slstm_own_h_reciprocal else {}),
                 **({"FLASHRNN_SAVE": 0} if self.direction == "inference" else {})}
+
+    @property
+    def slstm_own_h_reciprocal(self) -> bool:
+        """sLSTM's forward divides h by den with a reciprocal of its own, and c, n (and the saved sigma(-f)) through
+        one of scale U (cells/slstm.cuh, FLASHRNN_SLSTM_SHARED_RCP=2), where the default shares one reciprocal of
+        den scale U: in 16-bit inference forwards and DMA-warp kernels. The forms differ by a MUFU op and two FMUL on
+        h's chain, and what they change is ptxas's schedule of the step more than its length, so the rule follows
+        measurements (stop 57, bench/results/phases/2026-12-05-slstm-reciprocals.txt; B=16 T=1024, bf16 unless
+        said, ms, shared -> own, both with the steady form): inference 48x16 0.199 -> 0.163 (H200; fp16 on an H100
+        0.197 -> 0.163), 12x64 0.333 -> 0.331, 2x512 1.409 -> 1.380 (H100), 3x256 and 1x768 equal, but 24x32
+        0.215 -> 0.226 (H100); the saving forward of 1x768 (DMA warps) 2.047 -> 1.944 (H200), but of 48x16 0.216 ->
+        0.220 and of 2x512 1.388 -> 1.446 (H100), so the other saving forwards keep the shared one. Float32's 1/x is
+        a division: it keeps one."""
+        return (self.function == "slstm" and self.dtype != "float32" and self.direction != "backward"
+                and (self.direction == "inference" or self.dma_warps > 0))
 
     @property
     def stores_drs(self) -> bool:
