@@ -49,11 +49,14 @@ struct SlstmCell {
     static constexpr float A_MAX = 30.f;
 
     // STEADY: s_prev is a state that a step of this forward produced (the fused forward from its second step on,
-    // fused_fw.cu Tile::STEADY_STEPS): then n_prev >= 1, so the state is never fresh and den's max with E_scale
+    // fused_fw.cu Tile::STEADY): then n_prev >= 1, so the state is never fresh and den's max with E_scale
     // below is E n_prev + U already (scale <= den: U <= E n_prev + U, and E <= E n_prev). The step computes n as
     // den / scale through a reciprocal, so n_prev may sit a few ulp below 1; den then differs from the max by
     // E (1 - n_prev), a few 1e-7 E: float32 rounding. The form drops the fresh state's selects and den's max from
-    // every step after the first (the max was on h's chain).
+    // every step after the first (the max was on h's chain): ~7 of ~123 instructions a step at 48x16 (SASS, sm_90).
+    // Measured (stop 57, bench/results/phases/2026-12-05-slstm-reciprocals.txt, B=16 T=1024 bf16, ms): alone within
+    // +-2% (48x16 inference 0.195 -> 0.199, 12x64 0.343 -> 0.333, H200); with h's own reciprocal (above) 48x16's
+    // inference 0.196 -> 0.163 (H100), which neither gives alone: ptxas's schedule of the step moves with both.
     template <bool STEADY = false>
     __device__ __forceinline__ static void forward(const float (&x)[GW], const float (&rs)[GR], const float (&b)[GB],
                                                    const float (&s_prev)[S], float (&s)[S], float (&saved)[NSAVED]) {
