@@ -52,6 +52,14 @@ def relative_error(out, ref) -> float:
     return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30))
 
 
+def assert_states_close(function: str, states, ref_states, tol: float, what: str = "state") -> None:
+    """Each of ``function``'s states (``[S, ...]``) within ``tol`` (``relative_error``) of the reference's;
+    ``what`` names them in the message (a kernel's label, "inference state", ...)."""
+    for s, name in enumerate(CELLS[function].state_names):
+        err = relative_error(states[s], ref_states[s])
+        assert err < tol, f"{what} {name}: relative error {err:.2e} >= {tol:g}"
+
+
 def saved_error(saved, ref_saved, lengths=None) -> float:
     """``relative_error`` of the saved pre-activations ``[B, T, ...]`` at the steps a sequence runs (all of them
     without ``lengths``: past its end a sequence's saved values may hold anything, but no NaN)."""

@@ -14,7 +14,7 @@ from flashrnn_core.backends import alternating
 from flashrnn_core.backends.vanilla import VanillaBackend
 from flashrnn_core.cells import CELLS
 from flashrnn_core.validate import validate
-from conftest import random_inputs
+from conftest import assert_states_close, random_inputs
 
 DTYPES = {"float32": _arrays.float32, "bfloat16": _arrays.bfloat16, "float16": _arrays.float16}
 TOL = {"float32": 1e-4, "bfloat16": 2e-2, "float16": 2e-2}  # SPEC.md, relative to a float64 reference
@@ -84,14 +84,11 @@ def _reference(function, host, problem64):
 def _check(function, dtype_name, got, ref, what):
     import cupy
 
-    cell = CELLS[function]
     tol = TOL[dtype_name]
     (states, saved, grads), (rstates, rsaved, rgrads) = got, ref
     states, saved = cupy.asnumpy(states), cupy.asnumpy(saved)
     assert states.dtype == DTYPES[dtype_name] and states.shape == rstates.shape
-    for s, name in enumerate(cell.state_names):
-        err = _rel(states[s], rstates[s])
-        assert err < tol, f"{what}: state {name}: relative error {err:.2e} >= {tol:g}"
+    assert_states_close(function, states, rstates, tol, f"{what}: state")
     err = _rel(saved, rsaved)
     assert err < tol, f"{what}: saved: relative error {err:.2e} >= {tol:g}"
     for name in ("dWx", "dR", "db"):
@@ -100,9 +97,7 @@ def _check(function, dtype_name, got, ref, what):
         err = _rel(out, r)
         assert err < tol, f"{what}: {name}: relative error {err:.2e} >= {tol:g}"
     dinit = cupy.asnumpy(grads.dstates_initial)
-    for s, name in enumerate(cell.state_names):
-        err = _rel(dinit[s], rgrads.dstates_initial[s])
-        assert err < tol, f"{what}: dstates_initial[{name}]: relative error {err:.2e} >= {tol:g}"
+    assert_states_close(function, dinit, rgrads.dstates_initial, tol, f"{what}: dstates_initial")
 
 
 @pytest.mark.gpu

@@ -17,7 +17,7 @@ from flashrnn_core.backends import AUTO_ORDER, why_not
 from flashrnn_core.constrint import A100, H100, problems, solve_fused
 from flashrnn_core.constrint.problems import DIRECTIONS
 from flashrnn_core.validate import validate
-from conftest import random_inputs, saved_error
+from conftest import assert_states_close, random_inputs, saved_error
 from conftest import relative_error as _rel  # (the name these tests use)
 
 DTYPES = {"float32": _arrays.float32, "bfloat16": _arrays.bfloat16, "float16": _arrays.float16}
@@ -28,6 +28,7 @@ TF32_TOL = 1e-3  # SPEC.md's float32 where TF32 matrix units are used: float32 h
 def _tolerance(dtype_name, *launches):
     """SPEC's tolerance for these launches: TF32's where any holds float32 as fp16 operands (FLASHRNN_F32_HALF)."""
     return TF32_TOL if any(launch.choice.half_operands for launch in launches) else TOL[dtype_name]
+
 
 # (B, T, N, D, initial states): odd B, B = 1 and 256, T = 1 and 2, D = 48 (an odd number of k-tiles), every
 # D of the issue; the B = 256 x 12 heads shape makes the solver pick wider batch tiles; D >= 256 (and float32
@@ -111,9 +112,7 @@ def test_forward_matches_vanilla(function, dtype_name, shape, poisoned):
     backend, problem = fused.FusedBackend(), validate(*dev, function=function)
     launches = [backend.params(problem, save) for save in (True, False)]
     tol = _tolerance(dtype_name, *launches)
-    for s, name in enumerate(CELLS[function].state_names):
-        err = _rel(states[s], ref.states[s])
-        assert err < tol, f"state {name}: relative error {err:.2e} >= {tol:g}"
+    assert_states_close(function, states, ref.states, tol)
     err = _rel(saved, ref.saved)
     assert err < tol, f"saved pre-activations: relative error {err:.2e} >= {tol:g}"
     # The inference kernel (FLASHRNN_SAVE=0, the solver's inference choice): every element written (NaN-poisoned),
@@ -121,9 +120,7 @@ def test_forward_matches_vanilla(function, dtype_name, shape, poisoned):
     infer = fc.forward(*dev, function=function, backend="cuda_fused", save_for_backward=False)
     assert infer.saved is None
     infer_states = cupy.asnumpy(infer.states)
-    for s, name in enumerate(CELLS[function].state_names):
-        err = _rel(infer_states[s], ref.states[s])
-        assert err < tol, f"inference state {name}: relative error {err:.2e} >= {tol:g}"
+    assert_states_close(function, infer_states, ref.states, tol, "inference state")
     if _saving_twins(*(launch.choice for launch in launches)):
         np.testing.assert_array_equal(infer_states, states)
 
@@ -184,9 +181,7 @@ def _pinned_match_vanilla(function, dtype_name, configs, B, T, N, D, seed, lengt
         tol = TF32_TOL if config.half_operands else TOL[dtype_name]
         backend = pinned(config)
         states, saved = (cupy.asnumpy(a) for a in backend.forward(problem, *dev))
-        for s, name in enumerate(CELLS[function].state_names):
-            err = _rel(states[s], ref.states[s])
-            assert err < tol, f"{label}: state {name}: relative error {err:.2e} >= {tol:g}"
+        assert_states_close(function, states, ref.states, tol, f"{label}: state")
         err = saved_error(saved, ref.saved, lengths)
         assert err < tol, f"{label}: saved: relative error {err:.2e} >= {tol:g}"
         infer, none = backend.forward(problem, *dev, save=False)
@@ -194,9 +189,7 @@ def _pinned_match_vanilla(function, dtype_name, configs, B, T, N, D, seed, lengt
         if _saving_twins(config, replace(config, direction="inference")):
             np.testing.assert_array_equal(cupy.asnumpy(infer), states, err_msg=label)
         else:
-            for s, name in enumerate(CELLS[function].state_names):
-                err = _rel(cupy.asnumpy(infer[s]), ref.states[s])
-                assert err < tol, f"{label} inference: state {name}: relative error {err:.2e} >= {tol:g}"
+            assert_states_close(function, cupy.asnumpy(infer), ref.states, tol, f"{label} inference: state")
 
 
 @pytest.mark.gpu
@@ -306,10 +299,7 @@ def test_slstm_initial_normalisers_off_a_steps_range(backend, dtype_name, poison
     host = [a.astype(np.float32).astype(dtype) for a in host]
     out = fc.forward(*[cupy.asarray(a) for a in host], function="slstm", backend=backend)
     ref = fc.forward(*[a.astype(np.float64) for a in host], function="slstm", backend="vanilla")
-    tol = TOL[dtype_name]
-    for s, name in enumerate(CELLS["slstm"].state_names):
-        err = _rel(cupy.asnumpy(out.states[s]), ref.states[s])
-        assert err < tol, f"state {name}: relative error {err:.2e} >= {tol:g}"
+    assert_states_close("slstm", cupy.asnumpy(out.states), ref.states, TOL[dtype_name])
 
 
 def _half_operand_inputs(function, B, T, D, seed):
@@ -335,9 +325,7 @@ def test_float32_half_operands_hold_tf32_tolerance_over_long_sequences(function,
     out = fc.forward(*dev, function=function, backend="cuda_fused")
     ref = fc.forward(*[a.astype(np.float64) for a in host], function=function, backend="vanilla")
     states = out.states.get()
-    for s, name in enumerate(CELLS[function].state_names):
-        err = _rel(states[s], ref.states[s])
-        assert err < TF32_TOL, f"state {name}: relative error {err:.2e} >= {TF32_TOL:g}"
+    assert_states_close(function, states, ref.states, TF32_TOL)
     assert np.isfinite(states).all()
 
 
