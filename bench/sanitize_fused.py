@@ -264,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.labels:
         wanted = read_labels(args.labels)
         variants = [s for s in variants if s.label in wanted]
+    # --match before the solves that find each family's problem (they are most of a short run's time; select()
+    # applies it again to the problems, whose labels are their variants').
+    variants = [s for s in variants if label_matches(s.label, args.match)]
     found = [find_problem(fused, s, info) for s in pick_families(variants, args.all or bool(args.labels))]
     problems = sorted((x for x in found if isinstance(x, Problem)), key=run_order)
     if args.only:  # one direction's kernels (a sanitizer run on the kernel just changed)

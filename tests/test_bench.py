@@ -329,6 +329,11 @@ def test_sanitizer_driver_maps_every_variant_to_a_problem(capsys, tmp_path):
     assert sanitize_fused.main(["--list"]) == 0
     out = capsys.readouterr().out
     assert "problems" in out and "(forward + backward)" in out
+    # --match before the solves: the same problems as the whole list's lines that it takes
+    match = "slstm,D48,~float32"
+    every = [x for x in out.splitlines()[1:] if sanitize_fused.label_matches(x.split(": B=")[0], match)]
+    assert every and sanitize_fused.main(["--list", "--match", match]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == every
     # --labels FILE: exactly the variants listed (every one, not per family), an inference one among them
     infer = [s.label for s in fused.solver_variants() if s.label.endswith(" infer")][:2]
     listed = tmp_path / "labels.txt"
