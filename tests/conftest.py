@@ -44,6 +44,12 @@ def random_inputs(rng, function: str, B: int, T: int, N: int, D: int, with_state
     return Wx, R, b, s0
 
 
+def gradient_case_id(case) -> str:
+    """A backward test case's id: (B, T, N, D, initial states, upstream gradients) -> "B4-T6-N2-D112-s0-dh+last"."""
+    B, T, N, D, with_states, grads = case
+    return f"B{B}-T{T}-N{N}-D{D}" + ("-s0" if with_states else "") + f"-d{grads}"
+
+
 def relative_error(out, ref) -> float:
     """||out - ref|| / ||ref|| in float64, after asserting that ``out`` holds no NaN (an output left unwritten
     from NaN-poisoned memory)."""

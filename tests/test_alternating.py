@@ -14,7 +14,7 @@ from flashrnn_core.backends import alternating
 from flashrnn_core.backends.vanilla import VanillaBackend
 from flashrnn_core.cells import CELLS
 from flashrnn_core.validate import validate
-from conftest import assert_states_close, random_inputs
+from conftest import assert_states_close, gradient_case_id, random_inputs
 
 DTYPES = {"float32": _arrays.float32, "bfloat16": _arrays.bfloat16, "float16": _arrays.float16}
 TOL = {"float32": 1e-4, "bfloat16": 2e-2, "float16": 2e-2}  # SPEC.md, relative to a float64 reference
@@ -34,11 +34,6 @@ SHAPES = [
     (2, 4, 1, 768, True, "all"),
     (2, 3, 1, 1024, True, "last"),
 ]
-
-
-def _shape_id(shape):
-    B, T, N, D, s0, grads = shape
-    return f"B{B}-T{T}-N{N}-D{D}" + ("-s0" if s0 else "") + f"-d{grads}"
 
 
 def _inputs(rng, function, dtype, B, T, N, D, with_states, grads):
@@ -101,7 +96,7 @@ def _check(function, dtype_name, got, ref, what):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("shape", SHAPES, ids=_shape_id)
+@pytest.mark.parametrize("shape", SHAPES, ids=gradient_case_id)
 @pytest.mark.parametrize("dtype_name", list(DTYPES))
 @pytest.mark.parametrize("function", list(CELLS))
 def test_matches_vanilla(function, dtype_name, shape, poisoned):

@@ -17,6 +17,7 @@ from flashrnn_core.constrint import A100, H100
 from flashrnn_core.validate import validate
 
 from test_fused import DTYPES, TOL, _inputs, _rel, _shapes, poisoned  # noqa: F401 (fixture)
+from conftest import gradient_case_id
 
 # (B, T, N, D, initial states, upstream): odd B, B = 1, T = 1, N > 1, an odd number of k-tiles (D = 48 elman,
 # gru D = 16), the reference head sizes, and every kind of upstream gradient: "all" states, "h" only, "last"
@@ -47,11 +48,6 @@ CASES = [
 ]
 
 
-def _case_id(case):
-    B, T, N, D, s, mode = case
-    return f"B{B}-T{T}-N{N}-D{D}" + ("-s0" if s else "") + f"-{mode}"
-
-
 def _upstream(rng, function, mode, B, T, N, D):
     S = CELLS[function].states
     dstates = dlast = None
@@ -78,7 +74,7 @@ def _skip_unless_forward(function, dtype, B, N, D):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("case", CASES, ids=_case_id)
+@pytest.mark.parametrize("case", CASES, ids=gradient_case_id)
 @pytest.mark.parametrize("dtype_name", list(DTYPES))
 @pytest.mark.parametrize("function", list(CELLS))
 def test_backward_matches_vanilla(function, dtype_name, case, poisoned):
