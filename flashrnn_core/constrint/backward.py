@@ -270,29 +270,38 @@ def estimate(fp: "FusedProblem", values: dict[str, int]) -> dict[str, float]:
 def params_from(fp: "FusedProblem", values: dict[str, int]) -> "FusedParams":
     """A backward solution's ``FusedParams``: ``blocks_per_head`` blocks per head (``sync`` "cluster" when > 1)
     and batch tile of 8; ``warps_along_dims`` M tiles of 16 rows a block, each over ``k_split`` warps."""
-    from .problems import FusedParams, register_cap
-
     if fp.model.bw_scatter:
         return scatter_params_from(fp, values)
-    geo, hw = fp.geo, fp.hw
-    e = estimate(fp, values)
-    ks, cluster, r_smem = values["ksplit"], values["cluster"], values["r_smem_kt"]
-    warps = values["warps_m"] * ks
+    cluster, ks = values["cluster"], values["ksplit"]
+    return _backward_params(
+        fp, estimate(fp, values), values, warps=values["warps_m"] * ks, r_smem_tiles=values["r_smem_kt"],
+        rows_per_block=fp.geo.D // cluster, warps_along_dims=values["warps_m"], dims_per_warp=16, k_split=ks,
+        ktiles_per_warp=values["ktw"], fused_dr=bool(values["fused_dr"]))
+
+
+def _backward_params(fp: "FusedProblem", e: dict, values: dict[str, int], warps: int, r_smem_tiles: int,
+                     **kernel_fields) -> "FusedParams":
+    """The ``FusedParams`` fields both backward kernels fill alike, from the solution ``values`` and its estimate
+    ``e``: the head on ``values["cluster"]`` blocks of ``warps`` warps and batch tiles of 8, R^T's bytes split
+    between registers and shared memory (``r_smem_tiles`` tiles of 512 bytes a warp), the estimate's figures;
+    ``kernel_fields`` are the kernel's own (its rows, warps and tiles of R^T)."""
+    from .problems import FusedParams, register_cap
+
+    geo, hw, cluster = fp.geo, fp.hw, values["cluster"]
     threads = warps * hw.warp_size
     tiles = math.ceil(fp.B / BT)
-    r_smem_bytes = warps * r_smem * geo.split * 512
+    r_smem_bytes = warps * r_smem_tiles * geo.split * 512
     r_total = geo.gr * geo.D * geo.D * 2 * geo.split // cluster
     return FusedParams(
         function=geo.function, dtype=geo.dtype, direction="backward", B=fp.B, N=fp.N, D=geo.D, hardware=hw.name,
-        arch=hw.arch, blocks_per_head=cluster, dims_per_block=geo.D // cluster, rows_per_block=geo.D // cluster,
-        batch_ntiles=1, batch_tile=BT, batch_tiles=tiles, warps_along_dims=values["warps_m"], dims_per_warp=16,
-        k_split=ks, ktiles_per_warp=values["ktw"], warps_per_block=warps, threads_per_block=threads,
-        r_ktiles_in_smem=r_smem, r_bytes_registers=r_total - r_smem_bytes, r_bytes_smem=r_smem_bytes,
-        prefetch_steps=values["prefetch"], sync="block" if cluster == 1 else "cluster", smem_bytes=int(e["smem"]),
-        registers_estimate=math.ceil(e["regs"]), register_cap=register_cap(hw, threads),
-        blocks_per_sm=int(e["blocks_per_sm"]), grid=(fp.N * cluster, tiles),
-        waves=int(e["waves"]), step_cycles=e["total"], step_us=hw.cycles_to_us(e["total"]),
-        breakdown={k: round(float(x), 1) for k, x in e.items()}, fused_dr=bool(values["fused_dr"]))
+        arch=hw.arch, blocks_per_head=cluster, dims_per_block=geo.D // cluster, batch_ntiles=1, batch_tile=BT,
+        batch_tiles=tiles, warps_per_block=warps, threads_per_block=threads, r_ktiles_in_smem=r_smem_tiles,
+        r_bytes_registers=r_total - r_smem_bytes, r_bytes_smem=r_smem_bytes, prefetch_steps=values["prefetch"],
+        sync="block" if cluster == 1 else "cluster", smem_bytes=int(e["smem"]),
+        registers_estimate=math.ceil(round(e["regs"], 6)), register_cap=register_cap(hw, threads),
+        blocks_per_sm=int(e["blocks_per_sm"]), grid=(fp.N * cluster, tiles), waves=int(e["waves"]),
+        step_cycles=e["total"], step_us=hw.cycles_to_us(e["total"]),
+        breakdown={k: round(float(x), 1) for k, x in e.items()}, **kernel_fields)
 
 
 # ---------------------------------------------------------------------------------------------- scatter clusters
@@ -503,23 +512,9 @@ def scatter_estimate(fp: "FusedProblem", values: dict[str, int]) -> dict[str, fl
 def scatter_params_from(fp: "FusedProblem", values: dict[str, int]) -> "FusedParams":
     """A scatter solution's ``FusedParams``: ``warps_along_dims`` = its warps, ``ktiles_per_warp`` = the R^T
     tiles a warp holds, ``r_ktiles_in_smem`` = how many of those live in shared memory, ``scatter`` set."""
-    from .problems import FusedParams, register_cap
-
-    geo, hw = fp.geo, fp.hw
-    e = scatter_estimate(fp, values)
-    cluster, warps, rst = values["cluster"], values["warps"], values["r_smem_tiles"]
-    threads = warps * hw.warp_size
-    tiles = math.ceil(fp.B / BT)
-    r_smem_bytes = warps * rst * geo.split * 512
-    r_total = geo.gr * geo.D * geo.D * 2 * geo.split // cluster
-    return FusedParams(
-        function=geo.function, dtype=geo.dtype, direction="backward", B=fp.B, N=fp.N, D=geo.D, hardware=hw.name,
-        arch=hw.arch, blocks_per_head=cluster, dims_per_block=geo.D // cluster, rows_per_block=geo.D,
-        batch_ntiles=1, batch_tile=BT, batch_tiles=tiles, warps_along_dims=warps, dims_per_warp=16 * values["mpw"],
-        k_split=1, ktiles_per_warp=values["mpw"] * geo.gr * values["mb"], warps_per_block=warps,
-        threads_per_block=threads, r_ktiles_in_smem=rst, r_bytes_registers=r_total - r_smem_bytes,
-        r_bytes_smem=r_smem_bytes, prefetch_steps=values["prefetch"], sync="cluster", smem_bytes=int(e["smem"]),
-        registers_estimate=math.ceil(round(e["regs"], 6)), register_cap=register_cap(hw, threads), blocks_per_sm=1,
-        grid=(fp.N * cluster, tiles), waves=int(e["waves"]), step_cycles=e["total"],
-        step_us=hw.cycles_to_us(e["total"]), breakdown={k: round(float(x), 1) for k, x in e.items()}, fused_dr=False,
-        scatter=True, half_operands=geo.half_operands, one_recv=fp.model.bw_scatter_one_recv)
+    geo, warps = fp.geo, values["warps"]
+    return _backward_params(
+        fp, scatter_estimate(fp, values), values, warps=warps, r_smem_tiles=values["r_smem_tiles"],
+        rows_per_block=geo.D, warps_along_dims=warps, dims_per_warp=16 * values["mpw"], k_split=1,
+        ktiles_per_warp=values["mpw"] * geo.gr * values["mb"], fused_dr=False, scatter=True,
+        half_operands=geo.half_operands, one_recv=fp.model.bw_scatter_one_recv)
