@@ -30,6 +30,7 @@ from flashrnn_core.runtime import (
     is_whole_elf,
     parse_ptxas_report,
 )
+from flashrnn_core.runtime.compile import ptxas_reports
 from flashrnn_core.runtime import compile as rt_compile
 
 rt_launch = importlib.import_module("flashrnn_core.runtime.launch")  # the module; the package exports launch()
@@ -74,6 +75,22 @@ CLUSTER_KERNEL = """extern "C" __global__ void cluster_rank(int* out) {
     if (threadIdx.x == 0) out[blockIdx.x] = int(rank);
 }
 """
+# Two entries of one source (alternating.cu's forward and backward): one program, one cache key, two reports.
+TWO_ENTRIES_KERNEL = """extern "C" __global__ void light(float* out) { out[threadIdx.x] = 1.0f; }
+extern "C" __global__ void heavy(const float* in, float* out, int n) {
+    float acc[48];
+#pragma unroll
+    for (int j = 0; j < 48; ++j) acc[j] = in[j * n + threadIdx.x];
+    for (int r = 0; r < n; ++r) {
+#pragma unroll
+        for (int j = 0; j < 48; ++j) acc[j] = acc[j] * acc[(j + 1) % 48] + in[r];
+    }
+    float s = 0.f;
+#pragma unroll
+    for (int j = 0; j < 48; ++j) s += acc[j];
+    out[threadIdx.x] = s;
+}
+"""
 SPEC = KernelSpec("k.cu", "fill", (("VALUE", "2.0f"),), "test fill")
 SPILL_SPEC = KernelSpec("spill.cu", "spill", label="spilling kernel")
 
@@ -83,7 +100,8 @@ def src(tmp_path: Path) -> Path:
     root = tmp_path / "src"
     (root / "inc").mkdir(parents=True)
     for name, text in {"k.cu": KERNEL, "inc/offset.cuh": OFFSET_H, "inc/value.cuh": VALUE_H,
-                       "spill.cu": SPILLING_KERNEL, "smem.cu": SMEM_KERNEL, "cluster.cu": CLUSTER_KERNEL}.items():
+                       "spill.cu": SPILLING_KERNEL, "smem.cu": SMEM_KERNEL, "cluster.cu": CLUSTER_KERNEL,
+                       "two.cu": TWO_ENTRIES_KERNEL}.items():
         (root / name).write_text(text)
     return root
 
@@ -348,6 +366,22 @@ def test_parse_ptxas_report_of_a_log():
     assert parse_ptxas_report(log, "k") == Resources(255, 1024, 8, 4, 4)  # not k2's, whose name starts alike
     assert parse_ptxas_report(log, "k2") == Resources(10, 0, 0, 0, 0)
     assert parse_ptxas_report(log, "other") is None
+    assert ptxas_reports(log) == {"k2": Resources(10, 0, 0, 0, 0), "k": Resources(255, 1024, 8, 4, 4)}
+
+
+@pytest.mark.parametrize("first", ["light", "heavy"])
+def test_entries_of_one_program_each_read_their_own_report_from_the_cache(src, cache, first):
+    """Entries that share a source and defines share a cache entry (the key is the program's); the one compiled
+    second is a hit that reads its own ptxas report, not the first one's (a CI table once showed the forward's
+    registers for alternating.cu's backward)."""
+    specs = {name: KernelSpec("two.cu", name, label=name) for name in ("light", "heavy")}
+    alone = {name: compile_spec(spec, "sm_90", root=src, use_cache=False).resources for name, spec in specs.items()}
+    assert alone["heavy"].registers > alone["light"].registers + 16
+    second = "light" if first == "heavy" else "heavy"
+    assert not compiled(specs[first], "sm_90", src, cache).cached
+    hit = compiled(specs[second], "sm_90", src, cache)
+    assert hit.cached and hit.resources == alone[second]
+    assert compiled(specs[first], "sm_90", src, cache).resources == alone[first]
 
 
 # ---- python -m flashrnn_core.compile -------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from . import env
 log = logging.getLogger("flashrnn_core")
 
 #: Bump when the way a source becomes a binary changes in a way the key cannot see.
-_RUNTIME_DIGEST_VERSION = b"flashrnn_core-runtime-2"
+_RUNTIME_DIGEST_VERSION = b"flashrnn_core-runtime-3"  # 3: a report per entry
 #: ``#include "x"`` and ``#include <x>``: quoted ones are searched beside the including file, then in the
 #: source root; angle ones only in the source root (anything not found there is a toolkit header).
 _INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*(?:"([^"]+)"|<([^>]+)>)', re.MULTILINE)
@@ -136,6 +136,14 @@ def parse_ptxas_report(log_text: str, entry: str) -> Resources | None:
         spill_stores=number(r"(\d+) bytes spill stores"),
         spill_loads=number(r"(\d+) bytes spill loads"),
     )
+
+
+def ptxas_reports(log_text: str) -> dict[str, Resources]:
+    """The report of every entry in NVRTC's log: one program may define several entries (alternating.cu's
+    forward and backward share their source and defines, so one cache key), each with its own resources."""
+    entries = re.findall(r"Function properties for (\S+)[ \t]*$", log_text, re.MULTILINE)
+    reports = {entry: parse_ptxas_report(log_text, entry) for entry in entries}
+    return {entry: report for entry, report in reports.items() if report is not None}
 
 
 def is_whole_elf(data: bytes) -> bool:
@@ -404,8 +412,11 @@ def _lookup(cache: Any, key: bytes, spec: KernelSpec, arch: str) -> CompileResul
             raise ValueError("the cubin is not a whole ELF file")
         if report is None:
             raise ValueError("its ptxas report is missing")
-        resources = Resources(**json.loads(report))
-    except (ValueError, TypeError) as err:
+        reports = json.loads(report)
+        if spec.entry not in reports:  # stored from a log that lacked this entry's report: compile it again
+            return None
+        resources = Resources(**reports[spec.entry])
+    except (ValueError, TypeError, AttributeError) as err:
         _warn_once(f"damaged:{key.hex()}", f"flashrnn_core: the cache entry of {spec.name()} for {arch} is "
                                            f"damaged ({err}); recompiling it")
         return None
@@ -413,9 +424,10 @@ def _lookup(cache: Any, key: bytes, spec: KernelSpec, arch: str) -> CompileResul
 
 
 def _store(cache: Any, key: bytes, result: CompileResult, spec: KernelSpec, arch: str) -> None:
-    """Write the report, then the cubin: a reader that finds the cubin finds its report. A failed write (a full
-    disk) costs a recompile next time, not this call."""
-    report = json.dumps(dataclasses.asdict(result.resources) if result.resources else {}).encode()
+    """Write the report of every entry in the compile's log (``ptxas_reports``), then the cubin: a reader that
+    finds the cubin finds its report. A failed write (a full disk) costs a recompile next time, not this call."""
+    reports = {**ptxas_reports(result.log), spec.entry: result.resources}
+    report = json.dumps({entry: dataclasses.asdict(r) for entry, r in reports.items() if r is not None}).encode()
     try:
         cache[key + _RESOURCES_SUFFIX] = report
         cache[key] = result.cubin
