@@ -46,22 +46,29 @@ extern "C" __global__ void fill(float* out, int n) {
 """
 OFFSET_H = '#include "value.cuh"\n#define OFFSET 1.0f\n'
 VALUE_H = "#define NESTED 0.0f\n"
-# 160 live accumulators under a 64-register cap (1024 threads, 1 block/SM): ptxas must spill.
-SPILLING_KERNEL = """
-extern "C" __global__ void __launch_bounds__(1024, 1) spill(const float* in, float* out, int n) {
-    float acc[160];
+
+
+def accumulating_kernel(name: str, live: int, bounds: str = "") -> str:
+    """A kernel that keeps ``live`` float accumulators alive over a loop: ptxas needs about that many registers."""
+    return f"""
+extern "C" __global__ void {bounds} {name}(const float* in, float* out, int n) {{
+    float acc[{live}];
 #pragma unroll
-    for (int j = 0; j < 160; ++j) acc[j] = in[j * n + threadIdx.x];
-    for (int r = 0; r < n; ++r) {
+    for (int j = 0; j < {live}; ++j) acc[j] = in[j * n + threadIdx.x];
+    for (int r = 0; r < n; ++r) {{
 #pragma unroll
-        for (int j = 0; j < 160; ++j) acc[j] = acc[j] * acc[(j + 1) % 160] + in[r];
-    }
+        for (int j = 0; j < {live}; ++j) acc[j] = acc[j] * acc[(j + 1) % {live}] + in[r];
+    }}
     float s = 0.f;
 #pragma unroll
-    for (int j = 0; j < 160; ++j) s += acc[j];
+    for (int j = 0; j < {live}; ++j) s += acc[j];
     out[threadIdx.x] = s;
-}
+}}
 """
+
+
+# 160 live accumulators under a 64-register cap (1024 threads, 1 block/SM): ptxas must spill.
+SPILLING_KERNEL = accumulating_kernel("spill", 160, "__launch_bounds__(1024, 1)")
 SMEM_KERNEL = """extern "C" __global__ void smem(float* out, int n) {
     extern __shared__ float buf[];
     for (int i = threadIdx.x; i < n; i += blockDim.x) buf[i] = float(i);
@@ -76,21 +83,8 @@ CLUSTER_KERNEL = """extern "C" __global__ void cluster_rank(int* out) {
 }
 """
 # Two entries of one source (alternating.cu's forward and backward): one program, one cache key, two reports.
-TWO_ENTRIES_KERNEL = """extern "C" __global__ void light(float* out) { out[threadIdx.x] = 1.0f; }
-extern "C" __global__ void heavy(const float* in, float* out, int n) {
-    float acc[48];
-#pragma unroll
-    for (int j = 0; j < 48; ++j) acc[j] = in[j * n + threadIdx.x];
-    for (int r = 0; r < n; ++r) {
-#pragma unroll
-        for (int j = 0; j < 48; ++j) acc[j] = acc[j] * acc[(j + 1) % 48] + in[r];
-    }
-    float s = 0.f;
-#pragma unroll
-    for (int j = 0; j < 48; ++j) s += acc[j];
-    out[threadIdx.x] = s;
-}
-"""
+TWO_ENTRIES_KERNEL = ('extern "C" __global__ void light(float* out) { out[threadIdx.x] = 1.0f; }\n'
+                      + accumulating_kernel("heavy", 48))
 SPEC = KernelSpec("k.cu", "fill", (("VALUE", "2.0f"),), "test fill")
 SPILL_SPEC = KernelSpec("spill.cu", "spill", label="spilling kernel")
 
