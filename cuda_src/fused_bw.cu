@@ -78,6 +78,7 @@
 //   dR tiles 64 -> 56 rows, slstm 96 -> 80). Measured (H200, 2026-12-01-h200-reference-b7c6264.json, forward+
 //   backward): lstm 12x64 1.48 -> 1.39 ms, 48x16 0.698 -> 0.690; slstm 12x64 1.61 -> 1.59, 48x16 0.777 -> 0.807;
 //   gru and elman not run. lstm's 6% is more than the pieces explain; not profiled.
+#include "common/entry.cuh"
 #include "common/mma.cuh"
 #include "common/phase_clocks.cuh"
 #include "common/pieces.cuh"
@@ -1260,18 +1261,6 @@ __device__ __forceinline__ void backward_scatter(const Args<T> A) {
 // storage type, every element of rows b < B written; float32 partial sums over each batch tile (blockIdx.y) of
 // dR [tiles,Gr,N,D,D] (where Tile::FUSED_DR, else null) and db [tiles,Gb,N,D].
 // dstates ([SD,B,T,N,D]), dlast ([S,B,1,N,D]) and states0 may be null.
-#ifndef FLASHRNN_CELL
-#define FLASHRNN_CELL LstmCell
-#endif
-#ifndef FLASHRNN_STORAGE
-#define FLASHRNN_STORAGE __nv_bfloat16
-#endif
-#ifndef FLASHRNN_D
-#define FLASHRNN_D 64
-#endif
-#ifndef FLASHRNN_KSPLIT
-#define FLASHRNN_KSPLIT 1
-#endif
 #ifndef FLASHRNN_PREFETCH
 #define FLASHRNN_PREFETCH 2
 #endif
@@ -1280,12 +1269,6 @@ __device__ __forceinline__ void backward_scatter(const Args<T> A) {
 #endif
 #ifndef FLASHRNN_FUSED_DR
 #define FLASHRNN_FUSED_DR 0
-#endif
-#ifndef FLASHRNN_CLUSTER
-#define FLASHRNN_CLUSTER 1
-#endif
-#ifndef FLASHRNN_R_SMEM
-#define FLASHRNN_R_SMEM 0
 #endif
 
 #ifndef FLASHRNN_SCATTER
@@ -1304,12 +1287,7 @@ using FlashrnnFusedBwTile = flashrnn::fused_bw::Tile<FLASHRNN_CELL, FLASHRNN_STO
                                                      FLASHRNN_PREFETCH, FLASHRNN_STORE_DRS != 0,
                                                      FLASHRNN_FUSED_DR != 0, FLASHRNN_CLUSTER, FLASHRNN_R_SMEM>;
 #endif
-#ifdef FLASHRNN_SMEM_BYTES
-static_assert(FlashrnnFusedBwTile::SMEM_BYTES == FLASHRNN_SMEM_BYTES, "the solver's shared memory disagrees with Tile");
-#endif
-#ifdef FLASHRNN_THREADS
-static_assert(FlashrnnFusedBwTile::THREADS == FLASHRNN_THREADS, "the solver's threads disagree with Tile");
-#endif
+template struct flashrnn::LaunchGeometryAgrees<FlashrnnFusedBwTile, FLASHRNN_SMEM_BYTES, FLASHRNN_THREADS>;
 
 extern "C" __global__ void __launch_bounds__(FlashrnnFusedBwTile::THREADS, 1)
 flashrnn_fused_bw(const FLASHRNN_STORAGE* __restrict__ R, const FLASHRNN_STORAGE* __restrict__ states0,

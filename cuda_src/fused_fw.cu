@@ -107,6 +107,7 @@
 //   Nor can R's registers grow: in the DMA kernel's SASS (sm_90, bf16) R12-R163 hold R's 38 register fragments and
 //   the rest of the 255 the accumulators (2 m-tiles x 2 chains) and the ldmatrix loads of R's shared k-tiles and
 //   of h in flight; with 28 k-tiles in shared memory instead of 29 ptxas spills (48 bytes), with 27 112.
+#include "common/entry.cuh"
 #include "common/mma.cuh"
 #include "common/phase_clocks.cuh"
 #include "common/pieces.cuh"
@@ -1351,6 +1352,8 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
 }  // namespace flashrnn
 
 // ---- The entry: one variant per set of -D defines (runtime contract) --------------------------------------
+//   (the defaults of the defines both entries take, and the check of the host's FLASHRNN_SMEM_BYTES and
+//   FLASHRNN_THREADS against Tile: common/entry.cuh)
 //   FLASHRNN_CELL      LstmCell | SlstmCell | GruCell | ElmanCell (cuda_src/cells/)
 //   FLASHRNN_FAST_ACTIVATIONS  1 for 16-bit storage (hardware tanh), 0 for float32 (common/activations.cuh)
 //   FLASHRNN_STORAGE   __nv_bfloat16 | __half | float
@@ -1370,43 +1373,17 @@ __device__ __forceinline__ void forward(const T* __restrict__ Wx, const T* __res
 // Launch: grid (N * CLUSTER * G, ceil(B / (8*NBT))), cluster (CLUSTER, 1, 1), block Tile::THREADS, dynamic shared
 // memory Tile::SMEM_BYTES. lengths: [B] int32 with 1 <= lengths[b] <= T, or null (every sequence runs T steps);
 // past its end a sequence's states stay at its last valid ones (docs/architecture.md, "Variable lengths").
-#ifndef FLASHRNN_CELL
-#define FLASHRNN_CELL LstmCell
-#endif
-#ifndef FLASHRNN_STORAGE
-#define FLASHRNN_STORAGE __nv_bfloat16
-#endif
-#ifndef FLASHRNN_D
-#define FLASHRNN_D 64
-#endif
 #ifndef FLASHRNN_NBT
 #define FLASHRNN_NBT 1
 #endif
 #ifndef FLASHRNN_PREFETCH
 #define FLASHRNN_PREFETCH 4
 #endif
-#ifndef FLASHRNN_CLUSTER
-#define FLASHRNN_CLUSTER 1
-#endif
-#ifndef FLASHRNN_KSPLIT
-#define FLASHRNN_KSPLIT 1
-#endif
-#ifndef FLASHRNN_R_SMEM
-#define FLASHRNN_R_SMEM 0
-#endif
 
 using FlashrnnFusedTile = flashrnn::fused::Tile<FLASHRNN_CELL, FLASHRNN_STORAGE, FLASHRNN_D, FLASHRNN_NBT,
                                                 FLASHRNN_PREFETCH, FLASHRNN_CLUSTER, FLASHRNN_KSPLIT, FLASHRNN_R_SMEM>;
 
-// The host computes the launch geometry itself (the solver models threads and shared memory in
-// constrint/problems.py; backends/fused.py launch_of passes them); it passes its numbers here so that a
-// disagreement fails the compile instead of a launch.
-#ifdef FLASHRNN_SMEM_BYTES
-static_assert(FlashrnnFusedTile::SMEM_BYTES == FLASHRNN_SMEM_BYTES, "the solver's shared memory disagrees with Tile");
-#endif
-#ifdef FLASHRNN_THREADS
-static_assert(FlashrnnFusedTile::THREADS == FLASHRNN_THREADS, "the solver's threads disagree with Tile");
-#endif
+template struct flashrnn::LaunchGeometryAgrees<FlashrnnFusedTile, FLASHRNN_SMEM_BYTES, FLASHRNN_THREADS>;
 
 #if defined(FLASHRNN_HEAD_CLUSTERS) && FLASHRNN_HEAD_CLUSTERS > 1
 #define FLASHRNN_HANDOFF_PARAM , unsigned long long* __restrict__ handoff

@@ -318,25 +318,27 @@ def test_kernel_refuses_a_launch_the_solver_did_not_describe():
     """The solver's threads and shared memory are held to the kernel's Tile by static_asserts (a disagreement
     does not compile), and so is dR in the kernel for float32's split operands."""
     from flashrnn_core.errors import CompileError
-    from flashrnn_core.runtime import compile_spec
+    from flashrnn_core.runtime import KernelSpec, compile_spec
 
-    spec = fused.choose("lstm", DTYPES["bfloat16"], 16, 12, 64, hardware=H100, direction="backward").spec
+    def chosen(dtype_name: str, D: int, N: int = 12, direction: str = "backward"):
+        return fused.choose("lstm", DTYPES[dtype_name], 16, N, D, hardware=H100, direction=direction).spec
 
-    def edited(**changes):
-        return replace(spec, defines=tuple((k, changes.get(k, v)) for k, v in spec.defines))
+    def edited(spec, define: str, value):  # ``value(old)``: the define's new value from its old one
+        return replace(spec, defines=tuple((k, str(value(v)) if k == define else v) for k, v in spec.defines))
 
-    smem = dict(spec.defines)["FLASHRNN_SMEM_BYTES"]
-    with pytest.raises(CompileError, match="the solver's shared memory disagrees"):
-        compile_spec(edited(FLASHRNN_SMEM_BYTES=str(int(smem) + 16)), "sm_90", use_cache=False)
-    f32 = fused.choose("lstm", DTYPES["float32"], 16, 12, 32, hardware=H100, direction="backward").spec
-    forced = replace(f32, defines=tuple((k, "1" if k == "FLASHRNN_FUSED_DR" else v) for k, v in f32.defines))
-    with pytest.raises(CompileError, match="dR in the kernel multiplies 16-bit operands"):
-        compile_spec(forced, "sm_90", use_cache=False)
-    scatter = fused.choose("lstm", DTYPES["bfloat16"], 16, 1, 768, hardware=H100, direction="backward").spec
-    smem = dict(scatter.defines)["FLASHRNN_SMEM_BYTES"]
-    with pytest.raises(CompileError, match="the solver's shared memory disagrees"):
-        compile_spec(replace(scatter, defines=tuple((k, str(int(smem) - 512) if k == "FLASHRNN_SMEM_BYTES" else v)
-                                                    for k, v in scatter.defines)), "sm_90", use_cache=False)
+    def refused(spec, match: str):
+        with pytest.raises(CompileError, match=match):
+            compile_spec(spec, "sm_90", use_cache=False)
+
+    smem, threads = "the solver's shared memory disagrees", "the solver's threads disagree"
+    refused(edited(chosen("bfloat16", 64), "FLASHRNN_SMEM_BYTES", lambda v: int(v) + 16), smem)
+    refused(edited(chosen("float32", 32), "FLASHRNN_FUSED_DR", lambda v: 1), "dR in the kernel multiplies 16-bit")
+    refused(edited(chosen("bfloat16", 768, N=1), "FLASHRNN_SMEM_BYTES", lambda v: int(v) - 512), smem)  # scatter
+    refused(edited(chosen("bfloat16", 64, direction="forward"), "FLASHRNN_THREADS", lambda v: int(v) + 32), threads)
+    # Without the host's numbers (a source compiled alone, on common/entry.cuh's defaults) nothing is checked.
+    for source, entry in ((fused.SOURCE, fused.ENTRY), (fused.BW_SOURCE, fused.BW_ENTRY)):
+        alone = compile_spec(KernelSpec(source, entry, label=f"{source} alone"), "sm_90", use_cache=False)
+        assert alone.resources is not None and alone.resources.spill_stores == 0
 
 
 @pytest.mark.gpu
