@@ -60,12 +60,15 @@ def problems(spec: KernelSpec, arch: str, resources: Resources | None) -> list[s
     return found
 
 
-def all_variants() -> tuple[list[KernelSpec], str | None]:
-    """Every variant the package can launch, and why the list is empty when there is no registry yet."""
+def all_variants(processes: int = 1) -> tuple[list[KernelSpec], str | None]:
+    """Every variant the package can launch, and why the list is empty when there is no registry yet; the fused
+    backend's list solved in ``processes`` processes where it is not on disk yet."""
     try:
         from .backends import all_kernel_variants
+        from .backends.fused import store_solver_variants
     except ImportError as err:  # no backend registry in this version of the package
         return [], f"no kernel-variant registry ({err})"
+    store_solver_variants(processes)
     return list(all_kernel_variants()), None
 
 
@@ -144,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--{err}")
 
     try:
-        variants, why_none = all_variants()
+        variants, why_none = all_variants(args.jobs)
     except Exception as err:  # a backend that cannot list its kernels is a failure, not "nothing to do"
         print(f"cannot list the kernel variants: {type(err).__name__}: {err}", file=sys.stderr)
         return 1

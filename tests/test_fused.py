@@ -515,7 +515,7 @@ def small_variant_grid(monkeypatch, tmp_path):
 
 
 def test_variant_list_is_kept_on_disk(small_variant_grid, monkeypatch):
-    """A process that lists the kernels reads the list another one solved (~85 s of solves), the same kernels in
+    """A process that lists the kernels reads the list another one solved (minutes of solves), the same kernels in
     the same order; an unreadable file is a miss, and another grid (or package source) another file."""
     solved = fused.solver_variants()
     path = fused.variants_path()
@@ -534,6 +534,15 @@ def test_variant_list_is_kept_on_disk(small_variant_grid, monkeypatch):
     assert fused._read_variant_choices(path) is not None
     monkeypatch.setattr(fused, "VARIANT_DIMS", (48,))
     assert fused.variants_path() != path
+
+
+def test_variant_list_solved_in_processes_is_the_serial_one(small_variant_grid):
+    """``compile --jobs N`` solves the list in N spawned processes (the grid read in this one): the same kernels,
+    the same oldest sm each, in the same order."""
+    serial = [(fused.launch_of(p).spec, sm) for p, sm in fused._solve_variant_choices()]
+    fused.store_solver_variants(2)
+    stored = fused._read_variant_choices(fused.variants_path())
+    assert serial and [(fused.launch_of(p).spec, sm) for p, sm in stored] == serial
 
 
 def test_kernel_variants_are_the_solver_choices():

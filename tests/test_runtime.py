@@ -383,7 +383,7 @@ def test_entries_of_one_program_each_read_their_own_report_from_the_cache(src, c
 
 def test_compile_command_fails_on_a_spill_and_prints_the_table(src, cache, monkeypatch, capsys):
     variants = [SPEC, SPILL_SPEC, KernelSpec("k.cu", "fill", SPEC.defines, "sm_90 only", min_sm=90)]
-    monkeypatch.setattr(compile_cmd, "all_variants", lambda: (variants, None))
+    monkeypatch.setattr(compile_cmd, "all_variants", lambda processes=1: (variants, None))
     monkeypatch.setattr(rt_compile.env, "source_root", lambda: src)
     assert compile_cmd.main(["--arch", "sm_80,sm_90", "--check", "--jobs", "1"]) == 1
     out = capsys.readouterr().out
@@ -399,7 +399,7 @@ def test_compile_command_fails_on_a_spill_and_prints_the_table(src, cache, monke
     # --list: the labels built for these architectures, sorted, one a line, nothing compiled
     assert compile_cmd.main(["--arch", "sm_80", "--list"]) == 0
     assert capsys.readouterr().out.splitlines() == sorted([SPEC.label, SPILL_SPEC.label])
-    monkeypatch.setattr(compile_cmd, "all_variants", lambda: (variants[:1], None))
+    monkeypatch.setattr(compile_cmd, "all_variants", lambda processes=1: (variants[:1], None))
     assert compile_cmd.main(["--arch", "sm_80,sm_90", "--check", "--jobs", "1"]) == 0
 
 

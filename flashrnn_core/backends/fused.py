@@ -49,6 +49,8 @@ import hashlib
 import itertools
 import json
 import logging
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -171,21 +173,27 @@ def choose(function: str, dtype, B: int, N: int, D: int, hardware: Hardware | No
 @lru_cache(maxsize=1)
 def solver_variants() -> tuple[Any, ...]:
     """The distinct kernels (forward, inference and backward) the solver chooses over ``VARIANT_HARDWARE`` x
-    cells x storage dtypes x ``VARIANT_DIMS`` x ``VARIANT_BATCHES`` x ``VARIANT_HEADS`` (~27000 solves, 80-90 s:
-    infeasible shapes are not explained), kept on disk between processes (``VARIANTS_DIR``). Each one's ``min_sm``
-    is the oldest preset the solver picks it on (at least what the kernel needs), so that ``compile --check``
-    builds it only for architectures that can launch it."""
+    cells x storage dtypes x ``VARIANT_DIMS`` x ``VARIANT_BATCHES`` x ``VARIANT_HEADS`` (~27600 solves, ~5.5 min
+    on one core: infeasible shapes are not explained; ``store_solver_variants`` spreads them over processes), kept
+    on disk between processes (``VARIANTS_DIR``). Each one's ``min_sm`` is the oldest preset the solver picks it on
+    (at least what the kernel needs), so that ``compile --check`` builds it only for architectures that can launch
+    it."""
     path = variants_path()
     chosen = _read_variant_choices(path)
     if chosen is None:
         chosen = _solve_variant_choices()
-        text = json.dumps({"variants": [{"params": p.to_dict(), "sm": sm} for p, sm in chosen]})
-        try:
-            atomic_write(path, text)
-        except OSError:  # an unwritable cache directory: the next process solves again
-            pass
+        _write_variant_choices(path, chosen)
     specs = ((launch_of(params).spec, sm) for params, sm in chosen)
     return tuple(replace(spec, min_sm=max(spec.min_sm, sm)) for spec, sm in specs)
+
+
+def store_solver_variants(processes: int) -> None:
+    """Solve ``solver_variants``' list in ``processes`` spawned processes where it is not on disk yet (``compile
+    --jobs``, the sanitizer's listing; a fork of a process that has touched CUDA is not safe), the same list in
+    the same order as one process solves."""
+    path = variants_path()
+    if processes > 1 and _read_variant_choices(path) is None:
+        _write_variant_choices(path, _solve_variant_choices(processes))
 
 
 #: ``<cache directory>/variants/<digest>.json``: ``solver_variants`` of the package as it is. Each process that
@@ -207,20 +215,42 @@ def variants_path() -> Path:
     return cache_dir() / VARIANTS_DIR / f"{digest.hexdigest()[:24]}.json"
 
 
-def _solve_variant_choices() -> list[tuple[FusedParams, int]]:
-    """One solver choice per distinct kernel, with the oldest preset's sm that picks it, in the order found."""
+def _solve_variant_choices(processes: int = 1) -> list[tuple[FusedParams, int]]:
+    """One solver choice per distinct kernel, with the oldest preset's sm that picks it, in the order found
+    (the grid is read here, so a worker process solves the caller's grid)."""
     from ..cells import CELLS
 
+    shapes = list(itertools.product(DIRECTIONS, VARIANT_HARDWARE, CELLS, [_arrays.dtype_name(d) for d in STORAGE_TYPES],
+                                    VARIANT_DIMS, VARIANT_BATCHES, VARIANT_HEADS))
+    if processes > 1:
+        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+            choices = list(pool.map(_variant_choice, shapes, chunksize=max(1, len(shapes) // (16 * processes))))
+    else:
+        choices = [_variant_choice(shape) for shape in shapes]
     oldest: dict[Any, tuple[FusedParams, int]] = {}  # insertion-ordered: spec -> (a choice of it, oldest sm)
-    for direction, hw, function, dtype, D, B, N in itertools.product(
-            DIRECTIONS, VARIANT_HARDWARE, CELLS, STORAGE_TYPES, VARIANT_DIMS, VARIANT_BATCHES, VARIANT_HEADS):
-        choice = solve_fused(hw, function, _arrays.dtype_name(dtype), B, N, D, direction=direction, explain=False)
-        if isinstance(choice, Infeasible):
+    for (_, hw, *_), choice in zip(shapes, choices):
+        if choice is None:
             continue
         spec = launch_of(choice).spec
         first, sm = oldest.get(spec, (choice, hw.sm))
         oldest[spec] = (first, min(sm, hw.sm))
     return list(oldest.values())
+
+
+def _variant_choice(shape: tuple) -> FusedParams | None:
+    """The solver's choice for one (direction, hardware, cell, dtype name, D, B, N) of the grid; None: infeasible."""
+    direction, hw, function, dtype_name, D, B, N = shape
+    choice = solve_fused(hw, function, dtype_name, B, N, D, direction=direction, explain=False)
+    return None if isinstance(choice, Infeasible) else choice
+
+
+def _write_variant_choices(path: Path, chosen: list[tuple[FusedParams, int]]) -> None:
+    """``chosen`` as ``_read_variant_choices`` reads it back, written whole or not at all."""
+    text = json.dumps({"variants": [{"params": p.to_dict(), "sm": sm} for p, sm in chosen]})
+    try:
+        atomic_write(path, text)
+    except OSError:  # an unwritable cache directory: the next process solves again
+        pass
 
 
 def _read_variant_choices(path: Path) -> list[tuple[FusedParams, int]] | None:
