@@ -3,7 +3,8 @@
 # backend's shared step setup (2026-12-05-alternating-step-setup.patch), written at stop 59 when no device was lent.
 # Apply both patches on main, copy the variant list to the new digest (the list does not change: .kcache/variants/
 # <old>.json -> devfiles/var/<basename of `python -c "from flashrnn_core.backends.fused import variants_path;
-# print(variants_path())"`>), then run with carry ["devfiles"]:
+# print(variants_path())"`>; without it the precompile's `--jobs 16` solves it in ~30 s of its 150), then run with
+# carry ["devfiles"]:
 #   bash bench/results/phases/2026-12-05-dr-overlap-device.sh a   # A/B, GPU tests, reference LSTM rows (~500 s)
 #   bash bench/results/phases/2026-12-05-dr-overlap-device.sh b   # memcheck + synccheck of every backward family
 #                                                                 # with FLASHRNN_DR_OVERLAP=2, 3 shards each
