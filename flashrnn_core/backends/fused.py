@@ -189,8 +189,8 @@ def solver_variants() -> tuple[Any, ...]:
 
 def store_solver_variants(processes: int) -> None:
     """Solve ``solver_variants``' list in ``processes`` spawned processes where it is not on disk yet (``compile
-    --jobs``, the sanitizer's listing; a fork of a process that has touched CUDA is not safe), the same list in
-    the same order as one process solves."""
+    --jobs``; spawned, as a fork of a process that has touched CUDA is not safe), the same list in the same order
+    as one process solves."""
     path = variants_path()
     if processes > 1 and _read_variant_choices(path) is None:
         _write_variant_choices(path, _solve_variant_choices(processes))
