@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # The GPU calls that decide the prepared dR overlap (2026-12-05-dr-overlap.{patch,txt}) and the alternating
-# backend's shared step setup (2026-12-05-alternating-step-setup.patch), written at stop 59 when no device was lent.
-# Apply both patches on main, copy the variant list to the new digest (the list does not change: .kcache/variants/
+# backend's shared step setup (2026-12-05-alternating-step-setup.patch), written at stop 59 when no device was lent,
+# and one CUDA-event timer for the CuPy and torch benchmarks (2026-12-05-one-event-timer.patch: bench/timing.py's
+# torch timer records CuPy's events on torch's stream; stop 60, no device lent either; call a's reference rows time
+# cuDNN through it). Apply the three patches on main (`git apply`; branch overlap60 of the working repository
+# holds them applied, CI passed there at f6da713: 615 passed, 907 skipped), copy the variant list to the new digest (the list does not change: .kcache/variants/
 # <old>.json -> devfiles/var/<basename of `python -c "from flashrnn_core.backends.fused import variants_path;
 # print(variants_path())"`>; without it the precompile's `--jobs 16` solves it in ~30 s of its 150), then run with
 # carry ["devfiles"]:
 #   bash bench/results/phases/2026-12-05-dr-overlap-device.sh a   # A/B, GPU tests, reference LSTM rows (~500 s)
 #   bash bench/results/phases/2026-12-05-dr-overlap-device.sh b   # memcheck + synccheck of every backward family
 #                                                                 # with FLASHRNN_DR_OVERLAP=2, 3 shards each
+#   bash bench/results/phases/2026-12-05-dr-overlap-device.sh c   # one call: the A/B, the overlap's GPU tests and
+#                                                                 # ~160 s of b's sanitizers (stop 60)
 set -u
 export PYTHONUNBUFFERED=1 FLASHRNN_CORE_CACHE=/tmp/flashrnn_core_cache
 mkdir -p $FLASHRNN_CORE_CACHE/variants && cp devfiles/var/*.json $FLASHRNN_CORE_CACHE/variants/
@@ -53,4 +58,23 @@ call_b() {  # FLASHRNN_DR_OVERLAP=2: chunks of 2 steps at the problems' T=5, so 
   wait
 }
 
-case ${1:-a} in a) call_a ;; b) call_b ;; *) echo "usage: $0 a|b"; exit 2 ;; esac
+call_c() {  # a and b's essentials in one call, for a session lent one call: lineinfo builds serve the timings
+  local s=$SECONDS   # (-lineinfo adds line tables, not code) and the sanitizers alike
+  export FLASHRNN_CORE_LINEINFO=1
+  timeout 140 python -m flashrnn_core.compile --arch sm_90 --jobs 16 >$OUT/precompile.log 2>&1
+  echo "precompile rc $? $((SECONDS-s)) s: $(tail -n1 $OUT/precompile.log)"
+  s=$SECONDS
+  timeout 110 python bench/dr_paths.py --overlaps 0,rule,64,256,0 --runs 30 lstm:1:768 lstm:3:256 lstm:12:64 \
+    slstm:1:768 >$OUT/dr_paths.log 2>&1
+  echo "dr_paths rc $? $((SECONDS-s)) s"; cut -c1-200 $OUT/dr_paths.log
+  s=$SECONDS
+  timeout 60 python -m pytest -m gpu -q -p no:cacheprovider tests/test_fused_bw.py -k "overlapped" >$OUT/pytest.log 2>&1
+  echo "pytest rc $? $((SECONDS-s)) s: $(tail -n1 $OUT/pytest.log)"; grep -E "^(FAILED|ERROR)" $OUT/pytest.log | head
+  for k in 0 1 2; do
+    sanitize memcheck memcheck$k ${BUDGET:-160} --shard $k/3 &
+    sanitize synccheck synccheck$k ${BUDGET:-160} --one-cluster --shard $k/3 &
+  done
+  wait
+}
+
+case ${1:-a} in a) call_a ;; b) call_b ;; c) call_c ;; *) echo "usage: $0 a|b|c"; exit 2 ;; esac
