@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from flashrnn_core.runtime.timing import SPIN_MS, event_times_ms, spin
+from flashrnn_core.runtime.timing import SPIN_MS, event_times_ms
 
 MIN_RUNS = 20
 MIN_WARMUP = 3
@@ -95,30 +95,16 @@ def _time_cupy(fn: Callable[[], Any], runs: int, spin_ms: float) -> list[float]:
 
 
 def _time_torch(fn: Callable[[], Any], runs: int, spin_ms: float) -> list[float]:
-    import torch
-
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(runs):
-        if spin_ms > 0:
-            _torch_spin(spin_ms)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return times
-
-
-_TIMERS = {"cpu": _time_cpu, "cupy": _time_cupy, "torch": _time_torch}
-
-def _torch_spin(ms: float) -> None:
-    """The spin on torch's current stream (the same kernel through CuPy: torch reports no clock rate)."""
+    """CuPy's events on torch's current stream (torch reports no clock rate for the spin, and one timer serves)."""
     import torch
 
     from flashrnn_core._arrays import cupy_stream
 
-    spin(ms, cupy_stream(torch.cuda.current_stream().cuda_stream, torch.cuda.current_device()))
+    stream = cupy_stream(torch.cuda.current_stream().cuda_stream, torch.cuda.current_device())
+    return event_times_ms(fn, runs, spin_ms, stream)
+
+
+_TIMERS = {"cpu": _time_cpu, "cupy": _time_cupy, "torch": _time_torch}
 
 
 def _synchronize(device: str) -> None:

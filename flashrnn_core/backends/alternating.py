@@ -293,19 +293,27 @@ class AlternatingBackend(Backend):
 
     # ----- the step loops (issued eagerly or into a capture) -----
 
-    def _forward_steps(self, problem, plan: _Plan, stream) -> None:
-        from ..runtime import get_kernel, launch
+    def _step_setup(self, problem, plan: _Plan, stream, direction: str) -> tuple:
+        """What both step loops start from: the pointwise kernel of ``direction`` ('fw' or 'bw'), cuBLAS bound to
+        ``stream`` and the plan's workspace, the GEMMs' (data type, compute type), the pointwise grid, and
+        (B, T, N, D) as the kernel's int32 arguments."""
+        from ..runtime import get_kernel
 
         dtype = np.dtype(problem.dtype)
-        B, T, N, D, GR = problem.B, problem.T, problem.N, problem.D, problem.cell.gates_r
-        kernel = get_kernel(_spec(problem.function, dtype, "fw"), device=problem.device)
-        buf = plan.buffers
+        kernel = get_kernel(_spec(problem.function, dtype, direction), device=problem.device)
         handle = _Cublas.bind(problem.device, stream.ptr, plan.workspace)
-        ab, compute = _CUDA_R[dtype], self._compute(dtype)
+        grid = (-(-problem.B * problem.N * problem.D // BLOCK),)
+        dims = tuple(np.int32(x) for x in (problem.B, problem.T, problem.N, problem.D))
+        return kernel, handle, (_CUDA_R[dtype], self._compute(dtype)), grid, dims
+
+    def _forward_steps(self, problem, plan: _Plan, stream) -> None:
+        from ..runtime import launch
+
+        B, T, N, D, GR = problem.B, problem.T, problem.N, problem.D, problem.cell.gates_r
+        kernel, handle, (ab, compute), grid, dims = self._step_setup(problem, plan, stream, "fw")
+        buf = plan.buffers
         R, rs, b, carry = buf["R"].data.ptr, buf["rs"].data.ptr, buf["b"], buf["carry"]
         h = [np.uint64(buf["h"][i].data.ptr) for i in range(2)]
-        grid = (-(-B * N * D // BLOCK),)
-        dims = (np.int32(B), np.int32(T), np.int32(N), np.int32(D))
         for t in range(T):
             # Rs_n (GR*D x B) = R'_n (row-major GR*D x D, i.e. column-major D x GR*D, transposed) @ h_n (D x B).
             _gemm(handle, _OP_T, _OP_N, GR * D, B, D, R, D, GR * D * D, int(h[t & 1]), N * D, D, rs, N * GR * D,
@@ -314,18 +322,13 @@ class AlternatingBackend(Backend):
                    stream=stream)
 
     def _backward_steps(self, problem, plan: _Plan, stream) -> None:
-        from ..runtime import get_kernel, launch
+        from ..runtime import launch
 
-        dtype = np.dtype(problem.dtype)
         B, T, N, D, GR = problem.B, problem.T, problem.N, problem.D, problem.cell.gates_r
-        kernel = get_kernel(_spec(problem.function, dtype, "bw"), device=problem.device)
+        kernel, handle, (ab, compute), grid, dims = self._step_setup(problem, plan, stream, "bw")
         buf = plan.buffers
-        handle = _Cublas.bind(problem.device, stream.ptr, plan.workspace)
-        ab, compute = _CUDA_R[dtype], self._compute(dtype)
         R, dh = buf["R"].data.ptr, buf["dh"]
-        drs0, step = buf["drs"].data.ptr, B * N * GR * D * dtype.itemsize
-        grid = (-(-B * N * D // BLOCK),)
-        dims = (np.int32(B), np.int32(T), np.int32(N), np.int32(D))
+        drs0, step = buf["drs"].data.ptr, B * N * GR * D * np.dtype(problem.dtype).itemsize
         for t in reversed(range(T)):
             drs = drs0 + t * step
             launch(kernel, grid, (BLOCK,), plan.table, buf["dcarry"], dh, buf["init"], np.uint64(drs), buf["dbias"],

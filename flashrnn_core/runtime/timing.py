@@ -33,19 +33,20 @@ def spin(ms: float, stream: Any = None) -> None:
         _spin_kernel((1,), (1,), (np.int64(ms * rate_khz),))
 
 
-def event_times_ms(fn: Callable[[], Any], runs: int, spin_ms: float = SPIN_MS) -> list[float]:
-    """``runs`` timings of ``fn()`` in milliseconds, each between two CUDA events on CuPy's current stream
-    (behind a spin of ``spin_ms``; 0 for none). No warm-up: the caller runs ``fn`` first (compiles, loads)."""
+def event_times_ms(fn: Callable[[], Any], runs: int, spin_ms: float = SPIN_MS, stream: Any = None) -> list[float]:
+    """``runs`` timings of ``fn()`` in milliseconds, each between two CUDA events on ``stream`` (CuPy's current
+    one by default; a CuPy view of another framework's stream times that framework's work), behind a spin of
+    ``spin_ms`` (0 for none). No warm-up: the caller runs ``fn`` first (compiles, loads)."""
     import cupy
 
     start, end = cupy.cuda.Event(), cupy.cuda.Event()
     times = []
     for _ in range(runs):
         if spin_ms > 0:
-            spin(spin_ms)
-        start.record()
+            spin(spin_ms, stream)
+        start.record(stream)
         fn()
-        end.record()
+        end.record(stream)
         end.synchronize()
         times.append(cupy.cuda.get_elapsed_time(start, end))
     return times
