@@ -1,10 +1,8 @@
 #!/usr/bin/env bash
-# The GPU calls that decide the prepared dR overlap (2026-12-05-dr-overlap.{patch,txt}) and the alternating
-# backend's shared step setup (2026-12-05-alternating-step-setup.patch), written at stop 59 when no device was lent,
-# and one CUDA-event timer for the CuPy and torch benchmarks (2026-12-05-one-event-timer.patch: bench/timing.py's
-# torch timer records CuPy's events on torch's stream; stop 60, no device lent either; call a's reference rows time
-# cuDNN through it). Apply the three patches on main (`git apply`; branch overlap60 of the working repository
-# holds them applied, CI passed there at f6da713: 615 passed, 907 skipped), copy the variant list to the new digest (the list does not change: .kcache/variants/
+# The GPU calls that decided the prepared dR overlap (2026-12-05-dr-overlap.{patch,txt}); measured at stop 60 (call
+# c): no gain, it stays a patch (2026-12-06-h100-dr-overlap.txt). The two patches written beside it (the alternating
+# backend's shared step setup, one CUDA-event timer) landed at stop 60 (1f349ac). To run again: `git apply` the
+# overlap patch on main, copy the variant list to the new digest (the list does not change: .kcache/variants/
 # <old>.json -> devfiles/var/<basename of `python -c "from flashrnn_core.backends.fused import variants_path;
 # print(variants_path())"`>; without it the precompile's `--jobs 16` solves it in ~30 s of its 150), then run with
 # carry ["devfiles"]:
