@@ -68,7 +68,10 @@ def cudnn_call(key: BaselineKey, device: str, seed: int = 0) -> Callable[[], Any
     dtype = getattr(torch, key.dtype)
     net = getattr(torch.nn, key.module)(key.H, key.H, batch_first=True).to(device=device, dtype=dtype)
     if device == "cuda":
-        net.flatten_parameters()  # one weight buffer, as cuDNN wants (else it compacts on every call)
+        # One weight buffer, as cuDNN wants (else it compacts them on every call). A no-op in bfloat16: torch's
+        # flatten takes only torch.backends.cudnn.CUDNN_TENSOR_DTYPES (fp16/32/64), so a bf16 call copies the
+        # 9.4 MB of weights (hidden 768) and warns, as for any bf16 user of nn.LSTM: microseconds of a 9-16 ms call.
+        net.flatten_parameters()
     x = torch.randn(key.B, key.T, key.H, device=device, dtype=dtype)
     if key.lengths is not None:
         x = pack_padded_sequence(x, torch.tensor(key.lengths), batch_first=True, enforce_sorted=False)
