@@ -1,6 +1,9 @@
 """What bounds the 1x768 forward's matrix-vector product: one block's step (192 gate rows x 768, 8 sequences) alone,
 through mma.sync (the fused forward's path) and through wgmma (sm_90a), with R's k-tiles split between registers
-and shared memory as the solver splits them. Cycles a step by clock64, one block (one SM).
+and shared memory as the solver splits them, and (matvec_split) with the register file shared out otherwise: more
+compute warps, K split in four, a producer warpgroup's registers given to them by setmaxnreg. Cycles a step by
+clock64, one block (one SM). Results: bench/results/phases/2026-12-01-h200-matvec-bound.txt and
+2026-12-06-h100-matvec-split.txt.
 
     python bench/matvec_bound.py [--steps 2000]
 
@@ -38,7 +41,26 @@ VARIANTS = (
     ("wgmma 3 wg, A 16 smem, 2 chains", dict(KIND=1, A_SMEM=16, CHAINS=2)),
     ("wgmma 3 wg, A 29 smem", dict(KIND=1, A_SMEM=29)),
     ("wgmma 3 wg, A 29 smem, 2 chains", dict(KIND=1, A_SMEM=29, CHAINS=2)),
+    # KIND 2 (matvec_split): R's register fragments real, "A n smem" of a warp's k-tiles; warps m x k (+ idle ones
+    # first: the DMA warps' place); "regs 232" gives the idle warpgroup's registers to the compute warps.
+    ("split 3x2 +2 idle, A 12/24 smem (today's)", dict(KIND=2, M_WARPS=3, K_WARPS=2, IDLE_WARPS=2, A_SMEM=12)),
+    ("split 3x2 +2 idle, A 16/24 smem", dict(KIND=2, M_WARPS=3, K_WARPS=2, IDLE_WARPS=2, A_SMEM=16)),
+    ("split 4x2 +4 idle, regs 232, A 12/24", dict(KIND=2, M_WARPS=4, K_WARPS=2, IDLE_WARPS=4, REGS=232, A_SMEM=12)),
+    ("split 4x2 +4 idle, regs 232, A 10/24", dict(KIND=2, M_WARPS=4, K_WARPS=2, IDLE_WARPS=4, REGS=232, A_SMEM=10)),
+    ("split 2x4 +4 idle, regs 232, A 6/12", dict(KIND=2, M_WARPS=2, K_WARPS=4, IDLE_WARPS=4, REGS=232, A_SMEM=6)),
+    ("split 4x2 no idle, A 12/24", dict(KIND=2, M_WARPS=4, K_WARPS=2, IDLE_WARPS=0, A_SMEM=12)),
+    ("split 4x2 no idle, A 8/24", dict(KIND=2, M_WARPS=4, K_WARPS=2, IDLE_WARPS=0, A_SMEM=8)),
 )
+
+
+def launch_shape(defines: dict[str, int]) -> tuple[str, int, int]:
+    """(entry, threads, dynamic shared memory) of a variant."""
+    if defines["KIND"] == 2:
+        warps = defines["M_WARPS"] * defines["K_WARPS"] + defines["IDLE_WARPS"]
+        r_tiles = max(defines["A_SMEM"], 1) * defines["K_WARPS"] * (ROWS // 16)
+        return "matvec_split", 32 * warps, KT * 256 + r_tiles * 512
+    threads = 32 * (defines.get("WARPS", 6) if defines["KIND"] == 0 else 12)
+    return "matvec_bound", threads, KT * 256 + defines["A_SMEM"] * ROWS * 32
 
 
 def spec(entry: str, defines: dict[str, int]) -> KernelSpec:
@@ -65,9 +87,8 @@ def check_wgmma(cp) -> None:
 
 
 def time_variant(cp, defines: dict[str, int], steps: int) -> float:
-    threads = 32 * (defines.get("WARPS", 6) if defines["KIND"] == 0 else 12)
-    smem = KT * 256 + defines["A_SMEM"] * ROWS * 32
-    kernel = get_kernel(spec("matvec_bound", defines), root=ROOT)
+    entry, threads, smem = launch_shape(defines)
+    kernel = get_kernel(spec(entry, defines), root=ROOT)
     sink = cp.zeros(threads, cp.float32)
     cycles = cp.zeros(1, cp.int64)
     per_step = []

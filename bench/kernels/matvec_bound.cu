@@ -6,7 +6,9 @@
 //         from shared memory every step (H_SMEM=1) or kept in registers (H_SMEM=0, to isolate the tensor core).
 // KIND 1: wgmma m64n8k16 (sm_90a), 3 warpgroups of 64 rows: A from registers (the same fragments) or, for the
 //         last A_SMEM k-tiles, from shared memory through a descriptor; B (h) always from shared memory.
-// Register A fragments cycle through 8 distinct ones (the tensor core's time does not depend on the values).
+// KIND 2: entry matvec_split, R's register fragments real and the warps' roles as the fused forward's (below).
+// In KIND 0 and 1 register A fragments cycle through 8 distinct ones (the tensor core's time does not depend
+// on the values).
 // CHAINS independent accumulators a tile (k-tiles alternate between them).
 // Also `wgmma_check`: one m64n8k16 product with A from registers or shared memory, for the layouts' test.
 #include <cuda_bf16.h>
@@ -156,6 +158,106 @@ extern "C" __global__ void __launch_bounds__(384, 1) matvec_bound(int steps, flo
     sink[blockIdx.x * blockDim.x + threadIdx.x] = total;
     if (threadIdx.x == 0) cycles[blockIdx.x] = stop - start;
 }
+
+// KIND 2 (entry matvec_split): the product as the 1x768 kernels split it, with R's register fragments real (loaded
+// once, distinct, so ptxas must keep them: its report says whether a split fits) and an optional producer
+// warpgroup whose registers go to the compute warps (setmaxnreg, sm_90a). IDLE_WARPS warps first (they only meet
+// the step's barrier, as DMA warps would), then M_WARPS x K_WARPS compute warps: warp (mg, kg) multiplies
+// MT_ALL / M_WARPS m-tiles by its KT / K_WARPS k-tiles, the last A_SMEM of them read from shared memory with one
+// 16-byte load a lane (fused_fw.cu Tile::RS), h's fragments by ldmatrix. The partial sums are not combined.
+// REGS: 0 keeps the launch's registers; else the compute warpgroups raise theirs to REGS and the producer
+// warpgroup (IDLE_WARPS == 4) lowers its to IDLE_REGS.
+#if KIND == 2
+#ifndef M_WARPS
+#define M_WARPS 3
+#endif
+#ifndef K_WARPS
+#define K_WARPS 2
+#endif
+#ifndef IDLE_WARPS
+#define IDLE_WARPS 2
+#endif
+#ifndef REGS
+#define REGS 0
+#endif
+#ifndef IDLE_REGS
+#define IDLE_REGS 40
+#endif
+
+namespace split {
+constexpr int CW = M_WARPS * K_WARPS, THREADS = 32 * (CW + IDLE_WARPS);
+constexpr int MTW = MT_ALL / M_WARPS, KTW = KT / K_WARPS, AREG = KTW - A_SMEM;
+constexpr int R_TILES = (A_SMEM > 0 ? A_SMEM : 1) * K_WARPS * MT_ALL;  // m16k16 tiles of R in shared memory
+static_assert(MT_ALL % M_WARPS == 0 && KT % K_WARPS == 0 && KTW % 2 == 0 && A_SMEM <= KTW, "split");
+static_assert(REGS == 0 || (IDLE_WARPS == 4 && CW % 4 == 0), "setmaxnreg works on whole warpgroups");
+}  // namespace split
+
+__device__ __forceinline__ void lds_v4(unsigned (&r)[4], unsigned addr) {
+    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+
+extern "C" __global__ void __launch_bounds__(split::THREADS, 1) matvec_split(int steps, float* sink,
+                                                                             long long* cycles) {
+    using namespace split;
+    extern __shared__ __align__(1024) unsigned char smem[];
+    const unsigned h = smem_u32(smem), r = h + KT * 256;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (int i = threadIdx.x; i < (KT * 256 + R_TILES * 512) / 4; i += blockDim.x)
+        reinterpret_cast<unsigned*>(smem)[i] = 0x3c003c00u ^ (i * 2654435761u & 0x00ff00ffu);
+    __syncthreads();
+    long long start = clock64();
+    float acc[MTW][4] = {};
+    if (warp >= IDLE_WARPS) {
+        // (inside the branch: ptxas budgets the code that the setmaxnreg dominates by its count)
+#if REGS
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(REGS));
+#endif
+        const int c = warp - IDLE_WARPS, mg = c % M_WARPS, kg = c / M_WARPS;
+        const unsigned hbase = h + kg * KTW * 256 + lane * 16;
+        const unsigned rbase = r + (kg * MT_ALL + mg * MTW) * 512 + lane * 16;
+        unsigned areg[AREG > 0 ? AREG : 1][MTW][4];
+#pragma unroll
+        for (int k = 0; k < AREG; ++k)
+#pragma unroll
+            for (int m = 0; m < MTW; ++m)
+                lds_v4(areg[k][m], r + ((k * MTW + m + c * 7) % R_TILES) * 512 + lane * 16);
+        for (int s = 0; s < steps; ++s) {
+#pragma unroll
+            for (int kt = 0; kt < KTW; kt += 2) {
+                unsigned b[4];
+                ldsm_x4(b, hbase + kt * 256);
+#pragma unroll
+                for (int k = kt; k < kt + 2; ++k)
+#pragma unroll
+                    for (int m = 0; m < MTW; ++m) {
+                        if (k >= AREG) {
+                            unsigned a[4];
+                            lds_v4(a, rbase + ((k - AREG) * K_WARPS * MT_ALL + m) * 512);
+                            mma16816(acc[m], a, b[2 * (k - kt)], b[2 * (k - kt) + 1]);
+                        } else {
+                            mma16816(acc[m], areg[k][m], b[2 * (k - kt)], b[2 * (k - kt) + 1]);
+                        }
+                    }
+            }
+            __syncthreads();
+        }
+    } else {
+#if REGS
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(IDLE_REGS));
+#endif
+        for (int s = 0; s < steps; ++s) __syncthreads();
+    }
+    long long stop = clock64();
+    float total = 0.f;
+#pragma unroll
+    for (int m = 0; m < MTW; ++m)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) total += acc[m][j];
+    sink[blockIdx.x * blockDim.x + threadIdx.x] = total;
+    if (threadIdx.x == 0) cycles[blockIdx.x] = stop - start;
+}
+#endif  // KIND == 2
 
 // D[64][8] = A[64][16] B[16][8], A row-major (from registers when A_FROM_SMEM is 0, else from shared memory in
 // the descriptor layout above), B given as Bt[8][16] (K-major). One warpgroup.
