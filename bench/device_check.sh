@@ -31,6 +31,8 @@
 #   STAGES="exchange": bench/cluster_exchange.py (h's exchange in one cluster against a hand-off between clusters,
 #     cycles a step) and its --sync-repro under compute-sanitizer synccheck, then bench/head_split.py (a 1x768 head
 #     on two clusters: short runs under memcheck, synccheck, racecheck, then timings); the logs printed at the end
+#   STAGES="matvec": bench/matvec_bound.py (the 1x768 step's product alone on one SM, each register split; cycles a
+#     step, printed at the end)
 #   FLASHRNN_COMMIT=<sha> (the results JSONs' "commit": the device's copy of .git may be an older commit's, so pass
 #     the tree's own from the machine that sends it, e.g. FLASHRNN_COMMIT=$(git rev-parse --short HEAD) there)
 set -uo pipefail
@@ -163,6 +165,11 @@ job_split() {   # <n>: a 1x768 head on two clusters (bench/head_split.py): short
     done
 }
 
+job_matvec() {   # <n>: the 1x768 product alone, every variant of bench/matvec_bound.py (cycles a step)
+    timeout "$(clamp 200)" python bench/matvec_bound.py >"$OUT/matvec.log" 2>&1
+    note "$1" "matvec bound" "exit $? : $(grep -c -E ' [0-9]+$' "$OUT/matvec.log") variants timed"
+}
+
 # The queue: "<job number> <function> <args...>", in the order of the stages (tests, bench, sanitizer, sweep).
 n=100; : >"$QUEUE"
 enqueue() { echo "$n $*" >>"$QUEUE"; n=$(( n + 1 )); }
@@ -193,6 +200,7 @@ if [[ " $STAGES " == *" phases "* ]]; then
     for (( i = 0; i < ${#sets[@]}; i++ )); do enqueue job_phases "$i"; done
 fi
 [[ " $STAGES " == *" exchange "* ]] && enqueue job_exchange && enqueue job_split
+[[ " $STAGES " == *" matvec "* ]] && enqueue job_matvec
 if [[ " $STAGES " == *" tune "* ]]; then
     IFS=';' read -ra sets <<<"${TUNE_ARGS:-}"
     for (( i = 0; i < ${#sets[@]}; i++ )); do enqueue job_tune "$i"; done
@@ -248,6 +256,7 @@ summary=$(cat "$OUT"/notes/* 2>/dev/null)
 (cd "$OUT" && rm -rf notes queue queue.lock && tar czf logs.tar.gz --remove-files -- *.log)
 [[ " $STAGES " == *" phases "* ]] && tar xzf "$OUT/logs.tar.gz" -O --wildcards 'phases_*.log' 2>/dev/null
 [[ " $STAGES " == *" tune "* ]] && tar xzf "$OUT/logs.tar.gz" -O --wildcards 'tune_*.log' 2>/dev/null
+[[ " $STAGES " == *" matvec "* ]] && tar xzf "$OUT/logs.tar.gz" -O matvec.log 2>/dev/null
 [[ " $STAGES " == *" exchange "* ]] && tar xzf "$OUT/logs.tar.gz" -O --wildcards 'exchange_*.log' 2>/dev/null \
     | tail -n 60
 echo; echo "== device_check summary ($LANES lanes, ${SECONDS}s) =="; echo "$summary"
