@@ -19,6 +19,7 @@ import argparse
 import json
 import sys
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -27,6 +28,39 @@ SUITE_ORDER = ("reference", "batch", "seqlen", "headdim", "heads", "varlen", "st
 #: Suites whose newest file is completed from older ones where its time budget cut it (``fill_from_older``).
 FILLED_SUITES = (*SWEEP_AXIS, "reference", "heads")
 TIME_PASSES = ("fw", "fwbw")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One speed point of the `cuda_fused` issues (#5 forward, #6 forward+backward; bfloat16, T=1024, an H100):
+    `cuda_fused`'s median for (function, N x D, B, pass) at most ``max_ms``, its cuDNN ratio in bfloat16 at least
+    ``min_ratio`` and against cuDNN's fastest dtype at least ``min_ratio_best``, or (``of_lstm``) at most that
+    multiple of lstm's median at the same shape and pass."""
+
+    issue: int
+    function: str
+    N: int
+    D: int
+    B: int
+    pass_: str
+    max_ms: float | None = None
+    min_ratio: float | None = None
+    min_ratio_best: float | None = None
+    of_lstm: float | None = None
+
+
+SPEED_TARGETS = (
+    Target(5, "lstm", 12, 64, 16, "fw", max_ms=0.40), Target(5, "lstm", 48, 16, 16, "fw", max_ms=0.40),
+    Target(5, "lstm", 3, 256, 16, "fw", max_ms=0.8),
+    Target(5, "lstm", 1, 768, 16, "fw", max_ms=1.5, min_ratio=9.0, min_ratio_best=1.5),
+    *(Target(5, "slstm", n, d, 16, "fw", of_lstm=1.10) for n, d in ((12, 64), (48, 16), (3, 256), (1, 768))),
+    Target(5, "gru", 12, 64, 16, "fw", max_ms=0.45),
+    Target(5, "lstm", 12, 64, 64, "fw", max_ms=0.5), Target(5, "lstm", 12, 64, 256, "fw", max_ms=1.0),
+    Target(6, "lstm", 12, 64, 16, "fwbw", max_ms=1.5),
+    Target(6, "lstm", 1, 768, 16, "fwbw", max_ms=4.0, min_ratio=10.0, min_ratio_best=1.5),
+    *(Target(6, "slstm", n, d, 16, "fwbw", of_lstm=1.10) for n, d in ((12, 64), (48, 16), (3, 256), (1, 768))),
+    Target(6, "gru", 12, 64, 16, "fwbw", max_ms=1.8),
+)
 
 
 def load(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
@@ -238,7 +272,45 @@ def markdown(docs: list[dict[str, Any]]) -> str:
         tables = {"compile": compile_table, "varlen": varlen_table, "step": step_table, "sweep": sweep_table}
         out += tables.get(doc["suite"], timing_table)(doc)
         out.append("")
+    for gpu in sorted({d.get("gpu") for d in docs if d.get("suite") == "reference" and suite_dtype(d) == "bfloat16"}):
+        out += [f"## Speed targets of issues 5 and 6: {gpu}", "",
+                "`cuda_fused` in the newest bfloat16 reference and batch results of this GPU (the issues ask them "
+                "of an H100); `fw` is the inference forward.", "", *targets_table(docs, gpu), ""]
     return "\n".join(out)
+
+
+def targets_table(docs: list[dict[str, Any]], gpu: str) -> list[str]:
+    """SPEED_TARGETS against the bfloat16 reference and batch documents of ``gpu``: a line per target, what was
+    measured and whether it is met ("-" where neither document timed it)."""
+    fused = {}
+    for doc in docs:
+        if doc.get("gpu") == gpu and doc.get("suite") in ("reference", "batch") and suite_dtype(doc) == "bfloat16":
+            for r in doc["rows"]:
+                if r["backend"] == "cuda_fused" and r["T"] == 1024 and r.get("median_ms") is not None:
+                    fused.setdefault((r["function"], r["N"], r["D"], r["B"], r["pass"]), r)
+    lines = []
+    for t in SPEED_TARGETS:
+        row = fused.get((t.function, t.N, t.D, t.B, t.pass_))
+        lstm = fused.get(("lstm", t.N, t.D, t.B, t.pass_))
+        wanted, got, checks = [], [], []
+        if t.max_ms is not None:
+            wanted.append(f"<= {t.max_ms:g} ms")
+            got.append(f"{_ms(row['median_ms'])} ms" if row else "-")
+            checks.append(row["median_ms"] <= t.max_ms if row else None)
+        for key, least, what in (("ratio", t.min_ratio, "cuDNN bf16"), ("ratio_best", t.min_ratio_best, "fastest")):
+            if least is not None:
+                wanted.append(f">= {least:g}x {what}")
+                got.append(f"{row[key]:.2f}x" if row and row.get(key) else "-")
+                checks.append(row[key] >= least if row and row.get(key) else None)
+        if t.of_lstm is not None:
+            wanted.append(f"<= {t.of_lstm:g} x lstm")
+            ratio = row["median_ms"] / lstm["median_ms"] if row and lstm else None
+            got.append(f"{_ms(row['median_ms'])} / {_ms(lstm['median_ms'])} = {ratio:.2f}" if ratio else "-")
+            checks.append(ratio <= t.of_lstm if ratio else None)
+        verdict = "-" if None in checks else "met" if all(checks) else "**missed**"
+        lines.append([f"#{t.issue}", f"{t.function} {t.N}x{t.D} B={t.B} {t.pass_}", ", ".join(wanted),
+                      ", ".join(got), verdict])
+    return _table(["issue", "shape", "target", "measured", ""], lines)
 
 
 # ------------------------------------------------------------------------------------------------- plots

@@ -648,3 +648,24 @@ def test_backward_stages_dry_run_names_each_kernels_best(capsys):
     assert first[2].startswith("scatter cl8 scatter") and " ms" not in lines[1]
     assert lines[2].startswith("lstm 1x768: solver cl16 scatter w8")
     assert lines[2].endswith(" | exchange no launch | scatter no launch")
+
+
+def test_targets_table_holds_each_issue_point_to_its_rows():
+    """bench/results/README.md's speed-target table: a target is met only where every bound holds on the GPU's
+    own rows, missed where one fails, "-" where a row is absent; sLSTM is measured against lstm's row."""
+    def row(function, N, D, ms, B=16, pass_="fw", ratio=None, ratio_best=None):
+        return {"function": function, "N": N, "D": D, "B": B, "T": 1024, "pass": pass_, "backend": "cuda_fused",
+                "dtype": "bfloat16", "median_ms": ms, "ratio": ratio, "ratio_best": ratio_best}
+
+    rows = [row("lstm", 12, 64, 0.39), row("lstm", 48, 16, 0.41), row("slstm", 12, 64, 0.42),
+            row("lstm", 1, 768, 1.4, ratio=9.5, ratio_best=1.4), row("lstm", 12, 64, 0.49, B=64)]
+    docs = [{"suite": "reference", "gpu": "G", "rows": rows[:4], "_path": "ref.json"},
+            {"suite": "batch", "gpu": "G", "rows": rows[4:], "_path": "batch.json"},
+            {"suite": "reference", "gpu": "other", "rows": [row("gru", 12, 64, 0.1)], "_path": "o.json"}]
+    lines = {line.split(" | ")[1]: line for line in report.targets_table(docs, "G")[2:]}
+    assert lines["lstm 12x64 B=16 fw"].endswith("| 0.39 ms | met |")
+    assert lines["lstm 48x16 B=16 fw"].endswith("| **missed** |")
+    assert lines["slstm 12x64 B=16 fw"].endswith("| 0.42 / 0.39 = 1.08 | met |")
+    assert lines["lstm 1x768 B=16 fw"].endswith("| 1.4 ms, 9.50x, 1.40x | **missed** |")  # 1.5x cuDNN's fastest
+    assert lines["lstm 12x64 B=64 fw"].endswith("| met |") and lines["gru 12x64 B=16 fw"].endswith("| - | - |")
+    assert "## Speed targets of issues 5 and 6: G" in report.markdown(docs[:2])
