@@ -273,9 +273,11 @@ def markdown(docs: list[dict[str, Any]]) -> str:
         out += tables.get(doc["suite"], timing_table)(doc)
         out.append("")
     for gpu in sorted({d.get("gpu") for d in docs if d.get("suite") == "reference" and suite_dtype(d) == "bfloat16"}):
+        sources = ", ".join(f"`{Path(d['_path']).name}`" for d in docs if d.get("gpu") == gpu
+                            and d.get("suite") in ("reference", "batch") and suite_dtype(d) == "bfloat16")
         out += [f"## Speed targets of issues 5 and 6: {gpu}", "",
-                "`cuda_fused` in the newest bfloat16 reference and batch results of this GPU (the issues ask them "
-                "of an H100); `fw` is the inference forward.", "", *targets_table(docs, gpu), ""]
+                f"`cuda_fused` in the newest bfloat16 reference and batch results of this GPU ({sources}; the issues "
+                "ask them of an H100); `fw` is the inference forward.", "", *targets_table(docs, gpu), ""]
     return "\n".join(out)
 
 
