@@ -273,23 +273,27 @@ def markdown(docs: list[dict[str, Any]]) -> str:
         out += tables.get(doc["suite"], timing_table)(doc)
         out.append("")
     for gpu in sorted({d.get("gpu") for d in docs if d.get("suite") == "reference" and suite_dtype(d) == "bfloat16"}):
-        sources = ", ".join(f"`{Path(d['_path']).name}`" for d in docs if d.get("gpu") == gpu
-                            and d.get("suite") in ("reference", "batch") and suite_dtype(d) == "bfloat16")
+        sources = ", ".join(f"`{Path(d['_path']).name}`" for d in _target_docs(docs, gpu))
         out += [f"## Speed targets of issues 5 and 6: {gpu}", "",
                 f"`cuda_fused` in the newest bfloat16 reference and batch results of this GPU ({sources}; the issues "
                 "ask them of an H100); `fw` is the inference forward.", "", *targets_table(docs, gpu), ""]
     return "\n".join(out)
 
 
+def _target_docs(docs: list[dict[str, Any]], gpu: str) -> list[dict[str, Any]]:
+    """The documents SPEED_TARGETS are read from: ``gpu``'s bfloat16 reference and batch results."""
+    return [d for d in docs
+            if d.get("gpu") == gpu and d.get("suite") in ("reference", "batch") and suite_dtype(d) == "bfloat16"]
+
+
 def targets_table(docs: list[dict[str, Any]], gpu: str) -> list[str]:
     """SPEED_TARGETS against the bfloat16 reference and batch documents of ``gpu``: a line per target, what was
     measured and whether it is met ("-" where neither document timed it)."""
     fused = {}
-    for doc in docs:
-        if doc.get("gpu") == gpu and doc.get("suite") in ("reference", "batch") and suite_dtype(doc) == "bfloat16":
-            for r in doc["rows"]:
-                if r["backend"] == "cuda_fused" and r["T"] == 1024 and r.get("median_ms") is not None:
-                    fused.setdefault((r["function"], r["N"], r["D"], r["B"], r["pass"]), r)
+    for doc in _target_docs(docs, gpu):
+        for r in doc["rows"]:
+            if r["backend"] == "cuda_fused" and r["T"] == 1024 and r.get("median_ms") is not None:
+                fused.setdefault((r["function"], r["N"], r["D"], r["B"], r["pass"]), r)
     lines = []
     for t in SPEED_TARGETS:
         row = fused.get((t.function, t.N, t.D, t.B, t.pass_))
