@@ -117,6 +117,11 @@ template <class Cell, class T, int D_, int DB_, int P_, bool STORE_DRS_, int THR
     static constexpr int SPLIT = OperandOf<T>::SPLIT;
     static constexpr bool KEEP = SPLIT == 1;  // per-thread addresses pinned in registers (common/pieces.cuh, keep)
     static constexpr bool SCALED = false;     // drs scaled a batch row on its way to the mma (ScatterTile::SCALED)
+#ifdef FLASHRNN_LEAN_COPIES  // measurement knob: every kernel's copies in the lean form (InPieces), for an A/B
+    static constexpr bool LEAN_COPIES = true;
+#else
+    static constexpr bool LEAN_COPIES = false;  // InPieces keeps step 0's addresses (ScatterTile: lean, registers)
+#endif
     static constexpr int D = D_, DB = DB_, BT = 8, P = P_, NS = P_ + 2, THREADS = THREADS_;
     static constexpr int GW = Cell::GW, GR = Cell::GR, GB = Cell::GB, S = Cell::S, NSAVED = Cell::NSAVED;
     static constexpr int CH = 16 / int(sizeof(T));           // elements in a 16-byte piece
@@ -337,19 +342,31 @@ template <class T> struct Args {
 // Copies the inputs of step t (saved[b, t], states[b, t-1] or states0 at t = 0, dstates[b, t]) of this block's
 // batch tile and dims [d0, d0 + DB) into one stage, for t = Tn-1, Tn-2, ... in turn. Missing tensors and rows past
 // B are zero-filled (never read), so a stage always holds the inputs as the math wants them.
-// Registers are what the largest kernels lack (the scatter kernel's R^T tiles take what the rest leaves), so a
-// thread keeps per piece only its source and destination; a piece moves back one step by NSAVED (saved rows) or
-// one (states) rows of N*D, and step 0's initial-state addresses are rebuilt when step 0 comes (at sLSTM D = 768
-// keeping strides and those took 12 registers, 3 tiles of R^T).
+// Two forms, by K::LEAN_COPIES:
+// * lean (the scatter kernel, whose R^T tiles take what registers the rest leaves): a thread keeps per piece only
+//   its source and destination; a piece moves back one step by NSAVED (saved rows) or one (states) rows of N*D, and
+//   step 0's initial-state addresses are rebuilt when step 0 comes (at sLSTM D = 768 keeping strides and those took
+//   12 registers, 3 tiles of R^T);
+// * kept (every other kernel): a thread also keeps each piece's step-0 address and its stride, so a step's copy
+//   is a select, the cp.async and a subtract a piece. The lean form's step-0 rebuild sat in the step loop as a
+//   branch a piece, and ptxas turned it into selects only where a thread has one piece: at slstm 48x16 (160
+//   pieces, 128 threads) warp 0's two pieces took ~50 issued instructions a step ahead of the mma, against lstm's
+//   ~22 for one (SASS, sm_90).
 template <class K, class T> struct InPieces {
     static constexpr int PER_ROW = K::DB / K::CH;
     static constexpr int PER = (K::PIECES + K::THREADS - 1) / K::THREADS;  // pieces per thread
     static constexpr unsigned ET = sizeof(T);
+    static constexpr bool LEAN = K::LEAN_COPIES;
+    static constexpr int KEPT = LEAN ? 1 : PER;
     unsigned long long src[PER];  // global address of piece j for the next call
     unsigned dst[PER];            // shared address of piece j in stage 0
     unsigned valid, exists;       // bit j: read piece j (else its 16 bytes are zero-filled) / the thread has one
-    unsigned saved;               // bit j: piece j is a saved row (NSAVED rows of N*D a step)
-    unsigned nd;                  // N*D
+    unsigned saved;               // (lean) bit j: piece j is a saved row (NSAVED rows of N*D a step)
+    unsigned nd;                  // (lean) N*D
+    unsigned long long first[KEPT];  // (kept) piece j's address at step 0
+    unsigned back[KEPT];             // (kept) bytes src[j] moves back a step (0 where it reads nothing); < 2^32:
+                                     // NSAVED * N * D * sizeof(T) bytes, one step of saved rows
+    unsigned valid_first;            // (kept) bit j: read piece j at step 0
 
     // Piece i: row r of a stage (saved [BT][NSAVED], then the staged previous states, then upstream gradients).
     struct Piece {
@@ -369,10 +386,14 @@ template <class K, class T> struct InPieces {
         p.valid = i < K::PIECES && p.b < A.B && (p.is_saved || p.is_prev || up_present);
         return p;
     }
+    // Where a previous-state piece reads at step 0: the initial state, or nothing (null states0: zeros).
+    __device__ __forceinline__ static const T* initial(const Args<T>& A, const Piece& p) {
+        return A.s0 == nullptr ? nullptr : A.s0 + (size_t(p.s) * A.B + p.b) * (size_t(A.N) * K::D) + p.col;
+    }
 
     __device__ __forceinline__ InPieces(const Args<T>& A, int b0, int n, int d0, unsigned stage0) {
         const size_t ND = size_t(A.N) * K::D, BTND = size_t(A.B) * A.Tn * ND;
-        valid = exists = saved = 0u;
+        valid = exists = saved = valid_first = 0u;
 #pragma unroll
         for (int j = 0; j < PER; ++j) {
             const int i = threadIdx.x + j * K::THREADS;
@@ -389,24 +410,40 @@ template <class K, class T> struct InPieces {
             valid |= p.valid ? 1u << j : 0u;
             exists |= i < K::PIECES ? 1u << j : 0u;
             saved |= p.is_saved ? 1u << j : 0u;
+            if constexpr (!LEAN) {
+                const unsigned step = p.valid ? unsigned((p.is_saved ? K::NSAVED : 1) * ND * ET) : 0u;
+                const T* at0 = p.is_prev ? initial(A, p) : reinterpret_cast<const T*>(src[j] - (A.Tn - 1ull) * step);
+                const bool read0 = p.valid && at0 != nullptr;
+                first[j] = keep<K::KEEP>(reinterpret_cast<unsigned long long>(read0 ? at0 : A.saved));
+                back[j] = keep<K::KEEP>(step);
+                valid_first |= read0 ? 1u << j : 0u;
+            }
         }
-        valid = keep<K::KEEP>(valid), exists = keep<K::KEEP>(exists), saved = keep<K::KEEP>(saved);
-        nd = keep<K::KEEP>(unsigned(A.N) * unsigned(K::D));
+        valid = keep<K::KEEP>(valid), exists = keep<K::KEEP>(exists);
+        if constexpr (LEAN) saved = keep<K::KEEP>(saved), nd = keep<K::KEEP>(unsigned(A.N) * unsigned(K::D));
+        else valid_first = keep<K::KEEP>(valid_first);
     }
     // Step t into the stage `stage_off` bytes past stage 0 (t counts down; step 0 is the last call, and its
     // previous states are the initial states, or zeros).
     __device__ __forceinline__ void issue(unsigned stage_off, int t, const Args<T>& A, int b0, int n, int d0) {
+        const bool step0 = t == 0;
 #pragma unroll
         for (int j = 0; j < PER; ++j) {
             if (!((exists >> j) & 1u)) continue;
+            if constexpr (!LEAN) {
+                const unsigned reads = step0 ? valid_first : valid;
+                mma::cp_async_16(dst[j] + stage_off, reinterpret_cast<const void*>(step0 ? first[j] : src[j]),
+                                 (reads >> j) & 1u);
+                src[j] -= back[j];
+                continue;
+            }
             bool read = (valid >> j) & 1u;
             unsigned long long from = src[j];
-            if (t == 0) {
+            if (step0) {
                 const Piece p = piece(A, threadIdx.x + j * K::THREADS, b0, n, d0);
                 if (p.is_prev) {
                     read = read && A.s0 != nullptr;
-                    if (read) from = reinterpret_cast<unsigned long long>(
-                        A.s0 + (size_t(p.s) * A.B + p.b) * (size_t(A.N) * K::D) + p.col);
+                    if (read) from = reinterpret_cast<unsigned long long>(initial(A, p));
                 }
             }
             mma::cp_async_16(dst[j] + stage_off, reinterpret_cast<const void*>(from), read);
@@ -937,6 +974,7 @@ struct ScatterTile : Staging<Cell, T, D_, D_ / CL_, P_, STORE_DRS_, 32 * W_, fal
     // float32 storage with fp16 operands (FLASHRNN_F32_HALF; R^T saturates to fp16's range, CellLanes::write_scaled
     // scales drs): each batch row's largest drs over a cell warp's cells, [MB][BT], and the row's 1/scale, [BT].
     static constexpr bool SCALED = sizeof(T) == 4 && SPLIT == 1;
+    static constexpr bool LEAN_COPIES = true;  // (InPieces: the registers go to R^T's tiles)
     static constexpr int SCALE_BYTES = SCALED ? (MB + 1) * BT * 4 : 0;
     static constexpr int SMEM_BYTES =
         BUF_BYTES + RECV_BYTES_ALL + STAGE_BYTES_USED + OUT_BYTES_USED + BAR_BYTES + R_BYTES + SCALE_BYTES;
