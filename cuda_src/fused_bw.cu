@@ -350,8 +350,13 @@ template <class T> struct Args {
 // * kept (every other kernel): a thread also keeps each piece's step-0 address and its stride, so a step's copy
 //   is a select, the cp.async and a subtract a piece. The lean form's step-0 rebuild sat in the step loop as a
 //   branch a piece, and ptxas turned it into selects only where a thread has one piece: at slstm 48x16 (160
-//   pieces, 128 threads) warp 0's two pieces took ~50 issued instructions a step ahead of the mma, against lstm's
-//   ~22 for one (SASS, sm_90).
+//   pieces, 128 threads) warp 0's two pieces took ~52 issued instructions and 5 taken branches a step ahead of the
+//   mma (SASS, sm_90), the kept form 35 and none; lstm's one piece 29 -> 23.
+//   Estimated before measuring: ~40-80 of slstm 48x16's ~765 cycles a step, its backward 0.447 -> 0.41-0.43 ms;
+//   lstm 48x16 -0.005..-0.01 ms; 12x64 and 3x256 (one piece a thread, already selects) unchanged. Measured (H100
+//   bf16 B=16 T=1024, the backward alone, knob FLASHRNN_LEAN_COPIES for the old form, dWx bitwise equal;
+//   bench/results/phases/2026-12-06-h100-bw-kept-copies.txt), ms: slstm 48x16 0.443 -> 0.411, lstm 48x16 0.414 ->
+//   0.395 (twice the estimate), slstm 12x64 0.693 -> 0.698, lstm 12x64 0.702 -> 0.694, gru 12x64 0.612 -> 0.606.
 template <class K, class T> struct InPieces {
     static constexpr int PER_ROW = K::DB / K::CH;
     static constexpr int PER = (K::PIECES + K::THREADS - 1) / K::THREADS;  // pieces per thread
