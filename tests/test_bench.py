@@ -438,7 +438,7 @@ def test_phase_clocks_compare_saved_values_where_both_variants_save():
 def test_phase_clock_knobs_change_only_their_direction_and_compile():
     """bench/phase_clocks.py's variants: the defines go on the chosen direction's kernel only, and the measurement
     knobs it names (fused_fw.cu's clock64 phases, ablations, block sends, unpaired dims and trading lanes;
-    fused_bw.cu's late copies; the scatter kernel's ablations) still compile, spill-free, for sm_90 on cluster
+    fused_bw.cu's late copies and lean copies; the scatter kernel's ablations) still compile, spill-free, for sm_90 on cluster
     kernels (where the exchange and the copies' order exist), the scatter kernel's clock build too (it spills 8
     bytes: a measurement's, not a kernel's), for the unpaired dims (FLASHRNN_PAIRED_DIMS=0) on the one-block and cluster kernels of
     the two-dims-a-lane cells (gru, elman) in every dtype, and for trading lanes forced on and off."""
@@ -462,6 +462,7 @@ def test_phase_clock_knobs_change_only_their_direction_and_compile():
     assert forward_knobs(infer).spec.defines == fused.launch_of(infer).spec.defines + knobs
     assert forward_knobs(bw).spec == fused.launch_of(bw).spec
     late = phase_clocks.with_defines((("FLASHRNN_LATE_COPIES", "1"),), "backward")(bw).spec
+    lean = phase_clocks.with_defines((("FLASHRNN_LEAN_COPIES", "1"),), "backward")(bw).spec
     block_sends = phase_clocks.with_defines((("FLASHRNN_WARP_SENDS", "0"),), "forward")(fw).spec
     unpaired = phase_clocks.with_defines((("FLASHRNN_PAIRED_DIMS", "0"),), "forward")
     unpaired_specs = [unpaired(fused.choose(cell, dtype, 16, N, D, hardware=H100).choice).spec
@@ -479,7 +480,7 @@ def test_phase_clock_knobs_change_only_their_direction_and_compile():
     assert scatter.scatter
     scatter_knobs = [phase_clocks.with_defines(((knob, "1"),), "backward")(scatter).spec
                      for knob in ("FLASHRNN_ABLATE_EXCHANGE", "FLASHRNN_ABLATE_MATMUL")]
-    for spec in (forward_knobs(fw).spec, late, block_sends, *unpaired_specs, *trade, *scatter_knobs):
+    for spec in (forward_knobs(fw).spec, late, lean, block_sends, *unpaired_specs, *trade, *scatter_knobs):
         resources = compile_spec(spec, "sm_90", use_cache=False).resources
         assert resources is not None and resources.spill_stores == 0, spec.label
     clocks = phase_clocks.with_defines((("FLASHRNN_PHASE_CLOCKS", "1"),), "backward")(scatter).spec
