@@ -369,8 +369,8 @@ template <class K, class T> struct InPieces {
     unsigned saved;               // (lean) bit j: piece j is a saved row (NSAVED rows of N*D a step)
     unsigned nd;                  // (lean) N*D
     unsigned long long first[KEPT];  // (kept) piece j's address at step 0
-    unsigned back[KEPT];             // (kept) bytes src[j] moves back a step (0 where it reads nothing); < 2^32:
-                                     // NSAVED * N * D * sizeof(T) bytes, one step of saved rows
+    unsigned back[KEPT];             // (kept) bytes src[j] moves back a step (0 where it reads nothing); at most
+                                     // NSAVED * N * D * sizeof(T), < 2^32 (constrint/backward.py holds it)
     unsigned valid_first;            // (kept) bit j: read piece j at step 0
 
     // Piece i: row r of a stage (saved [BT][NSAVED], then the staged previous states, then upstream gradients).

@@ -202,6 +202,16 @@ def test_bw_variants_are_the_solvers_choices():
         assert launch.smem_bytes <= hw.smem_per_block_optin
 
 
+def test_backward_input_copy_strides_fit_32_bits():
+    """The drs-exchange kernel's input copies keep each piece's per-step stride in bytes as 32 bits (fused_bw.cu
+    InPieces): a float32 problem whose step of saved rows (N*D*n_saved*4 bytes) reaches 2^32 gets no launch, and
+    says which limit; half the heads still launch."""
+    launch = fused.choose("lstm", DTYPES["float32"], 1, 2**23, 16, hardware=H100, direction="backward")
+    assert not isinstance(launch, str) and not launch.choice.scatter
+    reason = fused.choose("lstm", DTYPES["float32"], 1, 2**24, 16, hardware=H100, direction="backward")
+    assert isinstance(reason, str) and "N*D*n_saved*itemsize < 2^32" in reason
+
+
 def test_backward_too_large_for_one_block_says_why():
     """One block a head where R^T fits one (no sm_80 head above that); a cluster a head on sm_90 where it does not;
     lstm and slstm D=768 (4.7 MB of R^T, ~380 KB an SM of 16 with the drs buffers and stages) on scatter clusters,

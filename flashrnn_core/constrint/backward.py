@@ -210,6 +210,8 @@ def _add_constraints(p: Problem, v: dict[str, Var], geo, hw: Hardware, model: "K
     p.add((tpw - 1) * warps < dr_tiles, name="dR tiles a warp: the least such")
     p.add(Expr.lift(N * geo.D * max(geo.gw, geo.n_saved)) <= 2**31 - 1,
           name="N*D*gates < 2^31 (32-bit per-step pointer offsets)")
+    p.add(Expr.lift(N * geo.D * geo.n_saved * geo.itemsize) <= 2**32 - 1,
+          name="N*D*n_saved*itemsize < 2^32 (the input copies' 32-bit per-step byte strides, fused_bw.cu InPieces)")
 
 
 def estimate(fp: "FusedProblem", values: dict[str, int]) -> dict[str, float]:
