@@ -487,6 +487,50 @@ def test_phase_clock_knobs_change_only_their_direction_and_compile():
     assert compile_spec(clocks, "sm_90", use_cache=False).resources is not None
 
 
+_SASS = """
+        /*0000*/                   LDC R1, c[0x0][0x28] ;
+.L_x_1:
+        /*0010*/                   IMAD.MOV.U32 R2, RZ, RZ, R3 ;
+        /*0020*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;
+        /*0030*/              @!P0 BRA `(.L_x_1) ;
+.L_x_2:
+        /*0040*/                   FADD R1, R1, R2 ;
+        /*0050*/                   BRA `(.L_x_2) ;
+        /*0060*/                   EXIT ;
+"""
+
+
+def test_sass_loop_finds_the_loop_that_holds_a_barrier():
+    """bench/sass_loop.py's reading of nvdisasm's text: the loop with a barrier is the step loop (the one without
+    is not), guards and modifiers are not opcodes."""
+    from bench import sass_loop
+
+    listed, labels = sass_loop.instructions(_SASS)
+    assert len(listed) == 7 and labels == {"L_x_1": 1, "L_x_2": 4}
+    assert sass_loop.barrier_loops(listed, labels) == [sass_loop.Loop(1, 3)]
+    assert sass_loop.step_loop(_SASS) == listed[1:4] == sass_loop.step_loop(_SASS, last=True)
+    assert [sass_loop.opcode(x) for x in listed[1:4]] == ["IMAD", "BAR", "BRA"]
+    assert sass_loop.step_loop(_SASS.replace("BAR.SYNC.DEFER_BLOCKING 0x0", "NOP")) == []
+
+
+def test_sass_loop_backward_copies_kept_form_is_shorter(capsys):
+    """Where nvdisasm is installed: slstm 48x16's backward step loop (two input pieces a thread) is shorter in the
+    kept form of its copies than in the lean one (FLASHRNN_LEAN_COPIES), as stop 62 found it (209 and 273)."""
+    from bench import sass_loop
+    from cuda.pathfinder import find_nvidia_binary_utility
+
+    if find_nvidia_binary_utility("nvdisasm") is None:
+        pytest.skip("nvdisasm not installed (pip install nvidia-cuda-nvdisasm)")
+
+    def loop_length(*knobs: str) -> int:
+        sass_loop.main(["slstm", "backward", "48", "16", *(a for k in knobs for a in ("--define", k))])
+        line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("step loop:")][0]
+        return int(line.split()[2])
+
+    kept, lean = loop_length(), loop_length("FLASHRNN_LEAN_COPIES")
+    assert 0 < kept < lean - 30
+
+
 # ----------------------------------------------------------------------------- on the GPU (device_check.sh)
 
 
