@@ -67,12 +67,17 @@ def instructions(sass: str) -> tuple[list[str], dict[str, int]]:
 
 
 def barrier_loops(listed: list[str], labels: dict[str, int]) -> list[Loop]:
-    """The loops whose body holds a block barrier, in program order."""
-    loops = []
+    """The loops whose body holds a block barrier, in program order; loops that overlap are one (ptxas may rotate
+    a step loop so that its back edge enters mid-body: lstm 12x64's backward has two back edges, to 763 and 811,
+    of one loop 763-1177)."""
+    loops: list[Loop] = []
     for end, instruction in enumerate(listed):
         target = _BACK_TARGET.search(instruction)
         start = labels.get(target.group(1), end + 1) if target else end + 1
         if start <= end and any(b in x for x in listed[start:end + 1] for b in _BARRIERS):
+            if loops and start <= loops[-1].end:
+                start = min(start, loops[-1].start)
+                loops.pop()
             loops.append(Loop(start, end))
     return loops
 

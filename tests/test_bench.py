@@ -511,6 +511,11 @@ def test_sass_loop_finds_the_loop_that_holds_a_barrier():
     assert sass_loop.step_loop(_SASS) == listed[1:4] == sass_loop.step_loop(_SASS, last=True)
     assert [sass_loop.opcode(x) for x in listed[1:4]] == ["IMAD", "BAR", "BRA"]
     assert sass_loop.step_loop(_SASS.replace("BAR.SYNC.DEFER_BLOCKING 0x0", "NOP")) == []
+    # a second back edge into the middle of the first loop's body: one loop
+    rotated = _SASS.replace("BRA `(.L_x_2) ;", "BRA `(.L_x_3) ;").replace(
+        "IMAD.MOV.U32 R2, RZ, RZ, R3 ;", "IMAD.MOV.U32 R2, RZ, RZ, R3 ;\n.L_x_3:")
+    listed, labels = sass_loop.instructions(rotated)
+    assert sass_loop.barrier_loops(listed, labels) == [sass_loop.Loop(1, 5)]
 
 
 def test_sass_loop_backward_copies_kept_form_is_shorter(capsys):
