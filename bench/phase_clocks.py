@@ -58,14 +58,16 @@ PINNABLE = ("blocks_per_head", "k_split", "batch_ntiles", "prefetch_steps", "r_k
             "wide_warps", "head_clusters")
 
 
+def parse_defines(text: str) -> tuple[tuple[str, str], ...]:
+    """``A,B=2`` -> (("A", "1"), ("B", "2")): -D defines, a bare name defined as 1."""
+    items = (item.partition("=") for item in filter(None, text.split(",")))
+    return tuple((key, value or "1") for key, _, value in items)
+
+
 def parse_variant(text: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     """``name=A,B=2`` -> ("name", (("A", "1"), ("B", "2")))."""
     name, _, rest = text.partition("=")
-    defines = []
-    for item in filter(None, rest.split(",")):
-        key, _, value = item.partition("=")
-        defines.append((key, value or "1"))
-    return name, tuple(defines)
+    return name, parse_defines(rest)
 
 
 #: The backend's own, before any patching (each variant wraps this one, never the previous variant's).

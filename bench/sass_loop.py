@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.phase_clocks import parse_defines  # noqa: E402
 from flashrnn_core import _arrays  # noqa: E402
 from flashrnn_core.backends import fused  # noqa: E402
 from flashrnn_core.constrint.hardware import preset  # noqa: E402
@@ -108,6 +109,7 @@ def nvdisasm() -> str:
 
 
 def disassemble(cubin: bytes) -> str:
+    """nvdisasm's text of a cubin."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
@@ -124,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
     p.add_argument("--gpu", default="H100", help="the preset the solver chooses for (constrint.hardware.preset)")
     p.add_argument("--arch", default="sm_90")
-    p.add_argument("--define", action="append", default=[], metavar="NAME[=VALUE]",
-                   help="a -D define added to the kernel's (a measurement knob), repeatable")
+    p.add_argument("--define", action="append", default=[], metavar="NAME[=VALUE][,...]",
+                   help="-D defines added to the kernel's (measurement knobs), as in phase_clocks.py's variants")
     p.add_argument("--loop", choices=("largest", "last"), default="largest")
     p.add_argument("--dump", action="store_true", help="print the loop's instructions too")
     args = p.parse_args(argv)
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                           hardware=preset(args.gpu), direction=args.direction)
     if isinstance(launch, str):
         raise SystemExit(launch)
-    extra = tuple(tuple(d.split("=", 1)) if "=" in d else (d, "1") for d in args.define)
+    extra = parse_defines(",".join(args.define))
     spec = replace(launch.spec, defines=launch.spec.defines + extra)
     result = compile_spec(spec, args.arch)
     body = step_loop(disassemble(result.cubin), last=args.loop == "last")

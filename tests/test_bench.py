@@ -438,8 +438,8 @@ def test_phase_clocks_compare_saved_values_where_both_variants_save():
 def test_phase_clock_knobs_change_only_their_direction_and_compile():
     """bench/phase_clocks.py's variants: the defines go on the chosen direction's kernel only, and the measurement
     knobs it names (fused_fw.cu's clock64 phases, ablations, block sends, unpaired dims and trading lanes;
-    fused_bw.cu's late copies and lean copies; the scatter kernel's ablations) still compile, spill-free, for sm_90 on cluster
-    kernels (where the exchange and the copies' order exist), the scatter kernel's clock build too (it spills 8
+    fused_bw.cu's late copies and lean copies; the scatter kernel's ablations) still compile, spill-free, for sm_90
+    on cluster kernels (where the exchange and the copies' order exist), the scatter kernel's clock build too (it spills 8
     bytes: a measurement's, not a kernel's), for the unpaired dims (FLASHRNN_PAIRED_DIMS=0) on the one-block and cluster kernels of
     the two-dims-a-lane cells (gru, elman) in every dtype, and for trading lanes forced on and off."""
     fused = sanitize_fused.load_fused()
@@ -516,24 +516,6 @@ def test_sass_loop_finds_the_loop_that_holds_a_barrier():
         "IMAD.MOV.U32 R2, RZ, RZ, R3 ;", "IMAD.MOV.U32 R2, RZ, RZ, R3 ;\n.L_x_3:")
     listed, labels = sass_loop.instructions(rotated)
     assert sass_loop.barrier_loops(listed, labels) == [sass_loop.Loop(1, 5)]
-
-
-def test_sass_loop_backward_copies_kept_form_is_shorter(capsys):
-    """Where nvdisasm is installed: slstm 48x16's backward step loop (two input pieces a thread) is shorter in the
-    kept form of its copies than in the lean one (FLASHRNN_LEAN_COPIES), as stop 62 found it (209 and 273)."""
-    from bench import sass_loop
-    from cuda.pathfinder import find_nvidia_binary_utility
-
-    if find_nvidia_binary_utility("nvdisasm") is None:
-        pytest.skip("nvdisasm not installed (pip install nvidia-cuda-nvdisasm)")
-
-    def loop_length(*knobs: str) -> int:
-        sass_loop.main(["slstm", "backward", "48", "16", *(a for k in knobs for a in ("--define", k))])
-        line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("step loop:")][0]
-        return int(line.split()[2])
-
-    kept, lean = loop_length(), loop_length("FLASHRNN_LEAN_COPIES")
-    assert 0 < kept < lean - 30
 
 
 # ----------------------------------------------------------------------------- on the GPU (device_check.sh)
