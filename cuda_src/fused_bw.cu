@@ -927,7 +927,26 @@ struct ScatterTile : Staging<Cell, T, D_, D_ / CL_, P_, STORE_DRS_, 32 * W_, fal
     // A warp's MPW x KL tiles of R^T in (k-tile, M tile) order, f = kt * MPW + i: the first KRF in registers, the
     // last RST in shared memory; k-tiles [0, KTR) hold every register tile (the last of them some shared ones too).
     static constexpr int TILES = MPW * KL, RST = RSK_, KRF = TILES - RSK_, KTR = (KRF + MPW - 1) / MPW;
-    static constexpr int KS = 2, WARPS_M = MB, CELLS = 2, CELL_WARPS = 2 * MB;  // cells: as Tile with KS = 2
+    // The product's order (matmul_scatter_merged): the shared-memory tiles merged into the register ones. Found
+    // in the SASS (bench/sass_loop.py): each warp ran its register tiles (the shared-memory port idle), then its
+    // shared-memory ones one LDS.128 -> HMMA pair at a time through one register quad (~30 cycles a tile, the
+    // tensor cores mostly idle), and all 8 warps did so in step. Estimated before measuring: the first pass's
+    // shared-memory loop (20 tiles a warp) overlapped with its 28 register mma, ~150-400 of ~4300 cycles a step.
+    // Measured (H100 bf16 B=16 T=1024, the backward with its dR GEMM, bench/phase_clocks.py; bench/results/phases/
+    // 2026-12-06-h100-scatter-merged.txt): lstm 1x768 2.308 -> 2.186 ms (mma + sends 2645 -> 2186 cycles on the
+    // slowest warp), slstm 2.487 -> 2.254, gru 2.364 -> 2.207. FLASHRNN_SCATTER_MERGED=0 (measurement knob) runs
+    // all the register tiles first, as before. (Passes of 3 + 3 M tiles merged: 2.216 ms; a short pass split into
+    // 4 chains: 2.259; 5 + 1: 2.314: each slower than 4 + 2.)
+#ifdef FLASHRNN_SCATTER_MERGED
+    static constexpr bool MERGED = FLASHRNN_SCATTER_MERGED;
+#else
+    static constexpr bool MERGED = true;
+#endif
+    // Cells: as Tile with KS = 2, two warps an M tile of the block's dims. At D = 768 that is 6 warps on 4
+    // schedulers; spreading the last M tile's cells one a warp over the other 4 warps (3 cells a lane a scheduler,
+    // not 2 or 4) measured slower (lstm 1x768 2.185 -> 2.222 ms, slstm 2.246 -> 2.324; phases/2026-12-06-h100-
+    // scatter-merged.txt and -spread.patch): the busiest cell warp's phase did not shorten (914 -> 942 cycles).
+    static constexpr int KS = 2, WARPS_M = MB, CELLS = 2, CELL_WARPS = 2 * MB;
     static_assert(CELLS == 2, "the partials' sum below picks 2 entries of 4");
     static constexpr int KROW = GR * DB + 8;             // padded drs row: ldmatrix rows in distinct banks
     static constexpr int GATE_COLS = DB;
@@ -952,7 +971,21 @@ struct ScatterTile : Staging<Cell, T, D_, D_ / CL_, P_, STORE_DRS_, 32 * W_, fal
     // 2.695 (bench/results/phases/2026-12-03-h200-scatter-partials.txt; dWx moved by at most 1 bf16 ulp).
     // float32 storage keeps the partials in float32 (16 bytes; SPEC's float32 tolerance, 1e-4, is below bf16's
     // rounding), ordered (0, 2, 1, 3) so that each of the lane's two cell warps reads its two as one 8-byte load.
+    // The bf16 pairs are ordered so too ((0, 2) and (1, 3): PAIRS_BY_KS), each cell lane reading one 4-byte word
+    // and both its halves, where pairs (0, 1) and (2, 3) had it read 8 bytes and pick a half of each word by ks at
+    // run time (two instructions a partial). Estimated before measuring (SASS, sm_90, lstm 1x768: the step loop
+    // 692 -> 650 instructions; a cell lane's sum of 16 partials 112 -> 80 issued, 8 -> 4 KB of shared memory
+    // read a cell warp): ~30-60 of the ~4300 cycles a step, the backward 1%. Measured (H100, as MERGED, both with
+    // the old product order): lstm 1x768 2.372 -> 2.308 ms, slstm 2.459 -> 2.487 (within the run's spread: the
+    // next call measured 2.487 for the pairs again); dWx within 1 bf16 ulp. FLASHRNN_SCATTER_PAIRS_01 (measurement
+    // knob) sends the pairs (0, 1) and (2, 3), for the A/B.
+#ifdef FLASHRNN_SCATTER_PAIRS_01
+    static constexpr bool PAIRS_BY_KS = false;
+#else
+    static constexpr bool PAIRS_BY_KS = true;
+#endif
     static constexpr int PIECE = sizeof(T) == 2 ? 8 : 16;  // bytes of one lane's partial of one M tile
+    static constexpr bool HALF_READ = PIECE == 16 || PAIRS_BY_KS;  // a cell lane reads its half of a piece
     static constexpr int SLOT_BYTES = MB * 32 * PIECE;   // one block's partial for another: [MB][32 lanes][PIECE]
     // Receive buffers: two, step t's partials in buffer t & 1 (a block sends step t-2's only after it has received step
     // t-1's, the receiver's own among them, which the receiver sends only after it has read step t's). With
@@ -1034,6 +1067,56 @@ __device__ __forceinline__ void load_rt_scatter(ScatterRegs<K>& a, unsigned r_la
     }
 }
 
+// The pass's NI x KL tiles of R^T in k-tile-major order, tile u = (k-tile u / NI, M tile I0 + u % NI): the
+// register ones (f = kt * MPW + I0 + u % NI < KRF) are its first NREG, the shared-memory ones the other NSM.
+template <class K, int I0, int NI> struct PassTiles {
+    static constexpr int NT = K::KL * NI;
+    __host__ __device__ static constexpr int count_registers() {
+        int n = 0;
+        for (int u = 0; u < NT; ++u) n += (u / NI) * K::MPW + I0 + u % NI < K::KRF;
+        return n;
+    }
+    static constexpr int NREG = count_registers(), NSM = NT - NREG, PAIRS = NREG < NSM ? NREG : NSM;
+};
+
+// matmul_scatter with the shared-memory tiles merged into the register ones (ScatterTile::MERGED): tile j of each
+// list in turn, the shared-memory tile's load issued ahead of the register tile's mma, then whichever list is
+// longer. Each warp then keeps the tensor cores busy while its fragment loads are in flight, instead of running all
+// its register tiles (the shared-memory port idle) and then its shared-memory tiles one load-mma pair at a time.
+template <class K, int I0, int NI>
+__device__ __forceinline__ void matmul_scatter_merged(float (&acc)[NI][4], const ScatterRegs<K>& a, unsigned r_lane,
+                                                      unsigned addr) {
+    using PT = PassTiles<K, I0, NI>;
+    unsigned br[K::SPLIT][2], bs[K::SPLIT][2];  // drs of the register list's k-tile and of the shared list's
+    // Tile u's product (from registers, or the fragment `fr` loaded from shared memory), loading drs at its k-tile's
+    // first tile.
+    const auto reg_tile = [&](int u) {
+        const int kt = u / NI, i = u % NI, f = kt * K::MPW + I0 + i;
+        if (i == 0 || u == 0) drs_fragments<K>(br, addr, kt);
+        mma_split<K>(acc[i], a[f < K::KRF ? f : 0], br);
+    };
+    const auto load_tile = [&](unsigned (&fr)[K::SPLIT][4], int u) {
+        const int kt = u / NI, i = u % NI, f = kt * K::MPW + I0 + i;
+        if (i == 0 || u == PT::NREG) drs_fragments<K>(bs, addr, kt);
+        ld_rt_fragment<K>(fr, r_lane + rt_scatter_offset<K>(0, f - K::KRF), rt_scatter_offset<K>(1, 0));
+    };
+#pragma unroll
+    for (int j = 0; j < PT::PAIRS; ++j) {
+        unsigned fr[K::SPLIT][4];
+        load_tile(fr, PT::NREG + j);
+        reg_tile(j);
+        mma_split<K>(acc[(PT::NREG + j) % NI], fr, bs);
+    }
+#pragma unroll
+    for (int u = PT::PAIRS; u < PT::NREG; ++u) reg_tile(u);
+#pragma unroll
+    for (int u = PT::NREG + PT::PAIRS; u < PT::NT; ++u) {
+        unsigned fr[K::SPLIT][4];
+        load_tile(fr, u);
+        mma_split<K>(acc[u % NI], fr, bs);
+    }
+}
+
 // The warp's partial dh[M tiles mt0 + I0 .. + NI][8] = R^T[those rows, the block's columns] x drs (`addr`: this
 // lane's ldmatrix row of the drs buffer): NI independent chains over the KL k-tiles, the shared-memory ones in a
 // loop. A warp's MPW M tiles go in passes of NI (K::PASS), so that only NI accumulators are live at once.
@@ -1047,6 +1130,10 @@ __device__ __forceinline__ void matmul_scatter(float (&acc)[NI][4], const Scatte
 #ifdef FLASHRNN_ABLATE_MATMUL  // measurement knob: no product (wrong results), to time the rest of the step
     return;
 #endif
+    if constexpr (K::MERGED) {
+        matmul_scatter_merged<K, I0, NI>(acc, a, r_lane, addr);
+        return;
+    }
 #pragma unroll
     for (int kt = 0; kt < K::KTR; ++kt) {
         unsigned bf[K::SPLIT][2];
@@ -1099,8 +1186,9 @@ __device__ __forceinline__ void scatter_pass(const ScatterRegs<K>& a, unsigned r
 #endif
         if constexpr (K::PIECE == 8) {  // (ScatterTile::PIECE)
             const auto bf = [](float x) { return mma::to_op<__nv_bfloat16>(x); };
+            constexpr int X1 = K::PAIRS_BY_KS ? 2 : 1, Y0 = 3 - X1;  // x: entries (0, X1), y: (Y0, 3)
             const uint2 v =
-                make_uint2(mma::pack2(bf(acc[i][0]), bf(acc[i][1])), mma::pack2(bf(acc[i][2]), bf(acc[i][3])));
+                make_uint2(mma::pack2(bf(acc[i][0]), bf(acc[i][X1])), mma::pack2(bf(acc[i][Y0]), bf(acc[i][3])));
             if (own) st_shared_v2(local, v);
             else cluster::st_async_8(cluster::map(local, to), v, cluster::map(bar, to));
         } else {
@@ -1160,11 +1248,11 @@ __device__ __forceinline__ void backward_scatter(const Args<T> A) {
     const unsigned row =
         keep<true>(mma::smem_u32(buf) + unsigned(((lane % 8) * K::KROW + 8 * ((lane / 8) & 1)) * E));
     // Where this lane's partials go: slot `rank` of the receiving block, M tile mt % MB, this lane's PIECE bytes; and
-    // where its cells' come from: slot 0 of its own M tile wm (float partials: this warp's half of the piece).
+    // where its cells' come from: slot 0 of its own M tile wm, this warp's half of the piece (entries ks, ks + 2).
     const unsigned sent0 =
         keep<true>(mma::smem_u32(recv) + unsigned(int(rank) * K::SLOT_BYTES + lane * K::PIECE));
-    const unsigned summed0 =
-        keep<true>(mma::smem_u32(recv) + unsigned((wm * 32 + lane) * K::PIECE + (K::PIECE == 16 ? 8 * ks : 0)));
+    const unsigned summed0 = keep<true>(
+        mma::smem_u32(recv) + unsigned((wm * 32 + lane) * K::PIECE + (K::HALF_READ ? K::PIECE / 2 * ks : 0)));
     mma::cp_async_wait<IN_FLIGHT - 1>();  // step last's stage (this thread's pieces; the barrier shows everyone's)
     cluster::sync();                      // mbarriers initialised and drs zeroed before any block sends
 
@@ -1236,13 +1324,18 @@ __device__ __forceinline__ void backward_scatter(const Args<T> A) {
             for (int m = 0; m < K::CELLS; ++m) dh[m] = 0.f;
 #pragma unroll
             for (int src = 0; src < CL; ++src) {  // in rank order: the same sum on every run
-                // entries q = ks + KS*m of the accumulator, bf16 pairs (0, 1) in x and (2, 3) in y: the low
-                // halves for ks = 0, the high ones for ks = 1
-                const uint2 v = ld_shared_v2(from + unsigned(src * K::SLOT_BYTES));
-                if constexpr (K::PIECE == 16) {  // (entries ks and ks + 2, as float)
+                // entries q = ks + KS*m of the accumulator, ks and ks + 2: this lane's half of the piece
+                const unsigned at = from + unsigned(src * K::SLOT_BYTES);
+                if constexpr (K::PIECE == 16) {  // (as float)
+                    const uint2 v = ld_shared_v2(at);
                     dh[0] += __uint_as_float(v.x);
                     dh[1] += __uint_as_float(v.y);
-                } else {
+                } else if constexpr (K::PAIRS_BY_KS) {  // (a bf16 pair: ks in the low half, ks + 2 in the high one)
+                    const unsigned v = ld_shared_b32(at);
+                    dh[0] += __uint_as_float(v << 16);
+                    dh[1] += __uint_as_float(v & 0xffff0000u);
+                } else {  // (pairs (0, 1) and (2, 3): the low halves for ks = 0, the high ones for ks = 1)
+                    const uint2 v = ld_shared_v2(at);
                     dh[0] += __uint_as_float(ks == 0 ? v.x << 16 : v.x & 0xffff0000u);
                     dh[1] += __uint_as_float(ks == 0 ? v.y << 16 : v.y & 0xffff0000u);
                 }

@@ -478,8 +478,9 @@ def test_phase_clock_knobs_change_only_their_direction_and_compile():
                                 ("0", fused.choose("lstm", "bfloat16", 256, 12, 64, hardware=H100).choice))]
     scatter = fused.choose("lstm", "bfloat16", 16, 1, 768, hardware=H100, direction="backward").choice
     assert scatter.scatter
-    scatter_knobs = [phase_clocks.with_defines(((knob, "1"),), "backward")(scatter).spec
-                     for knob in ("FLASHRNN_ABLATE_EXCHANGE", "FLASHRNN_ABLATE_MATMUL")]
+    scatter_knobs = [phase_clocks.with_defines(((knob, value),), "backward")(scatter).spec
+                     for knob, value in (("FLASHRNN_ABLATE_EXCHANGE", "1"), ("FLASHRNN_ABLATE_MATMUL", "1"),
+                                         ("FLASHRNN_SCATTER_MERGED", "0"), ("FLASHRNN_SCATTER_PAIRS_01", "1"))]
     for spec in (forward_knobs(fw).spec, late, lean, block_sends, *unpaired_specs, *trade, *scatter_knobs):
         resources = compile_spec(spec, "sm_90", use_cache=False).resources
         assert resources is not None and resources.spill_stores == 0, spec.label
