@@ -1071,9 +1071,11 @@ __device__ __forceinline__ void load_rt_scatter(ScatterRegs<K>& a, unsigned r_la
 // register ones (f = kt * MPW + I0 + u % NI < KRF) are its first NREG, the shared-memory ones the other NSM.
 template <class K, int I0, int NI> struct PassTiles {
     static constexpr int NT = K::KL * NI;
+    // Tile u's index f among the warp's tiles (ScatterTile::TILES' order).
+    __host__ __device__ static constexpr int warp_tile(int u) { return (u / NI) * K::MPW + I0 + u % NI; }
     __host__ __device__ static constexpr int count_registers() {
         int n = 0;
-        for (int u = 0; u < NT; ++u) n += (u / NI) * K::MPW + I0 + u % NI < K::KRF;
+        for (int u = 0; u < NT; ++u) n += warp_tile(u) < K::KRF;
         return n;
     }
     static constexpr int NREG = count_registers(), NSM = NT - NREG, PAIRS = NREG < NSM ? NREG : NSM;
@@ -1091,12 +1093,12 @@ __device__ __forceinline__ void matmul_scatter_merged(float (&acc)[NI][4], const
     // Tile u's product (from registers, or the fragment `fr` loaded from shared memory), loading drs at its k-tile's
     // first tile.
     const auto reg_tile = [&](int u) {
-        const int kt = u / NI, i = u % NI, f = kt * K::MPW + I0 + i;
+        const int kt = u / NI, i = u % NI, f = PT::warp_tile(u);
         if (i == 0 || u == 0) drs_fragments<K>(br, addr, kt);
         mma_split<K>(acc[i], a[f < K::KRF ? f : 0], br);
     };
     const auto load_tile = [&](unsigned (&fr)[K::SPLIT][4], int u) {
-        const int kt = u / NI, i = u % NI, f = kt * K::MPW + I0 + i;
+        const int kt = u / NI, i = u % NI, f = PT::warp_tile(u);
         if (i == 0 || u == PT::NREG) drs_fragments<K>(bs, addr, kt);
         ld_rt_fragment<K>(fr, r_lane + rt_scatter_offset<K>(0, f - K::KRF), rt_scatter_offset<K>(1, 0));
     };

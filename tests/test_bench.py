@@ -438,7 +438,8 @@ def test_phase_clocks_compare_saved_values_where_both_variants_save():
 def test_phase_clock_knobs_change_only_their_direction_and_compile():
     """bench/phase_clocks.py's variants: the defines go on the chosen direction's kernel only, and the measurement
     knobs it names (fused_fw.cu's clock64 phases, ablations, block sends, unpaired dims and trading lanes;
-    fused_bw.cu's late copies and lean copies; the scatter kernel's ablations) still compile, spill-free, for sm_90
+    fused_bw.cu's late copies and lean copies; the scatter kernel's ablations, its old product order and partials'
+    pairs) still compile, spill-free (the scatter kernel's exchange ablation: at most 8 bytes), for sm_90
     on cluster kernels (where the exchange and the copies' order exist), the scatter kernel's clock build too (it spills 8
     bytes: a measurement's, not a kernel's), for the unpaired dims (FLASHRNN_PAIRED_DIMS=0) on the one-block and cluster kernels of
     the two-dims-a-lane cells (gru, elman) in every dtype, and for trading lanes forced on and off."""
