@@ -336,8 +336,32 @@ template <class T> struct Args {
     T *dWx, *drs, *dinit;
     float *dr_part, *db_part;  // [tiles, GR, N, D, D] (FUSED_DR) and [tiles, GB, N, D]: this block's sums
     const int* lengths;  // [B] or null (every sequence has length Tn)
-    int B, Tn, N, SD;  // SD: state rows of dstates (1: h only, S: all)
+    unsigned* progress;  // null, or per boundary the blocks that have written the steps above it (see below)
+    int B, Tn, N, SD;    // SD: state rows of dstates (1: h only, S: all)
+    int chunk_mask;      // the steps between two counts - 1 (a power of two, minus 1)
+    int chunk_phase;     // (Tn - 1) & chunk_mask: the steps t that count
 };
+
+// dR on the SMs this kernel leaves idle (recurrent_grad.OverlappedDr): every C = chunk_mask + 1 steps from the
+// last, at the barrier of step t = last - k C (k > 0), once its outputs [t+1, Tn) are written, the block adds 1 to
+// progress[k]; the host's side stream waits for a count to reach every block (cuStreamWaitValue32) before it sums
+// those steps' dR. (One count a boundary, not one in all: blocks of other heads and batch tiles drift apart, by
+// whole waves where the grid exceeds the GPU.) The steps' outputs are plain global stores issued before the block
+// barrier; after it one thread (REPORTER) fences and adds, as cooperative groups' grid sync does: the barrier puts
+// every thread's stores before the fence, which is cumulative. Step 0's outputs are the kernel's end. REPORTS
+// false (a kernel that sums dR itself, FUSED_DR): a __syncthreads only.
+// The test reads the arguments as they come and counts step last too, in progress[0], which nobody reads: each
+// derived value or test kept over the loop costs registers, and kernels at 255 spilled (slstm float32 D = 448).
+template <bool REPORTS, int REPORTER = 0, class T>
+__device__ __forceinline__ void barrier_reporting_progress(const Args<T>& A, int t, int last) {
+    __syncthreads();
+    if constexpr (REPORTS) {
+        if (threadIdx.x == REPORTER && A.progress != nullptr && (t & A.chunk_mask) == A.chunk_phase) {
+            __threadfence();
+            atomicAdd(A.progress + ((last - t) >> __popc(A.chunk_mask)), 1u);
+        }
+    }
+}
 
 // Copies the inputs of step t (saved[b, t], states[b, t-1] or states0 at t = 0, dstates[b, t]) of this block's
 // batch tile and dims [d0, d0 + DB) into one stage, for t = Tn-1, Tn-2, ... in turn. Missing tensors and rows past
@@ -839,7 +863,7 @@ __device__ __forceinline__ void backward(const Args<T> A) {
             if (t < last) accumulate_dr<K>(dr, dr_a_row + ((t + 1) & 1) * DRS_BUF, dr_b_row + stage_next * STAGE, warp);
         stage = stage == K::NS - 1 ? 0 : stage + 1;
         mma::cp_async_wait<P - 1>();  // step t-1's stage (issued P steps ago) has landed
-        __syncthreads();
+        barrier_reporting_progress<!FUSED_DR>(A, t, last);  // a __syncthreads; copies(t) flushed step t+1
         // drs_t's own columns are complete (and step t read drs_{t+1}'s, every block's: a block receives drs_t
         // only after it sent drs_{t+1}, so buffer t&1 is free at every receiver).
         if constexpr (CL > 1) drs_send.send((t & 1) * DRS_BUF, bars + 8 * (t & 1));
@@ -947,6 +971,9 @@ struct ScatterTile : Staging<Cell, T, D_, D_ / CL_, P_, STORE_DRS_, 32 * W_, fal
     // not 2 or 4) measured slower (lstm 1x768 2.185 -> 2.222 ms, slstm 2.246 -> 2.324; phases/2026-12-06-h100-
     // scatter-merged.txt and -spread.patch): the busiest cell warp's phase did not shorten (914 -> 942 cycles).
     static constexpr int KS = 2, WARPS_M = MB, CELLS = 2, CELL_WARPS = 2 * MB;
+    // The thread that counts the flushed steps (barrier_reporting_progress) at the first barrier: the last warp's
+    // where it runs no cells (its fence then waits while the cells run), else thread 0.
+    static constexpr int REPORTER = CELL_WARPS < WARPS ? 32 * (WARPS - 1) : 0;
     static_assert(CELLS == 2, "the partials' sum below picks 2 entries of 4");
     static constexpr int KROW = GR * DB + 8;             // padded drs row: ldmatrix rows in distinct banks
     static constexpr int GATE_COLS = DB;
@@ -1306,7 +1333,9 @@ __device__ __forceinline__ void backward_scatter(const Args<T> A) {
         if constexpr (!copies_first) copies(t);
         PHASE(0, 0.f)  // the copies' issue
         if constexpr (K::ONE_STAGE) mma::cp_async_wait<0>();  // step t's inputs, issued at the end of step t+1
-        __syncthreads();  // this block's own partials are in place; drs_{t+1} and the outputs of t+1 are read
+        // This block's own partials are in place; drs_{t+1} and the outputs of t+1 are read (and their flush
+        // counted, barrier_reporting_progress, by a warp that runs no cells: its fence waits out their stores).
+        barrier_reporting_progress<true, K::REPORTER>(A, t, last);
         PHASE(2, 0.f)  // the first barrier
         float dh[K::CELLS];
         if (cell_warp) {
@@ -1398,7 +1427,9 @@ __device__ __forceinline__ void backward_scatter(const Args<T> A) {
 // Outputs: dWx [B,T,Gw,N,D], drs [B,T,Gr,N,D] (written where FLASHRNN_STORE_DRS), dinit [S,B,1,N,D], all in the
 // storage type, every element of rows b < B written; float32 partial sums over each batch tile (blockIdx.y) of
 // dR [tiles,Gr,N,D,D] (where Tile::FUSED_DR, else null) and db [tiles,Gb,N,D].
-// dstates ([SD,B,T,N,D]), dlast ([S,B,1,N,D]) and states0 may be null.
+// dstates ([SD,B,T,N,D]), dlast ([S,B,1,N,D]) and states0 may be null. progress: null, or ceil(T / C) zeroed
+// uint32 for counts every C = chunk_mask + 1 steps (a power of two; chunk_phase = (T - 1) & chunk_mask):
+// progress[k], k > 0, raised by 1 by each block that has written steps [T - k C, T) (barrier_reporting_progress).
 #ifndef FLASHRNN_PREFETCH
 #define FLASHRNN_PREFETCH 2
 #endif
@@ -1433,9 +1464,11 @@ flashrnn_fused_bw(const FLASHRNN_STORAGE* __restrict__ R, const FLASHRNN_STORAGE
                   const FLASHRNN_STORAGE* __restrict__ dstates, const FLASHRNN_STORAGE* __restrict__ dlast,
                   FLASHRNN_STORAGE* __restrict__ dWx, FLASHRNN_STORAGE* __restrict__ drs,
                   FLASHRNN_STORAGE* __restrict__ dinit, float* __restrict__ dr_part, float* __restrict__ db_part,
-                  int B, int T, int N, int SD, const int* __restrict__ lengths) {
+                  int B, int T, int N, int SD, const int* __restrict__ lengths, unsigned* progress,
+                  int chunk_mask, int chunk_phase) {
     flashrnn::fused_bw::Args<FLASHRNN_STORAGE> args{R, states0, states, saved, dstates, dlast, dWx, drs, dinit,
-                                                    dr_part, db_part, lengths, B, T, N, SD};
+                                                    dr_part, db_part, lengths, progress, B, T, N, SD, chunk_mask,
+                                                    chunk_phase};
 #if FLASHRNN_SCATTER
     flashrnn::fused_bw::backward_scatter<FLASHRNN_CELL, FLASHRNN_STORAGE, FLASHRNN_D, FLASHRNN_WARPS,
                                          FLASHRNN_PREFETCH, FLASHRNN_STORE_DRS != 0, FLASHRNN_CLUSTER,

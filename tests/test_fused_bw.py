@@ -172,6 +172,88 @@ def test_backward_deterministic_and_fused(function):
     assert out.states.nbytes == memory["states"]
 
 
+def test_overlapped_dr_plan():
+    """dR beside the kernel: a count every ~T/32 steps (a power of two, at least 16, at least two counts), sums of
+    ~T/8 steps waiting on the count at their lower boundary, halving towards step 0, and the last sum, after the
+    kernel, one count's steps; the environment sets the steps between counts (tests) or turns the overlap off."""
+    from flashrnn_core.backends import recurrent_grad as rg
+
+    assert [rg.overlap_count_steps(T) for T in (1, 32, 33, 64, 1000, 1024, 65536)] == [0, 0, 16, 16, 16, 32, 2048]
+    plan = rg.overlap_plan(1024, 32)
+    assert plan[0] == (896, 1024, 3) and plan[-3:] == [(64, 128, 29), (32, 64, 30), (0, 32, -1)]
+    for T in (33, 100, 1000, 1024, 4096):  # the sums tile [0, T) from the top, each on a count at its boundary
+        steps = rg.overlap_count_steps(T)
+        plan = rg.overlap_plan(T, steps)
+        assert [p[1] for p in plan] == [T] + [p[0] for p in plan[:-1]] and plan[-1][0] == 0
+        assert all(t0 == T - (c + 1) * steps for t0, _, c in plan[:-1]) and plan[-1][2] == -1
+        assert plan[-1][1] <= steps
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(rg.OVERLAP_ENV, "8")
+        assert (rg.overlap_count_steps(37), rg.overlap_count_steps(16)) == (8, 0)
+        assert rg.overlap_plan(37, 8) == [(29, 37, 0), (21, 29, 1), (13, 21, 2), (5, 13, 3), (0, 5, -1)]
+        mp.setenv(rg.OVERLAP_ENV, "0")
+        assert rg.overlap_count_steps(1024) == 0
+        mp.setenv(rg.OVERLAP_ENV, "12")
+        with pytest.raises(ValueError, match="power of two"):
+            rg.overlap_count_steps(1024)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("function, dtype_name, N, D", [
+    ("lstm", "bfloat16", 3, 128),  # dr_gemm.cu's path
+    ("gru", "float16", 2, 64),  # drs apart from dWx (the kernel writes both)
+    ("elman", "float32", 2, 64),  # float32: dr_gemm.cu's split operands
+    ("slstm", "bfloat16", 2, 256),  # cuBLAS, a GEMM batched over the heads a gate
+    ("lstm", "bfloat16", 1, 768),  # cuBLAS, one GEMM; the scatter kernel
+])
+def test_overlapped_dr_matches_the_sum_after_the_kernel(function, dtype_name, N, D, poisoned, monkeypatch):
+    """dR summed chunk by chunk beside the kernel (recurrent_grad.OverlappedDr, fused_bw.cu's progress count):
+    the other gradients bitwise those of the sum after the kernel, dR within float32 summation order of it (then
+    rounded to the storage type) and of vanilla's, and the same bits in two runs. T = 37 in chunks of 8: the
+    last chunk (5 steps, ending at step 0) waits for the kernel's end; variable lengths, initial states."""
+    import cupy
+
+    from flashrnn_core.backends import recurrent_grad as rg
+
+    B, T = 5, 37
+    dtype = DTYPES[dtype_name]
+    _skip_unless_forward(function, dtype, B, N, D)
+    launch = fused.FusedBackend().bw_params(validate(*[cupy.empty(s, dtype) for s in _shapes(function, B, 1, N, D)],
+                                                     function=function))
+    if isinstance(launch, str) or launch.choice.fused_dr:
+        pytest.skip(launch if isinstance(launch, str) else "dR in the kernel: nothing to overlap")
+    rng = np.random.default_rng(zlib.crc32(repr((function, dtype_name, N, D)).encode()))
+    host = _inputs(rng, function, dtype, B, T, N, D, True)
+    lengths = np.array([T, 1, 20, T - 3, 9], np.int32)
+    dst, dl = _upstream(rng, function, "all+last", B, T, N, D)
+    dst, dl = (cupy.asarray(a.astype(np.float32).astype(dtype)) for a in (dst, dl))
+    out = fc.forward(*[cupy.asarray(a) for a in host], function=function, backend="cuda_fused",
+                     lengths=cupy.asarray(lengths))
+    sums, overlapped_sum = [], rg.OverlappedDr.sum
+
+    def counted_sum(self, *args):
+        sums.append(self.steps)
+        return overlapped_sum(self, *args)
+
+    def grads(chunk):
+        monkeypatch.setenv(rg.OVERLAP_ENV, chunk)
+        g = fc.backward(out, dstates=dst, dlast_states=dl)
+        return {name: cupy.asnumpy(getattr(g, name)) for name in ("dWx", "dR", "db", "dstates_initial")}
+
+    monkeypatch.setattr(rg.OverlappedDr, "sum", counted_sum)
+
+    serial, first, second = grads("0"), grads("8"), grads("8")
+    assert sums == [8, 8], "the overlapped sum did not run"
+    for name in ("dWx", "db", "dstates_initial"):
+        np.testing.assert_array_equal(first[name], serial[name], err_msg=name)
+    assert first["dR"].tobytes() == second["dR"].tobytes(), "dR differs between two runs"
+    assert _rel(first["dR"], serial["dR"]) < (1e-5 if dtype_name == "float32" else 4e-3)
+    ref = fc.forward(*[a.astype(np.float64) for a in host], function=function, backend="vanilla", lengths=lengths)
+    ref_dR = fc.backward(ref, dstates=cupy.asnumpy(dst).astype(np.float64),
+                         dlast_states=cupy.asnumpy(dl).astype(np.float64)).dR
+    assert _rel(first["dR"], ref_dR) < TOL[dtype_name] * (2 if dtype_name != "float32" else 10)
+
+
 @pytest.mark.parametrize("function", list(CELLS))
 def test_backward_memory_is_states_plus_one_gate_set(function):
     cell = CELLS[function]

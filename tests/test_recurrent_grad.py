@@ -101,3 +101,31 @@ def test_sum_dr_deterministic(path, dtype_name, monkeypatch):
     h = cupy.asarray(rng.standard_normal((B, T, N, D)).astype(DTYPES[dtype_name]))
     a, b = (cupy.asnumpy(rg.sum_dr(drs, h, None)) for _ in range(2))
     assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", [(3, 17, 2, 48, True), (5, 9, 1, 768, False), (2, 33, 3, 32, True)],
+                         ids=lambda s: "B{}-T{}-N{}-D{}".format(*s[:4]) + ("-h0" if s[4] else ""))
+@pytest.mark.parametrize("path,dtype_name", PATHS)
+def test_sum_dr_steps_add_up_to_the_sum(path, dtype_name, shape, nan_buffers, monkeypatch):
+    """The overlap's sums (recurrent_grad.sum_dr_steps): steps [t0, t1) of each sum, the first allocating and
+    the others adding into it, from the top down and with a first sum at step 0, come to the float64 sum over
+    every step (each element written: the buffers are NaN-filled)."""
+    import cupy
+
+    dtype = DTYPES[dtype_name]
+    monkeypatch.setenv(rg.PATH_ENV, path)
+    B, T, N, D, with_h0 = shape
+    rng = np.random.default_rng(B * 100 + T)
+    host = [rng.standard_normal(s).astype(dtype) for s in ((B, T, 4, N, D), (B, T, N, D), (B, 1, N, D))]
+    drs, h, h0 = host[0], host[1], host[2] if with_h0 else None
+    ref = _reference(*[None if a is None else a.astype(np.float64) for a in (drs, h, h0)])
+    device = [None if a is None else cupy.asarray(a) for a in (drs, h, h0)]
+    for cuts in ([T, T - 1, T // 2, 1, 0], [0, 1, T // 3, T]):  # (t0, t1) pairs of neighbouring cuts
+        dR = None
+        for a, b in zip(cuts, cuts[1:]):
+            dR = rg.sum_dr_steps(*device, min(a, b), max(a, b), into=dR)
+        got = cupy.asnumpy(dR)
+        assert not np.isnan(got).any(), "an element of dR was never written"
+        tol = 2e-5 if dtype == np.float32 else 1e-5
+        assert np.abs(got - ref).max() <= tol * max(1.0, np.abs(ref).max()) * max(1.0, np.sqrt(B * T) / 8)

@@ -63,7 +63,7 @@ from ..constrint import A100, H100, FusedParams, Hardware, Infeasible, solve_fus
 from ..constrint.problems import DIRECTIONS
 from ..runtime.env import atomic_write, cache_dir
 from .base import Backend
-from .recurrent_grad import dr_specs, sum_dr
+from .recurrent_grad import NO_OVERLAP, OverlappedDr, dr_specs, sum_dr
 
 SOURCE, ENTRY = "fused_fw.cu", "flashrnn_fused_fw"
 BW_SOURCE, BW_ENTRY = "fused_bw.cu", "flashrnn_fused_bw"
@@ -415,15 +415,20 @@ class FusedBackend(Backend):
         db_part = _empty((tiles, cell.gates_b, N, D), np.float32)
         kernel = get_kernel(params.spec, device=problem.device)
         sd = 0 if dstates is None else dstates.shape[0]
+        # Without dR in the kernel, its sum runs chunk by chunk beside it where the kernel leaves SMs idle
+        # (recurrent_grad.OverlappedDr), else after it.
+        overlap = None if choice.fused_dr else OverlappedDr.fork(T, params.grid[0] * params.grid[1])
         launch(kernel, params.grid, (params.threads,), R16, s0, states, saved, dstates, dlast, dWx, drs, dinit,
                dr_part, db_part, np.int32(B), np.int32(T), np.int32(N), np.int32(sd), problem.lengths,
+               *(NO_OVERLAP if overlap is None else overlap.kernel_arguments()),
                shmem=params.smem_bytes, cluster=(params.cluster, 1, 1) if params.cluster > 1 else None)
-        # The blocks' partial sums over their batch tiles, added in a fixed order: deterministic, no atomics.
-        db = db_part.sum(axis=0).astype(b.dtype)
         if choice.fused_dr:
             dR = dr_part.sum(axis=0)
         else:  # dR[g, n] = sum over (b, t) of drs outer h_{t-1}: recurrent_grad.sum_dr, float32 accumulation
-            dR = sum_dr(dWx if drs is None else drs, states[0], None if s0 is None else s0[0])
+            dr_args = (dWx if drs is None else drs, states[0], None if s0 is None else s0[0])
+            dR = sum_dr(*dr_args) if overlap is None else overlap.sum(*dr_args)  # (first: the db sum runs beside)
+        # The blocks' partial sums over their batch tiles, added in a fixed order: deterministic, no atomics.
+        db = db_part.sum(axis=0).astype(b.dtype)
         dR = dR.astype(R.dtype, copy=False)
         s_dtype = states0.dtype if states0 is not None else wx_dtype
         return Grads(dWx.astype(wx_dtype, copy=False), dR, db, dinit.astype(s_dtype, copy=False))

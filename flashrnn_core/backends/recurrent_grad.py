@@ -18,6 +18,9 @@ bench/results/phases/2026-12-03-h200-dr-gemm.txt and 2026-12-03-h200-dr-float32.
   1x768 float32 3.18 against 3.23) and 16-bit heads of D > 128 (the kernel's 64-wide tiles read each operand
   D/64 times: lstm 3x256 1.62 ms against 1.70): per gate one GEMM batched over the heads.
 
+While the fused backward kernel runs, dR is summed chunk by chunk of steps on a side stream (``OverlappedDr``),
+on the SMs the kernel leaves idle: after it, only the last chunk's sum remains.
+
 Neither copies ``states`` into an h_prev array (that copy took 0.068 ms at B*T*N*D = 12.6M): the kernel reads
 h0 at the t = 0 rows; cuBLAS sums row bt of drs against row bt-1 of ``states[0]`` (right except at t = 0, where
 it pairs drs[b, 0] with states[0][b-1, T-1]) and then two GEMMs over the B rows at t = 0 take the wrong pairs
@@ -86,15 +89,168 @@ def uses_kernel(dtype: Any, N: int, D: int) -> bool:
     return N > 1 and D <= KERNEL_D_MAX
 
 
-def sum_dr(drs: Any, h: Any, h0: Any | None) -> Any:
+def sum_dr(drs: Any, h: Any, h0: Any | None, into: Any | None = None) -> Any:
     """dR, float32 [G, N, D, D], from drs [B, T, G, N, D] and h = states[0] [B, T, N, D] (one storage dtype,
-    C-contiguous) and the initial h [B, 1, N, D] or None (zeros). Runs on CuPy's current stream."""
+    C-contiguous) and the initial h [B, 1, N, D] or None (zeros); ``into`` (float32 [G, N, D, D]): added to it
+    and returned. Runs on CuPy's current stream."""
     B, T, G, N, D = drs.shape
     if uses_kernel(drs.dtype, N, D):
-        return _kernel_dr(drs, h, h0)
-    dR = _empty((G, N, D, D), np.float32)
-    _cublas_dr(dR, drs, h, h0)
+        dR = _kernel_dr(drs, h, h0)
+        if into is None:
+            return dR
+        into += dR
+        return into
+    dR = _empty((G, N, D, D), np.float32) if into is None else into
+    _cublas_dr(dR, drs, h, h0, accumulate=into is not None)
     return dR
+
+
+def sum_dr_steps(drs: Any, h: Any, h0: Any | None, t0: int, t1: int, into: Any | None = None) -> Any:
+    """``sum_dr`` over the steps [t0, t1) alone (added into ``into`` where given). Their rows of drs, and of h
+    one step earlier, are copied together first (the steps of B sequences are not rows one stride apart), so
+    that cuBLAS's one GEMM pairs them as they come; the kernel pairs a copy of h's rows itself."""
+    import cupy
+
+    B, _, G, N, D = drs.shape
+    drs_rows = cupy.ascontiguousarray(drs[:, t0:t1])
+    if uses_kernel(drs.dtype, N, D):
+        first = h0 if t0 == 0 else h[:, t0 - 1:t0]  # h_prev of step t0
+        return sum_dr(drs_rows, cupy.ascontiguousarray(h[:, t0:t1]),
+                      None if first is None else cupy.ascontiguousarray(first), into)
+    if t0 > 0:
+        h_prev = cupy.ascontiguousarray(h[:, t0 - 1:t1 - 1])
+    else:
+        h_prev = _empty((B, t1, N, D), h.dtype)
+        h_prev[:, 1:] = h[:, :t1 - 1]
+        h_prev[:, :1] = 0 if h0 is None else h0
+    dR = _empty((G, N, D, D), np.float32) if into is None else into
+    _rank_k(dR, drs, B * (t1 - t0), h_prev.data.ptr, N * D, drs_rows.data.ptr, G * N * D, 1.0,
+            0.0 if into is None else 1.0)
+    return dR
+
+
+#: FLASHRNN_DR_OVERLAP: "0" sums dR after the kernel (no side stream); a power of two sets the steps between the
+#: kernel's counts (the tests run short sequences in several chunks); unset, ``overlap_plan``'s rule.
+OVERLAP_ENV = "FLASHRNN_DR_OVERLAP"
+OVERLAP_CHUNKS = 8  # sums a sequence is cut into, besides the last one (each a copy of its rows and a GEMM or two)
+OVERLAP_COUNTS = 32  # boundaries the kernel counts, about: the last sum, after the kernel, covers ~T/32 steps
+OVERLAP_MIN_STEPS = 16  # steps between two counts at least
+#: The overlap runs where the kernel leaves at least this part of the SMs idle: at lstm 12x64 (96 blocks of 132
+#: SMs) the chunks' copies and GEMMs on 36 SMs cost more than the one sum after the kernel (0.72 -> 0.80 ms).
+OVERLAP_IDLE_SMS = 0.5
+
+
+#: fused_bw.cu's progress arguments without an overlap: a null pointer (the kernel counts nothing).
+NO_OVERLAP = (None, np.int32(0), np.int32(0))
+
+
+def overlap_count_steps(T: int) -> int:
+    """Steps between two of the kernel's counts over T steps (a power of two: fused_bw.cu tests it with a
+    mask), or 0 for no overlap (FLASHRNN_DR_OVERLAP=0, or fewer than two counts): about T / OVERLAP_COUNTS, at
+    least OVERLAP_MIN_STEPS."""
+    forced = os.environ.get(OVERLAP_ENV, "")
+    if forced:
+        steps = int(forced)
+        if steps < 0 or steps & (steps - 1):
+            raise ValueError(f"{OVERLAP_ENV}={forced!r}: expected 0 or a power of two")
+    else:
+        steps = max(OVERLAP_MIN_STEPS, 1 << max(0, (T // OVERLAP_COUNTS).bit_length() - 1))
+    return steps if steps and 2 * steps < T else 0
+
+
+def overlap_plan(T: int, steps: int) -> list[tuple[int, int, int]]:
+    """The sums beside a kernel that counts every ``steps`` steps from the last: (t0, t1, count), steps [t0, t1)
+    summed once count ``count`` (the boundary t0 = T - (count + 1) steps) has every block, from the last step
+    down; the last sum, steps [0, the lowest boundary), waits for the kernel's end (count -1). The sums take ~T /
+    OVERLAP_CHUNKS steps each, down to the last few, which halve (1, 1, 2, 4, ... counts' steps from step 0 up): a
+    sum must be done by the time the kernel has written the steps below it, and the last one after the kernel
+    is what the overlap leaves (at lstm 1x768 a sum of 128 steps took ~0.1 ms beside the kernel)."""
+    lowest = T - (T - 1) // steps * steps  # the lowest boundary, in (0, steps]
+    group = max(1, round(T / OVERLAP_CHUNKS / steps))  # counts a full sum
+    cuts, gap = [lowest], 1
+    while cuts[-1] + gap * steps < T:
+        cuts.append(cuts[-1] + gap * steps)
+        gap = min(2 * gap, group)
+    bounds = [0] + cuts + [T]
+    return [(bounds[i], bounds[i + 1], (T - bounds[i]) // steps - 1 if i else -1)
+            for i in range(len(bounds) - 2, -1, -1)]
+
+
+def overlaps(blocks: int, device: int) -> bool:
+    """Whether a backward kernel of ``blocks`` blocks leaves enough SMs idle for ``OverlappedDr``."""
+    return blocks <= (1 - OVERLAP_IDLE_SMS) * _sm_count(device)
+
+
+class OverlappedDr:
+    """dR of a fused backward kernel summed while it runs (fused_bw.cu ``barrier_reporting_progress``).
+
+    Every ``steps`` steps from the last, the kernel counts in ``counters[c]`` the blocks that have written the
+    steps above boundary c. A side stream waits for a count to reach every block (``runtime.wait_until_at_least``:
+    no host wait) and adds the steps since the previous sum into dR with ``sum_dr``, on the SMs the kernel leaves
+    idle (``overlap_plan``: ~T / OVERLAP_CHUNKS steps a sum); the last sum, one count's steps, waits for the
+    kernel's end. One accumulator on one stream in a fixed order: deterministic, but not bitwise the one sum
+    over every row (float32 adds in another order).
+
+        overlap = OverlappedDr.fork(steps, T, blocks)  # before the kernel: counts zeroed, the side stream forked
+        launch(kernel, ..., *overlap.kernel_arguments())
+        dR = overlap.sum(drs, h, h0)                  # right after it: the sums enqueued; the current stream joins
+    """
+
+    def __init__(self, steps: int, T: int, blocks: int, main: Any, side: Any, counters: Any, forked: Any):
+        self.steps, self.T, self.blocks, self.main, self.side, self.counters, self.forked = \
+            steps, T, blocks, main, side, counters, forked
+
+    @classmethod
+    def fork(cls, T: int, blocks: int) -> "OverlappedDr | None":
+        """The overlap for a kernel of ``blocks`` blocks about to run on CuPy's current stream, or None (no
+        overlap: ``overlaps`` and ``overlap_count_steps`` say, or the stream is being captured into a graph; dR
+        is then summed after the kernel, ``sum_dr``)."""
+        import cupy
+
+        from ..runtime import current_device
+
+        main, device = cupy.cuda.get_current_stream(), current_device()
+        steps = overlap_count_steps(T)
+        if not steps or main.is_capturing() or not overlaps(blocks, device):
+            return None
+        counters = cupy.zeros(-(-T // steps), np.uint32)  # zeroed on the current stream, before the kernel
+        return cls(steps, T, blocks, main, _side_stream(device), counters, main.record())
+
+    def kernel_arguments(self) -> tuple[Any, np.int32, np.int32]:
+        """fused_bw.cu's ``progress``, ``chunk_mask`` and ``chunk_phase`` (the steps t after which [t+1, T) is
+        whole counts: t = T - 1 mod ``steps``)."""
+        mask = self.steps - 1
+        return self.counters, np.int32(mask), np.int32((self.T - 1) & mask)
+
+    def sum(self, drs: Any, h: Any, h0: Any | None) -> Any:
+        """``sum_dr(drs, h, h0)`` by chunks on the side stream; the current stream waits for the result. Call
+        it right after the kernel's launch: the last sum waits for an event recorded here."""
+        from ..runtime import wait_until_at_least
+
+        kernel_done = self.main.record()
+        self.side.wait_event(self.forked)
+        dR = None
+        with self.side:
+            for t0, t1, count in overlap_plan(self.T, self.steps):
+                if count >= 0:
+                    # (count c is the kernel's progress[c + 1]: fused_bw.cu barrier_reporting_progress)
+                    wait_until_at_least(self.side, self.counters.data.ptr + 4 * (count + 1), self.blocks)
+                else:  # the kernel counts no boundary at step 0: its end does
+                    self.side.wait_event(kernel_done)
+                dR = sum_dr_steps(drs, h, h0, t0, t1, into=dR)
+            joined = self.side.record()
+        self.main.wait_event(joined)
+        return dR
+
+
+@lru_cache(maxsize=None)
+def _side_stream(device: int) -> Any:
+    """One non-blocking CuPy stream a device for ``OverlappedDr`` (streams are costly to make; its work always
+    follows an event of the stream it serves)."""
+    import cupy
+
+    with cupy.cuda.Device(device):
+        return cupy.cuda.Stream(non_blocking=True)
 
 
 def _empty(shape: tuple[int, ...], dtype: Any) -> Any:
@@ -152,29 +308,34 @@ def gemm(opa: int, opb: int, m: int, n: int, k: int, a: int, lda: int, sa: int, 
                                 scalars.ctypes.data + 4, c, 0, ldc, sc, batch, _COMPUTE_32F, -1)  # default algo
 
 
-def _cublas_dr(dR: Any, drs: Any, h: Any, h0: Any | None) -> None:
-    """dR by cuBLAS (module docstring): rows bt of drs against rows bt-1 of h, then the t = 0 rows mended."""
+def _rank_k(dR: Any, drs: Any, k: int, h_ptr: int, ldh: int, drs_ptr: int, ld_drs: int, alpha: float,
+            beta: float) -> None:
+    """dR = alpha sum_{r < k} drs rows (pointer, stride in elements) outer h rows + beta dR, by cuBLAS (``drs``
+    [B, T, G, N, D] gives the shapes and dtype). Column-major C (j, i) = h (j, r) @ drs (i, r)^T: with one head
+    every gate in one GEMM (M = G*D), else per gate a GEMM batched over the heads (both operands advance D
+    elements a head)."""
+    G, N, D = drs.shape[2:]
+    e, ND = drs.dtype.itemsize, N * D
+    if N == 1:
+        gemm(0, 1, D, G * D, k, h_ptr, ldh, 0, drs_ptr, ld_drs, 0, dR.data.ptr, D, 0, 1, drs.dtype, alpha, beta)
+        return
+    for g in range(G):
+        gemm(0, 1, D, D, k, h_ptr, ldh, D, drs_ptr + g * ND * e, ld_drs, D, dR.data.ptr + g * ND * D * 4, D,
+             D * D, N, drs.dtype, alpha, beta)
+
+
+def _cublas_dr(dR: Any, drs: Any, h: Any, h0: Any | None, accumulate: bool = False) -> None:
+    """dR by cuBLAS (module docstring): rows bt of drs against rows bt-1 of h, then the t = 0 rows mended;
+    ``accumulate``: added to dR (the first GEMM's beta 1)."""
     B, T, G, N, D = drs.shape
-    dtype = drs.dtype
-    e, ND = np.dtype(dtype).itemsize, N * D
-
-    def rank_k(k: int, h_ptr: int, ldh: int, drs_ptr: int, ld_drs: int, alpha: float, beta: float) -> None:
-        """dR = alpha sum_{r < k} drs rows (pointer, stride) outer h rows + beta dR. Column-major
-        C (j, i) = h (j, r) @ drs (i, r)^T: with one head every gate in one GEMM (M = G*D), else per gate a
-        GEMM batched over the heads (both operands advance D elements a head)."""
-        if N == 1:
-            gemm(0, 1, D, G * D, k, h_ptr, ldh, 0, drs_ptr, ld_drs, 0, dR.data.ptr, D, 0, 1, dtype, alpha, beta)
-            return
-        for g in range(G):
-            gemm(0, 1, D, D, k, h_ptr, ldh, D, drs_ptr + g * ND * e, ld_drs, D, dR.data.ptr + g * ND * D * 4, D,
-                 D * D, N, dtype, alpha, beta)
-
+    e, ND = drs.dtype.itemsize, N * D
     rows, row = B * T, G * ND  # drs elements a row (b, t)
     if rows > 1:
-        rank_k(rows - 1, h.data.ptr, ND, drs.data.ptr + row * e, row, 1.0, 0.0)
-    else:
+        _rank_k(dR, drs, rows - 1, h.data.ptr, ND, drs.data.ptr + row * e, row, 1.0, 1.0 if accumulate else 0.0)
+    elif not accumulate:
         dR.fill(0)
     if B > 1:  # rows (b, 0), b >= 1, met states[0][b-1, T-1]: take them out
-        rank_k(B - 1, h.data.ptr + (T - 1) * ND * e, T * ND, drs.data.ptr + T * row * e, T * row, -1.0, 1.0)
+        _rank_k(dR, drs, B - 1, h.data.ptr + (T - 1) * ND * e, T * ND, drs.data.ptr + T * row * e, T * row, -1.0,
+                1.0)
     if h0 is not None:  # and rows (b, 0) meet h0[b]
-        rank_k(B, h0.data.ptr, ND, drs.data.ptr, T * row, 1.0, 1.0)
+        _rank_k(dR, drs, B, h0.data.ptr, ND, drs.data.ptr, T * row, 1.0, 1.0)

@@ -12,7 +12,8 @@ contract"). Importing it needs only NumPy; cuda-python and CuPy are imported whe
 
 from .compile import (CompileResult, KernelSpec, Resources, compile_spec, is_whole_elf, nvrtc_version,
                       parse_ptxas_report)
-from .launch import SLOT, PreparedLaunch, current_device, device_arch, get_kernel, launch
+from .launch import SLOT, PreparedLaunch, current_device, device_arch, get_kernel, launch, wait_until_at_least
 
 __all__ = ["SLOT", "CompileResult", "KernelSpec", "PreparedLaunch", "Resources", "compile_spec", "current_device",
-           "device_arch", "get_kernel", "is_whole_elf", "launch", "nvrtc_version", "parse_ptxas_report"]
+           "device_arch", "get_kernel", "is_whole_elf", "launch", "nvrtc_version", "parse_ptxas_report",
+           "wait_until_at_least"]

@@ -128,6 +128,19 @@ def launch(kernel: Any, grid: Any, block: Any, *args: Any, shmem: int = 0, clust
     core_launch(_stream(stream), config, kernel, *[_argument(a) for a in args])
 
 
+def wait_until_at_least(stream: Any, address: int, value: int) -> None:
+    """Make ``stream`` (a CuPy stream) wait, without the host, until the uint32 at device ``address`` is at least
+    ``value`` (cyclic, ``cuStreamWaitValue32`` GEQ): work enqueued after it starts only then. A kernel running on
+    another stream raises the value (fused_bw.cu's progress count); cuda.core has no call for it."""
+    from cuda.bindings import driver
+
+    (err,) = driver.cuStreamWaitValue32(driver.CUstream(int(stream.ptr)), driver.CUdeviceptr(int(address)),
+                                        int(value) & 0xFFFFFFFF,
+                                        int(driver.CUstreamWaitValue_flags.CU_STREAM_WAIT_VALUE_GEQ))
+    if err != driver.CUresult.CUDA_SUCCESS:
+        raise RuntimeError(f"cuStreamWaitValue32 failed: {err}")
+
+
 class _Slot:
     def __repr__(self) -> str:
         return "SLOT"
