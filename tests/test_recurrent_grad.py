@@ -108,9 +108,9 @@ def test_sum_dr_deterministic(path, dtype_name, monkeypatch):
                          ids=lambda s: "B{}-T{}-N{}-D{}".format(*s[:4]) + ("-h0" if s[4] else ""))
 @pytest.mark.parametrize("path,dtype_name", PATHS)
 def test_sum_dr_steps_add_up_to_the_sum(path, dtype_name, shape, nan_buffers, monkeypatch):
-    """The overlap's sums (recurrent_grad.sum_dr_steps): steps [t0, t1) of each sum, the first allocating and
-    the others adding into it, from the top down and with a first sum at step 0, come to the float64 sum over
-    every step (each element written: the buffers are NaN-filled)."""
+    """The overlap's sums (recurrent_grad.sum_dr_steps, h_rows_of_steps): steps [t0, t1) of each sum, the first
+    allocating and the others adding into it, from the top down and with a first sum at step 0, come to the
+    float64 sum over every step (each element written: the buffers are NaN-filled)."""
     import cupy
 
     dtype = DTYPES[dtype_name]
@@ -124,7 +124,8 @@ def test_sum_dr_steps_add_up_to_the_sum(path, dtype_name, shape, nan_buffers, mo
     for cuts in ([T, T - 1, T // 2, 1, 0], [0, 1, T // 3, T]):  # (t0, t1) pairs of neighbouring cuts
         dR = None
         for a, b in zip(cuts, cuts[1:]):
-            dR = rg.sum_dr_steps(*device, min(a, b), max(a, b), into=dR)
+            t0, t1 = min(a, b), max(a, b)
+            dR = rg.sum_dr_steps(device[0], rg.h_rows_of_steps(*device, t0, t1), t0, t1, into=dR)
         got = cupy.asnumpy(dR)
         assert not np.isnan(got).any(), "an element of dR was never written"
         tol = 2e-5 if dtype == np.float32 else 1e-5

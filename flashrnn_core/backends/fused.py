@@ -426,7 +426,7 @@ class FusedBackend(Backend):
             dR = dr_part.sum(axis=0)
         else:  # dR[g, n] = sum over (b, t) of drs outer h_{t-1}: recurrent_grad.sum_dr, float32 accumulation
             dr_args = (dWx if drs is None else drs, states[0], None if s0 is None else s0[0])
-            dR = sum_dr(*dr_args) if overlap is None else overlap.sum(*dr_args)  # (first: the db sum runs beside)
+            dR = sum_dr(*dr_args) if overlap is None else overlap.sum(*dr_args, R.dtype)  # (the db sum: beside)
         # The blocks' partial sums over their batch tiles, added in a fixed order: deterministic, no atomics.
         db = db_part.sum(axis=0).astype(b.dtype)
         dR = dR.astype(R.dtype, copy=False)

@@ -105,26 +105,35 @@ def sum_dr(drs: Any, h: Any, h0: Any | None, into: Any | None = None) -> Any:
     return dR
 
 
-def sum_dr_steps(drs: Any, h: Any, h0: Any | None, t0: int, t1: int, into: Any | None = None) -> Any:
-    """``sum_dr`` over the steps [t0, t1) alone (added into ``into`` where given). Their rows of drs, and of h
-    one step earlier, are copied together first (the steps of B sequences are not rows one stride apart), so
-    that cuBLAS's one GEMM pairs them as they come; the kernel pairs a copy of h's rows itself."""
+def h_rows_of_steps(drs: Any, h: Any, h0: Any | None, t0: int, t1: int) -> tuple[Any, ...]:
+    """What ``sum_dr_steps`` needs of h for the steps [t0, t1), copied into rows (the steps of B sequences are
+    not rows one stride apart): for cuBLAS's one GEMM h one step earlier, row for row with drs's; for the
+    kernel, which pairs them itself, h's rows and the h before step t0 (or None: zeros)."""
+    import cupy
+
+    B, _, G, N, D = drs.shape
+    if uses_kernel(drs.dtype, N, D):
+        first = h0 if t0 == 0 else h[:, t0 - 1:t0]
+        return cupy.ascontiguousarray(h[:, t0:t1]), None if first is None else cupy.ascontiguousarray(first)
+    if t0 > 0:
+        return (cupy.ascontiguousarray(h[:, t0 - 1:t1 - 1]),)
+    h_prev = _empty((B, t1, N, D), h.dtype)
+    h_prev[:, 1:] = h[:, :t1 - 1]
+    h_prev[:, :1] = 0 if h0 is None else h0
+    return (h_prev,)
+
+
+def sum_dr_steps(drs: Any, h_rows: tuple[Any, ...], t0: int, t1: int, into: Any | None = None) -> Any:
+    """``sum_dr`` over the steps [t0, t1) alone (added into ``into`` where given), from h_rows_of_steps's rows
+    of h; drs's rows are copied here."""
     import cupy
 
     B, _, G, N, D = drs.shape
     drs_rows = cupy.ascontiguousarray(drs[:, t0:t1])
-    if uses_kernel(drs.dtype, N, D):
-        first = h0 if t0 == 0 else h[:, t0 - 1:t0]  # h_prev of step t0
-        return sum_dr(drs_rows, cupy.ascontiguousarray(h[:, t0:t1]),
-                      None if first is None else cupy.ascontiguousarray(first), into)
-    if t0 > 0:
-        h_prev = cupy.ascontiguousarray(h[:, t0 - 1:t1 - 1])
-    else:
-        h_prev = _empty((B, t1, N, D), h.dtype)
-        h_prev[:, 1:] = h[:, :t1 - 1]
-        h_prev[:, :1] = 0 if h0 is None else h0
+    if len(h_rows) == 2:  # (the kernel's path)
+        return sum_dr(drs_rows, *h_rows, into)
     dR = _empty((G, N, D, D), np.float32) if into is None else into
-    _rank_k(dR, drs, B * (t1 - t0), h_prev.data.ptr, N * D, drs_rows.data.ptr, G * N * D, 1.0,
+    _rank_k(dR, drs, B * (t1 - t0), h_rows[0].data.ptr, N * D, drs_rows.data.ptr, G * N * D, 1.0,
             0.0 if into is None else 1.0)
     return dR
 
@@ -222,9 +231,11 @@ class OverlappedDr:
         mask = self.steps - 1
         return self.counters, np.int32(mask), np.int32((self.T - 1) & mask)
 
-    def sum(self, drs: Any, h: Any, h0: Any | None) -> Any:
-        """``sum_dr(drs, h, h0)`` by chunks on the side stream; the current stream waits for the result. Call
-        it right after the kernel's launch: the last sum waits for an event recorded here."""
+    def sum(self, drs: Any, h: Any, h0: Any | None, dtype: Any) -> Any:
+        """``sum_dr(drs, h, h0)`` by chunks on the side stream, in ``dtype``; the current stream waits for the
+        result. Call it right after the kernel's launch: the last sum waits for an event recorded here. What is
+        left after the kernel is the last sum's copy of drs's rows, its GEMM and the conversion (a sum's rows of
+        h, the forward's, are copied before its wait)."""
         from ..runtime import wait_until_at_least
 
         kernel_done = self.main.record()
@@ -232,12 +243,14 @@ class OverlappedDr:
         dR = None
         with self.side:
             for t0, t1, count in overlap_plan(self.T, self.steps):
+                h_rows = h_rows_of_steps(drs, h, h0, t0, t1)
                 if count >= 0:
                     # (count c is the kernel's progress[c + 1]: fused_bw.cu barrier_reporting_progress)
                     wait_until_at_least(self.side, self.counters.data.ptr + 4 * (count + 1), self.blocks)
                 else:  # the kernel counts no boundary at step 0: its end does
                     self.side.wait_event(kernel_done)
-                dR = sum_dr_steps(drs, h, h0, t0, t1, into=dR)
+                dR = sum_dr_steps(drs, h_rows, t0, t1, into=dR)
+            dR = dR.astype(dtype, copy=False)
             joined = self.side.record()
         self.main.wait_event(joined)
         return dR
