@@ -198,6 +198,22 @@ def test_overlapped_dr_plan():
             rg.overlap_count_steps(1024)
 
 
+def test_overlap_rule_on_the_reference_heads():
+    """Where the overlap runs unforced (H100, 132 SMs; bf16 B=16 T=1024, the backward's grids): beside kernels
+    that leave half the SMs idle, for sums of dR large enough to pay for what it leaves after the kernel."""
+    from flashrnn_core.backends import recurrent_grad as rg
+
+    def runs(function, N, D):
+        launch = fused.choose(function, "bfloat16", 16, N, D, hardware=H100, direction="backward")
+        flop = 2.0 * 16 * 1024 * CELLS[function].gates_r * N * D * D
+        return not launch.choice.fused_dr and rg.overlaps(launch.grid[0] * launch.grid[1], 132, flop)
+
+    assert all(runs(f, N, D) for f in ("lstm", "slstm", "gru") for N, D in ((3, 256), (1, 768)))
+    assert runs("elman", 1, 768)
+    assert not any(runs(f, 12, 64) or runs(f, 48, 16) for f in ("lstm", "slstm", "gru", "elman"))
+    assert not runs("elman", 3, 256)  # 6.4 GFLOP: measured slower with it
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("function, dtype_name, N, D", [
     ("lstm", "bfloat16", 3, 128),  # dr_gemm.cu's path

@@ -417,7 +417,8 @@ class FusedBackend(Backend):
         sd = 0 if dstates is None else dstates.shape[0]
         # Without dR in the kernel, its sum runs chunk by chunk beside it where the kernel leaves SMs idle
         # (recurrent_grad.OverlappedDr), else after it.
-        overlap = None if choice.fused_dr else OverlappedDr.fork(T, params.grid[0] * params.grid[1])
+        dr_flop = 2.0 * B * T * cell.gates_r * N * D * D
+        overlap = None if choice.fused_dr else OverlappedDr.fork(T, params.grid[0] * params.grid[1], dr_flop)
         launch(kernel, params.grid, (params.threads,), R16, s0, states, saved, dstates, dlast, dWx, drs, dinit,
                dr_part, db_part, np.int32(B), np.int32(T), np.int32(N), np.int32(sd), problem.lengths,
                *(NO_OVERLAP if overlap is None else overlap.kernel_arguments()),

@@ -138,8 +138,9 @@ def sum_dr_steps(drs: Any, h_rows: tuple[Any, ...], t0: int, t1: int, into: Any 
     return dR
 
 
-#: FLASHRNN_DR_OVERLAP: "0" sums dR after the kernel (no side stream); a power of two sets the steps between the
-#: kernel's counts (the tests run short sequences in several chunks); unset, ``overlap_plan``'s rule.
+#: FLASHRNN_DR_OVERLAP: "0" sums dR after the kernel (no side stream); a power of two forces the overlap, that
+#: many steps between the kernel's counts (tests and sanitizer runs: short sequences, small grids and sums);
+#: unset, the rules below (``overlaps``, ``overlap_count_steps``).
 OVERLAP_ENV = "FLASHRNN_DR_OVERLAP"
 OVERLAP_CHUNKS = 8  # sums a sequence is cut into, besides the last one (each a copy of its rows and a GEMM or two)
 OVERLAP_COUNTS = 32  # boundaries the kernel counts, about: the last sum, after the kernel, covers ~T/32 steps
@@ -147,6 +148,13 @@ OVERLAP_MIN_STEPS = 16  # steps between two counts at least
 #: The overlap runs where the kernel leaves at least this part of the SMs idle: at lstm 12x64 (96 blocks of 132
 #: SMs) the chunks' copies and GEMMs on 36 SMs cost more than the one sum after the kernel (0.72 -> 0.80 ms).
 OVERLAP_IDLE_SMS = 0.5
+#: ... and where dR is a sum of at least this many flops (2 B T Gr N D^2): below, the overlap's fixed costs (what
+#: stays after the kernel: the last sum's copy and GEMM, the conversion, the join, ~40-50 us at lstm 1x768) beat
+#: the sum they hide. Measured (H100 bf16 B=16 T=1024, forward + backward, bench/results/2026-12-06-h100-
+#: reference-7401ddd.json against ...-e5b7c5a.json, ms): elman 12x64 (1.6 GFLOP) 0.527 -> 0.696 and elman 3x256
+#: (6.4) 1.041 -> 1.118 lost; elman 1x768 (19) 2.329 -> 2.319, gru 3x256 (19) 2.036 -> 1.973, lstm 3x256 (26)
+#: 2.288 -> 2.215, gru 1x768 (58) 3.747 -> 3.725, lstm 1x768 (77) 4.067 -> 3.935.
+OVERLAP_MIN_FLOP = 16e9
 
 
 #: fused_bw.cu's progress arguments without an overlap: a null pointer (the kernel counts nothing).
@@ -185,9 +193,10 @@ def overlap_plan(T: int, steps: int) -> list[tuple[int, int, int]]:
             for i in range(len(bounds) - 2, -1, -1)]
 
 
-def overlaps(blocks: int, device: int) -> bool:
-    """Whether a backward kernel of ``blocks`` blocks leaves enough SMs idle for ``OverlappedDr``."""
-    return blocks <= (1 - OVERLAP_IDLE_SMS) * _sm_count(device)
+def overlaps(blocks: int, sms: int, dr_flop: float) -> bool:
+    """Whether ``OverlappedDr`` pays beside a backward kernel of ``blocks`` blocks on ``sms`` SMs, for a dR of
+    ``dr_flop`` flops: OVERLAP_IDLE_SMS and OVERLAP_MIN_FLOP."""
+    return blocks <= (1 - OVERLAP_IDLE_SMS) * sms and dr_flop >= OVERLAP_MIN_FLOP
 
 
 class OverlappedDr:
@@ -200,7 +209,7 @@ class OverlappedDr:
     kernel's end. One accumulator on one stream in a fixed order: deterministic, but not bitwise the one sum
     over every row (float32 adds in another order).
 
-        overlap = OverlappedDr.fork(steps, T, blocks)  # before the kernel: counts zeroed, the side stream forked
+        overlap = OverlappedDr.fork(T, blocks, dr_flop)  # before the kernel: counts zeroed, side stream forked
         launch(kernel, ..., *overlap.kernel_arguments())
         dR = overlap.sum(drs, h, h0)                  # right after it: the sums enqueued; the current stream joins
     """
@@ -210,17 +219,17 @@ class OverlappedDr:
             steps, T, blocks, main, side, counters, forked
 
     @classmethod
-    def fork(cls, T: int, blocks: int) -> "OverlappedDr | None":
-        """The overlap for a kernel of ``blocks`` blocks about to run on CuPy's current stream, or None (no
-        overlap: ``overlaps`` and ``overlap_count_steps`` say, or the stream is being captured into a graph; dR
-        is then summed after the kernel, ``sum_dr``)."""
+    def fork(cls, T: int, blocks: int, dr_flop: float) -> "OverlappedDr | None":
+        """The overlap for a kernel of ``blocks`` blocks about to run on CuPy's current stream, whose dR takes
+        ``dr_flop`` flops, or None (no overlap: ``overlaps`` and ``overlap_count_steps`` say, unless OVERLAP_ENV forces
+        it, or the stream is being captured into a graph; dR is then summed after the kernel, ``sum_dr``)."""
         import cupy
 
         from ..runtime import current_device
 
         main, device = cupy.cuda.get_current_stream(), current_device()
-        steps = overlap_count_steps(T)
-        if not steps or main.is_capturing() or not overlaps(blocks, device):
+        steps, forced = overlap_count_steps(T), bool(os.environ.get(OVERLAP_ENV))
+        if not steps or main.is_capturing() or not (forced or overlaps(blocks, _sm_count(device), dr_flop)):
             return None
         counters = cupy.zeros(-(-T // steps), np.uint32)  # zeroed on the current stream, before the kernel
         return cls(steps, T, blocks, main, _side_stream(device), counters, main.record())
