@@ -350,8 +350,9 @@ template <class T> struct Args {
 // barrier; after it one thread (REPORTER) fences and adds, as cooperative groups' grid sync does: the barrier puts
 // every thread's stores before the fence, which is cumulative. Step 0's outputs are the kernel's end. REPORTS
 // false (a kernel that sums dR itself, FUSED_DR): a __syncthreads only.
-// The test reads the arguments as they come and counts step last too, in progress[0], which nobody reads: each
-// derived value or test kept over the loop costs registers, and kernels at 255 spilled (slstm float32 D = 448).
+// The test reads the arguments as they come and counts step last too, in progress[0], and in backward_scatter the
+// round after step 0 (t = -1) where Tn is a multiple of C, in progress[Tn / C], which nobody reads: each derived
+// value or test kept over the loop costs registers, and kernels at 255 spilled (slstm float32 D = 448).
 template <bool REPORTS, int REPORTER = 0, class T>
 __device__ __forceinline__ void barrier_reporting_progress(const Args<T>& A, int t, int last) {
     __syncthreads();
@@ -1427,9 +1428,10 @@ __device__ __forceinline__ void backward_scatter(const Args<T> A) {
 // Outputs: dWx [B,T,Gw,N,D], drs [B,T,Gr,N,D] (written where FLASHRNN_STORE_DRS), dinit [S,B,1,N,D], all in the
 // storage type, every element of rows b < B written; float32 partial sums over each batch tile (blockIdx.y) of
 // dR [tiles,Gr,N,D,D] (where Tile::FUSED_DR, else null) and db [tiles,Gb,N,D].
-// dstates ([SD,B,T,N,D]), dlast ([S,B,1,N,D]) and states0 may be null. progress: null, or ceil(T / C) zeroed
+// dstates ([SD,B,T,N,D]), dlast ([S,B,1,N,D]) and states0 may be null. progress: null, or floor(T / C) + 1 zeroed
 // uint32 for counts every C = chunk_mask + 1 steps (a power of two; chunk_phase = (T - 1) & chunk_mask):
-// progress[k], k > 0, raised by 1 by each block that has written steps [T - k C, T) (barrier_reporting_progress).
+// progress[k], 0 < k < T / C, raised by 1 by each block that has written steps [T - k C, T)
+// (barrier_reporting_progress).
 #ifndef FLASHRNN_PREFETCH
 #define FLASHRNN_PREFETCH 2
 #endif

@@ -198,6 +198,24 @@ def test_overlapped_dr_plan():
             rg.overlap_count_steps(1024)
 
 
+def test_overlap_counts_stay_in_their_slots():
+    """fused_bw.cu's barrier_reporting_progress adds at slot (T - 1 - t) >> log2(steps) for every t of its barriers
+    with t & (steps - 1) == (T - 1) & (steps - 1): t = T - 1 .. 0, and t = -1 in the scatter kernel (its first
+    barrier runs in the round after step 0). Every such slot is one of counter_slots(T, steps), and the sums wait on
+    slot count + 1, the boundary T - (count + 1) steps."""
+    from flashrnn_core.backends import recurrent_grad as rg
+
+    for T in (3, 5, 33, 37, 64, 100, 1000, 1024, 4096):
+        for steps in (2, 8, 16, 32, 128):
+            if 2 * steps >= T:
+                continue
+            mask, slots = steps - 1, rg.counter_slots(T, steps)
+            added = [(T - 1 - t) >> mask.bit_length() for t in range(T - 1, -2, -1) if (t & mask) == ((T - 1) & mask)]
+            assert max(added) < slots, (T, steps)
+            for t0, _, count in rg.overlap_plan(T, steps)[:-1]:  # the boundary a sum waits for was counted there
+                assert count + 1 in added and T - (count + 1) * steps == t0
+
+
 def test_overlap_rule_on_the_reference_heads():
     """Where the overlap runs unforced (H100, 132 SMs; bf16 B=16 T=1024, the backward's grids): beside kernels
     that leave half the SMs idle, for sums of dR large enough to pay for what it leaves after the kernel."""

@@ -89,19 +89,14 @@ def uses_kernel(dtype: Any, N: int, D: int) -> bool:
     return N > 1 and D <= KERNEL_D_MAX
 
 
-def sum_dr(drs: Any, h: Any, h0: Any | None, into: Any | None = None) -> Any:
+def sum_dr(drs: Any, h: Any, h0: Any | None) -> Any:
     """dR, float32 [G, N, D, D], from drs [B, T, G, N, D] and h = states[0] [B, T, N, D] (one storage dtype,
-    C-contiguous) and the initial h [B, 1, N, D] or None (zeros); ``into`` (float32 [G, N, D, D]): added to it
-    and returned. Runs on CuPy's current stream."""
+    C-contiguous) and the initial h [B, 1, N, D] or None (zeros). Runs on CuPy's current stream."""
     B, T, G, N, D = drs.shape
     if uses_kernel(drs.dtype, N, D):
-        dR = _kernel_dr(drs, h, h0)
-        if into is None:
-            return dR
-        into += dR
-        return into
-    dR = _empty((G, N, D, D), np.float32) if into is None else into
-    _cublas_dr(dR, drs, h, h0, accumulate=into is not None)
+        return _kernel_dr(drs, h, h0)
+    dR = _empty((G, N, D, D), np.float32)
+    _cublas_dr(dR, drs, h, h0)
     return dR
 
 
@@ -131,7 +126,10 @@ def sum_dr_steps(drs: Any, h_rows: tuple[Any, ...], t0: int, t1: int, into: Any 
     B, _, G, N, D = drs.shape
     drs_rows = cupy.ascontiguousarray(drs[:, t0:t1])
     if len(h_rows) == 2:  # (the kernel's path)
-        return sum_dr(drs_rows, *h_rows, into)
+        dR = sum_dr(drs_rows, *h_rows)
+        if into is not None:
+            into += dR
+        return dR if into is None else into
     dR = _empty((G, N, D, D), np.float32) if into is None else into
     _rank_k(dR, drs, B * (t1 - t0), h_rows[0].data.ptr, N * D, drs_rows.data.ptr, G * N * D, 1.0,
             0.0 if into is None else 1.0)
@@ -193,6 +191,13 @@ def overlap_plan(T: int, steps: int) -> list[tuple[int, int, int]]:
             for i in range(len(bounds) - 2, -1, -1)]
 
 
+def counter_slots(T: int, steps: int) -> int:
+    """The kernel's progress counts for T steps, a count every ``steps``: fused_bw.cu adds at slot (T - 1 - t) /
+    steps for every step t = T - 1 mod steps, t = T - 1 (slot 0) and, in the scatter kernel, the round after step
+    0 (t = -1) among them, which nobody reads."""
+    return T // steps + 1
+
+
 def overlaps(blocks: int, sms: int, dr_flop: float) -> bool:
     """Whether ``OverlappedDr`` pays beside a backward kernel of ``blocks`` blocks on ``sms`` SMs, for a dR of
     ``dr_flop`` flops: OVERLAP_IDLE_SMS and OVERLAP_MIN_FLOP."""
@@ -204,14 +209,14 @@ class OverlappedDr:
 
     Every ``steps`` steps from the last, the kernel counts in ``counters[c]`` the blocks that have written the
     steps above boundary c. A side stream waits for a count to reach every block (``runtime.wait_until_at_least``:
-    no host wait) and adds the steps since the previous sum into dR with ``sum_dr``, on the SMs the kernel leaves
-    idle (``overlap_plan``: ~T / OVERLAP_CHUNKS steps a sum); the last sum, one count's steps, waits for the
-    kernel's end. One accumulator on one stream in a fixed order: deterministic, but not bitwise the one sum
-    over every row (float32 adds in another order).
+    no host wait) and adds the steps since the previous sum into dR with ``sum_dr_steps``, on the SMs the kernel
+    leaves idle (``overlap_plan``: ~T / OVERLAP_CHUNKS steps a sum, halving towards step 0); the last sum, one
+    count's steps, waits for the kernel's end. One accumulator on one stream in a fixed order: deterministic, but
+    not bitwise the one sum over every row (float32 adds in another order).
 
         overlap = OverlappedDr.fork(T, blocks, dr_flop)  # before the kernel: counts zeroed, side stream forked
         launch(kernel, ..., *overlap.kernel_arguments())
-        dR = overlap.sum(drs, h, h0)                  # right after it: the sums enqueued; the current stream joins
+        dR = overlap.sum(drs, h, h0, R.dtype)           # right after it: the sums enqueued; the current stream joins
     """
 
     def __init__(self, steps: int, T: int, blocks: int, main: Any, side: Any, counters: Any, forked: Any):
@@ -231,7 +236,7 @@ class OverlappedDr:
         steps, forced = overlap_count_steps(T), bool(os.environ.get(OVERLAP_ENV))
         if not steps or main.is_capturing() or not (forced or overlaps(blocks, _sm_count(device), dr_flop)):
             return None
-        counters = cupy.zeros(-(-T // steps), np.uint32)  # zeroed on the current stream, before the kernel
+        counters = cupy.zeros(counter_slots(T, steps), np.uint32)  # zeroed on the current stream, before the kernel
         return cls(steps, T, blocks, main, _side_stream(device), counters, main.record())
 
     def kernel_arguments(self) -> tuple[Any, np.int32, np.int32]:
@@ -346,15 +351,14 @@ def _rank_k(dR: Any, drs: Any, k: int, h_ptr: int, ldh: int, drs_ptr: int, ld_dr
              D * D, N, drs.dtype, alpha, beta)
 
 
-def _cublas_dr(dR: Any, drs: Any, h: Any, h0: Any | None, accumulate: bool = False) -> None:
-    """dR by cuBLAS (module docstring): rows bt of drs against rows bt-1 of h, then the t = 0 rows mended;
-    ``accumulate``: added to dR (the first GEMM's beta 1)."""
+def _cublas_dr(dR: Any, drs: Any, h: Any, h0: Any | None) -> None:
+    """dR by cuBLAS (module docstring): rows bt of drs against rows bt-1 of h, then the t = 0 rows mended."""
     B, T, G, N, D = drs.shape
     e, ND = drs.dtype.itemsize, N * D
     rows, row = B * T, G * ND  # drs elements a row (b, t)
     if rows > 1:
-        _rank_k(dR, drs, rows - 1, h.data.ptr, ND, drs.data.ptr + row * e, row, 1.0, 1.0 if accumulate else 0.0)
-    elif not accumulate:
+        _rank_k(dR, drs, rows - 1, h.data.ptr, ND, drs.data.ptr + row * e, row, 1.0, 0.0)
+    else:
         dR.fill(0)
     if B > 1:  # rows (b, 0), b >= 1, met states[0][b-1, T-1]: take them out
         _rank_k(dR, drs, B - 1, h.data.ptr + (T - 1) * ND * e, T * ND, drs.data.ptr + T * row * e, T * row, -1.0,
