@@ -33,6 +33,8 @@
 #     on two clusters: short runs under memcheck, synccheck, racecheck, then timings); the logs printed at the end
 #   STAGES="matvec": bench/matvec_bound.py (the 1x768 step's product alone on one SM, each register split; cycles a
 #     step, printed at the end)
+#   STAGES="overlap": bench/dr_overlap_timeline.py (dR beside the backward kernel: where its time goes, then overlap
+#     off / on alternated; OVERLAP_ARGS="lstm:1:768 --overlaps 0,rule,16", the A/B lines printed at the end)
 #   FLASHRNN_COMMIT=<sha> (the results JSONs' "commit": the device's copy of .git may be an older commit's, so pass
 #     the tree's own from the machine that sends it, e.g. FLASHRNN_COMMIT=$(git rev-parse --short HEAD) there)
 set -uo pipefail
@@ -165,6 +167,12 @@ job_split() {   # <n>: a 1x768 head on two clusters (bench/head_split.py): short
     done
 }
 
+job_overlap() {   # <n>: dR beside the backward kernel (bench/dr_overlap_timeline.py: timelines, then an A/B)
+    timeout "$(clamp 200)" python bench/dr_overlap_timeline.py ${OVERLAP_ARGS:-lstm:1:768 slstm:1:768 lstm:3:256} \
+        >"$OUT/overlap.log" 2>&1
+    note "$1" "dR overlap timeline" "exit $?"
+}
+
 job_matvec() {   # <n>: the 1x768 product alone, every variant of bench/matvec_bound.py (cycles a step)
     timeout "$(clamp 200)" python bench/matvec_bound.py >"$OUT/matvec.log" 2>&1
     note "$1" "matvec bound" "exit $? : $(grep -c -E ' [0-9]+$' "$OUT/matvec.log") variants timed"
@@ -201,6 +209,7 @@ if [[ " $STAGES " == *" phases "* ]]; then
 fi
 [[ " $STAGES " == *" exchange "* ]] && enqueue job_exchange && enqueue job_split
 [[ " $STAGES " == *" matvec "* ]] && enqueue job_matvec
+[[ " $STAGES " == *" overlap "* ]] && enqueue job_overlap
 if [[ " $STAGES " == *" tune "* ]]; then
     IFS=';' read -ra sets <<<"${TUNE_ARGS:-}"
     for (( i = 0; i < ${#sets[@]}; i++ )); do enqueue job_tune "$i"; done
@@ -257,6 +266,7 @@ summary=$(cat "$OUT"/notes/* 2>/dev/null)
 [[ " $STAGES " == *" phases "* ]] && tar xzf "$OUT/logs.tar.gz" -O --wildcards 'phases_*.log' 2>/dev/null
 [[ " $STAGES " == *" tune "* ]] && tar xzf "$OUT/logs.tar.gz" -O --wildcards 'tune_*.log' 2>/dev/null
 [[ " $STAGES " == *" matvec "* ]] && tar xzf "$OUT/logs.tar.gz" -O matvec.log 2>/dev/null
+[[ " $STAGES " == *" overlap "* ]] && tar xzf "$OUT/logs.tar.gz" -O overlap.log 2>/dev/null | grep rounds
 [[ " $STAGES " == *" exchange "* ]] && tar xzf "$OUT/logs.tar.gz" -O --wildcards 'exchange_*.log' 2>/dev/null \
     | tail -n 60
 echo; echo "== device_check summary ($LANES lanes, ${SECONDS}s) =="; echo "$summary"
