@@ -125,11 +125,12 @@ def sum_dr_steps(drs: Any, h_rows: tuple[Any, ...], t0: int, t1: int, into: Any 
 
     B, _, G, N, D = drs.shape
     drs_rows = cupy.ascontiguousarray(drs[:, t0:t1])
-    if len(h_rows) == 2:  # (the kernel's path)
+    if uses_kernel(drs.dtype, N, D):  # (h_rows: h's rows and the h before step t0)
         dR = sum_dr(drs_rows, *h_rows)
-        if into is not None:
-            into += dR
-        return dR if into is None else into
+        if into is None:
+            return dR
+        into += dR
+        return into
     dR = _empty((G, N, D, D), np.float32) if into is None else into
     _rank_k(dR, drs, B * (t1 - t0), h_rows[0].data.ptr, N * D, drs_rows.data.ptr, G * N * D, 1.0,
             0.0 if into is None else 1.0)
