@@ -12,6 +12,8 @@
 #   SANITIZER_ARGS="--only backward --all;--only forward" (';' separates sets of problems: a job per set and tool;
 #     a set that starts "@racecheck,synccheck" runs those tools only)
 #   SANITIZER_SHARDS=1 (each set's problems split over this many jobs a tool)
+#   SANITIZER_ENV="FLASHRNN_DR_OVERLAP=2" (the sanitizer jobs' own environment: here dR summed beside every backward
+#     kernel, counted every 2 steps, so that the progress counts run in every backward variant; the tests keep theirs)
 #   BENCH_SUITES="reference step varlen"   BENCH_ARGS="..."   BENCH_TIMEOUT_S=300 (a suite; a shard)
 #   BENCH_TIMEOUT_S_<suite>, BENCH_ARGS_<suite>, BENCH_SHARDS_<suite>: one suite's own (BENCH_TIMEOUT_S_seqlen=220)
 #   BENCH_SHARDS=1 (timing suites split over this many jobs, merged into one JSON by python -m bench.shard)
@@ -93,7 +95,7 @@ job_sanitizer() {   # <n> <tool> <shard K/M> <set>: one small problem per fused 
     IFS=';' read -ra args <<<"${SANITIZER_ARGS:-}"; args=(${args[$4]:-}); [[ ${args[0]:-} == @* ]] && args=("${args[@]:1}")
     # --report-api-errors no: cuda-python probes driver entry points on the host (cuGetProcAddress), which
     # memcheck would count as errors; kernel errors are still reported.
-    FLASHRNN_CORE_LINEINFO=1 timeout "$t" compute-sanitizer --tool "$2" --error-exitcode 9 --report-api-errors no \
+    env ${SANITIZER_ENV:-} FLASHRNN_CORE_LINEINFO=1 timeout "$t" compute-sanitizer --tool "$2" --error-exitcode 9 --report-api-errors no \
         python bench/sanitize_fused.py --budget-s "$(( t - 40 < ${SANITIZER_BUDGET_S:-180} ? t - 40 : ${SANITIZER_BUDGET_S:-180} ))" \
         --shard "$3" "${args[@]}" >"$log" 2>&1
     note "$1" "sanitizer $2 ${args[*]} $3" "exit $? : $(grep -E '^[0-9]+ ok|ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -n 2 | tr '\n' ' ')"
