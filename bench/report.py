@@ -35,7 +35,8 @@ class Target:
     """One speed point of the `cuda_fused` issues (#5 forward, #6 forward+backward; bfloat16, T=1024, an H100):
     `cuda_fused`'s median for (function, N x D, B, pass) at most ``max_ms``, its cuDNN ratio in bfloat16 at least
     ``min_ratio`` and against cuDNN's fastest dtype at least ``min_ratio_best``, or (``of_lstm``) at most that
-    multiple of lstm's median at the same shape and pass."""
+    multiple of lstm's median at the same shape and pass. ``limit``: what limits the point, measured, said under
+    the table where the point is missed (the issues ask it of every miss)."""
 
     issue: int
     function: str
@@ -47,17 +48,34 @@ class Target:
     min_ratio: float | None = None
     min_ratio_best: float | None = None
     of_lstm: float | None = None
+    limit: str | None = None
+
+
+MISSED = "**missed**"
+
+#: What limits the lstm 1x768 points (stops 61 and 64; the records under bench/results/phases/).
+LIMIT_1X768_FW = (
+    "the step (~3400 cycles) is the matrix-vector product, ~1680 cycles that read ~147 kB of R a step from shared "
+    "memory at 100-117 B a cycle (R is 295 kB an SM of the 16-block cluster, more than its register file), and "
+    "the wait for the other blocks' h slices (~1000-1300 cycles); the best register split measured saves 4-6% "
+    "(`phases/2026-12-06-h100-matvec-split.txt`). The bf16 ratio moves with cuDNN's bf16 time: 8.9-18.6 ms "
+    "forward across the machines lent, ours within 3% on them.")
+LIMIT_1X768_FWBW = (
+    "the saving forward (1.88 ms on an H100) has the forward point's limit, and the backward (~2.05 ms: the "
+    "kernel, ~2.0, and ~43 us of dR after it) runs the same product over R^T "
+    "(`phases/2026-12-06-h100-dr-overlap-tail.txt`). cuDNN's bf16 LSTM took 26.9-48.6 ms forward+backward across "
+    "the machines lent.")
 
 
 SPEED_TARGETS = (
     Target(5, "lstm", 12, 64, 16, "fw", max_ms=0.40), Target(5, "lstm", 48, 16, 16, "fw", max_ms=0.40),
     Target(5, "lstm", 3, 256, 16, "fw", max_ms=0.8),
-    Target(5, "lstm", 1, 768, 16, "fw", max_ms=1.5, min_ratio=9.0, min_ratio_best=1.5),
+    Target(5, "lstm", 1, 768, 16, "fw", max_ms=1.5, min_ratio=9.0, min_ratio_best=1.5, limit=LIMIT_1X768_FW),
     *(Target(5, "slstm", n, d, 16, "fw", of_lstm=1.10) for n, d in ((12, 64), (48, 16), (3, 256), (1, 768))),
     Target(5, "gru", 12, 64, 16, "fw", max_ms=0.45),
     Target(5, "lstm", 12, 64, 64, "fw", max_ms=0.5), Target(5, "lstm", 12, 64, 256, "fw", max_ms=1.0),
     Target(6, "lstm", 12, 64, 16, "fwbw", max_ms=1.5),
-    Target(6, "lstm", 1, 768, 16, "fwbw", max_ms=4.0, min_ratio=10.0, min_ratio_best=1.5),
+    Target(6, "lstm", 1, 768, 16, "fwbw", max_ms=4.0, min_ratio=10.0, min_ratio_best=1.5, limit=LIMIT_1X768_FWBW),
     *(Target(6, "slstm", n, d, 16, "fwbw", of_lstm=1.10) for n, d in ((12, 64), (48, 16), (3, 256), (1, 768))),
     Target(6, "gru", 12, 64, 16, "fwbw", max_ms=1.8),
 )
@@ -286,9 +304,10 @@ def _target_docs(docs: list[dict[str, Any]], gpu: str) -> list[dict[str, Any]]:
             if d.get("gpu") == gpu and d.get("suite") in ("reference", "batch") and suite_dtype(d) == "bfloat16"]
 
 
-def targets_table(docs: list[dict[str, Any]], gpu: str) -> list[str]:
-    """SPEED_TARGETS against the bfloat16 reference and batch documents of ``gpu``: a line per target, what was
-    measured and whether it is met ("-" where neither document timed it)."""
+def target_rows(docs: list[dict[str, Any]], gpu: str) -> list[tuple[Target, dict[str, Any] | None, list[str]]]:
+    """SPEED_TARGETS against the bfloat16 reference and batch documents of ``gpu``: per target its result row (or
+    None) and its table cells (issue, shape, what is wanted, what was measured, whether it is met: "-" where
+    neither document timed it)."""
     fused = {}
     for doc in _target_docs(docs, gpu):
         for r in doc["rows"]:
@@ -313,10 +332,29 @@ def targets_table(docs: list[dict[str, Any]], gpu: str) -> list[str]:
             ratio = row["median_ms"] / lstm["median_ms"] if row and lstm else None
             got.append(f"{_ms(row['median_ms'])} / {_ms(lstm['median_ms'])} = {ratio:.2f}" if ratio else "-")
             checks.append(ratio <= t.of_lstm if ratio else None)
-        verdict = "-" if None in checks else "met" if all(checks) else "**missed**"
-        lines.append([f"#{t.issue}", f"{t.function} {t.N}x{t.D} B={t.B} {t.pass_}", ", ".join(wanted),
-                      ", ".join(got), verdict])
-    return _table(["issue", "shape", "target", "measured", ""], lines)
+        verdict = "-" if None in checks else "met" if all(checks) else MISSED
+        lines.append((t, row, [f"#{t.issue}", f"{t.function} {t.N}x{t.D} B={t.B} {t.pass_}", ", ".join(wanted),
+                          ", ".join(got), verdict]))
+    return lines
+
+
+def targets_table(docs: list[dict[str, Any]], gpu: str) -> list[str]:
+    """``target_rows`` as a Markdown table, then what limits each missed point that says (``Target.limit``), with
+    the cuDNN bf16 time its ratio would need."""
+    rows = target_rows(docs, gpu)
+    limits = [f"- {cells[0]} {cells[1]}: {t.limit}{_needed_cudnn(t, row)}"
+              for t, row, cells in rows if t.limit and cells[-1] == MISSED]
+    return _table(["issue", "shape", "target", "measured", ""], [cells for _, _, cells in rows]) + (
+        ["", "What limits each missed point, measured:", "", *limits] if limits else [])
+
+
+def _needed_cudnn(t: Target, row: dict[str, Any] | None) -> str:
+    """Where ``t``'s cuDNN bf16 ratio is missed: the cuDNN time it would need at our median, and cuDNN's here."""
+    if not (t.min_ratio and row and row.get("ratio")) or row["ratio"] >= t.min_ratio:
+        return ""
+    ms = row["median_ms"]
+    return (f" At {_ms(ms)} ms, {t.min_ratio:g}x needs cuDNN bf16 at {t.min_ratio * ms:.1f} ms or more; it took "
+            f"{row['ratio'] * ms:.1f} ms in this run.")
 
 
 # ------------------------------------------------------------------------------------------------- plots

@@ -699,10 +699,20 @@ def test_targets_table_holds_each_issue_point_to_its_rows():
     docs = [{"suite": "reference", "gpu": "G", "rows": rows[:4], "_path": "ref.json"},
             {"suite": "batch", "gpu": "G", "rows": rows[4:], "_path": "batch.json"},
             {"suite": "reference", "gpu": "other", "rows": [row("gru", 12, 64, 0.1)], "_path": "o.json"}]
-    lines = {line.split(" | ")[1]: line for line in report.targets_table(docs, "G")[2:]}
+    table = report.targets_table(docs, "G")
+    lines = {line.split(" | ")[1]: line for line in table[2:] if line.startswith("| #")}
     assert lines["lstm 12x64 B=16 fw"].endswith("| 0.39 ms | met |")
     assert lines["lstm 48x16 B=16 fw"].endswith("| **missed** |")
     assert lines["slstm 12x64 B=16 fw"].endswith("| 0.42 / 0.39 = 1.08 | met |")
     assert lines["lstm 1x768 B=16 fw"].endswith("| 1.4 ms, 9.50x, 1.40x | **missed** |")  # 1.5x cuDNN's fastest
     assert lines["lstm 12x64 B=64 fw"].endswith("| met |") and lines["gru 12x64 B=16 fw"].endswith("| - | - |")
     assert "## Speed targets of issues 5 and 6: G" in report.markdown(docs[:2])
+    # Under the table, what limits each missed point that says it: lstm 1x768's, not lstm 48x16's (no limit).
+    limits = table[table.index("What limits each missed point, measured:") + 2:]
+    assert limits == [f"- #5 lstm 1x768 B=16 fw: {report.LIMIT_1X768_FW}"]  # its 9x cuDNN bf16 met: no need said
+    slow = [row("lstm", 1, 768, 3.93, pass_="fwbw", ratio=7.5, ratio_best=1.7)]
+    table = report.targets_table([{"suite": "reference", "gpu": "G", "rows": slow, "_path": "ref.json"}], "G")
+    assert table[-1].endswith("At 3.93 ms, 10x needs cuDNN bf16 at 39.3 ms or more; it took 29.5 ms in this run.")
+    met = [row("lstm", 1, 768, 1.4, ratio=9.5, ratio_best=1.6)]
+    assert not any("What limits" in line for line in report.targets_table(
+        [{"suite": "reference", "gpu": "G", "rows": met, "_path": "ref.json"}], "G"))
