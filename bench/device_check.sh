@@ -95,7 +95,8 @@ job_sanitizer() {   # <n> <tool> <shard K/M> <set>: one small problem per fused 
     IFS=';' read -ra args <<<"${SANITIZER_ARGS:-}"; args=(${args[$4]:-}); [[ ${args[0]:-} == @* ]] && args=("${args[@]:1}")
     # --report-api-errors no: cuda-python probes driver entry points on the host (cuGetProcAddress), which
     # memcheck would count as errors; kernel errors are still reported.
-    env ${SANITIZER_ENV:-} FLASHRNN_CORE_LINEINFO=1 timeout "$t" compute-sanitizer --tool "$2" --error-exitcode 9 --report-api-errors no \
+    env ${SANITIZER_ENV:-} FLASHRNN_CORE_LINEINFO=1 timeout "$t" \
+        compute-sanitizer --tool "$2" --error-exitcode 9 --report-api-errors no \
         python bench/sanitize_fused.py --budget-s "$(( t - 40 < ${SANITIZER_BUDGET_S:-180} ? t - 40 : ${SANITIZER_BUDGET_S:-180} ))" \
         --shard "$3" "${args[@]}" >"$log" 2>&1
     note "$1" "sanitizer $2 ${args[*]} $3" "exit $? : $(grep -E '^[0-9]+ ok|ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -n 2 | tr '\n' ' ')"
