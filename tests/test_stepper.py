@@ -269,7 +269,7 @@ def test_cuda_graph_replays_100_steps(function):
 def test_step_allocates_nothing_and_never_synchronises():
     import cupy
 
-    from bench.timing import spin
+    from flashrnn_core.runtime.timing import spin
 
     host = _inputs("lstm", _arrays.bfloat16, 4, 12, 12, 64)
     Wx, R, b, _ = (cupy.asarray(a) for a in host)
