@@ -58,12 +58,12 @@ LIMIT_1X768_FW = (
     "the step (~3400 cycles) is the matrix-vector product, ~1680 cycles that read ~147 kB of R a step from shared "
     "memory at 100-117 B a cycle (R is 295 kB an SM of the 16-block cluster, more than its register file), and "
     "the wait for the other blocks' h slices (~1000-1300 cycles); the best register split measured saves 4-6% "
-    "(`phases/2026-12-06-h100-matvec-split.txt`). The bf16 ratio moves with cuDNN's bf16 time: 8.9-18.6 ms "
+    "(`phases/2026-12-06-h100-matvec-split.txt`). The bf16 ratio moves with cuDNN's bf16 time: 8.5-18.6 ms "
     "forward across the machines lent, ours within 3% on them.")
 LIMIT_1X768_FWBW = (
     "the saving forward (1.88 ms on an H100) has the forward point's limit, and the backward (~2.05 ms: the "
     "kernel, ~2.0, and ~43 us of dR after it) runs the same product over R^T "
-    "(`phases/2026-12-06-h100-dr-overlap-tail.txt`). cuDNN's bf16 LSTM took 26.9-48.6 ms forward+backward across "
+    "(`phases/2026-12-06-h100-dr-overlap-tail.txt`). cuDNN's bf16 LSTM took 23.3-48.6 ms forward+backward across "
     "the machines lent.")
 
 
