@@ -40,8 +40,8 @@ def _project_imports(path: Path):
 
 
 def test_every_project_import_resolves():
-    # A GPU test importing a name that moved fails only on a GPU (stop 66 found one two stops late); this finds it
-    # on CI.
+    # A GPU test importing a name that moved fails only on a GPU, where the whole suite runs seldom; this finds it
+    # on CI, which has none.
     files = sorted(p for d in PROJECT_PACKAGES for p in (ROOT / d).rglob("*.py"))
     missing = []
     for path in files:
